@@ -1,0 +1,20 @@
+"""sente_lite: lightweight real-time messaging (Sente-style events, request/reply,
+channels with offsets) over WebSocket, for threaded Python programs.
+
+    from sente_lite import Server, Client
+"""
+
+from .channels import Published
+from .client import ChannelMessage, Client
+from .errors import (ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
+                     FrameError, RemoteError, RequestTimeout, SendQueueFull, SenteLiteError)
+from .server import Connection, Server
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Server", "Connection", "Client", "ChannelMessage", "Published",
+    "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
+    "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
+    "__version__",
+]

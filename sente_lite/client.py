@@ -1,0 +1,724 @@
+"""sente_lite client on ``websocket-client``, with its own threads.
+
+Threads, both stopped and joined by :meth:`Client.close` (within 1 s):
+
+* ``sente-lite-client-reader``: connects, reads frames, reconnects with backoff
+  and full jitter. Replies to requests and the handshake are processed here.
+* ``sente-lite-client-worker``: runs the application's handlers (events, channel
+  messages, server requests) one at a time in arrival order, and watches the
+  server's liveness. A slow or raising handler delays or logs, never disconnects.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import queue
+import random
+import socket
+import struct
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Union
+from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
+
+import websocket  # websocket-client
+
+from . import protocol as p
+from .errors import (ClientClosed, ConnectRefused, Disconnected, RemoteError, RequestTimeout,
+                     SendQueueFull)
+
+log = logging.getLogger("sente_lite.client")
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+RECONNECTING = "reconnecting"
+CLOSED = "closed"
+
+DEFAULT_BACKOFF_BASE_S = 0.25
+DEFAULT_BACKOFF_MAX_S = 10.0
+DEFAULT_MAX_PENDING_SENDS = 1000
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_REQUEST_TIMEOUT_S = 5.0
+DEFAULT_MAX_HANDLER_QUEUE = 100_000
+#: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
+DEAD_SERVER_SLACK_S = 1.0
+_WORKER_TICK_S = 0.1
+
+EventHandler = Callable[[Any], Any]
+Token = Union[str, Callable[[], Optional[str]], None]
+
+
+class ChannelMessage(NamedTuple):
+    """One channel delivery as a channel handler receives it."""
+
+    channel_id: str
+    data: Any
+    from_uid: Optional[str]
+    offset: int
+    epoch: str
+
+
+ChannelHandler = Callable[[ChannelMessage], None]
+
+
+@dataclass
+class _Sub:
+    handlers: List[ChannelHandler] = field(default_factory=list)
+    acked: threading.Event = field(default_factory=threading.Event)
+    reply: Optional[dict] = None
+    error: Optional[BaseException] = None
+    last_offset: int = 0
+    epoch: Optional[str] = None
+
+
+@dataclass
+class _Pending:
+    future: "concurrent.futures.Future[Any]"
+    event: str
+    sent: bool = False
+
+
+def backoff_delay(attempt: int, base: float, maximum: float,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full-jitter backoff: random(0, min(maximum, base * 2**attempt))."""
+    return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
+
+
+class Client:
+    """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
+
+    ``client_id`` is kept across reconnects (a UUID4 when not given). ``token`` is
+    a credential string, or a callable evaluated at every (re)connect. Sends made
+    while disconnected wait in a queue of at most ``max_pending_sends`` frames;
+    one more raises :class:`SendQueueFull`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: Optional[str] = None,
+        auto_reconnect: bool = True,
+        token: Token = None,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+        max_pending_sends: int = DEFAULT_MAX_PENDING_SENDS,
+        max_handler_queue: int = DEFAULT_MAX_HANDLER_QUEUE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+        headers: Optional[Dict[str, str]] = None,
+        start: bool = True,
+    ) -> None:
+        self.url = url
+        self.client_id = client_id or str(uuid.uuid4())
+        self.auto_reconnect = auto_reconnect
+        self.token = token
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_pending_sends = max_pending_sends
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.headers = dict(headers or {})
+
+        self.uid: Optional[str] = None
+        self.conn_id: Optional[str] = None
+        self.server_id: Optional[str] = None
+        self.first: Optional[bool] = None
+        self.handshake: Optional[dict] = None
+        self.csrf_token: Optional[str] = None
+        self.refusal: Optional[ConnectRefused] = None
+
+        self._status = CONNECTING
+        self._status_cond = threading.Condition()
+        self._status_hooks: List[Callable[[str], None]] = []
+        self._handlers: Dict[str, List[EventHandler]] = {}
+        self._subs: Dict[str, _Sub] = {}
+        self._pending: Dict[str, _Pending] = {}
+        self._queued: Deque[tuple] = collections.deque()  # (frame text, cb_id or None)
+        self._send_lock = threading.RLock()
+        self._ws: Optional[websocket.WebSocket] = None
+        self._cb_ids = itertools.count(1)
+        self._tasks: "queue.Queue[Optional[tuple]]" = queue.Queue(max_handler_queue)
+        self._stop = threading.Event()
+        self._heartbeat_s = 5.0
+        self._last_recv = time.monotonic()
+        self._counts: Dict[str, int] = collections.defaultdict(int)
+        self._reader = threading.Thread(target=self._run, name="sente-lite-client-reader", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="sente-lite-client-worker", daemon=True)
+        if start:
+            self.start()
+
+    # -- lifecycle --------------------------------------------------------------
+    def __enter__(self) -> "Client":
+        if not self._reader.is_alive() and self._status != CLOSED:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> "Client":
+        """Start connecting (done by the constructor unless ``start=False``)."""
+        if not self._reader.is_alive():
+            self._reader.start()
+            self._worker.start()
+        return self
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Close the connection and stop both threads; fail outstanding requests."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        ws = self._ws
+        if ws is not None:
+            if self._send_lock.acquire(timeout=0.2):  # a send blocked on a full socket holds it
+                try:
+                    ws.send_close(p.CLOSE_NORMAL)
+                except Exception:
+                    pass
+                finally:
+                    self._send_lock.release()
+            ws.abort()
+        self._enqueue_task(None)
+        deadline = time.monotonic() + timeout
+        for t in (self._reader, self._worker):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(max(0.0, deadline - time.monotonic()))
+        self._fail_requests(ClientClosed("client closed"), sent_only=False)
+        self._set_status(CLOSED)
+
+    @property
+    def status(self) -> str:
+        """``connecting``, ``connected``, ``reconnecting`` or ``closed``."""
+        return self._status
+
+    @property
+    def connected(self) -> bool:
+        """True between a handshake and the loss of that connection."""
+        return self._status == CONNECTED
+
+    def on_status(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(new_status)`` on every status change (on the thread that changed it)."""
+        self._status_hooks.append(fn)
+
+    def wait_connected(self, timeout: float = DEFAULT_CONNECT_TIMEOUT_S) -> bool:
+        """Wait for a handshake. False on timeout; raises ConnectRefused if refused."""
+        return self.wait_status(CONNECTED, timeout)
+
+    def wait_status(self, status: str, timeout: float) -> bool:
+        """Wait until the status is ``status``. False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._status_cond:
+            while self._status != status:
+                if self.refusal is not None:
+                    raise self.refusal
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self._status == CLOSED and status != CLOSED):
+                    return False
+                self._status_cond.wait(remaining)
+            return True
+
+    def _set_status(self, status: str) -> None:
+        with self._status_cond:
+            if self._status == status or self._status == CLOSED:
+                return
+            self._status = status
+            self._status_cond.notify_all()
+        log.debug("client %s: %s", self.client_id, status)
+        for hook in list(self._status_hooks):
+            try:
+                hook(status)
+            except Exception:
+                log.exception("status hook raised")
+
+    # -- handlers ---------------------------------------------------------------
+    def on(self, event: str, fn: EventHandler) -> EventHandler:
+        """Call ``fn(data)`` for each ``event`` from the server (on the worker thread).
+
+        For a server request, the first handler's return value is the reply.
+        """
+        if not p.is_valid_event_id(event) or p.is_reserved(event):
+            raise ValueError(f"cannot handle {event!r}: need an application 'namespace/name'")
+        self._handlers.setdefault(event, []).append(fn)
+        return fn
+
+    def off(self, event: str, fn: Optional[EventHandler] = None) -> None:
+        """Remove ``fn`` (or every handler) for ``event``."""
+        if fn is None:
+            self._handlers.pop(event, None)
+        elif fn in self._handlers.get(event, []):
+            self._handlers[event].remove(fn)
+
+    # -- sending ----------------------------------------------------------------
+    def send(self, event: str, data: Any = None) -> None:
+        """Send an event. While disconnected it is queued (see ``max_pending_sends``)."""
+        if not p.is_valid_event_id(event):
+            raise ValueError(f"invalid event-id {event!r}")
+        self._send_frame(p.encode(event, data), None)
+
+    def request(self, event: str, data: Any = None, timeout: Optional[float] = None) -> Any:
+        """Send a request and wait for its reply.
+
+        Raises :class:`RemoteError` (with the protocol code), :class:`RequestTimeout`,
+        :class:`Disconnected` or :class:`SendQueueFull`.
+        """
+        if not p.is_valid_event_id(event):
+            raise ValueError(f"invalid event-id {event!r}")
+        timeout = self.request_timeout if timeout is None else timeout
+        cb_id, fut = self._start_request(event, data)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RequestTimeout(f"no reply to {event} within {timeout}s") from None
+        finally:
+            with self._send_lock:
+                self._pending.pop(cb_id, None)
+
+    def _start_request(self, event: str, data: Any) -> tuple:
+        if self._stop.is_set():
+            raise ClientClosed("client closed")
+        cb_id = f"c{next(self._cb_ids)}"
+        fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
+        frame = p.encode(event, data, cb_id)
+        with self._send_lock:
+            self._pending[cb_id] = _Pending(fut, event)
+            try:
+                self._send_frame(frame, cb_id)
+            except BaseException:
+                self._pending.pop(cb_id, None)
+                raise
+        return cb_id, fut
+
+    def _send_frame(self, frame: str, cb_id: Optional[str]) -> None:
+        if self._stop.is_set():
+            raise ClientClosed("client closed")
+        with self._send_lock:
+            if self._status == CONNECTED and self._ws is not None:
+                if self._write(frame, cb_id):
+                    return
+            if len(self._queued) >= self.max_pending_sends:
+                self._counts["pending_overflows"] += 1
+                raise SendQueueFull(f"{len(self._queued)} sends already wait for a connection "
+                                    f"(max_pending_sends={self.max_pending_sends})")
+            self._queued.append((frame, cb_id))
+
+    def _write(self, frame: str, cb_id: Optional[str]) -> bool:
+        """Write one frame now. Caller holds ``_send_lock``. False if the socket failed."""
+        ws = self._ws
+        if ws is None:
+            return False
+        try:
+            ws.send(frame)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.debug("send failed, will resend after reconnect: %s", exc)
+            ws.abort()
+            return False
+        self._counts["frames_out"] += 1
+        if cb_id is not None:
+            pending = self._pending.get(cb_id)
+            if pending is not None:
+                pending.sent = True
+        return True
+
+    # -- channels ---------------------------------------------------------------
+    def subscribe(self, channel_id: str, handler: Optional[ChannelHandler] = None,
+                  timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> Optional[dict]:
+        """Subscribe to ``channel_id``; kept across reconnects until unsubscribe.
+
+        ``handler(msg: ChannelMessage)`` runs for each delivery. With a ``timeout``
+        this waits for the server's answer and returns it (``channel-id``,
+        ``offset``, ``epoch``); with None it returns at once.
+        """
+        problem = p.channel_id_problem(channel_id)
+        if problem:
+            raise ValueError(problem)
+        with self._send_lock:
+            sub = self._subs.get(channel_id)
+            new = sub is None
+            if sub is None:
+                sub = self._subs[channel_id] = _Sub()
+            if handler is not None:
+                sub.handlers.append(handler)
+            if new and self._status == CONNECTED:
+                self._send_subscribe(channel_id, sub)
+        if timeout is None:
+            return None
+        if not sub.acked.wait(timeout):
+            raise RequestTimeout(f"subscribe to {channel_id!r} not answered within {timeout}s")
+        if sub.error is not None:
+            raise sub.error
+        return sub.reply
+
+    def _send_subscribe(self, channel_id: str, sub: _Sub) -> None:
+        """Caller holds ``_send_lock``."""
+        sub.acked.clear()
+        sub.error = None
+        cb_id, fut = self._start_request(p.EV_SUBSCRIBE, {p.K_CHANNEL: channel_id})
+
+        def done(f: "concurrent.futures.Future[Any]") -> None:
+            with self._send_lock:
+                self._pending.pop(cb_id, None)
+            exc = f.exception()
+            if isinstance(exc, (Disconnected, ClientClosed)):
+                return  # resubscribed at the next handshake
+            if exc is not None:
+                sub.error = exc
+                with self._send_lock:
+                    if self._subs.get(channel_id) is sub:
+                        del self._subs[channel_id]
+                log.warning("subscribe to %r refused: %s", channel_id, exc)
+            else:
+                reply = f.result()
+                sub.reply = reply
+                if isinstance(reply, dict) and reply.get(p.K_EPOCH) != sub.epoch:
+                    sub.epoch = reply.get(p.K_EPOCH)
+                    sub.last_offset = int(reply.get(p.K_OFFSET) or 0)
+            sub.acked.set()
+
+        fut.add_done_callback(done)
+
+    def unsubscribe(self, channel_id: str, timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        """Stop receiving ``channel_id``; with a ``timeout``, wait for the server's answer."""
+        with self._send_lock:
+            sub = self._subs.pop(channel_id, None)
+            if sub is None or self._status != CONNECTED:
+                return
+            cb_id, fut = self._start_request(p.EV_UNSUBSCRIBE, {p.K_CHANNEL: channel_id})
+        if timeout is not None:
+            try:
+                fut.result(timeout)
+            except concurrent.futures.TimeoutError:
+                raise RequestTimeout(f"unsubscribe from {channel_id!r} not answered") from None
+            finally:
+                with self._send_lock:
+                    self._pending.pop(cb_id, None)
+
+    def subscriptions(self) -> List[str]:
+        """The channels this client holds (resubscribed after every reconnect)."""
+        return sorted(self._subs)
+
+    def publish(self, channel_id: str, data: Any = None, *, ack: bool = False,
+                exclude_sender: bool = False, timeout: Optional[float] = None) -> Optional[dict]:
+        """Publish on ``channel_id``. With ``ack`` wait for the reply
+        (``channel-id``, ``offset``, ``delivered``) and return it."""
+        problem = p.channel_id_problem(channel_id)
+        if problem:
+            raise ValueError(problem)
+        body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_EXCLUDE_SENDER: exclude_sender}
+        if ack:
+            return self.request(p.EV_PUBLISH, body, timeout)
+        self._send_frame(p.encode(p.EV_PUBLISH, body), None)
+        return None
+
+    # -- inspection -------------------------------------------------------------
+    def stats(self) -> dict:
+        """Counters: frames in/out, reconnects, gaps, handler errors, queue sizes."""
+        out = dict(self._counts)
+        out.update(status=self._status, pending_sends=len(self._queued),
+                   outstanding_requests=len(self._pending), subscriptions=len(self._subs),
+                   handler_queue=self._tasks.qsize())
+        return out
+
+    # -- reader thread ------------------------------------------------------------
+    def _connect_url(self) -> str:
+        parts = urlsplit(self.url)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k not in ("client-id", "token")]
+        query.append(("client-id", self.client_id))
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            query.append(("token", token))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+    def _run(self) -> None:
+        attempt = 0
+        try:
+            while not self._stop.is_set():
+                ws = self._open()
+                if ws is not None:
+                    attempt = self._read(ws, attempt)
+                if self._stop.is_set() or self.refusal is not None:
+                    break
+                if not self.auto_reconnect:
+                    break
+                self._set_status(RECONNECTING)
+                delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
+                attempt += 1
+                self._counts["reconnect_attempts"] += 1
+                if self._stop.wait(delay):
+                    break
+        except Exception:  # pragma: no cover - a bug; do not leave callers hanging
+            log.exception("client reader failed")
+        finally:
+            self._fail_requests(self.refusal or ClientClosed("client closed"), sent_only=False)
+            if not self._stop.is_set():  # ended by itself: refused, or no auto_reconnect
+                self._stop.set()
+                self._enqueue_task(None)
+            self._set_status(CLOSED)
+
+    def _open(self) -> Optional[websocket.WebSocket]:
+        try:
+            url = self._connect_url()
+            ws = websocket.create_connection(
+                url, timeout=self.connect_timeout, header=self.headers,
+                skip_utf8_validation=True, enable_multithread=True,
+                sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            status = exc.status_code
+            body = (exc.resp_body or b"").decode("utf-8", "replace").strip()
+            if status in (400, 401, 403, 404):
+                self.refusal = ConnectRefused(f"server refused the connection: HTTP {status} {body}",
+                                              status=status)
+                log.warning("%s", self.refusal)
+            else:
+                log.info("connect refused with HTTP %s (%s), will retry", status, body)
+            self._counts["connect_failures"] += 1
+            return None
+        except Exception as exc:
+            log.debug("connect to %s failed: %s", self.url, exc)
+            self._counts["connect_failures"] += 1
+            return None
+        ws.settimeout(None)
+        return ws
+
+    def _read(self, ws: websocket.WebSocket, attempt: int) -> int:
+        """Read frames until the socket ends. Returns the next backoff attempt number."""
+        self._ws = ws
+        self._last_recv = time.monotonic()
+        if self._stop.is_set():
+            ws.abort()
+        close_code: Optional[int] = None
+        try:
+            while True:
+                opcode, frame = ws.recv_data_frame(False)
+                self._last_recv = time.monotonic()
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    data = frame.data or b""
+                    close_code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
+                    self._counts[f"closed_by_server_{close_code}"] += 1
+                    break
+                self._counts["frames_in"] += 1
+                if self._on_frame(frame.data):
+                    attempt = 0
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            log.debug("connection lost: %s", exc)
+        finally:
+            with self._send_lock:
+                self._ws = None
+                was_connected = self._status == CONNECTED
+                if was_connected:
+                    self._set_status(RECONNECTING if self.auto_reconnect else CLOSED)
+            try:
+                ws.shutdown()
+            except Exception:
+                pass
+            self._fail_requests(Disconnected("connection lost with the request outstanding"),
+                                sent_only=True)
+            for sub in list(self._subs.values()):
+                sub.acked.clear()
+        if close_code == p.CLOSE_POLICY:
+            self.refusal = ConnectRefused("server closed the connection with 1008 (policy)",
+                                          close_code=close_code)
+            log.warning("%s", self.refusal)
+        return attempt
+
+    def _fail_requests(self, exc: BaseException, sent_only: bool) -> None:
+        with self._send_lock:
+            doomed = [(cb, pr) for cb, pr in self._pending.items() if pr.sent or not sent_only]
+            for cb, _ in doomed:
+                del self._pending[cb]
+            if not sent_only:
+                self._queued.clear()
+        for _, pr in doomed:
+            if not pr.future.done():
+                pr.future.set_exception(exc)
+
+    def _on_frame(self, raw: bytes) -> bool:
+        """Handle one frame on the reader thread. True when it was a handshake."""
+        try:
+            event, data, cb_id = p.decode(raw)
+        except p.FrameError as exc:
+            self._counts["bad_frames_from_server"] += 1
+            log.warning("bad frame from server: %s", exc.message)
+            return False
+        if event == p.EV_HANDSHAKE:
+            self._on_handshake(data)
+            return True
+        if event == p.EV_PING:
+            self._send_control(p.EV_PONG)
+        elif event == p.EV_PONG:
+            pass
+        elif event in (p.EV_REPLY, p.EV_ERROR):
+            self._on_reply(event, data, cb_id)
+        elif event == p.EV_CHANNEL_MSG:
+            self._on_channel_msg(data)
+        elif event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
+            pass
+        else:
+            self._enqueue_task(("event", event, data, cb_id))
+        return False
+
+    def _send_control(self, event: str) -> None:
+        with self._send_lock:
+            if self._ws is not None:
+                self._write(p.encode(event), None)
+
+    def _on_handshake(self, data: Any) -> None:
+        try:
+            uid, csrf, info, first = data
+            info = dict(info)
+        except (TypeError, ValueError):
+            self._counts["bad_frames_from_server"] += 1
+            log.error("malformed handshake from server: %r", data)
+            return
+        self.uid, self.csrf_token, self.handshake, self.first = uid, csrf, info, first
+        self.conn_id = info.get("conn-id")
+        self.server_id = info.get("server-id")
+        self._heartbeat_s = float(info.get("heartbeat-ms", 5000)) / 1000.0
+        with self._send_lock:
+            self._set_status(CONNECTED)
+            self._counts["handshakes"] += 1
+            for channel_id, sub in list(self._subs.items()):
+                self._send_subscribe(channel_id, sub)
+            while self._queued and self._ws is not None:
+                frame, cb_id = self._queued[0]
+                if cb_id is not None and cb_id not in self._pending:
+                    self._queued.popleft()  # its caller gave up (timeout)
+                    continue
+                if not self._write(frame, cb_id):
+                    break
+                self._queued.popleft()
+
+    def _on_reply(self, event: str, data: Any, cb_id: Optional[str]) -> None:
+        if cb_id is None:
+            if event == p.EV_ERROR:
+                self._counts["errors_from_server"] += 1
+                log.warning("error from server: %r", data)
+            return
+        pending = self._pending.get(cb_id)
+        if pending is None:
+            self._counts["stray_replies"] += 1
+            return
+        if event == p.EV_REPLY:
+            pending.future.set_result(data)
+        else:
+            code = data.get(p.K_CODE) if isinstance(data, dict) else None
+            msg = data.get(p.K_MESSAGE) if isinstance(data, dict) else None
+            pending.future.set_exception(RemoteError(str(code or "unknown"), str(msg or "")))
+
+    def _on_channel_msg(self, data: Any) -> None:
+        try:
+            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
+                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            self._counts["bad_frames_from_server"] += 1
+            log.warning("malformed channel message: %r", data)
+            return
+        sub = self._subs.get(msg.channel_id)
+        if sub is None:
+            self._counts["unsubscribed_channel_msgs"] += 1
+            return
+        if sub.epoch == msg.epoch:
+            if msg.offset > sub.last_offset + 1:
+                self._counts["channel_gaps"] += msg.offset - sub.last_offset - 1
+        sub.epoch = msg.epoch
+        sub.last_offset = msg.offset
+        self._counts["channel_msgs"] += 1
+        if sub.handlers:
+            self._enqueue_task(("channel", sub.handlers, msg))
+
+    def _enqueue_task(self, task: Optional[tuple]) -> None:
+        """Hand a task to the worker; None tells it to stop."""
+        try:
+            self._tasks.put_nowait(task)
+        except queue.Full:
+            if task is None:  # the worker also stops on its next tick: _stop is set
+                return
+            self._counts["handler_queue_overflows"] += 1
+            log.error("handler queue full (max_handler_queue=%d): dropped %s",
+                      self._tasks.maxsize, task[0])
+
+    # -- worker thread ------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get(timeout=_WORKER_TICK_S)
+            except queue.Empty:
+                task = ()
+            if task is None or self._stop.is_set():
+                return
+            if task:
+                self._run_task(task)
+            self._check_liveness()
+
+    def _check_liveness(self) -> None:
+        if self._status != CONNECTED:
+            return
+        silent = time.monotonic() - self._last_recv
+        if silent > 2 * self._heartbeat_s + DEAD_SERVER_SLACK_S:
+            ws = self._ws
+            if ws is not None:
+                self._counts["dead_server_detections"] += 1
+                log.warning("server silent for %.1fs: dropping the connection", silent)
+                self._last_recv = time.monotonic()
+                ws.abort()
+
+    def _run_task(self, task: tuple) -> None:
+        kind = task[0]
+        if kind == "channel":
+            _, handlers, msg = task
+            for fn in list(handlers):
+                try:
+                    fn(msg)
+                except Exception:
+                    self._counts["handler_errors"] += 1
+                    log.exception("channel handler for %r raised", msg.channel_id)
+            return
+        _, event, data, cb_id = task
+        handlers = list(self._handlers.get(event, ()))
+        if not handlers:
+            if cb_id is not None:
+                self._reply_error(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id)
+            else:
+                self._counts["unhandled_events"] += 1
+            return
+        result: Any = None
+        for i, fn in enumerate(handlers):
+            try:
+                value = fn(data)
+            except Exception as exc:
+                self._counts["handler_errors"] += 1
+                log.exception("handler for %s raised", event)
+                if cb_id is not None and i == 0:
+                    self._reply_error(p.ERR_HANDLER_ERROR,
+                                      f"handler for {event} raised {type(exc).__name__}", cb_id)
+                    cb_id = None
+                continue
+            if i == 0:
+                result = value
+        if cb_id is not None:
+            try:
+                frame = p.encode(p.EV_REPLY, result, cb_id)
+            except p.EncodeError:
+                self._reply_error(p.ERR_HANDLER_ERROR, f"reply of {event} is not JSON-encodable", cb_id)
+                return
+            self._try_send(frame)
+
+    def _reply_error(self, code: str, message: str, cb_id: str) -> None:
+        self._try_send(p.encode_error(code, message, cb_id))
+
+    def _try_send(self, frame: str) -> None:
+        try:
+            self._send_frame(frame, None)
+        except (SendQueueFull, ClientClosed) as exc:
+            log.warning("reply dropped: %s", exc)
+
+
+__all__ = ["Client", "ChannelMessage", "backoff_delay", "CONNECTING", "CONNECTED",
+           "RECONNECTING", "CLOSED"]

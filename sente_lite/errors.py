@@ -1,0 +1,77 @@
+"""Exceptions raised by sente_lite.
+
+Every error that crosses the wire carries one of the protocol's error codes
+(``docs/protocol.md`` section 4); the exception for it keeps that code in
+``.code`` so callers can branch on it without parsing messages.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class SenteLiteError(Exception):
+    """Base class of every sente_lite exception."""
+
+
+class FrameError(SenteLiteError, ValueError):
+    """A frame that is not a valid protocol frame (code ``bad-frame``)."""
+
+    code = "bad-frame"
+
+    def __init__(self, message: str, cb_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cb_id = cb_id
+
+
+class EncodeError(SenteLiteError, TypeError):
+    """Data given to send/publish/reply cannot be encoded as JSON."""
+
+
+class RemoteError(SenteLiteError):
+    """The peer answered a request with ``chsk/error``; ``.code`` is the protocol code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class RequestTimeout(SenteLiteError, TimeoutError):
+    """No reply arrived before the request's timeout (code ``timeout``)."""
+
+    code = "timeout"
+
+
+class Disconnected(SenteLiteError, ConnectionError):
+    """The connection closed while the request was outstanding (code ``disconnected``)."""
+
+    code = "disconnected"
+
+
+class SendQueueFull(SenteLiteError):
+    """The client's queue of sends made while disconnected is full (``max_pending_sends``)."""
+
+    code = "limit-exceeded"
+
+
+class ClientClosed(SenteLiteError):
+    """The client was closed; it sends and receives nothing more."""
+
+
+class ConnectRefused(SenteLiteError, ConnectionError):
+    """The server refused the connection for good (HTTP 401/403 or close 1008): no retry.
+
+    ``.status`` is the HTTP status of a refused upgrade, ``.close_code`` the close code.
+    """
+
+    def __init__(self, message: str, status: Optional[int] = None,
+                 close_code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.close_code = close_code
+
+
+class DiscoveryTimeout(SenteLiteError, TimeoutError):
+    """A file awaited through :mod:`sente_lite.discovery` did not appear in time."""

@@ -1,0 +1,195 @@
+"""Wire protocol v1: frames <-> events, validation, names. No I/O.
+
+A frame is one WebSocket text message holding a JSON array
+``[event-id, data?, cb-id?]`` (see ``docs/protocol.md``). This module turns
+text into :class:`Frame` objects and back, and names every protocol string once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NamedTuple, Optional, Union
+
+from .errors import EncodeError, FrameError
+
+PROTOCOL_VERSION = 1
+
+# Reserved namespaces.
+NS_CHSK = "chsk"
+NS_SENTE = "sente-lite"
+RESERVED_NAMESPACES = frozenset({NS_CHSK, NS_SENTE})
+
+# Reserved events.
+EV_HANDSHAKE = "chsk/handshake"
+EV_PING = "chsk/ws-ping"
+EV_PONG = "chsk/ws-pong"
+EV_REPLY = "chsk/reply"
+EV_ERROR = "chsk/error"
+EV_SUBSCRIBE = "sente-lite/subscribe"
+EV_SUBSCRIBED = "sente-lite/subscribed"
+EV_UNSUBSCRIBE = "sente-lite/unsubscribe"
+EV_UNSUBSCRIBED = "sente-lite/unsubscribed"
+EV_PUBLISH = "sente-lite/publish"
+EV_CHANNEL_MSG = "sente-lite/channel-msg"
+
+# Error codes (section 4).
+ERR_BAD_FRAME = "bad-frame"
+ERR_UNKNOWN_EVENT = "unknown-event"
+ERR_INVALID_CHANNEL = "invalid-channel"
+ERR_FORBIDDEN = "forbidden"
+ERR_LIMIT_EXCEEDED = "limit-exceeded"
+ERR_TOO_LARGE = "too-large"
+ERR_RATE_LIMITED = "rate-limited"
+ERR_NO_HANDLER = "no-handler"
+ERR_HANDLER_ERROR = "handler-error"
+ERR_TIMEOUT = "timeout"
+ERR_DISCONNECTED = "disconnected"
+
+# Close codes (section 7).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_HEARTBEAT_TIMEOUT = 4000
+CLOSE_SLOW_CONSUMER = 4001
+
+# Field names.
+K_CHANNEL = "channel-id"
+K_DATA = "data"
+K_OFFSET = "offset"
+K_EPOCH = "epoch"
+K_FROM = "from"
+K_EXCLUDE_SENDER = "exclude-sender?"
+K_DELIVERED = "delivered"
+K_CODE = "code"
+K_MESSAGE = "message"
+K_EVENT = "event"
+
+MAX_CB_ID_CHARS = 64
+MAX_CHANNEL_ID_CHARS = 256
+
+_EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}/[A-Za-z0-9_.\-]{1,64}")
+_CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class Frame(NamedTuple):
+    """One decoded frame. ``cb_id`` is set when the frame is a request."""
+
+    event: str
+    data: Any = None
+    cb_id: Optional[str] = None
+
+
+def is_valid_event_id(event_id: object) -> bool:
+    """True when ``event_id`` is a string ``namespace/name`` as section 2 requires."""
+    return isinstance(event_id, str) and _EVENT_ID_RE.fullmatch(event_id) is not None
+
+
+def is_reserved(event_id: str) -> bool:
+    """True when ``event_id`` lies in a namespace reserved for the protocol."""
+    return event_id.split("/", 1)[0] in RESERVED_NAMESPACES
+
+
+def is_valid_cb_id(cb_id: object) -> bool:
+    """True when ``cb_id`` is a string of 1-64 characters."""
+    return isinstance(cb_id, str) and 0 < len(cb_id) <= MAX_CB_ID_CHARS
+
+
+def channel_id_problem(channel_id: object, max_chars: int = MAX_CHANNEL_ID_CHARS) -> Optional[str]:
+    """Why ``channel_id`` is not a valid channel id, or None when it is."""
+    if not isinstance(channel_id, str):
+        return f"channel-id must be a string, got {type(channel_id).__name__}"
+    if not channel_id:
+        return "channel-id must not be empty"
+    if len(channel_id) > max_chars:
+        return f"channel-id is {len(channel_id)} chars, the limit is {max_chars}"
+    if _CONTROL_CHARS_RE.search(channel_id):
+        return "channel-id must not contain control characters"
+    return None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def dumps(obj: Any) -> str:
+    """Encode ``obj`` as compact JSON text; raise :class:`EncodeError` if it cannot be."""
+    try:
+        return _encoder.encode(obj)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise EncodeError(f"data is not JSON-encodable: {exc}") from None
+
+
+def encode(event: str, data: Any = None, cb_id: Optional[str] = None) -> str:
+    """Encode one frame as text. ``[event]`` when data is None and no cb-id."""
+    if cb_id is not None:
+        return dumps([event, data, cb_id])
+    if data is None:
+        return dumps([event])
+    return dumps([event, data])
+
+
+def encode_bytes(event: str, data: Any = None, cb_id: Optional[str] = None) -> bytes:
+    """Like :func:`encode`, as UTF-8 bytes ready for a text frame."""
+    return encode(event, data, cb_id).encode("utf-8")
+
+
+def error_data(code: str, message: str, event: Optional[str] = None) -> dict:
+    """The data of a ``chsk/error`` frame."""
+    body: dict = {K_CODE: code, K_MESSAGE: message}
+    if event is not None:
+        body[K_EVENT] = event
+    return body
+
+
+def encode_error(code: str, message: str, cb_id: Optional[str] = None,
+                 event: Optional[str] = None) -> str:
+    """Encode a ``chsk/error`` frame: a reply when ``cb_id`` is given, else standalone."""
+    if cb_id is not None:
+        return encode(EV_ERROR, error_data(code, message), cb_id)
+    return encode(EV_ERROR, error_data(code, message, event))
+
+
+def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
+    """Decode one frame.
+
+    Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
+    valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
+    error can go back as that request's reply.
+    """
+    if not isinstance(text, str):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise FrameError(f"frame is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+        except TypeError:
+            raise FrameError(f"frame must be text, got {type(text).__name__}") from None
+    try:
+        value = _decoder.decode(text)
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity, int too long
+        raise FrameError(f"frame is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("frame is nested too deeply") from None
+    if not isinstance(value, list):
+        raise FrameError(f"frame must be a JSON array, got {type(value).__name__}")
+    n = len(value)
+    if not 1 <= n <= 3:
+        raise FrameError(f"frame must have 1 to 3 elements, got {n}")
+    cb_id = None
+    if n == 3:
+        cb_id = value[2]
+        if not is_valid_cb_id(cb_id):
+            raise FrameError("cb-id must be a string of 1-64 characters")
+    event = value[0]
+    if not is_valid_event_id(event):
+        raise FrameError(
+            "event-id must be a string 'namespace/name' of [A-Za-z0-9_.-], 1-64 chars each part",
+            cb_id,
+        )
+    return Frame(event, value[1] if n > 1 else None, cb_id)
