@@ -1,8 +1,9 @@
 """Port, ready and result files: atomic JSON writes under a file lock, deadline waits.
 
 Writers write to a temp file in the same directory and ``os.replace`` it into
-place while holding ``<path>.lock`` (a :class:`filelock.FileLock`), so a reader
-that takes the same lock sees either no file or a complete one, never a torn one.
+place while holding ``<path>.lock`` (a :class:`filelock.FileLock`, which orders
+concurrent writers), so a reader sees either no file or a complete one, never a
+torn one.
 """
 
 from __future__ import annotations
@@ -51,14 +52,17 @@ def write_json(path: "os.PathLike[str] | str", obj: Any) -> None:
 
 
 def read_json(path: "os.PathLike[str] | str") -> Optional[Any]:
-    """Read the JSON in ``path`` under its lock; None when the file does not exist."""
-    path = os.fspath(path)
-    with lock_for(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
+    """Read the JSON in ``path``; None when the file does not exist.
+
+    Needs no lock: writers replace the file atomically, so a reader sees the old
+    complete file or the new one. (Not taking the lock also means a polling reader
+    never creates a lock file of its own.)
+    """
+    try:
+        with open(os.fspath(path), encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
 
 
 def remove(path: "os.PathLike[str] | str") -> None:
