@@ -7,7 +7,8 @@ channels with offsets) over WebSocket, for threaded Python programs.
 from .channels import Published
 from .client import ChannelMessage, Client
 from .errors import (ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
-                     FrameError, RemoteError, RequestTimeout, SendQueueFull, SenteLiteError)
+                     FrameError, LimitExceeded, RemoteError, RequestTimeout, SendQueueFull,
+                     SenteLiteError)
 from .server import Connection, Server
 
 __version__ = "0.1.0"
@@ -16,5 +17,6 @@ __all__ = [
     "Server", "Connection", "Client", "ChannelMessage", "Published",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
+    "LimitExceeded",
     "__version__",
 ]

@@ -47,6 +47,9 @@ class ChannelRegistry:
     """
 
     def __init__(self, epoch_prefix: str, max_idle_channels: int = DEFAULT_MAX_IDLE_CHANNELS) -> None:
+        if max_idle_channels < 1:
+            # 0 would evict a channel in the moment it is created, before its first use
+            raise ValueError(f"max_idle_channels must be >= 1, got {max_idle_channels}")
         self._epoch_prefix = epoch_prefix
         self._max_idle = max_idle_channels
         self._lock = threading.Lock()
@@ -151,12 +154,22 @@ class ChannelRegistry:
         offset order per channel. ``deliver`` returns False when it did not take
         the frame (that member is on its way out); it is not counted as delivered.
         """
-        with self._lock:
-            ch = self._get_or_create(name)
-            if not ch.subscribers:
-                self._idle.move_to_end(name)
-            chlock = ch.lock
+        while True:
+            with self._lock:
+                ch = self._get_or_create(name)
+                if not ch.subscribers:
+                    self._idle.move_to_end(name)
+                chlock = ch.lock
+                if chlock.acquire(False):
+                    break
+            # Another publish holds the channel: wait for it without holding the registry
+            # lock (publishers of other channels must not queue behind this one), then make
+            # sure the channel was not evicted meanwhile.
             chlock.acquire()
+            with self._lock:
+                if self._channels.get(name) is ch:
+                    break
+            chlock.release()
         try:
             ch.offset += 1
             frame = make_frame(ch.offset, ch.epoch)

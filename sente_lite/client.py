@@ -89,11 +89,109 @@ def backoff_delay(attempt: int, base: float, maximum: float,
     return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
 
 
+_OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
+#: Bytes asked of the socket per read; one read usually holds many small frames.
+_READ_CHUNK = 256 * 1024
+
+
+class _FrameReader:
+    """Parses the server's WebSocket frames (RFC 6455 5.2) from a blocking socket.
+
+    One ``recv`` may hold many frames: :meth:`read` returns every whole message in
+    it, where websocket-client would make two ``recv`` calls per frame. Fragmented
+    messages are reassembled; control frames come back as they arrive. A masked
+    frame, a reserved bit (no extension is negotiated) or a bad opcode or
+    fragment sequence raises ``WebSocketProtocolException``.
+    """
+
+    __slots__ = ("_sock", "_buf", "_parts", "_have", "_need", "_frag", "_frag_op")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._parts: List[bytes] = []  # received bytes of a frame bigger than one read
+        self._have = 0
+        self._need = 0
+        self._frag: Optional[List[bytes]] = None
+        self._frag_op = 0
+
+    def read(self) -> List[tuple]:
+        """Block for one ``recv``; return the (opcode, payload) of each whole message."""
+        data = self._sock.recv(_READ_CHUNK)
+        if not data:
+            raise websocket.WebSocketConnectionClosedException("connection closed by the server")
+        if self._need:  # the rest of one big frame: join once, when it is all here
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts, self._have, self._need = [], 0, 0
+        elif self._buf:
+            data = self._buf + data
+        out: List[tuple] = []
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = int.from_bytes(data[pos + 2:pos + 10], "big")
+                head = 10
+            if b1 & 0x80 or b0 & 0x70:
+                raise websocket.WebSocketProtocolException(
+                    "server frame is masked or sets a reserved bit")
+            stop = pos + head + n
+            if stop > end:
+                if stop - pos > _READ_CHUNK:
+                    self._parts, self._have, self._need = [data[pos:]], end - pos, stop - pos
+                    self._buf = b""
+                    return out
+                break
+            payload = data[pos + head:stop]
+            pos = stop
+            op = b0 & 0x0F
+            fin = b0 & 0x80
+            if op == _OP_TEXT or op == _OP_BINARY:
+                if self._frag is not None:
+                    raise websocket.WebSocketProtocolException("new message inside a fragmented one")
+                if fin:
+                    out.append((op, payload))
+                else:
+                    self._frag, self._frag_op = [payload], op
+            elif op == _OP_CONT:
+                if self._frag is None:
+                    raise websocket.WebSocketProtocolException("continuation frame with no message")
+                self._frag.append(payload)
+                if fin:
+                    out.append((self._frag_op, b"".join(self._frag)))
+                    self._frag = None
+            elif op in (_OP_CLOSE, _OP_PING, _OP_PONG):
+                if not fin or n > 125:
+                    raise websocket.WebSocketProtocolException("control frame fragmented or too long")
+                out.append((op, payload))
+            else:
+                raise websocket.WebSocketProtocolException(f"unknown opcode {op}")
+        self._buf = data[pos:] if pos < end else b""
+        return out
+
+
 class Client:
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``token`` is
-    a credential string, or a callable evaluated at every (re)connect. Sends made
+    a credential string, or a callable evaluated at every (re)connect.
+    ``csrf_token`` (for a server with ``csrf=True``) is the first CSRF token, or a
+    callable evaluated at every (re)connect; without a callable the client sends
+    the token the last handshake carried. Sends made
     while disconnected wait in a queue of at most ``max_pending_sends`` frames;
     one more raises :class:`SendQueueFull`.
     """
@@ -105,6 +203,7 @@ class Client:
         client_id: Optional[str] = None,
         auto_reconnect: bool = True,
         token: Token = None,
+        csrf_token: Token = None,
         backoff_base: float = DEFAULT_BACKOFF_BASE_S,
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         max_pending_sends: int = DEFAULT_MAX_PENDING_SENDS,
@@ -130,7 +229,8 @@ class Client:
         self.server_id: Optional[str] = None
         self.first: Optional[bool] = None
         self.handshake: Optional[dict] = None
-        self.csrf_token: Optional[str] = None
+        self.csrf_token: Optional[str] = None if callable(csrf_token) else csrf_token
+        self._csrf_source = csrf_token if callable(csrf_token) else None
         self.refusal: Optional[ConnectRefused] = None
 
         self._status = CONNECTING
@@ -211,11 +311,12 @@ class Client:
         return self.wait_status(CONNECTED, timeout)
 
     def wait_status(self, status: str, timeout: float) -> bool:
-        """Wait until the status is ``status``. False on timeout."""
+        """Wait until the status is ``status``. False on timeout; raises ConnectRefused
+        if the server refused for good (unless waiting for ``closed``, which follows)."""
         deadline = time.monotonic() + timeout
         with self._status_cond:
             while self._status != status:
-                if self.refusal is not None:
+                if self.refusal is not None and status != CLOSED:
                     raise self.refusal
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self._status == CLOSED and status != CLOSED):
@@ -433,6 +534,9 @@ class Client:
         token = self.token() if callable(self.token) else self.token
         if token:
             query.append(("token", token))
+        csrf = self._csrf_source() if self._csrf_source is not None else self.csrf_token
+        if csrf:
+            query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     def _run(self) -> None:
@@ -494,25 +598,34 @@ class Client:
         if self._stop.is_set():
             ws.abort()
         close_code: Optional[int] = None
+        reader = _FrameReader(ws.sock)
+        counts = self._counts
         try:
-            while True:
-                opcode, frame = ws.recv_data_frame(False)
+            while close_code is None:
+                messages = reader.read()  # every whole message of one recv(), in order
                 self._last_recv = time.monotonic()
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    data = frame.data or b""
-                    close_code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1005
-                    self._counts[f"closed_by_server_{close_code}"] += 1
-                    break
-                self._counts["frames_in"] += 1
-                if self._on_frame(frame.data):
-                    attempt = 0
+                for opcode, payload in messages:
+                    if opcode == _OP_TEXT or opcode == _OP_BINARY:
+                        counts["frames_in"] += 1
+                        if self._on_frame(payload):
+                            attempt = 0
+                    elif opcode == _OP_PING:
+                        ws.pong(payload)
+                    elif opcode == _OP_CLOSE:
+                        close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                        counts[f"closed_by_server_{close_code}"] += 1
+                        try:
+                            ws.send_close()  # answer the closing handshake, as websocket-client does
+                        except (OSError, websocket.WebSocketException):
+                            pass
+                        break
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             log.debug("connection lost: %s", exc)
         finally:
             with self._send_lock:
                 self._ws = None
                 was_connected = self._status == CONNECTED
-                if was_connected:
+                if was_connected and not self._stop.is_set():  # close() sets CLOSED itself
                     self._set_status(RECONNECTING if self.auto_reconnect else CLOSED)
             try:
                 ws.shutdown()
@@ -547,17 +660,17 @@ class Client:
             self._counts["bad_frames_from_server"] += 1
             log.warning("bad frame from server: %s", exc.message)
             return False
-        if event == p.EV_HANDSHAKE:
+        if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
+            self._on_channel_msg(data)
+        elif event == p.EV_HANDSHAKE:
             self._on_handshake(data)
             return True
-        if event == p.EV_PING:
+        elif event == p.EV_PING:
             self._send_control(p.EV_PONG)
         elif event == p.EV_PONG:
             pass
         elif event in (p.EV_REPLY, p.EV_ERROR):
             self._on_reply(event, data, cb_id)
-        elif event == p.EV_CHANNEL_MSG:
-            self._on_channel_msg(data)
         elif event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
             pass
         else:

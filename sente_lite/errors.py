@@ -75,3 +75,9 @@ class ConnectRefused(SenteLiteError, ConnectionError):
 
 class DiscoveryTimeout(SenteLiteError, TimeoutError):
     """A file awaited through :mod:`sente_lite.discovery` did not appear in time."""
+
+
+class LimitExceeded(SenteLiteError):
+    """A configured limit refused the operation (code ``limit-exceeded``); the message names it."""
+
+    code = "limit-exceeded"

@@ -72,6 +72,9 @@ MAX_CHANNEL_ID_CHARS = 256
 
 _EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}/[A-Za-z0-9_.\-]{1,64}")
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Surrogate code points cannot be encoded as UTF-8, so no text frame can carry them.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class Frame(NamedTuple):
@@ -114,16 +117,27 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_reject_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value - value != 0.0:  # 1e400 is JSON grammar but no finite double: it could not be sent on
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def dumps(obj: Any) -> str:
     """Encode ``obj`` as compact JSON text; raise :class:`EncodeError` if it cannot be."""
     try:
-        return _encoder.encode(obj)
+        text = _encoder.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(f"data is not JSON-encodable: {exc}") from None
+    if not text.isascii() and _SURROGATE_RE.search(text):
+        raise EncodeError("data is not JSON-encodable: it contains a lone surrogate "
+                          "(U+D800-U+DFFF), which UTF-8 text cannot carry")
+    return text
 
 
 def encode(event: str, data: Any = None, cb_id: Optional[str] = None) -> str:
@@ -156,13 +170,17 @@ def encode_error(code: str, message: str, cb_id: Optional[str] = None,
     return encode(EV_ERROR, error_data(code, message, event))
 
 
-def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
-    """Decode one frame.
+def _reencode_problem(value: Any) -> Optional[str]:
+    """Why a decoded value could not be sent on in a text frame, or None."""
+    try:
+        dumps(value)
+    except EncodeError as exc:
+        return str(exc)
+    return None
 
-    Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
-    valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
-    error can go back as that request's reply.
-    """
+
+def _parse(text: Union[str, bytes, bytearray, memoryview]) -> Any:
+    """The JSON value of a frame's text, with the standard library; FrameError if none."""
     if not isinstance(text, str):
         try:
             text = bytes(text).decode("utf-8")
@@ -176,6 +194,58 @@ def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
         raise FrameError(f"frame is not valid JSON: {exc}") from None
     except RecursionError:
         raise FrameError("frame is nested too deeply") from None
+    if _SURROGATE_ESCAPE_RE.search(text) or (not text.isascii() and _SURROGATE_RE.search(text)):
+        problem = _reencode_problem(value)  # paired surrogate escapes are fine
+        if problem is not None:
+            raise FrameError(f"frame holds text that is not valid Unicode: {problem}")
+    return value
+
+
+# Optional fast path (``pip install sente-lite[fast]``): orjson parses frames. It is
+# used only where its answer is provably the standard library's: anything orjson
+# refuses (invalid UTF-8 or JSON, NaN/Infinity, 1e400, lone surrogates, deep
+# nesting) and anything it would read differently (integers beyond 64 bits, which
+# it turns into floats) goes to :func:`_parse`, which decides and words the error.
+# Encoding stays on the standard library: orjson writes floats differently (1e16,
+# not 1e+16), NaN as null, and accepts Enum and UUID values the stdlib refuses.
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the [fast] extra
+    _orjson = None
+
+_NOT_PARSED = object()
+_LONG_NUMBER_STR = re.compile(r"\d{19}")
+_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
+#: Frames that may nest deeper than this go to the stdlib (its recursion limit decides).
+_FAST_MAX_OPENERS = 256
+
+
+def _fast_parse(text: Any) -> Any:
+    """orjson's value of ``text`` when it is certainly the stdlib's, else ``_NOT_PARSED``."""
+    if isinstance(text, str):
+        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > _FAST_MAX_OPENERS:
+            return _NOT_PARSED
+    elif isinstance(text, bytes):
+        if _LONG_NUMBER_BYTES.search(text) or text.count(b"[") + text.count(b"{") > _FAST_MAX_OPENERS:
+            return _NOT_PARSED
+    else:
+        return _NOT_PARSED
+    try:
+        return _orjson.loads(text)  # type: ignore[union-attr]
+    except (ValueError, RecursionError):
+        return _NOT_PARSED
+
+
+def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
+    """Decode one frame.
+
+    Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
+    valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
+    error can go back as that request's reply.
+    """
+    value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
+    if value is _NOT_PARSED:
+        value = _parse(text)
     if not isinstance(value, list):
         raise FrameError(f"frame must be a JSON array, got {type(value).__name__}")
     n = len(value)

@@ -20,21 +20,27 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
 from . import discovery
+from . import limits as lim
 from . import protocol as p
+from . import security
 from .channels import ChannelRegistry, Published
-from .errors import Disconnected, RemoteError, RequestTimeout
+from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
+from .metrics import LatencyHistogram, MetricsExporter
+from .security import Authenticate, Authorize, report
 
 log = logging.getLogger("sente_lite.server")
 
@@ -58,6 +64,7 @@ class _Identity:
     client_id: str
     uid: str
     remote: str
+    csrf_token: Optional[str] = None
 
 
 class Connection:
@@ -81,6 +88,10 @@ class Connection:
         self._cond = threading.Condition(threading.Lock())
         self._queue: Deque[bytes] = collections.deque()
         self._queued_bytes = 0
+        # Output fast path (see _enqueue_wire): frames go out as pre-built WebSocket
+        # bytes, written by the enqueuing thread itself when nothing else is pending.
+        self._raw_writes = _raw_writes_supported(ws)
+        self._flush_needed = False  # part of a frame waits in websockets' output buffer
         self._close_code: Optional[int] = None
         self._close_reason = ""
         self._close_requested_at: Optional[float] = None
@@ -109,26 +120,76 @@ class Connection:
         return self._enqueue(p.encode_bytes(event, data))
 
     def _enqueue(self, frame: bytes) -> bool:
-        size = len(frame)
+        """Send one encoded frame (UTF-8 JSON text) to this peer without blocking.
+
+        False when the connection is closing or its outbound queue overflowed.
+        """
+        return self._enqueue_wire(_text_frame(frame) if self._raw_writes else frame, len(frame))
+
+    def _enqueue_wire(self, wire: bytes, size: int) -> bool:
+        """Send ``wire`` (a whole WebSocket frame, or the JSON text without raw writes).
+
+        When nothing is queued and no one is writing, the calling thread writes it
+        at once with a non-blocking send: no hand-off to the writer thread. Whatever
+        cannot go out that way (socket buffer full, another thread writing) goes to
+        the bounded queue the writer thread drains, so a slow peer never blocks the
+        caller. ``size`` (the payload's) counts against ``max_queued_bytes_per_conn``.
+        """
+        if self._close_code is not None:
+            return False
+        if self._raw_writes and not self._queue and self._write_now(wire, size):
+            return True
         with self._cond:
             if self._close_code is not None:
                 return False
-            if self._queue and self._queued_bytes + size > self._server.max_queued_bytes_per_conn:
-                self._queue.clear()
-                self._queued_bytes = 0
-                self._request_close_locked(p.CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue full")
-                overflow = True
-            else:
-                self._queue.append(frame)
+            if not (self._queue and self._queued_bytes + size > self._server.max_queued_bytes_per_conn):
+                self._queue.append(wire)
                 self._queued_bytes += size
                 self._cond.notify()
                 return True
-        if overflow:
-            self._server._count("slow_consumer_closes")
-            log.warning("closing %s (uid=%s, remote=%s) with %d: outbound queue over %d bytes",
-                        self.conn_id, self.uid, self.remote_address, p.CLOSE_SLOW_CONSUMER,
-                        self._server.max_queued_bytes_per_conn)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._request_close_locked(p.CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue full")
+        self._server._count("slow_consumer_closes")
+        report(log, "closed", "slow-consumer", conn_id=self.conn_id, uid=self.uid,
+               remote=self.remote_address, code=p.CLOSE_SLOW_CONSUMER,
+               message=f"outbound queue over {self._server.max_queued_bytes_per_conn} bytes "
+                       "(max_queued_bytes_per_conn)")
         return False
+
+    def _write_now(self, wire: bytes, size: int) -> bool:
+        """Write one whole frame without blocking; False when it must be queued instead.
+
+        Order: it holds websockets' ``protocol_mutex`` (only if free, never waiting),
+        which every other write to this socket also holds (websockets' own, and the
+        writer thread's, which takes its batch only once it holds the mutex), and
+        writes only when nothing is queued. A part the kernel does not take goes
+        into websockets' output buffer, which every later write sends first.
+        """
+        ws = self._ws
+        mutex = ws.protocol_mutex
+        if not mutex.acquire(False):
+            return False
+        try:
+            proto = ws.protocol
+            sock = ws.socket
+            if (self._queue or proto.state is not _OPEN or proto.writes
+                    or sock.gettimeout() is not None):
+                return False
+            try:
+                n = sock.send(wire, _MSG_DONTWAIT)
+            except OSError:  # EAGAIN, or a dead socket the writer thread will meet
+                return False
+            self.frames_out += 1
+            self.bytes_out += size
+            if n < len(wire):
+                proto.writes.append(wire[n:])
+                with self._cond:
+                    self._flush_needed = True
+                    self._cond.notify()
+            return True
+        finally:
+            mutex.release()
 
     def _request_close_locked(self, code: int, reason: str) -> None:
         if self._close_code is None:
@@ -155,16 +216,18 @@ class Connection:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and self._close_code is None:
+                    while not self._queue and not self._flush_needed and self._close_code is None:
                         self._cond.wait()
-                    batch = self._queue
-                    self._queue = collections.deque()
-                    self._queued_bytes = 0
                     code = self._close_code
-                for frame in batch:
-                    ws.send(frame, text=True)
-                    self.frames_out += 1
-                    self.bytes_out += len(frame)
+                if self._raw_writes:
+                    self._write_batch()
+                else:
+                    with self._cond:
+                        batch, size = self._take_batch()
+                    for frame in batch:
+                        ws.send(frame, text=True)
+                    self.frames_out += len(batch)
+                    self.bytes_out += size
                 if code is not None:
                     with self._cond:
                         if self._queue:  # more was queued while flushing (flush mode)
@@ -178,6 +241,31 @@ class Connection:
         except Exception:  # pragma: no cover - a bug; the connection must still end
             log.exception("writer of %s failed", self.conn_id)
             self._abort()
+
+    def _take_batch(self) -> Tuple[Deque[bytes], int]:
+        """Empty the queue: (its frames, their payload bytes). Caller holds ``_cond``."""
+        batch, size = self._queue, self._queued_bytes
+        self._queue = collections.deque()
+        self._queued_bytes = 0
+        self._flush_needed = False
+        return batch, size
+
+    def _write_batch(self) -> None:
+        """Write every queued WebSocket frame, after any unsent rest of a direct write,
+        with one ``sendall``, inside websockets' ``send_context`` (which holds
+        ``protocol_mutex`` and handles state and closing). The batch is taken only
+        once the mutex is held, so no direct write can overtake it."""
+        ws = self._ws
+        with ws.send_context():
+            with self._cond:
+                batch, size = self._take_batch()
+            proto = ws.protocol
+            pending = proto.data_to_send()  # the unsent rest of a direct write, if any
+            pending.extend(batch)
+            if pending:
+                proto.writes.append(b"".join(pending))
+            self.frames_out += len(batch)
+            self.bytes_out += size
 
     def _abort(self) -> None:
         """Shut the socket down so blocked reads and writes return at once."""
@@ -196,7 +284,16 @@ class Connection:
         cb_id = f"s{next(self._cb_ids)}"
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         with self._pending_lock:
-            self._pending[cb_id] = fut
+            outstanding = len(self._pending)
+            admitted = outstanding < self._server.max_outstanding_requests
+            if admitted:
+                self._pending[cb_id] = fut
+        if not admitted:
+            self._server._count("outstanding_request_limit")
+            report(log, "refused-request", "max-outstanding-requests", conn_id=self.conn_id,
+                   uid=self.uid, remote=self.remote_address, event=event, outstanding=outstanding)
+            raise LimitExceeded(f"{outstanding} requests to {self.conn_id} already await a reply "
+                                f"(max_outstanding_requests={self._server.max_outstanding_requests})")
         try:
             if not self._enqueue(p.encode_bytes(event, data, cb_id)):
                 raise Disconnected(f"connection {self.conn_id} is closing")
@@ -245,6 +342,16 @@ class Server:
     ``close_timeout`` (seconds a closing handshake may take before the socket is
     shut), ``handshake_timeout`` (seconds for the HTTP upgrade),
     ``max_idle_channels`` and ``max_remembered_clients`` (bounded memory).
+
+    Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
+    ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
+    channel_id) -> bool`` (False: ``forbidden``), ``allowed_origins`` (None: no
+    Origin or the same host; else that list, ``["*"]`` for any; others 403),
+    ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
+    ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
+    ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
+    ``max_subscriptions_per_conn`` (``limit-exceeded``), ``max_outstanding_requests``
+    (server-to-client requests; :class:`LimitExceeded`), ``expose_metrics`` (``/metrics``).
     """
 
     def __init__(
@@ -264,6 +371,19 @@ class Server:
         max_remembered_clients: int = DEFAULT_MAX_REMEMBERED_CLIENTS,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+        authenticate: Optional[Authenticate] = None,
+        authorize: Optional[Authorize] = None,
+        allowed_origins: Optional[Sequence[str]] = None,
+        csrf: bool = False,
+        csrf_secret: Union[bytes, str, None] = None,
+        max_connections: int = lim.DEFAULT_MAX_CONNECTIONS,
+        max_pending_handshakes: int = lim.DEFAULT_MAX_PENDING_HANDSHAKES,
+        max_subscriptions_per_conn: int = lim.DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN,
+        rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT,
+        rate_burst: Optional[int] = None,
+        max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED,
+        max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS,
+        expose_metrics: bool = True,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
@@ -280,6 +400,26 @@ class Server:
         self.max_remembered_clients = max_remembered_clients
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
+        lim.validate_positive("rate_limit", rate_limit, allow_none=True)
+        lim.validate_positive("max_subscriptions_per_conn", max_subscriptions_per_conn)
+        lim.validate_positive("max_rate_limited", max_rate_limited)
+        lim.validate_positive("max_outstanding_requests", max_outstanding_requests)
+        lim.validate_positive("handshake_timeout", handshake_timeout)
+        if authorize is not None and not callable(authorize):
+            raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
+        self.authorize = authorize
+        self.max_subscriptions_per_conn = max_subscriptions_per_conn
+        self.rate_limit = rate_limit
+        self.rate_burst = rate_burst
+        self.max_rate_limited = max_rate_limited
+        self.max_outstanding_requests = max_outstanding_requests
+        self.expose_metrics = expose_metrics
+        self._gate = security.Gate(
+            authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
+            csrf_secret=csrf_secret, max_connections=max_connections,
+            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout)
+        self._latency = LatencyHistogram()
+        self._metrics = MetricsExporter(self.stats, self._latency)
 
         self.server_id = uuid.uuid4().hex[:16]
         self.channels = ChannelRegistry(self.server_id, max_idle_channels)
@@ -330,6 +470,7 @@ class Server:
             open_timeout=self.handshake_timeout,
             compression=None,
             server_header="sente-lite",
+            create_connection=self._gate.connection_factory,  # type: ignore[arg-type]
         )
         self.port = self._ws_server.socket.getsockname()[1]
         self._started_at = time.monotonic()
@@ -355,6 +496,7 @@ class Server:
         for conn in self._snapshot():
             if not conn._closed.wait(max(0.0, deadline - time.monotonic())):
                 conn._abort()
+        self._gate.abort_pending()  # upgrades still arriving would hold shutdown for handshake_timeout
         self._ws_server.shutdown()
         self._stop_event.set()
         for t in (self._serve_thread, self._hb_thread):
@@ -443,6 +585,25 @@ class Server:
         conn.close(code, reason)
         return True
 
+    def disconnect_user(self, uid: str, code: int = p.CLOSE_NORMAL, reason: str = "") -> int:
+        """Close every live connection of ``uid`` with ``code``; returns how many.
+
+        With 1008 the reference clients stop reconnecting; with 1000 they
+        reconnect and meet ``authenticate`` again.
+        """
+        with self._lock:
+            conns = [self._conns[c] for c in self._by_uid.get(uid, ()) if c in self._conns]
+        for conn in conns:
+            self._count("forced_closes")
+            report(log, "closed", "disconnect-user", conn_id=conn.conn_id, uid=uid,
+                   remote=conn.remote_address, code=code, message=reason)
+            conn.close(code, reason)
+        return len(conns)
+
+    def csrf_token(self, client_id: str) -> Optional[str]:
+        """The CSRF token of ``client_id`` (to embed in a page); None when ``csrf`` is off."""
+        return self._gate.csrf_token_for(client_id)
+
     # -- inspection -------------------------------------------------------------
     def connections(self) -> List[dict]:
         """One dict per live connection: ids, remote, channels, queue, counters."""
@@ -467,6 +628,8 @@ class Server:
         out["bytes_out"] = out.get("bytes_out_closed", 0) + sum(c.bytes_out for c in live)
         out["queued_bytes"] = sum(c.queued_bytes for c in live)
         out.update(self.channels.stats())
+        out.update(self._gate.stats())
+        out["request_latency"] = self._latency.summary()
         out["uptime_s"] = round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0
         out["server_id"] = self.server_id
         return out
@@ -481,42 +644,107 @@ class Server:
 
     # -- HTTP side --------------------------------------------------------------
     def _process_request(self, ws: ServerConnection, request: Request) -> Optional[Response]:
+        response = self._answer_http(ws, request)
+        if response is not None:
+            security.mark_answered(ws)
+        return response
+
+    def _answer_http(self, ws: ServerConnection, request: Request) -> Optional[Response]:
+        """Operator GETs, else the upgrade's checks in order: path, client-id, then
+        :meth:`_admit` (origin, CSRF, connection slot) and :meth:`_identify` (auth)."""
         parts = urlsplit(request.path)
         if self._stopping:
-            return _respond(ws, http.HTTPStatus.SERVICE_UNAVAILABLE, "server shutting down\n")
-        if parts.path == "/health" and "Upgrade" not in request.headers:
-            body = p.dumps({"status": "ok", "server-id": self.server_id,
-                            "uptime-s": round(time.monotonic() - self._started_at, 3),
-                            "connections": len(self._conns),
-                            "channels": self.channels.stats()["active_channels"]})
-            return _respond(ws, http.HTTPStatus.OK, body + "\n", "application/json")
+            return self._gate.refuse(ws, 503, security.R_SHUTTING_DOWN, "server shutting down")
+        if "Upgrade" not in request.headers:
+            if parts.path == "/health":
+                body = p.dumps({"status": "ok", "server-id": self.server_id,
+                                "uptime-s": round(time.monotonic() - self._started_at, 3),
+                                "connections": len(self._conns),
+                                "channels": self.channels.stats()["active_channels"]})
+                return _respond(ws, http.HTTPStatus.OK, body + "\n", "application/json")
+            if parts.path == "/metrics":
+                return self._metrics_response(ws)
+            if parts.path == security.CSRF_TOKEN_PATH:
+                return self._csrf_token_response(ws, request, parts.query)
         if parts.path != self.path:
-            return _respond(ws, http.HTTPStatus.NOT_FOUND, f"no endpoint at {parts.path}\n")
+            return self._gate.refuse(ws, 404, security.R_NOT_FOUND, f"no endpoint at {parts.path}")
         query = parse_qs(parts.query, keep_blank_values=True)
-        client_id = (query.get("client-id") or [""])[0]
-        if client_id and (len(client_id) > MAX_CLIENT_ID_CHARS or not client_id.isprintable()):
-            return _respond(ws, http.HTTPStatus.BAD_REQUEST,
-                            f"client-id must be 1-{MAX_CLIENT_ID_CHARS} printable characters\n")
-        client_id = client_id or uuid.uuid4().hex
-        remote = ws.remote_address
-        remote_s = f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)
-        refusal = self._admit(ws, request, client_id)
+        given = (query.get("client-id") or [""])[0]
+        if given and _client_id_problem(given):
+            return self._gate.refuse(ws, 400, security.R_BAD_CLIENT_ID, _client_id_problem(given))
+        client_id = given or uuid.uuid4().hex
+        refusal = self._admit(ws, request, client_id, bool(given))
         if refusal is not None:
             return refusal
-        ws.sente_identity = _Identity(client_id, self._identify(request, client_id), remote_s)  # type: ignore[attr-defined]
+        uid = self._identify(ws, request, client_id)
+        if isinstance(uid, Response):
+            return uid
+        remote = ws.remote_address
+        remote_s = f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)
+        ws.sente_identity = _Identity(client_id, uid, remote_s,  # type: ignore[attr-defined]
+                                      self._gate.csrf_token_for(client_id))
         return None
 
-    def _admit(self, ws: ServerConnection, request: Request, client_id: str) -> Optional[Response]:
-        """Seam for origin, CSRF and connection-limit checks: a Response refuses."""
-        return None
+    def _admit(self, ws: ServerConnection, request: Request, client_id: str,
+               client_id_given: bool) -> Optional[Response]:
+        """Origin, CSRF and connection-limit checks (see :mod:`sente_lite.security`): a Response refuses."""
+        return self._gate.admit(ws, request, client_id, client_id_given)
 
-    def _identify(self, request: Request, client_id: str) -> str:
-        """Seam for authentication: the uid of this upgrade (the client-id for now)."""
-        return client_id
+    def _identify(self, ws: ServerConnection, request: Request, client_id: str) -> Union[str, Response]:
+        """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""
+        return self._gate.identify(ws, request, client_id)
 
-    def _authorize(self, conn: Connection, action: str, channel_id: str) -> bool:
-        """Seam for per-channel authorization of ``subscribe`` and ``publish``."""
-        return True
+    def _authorize(self, conn: Connection, action: str, channel_id: str) -> Optional[Tuple[str, str]]:
+        """Checks of one subscribe/unsubscribe/publish: None allows, (error code, message) refuses.
+
+        ``max_subscriptions_per_conn`` (``limit-exceeded``), then the ``authorize``
+        hook for ``subscribe`` and ``publish`` (``forbidden``; a hook that raises forbids).
+        """
+        if action == "subscribe":
+            held = self.channels.channels_of(conn.conn_id)
+            if len(held) >= self.max_subscriptions_per_conn and channel_id not in held:
+                self._count("subscription_limit")
+                report(log, "refused-subscribe", "max-subscriptions", conn_id=conn.conn_id,
+                       uid=conn.uid, remote=conn.remote_address, channel_id=channel_id)
+                return p.ERR_LIMIT_EXCEEDED, (f"{len(held)} subscriptions already "
+                                              f"(max_subscriptions_per_conn={self.max_subscriptions_per_conn})")
+        if self.authorize is None or action not in ("subscribe", "publish"):
+            return None
+        try:
+            allowed = bool(self.authorize(conn, action, channel_id))
+        except Exception:
+            self._count("hook_errors")
+            log.exception("authorize hook raised for %s %r (conn %s): forbidden",
+                          action, channel_id, conn.conn_id)
+            allowed = False
+        if allowed:
+            return None
+        self._count("forbidden")
+        report(log, f"refused-{action}", "forbidden", conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
+        return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
+
+    def _metrics_response(self, ws: ServerConnection) -> Response:
+        if not self.expose_metrics:
+            return _respond(ws, http.HTTPStatus.NOT_FOUND, "metrics are off (expose_metrics=False)\n")
+        status, content_type, body = self._metrics.render()
+        return _respond(ws, http.HTTPStatus(status), body.decode("utf-8"), content_type)
+
+    def _csrf_token_response(self, ws: ServerConnection, request: Request, query_s: str) -> Response:
+        """``GET /csrf-token?client-id=X`` -> ``{"client-id", "csrf-token"}`` (same-origin only)."""
+        if self._gate.csrf is None:
+            return _respond(ws, http.HTTPStatus.NOT_FOUND, "CSRF protection is off: no token needed\n")
+        refusal = self._gate.check_origin(ws, request)
+        if refusal is not None:
+            return refusal
+        client_id = (parse_qs(query_s, keep_blank_values=True).get("client-id") or [""])[0]
+        problem = _client_id_problem(client_id) if client_id else "client-id query parameter required"
+        if problem:
+            return self._gate.refuse(ws, 400, security.R_BAD_CLIENT_ID, problem)
+        body = p.dumps({"client-id": client_id, "csrf-token": self._gate.csrf_token_for(client_id)})
+        response = _respond(ws, http.HTTPStatus.OK, body + "\n", "application/json")
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     # -- connection lifecycle -----------------------------------------------------
     def _handle(self, ws: ServerConnection) -> None:
@@ -530,15 +758,15 @@ class Server:
                 self._seen_clients.popitem(last=False)
         conn = Connection(self, ws, conn_id, ident, first)
         conn._enqueue(p.encode_bytes(p.EV_HANDSHAKE, [
-            ident.uid, None,
+            ident.uid, ident.csrf_token,
             {"conn-id": conn_id, "client-id": ident.client_id, "server-id": self.server_id,
              "protocol": p.PROTOCOL_VERSION, "heartbeat-ms": self.heartbeat_ms,
              "max-message-bytes": self.max_message_bytes},
             first]))
-        conn._writer.start()
         with self._lock:
             self._conns[conn_id] = conn
             self._by_uid.setdefault(conn.uid, set()).add(conn_id)
+        conn._writer.start()  # only now: a client holding the handshake is known to send/stats
         self._count("connections_opened")
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, conn.uid, conn.remote_address, first)
         try:
@@ -549,15 +777,65 @@ class Server:
             self._drop(conn)
 
     def _read_loop(self, ws: ServerConnection, conn: Connection) -> None:
+        guard = (lim.RateGuard(self.rate_limit, self.rate_burst, self.max_rate_limited)
+                 if self.rate_limit is not None else None)
         while True:
             try:
                 msg = ws.recv()
-            except ConnectionClosed:
+            except ConnectionClosed as exc:
+                self._note_protocol_close(conn, exc)
                 return
             conn.last_seen = time.monotonic()
             conn.frames_in += 1
             conn.bytes_in += len(msg)
+            if guard is not None:
+                verdict = guard.check()
+                if verdict is not lim.RateGuard.OK:
+                    self._rate_limited(conn, msg, verdict is lim.RateGuard.CLOSE)
+                    continue
             self._on_message(conn, msg)
+
+    def _rate_limited(self, conn: Connection, msg: Any, close: bool) -> None:
+        """A frame over ``rate_limit``: answer ``rate-limited``, or close 1008 when it persists."""
+        self._count("rate_limited")
+        if close:
+            if conn._close_code is None:
+                self._count("rate_limit_closes")
+                report(log, "closed", "rate-limit", conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=p.CLOSE_POLICY,
+                       message=f"kept sending over {self.rate_limit:g} frames/s (max_rate_limited="
+                               f"{self.max_rate_limited} refused frames per "
+                               f"{lim.RATE_PATIENCE_WINDOW_S:g}s)")
+                conn.close(p.CLOSE_POLICY, "rate limit exceeded", flush=False)
+            return
+        cb_id: Optional[str] = None
+        event: Optional[str] = None
+        try:
+            frame = p.decode(msg)
+            cb_id, event = frame.cb_id, frame.event
+        except p.FrameError as exc:
+            cb_id = exc.cb_id
+        report(log, "rate-limited", "rate-limit", conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, event=event, level=logging.INFO)
+        if event in (p.EV_REPLY, p.EV_ERROR):
+            return  # never answer an answer
+        self._error(conn, p.ERR_RATE_LIMITED,
+                    f"over {self.rate_limit:g} frames/s (rate_limit): frame dropped", cb_id, event)
+
+    def _note_protocol_close(self, conn: Connection, exc: ConnectionClosed) -> None:
+        """Count and log a close websockets made on its own (1009 too big, 1002/1007 protocol)."""
+        sent = exc.sent
+        if sent is None or exc.rcvd_then_sent is True or conn._close_code is not None:
+            return  # the peer closed first, or the server closed on purpose (already reported)
+        if sent.code == p.CLOSE_TOO_BIG:
+            key, reason = "too_large_closes", "max-message-bytes"
+        elif sent.code in (1002, 1003, 1007):
+            key, reason = "protocol_error_closes", "protocol-error"
+        else:
+            return
+        self._count(key)
+        report(log, "closed", reason, conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, code=sent.code, message=sent.reason)
 
     def _drop(self, conn: Connection) -> None:
         with self._lock:
@@ -576,7 +854,13 @@ class Server:
             conn._abort()
             conn._writer.join(self.close_timeout)
         ws = conn._ws
-        code = initiated if initiated is not None else (ws.close_code or 1006)
+        sent, rcvd = ws.protocol.close_sent, ws.protocol.close_rcvd
+        if initiated is not None:
+            code = initiated
+        elif sent is not None and (rcvd is None or not ws.protocol.close_rcvd_then_sent):
+            code = int(sent.code)  # websockets failed the connection itself (1009, 1002, 1007)
+        else:
+            code = int(ws.close_code or 1006)
         reason = ws.close_reason or ""
         with self._count_lock:
             self._counts["connections_closed"] += 1
@@ -616,9 +900,9 @@ class Server:
                     continue
                 if now - conn.last_seen > timeout:
                     self._count("heartbeat_timeouts")
-                    log.info("closing %s (uid=%s, remote=%s) with %d: silent for %.1fs",
-                             conn.conn_id, conn.uid, conn.remote_address,
-                             p.CLOSE_HEARTBEAT_TIMEOUT, now - conn.last_seen)
+                    report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
+                           remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
+                           message=f"silent for {now - conn.last_seen:.1f}s", level=logging.INFO)
                     self.channels.remove_member(conn.conn_id)
                     conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
                 elif send_pings:
@@ -635,6 +919,14 @@ class Server:
             self._bad_frame(conn, exc.message, exc.cb_id)
             return
         conn._bad_in_row = 0
+        if frame.cb_id is None or frame.event in (p.EV_REPLY, p.EV_ERROR):
+            self._dispatch(conn, frame)
+            return
+        started = time.perf_counter()
+        self._dispatch(conn, frame)
+        self._latency.observe(time.perf_counter() - started)
+
+    def _dispatch(self, conn: Connection, frame: p.Frame) -> None:
         event, data, cb_id = frame
         builtin = self._builtins.get(event)
         if builtin is not None:
@@ -668,9 +960,12 @@ class Server:
         conn._bad_in_row += 1
         self._error(conn, p.ERR_BAD_FRAME, message, cb_id)
         if conn._bad_in_row > self.max_bad_frames_in_row:
-            self._count("bad_frame_closes")
-            log.warning("closing %s (uid=%s, remote=%s) with %d: %d bad frames in a row",
-                        conn.conn_id, conn.uid, conn.remote_address, p.CLOSE_POLICY, conn._bad_in_row)
+            if conn._close_code is None:
+                self._count("bad_frame_closes")
+                report(log, "closed", "bad-frames", conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=p.CLOSE_POLICY,
+                       message=f"{conn._bad_in_row} bad frames in a row "
+                               f"(max_bad_frames_in_row={self.max_bad_frames_in_row})")
             conn.close(p.CLOSE_POLICY, "too many bad frames")
 
     def _error(self, conn: Connection, code: str, message: str, cb_id: Optional[str],
@@ -719,9 +1014,9 @@ class Server:
             self._error(conn, p.ERR_INVALID_CHANNEL, problem, cb_id, event)
             return None
         assert isinstance(channel, str)
-        if not self._authorize(conn, event.split("/", 1)[1], channel):
-            self._count("forbidden")
-            self._error(conn, p.ERR_FORBIDDEN, f"{event} to {channel!r} not allowed", cb_id, event)
+        refusal = self._authorize(conn, event.split("/", 1)[1], channel)
+        if refusal is not None:
+            self._error(conn, refusal[0], refusal[1], cb_id, event)
             return None
         return channel
 
@@ -770,17 +1065,22 @@ class Server:
 
     def _publish(self, channel: str, data_json: str, from_uid: Optional[str],
                  exclude: Optional[str]) -> Published:
-        head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{p.dumps(channel)},'
-                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{p.dumps(from_uid)},"{p.K_OFFSET}":')
+        head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{_json_string(channel)},'
+                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{_json_string(from_uid)},"{p.K_OFFSET}":')
 
-        def make_frame(offset: int, epoch: str) -> bytes:
-            return f'{head}{offset},"{p.K_EPOCH}":{p.dumps(epoch)}}}]'.encode("utf-8")
+        def make_frame(offset: int, epoch: str) -> Any:
+            # Encoded once per publish, as JSON and as a WebSocket frame, for every subscriber.
+            frame = f'{head}{offset},"{p.K_EPOCH}":{_json_string(epoch)}}}]'.encode("utf-8")
+            return frame, _text_frame(frame), len(frame)
 
         conns = self._conns
 
-        def deliver(member: Any, frame: bytes) -> bool:
+        def deliver(member: Any, built: Any) -> bool:
             conn = conns.get(member)
-            return conn is not None and conn._enqueue(frame)
+            if conn is None:
+                return False
+            frame, wire, size = built
+            return conn._enqueue_wire(wire if conn._raw_writes else frame, size)
 
         result = self.channels.publish(channel, make_frame, deliver, exclude)
         with self._count_lock:
@@ -790,6 +1090,55 @@ class Server:
 
 
 _PONG = p.encode_bytes(p.EV_PONG)
+
+_OPEN = State.OPEN
+#: JSON text of recently published channel ids, uids and epochs (bounded; cleared when full).
+_JSON_STRINGS: Dict[str, str] = {}
+MAX_CACHED_JSON_STRINGS = 4096
+
+
+def _json_string(value: Optional[str]) -> str:
+    """``p.dumps(value)`` for a str or None, remembered: every publish names the same few."""
+    if value is None:
+        return "null"
+    text = _JSON_STRINGS.get(value)
+    if text is None:
+        text = p.dumps(value)
+        if len(_JSON_STRINGS) >= MAX_CACHED_JSON_STRINGS:
+            _JSON_STRINGS.clear()
+        _JSON_STRINGS[value] = text
+    return text
+
+_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_HEAD_16 = struct.Struct("!BBH")
+_HEAD_64 = struct.Struct("!BBQ")
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, final WebSocket text frame (RFC 6455 5.2): the bytes
+    websockets' ``send_text`` writes for a server without extensions."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return _HEAD_16.pack(0x81, 126, n) + payload
+    return _HEAD_64.pack(0x81, 127, n) + payload
+
+
+def _raw_writes_supported(ws: ServerConnection) -> bool:
+    """True when frames can be written as pre-built bytes: the websockets internals the
+    fast path relies on are there (13.x-17.x have them) and no extension (compression)
+    changes the bytes of a frame. Otherwise every frame goes through ``ws.send``."""
+    proto = getattr(ws, "protocol", None)
+    return (_MSG_DONTWAIT != 0 and isinstance(getattr(proto, "writes", None), list)
+            and hasattr(ws, "protocol_mutex") and hasattr(ws, "send_context")
+            and hasattr(proto, "data_to_send") and not getattr(proto, "extensions", True))
+
+
+def _client_id_problem(client_id: str) -> Optional[str]:
+    if len(client_id) > MAX_CLIENT_ID_CHARS or not client_id.isprintable():
+        return f"client-id must be 1-{MAX_CLIENT_ID_CHARS} printable characters"
+    return None
 
 
 def _respond(ws: ServerConnection, status: http.HTTPStatus, body: str,

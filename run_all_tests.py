@@ -1,0 +1,319 @@
+#!/usr/bin/env python3
+"""Run the multi-process scenarios in test_scripts/ and report.
+
+Discovers ``test_scripts/[0-9][0-9]_*.py`` in order and runs each in a fresh
+process (``sys.executable``) with a timeout, printing one line as each starts
+and ends, then a table of results (and, with ``--repeat``, pass rates). Exits 0
+only when every scenario run passed. The scenarios judge themselves: this file
+only runs them and reads the JSON report each one writes with ``--json``.
+
+    python run_all_tests.py                       # every scenario once
+    python run_all_tests.py -k 03 -k restart      # only scenarios whose name matches
+    python run_all_tests.py --repeat 10 -x        # 10 rounds, stop at the first failure
+    python run_all_tests.py --json out.json --junit junit.xml --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from tabulate import tabulate
+
+REPO = Path(__file__).resolve().parent
+SCENARIO_DIR = REPO / "test_scripts"
+SCENARIO_GLOB = "[0-9][0-9]_*.py"
+#: Seconds one scenario process may run before it is killed (scenarios have tighter deadlines).
+DEFAULT_TIMEOUT_S = 240.0
+#: Lines of output shown for a scenario that failed without a report of its own.
+OUTPUT_TAIL_LINES = 20
+#: Figures shown in their own column (the names scenarios report them under).
+KEY_FIGURES = ("clients", "messages", "p99_ms", "recovery_s")
+#: Width of the table's "other figures" column.
+DETAILS_WIDTH = 60
+
+
+@dataclass
+class Outcome:
+    """One run of one scenario."""
+
+    scenario: str
+    repeat: int
+    outcome: str                   # pass, fail, crash, timeout, error
+    duration_s: float
+    figures: Dict[str, Any] = field(default_factory=dict)
+    error: Optional[str] = None
+    failed_checks: List[str] = field(default_factory=list)
+    failing_process: Optional[str] = None
+    log_tail: str = ""
+    exit_code: Optional[int] = None
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == "pass"
+
+
+def discover(directory: Path = SCENARIO_DIR) -> List[Path]:
+    """The scenario scripts, in name order."""
+    return sorted(directory.glob(SCENARIO_GLOB))
+
+
+def select(scripts: Sequence[Path], patterns: Sequence[str]) -> List[Path]:
+    """The scripts whose name contains one of ``patterns`` (comma-separated allowed); all if none."""
+    wanted = [p.strip() for pat in patterns for p in pat.split(",") if p.strip()]
+    if not wanted:
+        return list(scripts)
+    return [s for s in scripts if any(w in s.stem for w in wanted)]
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str) -> Outcome:
+    """Run one scenario script in its own process group; never raises for its failures."""
+    name = script.stem
+    json_path = work_dir / f"{name}.{repeat}.json"
+    out_path = work_dir / f"{name}.{repeat}.out"
+    cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(work_dir)]
+    if keep:
+        cmd.append(keep)
+    t0 = time.monotonic()
+    with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(REPO), start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGKILL)  # the scenario and every process it started
+            proc.wait()
+        out.seek(0)
+        output = out.read()
+    duration = time.monotonic() - t0
+    report: Optional[Dict[str, Any]] = None
+    if json_path.exists():
+        try:
+            report = json.loads(json_path.read_text(encoding="utf-8"))
+        except ValueError:
+            report = None
+    if timed_out:
+        return Outcome(name, repeat, "timeout", duration, error=f"killed after {timeout:.0f}s",
+                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode)
+    if report is None:
+        return Outcome(name, repeat, "crash", duration,
+                       error=f"exited with code {proc.returncode} without a report",
+                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode)
+    outcome = report.get("outcome") or ("pass" if report.get("passed") else "fail")
+    if outcome == "pass" and proc.returncode != 0:
+        outcome = "error"
+    log_tail = report.get("log_tail") or ""
+    failing_process = report.get("failing_process") if log_tail else None
+    if not log_tail and outcome != "pass":  # no process log to show: show the scenario's output
+        log_tail = _tail(output, OUTPUT_TAIL_LINES)
+    return Outcome(
+        name, repeat, outcome, duration, figures=report.get("figures") or {},
+        error=report.get("error"),
+        failed_checks=[f"{c['what']}: {c['detail']}" if c.get("detail") else c["what"]
+                       for c in report.get("checks", ()) if not c.get("ok")],
+        failing_process=failing_process, log_tail=log_tail, exit_code=proc.returncode)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def results_table(outcomes: Sequence[Outcome], with_repeat: bool) -> str:
+    """One row per scenario run: result, duration, key figures, other figures."""
+    headers = ["scenario"] + (["run"] if with_repeat else []) + \
+        ["result", "duration s", "clients", "messages", "p99 ms", "recovery s", "other figures"]
+    rows = []
+    for o in outcomes:
+        others = ", ".join(f"{k}={_fmt(v)}" for k, v in o.figures.items() if k not in KEY_FIGURES)
+        rows.append([o.scenario] + ([o.repeat] if with_repeat else []) +
+                    [o.outcome.upper(), f"{o.duration_s:.1f}"] +
+                    [_fmt(o.figures.get(k)) for k in KEY_FIGURES] + [others])
+    return tabulate(rows, headers, tablefmt="simple", maxcolwidths=[None] * (len(headers) - 1)
+                    + [DETAILS_WIDTH])
+
+
+def _span(values: List[float]) -> str:
+    if not values:
+        return "-"
+    lo, hi = min(values), max(values)
+    return _fmt(lo) if lo == hi else f"{_fmt(lo)}..{_fmt(hi)}"
+
+
+def pass_rate_table(outcomes: Sequence[Outcome]) -> str:
+    """Per scenario over repeats: passes, rate, durations, p99 and recovery ranges."""
+    by_name: Dict[str, List[Outcome]] = {}
+    for o in outcomes:
+        by_name.setdefault(o.scenario, []).append(o)
+    rows = []
+    for name, runs in by_name.items():
+        passed = sum(o.passed for o in runs)
+        durations = [o.duration_s for o in runs]
+        p99 = [o.figures["p99_ms"] for o in runs if isinstance(o.figures.get("p99_ms"), (int, float))]
+        rec = [o.figures["recovery_s"] for o in runs
+               if isinstance(o.figures.get("recovery_s"), (int, float))]
+        failures = sorted({o.outcome for o in runs if not o.passed})
+        rows.append([name, f"{passed}/{len(runs)}", f"{100.0 * passed / len(runs):.0f}%",
+                     f"{statistics.median(durations):.1f}", f"{max(durations):.1f}",
+                     _span(p99), _span(rec), ", ".join(failures) or "-"])
+    return tabulate(rows, ["scenario", "passed", "rate", "median s", "max s", "p99 ms",
+                           "recovery s", "failures"], tablefmt="simple")
+
+
+def failure_details(outcomes: Sequence[Outcome]) -> str:
+    """For each failed run: the error, the failed checks, and the tail of the failing log."""
+    parts = []
+    for o in outcomes:
+        if o.passed:
+            continue
+        head = f"--- {o.scenario} (run {o.repeat}): {o.outcome.upper()}"
+        lines = [head]
+        if o.error:
+            lines += ["  " + ln for ln in o.error.splitlines()[:40]]
+        lines += [f"  failed check: {c}" for c in o.failed_checks]
+        if o.log_tail:
+            who = f"{o.failing_process}'s log" if o.failing_process else "output"
+            lines.append(f"  tail of {who}:")
+            lines += ["  | " + ln for ln in o.log_tail.splitlines()]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def write_junit(path: str, outcomes: Sequence[Outcome], with_repeat: bool) -> None:
+    """Write a JUnit XML report: one testcase per scenario run (``name[run]`` when repeated)."""
+    failures = sum(o.outcome == "fail" for o in outcomes)
+    errors = sum(not o.passed and o.outcome != "fail" for o in outcomes)
+    suite = ET.Element("testsuite", name="sente_lite scenarios", tests=str(len(outcomes)),
+                       failures=str(failures), errors=str(errors),
+                       time=f"{sum(o.duration_s for o in outcomes):.3f}")
+    for o in outcomes:
+        case = ET.SubElement(suite, "testcase", classname="test_scripts",
+                             name=f"{o.scenario}[{o.repeat}]" if with_repeat else o.scenario,
+                             time=f"{o.duration_s:.3f}")
+        if o.figures:
+            props = ET.SubElement(case, "properties")
+            for k, v in o.figures.items():
+                ET.SubElement(props, "property", name=k, value=_fmt(v))
+        if not o.passed:
+            tag = "failure" if o.outcome == "fail" else "error"
+            first = o.failed_checks[0] if o.failed_checks else (o.error or o.outcome)
+            message = first.splitlines()[0]
+            el = ET.SubElement(case, tag, message=message, type=o.outcome)
+            el.text = failure_details([o])
+    root = ET.Element("testsuites")
+    root.append(suite)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="Run the multi-process scenarios in test_scripts/.")
+    ap.add_argument("--scripts", type=Path, default=SCENARIO_DIR, metavar="DIR",
+                    help=f"directory of the NN_name.py scenarios (default {SCENARIO_DIR.name}/)")
+    ap.add_argument("-k", "--only", action="append", default=[], metavar="PATTERN",
+                    help="run only scenarios whose file name contains PATTERN (repeatable, "
+                         "comma-separated allowed), e.g. -k 03 -k restart")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="run the selection N times and show a pass-rate table")
+    ap.add_argument("--json", metavar="PATH", help="write every run's outcome as JSON to PATH")
+    ap.add_argument("--junit", metavar="PATH", help="write a JUnit XML report to PATH")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the run directories, logs and reports (their location is printed)")
+    ap.add_argument("--keep-failed", action="store_true",
+                    help="keep run directories, logs and reports of failed runs only")
+    ap.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
+    ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                    help=f"kill a scenario after S seconds (default {DEFAULT_TIMEOUT_S:.0f})")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    scripts = select(discover(args.scripts), args.only)
+    if not scripts:
+        print(f"no scenario in {args.scripts} matches {args.only or SCENARIO_GLOB}", file=sys.stderr)
+        return 1
+    work_dir = Path(tempfile.mkdtemp(prefix="sente-lite-scenarios-"))
+    outcomes: List[Outcome] = []
+    total = len(scripts) * args.repeat
+    t0 = time.monotonic()
+    try:
+        stop = False
+        for rep in range(1, args.repeat + 1):
+            for script in scripts:
+                n = len(outcomes) + 1
+                tag = f"[{n}/{total}]" + (f" run {rep}" if args.repeat > 1 else "")
+                print(f"{tag} {script.stem} ...", flush=True)
+                o = run_one(script, rep, work_dir, args.timeout,
+                            "--keep" if args.keep else "--keep-failed" if args.keep_failed else "")
+                outcomes.append(o)
+                key = " ".join(f"{k}={_fmt(o.figures[k])}" for k in KEY_FIGURES if k in o.figures)
+                print(f"{tag} {script.stem} {o.outcome.upper()} in {o.duration_s:.1f}s  {key}",
+                      flush=True)
+                if args.exitfirst and not o.passed:
+                    stop = True
+                    break
+            if stop:
+                break
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    finally:
+        if args.keep or (args.keep_failed and not all(o.passed for o in outcomes)):
+            print(f"run directories, logs and reports kept in {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    print()
+    print(results_table(outcomes, args.repeat > 1))
+    if args.repeat > 1:
+        print()
+        print(pass_rate_table(outcomes))
+    details = failure_details(outcomes)
+    if details:
+        print()
+        print(details)
+    passed = sum(o.passed for o in outcomes)
+    complete = len(outcomes) == total
+    all_ok = complete and passed == total
+    print(f"\n{passed}/{len(outcomes)} scenario runs passed"
+          + ("" if complete else f" ({total - len(outcomes)} not run)")
+          + f" in {time.monotonic() - t0:.1f}s: {'PASS' if all_ok else 'FAIL'}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"passed": all_ok, "runs": [asdict(o) for o in outcomes],
+                       "selected": [s.stem for s in scripts], "repeat": args.repeat}, f, indent=1)
+    if args.junit:
+        write_junit(args.junit, outcomes, args.repeat > 1)
+    return 0 if all_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,594 @@
+"""Admission of upgrades: authentication, Origin, CSRF, connection and handshake limits.
+
+The server asks a :class:`Gate` about every HTTP upgrade before it answers 101.
+A refusal is a plain HTTP response (PROTOCOL.md section 1): ``401`` no or bad
+credential, ``403`` origin or CSRF rejected, ``404`` path, ``503`` connection
+limit or shutdown, ``400`` malformed request. Every refusal and every forced
+close is counted and logged through one helper, :func:`report`.
+
+* **Authentication**: ``authenticate(request) -> uid | None`` sees a
+  :class:`HandshakeRequest` (path, query, headers, remote address, client-id and
+  the credential from ``?token=`` or ``Authorization: Bearer``). None refuses
+  with 401; a string becomes the connection's uid, sent in the handshake.
+* **Origin** (on by default): a request without ``Origin`` (a non-browser
+  client) passes; so does one whose Origin host equals the ``Host`` header's
+  host. Anything else gets 403 unless ``allowed_origins`` lists it (``"*"``
+  allows every origin, only when asked for explicitly).
+* **CSRF** (``csrf=True``): the token of a client-id is an HMAC of that id under
+  a per-server secret. The server sends it in the handshake's csrf-token slot
+  and requires it as ``?csrf-token=`` on every upgrade (403 otherwise). A client
+  gets its first token from ``GET /csrf-token?client-id=...`` on the same port
+  (no CORS headers: a page of another origin cannot read the answer) or from the
+  application, which can embed :meth:`CsrfTokens.token_for` in the page it serves.
+* **Slots**: at most ``max_connections`` admitted connections and at most
+  ``max_pending_handshakes`` sockets whose upgrade request is still arriving
+  (503 beyond either); an upgrade must arrive within ``handshake_timeout``, so a
+  slowloris peer holds one thread for that long at most. Header size is bounded
+  by websockets itself (``websockets.http11.MAX_LINE_LENGTH`` bytes per line,
+  ``MAX_NUM_HEADERS`` headers: 414/431 beyond).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple,
+                    Union)
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+from websockets.exceptions import InvalidMessage, SecurityError
+from websockets.http11 import Request, Response
+from websockets.sync.server import ServerConnection
+
+log = logging.getLogger("sente_lite.security")
+
+# Reasons of refused upgrades: the keys of stats()["handshakes_refused"].
+R_SHUTTING_DOWN = "shutting-down"
+R_NOT_FOUND = "not-found"
+R_BAD_CLIENT_ID = "bad-client-id"
+R_MAX_CONNECTIONS = "max-connections"
+R_MAX_PENDING_HANDSHAKES = "max-pending-handshakes"
+R_ORIGIN = "origin"
+R_CSRF = "csrf"
+R_UNAUTHENTICATED = "unauthenticated"
+R_AUTH_ERROR = "auth-error"
+R_INVALID_UPGRADE = "invalid-upgrade"
+R_HEADERS_TOO_LARGE = "headers-too-large"
+R_BAD_REQUEST = "bad-request"
+R_HANDSHAKE_TIMEOUT = "handshake-timeout"
+
+#: Path of the CSRF token endpoint (plain HTTP GET on the server's port).
+CSRF_TOKEN_PATH = "/csrf-token"
+#: Longest uid an authenticate hook may return.
+MAX_UID_CHARS = 256
+#: Log lines per second one kind of event may produce before lines are folded into a count.
+LOG_LINES_PER_S = 20
+
+_CSRF_CONTEXT = b"sente-lite csrf v1\x00"
+#: Refusals that are routine (a wrong URL, an expired credential) log at INFO; the rest WARNING.
+_REFUSAL_LEVELS = {R_NOT_FOUND: logging.INFO, R_UNAUTHENTICATED: logging.INFO,
+                   R_SHUTTING_DOWN: logging.INFO}
+
+
+# -- the request an authenticate hook sees ----------------------------------------
+@dataclass(frozen=True)
+class HandshakeRequest:
+    """An HTTP upgrade request, as the ``authenticate`` hook sees it.
+
+    ``headers`` maps lower-case header names to values (repeated headers joined
+    with ``", "``); ``query`` maps each query parameter to its first value;
+    ``token`` is ``?token=`` or else the ``Authorization: Bearer`` credential;
+    ``remote_address`` is ``"host:port"`` of the peer.
+    """
+
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    remote_address: str
+    client_id: str
+    token: Optional[str]
+    origin: Optional[str]
+
+    def header(self, name: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of header ``name`` (any case), or ``default``."""
+        return self.headers.get(name.lower(), default)
+
+
+Authenticate = Callable[[HandshakeRequest], Optional[str]]
+#: ``authorize(conn, action, channel_id) -> bool``; ``action`` is ``"subscribe"`` or ``"publish"``.
+Authorize = Callable[[Any, str, str], bool]
+
+
+def bearer_token(authorization: Optional[str]) -> Optional[str]:
+    """The credential of an ``Authorization: Bearer <token>`` header value, else None."""
+    if not authorization:
+        return None
+    scheme, _, credential = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return credential.strip() or None
+
+
+def make_handshake_request(request: Request, client_id: str, remote: str) -> HandshakeRequest:
+    """Build the hook's view of a websockets ``Request``."""
+    parts = urlsplit(request.path)
+    query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+    headers: Dict[str, str] = {}
+    for name, value in request.headers.raw_items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    token = query.get("token") or bearer_token(headers.get("authorization"))
+    return HandshakeRequest(path=parts.path, query=query, headers=headers, remote_address=remote,
+                            client_id=client_id, token=token, origin=headers.get("origin"))
+
+
+# -- Origin ------------------------------------------------------------------------
+def normalize_origins(allowed: Optional[Iterable[str]]) -> Optional[frozenset]:
+    """Check and normalize an ``allowed_origins`` setting (None = same-host policy)."""
+    if allowed is None:
+        return None
+    if isinstance(allowed, (str, bytes)):
+        raise TypeError("allowed_origins must be a list of origins such as "
+                        "['https://app.example.com'] or ['*'], not a single string")
+    out = set()
+    for origin in allowed:
+        if not isinstance(origin, str) or not origin:
+            raise TypeError(f"allowed_origins entries must be non-empty strings, got {origin!r}")
+        out.add(origin.strip().rstrip("/").lower())
+    return frozenset(out)
+
+
+def _host_of(netloc_or_url: str, is_url: bool) -> Optional[str]:
+    try:
+        host = urlsplit(netloc_or_url if is_url else f"//{netloc_or_url}").hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
+
+
+def origin_problem(origin: Optional[str], host_header: Optional[str],
+                   allowed: Optional[frozenset]) -> Optional[str]:
+    """Why an upgrade with this ``Origin`` is refused, or None when it is allowed.
+
+    No Origin: allowed (not a browser). ``allowed`` None: allowed when the
+    Origin's host equals the Host header's host. Else: allowed when ``"*"`` or the
+    origin itself is in ``allowed``.
+    """
+    if origin is None:
+        return None
+    normalized = origin.strip().rstrip("/").lower()
+    if allowed is not None:
+        if "*" in allowed or normalized in allowed:
+            return None
+        return f"origin {origin!r} is not in allowed_origins"
+    origin_host = _host_of(normalized, True) if normalized != "null" else None
+    host = _host_of(host_header, False) if host_header else None
+    if origin_host is not None and origin_host == host:
+        return None
+    return (f"origin {origin!r} is not the host {host_header!r}; "
+            "list it in Server(allowed_origins=[...]) to allow it")
+
+
+# -- CSRF --------------------------------------------------------------------------
+class CsrfTokens:
+    """CSRF tokens: ``HMAC-SHA256(secret, client-id)``, url-safe base64.
+
+    ``secret`` (bytes or str) defaults to 32 random bytes per server start, so a
+    restart invalidates every token; pass the same secret to servers that must
+    accept each other's tokens (several processes, restarts).
+    """
+
+    def __init__(self, secret: Union[bytes, str, None] = None) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if secret is not None and len(secret) < 16:
+            raise ValueError("csrf_secret must be at least 16 bytes")
+        self._secret = secret if secret is not None else os.urandom(32)
+
+    def token_for(self, client_id: str) -> str:
+        """The token of ``client_id``."""
+        mac = hmac.new(self._secret, _CSRF_CONTEXT + client_id.encode("utf-8"), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode("ascii")
+
+    def check(self, client_id: str, token: Optional[str]) -> bool:
+        """True when ``token`` is the token of ``client_id`` (constant-time comparison)."""
+        if not token:
+            return False
+        return hmac.compare_digest(self.token_for(client_id).encode("ascii"),
+                                   token.encode("utf-8", "replace"))
+
+
+def fetch_csrf_token(url: str, client_id: str, timeout: float = 5.0) -> str:
+    """Ask the server at ``url`` (its ``ws://`` URL) for the CSRF token of ``client_id``.
+
+    For non-browser clients; use as ``Client(url, client_id=cid,
+    csrf_token=lambda: fetch_csrf_token(url, cid))``. Raises
+    :class:`ConnectionError` naming the status when the server refuses.
+    """
+    parts = urlsplit(url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    target = urlunsplit((scheme, parts.netloc, CSRF_TOKEN_PATH,
+                         urlencode({"client-id": client_id}), ""))
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as resp:  # noqa: S310 (http/https only)
+            body = json.loads(resp.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace").strip()
+        raise ConnectionError(f"{target} answered HTTP {exc.code}: {detail}") from None
+    token = body.get("csrf-token") if isinstance(body, dict) else None
+    if not isinstance(token, str):
+        raise ConnectionError(f"{target} answered without a csrf-token: {body!r}")
+    return token
+
+
+# -- the one logging helper ----------------------------------------------------------
+class _Throttle:
+    """At most ``per_s`` lines per key and second; the rest are counted and reported later."""
+
+    def __init__(self, per_s: int) -> None:
+        self.per_s = per_s
+        self._lock = threading.Lock()
+        self._window: Dict[Tuple[str, str], Tuple[int, int, int]] = {}  # key -> (second, lines, folded)
+
+    def admit(self, key: Tuple[str, str]) -> Tuple[bool, int]:
+        """(log this line?, lines folded since the last logged one)."""
+        second = int(time.monotonic())
+        with self._lock:
+            window, lines, folded = self._window.get(key, (second, 0, 0))
+            if window != second:
+                lines = 0
+            if lines < self.per_s:
+                self._window[key] = (second, lines + 1, 0)
+                if len(self._window) > 1000:  # keys are (what, reason): bounded, but stay safe
+                    self._window.clear()
+                return True, folded
+            self._window[key] = (second, lines, folded + 1)
+            return False, 0
+
+
+_throttle = _Throttle(LOG_LINES_PER_S)
+
+
+def report(logger: logging.Logger, what: str, reason: str, *, conn_id: Optional[str] = None,
+           uid: Optional[str] = None, remote: Optional[str] = None, level: int = logging.WARNING,
+           **detail: Any) -> None:
+    """Log one refusal or forced close as a structured line.
+
+    ``what`` is the action (``refused-upgrade``, ``closed``, ``rate-limited``,
+    ...), ``reason`` its cause; ``detail`` adds fields (``status``, ``code``,
+    ``message``). The line reads ``what reason=... conn-id=... uid=...
+    remote=... k=v``; the same fields are in ``record.sente_lite`` for
+    structured handlers. Each (what, reason) logs at most ``LOG_LINES_PER_S``
+    lines a second, so a flood cannot flood the log: later lines carry
+    ``folded=N`` for those left out (every event is still counted in stats()).
+    """
+    if not logger.isEnabledFor(level):
+        return
+    ok, folded = _throttle.admit((what, reason))
+    if not ok:
+        return
+    fields: Dict[str, Any] = {"reason": reason, "conn-id": conn_id, "uid": uid, "remote": remote}
+    fields.update((k.replace("_", "-"), v) for k, v in detail.items())
+    if folded:
+        fields["folded"] = folded
+    text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+    logger.log(level, "%s %s", what, text, extra={"sente_lite": dict(fields, event=what)})
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    s = str(value)
+    if not s or any(c in s for c in ' "=\\') or not s.isprintable():
+        return json.dumps(s)
+    return s
+
+
+# -- admission -----------------------------------------------------------------------
+class Refused(Exception):
+    """Raised inside the connection factory to drop a socket before its upgrade."""
+
+
+@dataclass
+class _GateCounters:
+    refused: Dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, reason: str) -> None:
+        with self.lock:
+            self.refused[reason] = self.refused.get(reason, 0) + 1
+
+
+class Gate:
+    """Admission control of one server: origin, CSRF, authentication and the two slot limits.
+
+    Thread-safe. ``connection_factory`` goes to websockets' ``serve(create_connection=)``
+    so the gate sees every socket from accept to close.
+    """
+
+    def __init__(
+        self,
+        *,
+        authenticate: Optional[Authenticate],
+        allowed_origins: Optional[Iterable[str]],
+        csrf: bool,
+        csrf_secret: Union[bytes, str, None],
+        max_connections: int,
+        max_pending_handshakes: int,
+        handshake_timeout: float,
+    ) -> None:
+        if max_connections < 1 or max_pending_handshakes < 1:
+            raise ValueError("max_connections and max_pending_handshakes must be >= 1")
+        if authenticate is not None and not callable(authenticate):
+            raise TypeError("authenticate must be a callable taking a HandshakeRequest")
+        self.authenticate = authenticate
+        self.allowed_origins = normalize_origins(allowed_origins)
+        self.csrf: Optional[CsrfTokens] = CsrfTokens(csrf_secret) if csrf else None
+        self.max_connections = max_connections
+        self.max_pending_handshakes = max_pending_handshakes
+        self.handshake_timeout = handshake_timeout
+        self._lock = threading.Lock()
+        self._slots = 0
+        self._pending: Set["GuardedConnection"] = set()
+        self._closing = False
+        self._counters = _GateCounters()
+
+    # -- counters -------------------------------------------------------------------
+    def refusals(self) -> Dict[str, int]:
+        """Refused upgrades by reason."""
+        with self._counters.lock:
+            return dict(self._counters.refused)
+
+    def stats(self) -> Dict[str, Any]:
+        """The gate's part of Server.stats()."""
+        with self._lock:
+            slots, pending = self._slots, len(self._pending)
+        return {"handshakes_refused": self.refusals(), "connection_slots": slots,
+                "pending_handshakes": pending}
+
+    # -- refusals -------------------------------------------------------------------
+    def refuse(self, ws: ServerConnection, status: int, reason: str, message: str,
+               client_id: Optional[str] = None, headers: Sequence[Tuple[str, str]] = ()) -> Response:
+        """Count, log and build the HTTP refusal of an upgrade."""
+        self._counters.add(reason)
+        report(log, "refused-upgrade", reason, uid=None, remote=_remote_of(ws), status=status,
+               client_id=client_id, message=message, level=_REFUSAL_LEVELS.get(reason, logging.WARNING))
+        mark_answered(ws)
+        response = ws.respond(http.HTTPStatus(status), message.rstrip("\n") + "\n")
+        for name, value in headers:
+            response.headers[name] = value
+        return response
+
+    # -- the checks, in order -----------------------------------------------------------
+    def check_origin(self, ws: ServerConnection, request: Request) -> Optional[Response]:
+        """403 when the Origin is not allowed."""
+        problem = origin_problem(request.headers.get("Origin"), request.headers.get("Host"),
+                                 self.allowed_origins)
+        if problem is not None:
+            return self.refuse(ws, 403, R_ORIGIN, problem)
+        return None
+
+    def admit(self, ws: ServerConnection, request: Request, client_id: str,
+              client_id_given: bool) -> Optional[Response]:
+        """Origin, CSRF, then a connection slot. A Response refuses; None admits."""
+        refusal = self.check_origin(ws, request)
+        if refusal is not None:
+            return refusal
+        if self.csrf is not None:
+            query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
+            token = (query.get("csrf-token") or [""])[0]
+            if not token:
+                return self.refuse(ws, 403, R_CSRF,
+                                   f"csrf-token required: get one from GET {CSRF_TOKEN_PATH}"
+                                   "?client-id=... and send ?csrf-token= with the same client-id",
+                                   client_id)
+            if not client_id_given:
+                return self.refuse(ws, 403, R_CSRF, "csrf-token given without client-id", client_id)
+            if not self.csrf.check(client_id, token):
+                return self.refuse(ws, 403, R_CSRF, "csrf-token does not match this client-id "
+                                   "(or was issued by a server with another csrf_secret)", client_id)
+        if not self._take_slot(ws):
+            return self.refuse(ws, 503, R_MAX_CONNECTIONS,
+                               f"server full: {self.max_connections} connections (max_connections)",
+                               client_id)
+        return None
+
+    def identify(self, ws: ServerConnection, request: Request, client_id: str) -> Union[str, Response]:
+        """The uid of this upgrade (the client-id without an authenticate hook), or a refusal."""
+        if self.authenticate is None:
+            return client_id
+        view = make_handshake_request(request, client_id, _remote_of(ws))
+        try:
+            uid = self.authenticate(view)
+        except Exception as exc:
+            log.exception("authenticate hook raised for %s", view.remote_address)
+            return self.refuse(ws, 500, R_AUTH_ERROR,
+                               f"authentication failed on the server ({type(exc).__name__})", client_id)
+        if uid is None:
+            return self.refuse(ws, 401, R_UNAUTHENTICATED,
+                               "no valid credential: send ?token= or Authorization: Bearer",
+                               client_id, headers=[("WWW-Authenticate", 'Bearer realm="sente-lite"')])
+        if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS:
+            log.error("authenticate hook returned %r: it must return a str of 1-%d chars or None",
+                      uid, MAX_UID_CHARS)
+            return self.refuse(ws, 500, R_AUTH_ERROR, "authentication failed on the server "
+                               "(authenticate returned an invalid uid)", client_id)
+        return uid
+
+    def csrf_token_for(self, client_id: str) -> Optional[str]:
+        """The CSRF token of ``client_id``; None when CSRF protection is off."""
+        return self.csrf.token_for(client_id) if self.csrf is not None else None
+
+    # -- slots -------------------------------------------------------------------------
+    def _take_slot(self, ws: ServerConnection) -> bool:
+        if getattr(ws, "_sente_slot", False):
+            return True
+        with self._lock:
+            if self._slots >= self.max_connections:
+                return False
+            self._slots += 1
+        ws._sente_slot = True  # type: ignore[attr-defined]
+        return True
+
+    def _release_slot(self, ws: ServerConnection) -> None:
+        with self._lock:
+            if getattr(ws, "_sente_slot", False):
+                ws._sente_slot = False  # type: ignore[attr-defined]
+                self._slots -= 1
+
+    def _enter_pending(self, conn: "GuardedConnection") -> Optional[str]:
+        with self._lock:
+            if self._closing:
+                return R_SHUTTING_DOWN
+            if len(self._pending) >= self.max_pending_handshakes:
+                return R_MAX_PENDING_HANDSHAKES
+            self._pending.add(conn)
+            return None
+
+    def _leave_pending(self, conn: "GuardedConnection") -> None:
+        with self._lock:
+            self._pending.discard(conn)
+
+    def abort_pending(self) -> int:
+        """Refuse new sockets and drop those still sending their upgrade (server stop)."""
+        with self._lock:
+            self._closing = True
+            doomed = list(self._pending)
+        for conn in doomed:
+            conn.close_socket()
+        return len(doomed)
+
+    def connection_factory(self, sock: socket.socket, protocol: Any, server: Any,
+                           **kwargs: Any) -> "GuardedConnection":
+        """``create_connection`` for websockets' ``serve``."""
+        return GuardedConnection(self, sock, protocol, server, **kwargs)
+
+    # -- what websockets refused on its own ------------------------------------------------
+    def _after_handshake(self, conn: "GuardedConnection", timed_out: bool) -> None:
+        if timed_out:
+            self._counters.add(R_HANDSHAKE_TIMEOUT)
+            report(log, "refused-upgrade", R_HANDSHAKE_TIMEOUT, remote=conn.sente_remote,
+                   message=f"upgrade request not complete within {self.handshake_timeout}s "
+                   "(handshake_timeout)")
+            return
+        if getattr(conn, "_sente_answered", False):
+            return  # answered by the server itself (a refusal already counted, or /health)
+        response = conn.response
+        if response is not None and response.status_code == 101:
+            return
+        exc = conn.protocol.handshake_exc
+        if response is None:
+            if conn.request is None and exc is None:
+                return  # the peer closed before sending anything (port probe)
+            reason, status = R_BAD_REQUEST, None
+        elif response.status_code in (414, 431):
+            reason, status = R_HEADERS_TOO_LARGE, response.status_code
+        else:
+            reason, status = R_INVALID_UPGRADE, response.status_code
+        if reason == R_BAD_REQUEST and isinstance(exc, SecurityError):
+            # websockets answered 414/431 itself while parsing (MAX_LINE_LENGTH, MAX_NUM_HEADERS)
+            reason = R_HEADERS_TOO_LARGE
+            status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431
+        self._counters.add(reason)
+        cause = exc.__cause__ if isinstance(exc, InvalidMessage) and exc.__cause__ else exc
+        report(log, "refused-upgrade", reason, remote=conn.sente_remote, status=status,
+               message=str(cause) if cause is not None else None)
+
+
+class GuardedConnection(ServerConnection):
+    """A websockets ``ServerConnection`` that holds a pending-handshake place and a slot."""
+
+    def __init__(self, gate: Gate, sock: socket.socket, protocol: Any, server: Any,
+                 **kwargs: Any) -> None:
+        self.sente_remote = _peer_of(sock)
+        refusal = gate._enter_pending(self)
+        if refusal is not None:
+            gate._counters.add(refusal)
+            message = ("server shutting down" if refusal == R_SHUTTING_DOWN else
+                       f"{gate.max_pending_handshakes} upgrades already in progress "
+                       "(max_pending_handshakes)")
+            report(log, "refused-upgrade", refusal, remote=self.sente_remote, status=503,
+                   message=message)
+            _send_raw_503(sock, message)
+            raise Refused(message)
+        self._sente_gate = gate
+        self._sente_slot = False
+        self._sente_answered = False
+        try:
+            super().__init__(sock, protocol, server, **kwargs)
+        except BaseException:
+            gate._leave_pending(self)
+            raise
+
+    def handshake(self, *args: Any, **kwargs: Any) -> None:
+        timed_out = False
+        try:
+            super().handshake(*args, **kwargs)
+        except TimeoutError:
+            timed_out = True
+            raise
+        finally:
+            self._sente_gate._leave_pending(self)
+            self._sente_gate._after_handshake(self, timed_out)
+
+    def close_socket(self) -> None:
+        try:
+            super().close_socket()
+        finally:
+            gate = getattr(self, "_sente_gate", None)
+            if gate is not None:
+                gate._leave_pending(self)
+                gate._release_slot(self)
+
+
+def mark_answered(ws: ServerConnection) -> None:
+    """Record that the server answered this request itself (not websockets)."""
+    ws._sente_answered = True  # type: ignore[attr-defined]
+
+
+def _remote_of(ws: ServerConnection) -> str:
+    remote = getattr(ws, "sente_remote", None)
+    if remote:
+        return str(remote)
+    try:
+        addr = ws.remote_address
+    except OSError:
+        return "?"
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+def _peer_of(sock: socket.socket) -> str:
+    try:
+        addr = sock.getpeername()
+    except OSError:
+        return "?"
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+def _send_raw_503(sock: socket.socket, message: str) -> None:
+    """Best effort, never blocking: the socket is closed right after."""
+    body = (message + "\n").encode("utf-8")
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
+    try:
+        sock.setblocking(False)
+        sock.send(head.encode("ascii") + body)
+        sock.recv(65536)  # drain what already arrived, so closing sends FIN rather than RST
+    except OSError:
+        pass
+
+
+__all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate", "GuardedConnection",
+           "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
+           "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]

@@ -1,0 +1,99 @@
+"""Helpers for checkers: judge recorded histories, summarise latencies, read memory.
+
+Each returns plain data or a description of the problem (None when there is
+none), so a scenario's checker reads as a list of statements about histories.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import resource
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .child import Delivery
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``values`` by nearest rank; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def latencies_ms(deliveries: Iterable[Delivery]) -> List[float]:
+    """Publish-to-receive latency (ms) of every delivery that carries ``sent_ns``."""
+    return [(d.recv_ns - d.sent_ns) / 1e6 for d in deliveries if d.sent_ns is not None]
+
+
+def latency_summary(values_ms: Sequence[float]) -> Dict[str, float]:
+    """``count``, ``p50_ms``, ``p99_ms``, ``max_ms`` of latencies in ms (rounded to 0.01)."""
+    if not values_ms:
+        return {"count": 0, "p50_ms": math.nan, "p99_ms": math.nan, "max_ms": math.nan}
+    return {"count": len(values_ms), "p50_ms": round(percentile(values_ms, 50), 2),
+            "p99_ms": round(percentile(values_ms, 99), 2), "max_ms": round(max(values_ms), 2)}
+
+
+def duplicates(deliveries: Iterable[Delivery]) -> List[Tuple[str, str, int]]:
+    """(channel, epoch, offset) of every message received more than once."""
+    seen = collections.Counter((d.channel, d.epoch, d.offset) for d in deliveries)
+    return sorted(k for k, n in seen.items() if n > 1)
+
+
+def order_problem(deliveries: Iterable[Delivery]) -> Optional[str]:
+    """Why the deliveries are not in offset order per channel and epoch, or None.
+
+    Within one channel and epoch each offset must be exactly one more than the
+    previous one received (a jump is a loss, a repeat or step back is out of order).
+    """
+    last: Dict[Tuple[str, str], int] = {}
+    for i, d in enumerate(deliveries):
+        key = (d.channel, d.epoch)
+        prev = last.get(key)
+        if prev is not None and d.offset != prev + 1:
+            kind = "gap" if d.offset > prev + 1 else "out of order or repeated"
+            return (f"{kind} on {d.channel!r} (epoch {d.epoch}): offset {d.offset} "
+                    f"after {prev} at delivery #{i + 1}")
+        last[key] = d.offset
+    return None
+
+
+def missing_offsets(deliveries: Iterable[Delivery], channel: str, epoch: str,
+                    expected: Iterable[int]) -> List[int]:
+    """Offsets in ``expected`` that were not received on ``channel`` in ``epoch``."""
+    got = {d.offset for d in deliveries if d.channel == channel and d.epoch == epoch}
+    return sorted(set(expected) - got)
+
+
+def channels_seen(deliveries: Iterable[Delivery]) -> Dict[str, int]:
+    """Channel -> how many deliveries on it."""
+    return dict(collections.Counter(d.channel for d in deliveries))
+
+
+def proc_memory_kb(pid: int) -> Dict[str, int]:
+    """Linux: current (``rss_kb``, VmRSS) and peak (``hwm_kb``, VmHWM) RSS of ``pid``.
+
+    Empty when ``/proc/<pid>/status`` cannot be read (process gone, not Linux).
+    """
+    keys = {"VmRSS:": "rss_kb", "VmHWM:": "hwm_kb"}
+    out: Dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if parts and parts[0] in keys:
+                    out[keys[parts[0]]] = int(parts[1])
+    except OSError:
+        return {}
+    return out
+
+
+def self_peak_rss_kb() -> int:
+    """Peak RSS of the calling process in KiB (``getrusage``; Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+__all__ = ["percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
+           "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb"]

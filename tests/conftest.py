@@ -1,0 +1,84 @@
+"""Fixtures: servers and clients that are always stopped, raw WebSocket peers,
+and a guard that fails any test leaving ``sente-lite-*`` threads alive."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterator, List
+
+import pytest
+
+from sente_lite import Client, Server
+from sente_lite.discovery import wait_for
+from sente_lite.errors import DiscoveryTimeout
+from support import WAIT_S, RawWS, sente_threads
+
+pytest_plugins = ["pytester"]
+
+#: How long threads of a finished test may take to end before they count as leaked.
+THREAD_LEAK_GRACE_S = 2.0
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail the test if it leaves sente-lite threads running."""
+    before = set(sente_threads())
+    yield
+
+    def leaked() -> List[threading.Thread]:
+        return [t for t in sente_threads() if t not in before]
+
+    try:
+        wait_for(lambda: not leaked(), THREAD_LEAK_GRACE_S, "sente-lite threads to end")
+    except DiscoveryTimeout:
+        names = sorted(t.name for t in leaked())
+        pytest.fail(f"test left sente-lite threads alive: {names}", pytrace=False)
+
+
+@pytest.fixture
+def make_server(no_leaked_threads: None) -> Iterator[Callable[..., Server]]:
+    """Make servers (``make_server(start=True, **kwargs)``); every one is stopped after the test."""
+    servers: List[Server] = []
+
+    def make(start: bool = True, **kwargs: Any) -> Server:
+        srv = Server(**kwargs)
+        servers.append(srv)
+        if start:
+            srv.start()
+        return srv
+
+    yield make
+    for srv in reversed(servers):
+        srv.stop()
+
+
+@pytest.fixture
+def make_client(no_leaked_threads: None) -> Iterator[Callable[..., Client]]:
+    """Start clients (``make_client(url, connect=True, **kwargs)``); all closed after the test."""
+    clients: List[Client] = []
+
+    def make(url: str, connect: bool = True, **kwargs: Any) -> Client:
+        c = Client(url, **kwargs)
+        clients.append(c)
+        if connect:
+            assert c.wait_connected(WAIT_S), f"client did not connect to {url}"
+        return c
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+@pytest.fixture
+def raw_ws() -> Iterator[Callable[..., RawWS]]:
+    """Open raw WebSocket peers (``raw_ws(url)``); all closed after the test."""
+    opened: List[RawWS] = []
+
+    def make(url: str, **kwargs: Any) -> RawWS:
+        r = RawWS(url, **kwargs)
+        opened.append(r)
+        return r
+
+    yield make
+    for r in opened:
+        r.close()

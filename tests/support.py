@@ -1,0 +1,136 @@
+"""Test helpers: deadline waits, a raw WebSocket peer, a thread-safe recorder."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any, Callable, List, Optional, Tuple
+
+import pytest
+import websocket  # websocket-client
+
+from sente_lite.discovery import wait_for
+from sente_lite.errors import DiscoveryTimeout
+
+#: Prefix of every thread the library starts.
+THREAD_PREFIX = "sente-lite-"
+#: Default deadline of waits in tests: generous, only reached when something is broken.
+WAIT_S = 5.0
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
+    """Wait until ``condition()`` is truthy and return its value; fail the test after ``timeout``."""
+    try:
+        return wait_for(lambda: condition() or None, timeout, what)
+    except DiscoveryTimeout as exc:
+        pytest.fail(str(exc))
+
+
+def sente_threads() -> List[threading.Thread]:
+    """Live threads started by sente_lite."""
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
+class RawWS:
+    """A bare WebSocket peer (websocket-client, no threads) for protocol-level tests."""
+
+    def __init__(self, url: str, read_handshake: bool = True, **kwargs: Any) -> None:
+        self.ws = websocket.create_connection(url, timeout=WAIT_S, **kwargs)
+        self.handshake: Optional[list] = self.recv() if read_handshake else None
+
+    def send(self, text: str) -> None:
+        self.ws.send(text)
+
+    def send_binary(self, data: bytes) -> None:
+        self.ws.send_binary(data)
+
+    def send_frame(self, *items: Any) -> None:
+        self.ws.send(json.dumps(list(items)))
+
+    def _next(self, deadline: float) -> Tuple[int, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError("nothing received before the deadline")
+        self.ws.settimeout(remaining)
+        opcode, frame = self.ws.recv_data_frame(True)
+        return opcode, frame
+
+    def recv(self, timeout: float = WAIT_S, skip_pings: bool = True) -> list:
+        """The next text frame, decoded. Fails on a close frame or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            opcode, frame = self._next(deadline)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                raise AssertionError(f"connection closed: {close_code_of(frame)}")
+            if opcode != websocket.ABNF.OPCODE_TEXT:
+                continue
+            value = json.loads(frame.data.decode("utf-8"))
+            if skip_pings and value == ["chsk/ws-ping"]:
+                continue
+            return value
+
+    def recv_close(self, timeout: float = WAIT_S) -> int:
+        """Read (and drop) frames until the close frame; answer it, end the TCP
+        connection as a well-behaved peer does, and return the code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            opcode, frame = self._next(deadline)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                self.ws.shutdown()
+                return close_code_of(frame)
+
+    def request(self, event: str, data: Any, cb_id: str, timeout: float = WAIT_S) -> list:
+        """Send a request and return the reply frame (other frames are dropped)."""
+        self.send_frame(event, data, cb_id)
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv(max(0.0, deadline - time.monotonic()))
+            if len(frame) == 3 and frame[2] == cb_id:
+                return frame
+
+    def close(self) -> None:
+        if not self.ws.connected:
+            return
+        try:
+            self.ws.close(timeout=1)
+        except Exception:
+            self.ws.shutdown()
+
+
+def close_code_of(frame: Any) -> int:
+    """The close code in a close frame (1005 when it has none)."""
+    data = frame.data or b""
+    return int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Recorder:
+    """Collects items from handler threads; tests wait on its length with a deadline."""
+
+    def __init__(self) -> None:
+        self.items: List[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self._cond.notify_all()
+
+    def wait_count(self, n: int, timeout: float = WAIT_S) -> List[Any]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.items) >= n, timeout):
+                pytest.fail(f"expected {n} items within {timeout}s, got {len(self.items)}: "
+                            f"{self.items[-5:]!r}")
+            return list(self.items)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self.items)

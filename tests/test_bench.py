@@ -1,0 +1,78 @@
+"""``sente-lite bench``: its checker counts what a subscriber saw correctly, and a
+tiny end-to-end run against sente_lite and the baseline delivers everything,
+reports both systems and their ratios, and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from sente_lite import bench
+
+
+def test_tally_counts_loss_duplicates_and_order() -> None:
+    t = bench.Tally(n_publishers=2, msgs_per_publisher=3)
+    t.record({"p": 0, "s": 0, "t": 100}, 1, 150)
+    t.record({"p": 1, "s": 0, "t": 100}, 2, 300)
+    t.record({"p": 0, "s": 2, "t": 100}, 3, 400)
+    t.record({"p": 0, "s": 1, "t": 100}, 4, 500)   # seq went back for publisher 0
+    t.record({"p": 0, "s": 1, "t": 100}, 5, 600)   # the same message again
+    t.record({"p": 1, "s": 1, "t": 100}, 4, 700)   # channel offset went back
+    t.record({"nonsense": True}, 6, 800)
+    assert (t.received, t.distinct, t.duplicates, t.out_of_order, t.malformed) == (6, 5, 1, 2, 1)
+    assert list(t.latencies) == [50, 200, 300, 400, 600]
+    assert not t.complete  # publisher 1's message 2 never came
+    t.record({"p": 1, "s": 2, "t": 100}, 7, 900)
+    assert t.complete
+
+
+def test_schedule_is_paced_and_spread_over_publishers() -> None:
+    wl = bench.Workload(subscribers=4, same=True, rate=10.0, seconds=1.0)
+    sched = bench._schedule(wl, [0, 2], t0_ns=0)
+    assert len(sched) == 20
+    assert [d for d, _, _ in sched] == sorted(d for d, _, _ in sched)
+    dues_0 = [d for d, pi, _ in sched if pi == 0]
+    assert dues_0 == [j * 100_000_000 for j in range(10)]
+    assert [d for d, pi, _ in sched if pi == 2][0] == 50_000_000  # phase 2/4 of a period
+
+
+def test_profile_top_reads_py_spy_raw_output(tmp_path: Path) -> None:
+    raw = tmp_path / "p.txt"
+    raw.write_text("run (a.py:1);send (b.py:7) 30\nrun (a.py:1);parse (c.py:3) 10\n"
+                   "run (a.py:2);send (b.py:9) 60\n")
+    own, incl = bench.profile_top(str(raw))
+    assert own[0] == ("send (b.py)", 90.0)
+    assert ("parse (c.py)", 10.0) in own
+    assert incl[0] == ("run (a.py)", 100.0)
+
+
+def test_tiny_run_side_by_side_with_the_baseline(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    status = bench.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--driver", "raw",
+                         "--conns-per-proc", "2", "--baseline", "--drain", "5",
+                         "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    for system in ("sente_lite", "baseline"):
+        m = result["medians"][system]
+        assert m["delivered"] == 2 * 2 * 20, system
+        assert (m["lost"], m["duplicates"], m["out_of_order"]) == (0, 0, 0), system
+        assert 0 < m["p50_ms"] <= m["p99_ms"] <= m["max_ms"]
+        assert m["server_cpu_s"] >= 0 and m["server_peak_rss_mb"] > 0
+    assert set(result["ratios"]) == {"p50", "p99", "cpu_per_delivery"}
+    printed = capsys.readouterr().out
+    assert "sente_lite / baseline: p99 x" in printed
+    assert not multiprocessing.active_children()
+
+
+def test_idle_connections_are_held_with_heartbeats(capsys: pytest.CaptureFixture[str]) -> None:
+    status = bench.main(["--idle", "3", "--conns-per-proc", "3", "-T", "1.2",
+                         "--heartbeat-ms", "200", "--check"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "sente_lite: all 3 connections served" in printed
+    assert not multiprocessing.active_children()

@@ -1,0 +1,282 @@
+"""Every abuse limit: what hitting it does (status, close code, error code) and its counter."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from sente_lite import RemoteError, Server
+from sente_lite.errors import LimitExceeded
+from sente_lite.limits import RateGuard, TokenBucket
+from sente_lite.testing.abuse import RawPeer, upgrade_request
+from support import WAIT_S, wait_until
+
+HANDSHAKE_TIMEOUT_S = 0.5
+
+
+def refused(srv: Server, reason: str) -> int:
+    return srv.stats()["handshakes_refused"].get(reason, 0)
+
+
+def opened(srv: Server) -> RawPeer:
+    peer = RawPeer(srv.host, srv.port)
+    assert peer.upgrade().status == 101
+    assert peer.read_text()[0] == "chsk/handshake"
+    return peer
+
+
+# -- connections and upgrades ------------------------------------------------------------
+def test_max_connections_is_503_at_upgrade_and_frees_on_close(make_server, make_client):
+    srv = make_server(max_connections=2)
+    a, b = opened(srv), opened(srv)
+    try:
+        with RawPeer(srv.host, srv.port) as third:
+            answer = third.upgrade()
+            assert answer.status == 503 and b"max_connections" in answer.body
+        assert refused(srv, "max-connections") == 1
+        # a client refused with 503 keeps retrying (the server is full, not hostile)
+        c = make_client(srv.url, connect=False, backoff_base=0.01, backoff_max=0.05)
+        wait_until(lambda: c.stats().get("connect_failures", 0) >= 2, what="client retries on 503")
+        assert c.refusal is None
+        a.close()
+        assert c.wait_connected(WAIT_S)
+        assert srv.stats()["connection_slots"] == 2
+    finally:
+        a.close()
+        b.close()
+    wait_until(lambda: srv.stats()["connection_slots"] == 1, what="slots of closed peers released")
+
+
+def test_slot_is_released_when_an_admitted_upgrade_fails(make_server):
+    srv = make_server(max_connections=1)
+    for _ in range(3):  # passes the server's checks, then websockets refuses it: no slot leak
+        with RawPeer(srv.host, srv.port) as peer:
+            peer.send(upgrade_request(srv.host, srv.port, omit=("Sec-WebSocket-Key",)))
+            assert peer.read_http().status == 400
+    wait_until(lambda: refused(srv, "invalid-upgrade") == 3, what="3 invalid upgrades counted")
+    wait_until(lambda: srv.stats()["connection_slots"] == 0, what="slot released")
+    opened(srv).close()
+
+
+def test_slowloris_upgrades_are_bounded_in_number_and_time(make_server, make_client):
+    srv = make_server(max_pending_handshakes=2, handshake_timeout=HANDSHAKE_TIMEOUT_S)
+    slow = [RawPeer(srv.host, srv.port) for _ in range(2)]
+    try:
+        for peer in slow:
+            peer.send(b"GET /chsk HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        wait_until(lambda: srv.stats()["pending_handshakes"] == 2, what="2 pending upgrades")
+        with RawPeer(srv.host, srv.port) as third:
+            third.send(b"GET /chsk HTTP/1.1\r\n")
+            answer = third.read_http()
+        assert answer.status in (503, None)  # 503, or a reset racing it: never served
+        assert refused(srv, "max-pending-handshakes") == 1
+        started = time.monotonic()
+        for peer in slow:  # dropped at the handshake timeout, without an answer
+            assert peer.read_http(HANDSHAKE_TIMEOUT_S + 2.0).status is None
+        assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + 1.5
+        wait_until(lambda: refused(srv, "handshake-timeout") == 2, what="2 timeouts counted")
+    finally:
+        for peer in slow:
+            peer.close()
+    c = make_client(srv.url)  # room again
+    assert c.request("sente-lite/subscribe", {"channel-id": "x"})["offset"] == 0
+
+
+def test_a_trickling_upgrade_is_cut_at_the_handshake_timeout(make_server, make_client):
+    srv = make_server(handshake_timeout=HANDSHAKE_TIMEOUT_S)
+    good = make_client(srv.url)
+    request = upgrade_request(srv.host, srv.port)
+    started = time.monotonic()
+    with RawPeer(srv.host, srv.port) as peer:
+        peer.sock.settimeout(0.02)
+        for i in range(len(request)):  # one byte per 20 ms: ~5 s for the whole request
+            try:
+                peer.sock.sendall(request[i:i + 1])
+                if peer.sock.recv(1) == b"":
+                    break  # the server hung up
+            except TimeoutError:
+                pass  # still open: that wait was the trickle's pause
+            except OSError:
+                break  # reset by the server
+            assert good.request("sente-lite/subscribe", {"channel-id": "g"}, timeout=1.0)
+        cut_after = time.monotonic() - started
+    assert cut_after < HANDSHAKE_TIMEOUT_S + 1.0
+    wait_until(lambda: refused(srv, "handshake-timeout") == 1, what="timeout counted")
+
+
+def test_stop_does_not_wait_for_unfinished_upgrades(make_server):
+    srv = make_server(handshake_timeout=30.0)
+    with RawPeer(srv.host, srv.port) as peer:
+        peer.send(b"GET /chsk HTTP/1.1\r\n")
+        wait_until(lambda: srv.stats()["pending_handshakes"] == 1, what="pending upgrade")
+        started = time.monotonic()
+        srv.stop()
+        assert time.monotonic() - started < 3.0
+
+
+def test_header_size_limits_answer_414_and_431(make_server):
+    srv = make_server()
+    cases = [
+        (upgrade_request(srv.host, srv.port, headers=[("X-Long", "a" * 9000)]), 431),
+        (upgrade_request(srv.host, srv.port, headers=[(f"X-{i}", "v") for i in range(200)]), 431),
+        (upgrade_request(srv.host, srv.port, path="/chsk?x=" + "a" * 9000), 414),
+    ]
+    for request, status in cases:
+        with RawPeer(srv.host, srv.port) as peer:
+            peer.send(request)
+            assert peer.read_http().status == status
+    wait_until(lambda: refused(srv, "headers-too-large") == 3, what="3 header refusals counted")
+
+
+def test_malformed_upgrades_are_refused_and_counted(make_server):
+    srv = make_server()
+    with RawPeer(srv.host, srv.port) as peer:
+        peer.send(upgrade_request(srv.host, srv.port, headers=[("Sec-WebSocket-Version", "8")],
+                                  omit=("Sec-WebSocket-Version",)))
+        assert peer.read_http().status in (400, 426)
+    with RawPeer(srv.host, srv.port) as peer:
+        peer.send(b"\x16\x03\x01garbage, maybe TLS\r\n\r\n")
+        assert peer.read_http().status is None  # not HTTP: no answer, closed
+    with RawPeer(srv.host, srv.port) as peer:
+        peer.send(upgrade_request(srv.host, srv.port, path="/elsewhere"))
+        assert peer.read_http().status == 404
+    with RawPeer(srv.host, srv.port):
+        pass  # a port probe: connect and leave, not a refusal
+    wait_until(lambda: sum(srv.stats()["handshakes_refused"].values()) == 3, what="3 refusals counted")
+    st = srv.stats()["handshakes_refused"]
+    assert st == {"invalid-upgrade": 1, "bad-request": 1, "not-found": 1}
+
+
+# -- frames -------------------------------------------------------------------------------
+def test_max_message_bytes_closes_1009_and_counts(make_server):
+    srv = make_server(max_message_bytes=1000)
+    with opened(srv) as peer:
+        peer.send_text(json.dumps(["app/big", "x" * 2000]))
+        assert peer.read_until_close()[0] == 1009
+    wait_until(lambda: srv.stats().get("too_large_closes") == 1, what="1009 counted")
+
+
+def test_bad_utf8_and_protocol_violations_are_closed_and_counted(make_server):
+    srv = make_server()
+    with opened(srv) as peer:
+        peer.send_frame(b"\xff\xfe")
+        assert peer.read_until_close()[0] == 1007
+    with opened(srv) as peer:
+        peer.send_frame(b'["a/b"]', mask=False)
+        assert peer.read_until_close()[0] == 1002
+    wait_until(lambda: srv.stats().get("protocol_error_closes") == 2, what="protocol closes counted")
+
+
+def test_max_subscriptions_per_conn_is_limit_exceeded(make_server, make_client):
+    srv = make_server(max_subscriptions_per_conn=3)
+    c = make_client(srv.url)
+    for name in ("a", "b", "c"):
+        c.subscribe(name)
+    with pytest.raises(RemoteError) as info:
+        c.subscribe("d")
+    assert info.value.code == "limit-exceeded" and "max_subscriptions_per_conn" in info.value.message
+    assert c.request("sente-lite/subscribe", {"channel-id": "a"})["channel-id"] == "a"  # idempotent
+    c.unsubscribe("a")
+    c.subscribe("d")
+    assert srv.stats()["subscription_limit"] == 1
+
+
+def test_max_channel_id_chars_is_invalid_channel(make_server, make_client):
+    srv = make_server(max_channel_id_chars=10)
+    c = make_client(srv.url)
+    with pytest.raises(RemoteError) as info:
+        c.subscribe("x" * 11)
+    assert info.value.code == "invalid-channel" and "10" in info.value.message
+    assert srv.stats()["invalid_channel"] == 1
+
+
+def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_server, make_client):
+    srv = make_server(rate_limit=20, rate_burst=5, max_rate_limited=10)
+    good = make_client(srv.url)
+    with opened(srv) as peer:
+        for i in range(8):
+            peer.send_text(json.dumps(["chsk/ws-ping", None, f"r{i}"]))
+        answers = [peer.read_text() for _ in range(8)]
+        replies = [a for a in answers if a[0] == "chsk/reply"]
+        limited = [a for a in answers if a[0] == "chsk/error"]
+        assert 5 <= len(replies) < 8 and len(replies) + len(limited) == 8
+        assert all(a[1]["code"] == "rate-limited" for a in limited)
+        assert {a[2] for a in answers} == {f"r{i}" for i in range(8)}  # each request answered once
+        for i in range(50):  # keeps going over the rate: cut
+            peer.send_text(json.dumps(["app/flood", i]))
+        code, _ = peer.read_until_close()
+    assert code == 1008
+    st = srv.stats()
+    assert st["rate_limit_closes"] == 1 and st["rate_limited"] >= 11
+    assert good.request("sente-lite/subscribe", {"channel-id": "ok"})["offset"] == 0  # others unaffected
+
+
+def test_rate_limit_none_turns_the_limit_off(make_server):
+    srv = make_server(rate_limit=None)
+    with opened(srv) as peer:
+        for i in range(300):
+            peer.send_text(json.dumps(["chsk/ws-ping", None, f"r{i}"]))
+        assert all(peer.read_text()[0] == "chsk/reply" for _ in range(300))
+    assert srv.stats().get("rate_limited", 0) == 0
+
+
+def test_max_outstanding_requests_bounds_server_to_client_requests(make_server, make_client):
+    srv = make_server(max_outstanding_requests=2)
+    release = threading.Event()
+    c = make_client(srv.url)
+    c.on("app/slow", lambda data: release.wait(WAIT_S) and data)
+    [conn] = wait_until(lambda: srv.connections(), what="server lists the connection")
+    results: List[Any] = []
+    askers = [threading.Thread(target=lambda i=i: results.append(srv.request(conn["conn-id"], "app/slow", i)))
+              for i in range(2)]
+    for t in askers:
+        t.start()
+    wait_until(lambda: srv._conns[conn["conn-id"]]._pending and len(srv._conns[conn["conn-id"]]._pending) == 2,
+               what="2 outstanding requests")
+    with pytest.raises(LimitExceeded) as info:
+        srv.request(conn["conn-id"], "app/slow", 3)
+    assert "max_outstanding_requests=2" in str(info.value)
+    release.set()
+    for t in askers:
+        t.join(WAIT_S)
+    assert sorted(results) == [0, 1]
+    assert srv.stats()["outstanding_request_limit"] == 1
+    assert srv.request(conn["conn-id"], "app/slow", 4) == 4  # room again
+
+
+def test_bad_frames_in_a_row_close_1008_counted_once(make_server):
+    srv = make_server(max_bad_frames_in_row=5)
+    with opened(srv) as peer:
+        for _ in range(20):
+            peer.send_text("not json")
+        assert peer.read_until_close()[0] == 1008
+    wait_until(lambda: srv.stats()["connections"] == 0, what="closed")
+    assert srv.stats()["bad_frame_closes"] == 1
+
+
+# -- settings and the pure parts ------------------------------------------------------------
+@pytest.mark.parametrize("kwargs", [
+    {"rate_limit": 0}, {"max_subscriptions_per_conn": 0}, {"max_rate_limited": 0},
+    {"max_outstanding_requests": 0}, {"max_connections": 0}, {"max_pending_handshakes": 0},
+    {"handshake_timeout": 0},
+])
+def test_limit_settings_are_validated(kwargs):
+    with pytest.raises(ValueError):
+        Server(**kwargs)
+
+
+def test_token_bucket_and_rate_guard_follow_the_clock():
+    now = [0.0]
+    bucket = TokenBucket(rate=10, capacity=3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    now[0] += 0.1
+    assert bucket.take() and not bucket.take()
+    guard = RateGuard(rate=10, burst=2, max_rate_limited=3, clock=lambda: now[0])
+    verdicts = [guard.check() for _ in range(6)]
+    assert verdicts == ["ok", "ok", "limited", "limited", "limited", "close"]
+    now[0] += 10.0  # patience and tokens come back with time
+    assert guard.check() == "ok"
