@@ -38,6 +38,7 @@ import argparse
 import array
 import asyncio
 import base64
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -48,11 +49,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
@@ -229,6 +229,7 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], pipe: 
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
     srv.start()
     rss_marks: Dict[int, int] = {}
+    object_marks: Dict[int, int] = {}
     stop = threading.Event()
 
     def sample_rss() -> None:  # RSS when the server's delivery count passes each mark
@@ -236,7 +237,9 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], pipe: 
         while pending and not stop.wait(0.02):
             done = srv.stats().get("deliveries", 0)
             while pending and done >= pending[0]:
-                rss_marks[pending.pop(0)] = _proc_status(os.getpid())["VmRSS"]
+                mark = pending.pop(0)
+                rss_marks[mark] = _proc_status(os.getpid())["VmRSS"]
+                object_marks[mark] = len(gc.get_objects())  # Python objects alive (leak check)
 
     sampler = threading.Thread(target=sample_rss, name="bench-rss", daemon=True)
     if rss_at:
@@ -248,6 +251,7 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], pipe: 
             if cmd == "stats":
                 stats = srv.stats()
                 stats["rss_at"] = dict(rss_marks)
+                stats["objects_at"] = dict(object_marks)
                 pipe.send(stats)
             else:
                 break
@@ -766,6 +770,7 @@ def run_once(system: str, wl: Workload) -> dict:
         "client_cpu_s": sum(r["cpu_s"] for r in results),
         "pub_lag_max_ms": max(r["pub_lag_ns"] for r in results) / 1e6,
         "server_rss_at_mb": {str(k): v / _MB for k, v in sorted(sstats.get("rss_at", {}).items())},
+        "server_objects_at": {str(k): v for k, v in sorted(sstats.get("objects_at", {}).items())},
         "server_closes": sstats.get("closes_by_code", {}),
         "server_slow_consumer_closes": sstats.get("slow_consumer_closes", 0),
         "client_extra": dict(extra),
@@ -987,6 +992,8 @@ def print_compare(result: dict, emit: Callable[[str], None] = print) -> None:
             if r["server_rss_at_mb"]:
                 marks = ", ".join(f"{int(k):,}: {v:.1f} MB" for k, v in r["server_rss_at_mb"].items())
                 notes.add(f"run {r['run']} server RSS after deliveries {marks}")
+                objs = ", ".join(f"{int(k):,}: {v:,}" for k, v in r["server_objects_at"].items())
+                notes.add(f"run {r['run']} server Python objects after deliveries {objs}")
         for note in sorted(notes):
             emit(f"  {s}: {note}")
 

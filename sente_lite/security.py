@@ -489,7 +489,7 @@ class Gate:
             return
         exc = conn.protocol.handshake_exc
         if response is None:
-            if conn.request is None and exc is None:
+            if conn.request is None and _sent_nothing(exc):
                 return  # the peer closed before sending anything (port probe)
             reason, status = R_BAD_REQUEST, None
         elif response.status_code in (414, 431):
@@ -555,6 +555,17 @@ class GuardedConnection(ServerConnection):
 def mark_answered(ws: ServerConnection) -> None:
     """Record that the server answered this request itself (not websockets)."""
     ws._sente_answered = True  # type: ignore[attr-defined]
+
+
+def _sent_nothing(exc: Optional[BaseException]) -> bool:
+    """True when the peer closed without sending a byte (a port probe): websockets then
+    reports the stream ending after 0 bytes while it reads the request line."""
+    if exc is None:
+        return True
+    cause = exc.__cause__
+    first = getattr(cause, "__cause__", None)
+    return (isinstance(cause, EOFError) and "request line" in str(cause)
+            and isinstance(first, EOFError) and " 0 bytes" in str(first))
 
 
 def _remote_of(ws: ServerConnection) -> str:

@@ -126,6 +126,15 @@ class Connection:
         """
         return self._enqueue_wire(_text_frame(frame) if self._raw_writes else frame, len(frame))
 
+    def _enqueue_greeting(self, frame: bytes) -> None:
+        """Queue the handshake for the writer thread, never written directly: the
+        writer starts only once the connection is registered, so a client holding its
+        handshake can already be reached (send, send_to_user, stats). Every later
+        frame queues behind it while it waits."""
+        with self._cond:
+            self._queue.append(_text_frame(frame) if self._raw_writes else frame)
+            self._queued_bytes += len(frame)
+
     def _enqueue_wire(self, wire: bytes, size: int) -> bool:
         """Send ``wire`` (a whole WebSocket frame, or the JSON text without raw writes).
 
@@ -757,7 +766,7 @@ class Server:
             while len(self._seen_clients) > self.max_remembered_clients:
                 self._seen_clients.popitem(last=False)
         conn = Connection(self, ws, conn_id, ident, first)
-        conn._enqueue(p.encode_bytes(p.EV_HANDSHAKE, [
+        conn._enqueue_greeting(p.encode_bytes(p.EV_HANDSHAKE, [
             ident.uid, ident.csrf_token,
             {"conn-id": conn_id, "client-id": ident.client_id, "server-id": self.server_id,
              "protocol": p.PROTOCOL_VERSION, "heartbeat-ms": self.heartbeat_ms,
@@ -930,7 +939,13 @@ class Server:
         event, data, cb_id = frame
         builtin = self._builtins.get(event)
         if builtin is not None:
-            builtin(self, conn, data, cb_id)
+            try:
+                builtin(self, conn, data, cb_id)
+            except Exception:  # a bug here must cost one answer, never the connection
+                self._count("internal_errors")
+                log.exception("internal error handling %s (conn %s)", event, conn.conn_id)
+                self._error(conn, p.ERR_HANDLER_ERROR, f"internal error handling {event}",
+                            cb_id, event)
             return
         if p.is_reserved(event):
             self._count("unknown_events")

@@ -70,7 +70,7 @@ def test_tiny_run_side_by_side_with_the_baseline(tmp_path: Path,
 
 
 def test_idle_connections_are_held_with_heartbeats(capsys: pytest.CaptureFixture[str]) -> None:
-    status = bench.main(["--idle", "3", "--conns-per-proc", "3", "-T", "1.2",
+    status = bench.main(["--idle", "3", "--conns-per-proc", "3", "-T", "1.2", "--driver", "asyncio",
                          "--heartbeat-ms", "200", "--check"])
     assert status == 0
     printed = capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from typing import Any, List
@@ -144,9 +145,10 @@ def test_malformed_upgrades_are_refused_and_counted(make_server):
     with RawPeer(srv.host, srv.port) as peer:
         peer.send(upgrade_request(srv.host, srv.port, path="/elsewhere"))
         assert peer.read_http().status == 404
-    with RawPeer(srv.host, srv.port):
-        pass  # a port probe: connect and leave, not a refusal
-    wait_until(lambda: sum(srv.stats()["handshakes_refused"].values()) == 3, what="3 refusals counted")
+    with RawPeer(srv.host, srv.port) as probe:  # a port probe: connect and leave, not a refusal
+        probe.sock.shutdown(socket.SHUT_WR)
+        assert probe.read_http().status is None  # the server took it and hung up
+    srv.stop()  # returns once every connection's handler ended: every verdict is counted
     st = srv.stats()["handshakes_refused"]
     assert st == {"invalid-upgrade": 1, "bad-request": 1, "not-found": 1}
 

@@ -77,6 +77,18 @@ def test_client_first_then_not_first_on_reconnect(make_server: Callable[..., Ser
     assert c.uid == c.client_id
 
 
+def test_a_peer_holding_its_handshake_is_already_reachable(make_server: Callable[..., Server],
+                                                           raw_ws: Callable[..., RawWS]) -> None:
+    srv = make_server()
+    for i in range(40):
+        r = raw_ws(srv.url + f"?client-id=k{i}")
+        conn_id = r.handshake[1][2]["conn-id"]  # type: ignore[index]
+        assert srv.send(conn_id, "app/hello", i), f"connection {i} unknown after its handshake"
+        assert srv.send_to_user(f"k{i}", "app/hello", -i) == 1
+        assert [r.recv(), r.recv()] == [["app/hello", i], ["app/hello", -i]]
+        r.close()
+
+
 def test_conn_ids_are_unique(make_server: Callable[..., Server], make_client: Callable[..., Client],
                              raw_ws: Callable[..., RawWS]) -> None:
     srv = make_server()
