@@ -163,12 +163,11 @@ class ChannelRegistry:
                 if chlock.acquire(False):
                     break
             # Another publish holds the channel: wait for it without holding the registry
-            # lock (publishers of other channels must not queue behind this one), then make
-            # sure the channel was not evicted meanwhile.
+            # lock (publishers of other channels must not queue behind this one), then try
+            # again from the registry (the channel may have been evicted meanwhile). Never
+            # wait for the registry lock while holding a channel's: subscribe and
+            # unsubscribe take the two in the other order (that wait was a deadlock).
             chlock.acquire()
-            with self._lock:
-                if self._channels.get(name) is ch:
-                    break
             chlock.release()
         try:
             ch.offset += 1

@@ -215,18 +215,26 @@ except ImportError:  # pragma: no cover - depends on the [fast] extra
 
 _NOT_PARSED = object()
 _LONG_NUMBER_STR = re.compile(r"\d{19}")
-_LONG_NUMBER_BYTES = re.compile(rb"\d{19}")
 #: Frames that may nest deeper than this go to the stdlib (its recursion limit decides).
 _FAST_MAX_OPENERS = 256
+#: ``bytes.translate`` table: ASCII digit -> "0", "[" and "{" -> "[", anything else -> " ".
+#: One C pass over the frame then answers both questions above (19 digits in a row,
+#: how many openers) exactly as the regex and the counts do, at a fraction of the
+#: regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame).
+_SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B) else 0x20
+                     for b in range(256))
+_DIGIT_RUN = b"0" * 19
 
 
 def _fast_parse(text: Any) -> Any:
     """orjson's value of ``text`` when it is certainly the stdlib's, else ``_NOT_PARSED``."""
-    if isinstance(text, str):
-        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > _FAST_MAX_OPENERS:
+    if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
+        # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
+        shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
+        if _DIGIT_RUN in shape or shape.count(b"[") > _FAST_MAX_OPENERS:
             return _NOT_PARSED
-    elif isinstance(text, bytes):
-        if _LONG_NUMBER_BYTES.search(text) or text.count(b"[") + text.count(b"{") > _FAST_MAX_OPENERS:
+    elif isinstance(text, str):  # non-ASCII text: \d also matches other scripts' digits
+        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > _FAST_MAX_OPENERS:
             return _NOT_PARSED
     else:
         return _NOT_PARSED

@@ -16,8 +16,9 @@ from sente_lite.errors import DiscoveryTimeout
 
 #: Prefix of every thread the library starts.
 THREAD_PREFIX = "sente-lite-"
-#: Default deadline of waits in tests: generous, only reached when something is broken.
-WAIT_S = 5.0
+#: Default deadline of waits in tests: generous, only reached when something is broken
+#: (a 2-core machine running other work can stall a test process for a second or more).
+WAIT_S = 15.0
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:

@@ -8,6 +8,7 @@ from typing import Dict, Hashable, List, Tuple
 import pytest
 
 from sente_lite.channels import ChannelRegistry, Published
+from support import WAIT_S
 
 
 class Sink:
@@ -182,6 +183,67 @@ def test_announce_precedes_every_later_message() -> None:
     first = log[0][1]  # type: ignore[index]
     assert first >= 200
     assert log[1:] == list(range(first + 1, first + len(log)))
+
+
+class WatchedLock:
+    """A channel lock that tells when a caller is about to wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.waiter = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if blocking:
+            self.waiter.set()
+        return self.lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_waiting_publish_never_holds_its_channel_while_it_waits_for_the_registry() -> None:
+    """subscribe/unsubscribe take the registry lock, then the channel's: a publish that
+    waited for a busy channel must not then wait for the registry holding the channel's
+    lock, or the two deadlock."""
+    reg = ChannelRegistry("srv")
+    reg.subscribe("m", "hot")
+    watched = WatchedLock()
+    reg._channels["hot"].lock = watched  # type: ignore[assignment]
+    inside, release = threading.Event(), threading.Event()
+
+    def blocking_deliver(member: Hashable, frame: bytes) -> bool:
+        inside.set()
+        return release.wait(WAIT_S)
+
+    first = threading.Thread(target=reg.publish, args=("hot", frame_of, blocking_deliver),
+                             name="test-pub-holder")
+    first.start()
+    assert inside.wait(WAIT_S)  # the first publish holds the channel
+    result: List[Published] = []
+    second = threading.Thread(target=lambda: result.append(reg.publish("hot", frame_of, lambda m, f: True)),
+                              name="test-pub-waiter")
+    second.start()
+    try:
+        assert watched.waiter.wait(WAIT_S)  # the second one waits for the busy channel
+        with reg._lock:  # as a subscribe holds it, about to take the channel's lock
+            release.set()
+            first.join(WAIT_S)
+            free = watched.lock.acquire(timeout=WAIT_S)
+            if free:
+                watched.lock.release()
+        assert free, "a publish waits for the registry lock holding its channel's: deadlock"
+    finally:
+        release.set()
+        first.join(WAIT_S)
+        second.join(WAIT_S)
+    assert not first.is_alive() and not second.is_alive()
+    assert [r.offset for r in result] == [2]
 
 
 def test_idle_channels_are_evicted_and_restart_at_a_new_epoch() -> None:

@@ -23,7 +23,7 @@ import time
 
 from sente_lite import discovery
 from sente_lite.testing.abuse import Fuzzer, SteadyClient, proc_status
-from support import wait_until
+from support import WAIT_S, wait_until
 
 FUZZ_S = float(os.environ.get("SENTE_LITE_FUZZ_S", "12"))
 SEED = int(os.environ["SENTE_LITE_FUZZ_SEED"]) if "SENTE_LITE_FUZZ_SEED" in os.environ else None
@@ -32,6 +32,9 @@ GOOD_RATE_PER_S = 50.0
 GOOD_CHANNEL = "steady"
 #: The good client's worst publish-to-receive latency allowed while the server is under attack.
 GOOD_MAX_LATENCY_MS = 3000.0
+#: Deadline of the server process's start, its settling and its exit: reached only when
+#: something is broken (a fresh interpreter on a loaded 2-core machine can take many seconds).
+PROCESS_DEADLINE_S = 60.0
 #: Server RSS may end at most this far above its pre-fuzz baseline.
 RSS_SLACK_KB = 40 * 1024
 SERVER_CONFIG = {
@@ -51,9 +54,9 @@ def test_fuzz_a_live_server_while_a_good_client_is_served(tmp_path):
         stdout=log, stderr=subprocess.STDOUT)
     good = None
     try:
-        info = discovery.read_port_file(port_file, timeout=10.0)
+        info = discovery.read_port_file(port_file, timeout=PROCESS_DEADLINE_S)
         idle = proc_status(proc.pid)  # no connection yet: the threads a server always has
-        good = SteadyClient(info["url"], GOOD_CHANNEL, GOOD_RATE_PER_S).start()
+        good = SteadyClient(info["url"], GOOD_CHANNEL, GOOD_RATE_PER_S).start(WAIT_S)
         wait_until(lambda: len(good.received) >= 10, what="good client warmed up")
         base = proc_status(proc.pid)
 
@@ -68,11 +71,11 @@ def test_fuzz_a_live_server_while_a_good_client_is_served(tmp_path):
         figures = good.stop()
         good = None
 
-        wait_until(lambda: proc_status(proc.pid)["Threads"] <= idle["Threads"], timeout=15.0,
+        wait_until(lambda: proc_status(proc.pid)["Threads"] <= idle["Threads"], timeout=PROCESS_DEADLINE_S,
                    what=f"server threads back to {idle['Threads']} (no connection left)")
         after = proc_status(proc.pid)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(15.0) == 0
+        assert proc.wait(PROCESS_DEADLINE_S) == 0
         stats = discovery.read_json(result_file)
     finally:
         if good is not None:
@@ -96,7 +99,8 @@ def test_fuzz_a_live_server_while_a_good_client_is_served(tmp_path):
           f"closes={stats['closes_by_code']}")
 
     # the good client: everything it published came back once, in order, without an error
-    assert figures["errors"] == [] and figures["reconnects"] == 0
+    assert figures["errors"] == [] and figures["reconnects"] == 0, figures
+    assert figures["connection_ends"] == {}, figures  # never closed by the server nor found silent
     assert figures["published"] >= GOOD_RATE_PER_S * fuzz_s * 0.5
     assert figures["acked"] == figures["published"] == figures["received"]
     assert figures["lost"] == figures["duplicates"] == figures["out_of_order"] == 0

@@ -131,7 +131,7 @@ def test_request_timeout(make_server: Callable[..., Server], make_client: Callab
         elapsed = time.monotonic() - started
     finally:
         release.set()
-    assert 0.2 <= elapsed < 1.0
+    assert 0.2 <= elapsed < 0.2 + 3.0  # room for a loaded machine, below the 5 s default timeout
     wait_until(lambda: c.stats().get("stray_replies") == 1, what="late reply counted as stray")
     assert c.request("app/echo", 5) == 5
     assert c.stats()["outstanding_requests"] == 0

@@ -17,6 +17,9 @@ from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import WAIT_S, wait_until
 
 HANDSHAKE_TIMEOUT_S = 0.5
+#: Allowance for a loaded 2-core machine on top of a deadline the server enforces; still
+#: far below what a missing limit costs (the 10 s default handshake timeout, or forever).
+SLACK_S = 4.0
 
 
 def refused(srv: Server, reason: str) -> int:
@@ -54,12 +57,13 @@ def test_max_connections_is_503_at_upgrade_and_frees_on_close(make_server, make_
 
 def test_slot_is_released_when_an_admitted_upgrade_fails(make_server):
     srv = make_server(max_connections=1)
-    for _ in range(3):  # passes the server's checks, then websockets refuses it: no slot leak
+    for i in range(3):  # passes the server's checks, then websockets refuses it: no slot leak
         with RawPeer(srv.host, srv.port) as peer:
             peer.send(upgrade_request(srv.host, srv.port, omit=("Sec-WebSocket-Key",)))
             assert peer.read_http().status == 400
+        # the slot is freed as the server closes the socket, just after its answer
+        wait_until(lambda: srv.stats()["connection_slots"] == 0, what=f"slot of upgrade {i} released")
     wait_until(lambda: refused(srv, "invalid-upgrade") == 3, what="3 invalid upgrades counted")
-    wait_until(lambda: srv.stats()["connection_slots"] == 0, what="slot released")
     opened(srv).close()
 
 
@@ -77,8 +81,8 @@ def test_slowloris_upgrades_are_bounded_in_number_and_time(make_server, make_cli
         assert refused(srv, "max-pending-handshakes") == 1
         started = time.monotonic()
         for peer in slow:  # dropped at the handshake timeout, without an answer
-            assert peer.read_http(HANDSHAKE_TIMEOUT_S + 2.0).status is None
-        assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + 1.5
+            assert peer.read_http(HANDSHAKE_TIMEOUT_S + SLACK_S).status is None
+        assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + SLACK_S
         wait_until(lambda: refused(srv, "handshake-timeout") == 2, what="2 timeouts counted")
     finally:
         for peer in slow:
@@ -90,11 +94,12 @@ def test_slowloris_upgrades_are_bounded_in_number_and_time(make_server, make_cli
 def test_a_trickling_upgrade_is_cut_at_the_handshake_timeout(make_server, make_client):
     srv = make_server(handshake_timeout=HANDSHAKE_TIMEOUT_S)
     good = make_client(srv.url)
-    request = upgrade_request(srv.host, srv.port)
+    request = upgrade_request(srv.host, srv.port, headers=[("X-Padding", "p" * 300)])
+    assert len(request) * 0.02 > 2 * (HANDSHAKE_TIMEOUT_S + SLACK_S)  # uncut, it outlasts the bound
     started = time.monotonic()
     with RawPeer(srv.host, srv.port) as peer:
         peer.sock.settimeout(0.02)
-        for i in range(len(request)):  # one byte per 20 ms: ~5 s for the whole request
+        for i in range(len(request)):  # one byte per 20 ms: ~9 s for the whole request
             try:
                 peer.sock.sendall(request[i:i + 1])
                 if peer.sock.recv(1) == b"":
@@ -103,9 +108,9 @@ def test_a_trickling_upgrade_is_cut_at_the_handshake_timeout(make_server, make_c
                 pass  # still open: that wait was the trickle's pause
             except OSError:
                 break  # reset by the server
-            assert good.request("sente-lite/subscribe", {"channel-id": "g"}, timeout=1.0)
+            assert good.request("sente-lite/subscribe", {"channel-id": "g"}, timeout=WAIT_S)
         cut_after = time.monotonic() - started
-    assert cut_after < HANDSHAKE_TIMEOUT_S + 1.0
+    assert cut_after < HANDSHAKE_TIMEOUT_S + SLACK_S
     wait_until(lambda: refused(srv, "handshake-timeout") == 1, what="timeout counted")
 
 
@@ -116,7 +121,7 @@ def test_stop_does_not_wait_for_unfinished_upgrades(make_server):
         wait_until(lambda: srv.stats()["pending_handshakes"] == 1, what="pending upgrade")
         started = time.monotonic()
         srv.stop()
-        assert time.monotonic() - started < 3.0
+        assert time.monotonic() - started < 3.0 + SLACK_S  # far below the 30 s handshake timeout
 
 
 def test_header_size_limits_answer_414_and_431(make_server):
@@ -197,7 +202,9 @@ def test_max_channel_id_chars_is_invalid_channel(make_server, make_client):
 
 
 def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_server, make_client):
-    srv = make_server(rate_limit=20, rate_burst=5, max_rate_limited=10)
+    # one token per 100 s: however slowly the server reads, only the burst of 5 passes
+    # (no pings during the test: the good client spends its burst on its one request)
+    srv = make_server(rate_limit=0.01, rate_burst=5, max_rate_limited=10, heartbeat_ms=600_000)
     good = make_client(srv.url)
     with opened(srv) as peer:
         for i in range(8):
@@ -205,7 +212,7 @@ def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_server, m
         answers = [peer.read_text() for _ in range(8)]
         replies = [a for a in answers if a[0] == "chsk/reply"]
         limited = [a for a in answers if a[0] == "chsk/error"]
-        assert 5 <= len(replies) < 8 and len(replies) + len(limited) == 8
+        assert len(replies) == 5 and len(limited) == 3
         assert all(a[1]["code"] == "rate-limited" for a in limited)
         assert {a[2] for a in answers} == {f"r{i}" for i in range(8)}  # each request answered once
         for i in range(50):  # keeps going over the rate: cut

@@ -14,8 +14,9 @@ PAYLOAD = "x" * (64 * 1024)
 QUEUE_LIMIT = 512 * 1024
 MAX_PUBLISHES = 600  # far more than kernel buffers plus the queue limit can hold
 #: A publish must never wait for the stalled peer (that would take until its heartbeat
-#: timeout, 15 s by default); this bound leaves room for a loaded machine.
-MAX_PUBLISH_CALL_S = 1.0
+#: timeout, 15 s by default); this bound leaves room for a loaded machine, where one
+#: acknowledged publish can stall for a second or more.
+MAX_PUBLISH_CALL_S = 5.0
 
 
 def test_stalled_subscriber_is_closed_and_nobody_else_suffers(

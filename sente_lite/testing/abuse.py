@@ -551,7 +551,8 @@ class SteadyClient:
     """A good citizen: publishes ``rate`` messages/s with ack on its own channel and hears them.
 
     Figures (:meth:`figures`): published, acked, received, lost, out of order,
-    duplicates, errors, reconnects and publish-to-receive latency (ms).
+    duplicates, errors, reconnects, how lost connections ended and publish-to-receive
+    latency (ms).
     """
 
     def __init__(self, url: str, channel: str = "steady", rate: float = 50.0, **client_kwargs: Any) -> None:
@@ -633,6 +634,9 @@ class SteadyClient:
             "out_of_order": sum(1 for a, b in zip(received, received[1:]) if b <= a),
             "errors": list(self.errors),
             "reconnects": int(stats.get("handshakes", 1)) - 1,
+            # how lost connections ended: server close codes, or a server found silent
+            "connection_ends": {k: v for k, v in sorted(stats.items())
+                                if k.startswith("closed_by_server_") or k == "dead_server_detections"},
             "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": round(lat[-1], 2) if lat else 0.0},
         }
 

@@ -64,20 +64,50 @@ class History:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.deliveries: List[Delivery] = []
+        self._deliveries: List[Delivery] = []
+        #: (message, recv_ns) recorded but not yet turned into a Delivery. Only
+        #: appended to by record_message, only cut from the front by _settle.
+        self._raw: List[Tuple[ChannelMessage, int]] = []
         self.events: List[Dict[str, Any]] = []
         self._per_channel: Dict[str, int] = {}
 
     def record_message(self, msg: ChannelMessage) -> None:
-        """Record one channel delivery (use as ``client.subscribe(ch, history.record_message)``)."""
-        recv_ns = time.monotonic_ns()
-        data = msg.data
-        sent = data.get(SENT_NS_KEY) if isinstance(data, dict) else None
-        d = Delivery(msg.channel_id, msg.offset, msg.epoch, msg.from_uid, data,
-                     sent if isinstance(sent, int) else None, recv_ns)
+        """Record one channel delivery (use as ``client.subscribe(ch, history.record_message)``).
+
+        Only stores the message and the time (one atomic ``list.append``, so a
+        delivery costs the receiving process almost nothing); the Delivery is
+        built when the history is next read."""
+        self._raw.append((msg, time.monotonic_ns()))
+
+    def _settle(self) -> None:
+        """Turn recorded messages into Deliveries, in order. Caller holds ``_lock``."""
+        raw = self._raw
+        n = len(raw)
+        if not n:
+            return
+        batch = raw[:n]
+        del raw[:n]  # appends made meanwhile sit after index n and stay
+        per_channel = self._per_channel
+        append = self._deliveries.append
+        for msg, recv_ns in batch:
+            data = msg.data
+            sent = data.get(SENT_NS_KEY) if isinstance(data, dict) else None
+            append(Delivery(msg.channel_id, msg.offset, msg.epoch, msg.from_uid, data,
+                            sent if isinstance(sent, int) else None, recv_ns))
+            per_channel[msg.channel_id] = per_channel.get(msg.channel_id, 0) + 1
+
+    @property
+    def deliveries(self) -> List[Delivery]:
+        """Every delivery recorded so far, in order (the history's own list)."""
         with self._lock:
-            self.deliveries.append(d)
-            self._per_channel[d.channel] = self._per_channel.get(d.channel, 0) + 1
+            self._settle()
+            return self._deliveries
+
+    @deliveries.setter
+    def deliveries(self, rows: List[Delivery]) -> None:
+        with self._lock:
+            self._raw.clear()
+            self._deliveries = rows
 
     def record(self, kind: str, **fields: Any) -> Dict[str, Any]:
         """Record an event of ``kind`` now; returns it."""
@@ -89,14 +119,16 @@ class History:
     def count(self, channel: Optional[str] = None) -> int:
         """How many deliveries (on ``channel``, or on all channels) were recorded."""
         with self._lock:
+            self._settle()
             if channel is None:
-                return len(self.deliveries)
+                return len(self._deliveries)
             return self._per_channel.get(channel, 0)
 
     def messages(self, channel: Optional[str] = None) -> List[Delivery]:
         """A copy of the deliveries (on ``channel``, or all)."""
         with self._lock:
-            return [d for d in self.deliveries if channel is None or d.channel == channel]
+            self._settle()
+            return [d for d in self._deliveries if channel is None or d.channel == channel]
 
     def events_of(self, kind: str) -> List[Dict[str, Any]]:
         """A copy of the events of ``kind``."""
@@ -106,7 +138,8 @@ class History:
     def to_json(self) -> Dict[str, Any]:
         """The history as JSON-encodable data (deliveries as compact lists)."""
         with self._lock:
-            return {"deliveries": [list(d) for d in self.deliveries], "events": list(self.events)}
+            self._settle()
+            return {"deliveries": [list(d) for d in self._deliveries], "events": list(self.events)}
 
     @classmethod
     def from_json(cls, data: Optional[Dict[str, Any]]) -> "History":
