@@ -700,6 +700,18 @@ def _stop_server(pipe: Any) -> None:
         pass
 
 
+def _finish_run(spipe: Any, loads: List[Tuple[Any, Any]], join_s: float) -> Any:
+    """Fetch the server's stats, close every load process, stop the server; return the stats."""
+    spipe.send("stats")
+    sstats = _recv(spipe, 30.0, "server stats")
+    for _, pipe in loads:
+        pipe.send("close")
+    for proc, _ in loads:
+        proc.join(join_s)
+    _stop_server(spipe)
+    return sstats
+
+
 def run_once(system: str, wl: Workload) -> dict:
     """Run the fan-out workload once against ``system``; return its measurements."""
     fleet = _Fleet()
@@ -719,13 +731,7 @@ def run_once(system: str, wl: Workload) -> dict:
                    for _, pipe in loads]
         cpu1 = _proc_cpu_s(server.pid)
         status = _proc_status(server.pid)
-        spipe.send("stats")
-        sstats = _recv(spipe, 30.0, "server stats")
-        for _, pipe in loads:
-            pipe.send("close")
-        for proc, _ in loads:
-            proc.join(30.0)
-        _stop_server(spipe)
+        sstats = _finish_run(spipe, loads, 30.0)
     finally:
         if spy is not None:
             try:
@@ -837,13 +843,7 @@ def run_idle(system: str, wl: Workload, hold_s: float) -> dict:
             pipe.send(("start", t0_ns, hold_s))
         results = [_recv(pipe, hold_s + wl.drain_s + 60.0, "load result")[1] for _, pipe in loads]
         after = _proc_status(server.pid)
-        spipe.send("stats")
-        sstats = _recv(spipe, 30.0, "server stats")
-        for _, pipe in loads:
-            pipe.send("close")
-        for proc, _ in loads:
-            proc.join(60.0)
-        _stop_server(spipe)
+        sstats = _finish_run(spipe, loads, 60.0)
     finally:
         fleet.stop()
     extra: Counter = Counter()
