@@ -1,12 +1,19 @@
 """sente_lite client on ``websocket-client``, with its own threads.
 
-Threads, both stopped and joined by :meth:`Client.close` (within 1 s):
+Two threads (``sente-lite-client-1`` and ``-2``), both stopped and joined by
+:meth:`Client.close` (within 1 s), share two roles:
 
-* ``sente-lite-client-reader``: connects, reads frames, reconnects with backoff
-  and full jitter. Replies to requests and the handshake are processed here.
-* ``sente-lite-client-worker``: runs the application's handlers (events, channel
-  messages, server requests) one at a time in arrival order, and watches the
-  server's liveness. A slow or raising handler delays or logs, never disconnects.
+* reading: connect, read frames, answer pings, reconnect with backoff and full
+  jitter. Replies to requests and the handshake are processed here.
+* running handlers (events, channel messages, server requests), one at a time in
+  arrival order.
+
+The thread that read a batch of messages runs their handlers itself when no
+handler is running: one thread wake-up per read, none per message. The other
+thread waits and watches the server's liveness. When a handler runs longer than
+:data:`HANDLER_HANDOFF_S`, or blocks on a reply (``request``, ``subscribe``,
+``unsubscribe`` from a handler), the waiting thread takes over reading, so a slow
+or raising handler delays or logs, never disconnects, and never deadlocks.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Deque, Dict, Generator, List, NamedTuple, Optional, Union
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import websocket  # websocket-client
@@ -44,9 +51,18 @@ DEFAULT_MAX_PENDING_SENDS = 1000
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 DEFAULT_MAX_HANDLER_QUEUE = 100_000
+#: Reads closer together than this are merged: see ``Client(read_coalesce_ms=)``.
+DEFAULT_READ_COALESCE_MS = 2.0
+#: The largest ``read_coalesce_ms`` accepted (it is added latency at high rates).
+MAX_READ_COALESCE_MS = 50.0
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
 DEAD_SERVER_SLACK_S = 1.0
-_WORKER_TICK_S = 0.1
+#: A handler that runs this long on the thread that was reading makes the other
+#: thread take over reading (so pings are answered and replies arrive meanwhile).
+HANDLER_HANDOFF_S = 0.05
+#: How often the waiting thread checks the server's liveness.
+_IDLE_TICK_S = 0.1
+_READ, _RUN = "read", "run"
 
 EventHandler = Callable[[Any], Any]
 Token = Union[str, Callable[[], Optional[str]], None]
@@ -203,6 +219,12 @@ class Client:
     the token the last handshake carried. Sends made
     while disconnected wait in a queue of at most ``max_pending_sends`` frames;
     one more raises :class:`SendQueueFull`.
+
+    ``read_coalesce_ms``: when frames arrive less than this apart, the client
+    reads at most once per ``read_coalesce_ms`` and handles everything that came
+    in one go, instead of waking up for every frame. Frames further apart are
+    read at once. So at high rates a frame waits up to this long (ping answers
+    too) and the client uses far less CPU; 0 reads every frame as it arrives.
     """
 
     def __init__(
@@ -217,6 +239,7 @@ class Client:
         backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         max_pending_sends: int = DEFAULT_MAX_PENDING_SENDS,
         max_handler_queue: int = DEFAULT_MAX_HANDLER_QUEUE,
+        read_coalesce_ms: float = DEFAULT_READ_COALESCE_MS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         headers: Optional[Dict[str, str]] = None,
@@ -232,6 +255,11 @@ class Client:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
+        if not (isinstance(read_coalesce_ms, (int, float))
+                and 0 <= read_coalesce_ms <= MAX_READ_COALESCE_MS):
+            raise ValueError(f"read_coalesce_ms must be a number of milliseconds from 0 to "
+                             f"{MAX_READ_COALESCE_MS:g}, got {read_coalesce_ms!r}")
+        self.read_coalesce_ms = float(read_coalesce_ms)
 
         self.uid: Optional[str] = None
         self.conn_id: Optional[str] = None
@@ -252,29 +280,33 @@ class Client:
         self._send_lock = threading.RLock()
         self._ws: Optional[websocket.WebSocket] = None
         self._cb_ids = itertools.count(1)
-        # Reader -> worker hand-off: one list of tasks per socket read, so a read that
-        # holds many messages costs one wake-up. Only the reader appends and counts
-        # in, only the worker pops and counts out (no lock); ``_wake`` is held while
-        # nothing is signalled and released to wake an idle worker.
+        # Roles of the two threads (see the module docstring), under ``_roles``:
+        # ``_reading`` while a thread advances ``_connection`` (the reading role's
+        # generator); ``_running_since`` while one runs handlers, which take their
+        # tasks from ``_tasks`` (one list per socket read) in order.
         self.max_handler_queue = max_handler_queue
+        self._roles = threading.Condition(threading.Lock())
         self._tasks: Deque[List[tuple]] = collections.deque()
         self._tasks_in = 0
         self._tasks_out = 0
-        self._worker_idle = False
-        self._wake = threading.Lock()
-        self._wake.acquire()
+        self._reading = False
+        self._running_since: Optional[float] = None
+        self._runner: Optional[int] = None  # ident of the thread running handlers
+        self._handoff = False  # the running handler waits for a reply: read now
+        self._connection = self._connections()
+        self._connection_done = False
         self._stop = threading.Event()
         self._heartbeat_s = 5.0
         self._last_recv = time.monotonic()
         self._counts: Dict[str, int] = collections.defaultdict(int)
-        self._reader = threading.Thread(target=self._run, name="sente-lite-client-reader", daemon=True)
-        self._worker = threading.Thread(target=self._work, name="sente-lite-client-worker", daemon=True)
+        self._threads = tuple(threading.Thread(target=self._serve, name=f"sente-lite-client-{i}",
+                                               daemon=True) for i in (1, 2))
         if start:
             self.start()
 
     # -- lifecycle --------------------------------------------------------------
     def __enter__(self) -> "Client":
-        if not self._reader.is_alive() and self._status != CLOSED:
+        if not self._threads[0].is_alive() and self._status != CLOSED:
             self.start()
         return self
 
@@ -283,9 +315,9 @@ class Client:
 
     def start(self) -> "Client":
         """Start connecting (done by the constructor unless ``start=False``)."""
-        if not self._reader.is_alive():
-            self._reader.start()
-            self._worker.start()
+        if not self._threads[0].is_alive() and not self._stop.is_set():
+            for t in self._threads:
+                t.start()
         return self
 
     def close(self, timeout: float = 1.0) -> None:
@@ -303,9 +335,10 @@ class Client:
                 finally:
                     self._send_lock.release()
             ws.abort()
-        self._wake_worker()
+        with self._roles:
+            self._roles.notify_all()
         deadline = time.monotonic() + timeout
-        for t in (self._reader, self._worker):
+        for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
         self._fail_requests(ClientClosed("client closed"), sent_only=False)
@@ -358,7 +391,8 @@ class Client:
 
     # -- handlers ---------------------------------------------------------------
     def on(self, event: str, fn: EventHandler) -> EventHandler:
-        """Call ``fn(data)`` for each ``event`` from the server (on the worker thread).
+        """Call ``fn(data)`` for each ``event`` from the server (one handler at a
+        time, in arrival order).
 
         For a server request, the first handler's return value is the reply.
         """
@@ -391,6 +425,7 @@ class Client:
             raise ValueError(f"invalid event-id {event!r}")
         timeout = self.request_timeout if timeout is None else timeout
         cb_id, fut = self._start_request(event, data)
+        self._hand_off_reading()
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -468,6 +503,7 @@ class Client:
                 self._send_subscribe(channel_id, sub)
         if timeout is None:
             return None
+        self._hand_off_reading()
         if not sub.acked.wait(timeout):
             raise RequestTimeout(f"subscribe to {channel_id!r} not answered within {timeout}s")
         if sub.error is not None:
@@ -510,6 +546,7 @@ class Client:
                 return
             cb_id, fut = self._start_request(p.EV_UNSUBSCRIBE, {p.K_CHANNEL: channel_id})
         if timeout is not None:
+            self._hand_off_reading()
             try:
                 fut.result(timeout)
             except concurrent.futures.TimeoutError:
@@ -537,7 +574,8 @@ class Client:
 
     # -- inspection -------------------------------------------------------------
     def stats(self) -> dict:
-        """Counters: frames in/out, reconnects, gaps, handler errors, queue sizes."""
+        """Counters: frames in/out, socket reads, reconnects, gaps, handler errors,
+        queue sizes."""
         out = dict(self._counts)
         out.update(status=self._status, pending_sends=len(self._queued),
                    outstanding_requests=len(self._pending), subscriptions=len(self._subs),
@@ -558,13 +596,15 @@ class Client:
             query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
-    def _run(self) -> None:
+    def _connections(self) -> Generator[List[tuple], None, None]:
+        """The reading role: connect, read, reconnect with backoff until stopped or
+        refused. Yields each read's handler tasks. Advanced by one thread at a time."""
         attempt = 0
         try:
             while not self._stop.is_set():
                 ws = self._open()
                 if ws is not None:
-                    attempt = self._read(ws, attempt)
+                    attempt = yield from self._read(ws, attempt)
                 if self._stop.is_set() or self.refusal is not None:
                     break
                 if not self.auto_reconnect:
@@ -579,9 +619,7 @@ class Client:
             log.exception("client reader failed")
         finally:
             self._fail_requests(self.refusal or ClientClosed("client closed"), sent_only=False)
-            if not self._stop.is_set():  # ended by itself: refused, or no auto_reconnect
-                self._stop.set()
-                self._wake_worker()
+            self._stop.set()  # ended by itself (refused, or no auto_reconnect) or by close()
             self._set_status(CLOSED)
 
     def _open(self) -> Optional[websocket.WebSocket]:
@@ -610,8 +648,9 @@ class Client:
         ws.settimeout(None)
         return ws
 
-    def _read(self, ws: websocket.WebSocket, attempt: int) -> int:
-        """Read frames until the socket ends. Returns the next backoff attempt number."""
+    def _read(self, ws: websocket.WebSocket, attempt: int) -> Generator[List[tuple], None, int]:
+        """Read frames until the socket ends, yielding each read's handler tasks.
+        Returns the next backoff attempt number."""
         self._ws = ws
         self._last_recv = time.monotonic()
         if self._stop.is_set():
@@ -619,11 +658,20 @@ class Client:
         close_code: Optional[int] = None
         reader = _FrameReader(ws.sock)
         counts = self._counts
+        coalesce = self.read_coalesce_ms / 1000.0
+        next_read = 0.0
         try:
             while close_code is None:
+                if coalesce:
+                    wait = next_read - time.monotonic()
+                    if wait > 0:  # the last read was less than read_coalesce_ms ago
+                        time.sleep(wait)
                 messages = reader.read()  # every whole message of one recv(), in order
-                self._last_recv = time.monotonic()
-                tasks: List[tuple] = []  # this read's handler tasks: one hand-off to the worker
+                self._last_recv = now = time.monotonic()
+                next_read = now + coalesce
+                counts["reads"] += 1
+                tasks: List[tuple] = []  # this read's handler tasks, handed over at once
+                failed: Optional[BaseException] = None
                 try:
                     for opcode, payload in messages:
                         if opcode == _OP_TEXT or opcode == _OP_BINARY:
@@ -641,9 +689,12 @@ class Client:
                             except (OSError, websocket.WebSocketException):
                                 pass
                             break
-                finally:
-                    if tasks:
-                        self._enqueue_tasks(tasks)
+                except (OSError, websocket.WebSocketException) as exc:
+                    failed = exc
+                if tasks:
+                    yield tasks  # messages already read are handled even if the socket failed
+                if failed is not None:
+                    raise failed
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             log.debug("connection lost: %s", exc)
         finally:
@@ -678,7 +729,7 @@ class Client:
                 pr.future.set_exception(exc)
 
     def _on_frame(self, raw: bytes, tasks: List[tuple]) -> bool:
-        """Handle one frame on the reader thread; work for the worker goes to ``tasks``.
+        """Handle one frame as it is read; handler work goes to ``tasks``.
 
         True when it was a handshake."""
         try:
@@ -773,8 +824,8 @@ class Client:
         if sub.handlers:
             tasks.append(("channel", sub.handlers, msg))
 
-    def _enqueue_tasks(self, tasks: List[tuple]) -> None:
-        """Hand one read's tasks to the worker (reader thread only). Tasks beyond
+    def _add_tasks(self, tasks: List[tuple]) -> None:
+        """Queue one read's tasks (caller holds ``_roles``). Tasks beyond
         ``max_handler_queue`` waiting ones are dropped, counted and logged."""
         room = self.max_handler_queue - (self._tasks_in - self._tasks_out)
         if len(tasks) > room:
@@ -788,39 +839,96 @@ class Client:
                 return
         self._tasks.append(tasks)
         self._tasks_in += len(tasks)
-        self._wake_worker()
 
-    def _wake_worker(self) -> None:
-        """Wake the worker if it waits for tasks (it checks ``_stop`` when it wakes)."""
-        if self._worker_idle:
-            self._worker_idle = False
-            try:
-                self._wake.release()
-            except RuntimeError:  # already signalled, not yet taken
-                pass
+    def _hand_off_reading(self) -> None:
+        """Called before blocking on the reader (a reply, a subscribe answer): when
+        the caller is a handler, wake the other thread to read meanwhile."""
+        if self._runner == threading.get_ident():
+            with self._roles:
+                self._handoff = True
+                self._roles.notify()
 
-    # -- worker thread ------------------------------------------------------------
-    def _work(self) -> None:
-        pending = self._tasks
+    # -- the two threads ------------------------------------------------------------
+    def _serve(self) -> None:
+        """Body of both threads: take the reading or the running role, or wait."""
+        roles = self._roles
         stop = self._stop
-        while not stop.is_set():
-            try:
-                tasks = pending.popleft()
-            except IndexError:
-                self._worker_idle = True
-                if pending or stop.is_set():  # arrived after the popleft: do not sleep
-                    self._worker_idle = False
-                    continue
-                self._wake.acquire(timeout=_WORKER_TICK_S)
-                self._worker_idle = False
-                self._check_liveness()
-                continue
-            for task in tasks:
-                self._tasks_out += 1
-                if stop.is_set():
-                    return
-                self._run_task(task)
+        me = threading.get_ident()
+        while True:
+            batch: Optional[List[tuple]] = None
+            role = ""
+            with roles:
+                while True:
+                    now = time.monotonic()
+                    stopping = stop.is_set()
+                    running = self._running_since
+                    if self._tasks and running is None and not stopping:
+                        batch = self._tasks.popleft()
+                        self._running_since, self._runner = now, me
+                        role = _RUN
+                        break
+                    if not self._reading and not self._connection_done and (
+                            running is None or stopping or self._handoff
+                            or now - running >= HANDLER_HANDOFF_S):
+                        self._reading, self._handoff = True, False
+                        role = _READ
+                        break
+                    if stopping and (self._connection_done or self._reading):
+                        return
+                    wait = _IDLE_TICK_S
+                    if running is not None and not self._reading:
+                        wait = min(wait, max(0.001, running + HANDLER_HANDOFF_S - now))
+                    if not roles.wait(wait):
+                        break  # a quiet tick: check the server's liveness
+            if role == _READ:
+                batch = self._read_once(me)
+            if batch is not None:
+                self._run_batches(batch)
             self._check_liveness()
+
+    def _read_once(self, me: int) -> Optional[List[tuple]]:
+        """Advance the reading role by one read. Returns the tasks this thread runs
+        now, when no handler is running; otherwise they wait in order."""
+        tasks: Optional[List[tuple]] = None
+        done = False
+        try:
+            tasks = next(self._connection)
+        except StopIteration:
+            done = True
+        except Exception:  # pragma: no cover - a bug; end the client rather than spin
+            log.exception("client reading failed")
+            done = True
+            self._stop.set()
+        with self._roles:
+            self._reading = False
+            if done:
+                self._connection_done = True
+                self._roles.notify_all()
+                return None
+            if tasks:
+                self._add_tasks(tasks)
+            if self._tasks and self._running_since is None and not self._stop.is_set():
+                self._running_since, self._runner = time.monotonic(), me
+                return self._tasks.popleft()
+            return None
+
+    def _run_batches(self, batch: List[tuple]) -> None:
+        """Run ``batch``, then every batch queued meanwhile, in order (the running role)."""
+        stop = self._stop
+        while True:
+            for task in batch:
+                if stop.is_set():
+                    break
+                self._tasks_out += 1
+                self._run_task(task)
+            with self._roles:
+                if self._tasks and not stop.is_set():
+                    batch = self._tasks.popleft()
+                    continue
+                self._running_since = self._runner = None
+                if stop.is_set():
+                    self._roles.notify_all()  # the other thread may wait for this to end
+                return
 
     def _check_liveness(self) -> None:
         if self._status != CONNECTED:

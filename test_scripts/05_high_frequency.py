@@ -152,6 +152,8 @@ def check(report: Report, results: Dict[str, ProcessResult], server_result: Proc
     report.figure("server_cpu_s", server_result.cpu_s)
     report.figure("client_cpu_s_mean", round(sum(r.cpu_s or 0 for r in results.values())
                                              / len(results), 2))
+    reads = sum(r.value["stats"].get("reads", 0) for r in results.values())
+    report.figure("client_messages_per_read", round(lat["count"] / reads, 2) if reads else None)
 
 
 if __name__ == "__main__":

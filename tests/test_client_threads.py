@@ -1,0 +1,169 @@
+"""The client's two threads: whoever read a batch runs its handlers; the other
+takes over reading when a handler is slow or waits for a reply; reads closer
+together than ``read_coalesce_ms`` are merged."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, List
+
+import pytest
+
+import sente_lite.client as client_mod
+from sente_lite import Client, Server
+from support import WAIT_S, Recorder, wait_until
+
+
+def test_handlers_run_one_at_a_time_in_order_on_one_thread(make_server: Callable[..., Server],
+                                                   make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    c = make_client(srv.url, read_coalesce_ms=0)
+    threads: List[str] = []
+    got = Recorder()
+    c.subscribe("ch", lambda msg: (threads.append(threading.current_thread().name), got(msg)))
+    for i in range(50):
+        srv.publish("ch", i)
+    got.wait_count(50)
+    assert [m.data for m in got.items] == list(range(50))
+    assert len(set(threads)) == 1, set(threads)
+
+
+def test_request_from_a_handler_is_answered_at_once(make_server: Callable[..., Server],
+                                                     make_client: Callable[..., Client],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # with the slow-handler fallback out of reach, only the explicit hand-off can
+    # get the reply read while the handler waits for it
+    monkeypatch.setattr(client_mod, "HANDLER_HANDOFF_S", 60.0)
+    srv = make_server()
+    srv.on("app/echo", lambda conn, data: data)
+    c = make_client(srv.url)
+    answers: List[Any] = []
+    done = threading.Event()
+
+    def on_ask(data: Any) -> Any:
+        answers.append(c.request("app/echo", data, timeout=WAIT_S))
+        answers.append(c.publish("ch", data, ack=True, timeout=WAIT_S)["delivered"])
+        done.set()
+        return "ok"
+
+    c.on("app/ask", on_ask)
+    started = time.monotonic()
+    assert srv.request(c.conn_id, "app/ask", 7, timeout=WAIT_S) == "ok"  # type: ignore[arg-type]
+    assert done.wait(WAIT_S)
+    assert answers == [7, 0]
+    assert time.monotonic() - started < 5.0  # not a request timeout (WAIT_S) in disguise
+
+
+def test_subscribe_from_a_handler_gets_its_answer(make_server: Callable[..., Server],
+                                                  make_client: Callable[..., Client],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client_mod, "HANDLER_HANDOFF_S", 60.0)
+    srv = make_server()
+    c = make_client(srv.url)
+    replies: List[Any] = []
+    c.on("app/join", lambda data: replies.append(c.subscribe(data, timeout=WAIT_S)))
+    srv.send(c.conn_id, "app/join", "room")  # type: ignore[arg-type]
+    wait_until(lambda: replies, what="the subscribe answer inside the handler")
+    assert replies[0]["channel-id"] == "room"
+    c.unsubscribe("room")
+
+
+def test_a_slow_handler_hands_reading_over_and_keeps_order(make_server: Callable[..., Server],
+                                                           make_client: Callable[..., Client]) -> None:
+    srv = make_server(heartbeat_ms=200, heartbeat_timeout_ms=30_000)
+    c = make_client(srv.url)
+    release = threading.Event()
+    entered = threading.Event()
+    seen: List[int] = []
+
+    def handler(msg: Any) -> None:
+        if msg.data == 0:
+            entered.set()
+            release.wait(WAIT_S)
+        seen.append(msg.data)
+
+    c.subscribe("ch", handler)
+    srv.publish("ch", 0)
+    try:
+        assert entered.wait(WAIT_S)
+        for i in range(1, 101):
+            srv.publish("ch", i)
+        # the other thread reads meanwhile: the messages arrive and wait in order
+        wait_until(lambda: c.stats()["channel_msgs"] == 101, what="101 messages read")
+        assert c.stats()["handler_queue"] == 100
+        frames_in = srv.connections()[0]["frames-in"]
+        wait_until(lambda: srv.connections()[0]["frames-in"] >= frames_in + 2,
+                   what="pongs while the handler blocks")
+    finally:
+        release.set()
+    wait_until(lambda: len(seen) == 101, what="every handler ran")
+    assert seen == list(range(101))
+    assert c.stats()["handler_queue"] == 0 and c.connected
+
+
+def test_close_from_a_handler_stops_both_threads(make_server: Callable[..., Server],
+                                                 make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    c = make_client(srv.url)
+    closed = threading.Event()
+    c.on("app/bye", lambda data: (c.close(), closed.set()))
+    srv.send(c.conn_id, "app/bye")  # type: ignore[arg-type]
+    assert closed.wait(WAIT_S)
+    wait_until(lambda: not any(t.is_alive() for t in c._threads), what="both threads ended")
+    assert c.status == "closed"
+
+
+def test_close_while_a_handler_blocks_returns_within_its_timeout(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    c = make_client(srv.url)
+    entered, release = threading.Event(), threading.Event()
+    c.on("app/block", lambda data: (entered.set(), release.wait(WAIT_S)))
+    srv.send(c.conn_id, "app/block")  # type: ignore[arg-type]
+    assert entered.wait(WAIT_S)
+    started = time.monotonic()
+    c.close(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+    release.set()
+    wait_until(lambda: not any(t.is_alive() for t in c._threads), what="both threads ended")
+
+
+def test_frames_arriving_close_together_are_read_together(make_server: Callable[..., Server],
+                                                          make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    c = make_client(srv.url, read_coalesce_ms=20)
+    got = Recorder()
+    c.subscribe("ch", got)
+    reads_before = c.stats().get("reads", 0)
+    for i in range(60):  # about 60 ms of frames, one every millisecond
+        srv.publish("ch", i)
+        time.sleep(0.001)
+    got.wait_count(60)
+    reads = c.stats()["reads"] - reads_before
+    # without coalescing this is up to 60 reads; with it, about one per 20 ms
+    assert reads <= 15, reads
+    assert [m.data for m in got.items] == list(range(60))
+
+
+def test_a_frame_after_a_quiet_spell_is_read_at_once(make_server: Callable[..., Server],
+                                                     make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    c = make_client(srv.url, read_coalesce_ms=50)
+    arrived: List[float] = []
+    c.subscribe("ch", lambda msg: arrived.append(time.monotonic() - msg.data))
+    delays: List[float] = []
+    for _ in range(5):
+        time.sleep(0.08)  # the workload itself: frames further apart than 50 ms
+        n = len(arrived)
+        srv.publish("ch", time.monotonic())
+        wait_until(lambda: len(arrived) > n, what="the frame")
+        delays.append(arrived[-1])
+    # a frame after a quiet spell is not held back for read_coalesce_ms
+    assert sorted(delays)[2] < 0.04, delays
+
+
+@pytest.mark.parametrize("bad", [-1, 51, float("nan"), "2"])
+def test_read_coalesce_ms_is_validated(bad: Any) -> None:
+    with pytest.raises(ValueError, match="read_coalesce_ms"):
+        Client("ws://127.0.0.1:9/chsk", start=False, read_coalesce_ms=bad)
