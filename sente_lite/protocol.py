@@ -19,6 +19,9 @@ PROTOCOL_VERSION = 1
 NS_CHSK = "chsk"
 NS_SENTE = "sente-lite"
 RESERVED_NAMESPACES = frozenset({NS_CHSK, NS_SENTE})
+#: First bytes of every frame of a ``sente-lite/*`` event as :func:`encode` writes it
+#: (compact JSON). The server handles such frames on its network thread when it can.
+SENTE_FRAME_PREFIX = f'["{NS_SENTE}/'.encode("ascii")
 
 # Reserved events.
 EV_HANDSHAKE = "chsk/handshake"

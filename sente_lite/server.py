@@ -5,6 +5,9 @@ Threads, and who stops them (all joined by :meth:`Server.stop`):
 * ``sente-lite-serve``: websockets' accept loop.
 * one reader per connection (websockets' handler thread): reads frames and runs
   the application's handlers for that connection, in arrival order;
+* websockets' network thread per connection (``recv_events``) reads the socket and
+  handles built-in ``sente-lite/*`` frames itself when the reader has nothing left
+  to do, which keeps the arrival order (see :class:`_InlineConnection`);
 * one writer per connection: drains that connection's bounded outbound queue,
   so a slow or stalled peer never blocks a publisher or any other peer;
 * ``sente-lite-heartbeat``: sends ``chsk/ws-ping`` every ``heartbeat_ms``, closes
@@ -15,20 +18,21 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import http
 import itertools
 import logging
-import os
 import socket
 import struct
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import State
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
@@ -102,9 +106,14 @@ class Connection:
         self._pending_lock = threading.Lock()
         self._cb_ids = itertools.count(1)
         self._reader_ident = threading.get_ident()
-        # per-connection counters, each written by one thread only
+        # websockets' network thread, which handles built-in frames when the reader is idle
+        self._net_ident = getattr(getattr(ws, "recv_events_thread", None), "ident", None)
+        self._rate_guard: Optional[lim.RateGuard] = None  # set by Server._handle (rate_limit)
+        # per-connection counters, each written by one thread at a time: inbound ones by
+        # the reader or, when it is idle, the network thread (see _InlineConnection)
         self.frames_in = 0
         self.bytes_in = 0
+        self.frames_inline = 0
         self.frames_out = 0
         self.bytes_out = 0
         self._writer = threading.Thread(target=self._write_loop, daemon=True,
@@ -287,9 +296,9 @@ class Connection:
     def request(self, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Send a request to this peer and wait for its reply (see :meth:`Server.request`)."""
         _check_event_id(event)
-        if threading.get_ident() == self._reader_ident:
-            raise RuntimeError("request() to a connection from its own handler would deadlock: "
-                               "its reply is read by the thread running the handler")
+        if threading.get_ident() in (self._reader_ident, self._net_ident):
+            raise RuntimeError("request() to a connection from its own handler (or from authorize) "
+                               "would deadlock: its reply is read by the thread running it")
         cb_id = f"s{next(self._cb_ids)}"
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         with self._pending_lock:
@@ -354,7 +363,8 @@ class Server:
 
     Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
     ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
-    channel_id) -> bool`` (False: ``forbidden``), ``allowed_origins`` (None: no
+    channel_id) -> bool`` (False: ``forbidden``; keep it fast, it may run on the
+    connection's network thread), ``allowed_origins`` (None: no
     Origin or the same host; else that list, ``["*"]`` for any; others 403),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
     ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
@@ -479,7 +489,7 @@ class Server:
             open_timeout=self.handshake_timeout,
             compression=None,
             server_header="sente-lite",
-            create_connection=self._gate.connection_factory,  # type: ignore[arg-type]
+            create_connection=self._connection_factory,  # type: ignore[arg-type]
         )
         self.port = self._ws_server.socket.getsockname()[1]
         self._started_at = time.monotonic()
@@ -633,6 +643,7 @@ class Server:
         out["connections"] = len(live)
         out["frames_in"] = out.get("frames_in_closed", 0) + sum(c.frames_in for c in live)
         out["frames_out"] = out.get("frames_out_closed", 0) + sum(c.frames_out for c in live)
+        out["frames_inline"] = out.get("frames_inline_closed", 0) + sum(c.frames_inline for c in live)
         out["bytes_in"] = out.get("bytes_in_closed", 0) + sum(c.bytes_in for c in live)
         out["bytes_out"] = out.get("bytes_out_closed", 0) + sum(c.bytes_out for c in live)
         out["queued_bytes"] = sum(c.queued_bytes for c in live)
@@ -766,6 +777,8 @@ class Server:
             while len(self._seen_clients) > self.max_remembered_clients:
                 self._seen_clients.popitem(last=False)
         conn = Connection(self, ws, conn_id, ident, first)
+        if self.rate_limit is not None:
+            conn._rate_guard = lim.RateGuard(self.rate_limit, self.rate_burst, self.max_rate_limited)
         conn._enqueue_greeting(p.encode_bytes(p.EV_HANDSHAKE, [
             ident.uid, ident.csrf_token,
             {"conn-id": conn_id, "client-id": ident.client_id, "server-id": self.server_id,
@@ -781,28 +794,64 @@ class Server:
         try:
             for hook in self._on_connect:
                 self._call_hook(hook, conn)
+            # From here on, built-in frames may be handled on the network thread.
+            ws.sente_inline = functools.partial(self._take_inline, conn)  # type: ignore[attr-defined]
             self._read_loop(ws, conn)
         finally:
+            ws.sente_inline = None  # type: ignore[attr-defined]
             self._drop(conn)
 
-    def _read_loop(self, ws: ServerConnection, conn: Connection) -> None:
-        guard = (lim.RateGuard(self.rate_limit, self.rate_burst, self.max_rate_limited)
-                 if self.rate_limit is not None else None)
+    def _connection_factory(self, sock: socket.socket, protocol: Any, server: Any,
+                            **kwargs: Any) -> "_InlineConnection":
+        """``create_connection`` for websockets' ``serve``: the gate's connection, plus
+        built-in frames handled on the network thread."""
+        return _InlineConnection(self._gate, sock, protocol, server, **kwargs)
+
+    def _read_loop(self, ws: "_InlineConnection", conn: Connection) -> None:
         while True:
             try:
                 msg = ws.recv()
             except ConnectionClosed as exc:
                 self._note_protocol_close(conn, exc)
                 return
-            conn.last_seen = time.monotonic()
-            conn.frames_in += 1
-            conn.bytes_in += len(msg)
-            if guard is not None:
-                verdict = guard.check()
-                if verdict is not lim.RateGuard.OK:
-                    self._rate_limited(conn, msg, verdict is lim.RateGuard.CLOSE)
-                    continue
-            self._on_message(conn, msg)
+            self._take_message(conn, msg)
+            ws.sente_done += 1  # only now may the network thread handle the next frame itself
+
+    def _take_message(self, conn: Connection, msg: Any) -> None:
+        """Account for one inbound message and handle it: on the reader thread, or on the
+        network thread when the reader is idle (never both at once, see _InlineConnection)."""
+        conn.last_seen = time.monotonic()
+        conn.frames_in += 1
+        conn.bytes_in += len(msg)
+        guard = conn._rate_guard
+        if guard is not None:
+            verdict = guard.check()
+            if verdict is not lim.RateGuard.OK:
+                self._rate_limited(conn, msg, verdict is lim.RateGuard.CLOSE)
+                return
+        self._on_message(conn, msg)
+
+    def _take_inline(self, conn: Connection, text: str) -> None:
+        """Handle a built-in frame on websockets' network thread. Never raises: an
+        exception there would end the connection's reading, so it costs one answer."""
+        conn.frames_inline += 1
+        try:
+            self._take_message(conn, text)
+        except Exception:  # a bug; the built-ins themselves already answer their own errors
+            self._count("internal_errors")
+            log.exception("internal error handling a frame on the network thread (conn %s)",
+                          conn.conn_id)
+            cb_id: Optional[str] = None
+            event: Optional[str] = None
+            try:
+                event, _, cb_id = p.decode(text)
+            except p.FrameError as exc:
+                cb_id = exc.cb_id
+            try:
+                self._error(conn, p.ERR_HANDLER_ERROR, f"internal error handling {event or 'a frame'}",
+                            cb_id, event)
+            except Exception:
+                log.exception("could not answer the internal error (conn %s)", conn.conn_id)
 
     def _rate_limited(self, conn: Connection, msg: Any, close: bool) -> None:
         """A frame over ``rate_limit``: answer ``rate-limited``, or close 1008 when it persists."""
@@ -875,6 +924,7 @@ class Server:
             self._counts["connections_closed"] += 1
             self._closes_by_code[code] += 1
             self._counts["frames_in_closed"] += conn.frames_in
+            self._counts["frames_inline_closed"] += conn.frames_inline
             self._counts["frames_out_closed"] += conn.frames_out
             self._counts["bytes_in_closed"] += conn.bytes_in
             self._counts["bytes_out_closed"] += conn.bytes_out
@@ -1148,6 +1198,54 @@ def _raw_writes_supported(ws: ServerConnection) -> bool:
     return (_MSG_DONTWAIT != 0 and isinstance(getattr(proto, "writes", None), list)
             and hasattr(ws, "protocol_mutex") and hasattr(ws, "send_context")
             and hasattr(proto, "data_to_send") and not getattr(proto, "extensions", True))
+
+
+_TEXT = Opcode.TEXT
+_PREFIX_LEN = len(p.SENTE_FRAME_PREFIX)
+
+
+class _InlineConnection(security.GuardedConnection):
+    """The gate's connection, whose network thread handles built-in frames itself.
+
+    websockets reads the socket on its own thread (``recv_events``) and passes every
+    message to the handler thread (:meth:`Server._read_loop`): two thread wake-ups per
+    inbound frame. A whole text frame of a ``sente-lite/*`` event (subscribe,
+    unsubscribe, publish) is instead handled right here, by ``sente_inline``, when
+    the reader has finished every message passed to it before: the connection's
+    frames are still handled one at a time, in arrival order. Every other frame, a
+    frame of invalid UTF-8 among them (websockets closes with 1007 when the reader
+    takes it), goes to the reader as before, so applications' handlers keep their
+    thread.
+
+    Two counters, each written by one thread, tell when the reader is done:
+    ``sente_handed`` (messages passed to the reader, by the network thread) and
+    ``sente_done`` (messages the reader handled). websockets calls ``process_event``
+    after releasing ``protocol_mutex`` (it takes that mutex again when a pong
+    arrives), so direct writes from here take it as any other thread does.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before websockets starts the network thread (at the end of its __init__).
+        self.sente_inline: Optional[Callable[[str], None]] = None
+        self.sente_handed = 0
+        self.sente_done = 0
+        super().__init__(*args, **kwargs)
+
+    def process_event(self, event: Any) -> None:
+        if type(event) is Frame and event.opcode in DATA_OPCODES and event.fin:
+            inline = self.sente_inline
+            data = event.data
+            if (inline is not None and event.opcode is _TEXT and self.sente_done == self.sente_handed
+                    and data[:_PREFIX_LEN] == p.SENTE_FRAME_PREFIX):
+                try:
+                    text = str(data, "utf-8")  # exactly what websockets' recv() decodes
+                except UnicodeDecodeError:
+                    pass  # the reader's recv() fails the connection with 1007, as for any frame
+                else:
+                    inline(text)
+                    return
+            self.sente_handed += 1
+        super().process_event(event)
 
 
 def _client_id_problem(client_id: str) -> Optional[str]:
