@@ -92,6 +92,7 @@ class Workload:
     conns_per_proc: int = 1
     driver: str = "client"
     heartbeat_ms: int = 5000
+    write_delay_ms: float = 0.0  # sente_lite's Server(write_delay_ms=); the baseline has none
     drain_s: float = 30.0
     rss_at: Tuple[int, ...] = ()
     profile_dir: Optional[str] = None
@@ -218,12 +219,13 @@ def _proc_status(pid: int) -> Dict[str, int]:
     return out
 
 
-def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], pipe: Any) -> None:
+def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_delay_ms: float,
+                 pipe: Any) -> None:
     """Server process: run one server until told to stop; answer ``stats``."""
     raise_nofile()
     if system == "sente_lite":
         from .server import Server
-        srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
+        srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms)
     else:
         from .bench_baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
@@ -675,7 +677,7 @@ class _Fleet:
 
 
 def _start_server(fleet: _Fleet, system: str, wl: Workload) -> Tuple[Any, Any, dict]:
-    proc, pipe = fleet.spawn(_server_main, system, wl.heartbeat_ms, wl.rss_at)
+    proc, pipe = fleet.spawn(_server_main, system, wl.heartbeat_ms, wl.rss_at, wl.write_delay_ms)
     info = _recv(pipe, SETUP_TIMEOUT_S, f"{system} server start")
     return proc, pipe, info
 
@@ -925,7 +927,8 @@ def describe(wl: Workload) -> str:
     procs = -(-wl.connections // wl.conns_per_proc)
     return (f"{shape}; {wl.rate:g} msg/s per publisher, {wl.seconds:g} s, ~{wl.payload_bytes} B "
             f"payload; offered {wl.n_publishers * wl.rate * wl.subscribers:,.0f} deliveries/s; "
-            f"load: {procs} process(es) x {wl.conns_per_proc} conn, driver={wl.driver}")
+            f"load: {procs} process(es) x {wl.conns_per_proc} conn, driver={wl.driver}"
+            + (f"; sente_lite write_delay_ms={wl.write_delay_ms:g}" if wl.write_delay_ms else ""))
 
 
 def meets_targets(row: dict) -> List[str]:
@@ -1022,6 +1025,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "asyncio client (asyncio), or a minimal asyncio WebSocket protocol "
                              "(raw, the cheapest per message)")
     parser.add_argument("--heartbeat-ms", type=int, default=5000)
+    parser.add_argument("--write-delay-ms", type=float, default=0.0,
+                        help="sente_lite's Server(write_delay_ms=): trade up to this much latency "
+                             "for fewer writes (default 0, as the server's)")
     parser.add_argument("--drain", type=float, default=30.0,
                         help="at most this many seconds to wait for in-flight deliveries after "
                              f"publishing (less when nothing arrives for {DRAIN_STALL_S:g} s)")
@@ -1045,6 +1051,7 @@ def _workload(args: argparse.Namespace) -> Workload:
         same=args.same and not args.idle, rate=args.rate, seconds=args.seconds,
         payload_bytes=args.payload_bytes, conns_per_proc=max(1, args.conns_per_proc),
         driver=args.driver, heartbeat_ms=args.heartbeat_ms, drain_s=args.drain,
+        write_delay_ms=args.write_delay_ms,
         rss_at=tuple(int(x) for x in args.rss_at.split(",") if x.strip()),
         profile_dir=args.profile,
     )

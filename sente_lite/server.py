@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
+import heapq
 import http
 import itertools
 import logging
@@ -58,6 +59,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 DEFAULT_MAX_QUEUED_BYTES_PER_CONN = 4 << 20
 DEFAULT_MAX_BAD_FRAMES_IN_ROW = 100
 DEFAULT_CLOSE_TIMEOUT_S = 2.0
+#: The largest ``write_delay_ms`` accepted (it is added latency for busy connections).
+MAX_WRITE_DELAY_MS = 50.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
 DEFAULT_MAX_REMEMBERED_CLIENTS = 100_000
 MAX_CLIENT_ID_CHARS = 128
@@ -115,7 +118,11 @@ class Connection:
         self.bytes_in = 0
         self.frames_inline = 0
         self.frames_out = 0
+        self.writes_out = 0  # socket writes: frames_out / writes_out frames went out per write
         self.bytes_out = 0
+        self._delay_ns = server._write_delay_ns
+        self._last_write_ns = 0  # time.monotonic_ns() of the last write (with write_delay_ms)
+        self._flush_due = False  # a delayed write of the queue is scheduled
         self._writer = threading.Thread(target=self._write_loop, daemon=True,
                                         name=f"sente-lite-writer-{conn_id}")
 
@@ -155,15 +162,26 @@ class Connection:
         """
         if self._close_code is not None:
             return False
-        if self._raw_writes and not self._queue and self._write_now(wire, size):
-            return True
+        delay = self._delay_ns
+        due = 0
+        if self._raw_writes and not self._queue:
+            if delay:
+                due = self._last_write_ns + delay
+                if time.monotonic_ns() >= due:
+                    due = 0
+            if not due and self._write_now(wire, size):
+                return True
         with self._cond:
             if self._close_code is not None:
                 return False
             if not (self._queue and self._queued_bytes + size > self._server.max_queued_bytes_per_conn):
                 self._queue.append(wire)
                 self._queued_bytes += size
-                self._cond.notify()
+                if due and not self._flush_due:
+                    self._flush_due = True  # the delayed write takes this and what follows
+                    self._server._delayed.schedule(due, self)  # type: ignore[union-attr]
+                elif not self._flush_due:
+                    self._cond.notify()
                 return True
             self._queue.clear()
             self._queued_bytes = 0
@@ -199,7 +217,10 @@ class Connection:
             except OSError:  # EAGAIN, or a dead socket the writer thread will meet
                 return False
             self.frames_out += 1
+            self.writes_out += 1
             self.bytes_out += size
+            if self._delay_ns:
+                self._last_write_ns = time.monotonic_ns()
             if n < len(wire):
                 proto.writes.append(wire[n:])
                 with self._cond:
@@ -282,8 +303,49 @@ class Connection:
             pending.extend(batch)
             if pending:
                 proto.writes.append(b"".join(pending))
+                self.writes_out += 1
             self.frames_out += len(batch)
             self.bytes_out += size
+            if self._delay_ns:
+                self._last_write_ns = time.monotonic_ns()
+
+    def _write_delayed(self) -> None:
+        """The delayed write (``write_delay_ms``): everything queued, in one non-blocking
+        send, by the thread of :class:`_DelayedWrites`. Same order rule as
+        :meth:`_write_now`; whatever cannot go that way is left to the writer thread."""
+        with self._cond:
+            self._flush_due = False
+            if not self._queue:
+                return
+        ws = self._ws
+        mutex = ws.protocol_mutex
+        if mutex.acquire(False):
+            try:
+                proto = ws.protocol
+                sock = ws.socket
+                if proto.state is _OPEN and not proto.writes and sock.gettimeout() is None:
+                    with self._cond:
+                        batch, size = self._take_batch()
+                    data = b"".join(batch)
+                    try:
+                        n = sock.send(data, _MSG_DONTWAIT)
+                    except OSError:  # EAGAIN, or a dead socket the writer thread will meet
+                        n = 0
+                    self.frames_out += len(batch)
+                    self.writes_out += 1
+                    self.bytes_out += size
+                    self._last_write_ns = time.monotonic_ns()
+                    if n == len(data):
+                        return
+                    proto.writes.append(data[n:])  # sent first by every later write
+                    with self._cond:
+                        self._flush_needed = True
+                        self._cond.notify()
+                    return
+            finally:
+                mutex.release()
+        with self._cond:
+            self._cond.notify()  # socket busy or closing: the writer thread takes it
 
     def _abort(self) -> None:
         """Shut the socket down so blocked reads and writes return at once."""
@@ -371,6 +433,11 @@ class Server:
     ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
     ``max_subscriptions_per_conn`` (``limit-exceeded``), ``max_outstanding_requests``
     (server-to-client requests; :class:`LimitExceeded`), ``expose_metrics`` (``/metrics``).
+
+    ``write_delay_ms`` (default 0: every frame is written at once) trades latency for
+    CPU: a frame for a connection written to less than this long ago waits until
+    this long after that write, then goes out with every other frame queued for that
+    connection in one write. A frame for a connection idle that long goes at once.
     """
 
     def __init__(
@@ -403,9 +470,15 @@ class Server:
         max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED,
         max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS,
         expose_metrics: bool = True,
+        write_delay_ms: float = 0.0,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
+        if not (isinstance(write_delay_ms, (int, float)) and 0 <= write_delay_ms <= MAX_WRITE_DELAY_MS):
+            raise ValueError(f"write_delay_ms must be a number of milliseconds from 0 to "
+                             f"{MAX_WRITE_DELAY_MS:g}, got {write_delay_ms!r}")
+        self.write_delay_ms = float(write_delay_ms)
+        self._write_delay_ns = int(write_delay_ms * 1_000_000)
         self.host = host
         self.requested_port = port
         self.path = path
@@ -456,6 +529,7 @@ class Server:
         self._ws_server: Any = None
         self._serve_thread: Optional[threading.Thread] = None
         self._hb_thread: Optional[threading.Thread] = None
+        self._delayed = _DelayedWrites() if self._write_delay_ns else None
         self._stop_event = threading.Event()
         self._stopping = False
         self._started_at = 0.0
@@ -499,6 +573,8 @@ class Server:
         self._hb_thread = threading.Thread(target=self._heartbeat_loop,
                                            name="sente-lite-heartbeat", daemon=True)
         self._hb_thread.start()
+        if self._delayed is not None:
+            self._delayed.start()
         if self.port_file:
             discovery.write_port_file(self.port_file, self.host, self.port, self.url, self.server_id)
         log.info("serving %s (server-id %s)", self.url, self.server_id)
@@ -521,6 +597,8 @@ class Server:
         for t in (self._serve_thread, self._hb_thread):
             if t is not None:
                 t.join(self.close_timeout + 5.0)
+        if self._delayed is not None:
+            self._delayed.stop()
         if self.port_file:
             discovery.remove(self.port_file)
         log.info("stopped %s", self.url)
@@ -643,6 +721,7 @@ class Server:
         out["connections"] = len(live)
         out["frames_in"] = out.get("frames_in_closed", 0) + sum(c.frames_in for c in live)
         out["frames_out"] = out.get("frames_out_closed", 0) + sum(c.frames_out for c in live)
+        out["writes_out"] = out.get("writes_out_closed", 0) + sum(c.writes_out for c in live)
         out["frames_inline"] = out.get("frames_inline_closed", 0) + sum(c.frames_inline for c in live)
         out["bytes_in"] = out.get("bytes_in_closed", 0) + sum(c.bytes_in for c in live)
         out["bytes_out"] = out.get("bytes_out_closed", 0) + sum(c.bytes_out for c in live)
@@ -926,6 +1005,7 @@ class Server:
             self._counts["frames_in_closed"] += conn.frames_in
             self._counts["frames_inline_closed"] += conn.frames_inline
             self._counts["frames_out_closed"] += conn.frames_out
+            self._counts["writes_out_closed"] += conn.writes_out
             self._counts["bytes_in_closed"] += conn.bytes_in
             self._counts["bytes_out_closed"] += conn.bytes_out
         conn._closed.set()
@@ -1246,6 +1326,57 @@ class _InlineConnection(security.GuardedConnection):
                     return
             self.sente_handed += 1
         super().process_event(event)
+
+
+class _DelayedWrites:
+    """The thread (``sente-lite-delayed-writes``) that makes the delayed writes of
+    ``write_delay_ms``: one wake-up writes every connection whose time has come."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: List[Tuple[int, int, Connection]] = []
+        self._seq = itertools.count()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="sente-lite-delayed-writes",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(5.0)
+
+    def schedule(self, due_ns: int, conn: Connection) -> None:
+        """Write ``conn``'s queue at ``time.monotonic_ns()`` ``due_ns``."""
+        with self._cond:
+            heapq.heappush(self._heap, (due_ns, next(self._seq), conn))
+            if self._heap[0][2] is conn:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        heap = self._heap
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic_ns()
+                    if heap and heap[0][0] <= now:
+                        break
+                    self._cond.wait((heap[0][0] - now) / 1e9 if heap else None)
+                if self._stopped:
+                    return
+                due: List[Connection] = []
+                while heap and heap[0][0] <= now:
+                    due.append(heapq.heappop(heap)[2])
+            for conn in due:
+                try:
+                    conn._write_delayed()
+                except Exception:  # pragma: no cover - a bug; the writer thread still has the queue
+                    log.exception("delayed write to %s failed", conn.conn_id)
+                    with conn._cond:
+                        conn._cond.notify()
 
 
 def _client_id_problem(client_id: str) -> Optional[str]:

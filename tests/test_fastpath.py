@@ -153,7 +153,8 @@ class _FakeWS:
 
 def _fake_conn() -> Any:
     from sente_lite.server import Connection, _Identity
-    server = type("S", (), {"max_queued_bytes_per_conn": 1 << 20, "_count": lambda *a: None})()
+    server = type("S", (), {"max_queued_bytes_per_conn": 1 << 20, "_count": lambda *a: None,
+                            "_write_delay_ns": 0, "rate_limit": None})()
     return Connection(server, _FakeWS(), "c1", _Identity("cid", "uid", "peer"), True)  # type: ignore[arg-type]
 
 
