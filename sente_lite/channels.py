@@ -3,17 +3,27 @@
 Thread-safe. A publish assigns the next offset and hands the frame to every
 subscriber *while holding the channel's lock*, so all subscribers of a channel
 receive its messages in offset order even when several threads publish at once.
-The hand-off (``deliver``) must therefore never block; the server's is an append
-to a bounded per-connection queue.
+The hand-off (``deliver``) must therefore never block; the server's is a
+non-blocking write or an append to a bounded per-connection queue.
+
+Publishes that find the channel busy join its queue of pending publishes and the
+thread holding the lock publishes them too, in arrival order, before it lets go
+(flat combining): a busy channel costs no thread a sleep and a wake-up per
+publish. A publish with ``wait=False`` returns at once in that case and learns
+its result through ``done``.
 """
 
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Hashable, List, NamedTuple, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, Hashable, List, NamedTuple, Optional, Set, Tuple
+
+log = logging.getLogger("sente_lite.channels")
 
 DEFAULT_MAX_IDLE_CHANNELS = 10_000
 
@@ -25,6 +35,22 @@ class _Channel:
     offset: int = 0
     subscribers: Dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
     lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: Deque["_Publish"] = field(default_factory=collections.deque)  # for the lock's holder
+
+
+class _Publish:
+    """One publish waiting for (or run by) the thread holding its channel's lock."""
+
+    __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished")
+
+    def __init__(self, make_frame: Callable[[int, str], Any], deliver: Callable[[Hashable, Any], bool],
+                 exclude: Optional[Hashable], done: Optional[Callable[[Any], None]]) -> None:
+        self.make_frame = make_frame
+        self.deliver = deliver
+        self.exclude = exclude
+        self.done = done
+        self.result: Any = None  # a Published, or the exception that ended this publish
+        self.finished: Optional[threading.Event] = None  # set for a waiting publisher
 
 
 class Published(NamedTuple):
@@ -143,42 +169,84 @@ class ChannelRegistry:
     def publish(
         self,
         name: str,
-        make_frame: Callable[[int, str], bytes],
-        deliver: Callable[[Hashable, bytes], bool],
+        make_frame: Callable[[int, str], Any],
+        deliver: Callable[[Hashable, Any], bool],
         exclude: Optional[Hashable] = None,
-    ) -> Published:
+        done: Optional[Callable[[Any], None]] = None,
+        wait: bool = True,
+    ) -> Optional[Published]:
         """Publish one message on ``name``.
 
         ``make_frame(offset, epoch)`` is called once; its result goes to
         ``deliver(member, frame)`` for every subscriber except ``exclude``, in
         offset order per channel. ``deliver`` returns False when it did not take
         the frame (that member is on its way out); it is not counted as delivered.
+        ``done(result)``, if given, is called with the :class:`Published` (or the
+        exception that ended the publish) by the thread that ran it, still in
+        channel order. With ``wait`` the result is returned (and an exception
+        raised); without, a publish that another thread runs returns None at once
+        (and one that failed returns None: ``done`` has the exception).
         """
+        entry = _Publish(make_frame, deliver, exclude, done)
+        with self._lock:
+            ch = self._get_or_create(name)
+            if not ch.subscribers:
+                self._idle.move_to_end(name)
+            if wait:
+                entry.finished = threading.Event()
+            ch.pending.append(entry)
+            # Never waits here: subscribe and unsubscribe take the registry lock, then
+            # the channel's (a publisher waiting for the channel's under the registry
+            # lock was a deadlock). A busy channel's holder runs this publish instead.
+            holding = ch.lock.acquire(False)
+        if holding:
+            self._run_pending(ch)
+        if not wait:  # the result, if this thread ran it; done() has it in every case
+            return entry.result if isinstance(entry.result, Published) else None
+        assert entry.finished is not None
+        entry.finished.wait()  # set by whichever thread ran it (this one, if it held the lock)
+        if isinstance(entry.result, BaseException):
+            raise entry.result
+        return entry.result
+
+    def _run_pending(self, ch: _Channel) -> None:
+        """Run the channel's pending publishes in order; the caller holds ``ch.lock``,
+        which this releases. A publish queued while letting go is run too: it was
+        queued when the lock looked taken, so no other thread will run it."""
+        pending = ch.pending
+        lock = ch.lock
         while True:
-            with self._lock:
-                ch = self._get_or_create(name)
-                if not ch.subscribers:
-                    self._idle.move_to_end(name)
-                chlock = ch.lock
-                if chlock.acquire(False):
-                    break
-            # Another publish holds the channel: wait for it without holding the registry
-            # lock (publishers of other channels must not queue behind this one), then try
-            # again from the registry (the channel may have been evicted meanwhile). Never
-            # wait for the registry lock while holding a channel's: subscribe and
-            # unsubscribe take the two in the other order (that wait was a deadlock).
-            chlock.acquire()
-            chlock.release()
+            try:
+                while pending:
+                    self._run_one(ch, pending.popleft())
+            finally:
+                lock.release()
+            if not pending or not lock.acquire(False):
+                return  # nothing left, or another thread holds the lock and runs the rest
+
+    @staticmethod
+    def _run_one(ch: _Channel, entry: _Publish) -> None:
         try:
             ch.offset += 1
-            frame = make_frame(ch.offset, ch.epoch)
+            frame = entry.make_frame(ch.offset, ch.epoch)
             delivered = 0
+            exclude = entry.exclude
+            deliver = entry.deliver
             for member in ch.subscribers:
                 if member != exclude and deliver(member, frame):
                     delivered += 1
-            return Published(name, ch.offset, ch.epoch, delivered)
-        finally:
-            chlock.release()
+            entry.result = Published(ch.name, ch.offset, ch.epoch, delivered)
+        except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
+            entry.result = exc
+            if entry.finished is None and entry.done is None:
+                log.error("publish on %r failed", ch.name, exc_info=exc)
+        if entry.done is not None:
+            try:
+                entry.done(entry.result)
+            except Exception:
+                log.exception("publish callback for %r raised", ch.name)
+        if entry.finished is not None:
+            entry.finished.set()
 
     def stats(self) -> dict:
         """Counts: channels known, channels with subscribers, subscriptions, evicted."""

@@ -661,7 +661,9 @@ class Server:
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        return self._publish(channel_id, p.dumps(data), None, None)
+        result = self._publish(channel_id, p.dumps(data), None, None)
+        assert result is not None  # waited for
+        return result
 
     def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Ask a client: send a request and wait for its reply.
@@ -1193,10 +1195,20 @@ class Server:
         if channel is None:
             return
         exclude = conn.conn_id if data.get(p.K_EXCLUDE_SENDER) is True else None
-        result = self._publish(channel, p.dumps(data.get(p.K_DATA)), conn.uid, exclude)
-        if cb_id is not None:
-            self._reply(conn, cb_id, {p.K_CHANNEL: channel, p.K_OFFSET: result.offset,
-                                      p.K_DELIVERED: result.delivered}, p.EV_PUBLISH)
+
+        def answer(result: Any) -> None:  # on the thread that ran the publish, in channel order
+            if isinstance(result, BaseException):
+                self._count("internal_errors")
+                log.error("internal error publishing on %r (conn %s)", channel, conn.conn_id,
+                          exc_info=result)
+                self._error(conn, p.ERR_HANDLER_ERROR, f"internal error handling {p.EV_PUBLISH}",
+                            cb_id, p.EV_PUBLISH)
+            elif cb_id is not None:
+                self._reply(conn, cb_id, {p.K_CHANNEL: channel, p.K_OFFSET: result.offset,
+                                          p.K_DELIVERED: result.delivered}, p.EV_PUBLISH)
+
+        # Never waits for a busy channel: its holder publishes this too, and answers.
+        self._publish(channel, p.dumps(data.get(p.K_DATA)), conn.uid, exclude, answer)
 
     _builtins: Dict[str, Callable[["Server", Connection, Any, Optional[str]], None]] = {
         p.EV_PING: _ev_ping,
@@ -1209,7 +1221,11 @@ class Server:
     }
 
     def _publish(self, channel: str, data_json: str, from_uid: Optional[str],
-                 exclude: Optional[str]) -> Published:
+                 exclude: Optional[str],
+                 answer: Optional[Callable[[Any], None]] = None) -> Optional[Published]:
+        """Publish on ``channel``. With ``answer`` never wait: ``answer(result)`` is
+        called (a Published, or an exception) and None may be returned; without,
+        wait and return the Published."""
         head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{_json_string(channel)},'
                 f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{_json_string(from_uid)},"{p.K_OFFSET}":')
 
@@ -1227,11 +1243,16 @@ class Server:
             frame, wire, size = built
             return conn._enqueue_wire(wire if conn._raw_writes else frame, size)
 
-        result = self.channels.publish(channel, make_frame, deliver, exclude)
-        with self._count_lock:
-            self._counts["publishes"] += 1
-            self._counts["deliveries"] += result.delivered
-        return result
+        def done(result: Any) -> None:
+            if isinstance(result, Published):
+                with self._count_lock:
+                    self._counts["publishes"] += 1
+                    self._counts["deliveries"] += result.delivered
+            if answer is not None:
+                answer(result)
+
+        return self.channels.publish(channel, make_frame, deliver, exclude, done,
+                                     wait=answer is None)
 
 
 _PONG = p.encode_bytes(p.EV_PONG)

@@ -8,7 +8,7 @@ from typing import Dict, Hashable, List, Tuple
 import pytest
 
 from sente_lite.channels import ChannelRegistry, Published
-from support import WAIT_S
+from support import WAIT_S, wait_until
 
 
 class Sink:
@@ -207,10 +207,10 @@ class WatchedLock:
         self.release()
 
 
-def test_a_waiting_publish_never_holds_its_channel_while_it_waits_for_the_registry() -> None:
-    """subscribe/unsubscribe take the registry lock, then the channel's: a publish that
-    waited for a busy channel must not then wait for the registry holding the channel's
-    lock, or the two deadlock."""
+def test_a_publish_on_a_busy_channel_never_waits_for_the_registry_holding_the_channel() -> None:
+    """subscribe/unsubscribe take the registry lock, then the channel's. A publish that
+    finds its channel busy is run by the lock's holder, which never takes the registry
+    lock: a subscribe waiting meanwhile gets the channel as soon as both are done."""
     reg = ChannelRegistry("srv")
     reg.subscribe("m", "hot")
     watched = WatchedLock()
@@ -230,7 +230,8 @@ def test_a_waiting_publish_never_holds_its_channel_while_it_waits_for_the_regist
                               name="test-pub-waiter")
     second.start()
     try:
-        assert watched.waiter.wait(WAIT_S)  # the second one waits for the busy channel
+        wait_until(lambda: len(reg._channels["hot"].pending) == 1, what="the second publish queued")
+        assert not watched.waiter.is_set()  # it never waits for the channel's lock
         with reg._lock:  # as a subscribe holds it, about to take the channel's lock
             release.set()
             first.join(WAIT_S)
@@ -288,3 +289,51 @@ def test_idle_limit_of_one_keeps_the_last_idle_channel() -> None:
 def test_idle_limit_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_idle_channels"):
         ChannelRegistry("srv", max_idle_channels=0)
+
+
+def test_publishes_on_a_busy_channel_are_run_by_its_holder_in_order() -> None:
+    reg = ChannelRegistry("srv")
+    reg.subscribe("m", "hot")
+    inside, release = threading.Event(), threading.Event()
+    frames: List[bytes] = []
+
+    def deliver(member: Hashable, frame: bytes) -> bool:
+        if not inside.is_set():
+            inside.set()
+            release.wait(WAIT_S)
+        frames.append(frame)
+        return True
+
+    holder = threading.Thread(target=reg.publish, args=("hot", frame_of, deliver),
+                              name="test-pub-holder")
+    holder.start()
+    assert inside.wait(WAIT_S)
+    done: List[Tuple[str, object]] = []
+    try:
+        for _ in range(5):  # the channel is busy: each returns at once, nothing run yet
+            assert reg.publish("hot", frame_of, deliver, done=lambda r: done.append(
+                (threading.current_thread().name, r)), wait=False) is None
+        assert done == [] and len(reg._channels["hot"].pending) == 5
+    finally:
+        release.set()
+        holder.join(WAIT_S)
+    assert [r.offset for _, r in done] == [2, 3, 4, 5, 6]  # type: ignore[attr-defined]
+    assert {name for name, _ in done} == {"test-pub-holder"}
+    assert all(r.delivered == 1 for _, r in done)  # type: ignore[attr-defined]
+    assert frames == [frame_of(i, done[0][1].epoch) for i in range(1, 7)]  # type: ignore[attr-defined]
+
+
+def test_a_failing_publish_fails_alone() -> None:
+    reg, sink = ChannelRegistry("srv"), Sink()
+    reg.subscribe("m", "c")
+    results: List[object] = []
+
+    def broken(offset: int, epoch: str) -> bytes:
+        raise ValueError("broken frame")
+
+    assert reg.publish("c", broken, sink, done=results.append, wait=False) is None
+    assert isinstance(results[0], ValueError)
+    with pytest.raises(ValueError, match="broken frame"):
+        reg.publish("c", broken, sink)
+    after = publish(reg, "c", sink)
+    assert after.delivered == 1 and not reg._channels["c"].lock.locked()
