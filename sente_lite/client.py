@@ -35,6 +35,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 import websocket  # websocket-client
 
 from . import protocol as p
+from .limits import validate_milliseconds
 from .errors import (ClientClosed, ConnectRefused, Disconnected, RemoteError, RequestTimeout,
                      SendQueueFull)
 
@@ -255,11 +256,8 @@ class Client:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
-        if not (isinstance(read_coalesce_ms, (int, float))
-                and 0 <= read_coalesce_ms <= MAX_READ_COALESCE_MS):
-            raise ValueError(f"read_coalesce_ms must be a number of milliseconds from 0 to "
-                             f"{MAX_READ_COALESCE_MS:g}, got {read_coalesce_ms!r}")
-        self.read_coalesce_ms = float(read_coalesce_ms)
+        self.read_coalesce_ms = validate_milliseconds("read_coalesce_ms", read_coalesce_ms,
+                                                      MAX_READ_COALESCE_MS)
 
         self.uid: Optional[str] = None
         self.conn_id: Optional[str] = None

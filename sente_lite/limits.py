@@ -103,7 +103,16 @@ def validate_positive(name: str, value: Optional[float], allow_none: bool = Fals
         raise ValueError(f"{name} must be > 0{' or None' if allow_none else ''}, got {value!r}")
 
 
-__all__ = ["TokenBucket", "RateGuard", "validate_positive",
+def validate_milliseconds(name: str, value: object, maximum: float) -> float:
+    """Return ``value`` as a float; ValueError naming ``name`` unless it is a number of
+    milliseconds from 0 to ``maximum``."""
+    if not (isinstance(value, (int, float)) and 0 <= value <= maximum):
+        raise ValueError(f"{name} must be a number of milliseconds from 0 to {maximum:g}, "
+                         f"got {value!r}")
+    return float(value)
+
+
+__all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S"]

@@ -474,11 +474,9 @@ class Server:
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
-        if not (isinstance(write_delay_ms, (int, float)) and 0 <= write_delay_ms <= MAX_WRITE_DELAY_MS):
-            raise ValueError(f"write_delay_ms must be a number of milliseconds from 0 to "
-                             f"{MAX_WRITE_DELAY_MS:g}, got {write_delay_ms!r}")
-        self.write_delay_ms = float(write_delay_ms)
-        self._write_delay_ns = int(write_delay_ms * 1_000_000)
+        self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
+                                                        MAX_WRITE_DELAY_MS)
+        self._write_delay_ns = int(self.write_delay_ms * 1_000_000)
         self.host = host
         self.requested_port = port
         self.path = path

@@ -133,11 +133,15 @@ class History:
         return event
 
     def count(self, channel: Optional[str] = None) -> int:
-        """How many deliveries (on ``channel``, or on all channels) were recorded."""
+        """How many deliveries (on ``channel``, or on all channels) were recorded.
+
+        Without ``channel`` this only counts, so polling it while messages still
+        arrive costs nothing; with one, what was recorded is turned into
+        Deliveries first (a burst of work in a process that received many)."""
         with self._lock:
-            self._settle()
             if channel is None:
-                return len(self._deliveries)
+                return len(self._deliveries) + len(self._raw)
+            self._settle()
             return self._per_channel.get(channel, 0)
 
     def messages(self, channel: Optional[str] = None) -> List[Delivery]:
