@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """05 high frequency: 20 clients publish 100 msg/s each for 10 s; all get all, once, in order.
 
-Setup: a server; CLIENTS clients subscribed to "events".
+Setup: a server; CLIENTS clients subscribed to "events" (reading at most every
+CLIENT_READ_COALESCE_MS, see there).
 Workload: on one command all clients publish RATE_PER_CLIENT messages per second
 for DURATION_S seconds, paced on a common clock (client i shifted by i/CLIENTS of
 an interval, so the load is spread, not in bursts). Every client then waits until
@@ -49,11 +50,17 @@ SERVER_MAX_QUEUED_BYTES = 64 << 20
 #: that is N seconds behind answers it N seconds late; the timeout (3 x this) must
 #: exceed the lag a loaded machine can build up, or a slow client is cut off (4000).
 SERVER_HEARTBEAT_MS = 20_000
+#: Client reads at most this often (Client(read_coalesce_ms=), default 2): the 20
+#: client processes, each receiving 2,000 messages a second, share 2 cores with the
+#: server. Measured on such a machine: 5 ms cuts each client's CPU by about a quarter
+#: (0.82 -> 0.63 s) and steadies p99 (5.9-6.4 ms in 3 runs, against 5.7-9.3 ms with
+#: the default), for up to 5 ms more latency per delivery (p50 3.0 ms, not 1.6).
+CLIENT_READ_COALESCE_MS = 5.0
 
 
 def client(ctx: ProcessContext) -> Dict[str, Any]:
     """Subscribe, publish at a steady rate on command, then await every message."""
-    with ctx.connect() as c:
+    with ctx.connect(read_coalesce_ms=CLIENT_READ_COALESCE_MS) as c:
         ctx.subscribe(c, CHANNEL)
         ctx.mark("ready")
         go = ctx.wait_command("publish")
