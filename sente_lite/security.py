@@ -20,12 +20,11 @@ close is counted and logged through one helper, :func:`report`.
   gets its first token from ``GET /csrf-token?client-id=...`` on the same port
   (no CORS headers: a page of another origin cannot read the answer) or from the
   application, which can embed :meth:`CsrfTokens.token_for` in the page it serves.
-* **Slots**: at most ``max_connections`` admitted connections and at most
-  ``max_pending_handshakes`` sockets whose upgrade request is still arriving
-  (503 beyond either); an upgrade must arrive within ``handshake_timeout``, so a
-  slowloris peer holds one thread for that long at most. Header size is bounded
-  by websockets itself (``websockets.http11.MAX_LINE_LENGTH`` bytes per line,
-  ``MAX_NUM_HEADERS`` headers: 414/431 beyond).
+* **Slots**: at most ``max_connections`` admitted connections (503 beyond). The
+  limits on upgrades still arriving (slowloris: deadlines, caps, eviction) are the
+  network loop's (:mod:`sente_lite.netloop`). Header size is bounded by websockets
+  itself (``websockets.http11.MAX_LINE_LENGTH`` bytes per line, ``MAX_NUM_HEADERS``
+  headers: 414/431 beyond).
 """
 
 from __future__ import annotations
@@ -37,19 +36,16 @@ import http
 import json
 import logging
 import os
-import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Tuple,
+from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple,
                     Union)
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.http11 import Request, Response
-from websockets.sync.server import ServerConnection
 
 log = logging.getLogger("sente_lite.security")
 
@@ -313,8 +309,7 @@ class _GateCounters:
 class Gate:
     """Admission control of one server: origin, CSRF, authentication and the two slot limits.
 
-    Thread-safe. ``connection_factory`` goes to websockets' ``serve(create_connection=)``
-    so the gate sees every socket from accept to close.
+    Thread-safe. ``ws`` arguments are the network loop's links (``respond``, ``sente_remote``).
     """
 
     def __init__(
@@ -340,8 +335,6 @@ class Gate:
         self.handshake_timeout = handshake_timeout
         self._lock = threading.Lock()
         self._slots = 0
-        self._pending: Set["GuardedConnection"] = set()
-        self._closing = False
         self._counters = _GateCounters()
 
     # -- counters -------------------------------------------------------------------
@@ -353,12 +346,11 @@ class Gate:
     def stats(self) -> Dict[str, Any]:
         """The gate's part of Server.stats()."""
         with self._lock:
-            slots, pending = self._slots, len(self._pending)
-        return {"handshakes_refused": self.refusals(), "connection_slots": slots,
-                "pending_handshakes": pending}
+            slots = self._slots
+        return {"handshakes_refused": self.refusals(), "connection_slots": slots}
 
     # -- refusals -------------------------------------------------------------------
-    def refuse(self, ws: ServerConnection, status: int, reason: str, message: str,
+    def refuse(self, ws: Any, status: int, reason: str, message: str,
                client_id: Optional[str] = None, headers: Sequence[Tuple[str, str]] = ()) -> Response:
         """Count, log and build the HTTP refusal of an upgrade."""
         self._counters.add(reason)
@@ -371,7 +363,7 @@ class Gate:
         return response
 
     # -- the checks, in order -----------------------------------------------------------
-    def check_origin(self, ws: ServerConnection, request: Request) -> Optional[Response]:
+    def check_origin(self, ws: Any, request: Request) -> Optional[Response]:
         """403 when the Origin is not allowed."""
         problem = origin_problem(request.headers.get("Origin"), request.headers.get("Host"),
                                  self.allowed_origins)
@@ -379,7 +371,7 @@ class Gate:
             return self.refuse(ws, 403, R_ORIGIN, problem)
         return None
 
-    def admit(self, ws: ServerConnection, request: Request, client_id: str,
+    def admit(self, ws: Any, request: Request, client_id: str,
               client_id_given: bool) -> Optional[Response]:
         """Origin, CSRF, then a connection slot. A Response refuses; None admits."""
         refusal = self.check_origin(ws, request)
@@ -404,7 +396,7 @@ class Gate:
                                client_id)
         return None
 
-    def identify(self, ws: ServerConnection, request: Request, client_id: str) -> Union[str, Response]:
+    def identify(self, ws: Any, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade (the client-id without an authenticate hook), or a refusal."""
         if self.authenticate is None:
             return client_id
@@ -431,144 +423,34 @@ class Gate:
         return self.csrf.token_for(client_id) if self.csrf is not None else None
 
     # -- slots -------------------------------------------------------------------------
-    def _take_slot(self, ws: ServerConnection) -> bool:
+    def _take_slot(self, ws: Any) -> bool:
         if getattr(ws, "_sente_slot", False):
             return True
         with self._lock:
             if self._slots >= self.max_connections:
                 return False
             self._slots += 1
-        ws._sente_slot = True  # type: ignore[attr-defined]
+        ws._sente_slot = True
         return True
 
-    def _release_slot(self, ws: ServerConnection) -> None:
+    def release_slot(self, ws: Any) -> None:
+        """Give back the connection slot ``ws`` took, if it took one (at its close)."""
         with self._lock:
             if getattr(ws, "_sente_slot", False):
-                ws._sente_slot = False  # type: ignore[attr-defined]
+                ws._sente_slot = False
                 self._slots -= 1
 
-    def _enter_pending(self, conn: "GuardedConnection") -> Optional[str]:
-        with self._lock:
-            if self._closing:
-                return R_SHUTTING_DOWN
-            if len(self._pending) >= self.max_pending_handshakes:
-                return R_MAX_PENDING_HANDSHAKES
-            self._pending.add(conn)
-            return None
-
-    def _leave_pending(self, conn: "GuardedConnection") -> None:
-        with self._lock:
-            self._pending.discard(conn)
-
-    def abort_pending(self) -> int:
-        """Refuse new sockets and drop those still sending their upgrade (server stop)."""
-        with self._lock:
-            self._closing = True
-            doomed = list(self._pending)
-        for conn in doomed:
-            conn.close_socket()
-        return len(doomed)
-
-    def connection_factory(self, sock: socket.socket, protocol: Any, server: Any,
-                           **kwargs: Any) -> "GuardedConnection":
-        """``create_connection`` for websockets' ``serve``."""
-        return GuardedConnection(self, sock, protocol, server, **kwargs)
-
-    # -- what websockets refused on its own ------------------------------------------------
-    def _after_handshake(self, conn: "GuardedConnection", timed_out: bool) -> None:
-        if timed_out:
-            self._counters.add(R_HANDSHAKE_TIMEOUT)
-            report(log, "refused-upgrade", R_HANDSHAKE_TIMEOUT, remote=conn.sente_remote,
-                   message=f"upgrade request not complete within {self.handshake_timeout}s "
-                   "(handshake_timeout)")
-            return
-        if getattr(conn, "_sente_answered", False):
-            return  # answered by the server itself (a refusal already counted, or /health)
-        response = conn.response
-        if response is not None and response.status_code == 101:
-            return
-        exc = conn.protocol.handshake_exc
-        if response is None:
-            if conn.request is None and _sent_nothing(exc):
-                return  # the peer closed before sending anything (port probe)
-            reason, status = R_BAD_REQUEST, None
-        elif response.status_code in (414, 431):
-            reason, status = R_HEADERS_TOO_LARGE, response.status_code
-        else:
-            reason, status = R_INVALID_UPGRADE, response.status_code
-        if reason == R_BAD_REQUEST and isinstance(exc, SecurityError):
-            # websockets answered 414/431 itself while parsing (MAX_LINE_LENGTH, MAX_NUM_HEADERS)
-            reason = R_HEADERS_TOO_LARGE
-            status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431
+    def count_refusal(self, reason: str) -> None:
+        """Count an upgrade refused outside the gate (by the network loop)."""
         self._counters.add(reason)
-        cause = exc.__cause__ if isinstance(exc, InvalidMessage) and exc.__cause__ else exc
-        report(log, "refused-upgrade", reason, remote=conn.sente_remote, status=status,
-               message=str(cause) if cause is not None else None)
 
 
-class GuardedConnection(ServerConnection):
-    """A websockets ``ServerConnection`` that holds a pending-handshake place and a slot."""
-
-    def __init__(self, gate: Gate, sock: socket.socket, protocol: Any, server: Any,
-                 **kwargs: Any) -> None:
-        self.sente_remote = _peer_of(sock)
-        refusal = gate._enter_pending(self)
-        if refusal is not None:
-            gate._counters.add(refusal)
-            message = ("server shutting down" if refusal == R_SHUTTING_DOWN else
-                       f"{gate.max_pending_handshakes} upgrades already in progress "
-                       "(max_pending_handshakes)")
-            report(log, "refused-upgrade", refusal, remote=self.sente_remote, status=503,
-                   message=message)
-            _send_raw_503(sock, message)
-            raise Refused(message)
-        self._sente_gate = gate
-        self._sente_slot = False
-        self._sente_answered = False
-        try:
-            super().__init__(sock, protocol, server, **kwargs)
-        except BaseException:
-            gate._leave_pending(self)
-            raise
-
-    def handshake(self, *args: Any, **kwargs: Any) -> None:
-        timed_out = False
-        try:
-            super().handshake(*args, **kwargs)
-        except TimeoutError:
-            timed_out = True
-            raise
-        finally:
-            self._sente_gate._leave_pending(self)
-            self._sente_gate._after_handshake(self, timed_out)
-
-    def close_socket(self) -> None:
-        try:
-            super().close_socket()
-        finally:
-            gate = getattr(self, "_sente_gate", None)
-            if gate is not None:
-                gate._leave_pending(self)
-                gate._release_slot(self)
+def mark_answered(ws: Any) -> None:
+    """Record that the server answered this request itself."""
+    ws._sente_answered = True
 
 
-def mark_answered(ws: ServerConnection) -> None:
-    """Record that the server answered this request itself (not websockets)."""
-    ws._sente_answered = True  # type: ignore[attr-defined]
-
-
-def _sent_nothing(exc: Optional[BaseException]) -> bool:
-    """True when the peer closed without sending a byte (a port probe): websockets then
-    reports the stream ending after 0 bytes while it reads the request line."""
-    if exc is None:
-        return True
-    cause = exc.__cause__
-    first = getattr(cause, "__cause__", None)
-    return (isinstance(cause, EOFError) and "request line" in str(cause)
-            and isinstance(first, EOFError) and " 0 bytes" in str(first))
-
-
-def _remote_of(ws: ServerConnection) -> str:
+def _remote_of(ws: Any) -> str:
     remote = getattr(ws, "sente_remote", None)
     if remote:
         return str(remote)
@@ -579,27 +461,6 @@ def _remote_of(ws: ServerConnection) -> str:
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
 
 
-def _peer_of(sock: socket.socket) -> str:
-    try:
-        addr = sock.getpeername()
-    except OSError:
-        return "?"
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-
-
-def _send_raw_503(sock: socket.socket, message: str) -> None:
-    """Best effort, never blocking: the socket is closed right after."""
-    body = (message + "\n").encode("utf-8")
-    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n")
-    try:
-        sock.setblocking(False)
-        sock.send(head.encode("ascii") + body)
-        sock.recv(65536)  # drain what already arrived, so closing sends FIN rather than RST
-    except OSError:
-        pass
-
-
-__all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate", "GuardedConnection",
+__all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate",
            "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
            "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]

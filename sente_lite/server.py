@@ -1,17 +1,20 @@
-"""Threaded sente_lite server on ``websockets.sync.server``.
+"""The threaded sente_lite server.
 
-Threads, and who stops them (all joined by :meth:`Server.stop`):
+Threads, whatever the number of connections (all joined by :meth:`Server.stop`):
 
-* ``sente-lite-serve``: websockets' accept loop.
-* one reader per connection (websockets' handler thread): reads frames and runs
-  the application's handlers for that connection, in arrival order;
-* websockets' network thread per connection (``recv_events``) reads the socket and
-  handles built-in ``sente-lite/*`` frames itself when the reader has nothing left
-  to do, which keeps the arrival order (see :class:`_InlineConnection`);
-* one writer per connection: drains that connection's bounded outbound queue,
-  so a slow or stalled peer never blocks a publisher or any other peer;
-* ``sente-lite-heartbeat``: sends ``chsk/ws-ping`` every ``heartbeat_ms``, closes
-  silent connections with 4000, and unsticks closes that take too long.
+* ``sente-lite-net`` (:mod:`sente_lite.netloop`): one selectors loop reads every
+  socket, runs websockets' sans-I/O protocol for each, accepts, enforces the
+  handshake limits, sends heartbeats and closes silent peers. Built-in frames
+  (``chsk/*`` answers and pings, and ``sente-lite/*`` subscribe/publish when the
+  connection has nothing waiting for a worker) are handled right there.
+* ``sente-lite-worker-N`` (:mod:`sente_lite.workers`): a bounded pool that runs
+  application handlers and hooks; one connection's events run one at a time, in
+  arrival order, so a slow handler delays only its own connection.
+
+Any thread may send: a frame goes straight to the socket with a non-blocking
+write when nothing is queued for that connection; otherwise it waits in the
+connection's bounded outbox (:mod:`sente_lite.outbox`), which the network thread
+drains, so a slow or stalled peer never blocks a publisher or any other peer.
 """
 
 from __future__ import annotations
@@ -19,33 +22,32 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import functools
-import heapq
 import http
 import itertools
 import logging
-import socket
+import ssl
 import struct
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.exceptions import ConnectionClosed
-from websockets.frames import DATA_OPCODES, Frame, Opcode
-from websockets.protocol import State
 from websockets.http11 import Request, Response
-from websockets.sync.server import ServerConnection, serve
 
 from . import discovery
 from . import limits as lim
 from . import protocol as p
 from . import security
+from . import workers
 from .channels import ChannelRegistry, Published
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
+from .netloop import DEFER, Admit, Link, NetLoop, raise_descriptor_limit
+from .outbox import Overflow
 from .security import Authenticate, Authorize, report
+from .workers import Lane
 
 log = logging.getLogger("sente_lite.server")
 
@@ -62,6 +64,12 @@ DEFAULT_CLOSE_TIMEOUT_S = 2.0
 #: The largest ``write_delay_ms`` accepted (it is added latency for busy connections).
 MAX_WRITE_DELAY_MS = 50.0
 DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
+#: Seconds a new socket has to send its request line (a line end) before it is dropped.
+DEFAULT_REQUEST_LINE_TIMEOUT_S = 2.0
+#: Upgrades in progress from one address; one more drops that address's oldest.
+DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS = 32
+#: The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
+DEFAULT_ACCEPT_BACKLOG = 4096
 DEFAULT_MAX_REMEMBERED_CLIENTS = 100_000
 MAX_CLIENT_ID_CHARS = 128
 
@@ -82,7 +90,7 @@ class Connection:
     ``connected_at`` (``time.time()``).
     """
 
-    def __init__(self, server: "Server", ws: ServerConnection, conn_id: str,
+    def __init__(self, server: "Server", link: Link, conn_id: str,
                  ident: _Identity, first: bool) -> None:
         self.conn_id = conn_id
         self.client_id = ident.client_id
@@ -91,43 +99,34 @@ class Connection:
         self.first = first
         self.connected_at = time.time()
         self._server = server
-        self._ws = ws
-        self._cond = threading.Condition(threading.Lock())
-        self._queue: Deque[bytes] = collections.deque()
-        self._queued_bytes = 0
-        # Output fast path (see _enqueue_wire): frames go out as pre-built WebSocket
-        # bytes, written by the enqueuing thread itself when nothing else is pending.
-        self._raw_writes = _raw_writes_supported(ws)
-        self._flush_needed = False  # part of a frame waits in websockets' output buffer
+        self._link = link
+        self._lane = Lane(conn_id)
         self._close_code: Optional[int] = None
         self._close_reason = ""
-        self._close_requested_at: Optional[float] = None
         self._closed = threading.Event()
         self.last_seen = time.monotonic()
         self._bad_in_row = 0
         self._pending: Dict[str, "concurrent.futures.Future[Any]"] = {}
         self._pending_lock = threading.Lock()
         self._cb_ids = itertools.count(1)
-        self._reader_ident = threading.get_ident()
-        # websockets' network thread, which handles built-in frames when the reader is idle
-        self._net_ident = getattr(getattr(ws, "recv_events_thread", None), "ident", None)
-        self._rate_guard: Optional[lim.RateGuard] = None  # set by Server._handle (rate_limit)
-        # per-connection counters, each written by one thread at a time: inbound ones by
-        # the reader or, when it is idle, the network thread (see _InlineConnection)
+        self._rate_guard: Optional[lim.RateGuard] = None  # set by Server.on_open (rate_limit)
+        # inbound counters, written by the network thread only
         self.frames_in = 0
         self.bytes_in = 0
         self.frames_inline = 0
+        # outbound counters, written under the link's lock
         self.frames_out = 0
-        self.writes_out = 0  # socket writes: frames_out / writes_out frames went out per write
         self.bytes_out = 0
-        self._delay_ns = server._write_delay_ns
-        self._last_write_ns = 0  # time.monotonic_ns() of the last write (with write_delay_ms)
-        self._flush_due = False  # a delayed write of the queue is scheduled
-        self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                        name=f"sente-lite-writer-{conn_id}")
 
     def __repr__(self) -> str:
         return f"<Connection {self.conn_id} uid={self.uid!r} {self.remote_address}>"
+
+    # -- called by the network loop -------------------------------------------------
+    def on_message(self, message: Any, size: int) -> None:
+        self._server.on_message(self, message, size)
+
+    def on_life(self) -> None:
+        self.last_seen = time.monotonic()
 
     # -- sending ----------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> bool:
@@ -140,227 +139,69 @@ class Connection:
 
         False when the connection is closing or its outbound queue overflowed.
         """
-        return self._enqueue_wire(_text_frame(frame) if self._raw_writes else frame, len(frame))
-
-    def _enqueue_greeting(self, frame: bytes) -> None:
-        """Queue the handshake for the writer thread, never written directly: the
-        writer starts only once the connection is registered, so a client holding its
-        handshake can already be reached (send, send_to_user, stats). Every later
-        frame queues behind it while it waits."""
-        with self._cond:
-            self._queue.append(_text_frame(frame) if self._raw_writes else frame)
-            self._queued_bytes += len(frame)
+        return self._enqueue_wire(_text_frame(frame), len(frame))
 
     def _enqueue_wire(self, wire: bytes, size: int) -> bool:
-        """Send ``wire`` (a whole WebSocket frame, or the JSON text without raw writes).
+        """Send ``wire`` (a whole WebSocket frame; ``size`` is its payload's length).
 
-        When nothing is queued and no one is writing, the calling thread writes it
-        at once with a non-blocking send: no hand-off to the writer thread. Whatever
-        cannot go out that way (socket buffer full, another thread writing) goes to
-        the bounded queue the writer thread drains, so a slow peer never blocks the
-        caller. ``size`` (the payload's) counts against ``max_queued_bytes_per_conn``.
+        The calling thread writes it at once with a non-blocking send when nothing is
+        queued; the rest waits in the link's bounded outbox, which the network thread
+        drains, so a slow peer never blocks the caller. Overflow past
+        ``max_queued_bytes_per_conn`` closes the connection with 4001.
         """
-        if self._close_code is not None:
-            return False
-        delay = self._delay_ns
-        due = 0
-        if self._raw_writes and not self._queue:
-            if delay:
-                due = self._last_write_ns + delay
-                if time.monotonic_ns() >= due:
-                    due = 0
-            if not due and self._write_now(wire, size):
-                return True
-        with self._cond:
-            if self._close_code is not None:
-                return False
-            if not (self._queue and self._queued_bytes + size > self._server.max_queued_bytes_per_conn):
-                self._queue.append(wire)
-                self._queued_bytes += size
-                if due and not self._flush_due:
-                    self._flush_due = True  # the delayed write takes this and what follows
-                    self._server._delayed.schedule(due, self)  # type: ignore[union-attr]
-                elif not self._flush_due:
-                    self._cond.notify()
-                return True
-            self._queue.clear()
-            self._queued_bytes = 0
-            self._request_close_locked(p.CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue full")
-        self._server._count("slow_consumer_closes")
-        report(log, "closed", "slow-consumer", conn_id=self.conn_id, uid=self.uid,
-               remote=self.remote_address, code=p.CLOSE_SLOW_CONSUMER,
-               message=f"outbound queue over {self._server.max_queued_bytes_per_conn} bytes "
-                       "(max_queued_bytes_per_conn)")
+        link = self._link
+        try:
+            with link.lock:
+                if not link.writable:
+                    return False
+                link._push_locked(wire)
+                self.frames_out += 1
+                self.bytes_out += size
+            return True
+        except Overflow:
+            pass
+        if self._request_close(p.CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue full", False):
+            self._server._count("slow_consumer_closes")
+            report(log, "closed", "slow-consumer", conn_id=self.conn_id, uid=self.uid,
+                   remote=self.remote_address, code=p.CLOSE_SLOW_CONSUMER,
+                   message=f"outbound queue over {self._server.max_queued_bytes_per_conn} bytes "
+                           "(max_queued_bytes_per_conn)")
         return False
 
-    def _write_now(self, wire: bytes, size: int) -> bool:
-        """Write one whole frame without blocking; False when it must be queued instead.
-
-        Order: it holds websockets' ``protocol_mutex`` (only if free, never waiting),
-        which every other write to this socket also holds (websockets' own, and the
-        writer thread's, which takes its batch only once it holds the mutex), and
-        writes only when nothing is queued. A part the kernel does not take goes
-        into websockets' output buffer, which every later write sends first.
-        """
-        ws = self._ws
-        mutex = ws.protocol_mutex
-        if not mutex.acquire(False):
-            return False
-        try:
-            proto = ws.protocol
-            sock = ws.socket
-            if (self._queue or proto.state is not _OPEN or proto.writes
-                    or sock.gettimeout() is not None):
-                return False
-            try:
-                n = sock.send(wire, _MSG_DONTWAIT)
-            except OSError:  # EAGAIN, or a dead socket the writer thread will meet
-                return False
-            self.frames_out += 1
-            self.writes_out += 1
-            self.bytes_out += size
-            if self._delay_ns:
-                self._last_write_ns = time.monotonic_ns()
-            if n < len(wire):
-                proto.writes.append(wire[n:])
-                with self._cond:
-                    self._flush_needed = True
-                    self._cond.notify()
-            return True
-        finally:
-            mutex.release()
-
-    def _request_close_locked(self, code: int, reason: str) -> None:
-        if self._close_code is None:
-            self._close_code = code
-            self._close_reason = reason
-            self._close_requested_at = time.monotonic()
-            self._cond.notify()
+    def _request_close(self, code: int, reason: str, flush: bool) -> bool:
+        """Close with ``code`` unless a close was already asked; True when this one was."""
+        with self._pending_lock:
+            if self._close_code is not None:
+                first = False
+            else:
+                self._close_code = code
+                self._close_reason = reason
+                first = True
+        self._link.close(code, reason, flush)
+        return first
 
     def close(self, code: int = p.CLOSE_NORMAL, reason: str = "", flush: bool = True) -> None:
         """Close this connection with ``code``; ``flush`` sends what is queued first."""
-        with self._cond:
-            if not flush:
-                self._queue.clear()
-                self._queued_bytes = 0
-            self._request_close_locked(code, reason)
+        self._request_close(code, reason, flush)
 
     @property
     def queued_bytes(self) -> int:
         """Bytes waiting in this connection's outbound queue."""
-        return self._queued_bytes
+        return self._link.queued_bytes
 
-    def _write_loop(self) -> None:
-        ws = self._ws
-        try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._flush_needed and self._close_code is None:
-                        self._cond.wait()
-                    code = self._close_code
-                if self._raw_writes:
-                    self._write_batch()
-                else:
-                    with self._cond:
-                        batch, size = self._take_batch()
-                    for frame in batch:
-                        ws.send(frame, text=True)
-                    self.frames_out += len(batch)
-                    self.bytes_out += size
-                if code is not None:
-                    with self._cond:
-                        if self._queue:  # more was queued while flushing (flush mode)
-                            continue
-                    ws.close(code, self._close_reason)
-                    return
-        except ConnectionClosed:
-            pass
-        except OSError as exc:
-            log.debug("writer of %s stopped: %s", self.conn_id, exc)
-        except Exception:  # pragma: no cover - a bug; the connection must still end
-            log.exception("writer of %s failed", self.conn_id)
-            self._abort()
-
-    def _take_batch(self) -> Tuple[Deque[bytes], int]:
-        """Empty the queue: (its frames, their payload bytes). Caller holds ``_cond``."""
-        batch, size = self._queue, self._queued_bytes
-        self._queue = collections.deque()
-        self._queued_bytes = 0
-        self._flush_needed = False
-        return batch, size
-
-    def _write_batch(self) -> None:
-        """Write every queued WebSocket frame, after any unsent rest of a direct write,
-        with one ``sendall``, inside websockets' ``send_context`` (which holds
-        ``protocol_mutex`` and handles state and closing). The batch is taken only
-        once the mutex is held, so no direct write can overtake it."""
-        ws = self._ws
-        with ws.send_context():
-            with self._cond:
-                batch, size = self._take_batch()
-            proto = ws.protocol
-            pending = proto.data_to_send()  # the unsent rest of a direct write, if any
-            pending.extend(batch)
-            if pending:
-                proto.writes.append(b"".join(pending))
-                self.writes_out += 1
-            self.frames_out += len(batch)
-            self.bytes_out += size
-            if self._delay_ns:
-                self._last_write_ns = time.monotonic_ns()
-
-    def _write_delayed(self) -> None:
-        """The delayed write (``write_delay_ms``): everything queued, in one non-blocking
-        send, by the thread of :class:`_DelayedWrites`. Same order rule as
-        :meth:`_write_now`; whatever cannot go that way is left to the writer thread."""
-        with self._cond:
-            self._flush_due = False
-            if not self._queue:
-                return
-        ws = self._ws
-        mutex = ws.protocol_mutex
-        if mutex.acquire(False):
-            try:
-                proto = ws.protocol
-                sock = ws.socket
-                if proto.state is _OPEN and not proto.writes and sock.gettimeout() is None:
-                    with self._cond:
-                        batch, size = self._take_batch()
-                    data = b"".join(batch)
-                    try:
-                        n = sock.send(data, _MSG_DONTWAIT)
-                    except OSError:  # EAGAIN, or a dead socket the writer thread will meet
-                        n = 0
-                    self.frames_out += len(batch)
-                    self.writes_out += 1
-                    self.bytes_out += size
-                    self._last_write_ns = time.monotonic_ns()
-                    if n == len(data):
-                        return
-                    proto.writes.append(data[n:])  # sent first by every later write
-                    with self._cond:
-                        self._flush_needed = True
-                        self._cond.notify()
-                    return
-            finally:
-                mutex.release()
-        with self._cond:
-            self._cond.notify()  # socket busy or closing: the writer thread takes it
-
-    def _abort(self) -> None:
-        """Shut the socket down so blocked reads and writes return at once."""
-        try:
-            self._ws.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    @property
+    def writes_out(self) -> int:
+        """Socket writes made (``frames_out / writes_out`` frames went out per write)."""
+        return self._link.outbox.writes
 
     # -- server -> client requests ----------------------------------------------
     def request(self, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Send a request to this peer and wait for its reply (see :meth:`Server.request`)."""
         _check_event_id(event)
-        if threading.get_ident() in (self._reader_ident, self._net_ident):
-            raise RuntimeError("request() to a connection from its own handler (or from authorize) "
-                               "would deadlock: its reply is read by the thread running it")
+        if self._server._on_network_thread():
+            raise RuntimeError("request() from the network thread (authorize, or a built-in "
+                               "event) would stop every connection's reading: call it from a "
+                               "handler or another thread")
         cb_id = f"s{next(self._cb_ids)}"
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         with self._pending_lock:
@@ -377,10 +218,12 @@ class Connection:
         try:
             if not self._enqueue(p.encode_bytes(event, data, cb_id)):
                 raise Disconnected(f"connection {self.conn_id} is closing")
-            try:
-                return fut.result(timeout)
-            except concurrent.futures.TimeoutError:
-                raise RequestTimeout(f"no reply to {event} from {self.conn_id} within {timeout}s") from None
+            with self._server._pool.blocking():
+                try:
+                    return fut.result(timeout)
+                except concurrent.futures.TimeoutError:
+                    raise RequestTimeout(f"no reply to {event} from {self.conn_id} "
+                                         f"within {timeout}s") from None
         finally:
             with self._pending_lock:
                 self._pending.pop(cb_id, None)
@@ -471,6 +314,13 @@ class Server:
         max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS,
         expose_metrics: bool = True,
         write_delay_ms: float = 0.0,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        accept_backlog: int = DEFAULT_ACCEPT_BACKLOG,
+        request_line_timeout: float = DEFAULT_REQUEST_LINE_TIMEOUT_S,
+        max_pending_handshakes_per_address: int = DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
+        min_handler_threads: int = workers.DEFAULT_MIN_THREADS,
+        max_handler_threads: int = workers.DEFAULT_MAX_THREADS,
+        raise_fd_limit: bool = True,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
@@ -495,6 +345,18 @@ class Server:
         lim.validate_positive("max_rate_limited", max_rate_limited)
         lim.validate_positive("max_outstanding_requests", max_outstanding_requests)
         lim.validate_positive("handshake_timeout", handshake_timeout)
+        lim.validate_positive("request_line_timeout", request_line_timeout)
+        lim.validate_positive("accept_backlog", accept_backlog)
+        lim.validate_positive("max_pending_handshakes", max_pending_handshakes)
+        lim.validate_positive("max_pending_handshakes_per_address", max_pending_handshakes_per_address)
+        self.ssl_context = ssl_context
+        self.accept_backlog = accept_backlog
+        self.request_line_timeout = request_line_timeout
+        self.max_pending_handshakes = max_pending_handshakes
+        self.max_pending_handshakes_per_address = max_pending_handshakes_per_address
+        self.raise_fd_limit = raise_fd_limit
+        self._pool = workers.WorkerPool(min_handler_threads, max_handler_threads)
+        self._loop: Optional[NetLoop] = None
         if authorize is not None and not callable(authorize):
             raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
         self.authorize = authorize
@@ -524,13 +386,9 @@ class Server:
         self._counts: Dict[str, int] = collections.defaultdict(int)
         self._closes_by_code: Dict[int, int] = collections.defaultdict(int)
         self._count_lock = threading.Lock()
-        self._ws_server: Any = None
-        self._serve_thread: Optional[threading.Thread] = None
-        self._hb_thread: Optional[threading.Thread] = None
-        self._delayed = _DelayedWrites() if self._write_delay_ns else None
-        self._stop_event = threading.Event()
         self._stopping = False
         self._started_at = 0.0
+        self._next_ping = 0.0
         self.port = 0
 
     # -- lifecycle --------------------------------------------------------------
@@ -544,35 +402,36 @@ class Server:
     @property
     def url(self) -> str:
         """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8765/chsk``."""
-        return f"ws://{self.host}:{self.port}{self.path}"
+        scheme = "wss" if self.ssl_context is not None else "ws"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{self.path}"
 
     def start(self) -> "Server":
         """Bind, start serving, then (if configured) write the port file."""
-        if self._ws_server is not None:
+        if self._loop is not None:
             raise RuntimeError("server already started")
-        self._ws_server = serve(
-            self._handle,
-            self.host,
-            self.requested_port,
-            process_request=self._process_request,
-            max_size=self.max_message_bytes,
-            ping_interval=None,  # the protocol's own heartbeat is used instead
-            close_timeout=self.close_timeout,
-            open_timeout=self.handshake_timeout,
-            compression=None,
-            server_header="sente-lite",
-            create_connection=self._connection_factory,  # type: ignore[arg-type]
-        )
-        self.port = self._ws_server.socket.getsockname()[1]
+        if self.raise_fd_limit:
+            limit = raise_descriptor_limit()
+            log.info("descriptor limit %d: room for about %d connections", limit,
+                     max(0, limit - DESCRIPTORS_RESERVED))
+        self._loop = NetLoop(
+            self, self.host, self.requested_port, ssl_context=self.ssl_context,
+            accept_backlog=self.accept_backlog, max_message_bytes=self.max_message_bytes,
+            max_queued_bytes=self.max_queued_bytes_per_conn, write_delay_ns=self._write_delay_ns,
+            close_timeout=self.close_timeout, handshake_timeout=self.handshake_timeout,
+            request_line_timeout=self.request_line_timeout,
+            max_pending_handshakes=self.max_pending_handshakes,
+            max_pending_handshakes_per_address=self.max_pending_handshakes_per_address,
+            tick_s=min(1.0, self.heartbeat_ms / 4000.0))
+        self._pool.start()
+        try:
+            self._loop.start()
+        except BaseException:
+            self._pool.stop()
+            self._loop = None
+            raise
+        self.port = self._loop.port
         self._started_at = time.monotonic()
-        self._serve_thread = threading.Thread(target=self._ws_server.serve_forever,
-                                              name="sente-lite-serve", daemon=True)
-        self._serve_thread.start()
-        self._hb_thread = threading.Thread(target=self._heartbeat_loop,
-                                           name="sente-lite-heartbeat", daemon=True)
-        self._hb_thread.start()
-        if self._delayed is not None:
-            self._delayed.start()
         if self.port_file:
             discovery.write_port_file(self.port_file, self.host, self.port, self.url, self.server_id)
         log.info("serving %s (server-id %s)", self.url, self.server_id)
@@ -580,23 +439,16 @@ class Server:
 
     def stop(self) -> None:
         """Close every connection with 1001, join every thread, free the port."""
-        if self._ws_server is None or self._stopping:
+        if self._loop is None or self._stopping:
             return
         self._stopping = True
         for conn in self._snapshot():
             conn.close(p.CLOSE_GOING_AWAY, "server shutting down")
         deadline = time.monotonic() + self.close_timeout + 1.0
         for conn in self._snapshot():
-            if not conn._closed.wait(max(0.0, deadline - time.monotonic())):
-                conn._abort()
-        self._gate.abort_pending()  # upgrades still arriving would hold shutdown for handshake_timeout
-        self._ws_server.shutdown()
-        self._stop_event.set()
-        for t in (self._serve_thread, self._hb_thread):
-            if t is not None:
-                t.join(self.close_timeout + 5.0)
-        if self._delayed is not None:
-            self._delayed.stop()
+            conn._closed.wait(max(0.0, deadline - time.monotonic()))
+        self._loop.stop(self.close_timeout + 5.0)  # drops whatever is left
+        self._pool.stop(self.close_timeout + 5.0)  # runs the disconnect hooks still queued
         if self.port_file:
             discovery.remove(self.port_file)
         log.info("stopped %s", self.url)
@@ -728,6 +580,13 @@ class Server:
         out["queued_bytes"] = sum(c.queued_bytes for c in live)
         out.update(self.channels.stats())
         out.update(self._gate.stats())
+        loop = self._loop
+        if loop is not None:
+            for key, value in loop.counts.items():
+                out[key] = out.get(key, 0) + value
+            out["pending_handshakes"] = loop.pending_count()
+        out["handler_threads"] = self._pool.threads
+        out["handler_thread_start_failures"] = self._pool.start_failures
         out["request_latency"] = self._latency.summary()
         out["uptime_s"] = round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0
         out["server_id"] = self.server_id
@@ -741,55 +600,68 @@ class Server:
         with self._count_lock:
             self._counts[key] += n
 
-    # -- HTTP side --------------------------------------------------------------
-    def _process_request(self, ws: ServerConnection, request: Request) -> Optional[Response]:
-        response = self._answer_http(ws, request)
-        if response is not None:
-            security.mark_answered(ws)
-        return response
+    # -- the network loop's questions (LinkHandler; all on the network thread) -----------
+    def on_request(self, link: Link, request: Request) -> Any:
+        """An HTTP request arrived: answer it, accept the upgrade, or decide on a worker
+        (an ``authenticate`` hook may be slow; the network thread never waits for it)."""
+        if (self._gate.authenticate is not None and not self._stopping
+                and urlsplit(request.path).path == self.path and "Upgrade" in request.headers):
+            self._pool.submit(Lane(f"upgrade {link.remote}"),
+                              lambda: self._decide_later(link, request))
+            return DEFER
+        return self._answer_http(link, request)
 
-    def _answer_http(self, ws: ServerConnection, request: Request) -> Optional[Response]:
+    def _decide_later(self, link: Link, request: Request) -> None:
+        try:
+            decision = self._answer_http(link, request)
+        except Exception as exc:
+            decision = self._loop._internal_error(link, exc)  # type: ignore[union-attr]
+        self._loop.decide(link, decision)  # type: ignore[union-attr]
+
+    def _answer_http(self, link: Link, request: Request) -> Any:
         """Operator GETs, else the upgrade's checks in order: path, client-id, then
-        :meth:`_admit` (origin, CSRF, connection slot) and :meth:`_identify` (auth)."""
+        :meth:`_admit` (origin, CSRF, connection slot) and :meth:`_identify` (auth).
+        Returns a Response, or :class:`Admit` with the connection's identity."""
         parts = urlsplit(request.path)
         if self._stopping:
-            return self._gate.refuse(ws, 503, security.R_SHUTTING_DOWN, "server shutting down")
+            return self._gate.refuse(link, 503, security.R_SHUTTING_DOWN, "server shutting down")
         if "Upgrade" not in request.headers:
             if parts.path == "/health":
                 body = p.dumps({"status": "ok", "server-id": self.server_id,
                                 "uptime-s": round(time.monotonic() - self._started_at, 3),
                                 "connections": len(self._conns),
                                 "channels": self.channels.stats()["active_channels"]})
-                return _respond(ws, http.HTTPStatus.OK, body + "\n", "application/json")
+                return _respond(link, http.HTTPStatus.OK, body + "\n", "application/json")
             if parts.path == "/metrics":
-                return self._metrics_response(ws)
+                return self._metrics_response(link)
             if parts.path == security.CSRF_TOKEN_PATH:
-                return self._csrf_token_response(ws, request, parts.query)
+                return self._csrf_token_response(link, request, parts.query)
         if parts.path != self.path:
-            return self._gate.refuse(ws, 404, security.R_NOT_FOUND, f"no endpoint at {parts.path}")
+            return self._gate.refuse(link, 404, security.R_NOT_FOUND, f"no endpoint at {parts.path}")
         query = parse_qs(parts.query, keep_blank_values=True)
         given = (query.get("client-id") or [""])[0]
         if given and _client_id_problem(given):
-            return self._gate.refuse(ws, 400, security.R_BAD_CLIENT_ID, _client_id_problem(given))
+            return self._gate.refuse(link, 400, security.R_BAD_CLIENT_ID, _client_id_problem(given))
         client_id = given or uuid.uuid4().hex
-        refusal = self._admit(ws, request, client_id, bool(given))
+        refusal = self._admit(link, request, client_id, bool(given))
         if refusal is not None:
             return refusal
-        uid = self._identify(ws, request, client_id)
+        uid = self._identify(link, request, client_id)
         if isinstance(uid, Response):
             return uid
-        remote = ws.remote_address
-        remote_s = f"{remote[0]}:{remote[1]}" if isinstance(remote, tuple) else str(remote)
-        ws.sente_identity = _Identity(client_id, uid, remote_s,  # type: ignore[attr-defined]
-                                      self._gate.csrf_token_for(client_id))
-        return None
+        return Admit(_Identity(client_id, uid, link.remote, self._gate.csrf_token_for(client_id)))
 
-    def _admit(self, ws: ServerConnection, request: Request, client_id: str,
+    def on_refused(self, link: Link, reason: str, status: Optional[int], message: str) -> None:
+        """The network loop refused an upgrade itself (malformed, too large, too slow)."""
+        self._gate.count_refusal(reason)
+        report(log, "refused-upgrade", reason, remote=link.remote, status=status, message=message)
+
+    def _admit(self, ws: Link, request: Request, client_id: str,
                client_id_given: bool) -> Optional[Response]:
         """Origin, CSRF and connection-limit checks (see :mod:`sente_lite.security`): a Response refuses."""
         return self._gate.admit(ws, request, client_id, client_id_given)
 
-    def _identify(self, ws: ServerConnection, request: Request, client_id: str) -> Union[str, Response]:
+    def _identify(self, ws: Link, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""
         return self._gate.identify(ws, request, client_id)
 
@@ -823,13 +695,13 @@ class Server:
                remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
         return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
 
-    def _metrics_response(self, ws: ServerConnection) -> Response:
+    def _metrics_response(self, ws: Link) -> Response:
         if not self.expose_metrics:
             return _respond(ws, http.HTTPStatus.NOT_FOUND, "metrics are off (expose_metrics=False)\n")
         status, content_type, body = self._metrics.render()
         return _respond(ws, http.HTTPStatus(status), body.decode("utf-8"), content_type)
 
-    def _csrf_token_response(self, ws: ServerConnection, request: Request, query_s: str) -> Response:
+    def _csrf_token_response(self, ws: Link, request: Request, query_s: str) -> Response:
         """``GET /csrf-token?client-id=X`` -> ``{"client-id", "csrf-token"}`` (same-origin only)."""
         if self._gate.csrf is None:
             return _respond(ws, http.HTTPStatus.NOT_FOUND, "CSRF protection is off: no token needed\n")
@@ -846,8 +718,9 @@ class Server:
         return response
 
     # -- connection lifecycle -----------------------------------------------------
-    def _handle(self, ws: ServerConnection) -> None:
-        ident: _Identity = ws.sente_identity  # type: ignore[attr-defined]
+    def on_open(self, link: Link, ident: _Identity) -> None:
+        """The 101 went out: register the connection, greet it, then run on_connect hooks
+        on its lane (before any of its events)."""
         conn_id = f"{self.server_id}-{next(self._conn_seq)}"
         with self._lock:
             first = ident.client_id not in self._seen_clients
@@ -855,75 +728,57 @@ class Server:
             self._seen_clients.move_to_end(ident.client_id)
             while len(self._seen_clients) > self.max_remembered_clients:
                 self._seen_clients.popitem(last=False)
-        conn = Connection(self, ws, conn_id, ident, first)
+        conn = Connection(self, link, conn_id, ident, first)
         if self.rate_limit is not None:
             conn._rate_guard = lim.RateGuard(self.rate_limit, self.rate_burst, self.max_rate_limited)
-        conn._enqueue_greeting(p.encode_bytes(p.EV_HANDSHAKE, [
+        link.owner = conn
+        with self._lock:  # registered before the handshake goes out: a client holding it is known
+            self._conns[conn_id] = conn
+            self._by_uid.setdefault(conn.uid, set()).add(conn_id)
+        conn._enqueue(p.encode_bytes(p.EV_HANDSHAKE, [
             ident.uid, ident.csrf_token,
             {"conn-id": conn_id, "client-id": ident.client_id, "server-id": self.server_id,
              "protocol": p.PROTOCOL_VERSION, "heartbeat-ms": self.heartbeat_ms,
              "max-message-bytes": self.max_message_bytes},
             first]))
-        with self._lock:
-            self._conns[conn_id] = conn
-            self._by_uid.setdefault(conn.uid, set()).add(conn_id)
-        conn._writer.start()  # only now: a client holding the handshake is known to send/stats
         self._count("connections_opened")
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, conn.uid, conn.remote_address, first)
-        try:
-            for hook in self._on_connect:
-                self._call_hook(hook, conn)
-            # From here on, built-in frames may be handled on the network thread.
-            ws.sente_inline = functools.partial(self._take_inline, conn)  # type: ignore[attr-defined]
-            self._read_loop(ws, conn)
-        finally:
-            ws.sente_inline = None  # type: ignore[attr-defined]
-            self._drop(conn)
+        for hook in self._on_connect:
+            self._pool.submit(conn._lane, functools.partial(self._call_hook, hook, conn))
 
-    def _connection_factory(self, sock: socket.socket, protocol: Any, server: Any,
-                            **kwargs: Any) -> "_InlineConnection":
-        """``create_connection`` for websockets' ``serve``: the gate's connection, plus
-        built-in frames handled on the network thread."""
-        return _InlineConnection(self._gate, sock, protocol, server, **kwargs)
-
-    def _read_loop(self, ws: "_InlineConnection", conn: Connection) -> None:
-        while True:
-            try:
-                msg = ws.recv()
-            except ConnectionClosed as exc:
-                self._note_protocol_close(conn, exc)
-                return
-            self._take_message(conn, msg)
-            ws.sente_done += 1  # only now may the network thread handle the next frame itself
-
-    def _take_message(self, conn: Connection, msg: Any) -> None:
-        """Account for one inbound message and handle it: on the reader thread, or on the
-        network thread when the reader is idle (never both at once, see _InlineConnection)."""
+    def on_message(self, conn: Connection, msg: Any, size: int) -> None:
+        """One whole message from ``conn`` (on the network thread). Built-in frames are
+        handled here when nothing of the connection waits for a worker (answers and
+        pings always: a handler waiting in request() needs its reply); the rest goes to
+        the connection's lane, in order."""
         conn.last_seen = time.monotonic()
         conn.frames_in += 1
-        conn.bytes_in += len(msg)
+        conn.bytes_in += size
         guard = conn._rate_guard
         if guard is not None:
             verdict = guard.check()
             if verdict is not lim.RateGuard.OK:
                 self._rate_limited(conn, msg, verdict is lim.RateGuard.CLOSE)
                 return
-        self._on_message(conn, msg)
+        if type(msg) is str:
+            head = msg[:_PREFIX_LEN]
+            if head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and conn._lane.idle):
+                conn.frames_inline += 1
+                self._handle(conn, msg)
+                return
+        self._pool.submit(conn._lane, functools.partial(self._handle, conn, msg))
 
-    def _take_inline(self, conn: Connection, text: str) -> None:
-        """Handle a built-in frame on websockets' network thread. Never raises: an
-        exception there would end the connection's reading, so it costs one answer."""
-        conn.frames_inline += 1
+    def _handle(self, conn: Connection, msg: Any) -> None:
+        """Handle one message; never raises: a bug costs one answer, not the connection."""
         try:
-            self._take_message(conn, text)
-        except Exception:  # a bug; the built-ins themselves already answer their own errors
+            self._on_message(conn, msg)
+        except Exception:  # handlers and built-ins answer their own errors: this is a bug
             self._count("internal_errors")
-            log.exception("internal error handling a frame on the network thread (conn %s)",
-                          conn.conn_id)
+            log.exception("internal error handling a frame (conn %s)", conn.conn_id)
             cb_id: Optional[str] = None
             event: Optional[str] = None
             try:
-                event, _, cb_id = p.decode(text)
+                event, _, cb_id = p.decode(msg)
             except p.FrameError as exc:
                 cb_id = exc.cb_id
             try:
@@ -931,6 +786,98 @@ class Server:
                             cb_id, event)
             except Exception:
                 log.exception("could not answer the internal error (conn %s)", conn.conn_id)
+
+    def on_link_closed(self, link: Link) -> None:
+        """The socket is closed: forget the connection at once; its disconnect hooks run
+        on its lane, after its last events."""
+        self._gate.release_slot(link)
+        conn = link.owner
+        if conn is None:
+            return
+        with self._lock:
+            self._conns.pop(conn.conn_id, None)
+            ids = self._by_uid.get(conn.uid)
+            if ids is not None:
+                ids.discard(conn.conn_id)
+                if not ids:
+                    del self._by_uid[conn.uid]
+        self.channels.remove_member(conn.conn_id)
+        conn._fail_pending()
+        code, reason = self._close_outcome(conn, link)
+        with self._count_lock:
+            self._counts["connections_closed"] += 1
+            self._closes_by_code[code] += 1
+            self._counts["frames_in_closed"] += conn.frames_in
+            self._counts["frames_inline_closed"] += conn.frames_inline
+            self._counts["frames_out_closed"] += conn.frames_out
+            self._counts["writes_out_closed"] += conn.writes_out
+            self._counts["bytes_in_closed"] += conn.bytes_in
+            self._counts["bytes_out_closed"] += conn.bytes_out
+        log.debug("closed %s code=%s reason=%r", conn.conn_id, code, reason)
+
+        def farewell() -> None:
+            for hook in self._on_disconnect:
+                self._call_hook(hook, conn, code, reason)
+            conn._closed.set()
+
+        self._pool.submit(conn._lane, farewell)
+
+    def _close_outcome(self, conn: Connection, link: Link) -> Tuple[int, str]:
+        """The close code and reason of a finished connection: the server's own close,
+        a close websockets made itself (1009 too big, 1002/1007 protocol: counted and
+        logged here), or the peer's."""
+        try:
+            exc = link.protocol.close_exc
+        except Exception:  # not closed in websockets' eyes (socket dropped): abnormal
+            exc = None
+        sent = getattr(exc, "sent", None)
+        rcvd = getattr(exc, "rcvd", None)
+        if conn._close_code is not None:
+            return conn._close_code, conn._close_reason
+        if sent is not None and (rcvd is None or not exc.rcvd_then_sent):  # type: ignore[union-attr]
+            code = int(sent.code)
+            if code == p.CLOSE_TOO_BIG:
+                key, why = "too_large_closes", "max-message-bytes"
+            elif code in (1002, 1003, 1007):
+                key, why = "protocol_error_closes", "protocol-error"
+            else:
+                key = why = ""
+            if key:
+                self._count(key)
+                report(log, "closed", why, conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=code, message=sent.reason)
+            return code, sent.reason
+        if rcvd is not None:
+            return int(rcvd.code), rcvd.reason
+        return 1006, ""
+
+    def on_tick(self, now: float, stalled_s: float) -> None:
+        """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
+        connections with 4000. A stretch in which this thread itself was stalled is not
+        held against any peer: their frames may be waiting unread in the socket."""
+        timeout = self.heartbeat_timeout_ms / 1000.0
+        send_pings = now >= self._next_ping
+        if send_pings:
+            self._next_ping = now + self.heartbeat_ms / 1000.0
+        for conn in self._snapshot():
+            if stalled_s:
+                conn.last_seen = min(now, conn.last_seen + stalled_s)
+            if conn._close_code is not None:
+                continue
+            silent = now - conn.last_seen
+            if silent > timeout:
+                self._count("heartbeat_timeouts")
+                report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
+                       message=f"silent for {silent:.1f}s", level=logging.INFO)
+                self.channels.remove_member(conn.conn_id)
+                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
+            elif send_pings:
+                conn._enqueue_wire(_PING_WIRE, len(_PING))
+
+    def _on_network_thread(self) -> bool:
+        loop = self._loop
+        return loop is not None and loop.on_loop()
 
     def _rate_limited(self, conn: Connection, msg: Any, close: bool) -> None:
         """A frame over ``rate_limit``: answer ``rate-limited``, or close 1008 when it persists."""
@@ -959,93 +906,12 @@ class Server:
         self._error(conn, p.ERR_RATE_LIMITED,
                     f"over {self.rate_limit:g} frames/s (rate_limit): frame dropped", cb_id, event)
 
-    def _note_protocol_close(self, conn: Connection, exc: ConnectionClosed) -> None:
-        """Count and log a close websockets made on its own (1009 too big, 1002/1007 protocol)."""
-        sent = exc.sent
-        if sent is None or exc.rcvd_then_sent is True or conn._close_code is not None:
-            return  # the peer closed first, or the server closed on purpose (already reported)
-        if sent.code == p.CLOSE_TOO_BIG:
-            key, reason = "too_large_closes", "max-message-bytes"
-        elif sent.code in (1002, 1003, 1007):
-            key, reason = "protocol_error_closes", "protocol-error"
-        else:
-            return
-        self._count(key)
-        report(log, "closed", reason, conn_id=conn.conn_id, uid=conn.uid,
-               remote=conn.remote_address, code=sent.code, message=sent.reason)
-
-    def _drop(self, conn: Connection) -> None:
-        with self._lock:
-            self._conns.pop(conn.conn_id, None)
-            ids = self._by_uid.get(conn.uid)
-            if ids is not None:
-                ids.discard(conn.conn_id)
-                if not ids:
-                    del self._by_uid[conn.uid]
-        self.channels.remove_member(conn.conn_id)
-        conn._fail_pending()
-        initiated = conn._close_code
-        conn.close(p.CLOSE_NORMAL, flush=False)  # wakes the writer if it is idle
-        conn._writer.join(self.close_timeout + 1.0)
-        if conn._writer.is_alive():
-            conn._abort()
-            conn._writer.join(self.close_timeout)
-        ws = conn._ws
-        sent, rcvd = ws.protocol.close_sent, ws.protocol.close_rcvd
-        if initiated is not None:
-            code = initiated
-        elif sent is not None and (rcvd is None or not ws.protocol.close_rcvd_then_sent):
-            code = int(sent.code)  # websockets failed the connection itself (1009, 1002, 1007)
-        else:
-            code = int(ws.close_code or 1006)
-        reason = ws.close_reason or ""
-        with self._count_lock:
-            self._counts["connections_closed"] += 1
-            self._closes_by_code[code] += 1
-            self._counts["frames_in_closed"] += conn.frames_in
-            self._counts["frames_inline_closed"] += conn.frames_inline
-            self._counts["frames_out_closed"] += conn.frames_out
-            self._counts["writes_out_closed"] += conn.writes_out
-            self._counts["bytes_in_closed"] += conn.bytes_in
-            self._counts["bytes_out_closed"] += conn.bytes_out
-        conn._closed.set()
-        log.debug("closed %s code=%s reason=%r", conn.conn_id, code, reason)
-        for hook in self._on_disconnect:
-            self._call_hook(hook, conn, code, reason)
-
     def _call_hook(self, hook: Callable[..., None], *args: Any) -> None:
         try:
             hook(*args)
         except Exception:
             self._count("hook_errors")
             log.exception("hook %r raised", hook)
-
-    def _heartbeat_loop(self) -> None:
-        hb = self.heartbeat_ms / 1000.0
-        timeout = self.heartbeat_timeout_ms / 1000.0
-        tick = min(0.25, hb / 4)
-        ping = p.encode_bytes(p.EV_PING)
-        next_ping = time.monotonic() + hb
-        while not self._stop_event.wait(tick):
-            now = time.monotonic()
-            send_pings = now >= next_ping
-            if send_pings:
-                next_ping = now + hb
-            for conn in self._snapshot():
-                asked = conn._close_requested_at
-                if asked is not None:
-                    if now - asked > self.close_timeout + 0.5 and not conn._closed.is_set():
-                        conn._abort()  # the closing handshake is stuck: shut the socket
-                    continue
-                if now - conn.last_seen > timeout:
-                    self._count("heartbeat_timeouts")
-                    report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
-                           remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
-                           message=f"silent for {now - conn.last_seen:.1f}s", level=logging.INFO)
-                    self.channels.remove_member(conn.conn_id)
-                    conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
-                elif send_pings:
-                    conn._enqueue(ping)
 
     # -- inbound frames -----------------------------------------------------------
     def _on_message(self, conn: Connection, msg: Any) -> None:
@@ -1228,9 +1094,9 @@ class Server:
                 f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{_json_string(from_uid)},"{p.K_OFFSET}":')
 
         def make_frame(offset: int, epoch: str) -> Any:
-            # Encoded once per publish, as JSON and as a WebSocket frame, for every subscriber.
+            # Encoded once per publish, as a whole WebSocket frame, for every subscriber.
             frame = f'{head}{offset},"{p.K_EPOCH}":{_json_string(epoch)}}}]'.encode("utf-8")
-            return frame, _text_frame(frame), len(frame)
+            return _text_frame(frame), len(frame)
 
         conns = self._conns
 
@@ -1238,8 +1104,8 @@ class Server:
             conn = conns.get(member)
             if conn is None:
                 return False
-            frame, wire, size = built
-            return conn._enqueue_wire(wire if conn._raw_writes else frame, size)
+            wire, size = built
+            return conn._enqueue_wire(wire, size)
 
         def done(result: Any) -> None:
             if isinstance(result, Published):
@@ -1254,8 +1120,9 @@ class Server:
 
 
 _PONG = p.encode_bytes(p.EV_PONG)
-
-_OPEN = State.OPEN
+_PING = p.encode_bytes(p.EV_PING)
+_HEAD_16 = struct.Struct("!BBH")
+_HEAD_64 = struct.Struct("!BBQ")
 #: JSON text of recently published channel ids, uids and epochs (bounded; cleared when full).
 _JSON_STRINGS: Dict[str, str] = {}
 MAX_CACHED_JSON_STRINGS = 4096
@@ -1273,10 +1140,6 @@ def _json_string(value: Optional[str]) -> str:
         _JSON_STRINGS[value] = text
     return text
 
-_MSG_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_HEAD_16 = struct.Struct("!BBH")
-_HEAD_64 = struct.Struct("!BBQ")
-
 
 def _text_frame(payload: bytes) -> bytes:
     """``payload`` as one unmasked, final WebSocket text frame (RFC 6455 5.2): the bytes
@@ -1289,113 +1152,12 @@ def _text_frame(payload: bytes) -> bytes:
     return _HEAD_64.pack(0x81, 127, n) + payload
 
 
-def _raw_writes_supported(ws: ServerConnection) -> bool:
-    """True when frames can be written as pre-built bytes: the websockets internals the
-    fast path relies on are there (13.x-17.x have them) and no extension (compression)
-    changes the bytes of a frame. Otherwise every frame goes through ``ws.send``."""
-    proto = getattr(ws, "protocol", None)
-    return (_MSG_DONTWAIT != 0 and isinstance(getattr(proto, "writes", None), list)
-            and hasattr(ws, "protocol_mutex") and hasattr(ws, "send_context")
-            and hasattr(proto, "data_to_send") and not getattr(proto, "extensions", True))
-
-
-_TEXT = Opcode.TEXT
-_PREFIX_LEN = len(p.SENTE_FRAME_PREFIX)
-
-
-class _InlineConnection(security.GuardedConnection):
-    """The gate's connection, whose network thread handles built-in frames itself.
-
-    websockets reads the socket on its own thread (``recv_events``) and passes every
-    message to the handler thread (:meth:`Server._read_loop`): two thread wake-ups per
-    inbound frame. A whole text frame of a ``sente-lite/*`` event (subscribe,
-    unsubscribe, publish) is instead handled right here, by ``sente_inline``, when
-    the reader has finished every message passed to it before: the connection's
-    frames are still handled one at a time, in arrival order. Every other frame, a
-    frame of invalid UTF-8 among them (websockets closes with 1007 when the reader
-    takes it), goes to the reader as before, so applications' handlers keep their
-    thread.
-
-    Two counters, each written by one thread, tell when the reader is done:
-    ``sente_handed`` (messages passed to the reader, by the network thread) and
-    ``sente_done`` (messages the reader handled). websockets calls ``process_event``
-    after releasing ``protocol_mutex`` (it takes that mutex again when a pong
-    arrives), so direct writes from here take it as any other thread does.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Set before websockets starts the network thread (at the end of its __init__).
-        self.sente_inline: Optional[Callable[[str], None]] = None
-        self.sente_handed = 0
-        self.sente_done = 0
-        super().__init__(*args, **kwargs)
-
-    def process_event(self, event: Any) -> None:
-        if type(event) is Frame and event.opcode in DATA_OPCODES and event.fin:
-            inline = self.sente_inline
-            data = event.data
-            if (inline is not None and event.opcode is _TEXT and self.sente_done == self.sente_handed
-                    and data[:_PREFIX_LEN] == p.SENTE_FRAME_PREFIX):
-                try:
-                    text = str(data, "utf-8")  # exactly what websockets' recv() decodes
-                except UnicodeDecodeError:
-                    pass  # the reader's recv() fails the connection with 1007, as for any frame
-                else:
-                    inline(text)
-                    return
-            self.sente_handed += 1
-        super().process_event(event)
-
-
-class _DelayedWrites:
-    """The thread (``sente-lite-delayed-writes``) that makes the delayed writes of
-    ``write_delay_ms``: one wake-up writes every connection whose time has come."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._heap: List[Tuple[int, int, Connection]] = []
-        self._seq = itertools.count()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="sente-lite-delayed-writes",
-                                        daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-        self._thread.join(5.0)
-
-    def schedule(self, due_ns: int, conn: Connection) -> None:
-        """Write ``conn``'s queue at ``time.monotonic_ns()`` ``due_ns``."""
-        with self._cond:
-            heapq.heappush(self._heap, (due_ns, next(self._seq), conn))
-            if self._heap[0][2] is conn:
-                self._cond.notify()
-
-    def _run(self) -> None:
-        heap = self._heap
-        while True:
-            with self._cond:
-                while not self._stopped:
-                    now = time.monotonic_ns()
-                    if heap and heap[0][0] <= now:
-                        break
-                    self._cond.wait((heap[0][0] - now) / 1e9 if heap else None)
-                if self._stopped:
-                    return
-                due: List[Connection] = []
-                while heap and heap[0][0] <= now:
-                    due.append(heapq.heappop(heap)[2])
-            for conn in due:
-                try:
-                    conn._write_delayed()
-                except Exception:  # pragma: no cover - a bug; the writer thread still has the queue
-                    log.exception("delayed write to %s failed", conn.conn_id)
-                    with conn._cond:
-                        conn._cond.notify()
+_PING_WIRE = _text_frame(_PING)
+_SENTE_PREFIX = f'["{p.NS_SENTE}/'
+_CHSK_PREFIX = f'["{p.NS_CHSK}/'
+_PREFIX_LEN = len(_SENTE_PREFIX)
+#: Descriptors a server keeps for itself (listener, wake-up pair, reserve, logs, files).
+DESCRIPTORS_RESERVED = 32
 
 
 def _client_id_problem(client_id: str) -> Optional[str]:
@@ -1404,9 +1166,9 @@ def _client_id_problem(client_id: str) -> Optional[str]:
     return None
 
 
-def _respond(ws: ServerConnection, status: http.HTTPStatus, body: str,
+def _respond(link: Link, status: http.HTTPStatus, body: str,
              content_type: str = "text/plain; charset=utf-8") -> Response:
-    response = ws.respond(status, body)
+    response = link.respond(status, body)
     del response.headers["Content-Type"]
     response.headers["Content-Type"] = content_type
     return response

@@ -1,4 +1,4 @@
-"""Built-in frames handled on websockets' network thread: order, use, errors, bad UTF-8."""
+"""Built-in frames handled on the network thread: order, use, errors, bad UTF-8."""
 
 from __future__ import annotations
 
@@ -44,10 +44,9 @@ def only_conn(srv: Server) -> Connection:
 
 
 def reader_idle(srv: Server) -> None:
-    """Wait until the reader thread has handled every message passed to it."""
-    ws = only_conn(srv)._ws
-    wait_until(lambda: ws.sente_inline is not None and ws.sente_done == ws.sente_handed,
-               what="reader idle")
+    """Wait until the workers have handled every message of the connection."""
+    conn = only_conn(srv)
+    wait_until(lambda: conn._lane.idle, what="connection's lane idle")
 
 
 def publish(peer: RawPeer, cb_id: str, data: Any, seen: List[Any]) -> Any:
@@ -56,13 +55,14 @@ def publish(peer: RawPeer, cb_id: str, data: Any, seen: List[Any]) -> Any:
 
 
 def send_while_blocked(srv: Server, peer: RawPeer, entered: threading.Event) -> None:
+    conn = only_conn(srv)
+    received = conn.frames_in
     send(peer, "app/block", None, "b1")
     assert entered.wait(WAIT_S), "handler did not start"
     send(peer, p.EV_PUBLISH, {p.K_CHANNEL: CHANNEL, p.K_DATA: "after-block"}, "p1")
     # The publish has reached the server: it was published (wrong) or passed to the
-    # reader thread, behind the blocked handler (right).
-    ws = only_conn(srv)._ws
-    wait_until(lambda: srv.stats().get("publishes", 0) > 0 or ws.sente_handed >= 2,
+    # connection's lane, behind the blocked handler (right).
+    wait_until(lambda: srv.stats().get("publishes", 0) > 0 or conn.frames_in >= received + 2,
                what="publish frame received")
     assert srv.stats().get("publishes", 0) == 0, "publish handled while a handler before it ran"
 
@@ -130,43 +130,40 @@ def test_builtins_run_inline_when_idle_and_user_events_never(make_server: Callab
         assert end["frames_inline"] == mid["frames_inline"]
         assert end["frames_in"] - mid["frames_in"] == n
         assert len(handler_threads) == n
-        assert not any(t.startswith("sente-lite-") for t in handler_threads)  # websockets' handler thread
+        assert all(t.startswith("sente-lite-worker-") for t in handler_threads)
         deliveries = [f[1][p.K_DATA] for f in seen if f[0] == p.EV_CHANNEL_MSG]
         assert deliveries == list(range(n))
 
 
 def test_inline_delivery_to_the_publisher_is_written_directly(
         make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch) -> None:
-    """websockets calls process_event without holding protocol_mutex: the network thread
-    writes a delivery to its own connection itself, without waking the writer thread."""
+    """The network thread writes a delivery to its own connection, and the reply, itself:
+    straight to the socket, nothing queued, no other thread woken."""
     srv = make_server(**QUIET)
     writes: List[Any] = []
-    original = Connection._write_now
+    original = Connection._enqueue_wire
 
     def recording(self: Connection, wire: bytes, size: int) -> bool:
         done = original(self, wire, size)
-        writes.append((threading.get_ident(), done, bytes(wire)))
+        writes.append((threading.get_ident(), done, bytes(wire), self.queued_bytes))
         return done
 
-    monkeypatch.setattr(Connection, "_write_now", recording)
+    monkeypatch.setattr(Connection, "_enqueue_wire", recording)
     with opened(srv) as peer:
         seen: List[Any] = []
         send(peer, p.EV_SUBSCRIBE, {p.K_CHANNEL: CHANNEL}, "s1")
         reply_to(peer, "s1", seen)
         reader_idle(srv)
-        conn = only_conn(srv)
-        if not conn._raw_writes:
-            pytest.skip("this websockets version has no raw-write fast path")
         publish(peer, "p1", "me", seen)
         assert seen[-2][0] == p.EV_CHANNEL_MSG
-        net = conn._ws.recv_events_thread.ident
+        net = srv._loop.thread_ident  # type: ignore[union-attr]
 
         def of_publish() -> List[Any]:  # recorded after sending, so maybe after the peer read it
-            return [(who, done) for who, done, wire in list(writes)
+            return [(who, done, queued) for who, done, wire, queued in list(writes)
                     if p.EV_CHANNEL_MSG.encode() in wire or b'"p1"' in wire]
 
         wait_until(lambda: len(of_publish()) >= 2, what="both writes recorded")
-        assert of_publish() == [(net, True), (net, True)]  # the delivery, then the reply
+        assert of_publish() == [(net, True, 0), (net, True, 0)]  # the delivery, then the reply
 
 
 def test_exception_in_the_inline_path_answers_handler_error_and_keeps_serving(
@@ -236,12 +233,12 @@ def test_invalid_utf8_after_the_prefix_still_closes_1007(make_server: Callable[.
 
 def test_authorize_runs_inline_and_cannot_deadlock_on_its_own_connection(
         make_server: Callable[..., Server]) -> None:
-    """authorize may run on the network thread, which reads the replies of requests to
-    its connection: request() from there raises instead of waiting forever."""
+    """authorize may run on the network thread, which reads every reply: request() from
+    there raises instead of waiting forever."""
     calls: List[Any] = []
 
     def authorize(conn: Connection, action: str, channel_id: str) -> bool:
-        on_net = threading.get_ident() == conn._ws.recv_events_thread.ident
+        on_net = threading.get_ident() == srv._loop.thread_ident  # type: ignore[union-attr]
         try:
             conn.request("app/may-i", None, timeout=WAIT_S)
         except RuntimeError as exc:
@@ -260,5 +257,5 @@ def test_authorize_runs_inline_and_cannot_deadlock_on_its_own_connection(
         assert refused[0] == p.EV_ERROR and refused[1][p.K_CODE] == p.ERR_FORBIDDEN
     action, on_net, message = calls[-1]
     assert (action, on_net) == ("publish", True)
-    assert "would deadlock" in message
-    assert all("would deadlock" in m for _, _, m in calls)
+    assert "network thread" in message
+    assert all("network thread" in m for _, _, m in calls)

@@ -17,7 +17,7 @@ import websocket  # websocket-client
 from sente_lite import Client, Server, discovery
 from support import THREAD_PREFIX, WAIT_S, RawWS, sente_threads, wait_until
 
-SERVER_THREAD_PREFIXES = ("sente-lite-serve", "sente-lite-heartbeat", "sente-lite-writer")
+SERVER_THREAD_PREFIXES = ("sente-lite-net", "sente-lite-worker")
 
 
 def server_threads() -> list:

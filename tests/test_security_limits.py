@@ -68,27 +68,80 @@ def test_slot_is_released_when_an_admitted_upgrade_fails(make_server):
 
 
 def test_slowloris_upgrades_are_bounded_in_number_and_time(make_server, make_client):
-    srv = make_server(max_pending_handshakes=2, handshake_timeout=HANDSHAKE_TIMEOUT_S)
+    srv = make_server(max_pending_handshakes=2, handshake_timeout=HANDSHAKE_TIMEOUT_S,
+                      request_line_timeout=HANDSHAKE_TIMEOUT_S)
     slow = [RawPeer(srv.host, srv.port) for _ in range(2)]
     try:
         for peer in slow:
             peer.send(b"GET /chsk HTTP/1.1\r\nHost: x\r\n")  # and never the rest
         wait_until(lambda: srv.stats()["pending_handshakes"] == 2, what="2 pending upgrades")
-        with RawPeer(srv.host, srv.port) as third:
-            third.send(b"GET /chsk HTTP/1.1\r\n")
-            answer = third.read_http()
-        assert answer.status in (503, None)  # 503, or a reset racing it: never served
-        assert refused(srv, "max-pending-handshakes") == 1
+        # full: a third upgrade evicts the oldest pending one instead of being turned away
+        c = make_client(srv.url)
+        assert c.wait_connected(WAIT_S)
+        assert slow[0].read_http(WAIT_S).status is None  # the oldest: dropped without an answer
+        assert refused(srv, "handshake-evicted") == 1
         started = time.monotonic()
-        for peer in slow:  # dropped at the handshake timeout, without an answer
-            assert peer.read_http(HANDSHAKE_TIMEOUT_S + SLACK_S).status is None
+        assert slow[1].read_http(HANDSHAKE_TIMEOUT_S + SLACK_S).status is None  # cut at the deadline
         assert time.monotonic() - started < HANDSHAKE_TIMEOUT_S + SLACK_S
-        wait_until(lambda: refused(srv, "handshake-timeout") == 2, what="2 timeouts counted")
+        wait_until(lambda: refused(srv, "handshake-timeout") == 1, what="the timeout counted")
+        assert srv.stats()["pending_handshakes"] == 0
     finally:
         for peer in slow:
             peer.close()
-    c = make_client(srv.url)  # room again
     assert c.request("sente-lite/subscribe", {"channel-id": "x"})["offset"] == 0
+
+
+def test_a_socket_without_a_request_line_is_cut_at_request_line_timeout(make_server):
+    srv = make_server(request_line_timeout=0.3, handshake_timeout=30.0)
+    with RawPeer(srv.host, srv.port) as peer:
+        started = time.monotonic()
+        peer.send(b"G")  # one byte of garbage, no line end
+        assert peer.read_http(0.3 + SLACK_S).status is None
+        assert time.monotonic() - started < 0.3 + SLACK_S
+    wait_until(lambda: refused(srv, "handshake-timeout") == 1, what="timeout counted")
+
+
+def _trickle(peers: List[RawPeer], stop: threading.Event) -> None:
+    """Send one byte a second per socket, the way a slowloris attacker holds slots."""
+    request = b"GET /chsk HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"p" * 100
+    i = 0
+    while not stop.wait(1.0) and i < len(request):
+        for peer in peers:
+            try:
+                peer.sock.send(request[i:i + 1])
+            except OSError:
+                pass  # dropped by the server: what it should do
+        i += 1
+
+
+@pytest.mark.parametrize("attacker_host", ["127.0.0.2", "127.0.0.1"])
+def test_a_slowloris_flood_cannot_lock_out_a_client(make_server, make_client, attacker_host):
+    """1,000 sockets trickling their upgrade one byte a second, from one address (another
+    one, or the client's own): a legitimate client still connects within 2 s."""
+    srv = make_server()
+    peers: List[RawPeer] = []
+    stop = threading.Event()
+    try:
+        for _ in range(1000):
+            peers.append(RawPeer(srv.host, srv.port, WAIT_S, source_host=attacker_host))
+        for peer in peers:
+            peer.sock.send(b"G")
+        trickler = threading.Thread(target=_trickle, args=(peers, stop), daemon=True)
+        trickler.start()
+        wait_until(lambda: srv.stats()["handshakes_refused"].get("handshake-evicted", 0) > 0,
+                   what="the flood to fill the pending upgrades")
+        for attempt in range(3):
+            started = time.monotonic()
+            c = make_client(srv.url, backoff_max=0.5)
+            assert c.wait_connected(2.0), f"client {attempt} locked out by the flood"
+            assert time.monotonic() - started < 2.0
+            c.close()
+        assert srv.stats()["pending_handshakes"] <= srv.max_pending_handshakes
+    finally:
+        stop.set()
+        for peer in peers:
+            peer.close()
+    trickler.join(WAIT_S)
 
 
 def test_a_trickling_upgrade_is_cut_at_the_handshake_timeout(make_server, make_client):
@@ -146,7 +199,7 @@ def test_malformed_upgrades_are_refused_and_counted(make_server):
         assert peer.read_http().status in (400, 426)
     with RawPeer(srv.host, srv.port) as peer:
         peer.send(b"\x16\x03\x01garbage, maybe TLS\r\n\r\n")
-        assert peer.read_http().status is None  # not HTTP: no answer, closed
+        assert peer.read_http().status == 400  # not HTTP: 400, then closed
     with RawPeer(srv.host, srv.port) as peer:
         peer.send(upgrade_request(srv.host, srv.port, path="/elsewhere"))
         assert peer.read_http().status == 404

@@ -4,6 +4,8 @@ frame at once; nothing is lost, reordered or left behind by a close."""
 
 from __future__ import annotations
 
+import threading
+
 import time
 from typing import Any, Callable, List
 
@@ -83,16 +85,18 @@ def test_a_close_sends_the_frames_still_waiting(make_server: Callable[..., Serve
     assert peer.recv_close() == 1000
 
 
-def test_stop_ends_the_delayed_writes_thread(make_server: Callable[..., Server],
-                                             raw_ws: Callable[..., RawWS]) -> None:
+def test_delayed_writes_use_no_thread_of_their_own(make_server: Callable[..., Server],
+                                                   raw_ws: Callable[..., RawWS]) -> None:
+    """The network thread's timers make the delayed writes."""
     srv = make_server(write_delay_ms=5)
     peer = _subscribed_peer(raw_ws, srv)
     for i in range(20):
         srv.publish("ch", i)
     assert _channel_data(peer, 20) == list(range(20))
+    names = {t.name for t in threading.enumerate()}
+    assert not any("delayed" in n for n in names)
     srv.stop()
-    wait_until(lambda: srv._delayed is not None and not srv._delayed._thread.is_alive(),
-               what="the delayed-writes thread ended")
+    assert not any(t.name == "sente-lite-net" and t.is_alive() for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("bad", [-1, 51, float("nan"), "1"])

@@ -94,9 +94,11 @@ def _mask_fast(payload: bytes, key: bytes) -> bytes:
 class RawPeer:
     """One raw TCP connection to a server, for saying things a proper client never says."""
 
-    def __init__(self, host: str, port: int, timeout: float = RAW_TIMEOUT_S) -> None:
+    def __init__(self, host: str, port: int, timeout: float = RAW_TIMEOUT_S,
+                 source_host: Optional[str] = None) -> None:
         self.host, self.port = host, port
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        source = (source_host, 0) if source_host is not None else None
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = bytearray()
         self.frames_sent = 0
