@@ -24,6 +24,7 @@ import itertools
 import logging
 import random
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -244,6 +245,7 @@ class Client:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         headers: Optional[Dict[str, str]] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
         start: bool = True,
     ) -> None:
         self.url = url
@@ -256,6 +258,7 @@ class Client:
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
+        self.ssl_context = ssl_context
         self.read_coalesce_ms = validate_milliseconds("read_coalesce_ms", read_coalesce_ms,
                                                       MAX_READ_COALESCE_MS)
 
@@ -627,6 +630,7 @@ class Client:
                 url, timeout=self.connect_timeout, header=self.headers,
                 skip_utf8_validation=True, enable_multithread=True,
                 sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                sslopt={"context": self.ssl_context} if self.ssl_context is not None else None,
             )
         except websocket.WebSocketBadStatusException as exc:
             status = exc.status_code

@@ -571,6 +571,7 @@ class NetLoop:
         except OSError:
             data = b""
         if link.tls is not None:
+            failure: Optional[Exception] = None
             with link.lock:
                 try:
                     plain = link.tls.receive(data)
@@ -578,10 +579,12 @@ class NetLoop:
                     if answer:
                         link.outbox.push(answer)
                 except (ssl.SSLError, Overflow) as exc:
-                    self.counts["tls_errors"] += 1
-                    log.info("TLS failed with %s: %s", link.remote, type(exc).__name__)
-                    self._finish(link)
-                    return
+                    failure = exc
+            if failure is not None:
+                self.counts["tls_errors"] += 1
+                log.info("TLS failed with %s: %s", link.remote, type(failure).__name__)
+                self._finish(link)
+                return
             if data and not plain:
                 if link.outbox:
                     self._flush(link)
@@ -629,6 +632,12 @@ class NetLoop:
                 return
             parts.append(frame.data)
             link.fragments_bytes += len(frame.data)
+            if link.fragments_bytes > self.max_message_bytes:  # websockets checks too; be sure
+                link.fragments = None
+                link.protocol.fail(1009, f"message over {self.max_message_bytes} bytes")
+                with link.lock:
+                    link.writable = False
+                return
             if frame.fin:
                 link.fragments = None
                 link.fragments_bytes = 0
