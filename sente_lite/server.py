@@ -45,6 +45,7 @@ from . import security
 from .channels import ChannelRegistry, Published
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
+from .logsafe import RedactingLogger, safe
 from .security import Authenticate, Authorize, report
 
 log = logging.getLogger("sente_lite.server")
@@ -426,7 +427,9 @@ class Server:
     Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
     ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
     channel_id) -> bool`` (False: ``forbidden``; keep it fast, it may run on the
-    connection's network thread), ``allowed_origins`` (None: no
+    connection's network thread), ``allowed_hosts`` (None: bound to a loopback
+    address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
+    others 403), ``allowed_origins`` (None: no
     Origin or the same host; else that list, ``["*"]`` for any; others 403),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
     ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
@@ -460,6 +463,7 @@ class Server:
         authenticate: Optional[Authenticate] = None,
         authorize: Optional[Authorize] = None,
         allowed_origins: Optional[Sequence[str]] = None,
+        allowed_hosts: Optional[Sequence[str]] = None,
         csrf: bool = False,
         csrf_secret: Union[bytes, str, None] = None,
         max_connections: int = lim.DEFAULT_MAX_CONNECTIONS,
@@ -507,7 +511,8 @@ class Server:
         self._gate = security.Gate(
             authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
             csrf_secret=csrf_secret, max_connections=max_connections,
-            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout)
+            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout,
+            allowed_hosts=allowed_hosts, bind_host=host)
         self._latency = LatencyHistogram()
         self._metrics = MetricsExporter(self.stats, self._latency)
 
@@ -562,6 +567,8 @@ class Server:
             compression=None,
             server_header="sente-lite",
             create_connection=self._connection_factory,  # type: ignore[arg-type]
+            # websockets logs request lines and headers (DEBUG) and parse errors quoting them
+            logger=RedactingLogger(logging.getLogger("websockets.server")),
         )
         self.port = self._ws_server.socket.getsockname()[1]
         self._started_at = time.monotonic()
@@ -659,7 +666,7 @@ class Server:
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        result = self._publish(channel_id, p.dumps(data), None, None)
+        result = self._publish(channel_id, p.encode_channel_data(data), None, None)
         assert result is not None  # waited for
         return result
 
@@ -754,6 +761,9 @@ class Server:
         parts = urlsplit(request.path)
         if self._stopping:
             return self._gate.refuse(ws, 503, security.R_SHUTTING_DOWN, "server shutting down")
+        refusal = self._gate.check_host(ws, request)  # DNS rebinding: before anything is served
+        if refusal is not None:
+            return refusal
         if "Upgrade" not in request.headers:
             if parts.path == "/health":
                 body = p.dumps({"status": "ok", "server-id": self.server_id,
@@ -869,7 +879,8 @@ class Server:
             self._by_uid.setdefault(conn.uid, set()).add(conn_id)
         conn._writer.start()  # only now: a client holding the handshake is known to send/stats
         self._count("connections_opened")
-        log.debug("open %s uid=%s remote=%s first=%s", conn_id, conn.uid, conn.remote_address, first)
+        log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
+                  first)
         try:
             for hook in self._on_connect:
                 self._call_hook(hook, conn)
@@ -1009,7 +1020,7 @@ class Server:
             self._counts["bytes_in_closed"] += conn.bytes_in
             self._counts["bytes_out_closed"] += conn.bytes_out
         conn._closed.set()
-        log.debug("closed %s code=%s reason=%r", conn.conn_id, code, reason)
+        log.debug("closed %s code=%s reason=%s", conn.conn_id, code, safe(reason))
         for hook in self._on_disconnect:
             self._call_hook(hook, conn, code, reason)
 
@@ -1147,7 +1158,7 @@ class Server:
         err = RemoteError(str(code or "unknown"), str(msg or ""))
         if not conn._resolve(cb_id, error=err):
             self._count("errors_from_clients")
-            log.info("error from %s: %s", conn.conn_id, err)
+            log.info("error from %s: %s", conn.conn_id, safe(err))
 
     def _channel_arg(self, conn: Connection, data: Any, cb_id: Optional[str],
                      event: str) -> Optional[str]:
@@ -1206,7 +1217,7 @@ class Server:
                                           p.K_DELIVERED: result.delivered}, p.EV_PUBLISH)
 
         # Never waits for a busy channel: its holder publishes this too, and answers.
-        self._publish(channel, p.dumps(data.get(p.K_DATA)), conn.uid, exclude, answer)
+        self._publish(channel, p.encode_channel_data(data.get(p.K_DATA)), conn.uid, exclude, answer)
 
     _builtins: Dict[str, Callable[["Server", Connection, Any, Optional[str]], None]] = {
         p.EV_PING: _ev_ping,
