@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 from typing import Any, Optional
 from urllib.parse import unquote_plus
 
@@ -136,15 +137,38 @@ def exception_summary(exc: Optional[BaseException]) -> str:
     return safe(" <- ".join(parts), 2 * MAX_LOGGED_CHARS)
 
 
+def safe_traceback(exc: BaseException) -> str:
+    """The traceback of ``exc`` and its causes, as ``traceback`` prints it, except that
+    each exception's own line (``Type: message``, which may quote what a peer sent) is
+    :func:`safe`: the stack lines come from the code, the message lines cannot add lines."""
+    chain: list = []
+    seen = set()
+    e: Optional[BaseException] = exc
+    while e is not None and id(e) not in seen and len(chain) < 5:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    out = []
+    for i, e in enumerate(reversed(chain)):
+        if i:
+            out.append("The above exception led to the following exception:")
+        out.append("Traceback (most recent call last):")
+        out.extend(line.rstrip("\n") for line in traceback.format_tb(e.__traceback__))
+        out.append(safe(f"{type(e).__qualname__}: {e}" if str(e) else type(e).__qualname__,
+                        2 * MAX_LOGGED_CHARS))
+    return "\n".join(out)
+
+
 class RedactingLogger(logging.LoggerAdapter):
     """A logger whose every record is one safe line (see :func:`safe`).
 
     For a library that logs what peers send (websockets' protocol logs request
     lines and headers at DEBUG, and parse errors quoting them with
     ``exc_info``): pass ``RedactingLogger(logging.getLogger("websockets.server"))``
-    as its ``logger``. Records keep the wrapped logger's name; ``exc_info``
-    becomes a one-line summary of the exception chain (no traceback, which
-    would quote the same request line).
+    as its ``logger``. Records keep the wrapped logger's name. Below ERROR,
+    ``exc_info`` becomes a one-line summary of the exception chain (those are
+    websockets' parse errors of a peer's request); at ERROR and above (a bug
+    worth its traceback) the message is followed by :func:`safe_traceback`.
     """
 
     def __init__(self, logger: logging.Logger) -> None:
@@ -163,14 +187,17 @@ class RedactingLogger(logging.LoggerAdapter):
                 exc_info = sys.exc_info()
             exc = exc_info[1] if isinstance(exc_info, tuple) else exc_info
             if isinstance(exc, BaseException):
+                if level >= logging.ERROR:
+                    self.logger.log(level, "%s\n%s", safe(text, 4 * MAX_LOGGED_CHARS),
+                                    safe_traceback(exc), **kwargs)
+                    return
                 text = f"{text}: {exception_summary(exc)}"
         kwargs.pop("stack_info", None)
-        kwargs.setdefault("stacklevel", 2)
         self.logger.log(level, "%s", safe(text, 4 * MAX_LOGGED_CHARS), **kwargs)
 
     def process(self, msg: Any, kwargs: Any) -> Any:
         return msg, kwargs
 
 
-__all__ = ["safe", "escape", "redact_target", "redact_text", "exception_summary",
+__all__ = ["safe", "escape", "redact_target", "redact_text", "exception_summary", "safe_traceback",
            "RedactingLogger", "MAX_LOGGED_CHARS", "SECRET_PARAMS", "SECRET_HEADERS", "REDACTED"]

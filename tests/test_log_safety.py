@@ -14,8 +14,7 @@ from typing import Iterable, List, Optional
 
 import pytest
 
-from sente_lite import Server
-from sente_lite.logsafe import (RedactingLogger, escape, exception_summary, redact_target,
+from sente_lite.logsafe import (MAX_LOGGED_CHARS, RedactingLogger, escape, exception_summary, redact_target,
                                 redact_text, safe)
 from sente_lite.protocol import channel_id_problem
 from sente_lite.security import HandshakeRequest
@@ -64,7 +63,8 @@ def test_escape_keeps_one_printable_line():
         out = escape(f"a{c}b")
         assert c not in out and out.startswith("a\\") and out.endswith("b") and out.isprintable()
     assert escape("plain text: ünïcödé 😀") == "plain text: ünïcödé 😀"
-    assert safe("x" * 5000).endswith("...(+1500 chars)") or len(safe("x" * 5000)) < 600
+    assert safe("x" * 5000) == "x" * MAX_LOGGED_CHARS + "...(+1500 chars)"  # scans 2,000 at most
+    assert safe("y" * 600) == "y" * MAX_LOGGED_CHARS + "...(+100 chars)"
     assert safe(None) == "-" and safe(b"a\nb\xff") == "a\\nb\\xff"
 
 
@@ -96,13 +96,18 @@ def test_redacting_logger_redacts_args_and_exceptions(caplog):
             except ValueError as exc:
                 raise RuntimeError("did not receive a valid HTTP request") from exc
         except RuntimeError:
-            logger.error("opening handshake failed", exc_info=True)
+            logger.debug("! no valid HTTP request", exc_info=True)  # a peer's bad request
+            logger.error("opening handshake failed", exc_info=True)  # a bug: traceback kept
     records = [r for r in caplog.records if r.name == "sente_lite.test-redacting"]
-    assert len(records) == 3 and all(r.exc_info is None for r in records)
-    assert "RuntimeError: did not receive" in records[2].getMessage()
-    assert "ValueError: invalid HTTP request line" in records[2].getMessage()
+    assert len(records) == 4 and all(r.exc_info is None for r in records)
+    summary = records[2].getMessage()
+    assert "RuntimeError: did not receive" in summary and "ValueError: invalid HTTP" in summary
     assert_no_secret(records)
-    assert_one_clean_line_each(records)
+    assert_one_clean_line_each(records[:3])
+    lines = records[3].getMessage().split("\n")
+    assert lines[0] == "opening handshake failed" and "Traceback (most recent call last):" in lines
+    assert any(line.startswith("  File ") for line in lines)
+    assert "fake" not in lines and lines[-1].startswith("RuntimeError: did not receive")
     assert exception_summary(None) == ""
 
 
