@@ -257,6 +257,12 @@ def _parse(text: Union[str, bytes, bytearray, memoryview]) -> Any:
             raise FrameError(f"frame is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
         except TypeError:
             raise FrameError(f"frame must be text, got {type(text).__name__}") from None
+    # Depth before parsing (MAX_JSON_DEPTH): fewer brackets than the limit cannot nest
+    # deeper, so almost every frame costs two C-speed counts here and nothing more.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        problem = depth_problem(text)
+        if problem is not None:
+            raise FrameError(f"frame {problem}")
     try:
         value = _decoder.decode(text)
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, int too long
@@ -284,12 +290,14 @@ except ImportError:  # pragma: no cover - depends on the [fast] extra
 
 _NOT_PARSED = object()
 _LONG_NUMBER_STR = re.compile(r"\d{19}")
-#: ``bytes.translate`` table: ASCII digit -> "0", anything else -> " ". One C pass over
-#: the frame then finds 19 digits in a row exactly as the regex does, at a fraction of
-#: the regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame). Nesting
-#: needs no test here: :func:`decode` refused frames deeper than MAX_JSON_DEPTH, far
-#: below orjson's own limit, before either parser sees them.
-_SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+#: ``bytes.translate`` table: ASCII digit -> "0", "[" and "{" -> "[", anything else -> " ".
+#: One C pass over the frame then answers both questions (19 digits in a row, more
+#: brackets than MAX_JSON_DEPTH) exactly as the regex and the counts do, at a fraction of
+#: the regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame). A frame
+#: with more brackets than the limit goes to :func:`_parse`, which measures its depth
+#: before parsing: orjson only ever sees frames far below its own limit (1024).
+_SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B) else 0x20
+                     for b in range(256))
 _DIGIT_RUN = b"0" * 19
 
 
@@ -298,10 +306,10 @@ def _fast_parse(text: Any) -> Any:
     if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
         # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
         shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
-        if _DIGIT_RUN in shape:
+        if _DIGIT_RUN in shape or shape.count(b"[") > MAX_JSON_DEPTH:
             return _NOT_PARSED
     elif isinstance(text, str):  # non-ASCII text: \d also matches other scripts' digits
-        if _LONG_NUMBER_STR.search(text):
+        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
             return _NOT_PARSED
     else:
         return _NOT_PARSED
@@ -317,14 +325,8 @@ def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
     Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
     valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
     error can go back as that request's reply. Nesting deeper than
-    :data:`MAX_JSON_DEPTH` is refused before any parsing.
+    :data:`MAX_JSON_DEPTH` is refused before any parsing, on either path.
     """
-    if isinstance(text, memoryview):
-        text = bytes(text)
-    if isinstance(text, (str, bytes, bytearray)):
-        problem = depth_problem(text)
-        if problem is not None:
-            raise FrameError(f"frame {problem}")
     value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
     if value is _NOT_PARSED:
         value = _parse(text)
