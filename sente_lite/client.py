@@ -36,6 +36,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 import websocket  # websocket-client
 
 from . import protocol as p
+from .logsafe import redact_target, safe
 from .limits import validate_milliseconds
 from .errors import (ClientClosed, ConnectRefused, Disconnected, RemoteError, RequestTimeout,
                      SendQueueFull)
@@ -215,7 +216,8 @@ class Client:
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``token`` is
-    a credential string, or a callable evaluated at every (re)connect.
+    a credential string, or a callable evaluated at every (re)connect, sent as
+    ``Authorization: Bearer <token>`` (never in the URL).
     ``csrf_token`` (for a server with ``csrf=True``) is the first CSRF token, or a
     callable evaluated at every (re)connect; without a callable the client sends
     the token the last handshake carried. Sends made
@@ -528,7 +530,7 @@ class Client:
                 with self._send_lock:
                     if self._subs.get(channel_id) is sub:
                         del self._subs[channel_id]
-                log.warning("subscribe to %r refused: %s", channel_id, exc)
+                log.warning("subscribe to %s refused: %s", safe(repr(channel_id)), safe(exc))
             else:
                 reply = f.result()
                 sub.reply = reply
@@ -585,17 +587,30 @@ class Client:
 
     # -- reader thread ------------------------------------------------------------
     def _connect_url(self) -> str:
+        """The URL of one upgrade: the client-id and CSRF token in the query. The
+        credential goes in a header (:meth:`_connect_headers`), never in the URL,
+        which servers and proxies log; a ``?token=`` in ``url`` itself is kept only
+        when no ``token`` is given."""
         parts = urlsplit(self.url)
+        drop = ("client-id", "token") if self.token is not None else ("client-id",)
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                 if k not in ("client-id", "token")]
+                 if k not in drop]
         query.append(("client-id", self.client_id))
-        token = self.token() if callable(self.token) else self.token
-        if token:
-            query.append(("token", token))
         csrf = self._csrf_source() if self._csrf_source is not None else self.csrf_token
         if csrf:
             query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+    def _connect_headers(self) -> Dict[str, str]:
+        """The headers of one upgrade: ``headers``, plus ``Authorization: Bearer <token>``
+        when there is a token (evaluated now when ``token`` is a callable)."""
+        headers = dict(self.headers)
+        token = self.token() if callable(self.token) else self.token
+        if token:
+            for name in [k for k in headers if k.lower() == "authorization"]:
+                del headers[name]
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
 
     def _connections(self) -> Generator[List[tuple], None, None]:
         """The reading role: connect, read, reconnect with backoff until stopped or
@@ -626,8 +641,14 @@ class Client:
     def _open(self) -> Optional[websocket.WebSocket]:
         try:
             url = self._connect_url()
+            headers = self._connect_headers()
+            if any(c in v for v in headers.values() for c in "\r\n"):
+                self.refusal = ConnectRefused("a header value (or the token) holds a line break: "
+                                              "not sent")
+                log.warning("%s", self.refusal)
+                return None
             ws = websocket.create_connection(
-                url, timeout=self.connect_timeout, header=self.headers,
+                url, timeout=self.connect_timeout, header=headers,
                 skip_utf8_validation=True, enable_multithread=True,
                 sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 sslopt={"context": self.ssl_context} if self.ssl_context is not None else None,
@@ -638,13 +659,13 @@ class Client:
             if status in (400, 401, 403, 404):
                 self.refusal = ConnectRefused(f"server refused the connection: HTTP {status} {body}",
                                               status=status)
-                log.warning("%s", self.refusal)
+                log.warning("%s", safe(self.refusal))
             else:
-                log.info("connect refused with HTTP %s (%s), will retry", status, body)
+                log.info("connect refused with HTTP %s (%s), will retry", status, safe(body))
             self._counts["connect_failures"] += 1
             return None
         except Exception as exc:
-            log.debug("connect to %s failed: %s", self.url, exc)
+            log.debug("connect to %s failed: %s", redact_target(self.url), safe(exc))
             self._counts["connect_failures"] += 1
             return None
         ws.settimeout(None)
@@ -698,7 +719,7 @@ class Client:
                 if failed is not None:
                     raise failed
         except (OSError, websocket.WebSocketException, ValueError) as exc:
-            log.debug("connection lost: %s", exc)
+            log.debug("connection lost: %s", safe(exc))
         finally:
             with self._send_lock:
                 self._ws = None
@@ -738,7 +759,7 @@ class Client:
             event, data, cb_id = p.decode(raw)
         except p.FrameError as exc:
             self._counts["bad_frames_from_server"] += 1
-            log.warning("bad frame from server: %s", exc.message)
+            log.warning("bad frame from server: %s", safe(exc.message))
             return False
         if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
             self._on_channel_msg(data, tasks)
@@ -768,7 +789,7 @@ class Client:
             info = dict(info)
         except (TypeError, ValueError):
             self._counts["bad_frames_from_server"] += 1
-            log.error("malformed handshake from server: %r", data)
+            log.error("malformed handshake from server: %s", safe(repr(data)))
             return
         self.uid, self.csrf_token, self.handshake, self.first = uid, csrf, info, first
         self.conn_id = info.get("conn-id")
@@ -792,7 +813,7 @@ class Client:
         if cb_id is None:
             if event == p.EV_ERROR:
                 self._counts["errors_from_server"] += 1
-                log.warning("error from server: %r", data)
+                log.warning("error from server: %s", safe(repr(data)))
             return
         pending = self._pending.get(cb_id)
         if pending is None:
@@ -811,7 +832,7 @@ class Client:
                                  int(data[p.K_OFFSET]), str(data[p.K_EPOCH]))
         except (TypeError, KeyError, ValueError, AttributeError):
             self._counts["bad_frames_from_server"] += 1
-            log.warning("malformed channel message: %r", data)
+            log.warning("malformed channel message: %s", safe(repr(data)))
             return
         sub = self._subs.get(msg.channel_id)
         if sub is None:
@@ -992,7 +1013,7 @@ class Client:
         try:
             self._send_frame(frame, None)
         except (SendQueueFull, ClientClosed) as exc:
-            log.warning("reply dropped: %s", exc)
+            log.warning("reply dropped: %s", safe(exc))
 
 
 __all__ = ["Client", "ChannelMessage", "backoff_delay", "CONNECTING", "CONNECTED",

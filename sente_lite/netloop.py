@@ -42,6 +42,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .logsafe import RedactingLogger, redact_target, safe
 from .outbox import Outbox, Overflow
 
 log = logging.getLogger("sente_lite.net")
@@ -65,16 +66,16 @@ _CONT = Opcode.CONT
 _CLOSE = Opcode.CLOSE
 
 
-class _ProtocolLogger(logging.LoggerAdapter):
-    """The logger websockets' protocols get: warnings and errors only. Its debug and
-    info lines would print every request line (credentials in ``?token=``) and
-    one line per connection."""
+class _ProtocolLogger(RedactingLogger):
+    """The logger websockets' protocols get: warnings and errors only, each one safe
+    line (:class:`~sente_lite.logsafe.RedactingLogger`). Its debug and info lines
+    would print every request line and one line per connection."""
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
         return level >= logging.WARNING and self.logger.isEnabledFor(level)
 
 
-_PROTOCOL_LOGGER = _ProtocolLogger(logging.getLogger("sente_lite.websockets"), {})
+_PROTOCOL_LOGGER = _ProtocolLogger(logging.getLogger("sente_lite.websockets"))
 
 
 class Admit:
@@ -668,6 +669,8 @@ class NetLoop:
     def _request(self, link: Link, request: Request) -> None:
         link.request = request
         self._leave_pending(link)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("request GET %s from %s", safe(redact_target(request.path)), link.remote)
         try:
             decision = self.handler.on_request(link, request)
         except Exception as exc:

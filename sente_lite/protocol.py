@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
+from itertools import accumulate
 from typing import Any, NamedTuple, Optional, Union
 
 from .errors import EncodeError, FrameError
@@ -72,6 +74,16 @@ K_EVENT = "event"
 
 MAX_CB_ID_CHARS = 64
 MAX_CHANNEL_ID_CHARS = 256
+#: Deepest nesting of arrays and objects in a frame, its own outer array included
+#: (``[]`` is 1 deep, ``["a/b", {"k": [1]}]`` 3). Checked on the frame's text before
+#: it is decoded (a deeper frame is ``bad-frame``) and after every encode (deeper data
+#: raises :class:`EncodeError`), on servers and clients alike, so whether a frame is
+#: accepted never depends on the Python stack of the thread that reads it, and a frame
+#: one side accepts the other side can read. Well below the interpreter's recursion
+#: limit (1000) and orjson's own limit (1024).
+MAX_JSON_DEPTH = 100
+#: Deepest ``data`` of a publish: a channel message's frame and body take two levels.
+MAX_CHANNEL_DATA_DEPTH = MAX_JSON_DEPTH - 2
 
 _EVENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}/[A-Za-z0-9_.\-]{1,64}")
 _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -127,16 +139,64 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# -- nesting depth -------------------------------------------------------------------
+#: ``bytes.translate``: "[" and "{" -> +1, "]" and "}" -> -1 (as signed bytes), the rest deleted.
+_DEPTH_STEP = bytes(1 if b in (0x5B, 0x7B) else 0xFF if b in (0x5D, 0x7D) else 0 for b in range(256))
+_NOT_BRACKET = bytes(b for b in range(256) if b not in (0x5B, 0x5D, 0x7B, 0x7D))
+
+
+def json_depth(text: Union[str, bytes, bytearray]) -> int:
+    """The deepest nesting of arrays and objects in JSON ``text`` (brackets inside
+    strings do not count). For invalid JSON, a number that still bounds the nesting
+    a decoder could reach.
+
+    Strings are cut out with C-speed string operations: inside a JSON string every
+    backslash starts a two-character escape, so removing ``\\\\`` pairs left to right
+    and then ``\\"`` leaves only the quotes that open and close strings; splitting on
+    them, every other piece is outside any string.
+    """
+    if isinstance(text, str):
+        if "\\" in text:
+            text = text.replace("\\\\", "").replace('\\"', "")
+        outside = "".join(text.split('"')[::2]).encode("utf-8", "surrogatepass")
+    else:
+        data = bytes(text)
+        if b"\\" in data:
+            data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+        outside = b"".join(data.split(b'"')[::2])
+    steps = array("b", outside.translate(_DEPTH_STEP, _NOT_BRACKET))
+    return max(accumulate(steps), default=0)
+
+
+def depth_problem(text: Union[str, bytes, bytearray], limit: int = MAX_JSON_DEPTH) -> Optional[str]:
+    """Why JSON ``text`` nests too deeply (more than ``limit``), or None. Cheap for
+    almost every frame: only text holding more than ``limit`` brackets is scanned."""
+    if isinstance(text, str):
+        openers = text.count("[") + text.count("{")
+    else:
+        openers = text.count(b"[") + text.count(b"{")
+    if openers <= limit:
+        return None
+    depth = json_depth(text)
+    if depth <= limit:
+        return None
+    return f"nests arrays and objects {depth} deep, the limit is {limit} (MAX_JSON_DEPTH)"
+
+
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def dumps(obj: Any) -> str:
-    """Encode ``obj`` as compact JSON text; raise :class:`EncodeError` if it cannot be."""
+def dumps(obj: Any, max_depth: int = MAX_JSON_DEPTH) -> str:
+    """Encode ``obj`` as compact JSON text; raise :class:`EncodeError` if it cannot be,
+    or if it nests deeper than ``max_depth`` (:data:`MAX_JSON_DEPTH`)."""
     try:
         text = _encoder.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
         raise EncodeError(f"data is not JSON-encodable: {exc}") from None
+    problem = depth_problem(text, max_depth)
+    if problem is not None:
+        raise EncodeError(f"data {problem}: a peer would refuse it")
     if not text.isascii() and _SURROGATE_RE.search(text):
         raise EncodeError("data is not JSON-encodable: it contains a lone surrogate "
                           "(U+D800-U+DFFF), which UTF-8 text cannot carry")
@@ -150,6 +210,12 @@ def encode(event: str, data: Any = None, cb_id: Optional[str] = None) -> str:
     if data is None:
         return dumps([event])
     return dumps([event, data])
+
+
+def encode_channel_data(data: Any) -> str:
+    """The JSON text of a publish's ``data``, at most :data:`MAX_CHANNEL_DATA_DEPTH` deep,
+    so the channel message carrying it is at most :data:`MAX_JSON_DEPTH` deep."""
+    return dumps(data, MAX_CHANNEL_DATA_DEPTH)
 
 
 def encode_bytes(event: str, data: Any = None, cb_id: Optional[str] = None) -> bytes:
@@ -191,6 +257,12 @@ def _parse(text: Union[str, bytes, bytearray, memoryview]) -> Any:
             raise FrameError(f"frame is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
         except TypeError:
             raise FrameError(f"frame must be text, got {type(text).__name__}") from None
+    # Depth before parsing (MAX_JSON_DEPTH): fewer brackets than the limit cannot nest
+    # deeper, so almost every frame costs two C-speed counts here and nothing more.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        problem = depth_problem(text)
+        if problem is not None:
+            raise FrameError(f"frame {problem}")
     try:
         value = _decoder.decode(text)
     except ValueError as exc:  # JSONDecodeError, NaN/Infinity, int too long
@@ -218,12 +290,12 @@ except ImportError:  # pragma: no cover - depends on the [fast] extra
 
 _NOT_PARSED = object()
 _LONG_NUMBER_STR = re.compile(r"\d{19}")
-#: Frames that may nest deeper than this go to the stdlib (its recursion limit decides).
-_FAST_MAX_OPENERS = 256
 #: ``bytes.translate`` table: ASCII digit -> "0", "[" and "{" -> "[", anything else -> " ".
-#: One C pass over the frame then answers both questions above (19 digits in a row,
-#: how many openers) exactly as the regex and the counts do, at a fraction of the
-#: regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame).
+#: One C pass over the frame then answers both questions (19 digits in a row, more
+#: brackets than MAX_JSON_DEPTH) exactly as the regex and the counts do, at a fraction of
+#: the regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame). A frame
+#: with more brackets than the limit goes to :func:`_parse`, which measures its depth
+#: before parsing: orjson only ever sees frames far below its own limit (1024).
 _SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B) else 0x20
                      for b in range(256))
 _DIGIT_RUN = b"0" * 19
@@ -234,10 +306,10 @@ def _fast_parse(text: Any) -> Any:
     if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
         # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
         shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
-        if _DIGIT_RUN in shape or shape.count(b"[") > _FAST_MAX_OPENERS:
+        if _DIGIT_RUN in shape or shape.count(b"[") > MAX_JSON_DEPTH:
             return _NOT_PARSED
     elif isinstance(text, str):  # non-ASCII text: \d also matches other scripts' digits
-        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > _FAST_MAX_OPENERS:
+        if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
             return _NOT_PARSED
     else:
         return _NOT_PARSED
@@ -252,7 +324,8 @@ def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
 
     Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
     valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
-    error can go back as that request's reply.
+    error can go back as that request's reply. Nesting deeper than
+    :data:`MAX_JSON_DEPTH` is refused before any parsing, on either path.
     """
     value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
     if value is _NOT_PARSED:

@@ -10,6 +10,13 @@ close is counted and logged through one helper, :func:`report`.
   :class:`HandshakeRequest` (path, query, headers, remote address, client-id and
   the credential from ``?token=`` or ``Authorization: Bearer``). None refuses
   with 401; a string becomes the connection's uid, sent in the handshake.
+* **Host** (on by default; DNS rebinding): a server bound to a loopback address
+  (``127.0.0.0/8``, ``::1``, ``localhost``) answers only requests whose ``Host``
+  is a loopback name (``localhost``, ``127.x.y.z``, ``[::1]``, any port); others
+  get 403 naming ``allowed_hosts``, a missing, repeated or malformed ``Host``
+  400. ``allowed_hosts=[...]`` lists the accepted names instead (any case, port
+  ignored), ``["*"]`` any. Bound elsewhere, the default accepts any ``Host``.
+  This runs first, for upgrades and plain GETs (``/health``, ``/csrf-token``).
 * **Origin** (on by default): a request without ``Origin`` (a non-browser
   client) passes; so does one whose Origin host equals the ``Host`` header's
   host. Anything else gets 403 unless ``allowed_origins`` lists it (``"*"``
@@ -33,9 +40,11 @@ import base64
 import hashlib
 import hmac
 import http
+import ipaddress
 import json
 import logging
 import os
+import re
 import threading
 import time
 import urllib.error
@@ -46,6 +55,8 @@ from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, 
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from websockets.http11 import Request, Response
+
+from .logsafe import safe
 
 log = logging.getLogger("sente_lite.security")
 
@@ -63,6 +74,7 @@ R_INVALID_UPGRADE = "invalid-upgrade"
 R_HEADERS_TOO_LARGE = "headers-too-large"
 R_BAD_REQUEST = "bad-request"
 R_HANDSHAKE_TIMEOUT = "handshake-timeout"
+R_HOST = "host"
 
 #: Path of the CSRF token endpoint (plain HTTP GET on the server's port).
 CSRF_TOKEN_PATH = "/csrf-token"
@@ -176,6 +188,101 @@ def origin_problem(origin: Optional[str], host_header: Optional[str],
             "list it in Server(allowed_origins=[...]) to allow it")
 
 
+# -- Host (DNS rebinding) ------------------------------------------------------------
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})")
+_PORT_RE = re.compile(r"(?::[0-9]{0,5})?")
+
+
+def parse_host(value: str) -> Optional[str]:
+    """The host name of a ``Host`` header value or ``allowed_hosts`` entry: lower case,
+    without port, trailing dot or IPv6 brackets (``"[::1]:80"`` -> ``"::1"``); None
+    when it is not a host name, an IPv4 address or a bracketed IPv6 address."""
+    v = value.strip()
+    if v.startswith("["):
+        end = v.find("]")
+        if end < 0:
+            return None
+        try:
+            name = str(ipaddress.IPv6Address(v[1:end]))
+        except ValueError:
+            return None
+        rest = v[end + 1:]
+    else:
+        name, sep, port = v.partition(":")
+        rest = sep + port
+        if not _HOST_NAME_RE.fullmatch(name):
+            return None
+        name = name.lower().rstrip(".")
+    if not _PORT_RE.fullmatch(rest) or not name:
+        return None
+    return name
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a bind address, or a name from :func:`parse_host`) is
+    ``localhost``, an address in ``127.0.0.0/8`` or ``::1``."""
+    h = host.strip().lower().rstrip(".")
+    if h.startswith("[") and h.endswith("]"):
+        h = h[1:-1]
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_hosts(allowed: Optional[Iterable[str]]) -> Optional[frozenset]:
+    """Check and normalize an ``allowed_hosts`` setting (None = the default policy)."""
+    if allowed is None:
+        return None
+    if isinstance(allowed, (str, bytes)):
+        raise TypeError("allowed_hosts must be a list of host names such as "
+                        "['app.example.com'] or ['*'], not a single string")
+    out = set()
+    for entry in allowed:
+        if not isinstance(entry, str) or not entry.strip():
+            raise TypeError(f"allowed_hosts entries must be non-empty strings, got {entry!r}")
+        name = "*" if entry.strip() == "*" else parse_host(entry)
+        if name is None:
+            raise ValueError(f"allowed_hosts entry {entry!r} is not a host name, IPv4 address "
+                             "or [IPv6] address (a port is allowed and ignored)")
+        out.add(name)
+    return frozenset(out)
+
+
+def host_problem(host_values: Sequence[str], allowed: Optional[frozenset],
+                 loopback_bind: bool) -> Optional[Tuple[int, str]]:
+    """Why a request with these ``Host`` header values is refused, as (HTTP status,
+    message), or None when it is allowed.
+
+    ``allowed`` is :func:`normalize_hosts` of the setting. None: any Host unless
+    ``loopback_bind`` (the server listens on a loopback address), then only
+    loopback names. ``"*"`` in it: any Host. A missing, repeated or malformed Host
+    is 400 whenever Host is checked.
+    """
+    if allowed is None and not loopback_bind:
+        return None
+    if allowed is not None and "*" in allowed:
+        return None
+    if len(host_values) != 1:
+        return 400, (f"exactly one Host header required, got {len(host_values)} "
+                     "(allowed_hosts)")
+    value = host_values[0]
+    name = parse_host(value)
+    if name is None:
+        return 400, f"malformed Host header {safe(value, 100)!r} (allowed_hosts)"
+    if allowed is None:
+        if is_loopback_host(name):
+            return None
+        return 403, (f"host {safe(value, 100)!r} is not a loopback name and this server "
+                     "listens on a loopback address (DNS rebinding guard): list the names "
+                     "clients use in Server(allowed_hosts=[...])")
+    if name in allowed:
+        return None
+    return 403, f"host {safe(value, 100)!r} is not in allowed_hosts"
+
+
 # -- CSRF --------------------------------------------------------------------------
 class CsrfTokens:
     """CSRF tokens: ``HMAC-SHA256(secret, client-id)``, url-safe base64.
@@ -278,16 +385,21 @@ def report(logger: logging.Logger, what: str, reason: str, *, conn_id: Optional[
     fields.update((k.replace("_", "-"), v) for k, v in detail.items())
     if folded:
         fields["folded"] = folded
-    text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
-    logger.log(level, "%s %s", what, text, extra={"sente_lite": dict(fields, event=what)})
+    # Every value may come from the peer: one line, printable, no credential (logsafe.safe).
+    clean = {k: v if v is None or isinstance(v, (int, float)) else safe(v)
+             for k, v in fields.items()}
+    text = " ".join(f"{k}={_fmt(v)}" for k, v in clean.items())
+    logger.log(level, "%s %s", what, text, extra={"sente_lite": dict(clean, event=what)})
 
 
 def _fmt(value: Any) -> str:
+    """A field value of a report line: ``-`` for None, quoted when it holds a space,
+    quote, ``=`` or backslash (``value`` is already :func:`logsafe.safe`)."""
     if value is None:
         return "-"
     s = str(value)
-    if not s or any(c in s for c in ' "=\\') or not s.isprintable():
-        return json.dumps(s)
+    if not s or any(c in s for c in ' "=\\'):
+        return json.dumps(s, ensure_ascii=False)
     return s
 
 
@@ -322,6 +434,8 @@ class Gate:
         max_connections: int,
         max_pending_handshakes: int,
         handshake_timeout: float,
+        allowed_hosts: Optional[Iterable[str]] = None,
+        bind_host: str = "127.0.0.1",
     ) -> None:
         if max_connections < 1 or max_pending_handshakes < 1:
             raise ValueError("max_connections and max_pending_handshakes must be >= 1")
@@ -329,6 +443,8 @@ class Gate:
             raise TypeError("authenticate must be a callable taking a HandshakeRequest")
         self.authenticate = authenticate
         self.allowed_origins = normalize_origins(allowed_origins)
+        self.allowed_hosts = normalize_hosts(allowed_hosts)
+        self.loopback_bind = is_loopback_host(bind_host)
         self.csrf: Optional[CsrfTokens] = CsrfTokens(csrf_secret) if csrf else None
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
@@ -363,9 +479,21 @@ class Gate:
         return response
 
     # -- the checks, in order -----------------------------------------------------------
+    def check_host(self, ws: Any, request: Request) -> Optional[Response]:
+        """403 when the Host is not allowed, 400 when it is malformed (see :func:`host_problem`).
+        Run first, on every request: upgrades and plain GETs alike."""
+        problem = host_problem(request.headers.get_all("Host"), self.allowed_hosts,
+                               self.loopback_bind)
+        if problem is not None:
+            return self.refuse(ws, problem[0], R_HOST, problem[1])
+        return None
+
     def check_origin(self, ws: Any, request: Request) -> Optional[Response]:
         """403 when the Origin is not allowed."""
-        problem = origin_problem(request.headers.get("Origin"), request.headers.get("Host"),
+        origins = request.headers.get_all("Origin")
+        hosts = request.headers.get_all("Host")
+        origin = origins[0] if len(origins) == 1 else ("" if origins else None)
+        problem = origin_problem(origin, hosts[0] if len(hosts) == 1 else None,
                                  self.allowed_origins)
         if problem is not None:
             return self.refuse(ws, 403, R_ORIGIN, problem)
@@ -463,4 +591,5 @@ def _remote_of(ws: Any) -> str:
 
 __all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate",
            "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
+           "host_problem", "parse_host", "is_loopback_host", "normalize_hosts",
            "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]

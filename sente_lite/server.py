@@ -46,6 +46,7 @@ from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import DEFER, Admit, Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
+from .logsafe import safe
 from .security import Authenticate, Authorize, report
 from .workers import Lane
 
@@ -269,7 +270,9 @@ class Server:
     Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
     ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
     channel_id) -> bool`` (False: ``forbidden``; keep it fast, it may run on the
-    connection's network thread), ``allowed_origins`` (None: no
+    connection's network thread), ``allowed_hosts`` (None: bound to a loopback
+    address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
+    others 403), ``allowed_origins`` (None: no
     Origin or the same host; else that list, ``["*"]`` for any; others 403),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
     ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
@@ -303,6 +306,7 @@ class Server:
         authenticate: Optional[Authenticate] = None,
         authorize: Optional[Authorize] = None,
         allowed_origins: Optional[Sequence[str]] = None,
+        allowed_hosts: Optional[Sequence[str]] = None,
         csrf: bool = False,
         csrf_secret: Union[bytes, str, None] = None,
         max_connections: int = lim.DEFAULT_MAX_CONNECTIONS,
@@ -369,7 +373,8 @@ class Server:
         self._gate = security.Gate(
             authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
             csrf_secret=csrf_secret, max_connections=max_connections,
-            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout)
+            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout,
+            allowed_hosts=allowed_hosts, bind_host=host)
         self._latency = LatencyHistogram()
         self._metrics = MetricsExporter(self.stats, self._latency)
 
@@ -511,7 +516,7 @@ class Server:
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        result = self._publish(channel_id, p.dumps(data), None, None)
+        result = self._publish(channel_id, p.encode_channel_data(data), None, None)
         assert result is not None  # waited for
         return result
 
@@ -625,6 +630,9 @@ class Server:
         parts = urlsplit(request.path)
         if self._stopping:
             return self._gate.refuse(link, 503, security.R_SHUTTING_DOWN, "server shutting down")
+        refusal = self._gate.check_host(link, request)  # DNS rebinding: before anything is served
+        if refusal is not None:
+            return refusal
         if "Upgrade" not in request.headers:
             if parts.path == "/health":
                 body = p.dumps({"status": "ok", "server-id": self.server_id,
@@ -742,7 +750,8 @@ class Server:
              "max-message-bytes": self.max_message_bytes},
             first]))
         self._count("connections_opened")
-        log.debug("open %s uid=%s remote=%s first=%s", conn_id, conn.uid, conn.remote_address, first)
+        log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
+                  first)
         for hook in self._on_connect:
             self._pool.submit(conn._lane, functools.partial(self._call_hook, hook, conn))
 
@@ -813,7 +822,7 @@ class Server:
             self._counts["writes_out_closed"] += conn.writes_out
             self._counts["bytes_in_closed"] += conn.bytes_in
             self._counts["bytes_out_closed"] += conn.bytes_out
-        log.debug("closed %s code=%s reason=%r", conn.conn_id, code, reason)
+        log.debug("closed %s code=%s reason=%s", conn.conn_id, code, safe(reason))
 
         def farewell() -> None:
             for hook in self._on_disconnect:
@@ -1013,7 +1022,7 @@ class Server:
         err = RemoteError(str(code or "unknown"), str(msg or ""))
         if not conn._resolve(cb_id, error=err):
             self._count("errors_from_clients")
-            log.info("error from %s: %s", conn.conn_id, err)
+            log.info("error from %s: %s", conn.conn_id, safe(err))
 
     def _channel_arg(self, conn: Connection, data: Any, cb_id: Optional[str],
                      event: str) -> Optional[str]:
@@ -1072,7 +1081,7 @@ class Server:
                                           p.K_DELIVERED: result.delivered}, p.EV_PUBLISH)
 
         # Never waits for a busy channel: its holder publishes this too, and answers.
-        self._publish(channel, p.dumps(data.get(p.K_DATA)), conn.uid, exclude, answer)
+        self._publish(channel, p.encode_channel_data(data.get(p.K_DATA)), conn.uid, exclude, answer)
 
     _builtins: Dict[str, Callable[["Server", Connection, Any, Optional[str]], None]] = {
         p.EV_PING: _ev_ping,
