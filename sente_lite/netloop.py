@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import gc
 import heapq
 import http
 import itertools
@@ -55,6 +56,10 @@ ACCEPTS_PER_WAKE = 64
 ACCEPT_PAUSE_S = 0.1
 #: Seconds between two checks of the upgrades in progress against their deadlines.
 PENDING_SWEEP_S = 0.1
+#: Unparsed input a dropped connection may leave before the loop collects garbage at its
+#: next tick: websockets' protocol objects live in reference cycles, so a buffered partial
+#: message would otherwise wait for the next full collection.
+GC_AFTER_DROPPED_BYTES = 64 * 1024
 #: Seconds between two ERROR lines about the same accept failure.
 ACCEPT_ERROR_LOG_EVERY_S = 1.0
 
@@ -194,6 +199,7 @@ class Link:
         self.fragments: Optional[List[bytes]] = None
         self.fragments_bytes = 0
         self.fragments_text = False
+        self.unparsed = 0          # bytes read since the last whole frame
         self.answered = False      # the handler answered the request itself
         self._sente_slot = False   # security.Gate's connection slot
         self._sente_answered = False
@@ -314,6 +320,7 @@ class NetLoop:
         self._reserve_fd: Optional[int] = None
         self._accept_paused = False
         self._last_accept_error_log = 0.0
+        self._collect_garbage = False
         self.counts: Dict[str, int] = collections.defaultdict(int)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
@@ -425,6 +432,10 @@ class NetLoop:
                 if now >= next_tick:
                     stalled = max(0.0, now - next_tick - self.tick_s)
                     next_tick = now + self.tick_s
+                    if self._collect_garbage:
+                        self._collect_garbage = False
+                        self.counts["garbage_collections"] += 1
+                        gc.collect()
                     self._guard(lambda: self.handler.on_tick(now, stalled))
         except Exception:  # pragma: no cover - a bug in the loop itself
             log.exception("network loop failed; dropping every connection")
@@ -594,6 +605,7 @@ class NetLoop:
                 data = plain
         proto = link.protocol
         if data:
+            link.unparsed += len(data)
             if link.request is None:
                 link.got_bytes = True
                 if not link.got_line and b"\n" in data:
@@ -601,7 +613,10 @@ class NetLoop:
             proto.receive_data(data)
         else:
             proto.receive_eof()
-        for event in proto.events_received():
+        events = proto.events_received()
+        if events:
+            link.unparsed = 0
+        for event in events:
             if link.closed:
                 return
             if type(event) is Frame:
@@ -844,6 +859,10 @@ class NetLoop:
             except Exception:  # EOF already seen: the state is final anyway
                 pass
         self._guard(lambda: self.handler.on_link_closed(link))
+        if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
+            self._collect_garbage = True
+        link.fragments = None
+        link.owner = None  # no cycle through the application's Connection
 
 
 def _first_line(body: Optional[bytes]) -> str:

@@ -4,14 +4,11 @@ connections, TLS, running out of file descriptors, messages arriving in fragment
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 from typing import Any, Callable, List
 

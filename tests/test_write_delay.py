@@ -12,7 +12,7 @@ from typing import Any, Callable, List
 import pytest
 
 from sente_lite import Client, Server
-from support import WAIT_S, RawWS, Recorder, wait_until
+from support import WAIT_S, RawWS, Recorder
 
 
 def _subscribed_peer(raw_ws: Callable[..., RawWS], srv: Server) -> RawWS:
