@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import DATA_OPCODES, Frame, Opcode
 from websockets.protocol import State
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
@@ -42,6 +43,7 @@ from . import discovery
 from . import limits as lim
 from . import protocol as p
 from . import security
+from . import static
 from .channels import ChannelRegistry, Published
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
@@ -471,6 +473,7 @@ class Server:
         max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS,
         expose_metrics: bool = True,
         write_delay_ms: float = 0.0,
+        demo: bool = False,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
@@ -504,6 +507,7 @@ class Server:
         self.max_rate_limited = max_rate_limited
         self.max_outstanding_requests = max_outstanding_requests
         self.expose_metrics = expose_metrics
+        self.demo = demo
         self._gate = security.Gate(
             authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
             csrf_secret=csrf_secret, max_connections=max_connections,
@@ -744,6 +748,8 @@ class Server:
     # -- HTTP side --------------------------------------------------------------
     def _process_request(self, ws: ServerConnection, request: Request) -> Optional[Response]:
         response = self._answer_http(ws, request)
+        if _is_probe(request, self.path):  # a browser client asking why its upgrade failed
+            response = _probe_answer(ws, response)
         if response is not None:
             security.mark_answered(ws)
         return response
@@ -765,6 +771,9 @@ class Server:
                 return self._metrics_response(ws)
             if parts.path == security.CSRF_TOKEN_PATH:
                 return self._csrf_token_response(ws, request, parts.query)
+            found = static.static_response(request.path, self.demo, request.headers.get("If-None-Match"))
+            if found is not None:  # the browser client, its types, the demo page
+                return _response(*found)
         if parts.path != self.path:
             return self._gate.refuse(ws, 404, security.R_NOT_FOUND, f"no endpoint at {parts.path}")
         query = parse_qs(parts.query, keep_blank_values=True)
@@ -1402,6 +1411,36 @@ def _client_id_problem(client_id: str) -> Optional[str]:
     if len(client_id) > MAX_CLIENT_ID_CHARS or not client_id.isprintable():
         return f"client-id must be 1-{MAX_CLIENT_ID_CHARS} printable characters"
     return None
+
+
+def _is_probe(request: Request, path: str) -> bool:
+    """A plain GET of the WebSocket path (no upgrade headers at all)."""
+    return ("Upgrade" not in request.headers and "Sec-WebSocket-Key" not in request.headers
+            and urlsplit(request.path).path == path)
+
+
+def _probe_answer(ws: ServerConnection, refusal: Optional[Response]) -> Response:
+    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get.
+
+    A browser cannot see the HTTP status of a refused upgrade; the browser client
+    asks this way after a socket that never opened (docs/browser.md). Readable
+    from any origin: an origin that is not allowed only ever learns its 403.
+    """
+    response = refusal or _respond(ws, http.HTTPStatus.OK,
+                                   "an upgrade with these parameters would be admitted\n")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _response(status: int, headers: List[Tuple[str, str]], body: bytes) -> Response:
+    """A response of ``status`` with ``headers`` and a bytes ``body``, then the connection closes."""
+    out = Headers(headers)
+    if status != 304:
+        out["Content-Length"] = str(len(body))
+    out["Connection"] = "close"
+    out["Server"] = "sente-lite"
+    return Response(status, http.HTTPStatus(status).phrase, out, body)
 
 
 def _respond(ws: ServerConnection, status: http.HTTPStatus, body: str,
