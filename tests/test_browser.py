@@ -226,3 +226,23 @@ def test_thousand_messages_into_the_page_in_order(make_server, open_page) -> Non
     got = page.evaluate("got")
     assert got == [[start + i + 1, i] for i in range(ORDER_MESSAGES)]
     assert page.evaluate("c.stats().channelGaps") == 0
+
+
+def test_demo_page_shows_connection_and_chat(make_server, make_client, browser) -> None:
+    srv = make_server(demo=True)
+    ctx = browser.new_context()
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(PAGE_WAIT_MS)
+        page.goto(f"http://127.0.0.1:{srv.port}/")
+        page.wait_for_function("document.getElementById('status-text').textContent === 'connected'")
+        page.wait_for_function("demoClient.subscriptions().length === 3")
+        page.fill("#what", "hello from the demo page")
+        page.click("#send")
+        page.wait_for_selector(".msg .text:text('hello from the demo page')")
+        py = make_client(srv.url)
+        py.publish("demo/general", {"name": "py", "text": "<b>not html</b>"}, ack=True, timeout=WAIT_S)
+        page.wait_for_function("document.querySelectorAll('.msg').length === 2")
+        assert page.inner_text(".msg:last-child .text") == "<b>not html</b>"  # shown as text
+    finally:
+        ctx.close()
