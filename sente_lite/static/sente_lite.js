@@ -429,6 +429,7 @@ var SenteLite = (function () {
    * Subscribe to channelId; fn({channelId, data, from, offset, epoch}) runs for each message.
    * Kept (and re-subscribed) across reconnects until unsubscribe(). Resolves to the server's
    * answer {channelId, offset, epoch}; rejects (and drops the subscription) when refused.
+   * Ignoring the Promise is fine: a refusal is then only logged.
    */
   Client.prototype.subscribe = function (channelId, fn, opts) {
     try {
@@ -457,6 +458,9 @@ var SenteLite = (function () {
       sub.waiters.push(waiter);
     });
     if (isNew && this.status === CONNECTED) { this._sendSubscribe(channelId, sub, false); }
+    // Subscribing and ignoring the Promise is normal use: a later rejection (refused, closed)
+    // must not become an unhandled rejection (fatal under Node). Awaiting callers still see it.
+    promise.catch(function () {});
     return promise;
   };
 

@@ -184,3 +184,19 @@ test("the served ES module works under Node too", async () => {
 test("constructor without a WebSocket under Node says what to pass", () => {
   assert.throws(() => new SenteLite.Client("ws://127.0.0.1:1/chsk"), /options.WebSocket/);
 });
+
+test("a subscribe whose Promise is ignored causes no unhandled rejection when the client closes", async () => {
+  const unhandled = [];
+  const onUnhandled = (reason) => unhandled.push(reason);
+  process.on("unhandledRejection", onUnhandled);
+  try {
+    const c = make("ws://127.0.0.1:9/chsk");  // nothing listens there: never connects
+    c.subscribe("node/ignored", () => {});
+    c.close();
+    await new Promise((r) => setTimeout(r, 50));  // rejections are reported after the microtask queue drains
+    assert.deepEqual(unhandled, []);
+    await assert.rejects(c.subscribe("node/after-close"), { code: "closed" });
+  } finally {
+    process.off("unhandledRejection", onUnhandled);
+  }
+});
