@@ -200,3 +200,50 @@ test("a subscribe whose Promise is ignored causes no unhandled rejection when th
     process.off("unhandledRejection", onUnhandled);
   }
 });
+
+test("history feature: re-subscribe sends since {offset, epoch}; replayed duplicates are dropped", async () => {
+  // A protocol-1.1 server stand-in: lists "history", answers subscribes, replays on request.
+  const fake = new WebSocket.WebSocketServer({ host: "127.0.0.1", port: 0 });
+  await new Promise((r) => fake.on("listening", r));
+  const subscribes = [];
+  const sockets = [];
+  const msg = (offset) => JSON.stringify(["sente-lite/channel-msg",
+    { "channel-id": "h/ch", data: offset, from: null, offset, epoch: "E1" }]);
+  fake.on("connection", (sock) => {
+    sockets.push(sock);
+    sock.send(JSON.stringify(["chsk/handshake", ["u", null, { "conn-id": "h-" + sockets.length, "server-id": "h",
+      "client-id": "c", protocol: 1, "heartbeat-ms": 5000, "max-message-bytes": 1 << 20, features: ["history"] },
+      sockets.length === 1]]));
+    sock.on("message", (raw) => {
+      const [ev, data, cb] = JSON.parse(raw.toString());
+      if (ev !== "sente-lite/subscribe") { return; }
+      subscribes.push(data);
+      if (!data.since) {
+        sock.send(JSON.stringify(["chsk/reply", { "channel-id": "h/ch", offset: 0, epoch: "E1" }, cb]));
+        [1, 2, 3].forEach((o) => sock.send(msg(o)));
+      } else {
+        sock.send(JSON.stringify(["chsk/reply", { "channel-id": "h/ch", offset: 5, epoch: "E1", recovered: true }, cb]));
+        [3, 4, 5].forEach((o) => sock.send(msg(o)));  // 3 again: must be dropped
+      }
+    });
+  });
+  try {
+    const got = [];
+    const resubscribed = [];
+    const c = make(`ws://127.0.0.1:${fake.address().port}/chsk`);
+    c.onResubscribe((a) => resubscribed.push(a));
+    await c.subscribe("h/ch", (m) => got.push(m.offset));
+    await waitFor(() => got.length === 3, "first three messages");
+    sockets[0].terminate();
+    await waitFor(() => got.length === 5, "replayed messages");
+    assert.deepEqual(got, [1, 2, 3, 4, 5]);
+    assert.deepEqual(subscribes, [{ "channel-id": "h/ch" }, { "channel-id": "h/ch", since: { offset: 3, epoch: "E1" } }]);
+    assert.equal(resubscribed[0].recovered, true);
+    assert.equal(c.stats().duplicatesDropped, 1);
+    assert.equal(c.stats().channelGaps, 0);
+    c.close();
+  } finally {
+    fake.clients.forEach((s) => s.terminate());
+    await new Promise((r) => fake.close(r));
+  }
+});
