@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
-from typing import Any, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import discovery
+from . import limits as lim
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
-from .server import DEFAULT_HEARTBEAT_MS, Server
+from .server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
+                     Server)
 
 DEFAULT_PORT = 8765
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/chsk"
@@ -34,11 +38,120 @@ def _wait_for_signal() -> None:
         pass
 
 
+#: Prefix of the environment variables ``serve`` reads (``--max-connections`` <-> ``SENTE_LITE_MAX_CONNECTIONS``).
+ENV_PREFIX = "SENTE_LITE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingError(ValueError):
+    """A ``serve`` setting (flag or environment variable) with a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One ``serve`` setting: a flag, its environment variable, its type and default."""
+
+    flag: str
+    kind: str  # "str", "int", "float", "bool", "list"
+    default: Any
+    help: str
+    server_arg: Optional[str] = None  # the Server(...) keyword it sets, when it maps one to one
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dest.upper()
+
+
+SERVE_SETTINGS = (
+    Setting("--host", "str", "127.0.0.1", "interface to listen on (0.0.0.0: every interface)"),
+    Setting("--port", "int", DEFAULT_PORT, "TCP port; 0 picks a free one"),
+    Setting("--path", "str", "/chsk", "WebSocket endpoint path", "path"),
+    Setting("--port-file", "str", None, "write {host, port, url, pid, server-id} here once listening",
+            "port_file"),
+    Setting("--allowed-origin", "list", None,
+            "an Origin browsers may connect from, e.g. https://app.example.com (repeatable; '*' allows "
+            "any; env: comma-separated). Default: only pages of the server's own host", "allowed_origins"),
+    Setting("--csrf", "bool", False, "require a per-client CSRF token (?csrf-token=; pages get it from "
+            "GET /csrf-token or the handshake)", "csrf"),
+    Setting("--csrf-secret", "str", None, "secret of the CSRF tokens (16+ bytes; default random per start, so "
+            "a restart invalidates tokens); prefer the environment variable to a flag", "csrf_secret"),
+    Setting("--max-connections", "int", lim.DEFAULT_MAX_CONNECTIONS,
+            "connections served at once; more are refused with 503", "max_connections"),
+    Setting("--max-message-bytes", "int", DEFAULT_MAX_MESSAGE_BYTES,
+            "largest frame accepted; a larger one closes its connection with 1009", "max_message_bytes"),
+    Setting("--max-queued-bytes-per-conn", "int", DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
+            "outbound bytes queued for one connection; more closes it with 4001 (slow consumer)",
+            "max_queued_bytes_per_conn"),
+    Setting("--max-subscriptions-per-conn", "int", lim.DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN,
+            "channels one connection may hold (limit-exceeded beyond)", "max_subscriptions_per_conn"),
+    Setting("--rate-limit", "float", lim.DEFAULT_RATE_LIMIT,
+            "frames per second one connection may send (rate-limited beyond); 0 turns it off", "rate_limit"),
+    Setting("--heartbeat-ms", "int", DEFAULT_HEARTBEAT_MS,
+            "ping every connection this often; one silent for 3x this is closed (4000)", "heartbeat_ms"),
+    Setting("--no-metrics", "bool", False, "do not serve GET /metrics"),
+    Setting("--demo", "bool", False, "serve a live demo page (chat over channels) at GET /", "demo"),
+    Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
+)
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _parse(setting: Setting, text: str, source: str) -> Any:
+    try:
+        if setting.kind == "int":
+            return int(text)
+        if setting.kind == "float":
+            return float(text)
+    except ValueError:
+        raise SettingError(f"{source}={text!r}: not a{'n integer' if setting.kind == 'int' else ' number'}") from None
+    if setting.kind == "bool":
+        low = text.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise SettingError(f"{source}={text!r}: use one of 1/0, true/false, yes/no, on/off")
+    if setting.kind == "list":
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return text
+
+
+def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
+    """Each setting's value: the flag when given, else its ``SENTE_LITE_*`` variable, else the default."""
+    values: Dict[str, Any] = {}
+    for setting in SERVE_SETTINGS:
+        given = getattr(args, setting.dest, None)
+        if given is not None and given is not False:
+            values[setting.dest] = given
+        elif setting.env in environ:
+            values[setting.dest] = _parse(setting, environ[setting.env], setting.env)
+        else:
+            values[setting.dest] = setting.default
+    level = str(values["log_level"]).upper()
+    if level not in LOG_LEVELS:
+        raise SettingError(f"log level {values['log_level']!r}: use one of {', '.join(LOG_LEVELS)}")
+    values["log_level"] = level
+    if values["rate_limit"] is not None and values["rate_limit"] <= 0:
+        values["rate_limit"] = None
+    return values
+
+
+def server_from_settings(values: Mapping[str, Any]) -> Server:
+    """The :class:`Server` that :func:`resolve_serve_settings`' values describe (not started)."""
+    kwargs = {s.server_arg: values[s.dest] for s in SERVE_SETTINGS if s.server_arg}
+    return Server(values["host"], values["port"], expose_metrics=not values["no_metrics"], **kwargs)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    server = Server(args.host, args.port, path=args.path, port_file=args.port_file,
-                    heartbeat_ms=args.heartbeat_ms)
+    values = resolve_serve_settings(args)
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else values["log_level"])
+    server = server_from_settings(values)
     with server:
         print(server.url, flush=True)
+        if server.demo:
+            print(f"demo page: http://{server.host}:{server.port}/", file=sys.stderr, flush=True)
         _wait_for_signal()
     return 0
 
@@ -77,12 +190,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run a server until SIGINT/SIGTERM")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="0 picks a free port")
-    serve.add_argument("--path", default="/chsk")
-    serve.add_argument("--port-file", help="write {host,port,url,pid,server-id} here once listening")
-    serve.add_argument("--heartbeat-ms", type=int, default=DEFAULT_HEARTBEAT_MS)
+    serve = sub.add_parser(
+        "serve", help="run a server until SIGINT/SIGTERM",
+        description="Run a sente_lite server until SIGINT/SIGTERM. Prints its WebSocket URL. Every "
+        f"setting is a flag or an environment variable {ENV_PREFIX}<FLAG> (e.g. --max-connections or "
+        f"{ENV_PREFIX}MAX_CONNECTIONS); a flag wins over the variable. Also served on the same port: "
+        "/health, /metrics, /csrf-token, /sente_lite.js (the browser client), /sente_lite.mjs.")
+    for setting in SERVE_SETTINGS:
+        text = f"{setting.help} [env {setting.env}"
+        text += f"; default {setting.default}]" if setting.default not in (None, False) else "]"
+        text = text.replace("%", "%%")
+        if setting.kind == "bool":
+            serve.add_argument(setting.flag, action="store_true", default=None, help=text)
+        elif setting.kind == "list":
+            serve.add_argument(setting.flag, action="append", default=None, metavar="ORIGIN", help=text)
+        else:
+            conv: Callable[[str], Any] = {"int": int, "float": float}.get(setting.kind, str)
+            serve.add_argument(setting.flag, type=conv, default=None, help=text,
+                               choices=LOG_LEVELS if setting.flag == "--log-level" else None)
     serve.set_defaults(func=cmd_serve)
 
     for name, func, helptext in (("sub", cmd_sub, "print a channel's messages as JSON lines"),

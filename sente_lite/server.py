@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 from urllib.parse import parse_qs, urlsplit
 
+from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
 from . import discovery
@@ -41,6 +42,7 @@ from . import limits as lim
 from . import protocol as p
 from . import security
 from . import workers
+from . import static
 from .channels import ChannelRegistry, Published
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
@@ -325,6 +327,7 @@ class Server:
         min_handler_threads: int = workers.DEFAULT_MIN_THREADS,
         max_handler_threads: int = workers.DEFAULT_MAX_THREADS,
         raise_fd_limit: bool = True,
+        demo: bool = False,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
@@ -370,6 +373,7 @@ class Server:
         self.max_rate_limited = max_rate_limited
         self.max_outstanding_requests = max_outstanding_requests
         self.expose_metrics = expose_metrics
+        self.demo = demo
         self._gate = security.Gate(
             authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
             csrf_secret=csrf_secret, max_connections=max_connections,
@@ -610,15 +614,21 @@ class Server:
         """An HTTP request arrived: answer it, accept the upgrade, or decide on a worker
         (an ``authenticate`` hook may be slow; the network thread never waits for it)."""
         if (self._gate.authenticate is not None and not self._stopping
-                and urlsplit(request.path).path == self.path and "Upgrade" in request.headers):
+                and urlsplit(request.path).path == self.path):
             self._pool.submit(Lane(f"upgrade {link.remote}"),
                               lambda: self._decide_later(link, request))
             return DEFER
-        return self._answer_http(link, request)
+        return self._decide(link, request)
+
+    def _decide(self, link: Link, request: Request) -> Any:
+        decision = self._answer_http(link, request)
+        if _is_probe(request, self.path):  # a browser client asking why its upgrade failed
+            return _probe_answer(link, decision)
+        return decision
 
     def _decide_later(self, link: Link, request: Request) -> None:
         try:
-            decision = self._answer_http(link, request)
+            decision = self._decide(link, request)
         except Exception as exc:
             decision = self._loop._internal_error(link, exc)  # type: ignore[union-attr]
         self._loop.decide(link, decision)  # type: ignore[union-attr]
@@ -644,6 +654,9 @@ class Server:
                 return self._metrics_response(link)
             if parts.path == security.CSRF_TOKEN_PATH:
                 return self._csrf_token_response(link, request, parts.query)
+            found = static.static_response(request.path, self.demo, request.headers.get("If-None-Match"))
+            if found is not None:  # the browser client, its types, the demo page
+                return _response(*found)
         if parts.path != self.path:
             return self._gate.refuse(link, 404, security.R_NOT_FOUND, f"no endpoint at {parts.path}")
         query = parse_qs(parts.query, keep_blank_values=True)
@@ -1173,6 +1186,36 @@ def _client_id_problem(client_id: str) -> Optional[str]:
     if len(client_id) > MAX_CLIENT_ID_CHARS or not client_id.isprintable():
         return f"client-id must be 1-{MAX_CLIENT_ID_CHARS} printable characters"
     return None
+
+
+def _is_probe(request: Request, path: str) -> bool:
+    """A plain GET of the WebSocket path (no upgrade headers at all)."""
+    return ("Upgrade" not in request.headers and "Sec-WebSocket-Key" not in request.headers
+            and urlsplit(request.path).path == path)
+
+
+def _probe_answer(link: Link, decision: Any) -> Response:
+    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get.
+
+    A browser cannot see the HTTP status of a refused upgrade; the browser client
+    asks this way after a socket that never opened (docs/browser.md). Readable
+    from any origin: an origin that is not allowed only ever learns its 403.
+    """
+    response = decision if isinstance(decision, Response) else _respond(
+        link, http.HTTPStatus.OK, "an upgrade with these parameters would be admitted\n")
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _response(status: int, headers: List[Tuple[str, str]], body: bytes) -> Response:
+    """A response of ``status`` with ``headers`` and a bytes ``body``, then the connection closes."""
+    out = Headers(headers)
+    if status != 304:
+        out["Content-Length"] = str(len(body))
+    out["Connection"] = "close"
+    out["Server"] = "sente-lite"
+    return Response(status, http.HTTPStatus(status).phrase, out, body)
 
 
 def _respond(link: Link, status: http.HTTPStatus, body: str,

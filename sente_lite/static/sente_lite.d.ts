@@ -1,0 +1,148 @@
+// Type declarations of sente_lite.js (the browser and Node client of sente_lite).
+// Reference: docs/browser.md. Wire protocol: docs/protocol.md.
+
+export type Status = "connecting" | "connected" | "reconnecting" | "closed";
+
+/** A credential or CSRF token: a string, or a function evaluated at every (re)connect. */
+export type TokenSource = string | null | (() => string | null | Promise<string | null>);
+
+export interface ClientOptions {
+  /** Stable id of this client across its reconnects (default: a random UUID). */
+  clientId?: string;
+  /** Sent as ?token= (browsers cannot set an Authorization header on a WebSocket). */
+  token?: TokenSource;
+  /** For a server with CSRF on: a token (e.g. embedded in the page) or a function such as
+   *  () => fetchCsrfToken(url, clientId). A plain string is replaced by each handshake's token. */
+  csrfToken?: TokenSource;
+  /** WebSocket constructor; default the global one (under Node: require("ws")). */
+  WebSocket?: unknown;
+  /** fetch(), for the refusal probe; default the global one. */
+  fetch?: typeof fetch;
+  /** Reconnect delay = random(0, min(backoffMaxMs, backoffBaseMs * 2^n)); defaults 250 and 10000. */
+  backoffBaseMs?: number;
+  backoffMaxMs?: number;
+  /** Frames queued while disconnected (default 1000); one more throws SendQueueFull. */
+  maxPendingSends?: number;
+  /** Default timeout of request(), subscribe() and publish({ack}) (default 5000). */
+  requestTimeoutMs?: number;
+  /** One connection attempt: open + handshake (default 10000). */
+  connectTimeoutMs?: number;
+  /** Reconnect after a lost connection (default true). */
+  autoReconnect?: boolean;
+  /** Where warnings go (default console; null for none). */
+  logger?: Pick<Console, "warn" | "error"> | null;
+}
+
+export interface ChannelMessage<T = unknown> {
+  channelId: string;
+  data: T;
+  /** uid of the publisher; null for a publish made by the server itself. */
+  from: string | null;
+  offset: number;
+  epoch: string;
+}
+
+export interface Subscribed {
+  channelId: string;
+  offset: number;
+  epoch: string;
+  /** Present once the server does history recovery (protocol section 9). */
+  recovered?: boolean;
+  reason?: "epoch-changed" | "history-expired" | "history-off";
+}
+
+export interface Published {
+  channelId: string;
+  offset: number;
+  delivered: number;
+}
+
+export interface Stats {
+  framesIn: number; framesOut: number; handshakes: number; reconnectAttempts: number;
+  connectFailures: number; channelMsgs: number; channelGaps: number; duplicatesDropped: number;
+  unsubscribedChannelMsgs: number; unhandledEvents: number; handlerErrors: number;
+  errorsFromServer: number; badFramesFromServer: number; strayReplies: number;
+  deadServerDetections: number; pendingOverflows: number;
+  status: Status; pendingSends: number; outstandingRequests: number; subscriptions: number;
+}
+
+export class SenteLiteError extends Error {
+  constructor(message: string, code?: string);
+  /** A protocol error code (RemoteError) or a local one: timeout, disconnected, closed, refused, limit-exceeded, too-large. */
+  code: string;
+}
+export class RemoteError extends SenteLiteError { remoteMessage: string; }
+export class RequestTimeout extends SenteLiteError {}
+export class Disconnected extends SenteLiteError {}
+export class ClientClosed extends SenteLiteError {}
+export class SendQueueFull extends SenteLiteError {}
+export class ConnectRefused extends SenteLiteError {
+  /** HTTP status of the refused upgrade (400, 401, 403, 404), else null. */
+  status: number | null;
+  /** 1008 when the server closed the connection for policy, else null. */
+  closeCode: number | null;
+}
+
+export class Client {
+  /** Connects at once; `url` is ws://, wss://, or in a page a path such as "/chsk". */
+  constructor(url: string, options?: ClientOptions);
+  static readonly CONNECTING: "connecting";
+  static readonly CONNECTED: "connected";
+  static readonly RECONNECTING: "reconnecting";
+  static readonly CLOSED: "closed";
+
+  readonly url: string;
+  readonly clientId: string;
+  readonly status: Status;
+  readonly connected: boolean;
+  readonly uid: string | null;
+  readonly connId: string | null;
+  readonly serverId: string | null;
+  readonly first: boolean | null;
+  readonly handshake: Record<string, unknown> | null;
+  readonly csrfToken: string | null;
+  /** Set once the server refused for good; the client is then closed. */
+  readonly refusal: ConnectRefused | null;
+
+  /** fn(status) on every change; returns a function that removes fn. */
+  onStatus(fn: (status: Status) => void): () => void;
+  /** fn(answer) after each re-subscribe that follows a reconnect. */
+  onResubscribe(fn: (answer: Subscribed) => void): () => void;
+  /** true once connected; false on timeout (default 5000 ms) or close; rejects with ConnectRefused. */
+  waitConnected(timeoutMs?: number): Promise<boolean>;
+
+  /** Handle an application event; for a server request the first handler's value (or Promise) is the reply. */
+  on<T = unknown>(eventId: string, fn: (data: T) => unknown): (data: T) => unknown;
+  off(eventId: string, fn?: (data: any) => unknown): void;
+  /** Send an event (queued while disconnected). */
+  send(eventId: string, data?: unknown): void;
+  /** Send a request; resolves to the reply. */
+  request<R = unknown>(eventId: string, data?: unknown, options?: { timeoutMs?: number }): Promise<R>;
+
+  subscribe<T = unknown>(channelId: string, fn?: (msg: ChannelMessage<T>) => void,
+                         options?: { timeoutMs?: number }): Promise<Subscribed>;
+  unsubscribe(channelId: string, options?: { timeoutMs?: number }): Promise<void>;
+  subscriptions(): string[];
+  publish(channelId: string, data: unknown,
+          options: { ack: true; excludeSender?: boolean; timeoutMs?: number }): Promise<Published>;
+  publish(channelId: string, data?: unknown,
+          options?: { ack?: false; excludeSender?: boolean }): void;
+
+  stats(): Stats;
+  close(): void;
+}
+
+/** GET /csrf-token of the server at `url` (same origin only); resolves to the token. */
+export function fetchCsrfToken(url: string, clientId: string, options?: { fetch?: typeof fetch }): Promise<string>;
+/** Full-jitter backoff in ms: random(0, min(maxMs, baseMs * 2^attempt)). */
+export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random?: () => number): number;
+export const VERSION: string;
+
+declare const SenteLite: {
+  Client: typeof Client; SenteLiteError: typeof SenteLiteError; RemoteError: typeof RemoteError;
+  RequestTimeout: typeof RequestTimeout; Disconnected: typeof Disconnected;
+  ClientClosed: typeof ClientClosed; ConnectRefused: typeof ConnectRefused;
+  SendQueueFull: typeof SendQueueFull; fetchCsrfToken: typeof fetchCsrfToken;
+  backoffDelay: typeof backoffDelay; VERSION: string;
+};
+export default SenteLite;

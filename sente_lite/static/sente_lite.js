@@ -1,0 +1,972 @@
+/*
+ * sente_lite.js: the browser (and Node) client of sente_lite, wire protocol version 1.
+ *
+ * No build step, no dependencies. One source, three ways to load it:
+ *   <script src="/sente_lite.js"></script>      classic script: defines window.SenteLite
+ *   import { Client } from "/sente_lite.mjs";   ES module (the server serves this file with
+ *                                               its last line replaced by `export`s)
+ *   const { Client } = require("sente_lite.js") Node (CommonJS); pass `WebSocket` from the
+ *                                               npm `ws` package: Node 20 has no global one
+ *
+ * The API mirrors the Python client (sente_lite.Client) in JavaScript naming. Reference:
+ * docs/browser.md. Wire contract: docs/protocol.md.
+ *
+ * Everything runs on the page's event loop: handlers of one client run one at a time, in
+ * arrival order (a handler returning a Promise does not hold back the next event).
+ */
+var SenteLite = (function () {
+  "use strict";
+
+  var VERSION = "0.1.0";
+  var PROTOCOL_VERSION = 1;
+
+  var CONNECTING = "connecting";
+  var CONNECTED = "connected";
+  var RECONNECTING = "reconnecting";
+  var CLOSED = "closed";
+
+  var EV_HANDSHAKE = "chsk/handshake";
+  var EV_PING = "chsk/ws-ping";
+  var EV_PONG = "chsk/ws-pong";
+  var EV_REPLY = "chsk/reply";
+  var EV_ERROR = "chsk/error";
+  var EV_SUBSCRIBE = "sente-lite/subscribe";
+  var EV_SUBSCRIBED = "sente-lite/subscribed";
+  var EV_UNSUBSCRIBE = "sente-lite/unsubscribe";
+  var EV_UNSUBSCRIBED = "sente-lite/unsubscribed";
+  var EV_PUBLISH = "sente-lite/publish";
+  var EV_CHANNEL_MSG = "sente-lite/channel-msg";
+
+  var CLOSE_NORMAL = 1000;
+  var CLOSE_POLICY = 1008;
+
+  /** Defaults of every option (milliseconds where the name says Ms). */
+  var DEFAULTS = {
+    backoffBaseMs: 250,        // reconnect delay = random(0, min(backoffMaxMs, backoffBaseMs * 2^n))
+    backoffMaxMs: 10000,
+    maxPendingSends: 1000,     // frames queued while disconnected; one more throws SendQueueFull
+    requestTimeoutMs: 5000,    // request(), subscribe(), publish({ack}) without their own timeoutMs
+    connectTimeoutMs: 10000,   // one attempt: socket open + handshake, else it is dropped and retried
+    autoReconnect: true
+  };
+  /** A server silent for 2 x heartbeat-ms + this is dead (protocol section 5). */
+  var DEAD_SERVER_SLACK_MS = 1000;
+  /** HTTP answers to a refused upgrade that end reconnecting (others are retried). */
+  var FINAL_REFUSALS = [400, 401, 403, 404];
+  /** Longest refusal text kept from a probe answer. */
+  var MAX_REFUSAL_TEXT = 500;
+
+  var EVENT_ID_RE = /^[A-Za-z0-9_.\-]{1,64}\/[A-Za-z0-9_.\-]{1,64}$/;
+  var CONTROL_RE = /[\u0000-\u001f\u007f-\u009f]/;
+  var MAX_CHANNEL_ID_CHARS = 256;
+  var MAX_CB_ID_CHARS = 64;
+
+  // -- errors ---------------------------------------------------------------------------
+  function defineError(name, parent, defaultCode) {
+    var E = function (message, code) {
+      var err = new Error(message);
+      Object.setPrototypeOf(err, E.prototype);
+      err.name = name;
+      err.code = code || defaultCode;
+      if (Error.captureStackTrace) { Error.captureStackTrace(err, E); }
+      return err;
+    };
+    E.prototype = Object.create(parent.prototype, {
+      constructor: { value: E, writable: true, configurable: true }
+    });
+    E.prototype.name = name;
+    return E;
+  }
+  /** Base of every error; `.code` is a protocol error code or a local one. */
+  var SenteLiteError = defineError("SenteLiteError", Error, "error");
+  /** The peer answered with chsk/error; `.code` is the protocol's code. */
+  var RemoteError = defineError("RemoteError", SenteLiteError, "unknown");
+  /** No reply within the timeout (code "timeout"). */
+  var RequestTimeout = defineError("RequestTimeout", SenteLiteError, "timeout");
+  /** The connection died with the request on the wire (code "disconnected"). */
+  var Disconnected = defineError("Disconnected", SenteLiteError, "disconnected");
+  /** The client was closed (code "closed"). */
+  var ClientClosed = defineError("ClientClosed", SenteLiteError, "closed");
+  /** The send queue is full while disconnected (code "limit-exceeded", as in Python). */
+  var SendQueueFull = defineError("SendQueueFull", SenteLiteError, "limit-exceeded");
+  /** The server refused for good (HTTP 400/401/403/404, or close 1008); `.status`, `.closeCode`. */
+  var ConnectRefused = defineError("ConnectRefused", SenteLiteError, "refused");
+
+  // -- helpers ----------------------------------------------------------------------------
+  function now() { return Date.now(); }
+
+  function isReserved(eventId) {
+    return eventId.indexOf("chsk/") === 0 || eventId.indexOf("sente-lite/") === 0;
+  }
+
+  function checkEventId(eventId) {
+    if (typeof eventId !== "string" || !EVENT_ID_RE.test(eventId)) {
+      throw new TypeError("invalid event-id " + JSON.stringify(eventId) +
+                          ": need \"namespace/name\" of [A-Za-z0-9_.-], 1-64 chars each");
+    }
+  }
+
+  function checkChannelId(channelId) {
+    if (typeof channelId !== "string" || channelId.length < 1 ||
+        channelId.length > MAX_CHANNEL_ID_CHARS || CONTROL_RE.test(channelId)) {
+      throw new TypeError("invalid channel-id " + JSON.stringify(channelId) +
+                          ": need 1-" + MAX_CHANNEL_ID_CHARS + " chars, no control characters");
+    }
+  }
+
+  function encode(eventId, data, cbId) {
+    var frame = cbId === undefined ? [eventId, data === undefined ? null : data]
+                                   : [eventId, data === undefined ? null : data, cbId];
+    var text;
+    try {
+      text = JSON.stringify(frame);
+    } catch (e) {
+      throw new TypeError("data of " + eventId + " is not JSON-encodable: " + e.message);
+    }
+    return text;
+  }
+
+  function utf8Length(text) {
+    if (typeof TextEncoder !== "undefined") { return new TextEncoder().encode(text).length; }
+    return unescape(encodeURIComponent(text)).length;
+  }
+
+  /** Full-jitter backoff: random(0, min(maxMs, baseMs * 2^attempt)), in ms. */
+  function backoffDelay(attempt, baseMs, maxMs, random) {
+    var r = random || Math.random;
+    return r() * Math.min(maxMs, baseMs * Math.pow(2, Math.min(attempt, 32)));
+  }
+
+  function httpUrlOf(wsUrl) {
+    return wsUrl.replace(/^ws(s?):/i, "http$1:");
+  }
+
+  function resolveUrl(url) {
+    if (/^wss?:\/\//i.test(url)) { return url; }
+    var loc = typeof location !== "undefined" ? location : null;
+    if (/^https?:\/\//i.test(url)) { return url.replace(/^http(s?):/i, "ws$1:"); }
+    if (loc && url.charAt(0) === "/") {
+      return (loc.protocol === "https:" ? "wss://" : "ws://") + loc.host + url;
+    }
+    throw new TypeError("url must be ws://, wss:// or (in a page) a path like /chsk: " + url);
+  }
+
+  function setQuery(url, params) {
+    var hashless = url.split("#")[0];
+    var q = hashless.indexOf("?");
+    var base = q < 0 ? hashless : hashless.slice(0, q);
+    var kept = q < 0 ? [] : hashless.slice(q + 1).split("&").filter(function (kv) {
+      var key = decodeURIComponent(kv.split("=")[0]);
+      return kv && !Object.prototype.hasOwnProperty.call(params, key);
+    });
+    Object.keys(params).forEach(function (k) {
+      if (params[k] !== null && params[k] !== undefined && params[k] !== "") {
+        kept.push(encodeURIComponent(k) + "=" + encodeURIComponent(params[k]));
+      }
+    });
+    return kept.length ? base + "?" + kept.join("&") : base;
+  }
+
+  function uuid4() {
+    var c = typeof crypto !== "undefined" ? crypto : null;
+    if (c && typeof c.randomUUID === "function") { return c.randomUUID(); }
+    var b = new Uint8Array(16);
+    if (c && c.getRandomValues) { c.getRandomValues(b); }
+    else { for (var i = 0; i < 16; i++) { b[i] = Math.floor(Math.random() * 256); } }
+    b[6] = (b[6] & 0x0f) | 0x40; b[8] = (b[8] & 0x3f) | 0x80;
+    var h = Array.prototype.map.call(b, function (x) { return (x + 0x100).toString(16).slice(1); }).join("");
+    return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
+  }
+
+  function isThenable(v) { return v !== null && (typeof v === "object" || typeof v === "function") && typeof v.then === "function"; }
+
+  /**
+   * Ask the server at `url` (its ws:// URL) for the CSRF token of `clientId`
+   * (GET /csrf-token, same origin only). Resolves to the token; rejects with a
+   * ConnectRefused carrying `.status` when the server refuses.
+   */
+  function fetchCsrfToken(url, clientId, options) {
+    var f = (options && options.fetch) || (typeof fetch !== "undefined" ? fetch : null);
+    if (!f) { return Promise.reject(new SenteLiteError("no fetch() here: pass options.fetch")); }
+    var target = setQuery(httpUrlOf(resolveUrl(url)).replace(/^(https?:\/\/[^\/?#]+).*$/i, "$1/csrf-token"),
+                          { "client-id": clientId });
+    return f(target, { cache: "no-store", credentials: "same-origin" }).then(function (resp) {
+      if (!resp.ok) {
+        return resp.text().then(function (body) {
+          var err = new ConnectRefused("GET /csrf-token answered HTTP " + resp.status + ": " + body.trim());
+          err.status = resp.status;
+          throw err;
+        });
+      }
+      return resp.json().then(function (body) {
+        if (!body || typeof body["csrf-token"] !== "string") {
+          throw new SenteLiteError("GET /csrf-token answered without a csrf-token");
+        }
+        return body["csrf-token"];
+      });
+    });
+  }
+
+  // -- the client ---------------------------------------------------------------------------
+  /**
+   * new Client(url, options): connects at once and keeps reconnecting until close().
+   * See docs/browser.md for every option.
+   */
+  function Client(url, options) {
+    if (!(this instanceof Client)) { return new Client(url, options); }
+    var opts = options || {};
+    this.url = resolveUrl(url);
+    this.options = {};
+    for (var k in DEFAULTS) { this.options[k] = opts[k] !== undefined ? opts[k] : DEFAULTS[k]; }
+    this.clientId = opts.clientId || uuid4();
+    this._token = opts.token !== undefined ? opts.token : null;
+    this._csrfSource = typeof opts.csrfToken === "function" ? opts.csrfToken : null;
+    /** The CSRF token sent on the next connect (the last handshake's, unless csrfToken is a function). */
+    this.csrfToken = typeof opts.csrfToken === "string" ? opts.csrfToken : null;
+    this._WebSocket = opts.WebSocket || (typeof WebSocket !== "undefined" ? WebSocket : null);
+    this._fetch = opts.fetch || (typeof fetch !== "undefined" ? fetch.bind(globalThis) : null);
+    this._log = opts.logger === undefined ? (typeof console !== "undefined" ? console : null) : opts.logger;
+    if (!this._WebSocket) {
+      throw new TypeError("no WebSocket constructor: pass options.WebSocket (under Node: require('ws'))");
+    }
+
+    /** "connecting" | "connected" | "reconnecting" | "closed" */
+    this.status = CONNECTING;
+    this.uid = null;
+    this.connId = null;
+    this.serverId = null;
+    this.first = null;
+    /** The last handshake's data map (conn-id, server-id, heartbeat-ms, ...). */
+    this.handshake = null;
+    /** A ConnectRefused once the server refused for good; the client is then closed. */
+    this.refusal = null;
+
+    this._statusHooks = [];
+    this._resubscribeHooks = [];
+    this._handlers = Object.create(null);
+    this._subs = new Map();
+    this._pending = new Map();
+    this._queue = [];
+    this._cbSeq = 0;
+    this._attempt = 0;
+    this._ws = null;
+    this._closed = false;
+    this._retryTimer = null;
+    this._liveTimer = null;
+    this._heartbeatMs = 5000;
+    this._maxMessageBytes = Infinity;
+    this._features = [];
+    this._lastRecv = now();
+    this._stats = {
+      framesIn: 0, framesOut: 0, handshakes: 0, reconnectAttempts: 0, connectFailures: 0,
+      channelMsgs: 0, channelGaps: 0, duplicatesDropped: 0, unsubscribedChannelMsgs: 0,
+      unhandledEvents: 0, handlerErrors: 0, errorsFromServer: 0, badFramesFromServer: 0,
+      strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0
+    };
+    this._connect();
+  }
+
+  Client.prototype._warn = function () {
+    if (this._log && this._log.warn) { this._log.warn.apply(this._log, ["sente-lite:"].concat([].slice.call(arguments))); }
+  };
+  Client.prototype._error = function () {
+    if (this._log && this._log.error) { this._log.error.apply(this._log, ["sente-lite:"].concat([].slice.call(arguments))); }
+  };
+
+  // -- status --------------------------------------------------------------------------------
+  Object.defineProperty(Client.prototype, "connected", {
+    get: function () { return this.status === CONNECTED; }
+  });
+
+  /** Call fn(status) on every status change. Returns a function that removes fn. */
+  Client.prototype.onStatus = function (fn) {
+    var hooks = this._statusHooks;
+    hooks.push(fn);
+    return function () { var i = hooks.indexOf(fn); if (i >= 0) { hooks.splice(i, 1); } };
+  };
+
+  /**
+   * Call fn({channelId, offset, epoch, recovered, reason}) after each re-subscribe that
+   * follows a reconnect. Returns a function that removes fn.
+   */
+  Client.prototype.onResubscribe = function (fn) {
+    var hooks = this._resubscribeHooks;
+    hooks.push(fn);
+    return function () { var i = hooks.indexOf(fn); if (i >= 0) { hooks.splice(i, 1); } };
+  };
+
+  Client.prototype._setStatus = function (status) {
+    if (this.status === status || this.status === CLOSED) { return; }
+    this.status = status;
+    var hooks = this._statusHooks.slice();
+    for (var i = 0; i < hooks.length; i++) {
+      try { hooks[i](status); } catch (e) { this._error("status hook threw", e); }
+    }
+  };
+
+  /**
+   * Resolves true once connected, false after timeoutMs (default 5000) or when the
+   * client closes; rejects with the ConnectRefused when the server refused for good.
+   */
+  Client.prototype.waitConnected = function (timeoutMs) {
+    var self = this;
+    var ms = timeoutMs === undefined ? 5000 : timeoutMs;
+    return new Promise(function (resolve, reject) {
+      var timer = null, off = null;
+      function check() {
+        if (self.status === CONNECTED) { finish(); resolve(true); return true; }
+        if (self.refusal) { finish(); reject(self.refusal); return true; }
+        if (self.status === CLOSED) { finish(); resolve(false); return true; }
+        return false;
+      }
+      function finish() { if (timer !== null) { clearTimeout(timer); } if (off) { off(); } }
+      if (check()) { return; }
+      off = self.onStatus(check);
+      timer = setTimeout(function () { finish(); resolve(false); }, ms);
+    });
+  };
+
+  // -- handlers -------------------------------------------------------------------------------
+  /**
+   * Call fn(data) for each `eventId` from the server. For a server request the first
+   * handler's return value (or the value of the Promise it returns) is the reply.
+   */
+  Client.prototype.on = function (eventId, fn) {
+    checkEventId(eventId);
+    if (isReserved(eventId)) { throw new TypeError("cannot handle " + eventId + ": reserved namespace"); }
+    if (typeof fn !== "function") { throw new TypeError("handler must be a function"); }
+    (this._handlers[eventId] = this._handlers[eventId] || []).push(fn);
+    return fn;
+  };
+
+  /** Remove fn (or every handler) for eventId. */
+  Client.prototype.off = function (eventId, fn) {
+    var list = this._handlers[eventId];
+    if (!list) { return; }
+    if (fn === undefined) { delete this._handlers[eventId]; return; }
+    var i = list.indexOf(fn);
+    if (i >= 0) { list.splice(i, 1); }
+  };
+
+  // -- sending ------------------------------------------------------------------------------
+  /** Send an event. While disconnected it is queued; throws SendQueueFull when the queue is full. */
+  Client.prototype.send = function (eventId, data) {
+    checkEventId(eventId);
+    this._sendFrame(encode(eventId, data), null);
+  };
+
+  /**
+   * Send a request; resolves to the reply. Rejects with RemoteError (`.code` from the
+   * server), RequestTimeout, Disconnected, ClientClosed or SendQueueFull.
+   */
+  Client.prototype.request = function (eventId, data, opts) {
+    try {
+      checkEventId(eventId);
+      return this._request(eventId, data, opts && opts.timeoutMs);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  };
+
+  Client.prototype._request = function (eventId, data, timeoutMs) {
+    if (this._closed) { return Promise.reject(new ClientClosed("client closed")); }
+    var self = this;
+    var ms = timeoutMs === undefined || timeoutMs === null ? this.options.requestTimeoutMs : timeoutMs;
+    var cbId = "c" + (++this._cbSeq);
+    var text = encode(eventId, data, cbId);
+    return new Promise(function (resolve, reject) {
+      var entry = { resolve: resolve, reject: reject, sent: false, event: eventId, timer: null };
+      entry.timer = setTimeout(function () {
+        if (self._pending.get(cbId) === entry) {
+          self._pending.delete(cbId);
+          reject(new RequestTimeout("no reply to " + eventId + " within " + ms + " ms"));
+        }
+      }, ms);
+      self._pending.set(cbId, entry);
+      try {
+        self._sendFrame(text, cbId);
+      } catch (e) {
+        clearTimeout(entry.timer);
+        self._pending.delete(cbId);
+        reject(e);
+      }
+    });
+  };
+
+  Client.prototype._sendFrame = function (text, cbId) {
+    if (this._closed) { throw new ClientClosed("client closed"); }
+    if (text.length * 3 > this._maxMessageBytes && utf8Length(text) > this._maxMessageBytes) {
+      throw new SenteLiteError("frame of " + utf8Length(text) + " bytes is over the server's max-message-bytes (" +
+                               this._maxMessageBytes + ")", "too-large");
+    }
+    if (this.status === CONNECTED && this._write(text, cbId)) { return; }
+    if (this._queue.length >= this.options.maxPendingSends) {
+      this._stats.pendingOverflows++;
+      throw new SendQueueFull(this._queue.length + " sends already wait for a connection (maxPendingSends=" +
+                              this.options.maxPendingSends + ")");
+    }
+    this._queue.push([text, cbId]);
+  };
+
+  Client.prototype._write = function (text, cbId) {
+    var ws = this._ws;
+    if (!ws || ws.readyState !== 1) { return false; }
+    try {
+      ws.send(text);
+    } catch (e) {
+      return false;
+    }
+    this._stats.framesOut++;
+    if (cbId) {
+      var entry = this._pending.get(cbId);
+      if (entry) { entry.sent = true; }
+    }
+    return true;
+  };
+
+  // -- channels ------------------------------------------------------------------------------
+  /**
+   * Subscribe to channelId; fn({channelId, data, from, offset, epoch}) runs for each message.
+   * Kept (and re-subscribed) across reconnects until unsubscribe(). Resolves to the server's
+   * answer {channelId, offset, epoch}; rejects (and drops the subscription) when refused.
+   * Ignoring the Promise is fine: a refusal is then only logged.
+   */
+  Client.prototype.subscribe = function (channelId, fn, opts) {
+    try {
+      checkChannelId(channelId);
+      if (fn !== undefined && fn !== null && typeof fn !== "function") { throw new TypeError("handler must be a function"); }
+      if (this._closed) { throw new ClientClosed("client closed"); }
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    var sub = this._subs.get(channelId);
+    var isNew = !sub;
+    if (!sub) {
+      sub = { handlers: [], epoch: null, lastOffset: 0, answer: null, waiters: [], inFlight: false };
+      this._subs.set(channelId, sub);
+    }
+    if (fn) { sub.handlers.push(fn); }
+    var ms = opts && opts.timeoutMs !== undefined ? opts.timeoutMs : this.options.requestTimeoutMs;
+    var promise = new Promise(function (resolve, reject) {
+      if (sub.answer && !sub.inFlight) { resolve(sub.answer); return; }
+      var waiter = { resolve: resolve, reject: reject, timer: null };
+      waiter.timer = setTimeout(function () {
+        var i = sub.waiters.indexOf(waiter);
+        if (i >= 0) { sub.waiters.splice(i, 1); }
+        reject(new RequestTimeout("subscribe to " + JSON.stringify(channelId) + " not answered within " + ms + " ms"));
+      }, ms);
+      sub.waiters.push(waiter);
+    });
+    if (isNew && this.status === CONNECTED) { this._sendSubscribe(channelId, sub, false); }
+    // Subscribing and ignoring the Promise is normal use: a later rejection (refused, closed)
+    // must not become an unhandled rejection (fatal under Node). Awaiting callers still see it.
+    promise.catch(function () {});
+    return promise;
+  };
+
+  Client.prototype._settleSub = function (sub, err, value) {
+    var waiters = sub.waiters;
+    sub.waiters = [];
+    waiters.forEach(function (w) {
+      clearTimeout(w.timer);
+      if (err) { w.reject(err); } else { w.resolve(value); }
+    });
+  };
+
+  Client.prototype._sendSubscribe = function (channelId, sub, isResubscribe) {
+    var self = this;
+    var body = { "channel-id": channelId };
+    var history = this._features.indexOf("history") >= 0;
+    if (history && isResubscribe && sub.epoch !== null) {
+      body.since = { offset: sub.lastOffset, epoch: sub.epoch };  // protocol section 9
+    }
+    sub.inFlight = true;
+    var sent;
+    try {
+      sent = this._request(EV_SUBSCRIBE, body, this.options.requestTimeoutMs);
+    } catch (e) {
+      sent = Promise.reject(e);
+    }
+    sent.then(function (reply) {
+      if (self._subs.get(channelId) !== sub) { return; }
+      sub.inFlight = false;
+      var answer = {
+        channelId: channelId,
+        offset: reply && typeof reply.offset === "number" ? reply.offset : 0,
+        epoch: reply ? reply.epoch : null
+      };
+      if (reply && reply.recovered !== undefined) { answer.recovered = reply.recovered; }
+      if (reply && reply.reason !== undefined) { answer.reason = reply.reason; }
+      // Recovered: the server replays from sub.lastOffset + 1, keep it. Otherwise live
+      // messages start after the answer's offset (a new epoch restarts the count).
+      if (answer.recovered !== true && (answer.recovered === false || answer.epoch !== sub.epoch)) {
+        sub.epoch = answer.epoch;
+        sub.lastOffset = answer.offset;
+      }
+      sub.answer = answer;
+      self._settleSub(sub, null, answer);
+      if (isResubscribe) {
+        self._resubscribeHooks.slice().forEach(function (fn) {
+          try { fn(answer); } catch (e) { self._error("resubscribe hook threw", e); }
+        });
+      }
+    }, function (err) {
+      if (self._subs.get(channelId) !== sub) { return; }
+      sub.inFlight = false;
+      if (err instanceof Disconnected || err instanceof ClientClosed ||
+          (err instanceof RequestTimeout && self.status !== CONNECTED)) {
+        return;  // sent again after the next handshake
+      }
+      self._subs.delete(channelId);
+      self._warn("subscribe to " + JSON.stringify(channelId) + " refused:", err.message);
+      self._settleSub(sub, err, null);
+    });
+  };
+
+  /** Stop receiving channelId. Resolves once the server answered (at once when disconnected). */
+  Client.prototype.unsubscribe = function (channelId, opts) {
+    var sub = this._subs.get(channelId);
+    if (!sub) { return Promise.resolve(); }
+    this._subs.delete(channelId);
+    this._settleSub(sub, new SenteLiteError("unsubscribed from " + JSON.stringify(channelId), "unsubscribed"), null);
+    if (this.status !== CONNECTED) { return Promise.resolve(); }
+    return this._request(EV_UNSUBSCRIBE, { "channel-id": channelId }, opts && opts.timeoutMs).then(function () {});
+  };
+
+  /** The channels this client holds (re-subscribed after every reconnect). */
+  Client.prototype.subscriptions = function () {
+    return Array.from(this._subs.keys()).sort();
+  };
+
+  /**
+   * Publish data on channelId. With {ack: true} resolves to {channelId, offset, delivered};
+   * without, returns undefined (the frame is sent or queued; throws SendQueueFull when full).
+   */
+  Client.prototype.publish = function (channelId, data, opts) {
+    var o = opts || {};
+    var body;
+    try {
+      checkChannelId(channelId);
+      body = { "channel-id": channelId, data: data === undefined ? null : data, "exclude-sender?": !!o.excludeSender };
+    } catch (e) {
+      if (o.ack) { return Promise.reject(e); }
+      throw e;
+    }
+    if (!o.ack) {
+      this._sendFrame(encode(EV_PUBLISH, body), null);
+      return undefined;
+    }
+    return this._request(EV_PUBLISH, body, o.timeoutMs).then(function (reply) {
+      return { channelId: reply["channel-id"], offset: reply.offset, delivered: reply.delivered };
+    });
+  };
+
+  /** Counters (frames, reconnects, gaps, handler errors) and queue sizes. */
+  Client.prototype.stats = function () {
+    var out = {};
+    for (var k in this._stats) { out[k] = this._stats[k]; }
+    out.status = this.status;
+    out.pendingSends = this._queue.length;
+    out.outstandingRequests = this._pending.size;
+    out.subscriptions = this._subs.size;
+    return out;
+  };
+
+  /** Close the connection for good; outstanding requests reject with ClientClosed. */
+  Client.prototype.close = function () {
+    if (this._closed) { return; }
+    this._finish(new ClientClosed("client closed"));
+  };
+
+  Client.prototype._finish = function (err) {
+    this._closed = true;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+    this._stopLiveness();
+    var ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      this._detach(ws);
+      try { ws.close(CLOSE_NORMAL); } catch (e) { /* already closing */ }
+    }
+    this._failPending(err, false);
+    var self = this;
+    this._subs.forEach(function (sub) { self._settleSub(sub, err, null); });
+    this._setStatus(CLOSED);
+  };
+
+  Client.prototype._failPending = function (err, sentOnly) {
+    var doomed = [];
+    this._pending.forEach(function (entry, cbId) {
+      if (entry.sent || !sentOnly) { doomed.push([cbId, entry]); }
+    });
+    var self = this;
+    doomed.forEach(function (pair) {
+      self._pending.delete(pair[0]);
+      clearTimeout(pair[1].timer);
+      pair[1].reject(err);
+    });
+    if (!sentOnly) { this._queue = []; }
+  };
+
+  // -- connecting ------------------------------------------------------------------------------
+  Client.prototype._connectUrl = function () {
+    var self = this;
+    var token = typeof this._token === "function" ? this._token() : this._token;
+    var csrf = this._csrfSource ? this._csrfSource() : this.csrfToken;
+    return Promise.all([token, csrf]).then(function (values) {
+      if (self._csrfSource) { self.csrfToken = values[1] || null; }
+      return setQuery(self.url, { "client-id": self.clientId, "token": values[0], "csrf-token": values[1] });
+    });
+  };
+
+  Client.prototype._connect = function () {
+    var self = this;
+    if (this._closed) { return; }
+    var urlPromise;
+    try {
+      urlPromise = this._connectUrl();
+    } catch (e) {
+      urlPromise = Promise.reject(e);
+    }
+    urlPromise.then(function (url) {
+      if (self._closed) { return; }
+      self._open(url);
+    }, function (err) {
+      if (self._closed) { return; }
+      self._stats.connectFailures++;
+      if (err && FINAL_REFUSALS.indexOf(err.status) >= 0) {
+        self._refuse(err.status, null, err.message);
+        return;
+      }
+      self._warn("could not get a token or csrf-token:", err && err.message);
+      self._retry();
+    });
+  };
+
+  Client.prototype._open = function (url) {
+    var self = this;
+    var ws;
+    try {
+      ws = new this._WebSocket(url);
+    } catch (e) {
+      this._stats.connectFailures++;
+      this._warn("cannot open " + this.url + ":", e.message);
+      this._retry();
+      return;
+    }
+    var state = { opened: false, handshake: false, done: false, timedOut: false };
+    this._lastUrl = url;
+    ws._senteState = state;
+    this._ws = ws;
+    var openTimer = setTimeout(function () {
+      if (!state.handshake && !state.done) {
+        state.timedOut = true;
+        self._lost(ws, 1006, "no handshake within " + self.options.connectTimeoutMs + " ms");
+      }
+    }, this.options.connectTimeoutMs);
+    state.openTimer = openTimer;
+    ws.onopen = function () { state.opened = true; self._lastRecv = now(); };
+    ws.onmessage = function (ev) { self._onMessage(ws, ev.data); };
+    ws.onerror = function () { /* a close event follows */ };
+    ws.onclose = function (ev) { self._lost(ws, ev.code, ev.reason); };
+  };
+
+  Client.prototype._detach = function (ws) {
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    ws.onerror = function () { /* Node's ws emits an error when closed while connecting */ };
+    if (ws._senteState) { clearTimeout(ws._senteState.openTimer); }
+  };
+
+  /** The socket `ws` is gone (closed, failed, timed out or found dead): clean up, then retry or stop. */
+  Client.prototype._lost = function (ws, code, reason) {
+    var state = ws._senteState;
+    if (state.done) { return; }
+    state.done = true;
+    this._detach(ws);
+    if (ws.readyState === 0 || ws.readyState === 1) {
+      try { ws.close(CLOSE_NORMAL); } catch (e) { /* ignore */ }
+    }
+    if (this._ws === ws) { this._ws = null; }
+    if (this._closed) { return; }
+    this._stopLiveness();
+    var self = this;
+    this._subs.forEach(function (sub) { sub.inFlight = false; });
+    this._failPending(new Disconnected("connection lost with the request outstanding"), true);
+    if (!state.handshake) { this._stats.connectFailures++; }
+    if (code === CLOSE_POLICY) {
+      this._refuse(null, code, "server closed the connection with 1008 (policy)" + (reason ? ": " + reason : ""));
+      return;
+    }
+    if (!this.options.autoReconnect) {
+      this._finish(new Disconnected("connection lost"));
+      return;
+    }
+    this._setStatus(RECONNECTING);
+    if (!state.opened && !state.timedOut) {
+      // A browser WebSocket never sees the HTTP status of a refused upgrade: ask the server.
+      this._probe().then(function (refusal) {
+        if (self._closed) { return; }
+        if (refusal) { self._refuse(refusal.status, null, refusal.message); } else { self._retry(); }
+      });
+      return;
+    }
+    this._retry();
+  };
+
+  /**
+   * After a socket that never opened: GET the endpoint's http(s) URL with the same query.
+   * The server runs the upgrade's checks and answers their verdict (401/403/...), or 200
+   * when an upgrade would be admitted; resolves {status, message} for a final refusal, else null.
+   */
+  Client.prototype._probe = function () {
+    var self = this;
+    if (!this._fetch) { return Promise.resolve(null); }
+    return this._fetch(httpUrlOf(this._lastUrl), { cache: "no-store", credentials: "omit" }).then(function (resp) {
+      if (FINAL_REFUSALS.indexOf(resp.status) < 0) { return null; }
+      return resp.text().then(function (body) {
+        return { status: resp.status, message: "server refused the connection: HTTP " + resp.status + " " +
+                 body.trim().slice(0, MAX_REFUSAL_TEXT) };
+      });
+    }).catch(function () { return null; });  // server unreachable: retry
+  };
+
+  Client.prototype._refuse = function (status, closeCode, message) {
+    var err = new ConnectRefused(status ? (/^server refused|^GET /.test(message) ? message :
+                                  "server refused the connection: HTTP " + status + " " + message) : message);
+    err.status = status;
+    err.closeCode = closeCode;
+    this.refusal = err;
+    this._warn(err.message);
+    this._finish(err);
+  };
+
+  Client.prototype._retry = function () {
+    var self = this;
+    if (this._closed) { return; }
+    this._setStatus(RECONNECTING);
+    var delay = backoffDelay(this._attempt, this.options.backoffBaseMs, this.options.backoffMaxMs);
+    this._attempt++;
+    this._stats.reconnectAttempts++;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = setTimeout(function () { self._retryTimer = null; self._connect(); }, delay);
+  };
+
+  // -- liveness ----------------------------------------------------------------------------------
+  Client.prototype._startLiveness = function () {
+    var self = this;
+    this._stopLiveness();
+    var limit = 2 * this._heartbeatMs + DEAD_SERVER_SLACK_MS;
+    var tick = Math.max(100, Math.min(1000, this._heartbeatMs / 2));
+    this._liveTimer = setInterval(function () {
+      var ws = self._ws;
+      if (!ws || self.status !== CONNECTED) { return; }
+      var silent = now() - self._lastRecv;
+      if (silent > limit) {
+        self._stats.deadServerDetections++;
+        self._warn("server silent for " + silent + " ms: dropping the connection");
+        self._lost(ws, 1006, "server silent");
+      }
+    }, tick);
+    if (this._liveTimer && typeof this._liveTimer.unref === "function") { this._liveTimer.unref(); }
+  };
+
+  Client.prototype._stopLiveness = function () {
+    if (this._liveTimer !== null) { clearInterval(this._liveTimer); this._liveTimer = null; }
+  };
+
+  // -- receiving -----------------------------------------------------------------------------------
+  Client.prototype._onMessage = function (ws, raw) {
+    if (ws !== this._ws) { return; }
+    this._lastRecv = now();
+    this._stats.framesIn++;
+    var frame = null;
+    if (typeof raw === "string") {
+      try { frame = JSON.parse(raw); } catch (e) { frame = null; }
+    } else if (raw && typeof raw.toString === "function" && typeof Buffer !== "undefined" && Buffer.isBuffer(raw)) {
+      try { frame = JSON.parse(raw.toString("utf8")); } catch (e) { frame = null; }  // `ws` < 8 in Node
+    }
+    if (!Array.isArray(frame) || frame.length < 1 || frame.length > 3 || typeof frame[0] !== "string" ||
+        !EVENT_ID_RE.test(frame[0]) ||
+        (frame.length === 3 && (typeof frame[2] !== "string" || frame[2].length < 1 || frame[2].length > MAX_CB_ID_CHARS))) {
+      this._stats.badFramesFromServer++;
+      this._warn("bad frame from server:", typeof raw === "string" ? raw.slice(0, 200) : typeof raw);
+      return;
+    }
+    var eventId = frame[0], data = frame.length > 1 ? frame[1] : null, cbId = frame.length > 2 ? frame[2] : null;
+    switch (eventId) {
+      case EV_CHANNEL_MSG: this._onChannelMsg(data); return;
+      case EV_HANDSHAKE: this._onHandshake(ws, data); return;
+      case EV_PING:
+        this._write(cbId ? encode(EV_REPLY, null, cbId) : JSON.stringify([EV_PONG]), null);
+        return;
+      case EV_PONG: case EV_SUBSCRIBED: case EV_UNSUBSCRIBED: return;
+      case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
+    }
+    if (isReserved(eventId)) {
+      if (cbId) { this._replyError("unknown-event", "unknown event " + eventId, cbId); }
+      else { this._stats.unhandledEvents++; }
+      return;
+    }
+    this._onEvent(eventId, data, cbId);
+  };
+
+  Client.prototype._onHandshake = function (ws, data) {
+    if (!Array.isArray(data) || data.length !== 4 || data[2] === null || typeof data[2] !== "object") {
+      this._stats.badFramesFromServer++;
+      this._error("malformed handshake from server:", JSON.stringify(data));
+      return;
+    }
+    var info = data[2];
+    ws._senteState.handshake = true;
+    clearTimeout(ws._senteState.openTimer);
+    this.uid = data[0];
+    if (!this._csrfSource || data[1]) { this.csrfToken = data[1]; }
+    this.handshake = info;
+    this.first = data[3];
+    this.connId = info["conn-id"] || null;
+    this.serverId = info["server-id"] || null;
+    this._heartbeatMs = typeof info["heartbeat-ms"] === "number" && info["heartbeat-ms"] > 0 ? info["heartbeat-ms"] : 5000;
+    this._maxMessageBytes = typeof info["max-message-bytes"] === "number" ? info["max-message-bytes"] : Infinity;
+    this._features = Array.isArray(info.features) ? info.features : [];
+    if (info.protocol !== PROTOCOL_VERSION) {
+      this._warn("server speaks protocol " + info.protocol + ", this client " + PROTOCOL_VERSION);
+    }
+    this._attempt = 0;
+    this._stats.handshakes++;
+    this._setStatus(CONNECTED);
+    this._startLiveness();
+    var self = this;
+    var resubscribe = this._stats.handshakes > 1;
+    this._subs.forEach(function (sub, channelId) {
+      if (self._ws === ws) { self._sendSubscribe(channelId, sub, resubscribe && sub.answer !== null); }
+    });
+    while (this._queue.length && this._ws === ws) {
+      var item = this._queue[0];
+      if (item[1] && !this._pending.has(item[1])) { this._queue.shift(); continue; }  // its caller gave up
+      if (!this._write(item[0], item[1])) { break; }
+      this._queue.shift();
+    }
+  };
+
+  Client.prototype._onReply = function (eventId, data, cbId) {
+    if (!cbId) {
+      if (eventId === EV_ERROR) {
+        this._stats.errorsFromServer++;
+        this._warn("error from server:", JSON.stringify(data));
+      }
+      return;
+    }
+    var entry = this._pending.get(cbId);
+    if (!entry) { this._stats.strayReplies++; return; }
+    this._pending.delete(cbId);
+    clearTimeout(entry.timer);
+    if (eventId === EV_REPLY) { entry.resolve(data); return; }
+    var code = data && typeof data.code === "string" ? data.code : "unknown";
+    var message = data && typeof data.message === "string" ? data.message : "";
+    var err = new RemoteError(code + ": " + message, code);
+    err.remoteMessage = message;
+    entry.reject(err);
+  };
+
+  Client.prototype._onChannelMsg = function (data) {
+    if (!data || typeof data !== "object" || typeof data["channel-id"] !== "string" ||
+        typeof data.offset !== "number" || typeof data.epoch !== "string") {
+      this._stats.badFramesFromServer++;
+      this._warn("malformed channel message:", JSON.stringify(data));
+      return;
+    }
+    var channelId = data["channel-id"];
+    var sub = this._subs.get(channelId);
+    if (!sub) { this._stats.unsubscribedChannelMsgs++; return; }
+    if (sub.epoch === data.epoch) {
+      if (data.offset <= sub.lastOffset) { this._stats.duplicatesDropped++; return; }
+      if (data.offset > sub.lastOffset + 1) { this._stats.channelGaps += data.offset - sub.lastOffset - 1; }
+    }
+    sub.epoch = data.epoch;
+    sub.lastOffset = data.offset;
+    this._stats.channelMsgs++;
+    var msg = { channelId: channelId, data: data.data === undefined ? null : data.data,
+                from: data.from === undefined ? null : data.from, offset: data.offset, epoch: data.epoch };
+    var handlers = sub.handlers.slice();
+    for (var i = 0; i < handlers.length; i++) {
+      try {
+        handlers[i](msg);
+      } catch (e) {
+        this._stats.handlerErrors++;
+        this._error("channel handler for " + JSON.stringify(channelId) + " threw", e);
+      }
+    }
+  };
+
+  Client.prototype._onEvent = function (eventId, data, cbId) {
+    var handlers = (this._handlers[eventId] || []).slice();
+    if (!handlers.length) {
+      if (cbId) { this._replyError("no-handler", "no handler for " + eventId, cbId); }
+      else { this._stats.unhandledEvents++; }
+      return;
+    }
+    var self = this;
+    var result = null, failed = null;
+    for (var i = 0; i < handlers.length; i++) {
+      try {
+        var value = handlers[i](data);
+        if (i === 0) { result = value; }
+      } catch (e) {
+        this._stats.handlerErrors++;
+        this._error("handler for " + eventId + " threw", e);
+        if (i === 0) { failed = e; }
+      }
+    }
+    if (!cbId) { return; }
+    if (failed) { this._replyError("handler-error", "handler for " + eventId + " threw " + (failed.name || "an error"), cbId); return; }
+    Promise.resolve(result).then(function (value) {
+      var text;
+      try {
+        text = encode(EV_REPLY, value, cbId);
+      } catch (e) {
+        self._replyError("handler-error", "reply of " + eventId + " is not JSON-encodable", cbId);
+        return;
+      }
+      self._trySend(text);
+    }, function (e) {
+      self._stats.handlerErrors++;
+      self._error("handler for " + eventId + " rejected", e);
+      self._replyError("handler-error", "handler for " + eventId + " rejected with " + ((e && e.name) || "an error"), cbId);
+    });
+  };
+
+  Client.prototype._replyError = function (code, message, cbId) {
+    this._trySend(encode(EV_ERROR, { code: code, message: message }, cbId));
+  };
+
+  Client.prototype._trySend = function (text) {
+    try {
+      this._sendFrame(text, null);
+    } catch (e) {
+      this._warn("reply dropped:", e.message);
+    }
+  };
+
+  Client.CONNECTING = CONNECTING;
+  Client.CONNECTED = CONNECTED;
+  Client.RECONNECTING = RECONNECTING;
+  Client.CLOSED = CLOSED;
+
+  return {
+    Client: Client,
+    SenteLiteError: SenteLiteError,
+    RemoteError: RemoteError,
+    RequestTimeout: RequestTimeout,
+    Disconnected: Disconnected,
+    ClientClosed: ClientClosed,
+    ConnectRefused: ConnectRefused,
+    SendQueueFull: SendQueueFull,
+    fetchCsrfToken: fetchCsrfToken,
+    backoffDelay: backoffDelay,
+    DEFAULTS: DEFAULTS,
+    VERSION: VERSION,
+    PROTOCOL_VERSION: PROTOCOL_VERSION
+  };
+})();
+if (typeof module === "object" && module && module.exports) { module.exports = SenteLite; } // sente-lite:export

@@ -1,0 +1,100 @@
+"""A sente_lite server for the Node tests, driven by JSON lines on stdin.
+
+Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per command:
+``{"op": "publish", "channel", "data", "count"}``, ``{"op": "request", "event", "data"}``
+(to the newest connection), ``{"op": "events"}`` (``test/note`` events received so far),
+``{"op": "pause"}`` / ``{"op": "resume"}`` (stop, then start again on the same port),
+``{"op": "stop"}``. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
+credential accepted), ``--demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from typing import Any, Dict, List, Optional
+
+from sente_lite import Server
+from sente_lite.errors import SenteLiteError
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--heartbeat-ms", type=int, default=5000)
+    ap.add_argument("--csrf", action="store_true")
+    ap.add_argument("--token")
+    args = ap.parse_args()
+    notes: List[Any] = []
+    lock = threading.Lock()
+
+    def make(port: int) -> Server:
+        auth = None
+        if args.token:
+            auth = lambda req: "user-" + req.token if req.token == args.token else None  # noqa: E731
+        srv = Server("127.0.0.1", port, heartbeat_ms=args.heartbeat_ms, csrf=args.csrf,
+                     csrf_secret="node-tests-secret-0123456789" if args.csrf else None,
+                     authenticate=auth)
+        srv.on("test/add", lambda conn, data: sum(data))
+        srv.on("test/fail", lambda conn, data: 1 / 0)
+
+        def note(conn: Any, data: Any) -> None:
+            with lock:
+                notes.append(data)
+
+        srv.on("test/note", note)
+        return srv.start()
+
+    srv: Optional[Server] = make(0)
+    port = srv.port
+    say({"url": srv.url, "port": port})
+    try:
+        for line in sys.stdin:
+            cmd: Dict[str, Any] = json.loads(line)
+            op = cmd["op"]
+            if op == "stop":
+                break
+            if op == "pause":
+                if srv is not None:
+                    srv.stop()
+                srv = None
+                say({"ok": True})
+            elif op == "resume":
+                srv = make(port)
+                say({"ok": True, "url": srv.url})
+            elif op == "publish" and srv is not None:
+                last = None
+                for i in range(int(cmd.get("count", 1))):
+                    data = cmd.get("data")
+                    last = srv.publish(cmd["channel"], i if data is None else data)
+                say({"ok": True, "offset": last.offset if last else None,
+                     "delivered": last.delivered if last else None})
+            elif op == "request" and srv is not None:
+                conns = srv.connections()
+                if not conns:
+                    say({"ok": False, "code": "no-connection"})
+                    continue
+                newest = conns[-1]["conn-id"]
+                try:
+                    say({"ok": True, "result": srv.request(newest, cmd["event"], cmd.get("data"),
+                                                           timeout=5.0)})
+                except SenteLiteError as exc:
+                    say({"ok": False, "code": getattr(exc, "code", type(exc).__name__)})
+            elif op == "events":
+                with lock:
+                    say({"ok": True, "notes": list(notes)})
+            else:
+                say({"ok": False, "code": f"cannot {op} now"})
+    finally:
+        if srv is not None:
+            srv.stop()
+    return 0
+
+
+def say(obj: Dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
