@@ -219,13 +219,18 @@ def _proc_status(pid: int) -> Dict[str, int]:
     return out
 
 
+#: The server's max_connections in a benchmark: capacity is what is measured.
+BENCH_MAX_CONNECTIONS = 1_000_000
+
+
 def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_delay_ms: float,
                  pipe: Any) -> None:
     """Server process: run one server until told to stop; answer ``stats``."""
     raise_nofile()
     if system == "sente_lite":
         from .server import Server
-        srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms)
+        srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms,
+                          max_connections=BENCH_MAX_CONNECTIONS)
     else:
         from .bench_baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)

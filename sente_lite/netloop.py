@@ -54,6 +54,8 @@ RECV_BYTES = 256 * 1024
 ACCEPTS_PER_WAKE = 64
 #: How long accepting pauses after the process ran out of descriptors or memory.
 ACCEPT_PAUSE_S = 0.1
+#: Age before which an upgrade in progress is never evicted to make room for another.
+EVICT_MIN_AGE_S = 0.5
 #: Seconds between two checks of the upgrades in progress against their deadlines.
 PENDING_SWEEP_S = 0.1
 #: Unparsed input a dropped connection may leave before the loop collects garbage at its
@@ -496,14 +498,27 @@ class NetLoop:
         self.links[link.fd] = link
         self.counts["accepted"] += 1
         self._pending[link] = None
-        per = self._pending_by_address.setdefault(address, collections.OrderedDict())
-        per[link] = None
-        if len(per) > self.max_pending_per_address:
-            self._evict(next(iter(per)), "max_pending_handshakes_per_address",
+        self._pending_by_address.setdefault(address, collections.OrderedDict())[link] = None
+        self._enforce_caps(address, link.accepted_at)
+
+    def _enforce_caps(self, address: str, now: float) -> None:
+        """Over a cap on upgrades in progress, drop the oldest, once it is older than
+        EVICT_MIN_AGE_S: a burst of fresh sockets is not a slowloris, and gets the time
+        to send its requests (the sweep evicts later if they don't)."""
+        per = self._pending_by_address.get(address)
+        while per is not None and len(per) > self.max_pending_per_address:
+            oldest = next(iter(per))
+            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
+                break
+            self._evict(oldest, "max_pending_handshakes_per_address",
                         f"more than {self.max_pending_per_address} upgrades in progress from "
                         f"{address}")
-        if len(self._pending) > self.max_pending:
-            self._evict(next(iter(self._pending)), "max_pending_handshakes",
+            per = self._pending_by_address.get(address)
+        while len(self._pending) > self.max_pending:
+            oldest = next(iter(self._pending))
+            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
+                break
+            self._evict(oldest, "max_pending_handshakes",
                         f"more than {self.max_pending} upgrades in progress")
 
     def _evict(self, link: Link, setting: str, why: str) -> None:
@@ -522,6 +537,11 @@ class NetLoop:
 
     def _sweep_pending(self, now: float) -> None:
         """Drop upgrades past their deadlines (the oldest come first)."""
+        if len(self._pending) > self.max_pending:
+            self._enforce_caps("", now)
+        for address in [a for a, per in self._pending_by_address.items()
+                        if len(per) > self.max_pending_per_address]:
+            self._enforce_caps(address, now)
         full_limit = now - self.handshake_timeout
         line_limit = max(full_limit, now - self.request_line_timeout)
         for link in list(self._pending):
@@ -755,6 +775,9 @@ class NetLoop:
         if not link.got_bytes:
             return  # closed before sending anything (a port probe): not a refusal
         cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
+        if isinstance(cause, EOFError):
+            self.counts["upgrades_abandoned"] += 1  # the peer left mid-request: no one to answer
+            return
         self.handler.on_refused(link, "bad-request", 400,
                                 f"malformed HTTP request ({type(cause).__name__})")
         with link.lock:
