@@ -87,19 +87,19 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
             trace: Optional[Path] = None) -> Outcome:
     """Run one scenario script in its own process group; never raises for its failures.
 
-    With ``trace`` the scenario also writes its timeline there (``--trace``)."""
+    With ``trace`` the scenario also writes its timeline there (``SENTE_LITE_TRACE``, which
+    scenarios that do not use ``run_scenario`` ignore)."""
     name = script.stem
     json_path = work_dir / f"{name}.{repeat}.json"
     out_path = work_dir / f"{name}.{repeat}.out"
     cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(work_dir)]
     if keep:
         cmd.append(keep)
-    if trace is not None:
-        cmd += ["--trace", str(trace)]
+    env = None if trace is None else dict(os.environ, SENTE_LITE_TRACE=str(trace))
     t0 = time.monotonic()
     with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(REPO), start_new_session=True)
+                                cwd=str(REPO), start_new_session=True, env=env)
         timed_out = False
         try:
             proc.wait(timeout)
@@ -337,8 +337,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.html:
         from sente_lite.testing import report
 
+        t_html = time.monotonic()
         report.write_html(args.html, [report.run_entry(asdict(o), t) for o, t in zip(outcomes, traces)])
-        print(f"HTML report: {Path(args.html).resolve()}")
+        print(f"HTML report: {Path(args.html).resolve()} (written in {time.monotonic() - t_html:.2f}s)")
     return 0 if all_ok else 1
 
 

@@ -137,7 +137,7 @@ def runner_report(tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, Dict[
     done = run_cmd(str(REPO / "run_all_tests.py"), "--scripts", str(SCENARIOS), "--html",
                    str(html_path), "--json", str(json_path))
     assert done.returncode == 1, done.stdout + done.stderr
-    assert f"HTML report: {html_path}" in done.stdout
+    assert f"HTML report: {html_path} (written in " in done.stdout
     return html_path, json.loads(json_path.read_text())
 
 
@@ -285,3 +285,21 @@ def test_report_opens_offline_in_chromium(runner_report: Tuple[Path, Dict[str, A
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_a_scenario_without_a_trace_still_has_its_section(tmp_path: Path) -> None:
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "01_broken.py").write_text("import sys\nprint('broken before any report')\n"
+                                          "sys.exit(3)\n")
+    html_path = tmp_path / "r.html"
+    done = run_cmd(str(REPO / "run_all_tests.py"), "--scripts", str(scripts), "--html",
+                   str(html_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    doc = parse(html_path.read_text(encoding="utf-8"))
+    [section] = sections(doc).values()
+    assert section.attrs["data-outcome"] == "crash"
+    assert not section.find_all("svg")
+    text = section.all_text()
+    assert "No timeline" in text and "broken before any report" in text
+    assert "exited with code 3" in text

@@ -261,7 +261,10 @@ def _fault_lines(axis: _Axis, faults: Sequence[Tuple[float, str, str]], top: flo
             row = row + 1 if x - last_x < 120 else 0
             last_x = x
             cls = "restart-label" if kind == "restart" else "fault-label"
-            parts.append(f'<text class="{cls}" x="{x + 3}" y="{top - 4 - 11 * (row % 3)}">'
+            width = 5.6 * len(label)  # about 5.6 px per character at 10 px
+            place = (f'x="{x - 3}" text-anchor="end"' if x + 3 + width > PLOT_WIDTH
+                     else f'x="{x + 3}"')
+            parts.append(f'<text class="{cls}" {place} y="{top - 4 - 11 * (row % 3)}">'
                          f'{_e(label)}</text>')
     return parts
 
@@ -303,9 +306,6 @@ def _segments(p: Mapping[str, Any], end: float) -> List[Tuple[float, float, str,
             stop = exit_t if nxt is None else nxt["t"]
             status = str(e.get("status"))
             spans.append((e["t"], stop, STATUS_COLOURS.get(status, RUNNING_COLOUR), status))
-        last = statuses[-1]
-        if last.get("status") not in ("closed", "stopped"):
-            pass  # the process ended (or was killed) with the client in that status
     elif p.get("role") == "server":
         ready = next((e["t"] for e in events if e["kind"] == "mark" and e.get("mark") == "ready"), None)
         start = next((e["t"] for e in events if e["kind"] == "started"), None)
@@ -400,10 +400,10 @@ def timeline_svg(trace: Mapping[str, Any], highlight: Iterable[str] = ()) -> str
                      f' data-highlight="{"true" if hl else "false"}">')
         bg = "#fde2e2" if hl else ("#f7f9fa" if i % 2 else "#ffffff")
         parts.append(f'<rect x="0" y="{y0}" width="{PLOT_WIDTH}" height="{LANE_HEIGHT}" fill="{bg}"/>')
-        label = ("\u2716 " if hl else "") + p["name"]
-        parts.append(f'<text class="lane-label" x="6" y="{mid + 1}">{_e(label)}</text>'
-                     f'<text x="6" y="{mid + 13}" style="font-size:10px;fill:#6b7785">'
-                     f'{_e(p.get("role"))} pid {_e(p.get("pid"))}</text>')
+        sub = f'{p.get("role")} pid {p.get("pid")}' + (" \u00b7 failed check" if hl else "")
+        parts.append(f'<text class="lane-label" x="6" y="{mid + 1}">{_e(p["name"])}</text>'
+                     f'<text x="6" y="{mid + 13}" style="font-size:10px;fill:'
+                     f'{"#c0392b" if hl else "#6b7785"}">{_e(sub)}</text>')
         events = p.get("events", ())
         launched = next((e["t"] for e in events if e["kind"] == "launched"), 0.0)
         exit_t = next((e["t"] for e in events if e["kind"] == "exit"), duration)

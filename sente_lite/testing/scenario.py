@@ -13,7 +13,8 @@ Command line of every scenario script::
 
 ``--html`` writes a self-contained HTML report of the run (timeline of every
 process, latency, failing evidence: see :mod:`sente_lite.testing.report`);
-``--trace`` writes the same data as JSON, which ``run_all_tests.py --html`` reads.
+``--trace`` writes the same data as JSON, which ``run_all_tests.py --html`` reads
+(it names the file in the environment variable ``SENTE_LITE_TRACE``, :data:`TRACE_ENV`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .common import SCENARIO_TIMEOUT_S, CommandFailed, HarnessTimeout, ProcessFailed
 from .run import Run
 
+#: Environment variable naming a file to write the run's trace to (as ``--trace`` does).
+TRACE_ENV = "SENTE_LITE_TRACE"
 #: Lines of a failing process's log kept in the report.
 LOG_TAIL_LINES = 30
 
@@ -166,6 +169,8 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
     """
     name = name or os.path.splitext(os.path.basename(sys.argv[0]))[0] or "scenario"
     args = parse_args(argv, f"{name}: {title}")
+    if not args.trace and os.environ.get(TRACE_ENV):
+        args.trace = os.environ[TRACE_ENV]
     report = Report(name, title)
     print(f"{name}: {title}", flush=True)
     t0 = time.monotonic()
@@ -231,4 +236,4 @@ def _first_server(run: Run) -> Optional[str]:
 
 
 __all__ = ["Report", "Check", "run_scenario", "parse_args", "KEY_FIGURES", "FIG_CLIENTS",
-           "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S", "LOG_TAIL_LINES"]
+           "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S", "LOG_TAIL_LINES", "TRACE_ENV"]

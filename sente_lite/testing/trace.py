@@ -14,7 +14,8 @@ run directory is removed) and returns plain JSON-encodable data:
 * per process, how many channel messages it received in each time bin;
 * over all processes, publish-to-receive latency per time bin (p50, p99, max)
   and in total;
-* the last lines of every process's log.
+* the last lines of every process's log;
+* ``collect_s``: the seconds this collection took (what the timeline cost the run).
 
 Times are seconds since the run began (``t``). Events come from each process's
 journal (``procs/<name>/events.jsonl``, appended as they happen, so a process
@@ -169,7 +170,8 @@ def collect_trace(run: "Run") -> Dict[str, Any]:
                   if e.get("process") is None]
     return {"version": TRACE_VERSION, "run": run.name, "duration_s": rel(end_ns),
             "bins": TIMELINE_BINS, "bin_s": round(span_ns / TIMELINE_BINS / 1e9, 6),
-            "processes": processes, "events": run_events, "latency": latency}
+            "processes": processes, "events": run_events, "latency": latency,
+            "collect_s": round((time.monotonic_ns() - end_ns) / 1e9, 4)}
 
 
 __all__ = ["collect_trace", "latency_bins", "TRACE_VERSION", "TIMELINE_BINS",
