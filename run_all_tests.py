@@ -11,6 +11,7 @@ only runs them and reads the JSON report each one writes with ``--json``.
     python run_all_tests.py -k 03 -k restart      # only scenarios whose name matches
     python run_all_tests.py --repeat 10 -x        # 10 rounds, stop at the first failure
     python run_all_tests.py --json out.json --junit junit.xml --keep
+    python run_all_tests.py --html report.html      # timelines, latency, failing evidence
 """
 
 from __future__ import annotations
@@ -82,18 +83,23 @@ def _tail(text: str, lines: int) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
-def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str) -> Outcome:
-    """Run one scenario script in its own process group; never raises for its failures."""
+def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str,
+            trace: Optional[Path] = None) -> Outcome:
+    """Run one scenario script in its own process group; never raises for its failures.
+
+    With ``trace`` the scenario also writes its timeline there (``SENTE_LITE_TRACE``, which
+    scenarios that do not use ``run_scenario`` ignore)."""
     name = script.stem
     json_path = work_dir / f"{name}.{repeat}.json"
     out_path = work_dir / f"{name}.{repeat}.out"
     cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(work_dir)]
     if keep:
         cmd.append(keep)
+    env = None if trace is None else dict(os.environ, SENTE_LITE_TRACE=str(trace))
     t0 = time.monotonic()
     with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(REPO), start_new_session=True)
+                                cwd=str(REPO), start_new_session=True, env=env)
         timed_out = False
         try:
             proc.wait(timeout)
@@ -135,6 +141,14 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
         failed_checks=[f"{c['what']}: {c['detail']}" if c.get("detail") else c["what"]
                        for c in report.get("checks", ()) if not c.get("ok")],
         failing_process=failing_process, log_tail=log_tail, exit_code=proc.returncode)
+
+
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    """The JSON document at ``path``, or None when it is missing or broken."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def _fmt(value: Any) -> str:
@@ -242,6 +256,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="run the selection N times and show a pass-rate table")
     ap.add_argument("--json", metavar="PATH", help="write every run's outcome as JSON to PATH")
     ap.add_argument("--junit", metavar="PATH", help="write a JUnit XML report to PATH")
+    ap.add_argument("--html", metavar="PATH",
+                    help="write an HTML report to PATH: the table, and per run a timeline of every "
+                         "process, latency and the failing evidence (see docs/report.md)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the run directories, logs and reports (their location is printed)")
     ap.add_argument("--keep-failed", action="store_true",
@@ -263,6 +280,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     work_dir = Path(tempfile.mkdtemp(prefix="sente-lite-scenarios-"))
     outcomes: List[Outcome] = []
+    traces: List[Optional[Dict[str, Any]]] = []  # with --html: each run's timeline
     total = len(scripts) * args.repeat
     t0 = time.monotonic()
     try:
@@ -272,9 +290,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 n = len(outcomes) + 1
                 tag = f"[{n}/{total}]" + (f" run {rep}" if args.repeat > 1 else "")
                 print(f"{tag} {script.stem} ...", flush=True)
+                trace = work_dir / f"{script.stem}.{rep}.trace.json" if args.html else None
                 o = run_one(script, rep, work_dir, args.timeout,
-                            "--keep" if args.keep else "--keep-failed" if args.keep_failed else "")
+                            "--keep" if args.keep else "--keep-failed" if args.keep_failed else "",
+                            trace)
                 outcomes.append(o)
+                if trace is not None:
+                    traces.append(_read_json(trace))
                 key = " ".join(f"{k}={_fmt(o.figures[k])}" for k in KEY_FIGURES if k in o.figures)
                 print(f"{tag} {script.stem} {o.outcome.upper()} in {o.duration_s:.1f}s  {key}",
                       flush=True)
@@ -312,6 +334,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "selected": [s.stem for s in scripts], "repeat": args.repeat}, f, indent=1)
     if args.junit:
         write_junit(args.junit, outcomes, args.repeat > 1)
+    if args.html:
+        from sente_lite.testing import report
+
+        t_html = time.monotonic()
+        report.write_html(args.html, [report.run_entry(asdict(o), t) for o, t in zip(outcomes, traces)])
+        print(f"HTML report: {Path(args.html).resolve()} (written in {time.monotonic() - t_html:.2f}s)")
     return 0 if all_ok else 1
 
 

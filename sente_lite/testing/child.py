@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import logging
 import os
 import resource
@@ -27,7 +28,7 @@ from ..client import ChannelMessage, Client
 from ..errors import DiscoveryTimeout
 from .common import (CLIENT_CONNECT_TIMEOUT_S, SCENARIO_TIMEOUT_S, SENT_NS_KEY,
                      SERVER_STARTUP_TIMEOUT_S, HarnessError, HarnessTimeout, command_path,
-                     log_path, mark_path, port_file_path, result_path)
+                     events_path, log_path, mark_path, port_file_path, result_path)
 
 log = logging.getLogger("sente_lite.testing")
 
@@ -72,11 +73,14 @@ class History:
     Events are dicts with at least ``kind`` and ``t_ns`` (``time.monotonic_ns()``,
     which is system-wide on Linux, so times of different processes compare).
     Recorded deliveries are kept for the life of the process (see
-    :data:`GC_FREEZE_EVERY`).
+    :data:`GC_FREEZE_EVERY`). With ``journal`` (a file path) every event is also
+    appended to that file as one JSON line when it is recorded, so the events of a
+    process that is killed are not lost (deliveries are not journaled).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Optional[str] = None) -> None:
         self._lock = threading.Lock()
+        self.journal = journal
         self._deliveries: List[Delivery] = []
         #: (message, recv_ns) recorded but not yet turned into a Delivery. Only
         #: appended to by record_message, only cut from the front by _settle.
@@ -130,6 +134,8 @@ class History:
         event = {"kind": kind, "t_ns": time.monotonic_ns(), **fields}
         with self._lock:
             self.events.append(event)
+            if self.journal is not None:
+                append_journal(self.journal, event)
         return event
 
     def count(self, channel: Optional[str] = None) -> int:
@@ -173,6 +179,36 @@ class History:
         return h
 
 
+def append_journal(path: str, event: Dict[str, Any]) -> None:
+    """Append ``event`` to the JSON-lines journal at ``path`` (one write; never raises)."""
+    try:
+        line = json.dumps(event, default=str, separators=(",", ":")) + "\n"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, line.encode("utf-8", "replace"))
+        finally:
+            os.close(fd)
+    except (OSError, TypeError, ValueError) as exc:  # a journal is evidence, never a failure
+        log.warning("cannot append to %s: %s", path, exc)
+
+
+def read_journal(path: str) -> List[Dict[str, Any]]:
+    """The events of a journal written by :func:`append_journal` (a torn last line is skipped)."""
+    events: List[Dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    events.append(event)
+    except FileNotFoundError:
+        pass
+    return events
+
+
 class ProcessContext:
     """Handed to a behaviour: its name, its run directory, files, and its history.
 
@@ -186,15 +222,22 @@ class ProcessContext:
         self.run_dir = run_dir
         self.launched_ns = launched_ns
         self.started_ns = started_ns
-        self.history = History()
+        self.history = History(journal=events_path(run_dir, name))
         self.port_file = port_file_path(run_dir)
         self._next_command = 1
 
     # -- marks and commands ------------------------------------------------------
     def mark(self, mark: str, **data: Any) -> None:
-        """Tell the parent this process reached ``mark`` (``t_ns`` is added to ``data``)."""
-        discovery.write_json(mark_path(self.run_dir, self.name, mark),
-                             {"t_ns": time.monotonic_ns(), **data})
+        """Tell the parent this process reached ``mark`` (``t_ns`` is added to ``data``).
+
+        Marks other than ``status`` and command replies are also journaled
+        (``kind="mark"``) for the run's timeline.
+        """
+        t_ns = time.monotonic_ns()
+        discovery.write_json(mark_path(self.run_dir, self.name, mark), {"t_ns": t_ns, **data})
+        if mark != "status" and not mark.startswith("reply-"):
+            append_journal(events_path(self.run_dir, self.name),
+                           {"kind": "mark", "t_ns": t_ns, "mark": mark})
 
     def next_command(self, timeout: float = SCENARIO_TIMEOUT_S) -> Tuple[int, str, Dict[str, Any]]:
         """Wait for the next command from the parent: ``(seq, name, data)``."""
@@ -383,6 +426,8 @@ def child_main(spec: ChildSpec) -> None:
     _redirect_output(log_path(spec.run_dir, spec.name), spec.log_level)
     discovery.write_json(mark_path(spec.run_dir, spec.name, STARTED_MARK),
                          {"t_ns": started_ns, "pid": os.getpid()})
+    journal = events_path(spec.run_dir, spec.name)
+    append_journal(journal, {"kind": "started", "t_ns": started_ns, "pid": os.getpid()})
     log.info("%s %s started (pid %d, %.0f ms after launch)", spec.role, spec.name, os.getpid(),
              (started_ns - spec.launched_ns) / 1e6)
     ctx = ProcessContext(spec.name, spec.role, spec.run_dir, spec.launched_ns, started_ns)
@@ -398,6 +443,8 @@ def child_main(spec: ChildSpec) -> None:
         log.error("%s failed:\n%s", spec.name, tb)
         result.update(ok=False, value=None, error=f"{type(exc).__name__}: {exc}", traceback=tb)
     result.update(ended_ns=time.monotonic_ns(), history=ctx.history.to_json(), **_usage())
+    append_journal(journal, {"kind": "ended", "t_ns": result["ended_ns"], "ok": not failed,
+                             "error": result.get("error")})
     path = result_path(spec.run_dir, spec.name)
     try:
         discovery.write_json(path, result)

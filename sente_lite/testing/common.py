@@ -7,6 +7,8 @@ A run directory (one per scenario run, made by :func:`tempfile.mkdtemp`) holds::
     procs/<name>/cmd-0001.json commands to <name>, numbered in the order sent
     procs/<name>/mark-<m>.json marks <name> has reached ("started", "ready", "status", ...)
     procs/<name>/result.json   what <name> returned or how it failed, and its history
+    procs/<name>/events.jsonl  <name>'s events (status changes, marks, commands) as they happen,
+                               one JSON line each: kept even when <name> is killed
 
 Every file is written atomically under its ``filelock`` lock by
 :func:`sente_lite.discovery.write_json` and read with ``read_json`` / ``wait_for_json``.
@@ -43,6 +45,7 @@ PORT_FILE = "port.json"
 LOG_DIR = "logs"
 PROC_DIR = "procs"
 RESULT_FILE = "result.json"
+EVENTS_FILE = "events.jsonl"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
@@ -128,3 +131,8 @@ def mark_path(run_dir: str, name: str, mark: str) -> str:
 def result_path(run_dir: str, name: str) -> str:
     """The result file of process ``name``."""
     return os.path.join(proc_dir(run_dir, name), RESULT_FILE)
+
+
+def events_path(run_dir: str, name: str) -> str:
+    """The event journal of process ``name`` (JSON lines, appended as events happen)."""
+    return os.path.join(proc_dir(run_dir, name), EVENTS_FILE)

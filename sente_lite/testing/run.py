@@ -118,6 +118,8 @@ class ProcessHandle:
         self.process = process
         self.launched_ns = launched_ns
         self.paused = False
+        #: ``time.monotonic_ns()`` when the parent first saw it ended (None while it runs).
+        self.exit_seen_ns: Optional[int] = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} pid={self.pid}>"
@@ -143,12 +145,14 @@ class ProcessHandle:
         return self.process.is_alive()
 
     def signal(self, sig: int) -> None:
-        """Send ``sig`` to the process (nothing when it already ended)."""
+        """Send ``sig`` to the process (nothing when it already ended); the run records it."""
         if self.process.exitcode is None:
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
-                pass
+                return
+            self.run.record_event("signal", self.name, signal=signal.Signals(sig).name,
+                                  by="cleanup" if self.run.closed else "scenario")
 
     def kill(self, timeout: float = CLEANUP_TIMEOUT_S) -> None:
         """SIGKILL it and reap it. Raises :class:`LeakError` if it is still there after ``timeout``."""
@@ -180,6 +184,8 @@ class ProcessHandle:
     def join(self, timeout: Optional[float] = None) -> Optional[int]:
         """Wait up to ``timeout`` for it to end; returns the exit code (None if running)."""
         self.process.join(timeout)
+        if self.process.exitcode is not None and self.exit_seen_ns is None:
+            self.exit_seen_ns = time.monotonic_ns()
         return self.process.exitcode
 
     def log_tail(self, lines: int = 30) -> str:
@@ -249,11 +255,26 @@ class Run:
     every wait of the run (:meth:`remaining`); ``log_level`` is the children's
     logging level. Start processes from a thread that outlives them (on Linux a
     child is killed when the thread that started it ends).
+
+    The run records what the parent did to its processes (:attr:`events`: signals,
+    restarts, and whatever the scenario adds with :meth:`record_event`). With
+    ``trace`` :meth:`close` also collects the run's timeline into :attr:`trace`
+    (see :mod:`sente_lite.testing.trace`) before it removes the run directory.
     """
 
     def __init__(self, name: str = "run", *, keep: bool = False, root: Optional[str] = None,
-                 timeout: float = SCENARIO_TIMEOUT_S, log_level: int = logging.INFO) -> None:
+                 timeout: float = SCENARIO_TIMEOUT_S, log_level: int = logging.INFO,
+                 trace: bool = False) -> None:
         self.name = check_name(name)
+        #: ``time.monotonic_ns()`` when the run began: 0 on the timeline.
+        self.t0_ns = time.monotonic_ns()
+        #: What the parent did, in order: dicts with ``kind``, ``t_ns``, ``process`` and more.
+        self.events: List[Dict[str, Any]] = []
+        self.trace_enabled = trace
+        #: The run's timeline (a dict, see :mod:`.trace`), set by :meth:`close` when ``trace``.
+        self.trace: Optional[Dict[str, Any]] = None
+        #: Result data of the processes :meth:`results` has read, by name.
+        self.result_data: Dict[str, Dict[str, Any]] = {}
         self.keep = keep
         self.timeout = timeout
         self.log_level = log_level
@@ -276,6 +297,16 @@ class Run:
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         self.close(raise_on_leak=exc_type is None)
+
+    def record_event(self, kind: str, process: Optional[str] = None, **fields: Any) -> Dict[str, Any]:
+        """Record something the parent did or saw now (a fault it injected, a phase); returns it.
+
+        ``process`` names the process it concerns (None: the whole run). The
+        events appear on the run's timeline.
+        """
+        event = {"kind": kind, "t_ns": time.monotonic_ns(), "process": process, **fields}
+        self.events.append(event)
+        return event
 
     # -- time -------------------------------------------------------------------------
     def remaining(self) -> float:
@@ -357,6 +388,7 @@ class Run:
             name = f"{base}-{n}"
         kwargs = dict(old.server_kwargs)
         kwargs.pop("port", None)
+        self.record_event("restart", old.name, new=name)
         return self.start_server(name, port=old.port, setup=old.setup, timeout=timeout, **kwargs)
 
     # -- talking to processes ------------------------------------------------------------
@@ -449,6 +481,8 @@ class Run:
         for h in hs:
             h.join(self._clip(None, CLEANUP_TIMEOUT_S))
             r = ProcessResult(h.name, raw[h.name], h.exitcode)
+            if raw[h.name]:
+                self.result_data[h.name] = raw[h.name]
             if require_ok and not r.ok:
                 raise ProcessFailed(h.name, f"{h.name} failed: {r.error}\n{r.traceback or ''}".rstrip(),
                                     h.exitcode, r.traceback)
@@ -537,6 +571,8 @@ class Run:
             self._check_no_survivors()
             self._check_ports_free(deadline)
         finally:
+            if self.trace_enabled:
+                self._collect_trace()
             with _OPEN_RUNS_LOCK:
                 _OPEN_RUN_PIDS.pop(id(self), None)
             if not self.keep:
@@ -548,6 +584,15 @@ class Run:
         if self.leaks:
             log.error("run %s leaked: %s", self.name, "; ".join(self.leaks))
         return self.leaks
+
+    def _collect_trace(self) -> None:
+        from .trace import collect_trace  # imported here: .trace reads this module's types
+
+        try:
+            self.trace = collect_trace(self)
+        except Exception:  # noqa: BLE001 - a missing timeline must not hide the run's verdict
+            log.exception("could not collect the timeline of run %s", self.name)
+            self.trace = None
 
     def _check_no_survivors(self) -> None:
         with _OPEN_RUNS_LOCK:

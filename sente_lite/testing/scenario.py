@@ -8,7 +8,13 @@ a short report and returns the exit code (0 only when every check passed).
 
 Command line of every scenario script::
 
-    python test_scripts/NN_name.py [--json PATH] [--keep | --keep-failed] [--run-root DIR] [--debug]
+    python test_scripts/NN_name.py [--json PATH] [--html PATH] [--trace PATH]
+                                   [--keep | --keep-failed] [--run-root DIR] [--debug]
+
+``--html`` writes a self-contained HTML report of the run (timeline of every
+process, latency, failing evidence: see :mod:`sente_lite.testing.report`);
+``--trace`` writes the same data as JSON, which ``run_all_tests.py --html`` reads
+(it names the file in the environment variable ``SENTE_LITE_TRACE``, :data:`TRACE_ENV`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from .common import SCENARIO_TIMEOUT_S, CommandFailed, HarnessTimeout, ProcessFailed
 from .run import Run
 
+#: Environment variable naming a file to write the run's trace to (as ``--trace`` does).
+TRACE_ENV = "SENTE_LITE_TRACE"
 #: Lines of a failing process's log kept in the report.
 LOG_TAIL_LINES = 30
 
@@ -144,6 +152,10 @@ def parse_args(argv: Optional[Sequence[str]], description: str) -> argparse.Name
     ap.add_argument("--keep-failed", action="store_true",
                     help="keep the run directory only when the scenario fails")
     ap.add_argument("--run-root", metavar="DIR", help="make the run directory inside DIR")
+    ap.add_argument("--html", metavar="PATH",
+                    help="write an HTML report (timeline, latency, failing evidence) to PATH")
+    ap.add_argument("--trace", metavar="PATH",
+                    help="write the run's timeline and verdict as JSON to PATH (for a report)")
     ap.add_argument("--debug", action="store_true", help="log at DEBUG level in every process")
     return ap.parse_args(argv)
 
@@ -157,11 +169,14 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
     """
     name = name or os.path.splitext(os.path.basename(sys.argv[0]))[0] or "scenario"
     args = parse_args(argv, f"{name}: {title}")
+    if not args.trace and os.environ.get(TRACE_ENV):
+        args.trace = os.environ[TRACE_ENV]
     report = Report(name, title)
     print(f"{name}: {title}", flush=True)
     t0 = time.monotonic()
     run = Run(name, keep=args.keep, root=args.run_root, timeout=timeout,
-              log_level=logging.DEBUG if args.debug else logging.INFO)
+              log_level=logging.DEBUG if args.debug else logging.INFO,
+              trace=bool(args.html or args.trace))
     try:
         story(run, report)
     except ProcessFailed as exc:
@@ -189,10 +204,28 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
         print(report.render(duration), flush=True)
         if run.keep:
             print(f"run directory kept: {run.dir}", flush=True)
+        as_json = report.to_json(duration, run.dir if run.keep else None)
         if args.json:
             with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(report.to_json(duration, run.dir if run.keep else None), f, indent=1)
+                json.dump(as_json, f, indent=1)
+        if args.trace or args.html:
+            _write_trace(args, as_json, run.trace)
     return 0 if report.passed else 1
+
+
+def _write_trace(args: argparse.Namespace, as_json: Dict[str, Any],
+                 trace: Optional[Dict[str, Any]]) -> None:
+    from . import report as html_report  # only runs asked for a report pay for importing it
+
+    verdict = {k: as_json[k] for k in ("scenario", "title", "outcome", "duration_s", "figures",
+                                       "checks", "notes", "error", "failing_process")}
+    full = {**(trace or {}), "verdict": verdict}
+    if args.trace:
+        with open(args.trace, "w", encoding="utf-8") as f:
+            json.dump(full, f, separators=(",", ":"))
+    if args.html:
+        html_report.write_html(args.html, [html_report.run_entry(as_json, full)])
+        print(f"HTML report: {os.path.abspath(args.html)}", flush=True)
 
 
 def _first_server(run: Run) -> Optional[str]:
@@ -203,4 +236,4 @@ def _first_server(run: Run) -> Optional[str]:
 
 
 __all__ = ["Report", "Check", "run_scenario", "parse_args", "KEY_FIGURES", "FIG_CLIENTS",
-           "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S", "LOG_TAIL_LINES"]
+           "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S", "LOG_TAIL_LINES", "TRACE_ENV"]
