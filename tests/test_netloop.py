@@ -9,6 +9,8 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, List
 
@@ -192,3 +194,81 @@ def test_running_out_of_descriptors_refuses_with_503_and_keeps_serving(tmp_path:
     assert "Traceback" not in err
     proc.stdout.close()  # type: ignore[union-attr]
     proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_handlers_blocked_in_request_never_starve_other_connections(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    """More handlers wait for their clients' replies than there are handler threads; a
+    request from yet another connection is still answered at once."""
+    srv = make_server(min_handler_threads=1, max_handler_threads=2)
+    answer = threading.Event()
+    srv.on("app/ask-back", lambda conn, data: conn.request("app/later", None, timeout=WAIT_S))
+    srv.on("app/echo", lambda conn, data: data)
+    askers = []
+    for i in range(4):
+        c = make_client(srv.url)
+        c.on("app/later", lambda data: answer.wait(WAIT_S) and "late")
+        askers.append(c)
+    results: List[Any] = []
+    threads = [threading.Thread(target=lambda c=c: results.append(
+        c.request("app/ask-back", timeout=WAIT_S)), daemon=True) for c in askers]
+    for t in threads:
+        t.start()
+    wait_until(lambda: srv.stats()["handler_threads"] >= 4,
+               what="the 4 handlers waiting in request(), each on a thread of its own")
+    other = make_client(srv.url)
+    started = time.monotonic()
+    assert other.request("app/echo", "hi", timeout=WAIT_S) == "hi"
+    assert time.monotonic() - started < 2.0
+    answer.set()
+    for t in threads:
+        t.join(WAIT_S)
+    assert results == ["late"] * 4
+
+
+def test_a_slow_handler_delays_only_its_own_connection(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    release = threading.Event()
+    order: List[Any] = []
+
+    @srv.on("app/slow")
+    def slow(conn: Any, data: Any) -> Any:
+        assert release.wait(WAIT_S)
+        order.append(("slow", data))
+        return data
+
+    @srv.on("app/fast")
+    def fast(conn: Any, data: Any) -> Any:
+        order.append(("fast", data))
+        return data
+
+    a, b = make_client(srv.url), make_client(srv.url)
+    a.send("app/slow", 1)
+    a.send("app/fast", "a-after-slow")  # same connection: waits its turn
+    assert b.request("app/fast", "b", timeout=WAIT_S) == "b"  # another connection: at once
+    assert order == [("fast", "b")]
+    release.set()
+    wait_until(lambda: len(order) == 3, what="a's events handled")
+    assert order[1:] == [("slow", 1), ("fast", "a-after-slow")]
+
+
+def test_a_stalled_network_thread_does_not_close_live_peers(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    """The heartbeat does not hold against peers a stretch in which the server's own
+    network thread could not read them (here authorize stalls it past the timeout)."""
+    def authorize(conn: Any, action: str, channel_id: str) -> bool:
+        if channel_id == "stall":
+            time.sleep(1.8)  # longer than the 1.5 s heartbeat timeout, shorter than clients' 2 s
+        return True
+
+    srv = make_server(heartbeat_ms=500, authorize=authorize)
+    clients = [make_client(srv.url) for _ in range(3)]
+    wait_until(lambda: all(c.stats().get("pings", 0) + c.stats().get("frames_in", 0) > 1
+                           for c in clients), what="heartbeats flowing")
+    clients[0].subscribe("stall", timeout=WAIT_S)
+    for c in clients:
+        assert c.request("sente-lite/subscribe", {"channel-id": "after"}, timeout=WAIT_S)
+    stats = srv.stats()
+    assert stats.get("heartbeat_timeouts", 0) == 0
+    assert stats["connections"] == 3 and stats.get("connections_closed", 0) == 0
