@@ -196,6 +196,7 @@ class Link:
         self.broken = False        # a write failed: the loop ends the link
         self.closed = False
         self.flush_asked = False   # a flush of this link is queued for the loop
+        self.dirty = False         # frames held by the network thread wait for its next flush
         self.watching_write = False
         self.deadline = 0.0        # when the loop drops this link (0: none)
         self.fragments: Optional[List[bytes]] = None
@@ -252,6 +253,14 @@ class Link:
         if self.tls is not None:
             data = self.tls.encrypt(data)
         outbox = self.outbox
+        loop = self.loop
+        if loop._ident == threading.get_ident() and not outbox.delay_ns:
+            # on the network thread: gathered, written with the rest of this pass
+            outbox.hold(data)
+            if not self.dirty:
+                self.dirty = True
+                loop._dirty.append(self)
+            return
         now_ns = time.monotonic_ns() if outbox.delay_ns else 0
         if outbox.push(data, now_ns) or self.flush_asked:
             return
@@ -318,6 +327,8 @@ class NetLoop:
         self._timers: List[Tuple[float, int, Callable[[], None]]] = []
         self._timer_seq = itertools.count()
         self._thread: Optional[threading.Thread] = None
+        self._ident: Optional[int] = None
+        self._dirty: List[Link] = []  # links with frames held during this pass
         self._running = False
         self._reserve_fd: Optional[int] = None
         self._accept_paused = False
@@ -368,7 +379,7 @@ class NetLoop:
 
     def on_loop(self) -> bool:
         """True on the loop thread."""
-        return self._thread is not None and threading.get_ident() == self._thread.ident
+        return self._ident is not None and threading.get_ident() == self._ident
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread (thread-safe; in call order)."""
@@ -398,8 +409,11 @@ class NetLoop:
         select = self._selector.select
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
+        self._ident = threading.get_ident()
         try:
             while self._running:
+                if self._dirty:
+                    self._flush_dirty()
                 now = time.monotonic()
                 wait = min(next_tick, next_sweep if self._pending else next_tick) - now
                 if self._timers:
@@ -443,6 +457,15 @@ class NetLoop:
             log.exception("network loop failed; dropping every connection")
             for link in list(self.links.values()):
                 self._finish(link)
+
+    def _flush_dirty(self) -> None:
+        """Write what this thread held for each peer during the pass: one write per peer
+        however many frames it got (a publish read from several sockets at once)."""
+        dirty, self._dirty = self._dirty, []
+        for link in dirty:
+            link.dirty = False
+            if not link.closed:
+                self._flush(link)
 
     def _guard(self, fn: Callable[[], None]) -> None:
         try:

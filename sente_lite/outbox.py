@@ -78,6 +78,15 @@ class Outbox:
         self._head_sent = n > 0
         return False
 
+    def hold(self, data: bytes) -> None:
+        """Queue ``data`` without writing: the caller flushes soon (the network thread
+        gathers what it sends in one pass over ready sockets into one write per peer).
+        Raises :class:`Overflow` past ``limit``."""
+        if self._chunks and self._bytes + len(data) > self.limit:
+            raise Overflow(f"{self._bytes + len(data)} bytes queued (limit {self.limit})")
+        self._chunks.append(data)
+        self._bytes += len(data)
+
     def flush(self, now_ns: int = 0) -> bool:
         """Send what is queued, several chunks per write. True when the queue is empty."""
         self.due_ns = 0

@@ -135,35 +135,24 @@ def test_builtins_run_inline_when_idle_and_user_events_never(make_server: Callab
         assert deliveries == list(range(n))
 
 
-def test_inline_delivery_to_the_publisher_is_written_directly(
-        make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The network thread writes a delivery to its own connection, and the reply, itself:
-    straight to the socket, nothing queued, no other thread woken."""
+def test_inline_delivery_and_reply_go_out_in_one_write(make_server: Callable[..., Server]) -> None:
+    """The network thread holds what it sends during one pass over ready sockets and
+    writes it with one write per peer: a publish's delivery to its own publisher and
+    the publish's reply go out together, and nothing is left queued."""
     srv = make_server(**QUIET)
-    writes: List[Any] = []
-    original = Connection._enqueue_wire
-
-    def recording(self: Connection, wire: bytes, size: int) -> bool:
-        done = original(self, wire, size)
-        writes.append((threading.get_ident(), done, bytes(wire), self.queued_bytes))
-        return done
-
-    monkeypatch.setattr(Connection, "_enqueue_wire", recording)
     with opened(srv) as peer:
         seen: List[Any] = []
         send(peer, p.EV_SUBSCRIBE, {p.K_CHANNEL: CHANNEL}, "s1")
         reply_to(peer, "s1", seen)
         reader_idle(srv)
+        conn = only_conn(srv)
+        wait_until(lambda: conn.writes_out >= 3, what="101, handshake and reply written")
+        before, frames_before = conn.writes_out, conn.frames_out
         publish(peer, "p1", "me", seen)
-        assert seen[-2][0] == p.EV_CHANNEL_MSG
-        net = srv._loop.thread_ident  # type: ignore[union-attr]
-
-        def of_publish() -> List[Any]:  # recorded after sending, so maybe after the peer read it
-            return [(who, done, queued) for who, done, wire, queued in list(writes)
-                    if p.EV_CHANNEL_MSG.encode() in wire or b'"p1"' in wire]
-
-        wait_until(lambda: len(of_publish()) >= 2, what="both writes recorded")
-        assert of_publish() == [(net, True, 0), (net, True, 0)]  # the delivery, then the reply
+        assert [f[0] for f in seen[-2:]] == [p.EV_CHANNEL_MSG, p.EV_REPLY]
+        wait_until(lambda: conn.writes_out > before, what="the write counted")
+        assert conn.writes_out == before + 1 and conn.frames_out == frames_before + 2
+        assert conn.queued_bytes == 0
 
 
 def test_exception_in_the_inline_path_answers_handler_error_and_keeps_serving(
