@@ -216,6 +216,10 @@ def _proc_status(pid: int) -> Dict[str, int]:
                 out[key] = int(value.split()[0]) * 1024
             elif key == "Threads":
                 out[key] = int(value)
+    try:
+        out["FDs"] = len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        out["FDs"] = -1
     return out
 
 
@@ -872,6 +876,7 @@ def run_idle(system: str, wl: Workload, hold_s: float) -> dict:
         "server_rss_after_mb": after["VmRSS"] / _MB,
         "rss_per_conn_kb": (after["VmRSS"] - before["VmRSS"]) / n / 1024,
         "server_threads": after["Threads"],
+        "server_fds": after["FDs"],
         "client_peak_rss_mb": max(r["peak_rss"] for r in results) / _MB,
     }
 
