@@ -95,7 +95,12 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
     cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(work_dir)]
     if keep:
         cmd.append(keep)
-    env = None if trace is None else dict(os.environ, SENTE_LITE_TRACE=str(trace))
+    # the repository's sente_lite/ (vendored, or a clone not installed) for every script,
+    # whether or not it starts with test_scripts/_repo.py's idiom
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONPATH=path)
+    if trace is not None:
+        env["SENTE_LITE_TRACE"] = str(trace)
     t0 = time.monotonic()
     with open(out_path, "w+", encoding="utf-8", errors="replace") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

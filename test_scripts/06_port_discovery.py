@@ -13,12 +13,8 @@ connected to the port and server id the server reported, and got the roll call.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-try:
-    import sente_lite  # noqa: F401
-except ImportError:  # a fresh clone, not installed: use the repository's copy
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _repo  # noqa: F401  (the repository's sente_lite/ first: test_scripts/_repo.py)
 
 import os
 from typing import Any, Dict

@@ -21,12 +21,8 @@ cut with the expected code; the server counted each refusal and logged no error.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-try:
-    import sente_lite  # noqa: F401
-except ImportError:  # a fresh clone, not installed: use the repository's copy
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import _repo  # noqa: F401  (the repository's sente_lite/ first: test_scripts/_repo.py)
 
 import json
 import threading
