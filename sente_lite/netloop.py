@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
+from websockets import http11 as _http11
 from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
@@ -45,6 +46,12 @@ from websockets.server import ServerProtocol
 
 from .logsafe import RedactingLogger, redact_target, safe
 from .outbox import Outbox, Overflow
+
+try:  # websockets >= 17 answers an oversized request line or header 414/431 itself
+    from websockets.exceptions import RequestLineTooLong as _RequestLineTooLong  # noqa: F401
+    _WEBSOCKETS_ANSWERS_LIMITS = True
+except ImportError:  # websockets < 17 closes such a peer without an answer: the loop answers
+    _WEBSOCKETS_ANSWERS_LIMITS = False
 
 log = logging.getLogger("sente_lite.net")
 
@@ -186,6 +193,7 @@ class Link:
         self.owner: Any = None
         self.accepted_at = time.monotonic()
         self.got_line = False      # a request line (a line end) arrived
+        self.line_bytes = 0        # bytes of the request line so far, its line end included
         self.got_bytes = False
         self.request: Optional[Request] = None
         self.deciding = False      # the handler decides the request on another thread
@@ -651,8 +659,10 @@ class NetLoop:
             link.unparsed += len(data)
             if link.request is None:
                 link.got_bytes = True
-                if not link.got_line and b"\n" in data:
-                    link.got_line = True
+                if not link.got_line:
+                    end = data.find(b"\n")
+                    link.got_line = end >= 0
+                    link.line_bytes += end + 1 if end >= 0 else len(data)
             proto.receive_data(data)
         else:
             proto.receive_eof()
@@ -790,7 +800,7 @@ class NetLoop:
         or gave up). Counted and logged without the request's text: it may carry a
         credential."""
         link.answered = True
-        if isinstance(exc, SecurityError):
+        if isinstance(exc, SecurityError) and _WEBSOCKETS_ANSWERS_LIMITS:
             status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431
             self.handler.on_refused(link, "headers-too-large", status,
                                     f"{type(exc).__name__}: request line or headers too large")
@@ -800,6 +810,15 @@ class NetLoop:
         cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
         if isinstance(cause, EOFError):
             self.counts["upgrades_abandoned"] += 1  # the peer left mid-request: no one to answer
+            return
+        if isinstance(cause, SecurityError) and not _WEBSOCKETS_ANSWERS_LIMITS:
+            # websockets < 17 raises SecurityError ("line too long", "too many HTTP
+            # headers"; wrapped in InvalidMessage from 14.0) and sends no answer
+            status = 414 if link.line_bytes > _http11.MAX_LINE_LENGTH else 431
+            self.handler.on_refused(link, "headers-too-large", status,
+                                    "SecurityError: request line or headers too large")
+            with link.lock:
+                link.outbox.push(_raw_response(status, "request line or headers too large"))
             return
         self.handler.on_refused(link, "bad-request", 400,
                                 f"malformed HTTP request ({type(cause).__name__})")

@@ -3,6 +3,7 @@ with 4000 and leave every channel; a client drops a silent server and reconnects
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 import time
@@ -118,7 +119,9 @@ class SilentServer:
         self.handshakes: List[float] = []
         self.ended: List[float] = []
         self._cond = threading.Condition()
-        self._server = serve(self._handle, "127.0.0.1", 0, ping_interval=None, close_timeout=0.5)
+        # no keepalive pings of its own (websockets < 15 has no such setting: it never pings)
+        quiet = {"ping_interval": None} if "ping_interval" in inspect.signature(serve).parameters else {}
+        self._server = serve(self._handle, "127.0.0.1", 0, close_timeout=0.5, **quiet)
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="silent-server")
         self._thread.start()

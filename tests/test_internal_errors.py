@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import pytest
 
 from sente_lite import Client, RemoteError, Server
 from sente_lite import protocol as p
+from sente_lite.testing.abuse import RawPeer
 
 
 def test_internal_error_in_a_builtin_answers_handler_error_and_keeps_serving(
@@ -35,3 +37,25 @@ def test_internal_error_in_a_builtin_answers_handler_error_and_keeps_serving(
     # the same connection still works
     assert c.request("app/echo", {"still": "here"}, timeout=5) == {"still": "here"}
     assert c.stats()["handshakes"] == 1
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["on-network-thread", "on-worker"])
+def test_internal_error_during_an_upgrade_answers_500_logs_error_and_counts(
+        make_server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, deferred: bool) -> None:
+    """A bug in the upgrade path (here the origin/CSRF/slot checks) is never a bare reset.
+    With an ``authenticate`` hook the upgrade is decided on a worker thread: same outcome."""
+    def broken(self: Server, *args: Any) -> None:
+        raise RuntimeError("bug in the upgrade path")
+
+    monkeypatch.setattr(Server, "_admit", broken)
+    srv = make_server(authenticate=(lambda req: "alice") if deferred else None)
+    with caplog.at_level(logging.ERROR, logger="sente_lite.net"):
+        with RawPeer(srv.host, srv.port) as peer:
+            answer = peer.upgrade("/chsk", ())
+    assert answer.status == 500
+    assert b"internal server error" in answer.body
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.exc_info]
+    assert [str(r.exc_info[1]) for r in errors] == ["bug in the upgrade path"]  # type: ignore[index]
+    assert srv.stats()["upgrade_errors"] == 1
+    assert srv.stats()["connections"] == 0
