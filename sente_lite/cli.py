@@ -29,11 +29,16 @@ def _resolve_url(args: argparse.Namespace) -> str:
     return str(args.url)
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGINT or SIGTERM."""
+def _stop_on_signal() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: installed before anything starts, so a signal
+    that comes as soon as the URL is printed still stops cleanly."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def _wait_for(stop: threading.Event) -> None:
     while not stop.wait(0.5):
         pass
 
@@ -148,11 +153,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     values = resolve_serve_settings(args)
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else values["log_level"])
     server = server_from_settings(values)
+    stop = _stop_on_signal()
     with server:
         print(server.url, flush=True)
         if server.demo:
             print(f"demo page: http://{server.host}:{server.port}/", file=sys.stderr, flush=True)
-        _wait_for_signal()
+        _wait_for(stop)
     return 0
 
 
@@ -161,12 +167,13 @@ def cmd_sub(args: argparse.Namespace) -> int:
         print(json.dumps({"channel-id": msg.channel_id, "offset": msg.offset, "epoch": msg.epoch,
                           "from": msg.from_uid, "data": msg.data}), flush=True)
 
+    stop = _stop_on_signal()
     with Client(_resolve_url(args)) as client:
         if not client.wait_connected(args.timeout):
             print(f"error: could not connect to {client.url} within {args.timeout}s", file=sys.stderr)
             return 1
         client.subscribe(args.channel, show, timeout=args.timeout)
-        _wait_for_signal()
+        _wait_for(stop)
     return 0
 
 
