@@ -211,6 +211,7 @@ class Link:
         self.fragments_bytes = 0
         self.fragments_text = False
         self.unparsed = 0          # bytes read since the last whole frame
+        self.peer_eof = False      # the peer closed its side
         self.answered = False      # the handler answered the request itself
         self._sente_slot = False   # security.Gate's connection slot
         self._sente_answered = False
@@ -665,6 +666,7 @@ class NetLoop:
                     link.line_bytes += end + 1 if end >= 0 else len(data)
             proto.receive_data(data)
         else:
+            link.peer_eof = True
             proto.receive_eof()
         events = proto.events_received()
         if events:
@@ -808,7 +810,7 @@ class NetLoop:
         if not link.got_bytes:
             return  # closed before sending anything (a port probe): not a refusal
         cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
-        if isinstance(cause, EOFError):
+        if link.peer_eof:
             self.counts["upgrades_abandoned"] += 1  # the peer left mid-request: no one to answer
             return
         if isinstance(cause, SecurityError) and not _WEBSOCKETS_ANSWERS_LIMITS:

@@ -205,6 +205,9 @@ def test_malformed_upgrades_are_refused_and_counted(make_server):
         peer.send(b"\x16\x03\x01garbage, maybe TLS\r\n\r\n")
         assert peer.read_http().status == 400  # not HTTP: 400, then closed
     with RawPeer(srv.host, srv.port) as peer:
+        peer.send(b"GET /chsk HTTP/1.1\nHost: x\r\n\r\n")  # a line without CRLF
+        assert peer.read_http().status == 400
+    with RawPeer(srv.host, srv.port) as peer:
         peer.send(upgrade_request(srv.host, srv.port, path="/elsewhere"))
         assert peer.read_http().status == 404
     with RawPeer(srv.host, srv.port) as probe:  # a port probe: connect and leave, not a refusal
@@ -212,7 +215,7 @@ def test_malformed_upgrades_are_refused_and_counted(make_server):
         assert probe.read_http().status is None  # the server took it and hung up
     srv.stop()  # returns once every connection's handler ended: every verdict is counted
     st = srv.stats()["handshakes_refused"]
-    assert st == {"invalid-upgrade": 1, "bad-request": 1, "not-found": 1}
+    assert st == {"invalid-upgrade": 1, "bad-request": 2, "not-found": 1}
 
 
 # -- frames -------------------------------------------------------------------------------
