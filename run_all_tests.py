@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
+from sente_lite.testing.report import format_figure as _fmt
+
 REPO = Path(__file__).resolve().parent
 SCENARIO_DIR = REPO / "test_scripts"
 SCENARIO_GLOB = "[0-9][0-9]_*.py"
@@ -154,14 +156,6 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
 
 
 def results_table(outcomes: Sequence[Outcome], with_repeat: bool) -> str:

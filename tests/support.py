@@ -6,11 +6,12 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 import websocket  # websocket-client
 
+from sente_lite import protocol as p
 from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
 
@@ -135,3 +136,17 @@ class Recorder:
     def __len__(self) -> int:
         with self._cond:
             return len(self.items)
+
+
+@pytest.fixture(scope="module", autouse=True, params=["stdlib", "orjson"])
+def decode_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run every codec test on the plain path and, when installed, on the orjson fast path."""
+    saved = p._orjson
+    if request.param == "orjson" and saved is None:
+        pytest.skip("orjson (the [fast] extra) is not installed")
+    if request.param == "stdlib":
+        p._orjson = None
+    try:
+        yield request.param
+    finally:
+        p._orjson = saved

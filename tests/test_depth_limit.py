@@ -11,29 +11,18 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from typing import Any, Iterator, List
+from typing import Any, List
 
 import pytest
 
 from sente_lite import Client, EncodeError
 from sente_lite import protocol as p
 from support import WAIT_S, wait_until
+from support import decode_path  # noqa: F401  (every test on both decode paths)
 
 LIMIT = p.MAX_JSON_DEPTH
 
 
-@pytest.fixture(params=["stdlib", "orjson"], autouse=True)
-def decode_path(request: Any) -> Iterator[str]:
-    """Every test on the plain decode path and, when installed, on orjson's."""
-    saved = p._orjson
-    if request.param == "orjson" and saved is None:
-        pytest.skip("orjson (the [fast] extra) is not installed")
-    if request.param == "stdlib":
-        p._orjson = None
-    try:
-        yield request.param
-    finally:
-        p._orjson = saved
 
 
 def nested(depth: int, leaf: Any = "leaf") -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator
+
 
 import pytest
 from hypothesis import given, settings
@@ -12,19 +12,8 @@ from hypothesis import strategies as st
 
 from sente_lite import protocol as p
 from sente_lite.errors import EncodeError, FrameError
+from support import decode_path  # noqa: F401  (every test on both decode paths)
 
-@pytest.fixture(scope="module", autouse=True, params=["stdlib", "orjson"])
-def decode_path(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run every codec test on the plain path and, when installed, on the orjson fast path."""
-    saved = p._orjson
-    if request.param == "orjson" and saved is None:
-        pytest.skip("orjson (the [fast] extra) is not installed")
-    if request.param == "stdlib":
-        p._orjson = None
-    try:
-        yield request.param
-    finally:
-        p._orjson = saved
 
 
 json_values = st.recursive(

@@ -99,7 +99,7 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _fmt(value: Any) -> str:
+def format_figure(value: Any) -> str:
     """A figure as the runner's text table shows it."""
     if value is None:
         return "-"
@@ -154,14 +154,14 @@ def _summary_table(runs: Sequence[Mapping[str, Any]], with_repeat: bool) -> str:
     rows = []
     for r in runs:
         figs = r["figures"]
-        others = ", ".join(f"{k}={_fmt(v)}" for k, v in figs.items() if k not in KEY_FIGURES)
+        others = ", ".join(f"{k}={format_figure(v)}" for k, v in figs.items() if k not in KEY_FIGURES)
         cells = [f'<td><a href="#{_anchor(r)}">{_e(r["scenario"])}</a></td>']
         if with_repeat:
             cells.append(f'<td class="num">{_e(r["repeat"])}</td>')
         cells.append(f'<td><span class="badge {_e(r["outcome"])}">{_e(r["outcome"].upper())}</span></td>')
         dur = r.get("duration_s")
         cells.append(f'<td class="num">{"-" if dur is None else f"{dur:.1f}"}</td>')
-        cells += [f'<td class="num">{_e(_fmt(figs.get(k)))}</td>' for k in KEY_FIGURES]
+        cells += [f'<td class="num">{_e(format_figure(figs.get(k)))}</td>' for k in KEY_FIGURES]
         cells.append(f"<td>{_e(others)}</td>")
         rows.append(f'<tr data-outcome="{_e(r["outcome"])}">{"".join(cells)}</tr>')
     head = "".join(f"<th>{h}</th>" for h in heads)
@@ -172,7 +172,7 @@ def _span(values: List[float]) -> str:
     if not values:
         return "-"
     lo, hi = min(values), max(values)
-    return _fmt(lo) if lo == hi else f"{_fmt(lo)}..{_fmt(hi)}"
+    return format_figure(lo) if lo == hi else f"{format_figure(lo)}..{format_figure(hi)}"
 
 
 def _pass_rate_table(runs: Sequence[Mapping[str, Any]]) -> str:
@@ -575,7 +575,7 @@ def _section(run: Mapping[str, Any], open_: bool) -> str:
     trace = run.get("trace")
     outcome = run["outcome"]
     dur = run.get("duration_s")
-    figs = ", ".join(f"{k}={_fmt(v)}" for k, v in run["figures"].items())
+    figs = ", ".join(f"{k}={format_figure(v)}" for k, v in run["figures"].items())
     label = f"{run['scenario']}" + (f" run {run['repeat']}" if run.get("show_repeat") else "")
     body = [f'<p class="title">{_e(run.get("title") or "")}</p>' if run.get("title") else "",
             f'<p class="figures">{"" if dur is None else f"{dur:.1f} s"}'
