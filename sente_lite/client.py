@@ -38,7 +38,7 @@ import websocket  # websocket-client
 from . import protocol as p
 from .logsafe import redact_target, safe
 from .limits import validate_milliseconds
-from .errors import (ClientClosed, ConnectRefused, Disconnected, RemoteError, RequestTimeout,
+from .errors import (ClientClosed, ConnectRefused, Disconnected, RequestTimeout,
                      SendQueueFull)
 
 log = logging.getLogger("sente_lite.client")
@@ -822,9 +822,7 @@ class Client:
         if event == p.EV_REPLY:
             pending.future.set_result(data)
         else:
-            code = data.get(p.K_CODE) if isinstance(data, dict) else None
-            msg = data.get(p.K_MESSAGE) if isinstance(data, dict) else None
-            pending.future.set_exception(RemoteError(str(code or "unknown"), str(msg or "")))
+            pending.future.set_exception(p.remote_error(data))
 
     def _on_channel_msg(self, data: Any, tasks: List[tuple]) -> None:
         try:
@@ -999,11 +997,10 @@ class Client:
             if i == 0:
                 result = value
         if cb_id is not None:
-            try:
-                frame = p.encode(p.EV_REPLY, result, cb_id)
-            except p.EncodeError:
-                self._reply_error(p.ERR_HANDLER_ERROR, f"reply of {event} is not JSON-encodable", cb_id)
-                return
+            frame, ok = p.encode_reply(event, result, cb_id)
+            if not ok:
+                self._counts["handler_errors"] += 1
+                log.error("reply of handler for %s is not JSON-encodable", event)
             self._try_send(frame)
 
     def _reply_error(self, code: str, message: str, cb_id: str) -> None:

@@ -13,7 +13,7 @@ from array import array
 from itertools import accumulate
 from typing import Any, NamedTuple, Optional, Union
 
-from .errors import EncodeError, FrameError
+from .errors import EncodeError, FrameError, RemoteError
 
 PROTOCOL_VERSION = 1
 
@@ -237,6 +237,23 @@ def encode_error(code: str, message: str, cb_id: Optional[str] = None,
     if cb_id is not None:
         return encode(EV_ERROR, error_data(code, message), cb_id)
     return encode(EV_ERROR, error_data(code, message, event))
+
+
+def encode_reply(event: str, result: Any, cb_id: str) -> "tuple[str, bool]":
+    """The answer to request ``cb_id`` of ``event`` whose handler returned ``result``:
+    ``(chsk/reply frame, True)``, or ``(handler-error frame, False)`` when ``result`` is
+    not JSON-encodable. One rule for both sides."""
+    try:
+        return encode(EV_REPLY, result, cb_id), True
+    except EncodeError:
+        return encode_error(ERR_HANDLER_ERROR, f"reply of {event} is not JSON-encodable", cb_id), False
+
+
+def remote_error(data: Any) -> RemoteError:
+    """The :class:`RemoteError` a ``chsk/error`` frame's data stands for (both sides)."""
+    code = data.get(K_CODE) if isinstance(data, dict) else None
+    message = data.get(K_MESSAGE) if isinstance(data, dict) else None
+    return RemoteError(str(code or "unknown"), str(message or ""))
 
 
 def _reencode_problem(value: Any) -> Optional[str]:

@@ -44,7 +44,7 @@ from . import security
 from . import workers
 from . import static
 from .channels import ChannelRegistry, Published
-from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
+from .errors import Disconnected, LimitExceeded, RequestTimeout
 from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import DEFER, Admit, Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
@@ -1006,14 +1006,11 @@ class Server:
         conn._enqueue(p.encode_error(code, message, cb_id, event).encode("utf-8"))
 
     def _reply(self, conn: Connection, cb_id: str, result: Any, event: str) -> None:
-        try:
-            frame = p.encode_bytes(p.EV_REPLY, result, cb_id)
-        except p.EncodeError as exc:
+        frame, ok = p.encode_reply(event, result, cb_id)
+        if not ok:
             self._count("handler_errors")
-            log.error("reply of handler for %s is not JSON-encodable: %s", event, exc)
-            self._error(conn, p.ERR_HANDLER_ERROR, f"reply of {event} is not JSON-encodable", cb_id)
-            return
-        conn._enqueue(frame)
+            log.error("reply of handler for %s is not JSON-encodable", event)
+        conn._enqueue(frame.encode("utf-8"))
 
     # built-in (reserved) events ---------------------------------------------------
     def _ev_ping(self, conn: Connection, data: Any, cb_id: Optional[str]) -> None:
@@ -1030,9 +1027,7 @@ class Server:
             self._count("stray_replies")
 
     def _ev_error(self, conn: Connection, data: Any, cb_id: Optional[str]) -> None:
-        code = data.get(p.K_CODE) if isinstance(data, dict) else None
-        msg = data.get(p.K_MESSAGE) if isinstance(data, dict) else None
-        err = RemoteError(str(code or "unknown"), str(msg or ""))
+        err = p.remote_error(data)
         if not conn._resolve(cb_id, error=err):
             self._count("errors_from_clients")
             log.info("error from %s: %s", conn.conn_id, safe(err))

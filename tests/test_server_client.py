@@ -287,7 +287,7 @@ def test_server_requests_client(make_server: Callable[..., Server], make_client:
     with pytest.raises(RemoteError) as info:
         srv.request(c.conn_id, "app/unencodable")  # type: ignore[arg-type]
     assert info.value.code == "handler-error"
-    assert c.stats()["handler_errors"] == 1
+    assert c.stats()["handler_errors"] == 2  # the raising handler and the unencodable reply
     assert srv.request(c.conn_id, "app/double", "ab") == "abab"  # type: ignore[arg-type]
 
 
@@ -387,3 +387,19 @@ def test_connect_and_disconnect_hooks(make_server: Callable[..., Server],
     assert srv.stats()["hook_errors"] == 1
     assert srv.stats()["closes_by_code"] == {1000: 1}
     assert len(closed) == 1
+
+
+def test_a_reply_that_is_not_json_is_a_handler_error_on_both_sides(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    srv.on("app/odd", lambda conn, data: object())
+    c = make_client(srv.url)
+    c.on("app/odd", lambda data: {1, 2})
+    with pytest.raises(RemoteError) as info:
+        c.request("app/odd", timeout=WAIT_S)
+    assert info.value.code == "handler-error" and "not JSON-encodable" in info.value.message
+    with pytest.raises(RemoteError) as info:
+        srv.request(c.conn_id, "app/odd", timeout=WAIT_S)  # type: ignore[arg-type]
+    assert info.value.code == "handler-error" and "not JSON-encodable" in info.value.message
+    assert srv.stats()["handler_errors"] == 1 and c.stats()["handler_errors"] == 1
+    assert c.request("sente-lite/subscribe", {"channel-id": "still-fine"}, timeout=WAIT_S)
