@@ -648,6 +648,7 @@ class Server:
                 body = p.dumps({"status": "ok", "server-id": self.server_id,
                                 "uptime-s": round(time.monotonic() - self._started_at, 3),
                                 "connections": len(self._conns),
+                                "pending-handshakes": self._loop.pending_count() if self._loop else 0,
                                 "channels": self.channels.stats()["active_channels"]})
                 return _respond(link, http.HTTPStatus.OK, body + "\n", "application/json")
             if parts.path == "/metrics":

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from sente_lite import discovery
 from sente_lite.testing.abuse import Fuzzer, SteadyClient, proc_status
@@ -72,7 +73,15 @@ def test_fuzz_a_live_server_while_a_good_client_is_served(tmp_path):
         good = None
 
         wait_until(lambda: proc_status(proc.pid)["Threads"] <= idle["Threads"], timeout=PROCESS_DEADLINE_S,
-                   what=f"server threads back to {idle['Threads']} (no connection left)")
+                   what=f"server threads back to {idle['Threads']}")
+        health_url = f"http://{info['host']}:{info['port']}/health"
+
+        def settled() -> bool:  # every connection and upgrade of the fuzz has ended
+            with urllib.request.urlopen(health_url, timeout=WAIT_S) as resp:
+                health = json.loads(resp.read())
+            return health["connections"] == 0 and health["pending-handshakes"] == 0
+
+        wait_until(settled, timeout=PROCESS_DEADLINE_S, what="no connection or upgrade left")
         after = proc_status(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(PROCESS_DEADLINE_S) == 0
