@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import socket
 import threading
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 import websocket  # websocket-client
+from websockets.sync.server import serve as _sync_serve
 
 from sente_lite import protocol as p
 from sente_lite.discovery import wait_for
@@ -20,6 +22,10 @@ THREAD_PREFIX = "sente-lite-"
 #: Default deadline of waits in tests: generous, only reached when something is broken
 #: (a 2-core machine running other work can stall a test process for a second or more).
 WAIT_S = 15.0
+#: Keyword arguments that keep a ``websockets.sync.server.serve`` test server from sending
+#: keepalive pings of its own (websockets < 15 has no ``ping_interval`` there: it never pings).
+NO_PINGS = ({"ping_interval": None} if "ping_interval" in inspect.signature(_sync_serve).parameters
+            else {})
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:

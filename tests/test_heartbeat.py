@@ -3,7 +3,6 @@ with 4000 and leave every channel; a client drops a silent server and reconnects
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 import time
@@ -16,7 +15,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from sente_lite import Client, Server
 from sente_lite.client import DEAD_SERVER_SLACK_S
-from support import WAIT_S, RawWS, close_code_of, wait_until
+from support import NO_PINGS, WAIT_S, RawWS, close_code_of, wait_until
 
 HEARTBEAT_MS = 200
 #: Silence timeout of the tests that race it: far above any scheduling stall of a loaded
@@ -119,9 +118,7 @@ class SilentServer:
         self.handshakes: List[float] = []
         self.ended: List[float] = []
         self._cond = threading.Condition()
-        # no keepalive pings of its own (websockets < 15 has no such setting: it never pings)
-        quiet = {"ping_interval": None} if "ping_interval" in inspect.signature(serve).parameters else {}
-        self._server = serve(self._handle, "127.0.0.1", 0, close_timeout=0.5, **quiet)
+        self._server = serve(self._handle, "127.0.0.1", 0, close_timeout=0.5, **NO_PINGS)
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="silent-server")
         self._thread.start()

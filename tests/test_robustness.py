@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 from sente_lite import Client, Disconnected, EncodeError, RemoteError, Server
-from support import WAIT_S, Recorder, free_port, wait_until
+from support import NO_PINGS, WAIT_S, Recorder, free_port, wait_until
 
 FAST_BACKOFF = {"backoff_base": 0.02, "backoff_max": 0.1}
 
@@ -217,7 +217,7 @@ class ScriptedServer:
 
     def __init__(self, script: Callable[[ServerConnection], None]) -> None:
         self._script = script
-        self._server = serve(self._handle, "127.0.0.1", 0, ping_interval=None, close_timeout=0.5)
+        self._server = serve(self._handle, "127.0.0.1", 0, close_timeout=0.5, **NO_PINGS)
         self.url = f"ws://127.0.0.1:{self._server.socket.getsockname()[1]}/chsk"
         self._thread = threading.Thread(target=self._server.serve_forever, name="scripted-server")
         self._thread.start()
