@@ -6,6 +6,13 @@ receive its messages in offset order even when several threads publish at once.
 The hand-off (``deliver``) must therefore never block; the server's is a
 non-blocking write or an append to a bounded per-connection queue.
 
+Each channel keeps a bounded history (``history_size`` messages, none older than
+``history_ttl_s``) so a subscriber that names the last offset and epoch it saw
+(``since``) gets every later message replayed in order before the live ones,
+or is told exactly why not (PROTOCOL 9). Publishes may carry an id; a repeated
+id within ``publish_dedup_s`` is answered with the first result and not
+delivered again.
+
 Publishes that find the channel busy join its queue of pending publishes and the
 thread holding the lock publishes them too, in arrival order, before it lets go
 (flat combining): a busy channel costs no thread a sleep and a wake-up per
@@ -19,13 +26,28 @@ import collections
 import itertools
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Hashable, List, NamedTuple, Optional, Set, Tuple
 
+from .counters import Counter, Counters
+
 log = logging.getLogger("sente_lite.channels")
 
 DEFAULT_MAX_IDLE_CHANNELS = 10_000
+#: Messages kept per channel for recovery (0 turns history off).
+DEFAULT_HISTORY_SIZE = 1000
+#: Seconds a message stays in its channel's history.
+DEFAULT_HISTORY_TTL_S = 300.0
+#: Seconds a publish id is remembered per channel (at least ``history_ttl_s``).
+DEFAULT_PUBLISH_DEDUP_S = 300.0
+#: Publish ids remembered per channel; older ones are forgotten early (counted).
+DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL = 10_000
+#: Why a subscribe with ``since`` was not recovered (PROTOCOL 9).
+REASON_EPOCH_CHANGED = "epoch-changed"
+REASON_HISTORY_EXPIRED = "history-expired"
+REASON_HISTORY_OFF = "history-off"
 
 
 @dataclass
@@ -36,15 +58,21 @@ class _Channel:
     subscribers: Dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
     lock: threading.Lock = field(default_factory=threading.Lock)
     pending: Deque["_Publish"] = field(default_factory=collections.deque)  # for the lock's holder
+    # (offset, built frame, monotonic time), oldest first; under ``lock``
+    history: Deque[Tuple[int, Any, float]] = field(default_factory=collections.deque)
+    # publish id -> (offset, delivered, monotonic time), oldest first; under ``lock``
+    ids: "OrderedDict[str, Tuple[int, int, float]]" = field(default_factory=OrderedDict)
 
 
 class _Publish:
     """One publish waiting for (or run by) the thread holding its channel's lock."""
 
-    __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished")
+    __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished", "publish_id")
 
     def __init__(self, make_frame: Callable[[int, str], Any], deliver: Callable[[Hashable, Any], bool],
-                 exclude: Optional[Hashable], done: Optional[Callable[[Any], None]]) -> None:
+                 exclude: Optional[Hashable], done: Optional[Callable[[Any], None]],
+                 publish_id: Optional[str] = None) -> None:
+        self.publish_id = publish_id
         self.make_frame = make_frame
         self.deliver = deliver
         self.exclude = exclude
@@ -54,12 +82,31 @@ class _Publish:
 
 
 class Published(NamedTuple):
-    """What a publish did: the offset it got, the epoch, and how many it reached."""
+    """What a publish did: the offset it got, the epoch, and how many it reached.
+
+    ``duplicate``: its id was already accepted; the rest is the first one's result.
+    """
 
     channel_id: str
     offset: int
     epoch: str
     delivered: int
+    duplicate: bool = False
+
+
+class Since(NamedTuple):
+    """The last message a subscriber saw: recover every later one."""
+
+    offset: int
+    epoch: str
+
+
+class RecoveryResult(NamedTuple):
+    """The answer to a subscribe with ``since``: ``reason`` is set when not recovered."""
+
+    recovered: bool
+    reason: Optional[str]
+    replayed: int
 
 
 class ChannelRegistry:
@@ -72,10 +119,32 @@ class ChannelRegistry:
     in ``evicted``) and restart at offset 1 under a new epoch.
     """
 
-    def __init__(self, epoch_prefix: str, max_idle_channels: int = DEFAULT_MAX_IDLE_CHANNELS) -> None:
+    def __init__(self, epoch_prefix: str, max_idle_channels: int = DEFAULT_MAX_IDLE_CHANNELS, *,
+                 history_size: int = DEFAULT_HISTORY_SIZE,
+                 history_ttl_s: float = DEFAULT_HISTORY_TTL_S,
+                 publish_dedup_s: float = DEFAULT_PUBLISH_DEDUP_S,
+                 max_publish_ids_per_channel: int = DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
+                 counters: Optional[Counters] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if max_idle_channels < 1:
             # 0 would evict a channel in the moment it is created, before its first use
             raise ValueError(f"max_idle_channels must be >= 1, got {max_idle_channels}")
+        if not isinstance(history_size, int) or history_size < 0:
+            raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
+        if not history_ttl_s > 0:
+            raise ValueError(f"history_ttl_s must be > 0, got {history_ttl_s!r}")
+        if not publish_dedup_s >= history_ttl_s:
+            raise ValueError(f"publish_dedup_s ({publish_dedup_s!r}) must be at least "
+                             f"history_ttl_s ({history_ttl_s!r})")
+        if max_publish_ids_per_channel < 1:
+            raise ValueError("max_publish_ids_per_channel must be >= 1, "
+                             f"got {max_publish_ids_per_channel!r}")
+        self.history_size = history_size
+        self.history_ttl_s = float(history_ttl_s)
+        self.publish_dedup_s = float(publish_dedup_s)
+        self.max_publish_ids_per_channel = max_publish_ids_per_channel
+        self._counters = counters if counters is not None else Counters()
+        self._clock = clock
         self._epoch_prefix = epoch_prefix
         self._max_idle = max_idle_channels
         self._lock = threading.Lock()
@@ -106,11 +175,19 @@ class ChannelRegistry:
 
     # -- public ---------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str,
-                  announce: Optional[Callable[[int, str], None]] = None) -> Tuple[int, str, bool]:
-        """Add ``member`` to channel ``name``. Returns (top offset, epoch, newly added).
+                  announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]] = None,
+                  since: Optional[Since] = None,
+                  deliver: Optional[Callable[[Hashable, Any], bool]] = None,
+                  ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
+        """Add ``member`` to channel ``name``.
 
-        ``announce(offset, epoch)``, if given, runs under the channel's lock, so
-        whatever it queues precedes every message published after this subscribe.
+        Returns (top offset, epoch, newly added, recovery). ``announce(offset,
+        epoch, recovery)``, if given, runs under the channel's lock, so whatever it
+        queues precedes every message published after this subscribe. With
+        ``since``, the recovery says whether every message after ``since`` is still
+        in history; if so each is handed to ``deliver(member, frame)`` in offset
+        order right after ``announce``, still under the lock (no gap, no
+        duplicate, whatever publishes race this); if not, nothing is replayed.
         """
         with self._lock:
             ch = self._get_or_create(name)
@@ -120,9 +197,62 @@ class ChannelRegistry:
                     ch.subscribers[member] = None
                     self._by_member.setdefault(member, set()).add(name)
                     self._idle.pop(name, None)
+                recovery: Optional[RecoveryResult] = None
+                replay: List[Any] = []
+                if since is not None:
+                    recovery, replay = self._recover(ch, since)
                 if announce is not None:
-                    announce(ch.offset, ch.epoch)
-                return ch.offset, ch.epoch, added
+                    announce(ch.offset, ch.epoch, recovery)
+                if replay and deliver is not None:
+                    for frame in replay:
+                        deliver(member, frame)
+                return ch.offset, ch.epoch, added, recovery
+
+    def _recover(self, ch: _Channel, since: Since) -> Tuple[RecoveryResult, List[Any]]:
+        """Whether ``since`` can be recovered on ``ch`` and the frames to replay.
+        Caller holds ``ch.lock``."""
+        if since.epoch != ch.epoch or since.offset > ch.offset or since.offset < 0:
+            # an offset beyond the top cannot come from this epoch's history either
+            result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
+            replay: List[Any] = []
+        elif since.offset == ch.offset:
+            result, replay = RecoveryResult(True, None, 0), []
+        elif not self.history_size:
+            result, replay = RecoveryResult(False, REASON_HISTORY_OFF, 0), []
+        else:
+            self._expire(ch, self._clock())
+            history = ch.history
+            if not history or history[0][0] > since.offset + 1:
+                result, replay = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0), []
+            else:
+                skip = since.offset + 1 - history[0][0]
+                replay = [frame for _, frame, _ in itertools.islice(history, skip, None)]
+                result = RecoveryResult(True, None, len(replay))
+        counters = self._counters
+        if result.recovered:
+            counters.add(Counter.RECOVERED_SUBSCRIBES)
+            if replay:
+                counters.add(Counter.REPLAYED_MESSAGES, len(replay))
+        else:
+            counters.add(Counter.UNRECOVERED_SUBSCRIBES)
+        return result, replay
+
+    def _expire(self, ch: _Channel, now: float) -> None:
+        """Drop history older than ``history_ttl_s`` and ids older than the dedup
+        window. Caller holds ``ch.lock``."""
+        history = ch.history
+        if history and now - history[0][2] > self.history_ttl_s:
+            oldest = now - self.history_ttl_s
+            dropped = 0
+            while history and history[0][2] < oldest:
+                history.popleft()
+                dropped += 1
+            self._counters.add(Counter.HISTORY_EVICTED, dropped)
+        ids = ch.ids
+        if ids:
+            oldest = now - self.publish_dedup_s
+            while ids and next(iter(ids.values()))[2] < oldest:
+                ids.popitem(last=False)
 
     def unsubscribe(self, member: Hashable, name: str) -> bool:
         """Remove ``member`` from ``name``. True when it was subscribed."""
@@ -174,6 +304,7 @@ class ChannelRegistry:
         exclude: Optional[Hashable] = None,
         done: Optional[Callable[[Any], None]] = None,
         wait: bool = True,
+        publish_id: Optional[str] = None,
     ) -> Optional[Published]:
         """Publish one message on ``name``.
 
@@ -186,8 +317,12 @@ class ChannelRegistry:
         channel order. With ``wait`` the result is returned (and an exception
         raised); without, a publish that another thread runs returns None at once
         (and one that failed returns None: ``done`` has the exception).
+
+        A ``publish_id`` already accepted on ``name`` within ``publish_dedup_s``
+        is not delivered again: the result is the first one's, with
+        ``duplicate=True``.
         """
-        entry = _Publish(make_frame, deliver, exclude, done)
+        entry = _Publish(make_frame, deliver, exclude, done, publish_id)
         with self._lock:
             ch = self._get_or_create(name)
             if not ch.subscribers:
@@ -224,22 +359,51 @@ class ChannelRegistry:
             if not pending or not lock.acquire(False):
                 return  # nothing left, or another thread holds the lock and runs the rest
 
-    @staticmethod
-    def _run_one(ch: _Channel, entry: _Publish) -> None:
+    def _run_one(self, ch: _Channel, entry: _Publish) -> None:
         try:
+            publish_id = entry.publish_id
+            if publish_id is not None:
+                now = self._clock()
+                self._expire(ch, now)
+                first = ch.ids.get(publish_id)
+                if first is not None:
+                    self._counters.add(Counter.DUPLICATE_PUBLISHES)
+                    entry.result = Published(ch.name, first[0], ch.epoch, first[1], True)
+                    self._finish(ch, entry)
+                    return
             ch.offset += 1
-            frame = entry.make_frame(ch.offset, ch.epoch)
+            offset = ch.offset
+            frame = entry.make_frame(offset, ch.epoch)
             delivered = 0
             exclude = entry.exclude
             deliver = entry.deliver
             for member in ch.subscribers:
                 if member != exclude and deliver(member, frame):
                     delivered += 1
-            entry.result = Published(ch.name, ch.offset, ch.epoch, delivered)
+            if self.history_size:
+                history = ch.history
+                now = self._clock() if publish_id is None else now
+                history.append((offset, frame, now))
+                if len(history) > self.history_size:
+                    history.popleft()
+                    self._counters.add(Counter.HISTORY_EVICTED)
+                if now - history[0][2] > self.history_ttl_s:
+                    self._expire(ch, now)
+            if publish_id is not None:
+                ids = ch.ids
+                ids[publish_id] = (offset, delivered, now)
+                if len(ids) > self.max_publish_ids_per_channel:
+                    ids.popitem(last=False)
+                    self._counters.add(Counter.PUBLISH_IDS_EVICTED)
+            entry.result = Published(ch.name, offset, ch.epoch, delivered)
         except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
             entry.result = exc
             if entry.finished is None and entry.done is None:
                 log.error("publish on %r failed", ch.name, exc_info=exc)
+        self._finish(ch, entry)
+
+    @staticmethod
+    def _finish(ch: _Channel, entry: _Publish) -> None:
         if entry.done is not None:
             try:
                 entry.done(entry.result)
@@ -248,10 +412,26 @@ class ChannelRegistry:
         if entry.finished is not None:
             entry.finished.set()
 
-    def stats(self) -> dict:
-        """Counts: channels known, channels with subscribers, subscriptions, evicted."""
+    def history_of(self, name: str) -> List[Tuple[int, Any]]:
+        """(offset, frame) of every message in the history of ``name``, oldest first."""
         with self._lock:
-            active = len(self._channels) - len(self._idle)
+            ch = self._channels.get(name)
+        if ch is None:
+            return []
+        with ch.lock:
+            self._expire(ch, self._clock())
+            return [(offset, frame) for offset, frame, _ in ch.history]
+
+    def stats(self) -> dict:
+        """Counts: channels known, channels with subscribers, subscriptions, evicted,
+        messages and publish ids held, and the history settings."""
+        with self._lock:
+            channels = list(self._channels.values())
+            active = len(channels) - len(self._idle)
             subs = sum(len(v) for v in self._by_member.values())
-            return {"channels": len(self._channels), "active_channels": active,
-                    "subscriptions": subs, "channels_evicted": self.evicted}
+        return {"channels": len(channels), "active_channels": active,
+                "subscriptions": subs, "channels_evicted": self.evicted,
+                "history_messages": sum(len(ch.history) for ch in channels),
+                "publish_ids": sum(len(ch.ids) for ch in channels),
+                "history_size": self.history_size, "history_ttl_s": self.history_ttl_s,
+                "publish_dedup_s": self.publish_dedup_s}

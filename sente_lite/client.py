@@ -30,23 +30,22 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Generator, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Tuple, Union
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 import websocket  # websocket-client
 
 from . import protocol as p
+from . import session as ss
+from .channels import Since
 from .logsafe import redact_target, safe
 from .limits import validate_milliseconds
-from .errors import (ClientClosed, ConnectRefused, Disconnected, RequestTimeout,
+from .errors import (ClientClosed, ConnectRefused, Disconnected, LimitExceeded, RequestTimeout,
                      SendQueueFull)
+from .session import (CLOSED, CONNECTED, CONNECTING, RECONNECTING, ChannelMessage,
+                      ClientSession, Recovery)
 
 log = logging.getLogger("sente_lite.client")
-
-CONNECTING = "connecting"
-CONNECTED = "connected"
-RECONNECTING = "reconnecting"
-CLOSED = "closed"
 
 DEFAULT_BACKOFF_BASE_S = 0.25
 DEFAULT_BACKOFF_MAX_S = 10.0
@@ -59,7 +58,10 @@ DEFAULT_READ_COALESCE_MS = 2.0
 #: The largest ``read_coalesce_ms`` accepted (it is added latency at high rates).
 MAX_READ_COALESCE_MS = 50.0
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
-DEAD_SERVER_SLACK_S = 1.0
+DEAD_SERVER_SLACK_S = ss.DEAD_SERVER_SLACK_S
+#: Publishes awaiting their ack (kept, and resent after a reconnect) before
+#: ``publish`` raises :class:`SendQueueFull`.
+DEFAULT_MAX_UNACKED_PUBLISHES = ss.DEFAULT_MAX_UNACKED_PUBLISHES
 #: A handler that runs this long on the thread that was reading makes the other
 #: thread take over reading (so pings are answered and replies arrive meanwhile).
 HANDLER_HANDOFF_S = 0.05
@@ -71,17 +73,8 @@ EventHandler = Callable[[Any], Any]
 Token = Union[str, Callable[[], Optional[str]], None]
 
 
-class ChannelMessage(NamedTuple):
-    """One channel delivery as a channel handler receives it."""
-
-    channel_id: str
-    data: Any
-    from_uid: Optional[str]
-    offset: int
-    epoch: str
-
-
 ChannelHandler = Callable[[ChannelMessage], None]
+RecoveryHandler = Callable[[Recovery], None]
 
 
 @dataclass
@@ -90,15 +83,6 @@ class _Sub:
     acked: threading.Event = field(default_factory=threading.Event)
     reply: Optional[dict] = None
     error: Optional[BaseException] = None
-    last_offset: int = 0
-    epoch: Optional[str] = None
-
-
-@dataclass
-class _Pending:
-    future: "concurrent.futures.Future[Any]"
-    event: str
-    sent: bool = False
 
 
 def backoff_delay(attempt: int, base: float, maximum: float,
@@ -229,6 +213,15 @@ class Client:
     in one go, instead of waking up for every frame. Frames further apart are
     read at once. So at high rates a frame waits up to this long (ping answers
     too) and the client uses far less CPU; 0 reads every frame as it arrives.
+
+    Channels recover (PROTOCOL 9): after every reconnect each subscription is
+    renewed with the last offset and epoch seen, the server replays what was
+    missed, and duplicates are dropped; when the server cannot replay,
+    :meth:`on_recovery` handlers hear it. Every publish carries an id and is kept
+    (at most ``max_unacked_publishes``) until the server acknowledges it, and
+    sent again after a reconnect: it lands in its channel exactly once.
+
+    One client may be shared by many threads: every method is thread-safe.
     """
 
     def __init__(
@@ -248,6 +241,7 @@ class Client:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         headers: Optional[Dict[str, str]] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
+        max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
         start: bool = True,
     ) -> None:
         self.url = url
@@ -257,6 +251,9 @@ class Client:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_pending_sends = max_pending_sends
+        if max_unacked_publishes < 1:
+            raise ValueError(f"max_unacked_publishes must be >= 1, got {max_unacked_publishes!r}")
+        self.max_unacked_publishes = max_unacked_publishes
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
@@ -273,16 +270,18 @@ class Client:
         self._csrf_source = csrf_token if callable(csrf_token) else None
         self.refusal: Optional[ConnectRefused] = None
 
-        self._status = CONNECTING
+        # Every protocol rule (status, requests, subscriptions and their offsets,
+        # the publish outbox) is in the session; the rest of this class moves bytes
+        # and runs handlers. The session is used under ``_send_lock``.
+        self._session = ClientSession(self.client_id, max_unacked_publishes)
         self._status_cond = threading.Condition()
         self._status_hooks: List[Callable[[str], None]] = []
+        self._recovery_hooks: List[RecoveryHandler] = []
         self._handlers: Dict[str, List[EventHandler]] = {}
         self._subs: Dict[str, _Sub] = {}
-        self._pending: Dict[str, _Pending] = {}
-        self._queued: Deque[tuple] = collections.deque()  # (frame text, cb_id or None)
+        self._queued: Deque[tuple] = collections.deque()  # (frame bytes, cb_id or None)
         self._send_lock = threading.RLock()
         self._ws: Optional[websocket.WebSocket] = None
-        self._cb_ids = itertools.count(1)
         # Roles of the two threads (see the module docstring), under ``_roles``:
         # ``_reading`` while a thread advances ``_connection`` (the reading role's
         # generator); ``_running_since`` while one runs handlers, which take their
@@ -299,8 +298,6 @@ class Client:
         self._connection = self._connections()
         self._connection_done = False
         self._stop = threading.Event()
-        self._heartbeat_s = 5.0
-        self._last_recv = time.monotonic()
         self._counts: Dict[str, int] = collections.defaultdict(int)
         self._threads = tuple(threading.Thread(target=self._serve, name=f"sente-lite-client-{i}",
                                                daemon=True) for i in (1, 2))
@@ -344,18 +341,22 @@ class Client:
         for t in self._threads:
             if t.is_alive() and t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
-        self._fail_requests(ClientClosed("client closed"), sent_only=False)
-        self._set_status(CLOSED)
+        self._fail_requests(ClientClosed("client closed"))
+        self._apply(ss.ON_CLOSE)
+
+    @property
+    def _status(self) -> str:
+        return self._session.status
 
     @property
     def status(self) -> str:
         """``connecting``, ``connected``, ``reconnecting`` or ``closed``."""
-        return self._status
+        return self._session.status
 
     @property
     def connected(self) -> bool:
         """True between a handshake and the loss of that connection."""
-        return self._status == CONNECTED
+        return self._session.status == CONNECTED
 
     def on_status(self, fn: Callable[[str], None]) -> None:
         """Call ``fn(new_status)`` on every status change (on the thread that changed it)."""
@@ -379,12 +380,16 @@ class Client:
                 self._status_cond.wait(remaining)
             return True
 
-    def _set_status(self, status: str) -> None:
+    def _apply(self, on: str) -> None:
+        """Feed ``on`` to the session's status machine; tell waiters and hooks."""
         with self._status_cond:
-            if self._status == status or self._status == CLOSED:
+            status = self._session.transition(on)
+            if status is None:
                 return
-            self._status = status
             self._status_cond.notify_all()
+        self._status_changed(status)
+
+    def _status_changed(self, status: str) -> None:
         log.debug("client %s: %s", self.client_id, status)
         for hook in list(self._status_hooks):
             try:
@@ -411,12 +416,20 @@ class Client:
         elif fn in self._handlers.get(event, []):
             self._handlers[event].remove(fn)
 
+    def on_recovery(self, fn: RecoveryHandler) -> RecoveryHandler:
+        """Call ``fn(recovery)`` for the server's answer to every subscribe sent
+        with ``since`` (each one after a reconnect), on the handler thread, before
+        that channel's next message. ``recovery.recovered`` False means messages
+        were lost for good (``recovery.reason``): reload the channel's state."""
+        self._recovery_hooks.append(fn)
+        return fn
+
     # -- sending ----------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> None:
         """Send an event. While disconnected it is queued (see ``max_pending_sends``)."""
         if not p.is_valid_event_id(event):
             raise ValueError(f"invalid event-id {event!r}")
-        self._send_frame(p.encode(event, data), None)
+        self._send_frame(p.encode(event, data).encode("utf-8"), None)
 
     def request(self, event: str, data: Any = None, timeout: Optional[float] = None) -> Any:
         """Send a request and wait for its reply.
@@ -435,24 +448,23 @@ class Client:
             raise RequestTimeout(f"no reply to {event} within {timeout}s") from None
         finally:
             with self._send_lock:
-                self._pending.pop(cb_id, None)
+                self._session.forget(cb_id)
 
-    def _start_request(self, event: str, data: Any) -> tuple:
+    def _start_request(self, event: str, data: Any, timeout: Optional[float] = None) -> tuple:
         if self._stop.is_set():
             raise ClientClosed("client closed")
-        cb_id = f"c{next(self._cb_ids)}"
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
-        frame = p.encode(event, data, cb_id)
+        timeout = self.request_timeout if timeout is None else timeout
         with self._send_lock:
-            self._pending[cb_id] = _Pending(fut, event)
+            cb_id, frame = self._session.request(event, data, fut, time.monotonic(), timeout)
             try:
                 self._send_frame(frame, cb_id)
             except BaseException:
-                self._pending.pop(cb_id, None)
+                self._session.forget(cb_id)
                 raise
         return cb_id, fut
 
-    def _send_frame(self, frame: str, cb_id: Optional[str]) -> None:
+    def _send_frame(self, frame: bytes, cb_id: Optional[str]) -> None:
         if self._stop.is_set():
             raise ClientClosed("client closed")
         with self._send_lock:
@@ -465,41 +477,50 @@ class Client:
                                     f"(max_pending_sends={self.max_pending_sends})")
             self._queued.append((frame, cb_id))
 
-    def _write(self, frame: str, cb_id: Optional[str]) -> bool:
-        """Write one frame now. Caller holds ``_send_lock``. False if the socket failed."""
+    def _write(self, frame: bytes, cb_id: Optional[str]) -> bool:
+        """Write one frame (UTF-8 JSON) now. Caller holds ``_send_lock``. False if
+        the socket failed."""
         ws = self._ws
         if ws is None:
             return False
         try:
-            ws.send(frame)
+            ws.send(frame, websocket.ABNF.OPCODE_TEXT)
         except (OSError, websocket.WebSocketException) as exc:
             log.debug("send failed, will resend after reconnect: %s", exc)
             ws.abort()
             return False
         self._counts["frames_out"] += 1
         if cb_id is not None:
-            pending = self._pending.get(cb_id)
-            if pending is not None:
-                pending.sent = True
+            self._session.mark_sent(cb_id)
         return True
 
     # -- channels ---------------------------------------------------------------
     def subscribe(self, channel_id: str, handler: Optional[ChannelHandler] = None,
-                  timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> Optional[dict]:
+                  timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S, *,
+                  since: Union[Since, Dict[str, Any], None] = None) -> Optional[dict]:
         """Subscribe to ``channel_id``; kept across reconnects until unsubscribe.
 
         ``handler(msg: ChannelMessage)`` runs for each delivery. With a ``timeout``
         this waits for the server's answer and returns it (``channel-id``,
-        ``offset``, ``epoch``); with None it returns at once.
+        ``offset``, ``epoch``, and ``recovered`` when ``since`` was sent); with None
+        it returns at once. ``since`` (``{"offset": N, "epoch": E}``, e.g. a stored
+        :meth:`position`) asks the server to replay every message after it first;
+        the answer goes to :meth:`on_recovery` handlers too.
         """
         problem = p.channel_id_problem(channel_id)
         if problem:
             raise ValueError(problem)
+        start: Optional[Since] = None
+        if since is not None:
+            start = ss.parse_since(since)
+            if start is None:
+                raise ValueError(f"since must be {{'offset': int >= 0, 'epoch': str}}, got {since!r}")
         with self._send_lock:
             sub = self._subs.get(channel_id)
             new = sub is None
             if sub is None:
                 sub = self._subs[channel_id] = _Sub()
+                self._session.add_subscription(channel_id, start)
             if handler is not None:
                 sub.handlers.append(handler)
             if new and self._status == CONNECTED:
@@ -514,37 +535,26 @@ class Client:
         return sub.reply
 
     def _send_subscribe(self, channel_id: str, sub: _Sub) -> None:
-        """Caller holds ``_send_lock``."""
+        """Send the subscribe of ``channel_id`` (with ``since`` when a position is
+        known). Caller holds ``_send_lock``; the answer is handled by the reader."""
         sub.acked.clear()
         sub.error = None
-        cb_id, fut = self._start_request(p.EV_SUBSCRIBE, {p.K_CHANNEL: channel_id})
+        cb_id, frame = self._session.subscribe_frame(channel_id, None, time.monotonic(),
+                                                     self.request_timeout)
+        self._send_frame(frame, cb_id)
 
-        def done(f: "concurrent.futures.Future[Any]") -> None:
-            with self._send_lock:
-                self._pending.pop(cb_id, None)
-            exc = f.exception()
-            if isinstance(exc, (Disconnected, ClientClosed)):
-                return  # resubscribed at the next handshake
-            if exc is not None:
-                sub.error = exc
-                with self._send_lock:
-                    if self._subs.get(channel_id) is sub:
-                        del self._subs[channel_id]
-                log.warning("subscribe to %s refused: %s", safe(repr(channel_id)), safe(exc))
-            else:
-                reply = f.result()
-                sub.reply = reply
-                if isinstance(reply, dict) and reply.get(p.K_EPOCH) != sub.epoch:
-                    sub.epoch = reply.get(p.K_EPOCH)
-                    sub.last_offset = int(reply.get(p.K_OFFSET) or 0)
-            sub.acked.set()
-
-        fut.add_done_callback(done)
+    def position(self, channel_id: str) -> Optional[Dict[str, Any]]:
+        """``{"offset", "epoch"}`` of the last message seen on ``channel_id`` (store it;
+        pass it as ``since`` to resume there), or None before any."""
+        with self._send_lock:
+            at = self._session.position(channel_id)
+        return None if at is None else {p.K_OFFSET: at.offset, p.K_EPOCH: at.epoch}
 
     def unsubscribe(self, channel_id: str, timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         """Stop receiving ``channel_id``; with a ``timeout``, wait for the server's answer."""
         with self._send_lock:
             sub = self._subs.pop(channel_id, None)
+            self._session.drop_subscription(channel_id)
             if sub is None or self._status != CONNECTED:
                 return
             cb_id, fut = self._start_request(p.EV_UNSUBSCRIBE, {p.K_CHANNEL: channel_id})
@@ -556,7 +566,7 @@ class Client:
                 raise RequestTimeout(f"unsubscribe from {channel_id!r} not answered") from None
             finally:
                 with self._send_lock:
-                    self._pending.pop(cb_id, None)
+                    self._session.forget(cb_id)
 
     def subscriptions(self) -> List[str]:
         """The channels this client holds (resubscribed after every reconnect)."""
@@ -564,25 +574,58 @@ class Client:
 
     def publish(self, channel_id: str, data: Any = None, *, ack: bool = False,
                 exclude_sender: bool = False, timeout: Optional[float] = None) -> Optional[dict]:
-        """Publish on ``channel_id``. With ``ack`` wait for the reply
-        (``channel-id``, ``offset``, ``delivered``) and return it."""
+        """Publish on ``channel_id``. With ``ack`` wait for the acknowledgement
+        (``channel-id``, ``offset``, ``delivered``; ``duplicate`` when an earlier
+        send of it had landed) and return it.
+
+        Each publish carries an id (``<client-id>:<n>``) and is kept until the
+        server acknowledges it, which means it is in the channel (and its history);
+        if the connection drops first it is sent again, same id, after the
+        reconnect, and the server delivers it once. At most
+        ``max_unacked_publishes`` wait for their ack: one more raises
+        :class:`SendQueueFull`. A publish the server refuses (``forbidden``, ...)
+        raises :class:`RemoteError` with ``ack``; without, it is counted
+        (``publish_errors``) and logged.
+        """
         problem = p.channel_id_problem(channel_id)
         if problem:
             raise ValueError(problem)
-        body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_EXCLUDE_SENDER: exclude_sender}
-        if ack:
-            return self.request(p.EV_PUBLISH, body, timeout)
-        self._send_frame(p.encode(p.EV_PUBLISH, body), None)
-        return None
+        if self._stop.is_set():
+            raise ClientClosed("client closed")
+        fut: Optional["concurrent.futures.Future[Any]"] = concurrent.futures.Future() if ack else None
+        with self._send_lock:
+            try:
+                cb_id, frame = self._session.publish(channel_id, data, exclude_sender, fut,
+                                                     time.monotonic())
+            except LimitExceeded as exc:
+                raise SendQueueFull(str(exc)) from None
+            if self._status == CONNECTED and self._ws is not None:
+                self._write(frame, cb_id)  # on failure it is resent after the reconnect
+        if fut is None:
+            return None
+        timeout = self.request_timeout if timeout is None else timeout
+        self._hand_off_reading()
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RequestTimeout(f"publish on {channel_id!r} not acknowledged within {timeout}s "
+                                 "(it stays queued and is resent after a reconnect)") from None
+        finally:
+            with self._send_lock:
+                self._session.forget(cb_id)
 
     # -- inspection -------------------------------------------------------------
     def stats(self) -> dict:
         """Counters: frames in/out, socket reads, reconnects, gaps, handler errors,
         queue sizes."""
-        out = dict(self._counts)
-        out.update(status=self._status, pending_sends=len(self._queued),
-                   outstanding_requests=len(self._pending), subscriptions=len(self._subs),
-                   handler_queue=self._tasks_in - self._tasks_out)
+        with self._send_lock:
+            out = dict(self._counts)
+            for key, n in self._session.counts.items():
+                out[key] = out.get(key, 0) + n
+            out.update(status=self._status, pending_sends=len(self._queued),
+                       outstanding_requests=len(self._session._requests),
+                       unacked_publishes=self._session.unacked(), subscriptions=len(self._subs),
+                       handler_queue=self._tasks_in - self._tasks_out)
         return out
 
     # -- reader thread ------------------------------------------------------------
@@ -625,7 +668,7 @@ class Client:
                     break
                 if not self.auto_reconnect:
                     break
-                self._set_status(RECONNECTING)
+                self._apply(ss.ON_LOST)
                 delay = backoff_delay(attempt, self.backoff_base, self.backoff_max)
                 attempt += 1
                 self._counts["reconnect_attempts"] += 1
@@ -634,9 +677,9 @@ class Client:
         except Exception:  # pragma: no cover - a bug; do not leave callers hanging
             log.exception("client reader failed")
         finally:
-            self._fail_requests(self.refusal or ClientClosed("client closed"), sent_only=False)
+            self._fail_requests(self.refusal or ClientClosed("client closed"))
             self._stop.set()  # ended by itself (refused, or no auto_reconnect) or by close()
-            self._set_status(CLOSED)
+            self._apply(ss.ON_GIVE_UP)
 
     def _open(self) -> Optional[websocket.WebSocket]:
         try:
@@ -674,8 +717,9 @@ class Client:
     def _read(self, ws: websocket.WebSocket, attempt: int) -> Generator[List[tuple], None, int]:
         """Read frames until the socket ends, yielding each read's handler tasks.
         Returns the next backoff attempt number."""
-        self._ws = ws
-        self._last_recv = time.monotonic()
+        with self._send_lock:
+            self._ws = ws
+            self._session.connection_opened(time.monotonic())
         if self._stop.is_set():
             ws.abort()
         close_code: Optional[int] = None
@@ -690,7 +734,7 @@ class Client:
                     if wait > 0:  # the last read was less than read_coalesce_ms ago
                         time.sleep(wait)
                 messages = reader.read()  # every whole message of one recv(), in order
-                self._last_recv = now = time.monotonic()
+                now = time.monotonic()
                 next_read = now + coalesce
                 counts["reads"] += 1
                 tasks: List[tuple] = []  # this read's handler tasks, handed over at once
@@ -699,7 +743,7 @@ class Client:
                     for opcode, payload in messages:
                         if opcode == _OP_TEXT or opcode == _OP_BINARY:
                             counts["frames_in"] += 1
-                            if self._on_frame(payload, tasks):
+                            if self._on_frame(payload, tasks, now):
                                 attempt = 0
                         elif opcode == _OP_PING:
                             ws.pong(payload)
@@ -724,14 +768,14 @@ class Client:
             with self._send_lock:
                 self._ws = None
                 was_connected = self._status == CONNECTED
-                if was_connected and not self._stop.is_set():  # close() sets CLOSED itself
-                    self._set_status(RECONNECTING if self.auto_reconnect else CLOSED)
+                failed = self._session.connection_lost()
+            if was_connected and not self._stop.is_set():  # close() sets CLOSED itself
+                self._apply(ss.ON_LOST if self.auto_reconnect else ss.ON_GIVE_UP)
             try:
                 ws.shutdown()
             except Exception:
                 pass
-            self._fail_requests(Disconnected("connection lost with the request outstanding"),
-                                sent_only=True)
+            _settle(failed)
             for sub in list(self._subs.values()):
                 sub.acked.clear()
         if close_code == p.CLOSE_POLICY:
@@ -740,110 +784,90 @@ class Client:
             log.warning("%s", self.refusal)
         return attempt
 
-    def _fail_requests(self, exc: BaseException, sent_only: bool) -> None:
+    def _fail_requests(self, exc: BaseException) -> None:
+        """The client ends: every waiting caller gets ``exc``."""
         with self._send_lock:
-            doomed = [(cb, pr) for cb, pr in self._pending.items() if pr.sent or not sent_only]
-            for cb, _ in doomed:
-                del self._pending[cb]
-            if not sent_only:
-                self._queued.clear()
-        for _, pr in doomed:
-            if not pr.future.done():
-                pr.future.set_exception(exc)
+            failed = self._session.fail_all(exc)
+            self._queued.clear()
+        _settle(failed)
 
-    def _on_frame(self, raw: bytes, tasks: List[tuple]) -> bool:
+    def _on_frame(self, raw: bytes, tasks: List[tuple], now: float) -> bool:
         """Handle one frame as it is read; handler work goes to ``tasks``.
 
         True when it was a handshake."""
-        try:
-            event, data, cb_id = p.decode(raw)
-        except p.FrameError as exc:
-            self._counts["bad_frames_from_server"] += 1
-            log.warning("bad frame from server: %s", safe(exc.message))
-            return False
-        if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
-            self._on_channel_msg(data, tasks)
-        elif event == p.EV_HANDSHAKE:
-            self._on_handshake(data)
-            return True
-        elif event == p.EV_PING:
-            self._send_control(p.EV_PONG)
-        elif event == p.EV_PONG:
-            pass
-        elif event in (p.EV_REPLY, p.EV_ERROR):
-            self._on_reply(event, data, cb_id)
-        elif event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
-            pass
+        with self._send_lock:
+            received = self._session.receive(raw, now)
+            for frame in received.frames:
+                if self._ws is not None:
+                    self._write(frame, None)
+            handshake = False
+            for ev in received.events:
+                kind = type(ev)
+                if kind is ChannelMessage:
+                    sub = self._subs.get(ev.channel_id)
+                    if sub is not None and sub.handlers:
+                        tasks.append(("channel", sub.handlers, ev))
+                elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
+                    _resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
+                             ev.error)
+                elif kind is ss.EventRequest:
+                    tasks.append(("event", ev.event, ev.data, ev.cb_id))
+                elif kind is ss.Subscribed:
+                    self._on_subscribed(ev, tasks)
+                elif kind is ss.Handshake:
+                    handshake = True
+                    self._on_handshake(ev)
+                elif isinstance(ev, str):  # a status change
+                    with self._status_cond:
+                        self._status_cond.notify_all()
+                    self._status_changed(ev)
+            if handshake:
+                self._after_handshake()
+            return handshake
+
+    def _on_handshake(self, hs: ss.Handshake) -> None:
+        self.uid, self.csrf_token, self.handshake, self.first = (
+            hs.uid, hs.csrf_token, hs.info, hs.first)
+        self.conn_id = hs.info.get("conn-id")
+        self.server_id = hs.info.get("server-id")
+
+    def _after_handshake(self) -> None:
+        """Renew every subscription (with ``since``), resend unacknowledged
+        publishes, then the sends queued while disconnected. Caller holds ``_send_lock``."""
+        for channel_id, sub in list(self._subs.items()):
+            self._send_subscribe(channel_id, sub)
+        for cb_id, frame in self._session.resend_unacked():
+            if self._ws is None or not self._write(frame, cb_id):
+                return
+            self._counts["publishes_resent"] += 1
+        while self._queued and self._ws is not None:
+            frame, cb_id = self._queued[0]
+            if cb_id is not None and not self._session.pending(cb_id):
+                self._queued.popleft()  # its caller gave up (timeout)
+                continue
+            if not self._write(frame, cb_id):
+                break
+            self._queued.popleft()
+
+    def _on_subscribed(self, ev: ss.Subscribed, tasks: List[tuple]) -> None:
+        sub = self._subs.get(ev.channel_id)
+        if sub is None:
+            return
+        if ev.error is not None:
+            sub.error = ev.error
+            if self._subs.get(ev.channel_id) is sub:
+                del self._subs[ev.channel_id]
+            log.warning("subscribe to %s refused: %s", safe(repr(ev.channel_id)), safe(ev.error))
         else:
-            tasks.append(("event", event, data, cb_id))
-        return False
+            sub.reply = ev.reply
+        if ev.recovery is not None and self._recovery_hooks:
+            tasks.append(("recovery", self._recovery_hooks, ev.recovery))
+        sub.acked.set()
 
     def _send_control(self, event: str) -> None:
         with self._send_lock:
             if self._ws is not None:
-                self._write(p.encode(event), None)
-
-    def _on_handshake(self, data: Any) -> None:
-        try:
-            uid, csrf, info, first = data
-            info = dict(info)
-        except (TypeError, ValueError):
-            self._counts["bad_frames_from_server"] += 1
-            log.error("malformed handshake from server: %s", safe(repr(data)))
-            return
-        self.uid, self.csrf_token, self.handshake, self.first = uid, csrf, info, first
-        self.conn_id = info.get("conn-id")
-        self.server_id = info.get("server-id")
-        self._heartbeat_s = float(info.get("heartbeat-ms", 5000)) / 1000.0
-        with self._send_lock:
-            self._set_status(CONNECTED)
-            self._counts["handshakes"] += 1
-            for channel_id, sub in list(self._subs.items()):
-                self._send_subscribe(channel_id, sub)
-            while self._queued and self._ws is not None:
-                frame, cb_id = self._queued[0]
-                if cb_id is not None and cb_id not in self._pending:
-                    self._queued.popleft()  # its caller gave up (timeout)
-                    continue
-                if not self._write(frame, cb_id):
-                    break
-                self._queued.popleft()
-
-    def _on_reply(self, event: str, data: Any, cb_id: Optional[str]) -> None:
-        if cb_id is None:
-            if event == p.EV_ERROR:
-                self._counts["errors_from_server"] += 1
-                log.warning("error from server: %s", safe(repr(data)))
-            return
-        pending = self._pending.get(cb_id)
-        if pending is None:
-            self._counts["stray_replies"] += 1
-            return
-        if event == p.EV_REPLY:
-            pending.future.set_result(data)
-        else:
-            pending.future.set_exception(p.remote_error(data))
-
-    def _on_channel_msg(self, data: Any, tasks: List[tuple]) -> None:
-        try:
-            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]))
-        except (TypeError, KeyError, ValueError, AttributeError):
-            self._counts["bad_frames_from_server"] += 1
-            log.warning("malformed channel message: %s", safe(repr(data)))
-            return
-        sub = self._subs.get(msg.channel_id)
-        if sub is None:
-            self._counts["unsubscribed_channel_msgs"] += 1
-            return
-        if sub.epoch == msg.epoch:
-            if msg.offset > sub.last_offset + 1:
-                self._counts["channel_gaps"] += msg.offset - sub.last_offset - 1
-        sub.epoch = msg.epoch
-        sub.last_offset = msg.offset
-        self._counts["channel_msgs"] += 1
-        if sub.handlers:
-            tasks.append(("channel", sub.handlers, msg))
+                self._write(p.encode(event).encode("utf-8"), None)
 
     def _add_tasks(self, tasks: List[tuple]) -> None:
         """Queue one read's tasks (caller holds ``_roles``). Tasks beyond
@@ -952,27 +976,31 @@ class Client:
                 return
 
     def _check_liveness(self) -> None:
-        if self._status != CONNECTED:
-            return
-        silent = time.monotonic() - self._last_recv
-        if silent > 2 * self._heartbeat_s + DEAD_SERVER_SLACK_S:
-            ws = self._ws
-            if ws is not None:
-                self._counts["dead_server_detections"] += 1
-                log.warning("server silent for %.1fs: dropping the connection", silent)
-                self._last_recv = time.monotonic()
-                ws.abort()
+        now = time.monotonic()
+        with self._send_lock:
+            late = self._session.expire(now)
+            if self._status != CONNECTED or not self._session.dead(now):
+                ws = None
+            else:
+                ws = self._ws
+                silent = now - self._session.last_recv
+                self._session.last_recv = now
+        _settle(late)
+        if ws is not None:
+            self._counts["dead_server_detections"] += 1
+            log.warning("server silent for %.1fs: dropping the connection", silent)
+            ws.abort()
 
     def _run_task(self, task: tuple) -> None:
         kind = task[0]
-        if kind == "channel":
+        if kind == "channel" or kind == "recovery":
             _, handlers, msg = task
             for fn in list(handlers):
                 try:
                     fn(msg)
                 except Exception:
                     self._counts["handler_errors"] += 1
-                    log.exception("channel handler for %r raised", msg.channel_id)
+                    log.exception("%s handler for %r raised", kind, msg.channel_id)
             return
         _, event, data, cb_id = task
         handlers = list(self._handlers.get(event, ()))
@@ -1001,17 +1029,31 @@ class Client:
             if not ok:
                 self._counts["handler_errors"] += 1
                 log.error("reply of handler for %s is not JSON-encodable", event)
-            self._try_send(frame)
+            self._try_send(frame.encode("utf-8"))
 
     def _reply_error(self, code: str, message: str, cb_id: str) -> None:
-        self._try_send(p.encode_error(code, message, cb_id))
+        self._try_send(ss.error_frame(code, message, cb_id))
 
-    def _try_send(self, frame: str) -> None:
+    def _try_send(self, frame: bytes) -> None:
         try:
             self._send_frame(frame, None)
         except (SendQueueFull, ClientClosed) as exc:
             log.warning("reply dropped: %s", safe(exc))
 
 
-__all__ = ["Client", "ChannelMessage", "backoff_delay", "CONNECTING", "CONNECTED",
+def _resolve(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
+    if waiter is None or waiter.done():
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(result)
+
+
+def _settle(failed: List[Tuple[Any, BaseException]]) -> None:
+    for waiter, exc in failed:
+        _resolve(waiter, None, exc)
+
+
+__all__ = ["Client", "ChannelMessage", "Recovery", "backoff_delay", "CONNECTING", "CONNECTED",
            "RECONNECTING", "CLOSED"]

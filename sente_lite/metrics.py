@@ -14,6 +14,10 @@ import bisect
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
+# LIMIT_COUNTERS / ERROR_COUNTERS: exported as sente_lite_limit_hits_total{limit=...}
+# and sente_lite_errors_total{kind=...} (every sente_lite.counters.Counter of that kind).
+from .counters import ERROR_COUNTERS, LIMIT_COUNTERS
+
 #: Upper bounds (seconds) of the request-latency histogram's buckets.
 LATENCY_BUCKETS_S: Tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                         0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -22,17 +26,6 @@ MISSING_EXTRA_MESSAGE = ("/metrics needs prometheus-client, which is not install
                          "pip install sente-lite[metrics]\n")
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: stats() counters exported as sente_lite_limit_hits_total{limit=...}.
-LIMIT_COUNTERS: Tuple[str, ...] = (
-    "rate_limited", "rate_limit_closes", "subscription_limit", "outstanding_request_limit",
-    "too_large_closes", "protocol_error_closes", "bad_frame_closes", "slow_consumer_closes",
-    "heartbeat_timeouts",
-)
-#: stats() counters exported as sente_lite_errors_total{kind=...}.
-ERROR_COUNTERS: Tuple[str, ...] = (
-    "bad_frames", "forbidden", "invalid_channel", "unknown_events", "unhandled_events",
-    "handler_errors", "hook_errors", "stray_replies", "errors_from_clients",
-)
 
 
 class LatencyHistogram:

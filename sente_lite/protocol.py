@@ -71,6 +71,18 @@ K_DELIVERED = "delivered"
 K_CODE = "code"
 K_MESSAGE = "message"
 K_EVENT = "event"
+K_SINCE = "since"
+K_RECOVERED = "recovered"
+K_REASON = "reason"
+K_ID = "id"
+K_DUPLICATE = "duplicate"
+K_FEATURES = "features"
+
+#: What this implementation adds to version 1 (the handshake's ``features``).
+FEATURE_HISTORY = "history"
+FEATURE_PUBLISH_ID = "publish-id"
+#: Longest publish id (PROTOCOL 9).
+MAX_PUBLISH_ID_CHARS = 128
 
 MAX_CB_ID_CHARS = 64
 MAX_CHANNEL_ID_CHARS = 256

@@ -68,9 +68,9 @@ def test_subscribe_returns_top_offset_and_is_idempotent() -> None:
     publish(reg, "a", sink)
     publish(reg, "a", sink)
     announced: List[Tuple[int, str]] = []
-    offset, epoch, added = reg.subscribe("m", "a", lambda o, e: announced.append((o, e)))
+    offset, epoch, added, _ = reg.subscribe("m", "a", lambda o, e, r: announced.append((o, e)))
     assert (offset, added) == (2, True)
-    offset2, epoch2, added2 = reg.subscribe("m", "a", lambda o, e: announced.append((o, e)))
+    offset2, epoch2, added2, _ = reg.subscribe("m", "a", lambda o, e, r: announced.append((o, e)))
     assert (offset2, epoch2, added2) == (2, epoch, False)
     assert announced == [(2, epoch), (2, epoch)]
     assert reg.subscriber_count("a") == 1
@@ -173,7 +173,7 @@ def test_announce_precedes_every_later_message() -> None:
         # subscribe while publishes are in flight
         while reg.publish("hot", frame_of, deliver).offset < 200:
             pass
-        reg.subscribe("late", "hot", lambda o, e: log.append(("announce", o)))
+        reg.subscribe("late", "hot", lambda o, e, r: log.append(("announce", o)))
         while len(log) < 500:
             reg.publish("hot", frame_of, deliver)
     finally:

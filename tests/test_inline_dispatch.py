@@ -10,6 +10,8 @@ import pytest
 
 from sente_lite import Server
 from sente_lite import protocol as p
+from sente_lite.core import ServerCore
+from sente_lite.session import ServerSession
 from sente_lite.server import Connection
 from sente_lite.testing.abuse import RawPeer
 from support import WAIT_S, wait_until
@@ -165,13 +167,11 @@ def test_exception_in_the_inline_path_answers_handler_error_and_keeps_serving(
         reader_idle(srv)
         start = srv.stats()
 
-        # 1. a built-in raises: _dispatch answers for it
-        def broken(self: Server, conn: Any, data: Any, cb_id: Any) -> None:
+        # 1. a built-in raises: the core answers for it
+        def broken(self: ServerCore, conn: Any, ev: Any) -> None:
             raise RuntimeError("bug in the publish path")
 
-        builtins = dict(Server._builtins)
-        builtins[p.EV_PUBLISH] = broken
-        monkeypatch.setattr(Server, "_builtins", builtins)
+        monkeypatch.setattr(ServerCore, "_publish", broken)
         error = publish(peer, "p1", "x", seen)
         assert error[0] == p.EV_ERROR and error[1][p.K_CODE] == p.ERR_HANDLER_ERROR
         assert "internal error handling sente-lite/publish" in error[1][p.K_MESSAGE]
@@ -179,15 +179,15 @@ def test_exception_in_the_inline_path_answers_handler_error_and_keeps_serving(
         monkeypatch.undo()
 
         # 2. anything else on the network thread raises: the safety net answers
-        original = Server._on_message
+        original = ServerSession.receive
         failures = [RuntimeError("bug below the network thread")]
 
-        def fails_once(self: Server, conn: Any, msg: Any) -> None:
+        def fails_once(self: ServerSession, msg: Any) -> Any:
             if failures:
                 raise failures.pop()
-            original(self, conn, msg)
+            return original(self, msg)
 
-        monkeypatch.setattr(Server, "_on_message", fails_once)
+        monkeypatch.setattr(ServerSession, "receive", fails_once)
         error = publish(peer, "p2", "y", seen)
         assert error[0] == p.EV_ERROR and error[1][p.K_CODE] == p.ERR_HANDLER_ERROR
         assert error[1][p.K_MESSAGE] == "internal error handling sente-lite/publish"

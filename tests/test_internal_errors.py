@@ -9,18 +9,17 @@ import pytest
 
 from sente_lite import Client, RemoteError, Server
 from sente_lite import protocol as p
+from sente_lite.core import ServerCore
 from sente_lite.testing.abuse import RawPeer
 
 
 def test_internal_error_in_a_builtin_answers_handler_error_and_keeps_serving(
         make_server: Callable[..., Server], make_client: Callable[..., Client],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(self: Server, conn: Any, data: Any, cb_id: Any) -> None:
+    def broken(self: ServerCore, conn: Any, ev: Any) -> None:
         raise RuntimeError("bug in the subscribe path")
 
-    builtins = dict(Server._builtins)
-    builtins[p.EV_SUBSCRIBE] = broken
-    monkeypatch.setattr(Server, "_builtins", builtins)
+    monkeypatch.setattr(ServerCore, "_subscribe", broken)
     srv = make_server()
 
     @srv.on("app/echo")

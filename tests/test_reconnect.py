@@ -205,11 +205,11 @@ class PausingClient(Client):
     paused = threading.Event()
     proceed = threading.Event()
 
-    def _fail_requests(self, exc: BaseException, sent_only: bool) -> None:
-        if isinstance(exc, ConnectRefused) and not sent_only:
+    def _fail_requests(self, exc: BaseException) -> None:
+        if isinstance(exc, ConnectRefused):
             self.paused.set()
             self.proceed.wait(WAIT_S)
-        super()._fail_requests(exc, sent_only)
+        super()._fail_requests(exc)
 
 
 def test_waiting_for_closed_after_a_refusal_does_not_raise(make_server: Callable[..., Server],

@@ -127,15 +127,19 @@ def test_remembered_clients_are_bounded(make_server: Callable[..., Server],
     assert firsts == [("a", True), ("b", True), ("a", False), ("c", True), ("a", False), ("b", True)]
 
 
-def test_missed_messages_show_as_a_gap(make_server: Callable[..., Server],
-                                       make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+@pytest.mark.parametrize("history_size", [1000, 0])
+def test_messages_missed_while_away_are_replayed_or_the_loss_is_announced(
+        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        history_size: int) -> None:
+    srv = make_server(history_size=history_size)
     refuse = threading.Event()
     real_admit = srv._admit
     # the server's admission seam turns upgrades away (503: the client keeps retrying)
     srv._admit = lambda ws, *rest: (  # type: ignore[method-assign]
         ws.respond(503, "paused\n") if refuse.is_set() else real_admit(ws, *rest))
     c = make_client(srv.url, **FAST_BACKOFF)
+    recoveries: List[Any] = []
+    c.on_recovery(recoveries.append)
     got = Recorder()
     c.subscribe("g", got)
     srv.publish("g", 1)
@@ -149,10 +153,19 @@ def test_missed_messages_show_as_a_gap(make_server: Callable[..., Server],
     assert c.wait_connected(WAIT_S)
     wait_until(lambda: srv.channels.subscriber_count("g") == 1, what="resubscribe")
     srv.publish("g", 5)
-    msgs = got.wait_count(2)
-    assert [(m.data, m.offset) for m in msgs] == [(1, 1), (5, 5)]
-    assert msgs[0].epoch == msgs[1].epoch
-    assert c.stats()["channel_gaps"] == 3
+    if history_size:
+        msgs = got.wait_count(5)
+        assert [(m.data, m.offset) for m in msgs] == [(i, i) for i in range(1, 6)]
+        wait_until(lambda: recoveries, what="the recovery answer")
+        assert recoveries[0].recovered is True and recoveries[0].since["offset"] == 1
+    else:
+        msgs = got.wait_count(2)
+        assert [(m.data, m.offset) for m in msgs] == [(1, 1), (5, 5)]
+        wait_until(lambda: recoveries, what="the recovery answer")
+        assert (recoveries[0].recovered, recoveries[0].reason) == (False, "history-off")
+        assert c.stats()["recovery_failures"] == 1
+    assert msgs[0].epoch == msgs[-1].epoch
+    assert c.stats().get("channel_gaps", 0) == 0  # never a silent gap
 
 
 def test_subscribe_before_connected_and_unsubscribe_while_away(

@@ -1,0 +1,330 @@
+"""The server's answers to its network loop: connections open, frames arrive, links close.
+
+:class:`ServerCore` is the :class:`~sente_lite.netloop.LinkHandler` of a
+:class:`~sente_lite.Server`. Protocol rules are the session's
+(:class:`~sente_lite.session.ServerSession`); this runs what the session's events
+ask for: application handlers (on the connection's worker lane), authorization,
+channel operations through the hub, heartbeats, and the bookkeeping of closes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from urllib.parse import urlsplit
+
+from websockets.http11 import Request
+
+from . import protocol as p
+from . import session as ss
+from .channels import Published, RecoveryResult
+from .counters import Counter
+from .front import Identity
+from .logsafe import safe
+from .netloop import DEFER, Link
+from .security import report
+from .workers import Lane
+
+if TYPE_CHECKING:
+    from .server import Connection, Server
+
+log = logging.getLogger("sente_lite.server")
+
+_SENTE_PREFIX = f'["{p.NS_SENTE}/'
+_CHSK_PREFIX = f'["{p.NS_CHSK}/'
+_PREFIX_LEN = len(_SENTE_PREFIX)
+
+
+class ServerCore:
+    """Handles the network loop's links for one server (all entry points but the
+    handlers' own run on the network thread)."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.counters = server.counters
+        self._next_ping = 0.0
+
+    # -- upgrades ----------------------------------------------------------------------
+    def on_request(self, link: Link, request: Request) -> Any:
+        """An HTTP request arrived: answer it, accept the upgrade, or decide on a worker
+        (an ``authenticate`` hook may be slow; the network thread never waits for it)."""
+        srv = self.server
+        if (srv._gate.authenticate is not None and not srv._stopping
+                and urlsplit(request.path).path == srv.path):
+            srv._pool.submit(Lane(f"upgrade {link.remote}"),
+                             lambda: self._decide_later(link, request))
+            return DEFER
+        return srv._front.decide(link, request)
+
+    def _decide_later(self, link: Link, request: Request) -> None:
+        loop = self.server._loop
+        assert loop is not None
+        try:
+            decision = self.server._front.decide(link, request)
+        except Exception as exc:
+            decision = loop._internal_error(link, exc)
+        loop.decide(link, decision)
+
+    def on_refused(self, link: Link, reason: str, status: Optional[int], message: str) -> None:
+        """The network loop refused an upgrade itself (malformed, too large, too slow)."""
+        self.server._gate.count_refusal(reason)
+        report(log, "refused-upgrade", reason, remote=link.remote, status=status, message=message)
+
+    def on_open(self, link: Link, ident: Identity) -> None:
+        """The 101 went out: register the connection, greet it, then run on_connect hooks
+        on its lane (before any of its events)."""
+        from .server import Connection  # the public class; defined beside Server
+        srv = self.server
+        conn_id = f"{srv.server_id}-{next(srv._conn_seq)}"
+        first = srv._hub.first_visit(ident.client_id)
+        conn = Connection(srv, link, conn_id, ident, first)
+        link.owner = conn
+        srv._hub.add(conn)  # registered before the handshake goes out: a client holding it is known
+        conn._enqueue(conn._session.handshake(ident.uid, ident.csrf_token, {
+            "conn-id": conn_id, "client-id": ident.client_id, "server-id": srv.server_id,
+            "max-message-bytes": srv.max_message_bytes}, first))
+        log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
+                  first)
+        for hook in srv._on_connect:
+            srv._pool.submit(conn._lane, functools.partial(self._call_hook, hook, conn))
+
+    # -- frames ------------------------------------------------------------------------
+    def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
+        """One whole message from ``conn`` (on the network thread). Built-in frames are
+        handled here when nothing of the connection waits for a worker (answers and
+        pings always: a handler waiting in request() needs its reply); the rest goes to
+        the connection's lane, in order."""
+        conn.frames_in += 1
+        conn.bytes_in += size
+        refused = conn._session.admit(msg, time.monotonic())
+        if refused is not None:
+            self._apply(conn, refused, None)
+            return
+        if type(msg) is str:
+            head = msg[:_PREFIX_LEN]
+            if head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and conn._lane.idle):
+                conn.frames_inline += 1
+                self.handle(conn, msg)
+                return
+        self.server._pool.submit(conn._lane, functools.partial(self.handle, conn, msg))
+
+    def handle(self, conn: "Connection", msg: Any) -> None:
+        """Handle one message; never raises: a bug costs one answer, not the connection."""
+        started = time.perf_counter()
+        try:
+            received = conn._session.receive(msg)
+            self._apply(conn, received, msg)
+            for ev in received.events:
+                if type(ev) is not ss.ReplyArrived and getattr(ev, "cb_id", None) is not None:
+                    self.server._latency.observe(time.perf_counter() - started)
+        except Exception:  # handlers and built-ins answer their own errors: this is a bug
+            self.counters.add(Counter.INTERNAL_ERRORS)
+            log.exception("internal error handling a frame (conn %s)", conn.conn_id)
+            cb_id: Optional[str] = None
+            event: Optional[str] = None
+            try:
+                event, _, cb_id = p.decode(msg)
+            except p.FrameError as exc:
+                cb_id = exc.cb_id
+            try:
+                conn._enqueue(ss.error_frame(p.ERR_HANDLER_ERROR,
+                                             f"internal error handling {event or 'a frame'}",
+                                             cb_id, event))
+            except Exception:
+                log.exception("could not answer the internal error (conn %s)", conn.conn_id)
+
+    def _apply(self, conn: "Connection", received: ss.Received, msg: Any) -> None:
+        """Send the session's frames, then act on its events."""
+        for frame in received.frames:
+            conn._enqueue(frame)
+        for ev in received.events:
+            kind = type(ev)
+            if kind is ss.AppEvent:
+                self._app_event(conn, ev)
+            elif kind is ss.PublishRequest:
+                self._publish(conn, ev)
+            elif kind is ss.ReplyArrived:
+                conn._settle(ev.waiter, ev.result, ev.error)
+            elif kind is ss.SubscribeRequest:
+                self._subscribe(conn, ev)
+            elif kind is ss.UnsubscribeRequest:
+                self.server.channels.unsubscribe(conn.conn_id, ev.channel_id)
+                conn._enqueue(ss.ServerSession.unsubscribed(ev.channel_id, ev.cb_id))
+            elif kind is ss.CloseConnection:
+                report(log, "closed", ev.why, conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=ev.code, message=ev.message)
+                conn.close(ev.code, ev.reason, flush=ev.why != "rate-limit")
+
+    def _app_event(self, conn: "Connection", ev: ss.AppEvent) -> None:
+        srv = self.server
+        handler = srv._handlers.get(ev.event)
+        if handler is None:
+            for frame in conn._session.no_handler(ev.event, ev.cb_id):
+                conn._enqueue(frame)
+            return
+        try:
+            result = handler(conn, ev.data)
+        except Exception as exc:
+            log.exception("handler for %s raised (conn %s)", ev.event, conn.conn_id)
+            for frame in conn._session.handler_failed(ev.event, ev.cb_id, exc):
+                conn._enqueue(frame)
+            return
+        if ev.cb_id is not None:
+            conn._enqueue(conn._session.reply(ev.event, ev.cb_id, result))
+
+    def _refused(self, conn: "Connection", action: str, channel_id: str,
+                 event: str, cb_id: Optional[str]) -> bool:
+        refusal = self._authorize(conn, action, channel_id)
+        if refusal is None:
+            return False
+        conn._enqueue(ss.error_frame(refusal[0], refusal[1], cb_id, event))
+        return True
+
+    def _subscribe(self, conn: "Connection", ev: ss.SubscribeRequest) -> None:
+        if self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id):
+            return
+
+        def announce(offset: int, epoch: str, recovery: Optional[RecoveryResult]) -> None:
+            conn._enqueue(ss.ServerSession.subscribed(ev.channel_id, offset, epoch, recovery, ev.cb_id))
+
+        self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since)
+
+    def _publish(self, conn: "Connection", ev: ss.PublishRequest) -> None:
+        if self._refused(conn, "publish", ev.channel_id, p.EV_PUBLISH, ev.cb_id):
+            return
+        channel, cb_id = ev.channel_id, ev.cb_id
+
+        def answer(result: Any) -> None:  # on the thread that ran the publish, in channel order
+            if isinstance(result, BaseException):
+                self.counters.add(Counter.INTERNAL_ERRORS)
+                log.error("internal error publishing on %r (conn %s)", channel, conn.conn_id,
+                          exc_info=result)
+                conn._enqueue(ss.error_frame(p.ERR_HANDLER_ERROR,
+                                             f"internal error handling {p.EV_PUBLISH}", cb_id,
+                                             p.EV_PUBLISH))
+            elif cb_id is not None and isinstance(result, Published):
+                conn._enqueue(ss.ServerSession.published(result, cb_id))
+
+        # Never waits for a busy channel: its holder publishes this too, and answers.
+        self.server._hub.publish(channel, ev.data_json, conn.uid,
+                                 conn.conn_id if ev.exclude_sender else None, answer, ev.publish_id)
+
+    def _authorize(self, conn: "Connection", action: str, channel_id: str) -> Optional[Tuple[str, str]]:
+        """Checks of one subscribe/publish: None allows, (error code, message) refuses.
+
+        ``max_subscriptions_per_conn`` (``limit-exceeded``), then the ``authorize``
+        hook (``forbidden``; a hook that raises forbids).
+        """
+        srv = self.server
+        if action == "subscribe":
+            held = srv.channels.channels_of(conn.conn_id)
+            if len(held) >= srv.max_subscriptions_per_conn and channel_id not in held:
+                self.counters.add(Counter.SUBSCRIPTION_LIMIT)
+                report(log, "refused-subscribe", "max-subscriptions", conn_id=conn.conn_id,
+                       uid=conn.uid, remote=conn.remote_address, channel_id=channel_id)
+                return p.ERR_LIMIT_EXCEEDED, (f"{len(held)} subscriptions already "
+                                              f"(max_subscriptions_per_conn={srv.max_subscriptions_per_conn})")
+        if srv.authorize is None:
+            return None
+        try:
+            allowed = bool(srv.authorize(conn, action, channel_id))
+        except Exception:
+            self.counters.add(Counter.HOOK_ERRORS)
+            log.exception("authorize hook raised for %s %r (conn %s): forbidden",
+                          action, channel_id, conn.conn_id)
+            allowed = False
+        if allowed:
+            return None
+        self.counters.add(Counter.FORBIDDEN)
+        report(log, f"refused-{action}", "forbidden", conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
+        return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
+
+    def _call_hook(self, hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            self.counters.add(Counter.HOOK_ERRORS)
+            log.exception("hook %r raised", hook)
+
+    # -- ends --------------------------------------------------------------------------
+    def on_link_closed(self, link: Link) -> None:
+        """The socket is closed: forget the connection at once; its disconnect hooks run
+        on its lane, after its last events."""
+        srv = self.server
+        srv._gate.release_slot(link)
+        conn = link.owner
+        if conn is None:
+            return
+        srv._hub.remove(conn)
+        for waiter, exc in conn._session.fail_requests():
+            conn._settle(waiter, None, exc)
+        code, reason = self._close_outcome(conn, link)
+        srv._closed_conn(conn, code)
+        log.debug("closed %s code=%s reason=%s", conn.conn_id, code, safe(reason))
+
+        def farewell() -> None:
+            for hook in srv._on_disconnect:
+                self._call_hook(hook, conn, code, reason)
+            conn._closed.set()
+
+        srv._pool.submit(conn._lane, farewell)
+
+    def _close_outcome(self, conn: "Connection", link: Link) -> Tuple[int, str]:
+        """The close code and reason of a finished connection: the server's own close,
+        a close websockets made itself (1009 too big, 1002/1007 protocol: counted and
+        logged here), or the peer's."""
+        try:
+            exc = link.protocol.close_exc
+        except Exception:  # not closed in websockets' eyes (socket dropped): abnormal
+            exc = None
+        sent = getattr(exc, "sent", None)
+        rcvd = getattr(exc, "rcvd", None)
+        if conn._close_code is not None:
+            return conn._close_code, conn._close_reason
+        if sent is not None and (rcvd is None or not exc.rcvd_then_sent):  # type: ignore[union-attr]
+            code = int(sent.code)
+            counter: Optional[Counter] = None
+            if code == p.CLOSE_TOO_BIG:
+                counter, why = Counter.TOO_LARGE_CLOSES, "max-message-bytes"
+            elif code in (1002, 1003, 1007):
+                counter, why = Counter.PROTOCOL_ERROR_CLOSES, "protocol-error"
+            if counter is not None:
+                self.counters.add(counter)
+                report(log, "closed", why, conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=code, message=sent.reason)
+            return code, sent.reason
+        if rcvd is not None:
+            return int(rcvd.code), rcvd.reason
+        return 1006, ""
+
+    def on_tick(self, now: float, stalled_s: float) -> None:
+        """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
+        connections with 4000. A stretch in which this thread itself was stalled is not
+        held against any peer: their frames may be waiting unread in the socket."""
+        srv = self.server
+        send_pings = now >= self._next_ping
+        if send_pings:
+            self._next_ping = now + srv.heartbeat_ms / 1000.0
+        late: List[Tuple["Connection", Any, BaseException]] = []
+        for conn in srv._hub.snapshot():
+            session = conn._session
+            if session.outstanding:
+                late.extend((conn, w, e) for w, e in session.expire(now))
+            if conn._close_code is not None:
+                continue
+            if session.heartbeat(now, stalled_s) == ss.HEARTBEAT_TIMEOUT:
+                report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
+                       remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
+                       message=f"silent for {now - session.last_seen:.1f}s", level=logging.INFO)
+                srv.channels.remove_member(conn.conn_id)
+                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
+            elif send_pings:
+                conn._ping()
+        for conn, waiter, exc in late:
+            conn._settle(waiter, None, exc)
+
+
+__all__ = ["ServerCore"]

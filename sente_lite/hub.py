@@ -1,0 +1,192 @@
+"""The hub: who is connected, which user has which connections, and channel fan-out.
+
+No sockets and no threads: a connection is anything with a ``conn_id``, a ``uid``
+and a ``deliver(wire, size) -> bool`` that never blocks (the server's queues the
+bytes of one whole WebSocket frame). A publish is encoded once, as one whole
+frame, for every subscriber.
+
+Channels go through a :class:`Broker`: the seam where another implementation of
+publish, subscribe, history and presence plugs in (a backplane shared by several
+server processes). The default is :class:`LocalBroker`, this process's
+:class:`~sente_lite.channels.ChannelRegistry`.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import (Any, Callable, Dict, Hashable, List, Optional, Protocol, Set, Tuple)
+
+from . import protocol as p
+from .channels import ChannelRegistry, Published, RecoveryResult, Since
+from .counters import Counter, Counters
+
+Announce = Callable[[int, str, Optional[RecoveryResult]], None]
+Deliver = Callable[[Hashable, Any], bool]
+
+
+class Member(Protocol):
+    """What the hub needs of a connection."""
+
+    conn_id: str
+    uid: str
+
+    def deliver(self, wire: bytes, size: int) -> bool: ...
+
+
+class Broker(Protocol):
+    """Channels: publish in one offset order per channel, subscribe (with recovery
+    from history), and presence of users across every process sharing it."""
+
+    def publish(self, name: str, make_frame: Callable[[int, str], Any], deliver: Deliver,
+                exclude: Optional[Hashable] = None, done: Optional[Callable[[Any], None]] = None,
+                wait: bool = True, publish_id: Optional[str] = None) -> Optional[Published]: ...
+
+    def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,
+                  since: Optional[Since] = None, deliver: Optional[Deliver] = None,
+                  ) -> Tuple[int, str, bool, Optional[RecoveryResult]]: ...
+
+    def unsubscribe(self, member: Hashable, name: str) -> bool: ...
+
+    def remove_member(self, member: Hashable) -> List[str]: ...
+
+    def channels_of(self, member: Hashable) -> List[str]: ...
+
+    def history_of(self, name: str) -> List[Tuple[int, Any]]: ...
+
+    def stats(self) -> dict: ...
+
+
+class LocalBroker(ChannelRegistry):
+    """The in-process broker: this process's channels, history and offsets."""
+
+
+#: JSON text of recently published channel ids, uids and epochs (bounded; cleared when full).
+MAX_CACHED_JSON_STRINGS = 4096
+
+
+class Hub:
+    """Registries of live connections and users, and channel fan-out through a broker."""
+
+    def __init__(self, broker: Broker, counters: Counters, max_remembered_clients: int,
+                 text_frame: Callable[[bytes], bytes]) -> None:
+        self.broker = broker
+        self.counters = counters
+        self.max_remembered_clients = max_remembered_clients
+        self._text_frame = text_frame
+        self._lock = threading.Lock()
+        self.conns: Dict[str, Any] = {}
+        self._by_uid: Dict[str, Set[str]] = {}
+        self._seen_clients: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        self._json: Dict[str, str] = {}
+
+    # -- registry ---------------------------------------------------------------------
+    def first_visit(self, client_id: str) -> bool:
+        """True the first time ``client_id`` connects (remembering the latest
+        ``max_remembered_clients``)."""
+        with self._lock:
+            first = client_id not in self._seen_clients
+            self._seen_clients[client_id] = None
+            self._seen_clients.move_to_end(client_id)
+            while len(self._seen_clients) > self.max_remembered_clients:
+                self._seen_clients.popitem(last=False)
+        return first
+
+    def add(self, conn: Member) -> None:
+        with self._lock:
+            self.conns[conn.conn_id] = conn
+            self._by_uid.setdefault(conn.uid, set()).add(conn.conn_id)
+        self.counters.add(Counter.CONNECTIONS_OPENED)
+
+    def remove(self, conn: Member) -> None:
+        """Forget ``conn`` and its subscriptions."""
+        with self._lock:
+            self.conns.pop(conn.conn_id, None)
+            ids = self._by_uid.get(conn.uid)
+            if ids is not None:
+                ids.discard(conn.conn_id)
+                if not ids:
+                    del self._by_uid[conn.uid]
+        self.broker.remove_member(conn.conn_id)
+
+    def snapshot(self) -> List[Any]:
+        with self._lock:
+            return list(self.conns.values())
+
+    def of_user(self, uid: str) -> List[Any]:
+        with self._lock:
+            return [self.conns[c] for c in self._by_uid.get(uid, ()) if c in self.conns]
+
+    def presence(self, uid: str) -> int:
+        """How many live connections ``uid`` has here."""
+        with self._lock:
+            return len(self._by_uid.get(uid, ()))
+
+    def user_count(self) -> int:
+        with self._lock:
+            return len(self._by_uid)
+
+    # -- fan-out -------------------------------------------------------------------------
+    def json_string(self, value: Optional[str]) -> str:
+        """``p.dumps(value)`` for a str or None, remembered: every publish names the same few."""
+        if value is None:
+            return "null"
+        text = self._json.get(value)
+        if text is None:
+            text = p.dumps(value)
+            if len(self._json) >= MAX_CACHED_JSON_STRINGS:
+                self._json.clear()
+            self._json[value] = text
+        return text
+
+    def publish(self, channel: str, data_json: str, from_uid: Optional[str],
+                exclude: Optional[str], answer: Optional[Callable[[Any], None]] = None,
+                publish_id: Optional[str] = None) -> Optional[Published]:
+        """Publish ``data_json`` (already encoded) on ``channel``. With ``answer``
+        never wait: ``answer(result)`` gets the Published (or the exception) and
+        None may be returned; without, wait and return the Published."""
+        js = self.json_string
+        head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{js(channel)},'
+                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{js(from_uid)},"{p.K_OFFSET}":')
+        text_frame = self._text_frame
+
+        def make_frame(offset: int, epoch: str) -> Any:
+            # Encoded once per publish, as a whole WebSocket frame, for every subscriber.
+            frame = f'{head}{offset},"{p.K_EPOCH}":{js(epoch)}}}]'.encode("utf-8")
+            return text_frame(frame), len(frame)
+
+        counters = self.counters
+
+        def done(result: Any) -> None:
+            if isinstance(result, Published) and not result.duplicate:
+                counters.add(Counter.PUBLISHES)
+                counters.add(Counter.DELIVERIES, result.delivered)
+            if answer is not None:
+                answer(result)
+
+        return self.broker.publish(channel, make_frame, self.deliver, exclude, done,
+                                   wait=answer is None, publish_id=publish_id)
+
+    def deliver(self, member: Any, built: Any) -> bool:
+        """Hand one built channel frame to connection ``member``."""
+        conn = self.conns.get(member)
+        if conn is None:
+            return False
+        wire, size = built
+        return conn.deliver(wire, size)
+
+    def subscribe(self, conn: Member, channel: str, announce: Announce,
+                  since: Optional[Since]) -> None:
+        self.broker.subscribe(conn.conn_id, channel, announce, since, self.deliver)
+
+    def to_user(self, uid: str, frame: bytes) -> int:
+        """Send ``frame`` to every live connection of ``uid``; how many took it."""
+        wire = self._text_frame(frame)
+        return sum(1 for c in self.of_user(uid) if c.deliver(wire, len(frame)))
+
+    def to_all(self, frame: bytes) -> int:
+        wire = self._text_frame(frame)
+        return sum(1 for c in self.snapshot() if c.deliver(wire, len(frame)))
+
+
+__all__ = ["Hub", "Broker", "LocalBroker", "Member"]

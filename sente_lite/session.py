@@ -1,0 +1,844 @@
+"""Sans-I/O protocol sessions: every rule of the wire protocol for one connection.
+
+:class:`ServerSession` and :class:`ClientSession` take received text and the
+current time as arguments and give back events for the application and the
+frames (UTF-8 JSON payloads) to send. They open no socket, start no thread and
+read no clock, so every protocol rule is tested in memory (``tests/test_session.py``
+joins a client and a server session the way a socket would). The threaded
+:class:`sente_lite.Server` and :class:`sente_lite.Client` are adapters: they move
+bytes, run handlers and wait on futures.
+
+Each call returns what it produced (no shared output buffer), so a session may be
+called from the thread that read a frame and from a handler's thread at once; its
+request table is guarded by a lock of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union)
+
+from . import limits as lim
+from . import protocol as p
+from .channels import Published, RecoveryResult, Since
+from .counters import Counter, Counters  # noqa: F401 (Counter: for callers)
+from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
+from .logsafe import safe
+
+log = logging.getLogger("sente_lite.session")
+
+Waiter = Any  # whatever the adapter waits on (a Future); the session only hands it back
+
+
+# -- what a session gives back -------------------------------------------------------
+class AppEvent(NamedTuple):
+    """An application event for the handler of ``event`` (``cb_id``: a reply is due)."""
+
+    event: str
+    data: Any
+    cb_id: Optional[str]
+
+
+class SubscribeRequest(NamedTuple):
+    channel_id: str
+    since: Optional[Since]
+    cb_id: Optional[str]
+
+
+class UnsubscribeRequest(NamedTuple):
+    channel_id: str
+    cb_id: Optional[str]
+
+
+class PublishRequest(NamedTuple):
+    """A publish; ``data_json`` is its data already encoded once for every subscriber."""
+
+    channel_id: str
+    data_json: str
+    publish_id: Optional[str]
+    exclude_sender: bool
+    cb_id: Optional[str]
+
+
+class ReplyArrived(NamedTuple):
+    """The answer to one of our requests: ``error`` set for a ``chsk/error``."""
+
+    waiter: Waiter
+    result: Any
+    error: Optional[RemoteError]
+
+
+class CloseConnection(NamedTuple):
+    """The session decided the connection must close (``why``: a log reason)."""
+
+    code: int
+    reason: str
+    why: str
+    message: str
+
+
+class Received(NamedTuple):
+    """What one received frame produced: events and frames to send."""
+
+    events: List[Any]
+    frames: List[bytes]
+
+
+_NOTHING = Received([], [])
+
+
+def _frame(text: str) -> bytes:
+    return text.encode("utf-8")
+
+
+def error_frame(code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
+    """A ``chsk/error`` frame (a reply when ``cb_id`` is set)."""
+    return _frame(p.encode_error(code, message, cb_id, event))
+
+
+class _Requests:
+    """Our outstanding requests to the peer: cb-id -> (waiter, event, deadline)."""
+
+    __slots__ = ("_table", "_lock", "_ids", "_prefix")
+
+    def __init__(self, prefix: str) -> None:
+        self._table: Dict[str, Tuple[Waiter, str, float]] = {}
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._prefix = prefix
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def add_encoded(self, waiter: Waiter, event: str, data: Any, deadline: float,
+                    limit: Optional[int] = None) -> Tuple[str, bytes]:
+        """Register a request and encode its frame (nothing stays registered when
+        ``data`` cannot be encoded: the EncodeError propagates)."""
+        cb_id = self.add(waiter, event, deadline, limit)
+        try:
+            return cb_id, _frame(p.encode(event, data, cb_id))
+        except BaseException:
+            self.pop(cb_id)
+            raise
+
+    def add(self, waiter: Waiter, event: str, deadline: float, limit: Optional[int] = None) -> str:
+        with self._lock:
+            if limit is not None and len(self._table) >= limit:
+                raise LimitExceeded(f"{len(self._table)} requests already await a reply "
+                                    f"(max_outstanding_requests={limit})")
+            cb_id = f"{self._prefix}{next(self._ids)}"
+            self._table[cb_id] = (waiter, event, deadline)
+            return cb_id
+
+    def has(self, cb_id: str) -> bool:
+        return cb_id in self._table
+
+    def pop(self, cb_id: Optional[str]) -> Optional[Tuple[Waiter, str, float]]:
+        if cb_id is None:
+            return None
+        with self._lock:
+            return self._table.pop(cb_id, None)
+
+    def expire(self, now: float) -> List[Tuple[Waiter, str]]:
+        with self._lock:
+            late = [cb for cb, (_, _, deadline) in self._table.items() if deadline <= now]
+            return [(w, e) for w, e, _ in (self._table.pop(cb) for cb in late)]
+
+    def remove(self, cb_ids: List[str]) -> List[Tuple[Waiter, str]]:
+        with self._lock:
+            return [(w, e) for w, e, _ in
+                    (self._table.pop(cb) for cb in cb_ids if cb in self._table)]
+
+    def drain(self) -> List[Tuple[Waiter, str]]:
+        with self._lock:
+            entries, self._table = self._table, {}
+        return [(w, e) for w, e, _ in entries.values()]
+
+
+# -- server side -------------------------------------------------------------------
+@dataclass(frozen=True)
+class ServerRules:
+    """The protocol settings a server applies to every connection."""
+
+    heartbeat_ms: int = 5000
+    heartbeat_timeout_ms: int = 15000
+    max_bad_frames_in_row: int = 100
+    max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS
+    max_channel_id_chars: int = p.MAX_CHANNEL_ID_CHARS
+    rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT
+    rate_burst: Optional[int] = None
+    max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED
+    features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID)
+
+
+HEARTBEAT_PING = "ping"
+HEARTBEAT_TIMEOUT = "timeout"
+
+
+class ServerSession:
+    """The protocol state of one server-side connection."""
+
+    def __init__(self, conn_id: str, rules: ServerRules, now: float,
+                 counters: Optional[Counters] = None) -> None:
+        self.conn_id = conn_id
+        self.rules = rules
+        self.counters = counters if counters is not None else Counters()
+        self.last_seen = now
+        self.bad_in_row = 0
+        self.closing = False
+        self._requests = _Requests("s")
+        self._time = now
+        self._rate: Optional[lim.RateGuard] = None
+        if rules.rate_limit is not None:
+            self._rate = lim.RateGuard(rules.rate_limit, rules.rate_burst, rules.max_rate_limited,
+                                       clock=self._now)
+
+    def _now(self) -> float:
+        return self._time
+
+    # -- greeting -------------------------------------------------------------------
+    def handshake(self, uid: str, csrf_token: Optional[str], info: Dict[str, Any], first: bool) -> bytes:
+        """The ``chsk/handshake`` frame: ``[uid, csrf-token, info, first?]``."""
+        info = dict(info, **{"protocol": p.PROTOCOL_VERSION, "heartbeat-ms": self.rules.heartbeat_ms,
+                             p.K_FEATURES: list(self.rules.features)})
+        return _frame(p.encode(p.EV_HANDSHAKE, [uid, csrf_token, info, first]))
+
+    # -- inbound ----------------------------------------------------------------------
+    def admit(self, text: Union[str, bytes], now: float) -> Optional[Received]:
+        """Record the peer's life and apply ``rate_limit``: None to go on with
+        :meth:`receive`; else what refusing this frame produced."""
+        self.last_seen = now
+        guard = self._rate
+        if guard is None:
+            return None
+        self._time = now
+        verdict = guard.check()
+        if verdict is lim.RateGuard.OK:
+            return None
+        self.counters.add(Counter.RATE_LIMITED)
+        if verdict is lim.RateGuard.CLOSE:
+            if self.closing:
+                return _NOTHING
+            self.closing = True
+            self.counters.add(Counter.RATE_LIMIT_CLOSES)
+            return Received([CloseConnection(
+                p.CLOSE_POLICY, "rate limit exceeded", "rate-limit",
+                f"kept sending over {self.rules.rate_limit:g} frames/s (max_rate_limited="
+                f"{self.rules.max_rate_limited} refused frames per {lim.RATE_PATIENCE_WINDOW_S:g}s)")],
+                [])
+        try:
+            frame = p.decode(text)
+            cb_id, event = frame.cb_id, frame.event
+        except p.FrameError as exc:
+            cb_id, event = exc.cb_id, None
+        if event in (p.EV_REPLY, p.EV_ERROR):
+            return _NOTHING  # never answer an answer
+        return Received([], [error_frame(
+            p.ERR_RATE_LIMITED, f"over {self.rules.rate_limit:g} frames/s (rate_limit): frame dropped",
+            cb_id, event)])
+
+    def receive(self, text: Union[str, bytes]) -> Received:
+        """Decode one frame the peer sent and apply the protocol's rules to it."""
+        if not isinstance(text, str):
+            return self._bad_frame("binary frames are not part of protocol v1; send JSON text", None)
+        try:
+            event, data, cb_id = p.decode(text)
+        except p.FrameError as exc:
+            return self._bad_frame(exc.message, exc.cb_id)
+        self.bad_in_row = 0
+        if not p.is_reserved(event):
+            return Received([AppEvent(event, data, cb_id)], [])
+        builtin = _SERVER_BUILTINS.get(event)
+        if builtin is None:
+            self.counters.add(Counter.UNKNOWN_EVENTS)
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event {event}",
+                                             cb_id, event)])
+        return builtin(self, data, cb_id)
+
+    def _bad_frame(self, message: str, cb_id: Optional[str]) -> Received:
+        self.counters.add(Counter.BAD_FRAMES)
+        self.bad_in_row += 1
+        frames = [error_frame(p.ERR_BAD_FRAME, message, cb_id)]
+        limit = self.rules.max_bad_frames_in_row
+        if self.bad_in_row > limit and not self.closing:
+            self.closing = True
+            self.counters.add(Counter.BAD_FRAME_CLOSES)
+            return Received([CloseConnection(
+                p.CLOSE_POLICY, "too many bad frames", "bad-frames",
+                f"{self.bad_in_row} bad frames in a row (max_bad_frames_in_row={limit})")], frames)
+        return Received([], frames)
+
+    def _ping(self, data: Any, cb_id: Optional[str]) -> Received:
+        if cb_id is not None:
+            return Received([], [_frame(p.encode(p.EV_REPLY, None, cb_id))])
+        return Received([], [_PONG])
+
+    def _pong(self, data: Any, cb_id: Optional[str]) -> Received:
+        return _NOTHING  # life was recorded by admit()
+
+    def _reply(self, data: Any, cb_id: Optional[str]) -> Received:
+        entry = self._requests.pop(cb_id)
+        if entry is None:
+            self.counters.add(Counter.STRAY_REPLIES)
+            return _NOTHING
+        return Received([ReplyArrived(entry[0], data, None)], [])
+
+    def _error(self, data: Any, cb_id: Optional[str]) -> Received:
+        err = p.remote_error(data)
+        entry = self._requests.pop(cb_id)
+        if entry is None:
+            self.counters.add(Counter.ERRORS_FROM_CLIENTS)
+            log.info("error from %s: %s", self.conn_id, safe(err))
+            return _NOTHING
+        return Received([ReplyArrived(entry[0], None, err)], [])
+
+    def _channel(self, data: Any, cb_id: Optional[str], event: str) -> Union[str, Received]:
+        channel = data.get(p.K_CHANNEL) if isinstance(data, dict) else None
+        problem = (p.channel_id_problem(channel, self.rules.max_channel_id_chars)
+                   if isinstance(data, dict) else f"{event} data must be an object with {p.K_CHANNEL}")
+        if problem:
+            self.counters.add(Counter.INVALID_CHANNEL)
+            return Received([], [error_frame(p.ERR_INVALID_CHANNEL, problem, cb_id, event)])
+        assert isinstance(channel, str)
+        return channel
+
+    def _subscribe(self, data: Any, cb_id: Optional[str]) -> Received:
+        channel = self._channel(data, cb_id, p.EV_SUBSCRIBE)
+        if isinstance(channel, Received):
+            return channel
+        raw = data.get(p.K_SINCE)
+        since: Optional[Since] = None
+        if raw is not None:
+            since = parse_since(raw)
+            if since is None:
+                return self._bad_frame(f"{p.K_SINCE} must be {{\"offset\": integer >= 0, "
+                                       f"\"epoch\": string}}", cb_id)
+        return Received([SubscribeRequest(channel, since, cb_id)], [])
+
+    def _unsubscribe(self, data: Any, cb_id: Optional[str]) -> Received:
+        channel = self._channel(data, cb_id, p.EV_UNSUBSCRIBE)
+        if isinstance(channel, Received):
+            return channel
+        return Received([UnsubscribeRequest(channel, cb_id)], [])
+
+    def _publish(self, data: Any, cb_id: Optional[str]) -> Received:
+        channel = self._channel(data, cb_id, p.EV_PUBLISH)
+        if isinstance(channel, Received):
+            return channel
+        publish_id = data.get(p.K_ID)
+        if publish_id is not None and not (isinstance(publish_id, str)
+                                           and 1 <= len(publish_id) <= p.MAX_PUBLISH_ID_CHARS):
+            return self._bad_frame(f"{p.K_ID} must be a string of 1-{p.MAX_PUBLISH_ID_CHARS} "
+                                   "characters", cb_id)
+        return Received([PublishRequest(channel, p.encode_channel_data(data.get(p.K_DATA)),
+                                        publish_id, data.get(p.K_EXCLUDE_SENDER) is True, cb_id)], [])
+
+    # -- answers ----------------------------------------------------------------------
+    def reply(self, event: str, cb_id: str, result: Any) -> bytes:
+        """The reply to request ``cb_id`` whose handler returned ``result`` (a
+        ``handler-error`` frame when it is not JSON-encodable)."""
+        text, ok = p.encode_reply(event, result, cb_id)
+        if not ok:
+            self.counters.add(Counter.HANDLER_ERRORS)
+            log.error("reply of handler for %s is not JSON-encodable", event)
+        return _frame(text)
+
+    def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
+        """A handler raised: counted; a ``handler-error`` reply when one was asked."""
+        self.counters.add(Counter.HANDLER_ERRORS)
+        if cb_id is None:
+            return []
+        return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
+                            cb_id)]
+
+    def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
+        """An event nobody handles: ``no-handler`` to a request, else counted."""
+        if cb_id is None:
+            self.counters.add(Counter.UNHANDLED_EVENTS)
+            return []
+        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id)]
+
+    @staticmethod
+    def subscribed(channel_id: str, offset: int, epoch: str, recovery: Optional[RecoveryResult],
+                   cb_id: Optional[str]) -> bytes:
+        """The answer to a subscribe (reply, or ``sente-lite/subscribed``)."""
+        body: Dict[str, Any] = {p.K_CHANNEL: channel_id, p.K_OFFSET: offset, p.K_EPOCH: epoch}
+        if recovery is not None:
+            body[p.K_RECOVERED] = recovery.recovered
+            if not recovery.recovered:
+                body[p.K_REASON] = recovery.reason
+        return _frame(p.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                      else p.encode(p.EV_SUBSCRIBED, body))
+
+    @staticmethod
+    def unsubscribed(channel_id: str, cb_id: Optional[str]) -> bytes:
+        body = {p.K_CHANNEL: channel_id}
+        return _frame(p.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                      else p.encode(p.EV_UNSUBSCRIBED, body))
+
+    @staticmethod
+    def published(result: Published, cb_id: str) -> bytes:
+        body: Dict[str, Any] = {p.K_CHANNEL: result.channel_id, p.K_OFFSET: result.offset,
+                                p.K_DELIVERED: result.delivered}
+        if result.duplicate:
+            body[p.K_DUPLICATE] = True
+        return _frame(p.encode(p.EV_REPLY, body, cb_id))
+
+    # -- our requests to the peer ------------------------------------------------------
+    def request(self, event: str, data: Any, waiter: Waiter, now: float,
+                timeout: float) -> Tuple[str, bytes]:
+        """Register a request; returns its cb-id and frame. Raises
+        :class:`LimitExceeded` over ``max_outstanding_requests``."""
+        try:
+            return self._requests.add_encoded(waiter, event, data, now + timeout,
+                                              self.rules.max_outstanding_requests)
+        except LimitExceeded:
+            self.counters.add(Counter.OUTSTANDING_REQUEST_LIMIT)
+            raise
+
+    def forget(self, cb_id: str) -> None:
+        """Stop waiting for ``cb_id`` (its caller gave up)."""
+        self._requests.pop(cb_id)
+
+    def expire(self, now: float) -> List[Tuple[Waiter, RequestTimeout]]:
+        """Requests past their deadline, removed, with the error each gets."""
+        return [(w, RequestTimeout(f"no reply to {e} from {self.conn_id}")) for w, e in
+                self._requests.expire(now)]
+
+    def fail_requests(self) -> List[Tuple[Waiter, Disconnected]]:
+        """Every outstanding request, removed: the connection ended."""
+        return [(w, Disconnected(f"connection {self.conn_id} closed")) for w, _ in
+                self._requests.drain()]
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._requests)
+
+    # -- heartbeat ------------------------------------------------------------------
+    def heartbeat(self, now: float, stalled_s: float = 0.0) -> Optional[str]:
+        """``HEARTBEAT_TIMEOUT`` when the peer was silent past ``heartbeat_timeout_ms``
+        (not counting ``stalled_s``, a stretch in which the caller itself could not
+        read), else None. The caller sends pings every ``heartbeat_ms``."""
+        if stalled_s:
+            self.last_seen = min(now, self.last_seen + stalled_s)
+        if self.closing:
+            return None
+        if now - self.last_seen > self.rules.heartbeat_timeout_ms / 1000.0:
+            self.closing = True
+            self.counters.add(Counter.HEARTBEAT_TIMEOUTS)
+            return HEARTBEAT_TIMEOUT
+        return None
+
+
+_PONG = _frame(p.encode(p.EV_PONG))
+_SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Received]] = {
+    p.EV_PING: ServerSession._ping,
+    p.EV_PONG: ServerSession._pong,
+    p.EV_REPLY: ServerSession._reply,
+    p.EV_ERROR: ServerSession._error,
+    p.EV_SUBSCRIBE: ServerSession._subscribe,
+    p.EV_UNSUBSCRIBE: ServerSession._unsubscribe,
+    p.EV_PUBLISH: ServerSession._publish,
+}
+
+
+def parse_since(raw: Any) -> Optional[Since]:
+    """``{"offset": N >= 0, "epoch": E}`` (a dict, or a Since) as a Since; None when malformed."""
+    if isinstance(raw, Since):
+        raw = raw._asdict()
+    if not isinstance(raw, dict):
+        return None
+    offset, epoch = raw.get(p.K_OFFSET), raw.get(p.K_EPOCH)
+    if type(offset) is not int or offset < 0 or not isinstance(epoch, str) or not epoch:
+        return None
+    return Since(offset, epoch)
+
+
+# -- client side -------------------------------------------------------------------
+CONNECTING = "connecting"
+CONNECTED = "connected"
+RECONNECTING = "reconnecting"
+CLOSED = "closed"
+
+#: Inputs of the client's status machine.
+ON_HANDSHAKE = "handshake"
+ON_LOST = "lost"          # the connection dropped (or a connect attempt failed); will retry
+ON_GIVE_UP = "give-up"    # lost, and no retry (refused, or auto_reconnect off)
+ON_CLOSE = "close"        # close() by the application
+
+#: The client's status transitions: (status, input) -> new status. Anything else is
+#: not a transition (``closed`` is final).
+TRANSITIONS: Dict[Tuple[str, str], str] = {
+    (CONNECTING, ON_HANDSHAKE): CONNECTED,
+    (CONNECTING, ON_LOST): RECONNECTING,
+    (CONNECTING, ON_GIVE_UP): CLOSED,
+    (CONNECTING, ON_CLOSE): CLOSED,
+    (CONNECTED, ON_LOST): RECONNECTING,
+    (CONNECTED, ON_GIVE_UP): CLOSED,
+    (CONNECTED, ON_CLOSE): CLOSED,
+    (RECONNECTING, ON_HANDSHAKE): CONNECTED,
+    (RECONNECTING, ON_LOST): RECONNECTING,
+    (RECONNECTING, ON_GIVE_UP): CLOSED,
+    (RECONNECTING, ON_CLOSE): CLOSED,
+}
+
+#: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
+DEAD_SERVER_SLACK_S = 1.0
+DEFAULT_MAX_UNACKED_PUBLISHES = 1000
+
+
+class Handshake(NamedTuple):
+    uid: Optional[str]
+    csrf_token: Optional[str]
+    info: Dict[str, Any]
+    first: Optional[bool]
+
+
+class ChannelMessage(NamedTuple):
+    """One channel delivery as a channel handler receives it."""
+
+    channel_id: str
+    data: Any
+    from_uid: Optional[str]
+    offset: int
+    epoch: str
+
+
+class Recovery(NamedTuple):
+    """The server's answer to a subscribe sent with ``since`` (after every reconnect).
+
+    ``recovered`` False means messages after ``since`` are lost for good
+    (``reason``: ``epoch-changed``, ``history-expired`` or ``history-off``): the
+    application should reload the channel's state. ``offset``/``epoch``: where
+    live messages continue from.
+    """
+
+    channel_id: str
+    recovered: bool
+    reason: Optional[str]
+    offset: int
+    epoch: str
+    since: Optional[Dict[str, Any]]
+
+
+class Subscribed(NamedTuple):
+    """A subscribe was answered: ``reply`` (``error`` set when refused)."""
+
+    channel_id: str
+    reply: Any
+    error: Optional[RemoteError]
+    recovery: Optional[Recovery]
+
+
+class PublishAnswered(NamedTuple):
+    """A publish with an id was answered (``waiter`` set when someone waits)."""
+
+    waiter: Optional[Waiter]
+    reply: Any
+    error: Optional[RemoteError]
+
+
+class EventRequest(NamedTuple):
+    """An application event from the server (``cb_id``: the server waits for a reply)."""
+
+    event: str
+    data: Any
+    cb_id: Optional[str]
+
+
+@dataclass
+class _ClientSub:
+    epoch: Optional[str] = None
+    last_offset: int = 0
+    since: Optional[Since] = None  # given by the application for the first subscribe
+
+
+@dataclass
+class _Unacked:
+    publish_id: str
+    frame: bytes
+    waiter: Optional[Waiter]
+    sent_on: int = 0  # connection number it was last written on (0: never)
+
+
+_SUBSCRIBE_KIND = "subscribe"
+_PUBLISH_KIND = "publish"
+
+
+@dataclass
+class ClientSession:
+    """The protocol state of a client across its connections."""
+
+    client_id: str
+    max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES
+    status: str = CONNECTING
+    heartbeat_s: float = 5.0
+    last_recv: float = 0.0
+    connection: int = 0  # number of the current connection (1, 2, ...); 0 before any
+    handshake_info: Optional[Handshake] = None
+    counts: Dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._subs: Dict[str, _ClientSub] = {}
+        self._requests = _Requests("c")
+        self._kinds: Dict[str, Tuple[str, Any]] = {}  # cb-id -> (kind, detail) for our own requests
+        self._unacked: Dict[str, _Unacked] = {}       # cb-id -> publish awaiting its ack
+        self._publish_seq = itertools.count(1)
+        self._sent: set = set()                        # cb-ids of requests written on this connection
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    # -- status ----------------------------------------------------------------------
+    def transition(self, on: str) -> Optional[str]:
+        """Apply input ``on``; the new status, or None when nothing changes."""
+        new = TRANSITIONS.get((self.status, on))
+        if new is None or new == self.status:
+            return None
+        self.status = new
+        return new
+
+    def connection_opened(self, now: float) -> None:
+        """A socket opened (the handshake is still to come)."""
+        self.connection += 1
+        self.last_recv = now
+
+    def connection_lost(self) -> List[Tuple[Waiter, BaseException]]:
+        """The socket ended: requests written on it fail (their effect is unknown);
+        subscribes are redone and publishes resent at the next handshake. Returns
+        the waiters to fail."""
+        return self.fail_sent_requests()
+
+    def dead(self, now: float) -> bool:
+        """True when the server has been silent past 2 x heartbeat + slack."""
+        return now - self.last_recv > 2 * self.heartbeat_s + DEAD_SERVER_SLACK_S
+
+    # -- subscriptions ---------------------------------------------------------------------
+    def add_subscription(self, channel_id: str, since: Optional[Since] = None) -> bool:
+        """Hold ``channel_id`` (True when new). ``since`` recovers from a stored position."""
+        if channel_id in self._subs:
+            return False
+        self._subs[channel_id] = _ClientSub(since=since)
+        return True
+
+    def drop_subscription(self, channel_id: str) -> bool:
+        return self._subs.pop(channel_id, None) is not None
+
+    def subscriptions(self) -> List[str]:
+        return sorted(self._subs)
+
+    def position(self, channel_id: str) -> Optional[Since]:
+        """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
+        sub = self._subs.get(channel_id)
+        if sub is None or sub.epoch is None:
+            return None
+        return Since(sub.last_offset, sub.epoch)
+
+    def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
+                        timeout: float) -> Tuple[str, bytes]:
+        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
+        sub = self._subs[channel_id]
+        body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
+        since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
+        if since is not None:
+            body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout)
+        self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
+        return cb_id, frame
+
+    # -- requests and publishes ---------------------------------------------------------
+    def request(self, event: str, data: Any, waiter: Waiter, now: float,
+                timeout: float) -> Tuple[str, bytes]:
+        """Register a request; returns its cb-id and frame."""
+        return self._requests.add_encoded(waiter, event, data, now + timeout)
+
+    def forget(self, cb_id: str) -> None:
+        """Stop waiting for ``cb_id`` (its caller gave up). A publish stays in the
+        outbox: it is resent until acknowledged."""
+        if cb_id in self._unacked:
+            self._unacked[cb_id].waiter = None
+            return
+        self._requests.pop(cb_id)
+        self._kinds.pop(cb_id, None)
+        self._sent.discard(cb_id)
+
+    def pending(self, cb_id: str) -> bool:
+        """True while ``cb_id`` awaits its answer."""
+        return self._requests.has(cb_id)
+
+    def publish(self, channel_id: str, data: Any, exclude_sender: bool, waiter: Optional[Waiter],
+                now: float) -> Tuple[str, bytes]:
+        """A publish with a fresh id, kept until acknowledged (and resent after a
+        reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``."""
+        if len(self._unacked) >= self.max_unacked_publishes:
+            self._count("unacked_publish_overflows")
+            raise LimitExceeded(f"{len(self._unacked)} publishes already await their ack "
+                                f"(max_unacked_publishes={self.max_unacked_publishes})")
+        publish_id = f"{self.client_id}:{next(self._publish_seq)}"
+        body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_ID: publish_id}
+        if exclude_sender:
+            body[p.K_EXCLUDE_SENDER] = True
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"))
+        self._kinds[cb_id] = (_PUBLISH_KIND, publish_id)
+        self._unacked[cb_id] = _Unacked(publish_id, frame, waiter)
+        return cb_id, frame
+
+    def mark_sent(self, cb_id: str) -> None:
+        """The request ``cb_id`` was written on the current connection."""
+        entry = self._unacked.get(cb_id)
+        if entry is not None:
+            entry.sent_on = self.connection
+        else:
+            self._sent.add(cb_id)
+
+    def unacked(self) -> int:
+        return len(self._unacked)
+
+    def expire(self, now: float) -> List[Tuple[Waiter, RequestTimeout]]:
+        """Requests past their deadline, removed (publishes never expire: they are
+        resent until acknowledged)."""
+        out = [(w, RequestTimeout(f"no reply to {e}")) for w, e in self._requests.expire(now)]
+        for cb_id in [cb for cb in self._kinds if not self._requests.has(cb)]:
+            self._kinds.pop(cb_id, None)
+        self._sent.intersection_update(self._requests._table)
+        return out
+
+    def fail_sent_requests(self) -> List[Tuple[Waiter, Disconnected]]:
+        """The connection dropped: plain requests fail (their effect is unknown);
+        subscribes are redone and publishes resent at the next handshake."""
+        sent, self._sent = list(self._sent), set()
+        for cb_id in sent:
+            self._kinds.pop(cb_id, None)
+        return [(w, Disconnected("connection lost with the request outstanding"))
+                for w, _ in self._requests.remove(sent) if w is not None]
+
+    def fail_all(self, exc: BaseException) -> List[Tuple[Waiter, BaseException]]:
+        """The client is closing: every waiter fails with ``exc``."""
+        self._kinds.clear()
+        self._unacked.clear()
+        self._sent.clear()
+        return [(w, exc) for w, _ in self._requests.drain() if w is not None]
+
+    # -- inbound -----------------------------------------------------------------------
+    def receive(self, text: Union[str, bytes], now: float) -> Received:
+        """Decode one frame from the server and apply the protocol's rules."""
+        self.last_recv = now
+        try:
+            event, data, cb_id = p.decode(text)
+        except p.FrameError as exc:
+            self._count("bad_frames_from_server")
+            log.warning("bad frame from server: %s", safe(exc.message))
+            return _NOTHING
+        if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
+            return self._channel_msg(data)
+        if event == p.EV_PING:
+            return Received([], [_PONG_FROM_CLIENT])
+        if event == p.EV_PONG or event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
+            return _NOTHING
+        if event in (p.EV_REPLY, p.EV_ERROR):
+            return self._answer(event, data, cb_id)
+        if event == p.EV_HANDSHAKE:
+            return self._handshake(data)
+        return Received([EventRequest(event, data, cb_id)], [])
+
+    def _handshake(self, data: Any) -> Received:
+        try:
+            uid, csrf, info, first = data
+            info = dict(info)
+        except (TypeError, ValueError):
+            self._count("bad_frames_from_server")
+            log.error("malformed handshake from server: %s", safe(repr(data)))
+            return _NOTHING
+        self.heartbeat_s = float(info.get("heartbeat-ms", 5000)) / 1000.0
+        self.handshake_info = Handshake(uid, csrf, info, first)
+        self._count("handshakes")
+        events: List[Any] = [self.handshake_info]
+        status = self.transition(ON_HANDSHAKE)
+        if status is not None:
+            events.append(status)
+        return Received(events, [])
+
+    def resend_unacked(self) -> List[Tuple[str, bytes]]:
+        """Publishes not yet acknowledged and not written on this connection, in order."""
+        return [(cb, u.frame) for cb, u in self._unacked.items() if u.sent_on != self.connection]
+
+    def _answer(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
+        error = p.remote_error(data) if event == p.EV_ERROR else None
+        if cb_id is None:
+            if error is not None:
+                self._count("errors_from_server")
+                log.warning("error from server: %s", safe(repr(data)))
+            return _NOTHING
+        entry = self._requests.pop(cb_id)
+        kind = self._kinds.pop(cb_id, None)
+        if entry is None:
+            self._count("stray_replies")
+            return _NOTHING
+        waiter = entry[0]
+        if kind is None:
+            return Received([ReplyArrived(waiter, data, error)], [])
+        if kind[0] == _PUBLISH_KIND:
+            self._unacked.pop(cb_id, None)
+            if error is not None:
+                self._count("publish_errors")
+                if waiter is None:
+                    log.warning("publish %s refused: %s", kind[1], safe(error))
+            elif isinstance(data, dict) and data.get(p.K_DUPLICATE):
+                self._count("duplicate_publish_acks")
+            return Received([PublishAnswered(waiter, data, error)], [])
+        channel_id, since = kind[1]
+        sub = self._subs.get(channel_id)
+        recovery: Optional[Recovery] = None
+        if error is None and sub is not None and isinstance(data, dict):
+            top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
+            recovered = data.get(p.K_RECOVERED)
+            if since is not None and isinstance(recovered, bool):
+                recovery = Recovery(channel_id, recovered, data.get(p.K_REASON),
+                                    int(top or 0), str(epoch),
+                                    {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch})
+                if not recovered:
+                    self._count("recovery_failures")
+            if recovered is not True and (sub.epoch != epoch or recovered is False):
+                # a fresh start (no since, or nothing recovered): live messages follow TOP
+                sub.epoch = epoch if isinstance(epoch, str) else None
+                sub.last_offset = int(top or 0)
+            sub.since = None
+        elif error is not None and sub is not None:
+            self._subs.pop(channel_id, None)
+        return Received([Subscribed(channel_id, data, error, recovery),
+                         ReplyArrived(waiter, data, error)], [])
+
+    def _channel_msg(self, data: Any) -> Received:
+        try:
+            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
+                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]))
+        except (TypeError, KeyError, ValueError, AttributeError):
+            self._count("bad_frames_from_server")
+            log.warning("malformed channel message: %s", safe(repr(data)))
+            return _NOTHING
+        sub = self._subs.get(msg.channel_id)
+        if sub is None:
+            self._count("unsubscribed_channel_msgs")
+            return _NOTHING
+        if sub.epoch == msg.epoch:
+            if msg.offset <= sub.last_offset:
+                self._count("duplicate_channel_msgs")
+                return _NOTHING
+            if msg.offset > sub.last_offset + 1:
+                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
+        sub.epoch = msg.epoch
+        sub.last_offset = msg.offset
+        self._count("channel_msgs")
+        return Received([msg], [])
+
+
+_PONG_FROM_CLIENT = _frame(p.encode(p.EV_PONG))
+
+__all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
+           "UnsubscribeRequest", "PublishRequest", "ReplyArrived", "CloseConnection", "Received",
+           "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
+           "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
+           "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING"]
