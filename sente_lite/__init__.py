@@ -4,8 +4,8 @@ channels with offsets) over WebSocket, for threaded Python programs.
     from sente_lite import Server, Client
 """
 
-from .channels import Published
-from .client import ChannelMessage, Client
+from .channels import Published, Since
+from .client import ChannelMessage, Client, Recovery
 from .errors import (ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
                      FrameError, LimitExceeded, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
@@ -14,7 +14,7 @@ from .server import Connection, Server
 __version__ = "0.1.0"
 
 __all__ = [
-    "Server", "Connection", "Client", "ChannelMessage", "Published",
+    "Server", "Connection", "Client", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded",

@@ -65,6 +65,8 @@ except ImportError:  # pragma: no cover
 
 CHANNEL = "bench"
 SYSTEMS = ("sente_lite", "baseline")
+#: sente_lite with channel history off (``--history-off-too``): the cost of history, side by side.
+NO_HISTORY = "sente_lite_nohistory"
 #: The latency target the saturation sweep and the checks use.
 P99_TARGET_MS = 10.0
 P50_TARGET_MS = 1.5
@@ -231,10 +233,12 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_
                  pipe: Any) -> None:
     """Server process: run one server until told to stop; answer ``stats``."""
     raise_nofile()
-    if system == "sente_lite":
+    if system.startswith("sente_lite"):
+        from .channels import DEFAULT_HISTORY_SIZE
         from .server import Server
         srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms,
-                          max_connections=BENCH_MAX_CONNECTIONS)
+                          max_connections=BENCH_MAX_CONNECTIONS,
+                          history_size=0 if system == NO_HISTORY else DEFAULT_HISTORY_SIZE)
     else:
         from .bench_baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
@@ -955,9 +959,10 @@ def meets_targets(row: dict) -> List[str]:
 
 
 def run_compare(wl: Workload, runs: int, baseline: bool,
-                emit: Callable[[str], None] = print) -> dict:
-    """Run sente_lite (and the baseline) ``runs`` times, alternating; medians and ratios."""
-    systems = list(SYSTEMS if baseline else SYSTEMS[:1])
+                emit: Callable[[str], None] = print, history_off: bool = False) -> dict:
+    """Run sente_lite (and the baseline, and sente_lite without history) ``runs``
+    times, alternating; medians and ratios."""
+    systems = list(SYSTEMS if baseline else SYSTEMS[:1]) + ([NO_HISTORY] if history_off else [])
     per: Dict[str, List[dict]] = {s: [] for s in systems}
     for i in range(runs):
         order = systems if i % 2 == 0 else systems[::-1]
@@ -975,6 +980,8 @@ def run_compare(wl: Workload, runs: int, baseline: bool,
     out: Dict[str, Any] = {"workload": asdict(wl), "runs": per, "medians": medians}
     if baseline:
         out["ratios"] = ratios(medians["sente_lite"], medians["baseline"])
+    if history_off:
+        out["history_ratios"] = ratios(medians["sente_lite"], medians[NO_HISTORY])
     return out
 
 
@@ -989,6 +996,10 @@ def print_compare(result: dict, emit: Callable[[str], None] = print) -> None:
     if "ratios" in result:
         rt = result["ratios"]
         emit(f"\nsente_lite / baseline: p99 x{rt['p99']:.2f}, p50 x{rt['p50']:.2f}, "
+             f"server CPU per delivery x{rt['cpu_per_delivery']:.2f}")
+    if "history_ratios" in result:
+        rt = result["history_ratios"]
+        emit(f"history on / off: p99 x{rt['p99']:.2f}, p50 x{rt['p50']:.2f}, "
              f"server CPU per delivery x{rt['cpu_per_delivery']:.2f}")
     for s, m in result["medians"].items():
         misses = meets_targets(m)
@@ -1044,6 +1055,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also run the websockets asyncio baseline; print ratios")
     parser.add_argument("--runs", type=int, default=1, help="runs per system; medians reported")
+    parser.add_argument("--history-off-too", action="store_true",
+                        help="also run sente_lite with history_size=0 and print the cost of "
+                             "channel history (history on / off)")
     parser.add_argument("--idle", type=int, default=0, metavar="N",
                         help="idle mode: hold N subscribed idle connections for --seconds")
     parser.add_argument("--rss-at", default="",
@@ -1120,7 +1134,7 @@ def run(args: argparse.Namespace) -> int:
         result["best"] = best
     else:
         print(describe(wl))
-        result = run_compare(wl, args.runs, args.baseline)
+        result = run_compare(wl, args.runs, args.baseline, history_off=args.history_off_too)
         print_compare(result)
         for s, m in result["medians"].items():
             failed |= bool(meets_targets(m)) if s == "sente_lite" else False

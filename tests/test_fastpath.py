@@ -24,7 +24,7 @@ from websockets.frames import Frame, Opcode
 
 from sente_lite import Client, Server
 from sente_lite import protocol as p
-from sente_lite.client import _FrameReader
+from sente_lite.client_io import _FrameReader
 from sente_lite.discovery import wait_for
 from sente_lite.server import _text_frame
 from support import WAIT_S, RawWS

@@ -13,7 +13,7 @@ import pytest
 
 from sente_lite import (ClientClosed, Client, ConnectRefused, Connection, Disconnected, RequestTimeout,
                         SendQueueFull, Server)
-from sente_lite import client as client_module
+from sente_lite import client_io as client_module
 from sente_lite.client import backoff_delay
 from support import WAIT_S, Recorder, free_port, sente_threads, wait_until
 

@@ -1,0 +1,537 @@
+"""The client's I/O: connecting and reading (:class:`Connector`), and the two
+threads' roles (:class:`Roles`). Protocol rules are in the client's session
+(:class:`sente_lite.session.ClientSession`); the public API in :mod:`sente_lite.client`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import socket
+import struct
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Generator, List, Optional
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import websocket  # websocket-client
+
+from . import protocol as p
+from . import session as ss
+from .session import CONNECTED
+from .errors import ClientClosed, ConnectRefused, SendQueueFull
+from .logsafe import redact_target, safe
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("sente_lite.client")
+
+#: A handler that runs this long on the thread that was reading makes the other
+#: thread take over reading (so pings are answered and replies arrive meanwhile).
+HANDLER_HANDOFF_S = 0.05
+#: How often the waiting thread checks the server's liveness.
+_IDLE_TICK_S = 0.1
+_READ, _RUN = "read", "run"
+
+
+def backoff_delay(attempt: int, base: float, maximum: float,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full-jitter backoff: random(0, min(maximum, base * 2**attempt))."""
+    return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
+
+
+_OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
+_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
+#: Bytes asked of the socket per read; one read usually holds many small frames.
+_READ_CHUNK = 256 * 1024
+
+
+class _FrameReader:
+    """Parses the server's WebSocket frames (RFC 6455 5.2) from a blocking socket.
+
+    One ``recv`` may hold many frames: :meth:`read` returns every whole message in
+    it, where websocket-client would make two ``recv`` calls per frame. Fragmented
+    messages are reassembled; control frames come back as they arrive. A masked
+    frame, a reserved bit (no extension is negotiated) or a bad opcode or
+    fragment sequence raises ``WebSocketProtocolException``.
+    """
+
+    __slots__ = ("_sock", "_buf", "_parts", "_have", "_need", "_frag", "_frag_op",
+                 "_recv_into", "_chunk", "_chunk_view")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        # ``recv(256 KiB)`` would allocate (mmap) and shrink (mremap, munmap) a fresh
+        # 256 KiB object per call, about 10 us of system time each: read into one
+        # reused buffer instead and copy out only the bytes that came.
+        self._recv_into = getattr(sock, "recv_into", None)
+        self._chunk = bytearray(_READ_CHUNK) if self._recv_into is not None else bytearray()
+        self._chunk_view = memoryview(self._chunk)
+        self._buf = b""
+        self._parts: List[bytes] = []  # received bytes of a frame bigger than one read
+        self._have = 0
+        self._need = 0
+        self._frag: Optional[List[bytes]] = None
+        self._frag_op = 0
+
+    def read(self) -> List[tuple]:
+        """Block for one ``recv``; return the (opcode, payload) of each whole message."""
+        if self._recv_into is not None:
+            data = self._chunk_view[:self._recv_into(self._chunk)].tobytes()
+        else:  # a socket-like object without recv_into
+            data = self._sock.recv(_READ_CHUNK)
+        if not data:
+            raise websocket.WebSocketConnectionClosedException("connection closed by the server")
+        if self._need:  # the rest of one big frame: join once, when it is all here
+            self._parts.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._parts)
+            self._parts, self._have, self._need = [], 0, 0
+        elif self._buf:
+            data = self._buf + data
+        out: List[tuple] = []
+        pos, end = 0, len(data)
+        while end - pos >= 2:
+            b0, b1 = data[pos], data[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if end - pos < 4:
+                    break
+                n = (data[pos + 2] << 8) | data[pos + 3]
+                head = 4
+            elif n == 127:
+                if end - pos < 10:
+                    break
+                n = int.from_bytes(data[pos + 2:pos + 10], "big")
+                head = 10
+            if b1 & 0x80 or b0 & 0x70:
+                raise websocket.WebSocketProtocolException(
+                    "server frame is masked or sets a reserved bit")
+            stop = pos + head + n
+            if stop > end:
+                if stop - pos > _READ_CHUNK:
+                    self._parts, self._have, self._need = [data[pos:]], end - pos, stop - pos
+                    self._buf = b""
+                    return out
+                break
+            payload = data[pos + head:stop]
+            pos = stop
+            op = b0 & 0x0F
+            fin = b0 & 0x80
+            if op == _OP_TEXT or op == _OP_BINARY:
+                if self._frag is not None:
+                    raise websocket.WebSocketProtocolException("new message inside a fragmented one")
+                if fin:
+                    out.append((op, payload))
+                else:
+                    self._frag, self._frag_op = [payload], op
+            elif op == _OP_CONT:
+                if self._frag is None:
+                    raise websocket.WebSocketProtocolException("continuation frame with no message")
+                self._frag.append(payload)
+                if fin:
+                    out.append((self._frag_op, b"".join(self._frag)))
+                    self._frag = None
+            elif op in (_OP_CLOSE, _OP_PING, _OP_PONG):
+                if not fin or n > 125:
+                    raise websocket.WebSocketProtocolException("control frame fragmented or too long")
+                out.append((op, payload))
+            else:
+                raise websocket.WebSocketProtocolException(f"unknown opcode {op}")
+        self._buf = data[pos:] if pos < end else b""
+        return out
+
+
+class Connector:
+    """Connects, reads and reconnects for one client (the reading role's work)."""
+
+    def __init__(self, client: "Client") -> None:
+        self._c = client
+
+    def _connect_url(self) -> str:
+        """The URL of one upgrade: the client-id and CSRF token in the query. The
+        credential goes in a header (:meth:`_connect_headers`), never in the URL,
+        which servers and proxies log; a ``?token=`` in ``url`` itself is kept only
+        when no ``token`` is given."""
+        c = self._c
+        parts = urlsplit(c.url)
+        drop = ("client-id", "token") if c.token is not None else ("client-id",)
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                 if k not in drop]
+        query.append(("client-id", c.client_id))
+        csrf = c._csrf_source() if c._csrf_source is not None else c.csrf_token
+        if csrf:
+            query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+    def _connect_headers(self) -> Dict[str, str]:
+        """The headers of one upgrade: ``headers``, plus ``Authorization: Bearer <token>``
+        when there is a token (evaluated now when ``token`` is a callable)."""
+        c = self._c
+        headers = dict(c.headers)
+        token = c.token() if callable(c.token) else c.token
+        if token:
+            for name in [k for k in headers if k.lower() == "authorization"]:
+                del headers[name]
+            headers["Authorization"] = f"Bearer {token}"
+        return headers
+
+    def connections(self) -> Generator[List[tuple], None, None]:
+        """The reading role: connect, read, reconnect with backoff until stopped or
+        refused. Yields each read's handler tasks. Advanced by one thread at a time."""
+        c = self._c
+        attempt = 0
+        try:
+            while not c._stop.is_set():
+                ws = self._open()
+                if ws is not None:
+                    attempt = yield from self._read(ws, attempt)
+                if c._stop.is_set() or c.refusal is not None:
+                    break
+                if not c.auto_reconnect:
+                    break
+                c._apply(ss.ON_LOST)
+                delay = backoff_delay(attempt, c.backoff_base, c.backoff_max)
+                attempt += 1
+                c._counts["reconnect_attempts"] += 1
+                if c._stop.wait(delay):
+                    break
+        except Exception:  # pragma: no cover - a bug; do not leave callers hanging
+            log.exception("client reader failed")
+        finally:
+            c._fail_requests(c.refusal or ClientClosed("client closed"))
+            c._stop.set()  # ended by itself (refused, or no auto_reconnect) or by close()
+            c._apply(ss.ON_GIVE_UP)
+
+    def _open(self) -> Optional[websocket.WebSocket]:
+        c = self._c
+        try:
+            url = self._connect_url()
+            headers = self._connect_headers()
+            if any(c in v for v in headers.values() for c in "\r\n"):
+                c.refusal = ConnectRefused("a header value (or the token) holds a line break: "
+                                              "not sent")
+                log.warning("%s", c.refusal)
+                return None
+            ws = websocket.create_connection(
+                url, timeout=c.connect_timeout, header=headers,
+                skip_utf8_validation=True, enable_multithread=True,
+                sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                sslopt={"context": c.ssl_context} if c.ssl_context is not None else None,
+            )
+        except websocket.WebSocketBadStatusException as exc:
+            status = exc.status_code
+            body = (exc.resp_body or b"").decode("utf-8", "replace").strip()
+            if status in (400, 401, 403, 404):
+                c.refusal = ConnectRefused(f"server refused the connection: HTTP {status} {body}",
+                                              status=status)
+                log.warning("%s", safe(c.refusal))
+            else:
+                log.info("connect refused with HTTP %s (%s), will retry", status, safe(body))
+            c._counts["connect_failures"] += 1
+            return None
+        except Exception as exc:
+            log.debug("connect to %s failed: %s", redact_target(c.url), safe(exc))
+            c._counts["connect_failures"] += 1
+            return None
+        ws.settimeout(None)
+        return ws
+
+    def _read(self, ws: websocket.WebSocket, attempt: int) -> Generator[List[tuple], None, int]:
+        """Read frames until the socket ends, yielding each read's handler tasks.
+        Returns the next backoff attempt number."""
+        c = self._c
+        with c._send_lock:
+            c._ws = ws
+            c._session.connection_opened(time.monotonic())
+        if c._stop.is_set():
+            ws.abort()
+        close_code: Optional[int] = None
+        reader = _FrameReader(ws.sock)
+        counts = c._counts
+        coalesce = c.read_coalesce_ms / 1000.0
+        next_read = 0.0
+        try:
+            while close_code is None:
+                if coalesce:
+                    wait = next_read - time.monotonic()
+                    if wait > 0:  # the last read was less than read_coalesce_ms ago
+                        time.sleep(wait)
+                messages = reader.read()  # every whole message of one recv(), in order
+                now = time.monotonic()
+                next_read = now + coalesce
+                counts["reads"] += 1
+                tasks: List[tuple] = []  # this read's handler tasks, handed over at once
+                failed: Optional[BaseException] = None
+                try:
+                    for opcode, payload in messages:
+                        if opcode == _OP_TEXT or opcode == _OP_BINARY:
+                            counts["frames_in"] += 1
+                            if c._on_frame(payload, tasks, now):
+                                attempt = 0
+                        elif opcode == _OP_PING:
+                            ws.pong(payload)
+                        elif opcode == _OP_CLOSE:
+                            close_code = (struct.unpack("!H", payload[:2])[0]
+                                          if len(payload) >= 2 else 1005)
+                            counts[f"closed_by_server_{close_code}"] += 1
+                            try:
+                                ws.send_close()  # answer the closing handshake, as websocket-client does
+                            except (OSError, websocket.WebSocketException):
+                                pass
+                            break
+                except (OSError, websocket.WebSocketException) as exc:
+                    failed = exc
+                if tasks:
+                    yield tasks  # messages already read are handled even if the socket failed
+                if failed is not None:
+                    raise failed
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            log.debug("connection lost: %s", safe(exc))
+        finally:
+            with c._send_lock:
+                c._ws = None
+                was_connected = c._status == CONNECTED
+                failed = c._session.connection_lost()
+            if was_connected and not c._stop.is_set():  # close() sets CLOSED itself
+                c._apply(ss.ON_LOST if c.auto_reconnect else ss.ON_GIVE_UP)
+            try:
+                ws.shutdown()
+            except Exception:
+                pass
+            settle(failed)
+            for sub in list(c._subs.values()):
+                sub.acked.clear()
+        if close_code == p.CLOSE_POLICY:
+            c.refusal = ConnectRefused("server closed the connection with 1008 (policy)",
+                                          close_code=close_code)
+            log.warning("%s", c.refusal)
+        return attempt
+
+
+class Roles:
+    """Who of the client's two threads reads and who runs handlers (see
+    :mod:`sente_lite.client`). Handler tasks come in one list per socket read."""
+
+    def __init__(self, client: "Client", connection: Generator[List[tuple], None, None]) -> None:
+        self._c = client
+        # Under ``_roles``: ``_reading`` while a thread advances ``_connection`` (the
+        # reading role's generator); ``_running_since`` while one runs handlers, which
+        # take their tasks from ``_tasks`` in order.
+        self._roles = threading.Condition(threading.Lock())
+        self._tasks: Deque[List[tuple]] = collections.deque()
+        self._tasks_in = 0
+        self._tasks_out = 0
+        self._reading = False
+        self._running_since: Optional[float] = None
+        self._runner: Optional[int] = None  # ident of the thread running handlers
+        self._handoff = False  # the running handler waits for a reply: read now
+        self._connection = connection
+        self._connection_done = False
+
+    @property
+    def backlog(self) -> int:
+        """Handler tasks waiting."""
+        return self._tasks_in - self._tasks_out
+
+    def wake_all(self) -> None:
+        with self._roles:
+            self._roles.notify_all()
+
+    def serve(self) -> None:
+        """Body of both threads: take the reading or the running role, or wait."""
+        c = self._c
+        roles = self._roles
+        stop = c._stop
+        me = threading.get_ident()
+        while True:
+            batch: Optional[List[tuple]] = None
+            role = ""
+            with roles:
+                while True:
+                    now = time.monotonic()
+                    stopping = stop.is_set()
+                    running = self._running_since
+                    if self._tasks and running is None and not stopping:
+                        batch = self._tasks.popleft()
+                        self._running_since, self._runner = now, me
+                        role = _RUN
+                        break
+                    if not self._reading and not self._connection_done and (
+                            running is None or stopping or self._handoff
+                            or now - running >= HANDLER_HANDOFF_S):
+                        self._reading, self._handoff = True, False
+                        role = _READ
+                        break
+                    if stopping and (self._connection_done or self._reading):
+                        return
+                    wait = _IDLE_TICK_S
+                    if running is not None and not self._reading:
+                        wait = min(wait, max(0.001, running + HANDLER_HANDOFF_S - now))
+                    if not roles.wait(wait):
+                        break  # a quiet tick: check the server's liveness
+            if role == _READ:
+                batch = self._read_once(me)
+            if batch is not None:
+                self._run_batches(batch)
+            self._check_liveness()
+
+    def _read_once(self, me: int) -> Optional[List[tuple]]:
+        """Advance the reading role by one read. Returns the tasks this thread runs
+        now, when no handler is running; otherwise they wait in order."""
+        c = self._c
+        tasks: Optional[List[tuple]] = None
+        done = False
+        try:
+            tasks = next(self._connection)
+        except StopIteration:
+            done = True
+        except Exception:  # pragma: no cover - a bug; end the client rather than spin
+            log.exception("client reading failed")
+            done = True
+            c._stop.set()
+        with self._roles:
+            self._reading = False
+            if done:
+                self._connection_done = True
+                self._roles.notify_all()
+                return None
+            if tasks:
+                self._add_tasks(tasks)
+            if self._tasks and self._running_since is None and not c._stop.is_set():
+                self._running_since, self._runner = time.monotonic(), me
+                return self._tasks.popleft()
+            return None
+
+    def _run_batches(self, batch: List[tuple]) -> None:
+        """Run ``batch``, then every batch queued meanwhile, in order (the running role)."""
+        c = self._c
+        stop = c._stop
+        while True:
+            for task in batch:
+                if stop.is_set():
+                    break
+                self._tasks_out += 1
+                self._run_task(task)
+            with self._roles:
+                if self._tasks and not stop.is_set():
+                    batch = self._tasks.popleft()
+                    continue
+                self._running_since = self._runner = None
+                if stop.is_set():
+                    self._roles.notify_all()  # the other thread may wait for this to end
+                return
+
+    def _add_tasks(self, tasks: List[tuple]) -> None:
+        """Queue one read's tasks (caller holds ``_roles``). Tasks beyond
+        ``max_handler_queue`` waiting ones are dropped, counted and logged."""
+        c = self._c
+        room = c.max_handler_queue - (self._tasks_in - self._tasks_out)
+        if len(tasks) > room:
+            dropped = tasks[max(room, 0):]
+            tasks = tasks[:max(room, 0)]
+            c._counts["handler_queue_overflows"] += len(dropped)
+            log.error("handler queue full (max_handler_queue=%d): dropped %d (%s)",
+                      c.max_handler_queue, len(dropped),
+                      ", ".join(sorted({t[0] for t in dropped})))
+            if not tasks:
+                return
+        self._tasks.append(tasks)
+        self._tasks_in += len(tasks)
+
+    def hand_off_reading(self) -> None:
+        """Called before blocking on the reader (a reply, a subscribe answer): when
+        the caller is a handler, wake the other thread to read meanwhile."""
+        if self._runner == threading.get_ident():
+            with self._roles:
+                self._handoff = True
+                self._roles.notify()
+
+    def _check_liveness(self) -> None:
+        c = self._c
+        now = time.monotonic()
+        with c._send_lock:
+            late = c._session.expire(now)
+            if c._status != CONNECTED or not c._session.dead(now):
+                ws = None
+            else:
+                ws = c._ws
+                silent = now - c._session.last_recv
+                c._session.last_recv = now
+        settle(late)
+        if ws is not None:
+            c._counts["dead_server_detections"] += 1
+            log.warning("server silent for %.1fs: dropping the connection", silent)
+            ws.abort()
+
+    def _run_task(self, task: tuple) -> None:
+        c = self._c
+        kind = task[0]
+        if kind == "channel" or kind == "recovery":
+            _, handlers, msg = task
+            for fn in list(handlers):
+                try:
+                    fn(msg)
+                except Exception:
+                    c._counts["handler_errors"] += 1
+                    log.exception("%s handler for %r raised", kind, msg.channel_id)
+            return
+        _, event, data, cb_id = task
+        handlers = list(c._handlers.get(event, ()))
+        if not handlers:
+            if cb_id is not None:
+                self._reply_error(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id)
+            else:
+                c._counts["unhandled_events"] += 1
+            return
+        result: Any = None
+        for i, fn in enumerate(handlers):
+            try:
+                value = fn(data)
+            except Exception as exc:
+                c._counts["handler_errors"] += 1
+                log.exception("handler for %s raised", event)
+                if cb_id is not None and i == 0:
+                    self._reply_error(p.ERR_HANDLER_ERROR,
+                                      f"handler for {event} raised {type(exc).__name__}", cb_id)
+                    cb_id = None
+                continue
+            if i == 0:
+                result = value
+        if cb_id is not None:
+            frame, ok = p.encode_reply(event, result, cb_id)
+            if not ok:
+                c._counts["handler_errors"] += 1
+                log.error("reply of handler for %s is not JSON-encodable", event)
+            self._try_send(frame.encode("utf-8"))
+
+    def _reply_error(self, code: str, message: str, cb_id: str) -> None:
+        self._try_send(ss.error_frame(code, message, cb_id))
+
+    def _try_send(self, frame: bytes) -> None:
+        c = self._c
+        try:
+            c._send_frame(frame, None)
+        except (SendQueueFull, ClientClosed) as exc:
+            log.warning("reply dropped: %s", safe(exc))
+
+
+def resolve(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
+    """Complete ``waiter`` (a Future, or None) with ``result`` or ``error`` unless done."""
+    if waiter is None or waiter.done():
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(result)
+
+
+def settle(failed: List[Any]) -> None:
+    """Fail each ``(waiter, exception)``."""
+    for waiter, exc in failed:
+        resolve(waiter, None, exc)
