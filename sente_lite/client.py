@@ -29,6 +29,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 import websocket  # websocket-client
 
+from . import packers
 from . import protocol as p
 from . import session as ss
 from .limits import validate_milliseconds
@@ -88,6 +89,10 @@ class Client(ChannelsMixin, InboundMixin):
     (at most ``max_unacked_publishes``) until the server acknowledges it, and
     sent again after a reconnect: it lands in its channel exactly once.
 
+    ``packer``: ``"json"`` (default, text frames) or ``"msgpack"`` (binary frames;
+    needs ``pip install 'sente-lite[msgpack]'``, raises :class:`~sente_lite.packers.MissingExtra`
+    without it), negotiated with the server at every upgrade.
+
     One client may be shared by many threads: every method is thread-safe.
     """
 
@@ -109,6 +114,7 @@ class Client(ChannelsMixin, InboundMixin):
         headers: Optional[Dict[str, str]] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
+        packer: str = packers.JSON,
         start: bool = True,
     ) -> None:
         self.url = url
@@ -140,7 +146,10 @@ class Client(ChannelsMixin, InboundMixin):
         # Every protocol rule (status, requests, subscriptions and their offsets,
         # the publish outbox) is in the session; the rest of this class moves bytes
         # and runs handlers. The session is used under ``_send_lock``.
-        self._session = ClientSession(self.client_id, max_unacked_publishes)
+        self._session = ClientSession(self.client_id, max_unacked_publishes,
+                                      packer=packers.get(packer))
+        self._opcode = (websocket.ABNF.OPCODE_BINARY if self._session.packer.binary
+                        else websocket.ABNF.OPCODE_TEXT)
         self._status_cond = threading.Condition()
         self._status_hooks: List[Callable[[str], None]] = []
         self._recovery_hooks: List[RecoveryHandler] = []
@@ -277,7 +286,7 @@ class Client(ChannelsMixin, InboundMixin):
         """Send an event. While disconnected it is queued (see ``max_pending_sends``)."""
         if not p.is_valid_event_id(event):
             raise ValueError(f"invalid event-id {event!r}")
-        self._send_frame(p.encode(event, data).encode("utf-8"), None)
+        self._send_frame(self._session.packer.encode(event, data), None)
 
     def request(self, event: str, data: Any = None, timeout: Optional[float] = None) -> Any:
         """Send a request and wait for its reply.
@@ -332,7 +341,7 @@ class Client(ChannelsMixin, InboundMixin):
         if ws is None:
             return False
         try:
-            ws.send(frame, websocket.ABNF.OPCODE_TEXT)
+            ws.send(frame, self._opcode)
         except (OSError, websocket.WebSocketException) as exc:
             log.debug("send failed, will resend after reconnect: %s", exc)
             ws.abort()

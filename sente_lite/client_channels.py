@@ -190,12 +190,13 @@ class ChannelsMixin:
 class InboundMixin:
     """What a :class:`~sente_lite.Client` does with each frame it reads."""
 
-    def _on_frame(self: "Client", raw: bytes, tasks: List[tuple], now: float) -> bool:
+    def _on_frame(self: "Client", raw: bytes, tasks: List[tuple], now: float,
+                  binary: bool = False) -> bool:
         """Handle one frame as it is read; handler work goes to ``tasks``.
 
         True when it was a handshake."""
         with self._send_lock:
-            received = self._session.receive(raw, now)
+            received = self._session.receive(raw, now, binary)
             for frame in received.frames:
                 if self._ws is not None:
                     self._write(frame, None)
@@ -251,4 +252,4 @@ class InboundMixin:
     def _send_control(self: "Client", event: str) -> None:
         with self._send_lock:
             if self._ws is not None:
-                self._write(p.encode(event).encode("utf-8"), None)
+                self._write(self._session.packer.encode(event), None)

@@ -164,6 +164,9 @@ class Connector:
         query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
                  if k not in drop]
         query.append(("client-id", c.client_id))
+        packer = c._session.packer
+        if packer.name != "json":
+            query = [(k, v) for k, v in query if k != "packer"] + [("packer", packer.name)]
         csrf = c._csrf_source() if c._csrf_source is not None else c.csrf_token
         if csrf:
             query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
@@ -272,7 +275,7 @@ class Connector:
                     for opcode, payload in messages:
                         if opcode == _OP_TEXT or opcode == _OP_BINARY:
                             counts["frames_in"] += 1
-                            if c._on_frame(payload, tasks, now):
+                            if c._on_frame(payload, tasks, now, opcode == _OP_BINARY):
                                 attempt = 0
                         elif opcode == _OP_PING:
                             ws.pong(payload)
@@ -504,14 +507,13 @@ class Roles:
             if i == 0:
                 result = value
         if cb_id is not None:
-            frame, ok = p.encode_reply(event, result, cb_id)
+            frame, ok = ss.reply_frame(event, result, cb_id, c._session.packer)
             if not ok:
                 c._counts["handler_errors"] += 1
-                log.error("reply of handler for %s is not JSON-encodable", event)
-            self._try_send(frame.encode("utf-8"))
+            self._try_send(frame)
 
     def _reply_error(self, code: str, message: str, cb_id: str) -> None:
-        self._try_send(ss.error_frame(code, message, cb_id))
+        self._try_send(ss.error_frame(code, message, cb_id, None, self._c._session.packer))
 
     def _try_send(self, frame: bytes) -> None:
         c = self._c

@@ -108,6 +108,11 @@ class ServerCore:
                 conn.frames_inline += 1
                 self.handle(conn, msg)
                 return
+        elif msg[2:7] == b"chsk/" or (msg[2:13] == b"sente-lite/" and conn._lane.idle):
+            # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
+            conn.frames_inline += 1
+            self.handle(conn, msg)
+            return
         self.server._pool.submit(conn._lane, functools.partial(self.handle, conn, msg))
 
     def handle(self, conn: "Connection", msg: Any) -> None:
@@ -125,13 +130,13 @@ class ServerCore:
             cb_id: Optional[str] = None
             event: Optional[str] = None
             try:
-                event, _, cb_id = p.decode(msg)
+                event, _, cb_id = conn._session.packer.decode(msg)
             except p.FrameError as exc:
                 cb_id = exc.cb_id
             try:
-                conn._enqueue(ss.error_frame(p.ERR_HANDLER_ERROR,
-                                             f"internal error handling {event or 'a frame'}",
-                                             cb_id, event))
+                conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
+                                                  f"internal error handling {event or 'a frame'}",
+                                                  cb_id, event))
             except Exception:
                 log.exception("could not answer the internal error (conn %s)", conn.conn_id)
 
@@ -151,7 +156,7 @@ class ServerCore:
                 self._subscribe(conn, ev)
             elif kind is ss.UnsubscribeRequest:
                 self.server.channels.unsubscribe(conn.conn_id, ev.channel_id)
-                conn._enqueue(ss.ServerSession.unsubscribed(ev.channel_id, ev.cb_id))
+                conn._enqueue(conn._session.unsubscribed(ev.channel_id, ev.cb_id))
             elif kind is ss.CloseConnection:
                 report(log, "closed", ev.why, conn_id=conn.conn_id, uid=conn.uid,
                        remote=conn.remote_address, code=ev.code, message=ev.message)
@@ -179,7 +184,7 @@ class ServerCore:
         refusal = self._authorize(conn, action, channel_id)
         if refusal is None:
             return False
-        conn._enqueue(ss.error_frame(refusal[0], refusal[1], cb_id, event))
+        conn._enqueue(conn._session.error(refusal[0], refusal[1], cb_id, event))
         return True
 
     def _subscribe(self, conn: "Connection", ev: ss.SubscribeRequest) -> None:
@@ -187,7 +192,7 @@ class ServerCore:
             return
 
         def announce(offset: int, epoch: str, recovery: Optional[RecoveryResult]) -> None:
-            conn._enqueue(ss.ServerSession.subscribed(ev.channel_id, offset, epoch, recovery, ev.cb_id))
+            conn._enqueue(conn._session.subscribed(ev.channel_id, offset, epoch, recovery, ev.cb_id))
 
         self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since)
 
@@ -201,11 +206,11 @@ class ServerCore:
                 self.counters.add(Counter.INTERNAL_ERRORS)
                 log.error("internal error publishing on %r (conn %s)", channel, conn.conn_id,
                           exc_info=result)
-                conn._enqueue(ss.error_frame(p.ERR_HANDLER_ERROR,
-                                             f"internal error handling {p.EV_PUBLISH}", cb_id,
-                                             p.EV_PUBLISH))
+                conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
+                                                  f"internal error handling {p.EV_PUBLISH}", cb_id,
+                                                  p.EV_PUBLISH))
             elif cb_id is not None and isinstance(result, Published):
-                conn._enqueue(ss.ServerSession.published(result, cb_id))
+                conn._enqueue(conn._session.published(result, cb_id))
 
         # Never waits for a busy channel: its holder publishes this too, and answers.
         self.server._hub.publish(channel, ev.data_json, conn.uid,

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from . import packers
 from . import protocol as p
 from . import security
 from . import static
@@ -37,6 +38,7 @@ class Identity:
     uid: str
     remote: str
     csrf_token: Optional[str] = None
+    packer: str = packers.JSON
 
 
 class HttpFront:
@@ -85,13 +87,23 @@ class HttpFront:
         if given and _client_id_problem(given):
             return srv._gate.refuse(link, 400, security.R_BAD_CLIENT_ID, _client_id_problem(given))
         client_id = given or uuid.uuid4().hex
+        packer = (query.get("packer") or [packers.JSON])[0]
+        if packer not in packers.PACKER_NAMES:
+            return srv._gate.refuse(link, 400, security.R_BAD_PACKER,
+                                    f"unknown packer {packer!r}: use one of "
+                                    f"{', '.join(packers.PACKER_NAMES)}")
+        if not packers.available(packer):
+            return srv._gate.refuse(link, 400, security.R_BAD_PACKER,
+                                    f"this server cannot speak {packer} (its msgpack package is "
+                                    "not installed): use packer=json")
         refusal = srv._admit(link, request, client_id, bool(given))
         if refusal is not None:
             return refusal
         uid = srv._identify(link, request, client_id)
         if isinstance(uid, Response):
             return uid
-        return Admit(Identity(client_id, uid, link.remote, srv._gate.csrf_token_for(client_id)))
+        return Admit(Identity(client_id, uid, link.remote, srv._gate.csrf_token_for(client_id),
+                              packer))
 
     def _metrics_response(self, ws: Link) -> Response:
         srv = self.server

@@ -18,6 +18,7 @@ import threading
 from typing import (Any, Callable, Dict, Hashable, List, Optional, Protocol, Set, Tuple)
 
 from . import protocol as p
+from .packers import JSON_PACKER, Packer
 from .channels import ChannelRegistry, Published, RecoveryResult, Since
 from .counters import Counter, Counters
 
@@ -30,6 +31,8 @@ class Member(Protocol):
 
     conn_id: str
     uid: str
+
+    packer: Packer
 
     def deliver(self, wire: bytes, size: int) -> bool: ...
 
@@ -61,6 +64,32 @@ class LocalBroker(ChannelRegistry):
     """The in-process broker: this process's channels, history and offsets."""
 
 
+class Built:
+    """One channel message, built once per publish: the whole WebSocket frame for
+    JSON connections, and, made on first use, for each other packer in use."""
+
+    __slots__ = ("wire", "size", "_value", "_others")
+
+    def __init__(self, wire: bytes, size: int, value: Callable[[], Any]) -> None:
+        self.wire = wire
+        self.size = size
+        self._value = value
+        self._others: Optional[Dict[str, Tuple[bytes, int]]] = None
+
+    def for_packer(self, packer: Packer, frame: Callable[[bytes, bool], bytes]) -> Tuple[bytes, int]:
+        """(wire, payload size) of this message for ``packer``'s connections."""
+        if packer is JSON_PACKER:
+            return self.wire, self.size
+        others = self._others
+        if others is None:
+            others = self._others = {}
+        built = others.get(packer.name)
+        if built is None:
+            payload = packer.encode_value(self._value())
+            built = others[packer.name] = (frame(payload, packer.binary), len(payload))
+        return built
+
+
 #: JSON text of recently published channel ids, uids and epochs (bounded; cleared when full).
 MAX_CACHED_JSON_STRINGS = 4096
 
@@ -69,11 +98,11 @@ class Hub:
     """Registries of live connections and users, and channel fan-out through a broker."""
 
     def __init__(self, broker: Broker, counters: Counters, max_remembered_clients: int,
-                 text_frame: Callable[[bytes], bytes]) -> None:
+                 ws_frame: Callable[[bytes, bool], bytes]) -> None:
         self.broker = broker
         self.counters = counters
         self.max_remembered_clients = max_remembered_clients
-        self._text_frame = text_frame
+        self._ws_frame = ws_frame
         self._lock = threading.Lock()
         self.conns: Dict[str, Any] = {}
         self._by_uid: Dict[str, Set[str]] = {}
@@ -148,12 +177,15 @@ class Hub:
         js = self.json_string
         head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{js(channel)},'
                 f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{js(from_uid)},"{p.K_OFFSET}":')
-        text_frame = self._text_frame
+        ws_frame = self._ws_frame
 
         def make_frame(offset: int, epoch: str) -> Any:
-            # Encoded once per publish, as a whole WebSocket frame, for every subscriber.
+            # Encoded once per publish, as a whole WebSocket frame, for every subscriber
+            # (and once more for each other packer in use, when first needed).
             frame = f'{head}{offset},"{p.K_EPOCH}":{js(epoch)}}}]'.encode("utf-8")
-            return text_frame(frame), len(frame)
+            return Built(ws_frame(frame, False), len(frame), lambda: [p.EV_CHANNEL_MSG, {
+                p.K_CHANNEL: channel, p.K_DATA: p.loads(data_json), p.K_FROM: from_uid,
+                p.K_OFFSET: offset, p.K_EPOCH: epoch}])
 
         counters = self.counters
 
@@ -172,21 +204,35 @@ class Hub:
         conn = self.conns.get(member)
         if conn is None:
             return False
-        wire, size = built
-        return conn.deliver(wire, size)
+        if conn.packer is JSON_PACKER:
+            return conn.deliver(built.wire, built.size)
+        return conn.deliver(*built.for_packer(conn.packer, self._ws_frame))
 
     def subscribe(self, conn: Member, channel: str, announce: Announce,
                   since: Optional[Since]) -> None:
         self.broker.subscribe(conn.conn_id, channel, announce, since, self.deliver)
 
-    def to_user(self, uid: str, frame: bytes) -> int:
-        """Send ``frame`` to every live connection of ``uid``; how many took it."""
-        wire = self._text_frame(frame)
-        return sum(1 for c in self.of_user(uid) if c.deliver(wire, len(frame)))
+    def _send(self, conns: List[Any], event: str, data: Any, json_payload: bytes) -> int:
+        """Send ``event`` to ``conns``, encoded once per packer in use (``json_payload``:
+        its JSON encoding, already made)."""
+        built = {JSON_PACKER.name: (self._ws_frame(json_payload, False), len(json_payload))}
+        taken = 0
+        for conn in conns:
+            packer = conn.packer
+            wire = built.get(packer.name)
+            if wire is None:
+                payload = packer.encode(event, data)
+                wire = built[packer.name] = (self._ws_frame(payload, packer.binary), len(payload))
+            taken += bool(conn.deliver(*wire))
+        return taken
 
-    def to_all(self, frame: bytes) -> int:
-        wire = self._text_frame(frame)
-        return sum(1 for c in self.snapshot() if c.deliver(wire, len(frame)))
+    def to_user(self, uid: str, event: str, data: Any, json_payload: bytes) -> int:
+        """Send ``event`` to every live connection of ``uid``; how many took it."""
+        return self._send(self.of_user(uid), event, data, json_payload)
+
+    def to_all(self, event: str, data: Any, json_payload: bytes) -> int:
+        """Send ``event`` to every live connection; how many took it."""
+        return self._send(self.snapshot(), event, data, json_payload)
 
 
-__all__ = ["Hub", "Broker", "LocalBroker", "Member"]
+__all__ = ["Hub", "Broker", "LocalBroker", "Member", "Built"]

@@ -77,6 +77,7 @@ K_REASON = "reason"
 K_ID = "id"
 K_DUPLICATE = "duplicate"
 K_FEATURES = "features"
+K_PACKER = "packer"
 
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"
@@ -268,6 +269,31 @@ def remote_error(data: Any) -> RemoteError:
     return RemoteError(str(code or "unknown"), str(message or ""))
 
 
+def value_depth(value: Any, limit: int) -> int:
+    """How deeply ``value``'s lists and dicts nest (``[]`` is 1); stops counting past ``limit``."""
+    depth = 0
+    level = [value]
+    while level and depth <= limit:
+        nxt: list = []
+        for v in level:
+            if isinstance(v, (list, tuple)):
+                nxt.extend(v)
+            elif isinstance(v, dict):
+                nxt.extend(v.values())
+            else:
+                continue
+        if len(nxt) == 0 and not any(isinstance(v, (list, tuple, dict)) for v in level):
+            break
+        depth += 1
+        level = [v for v in nxt if isinstance(v, (list, tuple, dict))]
+    return depth
+
+
+def loads(text: str) -> Any:
+    """The value of JSON ``text`` this module wrote (no frame checks)."""
+    return _decoder.decode(text)
+
+
 def _reencode_problem(value: Any) -> Optional[str]:
     """Why a decoded value could not be sent on in a text frame, or None."""
     try:
@@ -359,8 +385,13 @@ def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
     value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
     if value is _NOT_PARSED:
         value = _parse(text)
+    return frame_of(value)
+
+
+def frame_of(value: Any) -> Frame:
+    """The frame a decoded value stands for (any packer); :class:`FrameError` if none."""
     if not isinstance(value, list):
-        raise FrameError(f"frame must be a JSON array, got {type(value).__name__}")
+        raise FrameError(f"frame must be an array, got {type(value).__name__}")
     n = len(value)
     if not 1 <= n <= 3:
         raise FrameError(f"frame must have 1 to 3 elements, got {n}")

@@ -37,6 +37,7 @@ from websockets.http11 import Request, Response
 
 from . import channels as ch
 from . import discovery
+from . import packers
 from . import limits as lim
 from . import protocol as p
 from . import security
@@ -101,7 +102,9 @@ class Connection:
         self._close_reason = ""
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
-        self._session = ServerSession(conn_id, server._rules, time.monotonic(), server.counters)
+        self.packer = packers.get(ident.packer)
+        self._session = ServerSession(conn_id, server._rules, time.monotonic(), server.counters,
+                                      self.packer)
         # inbound counters, written by the network thread only
         self.frames_in = 0
         self.bytes_in = 0
@@ -129,14 +132,14 @@ class Connection:
     def send(self, event: str, data: Any = None) -> bool:
         """Queue event ``event`` with ``data`` for this peer. False when it is closing."""
         _check_event_id(event)
-        return self._enqueue(p.encode_bytes(event, data))
+        return self._enqueue(self.packer.encode(event, data))
 
     def _enqueue(self, frame: bytes) -> bool:
-        """Send one encoded frame (UTF-8 JSON text) to this peer without blocking.
+        """Send one encoded frame (in this connection's packer) without blocking.
 
         False when the connection is closing or its outbound queue overflowed.
         """
-        return self._enqueue_wire(_text_frame(frame), len(frame))
+        return self._enqueue_wire(_ws_frame(frame, self.packer.binary), len(frame))
 
     def deliver(self, wire: bytes, size: int) -> bool:
         """Send one whole built frame (a channel message) without blocking."""
@@ -387,7 +390,7 @@ class Server:
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
             max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters)
-        self._hub = Hub(self.channels, self.counters, max_remembered_clients, _text_frame)
+        self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame)
         self._rules = ServerRules(
             heartbeat_ms=heartbeat_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             max_bad_frames_in_row=max_bad_frames_in_row,
@@ -511,12 +514,12 @@ class Server:
     def send_to_user(self, uid: str, event: str, data: Any = None) -> int:
         """Queue an event to every live connection of ``uid``; returns how many took it."""
         _check_event_id(event)
-        return self._hub.to_user(uid, p.encode_bytes(event, data))
+        return self._hub.to_user(uid, event, data, p.encode_bytes(event, data))
 
     def broadcast(self, event: str, data: Any = None) -> int:
         """Queue an event to every live connection; returns how many took it."""
         _check_event_id(event)
-        return self._hub.to_all(p.encode_bytes(event, data))
+        return self._hub.to_all(event, data, p.encode_bytes(event, data))
 
     def publish(self, channel_id: str, data: Any = None) -> Published:
         """Publish on a channel as the server (``from`` is null). Same path as clients'."""
@@ -654,6 +657,18 @@ def _text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return _HEAD_16.pack(0x81, 126, n) + payload
     return _HEAD_64.pack(0x81, 127, n) + payload
+
+
+def _ws_frame(payload: bytes, binary: bool) -> bytes:
+    """``payload`` as one unmasked, final text (or binary) WebSocket frame."""
+    if not binary:
+        return _text_frame(payload)
+    n = len(payload)
+    if n < 126:
+        return bytes((0x82, n)) + payload
+    if n < 65536:
+        return _HEAD_16.pack(0x82, 126, n) + payload
+    return _HEAD_64.pack(0x82, 127, n) + payload
 
 
 _PING_WIRE = _text_frame(_PING)

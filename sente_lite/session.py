@@ -27,6 +27,7 @@ from .channels import Published, RecoveryResult, Since
 from .counters import Counter, Counters  # noqa: F401 (Counter: for callers)
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .logsafe import safe
+from .packers import JSON_PACKER, Packer
 
 log = logging.getLogger("sente_lite.session")
 
@@ -94,9 +95,26 @@ def _frame(text: str) -> bytes:
     return text.encode("utf-8")
 
 
-def error_frame(code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
+def error_frame(code: str, message: str, cb_id: Optional[str], event: Optional[str] = None,
+                packer: Packer = JSON_PACKER) -> bytes:
     """A ``chsk/error`` frame (a reply when ``cb_id`` is set)."""
-    return _frame(p.encode_error(code, message, cb_id, event))
+    if cb_id is not None:
+        return packer.encode(p.EV_ERROR, p.error_data(code, message), cb_id)
+    return packer.encode(p.EV_ERROR, p.error_data(code, message, event))
+
+
+def reply_frame(event: str, result: Any, cb_id: str,
+                packer: Packer = JSON_PACKER) -> Tuple[bytes, bool]:
+    """The answer to request ``cb_id`` of ``event`` whose handler returned ``result``:
+    ``(chsk/reply frame, True)``, or ``(handler-error frame, False)`` when ``result``
+    cannot be encoded (logged). One rule for both sides."""
+    try:
+        return packer.encode(p.EV_REPLY, result, cb_id), True
+    except p.EncodeError:
+        log.error("reply of handler for %s is not %s-encodable", event, packer.name.upper())
+        return error_frame(p.ERR_HANDLER_ERROR,
+                           f"reply of {event} is not {packer.name.upper()}-encodable", cb_id,
+                           None, packer), False
 
 
 class _Requests:
@@ -114,12 +132,12 @@ class _Requests:
         return len(self._table)
 
     def add_encoded(self, waiter: Waiter, event: str, data: Any, deadline: float,
-                    limit: Optional[int] = None) -> Tuple[str, bytes]:
+                    limit: Optional[int] = None, packer: Packer = JSON_PACKER) -> Tuple[str, bytes]:
         """Register a request and encode its frame (nothing stays registered when
         ``data`` cannot be encoded: the EncodeError propagates)."""
         cb_id = self.add(waiter, event, deadline, limit)
         try:
-            return cb_id, _frame(p.encode(event, data, cb_id))
+            return cb_id, packer.encode(event, data, cb_id)
         except BaseException:
             self.pop(cb_id)
             raise
@@ -182,8 +200,9 @@ class ServerSession:
     """The protocol state of one server-side connection."""
 
     def __init__(self, conn_id: str, rules: ServerRules, now: float,
-                 counters: Optional[Counters] = None) -> None:
+                 counters: Optional[Counters] = None, packer: Packer = JSON_PACKER) -> None:
         self.conn_id = conn_id
+        self.packer = packer
         self.rules = rules
         self.counters = counters if counters is not None else Counters()
         self.last_seen = now
@@ -204,7 +223,9 @@ class ServerSession:
         """The ``chsk/handshake`` frame: ``[uid, csrf-token, info, first?]``."""
         info = dict(info, **{"protocol": p.PROTOCOL_VERSION, "heartbeat-ms": self.rules.heartbeat_ms,
                              p.K_FEATURES: list(self.rules.features)})
-        return _frame(p.encode(p.EV_HANDSHAKE, [uid, csrf_token, info, first]))
+        if self.packer is not JSON_PACKER:
+            info[p.K_PACKER] = self.packer.name
+        return self.packer.encode(p.EV_HANDSHAKE, [uid, csrf_token, info, first])
 
     # -- inbound ----------------------------------------------------------------------
     def admit(self, text: Union[str, bytes], now: float) -> Optional[Received]:
@@ -230,7 +251,7 @@ class ServerSession:
                 f"{self.rules.max_rate_limited} refused frames per {lim.RATE_PATIENCE_WINDOW_S:g}s)")],
                 [])
         try:
-            frame = p.decode(text)
+            frame = self.packer.decode(text)
             cb_id, event = frame.cb_id, frame.event
         except p.FrameError as exc:
             cb_id, event = exc.cb_id, None
@@ -238,14 +259,12 @@ class ServerSession:
             return _NOTHING  # never answer an answer
         return Received([], [error_frame(
             p.ERR_RATE_LIMITED, f"over {self.rules.rate_limit:g} frames/s (rate_limit): frame dropped",
-            cb_id, event)])
+            cb_id, event, self.packer)])
 
     def receive(self, text: Union[str, bytes]) -> Received:
         """Decode one frame the peer sent and apply the protocol's rules to it."""
-        if not isinstance(text, str):
-            return self._bad_frame("binary frames are not part of protocol v1; send JSON text", None)
         try:
-            event, data, cb_id = p.decode(text)
+            event, data, cb_id = self.packer.decode(text)
         except p.FrameError as exc:
             return self._bad_frame(exc.message, exc.cb_id)
         self.bad_in_row = 0
@@ -255,13 +274,13 @@ class ServerSession:
         if builtin is None:
             self.counters.add(Counter.UNKNOWN_EVENTS)
             return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event {event}",
-                                             cb_id, event)])
+                                             cb_id, event, self.packer)])
         return builtin(self, data, cb_id)
 
     def _bad_frame(self, message: str, cb_id: Optional[str]) -> Received:
         self.counters.add(Counter.BAD_FRAMES)
         self.bad_in_row += 1
-        frames = [error_frame(p.ERR_BAD_FRAME, message, cb_id)]
+        frames = [error_frame(p.ERR_BAD_FRAME, message, cb_id, None, self.packer)]
         limit = self.rules.max_bad_frames_in_row
         if self.bad_in_row > limit and not self.closing:
             self.closing = True
@@ -273,8 +292,8 @@ class ServerSession:
 
     def _ping(self, data: Any, cb_id: Optional[str]) -> Received:
         if cb_id is not None:
-            return Received([], [_frame(p.encode(p.EV_REPLY, None, cb_id))])
-        return Received([], [_PONG])
+            return Received([], [self.packer.encode(p.EV_REPLY, None, cb_id)])
+        return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
 
     def _pong(self, data: Any, cb_id: Optional[str]) -> Received:
         return _NOTHING  # life was recorded by admit()
@@ -301,7 +320,7 @@ class ServerSession:
                    if isinstance(data, dict) else f"{event} data must be an object with {p.K_CHANNEL}")
         if problem:
             self.counters.add(Counter.INVALID_CHANNEL)
-            return Received([], [error_frame(p.ERR_INVALID_CHANNEL, problem, cb_id, event)])
+            return Received([], [error_frame(p.ERR_INVALID_CHANNEL, problem, cb_id, event, self.packer)])
         assert isinstance(channel, str)
         return channel
 
@@ -333,18 +352,21 @@ class ServerSession:
                                            and 1 <= len(publish_id) <= p.MAX_PUBLISH_ID_CHARS):
             return self._bad_frame(f"{p.K_ID} must be a string of 1-{p.MAX_PUBLISH_ID_CHARS} "
                                    "characters", cb_id)
-        return Received([PublishRequest(channel, p.encode_channel_data(data.get(p.K_DATA)),
-                                        publish_id, data.get(p.K_EXCLUDE_SENDER) is True, cb_id)], [])
+        try:
+            data_json = p.encode_channel_data(data.get(p.K_DATA))
+        except p.EncodeError as exc:  # e.g. MessagePack bytes: every subscriber must be able to read it
+            return self._bad_frame(f"publish data must be JSON-representable: {exc}", cb_id)
+        return Received([PublishRequest(channel, data_json, publish_id,
+                                        data.get(p.K_EXCLUDE_SENDER) is True, cb_id)], [])
 
     # -- answers ----------------------------------------------------------------------
     def reply(self, event: str, cb_id: str, result: Any) -> bytes:
         """The reply to request ``cb_id`` whose handler returned ``result`` (a
         ``handler-error`` frame when it is not JSON-encodable)."""
-        text, ok = p.encode_reply(event, result, cb_id)
+        frame, ok = reply_frame(event, result, cb_id, self.packer)
         if not ok:
             self.counters.add(Counter.HANDLER_ERRORS)
-            log.error("reply of handler for %s is not JSON-encodable", event)
-        return _frame(text)
+        return frame
 
     def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
         """A handler raised: counted; a ``handler-error`` reply when one was asked."""
@@ -352,40 +374,41 @@ class ServerSession:
         if cb_id is None:
             return []
         return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
-                            cb_id)]
+                            cb_id, None, self.packer)]
 
     def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
         """An event nobody handles: ``no-handler`` to a request, else counted."""
         if cb_id is None:
             self.counters.add(Counter.UNHANDLED_EVENTS)
             return []
-        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id)]
+        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, self.packer)]
 
-    @staticmethod
-    def subscribed(channel_id: str, offset: int, epoch: str, recovery: Optional[RecoveryResult],
-                   cb_id: Optional[str]) -> bytes:
+    def error(self, code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
+        """A ``chsk/error`` frame in this connection's packer."""
+        return error_frame(code, message, cb_id, event, self.packer)
+
+    def subscribed(self, channel_id: str, offset: int, epoch: str,
+                   recovery: Optional[RecoveryResult], cb_id: Optional[str]) -> bytes:
         """The answer to a subscribe (reply, or ``sente-lite/subscribed``)."""
         body: Dict[str, Any] = {p.K_CHANNEL: channel_id, p.K_OFFSET: offset, p.K_EPOCH: epoch}
         if recovery is not None:
             body[p.K_RECOVERED] = recovery.recovered
             if not recovery.recovered:
                 body[p.K_REASON] = recovery.reason
-        return _frame(p.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
-                      else p.encode(p.EV_SUBSCRIBED, body))
+        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                else self.packer.encode(p.EV_SUBSCRIBED, body))
 
-    @staticmethod
-    def unsubscribed(channel_id: str, cb_id: Optional[str]) -> bytes:
+    def unsubscribed(self, channel_id: str, cb_id: Optional[str]) -> bytes:
         body = {p.K_CHANNEL: channel_id}
-        return _frame(p.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
-                      else p.encode(p.EV_UNSUBSCRIBED, body))
+        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                else self.packer.encode(p.EV_UNSUBSCRIBED, body))
 
-    @staticmethod
-    def published(result: Published, cb_id: str) -> bytes:
+    def published(self, result: Published, cb_id: str) -> bytes:
         body: Dict[str, Any] = {p.K_CHANNEL: result.channel_id, p.K_OFFSET: result.offset,
                                 p.K_DELIVERED: result.delivered}
         if result.duplicate:
             body[p.K_DUPLICATE] = True
-        return _frame(p.encode(p.EV_REPLY, body, cb_id))
+        return self.packer.encode(p.EV_REPLY, body, cb_id)
 
     # -- our requests to the peer ------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
@@ -394,7 +417,7 @@ class ServerSession:
         :class:`LimitExceeded` over ``max_outstanding_requests``."""
         try:
             return self._requests.add_encoded(waiter, event, data, now + timeout,
-                                              self.rules.max_outstanding_requests)
+                                              self.rules.max_outstanding_requests, self.packer)
         except LimitExceeded:
             self.counters.add(Counter.OUTSTANDING_REQUEST_LIMIT)
             raise
@@ -580,6 +603,7 @@ class ClientSession:
     connection: int = 0  # number of the current connection (1, 2, ...); 0 before any
     handshake_info: Optional[Handshake] = None
     counts: Dict[str, int] = field(default_factory=dict)
+    packer: Packer = JSON_PACKER
 
     def __post_init__(self) -> None:
         self._subs: Dict[str, _ClientSub] = {}
@@ -645,7 +669,8 @@ class ClientSession:
         since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
         if since is not None:
             body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
-        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout)
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
+                                                  packer=self.packer)
         self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
         return cb_id, frame
 
@@ -653,7 +678,7 @@ class ClientSession:
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
                 timeout: float) -> Tuple[str, bytes]:
         """Register a request; returns its cb-id and frame."""
-        return self._requests.add_encoded(waiter, event, data, now + timeout)
+        return self._requests.add_encoded(waiter, event, data, now + timeout, packer=self.packer)
 
     def forget(self, cb_id: str) -> None:
         """Stop waiting for ``cb_id`` (its caller gave up). A publish stays in the
@@ -681,7 +706,8 @@ class ClientSession:
         body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_ID: publish_id}
         if exclude_sender:
             body[p.K_EXCLUDE_SENDER] = True
-        cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"))
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"),
+                                                  packer=self.packer)
         self._kinds[cb_id] = (_PUBLISH_KIND, publish_id)
         self._unacked[cb_id] = _Unacked(publish_id, frame, waiter)
         return cb_id, frame
@@ -723,11 +749,12 @@ class ClientSession:
         return [(w, exc) for w, _ in self._requests.drain() if w is not None]
 
     # -- inbound -----------------------------------------------------------------------
-    def receive(self, text: Union[str, bytes], now: float) -> Received:
-        """Decode one frame from the server and apply the protocol's rules."""
+    def receive(self, text: Union[str, bytes], now: float, binary: Optional[bool] = None) -> Received:
+        """Decode one frame from the server (``binary``: it came in a binary message) and
+        apply the protocol's rules."""
         self.last_recv = now
         try:
-            event, data, cb_id = p.decode(text)
+            event, data, cb_id = self.packer.decode(text, binary)
         except p.FrameError as exc:
             self._count("bad_frames_from_server")
             log.warning("bad frame from server: %s", safe(exc.message))
@@ -735,7 +762,7 @@ class ClientSession:
         if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
             return self._channel_msg(data)
         if event == p.EV_PING:
-            return Received([], [_PONG_FROM_CLIENT])
+            return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
         if event == p.EV_PONG or event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
             return _NOTHING
         if event in (p.EV_REPLY, p.EV_ERROR):
@@ -835,10 +862,9 @@ class ClientSession:
         return Received([msg], [])
 
 
-_PONG_FROM_CLIENT = _frame(p.encode(p.EV_PONG))
 
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
            "UnsubscribeRequest", "PublishRequest", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
-           "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING"]
+           "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
+from .. import packers
 from .. import protocol as p
 from .. import session as ss
 from ..channels import ChannelRegistry
@@ -39,12 +40,14 @@ class SessionPair:
     """A client and a server session joined by an in-memory connection."""
 
     def __init__(self, rules: Optional[ss.ServerRules] = None, client_id: str = "c1",
-                 registry: Optional[ChannelRegistry] = None, now: float = 0.0) -> None:
+                 registry: Optional[ChannelRegistry] = None, now: float = 0.0,
+                 packer: str = "json") -> None:
         self.now = now
         self.rules = rules or ss.ServerRules(rate_limit=None)
         self.counters = Counters()
         self.registry = registry or ChannelRegistry("e", counters=self.counters, clock=lambda: self.now)
-        self.client = ss.ClientSession(client_id)
+        self.packer = packers.get(packer)
+        self.client = ss.ClientSession(client_id, packer=self.packer)
         self.handlers: Dict[str, Callable[[Any], Any]] = {}
         self.to_server: List[bytes] = []
         self.to_client: List[bytes] = []
@@ -59,7 +62,7 @@ class SessionPair:
         """Open a connection: the server greets, the client renews its state."""
         self._conns += 1
         conn_id = f"conn-{self._conns}"
-        self.server = ss.ServerSession(conn_id, self.rules, self.now, self.counters)
+        self.server = ss.ServerSession(conn_id, self.rules, self.now, self.counters, self.packer)
         self.closed = None
         self.client.connection_opened(self.now)
         self.to_client.append(self.server.handshake(uid, None, {"conn-id": conn_id}, self._conns == 1))
@@ -117,7 +120,7 @@ class SessionPair:
         raise AssertionError("frames kept flowing")
 
     def _client_receives(self, frame: bytes) -> None:
-        received = self.client.receive(frame, self.now)
+        received = self.client.receive(frame, self.now, self.client.packer.binary)
         self.to_server.extend(received.frames)
         for ev in received.events:
             self.client_events.append(ev)
@@ -140,7 +143,7 @@ class SessionPair:
     def _server_receives(self, frame: bytes) -> None:
         server = self.server
         assert server is not None
-        text = frame.decode("utf-8")
+        text: Any = frame if server.packer.binary else frame.decode("utf-8")
         received = server.admit(text, self.now) or server.receive(text)
         self.to_client.extend(received.frames)
         for ev in received.events:
@@ -165,24 +168,24 @@ class SessionPair:
             self.registry.subscribe(
                 server.conn_id, ev.channel_id,
                 lambda offset, epoch, rec: self.to_client.append(
-                    ss.ServerSession.subscribed(ev.channel_id, offset, epoch, rec, ev.cb_id)),
+                    server.subscribed(ev.channel_id, offset, epoch, rec, ev.cb_id)),
                 ev.since, lambda member, frame: self.to_client.append(frame) or True)
         elif kind is ss.UnsubscribeRequest:
             self.registry.unsubscribe(server.conn_id, ev.channel_id)
-            self.to_client.append(ss.ServerSession.unsubscribed(ev.channel_id, ev.cb_id))
+            self.to_client.append(server.unsubscribed(ev.channel_id, ev.cb_id))
         elif kind is ss.PublishRequest:
             head = ev.data_json
 
             def make_frame(offset: int, epoch: str) -> bytes:
-                return (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{p.dumps(ev.channel_id)},'
-                        f'"{p.K_DATA}":{head},"{p.K_FROM}":null,"{p.K_OFFSET}":{offset},'
-                        f'"{p.K_EPOCH}":{p.dumps(epoch)}}}]').encode("utf-8")
+                return self.packer.encode(p.EV_CHANNEL_MSG, {
+                    p.K_CHANNEL: ev.channel_id, p.K_DATA: p.loads(head), p.K_FROM: None,
+                    p.K_OFFSET: offset, p.K_EPOCH: epoch})
 
             result = self.registry.publish(
                 ev.channel_id, make_frame, lambda member, frame: self.to_client.append(frame) or True,
                 publish_id=ev.publish_id)
             if ev.cb_id is not None and result is not None:
-                self.to_client.append(ss.ServerSession.published(result, ev.cb_id))
+                self.to_client.append(server.published(result, ev.cb_id))
         elif kind is ss.CloseConnection:
             self.closed = ev
 

@@ -1,0 +1,145 @@
+"""MessagePack negotiated at the upgrade (docs/protocol.md section 10), beside JSON."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, List
+
+import pytest
+
+msgpack = pytest.importorskip("msgpack", reason="the [msgpack] extra (msgpack) is not installed")
+
+from sente_lite import Client, RemoteError, Server  # noqa: E402
+from sente_lite import packers  # noqa: E402
+from sente_lite import protocol as p  # noqa: E402
+from sente_lite import session as ss  # noqa: E402
+from sente_lite.testing.abuse import OP_BINARY, OP_TEXT, RawPeer  # noqa: E402
+from sente_lite.testing.pair import SessionPair  # noqa: E402
+from support import Recorder, wait_until  # noqa: E402
+
+
+def test_the_session_rules_hold_over_msgpack() -> None:
+    pair = SessionPair(ss.ServerRules(rate_limit=None), packer="msgpack")
+    pair.connect()
+    assert pair.client.status == ss.CONNECTED
+    assert pair.client.handshake_info.info["packer"] == "msgpack"  # type: ignore[union-attr]
+    pair.handlers["app/echo"] = lambda data: {"echo": data, "bin": None}
+    ok = pair.request("app/echo", [1, "x"])
+    pair.pump()
+    assert ok.result == {"echo": [1, "x"], "bin": None}
+    pair.subscribe("ch")
+    pair.pump()
+    pair.server_publish("ch", {"n": 1})
+    pair.cut()
+    pair.server_publish("ch", {"n": 2})
+    pair.connect()
+    assert [m.data for m in pair.messages()] == [{"n": 1}, {"n": 2}]
+    assert pair.recoveries()[0].recovered is True
+
+
+def test_a_frame_of_the_wrong_kind_is_a_bad_frame() -> None:
+    mp = packers.get("msgpack")
+    server = ss.ServerSession("x", ss.ServerRules(rate_limit=None), 0.0, packer=mp)
+    out = server.receive(p.encode("app/x", 1, "c1"))  # JSON text on a msgpack connection
+    reply = msgpack.unpackb(out.frames[0])
+    assert reply[0] == p.EV_ERROR and reply[1]["code"] == "bad-frame"
+    assert "binary" in reply[1]["message"]
+    json_server = ss.ServerSession("y", ss.ServerRules(rate_limit=None), 0.0)
+    out = json_server.receive(mp.encode("app/x", 1, "c1"))
+    assert p.decode(out.frames[0].decode())[1]["code"] == "bad-frame"
+    for junk in (b"\xc1", b"\x93\xa3a/b", mp.encode_value({"not": "an array"}),
+                 mp.encode_value(["app/x", b"raw bytes", 7]), b"\x91" * 300 + b"\xc0"):
+        out = server.receive(junk)
+        assert out.events == [] and msgpack.unpackb(out.frames[0])[1]["code"] == "bad-frame", junk
+    out = server.receive(mp.encode(p.EV_PUBLISH, {"channel-id": "c", "data": b"\x00"}, "c2"))
+    assert out.events == [] and msgpack.unpackb(out.frames[0])[1]["code"] == "bad-frame"
+
+
+def test_unknown_packer_names_are_refused() -> None:
+    with pytest.raises(ValueError):
+        packers.get("cbor")
+    with pytest.raises(ValueError):
+        Client("ws://127.0.0.1:1/chsk", packer="cbor", start=False)
+
+
+def test_msgpack_client_talks_to_json_clients_through_one_server(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    srv.on("app/echo", lambda conn, data: {"echo": data, "packer": conn.packer.name})
+    mp_client = make_client(srv.url, packer="msgpack")
+    json_client = make_client(srv.url)
+    assert mp_client.wait_connected(5) and json_client.wait_connected(5)
+    assert mp_client.handshake["packer"] == "msgpack"  # type: ignore[index]
+    assert "packer" not in json_client.handshake  # type: ignore[operator]
+    assert mp_client.request("app/echo", {"k": [1, 2.5, None]}) == {
+        "echo": {"k": [1, 2.5, None]}, "packer": "msgpack"}
+    with pytest.raises(RemoteError) as err:
+        mp_client.request("app/none")
+    assert err.value.code == "no-handler"
+    got_mp, got_json = Recorder(), Recorder()
+    mp_client.subscribe("mixed", got_mp)
+    json_client.subscribe("mixed", got_json)
+    mp_client.publish("mixed", {"from": "mp"}, ack=True)
+    json_client.publish("mixed", {"from": "json"}, ack=True)
+    srv.publish("mixed", {"from": "server"})
+    for got in (got_mp, got_json):
+        msgs = got.wait_count(3)
+        assert [(m.offset, m.data["from"]) for m in msgs] == [(1, "mp"), (2, "json"), (3, "server")]
+    assert srv.send_to_user(mp_client.uid, "app/note", {"x": 1}) == 1  # type: ignore[arg-type]
+    notes = Recorder()
+    mp_client.on("app/note", notes)
+    srv.broadcast("app/note", {"x": 2})
+    assert notes.wait_count(1)[-1] == {"x": 2}
+
+
+def test_one_encode_per_publish_per_packer(make_server: Callable[..., Server],
+                                           make_client: Callable[..., Client],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = make_server()
+    calls: List[Any] = []
+    real = packers.MsgpackPacker.encode_value
+
+    def counting(self: Any, value: Any) -> bytes:
+        if isinstance(value, list) and value and value[0] == p.EV_CHANNEL_MSG:
+            calls.append(value[1]["offset"])
+        return real(self, value)
+
+    monkeypatch.setattr(packers.MsgpackPacker, "encode_value", counting)
+    recorders = [Recorder() for _ in range(3)]
+    for rec in recorders:
+        make_client(srv.url, packer="msgpack").subscribe("fan", rec)
+    for n in range(4):
+        srv.publish("fan", n)
+    for rec in recorders:
+        assert [m.data for m in rec.wait_count(4)] == [0, 1, 2, 3]
+    assert calls == [1, 2, 3, 4]  # once per publish, whatever the subscriber count
+
+
+def _upgrade_status(srv: Server, query: str) -> int:
+    with RawPeer(srv.host, srv.port) as peer:
+        return peer.upgrade(f"/chsk?{query}").status
+
+
+def test_the_upgrade_refuses_an_unknown_packer(make_server: Callable[..., Server]) -> None:
+    srv = make_server()
+    assert _upgrade_status(srv, "packer=cbor") == 400
+    assert _upgrade_status(srv, "packer=msgpack") == 101
+    assert srv.stats()["handshakes_refused"]["bad-packer"] == 1
+
+
+def test_raw_msgpack_peer_gets_binary_frames_and_a_bad_frame_for_text(
+        make_server: Callable[..., Server]) -> None:
+    srv = make_server()
+    with RawPeer(srv.host, srv.port) as peer:
+        assert peer.upgrade("/chsk?packer=msgpack").status == 101
+        opcode, payload = peer.read_frame()  # type: ignore[misc]
+        assert opcode == OP_BINARY
+        hs = msgpack.unpackb(payload)
+        assert hs[0] == p.EV_HANDSHAKE and hs[1][2]["packer"] == "msgpack"
+        peer.send_frame(p.encode_bytes("app/x", 1, "c1"), OP_TEXT)
+        while True:
+            opcode, payload = peer.read_frame()  # type: ignore[misc]
+            frame = msgpack.unpackb(payload)
+            if frame[0] != p.EV_PING:
+                break
+        assert opcode == OP_BINARY and frame[1]["code"] == "bad-frame" and frame[2] == "c1"
