@@ -6,7 +6,8 @@ prints the median of ``--runs`` runs for each measurement:
 * ``read/<reader>`` - a socket reader parsing ``--frames`` unmasked text frames of
   ``--size`` bytes handed over ``--chunk`` bytes per ``recv`` (the client's read
   path). ``framing`` is :class:`~sente_lite.framing.SocketFrameReader`; ``client``
-  is ``sente_lite.client._FrameReader`` (when that name exists), for comparison.
+  is ``sente_lite.client._FrameReader`` while the client has a reader of its own,
+  for comparison.
 * ``text_frame`` - :func:`~sente_lite.framing.text_frame` per frame (the server's fan-out).
 * ``encode_masked`` - :func:`~sente_lite.framing.encode_frame` with a mask (a client's send).
 * ``feed`` - :class:`~sente_lite.framing.FrameParser` alone, one ``feed`` per chunk.
@@ -50,8 +51,8 @@ def _readers() -> Dict[str, Callable[[Any], Any]]:
         from .client import _FrameReader  # type: ignore[attr-defined]
     except ImportError:
         pass
-    else:
-        if _FrameReader is not framing.SocketFrameReader:
+    else:  # only while the client has a reader of its own
+        if not isinstance(_FrameReader(_ChunkSocket(b"", 1)), framing.SocketFrameReader):
             out["client"] = _FrameReader
     return out
 
