@@ -21,7 +21,7 @@ import struct
 from typing import List, Optional, Tuple, Type
 
 __all__ = ["OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
-           "READ_CHUNK", "ProtocolError", "mask_bytes", "encode_frame", "text_frame",
+           "READ_CHUNK", "MAX_CONTROL_PAYLOAD", "ProtocolError", "mask_bytes", "encode_frame", "text_frame",
            "FrameParser", "SocketFrameReader", "Message"]
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -66,9 +66,9 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, rsv: i
                  mask: Optional[bytes] = None, declared_length: Optional[int] = None) -> bytes:
     """One frame. ``mask`` (4 bytes) masks it, as a client must; None sends it unmasked.
 
-    Nothing is checked: ``rsv`` (0-7, RSV1 is 4), ``opcode`` (0-15) and
-    ``declared_length`` (the length in the header; default ``len(payload)``) may
-    all be wrong, to test a peer's refusals.
+    The header is not checked, so that a peer's refusals can be tested: ``fin``,
+    ``rsv`` (3 bits, RSV1 is 4), ``opcode`` (4 bits) and ``declared_length`` (the
+    length written in the header; ``len(payload)`` when None) may all be wrong.
     """
     length = len(payload) if declared_length is None else declared_length
     b0 = (0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0xF)
