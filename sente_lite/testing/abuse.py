@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import json
 import os
 import random
@@ -28,9 +29,10 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .. import discovery
+from .. import framing
 from ..client import ChannelMessage, Client
 from ..errors import SenteLiteError
 
@@ -38,8 +40,9 @@ from ..errors import SenteLiteError
 RAW_TIMEOUT_S = 2.0
 #: Largest HTTP response head a raw peer reads.
 MAX_RESPONSE_HEAD = 64 * 1024
-
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+#: The opcodes (:mod:`sente_lite.framing`'s), for callers of :meth:`RawPeer.send_frame`.
+OP_CONT, OP_TEXT, OP_BINARY = framing.OP_CONT, framing.OP_TEXT, framing.OP_BINARY
+OP_CLOSE, OP_PING, OP_PONG = framing.OP_CLOSE, framing.OP_PING, framing.OP_PONG
 
 
 @dataclass
@@ -65,30 +68,10 @@ def upgrade_request(host: str, port: int, path: str = "/chsk",
 
 def encode_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, rsv: int = 0,
                  mask: bool = True, declared_length: Optional[int] = None) -> bytes:
-    """One client WebSocket frame; every field may be wrong on purpose."""
-    length = len(payload) if declared_length is None else declared_length
-    head = bytearray([(0x80 if fin else 0) | ((rsv & 7) << 4) | (opcode & 0xF)])
-    mask_bit = 0x80 if mask else 0
-    if length < 126:
-        head.append(mask_bit | length)
-    elif length < 1 << 16:
-        head.append(mask_bit | 126)
-        head += struct.pack("!H", length)
-    else:
-        head.append(mask_bit | 127)
-        head += struct.pack("!Q", length)
-    if not mask:
-        return bytes(head) + payload
-    key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload)) if len(payload) < 4096 else \
-        _mask_fast(payload, key)
-    return bytes(head) + key + masked
-
-
-def _mask_fast(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    k = int.from_bytes((key * (n // 4 + 1))[:n], "big")
-    return (int.from_bytes(payload, "big") ^ k).to_bytes(n, "big")
+    """One client WebSocket frame, masked with a random key unless ``mask`` is False;
+    every field may be wrong on purpose (see :func:`sente_lite.framing.encode_frame`)."""
+    return framing.encode_frame(payload, opcode, fin, rsv, os.urandom(4) if mask else None,
+                                declared_length)
 
 
 class RawPeer:
@@ -100,7 +83,9 @@ class RawPeer:
         source = (source_host, 0) if source_host is not None else None
         self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buf = bytearray()
+        self._buf = bytearray()  # received bytes not yet parsed
+        self._frames = framing.FrameParser()
+        self._messages: Deque[Tuple[int, bytes]] = collections.deque()
         self.frames_sent = 0
         self.bytes_sent = 0
 
@@ -169,23 +154,19 @@ class RawPeer:
         return self.read_http(timeout)
 
     def read_frame(self, timeout: float = RAW_TIMEOUT_S) -> Optional[Tuple[int, bytes]]:
-        """The next server frame ``(opcode, payload)``; None at EOF."""
+        """The next server message or control frame ``(opcode, payload)``; None at EOF.
+
+        Fragments come back joined. A frame that breaks RFC 6455 raises
+        :class:`sente_lite.framing.ProtocolError`.
+        """
         deadline = time.monotonic() + timeout
-        while True:
-            buf = self._buf
-            if len(buf) >= 2:
-                length, offset = buf[1] & 0x7F, 2
-                if length == 126 and len(buf) >= 4:
-                    length, offset = struct.unpack("!H", buf[2:4])[0], 4
-                elif length == 127 and len(buf) >= 10:
-                    length, offset = struct.unpack("!Q", buf[2:10])[0], 10
-                if (buf[1] & 0x7F) < 126 or offset > 2:
-                    if len(buf) >= offset + length:
-                        opcode, payload = buf[0] & 0x0F, bytes(buf[offset:offset + length])
-                        del buf[:offset + length]
-                        return opcode, payload
-            if not self._fill(deadline):
+        while not self._messages:
+            if self._buf:
+                data, self._buf = bytes(self._buf), bytearray()
+                self._messages.extend(self._frames.feed(data))
+            elif not self._fill(deadline):
                 return None
+        return self._messages.popleft()
 
     def read_text(self, timeout: float = RAW_TIMEOUT_S) -> Any:
         """The next text frame decoded as JSON (pings from the protocol skipped)."""
