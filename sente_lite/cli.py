@@ -14,10 +14,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import discovery
 from . import limits as lim
+from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
 from .server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
                      Server)
+from .tracing import new_traceparent, trace_id
 
 DEFAULT_PORT = 8765
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/chsk"
@@ -99,6 +101,12 @@ SERVE_SETTINGS = (
             "ping every connection this often; one silent for 3x this is closed (4000)", "heartbeat_ms"),
     Setting("--no-metrics", "bool", False, "do not serve GET /metrics"),
     Setting("--demo", "bool", False, "serve a live demo page (chat over channels) at GET /", "demo"),
+    Setting("--tracing", "bool", False, "emit OpenTelemetry spans for traced messages (needs the "
+            "[otel] extra)", "tracing"),
+    Setting("--history-size", "int", DEFAULT_HISTORY_SIZE, "messages kept per channel for "
+            "recovery (0: off)", "history_size"),
+    Setting("--history-ttl-s", "float", DEFAULT_HISTORY_TTL_S, "seconds a message stays in its "
+            "channel's history", "history_ttl_s"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
 )
 
@@ -164,8 +172,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_sub(args: argparse.Namespace) -> int:
     def show(msg: ChannelMessage) -> None:
-        print(json.dumps({"channel-id": msg.channel_id, "offset": msg.offset, "epoch": msg.epoch,
-                          "from": msg.from_uid, "data": msg.data}), flush=True)
+        line = {"channel-id": msg.channel_id, "offset": msg.offset, "epoch": msg.epoch,
+                "from": msg.from_uid, "data": msg.data}
+        if args.trace:
+            line["traceparent"] = msg.traceparent
+            line["trace-id"] = trace_id(msg.traceparent) if msg.traceparent else None
+        print(json.dumps(line), flush=True)
 
     stop = _stop_on_signal()
     with Client(_resolve_url(args)) as client:
@@ -187,7 +199,8 @@ def cmd_pub(args: argparse.Namespace) -> int:
         if not client.wait_connected(args.timeout):
             print(f"error: could not connect to {client.url} within {args.timeout}s", file=sys.stderr)
             return 1
-        reply = client.publish(args.channel, data, ack=True, timeout=args.timeout)
+        reply = client.publish(args.channel, data, ack=True, timeout=args.timeout,
+                               traceparent=new_traceparent() if args.trace else None)
     print(json.dumps(reply), flush=True)
     return 0
 
@@ -227,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--url", default=DEFAULT_URL)
         where.add_argument("--port-file", help="read the server URL from this port file")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds for connect/ack")
+        p.add_argument("--trace", action="store_true",
+                       help="show each message's traceparent and trace id" if name == "sub" else
+                       "publish with a new W3C traceparent (the reply shows it)")
         p.set_defaults(func=func)
 
     try:

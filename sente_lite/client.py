@@ -30,6 +30,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Union
 import websocket  # websocket-client
 
 from . import packers
+from . import tracing
 from . import protocol as p
 from . import session as ss
 from .limits import validate_milliseconds
@@ -282,22 +283,26 @@ class Client(ChannelsMixin, InboundMixin):
             self._handlers[event].remove(fn)
 
     # -- sending ----------------------------------------------------------------
-    def send(self, event: str, data: Any = None) -> None:
-        """Send an event. While disconnected it is queued (see ``max_pending_sends``)."""
+    def send(self, event: str, data: Any = None, *, traceparent: Optional[str] = None) -> None:
+        """Send an event. While disconnected it is queued (see ``max_pending_sends``).
+        ``traceparent`` (W3C) is added to the data map (:mod:`sente_lite.tracing`)."""
         if not p.is_valid_event_id(event):
             raise ValueError(f"invalid event-id {event!r}")
+        data = _traced(data, traceparent)
         self._send_frame(self._session.packer.encode(event, data), None)
 
-    def request(self, event: str, data: Any = None, timeout: Optional[float] = None) -> Any:
+    def request(self, event: str, data: Any = None, timeout: Optional[float] = None, *,
+                traceparent: Optional[str] = None) -> Any:
         """Send a request and wait for its reply.
 
         Raises :class:`RemoteError` (with the protocol code), :class:`RequestTimeout`,
-        :class:`Disconnected` or :class:`SendQueueFull`.
+        :class:`Disconnected` or :class:`SendQueueFull`. ``traceparent`` (W3C) is
+        added to the data map; the server keeps it on the reply map.
         """
         if not p.is_valid_event_id(event):
             raise ValueError(f"invalid event-id {event!r}")
         timeout = self.request_timeout if timeout is None else timeout
-        cb_id, fut = self._start_request(event, data)
+        cb_id, fut = self._start_request(event, _traced(data, traceparent))
         self._roles.hand_off_reading()
         try:
             return fut.result(timeout)
@@ -389,6 +394,19 @@ class Client(ChannelsMixin, InboundMixin):
 
 
 
+
+
+def _traced(data: Any, traceparent: Optional[str]) -> Any:
+    """``data`` (a map, or None) with ``traceparent`` added; ValueError when it cannot carry one."""
+    if traceparent is None:
+        return data
+    if tracing.valid(traceparent) is None:
+        raise ValueError(f"traceparent must be a W3C version-00 traceparent, got {traceparent!r}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("traceparent travels in the data map: data must be a dict (or None)")
+    return dict(data, **{tracing.TRACEPARENT: traceparent})
 
 
 __all__ = ["Client", "ChannelMessage", "ChannelHandler", "Recovery", "RecoveryHandler",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from . import protocol as p
 from . import session as ss
+from . import tracing
 from .channels import Since
 from .client_io import resolve
 from .errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
@@ -130,7 +131,8 @@ class ChannelsMixin:
         return sorted(self._subs)
 
     def publish(self: "Client", channel_id: str, data: Any = None, *, ack: bool = False,
-                exclude_sender: bool = False, timeout: Optional[float] = None) -> Optional[dict]:
+                exclude_sender: bool = False, timeout: Optional[float] = None,
+                traceparent: Optional[str] = None) -> Optional[dict]:
         """Publish on ``channel_id``. With ``ack`` wait for the acknowledgement
         (``channel-id``, ``offset``, ``delivered``; ``duplicate`` when an earlier
         send of it had landed) and return it.
@@ -140,20 +142,23 @@ class ChannelsMixin:
         if the connection drops first it is sent again, same id, after the
         reconnect, and the server delivers it once. At most
         ``max_unacked_publishes`` wait for their ack: one more raises
-        :class:`SendQueueFull`. A publish the server refuses (``forbidden``, ...)
+        :class:`SendQueueFull`. ``traceparent`` (W3C) travels with the message to
+        every subscriber and comes back in the acknowledgement. A publish the server refuses (``forbidden``, ...)
         raises :class:`RemoteError` with ``ack``; without, it is counted
         (``publish_errors``) and logged.
         """
         problem = p.channel_id_problem(channel_id)
         if problem:
             raise ValueError(problem)
+        if traceparent is not None and tracing.valid(traceparent) is None:
+            raise ValueError(f"traceparent must be a W3C version-00 traceparent, got {traceparent!r}")
         if self._stop.is_set():
             raise ClientClosed("client closed")
         fut: Optional["concurrent.futures.Future[Any]"] = concurrent.futures.Future() if ack else None
         with self._send_lock:
             try:
                 cb_id, frame = self._session.publish(channel_id, data, exclude_sender, fut,
-                                                     time.monotonic())
+                                                     time.monotonic(), traceparent)
             except LimitExceeded as exc:
                 raise SendQueueFull(str(exc)) from None
             if self._status == CONNECTED and self._ws is not None:

@@ -18,6 +18,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import websocket  # websocket-client
 
 from . import protocol as p
+from .framing import OP_BINARY as _OP_BINARY, OP_CLOSE as _OP_CLOSE, OP_PING as _OP_PING
+from .framing import OP_TEXT as _OP_TEXT, SocketFrameReader
 from . import session as ss
 from .session import CONNECTED
 from .errors import ClientClosed, ConnectRefused, SendQueueFull
@@ -42,109 +44,10 @@ def backoff_delay(attempt: int, base: float, maximum: float,
     return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
 
 
-_OP_CONT, _OP_TEXT, _OP_BINARY = 0x0, 0x1, 0x2
-_OP_CLOSE, _OP_PING, _OP_PONG = 0x8, 0x9, 0xA
-#: Bytes asked of the socket per read; one read usually holds many small frames.
-_READ_CHUNK = 256 * 1024
-
-
-class _FrameReader:
-    """Parses the server's WebSocket frames (RFC 6455 5.2) from a blocking socket.
-
-    One ``recv`` may hold many frames: :meth:`read` returns every whole message in
-    it, where websocket-client would make two ``recv`` calls per frame. Fragmented
-    messages are reassembled; control frames come back as they arrive. A masked
-    frame, a reserved bit (no extension is negotiated) or a bad opcode or
-    fragment sequence raises ``WebSocketProtocolException``.
-    """
-
-    __slots__ = ("_sock", "_buf", "_parts", "_have", "_need", "_frag", "_frag_op",
-                 "_recv_into", "_chunk", "_chunk_view")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        # ``recv(256 KiB)`` would allocate (mmap) and shrink (mremap, munmap) a fresh
-        # 256 KiB object per call, about 10 us of system time each: read into one
-        # reused buffer instead and copy out only the bytes that came.
-        self._recv_into = getattr(sock, "recv_into", None)
-        self._chunk = bytearray(_READ_CHUNK) if self._recv_into is not None else bytearray()
-        self._chunk_view = memoryview(self._chunk)
-        self._buf = b""
-        self._parts: List[bytes] = []  # received bytes of a frame bigger than one read
-        self._have = 0
-        self._need = 0
-        self._frag: Optional[List[bytes]] = None
-        self._frag_op = 0
-
-    def read(self) -> List[tuple]:
-        """Block for one ``recv``; return the (opcode, payload) of each whole message."""
-        if self._recv_into is not None:
-            data = self._chunk_view[:self._recv_into(self._chunk)].tobytes()
-        else:  # a socket-like object without recv_into
-            data = self._sock.recv(_READ_CHUNK)
-        if not data:
-            raise websocket.WebSocketConnectionClosedException("connection closed by the server")
-        if self._need:  # the rest of one big frame: join once, when it is all here
-            self._parts.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return []
-            data = b"".join(self._parts)
-            self._parts, self._have, self._need = [], 0, 0
-        elif self._buf:
-            data = self._buf + data
-        out: List[tuple] = []
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            b0, b1 = data[pos], data[pos + 1]
-            n = b1 & 0x7F
-            head = 2
-            if n == 126:
-                if end - pos < 4:
-                    break
-                n = (data[pos + 2] << 8) | data[pos + 3]
-                head = 4
-            elif n == 127:
-                if end - pos < 10:
-                    break
-                n = int.from_bytes(data[pos + 2:pos + 10], "big")
-                head = 10
-            if b1 & 0x80 or b0 & 0x70:
-                raise websocket.WebSocketProtocolException(
-                    "server frame is masked or sets a reserved bit")
-            stop = pos + head + n
-            if stop > end:
-                if stop - pos > _READ_CHUNK:
-                    self._parts, self._have, self._need = [data[pos:]], end - pos, stop - pos
-                    self._buf = b""
-                    return out
-                break
-            payload = data[pos + head:stop]
-            pos = stop
-            op = b0 & 0x0F
-            fin = b0 & 0x80
-            if op == _OP_TEXT or op == _OP_BINARY:
-                if self._frag is not None:
-                    raise websocket.WebSocketProtocolException("new message inside a fragmented one")
-                if fin:
-                    out.append((op, payload))
-                else:
-                    self._frag, self._frag_op = [payload], op
-            elif op == _OP_CONT:
-                if self._frag is None:
-                    raise websocket.WebSocketProtocolException("continuation frame with no message")
-                self._frag.append(payload)
-                if fin:
-                    out.append((self._frag_op, b"".join(self._frag)))
-                    self._frag = None
-            elif op in (_OP_CLOSE, _OP_PING, _OP_PONG):
-                if not fin or n > 125:
-                    raise websocket.WebSocketProtocolException("control frame fragmented or too long")
-                out.append((op, payload))
-            else:
-                raise websocket.WebSocketProtocolException(f"unknown opcode {op}")
-        self._buf = data[pos:] if pos < end else b""
-        return out
+def _FrameReader(sock: socket.socket) -> SocketFrameReader:
+    """A reader of the server's frames that raises websocket-client's exceptions."""
+    return SocketFrameReader(sock, websocket.WebSocketProtocolException,
+                             websocket.WebSocketConnectionClosedException)
 
 
 class Connector:

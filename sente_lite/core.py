@@ -19,6 +19,7 @@ from websockets.http11 import Request
 
 from . import protocol as p
 from . import session as ss
+from . import tracing
 from .channels import Published, RecoveryResult
 from .counters import Counter
 from .front import Identity
@@ -120,7 +121,12 @@ class ServerCore:
         started = time.perf_counter()
         try:
             received = conn._session.receive(msg)
-            self._apply(conn, received, msg)
+            traced = getattr(received.events[0], "traceparent", None) if received.events else None
+            if traced is None:
+                self._apply(conn, received, msg)
+            else:
+                with tracing.active(traced):
+                    self._apply(conn, received, msg)
             for ev in received.events:
                 if type(ev) is not ss.ReplyArrived and getattr(ev, "cb_id", None) is not None:
                     self.server._latency.observe(time.perf_counter() - started)
@@ -169,15 +175,20 @@ class ServerCore:
             for frame in conn._session.no_handler(ev.event, ev.cb_id):
                 conn._enqueue(frame)
             return
+        spans = self.server._spans
         try:
-            result = handler(conn, ev.data)
+            with spans.span("request" if ev.cb_id is not None else "event", ev.traceparent,
+                            {"sente_lite.event": ev.event, "sente_lite.conn_id": conn.conn_id}):
+                result = handler(conn, ev.data)
         except Exception as exc:
-            log.exception("handler for %s raised (conn %s)", ev.event, conn.conn_id)
+            log.exception("handler for %s raised (conn %s)%s", ev.event, conn.conn_id,
+                          tracing.log_suffix())
             for frame in conn._session.handler_failed(ev.event, ev.cb_id, exc):
                 conn._enqueue(frame)
             return
         if ev.cb_id is not None:
-            conn._enqueue(conn._session.reply(ev.event, ev.cb_id, result))
+            with spans.span("reply", ev.traceparent, {"sente_lite.event": ev.event}):
+                conn._enqueue(conn._session.reply(ev.event, ev.cb_id, result, ev.traceparent))
 
     def _refused(self, conn: "Connection", action: str, channel_id: str,
                  event: str, cb_id: Optional[str]) -> bool:
@@ -199,7 +210,8 @@ class ServerCore:
     def _publish(self, conn: "Connection", ev: ss.PublishRequest) -> None:
         if self._refused(conn, "publish", ev.channel_id, p.EV_PUBLISH, ev.cb_id):
             return
-        channel, cb_id = ev.channel_id, ev.cb_id
+        channel, cb_id, traceparent = ev.channel_id, ev.cb_id, ev.traceparent
+        spans = self.server._spans
 
         def answer(result: Any) -> None:  # on the thread that ran the publish, in channel order
             if isinstance(result, BaseException):
@@ -209,12 +221,19 @@ class ServerCore:
                 conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
                                                   f"internal error handling {p.EV_PUBLISH}", cb_id,
                                                   p.EV_PUBLISH))
-            elif cb_id is not None and isinstance(result, Published):
-                conn._enqueue(conn._session.published(result, cb_id))
+            elif isinstance(result, Published):
+                if traceparent is not None:
+                    spans.event("fan-out", traceparent, {
+                        "sente_lite.channel": channel, "sente_lite.offset": result.offset,
+                        "sente_lite.delivered": result.delivered})
+                if cb_id is not None:
+                    conn._enqueue(conn._session.published(result, cb_id, traceparent))
 
         # Never waits for a busy channel: its holder publishes this too, and answers.
-        self.server._hub.publish(channel, ev.data_json, conn.uid,
-                                 conn.conn_id if ev.exclude_sender else None, answer, ev.publish_id)
+        with spans.span("publish", traceparent, {"sente_lite.channel": channel}, kind="CONSUMER"):
+            self.server._hub.publish(channel, ev.data_json, conn.uid,
+                                     conn.conn_id if ev.exclude_sender else None, answer,
+                                     ev.publish_id, traceparent)
 
     def _authorize(self, conn: "Connection", action: str, channel_id: str) -> Optional[Tuple[str, str]]:
         """Checks of one subscribe/publish: None allows, (error code, message) refuses.

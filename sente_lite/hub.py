@@ -17,7 +17,9 @@ import collections
 import threading
 from typing import (Any, Callable, Dict, Hashable, List, Optional, Protocol, Set, Tuple)
 
+from . import compression
 from . import protocol as p
+from . import tracing
 from .packers import JSON_PACKER, Packer
 from .channels import ChannelRegistry, Published, RecoveryResult, Since
 from .counters import Counter, Counters
@@ -68,25 +70,36 @@ class Built:
     """One channel message, built once per publish: the whole WebSocket frame for
     JSON connections, and, made on first use, for each other packer in use."""
 
-    __slots__ = ("wire", "size", "_value", "_others")
+    __slots__ = ("wire", "size", "_value", "_others", "traceparent")
 
-    def __init__(self, wire: bytes, size: int, value: Callable[[], Any]) -> None:
+    def __init__(self, wire: bytes, size: int, value: Callable[[], Any],
+                 traceparent: Optional[str] = None) -> None:
         self.wire = wire
         self.size = size
         self._value = value
         self._others: Optional[Dict[str, Tuple[bytes, int]]] = None
+        self.traceparent = traceparent
 
-    def for_packer(self, packer: Packer, frame: Callable[[bytes, bool], bytes]) -> Tuple[bytes, int]:
-        """(wire, payload size) of this message for ``packer``'s connections."""
-        if packer is JSON_PACKER:
+    def for_packer(self, packer: Packer, frame: Callable[..., bytes], deflate_bits: int = 0,
+                   min_compress: int = 0) -> Tuple[bytes, int]:
+        """(wire, payload size) of this message for connections of ``packer`` (and of
+        a negotiated permessage-deflate window, when ``deflate_bits``)."""
+        if packer is JSON_PACKER and not deflate_bits:
             return self.wire, self.size
         others = self._others
         if others is None:
             others = self._others = {}
-        built = others.get(packer.name)
+        key = f"{packer.name}/{deflate_bits}"
+        built = others.get(key)
         if built is None:
-            payload = packer.encode_value(self._value())
-            built = others[packer.name] = (frame(payload, packer.binary), len(payload))
+            payload = (self.wire[-self.size:] if packer is JSON_PACKER
+                       else packer.encode_value(self._value()))
+            wire = None
+            if deflate_bits and len(payload) >= min_compress:
+                packed = compression.deflate(payload, deflate_bits)
+                if len(packed) < len(payload):
+                    wire = frame(packed, packer.binary, True)
+            built = others[key] = (wire or frame(payload, packer.binary), len(payload))
         return built
 
 
@@ -98,7 +111,11 @@ class Hub:
     """Registries of live connections and users, and channel fan-out through a broker."""
 
     def __init__(self, broker: Broker, counters: Counters, max_remembered_clients: int,
-                 ws_frame: Callable[[bytes, bool], bytes]) -> None:
+                 ws_frame: Callable[..., bytes],
+                 spans: Optional[tracing.Spans] = None,
+                 min_compress: int = compression.DEFAULT_COMPRESSION_MIN_BYTES) -> None:
+        self.spans = spans or tracing.Spans(False)
+        self.min_compress = min_compress
         self.broker = broker
         self.counters = counters
         self.max_remembered_clients = max_remembered_clients
@@ -170,22 +187,30 @@ class Hub:
 
     def publish(self, channel: str, data_json: str, from_uid: Optional[str],
                 exclude: Optional[str], answer: Optional[Callable[[Any], None]] = None,
-                publish_id: Optional[str] = None) -> Optional[Published]:
+                publish_id: Optional[str] = None,
+                traceparent: Optional[str] = None) -> Optional[Published]:
         """Publish ``data_json`` (already encoded) on ``channel``. With ``answer``
         never wait: ``answer(result)`` gets the Published (or the exception) and
-        None may be returned; without, wait and return the Published."""
+        None may be returned; without, wait and return the Published. Every
+        delivery carries ``traceparent`` when given."""
         js = self.json_string
+        traced = f'"{tracing.TRACEPARENT}":"{traceparent}",' if traceparent is not None else ""
         head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{js(channel)},'
-                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{js(from_uid)},"{p.K_OFFSET}":')
+                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{js(from_uid)},{traced}"{p.K_OFFSET}":')
         ws_frame = self._ws_frame
 
         def make_frame(offset: int, epoch: str) -> Any:
             # Encoded once per publish, as a whole WebSocket frame, for every subscriber
             # (and once more for each other packer in use, when first needed).
             frame = f'{head}{offset},"{p.K_EPOCH}":{js(epoch)}}}]'.encode("utf-8")
-            return Built(ws_frame(frame, False), len(frame), lambda: [p.EV_CHANNEL_MSG, {
-                p.K_CHANNEL: channel, p.K_DATA: p.loads(data_json), p.K_FROM: from_uid,
-                p.K_OFFSET: offset, p.K_EPOCH: epoch}])
+            def value() -> Any:
+                body = {p.K_CHANNEL: channel, p.K_DATA: p.loads(data_json), p.K_FROM: from_uid}
+                if traceparent is not None:
+                    body[tracing.TRACEPARENT] = traceparent
+                body.update({p.K_OFFSET: offset, p.K_EPOCH: epoch})
+                return [p.EV_CHANNEL_MSG, body]
+
+            return Built(ws_frame(frame, False), len(frame), value, traceparent)
 
         counters = self.counters
 
@@ -204,9 +229,12 @@ class Hub:
         conn = self.conns.get(member)
         if conn is None:
             return False
-        if conn.packer is JSON_PACKER:
+        if built.traceparent is not None and self.spans.enabled:
+            self.spans.event("deliver", built.traceparent, {"sente_lite.conn_id": conn.conn_id})
+        if conn.packer is JSON_PACKER and not conn.deflate_bits:
             return conn.deliver(built.wire, built.size)
-        return conn.deliver(*built.for_packer(conn.packer, self._ws_frame))
+        return conn.deliver(*built.for_packer(conn.packer, self._ws_frame, conn.deflate_bits,
+                                              self.min_compress))
 
     def subscribe(self, conn: Member, channel: str, announce: Announce,
                   since: Optional[Since]) -> None:
@@ -215,13 +243,19 @@ class Hub:
     def _send(self, conns: List[Any], event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to ``conns``, encoded once per packer in use (``json_payload``:
         its JSON encoding, already made)."""
+        payloads = {JSON_PACKER.name: json_payload}
         built = {JSON_PACKER.name: (self._ws_frame(json_payload, False), len(json_payload))}
         taken = 0
         for conn in conns:
             packer = conn.packer
+            payload = payloads.get(packer.name)
+            if payload is None:
+                payload = payloads[packer.name] = packer.encode(event, data)
+            if conn.deflate_bits:  # compressed for that connection's window
+                taken += bool(conn._enqueue(payload))
+                continue
             wire = built.get(packer.name)
             if wire is None:
-                payload = packer.encode(event, data)
                 wire = built[packer.name] = (self._ws_frame(payload, packer.binary), len(payload))
             taken += bool(conn.deliver(*wire))
         return taken

@@ -186,7 +186,8 @@ class Link:
         self.address = address
         self.remote = remote
         self.sente_remote = remote  # the name security.Gate reads
-        self.protocol = ServerProtocol(max_size=loop.max_message_bytes, logger=_PROTOCOL_LOGGER)
+        self.protocol = ServerProtocol(max_size=loop.max_message_bytes, extensions=loop.extensions,
+                                       logger=_PROTOCOL_LOGGER)
         self.lock = threading.Lock()
         self.outbox = Outbox(self._write, loop.max_queued_bytes, loop.write_delay_ns)
         self.tls = tls
@@ -306,8 +307,10 @@ class NetLoop:
         max_pending_handshakes: int,
         max_pending_handshakes_per_address: int,
         tick_s: float,
+        extensions: Optional[List[Any]] = None,
     ) -> None:
         self.handler = handler
+        self.extensions = extensions  # websockets extension factories offered to every upgrade
         self.host = host
         self.requested_port = port
         self.ssl_context = ssl_context

@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from websockets.http11 import Request, Response
 
+from . import tracing
 from .logsafe import safe
 
 log = logging.getLogger("sente_lite.security")
@@ -385,6 +386,9 @@ def report(logger: logging.Logger, what: str, reason: str, *, conn_id: Optional[
         return
     fields: Dict[str, Any] = {"reason": reason, "conn-id": conn_id, "uid": uid, "remote": remote}
     fields.update((k.replace("_", "-"), v) for k, v in detail.items())
+    traced = tracing.current()
+    if traced is not None:
+        fields["trace"] = tracing.trace_id(traced)
     if folded:
         fields["folded"] = folded
     # Every value may come from the peer: one line, printable, no credential (logsafe.safe).

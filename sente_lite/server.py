@@ -27,7 +27,6 @@ import concurrent.futures
 import itertools
 import logging
 import ssl
-import struct
 import threading
 import time
 import uuid
@@ -36,7 +35,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 from websockets.http11 import Request, Response
 
 from . import channels as ch
+from . import compression as compression_mod
 from . import discovery
+from . import tracing as tracing_mod
 from . import packers
 from . import limits as lim
 from . import protocol as p
@@ -46,6 +47,7 @@ from .channels import Published
 from .core import ServerCore
 from .counters import Counter, Counters
 from .errors import Disconnected, LimitExceeded, RequestTimeout
+from .framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from .hub import Broker, Hub, LocalBroker
 from .metrics import LatencyHistogram, MetricsExporter
@@ -103,6 +105,10 @@ class Connection:
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
         self.packer = packers.get(ident.packer)
+        #: window bits of a negotiated permessage-deflate (0: frames go uncompressed)
+        self.deflate_bits = compression_mod.negotiated_window_bits(link.protocol.extensions)
+        self._min_compress = server.compression_min_bytes
+        self.wire_bytes_out = 0
         self._session = ServerSession(conn_id, server._rules, time.monotonic(), server.counters,
                                       self.packer)
         # inbound counters, written by the network thread only
@@ -139,6 +145,10 @@ class Connection:
 
         False when the connection is closing or its outbound queue overflowed.
         """
+        if self.deflate_bits and len(frame) >= self._min_compress:
+            packed = compression_mod.deflate(frame, self.deflate_bits)
+            if len(packed) < len(frame):
+                return self._enqueue_wire(_ws_frame(packed, self.packer.binary, True), len(frame))
         return self._enqueue_wire(_ws_frame(frame, self.packer.binary), len(frame))
 
     def deliver(self, wire: bytes, size: int) -> bool:
@@ -164,6 +174,7 @@ class Connection:
                 link._push_locked(wire)
                 self.frames_out += 1
                 self.bytes_out += size
+                self.wire_bytes_out += len(wire)
             return True
         except Overflow:
             pass
@@ -283,6 +294,14 @@ class Server:
     ``publish_dedup_s`` (at most ``max_publish_ids_per_channel`` per channel) so a
     resent publish is delivered once. ``broker``: where channels live (default:
     this process, :class:`~sente_lite.hub.LocalBroker`).
+
+    A ``traceparent`` in a publish body or a request's data map stays on every
+    delivery, acknowledgement, reply map and log line (:mod:`sente_lite.tracing`);
+    ``tracing=True`` also emits OpenTelemetry spans (extra ``[otel]``).
+
+    ``compression="deflate"`` offers permessage-deflate: frames of at least
+    ``compression_min_bytes`` go compressed to peers that accept it, a channel
+    message compressed once per publish (:mod:`sente_lite.compression`).
     """
 
     def __init__(
@@ -329,6 +348,9 @@ class Server:
         publish_dedup_s: float = ch.DEFAULT_PUBLISH_DEDUP_S,
         max_publish_ids_per_channel: int = ch.DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
         broker: Optional[Broker] = None,
+        tracing: bool = False,
+        compression: Optional[str] = None,
+        compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
     ) -> None:
         if heartbeat_ms <= 0:
@@ -390,7 +412,12 @@ class Server:
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
             max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters)
-        self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame)
+        self.compression = compression_mod.validate(compression)
+        lim.validate_positive("compression_min_bytes", compression_min_bytes)
+        self.compression_min_bytes = compression_min_bytes
+        self._spans = tracing_mod.Spans(tracing)
+        self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame, self._spans,
+                        compression_min_bytes)
         self._rules = ServerRules(
             heartbeat_ms=heartbeat_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             max_bad_frames_in_row=max_bad_frames_in_row,
@@ -441,7 +468,8 @@ class Server:
             request_line_timeout=self.request_line_timeout,
             max_pending_handshakes=self.max_pending_handshakes,
             max_pending_handshakes_per_address=self.max_pending_handshakes_per_address,
-            tick_s=min(1.0, self.heartbeat_ms / 4000.0))
+            tick_s=min(1.0, self.heartbeat_ms / 4000.0),
+            extensions=compression_mod.server_extensions(self.compression))
         self._pool.start()
         try:
             self._loop.start()
@@ -642,33 +670,17 @@ class Server:
 
 
 _PING = p.encode_bytes(p.EV_PING)
-_HEAD_16 = struct.Struct("!BBH")
-_HEAD_64 = struct.Struct("!BBQ")
 #: Counts each connection keeps; stats() adds those of the ended ones.
-_PER_CONN_TOTALS = ("frames_in", "frames_out", "writes_out", "frames_inline", "bytes_in", "bytes_out")
+_PER_CONN_TOTALS = ("frames_in", "frames_out", "writes_out", "frames_inline", "bytes_in", "bytes_out",
+                    "wire_bytes_out")
 
 
-def _text_frame(payload: bytes) -> bytes:
-    """``payload`` as one unmasked, final WebSocket text frame (RFC 6455 5.2): the bytes
-    websockets' ``send_text`` writes for a server without extensions."""
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65536:
-        return _HEAD_16.pack(0x81, 126, n) + payload
-    return _HEAD_64.pack(0x81, 127, n) + payload
-
-
-def _ws_frame(payload: bytes, binary: bool) -> bytes:
-    """``payload`` as one unmasked, final text (or binary) WebSocket frame."""
-    if not binary:
+def _ws_frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
+    """``payload`` as one unmasked, final text (or binary) WebSocket frame
+    (``compressed``: a permessage-deflate message, RSV1 set)."""
+    if not binary and not compressed:
         return _text_frame(payload)
-    n = len(payload)
-    if n < 126:
-        return bytes((0x82, n)) + payload
-    if n < 65536:
-        return _HEAD_16.pack(0x82, 126, n) + payload
-    return _HEAD_64.pack(0x82, 127, n) + payload
+    return encode_frame(payload, OP_BINARY if binary else OP_TEXT, rsv=4 if compressed else 0)
 
 
 _PING_WIRE = _text_frame(_PING)

@@ -23,6 +23,7 @@ from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Unio
 
 from . import limits as lim
 from . import protocol as p
+from . import tracing
 from .channels import Published, RecoveryResult, Since
 from .counters import Counter, Counters  # noqa: F401 (Counter: for callers)
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
@@ -36,11 +37,13 @@ Waiter = Any  # whatever the adapter waits on (a Future); the session only hands
 
 # -- what a session gives back -------------------------------------------------------
 class AppEvent(NamedTuple):
-    """An application event for the handler of ``event`` (``cb_id``: a reply is due)."""
+    """An application event for the handler of ``event`` (``cb_id``: a reply is due;
+    ``traceparent``: the valid W3C traceparent of its data map, if any)."""
 
     event: str
     data: Any
     cb_id: Optional[str]
+    traceparent: Optional[str] = None
 
 
 class SubscribeRequest(NamedTuple):
@@ -62,6 +65,7 @@ class PublishRequest(NamedTuple):
     publish_id: Optional[str]
     exclude_sender: bool
     cb_id: Optional[str]
+    traceparent: Optional[str] = None
 
 
 class ReplyArrived(NamedTuple):
@@ -269,7 +273,7 @@ class ServerSession:
             return self._bad_frame(exc.message, exc.cb_id)
         self.bad_in_row = 0
         if not p.is_reserved(event):
-            return Received([AppEvent(event, data, cb_id)], [])
+            return Received([AppEvent(event, data, cb_id, tracing.of(data))], [])
         builtin = _SERVER_BUILTINS.get(event)
         if builtin is None:
             self.counters.add(Counter.UNKNOWN_EVENTS)
@@ -357,12 +361,16 @@ class ServerSession:
         except p.EncodeError as exc:  # e.g. MessagePack bytes: every subscriber must be able to read it
             return self._bad_frame(f"publish data must be JSON-representable: {exc}", cb_id)
         return Received([PublishRequest(channel, data_json, publish_id,
-                                        data.get(p.K_EXCLUDE_SENDER) is True, cb_id)], [])
+                                        data.get(p.K_EXCLUDE_SENDER) is True, cb_id,
+                                        tracing.of(data))], [])
 
     # -- answers ----------------------------------------------------------------------
-    def reply(self, event: str, cb_id: str, result: Any) -> bytes:
+    def reply(self, event: str, cb_id: str, result: Any, traceparent: Optional[str] = None) -> bytes:
         """The reply to request ``cb_id`` whose handler returned ``result`` (a
-        ``handler-error`` frame when it is not JSON-encodable)."""
+        ``handler-error`` frame when it cannot be encoded). A traced request's reply
+        map carries its ``traceparent`` (unless the handler set one)."""
+        if traceparent is not None and isinstance(result, dict) and tracing.TRACEPARENT not in result:
+            result = dict(result, **{tracing.TRACEPARENT: traceparent})
         frame, ok = reply_frame(event, result, cb_id, self.packer)
         if not ok:
             self.counters.add(Counter.HANDLER_ERRORS)
@@ -403,11 +411,13 @@ class ServerSession:
         return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
                 else self.packer.encode(p.EV_UNSUBSCRIBED, body))
 
-    def published(self, result: Published, cb_id: str) -> bytes:
+    def published(self, result: Published, cb_id: str, traceparent: Optional[str] = None) -> bytes:
         body: Dict[str, Any] = {p.K_CHANNEL: result.channel_id, p.K_OFFSET: result.offset,
                                 p.K_DELIVERED: result.delivered}
         if result.duplicate:
             body[p.K_DUPLICATE] = True
+        if traceparent is not None:
+            body[tracing.TRACEPARENT] = traceparent
         return self.packer.encode(p.EV_REPLY, body, cb_id)
 
     # -- our requests to the peer ------------------------------------------------------
@@ -521,13 +531,15 @@ class Handshake(NamedTuple):
 
 
 class ChannelMessage(NamedTuple):
-    """One channel delivery as a channel handler receives it."""
+    """One channel delivery as a channel handler receives it (``traceparent``: the
+    publisher's, when it traced the publish)."""
 
     channel_id: str
     data: Any
     from_uid: Optional[str]
     offset: int
     epoch: str
+    traceparent: Optional[str] = None
 
 
 class Recovery(NamedTuple):
@@ -695,7 +707,7 @@ class ClientSession:
         return self._requests.has(cb_id)
 
     def publish(self, channel_id: str, data: Any, exclude_sender: bool, waiter: Optional[Waiter],
-                now: float) -> Tuple[str, bytes]:
+                now: float, traceparent: Optional[str] = None) -> Tuple[str, bytes]:
         """A publish with a fresh id, kept until acknowledged (and resent after a
         reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``."""
         if len(self._unacked) >= self.max_unacked_publishes:
@@ -706,6 +718,8 @@ class ClientSession:
         body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_ID: publish_id}
         if exclude_sender:
             body[p.K_EXCLUDE_SENDER] = True
+        if traceparent is not None:
+            body[tracing.TRACEPARENT] = traceparent
         cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"),
                                                   packer=self.packer)
         self._kinds[cb_id] = (_PUBLISH_KIND, publish_id)
@@ -841,7 +855,8 @@ class ClientSession:
     def _channel_msg(self, data: Any) -> Received:
         try:
             msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]))
+                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]),
+                                 tracing.valid(data.get(tracing.TRACEPARENT)))
         except (TypeError, KeyError, ValueError, AttributeError):
             self._count("bad_frames_from_server")
             log.warning("malformed channel message: %s", safe(repr(data)))

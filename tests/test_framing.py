@@ -21,7 +21,6 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from sente_lite import client as client_module
 from sente_lite import server as server_module
 from sente_lite.framing import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, READ_CHUNK,
                                 FrameParser, ProtocolError, SocketFrameReader, encode_frame,
@@ -382,36 +381,3 @@ def test_socket_reader_raises_the_given_exceptions() -> None:
                                        websocket.WebSocketProtocolException,
                                        websocket.WebSocketConnectionClosedException)
             assert read_until_error(reader)[1] is websocket.WebSocketProtocolException
-
-
-@st.composite
-def arbitrary_frames(draw: Any) -> bytes:
-    """Frames mostly right, sometimes wrong in any field the parser checks."""
-    frames = []
-    for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.sampled_from([OP_TEXT, OP_TEXT, OP_BINARY, OP_CONT, OP_CONT, OP_PING, OP_PONG,
-                                   OP_CLOSE, 3, 0xB]))
-        payload = draw(st.binary(max_size=200))
-        frames.append(encode_frame(payload, op, fin=draw(st.integers(0, 3)) > 0,
-                                   rsv=4 if draw(st.integers(0, 30)) == 0 else 0,
-                                   mask=KEY if draw(st.integers(0, 30)) == 0 else None))
-    return b"".join(frames)
-
-
-def _client_has_its_own_reader() -> bool:
-    reader = getattr(client_module, "_FrameReader", None)
-    return reader is not None and not isinstance(reader(ChunkSocket(b"", [])), SocketFrameReader)
-
-
-@pytest.mark.skipif(not _client_has_its_own_reader(),
-                    reason="the client reads with SocketFrameReader itself: nothing to compare with")
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(arbitrary_frames(), st.lists(st.integers(1, 400), max_size=10), st.booleans())
-def test_socket_reader_does_what_the_clients_reader_does(stream: bytes, sizes: List[int],
-                                                         into: bool) -> None:
-    cls = ChunkSocketInto if into else ChunkSocket
-    theirs = read_until_error(client_module._FrameReader(cls(stream, sizes)))  # type: ignore[attr-defined]
-    mine = read_until_error(SocketFrameReader(cls(stream, sizes),  # type: ignore[arg-type]
-                                              websocket.WebSocketProtocolException,
-                                              websocket.WebSocketConnectionClosedException))
-    assert mine == theirs

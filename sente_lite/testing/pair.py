@@ -177,15 +177,17 @@ class SessionPair:
             head = ev.data_json
 
             def make_frame(offset: int, epoch: str) -> bytes:
-                return self.packer.encode(p.EV_CHANNEL_MSG, {
-                    p.K_CHANNEL: ev.channel_id, p.K_DATA: p.loads(head), p.K_FROM: None,
-                    p.K_OFFSET: offset, p.K_EPOCH: epoch})
+                body = {p.K_CHANNEL: ev.channel_id, p.K_DATA: p.loads(head), p.K_FROM: None,
+                        p.K_OFFSET: offset, p.K_EPOCH: epoch}
+                if ev.traceparent is not None:
+                    body["traceparent"] = ev.traceparent
+                return self.packer.encode(p.EV_CHANNEL_MSG, body)
 
             result = self.registry.publish(
                 ev.channel_id, make_frame, lambda member, frame: self.to_client.append(frame) or True,
                 publish_id=ev.publish_id)
             if ev.cb_id is not None and result is not None:
-                self.to_client.append(server.published(result, ev.cb_id))
+                self.to_client.append(server.published(result, ev.cb_id, ev.traceparent))
         elif kind is ss.CloseConnection:
             self.closed = ev
 
