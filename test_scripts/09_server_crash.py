@@ -39,7 +39,7 @@ import collections
 import time
 from typing import Any, Dict, List, Tuple
 
-from sente_lite.client import ChannelMessage, Recovery
+from sente_lite import ChannelMessage, Recovery
 from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
                                 HarnessError, ProcessContext, ProcessResult, Report, Run,
                                 latencies_ms, latency_summary, percentile, run_scenario, stamp)
