@@ -31,6 +31,9 @@ Parent side::
     if __name__ == "__main__":
         raise SystemExit(run_scenario(story, "two clients hear each other"))
 
+Faults on the network between clients and the server: :class:`Nemesis`, a TCP proxy
+the parent runs and commands (``cut``, ``blackhole``, ``delay``, ``heal``).
+
 Timeouts are named constants: :data:`PROCESS_START_TIMEOUT_S`,
 :data:`SERVER_STARTUP_TIMEOUT_S`, :data:`CLIENT_CONNECT_TIMEOUT_S`, :data:`SCENARIO_TIMEOUT_S`,
 :data:`CLEANUP_TIMEOUT_S`, :data:`TERMINATE_GRACE_S`.
@@ -42,6 +45,7 @@ from .child import Delivery, History, ProcessContext, stamp
 from .common import (CLEANUP_TIMEOUT_S, CLIENT_CONNECT_TIMEOUT_S, PROCESS_START_TIMEOUT_S,
                      SCENARIO_TIMEOUT_S, SENT_NS_KEY, SERVER_STARTUP_TIMEOUT_S, TERMINATE_GRACE_S,
                      CommandFailed, HarnessError, HarnessTimeout, LeakError, ProcessFailed)
+from .nemesis import Nemesis
 from .run import ProcessHandle, ProcessResult, Run, ServerHandle, describe_exit, port_is_free, tail
 from .scenario import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S, KEY_FIGURES, Check,
                        Report, run_scenario)
@@ -56,5 +60,5 @@ __all__ = [
     "KEY_FIGURES", "FIG_CLIENTS", "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S",
     "percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
     "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb",
-    "describe_exit", "port_is_free", "tail",
+    "describe_exit", "port_is_free", "tail", "Nemesis",
 ]
