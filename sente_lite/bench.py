@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from .framing import OP_CLOSE, OP_TEXT, FrameParser, ProtocolError, encode_frame
+from .framing import OP_BINARY, OP_CLOSE, OP_TEXT, FrameParser, ProtocolError, encode_frame
 
 try:  # the load generator parses with orjson when the [fast] extra is installed
     from orjson import loads as _loads
@@ -98,6 +98,9 @@ class Workload:
     drain_s: float = 30.0
     rss_at: Tuple[int, ...] = ()
     profile_dir: Optional[str] = None
+    packer: str = "json"  # the raw driver's packer (negotiated with packer=)
+    batch: bool = False  # the raw driver asks for batches (batch=1)
+    compression: Optional[str] = None  # sente_lite's Server(compression=); asyncio driver offers deflate
 
     @property
     def connections(self) -> int:
@@ -230,7 +233,7 @@ BENCH_MAX_CONNECTIONS = 1_000_000
 
 
 def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_delay_ms: float,
-                 pipe: Any) -> None:
+                 compression: Optional[str], pipe: Any) -> None:
     """Server process: run one server until told to stop; answer ``stats``."""
     raise_nofile()
     if system.startswith("sente_lite"):
@@ -238,7 +241,8 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_
         from .server import Server
         srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms,
                           max_connections=BENCH_MAX_CONNECTIONS,
-                          history_size=0 if system == NO_HISTORY else DEFAULT_HISTORY_SIZE)
+                          history_size=0 if system == NO_HISTORY else DEFAULT_HISTORY_SIZE,
+                          compression=compression)
     else:
         from .bench_baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
@@ -354,6 +358,9 @@ class _AsyncioDriver:
         self.conns = conns
         self.subscribe_all = subscribe_all
         self.connect_failures = 0
+        self.wl_compression: Optional[str] = None  # offer permessage-deflate (set by the load process)
+        self.packer = "json"  # the raw driver's packer
+        self.query = ""  # added to the raw driver's upgrade path
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="bench-loop", daemon=True)
         self.thread.start()
@@ -376,7 +383,8 @@ class _AsyncioDriver:
     async def _open(self, c: _Conn) -> None:
         from websockets.asyncio.client import connect
         try:
-            ws = await connect(f"{self.url}?client-id=bench-{c.k}", compression=None,
+            ws = await connect(f"{self.url}?client-id=bench-{c.k}",
+                               compression="deflate" if self.wl_compression else None,
                                ping_interval=None, max_size=1 << 20, open_timeout=30)
         except Exception:
             self.connect_failures += 1
@@ -466,8 +474,13 @@ class _RawWSProtocol(asyncio.Protocol):
     that breaks RFC 6455 ends the connection, counted as ``closed_1002``). Far cheaper per message than a full client,
     so a 2-core machine spends its time on the server under test."""
 
-    def __init__(self, c: _Conn, path: str, host: str, on_ready: "asyncio.Future[None]") -> None:
+    def __init__(self, c: _Conn, path: str, host: str, on_ready: "asyncio.Future[None]",
+                 packer: str = "json") -> None:
         self.c = c
+        self.msgpack: Any = None
+        if packer == "msgpack":
+            import msgpack
+            self.msgpack = msgpack
         self.path = path
         self.host = host
         self.key = base64.b64encode(os.urandom(16))
@@ -514,9 +527,19 @@ class _RawWSProtocol(asyncio.Protocol):
             self.c.closed_code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             self.transport.close()
             return
-        if opcode != OP_TEXT:
-            return  # pings and pongs; the server sends no binary messages here
-        frame = _loads(payload)
+        if opcode == OP_TEXT:
+            frame = _loads(payload)
+        elif opcode == OP_BINARY and self.msgpack is not None:
+            frame = self.msgpack.unpackb(payload)
+        else:
+            return  # pings and pongs
+        if frame[0] == "chsk/batch":
+            for inner in frame[1]:
+                self._on_value(inner, now)
+        else:
+            self._on_value(frame, now)
+
+    def _on_value(self, frame: Any, now: int) -> None:
         event = frame[0]
         if event == "sente-lite/channel-msg":
             if self.c.tally is not None:
@@ -524,7 +547,8 @@ class _RawWSProtocol(asyncio.Protocol):
                 self.c.tally.record(body["data"], body["offset"], now)
         elif event == "chsk/ws-ping":
             self.c.pings += 1
-            self.send_now(b'["chsk/ws-pong"]')
+            self.send_now(b'["chsk/ws-pong"]') if self.msgpack is None else self.send_now(
+                self.msgpack.packb(["chsk/ws-pong"]), OP_BINARY)
         elif event == "chsk/handshake":
             if not self.on_ready.done():
                 self.on_ready.set_result(None)
@@ -536,7 +560,10 @@ class _RawWSProtocol(asyncio.Protocol):
         self.transport.write(encode_frame(payload, opcode, mask=os.urandom(4)))
 
     async def send(self, text: str) -> None:
-        self.send_now(text.encode("utf-8"))
+        if self.msgpack is not None:
+            self.send_now(self.msgpack.packb(json.loads(text)), OP_BINARY)
+        else:
+            self.send_now(text.encode("utf-8"))
 
     async def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -564,7 +591,8 @@ class _RawDriver(_AsyncioDriver):
         ready: "asyncio.Future[None]" = loop.create_future()
         try:
             _, proto = await loop.create_connection(
-                lambda: _RawWSProtocol(c, f"{parts.path}?client-id=bench-{c.k}", parts.netloc, ready),
+                lambda: _RawWSProtocol(c, f"{parts.path}?client-id=bench-{c.k}{self.query}",
+                                       parts.netloc, ready, self.packer),
                 parts.hostname, parts.port)
             await ready
         except Exception:
@@ -585,6 +613,9 @@ def _load_main(wl: Workload, url: str, ks: List[int], subscribe_all: bool, pipe:
         conns.append(_Conn(k, pub, Tally(wl.n_publishers, wl.msgs_per_publisher) if is_sub else None))
     driver_cls = {"client": _ClientDriver, "asyncio": _AsyncioDriver, "raw": _RawDriver}[wl.driver]
     driver: Any = driver_cls(url, conns, subscribe_all)
+    driver.wl_compression = wl.compression
+    driver.packer = wl.packer
+    driver.query = (f"&packer={wl.packer}" if wl.packer != "json" else "") + ("&batch=1" if wl.batch else "")
     try:
         driver.connect(SETUP_TIMEOUT_S / 2)
         pipe.send(("ready", os.getpid()))
@@ -675,7 +706,8 @@ class _Fleet:
 
 
 def _start_server(fleet: _Fleet, system: str, wl: Workload) -> Tuple[Any, Any, dict]:
-    proc, pipe = fleet.spawn(_server_main, system, wl.heartbeat_ms, wl.rss_at, wl.write_delay_ms)
+    proc, pipe = fleet.spawn(_server_main, system, wl.heartbeat_ms, wl.rss_at, wl.write_delay_ms,
+                             wl.compression)
     info = _recv(pipe, SETUP_TIMEOUT_S, f"{system} server start")
     return proc, pipe, info
 
@@ -770,6 +802,10 @@ def run_once(system: str, wl: Workload) -> dict:
         "max_ms": ordered[-1] / 1e6 if ordered else float("nan"),
         "server_cpu_s": cpu,
         "cpu_us_per_delivery": cpu * 1e6 / distinct if distinct else float("nan"),
+        # bytes the server handed its sockets (frames whole, compressed when deflate is on),
+        # handshakes and pings included; the baseline does not count them
+        "wire_bytes_per_delivery": (sstats["wire_bytes_out"] / distinct
+                                    if distinct and "wire_bytes_out" in sstats else float("nan")),
         "server_peak_rss_mb": status.get("VmHWM", 0) / _MB,
         "server_threads": status.get("Threads", 0),
         "client_peak_rss_mb": max(r["peak_rss"] for r in results) / _MB,
@@ -877,6 +913,7 @@ _COLUMNS = [
     ("deliveries_per_s", "deliv/s", ".0f"), ("p50_ms", "p50 ms", ".2f"),
     ("p90_ms", "p90 ms", ".2f"), ("p99_ms", "p99 ms", ".2f"), ("max_ms", "max ms", ".1f"),
     ("server_cpu_s", "srv CPU s", ".2f"), ("cpu_us_per_delivery", "srv CPU us/deliv", ".2f"),
+    ("wire_bytes_per_delivery", "srv out B/deliv", ".0f"),
     ("server_peak_rss_mb", "srv RSS MB", ".1f"), ("client_peak_rss_mb", "cli RSS MB", ".1f"),
     ("client_cpu_s", "cli CPU s", ".1f"), ("pub_lag_max_ms", "pub lag ms", ".1f"),
 ]
@@ -1040,6 +1077,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", action="store_true",
                         help="also run the websockets asyncio baseline; print ratios")
     parser.add_argument("--runs", type=int, default=1, help="runs per system; medians reported")
+    parser.add_argument("--packer", choices=("json", "msgpack"), default="json",
+                        help="the raw driver's packer (sente_lite only; the baseline speaks JSON)")
+    parser.add_argument("--batch", action="store_true",
+                        help="the raw driver asks for batches (batch=1): frames waiting for a busy "
+                             "connection come as one chsk/batch frame")
+    parser.add_argument("--compression", choices=("none", "deflate"), default="none",
+                        help="sente_lite's Server(compression=); with --driver asyncio the load "
+                             "generators offer permessage-deflate")
     parser.add_argument("--history-off-too", action="store_true",
                         help="also run sente_lite with history_size=0 and print the cost of "
                              "channel history (history on / off)")
@@ -1062,7 +1107,8 @@ def _workload(args: argparse.Namespace) -> Workload:
         driver=args.driver, heartbeat_ms=args.heartbeat_ms, drain_s=args.drain,
         write_delay_ms=args.write_delay_ms,
         rss_at=tuple(int(x) for x in args.rss_at.split(",") if x.strip()),
-        profile_dir=args.profile,
+        profile_dir=args.profile, packer=args.packer, batch=args.batch,
+        compression=None if args.compression == "none" else args.compression,
     )
 
 

@@ -92,7 +92,8 @@ class Client(ChannelsMixin, InboundMixin):
 
     ``packer``: ``"json"`` (default, text frames) or ``"msgpack"`` (binary frames;
     needs ``pip install 'sente-lite[msgpack]'``, raises :class:`~sente_lite.packers.MissingExtra`
-    without it), negotiated with the server at every upgrade.
+    without it), negotiated with the server at every upgrade. ``batch``: ask the server
+    to send the frames that wait for a busy connection as one ``chsk/batch`` frame.
 
     One client may be shared by many threads: every method is thread-safe.
     """
@@ -116,6 +117,7 @@ class Client(ChannelsMixin, InboundMixin):
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
         packer: str = packers.JSON,
+        batch: bool = False,
         start: bool = True,
     ) -> None:
         self.url = url
@@ -149,6 +151,7 @@ class Client(ChannelsMixin, InboundMixin):
         # and runs handlers. The session is used under ``_send_lock``.
         self._session = ClientSession(self.client_id, max_unacked_publishes,
                                       packer=packers.get(packer))
+        self.batch = batch
         self._opcode = (websocket.ABNF.OPCODE_BINARY if self._session.packer.binary
                         else websocket.ABNF.OPCODE_TEXT)
         self._status_cond = threading.Condition()

@@ -83,9 +83,11 @@ class ServerCore:
         conn = Connection(srv, link, conn_id, ident, first)
         link.owner = conn
         srv._hub.add(conn)  # registered before the handshake goes out: a client holding it is known
-        conn._enqueue(conn._session.handshake(ident.uid, ident.csrf_token, {
-            "conn-id": conn_id, "client-id": ident.client_id, "server-id": srv.server_id,
-            "max-message-bytes": srv.max_message_bytes}, first))
+        info = {"conn-id": conn_id, "client-id": ident.client_id, "server-id": srv.server_id,
+                "max-message-bytes": srv.max_message_bytes}
+        if conn.batching:
+            info[p.K_BATCH] = True
+        conn._enqueue(conn._session.handshake(ident.uid, ident.csrf_token, info, first))
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
                   first)
         for hook in srv._on_connect:

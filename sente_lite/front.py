@@ -39,6 +39,7 @@ class Identity:
     remote: str
     csrf_token: Optional[str] = None
     packer: str = packers.JSON
+    batch: bool = False
 
 
 class HttpFront:
@@ -102,8 +103,9 @@ class HttpFront:
         uid = srv._identify(link, request, client_id)
         if isinstance(uid, Response):
             return uid
+        batch = (query.get(p.K_BATCH) or [""])[0] in ("1", "true")
         return Admit(Identity(client_id, uid, link.remote, srv._gate.csrf_token_for(client_id),
-                              packer))
+                              packer, batch))
 
     def _metrics_response(self, ws: Link) -> Response:
         srv = self.server

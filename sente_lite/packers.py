@@ -9,7 +9,7 @@ echoes ``"packer": "msgpack"`` (docs/protocol.md section 10). It needs the
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 from . import protocol as p
 from .errors import EncodeError, FrameError
@@ -40,6 +40,10 @@ class Packer:
     def encode_value(self, value: Any) -> bytes:
         """Any value (a reply body, channel data) in this format."""
         return p.dumps(value).encode("utf-8")
+
+    def batch(self, frames: List[bytes]) -> bytes:
+        """One ``chsk/batch`` frame holding ``frames`` (each already encoded), in order."""
+        return b'["chsk/batch",[' + b",".join(frames) + b"]]"
 
     def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
         """The frame in ``payload`` (``binary``: it came in a binary message; by default,
@@ -77,6 +81,12 @@ class MsgpackPacker(Packer):
             return self._msgpack.packb(value, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"not MessagePack-encodable: {exc}") from None
+
+    def batch(self, frames: List[bytes]) -> bytes:
+        n = len(frames)
+        head = bytes((0x90 | n,)) if n < 16 else (
+            b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
+        return b"\x92" + self._msgpack.packb(p.EV_BATCH) + head + b"".join(frames)
 
     def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
         if not (binary if binary is not None else not isinstance(payload, str)):

@@ -37,6 +37,7 @@ EV_UNSUBSCRIBE = "sente-lite/unsubscribe"
 EV_UNSUBSCRIBED = "sente-lite/unsubscribed"
 EV_PUBLISH = "sente-lite/publish"
 EV_CHANNEL_MSG = "sente-lite/channel-msg"
+EV_BATCH = "chsk/batch"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -78,6 +79,7 @@ K_ID = "id"
 K_DUPLICATE = "duplicate"
 K_FEATURES = "features"
 K_PACKER = "packer"
+K_BATCH = "batch"
 
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"

@@ -109,6 +109,12 @@ class Connection:
         self.deflate_bits = compression_mod.negotiated_window_bits(link.protocol.extensions)
         self._min_compress = server.compression_min_bytes
         self.wire_bytes_out = 0
+        #: frames for this peer while its socket is backed up go in one chsk/batch frame
+        #: (negotiated with batch=1; not with permessage-deflate)
+        self.batching = ident.batch and not self.deflate_bits
+        self._batch: List[bytes] = []  # payloads gathered; under the link's lock
+        self._batch_bytes = 0
+        self.batches_out = 0
         self._session = ServerSession(conn_id, server._rules, time.monotonic(), server.counters,
                                       self.packer)
         # inbound counters, written by the network thread only
@@ -171,6 +177,9 @@ class Connection:
             with link.lock:
                 if not link.writable:
                     return False
+                if self.batching and (link.outbox or self._batch):
+                    self._gather_locked(wire, size)
+                    return True
                 link._push_locked(wire)
                 self.frames_out += 1
                 self.bytes_out += size
@@ -178,13 +187,50 @@ class Connection:
             return True
         except Overflow:
             pass
+        self._overflowed()
+        return False
+
+    def _overflowed(self) -> None:
         if self._request_close(p.CLOSE_SLOW_CONSUMER, "slow consumer: outbound queue full", False):
             self._server.counters.add(Counter.SLOW_CONSUMER_CLOSES)
             report(log, "closed", "slow-consumer", conn_id=self.conn_id, uid=self.uid,
                    remote=self.remote_address, code=p.CLOSE_SLOW_CONSUMER,
                    message=f"outbound queue over {self._server.max_queued_bytes_per_conn} bytes "
                            "(max_queued_bytes_per_conn)")
-        return False
+
+    def _gather_locked(self, wire: bytes, size: int) -> None:
+        """The socket is backed up: keep this frame's payload for the next batch frame
+        (caller holds the link's lock). Counts against ``max_queued_bytes_per_conn``."""
+        link = self._link
+        if link.outbox.queued_bytes + self._batch_bytes + size > link.outbox.limit:
+            raise Overflow(f"{link.outbox.queued_bytes + self._batch_bytes + size} bytes queued")
+        if not self._batch:
+            link.loop.call_soon(self._flush_batch)
+        self._batch.append(wire[-size:])
+        self._batch_bytes += size
+        self.frames_out += 1
+        self.bytes_out += size
+
+    def _flush_batch(self) -> None:
+        """Send the gathered payloads as one ``chsk/batch`` frame (on the network thread)."""
+        link = self._link
+        with link.lock:
+            payloads, self._batch, self._batch_bytes = self._batch, [], 0
+            if not payloads or not link.writable:
+                return
+            if len(payloads) == 1:
+                frame = payloads[0]
+            else:
+                frame = self.packer.batch(payloads)
+                self.batches_out += 1
+            wire = _ws_frame(frame, self.packer.binary)
+            self.wire_bytes_out += len(wire)
+            try:
+                link._push_locked(wire)
+                return
+            except Overflow:
+                pass
+        self._overflowed()
 
     def _request_close(self, code: int, reason: str, flush: bool) -> bool:
         """Close with ``code`` unless a close was already asked; True when this one was."""
@@ -672,7 +718,7 @@ class Server:
 _PING = p.encode_bytes(p.EV_PING)
 #: Counts each connection keeps; stats() adds those of the ended ones.
 _PER_CONN_TOTALS = ("frames_in", "frames_out", "writes_out", "frames_inline", "bytes_in", "bytes_out",
-                    "wire_bytes_out")
+                    "wire_bytes_out", "batches_out")
 
 
 def _ws_frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:

@@ -773,6 +773,34 @@ class ClientSession:
             self._count("bad_frames_from_server")
             log.warning("bad frame from server: %s", safe(exc.message))
             return _NOTHING
+        if event == p.EV_BATCH:
+            return self._batch(data)
+        return self._one(event, data, cb_id)
+
+    def _batch(self, data: Any) -> Received:
+        """A ``chsk/batch`` frame: each frame in it, in order."""
+        if not isinstance(data, list):
+            self._count("bad_frames_from_server")
+            return _NOTHING
+        self._count("batches_in")
+        events: List[Any] = []
+        frames: List[bytes] = []
+        for value in data:
+            try:
+                event, body, cb_id = p.frame_of(value)
+            except p.FrameError as exc:
+                self._count("bad_frames_from_server")
+                log.warning("bad frame in a batch from server: %s", safe(exc.message))
+                continue
+            if event == p.EV_BATCH:
+                self._count("bad_frames_from_server")
+                continue
+            out = self._one(event, body, cb_id)
+            events.extend(out.events)
+            frames.extend(out.frames)
+        return Received(events, frames)
+
+    def _one(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
         if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
             return self._channel_msg(data)
         if event == p.EV_PING:

@@ -69,6 +69,25 @@ def test_tiny_run_side_by_side_with_the_baseline(tmp_path: Path,
     assert not multiprocessing.active_children()
 
 
+@pytest.mark.parametrize("options", [
+    ["--packer", "msgpack", "--batch", "--driver", "raw"],
+    ["--compression", "deflate", "--driver", "asyncio", "--payload-bytes", "2048"],
+])
+def test_tiny_runs_with_each_wire_option(tmp_path: Path, options: list) -> None:
+    pytest.importorskip("msgpack", reason="the [msgpack] extra (msgpack) is not installed")
+    out = tmp_path / "bench.json"
+    status = bench.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--conns-per-proc", "2",
+                         "--drain", "5", "--history-off-too", "--json", str(out)] + options)
+    assert status == 0
+    result = json.loads(out.read_text())
+    for system in ("sente_lite", "sente_lite_nohistory"):
+        m = result["medians"][system]
+        assert (m["delivered"], m["lost"], m["duplicates"], m["out_of_order"]) == (80, 0, 0, 0)
+        assert m["wire_bytes_per_delivery"] > 0
+    assert set(result["history_ratios"]) == {"p50", "p99", "cpu_per_delivery"}
+    assert not multiprocessing.active_children()
+
+
 def test_idle_connections_are_held_with_heartbeats(capsys: pytest.CaptureFixture[str]) -> None:
     status = bench.main(["--idle", "3", "--conns-per-proc", "3", "-T", "1.2", "--driver", "asyncio",
                          "--heartbeat-ms", "200", "--check"])
