@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 import websocket  # websocket-client
 
@@ -58,6 +58,10 @@ DEAD_SERVER_SLACK_S = ss.DEAD_SERVER_SLACK_S
 #: Publishes awaiting their ack (kept, and resent after a reconnect) before
 #: ``publish`` raises :class:`SendQueueFull`.
 DEFAULT_MAX_UNACKED_PUBLISHES = ss.DEFAULT_MAX_UNACKED_PUBLISHES
+#: The largest ``send_buf_ms`` accepted (it is added latency for every send).
+MAX_SEND_BUF_MS = 50.0
+#: Frames gathered into one outgoing batch before it is sent without waiting.
+MAX_SEND_BATCH_FRAMES = 100
 
 EventHandler = Callable[[Any], Any]
 Token = Union[str, Callable[[], Optional[str]], None]
@@ -94,6 +98,9 @@ class Client(ChannelsMixin, InboundMixin):
     needs ``pip install 'sente-lite[msgpack]'``, raises :class:`~sente_lite.packers.MissingExtra`
     without it), negotiated with the server at every upgrade. ``batch``: ask the server
     to send the frames that wait for a busy connection as one ``chsk/batch`` frame.
+    ``send_buf_ms`` (default 0: every frame goes at once): frames sent within this
+    long of the first go to a server that reads batches as one ``chsk/batch`` frame
+    (at most :data:`MAX_SEND_BATCH_FRAMES`), for this much added latency.
 
     One client may be shared by many threads: every method is thread-safe.
     """
@@ -118,6 +125,7 @@ class Client(ChannelsMixin, InboundMixin):
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
         packer: str = packers.JSON,
         batch: bool = False,
+        send_buf_ms: float = 0.0,
         start: bool = True,
     ) -> None:
         self.url = url
@@ -152,6 +160,10 @@ class Client(ChannelsMixin, InboundMixin):
         self._session = ClientSession(self.client_id, max_unacked_publishes,
                                       packer=packers.get(packer))
         self.batch = batch
+        self.send_buf_ms = validate_milliseconds("send_buf_ms", send_buf_ms, MAX_SEND_BUF_MS)
+        self._send_buf_s = self.send_buf_ms / 1000.0
+        self._out_buf: List[Tuple[bytes, Optional[str]]] = []  # gathered frames, under _send_lock
+        self._out_due = 0.0
         self._opcode = (websocket.ABNF.OPCODE_BINARY if self._session.packer.binary
                         else websocket.ABNF.OPCODE_TEXT)
         self._status_cond = threading.Condition()
@@ -199,6 +211,7 @@ class Client(ChannelsMixin, InboundMixin):
         if ws is not None:
             if self._send_lock.acquire(timeout=0.2):  # a send blocked on a full socket holds it
                 try:
+                    self._flush_out()
                     ws.send_close(p.CLOSE_NORMAL)
                 except Exception:
                     pass
@@ -342,11 +355,23 @@ class Client(ChannelsMixin, InboundMixin):
                                     f"(max_pending_sends={self.max_pending_sends})")
             self._queued.append((frame, cb_id))
 
-    def _write(self, frame: bytes, cb_id: Optional[str]) -> bool:
-        """Write one frame (UTF-8 JSON) now. Caller holds ``_send_lock``. False if
-        the socket failed."""
+    def _write(self, frame: bytes, cb_id: Optional[str], now: bool = False) -> bool:
+        """Write one encoded frame, or (``send_buf_ms``) add it to the batch being
+        gathered; ``now`` writes at once. Caller holds ``_send_lock``. False if the
+        socket failed."""
         ws = self._ws
         if ws is None:
+            return False
+        if self._send_buf_s and not now and self._server_batches:
+            out = self._out_buf
+            out.append((frame, cb_id))
+            if len(out) == 1:
+                self._out_due = time.monotonic() + self._send_buf_s
+                self._roles.wake_all()  # the waiting thread flushes it when due
+            elif len(out) >= MAX_SEND_BATCH_FRAMES:
+                return self._flush_out()
+            return True
+        if self._out_buf and not self._flush_out():  # keep the order of what was gathered
             return False
         try:
             ws.send(frame, self._opcode)
@@ -358,6 +383,48 @@ class Client(ChannelsMixin, InboundMixin):
         if cb_id is not None:
             self._session.mark_sent(cb_id)
         return True
+
+    def _flush_out(self) -> bool:
+        """Send the gathered frames as one ``chsk/batch`` frame. Caller holds
+        ``_send_lock``. On failure they wait for the next connection (publishes in
+        the outbox are resent from there)."""
+        out, self._out_buf = self._out_buf, []
+        self._out_due = 0.0
+        if not out:
+            return True
+        ws = self._ws
+        try:
+            if ws is None:
+                raise OSError("not connected")
+            frames = [f for f, _ in out]
+            ws.send(frames[0] if len(frames) == 1 else self._session.packer.batch(frames),
+                    self._opcode)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.debug("send failed, will resend after reconnect: %s", exc)
+            if ws is not None:
+                ws.abort()
+            again = [(f, cb) for f, cb in out if cb is None or not self._session.is_publish(cb)]
+            self._queued.extendleft(reversed(again))
+            return False
+        self._counts["frames_out"] += len(out)
+        if len(out) > 1:
+            self._counts["batches_out"] += 1
+        for _, cb_id in out:
+            if cb_id is not None:
+                self._session.mark_sent(cb_id)
+        return True
+
+    def _flush_if_due(self) -> None:
+        """Send the gathered batch when its ``send_buf_ms`` is up (from the waiting thread)."""
+        if self._out_due and time.monotonic() >= self._out_due:
+            with self._send_lock:
+                if self._out_due and time.monotonic() >= self._out_due:
+                    self._flush_out()
+
+    @property
+    def _server_batches(self) -> bool:
+        hs = self.handshake
+        return bool(hs) and p.FEATURE_BATCH in (hs.get(p.K_FEATURES) or ())
 
     # -- channels ---------------------------------------------------------------
 

@@ -202,9 +202,9 @@ class InboundMixin:
         True when it was a handshake."""
         with self._send_lock:
             received = self._session.receive(raw, now, binary)
-            for frame in received.frames:
+            for frame in received.frames:  # pongs: at once
                 if self._ws is not None:
-                    self._write(frame, None)
+                    self._write(frame, None, now=True)
             handshake = False
             for ev in received.events:
                 kind = type(ev)
@@ -257,4 +257,4 @@ class InboundMixin:
     def _send_control(self: "Client", event: str) -> None:
         with self._send_lock:
             if self._ws is not None:
-                self._write(self._session.packer.encode(event), None)
+                self._write(self._session.packer.encode(event), None, now=True)

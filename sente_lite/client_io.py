@@ -281,12 +281,15 @@ class Roles:
                     wait = _IDLE_TICK_S
                     if running is not None and not self._reading:
                         wait = min(wait, max(0.001, running + HANDLER_HANDOFF_S - now))
-                    if not roles.wait(wait):
-                        break  # a quiet tick: check the server's liveness
+                    if c._out_due:
+                        wait = min(wait, max(0.0, c._out_due - now))
+                    if wait <= 0.0 or not roles.wait(wait):
+                        break  # a quiet tick: check the server's liveness, send a due batch
             if role == _READ:
                 batch = self._read_once(me)
             if batch is not None:
                 self._run_batches(batch)
+            c._flush_if_due()
             self._check_liveness()
 
     def _read_once(self, me: int) -> Optional[List[tuple]]:

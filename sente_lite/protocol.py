@@ -84,6 +84,8 @@ K_BATCH = "batch"
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"
 FEATURE_PUBLISH_ID = "publish-id"
+#: The server reads ``chsk/batch`` frames from clients (and sends them when asked: batch=1).
+FEATURE_BATCH = "batch"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 

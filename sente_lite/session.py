@@ -193,8 +193,11 @@ class ServerRules:
     rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT
     rate_burst: Optional[int] = None
     max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED
-    features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID)
+    features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID, p.FEATURE_BATCH)
 
+
+#: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
+MAX_BATCH_FRAMES = 1000
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"
@@ -236,10 +239,15 @@ class ServerSession:
         """Record the peer's life and apply ``rate_limit``: None to go on with
         :meth:`receive`; else what refusing this frame produced."""
         self.last_seen = now
-        guard = self._rate
-        if guard is None:
+        if self._rate is None:
             return None
         self._time = now
+        return self._rate_verdict(text)
+
+    def _rate_verdict(self, text: Any) -> Optional[Received]:
+        """Apply ``rate_limit`` to one frame (text, or a decoded frame of a batch)."""
+        guard = self._rate
+        assert guard is not None
         verdict = guard.check()
         if verdict is lim.RateGuard.OK:
             return None
@@ -255,7 +263,7 @@ class ServerSession:
                 f"{self.rules.max_rate_limited} refused frames per {lim.RATE_PATIENCE_WINDOW_S:g}s)")],
                 [])
         try:
-            frame = self.packer.decode(text)
+            frame = p.frame_of(text) if isinstance(text, list) else self.packer.decode(text)
             cb_id, event = frame.cb_id, frame.event
         except p.FrameError as exc:
             cb_id, event = exc.cb_id, None
@@ -271,6 +279,41 @@ class ServerSession:
             event, data, cb_id = self.packer.decode(text)
         except p.FrameError as exc:
             return self._bad_frame(exc.message, exc.cb_id)
+        if event == p.EV_BATCH:
+            return self._batch(data, cb_id)
+        return self._one(event, data, cb_id)
+
+    def _batch(self, data: Any, cb_id: Optional[str]) -> Received:
+        """A ``chsk/batch`` frame: each frame in it, in order, as if sent alone (each
+        one past the first also counts against ``rate_limit``)."""
+        if not isinstance(data, list) or cb_id is not None:
+            return self._bad_frame("chsk/batch data must be an array of frames (and no cb-id)", cb_id)
+        if len(data) > MAX_BATCH_FRAMES:
+            return self._bad_frame(f"a batch holds at most {MAX_BATCH_FRAMES} frames "
+                                   "(MAX_BATCH_FRAMES)", None)
+        events: List[Any] = []
+        frames: List[bytes] = []
+        for i, value in enumerate(data):
+            if i and self._rate is not None:
+                refused = self._rate_verdict(value)
+                if refused is not None:
+                    events.extend(refused.events)
+                    frames.extend(refused.frames)
+                    if self.closing:
+                        break
+                    continue
+            try:
+                event, body, inner_cb = p.frame_of(value)
+            except p.FrameError as exc:
+                out = self._bad_frame(exc.message, exc.cb_id)
+            else:
+                out = (self._bad_frame("a batch cannot hold a batch", inner_cb)
+                       if event == p.EV_BATCH else self._one(event, body, inner_cb))
+            events.extend(out.events)
+            frames.extend(out.frames)
+        return Received(events, frames)
+
+    def _one(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
         self.bad_in_row = 0
         if not p.is_reserved(event):
             return Received([AppEvent(event, data, cb_id, tracing.of(data))], [])
@@ -733,6 +776,10 @@ class ClientSession:
             entry.sent_on = self.connection
         else:
             self._sent.add(cb_id)
+
+    def is_publish(self, cb_id: str) -> bool:
+        """True when ``cb_id`` is a publish kept in the outbox until acknowledged."""
+        return cb_id in self._unacked
 
     def unacked(self) -> int:
         return len(self._unacked)

@@ -84,3 +84,45 @@ def test_a_python_client_asking_for_batches_gets_everything_in_order(
     msgs = got.wait_count(2000)
     assert [m.data for m in msgs] == list(range(2000))
     assert [m.offset for m in msgs] == list(range(1, 2001))
+
+
+def test_the_server_reads_a_batch_frame_by_frame() -> None:
+    server = ss.ServerSession("x", ss.ServerRules(rate_limit=None), 0.0)
+    out = server.receive(json.dumps([p.EV_BATCH, [
+        ["app/a", 1], [p.EV_PING, None, "c1"], ["bad"], [p.EV_BATCH, []], ["app/b", 2, "c2"]]]))
+    assert [(e.event, e.data, e.cb_id) for e in out.events] == [("app/a", 1, None), ("app/b", 2, "c2")]
+    answers = [json.loads(f) for f in out.frames]
+    assert answers[0] == [p.EV_REPLY, None, "c1"]
+    assert [a[1]["code"] for a in answers[1:]] == ["bad-frame", "bad-frame"]
+    too_many = json.dumps([p.EV_BATCH, [["app/a"]] * (ss.MAX_BATCH_FRAMES + 1)])
+    assert server.receive(too_many).events == []
+    assert json.loads(server.receive(json.dumps([p.EV_BATCH, "x"])).frames[0])[1]["code"] == "bad-frame"
+
+
+def test_every_frame_of_a_batch_counts_against_the_rate_limit() -> None:
+    server = ss.ServerSession("x", ss.ServerRules(rate_limit=10, rate_burst=3, max_rate_limited=100), 0.0)
+    text = json.dumps([p.EV_BATCH, [["app/a", i, f"c{i}"] for i in range(6)]])
+    assert server.admit(text, 0.0) is None  # the batch itself: one token
+    out = server.receive(text)
+    assert [e.data for e in out.events] == [0, 1, 2]
+    limited = [json.loads(f) for f in out.frames]
+    assert [(f[1]["code"], f[2]) for f in limited] == [("rate-limited", f"c{i}") for i in (3, 4, 5)]
+
+
+def test_a_client_with_send_buf_ms_sends_fewer_frames(make_server: Callable[..., Server],
+                                                      make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    srv.on("app/echo", lambda conn, data: data)
+    c = make_client(srv.url, send_buf_ms=20)
+    got = Recorder()
+    c.subscribe("ch", got)
+    frames_before = srv.stats()["frames_in"]
+    for i in range(50):
+        c.publish("ch", i)
+    assert c.request("app/echo", "after") == "after"  # a request waits at most send_buf_ms more
+    assert [m.data for m in got.wait_count(50)] == list(range(50))
+    wait_until(lambda: c.stats()["unacked_publishes"] == 0, what="every publish acknowledged")
+    assert srv.stats()["frames_in"] - frames_before < 51 / 2
+    assert c.stats()["batches_out"] >= 1
+    with pytest.raises(ValueError):
+        Client(srv.url, send_buf_ms=500, start=False)
