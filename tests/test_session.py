@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Optional
 
 import pytest
 
@@ -168,6 +169,19 @@ def test_heartbeat_timeout_and_stall_credit() -> None:
 
 
 # -- channels, offsets, recovery ---------------------------------------------------------------------------
+def subscribed_then_cut(registry: Optional[ChannelRegistry] = None) -> SessionPair:
+    """A client subscribed to "ch" that got message 0 (offset 1), then lost its connection."""
+    pair = SessionPair(registry=registry, rules=ss.ServerRules(rate_limit=None))
+    if registry is not None:
+        registry._clock = lambda: pair.now
+    pair.connect()
+    pair.subscribe("ch")
+    pair.pump()
+    pair.server_publish("ch", 0)
+    pair.pump()
+    pair.cut()
+    return pair
+
 def test_messages_arrive_in_order_and_a_repeated_offset_is_dropped() -> None:
     pair = connected_pair()
     pair.subscribe("ch")
@@ -202,13 +216,7 @@ def test_reconnect_recovers_every_missed_message_exactly_once() -> None:
 
 
 def test_recovery_fails_loudly_when_history_is_too_short() -> None:
-    pair = SessionPair(registry=ChannelRegistry("e", history_size=2), rules=ss.ServerRules(rate_limit=None))
-    pair.connect()
-    pair.subscribe("ch")
-    pair.pump()
-    pair.server_publish("ch", 0)
-    pair.pump()
-    pair.cut()
+    pair = subscribed_then_cut(ChannelRegistry("e", history_size=2))
     for n in range(1, 5):
         pair.server_publish("ch", n)
     pair.connect()
@@ -221,12 +229,7 @@ def test_recovery_fails_loudly_when_history_is_too_short() -> None:
 
 
 def test_recovery_after_a_server_restart_reports_epoch_changed() -> None:
-    pair = connected_pair()
-    pair.subscribe("ch")
-    pair.pump()
-    pair.server_publish("ch", 0)
-    pair.pump()
-    pair.cut()
+    pair = subscribed_then_cut()
     pair.registry = ChannelRegistry("restarted")
     pair.server_publish("ch", "new-1")
     pair.connect()
@@ -238,13 +241,7 @@ def test_recovery_after_a_server_restart_reports_epoch_changed() -> None:
 
 
 def test_history_off_is_said() -> None:
-    pair = SessionPair(registry=ChannelRegistry("e", history_size=0), rules=ss.ServerRules(rate_limit=None))
-    pair.connect()
-    pair.subscribe("ch")
-    pair.pump()
-    pair.server_publish("ch", 0)
-    pair.pump()
-    pair.cut()
+    pair = subscribed_then_cut(ChannelRegistry("e", history_size=0))
     pair.server_publish("ch", 1)
     pair.connect()
     (rec,) = pair.recoveries()
@@ -252,15 +249,7 @@ def test_history_off_is_said() -> None:
 
 
 def test_history_expires_by_age() -> None:
-    registry = ChannelRegistry("e", history_ttl_s=10.0, publish_dedup_s=10.0)
-    pair = SessionPair(registry=registry, rules=ss.ServerRules(rate_limit=None))
-    registry._clock = lambda: pair.now
-    pair.connect()
-    pair.subscribe("ch")
-    pair.pump()
-    pair.server_publish("ch", 0)
-    pair.pump()
-    pair.cut()
+    pair = subscribed_then_cut(ChannelRegistry("e", history_ttl_s=10.0, publish_dedup_s=10.0))
     pair.server_publish("ch", 1)
     pair.now = 11.0
     pair.connect()
