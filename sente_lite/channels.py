@@ -109,6 +109,103 @@ class RecoveryResult(NamedTuple):
     replayed: int
 
 
+class History:
+    """The history and publish-id rules of every channel (PROTOCOL 9): what is kept, for
+    how long, and whether a subscriber's ``since`` can be recovered. Callers hold
+    the channel's lock."""
+
+    def __init__(self, size: int, ttl_s: float, dedup_s: float, max_ids: int,
+                 counters: Counters, clock: Callable[[], float]) -> None:
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"history_size must be an int >= 0 (0: off), got {size!r}")
+        if not ttl_s > 0:
+            raise ValueError(f"history_ttl_s must be > 0, got {ttl_s!r}")
+        if not dedup_s >= ttl_s:
+            raise ValueError(f"publish_dedup_s ({dedup_s!r}) must be at least "
+                             f"history_ttl_s ({ttl_s!r})")
+        if max_ids < 1:
+            raise ValueError(f"max_publish_ids_per_channel must be >= 1, got {max_ids!r}")
+        self.size = size
+        self.ttl_s = float(ttl_s)
+        self.dedup_s = float(dedup_s)
+        self.max_ids = max_ids
+        self.counters = counters
+        self.clock = clock
+
+    def recover(self, ch: _Channel, since: Since) -> Tuple[RecoveryResult, List[Any]]:
+        """Whether ``since`` can be recovered on ``ch``, and the frames to replay."""
+        if since.epoch != ch.epoch or since.offset > ch.offset or since.offset < 0:
+            # an offset beyond the top cannot come from this epoch's history either
+            result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
+            replay: List[Any] = []
+        elif since.offset == ch.offset:
+            result, replay = RecoveryResult(True, None, 0), []
+        elif not self.size:
+            result, replay = RecoveryResult(False, REASON_HISTORY_OFF, 0), []
+        else:
+            self.expire(ch, self.clock())
+            history = ch.history
+            if not history or history[0][0] > since.offset + 1:
+                result, replay = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0), []
+            else:
+                skip = since.offset + 1 - history[0][0]
+                replay = [frame for _, frame, _ in itertools.islice(history, skip, None)]
+                result = RecoveryResult(True, None, len(replay))
+        counters = self.counters
+        if result.recovered:
+            counters.add(Counter.RECOVERED_SUBSCRIBES)
+            if replay:
+                counters.add(Counter.REPLAYED_MESSAGES, len(replay))
+        else:
+            counters.add(Counter.UNRECOVERED_SUBSCRIBES)
+        return result, replay
+
+    def first_publish(self, ch: _Channel, publish_id: str) -> Optional[Tuple[int, int]]:
+        """(offset, delivered) of the publish that first had ``publish_id`` on ``ch``
+        within the dedup window (counted as a duplicate), else None."""
+        self.expire(ch, self.clock())
+        first = ch.ids.get(publish_id)
+        if first is None:
+            return None
+        self.counters.add(Counter.DUPLICATE_PUBLISHES)
+        return first[0], first[1]
+
+    def record(self, ch: _Channel, offset: int, frame: Any, publish_id: Optional[str],
+               delivered: int) -> None:
+        """Keep a published message (and its id), within the limits."""
+        now = self.clock()
+        if self.size:
+            history = ch.history
+            history.append((offset, frame, now))
+            if len(history) > self.size:
+                history.popleft()
+                self.counters.add(Counter.HISTORY_EVICTED)
+            if now - history[0][2] > self.ttl_s:
+                self.expire(ch, now)
+        if publish_id is not None:
+            ids = ch.ids
+            ids[publish_id] = (offset, delivered, now)
+            if len(ids) > self.max_ids:
+                ids.popitem(last=False)
+                self.counters.add(Counter.PUBLISH_IDS_EVICTED)
+
+    def expire(self, ch: _Channel, now: float) -> None:
+        """Drop history older than ``ttl_s`` and ids older than the dedup window."""
+        history = ch.history
+        if history and now - history[0][2] > self.ttl_s:
+            oldest = now - self.ttl_s
+            dropped = 0
+            while history and history[0][2] < oldest:
+                history.popleft()
+                dropped += 1
+            self.counters.add(Counter.HISTORY_EVICTED, dropped)
+        ids = ch.ids
+        if ids:
+            oldest = now - self.dedup_s
+            while ids and next(iter(ids.values()))[2] < oldest:
+                ids.popitem(last=False)
+
+
 class ChannelRegistry:
     """Named channels with subscribers, offsets and epochs.
 
@@ -129,21 +226,9 @@ class ChannelRegistry:
         if max_idle_channels < 1:
             # 0 would evict a channel in the moment it is created, before its first use
             raise ValueError(f"max_idle_channels must be >= 1, got {max_idle_channels}")
-        if not isinstance(history_size, int) or history_size < 0:
-            raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
-        if not history_ttl_s > 0:
-            raise ValueError(f"history_ttl_s must be > 0, got {history_ttl_s!r}")
-        if not publish_dedup_s >= history_ttl_s:
-            raise ValueError(f"publish_dedup_s ({publish_dedup_s!r}) must be at least "
-                             f"history_ttl_s ({history_ttl_s!r})")
-        if max_publish_ids_per_channel < 1:
-            raise ValueError("max_publish_ids_per_channel must be >= 1, "
-                             f"got {max_publish_ids_per_channel!r}")
-        self.history_size = history_size
-        self.history_ttl_s = float(history_ttl_s)
-        self.publish_dedup_s = float(publish_dedup_s)
-        self.max_publish_ids_per_channel = max_publish_ids_per_channel
-        self._counters = counters if counters is not None else Counters()
+        self.history = History(history_size, history_ttl_s, publish_dedup_s,
+                               max_publish_ids_per_channel,
+                               counters if counters is not None else Counters(), clock)
         self._clock = clock
         self._epoch_prefix = epoch_prefix
         self._max_idle = max_idle_channels
@@ -200,59 +285,13 @@ class ChannelRegistry:
                 recovery: Optional[RecoveryResult] = None
                 replay: List[Any] = []
                 if since is not None:
-                    recovery, replay = self._recover(ch, since)
+                    recovery, replay = self.history.recover(ch, since)
                 if announce is not None:
                     announce(ch.offset, ch.epoch, recovery)
                 if replay and deliver is not None:
                     for frame in replay:
                         deliver(member, frame)
                 return ch.offset, ch.epoch, added, recovery
-
-    def _recover(self, ch: _Channel, since: Since) -> Tuple[RecoveryResult, List[Any]]:
-        """Whether ``since`` can be recovered on ``ch`` and the frames to replay.
-        Caller holds ``ch.lock``."""
-        if since.epoch != ch.epoch or since.offset > ch.offset or since.offset < 0:
-            # an offset beyond the top cannot come from this epoch's history either
-            result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
-            replay: List[Any] = []
-        elif since.offset == ch.offset:
-            result, replay = RecoveryResult(True, None, 0), []
-        elif not self.history_size:
-            result, replay = RecoveryResult(False, REASON_HISTORY_OFF, 0), []
-        else:
-            self._expire(ch, self._clock())
-            history = ch.history
-            if not history or history[0][0] > since.offset + 1:
-                result, replay = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0), []
-            else:
-                skip = since.offset + 1 - history[0][0]
-                replay = [frame for _, frame, _ in itertools.islice(history, skip, None)]
-                result = RecoveryResult(True, None, len(replay))
-        counters = self._counters
-        if result.recovered:
-            counters.add(Counter.RECOVERED_SUBSCRIBES)
-            if replay:
-                counters.add(Counter.REPLAYED_MESSAGES, len(replay))
-        else:
-            counters.add(Counter.UNRECOVERED_SUBSCRIBES)
-        return result, replay
-
-    def _expire(self, ch: _Channel, now: float) -> None:
-        """Drop history older than ``history_ttl_s`` and ids older than the dedup
-        window. Caller holds ``ch.lock``."""
-        history = ch.history
-        if history and now - history[0][2] > self.history_ttl_s:
-            oldest = now - self.history_ttl_s
-            dropped = 0
-            while history and history[0][2] < oldest:
-                history.popleft()
-                dropped += 1
-            self._counters.add(Counter.HISTORY_EVICTED, dropped)
-        ids = ch.ids
-        if ids:
-            oldest = now - self.publish_dedup_s
-            while ids and next(iter(ids.values()))[2] < oldest:
-                ids.popitem(last=False)
 
     def unsubscribe(self, member: Hashable, name: str) -> bool:
         """Remove ``member`` from ``name``. True when it was subscribed."""
@@ -361,13 +400,11 @@ class ChannelRegistry:
 
     def _run_one(self, ch: _Channel, entry: _Publish) -> None:
         try:
+            history = self.history
             publish_id = entry.publish_id
             if publish_id is not None:
-                now = self._clock()
-                self._expire(ch, now)
-                first = ch.ids.get(publish_id)
+                first = history.first_publish(ch, publish_id)
                 if first is not None:
-                    self._counters.add(Counter.DUPLICATE_PUBLISHES)
                     entry.result = Published(ch.name, first[0], ch.epoch, first[1], True)
                     self._finish(ch, entry)
                     return
@@ -380,21 +417,8 @@ class ChannelRegistry:
             for member in ch.subscribers:
                 if member != exclude and deliver(member, frame):
                     delivered += 1
-            if self.history_size:
-                history = ch.history
-                now = self._clock() if publish_id is None else now
-                history.append((offset, frame, now))
-                if len(history) > self.history_size:
-                    history.popleft()
-                    self._counters.add(Counter.HISTORY_EVICTED)
-                if now - history[0][2] > self.history_ttl_s:
-                    self._expire(ch, now)
-            if publish_id is not None:
-                ids = ch.ids
-                ids[publish_id] = (offset, delivered, now)
-                if len(ids) > self.max_publish_ids_per_channel:
-                    ids.popitem(last=False)
-                    self._counters.add(Counter.PUBLISH_IDS_EVICTED)
+            if history.size or publish_id is not None:
+                history.record(ch, offset, frame, publish_id, delivered)
             entry.result = Published(ch.name, offset, ch.epoch, delivered)
         except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
             entry.result = exc
@@ -419,7 +443,7 @@ class ChannelRegistry:
         if ch is None:
             return []
         with ch.lock:
-            self._expire(ch, self._clock())
+            self.history.expire(ch, self._clock())
             return [(offset, frame) for offset, frame, _ in ch.history]
 
     def stats(self) -> dict:
@@ -433,5 +457,5 @@ class ChannelRegistry:
                 "subscriptions": subs, "channels_evicted": self.evicted,
                 "history_messages": sum(len(ch.history) for ch in channels),
                 "publish_ids": sum(len(ch.ids) for ch in channels),
-                "history_size": self.history_size, "history_ttl_s": self.history_ttl_s,
-                "publish_dedup_s": self.publish_dedup_s}
+                "history_size": self.history.size, "history_ttl_s": self.history.ttl_s,
+                "publish_dedup_s": self.history.dedup_s}

@@ -38,6 +38,45 @@ _CHSK_PREFIX = f'["{p.NS_CHSK}/'
 _PREFIX_LEN = len(_SENTE_PREFIX)
 
 
+class ChannelGate:
+    """Whether a connection may subscribe or publish to a channel."""
+
+    def __init__(self, server: "Server") -> None:
+        self.server = server
+        self.counters = server.counters
+
+    def check(self, conn: "Connection", action: str, channel_id: str) -> Optional[Tuple[str, str]]:
+        """Checks of one subscribe/publish: None allows, (error code, message) refuses.
+
+        ``max_subscriptions_per_conn`` (``limit-exceeded``), then the ``authorize``
+        hook (``forbidden``; a hook that raises forbids).
+        """
+        srv = self.server
+        if action == "subscribe":
+            held = srv.channels.channels_of(conn.conn_id)
+            if len(held) >= srv.max_subscriptions_per_conn and channel_id not in held:
+                self.counters.add(Counter.SUBSCRIPTION_LIMIT)
+                report(log, "refused-subscribe", "max-subscriptions", conn_id=conn.conn_id,
+                       uid=conn.uid, remote=conn.remote_address, channel_id=channel_id)
+                return p.ERR_LIMIT_EXCEEDED, (f"{len(held)} subscriptions already "
+                                              f"(max_subscriptions_per_conn={srv.max_subscriptions_per_conn})")
+        if srv.authorize is None:
+            return None
+        try:
+            allowed = bool(srv.authorize(conn, action, channel_id))
+        except Exception:
+            self.counters.add(Counter.HOOK_ERRORS)
+            log.exception("authorize hook raised for %s %r (conn %s): forbidden",
+                          action, channel_id, conn.conn_id)
+            allowed = False
+        if allowed:
+            return None
+        self.counters.add(Counter.FORBIDDEN)
+        report(log, f"refused-{action}", "forbidden", conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
+        return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
+
+
 class ServerCore:
     """Handles the network loop's links for one server (all entry points but the
     handlers' own run on the network thread)."""
@@ -45,6 +84,7 @@ class ServerCore:
     def __init__(self, server: "Server") -> None:
         self.server = server
         self.counters = server.counters
+        self._gate = ChannelGate(server)
         self._next_ping = 0.0
 
     # -- upgrades ----------------------------------------------------------------------
@@ -194,7 +234,7 @@ class ServerCore:
 
     def _refused(self, conn: "Connection", action: str, channel_id: str,
                  event: str, cb_id: Optional[str]) -> bool:
-        refusal = self._authorize(conn, action, channel_id)
+        refusal = self._gate.check(conn, action, channel_id)
         if refusal is None:
             return False
         conn._enqueue(conn._session.error(refusal[0], refusal[1], cb_id, event))
@@ -236,37 +276,6 @@ class ServerCore:
             self.server._hub.publish(channel, ev.data_json, conn.uid,
                                      conn.conn_id if ev.exclude_sender else None, answer,
                                      ev.publish_id, traceparent)
-
-    def _authorize(self, conn: "Connection", action: str, channel_id: str) -> Optional[Tuple[str, str]]:
-        """Checks of one subscribe/publish: None allows, (error code, message) refuses.
-
-        ``max_subscriptions_per_conn`` (``limit-exceeded``), then the ``authorize``
-        hook (``forbidden``; a hook that raises forbids).
-        """
-        srv = self.server
-        if action == "subscribe":
-            held = srv.channels.channels_of(conn.conn_id)
-            if len(held) >= srv.max_subscriptions_per_conn and channel_id not in held:
-                self.counters.add(Counter.SUBSCRIPTION_LIMIT)
-                report(log, "refused-subscribe", "max-subscriptions", conn_id=conn.conn_id,
-                       uid=conn.uid, remote=conn.remote_address, channel_id=channel_id)
-                return p.ERR_LIMIT_EXCEEDED, (f"{len(held)} subscriptions already "
-                                              f"(max_subscriptions_per_conn={srv.max_subscriptions_per_conn})")
-        if srv.authorize is None:
-            return None
-        try:
-            allowed = bool(srv.authorize(conn, action, channel_id))
-        except Exception:
-            self.counters.add(Counter.HOOK_ERRORS)
-            log.exception("authorize hook raised for %s %r (conn %s): forbidden",
-                          action, channel_id, conn.conn_id)
-            allowed = False
-        if allowed:
-            return None
-        self.counters.add(Counter.FORBIDDEN)
-        report(log, f"refused-{action}", "forbidden", conn_id=conn.conn_id, uid=conn.uid,
-               remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
-        return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
 
     def _call_hook(self, hook: Callable[..., None], *args: Any) -> None:
         try:
@@ -353,4 +362,4 @@ class ServerCore:
             conn._settle(waiter, None, exc)
 
 
-__all__ = ["ServerCore"]
+__all__ = ["ServerCore", "ChannelGate"]

@@ -54,6 +54,7 @@ from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
 from .security import Authenticate, Authorize, report
+from .server_stats import PER_CONN_TOTALS, InspectionMixin
 from .session import ServerRules, ServerSession
 from .workers import Lane
 
@@ -305,7 +306,7 @@ def _check_event_id(event: str) -> None:
                          "[A-Za-z0-9_.-], 1-64 chars per part")
 
 
-class Server:
+class Server(InspectionMixin):
     """A sente_lite server. Use as ``with Server(...) as srv:`` or call start()/stop().
 
     Every limit is an argument: ``max_message_bytes`` (larger frames close the
@@ -418,14 +419,15 @@ class Server:
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
         lim.validate_positive("rate_limit", rate_limit, allow_none=True)
-        lim.validate_positive("max_subscriptions_per_conn", max_subscriptions_per_conn)
-        lim.validate_positive("max_rate_limited", max_rate_limited)
-        lim.validate_positive("max_outstanding_requests", max_outstanding_requests)
-        lim.validate_positive("handshake_timeout", handshake_timeout)
-        lim.validate_positive("request_line_timeout", request_line_timeout)
-        lim.validate_positive("accept_backlog", accept_backlog)
-        lim.validate_positive("max_pending_handshakes", max_pending_handshakes)
-        lim.validate_positive("max_pending_handshakes_per_address", max_pending_handshakes_per_address)
+        for name, value in (("max_subscriptions_per_conn", max_subscriptions_per_conn),
+                            ("max_rate_limited", max_rate_limited),
+                            ("max_outstanding_requests", max_outstanding_requests),
+                            ("handshake_timeout", handshake_timeout),
+                            ("request_line_timeout", request_line_timeout),
+                            ("accept_backlog", accept_backlog),
+                            ("max_pending_handshakes", max_pending_handshakes),
+                            ("max_pending_handshakes_per_address", max_pending_handshakes_per_address)):
+            lim.validate_positive(name, value)
         self.ssl_context = ssl_context
         self.accept_backlog = accept_backlog
         self.request_line_timeout = request_line_timeout
@@ -476,7 +478,7 @@ class Server:
         self._on_connect: List[ConnectHook] = []
         self._on_disconnect: List[DisconnectHook] = []
         self._conn_seq = itertools.count(1)
-        self._closed_totals: Dict[str, int] = dict.fromkeys(_PER_CONN_TOTALS, 0)
+        self._closed_totals: Dict[str, int] = dict.fromkeys(PER_CONN_TOTALS, 0)
         self._closes_by_code: Dict[int, int] = {}
         self._count_lock = threading.Lock()
         self._stopping = False
@@ -637,69 +639,11 @@ class Server:
             conn.close(code, reason)
         return len(conns)
 
-    def presence(self, uid: str) -> int:
-        """How many live connections user ``uid`` has on this server."""
-        return self._hub.presence(uid)
-
-    def user_count(self) -> int:
-        """How many distinct users are connected to this server."""
-        return self._hub.user_count()
-
     def csrf_token(self, client_id: str) -> Optional[str]:
         """The CSRF token of ``client_id`` (to embed in a page); None when ``csrf`` is off."""
         return self._gate.csrf_token_for(client_id)
 
     # -- inspection -------------------------------------------------------------
-    def connections(self) -> List[dict]:
-        """One dict per live connection: ids, remote, channels, queue, counters."""
-        now = time.time()
-        return [{
-            "conn-id": c.conn_id, "uid": c.uid, "client-id": c.client_id,
-            "remote": c.remote_address, "channels": self.channels.channels_of(c.conn_id),
-            "queued-bytes": c.queued_bytes, "connected-s": round(now - c.connected_at, 3),
-            "frames-in": c.frames_in, "frames-out": c.frames_out,
-        } for c in self._snapshot()]
-
-    def stats(self) -> dict:
-        """Counters since start: connections, frames, errors, closes by code, channels."""
-        out: Dict[str, Any] = self.counters.snapshot()
-        with self._count_lock:
-            closed = dict(self._closed_totals)
-            out["closes_by_code"] = dict(self._closes_by_code)
-        live = self._snapshot()
-        out["connections"] = len(live)
-        out["users"] = self._hub.user_count()
-        for key in _PER_CONN_TOTALS:
-            out[key] = closed[key] + sum(getattr(c, key) for c in live)
-        out["queued_bytes"] = sum(c.queued_bytes for c in live)
-        out.update(self.channels.stats())
-        out.update(self._gate.stats())
-        loop = self._loop
-        if loop is not None:
-            for key, value in loop.counts.items():
-                out[key] = out.get(key, 0) + value
-            out["pending_handshakes"] = loop.pending_count()
-        out["handler_threads"] = self._pool.threads
-        out["handler_thread_start_failures"] = self._pool.start_failures
-        out["request_latency"] = self._latency.summary()
-        out["uptime_s"] = round(time.monotonic() - self._started_at, 3) if self._started_at else 0.0
-        out["server_id"] = self.server_id
-        return out
-
-    def _snapshot(self) -> List[Connection]:
-        return self._hub.snapshot()
-
-    @property
-    def _conns(self) -> Dict[str, Connection]:
-        return self._hub.conns
-
-    def _closed_conn(self, conn: Connection, code: int) -> None:
-        """Keep the totals of a connection that ended."""
-        self.counters.add(Counter.CONNECTIONS_CLOSED)
-        with self._count_lock:
-            self._closes_by_code[code] = self._closes_by_code.get(code, 0) + 1
-            for key in _PER_CONN_TOTALS:
-                self._closed_totals[key] += getattr(conn, key)
 
     def _on_network_thread(self) -> bool:
         loop = self._loop
@@ -716,9 +660,6 @@ class Server:
 
 
 _PING = p.encode_bytes(p.EV_PING)
-#: Counts each connection keeps; stats() adds those of the ended ones.
-_PER_CONN_TOTALS = ("frames_in", "frames_out", "writes_out", "frames_inline", "bytes_in", "bytes_out",
-                    "wire_bytes_out", "batches_out")
 
 
 def _ws_frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:

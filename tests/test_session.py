@@ -173,7 +173,7 @@ def subscribed_then_cut(registry: Optional[ChannelRegistry] = None) -> SessionPa
     """A client subscribed to "ch" that got message 0 (offset 1), then lost its connection."""
     pair = SessionPair(registry=registry, rules=ss.ServerRules(rate_limit=None))
     if registry is not None:
-        registry._clock = lambda: pair.now
+        registry._clock = registry.history.clock = lambda: pair.now
     pair.connect()
     pair.subscribe("ch")
     pair.pump()
