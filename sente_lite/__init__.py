@@ -6,7 +6,7 @@ channels with offsets) over WebSocket, for threaded Python programs.
 
 from .channels import Published, Since
 from .client import ChannelMessage, Client, Recovery
-from .errors import (ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
+from .errors import (BrokerUnavailable, ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
                      FrameError, LimitExceeded, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .server import Connection, Server
@@ -17,6 +17,6 @@ __all__ = [
     "Server", "Connection", "Client", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
-    "LimitExceeded",
+    "LimitExceeded", "BrokerUnavailable",
     "__version__",
 ]

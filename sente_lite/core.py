@@ -22,6 +22,7 @@ from . import session as ss
 from . import tracing
 from .channels import Published, RecoveryResult
 from .counters import Counter
+from .errors import BrokerUnavailable
 from .front import Identity
 from .logsafe import safe
 from .netloop import DEFER, Link
@@ -256,7 +257,10 @@ class ServerCore:
         spans = self.server._spans
 
         def answer(result: Any) -> None:  # on the thread that ran the publish, in channel order
-            if isinstance(result, BaseException):
+            if isinstance(result, BrokerUnavailable):  # not published: the client may retry
+                conn._enqueue(conn._session.error(p.ERR_UNAVAILABLE, str(result), cb_id,
+                                                  p.EV_PUBLISH))
+            elif isinstance(result, BaseException):
                 self.counters.add(Counter.INTERNAL_ERRORS)
                 log.error("internal error publishing on %r (conn %s)", channel, conn.conn_id,
                           exc_info=result)

@@ -81,3 +81,9 @@ class LimitExceeded(SenteLiteError):
     """A configured limit refused the operation (code ``limit-exceeded``); the message names it."""
 
     code = "limit-exceeded"
+
+
+class BrokerUnavailable(SenteLiteError, ConnectionError):
+    """The channel broker (Redis) is unreachable: the publish was not made (code ``unavailable``)."""
+
+    code = "unavailable"

@@ -68,12 +68,19 @@ class HttpFront:
             return refusal
         if "Upgrade" not in request.headers:
             if parts.path == "/health":
-                body = p.dumps({"status": "ok", "server-id": srv.server_id,
-                                "uptime-s": round(time.monotonic() - srv._started_at, 3),
-                                "connections": len(srv._hub.conns),
-                                "pending-handshakes": srv._loop.pending_count() if srv._loop else 0,
-                                "channels": srv.channels.stats()["active_channels"]})
-                return _respond(link, http.HTTPStatus.OK, body + "\n", "application/json")
+                health = {"status": "ok", "server-id": srv.server_id,
+                          "uptime-s": round(time.monotonic() - srv._started_at, 3),
+                          "connections": len(srv._hub.conns),
+                          "pending-handshakes": srv._loop.pending_count() if srv._loop else 0,
+                          "channels": srv.channels.stats()["active_channels"]}
+                broker_health = getattr(srv.channels, "health", None)
+                if broker_health is not None:  # a shared broker: 503 "degraded" while it is down
+                    health.update(broker_health())
+                    if health["broker-status"] != "up":
+                        health["status"] = "degraded"
+                status = (http.HTTPStatus.OK if health["status"] == "ok"
+                          else http.HTTPStatus.SERVICE_UNAVAILABLE)
+                return _respond(link, status, p.dumps(health) + "\n", "application/json")
             if parts.path == "/metrics":
                 return self._metrics_response(link)
             if parts.path == security.CSRF_TOKEN_PATH:

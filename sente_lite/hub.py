@@ -125,6 +125,10 @@ class Hub:
         self._by_uid: Dict[str, Set[str]] = {}
         self._seen_clients: "collections.OrderedDict[str, None]" = collections.OrderedDict()
         self._json: Dict[str, str] = {}
+        # A broker shared by several servers (RedisBroker) also routes users and presence.
+        self.shared: Any = broker if getattr(broker, "shared", False) else None
+        if self.shared is not None:
+            self.shared.bind(self)
 
     # -- registry ---------------------------------------------------------------------
     def first_visit(self, client_id: str) -> bool:
@@ -143,6 +147,8 @@ class Hub:
             self.conns[conn.conn_id] = conn
             self._by_uid.setdefault(conn.uid, set()).add(conn.conn_id)
         self.counters.add(Counter.CONNECTIONS_OPENED)
+        if self.shared is not None:
+            self.shared.presence_changed()
 
     def remove(self, conn: Member) -> None:
         """Forget ``conn`` and its subscriptions."""
@@ -154,6 +160,8 @@ class Hub:
                 if not ids:
                     del self._by_uid[conn.uid]
         self.broker.remove_member(conn.conn_id)
+        if self.shared is not None:
+            self.shared.presence_changed()
 
     def snapshot(self) -> List[Any]:
         with self._lock:
@@ -171,6 +179,11 @@ class Hub:
     def user_count(self) -> int:
         with self._lock:
             return len(self._by_uid)
+
+    def user_counts(self) -> Dict[str, int]:
+        """uid -> live connections here."""
+        with self._lock:
+            return {uid: len(ids) for uid, ids in self._by_uid.items()}
 
     # -- fan-out -------------------------------------------------------------------------
     def json_string(self, value: Optional[str]) -> str:
@@ -213,6 +226,15 @@ class Hub:
             return Built(ws_frame(frame, False), len(frame), value, traceparent)
 
         counters = self.counters
+        if self.shared is not None:  # the frame is finished in Redis, with its offset
+            def counted(result: Any) -> None:
+                if isinstance(result, Published) and not result.duplicate:
+                    counters.add(Counter.PUBLISHES)
+                if answer is not None:
+                    answer(result)
+
+            return self.shared.publish_text(channel, head, exclude, counted,
+                                            wait=answer is None, publish_id=publish_id)
 
         def done(result: Any) -> None:
             if isinstance(result, Published) and not result.duplicate:
@@ -235,6 +257,17 @@ class Hub:
             return conn.deliver(built.wire, built.size)
         return conn.deliver(*built.for_packer(conn.packer, self._ws_frame, conn.deflate_bits,
                                               self.min_compress))
+
+    def built_from_text(self, payload: bytes) -> Built:
+        """A channel message already encoded as JSON (``payload``), built for delivery."""
+        return Built(self._ws_frame(payload, False), len(payload), lambda: p.loads(payload.decode("utf-8")))
+
+    def to_member(self, member: Hashable, event: str, data: Any) -> bool:
+        """Send ``event`` to connection ``member``; False when it is gone or closing."""
+        conn = self.conns.get(member)  # type: ignore[call-overload]
+        if conn is None:
+            return False
+        return self._send([conn], event, data, p.encode_bytes(event, data)) == 1
 
     def subscribe(self, conn: Member, channel: str, announce: Announce,
                   since: Optional[Since]) -> None:
@@ -261,8 +294,19 @@ class Hub:
         return taken
 
     def to_user(self, uid: str, event: str, data: Any, json_payload: bytes) -> int:
-        """Send ``event`` to every live connection of ``uid``; how many took it."""
+        """Send ``event`` to every live connection of ``uid`` (with a shared broker, on
+        every server); how many here took it."""
+        if self.shared is not None:
+            self.shared.to_user(uid, json_payload)
         return self._send(self.of_user(uid), event, data, json_payload)
+
+    def to_user_here(self, uid: str, json_payload: bytes) -> int:
+        """Send an encoded event frame to the connections of ``uid`` on this server."""
+        conns = self.of_user(uid)
+        if not conns:
+            return 0
+        frame = p.loads(json_payload.decode("utf-8"))
+        return self._send(conns, frame[0], frame[1] if len(frame) > 1 else None, json_payload)
 
     def to_all(self, event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to every live connection; how many took it."""

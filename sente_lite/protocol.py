@@ -49,6 +49,8 @@ ERR_TOO_LARGE = "too-large"
 ERR_RATE_LIMITED = "rate-limited"
 ERR_NO_HANDLER = "no-handler"
 ERR_HANDLER_ERROR = "handler-error"
+#: The server's channel broker is unreachable: the publish was not made (retry later).
+ERR_UNAVAILABLE = "unavailable"
 ERR_TIMEOUT = "timeout"
 ERR_DISCONNECTED = "disconnected"
 

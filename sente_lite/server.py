@@ -340,7 +340,9 @@ class Server(InspectionMixin):
     that names the last offset it saw; publish ids are remembered
     ``publish_dedup_s`` (at most ``max_publish_ids_per_channel`` per channel) so a
     resent publish is delivered once. ``broker``: where channels live (default:
-    this process, :class:`~sente_lite.hub.LocalBroker`).
+    this process, :class:`~sente_lite.hub.LocalBroker`); ``"redis://host:port/db"``
+    shares channels, history, users and presence with every server on that Redis
+    (:class:`~sente_lite.redis_broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
 
     A ``traceparent`` in a publish body or a request's data map stays on every
     delivery, acknowledgement, reply map and log line (:mod:`sente_lite.tracing`);
@@ -394,7 +396,7 @@ class Server(InspectionMixin):
         history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S,
         publish_dedup_s: float = ch.DEFAULT_PUBLISH_DEDUP_S,
         max_publish_ids_per_channel: int = ch.DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
-        broker: Optional[Broker] = None,
+        broker: Union[Broker, str, None] = None,
         tracing: bool = False,
         compression: Optional[str] = None,
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
@@ -456,6 +458,12 @@ class Server(InspectionMixin):
 
         self.server_id = uuid.uuid4().hex[:16]
         self.counters = Counters()
+        if isinstance(broker, str):  # "redis://host:port/db": channels shared by several servers
+            from .redis_broker import RedisBroker
+            broker = RedisBroker(broker, self.server_id, history_size=history_size,
+                                 history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
+                                 counters=self.counters)
+            broker.on_disconnect_user = self._disconnect_user_here
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
@@ -519,10 +527,14 @@ class Server(InspectionMixin):
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
             extensions=compression_mod.server_extensions(self.compression))
         self._pool.start()
+        broker_start = getattr(self.channels, "start", None)
+        if broker_start is not None:
+            broker_start()
         try:
             self._loop.start()
         except BaseException:
             self._pool.stop()
+            self._stop_broker()
             self._loop = None
             raise
         self.port = self._loop.port
@@ -544,9 +556,15 @@ class Server(InspectionMixin):
             conn._closed.wait(max(0.0, deadline - time.monotonic()))
         self._loop.stop(self.close_timeout + 5.0)  # drops whatever is left
         self._pool.stop(self.close_timeout + 5.0)  # runs the disconnect hooks still queued
+        self._stop_broker()
         if self.port_file:
             discovery.remove(self.port_file)
         log.info("stopped %s", self.url)
+
+    def _stop_broker(self) -> None:
+        broker_stop = getattr(self.channels, "stop", None)
+        if broker_stop is not None:
+            broker_stop()
 
     # -- registration -----------------------------------------------------------
     def on(self, event: str, fn: Optional[Handler] = None) -> Any:
@@ -588,7 +606,10 @@ class Server(InspectionMixin):
         return conn.send(event, data) if conn is not None else False
 
     def send_to_user(self, uid: str, event: str, data: Any = None) -> int:
-        """Queue an event to every live connection of ``uid``; returns how many took it."""
+        """Queue an event to every live connection of ``uid``; returns how many here took it.
+
+        With a shared broker (Redis) it also goes, through Redis, to the user's
+        connections on every other server (not counted in the result)."""
         _check_event_id(event)
         return self._hub.to_user(uid, event, data, p.encode_bytes(event, data))
 
@@ -629,8 +650,15 @@ class Server(InspectionMixin):
         """Close every live connection of ``uid`` with ``code``; returns how many.
 
         With 1008 the reference clients stop reconnecting; with 1000 they
-        reconnect and meet ``authenticate`` again.
+        reconnect and meet ``authenticate`` again. With a shared broker (Redis) the
+        user's connections on every other server are closed too (not counted).
         """
+        shared = self._hub.shared
+        if shared is not None:
+            shared.disconnect_user(uid, code, reason)
+        return self._disconnect_user_here(uid, code, reason)
+
+    def _disconnect_user_here(self, uid: str, code: int, reason: str) -> int:
         conns = self._hub.of_user(uid)
         for conn in conns:
             self.counters.add(Counter.FORCED_CLOSES)

@@ -23,12 +23,16 @@ class InspectionMixin:
     _count_lock: threading.Lock
 
     def presence(self: "Server", uid: str) -> int:
-        """How many live connections user ``uid`` has on this server."""
-        return self._hub.presence(uid)
+        """How many live connections user ``uid`` has on this server (with a shared
+        broker: on every server; raises BrokerUnavailable while it is down)."""
+        shared = self._hub.shared
+        return shared.presence(uid) if shared is not None else self._hub.presence(uid)
 
     def user_count(self: "Server") -> int:
-        """How many distinct users are connected to this server."""
-        return self._hub.user_count()
+        """How many distinct users are connected to this server (with a shared broker:
+        to any server; raises BrokerUnavailable while it is down)."""
+        shared = self._hub.shared
+        return shared.user_count() if shared is not None else self._hub.user_count()
 
     def connections(self: "Server") -> List[dict]:
         """One dict per live connection: ids, remote, channels, queue, counters."""
