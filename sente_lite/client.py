@@ -25,7 +25,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import websocket  # websocket-client
 
@@ -101,12 +101,16 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
     long of the first go to a server that reads batches as one ``chsk/batch`` frame
     (at most :data:`MAX_SEND_BATCH_FRAMES`), for this much added latency.
 
+    ``url`` may be a list of URLs (servers sharing a broker): each connect attempt
+    goes to the next one after a failure or a lost connection, round-robin, with
+    the same backoff; ``url`` is the one in use.
+
     One client may be shared by many threads: every method is thread-safe.
     """
 
     def __init__(
         self,
-        url: str,
+        url: Union[str, Sequence[str]],
         *,
         client_id: Optional[str] = None,
         auto_reconnect: bool = True,
@@ -127,7 +131,10 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         send_buf_ms: float = 0.0,
         start: bool = True,
     ) -> None:
-        self.url = url
+        self.urls: Tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
+        if not self.urls:
+            raise ValueError("url: give at least one URL")
+        self.url = self.urls[0]
         self.client_id = client_id or str(uuid.uuid4())
         self.auto_reconnect = auto_reconnect
         self.token = token

@@ -103,6 +103,8 @@ class Connector:
                     break
                 if not c.auto_reconnect:
                     break
+                if len(c.urls) > 1:  # failover: the next server, round-robin
+                    c.url = c.urls[(c.urls.index(c.url) + 1) % len(c.urls)]
                 c._apply(ss.ON_LOST)
                 delay = backoff_delay(attempt, c.backoff_base, c.backoff_max)
                 attempt += 1

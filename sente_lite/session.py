@@ -852,7 +852,9 @@ class ClientSession:
             return self._channel_msg(data)
         if event == p.EV_PING:
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
-        if event == p.EV_PONG or event in (p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED):
+        if event == p.EV_SUBSCRIBED:
+            return self._subscribed_notice(data)
+        if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:
             return _NOTHING
         if event in (p.EV_REPLY, p.EV_ERROR):
             return self._answer(event, data, cb_id)
@@ -926,6 +928,27 @@ class ClientSession:
             self._subs.pop(channel_id, None)
         return Received([Subscribed(channel_id, data, error, recovery),
                          ReplyArrived(waiter, data, error)], [])
+
+    def _subscribed_notice(self, data: Any) -> Received:
+        """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
+        broker lost messages of a held channel (``recovered: false``; PROTOCOL 9).
+        Live messages continue after ``offset`` in ``epoch``."""
+        if not isinstance(data, dict) or not isinstance(data.get(p.K_RECOVERED), bool):
+            return _NOTHING
+        channel_id = data.get(p.K_CHANNEL)
+        sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
+        top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
+        if sub is None or not isinstance(top, int) or not isinstance(epoch, str):
+            return _NOTHING
+        assert isinstance(channel_id, str)
+        since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
+                 else None)
+        recovered = data[p.K_RECOVERED]
+        recovery = Recovery(channel_id, recovered, data.get(p.K_REASON), top, epoch, since)
+        if not recovered:
+            self._count("recovery_failures")
+            sub.epoch, sub.last_offset = epoch, top
+        return Received([Subscribed(channel_id, data, None, recovery)], [])
 
     def _channel_msg(self, data: Any) -> Received:
         try:
