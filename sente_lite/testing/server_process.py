@@ -15,12 +15,17 @@ Commands (see :meth:`sente_lite.testing.Run.server_command`):
 * ``await-closes`` ``{code, count, timeout}``: wait until at least ``count``
   connections ended with close code ``code``. Value: how many did.
 * ``stats``: :meth:`Server.stats`. ``connections``: :meth:`Server.connections`.
+* ``send-to-user`` ``{uid, event, data}``: :meth:`Server.send_to_user` (value: how many
+  connections here took it). ``presence`` ``{uid}``: :meth:`Server.presence` and
+  :meth:`Server.user_count`. ``health``: what ``GET /health`` answers (status, body).
 * ``stop``: stop the server; the process's result value is the final stats.
 """
 
 from __future__ import annotations
 
 import functools
+import http.client
+import json
 import logging
 import time
 from typing import Any, Callable, Dict, Optional
@@ -72,12 +77,26 @@ def _await_closes(srv: Server, data: Dict[str, Any]) -> int:
     return closes()
 
 
+def _health(srv: Server, data: Dict[str, Any]) -> Dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=SCENARIO_TIMEOUT_S)
+    try:
+        conn.request("GET", "/health")
+        response = conn.getresponse()
+        return {"status": response.status, "body": json.loads(response.read())}
+    finally:
+        conn.close()
+
+
 COMMANDS: Dict[str, Callable[[Server, Dict[str, Any]], Any]] = {
     "publish": _publish,
     "await-subscribers": _await_subscribers,
     "await-closes": _await_closes,
     "stats": lambda srv, data: srv.stats(),
     "connections": lambda srv, data: srv.connections(),
+    "send-to-user": lambda srv, data: srv.send_to_user(data["uid"], data["event"], data.get("data")),
+    "presence": lambda srv, data: {"presence": srv.presence(data["uid"]),
+                                   "users": srv.user_count()},
+    "health": _health,
 }
 
 
