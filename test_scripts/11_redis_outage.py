@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""11 Redis outage: SIGKILL Redis under load and restart it; loud while down, no silent loss.
+
+Setup: a real redis-server (started here, no persistence); server-a and server-b
+with ``broker=redis://...``; CLIENTS clients, half on each, subscribed to "news".
+Workload: every client publishes continuously (one acknowledged publish every
+PUBLISH_INTERVAL_S), recording each answer: acknowledged (offset, epoch) or refused.
+Fault: SIGKILL Redis. Degradation must be visible: both servers' ``/health`` answer
+503 ``degraded``; every publisher gets ``unavailable`` errors. Then Redis restarts on
+the same port, empty (every channel's history and epoch are gone).
+Recovery: both links come back by themselves; every subscriber is told with a
+``sente-lite/subscribed`` notice carrying ``recovered: false`` (its on_recovery
+callback); publishes are acknowledged again. Each client then publishes a fence
+and awaits everyone's fence (the channel has one order: all before it has arrived).
+Check (no silent loss): every acknowledged publish reached every subscriber exactly
+once, in offset order, or a ``recovered: false`` notice that subscriber got covers
+it (its epoch and offset lie in the gap the notice names). Refused publishes are
+counted; none was acknowledged.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import _repo  # noqa: F401  (the repository's sente_lite/ first: test_scripts/_repo.py)
+
+import threading
+import time
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from sente_lite.discovery import wait_for
+from sente_lite.errors import RemoteError, RequestTimeout
+from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
+                                ProcessContext, ProcessResult, Report, Run, latencies_ms,
+                                latency_summary, run_scenario, stamp)
+from sente_lite.testing.redis_server import SKIP_REASON, RedisServer, redis_server_path
+
+CLIENTS = 4
+HALF = CLIENTS // 2
+CHANNEL = "news"
+#: Pace of each client's publishes (s between one answer and the next publish).
+PUBLISH_INTERVAL_S = 0.02
+#: Seconds a publish may wait for its answer before it counts as unanswered.
+PUBLISH_TIMEOUT_S = 5.0
+#: Acknowledged publishes per client before the fault, refusals per client during it.
+ACKED_BEFORE = 20
+REFUSED_DURING = 25
+#: Seconds the servers may take to report the outage, and to recover after the restart.
+DETECT_TIMEOUT_S = 10.0
+RECOVER_TIMEOUT_S = 20.0
+UNAVAILABLE = "unavailable"
+
+
+def client(ctx: ProcessContext, urls: List[str]) -> Dict[str, Any]:
+    """Subscribe; publish continuously between ``start`` and ``stop``, recording every answer."""
+    with ctx.connect(urls) as c:
+        recoveries: List[Dict[str, Any]] = []
+
+        def on_recovery(r: Any) -> None:
+            event = ctx.history.record("recovery", channel=r.channel_id, recovered=r.recovered,
+                                       reason=r.reason, offset=r.offset, epoch=r.epoch,
+                                       since=r.since)
+            recoveries.append(event)
+            ctx.mark("recovery", count=len(recoveries), recovered=r.recovered)
+
+        c.on_recovery(on_recovery)
+        ctx.subscribe(c, CHANNEL)
+        ctx.mark("ready")
+        stop = threading.Event()
+        acked: List[Dict[str, Any]] = []
+        refused: List[Dict[str, Any]] = []
+        unanswered: List[int] = []
+        lock = threading.Lock()
+
+        def publisher() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    reply = c.publish(CHANNEL, stamp(by=ctx.name, n=n), ack=True,
+                                      timeout=PUBLISH_TIMEOUT_S) or {}
+                except RemoteError as exc:
+                    with lock:
+                        refused.append({"n": n, "code": exc.code, "t_ns": time.monotonic_ns()})
+                        count = len(refused)
+                    ctx.mark("refused", count=count, code=exc.code)
+                except RequestTimeout:
+                    unanswered.append(n)
+                else:
+                    with lock:
+                        acked.append({"n": n, "offset": reply["offset"], "t_ns": time.monotonic_ns()})
+                        count = len(acked)
+                    ctx.mark("acked", count=count)
+                stop.wait(PUBLISH_INTERVAL_S)
+
+        thread = threading.Thread(target=publisher, name="publisher", daemon=True)
+
+        def start(data: Dict[str, Any]) -> None:
+            thread.start()
+
+        def halt(data: Dict[str, Any]) -> Dict[str, Any]:
+            stop.set()
+            thread.join(PUBLISH_TIMEOUT_S + 1)
+            with lock:
+                return {"acked": len(acked), "refused": len(refused)}
+
+        def fence(data: Dict[str, Any]) -> Dict[str, Any]:
+            return c.publish(CHANNEL, {"fence": ctx.name}, ack=True) or {}
+
+        def await_fences(data: Dict[str, Any]) -> int:
+            want = set(data["names"])
+            return ctx.wait_until(
+                lambda: len(want & {d.data.get("fence") for d in ctx.history.messages(CHANNEL)})
+                == len(want) or None, f"fences of {sorted(want)}")
+
+        ctx.serve_commands({"start": start, "stop": halt, "fence": fence, "await-fences": await_fences})
+        with lock:
+            return {"acked": acked, "refused": refused, "unanswered": unanswered,
+                    "stats": c.stats()}
+
+
+def story(run: Run, report: Report) -> None:
+    if redis_server_path() is None:
+        report.fail(SKIP_REASON)
+        return
+    redis_srv = RedisServer().start()
+    try:
+        report.step(f"redis-server pid {redis_srv.pid} on port {redis_srv.port}")
+        scenario(run, report, redis_srv)
+    finally:
+        redis_srv.close()
+
+
+def _health(run: Run, servers: List[Any]) -> Dict[str, Dict[str, Any]]:
+    return {s.name: run.server_command(s, "health") for s in servers}
+
+
+def scenario(run: Run, report: Report, redis_srv: RedisServer) -> None:
+    servers = [run.start_server(f"server-{x}", broker=redis_srv.url) for x in "ab"]
+    clients = [run.start_process(f"client{i}", client,
+                                 [servers[(i - 1) // HALF].url, servers[1 - (i - 1) // HALF].url])
+               for i in range(1, CLIENTS + 1)]
+    run.wait_mark(clients, "ready")
+    for s in servers:
+        run.server_command(s, "await-subscribers", channel=CHANNEL, count=HALF)
+    report.step(f"{CLIENTS} clients subscribed, {HALF} per server")
+    run.command(clients, "start")
+    run.wait_mark(clients, "acked", accept=lambda m: m["count"] >= ACKED_BEFORE)
+    report.step(f"every client had {ACKED_BEFORE} publishes acknowledged")
+
+    # fault: Redis dies, and everything in it
+    killed_ns = time.monotonic_ns()
+    redis_srv.kill()
+    run.record_event("redis-sigkill", None)
+    report.step("SIGKILL redis-server")
+    degraded = wait_for(lambda: (lambda h: h if all(v["body"]["status"] == "degraded"
+                                                    for v in h.values()) else None)(
+        _health(run, servers)), DETECT_TIMEOUT_S, "both servers degraded")
+    detected_ns = time.monotonic_ns()
+    refused = run.wait_mark(clients, "refused", DETECT_TIMEOUT_S,
+                            accept=lambda m: m["count"] >= REFUSED_DURING)
+    report.step(f"both servers degraded after {(detected_ns - killed_ns) / 1e9:.2f}s; "
+                f"every client got {REFUSED_DURING} refusals")
+
+    # recovery: a fresh, empty Redis on the same port
+    restart_ns = time.monotonic_ns()
+    redis_srv.start()
+    run.record_event("redis-restart", None, pid=redis_srv.pid)
+    healthy = wait_for(lambda: (lambda h: h if all(v["status"] == 200 for v in h.values())
+                                else None)(_health(run, servers)), RECOVER_TIMEOUT_S, "both healthy")
+    linked_ns = time.monotonic_ns()
+    told = run.wait_mark(clients, "recovery", RECOVER_TIMEOUT_S)
+    told_ns = max(m["t_ns"] for m in told.values())
+    report.step(f"Redis restarted: links back after {(linked_ns - restart_ns) / 1e9:.2f}s, "
+                f"every subscriber told after {(told_ns - restart_ns) / 1e9:.2f}s")
+    counts = {h.name: run.wait_mark(h, "acked")[h.name]["count"] for h in clients}
+    for h in clients:  # publishes are acknowledged again
+        run.wait_mark(h, "acked", RECOVER_TIMEOUT_S,
+                      accept=lambda m, base=counts[h.name]: m["count"] >= base + 5)
+    stopped = run.request(clients, "stop")
+    run.request(clients, "fence")
+    run.request(clients, "await-fences", names=[h.name for h in clients])
+    run.command(clients, "finish")
+    results = run.results(clients)
+    for s in servers:
+        run.stop_server(s)
+
+    check(report, results, degraded, healthy, refused, stopped)
+    report.figure("detect_s", round((detected_ns - killed_ns) / 1e9, 3))
+    report.figure("outage_s", round((restart_ns - killed_ns) / 1e9, 3))
+    report.figure("relink_s", round((linked_ns - restart_ns) / 1e9, 3))
+    report.figure(FIG_RECOVERY_S, round((told_ns - restart_ns) / 1e9, 3))
+
+
+def covered(notices: List[Dict[str, Any]], epoch: str, offset: int) -> bool:
+    """True when one of ``notices`` (recovered: false) names (epoch, offset) as lost."""
+    for n in notices:
+        since = n.get("since") or {}
+        if since.get("epoch") == epoch and offset > since.get("offset", 0):
+            return True
+        if n["epoch"] == epoch and offset <= n["offset"]:
+            return True
+    return False
+
+
+def check(report: Report, results: Dict[str, ProcessResult], degraded: Dict[str, Any],
+          healthy: Dict[str, Any], refused: Dict[str, Any], stopped: Dict[str, Any]) -> None:
+    report.check(all(v["status"] == 503 and v["body"]["broker-status"] == "down"
+                     for v in degraded.values()),
+                 "while Redis was down both servers' /health answered 503 degraded",
+                 f"{ {k: (v['status'], v['body'].get('broker-error')) for k, v in degraded.items()} }")
+    report.check(all(m["code"] == UNAVAILABLE for m in refused.values()),
+                 f"publishes were refused with {UNAVAILABLE!r}", f"{refused}")
+    report.check(all(v["status"] == 200 and v["body"]["status"] == "ok" for v in healthy.values()),
+                 "both servers healthy again after the restart", "")
+    # every acknowledged publish: who published it, its offset, and its epoch (from deliveries)
+    by_key: Dict[Tuple[str, int], Tuple[int, Optional[str]]] = {}
+    delivered_somewhere: Dict[Tuple[str, int], str] = {}
+    for r in results.values():
+        for d in r.deliveries:
+            if "by" in d.data:
+                delivered_somewhere[(d.data["by"], d.data["n"])] = d.epoch
+    acked_total = refused_total = 0
+    refused_keys: Set[Tuple[str, int]] = set()
+    for name, r in results.items():
+        for a in r.value["acked"]:
+            by_key[(name, a["n"])] = (a["offset"], delivered_somewhere.get((name, a["n"])))
+        acked_total += len(r.value["acked"])
+        refused_total += len(r.value["refused"])
+        refused_keys |= {(name, x["n"]) for x in r.value["refused"]}
+        report.check(not r.value["unanswered"], f"{name}: every publish was answered",
+                     f"unanswered {r.value['unanswered'][:5]}", name)
+    lost: List[str] = []
+    covered_n = 0
+    for name, r in results.items():
+        notices = [e for e in r.events if e["kind"] == "recovery" and not e["recovered"]]
+        report.check(len(notices) >= 1 and all(n["reason"] == "epoch-changed" for n in notices),
+                     f"{name}: told that Redis lost the channel (recovered: false, epoch-changed)",
+                     f"{notices}", name)
+        got = {(d.data["by"], d.data["n"]): (d.epoch, d.offset) for d in r.deliveries
+               if "by" in d.data}
+        seen = [(d.epoch, d.offset) for d in r.deliveries]
+        report.check(len(seen) == len(set(seen)), f"{name}: no message delivered twice", "", name)
+        order_ok = all(b[1] > a[1] for a, b in zip(seen, seen[1:]) if a[0] == b[0])
+        report.check(order_ok, f"{name}: offsets increase within each epoch", "", name)
+        for key, (offset, epoch) in by_key.items():
+            if key in got:
+                continue
+            if epoch is not None and covered(notices, epoch, offset):
+                covered_n += 1
+                continue
+            lost.append(f"{name} missed {key[0]}#{key[1]} (offset {offset}, epoch {epoch})")
+    report.check(not lost, "every acknowledged publish reached every subscriber exactly once, "
+                           "or a recovered: false notice covers it",
+                 f"{len(lost)} lost: {lost[:5]}")
+    landed = [k for k in refused_keys if k in delivered_somewhere]
+    report.check(acked_total > 0 and refused_total > 0,
+                 "publishes were acknowledged before and after, and refused during the outage",
+                 f"acked {acked_total}, refused {refused_total}")
+    lat = latency_summary(latencies_ms(d for r in results.values() for d in r.deliveries))
+    report.figure(FIG_CLIENTS, len(results))
+    report.figure(FIG_MESSAGES, acked_total)
+    report.figure(FIG_P99_MS, lat["p99_ms"])
+    report.figure("refused", refused_total)
+    report.figure("acked_lost", len(lost))
+    report.figure("acked_covered_by_notice", covered_n)
+    report.figure("refused_but_delivered", len(landed))
+
+
+if __name__ == "__main__":
+    sys.exit(run_scenario(story, "SIGKILL Redis under load and restart it: loud while down, "
+                                 "recovered after, nothing lost silently"))
