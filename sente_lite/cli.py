@@ -99,6 +99,9 @@ SERVE_SETTINGS = (
             "frames per second one connection may send (rate-limited beyond); 0 turns it off", "rate_limit"),
     Setting("--heartbeat-ms", "int", DEFAULT_HEARTBEAT_MS,
             "ping every connection this often; one silent for 3x this is closed (4000)", "heartbeat_ms"),
+    Setting("--broker", "str", None, "share channels, history, users and presence with every server "
+            "on this Redis, e.g. redis://127.0.0.1:6379/0 (needs pip install 'sente-lite[redis]'). "
+            "Default: this process only", "broker"),
     Setting("--no-metrics", "bool", False, "do not serve GET /metrics"),
     Setting("--demo", "bool", False, "serve a live demo page (chat over channels) at GET /", "demo"),
     Setting("--tracing", "bool", False, "emit OpenTelemetry spans for traced messages (needs the "

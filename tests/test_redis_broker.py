@@ -320,3 +320,36 @@ def test_missing_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setitem(sys.modules, "redis", None)
     with pytest.raises(ImportError, match=r"pip install 'sente-lite\[redis\]'"):
         Server(broker="redis://127.0.0.1:1/0")
+
+
+def test_cli_serve_with_broker(redis_srv: RedisServer, tmp_path: Any) -> None:
+    import os
+    import signal
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), SENTE_LITE_BROKER=redis_srv.url)
+    procs = [subprocess.Popen([sys.executable, "-m", "sente_lite", "serve", "--port", "0"] + extra,
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for extra in ([], ["--broker", redis_srv.url])]
+    clients: List[Client] = []
+    try:
+        urls = [proc.stdout.readline().strip() for proc in procs]  # type: ignore[union-attr]
+        base = urls[0].replace("ws://", "http://").removesuffix("/chsk")
+        wait_until(lambda: json.loads(urllib.request.urlopen(base + "/health", timeout=WAIT_S)
+                                      .read())["broker-status"] == "up", what="linked")
+        clients = [Client(u) for u in urls]
+        rec = Recorder()
+        assert clients[1].wait_connected(WAIT_S) and clients[0].wait_connected(WAIT_S)
+        clients[1].subscribe("cli", rec)
+        assert clients[0].publish("cli", "through redis", ack=True)["offset"] == 1
+        wait_until(lambda: rec.offsets() == [1])
+    finally:
+        for c in clients:
+            c.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=20)
+    assert [proc.returncode for proc in procs] == [0, 0]
