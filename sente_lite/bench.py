@@ -53,7 +53,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from .framing import OP_BINARY, OP_CLOSE, OP_TEXT, FrameParser, ProtocolError, encode_frame
@@ -67,6 +67,12 @@ CHANNEL = "bench"
 SYSTEMS = ("sente_lite", "baseline")
 #: sente_lite with channel history off (``--history-off-too``): the cost of history, side by side.
 NO_HISTORY = "sente_lite_nohistory"
+#: ``--broker redis``: a redis-server and REDIS_SERVERS sente_lite servers sharing it, the
+#: connections split across them round-robin; CPU counts every server and Redis.
+REDIS = "sente_lite_redis"
+REDIS_SERVERS = 2
+#: Seconds a server on Redis may take to link up before the load starts.
+REDIS_LINK_TIMEOUT_S = 30.0
 #: The latency target the saturation sweep and the checks use.
 P99_TARGET_MS = 10.0
 P50_TARGET_MS = 1.5
@@ -233,20 +239,23 @@ BENCH_MAX_CONNECTIONS = 1_000_000
 
 
 def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_delay_ms: float,
-                 compression: Optional[str], pipe: Any) -> None:
+                 compression: Optional[str], broker: Optional[str], pipe: Any) -> None:
     """Server process: run one server until told to stop; answer ``stats``."""
     raise_nofile()
     if system.startswith("sente_lite"):
         from .channels import DEFAULT_HISTORY_SIZE
         from .server import Server
         srv: Any = Server("127.0.0.1", 0, heartbeat_ms=heartbeat_ms, write_delay_ms=write_delay_ms,
-                          max_connections=BENCH_MAX_CONNECTIONS,
+                          max_connections=BENCH_MAX_CONNECTIONS, broker=broker,
                           history_size=0 if system == NO_HISTORY else DEFAULT_HISTORY_SIZE,
                           compression=compression)
     else:
         from .bench_baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
     srv.start()
+    if broker is not None:
+        from .discovery import wait_for
+        wait_for(lambda: srv.channels.healthy or None, REDIS_LINK_TIMEOUT_S, "the Redis link")
     rss_marks: Dict[int, int] = {}
     object_marks: Dict[int, int] = {}
     stop = threading.Event()
@@ -705,18 +714,22 @@ class _Fleet:
                 proc.join()
 
 
-def _start_server(fleet: _Fleet, system: str, wl: Workload) -> Tuple[Any, Any, dict]:
+def _start_server(fleet: _Fleet, system: str, wl: Workload,
+                  broker: Optional[str] = None) -> Tuple[Any, Any, dict]:
     proc, pipe = fleet.spawn(_server_main, system, wl.heartbeat_ms, wl.rss_at, wl.write_delay_ms,
-                             wl.compression)
+                             wl.compression, broker)
     info = _recv(pipe, SETUP_TIMEOUT_S, f"{system} server start")
     return proc, pipe, info
 
 
-def _start_loads(fleet: _Fleet, wl: Workload, url: str,
+def _start_loads(fleet: _Fleet, wl: Workload, url: Union[str, List[str]],
                  subscribe_all: bool) -> List[Tuple[Any, Any]]:
+    """Load processes; with several ``url``s their groups go to each in turn."""
+    urls = [url] if isinstance(url, str) else url
     ks = list(range(wl.connections))
     groups = [ks[i:i + wl.conns_per_proc] for i in range(0, len(ks), wl.conns_per_proc)]
-    loads = [fleet.spawn(_load_main, wl, url, g, subscribe_all) for g in groups]
+    loads = [fleet.spawn(_load_main, wl, urls[n % len(urls)], g, subscribe_all)
+             for n, g in enumerate(groups)]
     for _, pipe in loads:
         msg = _recv(pipe, SETUP_TIMEOUT_S, "load process ready")
         if msg[0] != "ready":
@@ -750,21 +763,44 @@ def run_once(system: str, wl: Workload) -> dict:
     spy: Optional[subprocess.Popen] = None
     spy_out = None
     load_before = os.getloadavg()[0]
+    redis_srv: Any = None
+    redis_cpu = 0.0
     try:
-        server, spipe, info = _start_server(fleet, system, wl)
-        loads = _start_loads(fleet, wl, info["url"], subscribe_all=False)
+        if system == REDIS:
+            from .testing.redis_server import RedisServer
+            redis_srv = RedisServer().start()
+            started = [_start_server(fleet, system, wl, redis_srv.url) for _ in range(REDIS_SERVERS)]
+        else:
+            started = [_start_server(fleet, system, wl)]
+        server, spipe, info = started[0]
+        loads = _start_loads(fleet, wl, [i["url"] for _, _, i in started], subscribe_all=False)
         t0_ns = time.monotonic_ns() + 300_000_000
-        cpu0 = _proc_cpu_s(server.pid)
+        cpu0 = sum(_proc_cpu_s(proc.pid) for proc, _, _ in started)
+        rcpu0 = _proc_cpu_s(redis_srv.pid) if redis_srv is not None else 0.0
         for _, pipe in loads:
             pipe.send(("start", t0_ns, 0.0))
         if wl.profile_dir:
             spy, spy_out = _start_profile(server.pid, system, wl)
         results = [_recv(pipe, wl.seconds + wl.drain_s + 60.0, "load result")[1]
                    for _, pipe in loads]
-        cpu1 = _proc_cpu_s(server.pid)
-        status = _proc_status(server.pid)
+        cpu1 = sum(_proc_cpu_s(proc.pid) for proc, _, _ in started)
+        if redis_srv is not None:
+            redis_cpu = _proc_cpu_s(redis_srv.pid) - rcpu0
+        statuses = [_proc_status(proc.pid) for proc, _, _ in started]
+        status = max(statuses, key=lambda st: st.get("VmHWM", 0))
+        others = []
+        for _, pipe, _ in started[1:]:
+            pipe.send("stats")
+            others.append(_recv(pipe, 30.0, "server stats"))
         sstats = _finish_run(spipe, loads, 30.0)
+        for other in others:  # bytes out of every server
+            if "wire_bytes_out" in sstats:
+                sstats["wire_bytes_out"] += other.get("wire_bytes_out", 0)
+        for _, pipe, _ in started[1:]:
+            _stop_server(pipe)
     finally:
+        if redis_srv is not None:
+            redis_srv.close()
         if spy is not None:
             try:
                 spy.wait(wl.seconds + 30.0)
@@ -784,9 +820,11 @@ def run_once(system: str, wl: Workload) -> dict:
     extra: Counter = Counter()
     for r in results:
         extra.update(r["extra"])
-    cpu = cpu1 - cpu0
+    cpu = cpu1 - cpu0 + redis_cpu  # with Redis: every server and Redis itself
     out = {
         "system": system,
+        "servers": len(started),
+        "redis_cpu_s": redis_cpu,
         "loadavg_1m_before": load_before,
         "offered_per_s": wl.n_publishers * wl.rate * wl.subscribers,
         "expected": expected,
@@ -981,10 +1019,12 @@ def meets_targets(row: dict) -> List[str]:
 
 
 def run_compare(wl: Workload, runs: int, baseline: bool,
-                emit: Callable[[str], None] = print, history_off: bool = False) -> dict:
-    """Run sente_lite (and the baseline, and sente_lite without history) ``runs``
-    times, alternating; medians and ratios."""
-    systems = list(SYSTEMS if baseline else SYSTEMS[:1]) + ([NO_HISTORY] if history_off else [])
+                emit: Callable[[str], None] = print, history_off: bool = False,
+                redis: bool = False) -> dict:
+    """Run sente_lite (and the baseline, sente_lite without history, sente_lite on
+    Redis) ``runs`` times, alternating; medians and ratios."""
+    systems = (list(SYSTEMS if baseline else SYSTEMS[:1]) + ([NO_HISTORY] if history_off else [])
+               + ([REDIS] if redis else []))
     per: Dict[str, List[dict]] = {s: [] for s in systems}
     for i in range(runs):
         order = systems if i % 2 == 0 else systems[::-1]
@@ -1004,6 +1044,8 @@ def run_compare(wl: Workload, runs: int, baseline: bool,
         out["ratios"] = ratios(medians["sente_lite"], medians["baseline"])
     if history_off:
         out["history_ratios"] = ratios(medians["sente_lite"], medians[NO_HISTORY])
+    if redis:
+        out["redis_ratios"] = ratios(medians[REDIS], medians["sente_lite"])
     return out
 
 
@@ -1019,6 +1061,10 @@ def print_compare(result: dict, emit: Callable[[str], None] = print) -> None:
         rt = result["ratios"]
         emit(f"\nsente_lite / baseline: p99 x{rt['p99']:.2f}, p50 x{rt['p50']:.2f}, "
              f"server CPU per delivery x{rt['cpu_per_delivery']:.2f}")
+    if "redis_ratios" in result:
+        rt = result["redis_ratios"]
+        emit(f"{REDIS_SERVERS} servers on Redis / 1 server: p99 x{rt['p99']:.2f}, p50 x{rt['p50']:.2f}, "
+             f"CPU per delivery (servers + Redis) x{rt['cpu_per_delivery']:.2f}")
     if "history_ratios" in result:
         rt = result["history_ratios"]
         emit(f"history on / off: p99 x{rt['p99']:.2f}, p50 x{rt['p50']:.2f}, "
@@ -1088,6 +1134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--history-off-too", action="store_true",
                         help="also run sente_lite with history_size=0 and print the cost of "
                              "channel history (history on / off)")
+    parser.add_argument("--broker", choices=("redis",), default=None,
+                        help=f"also run {REDIS_SERVERS} servers sharing a redis-server started "
+                             "here (connections split across them) and print it beside one "
+                             "server without (needs redis-server and the [redis] extra)")
     parser.add_argument("--idle", type=int, default=0, metavar="N",
                         help="idle mode: hold N subscribed idle connections for --seconds")
     parser.add_argument("--rss-at", default="",
@@ -1165,7 +1215,8 @@ def run(args: argparse.Namespace) -> int:
         result["best"] = best
     else:
         print(describe(wl))
-        result = run_compare(wl, args.runs, args.baseline, history_off=args.history_off_too)
+        result = run_compare(wl, args.runs, args.baseline, history_off=args.history_off_too,
+                             redis=args.broker == "redis")
         print_compare(result)
         for s, m in result["medians"].items():
             failed |= bool(meets_targets(m)) if s == "sente_lite" else False

@@ -296,9 +296,10 @@ class Hub:
     def to_user(self, uid: str, event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to every live connection of ``uid`` (with a shared broker, on
         every server); how many here took it."""
-        if self.shared is not None:
+        taken = self._send(self.of_user(uid), event, data, json_payload)
+        if self.shared is not None:  # raises BrokerUnavailable while it is down
             self.shared.to_user(uid, json_payload)
-        return self._send(self.of_user(uid), event, data, json_payload)
+        return taken
 
     def to_user_here(self, uid: str, json_payload: bytes) -> int:
         """Send an encoded event frame to the connections of ``uid`` on this server."""

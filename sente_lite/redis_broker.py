@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from typing import (TYPE_CHECKING, Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple,
                     Union)
 
@@ -174,7 +175,8 @@ class _Pub:
 class RedisBroker:
     """A :class:`~sente_lite.hub.Broker` whose channels live in Redis (see the module).
 
-    ``url``: ``redis://host:port/db``. History, publish ids and their limits mean
+    ``url``: ``redis://host:port/db``; ``server_id``: the server's (``Server(broker=url)``
+    passes it; made up when None). History, publish ids and their limits mean
     what they mean for :class:`~sente_lite.hub.LocalBroker` (PROTOCOL 9), but are
     kept in Redis: ``history_size`` messages per channel (the stream's MAXLEN),
     replayed only while younger than ``history_ttl_s``; publish ids for
@@ -183,7 +185,7 @@ class RedisBroker:
 
     shared = True  # the hub routes users and presence through it
 
-    def __init__(self, url: str, server_id: str, *, history_size: int = 1000,
+    def __init__(self, url: str, server_id: Optional[str] = None, *, history_size: int = 1000,
                  history_ttl_s: float = 300.0, publish_dedup_s: float = 300.0,
                  counters: Optional[Counters] = None, prefix: str = DEFAULT_PREFIX,
                  channel_ttl_s: float = DEFAULT_CHANNEL_TTL_S,
@@ -203,7 +205,7 @@ class RedisBroker:
             raise ValueError(f"prefix must be letters, digits and _.-: only, got {prefix!r}")
         self._redis_mod = redis
         self.url = url
-        self.server_id = server_id
+        self.server_id = server_id or uuid.uuid4().hex[:16]  # names its epochs and its presence
         self.history_size = history_size
         self.history_ttl_s = float(history_ttl_s)
         self.publish_dedup_s = float(publish_dedup_s)

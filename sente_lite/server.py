@@ -463,7 +463,8 @@ class Server(InspectionMixin):
             broker = RedisBroker(broker, self.server_id, history_size=history_size,
                                  history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
                                  counters=self.counters)
-            broker.on_disconnect_user = self._disconnect_user_here
+        if getattr(broker, "shared", False):  # users' closes come through it from other servers
+            broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
@@ -609,7 +610,8 @@ class Server(InspectionMixin):
         """Queue an event to every live connection of ``uid``; returns how many here took it.
 
         With a shared broker (Redis) it also goes, through Redis, to the user's
-        connections on every other server (not counted in the result)."""
+        connections on every other server (not counted in the result; while the broker
+        is down, BrokerUnavailable is raised after the local sends)."""
         _check_event_id(event)
         return self._hub.to_user(uid, event, data, p.encode_bytes(event, data))
 
@@ -653,10 +655,11 @@ class Server(InspectionMixin):
         reconnect and meet ``authenticate`` again. With a shared broker (Redis) the
         user's connections on every other server are closed too (not counted).
         """
+        closed = self._disconnect_user_here(uid, code, reason)
         shared = self._hub.shared
-        if shared is not None:
+        if shared is not None:  # raises BrokerUnavailable while it is down
             shared.disconnect_user(uid, code, reason)
-        return self._disconnect_user_here(uid, code, reason)
+        return closed
 
     def _disconnect_user_here(self, uid: str, code: int, reason: str) -> int:
         conns = self._hub.of_user(uid)
