@@ -23,6 +23,7 @@ from its stream, or, when Redis lost the stream, each subscriber is told with a
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -64,6 +65,8 @@ DEFAULT_PRESENCE_TTL_S = 6.0
 MAX_PUBLISH_BATCH = 256
 #: Live messages of one channel held while it catches up; beyond, it catches up again from the stream.
 MAX_PENDING_PER_CHANNEL = 10_000
+#: Live messages read from the subscription and handed to the network thread in one go, at most.
+MAX_DISPATCH_BATCH = 512
 #: Reads of a channel's stream one subscribe may take while live messages keep passing it.
 MAX_SUBSCRIBE_TRIES = 20
 #: Seconds the link thread blocks reading the subscription before it checks its clock.
@@ -230,6 +233,9 @@ class RedisBroker:
         self._sync_sha: Optional[str] = None
         self._hub: Optional["Hub"] = None
         self.on_disconnect_user: Optional[Callable[[str, int, str], int]] = None
+        #: Runs live deliveries on the server's network thread (set by the server), which
+        #: writes what it sends in one pass once per connection; None: the link thread.
+        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
         self._lock = threading.Lock()  # guards _chans and _by_member
         self._chans: Dict[str, _Chan] = {}
         self._by_member: Dict[Hashable, Dict[str, None]] = {}
@@ -870,14 +876,24 @@ class RedisBroker:
         get = pubsub.get_message
         while not self._stop.is_set():
             msg = get(timeout=_LISTEN_TICK_S)
-            now = time.monotonic()
-            if msg is not None:
-                last_heard = now
+            batch: List[Tuple[bytes, bytes]] = []
+            while msg is not None:  # every message already read, handed over in one go
+                last_heard = time.monotonic()
                 kind = msg["type"]
                 if kind == "pmessage":
-                    self._on_message(msg["channel"], msg["data"])
+                    batch.append((msg["channel"], msg["data"]))
+                    if len(batch) >= MAX_DISPATCH_BATCH:
+                        break
                 elif kind == "message":
                     self._on_user_message(msg["data"])
+                msg = get(timeout=0)
+            if batch:
+                dispatch = self.dispatch
+                if dispatch is not None:
+                    dispatch(functools.partial(self._on_messages, batch))
+                else:
+                    self._on_messages(batch)
+            now = time.monotonic()
             if now >= next_ping:
                 pubsub.ping()
                 next_ping = now + self.link_check_s
@@ -889,6 +905,10 @@ class RedisBroker:
             if now >= next_presence and not self._down:
                 next_presence = now + self.presence_ttl_s / 3
                 self.presence_changed()
+
+    def _on_messages(self, batch: List[Tuple[bytes, bytes]]) -> None:
+        for channel, data in batch:
+            self._on_message(channel, data)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         name = channel[len(self._msg_prefix):].decode("utf-8", "replace")
@@ -936,5 +956,5 @@ def _text(value: Union[bytes, str]) -> str:
 __all__ = ["RedisBroker", "PUBLISH_SCRIPT", "SYNC_SCRIPT", "DEFAULT_PREFIX",
            "DEFAULT_CHANNEL_TTL_S", "DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_COMMAND_TIMEOUT_S",
            "DEFAULT_LINK_CHECK_S", "DEFAULT_LINK_TIMEOUT_S", "DEFAULT_RECONNECT_BASE_S",
-           "DEFAULT_RECONNECT_MAX_S", "DEFAULT_PRESENCE_TTL_S", "MAX_PUBLISH_BATCH",
+           "DEFAULT_RECONNECT_MAX_S", "DEFAULT_PRESENCE_TTL_S", "MAX_PUBLISH_BATCH", "MAX_DISPATCH_BATCH",
            "MAX_PENDING_PER_CHANNEL"]
