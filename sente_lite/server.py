@@ -163,7 +163,10 @@ class Connection:
         return self._enqueue_wire(wire, size)
 
     def _ping(self) -> None:
-        self._enqueue_wire(_PING_WIRE, len(_PING))
+        if self.packer.binary:  # a msgpack connection: every frame is binary, pings too
+            self._enqueue_wire(_PING_WIRE_MSGPACK, len(_PING_MSGPACK))
+        else:
+            self._enqueue_wire(_PING_WIRE, len(_PING))
 
     def _enqueue_wire(self, wire: bytes, size: int) -> bool:
         """Send ``wire`` (a whole WebSocket frame; ``size`` is its payload's length).
@@ -704,6 +707,10 @@ def _ws_frame(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
 
 
 _PING_WIRE = _text_frame(_PING)
+#: ``["chsk/ws-ping"]`` in MessagePack (a fixarray of one fixstr), written by hand so the
+#: module needs no msgpack package.
+_PING_MSGPACK = bytes((0x91, 0xA0 | len(p.EV_PING))) + p.EV_PING.encode("ascii")
+_PING_WIRE_MSGPACK = _ws_frame(_PING_MSGPACK, True)
 #: Descriptors a server keeps for itself (listener, wake-up pair, reserve, logs, files).
 DESCRIPTORS_RESERVED = 32
 

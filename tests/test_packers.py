@@ -143,3 +143,16 @@ def test_raw_msgpack_peer_gets_binary_frames_and_a_bad_frame_for_text(
             if frame[0] != p.EV_PING:
                 break
         assert opcode == OP_BINARY and frame[1]["code"] == "bad-frame" and frame[2] == "c1"
+
+
+def test_heartbeat_pings_are_binary_msgpack_on_a_msgpack_connection(
+        make_server: Callable[..., Server]) -> None:
+    srv = make_server(heartbeat_ms=100)
+    with RawPeer(srv.host, srv.port) as peer:
+        assert peer.upgrade("/chsk?packer=msgpack").status == 101
+        kinds = []
+        for _ in range(3):  # the handshake, then pings
+            opcode, payload = peer.read_frame()  # type: ignore[misc]
+            kinds.append((opcode, msgpack.unpackb(payload)[0]))
+        assert kinds == [(OP_BINARY, p.EV_HANDSHAKE), (OP_BINARY, p.EV_PING), (OP_BINARY, p.EV_PING)]
+        assert msgpack.unpackb(payload) == [p.EV_PING]
