@@ -36,6 +36,7 @@ var SenteLite = (function () {
   var EV_UNSUBSCRIBED = "sente-lite/unsubscribed";
   var EV_PUBLISH = "sente-lite/publish";
   var EV_CHANNEL_MSG = "sente-lite/channel-msg";
+  var EV_BATCH = "chsk/batch";
 
   var CLOSE_NORMAL = 1000;
   var CLOSE_POLICY = 1008;
@@ -47,8 +48,11 @@ var SenteLite = (function () {
     maxPendingSends: 1000,     // frames queued while disconnected; one more throws SendQueueFull
     requestTimeoutMs: 5000,    // request(), subscribe(), publish({ack}) without their own timeoutMs
     connectTimeoutMs: 10000,   // one attempt: socket open + handshake, else it is dropped and retried
-    autoReconnect: true
+    autoReconnect: true,
+    packer: "json",            // "msgpack": MessagePack in binary frames (protocol section 10)
+    batch: false               // ask the server for chsk/batch frames when this connection is backed up
   };
+  var PACKERS = ["json", "msgpack"];
   /** A server silent for 2 x heartbeat-ms + this is dead (protocol section 5). */
   var DEAD_SERVER_SLACK_MS = 1000;
   /** HTTP answers to a refused upgrade that end reconnecting (others are retried). */
@@ -114,9 +118,20 @@ var SenteLite = (function () {
     }
   }
 
-  function encode(eventId, data, cbId) {
+  /**
+   * One frame [eventId, data, cbId?] as JSON text, or (binary: packer "msgpack") as the
+   * MessagePack bytes of the same array. TypeError when data cannot be written.
+   */
+  function encode(eventId, data, cbId, binary) {
     var frame = cbId === undefined ? [eventId, data === undefined ? null : data]
                                    : [eventId, data === undefined ? null : data, cbId];
+    if (binary) {
+      try {
+        return mpEncode(frame);
+      } catch (e) {
+        throw new TypeError("data of " + eventId + " is not MessagePack-encodable: " + e.message);
+      }
+    }
     var text;
     try {
       text = JSON.stringify(frame);
@@ -124,6 +139,306 @@ var SenteLite = (function () {
       throw new TypeError("data of " + eventId + " is not JSON-encodable: " + e.message);
     }
     return text;
+  }
+
+  // -- MessagePack (packer "msgpack", protocol section 10) -----------------------------------
+  // Only what JSON can carry: nil, bool, int, float, str, array, map with string keys.
+  // Writing follows JSON.stringify: toJSON() is called, undefined/functions/symbols are
+  // left out of maps and are nil in arrays, NaN and +-Infinity are nil, BigInt is a
+  // TypeError; integers of magnitude up to 2^53 - 1 are written as the smallest int or
+  // uint, every other number as float64. Reading refuses bin and ext types, non-string
+  // map keys, invalid UTF-8, truncated input, bytes after the value and nesting deeper
+  // than MAX_DEPTH; float32 is read too, and a uint64/int64 beyond 2^53 becomes the
+  // nearest Number (precision is lost, as JSON.parse loses it for the same number).
+  /** Deepest nesting of arrays and maps ([] is 1), as the server's MAX_JSON_DEPTH. */
+  var MAX_DEPTH = 100;
+  /** Levels a chsk/batch adds around the frames it carries: [event, [frame, ...]]. */
+  var BATCH_LEVELS = 2;
+  var MAX_SAFE = 9007199254740991;
+  var POW32 = 4294967296;
+  /** Strings at most this long (UTF-16 units / bytes) are converted in JavaScript, not by TextEncoder/TextDecoder. */
+  var SHORT_STR = 32;
+  var textEncoder = typeof TextEncoder !== "undefined" ? new TextEncoder() : null;
+  var textDecoder = null;
+  try { textDecoder = new TextDecoder("utf-8", { fatal: true }); } catch (e) { /* none here */ }
+
+  function MsgpackError(message) {
+    return new SenteLiteError("msgpack: " + message, "bad-frame");
+  }
+
+  // Writing: one growable buffer, reused unless a toJSON() encodes again while it is in use.
+  function Writer(size) {
+    this.buf = new Uint8Array(size);
+    this.view = new DataView(this.buf.buffer);
+    this.pos = 0;
+    this.busy = false;
+  }
+  Writer.prototype.need = function (n) {
+    if (this.pos + n <= this.buf.length) { return; }
+    var size = this.buf.length * 2;
+    while (size < this.pos + n) { size *= 2; }
+    var grown = new Uint8Array(size);
+    grown.set(this.buf.subarray(0, this.pos));
+    this.buf = grown;
+    this.view = new DataView(grown.buffer);
+  };
+  var sharedWriter = null;
+
+  /** The MessagePack bytes (a new Uint8Array) of value; TypeError when it cannot be written. */
+  function mpEncode(value) {
+    var w = sharedWriter && !sharedWriter.busy ? sharedWriter : new Writer(1024);
+    if (!sharedWriter) { sharedWriter = w; }
+    w.busy = true;
+    w.pos = 0;
+    try {
+      mpWrite(w, value, 0);
+      return w.buf.slice(0, w.pos);
+    } finally {
+      w.busy = false;
+      if (w === sharedWriter && w.buf.length > 65536) { sharedWriter = null; }  // keep no huge buffer
+    }
+  }
+
+  function mpWrite(w, v, depth) {
+    if (v !== null && typeof v === "object" && typeof v.toJSON === "function") { v = v.toJSON(); }
+    switch (typeof v) {
+      case "string": mpWriteStr(w, v); return;
+      case "number": mpWriteNumber(w, v); return;
+      case "boolean": w.need(1); w.buf[w.pos++] = v ? 0xc3 : 0xc2; return;
+      case "bigint": throw new TypeError("a BigInt is not JSON data: convert it to a Number or a string");
+      case "object":
+        if (v === null) { break; }
+        if (v instanceof Number || v instanceof String || v instanceof Boolean) { mpWrite(w, v.valueOf(), depth); return; }
+        if (depth >= MAX_DEPTH) { throw new TypeError("nests deeper than " + MAX_DEPTH + " (or is circular)"); }
+        if (Array.isArray(v)) { mpWriteArray(w, v, depth + 1); } else { mpWriteMap(w, v, depth + 1); }
+        return;
+    }
+    w.need(1);
+    w.buf[w.pos++] = 0xc0;  // null, and what JSON writes as null (undefined, functions, symbols)
+  }
+
+  function mpHead(w, n, fix, fixMax, code16) {
+    w.need(5);
+    if (n <= fixMax) { w.buf[w.pos++] = fix | n; }
+    else if (n < 65536) { w.buf[w.pos++] = code16; w.view.setUint16(w.pos, n); w.pos += 2; }
+    else { w.buf[w.pos++] = code16 + 1; w.view.setUint32(w.pos, n); w.pos += 4; }
+  }
+
+  function mpWriteArray(w, a, depth) {
+    var n = a.length;
+    mpHead(w, n, 0x90, 15, 0xdc);
+    for (var i = 0; i < n; i++) { mpWrite(w, a[i], depth); }
+  }
+
+  function mpWriteMap(w, m, depth) {
+    var keys = Object.keys(m), n = 0;
+    for (var i = 0; i < keys.length; i++) {  // the keys whose values JSON would write
+      var t = typeof m[keys[i]];
+      if (t !== "undefined" && t !== "function" && t !== "symbol") { keys[n++] = keys[i]; }
+    }
+    mpHead(w, n, 0x80, 15, 0xde);
+    for (var j = 0; j < n; j++) {
+      mpWriteStr(w, keys[j]);
+      mpWrite(w, m[keys[j]], depth);
+    }
+  }
+
+  function mpWriteNumber(w, v) {
+    w.need(9);
+    var b = w.buf, view = w.view;
+    if (Math.floor(v) === v && v <= MAX_SAFE && v >= -MAX_SAFE) {
+      if (v >= 0) {
+        if (v < 128) { b[w.pos++] = v; return; }
+        if (v < 256) { b[w.pos++] = 0xcc; b[w.pos++] = v; return; }
+        if (v < 65536) { b[w.pos++] = 0xcd; view.setUint16(w.pos, v); w.pos += 2; return; }
+        if (v < POW32) { b[w.pos++] = 0xce; view.setUint32(w.pos, v); w.pos += 4; return; }
+        b[w.pos++] = 0xcf;
+        view.setUint32(w.pos, Math.floor(v / POW32));
+        view.setUint32(w.pos + 4, v >>> 0);
+        w.pos += 8;
+        return;
+      }
+      if (v >= -32) { b[w.pos++] = v & 0xff; return; }
+      if (v >= -128) { b[w.pos++] = 0xd0; view.setInt8(w.pos, v); w.pos += 1; return; }
+      if (v >= -32768) { b[w.pos++] = 0xd1; view.setInt16(w.pos, v); w.pos += 2; return; }
+      if (v >= -2147483648) { b[w.pos++] = 0xd2; view.setInt32(w.pos, v); w.pos += 4; return; }
+      var hi = Math.floor(v / POW32);
+      b[w.pos++] = 0xd3;
+      view.setInt32(w.pos, hi);
+      view.setUint32(w.pos + 4, v - hi * POW32);
+      w.pos += 8;
+      return;
+    }
+    if (v !== v || v === Infinity || v === -Infinity) { b[w.pos++] = 0xc0; return; }  // JSON writes null
+    b[w.pos++] = 0xcb;
+    view.setFloat64(w.pos, v);
+    w.pos += 8;
+  }
+
+  function strHeadSize(bytes) { return bytes < 32 ? 1 : bytes < 256 ? 2 : bytes < 65536 ? 3 : 5; }
+
+  function mpWriteStr(w, s) {
+    var n = s.length;
+    // Room for the worst case (3 bytes per UTF-16 unit); the bytes move down when the
+    // real length needs a shorter header, so every string gets its shortest form.
+    var head = strHeadSize(n * 3);
+    w.need(head + n * 3);
+    var start = w.pos + head, bytes;
+    if (n > SHORT_STR && textEncoder && textEncoder.encodeInto) {
+      bytes = textEncoder.encodeInto(s, w.buf.subarray(start)).written;
+    } else {
+      bytes = utf8Write(s, w.buf, start);
+    }
+    var real = strHeadSize(bytes);
+    if (real !== head) { w.buf.copyWithin(w.pos + real, start, start + bytes); }
+    var b = w.buf;
+    if (real === 1) { b[w.pos] = 0xa0 | bytes; }
+    else if (real === 2) { b[w.pos] = 0xd9; b[w.pos + 1] = bytes; }
+    else if (real === 3) { b[w.pos] = 0xda; w.view.setUint16(w.pos + 1, bytes); }
+    else { b[w.pos] = 0xdb; w.view.setUint32(w.pos + 1, bytes); }
+    w.pos += real + bytes;
+  }
+
+  /** UTF-8 of s into buf at pos (a lone surrogate becomes U+FFFD, as with TextEncoder); returns the byte count. */
+  function utf8Write(s, buf, pos) {
+    var start = pos;
+    for (var i = 0, n = s.length; i < n; i++) {
+      var c = s.charCodeAt(i);
+      if (c < 0x80) { buf[pos++] = c; continue; }
+      if (c < 0x800) { buf[pos++] = 0xc0 | (c >> 6); buf[pos++] = 0x80 | (c & 0x3f); continue; }
+      if (c >= 0xd800 && c <= 0xdfff) {
+        var d = i + 1 < n ? s.charCodeAt(i + 1) : 0;
+        if (c <= 0xdbff && d >= 0xdc00 && d <= 0xdfff) {
+          c = 0x10000 + ((c - 0xd800) << 10) + (d - 0xdc00);
+          i++;
+          buf[pos++] = 0xf0 | (c >> 18);
+          buf[pos++] = 0x80 | ((c >> 12) & 0x3f);
+          buf[pos++] = 0x80 | ((c >> 6) & 0x3f);
+          buf[pos++] = 0x80 | (c & 0x3f);
+          continue;
+        }
+        c = 0xfffd;
+      }
+      buf[pos++] = 0xe0 | (c >> 12);
+      buf[pos++] = 0x80 | ((c >> 6) & 0x3f);
+      buf[pos++] = 0x80 | (c & 0x3f);
+    }
+    return pos - start;
+  }
+
+  // Reading.
+  function bytesOf(input) {
+    if (input instanceof Uint8Array) { return input; }  // a Node Buffer too
+    if (ArrayBuffer.isView(input)) { return new Uint8Array(input.buffer, input.byteOffset, input.byteLength); }
+    if (input instanceof ArrayBuffer || Object.prototype.toString.call(input) === "[object ArrayBuffer]") {
+      return new Uint8Array(input);
+    }
+    return null;
+  }
+
+  /**
+   * The value of the MessagePack bytes `input` (ArrayBuffer, Uint8Array or Node Buffer),
+   * nested at most maxDepth (default MAX_DEPTH) deep. Throws a SenteLiteError (code
+   * "bad-frame") for anything that is not exactly one JSON-like value.
+   */
+  function mpDecode(input, maxDepth) {
+    var b = bytesOf(input);
+    if (!b) { throw MsgpackError("need an ArrayBuffer or a Uint8Array, got " + (input === null ? "null" : typeof input)); }
+    var r = { b: b, view: new DataView(b.buffer, b.byteOffset, b.byteLength), pos: 0,
+              max: maxDepth === undefined ? MAX_DEPTH : maxDepth };
+    var value = mpRead(r, 0);
+    if (r.pos !== b.length) { throw MsgpackError((b.length - r.pos) + " bytes after the value (at byte " + r.pos + ")"); }
+    return value;
+  }
+
+  /** Position of the next n bytes of r, consumed. */
+  function mpTake(r, n) {
+    var p = r.pos;
+    if (p + n > r.b.length) { throw MsgpackError("truncated: " + n + " bytes needed at byte " + p + " of " + r.b.length); }
+    r.pos = p + n;
+    return p;
+  }
+
+  function mpRead(r, depth) {
+    var t = r.b[mpTake(r, 1)], view = r.view, p;
+    if (t < 0x80) { return t; }
+    if (t >= 0xe0) { return t - 0x100; }
+    if (t < 0x90) { return mpReadMap(r, t & 0x0f, depth); }
+    if (t < 0xa0) { return mpReadArray(r, t & 0x0f, depth); }
+    if (t < 0xc0) { return mpReadStr(r, t & 0x1f); }
+    switch (t) {
+      case 0xc0: return null;
+      case 0xc2: return false;
+      case 0xc3: return true;
+      case 0xca: return view.getFloat32(mpTake(r, 4));
+      case 0xcb: return view.getFloat64(mpTake(r, 8));
+      case 0xcc: return r.b[mpTake(r, 1)];
+      case 0xcd: return view.getUint16(mpTake(r, 2));
+      case 0xce: return view.getUint32(mpTake(r, 4));
+      case 0xcf: p = mpTake(r, 8); return view.getUint32(p) * POW32 + view.getUint32(p + 4);
+      case 0xd0: return view.getInt8(mpTake(r, 1));
+      case 0xd1: return view.getInt16(mpTake(r, 2));
+      case 0xd2: return view.getInt32(mpTake(r, 4));
+      case 0xd3: p = mpTake(r, 8); return view.getInt32(p) * POW32 + view.getUint32(p + 4);
+      case 0xd9: return mpReadStr(r, r.b[mpTake(r, 1)]);
+      case 0xda: return mpReadStr(r, view.getUint16(mpTake(r, 2)));
+      case 0xdb: return mpReadStr(r, view.getUint32(mpTake(r, 4)));
+      case 0xdc: return mpReadArray(r, view.getUint16(mpTake(r, 2)), depth);
+      case 0xdd: return mpReadArray(r, view.getUint32(mpTake(r, 4)), depth);
+      case 0xde: return mpReadMap(r, view.getUint16(mpTake(r, 2)), depth);
+      case 0xdf: return mpReadMap(r, view.getUint32(mpTake(r, 4)), depth);
+    }
+    var at = " (0x" + t.toString(16) + " at byte " + (r.pos - 1) + ")";
+    if (t >= 0xc4 && t <= 0xc6) { throw MsgpackError("bin type" + at + ": frames carry only what JSON can, no binary"); }
+    if (t === 0xc1) { throw MsgpackError("0xc1 is never used" + at); }
+    throw MsgpackError("ext type" + at + ": frames carry only what JSON can, no extension types");
+  }
+
+  function mpReadArray(r, n, depth) {
+    if (depth >= r.max) { throw MsgpackError("nests deeper than " + r.max + " arrays and maps"); }
+    if (n > r.b.length - r.pos) { throw MsgpackError("truncated: an array of " + n + " at byte " + r.pos); }
+    var out = new Array(n);
+    for (var i = 0; i < n; i++) { out[i] = mpRead(r, depth + 1); }
+    return out;
+  }
+
+  function mpReadMap(r, n, depth) {
+    if (depth >= r.max) { throw MsgpackError("nests deeper than " + r.max + " arrays and maps"); }
+    if (n * 2 > r.b.length - r.pos) { throw MsgpackError("truncated: a map of " + n + " at byte " + r.pos); }
+    var out = {};
+    for (var i = 0; i < n; i++) {
+      if (r.pos >= r.b.length) { mpTake(r, 1); }  // throws: truncated
+      var t = r.b[r.pos];
+      if (!((t >= 0xa0 && t <= 0xbf) || (t >= 0xd9 && t <= 0xdb))) {
+        throw MsgpackError("map key at byte " + r.pos + " is not a string (0x" + t.toString(16) + ")");
+      }
+      var key = mpRead(r, depth + 1);
+      var value = mpRead(r, depth + 1);
+      if (key === "__proto__") {  // an own property, as JSON.parse makes it; never the prototype
+        Object.defineProperty(out, key, { value: value, enumerable: true, writable: true, configurable: true });
+      } else {
+        out[key] = value;
+      }
+    }
+    return out;
+  }
+
+  function mpReadStr(r, n) {
+    var p = mpTake(r, n), b = r.b;
+    if (n <= SHORT_STR) {  // short ASCII (most keys and ids): cheaper than a TextDecoder call
+      var s = "";
+      for (var i = p, end = p + n; i < end; i++) {
+        var c = b[i];
+        if (c > 0x7f) { s = null; break; }
+        s += String.fromCharCode(c);
+      }
+      if (s !== null) { return s; }
+    }
+    try {
+      return textDecoder.decode(b.subarray(p, p + n));
+    } catch (e) {
+      throw MsgpackError("a string at byte " + p + " is not valid UTF-8");
+    }
   }
 
   function utf8Length(text) {
@@ -218,6 +533,16 @@ var SenteLite = (function () {
     this.url = resolveUrl(url);
     this.options = {};
     for (var k in DEFAULTS) { this.options[k] = opts[k] !== undefined ? opts[k] : DEFAULTS[k]; }
+    if (PACKERS.indexOf(this.options.packer) < 0) {
+      throw new TypeError("packer must be \"json\" or \"msgpack\", not " + JSON.stringify(this.options.packer));
+    }
+    /** "json" or "msgpack": the wire format of every connection of this client. */
+    this.packer = this.options.packer;
+    this._binary = this.packer === "msgpack";
+    if (this._binary && !(textEncoder && textDecoder)) {
+      throw new TypeError("the msgpack packer needs TextEncoder and TextDecoder, which this runtime lacks");
+    }
+    this._maxDepth = MAX_DEPTH + (this.options.batch ? BATCH_LEVELS : 0);
     this.clientId = opts.clientId || uuid4();
     this._token = opts.token !== undefined ? opts.token : null;
     this._csrfSource = typeof opts.csrfToken === "function" ? opts.csrfToken : null;
@@ -261,7 +586,7 @@ var SenteLite = (function () {
       framesIn: 0, framesOut: 0, handshakes: 0, reconnectAttempts: 0, connectFailures: 0,
       channelMsgs: 0, channelGaps: 0, duplicatesDropped: 0, unsubscribedChannelMsgs: 0,
       unhandledEvents: 0, handlerErrors: 0, errorsFromServer: 0, badFramesFromServer: 0,
-      strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0
+      strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0, batchesIn: 0
     };
     this._connect();
   }
@@ -352,7 +677,7 @@ var SenteLite = (function () {
   /** Send an event. While disconnected it is queued; throws SendQueueFull when the queue is full. */
   Client.prototype.send = function (eventId, data) {
     checkEventId(eventId);
-    this._sendFrame(encode(eventId, data), null);
+    this._sendFrame(encode(eventId, data, undefined, this._binary), null);
   };
 
   /**
@@ -373,7 +698,7 @@ var SenteLite = (function () {
     var self = this;
     var ms = timeoutMs === undefined || timeoutMs === null ? this.options.requestTimeoutMs : timeoutMs;
     var cbId = "c" + (++this._cbSeq);
-    var text = encode(eventId, data, cbId);
+    var frame = encode(eventId, data, cbId, this._binary);
     return new Promise(function (resolve, reject) {
       var entry = { resolve: resolve, reject: reject, sent: false, event: eventId, timer: null };
       entry.timer = setTimeout(function () {
@@ -384,7 +709,7 @@ var SenteLite = (function () {
       }, ms);
       self._pending.set(cbId, entry);
       try {
-        self._sendFrame(text, cbId);
+        self._sendFrame(frame, cbId);
       } catch (e) {
         clearTimeout(entry.timer);
         self._pending.delete(cbId);
@@ -393,26 +718,28 @@ var SenteLite = (function () {
     });
   };
 
-  Client.prototype._sendFrame = function (text, cbId) {
+  /** Send `frame` (JSON text, or MessagePack bytes) now, or queue it while disconnected. */
+  Client.prototype._sendFrame = function (frame, cbId) {
     if (this._closed) { throw new ClientClosed("client closed"); }
-    if (text.length * 3 > this._maxMessageBytes && utf8Length(text) > this._maxMessageBytes) {
-      throw new SenteLiteError("frame of " + utf8Length(text) + " bytes is over the server's max-message-bytes (" +
-                               this._maxMessageBytes + ")", "too-large");
+    var max = this._maxMessageBytes;
+    if (typeof frame === "string" ? frame.length * 3 > max && utf8Length(frame) > max : frame.length > max) {
+      throw new SenteLiteError("frame of " + (typeof frame === "string" ? utf8Length(frame) : frame.length) +
+                               " bytes is over the server's max-message-bytes (" + max + ")", "too-large");
     }
-    if (this.status === CONNECTED && this._write(text, cbId)) { return; }
+    if (this.status === CONNECTED && this._write(frame, cbId)) { return; }
     if (this._queue.length >= this.options.maxPendingSends) {
       this._stats.pendingOverflows++;
       throw new SendQueueFull(this._queue.length + " sends already wait for a connection (maxPendingSends=" +
                               this.options.maxPendingSends + ")");
     }
-    this._queue.push([text, cbId]);
+    this._queue.push([frame, cbId]);
   };
 
-  Client.prototype._write = function (text, cbId) {
+  Client.prototype._write = function (frame, cbId) {
     var ws = this._ws;
     if (!ws || ws.readyState !== 1) { return false; }
     try {
-      ws.send(text);
+      ws.send(frame);
     } catch (e) {
       return false;
     }
@@ -553,7 +880,7 @@ var SenteLite = (function () {
       throw e;
     }
     if (!o.ack) {
-      this._sendFrame(encode(EV_PUBLISH, body), null);
+      this._sendFrame(encode(EV_PUBLISH, body, undefined, this._binary), null);
       return undefined;
     }
     return this._request(EV_PUBLISH, body, o.timeoutMs).then(function (reply) {
@@ -616,7 +943,8 @@ var SenteLite = (function () {
     var csrf = this._csrfSource ? this._csrfSource() : this.csrfToken;
     return Promise.all([token, csrf]).then(function (values) {
       if (self._csrfSource) { self.csrfToken = values[1] || null; }
-      return setQuery(self.url, { "client-id": self.clientId, "token": values[0], "csrf-token": values[1] });
+      return setQuery(self.url, { "client-id": self.clientId, "token": values[0], "csrf-token": values[1],
+                                  "packer": self._binary ? "msgpack" : null, "batch": self.options.batch ? "1" : null });
     });
   };
 
@@ -655,6 +983,7 @@ var SenteLite = (function () {
       this._retry();
       return;
     }
+    if (this._binary) { ws.binaryType = "arraybuffer"; }
     var state = { opened: false, handshake: false, done: false, timedOut: false };
     this._lastUrl = url;
     ws._senteState = state;
@@ -776,29 +1105,64 @@ var SenteLite = (function () {
   };
 
   // -- receiving -----------------------------------------------------------------------------------
+  function isFrame(f) {
+    return Array.isArray(f) && f.length >= 1 && f.length <= 3 && typeof f[0] === "string" && EVENT_ID_RE.test(f[0]) &&
+      (f.length < 3 || (typeof f[2] === "string" && f[2].length >= 1 && f[2].length <= MAX_CB_ID_CHARS));
+  }
+
+  Client.prototype._badFrame = function (what) {
+    this._stats.badFramesFromServer++;
+    this._warn("bad frame from server:", what);
+  };
+
   Client.prototype._onMessage = function (ws, raw) {
     if (ws !== this._ws) { return; }
     this._lastRecv = now();
     this._stats.framesIn++;
-    var frame = null;
-    if (typeof raw === "string") {
+    var frame = null, problem = null;
+    if (this._binary) {
+      if (typeof raw === "string") {
+        problem = "a text frame on a msgpack connection" +
+          (ws._senteState.handshake ? "" : " (a server older than packer=msgpack?)") + ": " + raw.slice(0, 200);
+      } else {
+        try { frame = mpDecode(raw, this._maxDepth); } catch (e) { problem = e.message; }
+      }
+    } else if (typeof raw === "string") {
       try { frame = JSON.parse(raw); } catch (e) { frame = null; }
     } else if (raw && typeof raw.toString === "function" && typeof Buffer !== "undefined" && Buffer.isBuffer(raw)) {
       try { frame = JSON.parse(raw.toString("utf8")); } catch (e) { frame = null; }  // `ws` < 8 in Node
     }
-    if (!Array.isArray(frame) || frame.length < 1 || frame.length > 3 || typeof frame[0] !== "string" ||
-        !EVENT_ID_RE.test(frame[0]) ||
-        (frame.length === 3 && (typeof frame[2] !== "string" || frame[2].length < 1 || frame[2].length > MAX_CB_ID_CHARS))) {
-      this._stats.badFramesFromServer++;
-      this._warn("bad frame from server:", typeof raw === "string" ? raw.slice(0, 200) : typeof raw);
+    if (!isFrame(frame)) {
+      this._badFrame(problem || (typeof raw === "string" ? raw.slice(0, 200) :
+                                 frame !== null ? "not [event-id, data?, cb-id?]" : typeof raw));
       return;
     }
+    if (frame[0] === EV_BATCH) { this._onBatch(ws, frame[1]); return; }
+    this._dispatch(ws, frame);
+  };
+
+  /** A chsk/batch: each frame in it, in order, as if it came alone (protocol section 10). */
+  Client.prototype._onBatch = function (ws, frames) {
+    if (!Array.isArray(frames)) { this._badFrame("chsk/batch data is not an array of frames"); return; }
+    this._stats.batchesIn++;
+    for (var i = 0; i < frames.length && ws === this._ws; i++) {
+      var frame = frames[i];
+      if (!isFrame(frame) || frame[0] === EV_BATCH) {
+        this._badFrame("frame " + i + " of a chsk/batch is " + (isFrame(frame) ? "a batch" : "not [event-id, data?, cb-id?]"));
+        continue;
+      }
+      this._dispatch(ws, frame);
+    }
+  };
+
+  Client.prototype._dispatch = function (ws, frame) {
     var eventId = frame[0], data = frame.length > 1 ? frame[1] : null, cbId = frame.length > 2 ? frame[2] : null;
     switch (eventId) {
       case EV_CHANNEL_MSG: this._onChannelMsg(data); return;
       case EV_HANDSHAKE: this._onHandshake(ws, data); return;
       case EV_PING:
-        this._write(cbId ? encode(EV_REPLY, null, cbId) : JSON.stringify([EV_PONG]), null);
+        this._write(cbId ? encode(EV_REPLY, null, cbId, this._binary) :
+                    this._binary ? mpEncode([EV_PONG]) : JSON.stringify([EV_PONG]), null);
         return;
       case EV_PONG: case EV_SUBSCRIBED: case EV_UNSUBSCRIBED: return;
       case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
@@ -921,14 +1285,14 @@ var SenteLite = (function () {
     if (!cbId) { return; }
     if (failed) { this._replyError("handler-error", "handler for " + eventId + " threw " + (failed.name || "an error"), cbId); return; }
     Promise.resolve(result).then(function (value) {
-      var text;
+      var frame;
       try {
-        text = encode(EV_REPLY, value, cbId);
+        frame = encode(EV_REPLY, value, cbId, self._binary);
       } catch (e) {
-        self._replyError("handler-error", "reply of " + eventId + " is not JSON-encodable", cbId);
+        self._replyError("handler-error", "reply of " + eventId + " cannot be encoded (" + self.packer + ")", cbId);
         return;
       }
-      self._trySend(text);
+      self._trySend(frame);
     }, function (e) {
       self._stats.handlerErrors++;
       self._error("handler for " + eventId + " rejected", e);
@@ -937,12 +1301,12 @@ var SenteLite = (function () {
   };
 
   Client.prototype._replyError = function (code, message, cbId) {
-    this._trySend(encode(EV_ERROR, { code: code, message: message }, cbId));
+    this._trySend(encode(EV_ERROR, { code: code, message: message }, cbId, this._binary));
   };
 
-  Client.prototype._trySend = function (text) {
+  Client.prototype._trySend = function (frame) {
     try {
-      this._sendFrame(text, null);
+      this._sendFrame(frame, null);
     } catch (e) {
       this._warn("reply dropped:", e.message);
     }
@@ -964,6 +1328,8 @@ var SenteLite = (function () {
     SendQueueFull: SendQueueFull,
     fetchCsrfToken: fetchCsrfToken,
     backoffDelay: backoffDelay,
+    /** The MessagePack codec of packer "msgpack": encode(value) -> Uint8Array, decode(bytes, maxDepth?). */
+    msgpack: { encode: mpEncode, decode: mpDecode, MAX_DEPTH: MAX_DEPTH },
     DEFAULTS: DEFAULTS,
     VERSION: VERSION,
     PROTOCOL_VERSION: PROTOCOL_VERSION
