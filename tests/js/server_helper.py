@@ -1,11 +1,14 @@
 """A sente_lite server for the Node tests, driven by JSON lines on stdin.
 
 Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per command:
-``{"op": "publish", "channel", "data", "count"}``, ``{"op": "request", "event", "data"}``
-(to the newest connection), ``{"op": "events"}`` (``test/note`` events received so far),
+``{"op": "publish", "channel", "data", "count"}``, ``{"op": "request", "event", "data", "uid"?}``
+(to the newest connection, of that uid if given), ``{"op": "events"}`` (``test/note`` events received so far),
 ``{"op": "pause"}`` / ``{"op": "resume"}`` (stop, then start again on the same port),
+``{"op": "py-subscribe", "channel"}`` (a Python client, JSON packer, subscribes; one per
+helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
+``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
 ``{"op": "stop"}``. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
-credential accepted), ``--demo``.
+credential accepted), ``--max-queued-bytes`` (per connection).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from sente_lite import Server
+from sente_lite import Client, Server
 from sente_lite.errors import SenteLiteError
 
 
@@ -25,9 +28,12 @@ def main() -> int:
     ap.add_argument("--heartbeat-ms", type=int, default=5000)
     ap.add_argument("--csrf", action="store_true")
     ap.add_argument("--token")
+    ap.add_argument("--max-queued-bytes", type=int, default=None)
     args = ap.parse_args()
     notes: List[Any] = []
     lock = threading.Lock()
+
+    queued = {} if args.max_queued_bytes is None else {"max_queued_bytes_per_conn": args.max_queued_bytes}
 
     def make(port: int) -> Server:
         auth = None
@@ -35,8 +41,9 @@ def main() -> int:
             auth = lambda req: "user-" + req.token if req.token == args.token else None  # noqa: E731
         srv = Server("127.0.0.1", port, heartbeat_ms=args.heartbeat_ms, csrf=args.csrf,
                      csrf_secret="node-tests-secret-0123456789" if args.csrf else None,
-                     authenticate=auth)
+                     authenticate=auth, **queued)
         srv.on("test/add", lambda conn, data: sum(data))
+        srv.on("test/echo", lambda conn, data: {"data": data, "packer": conn.packer.name})
         srv.on("test/fail", lambda conn, data: 1 / 0)
 
         def note(conn: Any, data: Any) -> None:
@@ -45,6 +52,13 @@ def main() -> int:
 
         srv.on("test/note", note)
         return srv.start()
+
+    py: Optional[Client] = None
+    py_got: List[Any] = []
+
+    def py_note(msg: Any) -> None:
+        with lock:
+            py_got.append({"data": msg.data, "from": msg.from_uid, "offset": msg.offset})
 
     srv: Optional[Server] = make(0)
     port = srv.port
@@ -75,18 +89,33 @@ def main() -> int:
                 if not conns:
                     say({"ok": False, "code": "no-connection"})
                     continue
+                if cmd.get("uid"):
+                    conns = [c for c in conns if c["uid"] == cmd["uid"]] or [{"conn-id": "none"}]
                 newest = conns[-1]["conn-id"]
                 try:
                     say({"ok": True, "result": srv.request(newest, cmd["event"], cmd.get("data"),
                                                            timeout=5.0)})
                 except SenteLiteError as exc:
                     say({"ok": False, "code": getattr(exc, "code", type(exc).__name__)})
+            elif op == "py-subscribe" and srv is not None:
+                if py is None:
+                    py = Client(srv.url)
+                py.subscribe(cmd["channel"], py_note, timeout=5.0)
+                say({"ok": True, "uid": py.uid})
+            elif op == "py-publish" and py is not None:
+                ack = py.publish(cmd["channel"], cmd.get("data"), ack=True, timeout=5.0)
+                say({"ok": True, "offset": ack["offset"] if ack else None})
+            elif op == "py-got":
+                with lock:
+                    say({"ok": True, "got": list(py_got)})
             elif op == "events":
                 with lock:
                     say({"ok": True, "notes": list(notes)})
             else:
                 say({"ok": False, "code": f"cannot {op} now"})
     finally:
+        if py is not None:
+            py.close()
         if srv is not None:
             srv.stop()
     return 0
