@@ -412,7 +412,8 @@ var SenteLite = (function () {
       if (!((t >= 0xa0 && t <= 0xbf) || (t >= 0xd9 && t <= 0xdb))) {
         throw MsgpackError("map key at byte " + r.pos + " is not a string (0x" + t.toString(16) + ")");
       }
-      var key = mpRead(r, depth + 1);
+      var key;
+      if (t <= 0xaf && t >= 0xa0) { r.pos++; key = mpReadKey(r, t & 0x0f); } else { key = mpRead(r, depth + 1); }
       var value = mpRead(r, depth + 1);
       if (key === "__proto__") {  // an own property, as JSON.parse makes it; never the prototype
         Object.defineProperty(out, key, { value: value, enumerable: true, writable: true, configurable: true });
@@ -421,6 +422,27 @@ var SenteLite = (function () {
       }
     }
     return out;
+  }
+
+  // Map keys of up to 15 bytes (nearly all) come from a small cache: a frame's keys repeat
+  // (a list of records, the keys of every channel message), and a hit makes no new string.
+  // Bounded: KEY_SLOTS entries, each replaced on a miss.
+  var KEY_SLOTS = 4096;
+  var keyStrings = new Array(KEY_SLOTS), keyBytes = new Array(KEY_SLOTS);
+
+  function mpReadKey(r, n) {
+    var p = mpTake(r, n), b = r.b, h = n, i;
+    for (i = 0; i < n; i++) { h = (h * 31 + b[p + i]) | 0; }
+    var slot = h & (KEY_SLOTS - 1), known = keyBytes[slot];
+    if (known !== undefined && known.length === n) {
+      for (i = 0; i < n && known[i] === b[p + i]; i++) { /* compare */ }
+      if (i === n) { return keyStrings[slot]; }
+    }
+    r.pos = p;
+    var key = mpReadStr(r, n);
+    keyStrings[slot] = key;
+    keyBytes[slot] = b.slice(p, p + n);
+    return key;
   }
 
   function mpReadStr(r, n) {
