@@ -6,13 +6,13 @@ A server process publishes ``--messages`` messages on one channel as fast as it 
 (``Server.publish`` in a loop); exactly one subscriber receives them, and the rate is
 messages / (time of the last delivery - time of the first publish), on the machine's
 wall clock (one machine, so the clocks are the same). The subscriber is, in turn, a
-page in headless Chromium running ``sente_lite.js`` (a handler that counts, as in
-an application that keeps the data) and a Python process running
-:class:`sente_lite.Client` with the same kind of handler. Runs alternate between the
-two; the table shows the median of ``--runs``, and how long the publishing loop
-itself took (when it is as long as the delivery, the publisher was the limit). A
-third row is the same page with a bare ``WebSocket`` that only counts the frames:
-what the browser itself can take, without the client.
+page in headless Chromium running ``sente_lite.js`` (a handler that counts, as in an
+application that keeps the data; once with JSON, once with ``packer: "msgpack"``) and a
+Python process running :class:`sente_lite.Client` with the same kind of handler. Runs
+alternate between the receivers; the table shows the median of ``--runs``, and how long
+the publishing loop itself took (when it is as long as the delivery, the publisher was
+the limit). Another row is the same page with a bare ``WebSocket`` that only counts the
+frames: what the browser itself can take, without the client.
 
 The server's slow-consumer limit is raised for the run (every message may wait in
 its queue); rate limiting does not apply to server publishes. Needs Playwright for
@@ -79,9 +79,9 @@ def _python_receiver(url: str, count: int, pipe: Any) -> None:
 
 # Each page script leaves ``doneAt`` (ms, wall clock) once ``count`` messages arrived,
 # ``inOrder()`` and ``stop()``.
-PAGE_SUBSCRIBE = """async ([url, count]) => {
+PAGE_SUBSCRIBE = """async ([url, count, packer]) => {
   const got = []; window.doneAt = null;
-  const c = new SenteLite.Client(url);
+  const c = new SenteLite.Client(url, { packer });
   await c.waitConnected(10000);
   await c.subscribe(%r, (m) => { got.push(m.data); if (got.length === count) { doneAt = Date.now(); } });
   window.inOrder = () => got.every((d, i) => d.i === i);
@@ -123,6 +123,7 @@ def run(messages: int, payload_bytes: int, runs: int, chromium: str) -> List[Dic
     server.start()
     pad = "x" * payload_bytes
     results: Dict[str, List[Dict[str, float]]] = {"chromium page (sente_lite.js)": [],
+                                                  "chromium page (sente_lite.js, msgpack)": [],
                                                   "chromium page (bare WebSocket, counting)": [],
                                                   "python process (sente_lite.Client)": []}
     try:
@@ -133,6 +134,8 @@ def run(messages: int, payload_bytes: int, runs: int, chromium: str) -> List[Dic
                 for _ in range(runs):
                     results["chromium page (sente_lite.js)"].append(
                         _page_run(browser, url, spipe, messages, pad, PAGE_SUBSCRIBE))
+                    results["chromium page (sente_lite.js, msgpack)"].append(
+                        _page_run(browser, url, spipe, messages, pad, PAGE_SUBSCRIBE, "msgpack"))
                     results["chromium page (bare WebSocket, counting)"].append(
                         _page_run(browser, url, spipe, messages, pad, PAGE_RAW))
                     results["python process (sente_lite.Client)"].append(
@@ -152,13 +155,14 @@ def run(messages: int, payload_bytes: int, runs: int, chromium: str) -> List[Dic
     return rows
 
 
-def _page_run(browser: Any, url: str, spipe: Any, messages: int, pad: str, script: str) -> Dict[str, float]:
+def _page_run(browser: Any, url: str, spipe: Any, messages: int, pad: str, script: str,
+              packer: str = "json") -> Dict[str, float]:
     page = browser.new_page()
     try:
         origin = url.replace("ws://", "http://").rsplit("/", 1)[0]
         page.goto(origin + "/health")
         page.add_script_tag(url=origin + static.script_url())
-        page.evaluate(script, [url, messages])
+        page.evaluate(script, [url, messages, packer])
         spipe.send(("publish", messages, pad))
         t0, t1 = spipe.recv()
         page.wait_for_function("window.doneAt !== null", timeout=RUN_TIMEOUT_S * 1000, polling=50)
