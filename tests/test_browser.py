@@ -153,6 +153,43 @@ def test_request_reply_both_ways(make_server, open_page) -> None:
     assert info.value.code == "no-handler"
 
 
+def test_msgpack_packer_in_the_page_with_a_python_json_client(make_server, make_client, open_page) -> None:
+    pytest.importorskip("msgpack", reason="the server needs the [msgpack] extra for packer=msgpack")
+    srv = make_server()
+    srv.on("app/echo", lambda conn, data: {"echo": data, "packer": conn.packer.name})
+    py = make_client(srv.url)
+    py_got: List[Any] = []
+    py.subscribe("room", py_got.append, timeout=WAIT_S)
+    page = open_page(srv)
+    frames: List[Any] = []  # (direction, str or bytes) of every WebSocket frame of the page
+
+    def watch(ws: Any) -> None:
+        ws.on("framesent", lambda payload: frames.append(("sent", payload)))
+        ws.on("framereceived", lambda payload: frames.append(("received", payload)))
+
+    page.on("websocket", watch)
+    assert page.evaluate(CONNECT, {"packer": "msgpack"}) is True
+    assert page.evaluate("[c.packer, c.handshake.packer]") == ["msgpack", "msgpack"]
+    value = {"text": "héllo 😀", "ints": [0, -1, 255, -129, 65536, 2 ** 53 - 1], "float": 1.5,
+             "nested": [{"a": None, "b": True}], "long": "x" * 300}
+    assert page.evaluate("v => c.request('app/echo', v)", value) == {"echo": value, "packer": "msgpack"}
+    page.evaluate("c.on('app/double', x => x * 2)")
+    assert srv.request(page.evaluate("c.connId"), "app/double", 21, timeout=WAIT_S) == 42
+    page.evaluate("window.got = []; c.subscribe('room', m => got.push(m))")
+    reply = page.evaluate("c.publish('room', {text: 'from the msgpack page'}, {ack: true})")
+    assert reply["delivered"] == 2
+    msg = wait_until(lambda: py_got and py_got[0], what="page message at the Python JSON client")
+    assert msg.data == {"text": "from the msgpack page"} and msg.from_uid == page.evaluate("c.uid")
+    py.publish("room", {"text": "from Python", "n": [1, 2.5]}, ack=True, timeout=WAIT_S)
+    page.wait_for_function("got.length === 2")
+    assert [m["data"] for m in page.evaluate("got")] == [{"text": "from the msgpack page"},
+                                                          {"text": "from Python", "n": [1, 2.5]}]
+    assert page.evaluate("c.stats().badFramesFromServer") == 0
+    assert frames and all(isinstance(payload, bytes) for _, payload in frames), \
+        [(d, p[:40]) for d, p in frames if not isinstance(p, bytes)]
+    assert {d for d, _ in frames} == {"sent", "received"}
+
+
 def test_server_restart_page_reconnects_resubscribes_and_messages_flow(make_server, open_page) -> None:
     first = make_server()
     page = open_page(first)
