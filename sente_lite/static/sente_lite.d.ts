@@ -2,6 +2,8 @@
 // Reference: docs/browser.md. Wire protocol: docs/protocol.md.
 
 export type Status = "connecting" | "connected" | "reconnecting" | "closed";
+/** Wire format: "json" (text frames) or "msgpack" (MessagePack in binary frames). */
+export type Packer = "json" | "msgpack";
 
 /** A credential or CSRF token: a string, or a function evaluated at every (re)connect. */
 export type TokenSource = string | null | (() => string | null | Promise<string | null>);
@@ -29,6 +31,12 @@ export interface ClientOptions {
   connectTimeoutMs?: number;
   /** Reconnect after a lost connection (default true). */
   autoReconnect?: boolean;
+  /** "json" (default) or "msgpack": MessagePack in binary frames (?packer=msgpack; the server
+   *  needs its [msgpack] extra, else it refuses with HTTP 400). Data must be JSON-like either way. */
+  packer?: Packer;
+  /** Ask the server (?batch=1) to send frames that wait for this busy connection as one
+   *  chsk/batch frame (default false). Batches are read either way. */
+  batch?: boolean;
   /** Where warnings go (default console; null for none). */
   logger?: Pick<Console, "warn" | "error"> | null;
 }
@@ -63,6 +71,8 @@ export interface Stats {
   unsubscribedChannelMsgs: number; unhandledEvents: number; handlerErrors: number;
   errorsFromServer: number; badFramesFromServer: number; strayReplies: number;
   deadServerDetections: number; pendingOverflows: number;
+  /** chsk/batch frames received (framesIn counts WebSocket messages, a batch as one). */
+  batchesIn: number;
   status: Status; pendingSends: number; outstandingRequests: number; subscriptions: number;
 }
 
@@ -93,6 +103,8 @@ export class Client {
 
   readonly url: string;
   readonly clientId: string;
+  /** The wire format of every connection of this client (the packer option). */
+  readonly packer: Packer;
   readonly status: Status;
   readonly connected: boolean;
   readonly uid: string | null;
@@ -138,11 +150,23 @@ export function fetchCsrfToken(url: string, clientId: string, options?: { fetch?
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random?: () => number): number;
 export const VERSION: string;
 
+/** The MessagePack codec of packer "msgpack" (JSON-like values only); on the default export. */
+export interface MsgpackCodec {
+  /** Bytes of value, written as JSON.stringify would (toJSON, undefined left out); TypeError for a
+   *  BigInt or nesting deeper than MAX_DEPTH. Integers up to 2^53 - 1 as int, other numbers float64. */
+  encode(value: unknown): Uint8Array;
+  /** The value of exactly one MessagePack object; SenteLiteError (code "bad-frame") for bin/ext
+   *  types, non-string map keys, invalid UTF-8, truncation, trailing bytes or nesting deeper than
+   *  maxDepth (default MAX_DEPTH). A uint64/int64 beyond 2^53 becomes the nearest Number. */
+  decode(bytes: ArrayBuffer | ArrayBufferView, maxDepth?: number): unknown;
+  readonly MAX_DEPTH: number;
+}
+
 declare const SenteLite: {
   Client: typeof Client; SenteLiteError: typeof SenteLiteError; RemoteError: typeof RemoteError;
   RequestTimeout: typeof RequestTimeout; Disconnected: typeof Disconnected;
   ClientClosed: typeof ClientClosed; ConnectRefused: typeof ConnectRefused;
   SendQueueFull: typeof SendQueueFull; fetchCsrfToken: typeof fetchCsrfToken;
-  backoffDelay: typeof backoffDelay; VERSION: string;
+  backoffDelay: typeof backoffDelay; VERSION: string; msgpack: MsgpackCodec;
 };
 export default SenteLite;

@@ -226,3 +226,13 @@ test("encode buffers are independent: a later encode does not change an earlier 
   const inner = { toJSON: () => hex(encode(["ev/inner", 1])) };  // encoding inside an encode
   assert.deepEqual(decode(encode([inner, "after"])), [hex(encode(["ev/inner", 1])), "after"]);
 });
+
+test("map keys: the key cache never mixes keys up (same slot, one byte apart, 15 vs 16 bytes)", () => {
+  const big = Object.fromEntries(Array.from({ length: 10000 }, (_, i) => ["k" + i, i]));
+  for (let round = 0; round < 2; round++) { assert.deepEqual(decode(encode(big)), big); }
+  const v = { Aa: 1, BB: 2, abcdefghijklmno: 3, abcdefghijklmnp: 4, abcdefghijklmnop: 5, "é": 6, "": 7 };
+  for (let round = 0; round < 3; round++) {
+    assert.deepEqual(decode(encode(v)), v);  // "Aa" and "BB" share a cache slot
+    assert.deepEqual(decode(encode([{ BB: 1 }, { Aa: 2 }, { BB: 3 }])), [{ BB: 1 }, { Aa: 2 }, { BB: 3 }]);
+  }
+});
