@@ -158,6 +158,8 @@ var SenteLite = (function () {
   var POW32 = 4294967296;
   /** Strings at most this long (UTF-16 units / bytes) are converted in JavaScript, not by TextEncoder/TextDecoder. */
   var SHORT_STR = 32;
+  /** Strings longer than this (UTF-16 units) are written by TextEncoder.encodeInto, shorter ones in JavaScript. */
+  var LONG_STR = 200;
   var textEncoder = typeof TextEncoder !== "undefined" ? new TextEncoder() : null;
   var textDecoder = null;
   try { textDecoder = new TextDecoder("utf-8", { fatal: true }); } catch (e) { /* none here */ }
@@ -284,7 +286,7 @@ var SenteLite = (function () {
     var head = strHeadSize(n * 3);
     w.need(head + n * 3);
     var start = w.pos + head, bytes;
-    if (n > SHORT_STR && textEncoder && textEncoder.encodeInto) {
+    if (n > LONG_STR && textEncoder && textEncoder.encodeInto) {
       bytes = textEncoder.encodeInto(s, w.buf.subarray(start)).written;
     } else {
       bytes = utf8Write(s, w.buf, start);

@@ -76,7 +76,9 @@ test("strings: fixstr/str8/str16/str32 boundaries counted in UTF-8 bytes", () =>
   roundTrip("€".repeat(85), "d9ff", 257);        // 255 bytes
   roundTrip("€".repeat(86), "da0102", 261);      // 258 bytes
   roundTrip("é".repeat(32768), "db00010000", 65541);
-  roundTrip("a".repeat(40) + "é", "d92a");        // long enough for TextEncoder.encodeInto
+  roundTrip("a".repeat(40) + "é", "d92a");
+  roundTrip("a".repeat(240) + "é", "d9f2");       // long enough for TextEncoder.encodeInto
+  roundTrip("é".repeat(300), "da0258");
 });
 
 test("unicode: BMP, astral plane (surrogate pairs), lone surrogates become U+FFFD", () => {
@@ -88,6 +90,7 @@ test("unicode: BMP, astral plane (surrogate pairs), lone surrogates become U+FFF
   assert.equal(hex(encode("\ud800")), "a3efbfbd");
   assert.equal(decode(encode("a\udc00b")), "a\ufffdb");
   assert.equal(decode(encode("x".repeat(40) + "\ud83d")), "x".repeat(40) + "\ufffd");
+  assert.equal(decode(encode("x".repeat(240) + "\ud83d")), "x".repeat(240) + "\ufffd");
 });
 
 test("arrays and maps: fix/16/32 boundaries", () => {
