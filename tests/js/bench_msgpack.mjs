@@ -8,7 +8,8 @@ import { fileURLToPath } from "node:url";
 const here = dirname(fileURLToPath(import.meta.url));
 const require = createRequire(import.meta.url);
 const SenteLite = require(join(resolve(here, "..", ".."), "sente_lite", "static", "sente_lite.js"));
-const { msgpackBench, msgpackBenchTable } = require(join(here, "bench_msgpack_core.cjs"));
+import { deflateRawSync } from "node:zlib";
+const { msgpackBench, msgpackBenchTable, msgpackBenchFrames } = require(join(here, "bench_msgpack_core.cjs"));
 
 const args = process.argv.slice(2);
 const arg = (name, dflt) => { const i = args.indexOf(name); return i >= 0 ? Number(args[i + 1]) : dflt; };
@@ -17,5 +18,12 @@ if (args.includes("--json")) {
   console.log(JSON.stringify({ runtime: `node ${process.version}`, ...result }));
 } else {
   console.log(msgpackBenchTable(result, `Node ${process.version}`));
+  // permessage-deflate (Server(compression="deflate")) compresses each message on its own
+  console.log("\n| with permessage-deflate | JSON bytes | msgpack bytes |\n|---|---|---|");
+  for (const f of msgpackBenchFrames()) {
+    const json = deflateRawSync(Buffer.from(JSON.stringify(f.value))).length;
+    const packed = deflateRawSync(SenteLite.msgpack.encode(f.value)).length;
+    console.log(`| ${f.name} | ${json} | ${packed} (${Math.round(100 * (packed / json - 1))}%) |`);
+  }
   console.log(`\nper frame: median of ${result.runs} rounds of ~${result.targetMs} ms per measurement (fastest round in parentheses)`);
 }

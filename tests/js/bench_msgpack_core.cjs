@@ -8,14 +8,9 @@
  * frame: the median of `runs` rounds (each function timed for about `targetMs` ms per
  * round, in turn), and the fastest round as `<name>Min`.
  */
-function msgpackBench(SenteLite, options) {
+/** The frames measured: [{name, value}], each a channel message as the server sends it. */
+function msgpackBenchFrames() {
   "use strict";
-  var opts = options || {};
-  var runs = opts.runs || 15;
-  var targetMs = opts.targetMs || 20;
-  var mp = SenteLite.msgpack;
-  var now = typeof performance !== "undefined" ? function () { return performance.now(); } : Date.now;
-
   function channelMsg(data) {
     return ["sente-lite/channel-msg", { "channel-id": "room/lobby", data: data, from: "user-4711",
                                         offset: 123456, epoch: "9f2c4e1a7b3d5c60" }];
@@ -36,11 +31,22 @@ function msgpackBench(SenteLite, options) {
   }
   var unicode = { room: "общий", lines: lines };
 
-  var frames = [
+  return [
     { name: "channel-msg, ~100 B data", value: channelMsg(small) },
     { name: "channel-msg, ~2 KB data", value: channelMsg(large) },
     { name: "channel-msg, ~2 KB non-ASCII", value: channelMsg(unicode) }
   ];
+}
+
+function msgpackBench(SenteLite, options) {
+  "use strict";
+  var opts = options || {};
+  var runs = opts.runs || 15;
+  var targetMs = opts.targetMs || 20;
+  var mp = SenteLite.msgpack;
+  var now = typeof performance !== "undefined" ? function () { return performance.now(); } : Date.now;
+
+  var frames = msgpackBenchFrames();
   var enc = new TextEncoder();
   var dec = new TextDecoder();
 
@@ -122,5 +128,6 @@ function msgpackBenchTable(result, where) {
 }
 
 if (typeof module === "object" && module && module.exports) {
-  module.exports = { msgpackBench: msgpackBench, msgpackBenchTable: msgpackBenchTable };
+  module.exports = { msgpackBench: msgpackBench, msgpackBenchTable: msgpackBenchTable,
+                     msgpackBenchFrames: msgpackBenchFrames };
 }
