@@ -5,14 +5,19 @@ import assert from "node:assert/strict";
 import { SenteLite, WebSocket, startServer, waitFor, client, WAIT_MS } from "./helpers.mjs";
 
 const { encode } = SenteLite.msgpack;
-let srv;
+let srv, bulk;
 const clients = [];
 function make(url, options) { const c = client(url, options); clients.push(c); return c; }
 
-before(async () => { srv = await startServer(["--heartbeat-ms", "300", "--max-queued-bytes", String(64 << 20)]); });
+before(async () => {
+  srv = await startServer(["--heartbeat-ms", "300"]);
+  // For the batch tests: room for 10 MB queued per connection, and the default heartbeat
+  // (5 s), so a client that stops reading for a while is not taken for dead by either side.
+  bulk = await startServer(["--max-queued-bytes", String(64 << 20)]);
+});
 after(async () => {
   clients.forEach((c) => c.close());
-  await srv.stop();
+  await Promise.all([srv.stop(), bulk.stop()]);
 });
 
 /** Every type at its edges, as the server's msgpack package has to read and write it. */
@@ -111,7 +116,7 @@ test("msgpack: heartbeat pings arrive as MessagePack and are answered; no bad fr
 
 for (const packer of ["msgpack", "json"]) {
   test(`batch (${packer}): a backed-up client gets chsk/batch frames and reads every message in order`, async () => {
-    const c = make(srv.url, { packer, batch: true });
+    const c = make(bulk.url, { packer, batch: true });
     assert.ok(await c.waitConnected(WAIT_MS));
     assert.equal(c.handshake.batch, true);
     assert.match(c._lastUrl, /[?&]batch=1(&|$)/);
@@ -119,7 +124,7 @@ for (const packer of ["msgpack", "json"]) {
     const answer = await c.subscribe("batch/" + packer, (m) => got.push(m));
     c._ws.pause(); // the npm ws socket stops reading: the server's queue for it grows
     const n = 5000; // 10 MB: more than the socket buffers hold
-    await srv.cmd({ op: "publish", channel: "batch/" + packer, data: "x".repeat(2000), count: n });
+    await bulk.cmd({ op: "publish", channel: "batch/" + packer, data: "x".repeat(2000), count: n });
     c._ws.resume();
     await waitFor(() => got.length >= n, `${n} messages`);
     assert.deepEqual(got.map((m) => m.offset), got.map((_, i) => answer.offset + i + 1));
@@ -128,9 +133,25 @@ for (const packer of ["msgpack", "json"]) {
     assert.ok(stats.framesIn < n, `${stats.framesIn} frames carried ${n} messages`);
     assert.equal(stats.badFramesFromServer, 0);
     assert.equal(stats.channelGaps, 0);
+    assert.equal(stats.reconnectAttempts, 0);
     c.close();
   });
 }
+
+test("msgpack: a server without the msgpack package refuses with 400, and the client stops", async () => {
+  const plain = await startServer(["--no-msgpack"]);
+  try {
+    const c = make(plain.url, { packer: "msgpack" });
+    await assert.rejects(c.waitConnected(WAIT_MS), { name: "ConnectRefused", status: 400, message: /msgpack/ });
+    assert.equal(c.status, "closed");
+    assert.equal(c.stats().reconnectAttempts, 0);
+    const json = make(plain.url);
+    assert.ok(await json.waitConnected(WAIT_MS));
+    json.close();
+  } finally {
+    await plain.stop();
+  }
+});
 
 test("options: an unknown packer is a TypeError", () => {
   assert.throws(() => new SenteLite.Client("ws://127.0.0.1:1/chsk", { WebSocket, packer: "cbor" }),

@@ -8,7 +8,8 @@ Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per comm
 helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
 ``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
 ``{"op": "stop"}``. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
-credential accepted), ``--max-queued-bytes`` (per connection).
+credential accepted), ``--max-queued-bytes`` (per connection),
+``--no-msgpack``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from sente_lite import Client, Server
+from sente_lite import Client, Server, packers
 from sente_lite.errors import SenteLiteError
 
 
@@ -29,7 +30,11 @@ def main() -> int:
     ap.add_argument("--csrf", action="store_true")
     ap.add_argument("--token")
     ap.add_argument("--max-queued-bytes", type=int, default=None)
+    ap.add_argument("--no-msgpack", action="store_true",
+                    help="act as a server without the msgpack package")
     args = ap.parse_args()
+    if args.no_msgpack:
+        packers.available = lambda name: name == packers.JSON  # type: ignore[assignment]
     notes: List[Any] = []
     lock = threading.Lock()
 
