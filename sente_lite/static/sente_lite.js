@@ -156,7 +156,7 @@ var SenteLite = (function () {
   var BATCH_LEVELS = 2;
   var MAX_SAFE = 9007199254740991;
   var POW32 = 4294967296;
-  /** Strings at most this long (UTF-16 units / bytes) are converted in JavaScript, not by TextEncoder/TextDecoder. */
+  /** Strings of at most this many bytes are read in JavaScript when ASCII (else by TextDecoder). */
   var SHORT_STR = 32;
   /** Strings longer than this (UTF-16 units) are written by TextEncoder.encodeInto, shorter ones in JavaScript. */
   var LONG_STR = 200;
