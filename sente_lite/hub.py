@@ -93,7 +93,7 @@ class Built:
         built = others.get(key)
         if built is None:
             payload = (self.wire[-self.size:] if packer is JSON_PACKER
-                       else packer.encode_value(self._value()))
+                       else packer.encode_value(self._value(), checked=True))
             wire = None
             if deflate_bits and len(payload) >= min_compress:
                 packed = compression.deflate(payload, deflate_bits)

@@ -37,8 +37,9 @@ class Packer:
         """One frame's bytes; :class:`EncodeError` when ``data`` cannot be written."""
         return p.encode_bytes(event, data, cb_id)
 
-    def encode_value(self, value: Any) -> bytes:
-        """Any value (a reply body, channel data) in this format."""
+    def encode_value(self, value: Any, checked: bool = False) -> bytes:
+        """Any value (a reply body, channel data) in this format; ``checked``: its depth
+        was already checked (it came from a JSON encoding of this process)."""
         return p.dumps(value).encode("utf-8")
 
     def batch(self, frames: List[bytes]) -> bytes:
@@ -74,8 +75,8 @@ class MsgpackPacker(Packer):
             [event, data] if cb_id is None else [event, data, cb_id])
         return self.encode_value(frame)
 
-    def encode_value(self, value: Any) -> bytes:
-        if p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
+    def encode_value(self, value: Any, checked: bool = False) -> bytes:
+        if not checked and p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
             raise EncodeError(f"value nests deeper than {p.MAX_JSON_DEPTH} (MAX_JSON_DEPTH)")
         try:
             return self._msgpack.packb(value, use_bin_type=True)

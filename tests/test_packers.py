@@ -99,10 +99,10 @@ def test_one_encode_per_publish_per_packer(make_server: Callable[..., Server],
     calls: List[Any] = []
     real = packers.MsgpackPacker.encode_value
 
-    def counting(self: Any, value: Any) -> bytes:
+    def counting(self: Any, value: Any, checked: bool = False) -> bytes:
         if isinstance(value, list) and value and value[0] == p.EV_CHANNEL_MSG:
             calls.append(value[1]["offset"])
-        return real(self, value)
+        return real(self, value, checked)
 
     monkeypatch.setattr(packers.MsgpackPacker, "encode_value", counting)
     recorders = [Recorder() for _ in range(3)]
