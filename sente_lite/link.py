@@ -199,14 +199,14 @@ class Link:
             self.writable = False
             if not flush:
                 self.outbox.drop_unsent()
-        self.loop.call_soon(lambda: self.loop._send_close(self, code, reason))
+        self.loop.call_soon(lambda: self.loop.closer.send_close(self, code, reason))
         return True
 
     def abort(self) -> None:
         """Close the socket without a closing handshake (from any thread)."""
         with self.lock:
             self.writable = False
-        self.loop.call_soon(lambda: self.loop._finish(self))
+        self.loop.call_soon(lambda: self.loop.closer.finish(self))
 
     # -- the loop's side (lock held by the caller where noted) ----------------------------
     def _push_locked(self, data: bytes) -> None:
@@ -225,7 +225,7 @@ class Link:
         if outbox.push(data, now_ns) or self.flush_asked:
             return
         self.flush_asked = True
-        self.loop.call_soon(lambda: self.loop._flush(self))
+        self.loop.call_soon(lambda: self.loop.writer.flush(self))
 
     def _write(self, data: bytes) -> int:
         try:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import errno
-import gc
 import heapq
 import http
 import itertools
@@ -41,11 +40,11 @@ from websockets import http11 as _http11
 from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
 from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler, Tls
 from .logsafe import redact_target, safe
 from .outbox import Overflow
+from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
 try:  # websockets >= 17 answers an oversized request line or header 414/431 itself
     from websockets.exceptions import RequestLineTooLong as _RequestLineTooLong  # noqa: F401
@@ -63,15 +62,10 @@ ACCEPT_PAUSE_S = 0.1
 EVICT_MIN_AGE_S = 0.5
 #: Seconds between two checks of the upgrades in progress against their deadlines.
 PENDING_SWEEP_S = 0.1
-#: Unparsed input a dropped connection may leave before the loop collects garbage at its
-#: next tick: websockets' protocol objects live in reference cycles, so a buffered partial
-#: message would otherwise wait for the next full collection.
-GC_AFTER_DROPPED_BYTES = 64 * 1024
 #: Seconds between two ERROR lines about the same accept failure.
 ACCEPT_ERROR_LOG_EVERY_S = 1.0
 
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_OPEN = State.OPEN
 _TEXT = Opcode.TEXT
 _BINARY = Opcode.BINARY
 _CONT = Opcode.CONT
@@ -120,7 +114,7 @@ class NetLoop:
         # upgrades not complete yet, oldest first; and the same per address
         self._pending: "collections.OrderedDict[Link, None]" = collections.OrderedDict()
         self._pending_by_address: Dict[str, "collections.OrderedDict[Link, None]"] = {}
-        self._selector = selectors.DefaultSelector()
+        self.selector = selectors.DefaultSelector()
         self._listener: Optional[socket.socket] = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -136,8 +130,9 @@ class NetLoop:
         self._reserve_fd: Optional[int] = None
         self._accept_paused = False
         self._last_accept_error_log = 0.0
-        self._collect_garbage = False
         self.counts: Dict[str, int] = collections.defaultdict(int)
+        self.writer = Writer(self)
+        self.closer = Closer(self)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -147,8 +142,8 @@ class NetLoop:
         self._listener.setblocking(False)
         self.port = self._listener.getsockname()[1]
         self._reserve_fd = _open_reserve()
-        self._selector.register(self._listener, selectors.EVENT_READ, None)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        self.selector.register(self._listener, selectors.EVENT_READ, None)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="sente-lite-net", daemon=True)
         self._thread.start()
@@ -159,8 +154,7 @@ class NetLoop:
             return
 
         def halt() -> None:
-            for link in list(self.links.values()):
-                self._finish(link)
+            self.closer.finish_all()
             self._running = False
 
         self.call_soon(halt)
@@ -174,7 +168,7 @@ class NetLoop:
         if self._reserve_fd is not None:
             os.close(self._reserve_fd)
             self._reserve_fd = None
-        self._selector.close()
+        self.selector.close()
 
     @property
     def thread_ident(self) -> Optional[int]:
@@ -209,7 +203,7 @@ class NetLoop:
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
-        select = self._selector.select
+        select = self.selector.select
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
         self._ident = threading.get_ident()
@@ -232,34 +226,30 @@ class NetLoop:
                     else:
                         try:
                             if mask & selectors.EVENT_WRITE:
-                                self._flush(link)
+                                self.writer.flush(link)
                             if mask & selectors.EVENT_READ and not link.closed:
                                 self._read(link)
                         except Exception:
                             self.counts["internal_errors"] += 1
                             log.exception("internal error serving %s; dropping it", link.remote)
-                            self._finish(link)
+                            self.closer.finish(link)
                 self._run_calls()
                 now = time.monotonic()
                 timers = self._timers
                 while timers and timers[0][0] <= now:
                     _, _, fn = heapq.heappop(timers)
-                    self._guard(fn)
+                    self.guarded(fn)
                 if now >= next_sweep:
                     next_sweep = now + PENDING_SWEEP_S
                     self._sweep_pending(now)
                 if now >= next_tick:
                     stalled = max(0.0, now - next_tick - self.tick_s)
                     next_tick = now + self.tick_s
-                    if self._collect_garbage:
-                        self._collect_garbage = False
-                        self.counts["garbage_collections"] += 1
-                        gc.collect()
-                    self._guard(lambda: self.handler.on_tick(now, stalled))
+                    self.closer.collect_garbage()
+                    self.guarded(lambda: self.handler.on_tick(now, stalled))
         except Exception:  # pragma: no cover - a bug in the loop itself
             log.exception("network loop failed; dropping every connection")
-            for link in list(self.links.values()):
-                self._finish(link)
+            self.closer.finish_all()
 
     def _flush_dirty(self) -> None:
         """Write what this thread held for each peer during the pass: one write per peer
@@ -268,9 +258,9 @@ class NetLoop:
         for link in dirty:
             link.dirty = False
             if not link.closed:
-                self._flush(link)
+                self.writer.flush(link)
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def guarded(self, fn: Callable[[], None]) -> None:
         try:
             fn()
         except Exception:
@@ -288,7 +278,7 @@ class NetLoop:
         calls = self._calls
         self._wake_sent = False
         while calls:
-            self._guard(calls.popleft())
+            self.guarded(calls.popleft())
 
     # -- accepting --------------------------------------------------------------------
     def _accept(self) -> None:
@@ -320,7 +310,7 @@ class NetLoop:
         remote = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
         tls = Tls(self.ssl_context) if self.ssl_context is not None else None
         link = Link(self, sock, address, remote, tls)
-        self._selector.register(sock, selectors.EVENT_READ, link)
+        self.selector.register(sock, selectors.EVENT_READ, link)
         self.links[link.fd] = link
         self.counts["accepted"] += 1
         self._pending[link] = None
@@ -351,7 +341,7 @@ class NetLoop:
         self.counts["handshakes_evicted"] += 1
         self.handler.on_refused(link, "handshake-evicted", None,
                                 f"oldest upgrade in progress dropped: {why} ({setting})")
-        self._finish(link)
+        self.closer.finish(link)
 
     def _leave_pending(self, link: Link) -> None:
         if self._pending.pop(link, 0) is None:
@@ -382,7 +372,7 @@ class NetLoop:
 
     def _timed_out(self, link: Link, message: str) -> None:
         self.handler.on_refused(link, "handshake-timeout", None, message)
-        self._finish(link)
+        self.closer.finish(link)
 
     def _out_of_resources(self, exc: OSError) -> None:
         """accept() failed for want of descriptors or memory: answer that one peer 503
@@ -410,13 +400,13 @@ class NetLoop:
             self._reserve_fd = _open_reserve()
         if not self._accept_paused and self._listener is not None:
             self._accept_paused = True
-            self._selector.unregister(self._listener)
+            self.selector.unregister(self._listener)
             self.call_at(now + ACCEPT_PAUSE_S, self._resume_accept)
 
     def _resume_accept(self) -> None:
         if self._accept_paused and self._running and self._listener is not None:
             self._accept_paused = False
-            self._selector.register(self._listener, selectors.EVENT_READ, None)
+            self.selector.register(self._listener, selectors.EVENT_READ, None)
             if self._reserve_fd is None:
                 self._reserve_fd = _open_reserve()
 
@@ -441,11 +431,11 @@ class NetLoop:
             if failure is not None:
                 self.counts["tls_errors"] += 1
                 log.info("TLS failed with %s: %s", link.remote, type(failure).__name__)
-                self._finish(link)
+                self.closer.finish(link)
                 return
             if data and not plain:
                 if link.outbox:
-                    self._flush(link)
+                    self.writer.flush(link)
                 return
             if data:
                 data = plain
@@ -474,9 +464,9 @@ class NetLoop:
                 self._request(link, event)
         if link.request is None and proto.handshake_exc is not None and not link.answered:
             self._malformed(link, proto.handshake_exc)
-        self._flush_protocol(link)
+        self.writer.flush_protocol(link)
         if not data and not link.closed:
-            self._finish(link)  # the peer is gone: nothing more to read or write
+            self.closer.finish(link)  # the peer is gone: nothing more to read or write
 
     def _frame(self, link: Link, frame: Frame) -> None:
         owner = link.owner
@@ -577,7 +567,7 @@ class NetLoop:
                 proto.send_response(response)
                 if response.status_code == 101:
                     with link.lock:
-                        self._flush_protocol_locked(link)
+                        self.writer.flush_protocol_locked(link)
                         link.opened = True
                         link.writable = True
                     self.handler.on_open(link, decision.identity)
@@ -589,7 +579,7 @@ class NetLoop:
                 raise
             link.answered = True
             proto.send_response(self._internal_error(link, exc))
-        self._flush_protocol(link)
+        self.writer.flush_protocol(link)
 
     def _malformed(self, link: Link, exc: BaseException) -> None:
         """websockets could not parse the upgrade request (it answered 414/431 itself,
@@ -620,110 +610,6 @@ class NetLoop:
                                 f"malformed HTTP request ({type(cause).__name__})")
         with link.lock:
             link.outbox.push(_raw_response(400, "malformed HTTP request"))
-
-    # -- writing and closing -------------------------------------------------------------
-    def _flush_protocol(self, link: Link) -> None:
-        with link.lock:
-            self._flush_protocol_locked(link)
-        if link.eof_queued or link.broken or link.outbox:
-            self._flush(link)
-
-    def _flush_protocol_locked(self, link: Link) -> None:
-        for data in link.protocol.data_to_send():
-            if data:
-                try:
-                    link._push_locked(data)
-                except Overflow:
-                    link.outbox.drop_unsent()
-                    link._push_locked(data)  # a close frame or pong: room after the drop
-            else:
-                link.eof_queued = True
-                link.writable = False
-        if link.protocol.state is not _OPEN:
-            link.writable = False
-
-    def _flush(self, link: Link) -> None:
-        """Write what is queued; watch for writability while bytes wait."""
-        if link.closed:
-            return
-        with link.lock:
-            link.flush_asked = False
-            outbox = link.outbox
-            if outbox.due_ns and time.monotonic_ns() < outbox.due_ns:
-                due = outbox.due_ns
-                done = False
-                self.call_at(due / 1e9, lambda: self._flush(link))
-            else:
-                done = outbox.flush(time.monotonic_ns() if outbox.delay_ns else 0)
-                due = 0
-        if link.broken:
-            self._finish(link)
-            return
-        if done and link.eof_queued and not link.eof_sent:
-            link.eof_sent = True
-            try:
-                link.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._finish(link)
-                return
-            # wait for the peer to close its side, at most close_timeout
-            self._set_deadline(link, time.monotonic() + self.close_timeout)
-        want = not done and not due
-        if want != link.watching_write:
-            link.watching_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self._selector.modify(link.sock, events, link)
-
-    def _send_close(self, link: Link, code: int, reason: str) -> None:
-        if link.closed:
-            return
-        proto = link.protocol
-        if not link.opened:
-            self._finish(link)
-            return
-        if proto.state is _OPEN:
-            proto.send_close(code, reason)
-            self._flush_protocol(link)
-        self._set_deadline(link, time.monotonic() + self.close_timeout)
-
-    def _set_deadline(self, link: Link, when: float) -> None:
-        if link.deadline and link.deadline <= when:
-            return
-        link.deadline = when
-        self.call_at(when, lambda: self._deadline(link, when))
-
-    def _deadline(self, link: Link, when: float) -> None:
-        if not link.closed and link.deadline == when:
-            self.counts["close_timeouts"] += 1
-            self._finish(link)
-
-    def _finish(self, link: Link) -> None:
-        """Close the socket and tell the handler. Idempotent."""
-        if link.closed:
-            return
-        link.closed = True
-        with link.lock:
-            link.writable = False
-        self._leave_pending(link)
-        self.links.pop(link.fd, None)
-        try:
-            self._selector.unregister(link.sock)
-        except (KeyError, ValueError):
-            pass
-        try:
-            link.sock.close()
-        except OSError:
-            pass
-        if link.protocol.state is not State.CLOSED:
-            try:
-                link.protocol.receive_eof()
-            except Exception:  # EOF already seen: the state is final anyway
-                pass
-        self._guard(lambda: self.handler.on_link_closed(link))
-        if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
-            self._collect_garbage = True
-        link.fragments = None
-        link.owner = None  # no cycle through the application's Connection
 
 
 def _first_line(body: Optional[bytes]) -> str:
@@ -771,4 +657,4 @@ def raise_descriptor_limit() -> int:
 
 
 __all__ = ["NetLoop", "Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision",
-           "raise_descriptor_limit", "RECV_BYTES"]
+           "raise_descriptor_limit", "RECV_BYTES", "GC_AFTER_DROPPED_BYTES"]
