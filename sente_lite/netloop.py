@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import errno
 import heapq
-import http
 import itertools
 import logging
 import os
@@ -36,21 +35,14 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from websockets import http11 as _http11
-from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
+from .handshake import (EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader,
+                        raw_response)
 from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler, Tls
-from .logsafe import redact_target, safe
 from .outbox import Overflow
 from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
-
-try:  # websockets >= 17 answers an oversized request line or header 414/431 itself
-    from websockets.exceptions import RequestLineTooLong as _RequestLineTooLong  # noqa: F401
-    _WEBSOCKETS_ANSWERS_LIMITS = True
-except ImportError:  # websockets < 17 closes such a peer without an answer: the loop answers
-    _WEBSOCKETS_ANSWERS_LIMITS = False
 
 log = logging.getLogger("sente_lite.net")
 
@@ -58,10 +50,6 @@ log = logging.getLogger("sente_lite.net")
 ACCEPTS_PER_WAKE = 64
 #: How long accepting pauses after the process ran out of descriptors or memory.
 ACCEPT_PAUSE_S = 0.1
-#: Age before which an upgrade in progress is never evicted to make room for another.
-EVICT_MIN_AGE_S = 0.5
-#: Seconds between two checks of the upgrades in progress against their deadlines.
-PENDING_SWEEP_S = 0.1
 #: Seconds between two ERROR lines about the same accept failure.
 ACCEPT_ERROR_LOG_EVERY_S = 1.0
 
@@ -111,9 +99,6 @@ class NetLoop:
         self.tick_s = tick_s
         self.port = 0
         self.links: Dict[int, Link] = {}
-        # upgrades not complete yet, oldest first; and the same per address
-        self._pending: "collections.OrderedDict[Link, None]" = collections.OrderedDict()
-        self._pending_by_address: Dict[str, "collections.OrderedDict[Link, None]"] = {}
         self.selector = selectors.DefaultSelector()
         self._listener: Optional[socket.socket] = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -131,6 +116,8 @@ class NetLoop:
         self._accept_paused = False
         self._last_accept_error_log = 0.0
         self.counts: Dict[str, int] = collections.defaultdict(int)
+        self.handshakes = HandshakeGuard(self)
+        self.upgrader = Upgrader(self)
         self.writer = Writer(self)
         self.closer = Closer(self)
 
@@ -196,14 +183,19 @@ class NetLoop:
 
     def decide(self, link: Link, decision: Decision) -> None:
         """The handler's late answer to ``link``'s request (from any thread)."""
-        self.call_soon(lambda: self._apply_decision(link, decision))
+        self.call_soon(lambda: self.upgrader.apply(link, decision))
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        return len(self.handshakes)
+
+    def _internal_error(self, link: Link, exc: BaseException) -> Response:
+        """Count and log ``exc``, raised deciding ``link``'s upgrade; the 500 to answer."""
+        return self.upgrader.internal_error(link, exc)
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         select = self.selector.select
+        pending = self.handshakes.pending
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
         self._ident = threading.get_ident()
@@ -212,7 +204,7 @@ class NetLoop:
                 if self._dirty:
                     self._flush_dirty()
                 now = time.monotonic()
-                wait = min(next_tick, next_sweep if self._pending else next_tick) - now
+                wait = min(next_tick, next_sweep if pending else next_tick) - now
                 if self._timers:
                     wait = min(wait, self._timers[0][0] - now)
                 if self._calls:
@@ -241,7 +233,7 @@ class NetLoop:
                     self.guarded(fn)
                 if now >= next_sweep:
                     next_sweep = now + PENDING_SWEEP_S
-                    self._sweep_pending(now)
+                    self.handshakes.sweep(now)
                 if now >= next_tick:
                     stalled = max(0.0, now - next_tick - self.tick_s)
                     next_tick = now + self.tick_s
@@ -313,66 +305,7 @@ class NetLoop:
         self.selector.register(sock, selectors.EVENT_READ, link)
         self.links[link.fd] = link
         self.counts["accepted"] += 1
-        self._pending[link] = None
-        self._pending_by_address.setdefault(address, collections.OrderedDict())[link] = None
-        self._enforce_caps(address, link.accepted_at)
-
-    def _enforce_caps(self, address: str, now: float) -> None:
-        """Over a cap on upgrades in progress, drop the oldest, once it is older than
-        EVICT_MIN_AGE_S: a burst of fresh sockets is not a slowloris, and gets the time
-        to send its requests (the sweep evicts later if they don't)."""
-        per = self._pending_by_address.get(address)
-        while per is not None and len(per) > self.max_pending_per_address:
-            oldest = next(iter(per))
-            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
-                break
-            self._evict(oldest, "max_pending_handshakes_per_address",
-                        f"more than {self.max_pending_per_address} upgrades in progress from "
-                        f"{address}")
-            per = self._pending_by_address.get(address)
-        while len(self._pending) > self.max_pending:
-            oldest = next(iter(self._pending))
-            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
-                break
-            self._evict(oldest, "max_pending_handshakes",
-                        f"more than {self.max_pending} upgrades in progress")
-
-    def _evict(self, link: Link, setting: str, why: str) -> None:
-        self.counts["handshakes_evicted"] += 1
-        self.handler.on_refused(link, "handshake-evicted", None,
-                                f"oldest upgrade in progress dropped: {why} ({setting})")
-        self.closer.finish(link)
-
-    def _leave_pending(self, link: Link) -> None:
-        if self._pending.pop(link, 0) is None:
-            per = self._pending_by_address.get(link.address)
-            if per is not None:
-                per.pop(link, None)
-                if not per:
-                    del self._pending_by_address[link.address]
-
-    def _sweep_pending(self, now: float) -> None:
-        """Drop upgrades past their deadlines (the oldest come first)."""
-        if len(self._pending) > self.max_pending:
-            self._enforce_caps("", now)
-        for address in [a for a, per in self._pending_by_address.items()
-                        if len(per) > self.max_pending_per_address]:
-            self._enforce_caps(address, now)
-        full_limit = now - self.handshake_timeout
-        line_limit = max(full_limit, now - self.request_line_timeout)
-        for link in list(self._pending):
-            if link.accepted_at > line_limit:
-                break
-            if link.accepted_at <= full_limit:
-                self._timed_out(link, f"upgrade request not complete within "
-                                      f"{self.handshake_timeout:g}s (handshake_timeout)")
-            elif not link.got_line:
-                self._timed_out(link, f"no request line within {self.request_line_timeout:g}s "
-                                      "(request_line_timeout)")
-
-    def _timed_out(self, link: Link, message: str) -> None:
-        self.handler.on_refused(link, "handshake-timeout", None, message)
-        self.closer.finish(link)
+        self.handshakes.add(link)
 
     def _out_of_resources(self, exc: OSError) -> None:
         """accept() failed for want of descriptors or memory: answer that one peer 503
@@ -461,9 +394,9 @@ class NetLoop:
             if type(event) is Frame:
                 self._frame(link, event)
             elif isinstance(event, Request):
-                self._request(link, event)
+                self.upgrader.request(link, event)
         if link.request is None and proto.handshake_exc is not None and not link.answered:
-            self._malformed(link, proto.handshake_exc)
+            self.upgrader.malformed(link, proto.handshake_exc)
         self.writer.flush_protocol(link)
         if not data and not link.closed:
             self.closer.finish(link)  # the peer is gone: nothing more to read or write
@@ -519,117 +452,12 @@ class NetLoop:
             message = data
         link.owner.on_message(message, len(data))
 
-    # -- the upgrade ------------------------------------------------------------------
-    def _request(self, link: Link, request: Request) -> None:
-        link.request = request
-        self._leave_pending(link)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("request GET %s from %s", safe(redact_target(request.path)), link.remote)
-        try:
-            decision = self.handler.on_request(link, request)
-        except Exception as exc:
-            decision = self._internal_error(link, exc)
-        if decision is DEFER:
-            link.deciding = True
-            link.deadline = link.accepted_at + self.handshake_timeout
-            self.call_at(link.deadline, lambda: self._decision_overdue(link))
-            return
-        self._apply_decision(link, decision)
-
-    def _decision_overdue(self, link: Link) -> None:
-        if link.deciding and not link.closed:
-            self._timed_out(link, f"upgrade not decided within {self.handshake_timeout:g}s "
-                                  "(handshake_timeout; a slow authenticate hook?)")
-
-    def _internal_error(self, link: Link, exc: BaseException) -> Response:
-        self.counts["upgrade_errors"] += 1
-        log.error("internal error handling an upgrade from %s", link.remote,
-                  exc_info=(type(exc), exc, exc.__traceback__))
-        return link.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR,
-                            "internal server error: the upgrade failed (see the server's log)\n")
-
-    def _apply_decision(self, link: Link, decision: Decision) -> None:
-        if link.closed:
-            return
-        link.deciding = False
-        link.deadline = 0.0
-        proto = link.protocol
-        try:
-            if isinstance(decision, Admit):
-                response = proto.accept(link.request)  # type: ignore[arg-type]
-                if response.status_code != 101:
-                    self.handler.on_refused(link, "invalid-upgrade", response.status_code,
-                                            _first_line(response.body))
-                else:
-                    if "Server" in response.headers:
-                        del response.headers["Server"]
-                    response.headers["Server"] = "sente-lite"
-                proto.send_response(response)
-                if response.status_code == 101:
-                    with link.lock:
-                        self.writer.flush_protocol_locked(link)
-                        link.opened = True
-                        link.writable = True
-                    self.handler.on_open(link, decision.identity)
-            else:
-                link.answered = True
-                proto.send_response(decision)
-        except Exception as exc:
-            if link.opened:
-                raise
-            link.answered = True
-            proto.send_response(self._internal_error(link, exc))
-        self.writer.flush_protocol(link)
-
-    def _malformed(self, link: Link, exc: BaseException) -> None:
-        """websockets could not parse the upgrade request (it answered 414/431 itself,
-        or gave up). Counted and logged without the request's text: it may carry a
-        credential."""
-        link.answered = True
-        if isinstance(exc, SecurityError) and _WEBSOCKETS_ANSWERS_LIMITS:
-            status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431
-            self.handler.on_refused(link, "headers-too-large", status,
-                                    f"{type(exc).__name__}: request line or headers too large")
-            return
-        if not link.got_bytes:
-            return  # closed before sending anything (a port probe): not a refusal
-        cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
-        if link.peer_eof:
-            self.counts["upgrades_abandoned"] += 1  # the peer left mid-request: no one to answer
-            return
-        if isinstance(cause, SecurityError) and not _WEBSOCKETS_ANSWERS_LIMITS:
-            # websockets < 17 raises SecurityError ("line too long", "too many HTTP
-            # headers"; wrapped in InvalidMessage from 14.0) and sends no answer
-            status = 414 if link.line_bytes > _http11.MAX_LINE_LENGTH else 431
-            self.handler.on_refused(link, "headers-too-large", status,
-                                    "SecurityError: request line or headers too large")
-            with link.lock:
-                link.outbox.push(_raw_response(status, "request line or headers too large"))
-            return
-        self.handler.on_refused(link, "bad-request", 400,
-                                f"malformed HTTP request ({type(cause).__name__})")
-        with link.lock:
-            link.outbox.push(_raw_response(400, "malformed HTTP request"))
-
-
-def _first_line(body: Optional[bytes]) -> str:
-    text = (body or b"").decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _raw_response(status: int, message: str) -> bytes:
-    body = (message + "\n").encode("utf-8")
-    phrase = http.HTTPStatus(status).phrase
-    head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("ascii") + body
-
 
 def _send_raw(sock: socket.socket, status: int, message: str) -> None:
     """Best effort, never blocking: the socket is closed right after."""
     try:
         sock.setblocking(False)
-        sock.send(_raw_response(status, message))
+        sock.send(raw_response(status, message))
     except OSError:
         pass
 
@@ -657,4 +485,5 @@ def raise_descriptor_limit() -> int:
 
 
 __all__ = ["NetLoop", "Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision",
-           "raise_descriptor_limit", "RECV_BYTES", "GC_AFTER_DROPPED_BYTES"]
+           "raise_descriptor_limit", "RECV_BYTES", "EVICT_MIN_AGE_S",
+           "PENDING_SWEEP_S", "GC_AFTER_DROPPED_BYTES"]

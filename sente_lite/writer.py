@@ -135,7 +135,7 @@ class Closer:
         with link.lock:
             link.writable = False
         loop = self.loop
-        loop._leave_pending(link)
+        loop.handshakes.leave(link)
         loop.links.pop(link.fd, None)
         try:
             loop.selector.unregister(link.sock)
