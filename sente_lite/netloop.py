@@ -35,13 +35,12 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
+from websockets.http11 import Response
 
 from .handshake import (EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader,
                         raw_response)
 from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler, Tls
-from .outbox import Overflow
+from .reader import Reader
 from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
 log = logging.getLogger("sente_lite.net")
@@ -54,10 +53,6 @@ ACCEPT_PAUSE_S = 0.1
 ACCEPT_ERROR_LOG_EVERY_S = 1.0
 
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_TEXT = Opcode.TEXT
-_BINARY = Opcode.BINARY
-_CONT = Opcode.CONT
-_CLOSE = Opcode.CLOSE
 
 
 class NetLoop:
@@ -118,6 +113,7 @@ class NetLoop:
         self.counts: Dict[str, int] = collections.defaultdict(int)
         self.handshakes = HandshakeGuard(self)
         self.upgrader = Upgrader(self)
+        self.reader = Reader(self)
         self.writer = Writer(self)
         self.closer = Closer(self)
 
@@ -195,6 +191,8 @@ class NetLoop:
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         select = self.selector.select
+        read = self.reader.read
+        flush = self.writer.flush
         pending = self.handshakes.pending
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
@@ -218,9 +216,9 @@ class NetLoop:
                     else:
                         try:
                             if mask & selectors.EVENT_WRITE:
-                                self.writer.flush(link)
+                                flush(link)
                             if mask & selectors.EVENT_READ and not link.closed:
-                                self._read(link)
+                                read(link)
                         except Exception:
                             self.counts["internal_errors"] += 1
                             log.exception("internal error serving %s; dropping it", link.remote)
@@ -247,10 +245,11 @@ class NetLoop:
         """Write what this thread held for each peer during the pass: one write per peer
         however many frames it got (a publish read from several sockets at once)."""
         dirty, self._dirty = self._dirty, []
+        flush = self.writer.flush
         for link in dirty:
             link.dirty = False
             if not link.closed:
-                self.writer.flush(link)
+                flush(link)
 
     def guarded(self, fn: Callable[[], None]) -> None:
         try:
@@ -342,115 +341,6 @@ class NetLoop:
             self.selector.register(self._listener, selectors.EVENT_READ, None)
             if self._reserve_fd is None:
                 self._reserve_fd = _open_reserve()
-
-    # -- reading ----------------------------------------------------------------------
-    def _read(self, link: Link) -> None:
-        try:
-            data = link.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if link.tls is not None:
-            failure: Optional[Exception] = None
-            with link.lock:
-                try:
-                    plain = link.tls.receive(data)
-                    answer = link.tls.outgoing.read()
-                    if answer:
-                        link.outbox.push(answer)
-                except (ssl.SSLError, Overflow) as exc:
-                    failure = exc
-            if failure is not None:
-                self.counts["tls_errors"] += 1
-                log.info("TLS failed with %s: %s", link.remote, type(failure).__name__)
-                self.closer.finish(link)
-                return
-            if data and not plain:
-                if link.outbox:
-                    self.writer.flush(link)
-                return
-            if data:
-                data = plain
-        proto = link.protocol
-        if data:
-            link.unparsed += len(data)
-            if link.request is None:
-                link.got_bytes = True
-                if not link.got_line:
-                    end = data.find(b"\n")
-                    link.got_line = end >= 0
-                    link.line_bytes += end + 1 if end >= 0 else len(data)
-            proto.receive_data(data)
-        else:
-            link.peer_eof = True
-            proto.receive_eof()
-        events = proto.events_received()
-        if events:
-            link.unparsed = 0
-        for event in events:
-            if link.closed:
-                return
-            if type(event) is Frame:
-                self._frame(link, event)
-            elif isinstance(event, Request):
-                self.upgrader.request(link, event)
-        if link.request is None and proto.handshake_exc is not None and not link.answered:
-            self.upgrader.malformed(link, proto.handshake_exc)
-        self.writer.flush_protocol(link)
-        if not data and not link.closed:
-            self.closer.finish(link)  # the peer is gone: nothing more to read or write
-
-    def _frame(self, link: Link, frame: Frame) -> None:
-        owner = link.owner
-        if owner is None:
-            return  # frames before the 101: the protocol closes such a peer
-        opcode = frame.opcode
-        if opcode is _TEXT or opcode is _BINARY:
-            if frame.fin:
-                self._message(link, frame.data, opcode is _TEXT)
-                return
-            link.fragments = [frame.data]
-            link.fragments_bytes = len(frame.data)
-            link.fragments_text = opcode is _TEXT
-            owner.on_life()
-        elif opcode is _CONT:
-            parts = link.fragments
-            if parts is None:  # websockets refuses this itself; stay safe
-                return
-            parts.append(frame.data)
-            link.fragments_bytes += len(frame.data)
-            if link.fragments_bytes > self.max_message_bytes:  # websockets checks too; be sure
-                link.fragments = None
-                link.protocol.fail(1009, f"message over {self.max_message_bytes} bytes")
-                with link.lock:
-                    link.writable = False
-                return
-            if frame.fin:
-                link.fragments = None
-                link.fragments_bytes = 0
-                self._message(link, b"".join(parts), link.fragments_text)
-            else:
-                owner.on_life()
-        elif opcode is _CLOSE:
-            with link.lock:
-                link.writable = False
-            owner.on_life()
-        else:  # ping (websockets answers it) or pong
-            owner.on_life()
-
-    def _message(self, link: Link, data: bytes, text: bool) -> None:
-        if text:
-            try:
-                message: Any = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                link.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
-                with link.lock:
-                    link.writable = False
-                return
-        else:
-            message = data
-        link.owner.on_message(message, len(data))
 
 
 def _send_raw(sock: socket.socket, status: int, message: str) -> None:
