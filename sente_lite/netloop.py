@@ -1,20 +1,30 @@
 """The server's network thread: one ``selectors`` loop serves every socket.
 
-Each accepted socket is a :class:`Link`: its own websockets ``ServerProtocol`` (the
-library's public sans-I/O API: ``receive_data`` -> ``events_received`` ->
-``data_to_send``), an :class:`~sente_lite.outbox.Outbox` for the bytes the kernel
-has not taken yet, and, with TLS, an ``ssl.SSLObject`` over memory buffers. The
-loop thread (``sente-lite-net``) is the only one that reads sockets and feeds
-protocols; any thread may write a whole frame to a link (``Link.send``), under the
-link's lock, straight to the socket when nothing is queued. So the number of
-threads does not grow with the number of connections, and each connection holds
-one file descriptor.
+Each accepted socket is a :class:`~sente_lite.link.Link`: its own websockets
+``ServerProtocol`` (the library's public sans-I/O API: ``receive_data`` ->
+``events_received`` -> ``data_to_send``), an :class:`~sente_lite.outbox.Outbox` for the
+bytes the kernel has not taken yet, and, with TLS, an ``ssl.SSLObject`` over memory
+buffers. The loop thread (``sente-lite-net``) is the only one that reads sockets and
+feeds protocols; any thread may write a whole frame to a link (``Link.send``), under the
+link's lock, straight to the socket when nothing is queued. So the number of threads
+does not grow with the number of connections, and each connection holds one file
+descriptor.
 
-What the loop owns besides reading and writing: accepting (with the handshake
-limits against slowloris: a deadline for the request line and one for the whole
-upgrade, a global and a per-address cap on upgrades in progress, the oldest
-evicted when a cap is reached), closing handshakes with their deadline, timers,
-and running out of file descriptors (a reserve descriptor lets it answer 503).
+:class:`NetLoop` runs the thread: the selector, calls from other threads, timers, the
+heartbeat tick, and the batching of what the loop thread itself writes (once per peer
+per pass). The rest is its collaborators', each in its own module:
+
+* :class:`~sente_lite.accept.Acceptor`: the listening socket, accepting, running out
+  of file descriptors (a reserve descriptor lets it answer 503);
+* :class:`~sente_lite.handshake.HandshakeGuard`: the upgrades in progress and the
+  limits against slowloris (a deadline for the request line and one for the whole
+  upgrade, a global and a per-address cap, the oldest evicted when a cap is reached);
+* :class:`~sente_lite.handshake.Upgrader`: a request to the handler and its decision
+  back (101 or an answer), malformed requests;
+* :class:`~sente_lite.reader.Reader`: bytes to messages (fragments, size, UTF-8);
+* :class:`~sente_lite.writer.Writer` and :class:`~sente_lite.writer.Closer`: writing,
+  closing handshakes with their deadline, the end of a link.
+
 What to do with a request, a message or a close is the :class:`LinkHandler`'s
 business (the server).
 """
@@ -22,12 +32,9 @@ business (the server).
 from __future__ import annotations
 
 import collections
-import errno
 import heapq
 import itertools
 import logging
-import os
-import resource
 import selectors
 import socket
 import ssl
@@ -37,22 +44,14 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from websockets.http11 import Response
 
-from .handshake import (EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader,
-                        raw_response)
-from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler, Tls
+from .accept import (ACCEPT_ERROR_LOG_EVERY_S, ACCEPT_PAUSE_S, ACCEPTS_PER_WAKE, Acceptor,
+                     raise_descriptor_limit)
+from .handshake import EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader
+from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler
 from .reader import Reader
 from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
 log = logging.getLogger("sente_lite.net")
-
-#: Sockets accepted per wake-up of the listener before the loop serves the others.
-ACCEPTS_PER_WAKE = 64
-#: How long accepting pauses after the process ran out of descriptors or memory.
-ACCEPT_PAUSE_S = 0.1
-#: Seconds between two ERROR lines about the same accept failure.
-ACCEPT_ERROR_LOG_EVERY_S = 1.0
-
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class NetLoop:
@@ -94,8 +93,9 @@ class NetLoop:
         self.tick_s = tick_s
         self.port = 0
         self.links: Dict[int, Link] = {}
+        self.counts: Dict[str, int] = collections.defaultdict(int)
         self.selector = selectors.DefaultSelector()
-        self._listener: Optional[socket.socket] = None
+        self.running = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -106,11 +106,8 @@ class NetLoop:
         self._thread: Optional[threading.Thread] = None
         self._ident: Optional[int] = None
         self._dirty: List[Link] = []  # links with frames held during this pass
-        self._running = False
-        self._reserve_fd: Optional[int] = None
-        self._accept_paused = False
-        self._last_accept_error_log = 0.0
-        self.counts: Dict[str, int] = collections.defaultdict(int)
+        # the collaborators reach each other through this loop
+        self.acceptor = Acceptor(self)
         self.handshakes = HandshakeGuard(self)
         self.upgrader = Upgrader(self)
         self.reader = Reader(self)
@@ -119,15 +116,9 @@ class NetLoop:
 
     # -- lifecycle (any thread) ------------------------------------------------------------
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.create_server((self.host, self.requested_port), family=family,
-                                              backlog=self.accept_backlog)
-        self._listener.setblocking(False)
-        self.port = self._listener.getsockname()[1]
-        self._reserve_fd = _open_reserve()
-        self.selector.register(self._listener, selectors.EVENT_READ, None)
+        self.port = self.acceptor.open()
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
-        self._running = True
+        self.running = True
         self._thread = threading.Thread(target=self._run, name="sente-lite-net", daemon=True)
         self._thread.start()
 
@@ -138,19 +129,16 @@ class NetLoop:
 
         def halt() -> None:
             self.closer.finish_all()
-            self._running = False
+            self.running = False
 
         self.call_soon(halt)
         self._thread.join(timeout)
         if self._thread.is_alive():  # pragma: no cover - a bug
             log.error("network thread did not stop within %.1fs", timeout)
         self._thread = None
-        for sock in (self._listener, self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
+        self.acceptor.close()
+        self._wake_r.close()
+        self._wake_w.close()
         self.selector.close()
 
     @property
@@ -191,14 +179,16 @@ class NetLoop:
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
         select = self.selector.select
+        accept = self.acceptor.accept
         read = self.reader.read
         flush = self.writer.flush
         pending = self.handshakes.pending
+        wake_r = self._wake_r
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
         self._ident = threading.get_ident()
         try:
-            while self._running:
+            while self.running:
                 if self._dirty:
                     self._flush_dirty()
                 now = time.monotonic()
@@ -210,8 +200,8 @@ class NetLoop:
                 for key, mask in select(max(0.0, wait)):
                     link = key.data
                     if link is None:
-                        self._accept()
-                    elif link is self._wake_r:
+                        accept()
+                    elif link is wake_r:
                         self._drain_wake()
                     else:
                         try:
@@ -252,6 +242,7 @@ class NetLoop:
                 flush(link)
 
     def guarded(self, fn: Callable[[], None]) -> None:
+        """Run ``fn``; an exception is counted and logged, never raised."""
         try:
             fn()
         except Exception:
@@ -271,109 +262,8 @@ class NetLoop:
         while calls:
             self.guarded(calls.popleft())
 
-    # -- accepting --------------------------------------------------------------------
-    def _accept(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_resources(exc)
-                    return
-                continue  # ECONNABORTED and the like: that peer is gone already
-            try:
-                self._adopt(sock, addr)
-            except OSError as exc:  # the peer left at once, or no memory for the socket
-                sock.close()
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_resources(exc)
-                    return
-
-    def _adopt(self, sock: socket.socket, addr: Any) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        address = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-        remote = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        tls = Tls(self.ssl_context) if self.ssl_context is not None else None
-        link = Link(self, sock, address, remote, tls)
-        self.selector.register(sock, selectors.EVENT_READ, link)
-        self.links[link.fd] = link
-        self.counts["accepted"] += 1
-        self.handshakes.add(link)
-
-    def _out_of_resources(self, exc: OSError) -> None:
-        """accept() failed for want of descriptors or memory: answer that one peer 503
-        through the reserve descriptor, count it, log at most once a second, and pause
-        accepting briefly instead of spinning on a listener that stays readable."""
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        self.counts[f"accept_errors_{name}"] += 1
-        now = time.monotonic()
-        if now - self._last_accept_error_log >= ACCEPT_ERROR_LOG_EVERY_S:
-            self._last_accept_error_log = now
-            log.error("cannot accept connections: %s (%s); answering 503 and serving the %d "
-                      "open connections (raise the descriptor limit: ulimit -n)",
-                      name, os.strerror(exc.errno or 0), len(self.links))
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
-            try:
-                sock, _ = self._listener.accept()  # type: ignore[union-attr]
-            except OSError:
-                pass
-            else:
-                self.counts["refused_out_of_resources"] += 1
-                _send_raw(sock, 503, "server out of resources (file descriptors): try again later")
-                sock.close()
-            self._reserve_fd = _open_reserve()
-        if not self._accept_paused and self._listener is not None:
-            self._accept_paused = True
-            self.selector.unregister(self._listener)
-            self.call_at(now + ACCEPT_PAUSE_S, self._resume_accept)
-
-    def _resume_accept(self) -> None:
-        if self._accept_paused and self._running and self._listener is not None:
-            self._accept_paused = False
-            self.selector.register(self._listener, selectors.EVENT_READ, None)
-            if self._reserve_fd is None:
-                self._reserve_fd = _open_reserve()
-
-
-def _send_raw(sock: socket.socket, status: int, message: str) -> None:
-    """Best effort, never blocking: the socket is closed right after."""
-    try:
-        sock.setblocking(False)
-        sock.send(raw_response(status, message))
-    except OSError:
-        pass
-
-
-def _open_reserve() -> Optional[int]:
-    try:
-        return os.open(os.devnull, os.O_RDONLY)
-    except OSError:
-        return None
-
-
-def raise_descriptor_limit() -> int:
-    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; returns the soft
-    limit in force afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the descriptor limit from %d to %d: %s", soft, hard, exc)
-    return soft
-
 
 __all__ = ["NetLoop", "Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision",
-           "raise_descriptor_limit", "RECV_BYTES", "EVICT_MIN_AGE_S",
-           "PENDING_SWEEP_S", "GC_AFTER_DROPPED_BYTES"]
+           "raise_descriptor_limit", "RECV_BYTES", "ACCEPTS_PER_WAKE", "ACCEPT_PAUSE_S",
+           "ACCEPT_ERROR_LOG_EVERY_S", "EVICT_MIN_AGE_S", "PENDING_SWEEP_S",
+           "GC_AFTER_DROPPED_BYTES"]
