@@ -1,20 +1,30 @@
 """The server's network thread: one ``selectors`` loop serves every socket.
 
-Each accepted socket is a :class:`Link`: its own websockets ``ServerProtocol`` (the
-library's public sans-I/O API: ``receive_data`` -> ``events_received`` ->
-``data_to_send``), an :class:`~sente_lite.outbox.Outbox` for the bytes the kernel
-has not taken yet, and, with TLS, an ``ssl.SSLObject`` over memory buffers. The
-loop thread (``sente-lite-net``) is the only one that reads sockets and feeds
-protocols; any thread may write a whole frame to a link (``Link.send``), under the
-link's lock, straight to the socket when nothing is queued. So the number of
-threads does not grow with the number of connections, and each connection holds
-one file descriptor.
+Each accepted socket is a :class:`~sente_lite.link.Link`: its own websockets
+``ServerProtocol`` (the library's public sans-I/O API: ``receive_data`` ->
+``events_received`` -> ``data_to_send``), an :class:`~sente_lite.outbox.Outbox` for the
+bytes the kernel has not taken yet, and, with TLS, an ``ssl.SSLObject`` over memory
+buffers. The loop thread (``sente-lite-net``) is the only one that reads sockets and
+feeds protocols; any thread may write a whole frame to a link (``Link.send``), under the
+link's lock, straight to the socket when nothing is queued. So the number of threads
+does not grow with the number of connections, and each connection holds one file
+descriptor.
 
-What the loop owns besides reading and writing: accepting (with the handshake
-limits against slowloris: a deadline for the request line and one for the whole
-upgrade, a global and a per-address cap on upgrades in progress, the oldest
-evicted when a cap is reached), closing handshakes with their deadline, timers,
-and running out of file descriptors (a reserve descriptor lets it answer 503).
+:class:`NetLoop` runs the thread: the selector, calls from other threads, timers, the
+heartbeat tick, and the batching of what the loop thread itself writes (once per peer
+per pass). The rest is its collaborators', each in its own module:
+
+* :class:`~sente_lite.accept.Acceptor`: the listening socket, accepting, running out
+  of file descriptors (a reserve descriptor lets it answer 503);
+* :class:`~sente_lite.handshake.HandshakeGuard`: the upgrades in progress and the
+  limits against slowloris (a deadline for the request line and one for the whole
+  upgrade, a global and a per-address cap, the oldest evicted when a cap is reached);
+* :class:`~sente_lite.handshake.Upgrader`: a request to the handler and its decision
+  back (101 or an answer), malformed requests;
+* :class:`~sente_lite.reader.Reader`: bytes to messages (fragments, size, UTF-8);
+* :class:`~sente_lite.writer.Writer` and :class:`~sente_lite.writer.Closer`: writing,
+  closing handshakes with their deadline, the end of a link.
+
 What to do with a request, a message or a close is the :class:`LinkHandler`'s
 business (the server).
 """
@@ -22,14 +32,9 @@ business (the server).
 from __future__ import annotations
 
 import collections
-import errno
-import gc
 import heapq
-import http
 import itertools
 import logging
-import os
-import resource
 import selectors
 import socket
 import ssl
@@ -37,254 +42,16 @@ import threading
 import time
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from websockets import http11 as _http11
-from websockets.exceptions import InvalidMessage, SecurityError
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.protocol import State
-from websockets.server import ServerProtocol
+from websockets.http11 import Response
 
-from .logsafe import RedactingLogger, redact_target, safe
-from .outbox import Outbox, Overflow
-
-try:  # websockets >= 17 answers an oversized request line or header 414/431 itself
-    from websockets.exceptions import RequestLineTooLong as _RequestLineTooLong  # noqa: F401
-    _WEBSOCKETS_ANSWERS_LIMITS = True
-except ImportError:  # websockets < 17 closes such a peer without an answer: the loop answers
-    _WEBSOCKETS_ANSWERS_LIMITS = False
+from .accept import (ACCEPT_ERROR_LOG_EVERY_S, ACCEPT_PAUSE_S, ACCEPTS_PER_WAKE, Acceptor,
+                     raise_descriptor_limit)
+from .handshake import EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader
+from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler
+from .reader import Reader
+from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
 log = logging.getLogger("sente_lite.net")
-
-#: Bytes read from a socket at once.
-RECV_BYTES = 256 * 1024
-#: Sockets accepted per wake-up of the listener before the loop serves the others.
-ACCEPTS_PER_WAKE = 64
-#: How long accepting pauses after the process ran out of descriptors or memory.
-ACCEPT_PAUSE_S = 0.1
-#: Age before which an upgrade in progress is never evicted to make room for another.
-EVICT_MIN_AGE_S = 0.5
-#: Seconds between two checks of the upgrades in progress against their deadlines.
-PENDING_SWEEP_S = 0.1
-#: Unparsed input a dropped connection may leave before the loop collects garbage at its
-#: next tick: websockets' protocol objects live in reference cycles, so a buffered partial
-#: message would otherwise wait for the next full collection.
-GC_AFTER_DROPPED_BYTES = 64 * 1024
-#: Seconds between two ERROR lines about the same accept failure.
-ACCEPT_ERROR_LOG_EVERY_S = 1.0
-
-_RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_OPEN = State.OPEN
-_TEXT = Opcode.TEXT
-_BINARY = Opcode.BINARY
-_CONT = Opcode.CONT
-_CLOSE = Opcode.CLOSE
-
-
-class _ProtocolLogger(RedactingLogger):
-    """The logger websockets' protocols get: warnings and errors only, each one safe
-    line (:class:`~sente_lite.logsafe.RedactingLogger`). Its debug and info lines
-    would print every request line and one line per connection."""
-
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
-        return level >= logging.WARNING and self.logger.isEnabledFor(level)
-
-
-_PROTOCOL_LOGGER = _ProtocolLogger(logging.getLogger("sente_lite.websockets"))
-
-
-class Admit:
-    """A handler's answer to an upgrade request: accept it (then ``on_open``)."""
-
-    __slots__ = ("identity",)
-
-    def __init__(self, identity: Any) -> None:
-        self.identity = identity
-
-
-class Defer:
-    """A handler's answer: it will decide later, calling :meth:`NetLoop.decide`."""
-
-
-DEFER = Defer()
-Decision = Any  # Response | Admit | Defer
-
-
-class LinkHandler:
-    """What the loop asks of its owner (the server). Every call runs on the loop thread."""
-
-    def on_request(self, link: "Link", request: Request) -> Decision:
-        raise NotImplementedError
-
-    def on_open(self, link: "Link", identity: Any) -> None:
-        """A 101 went out: register the connection (``link.owner``) and greet it."""
-        raise NotImplementedError
-
-    def on_refused(self, link: "Link", reason: str, status: Optional[int], message: str) -> None:
-        """The loop refused or dropped an upgrade itself (limits, malformed request)."""
-        raise NotImplementedError
-
-    def on_link_closed(self, link: "Link") -> None:
-        """The socket of ``link`` is closed (opened or not). Called once."""
-        raise NotImplementedError
-
-    def on_tick(self, now: float, stalled_s: float) -> None:
-        """Every ``tick_s``; ``stalled_s`` is how late this tick is (the loop was stalled)."""
-        raise NotImplementedError
-
-
-class _Tls:
-    """TLS over memory buffers, so the socket stays a plain non-blocking one."""
-
-    __slots__ = ("incoming", "outgoing", "obj", "ready")
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
-        self.ready = False
-
-    def receive(self, data: bytes) -> bytes:
-        """Decrypt what arrived (``b""`` at EOF); the TLS layer's own answers wait in
-        ``outgoing``. Raises ``ssl.SSLError`` on a broken or hostile peer."""
-        if data:
-            self.incoming.write(data)
-        else:
-            self.incoming.write_eof()
-        if not self.ready:
-            try:
-                self.obj.do_handshake()
-            except ssl.SSLWantReadError:
-                return b""
-            self.ready = True
-        parts = []
-        while True:
-            try:
-                chunk = self.obj.read(RECV_BYTES)
-            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
-                break
-            if not chunk:
-                break
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def encrypt(self, data: bytes) -> bytes:
-        if data:
-            self.obj.write(data)
-        return self.outgoing.read()
-
-
-class Link:
-    """One accepted socket. ``send`` may be called from any thread; the rest is the
-    loop's. Public: ``remote`` ("host:port"), ``owner`` (set by the handler),
-    ``opened`` (a 101 went out), ``queued_bytes``."""
-
-    def __init__(self, loop: "NetLoop", sock: socket.socket, address: str, remote: str,
-                 tls: Optional[_Tls]) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.address = address
-        self.remote = remote
-        self.sente_remote = remote  # the name security.Gate reads
-        self.protocol = ServerProtocol(max_size=loop.max_message_bytes, extensions=loop.extensions,
-                                       logger=_PROTOCOL_LOGGER)
-        self.lock = threading.Lock()
-        self.outbox = Outbox(self._write, loop.max_queued_bytes, loop.write_delay_ns)
-        self.tls = tls
-        self.owner: Any = None
-        self.accepted_at = time.monotonic()
-        self.got_line = False      # a request line (a line end) arrived
-        self.line_bytes = 0        # bytes of the request line so far, its line end included
-        self.got_bytes = False
-        self.request: Optional[Request] = None
-        self.deciding = False      # the handler decides the request on another thread
-        self.opened = False        # the 101 went out
-        self.writable = False      # frames may be sent (open and not closing)
-        self.eof_queued = False    # websockets asked to end the stream after what is queued
-        self.eof_sent = False
-        self.broken = False        # a write failed: the loop ends the link
-        self.closed = False
-        self.flush_asked = False   # a flush of this link is queued for the loop
-        self.dirty = False         # frames held by the network thread wait for its next flush
-        self.watching_write = False
-        self.deadline = 0.0        # when the loop drops this link (0: none)
-        self.fragments: Optional[List[bytes]] = None
-        self.fragments_bytes = 0
-        self.fragments_text = False
-        self.unparsed = 0          # bytes read since the last whole frame
-        self.peer_eof = False      # the peer closed its side
-        self.answered = False      # the handler answered the request itself
-        self._sente_slot = False   # security.Gate's connection slot
-        self._sente_answered = False
-
-    def __repr__(self) -> str:
-        return f"<Link {self.remote} fd={self.fd}>"
-
-    @property
-    def queued_bytes(self) -> int:
-        return self.outbox.queued_bytes
-
-    def send(self, data: bytes) -> bool:
-        """Write ``data`` (whole WebSocket frames) after what was sent before, never
-        blocking. False when the link is closing. Raises
-        :class:`~sente_lite.outbox.Overflow` when the peer does not read."""
-        with self.lock:
-            if not self.writable:
-                return False
-            self._push_locked(data)
-            return True
-
-    def respond(self, status: http.HTTPStatus, text: str) -> Response:
-        """An HTTP response (``text/plain``) for this request, not sent yet."""
-        return self.protocol.reject(status, text)
-
-    def close(self, code: int, reason: str = "", flush: bool = True) -> bool:
-        """Start the closing handshake with ``code``; ``flush`` sends what is queued first.
-        False when the link was already closing."""
-        with self.lock:
-            if not self.writable:
-                if not flush:
-                    self.outbox.drop_unsent()
-                return False
-            self.writable = False
-            if not flush:
-                self.outbox.drop_unsent()
-        self.loop.call_soon(lambda: self.loop._send_close(self, code, reason))
-        return True
-
-    def abort(self) -> None:
-        """Close the socket without a closing handshake (from any thread)."""
-        with self.lock:
-            self.writable = False
-        self.loop.call_soon(lambda: self.loop._finish(self))
-
-    # -- the loop's side (lock held by the caller where noted) ----------------------------
-    def _push_locked(self, data: bytes) -> None:
-        if self.tls is not None:
-            data = self.tls.encrypt(data)
-        outbox = self.outbox
-        loop = self.loop
-        if loop._ident == threading.get_ident() and not outbox.delay_ns:
-            # on the network thread: gathered, written with the rest of this pass
-            outbox.hold(data)
-            if not self.dirty:
-                self.dirty = True
-                loop._dirty.append(self)
-            return
-        now_ns = time.monotonic_ns() if outbox.delay_ns else 0
-        if outbox.push(data, now_ns) or self.flush_asked:
-            return
-        self.flush_asked = True
-        self.loop.call_soon(lambda: self.loop._flush(self))
-
-    def _write(self, data: bytes) -> int:
-        try:
-            return self.sock.send(data)
-        except (BlockingIOError, InterruptedError):
-            return 0
-        except OSError:
-            self.broken = True  # the loop ends the link at its next flush
-            return len(data)
 
 
 class NetLoop:
@@ -326,11 +93,9 @@ class NetLoop:
         self.tick_s = tick_s
         self.port = 0
         self.links: Dict[int, Link] = {}
-        # upgrades not complete yet, oldest first; and the same per address
-        self._pending: "collections.OrderedDict[Link, None]" = collections.OrderedDict()
-        self._pending_by_address: Dict[str, "collections.OrderedDict[Link, None]"] = {}
-        self._selector = selectors.DefaultSelector()
-        self._listener: Optional[socket.socket] = None
+        self.counts: Dict[str, int] = collections.defaultdict(int)
+        self.selector = selectors.DefaultSelector()
+        self.running = False
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -341,24 +106,19 @@ class NetLoop:
         self._thread: Optional[threading.Thread] = None
         self._ident: Optional[int] = None
         self._dirty: List[Link] = []  # links with frames held during this pass
-        self._running = False
-        self._reserve_fd: Optional[int] = None
-        self._accept_paused = False
-        self._last_accept_error_log = 0.0
-        self._collect_garbage = False
-        self.counts: Dict[str, int] = collections.defaultdict(int)
+        # the collaborators reach each other through this loop
+        self.acceptor = Acceptor(self)
+        self.handshakes = HandshakeGuard(self)
+        self.upgrader = Upgrader(self)
+        self.reader = Reader(self)
+        self.writer = Writer(self)
+        self.closer = Closer(self)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
     def start(self) -> None:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.create_server((self.host, self.requested_port), family=family,
-                                              backlog=self.accept_backlog)
-        self._listener.setblocking(False)
-        self.port = self._listener.getsockname()[1]
-        self._reserve_fd = _open_reserve()
-        self._selector.register(self._listener, selectors.EVENT_READ, None)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
-        self._running = True
+        self.port = self.acceptor.open()
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._wake_r)
+        self.running = True
         self._thread = threading.Thread(target=self._run, name="sente-lite-net", daemon=True)
         self._thread.start()
 
@@ -368,22 +128,18 @@ class NetLoop:
             return
 
         def halt() -> None:
-            for link in list(self.links.values()):
-                self._finish(link)
-            self._running = False
+            self.closer.finish_all()
+            self.running = False
 
         self.call_soon(halt)
         self._thread.join(timeout)
         if self._thread.is_alive():  # pragma: no cover - a bug
             log.error("network thread did not stop within %.1fs", timeout)
         self._thread = None
-        for sock in (self._listener, self._wake_r, self._wake_w):
-            if sock is not None:
-                sock.close()
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
-        self._selector.close()
+        self.acceptor.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.selector.close()
 
     @property
     def thread_ident(self) -> Optional[int]:
@@ -411,23 +167,32 @@ class NetLoop:
 
     def decide(self, link: Link, decision: Decision) -> None:
         """The handler's late answer to ``link``'s request (from any thread)."""
-        self.call_soon(lambda: self._apply_decision(link, decision))
+        self.call_soon(lambda: self.upgrader.apply(link, decision))
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        return len(self.handshakes)
+
+    def _internal_error(self, link: Link, exc: BaseException) -> Response:
+        """Count and log ``exc``, raised deciding ``link``'s upgrade; the 500 to answer."""
+        return self.upgrader.internal_error(link, exc)
 
     # -- the loop ------------------------------------------------------------------------
     def _run(self) -> None:
-        select = self._selector.select
+        select = self.selector.select
+        accept = self.acceptor.accept
+        read = self.reader.read
+        flush = self.writer.flush
+        pending = self.handshakes.pending
+        wake_r = self._wake_r
         next_tick = time.monotonic() + self.tick_s
         next_sweep = time.monotonic() + PENDING_SWEEP_S
         self._ident = threading.get_ident()
         try:
-            while self._running:
+            while self.running:
                 if self._dirty:
                     self._flush_dirty()
                 now = time.monotonic()
-                wait = min(next_tick, next_sweep if self._pending else next_tick) - now
+                wait = min(next_tick, next_sweep if pending else next_tick) - now
                 if self._timers:
                     wait = min(wait, self._timers[0][0] - now)
                 if self._calls:
@@ -435,51 +200,49 @@ class NetLoop:
                 for key, mask in select(max(0.0, wait)):
                     link = key.data
                     if link is None:
-                        self._accept()
-                    elif link is self._wake_r:
+                        accept()
+                    elif link is wake_r:
                         self._drain_wake()
                     else:
                         try:
                             if mask & selectors.EVENT_WRITE:
-                                self._flush(link)
+                                flush(link)
                             if mask & selectors.EVENT_READ and not link.closed:
-                                self._read(link)
+                                read(link)
                         except Exception:
                             self.counts["internal_errors"] += 1
                             log.exception("internal error serving %s; dropping it", link.remote)
-                            self._finish(link)
+                            self.closer.finish(link)
                 self._run_calls()
                 now = time.monotonic()
                 timers = self._timers
                 while timers and timers[0][0] <= now:
                     _, _, fn = heapq.heappop(timers)
-                    self._guard(fn)
+                    self.guarded(fn)
                 if now >= next_sweep:
                     next_sweep = now + PENDING_SWEEP_S
-                    self._sweep_pending(now)
+                    self.handshakes.sweep(now)
                 if now >= next_tick:
                     stalled = max(0.0, now - next_tick - self.tick_s)
                     next_tick = now + self.tick_s
-                    if self._collect_garbage:
-                        self._collect_garbage = False
-                        self.counts["garbage_collections"] += 1
-                        gc.collect()
-                    self._guard(lambda: self.handler.on_tick(now, stalled))
+                    self.closer.collect_garbage()
+                    self.guarded(lambda: self.handler.on_tick(now, stalled))
         except Exception:  # pragma: no cover - a bug in the loop itself
             log.exception("network loop failed; dropping every connection")
-            for link in list(self.links.values()):
-                self._finish(link)
+            self.closer.finish_all()
 
     def _flush_dirty(self) -> None:
         """Write what this thread held for each peer during the pass: one write per peer
         however many frames it got (a publish read from several sockets at once)."""
         dirty, self._dirty = self._dirty, []
+        flush = self.writer.flush
         for link in dirty:
             link.dirty = False
             if not link.closed:
-                self._flush(link)
+                flush(link)
 
-    def _guard(self, fn: Callable[[], None]) -> None:
+    def guarded(self, fn: Callable[[], None]) -> None:
+        """Run ``fn``; an exception is counted and logged, never raised."""
         try:
             fn()
         except Exception:
@@ -497,487 +260,10 @@ class NetLoop:
         calls = self._calls
         self._wake_sent = False
         while calls:
-            self._guard(calls.popleft())
-
-    # -- accepting --------------------------------------------------------------------
-    def _accept(self) -> None:
-        listener = self._listener
-        assert listener is not None
-        for _ in range(ACCEPTS_PER_WAKE):
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_resources(exc)
-                    return
-                continue  # ECONNABORTED and the like: that peer is gone already
-            try:
-                self._adopt(sock, addr)
-            except OSError as exc:  # the peer left at once, or no memory for the socket
-                sock.close()
-                if exc.errno in _RESOURCE_ERRNOS:
-                    self._out_of_resources(exc)
-                    return
-
-    def _adopt(self, sock: socket.socket, addr: Any) -> None:
-        sock.setblocking(False)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        address = str(addr[0]) if isinstance(addr, tuple) else str(addr)
-        remote = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-        tls = _Tls(self.ssl_context) if self.ssl_context is not None else None
-        link = Link(self, sock, address, remote, tls)
-        self._selector.register(sock, selectors.EVENT_READ, link)
-        self.links[link.fd] = link
-        self.counts["accepted"] += 1
-        self._pending[link] = None
-        self._pending_by_address.setdefault(address, collections.OrderedDict())[link] = None
-        self._enforce_caps(address, link.accepted_at)
-
-    def _enforce_caps(self, address: str, now: float) -> None:
-        """Over a cap on upgrades in progress, drop the oldest, once it is older than
-        EVICT_MIN_AGE_S: a burst of fresh sockets is not a slowloris, and gets the time
-        to send its requests (the sweep evicts later if they don't)."""
-        per = self._pending_by_address.get(address)
-        while per is not None and len(per) > self.max_pending_per_address:
-            oldest = next(iter(per))
-            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
-                break
-            self._evict(oldest, "max_pending_handshakes_per_address",
-                        f"more than {self.max_pending_per_address} upgrades in progress from "
-                        f"{address}")
-            per = self._pending_by_address.get(address)
-        while len(self._pending) > self.max_pending:
-            oldest = next(iter(self._pending))
-            if now - oldest.accepted_at < EVICT_MIN_AGE_S:
-                break
-            self._evict(oldest, "max_pending_handshakes",
-                        f"more than {self.max_pending} upgrades in progress")
-
-    def _evict(self, link: Link, setting: str, why: str) -> None:
-        self.counts["handshakes_evicted"] += 1
-        self.handler.on_refused(link, "handshake-evicted", None,
-                                f"oldest upgrade in progress dropped: {why} ({setting})")
-        self._finish(link)
-
-    def _leave_pending(self, link: Link) -> None:
-        if self._pending.pop(link, 0) is None:
-            per = self._pending_by_address.get(link.address)
-            if per is not None:
-                per.pop(link, None)
-                if not per:
-                    del self._pending_by_address[link.address]
-
-    def _sweep_pending(self, now: float) -> None:
-        """Drop upgrades past their deadlines (the oldest come first)."""
-        if len(self._pending) > self.max_pending:
-            self._enforce_caps("", now)
-        for address in [a for a, per in self._pending_by_address.items()
-                        if len(per) > self.max_pending_per_address]:
-            self._enforce_caps(address, now)
-        full_limit = now - self.handshake_timeout
-        line_limit = max(full_limit, now - self.request_line_timeout)
-        for link in list(self._pending):
-            if link.accepted_at > line_limit:
-                break
-            if link.accepted_at <= full_limit:
-                self._timed_out(link, f"upgrade request not complete within "
-                                      f"{self.handshake_timeout:g}s (handshake_timeout)")
-            elif not link.got_line:
-                self._timed_out(link, f"no request line within {self.request_line_timeout:g}s "
-                                      "(request_line_timeout)")
-
-    def _timed_out(self, link: Link, message: str) -> None:
-        self.handler.on_refused(link, "handshake-timeout", None, message)
-        self._finish(link)
-
-    def _out_of_resources(self, exc: OSError) -> None:
-        """accept() failed for want of descriptors or memory: answer that one peer 503
-        through the reserve descriptor, count it, log at most once a second, and pause
-        accepting briefly instead of spinning on a listener that stays readable."""
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        self.counts[f"accept_errors_{name}"] += 1
-        now = time.monotonic()
-        if now - self._last_accept_error_log >= ACCEPT_ERROR_LOG_EVERY_S:
-            self._last_accept_error_log = now
-            log.error("cannot accept connections: %s (%s); answering 503 and serving the %d "
-                      "open connections (raise the descriptor limit: ulimit -n)",
-                      name, os.strerror(exc.errno or 0), len(self.links))
-        if self._reserve_fd is not None:
-            os.close(self._reserve_fd)
-            self._reserve_fd = None
-            try:
-                sock, _ = self._listener.accept()  # type: ignore[union-attr]
-            except OSError:
-                pass
-            else:
-                self.counts["refused_out_of_resources"] += 1
-                _send_raw(sock, 503, "server out of resources (file descriptors): try again later")
-                sock.close()
-            self._reserve_fd = _open_reserve()
-        if not self._accept_paused and self._listener is not None:
-            self._accept_paused = True
-            self._selector.unregister(self._listener)
-            self.call_at(now + ACCEPT_PAUSE_S, self._resume_accept)
-
-    def _resume_accept(self) -> None:
-        if self._accept_paused and self._running and self._listener is not None:
-            self._accept_paused = False
-            self._selector.register(self._listener, selectors.EVENT_READ, None)
-            if self._reserve_fd is None:
-                self._reserve_fd = _open_reserve()
-
-    # -- reading ----------------------------------------------------------------------
-    def _read(self, link: Link) -> None:
-        try:
-            data = link.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if link.tls is not None:
-            failure: Optional[Exception] = None
-            with link.lock:
-                try:
-                    plain = link.tls.receive(data)
-                    answer = link.tls.outgoing.read()
-                    if answer:
-                        link.outbox.push(answer)
-                except (ssl.SSLError, Overflow) as exc:
-                    failure = exc
-            if failure is not None:
-                self.counts["tls_errors"] += 1
-                log.info("TLS failed with %s: %s", link.remote, type(failure).__name__)
-                self._finish(link)
-                return
-            if data and not plain:
-                if link.outbox:
-                    self._flush(link)
-                return
-            if data:
-                data = plain
-        proto = link.protocol
-        if data:
-            link.unparsed += len(data)
-            if link.request is None:
-                link.got_bytes = True
-                if not link.got_line:
-                    end = data.find(b"\n")
-                    link.got_line = end >= 0
-                    link.line_bytes += end + 1 if end >= 0 else len(data)
-            proto.receive_data(data)
-        else:
-            link.peer_eof = True
-            proto.receive_eof()
-        events = proto.events_received()
-        if events:
-            link.unparsed = 0
-        for event in events:
-            if link.closed:
-                return
-            if type(event) is Frame:
-                self._frame(link, event)
-            elif isinstance(event, Request):
-                self._request(link, event)
-        if link.request is None and proto.handshake_exc is not None and not link.answered:
-            self._malformed(link, proto.handshake_exc)
-        self._flush_protocol(link)
-        if not data and not link.closed:
-            self._finish(link)  # the peer is gone: nothing more to read or write
-
-    def _frame(self, link: Link, frame: Frame) -> None:
-        owner = link.owner
-        if owner is None:
-            return  # frames before the 101: the protocol closes such a peer
-        opcode = frame.opcode
-        if opcode is _TEXT or opcode is _BINARY:
-            if frame.fin:
-                self._message(link, frame.data, opcode is _TEXT)
-                return
-            link.fragments = [frame.data]
-            link.fragments_bytes = len(frame.data)
-            link.fragments_text = opcode is _TEXT
-            owner.on_life()
-        elif opcode is _CONT:
-            parts = link.fragments
-            if parts is None:  # websockets refuses this itself; stay safe
-                return
-            parts.append(frame.data)
-            link.fragments_bytes += len(frame.data)
-            if link.fragments_bytes > self.max_message_bytes:  # websockets checks too; be sure
-                link.fragments = None
-                link.protocol.fail(1009, f"message over {self.max_message_bytes} bytes")
-                with link.lock:
-                    link.writable = False
-                return
-            if frame.fin:
-                link.fragments = None
-                link.fragments_bytes = 0
-                self._message(link, b"".join(parts), link.fragments_text)
-            else:
-                owner.on_life()
-        elif opcode is _CLOSE:
-            with link.lock:
-                link.writable = False
-            owner.on_life()
-        else:  # ping (websockets answers it) or pong
-            owner.on_life()
-
-    def _message(self, link: Link, data: bytes, text: bool) -> None:
-        if text:
-            try:
-                message: Any = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                link.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
-                with link.lock:
-                    link.writable = False
-                return
-        else:
-            message = data
-        link.owner.on_message(message, len(data))
-
-    # -- the upgrade ------------------------------------------------------------------
-    def _request(self, link: Link, request: Request) -> None:
-        link.request = request
-        self._leave_pending(link)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("request GET %s from %s", safe(redact_target(request.path)), link.remote)
-        try:
-            decision = self.handler.on_request(link, request)
-        except Exception as exc:
-            decision = self._internal_error(link, exc)
-        if decision is DEFER:
-            link.deciding = True
-            link.deadline = link.accepted_at + self.handshake_timeout
-            self.call_at(link.deadline, lambda: self._decision_overdue(link))
-            return
-        self._apply_decision(link, decision)
-
-    def _decision_overdue(self, link: Link) -> None:
-        if link.deciding and not link.closed:
-            self._timed_out(link, f"upgrade not decided within {self.handshake_timeout:g}s "
-                                  "(handshake_timeout; a slow authenticate hook?)")
-
-    def _internal_error(self, link: Link, exc: BaseException) -> Response:
-        self.counts["upgrade_errors"] += 1
-        log.error("internal error handling an upgrade from %s", link.remote,
-                  exc_info=(type(exc), exc, exc.__traceback__))
-        return link.respond(http.HTTPStatus.INTERNAL_SERVER_ERROR,
-                            "internal server error: the upgrade failed (see the server's log)\n")
-
-    def _apply_decision(self, link: Link, decision: Decision) -> None:
-        if link.closed:
-            return
-        link.deciding = False
-        link.deadline = 0.0
-        proto = link.protocol
-        try:
-            if isinstance(decision, Admit):
-                response = proto.accept(link.request)  # type: ignore[arg-type]
-                if response.status_code != 101:
-                    self.handler.on_refused(link, "invalid-upgrade", response.status_code,
-                                            _first_line(response.body))
-                else:
-                    if "Server" in response.headers:
-                        del response.headers["Server"]
-                    response.headers["Server"] = "sente-lite"
-                proto.send_response(response)
-                if response.status_code == 101:
-                    with link.lock:
-                        self._flush_protocol_locked(link)
-                        link.opened = True
-                        link.writable = True
-                    self.handler.on_open(link, decision.identity)
-            else:
-                link.answered = True
-                proto.send_response(decision)
-        except Exception as exc:
-            if link.opened:
-                raise
-            link.answered = True
-            proto.send_response(self._internal_error(link, exc))
-        self._flush_protocol(link)
-
-    def _malformed(self, link: Link, exc: BaseException) -> None:
-        """websockets could not parse the upgrade request (it answered 414/431 itself,
-        or gave up). Counted and logged without the request's text: it may carry a
-        credential."""
-        link.answered = True
-        if isinstance(exc, SecurityError) and _WEBSOCKETS_ANSWERS_LIMITS:
-            status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431
-            self.handler.on_refused(link, "headers-too-large", status,
-                                    f"{type(exc).__name__}: request line or headers too large")
-            return
-        if not link.got_bytes:
-            return  # closed before sending anything (a port probe): not a refusal
-        cause = exc.__cause__ if isinstance(exc, InvalidMessage) else exc
-        if link.peer_eof:
-            self.counts["upgrades_abandoned"] += 1  # the peer left mid-request: no one to answer
-            return
-        if isinstance(cause, SecurityError) and not _WEBSOCKETS_ANSWERS_LIMITS:
-            # websockets < 17 raises SecurityError ("line too long", "too many HTTP
-            # headers"; wrapped in InvalidMessage from 14.0) and sends no answer
-            status = 414 if link.line_bytes > _http11.MAX_LINE_LENGTH else 431
-            self.handler.on_refused(link, "headers-too-large", status,
-                                    "SecurityError: request line or headers too large")
-            with link.lock:
-                link.outbox.push(_raw_response(status, "request line or headers too large"))
-            return
-        self.handler.on_refused(link, "bad-request", 400,
-                                f"malformed HTTP request ({type(cause).__name__})")
-        with link.lock:
-            link.outbox.push(_raw_response(400, "malformed HTTP request"))
-
-    # -- writing and closing -------------------------------------------------------------
-    def _flush_protocol(self, link: Link) -> None:
-        with link.lock:
-            self._flush_protocol_locked(link)
-        if link.eof_queued or link.broken or link.outbox:
-            self._flush(link)
-
-    def _flush_protocol_locked(self, link: Link) -> None:
-        for data in link.protocol.data_to_send():
-            if data:
-                try:
-                    link._push_locked(data)
-                except Overflow:
-                    link.outbox.drop_unsent()
-                    link._push_locked(data)  # a close frame or pong: room after the drop
-            else:
-                link.eof_queued = True
-                link.writable = False
-        if link.protocol.state is not _OPEN:
-            link.writable = False
-
-    def _flush(self, link: Link) -> None:
-        """Write what is queued; watch for writability while bytes wait."""
-        if link.closed:
-            return
-        with link.lock:
-            link.flush_asked = False
-            outbox = link.outbox
-            if outbox.due_ns and time.monotonic_ns() < outbox.due_ns:
-                due = outbox.due_ns
-                done = False
-                self.call_at(due / 1e9, lambda: self._flush(link))
-            else:
-                done = outbox.flush(time.monotonic_ns() if outbox.delay_ns else 0)
-                due = 0
-        if link.broken:
-            self._finish(link)
-            return
-        if done and link.eof_queued and not link.eof_sent:
-            link.eof_sent = True
-            try:
-                link.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._finish(link)
-                return
-            # wait for the peer to close its side, at most close_timeout
-            self._set_deadline(link, time.monotonic() + self.close_timeout)
-        want = not done and not due
-        if want != link.watching_write:
-            link.watching_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self._selector.modify(link.sock, events, link)
-
-    def _send_close(self, link: Link, code: int, reason: str) -> None:
-        if link.closed:
-            return
-        proto = link.protocol
-        if not link.opened:
-            self._finish(link)
-            return
-        if proto.state is _OPEN:
-            proto.send_close(code, reason)
-            self._flush_protocol(link)
-        self._set_deadline(link, time.monotonic() + self.close_timeout)
-
-    def _set_deadline(self, link: Link, when: float) -> None:
-        if link.deadline and link.deadline <= when:
-            return
-        link.deadline = when
-        self.call_at(when, lambda: self._deadline(link, when))
-
-    def _deadline(self, link: Link, when: float) -> None:
-        if not link.closed and link.deadline == when:
-            self.counts["close_timeouts"] += 1
-            self._finish(link)
-
-    def _finish(self, link: Link) -> None:
-        """Close the socket and tell the handler. Idempotent."""
-        if link.closed:
-            return
-        link.closed = True
-        with link.lock:
-            link.writable = False
-        self._leave_pending(link)
-        self.links.pop(link.fd, None)
-        try:
-            self._selector.unregister(link.sock)
-        except (KeyError, ValueError):
-            pass
-        try:
-            link.sock.close()
-        except OSError:
-            pass
-        if link.protocol.state is not State.CLOSED:
-            try:
-                link.protocol.receive_eof()
-            except Exception:  # EOF already seen: the state is final anyway
-                pass
-        self._guard(lambda: self.handler.on_link_closed(link))
-        if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
-            self._collect_garbage = True
-        link.fragments = None
-        link.owner = None  # no cycle through the application's Connection
+            self.guarded(calls.popleft())
 
 
-def _first_line(body: Optional[bytes]) -> str:
-    text = (body or b"").decode("utf-8", "replace").strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _raw_response(status: int, message: str) -> bytes:
-    body = (message + "\n").encode("utf-8")
-    phrase = http.HTTPStatus(status).phrase
-    head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("ascii") + body
-
-
-def _send_raw(sock: socket.socket, status: int, message: str) -> None:
-    """Best effort, never blocking: the socket is closed right after."""
-    try:
-        sock.setblocking(False)
-        sock.send(_raw_response(status, message))
-    except OSError:
-        pass
-
-
-def _open_reserve() -> Optional[int]:
-    try:
-        return os.open(os.devnull, os.O_RDONLY)
-    except OSError:
-        return None
-
-
-def raise_descriptor_limit() -> int:
-    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; returns the soft
-    limit in force afterwards."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20)
-    if soft < hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the descriptor limit from %d to %d: %s", soft, hard, exc)
-    return soft
-
-
-__all__ = ["NetLoop", "Link", "LinkHandler", "Admit", "DEFER", "raise_descriptor_limit",
-           "RECV_BYTES"]
+__all__ = ["NetLoop", "Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision",
+           "raise_descriptor_limit", "RECV_BYTES", "ACCEPTS_PER_WAKE", "ACCEPT_PAUSE_S",
+           "ACCEPT_ERROR_LOG_EVERY_S", "EVICT_MIN_AGE_S", "PENDING_SWEEP_S",
+           "GC_AFTER_DROPPED_BYTES"]
