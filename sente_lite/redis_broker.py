@@ -543,7 +543,6 @@ class RedisBroker:
             epoch, top, _, entries = self._sync(ch.name, 0, "", False)
         else:
             epoch, top, _, entries = self._sync(ch.name, first, known, True)
-        hub = self._hub
         with ch.lock:
             if ch.dead:
                 return
