@@ -67,6 +67,11 @@ class Outcome:
     def passed(self) -> bool:
         return self.outcome == "pass"
 
+    @property
+    def ok(self) -> bool:
+        """Passed, or skipped because something it needs is not installed here."""
+        return self.outcome in ("pass", "skip")
+
 
 def discover(directory: Path = SCENARIO_DIR) -> List[Path]:
     """The scenario scripts, in name order."""
@@ -144,7 +149,7 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
         log_tail = _tail(output, OUTPUT_TAIL_LINES)
     return Outcome(
         name, repeat, outcome, duration, figures=report.get("figures") or {},
-        error=report.get("error"),
+        error=report.get("error") or report.get("skipped"),
         failed_checks=[f"{c['what']}: {c['detail']}" if c.get("detail") else c["what"]
                        for c in report.get("checks", ()) if not c.get("ok")],
         failing_process=failing_process, log_tail=log_tail, exit_code=proc.returncode)
@@ -203,7 +208,7 @@ def failure_details(outcomes: Sequence[Outcome]) -> str:
     """For each failed run: the error, the failed checks, and the tail of the failing log."""
     parts = []
     for o in outcomes:
-        if o.passed:
+        if o.ok:
             continue
         head = f"--- {o.scenario} (run {o.repeat}): {o.outcome.upper()}"
         lines = [head]
@@ -221,7 +226,7 @@ def failure_details(outcomes: Sequence[Outcome]) -> str:
 def write_junit(path: str, outcomes: Sequence[Outcome], with_repeat: bool) -> None:
     """Write a JUnit XML report: one testcase per scenario run (``name[run]`` when repeated)."""
     failures = sum(o.outcome == "fail" for o in outcomes)
-    errors = sum(not o.passed and o.outcome != "fail" for o in outcomes)
+    errors = sum(not o.ok and o.outcome != "fail" for o in outcomes)
     suite = ET.Element("testsuite", name="sente_lite scenarios", tests=str(len(outcomes)),
                        failures=str(failures), errors=str(errors),
                        time=f"{sum(o.duration_s for o in outcomes):.3f}")
@@ -233,7 +238,9 @@ def write_junit(path: str, outcomes: Sequence[Outcome], with_repeat: bool) -> No
             props = ET.SubElement(case, "properties")
             for k, v in o.figures.items():
                 ET.SubElement(props, "property", name=k, value=_fmt(v))
-        if not o.passed:
+        if o.outcome == "skip":
+            ET.SubElement(case, "skipped", message=o.error or "skipped")
+        elif not o.passed:
             tag = "failure" if o.outcome == "fail" else "error"
             first = o.failed_checks[0] if o.failed_checks else (o.error or o.outcome)
             message = first.splitlines()[0]
@@ -299,7 +306,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 key = " ".join(f"{k}={_fmt(o.figures[k])}" for k in KEY_FIGURES if k in o.figures)
                 print(f"{tag} {script.stem} {o.outcome.upper()} in {o.duration_s:.1f}s  {key}",
                       flush=True)
-                if args.exitfirst and not o.passed:
+                if args.exitfirst and not o.ok:
                     stop = True
                     break
             if stop:
@@ -322,9 +329,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         print(details)
     passed = sum(o.passed for o in outcomes)
+    skipped = [o for o in outcomes if o.outcome == "skip"]
     complete = len(outcomes) == total
-    all_ok = complete and passed == total
+    all_ok = complete and all(o.ok for o in outcomes)
+    for o in skipped:
+        print(f"skipped: {o.scenario}: {o.error}")
     print(f"\n{passed}/{len(outcomes)} scenario runs passed"
+          + (f", {len(skipped)} skipped" if skipped else "")
           + ("" if complete else f" ({total - len(outcomes)} not run)")
           + f" in {time.monotonic() - t0:.1f}s: {'PASS' if all_ok else 'FAIL'}")
     if args.json:

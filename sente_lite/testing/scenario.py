@@ -70,6 +70,7 @@ class Report:
         self.notes: List[str] = []
         self.error: Optional[str] = None
         self.error_kind: Optional[str] = None
+        self.skipped: Optional[str] = None
         self.failing_process: Optional[str] = None
         self.log_tail = ""
         self._t0 = time.monotonic()
@@ -77,7 +78,12 @@ class Report:
     @property
     def passed(self) -> bool:
         """True when there was no error, at least one check, and every check passed."""
-        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+        return (self.skipped is None and self.error is None and bool(self.checks)
+                and all(c.ok for c in self.checks))
+
+    def skip(self, reason: str) -> None:
+        """Record that the scenario cannot run here (``reason`` names what is missing)."""
+        self.skipped = reason
 
     def step(self, text: str) -> None:
         """Print a progress line (what the scenario is doing now)."""
@@ -103,9 +109,12 @@ class Report:
 
     @property
     def outcome(self) -> str:
-        """``pass``, ``fail`` (a check failed), or the error's kind: ``crash``, ``timeout``, ``error``."""
+        """``pass``, ``skip``, ``fail`` (a check failed), or the error's kind: ``crash``,
+        ``timeout``, ``error``."""
         if self.passed:
             return "pass"
+        if self.skipped is not None and self.error is None and all(c.ok for c in self.checks):
+            return "skip"
         return self.error_kind or "fail"
 
     def fail(self, error: str, process: Optional[str] = None, kind: str = "error") -> None:
@@ -122,7 +131,8 @@ class Report:
                 "outcome": self.outcome,
                 "duration_s": round(duration_s, 3), "figures": self.figures,
                 "checks": [asdict(c) for c in self.checks], "notes": self.notes,
-                "error": self.error, "failing_process": self.failing_process,
+                "error": self.error, "skipped": self.skipped,
+                "failing_process": self.failing_process,
                 "log_tail": self.log_tail, "run_dir": run_dir}
 
     def render(self, duration_s: float) -> str:
@@ -131,6 +141,8 @@ class Report:
         for c in self.checks:
             mark = "PASS" if c.ok else "FAIL"
             lines.append(f"  {mark}  {c.what}" + (f"  ({c.detail})" if c.detail else ""))
+        if self.skipped:
+            lines.append(f"  SKIPPED {self.skipped}")
         if self.error:
             lines.append(f"  ERROR {self.error}")
         if self.figures:
@@ -191,7 +203,7 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
     except Exception:  # noqa: BLE001 - a scenario bug is reported as the scenario's failure
         report.fail(f"scenario raised:\n{traceback.format_exc()}".rstrip())
     finally:
-        if not report.passed:
+        if report.outcome not in ("pass", "skip"):
             culprit = report.failing_process or _first_server(run)
             if culprit:
                 report.failing_process = culprit
@@ -210,7 +222,7 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
                 json.dump(as_json, f, indent=1)
         if args.trace or args.html:
             _write_trace(args, as_json, run.trace)
-    return 0 if report.passed else 1
+    return 0 if report.outcome in ("pass", "skip") else 1
 
 
 def _write_trace(args: argparse.Namespace, as_json: Dict[str, Any],
