@@ -773,6 +773,8 @@ def run_once(system: str, wl: Workload) -> dict:
         else:
             started = [_start_server(fleet, system, wl)]
         server, spipe, info = started[0]
+        if not system.startswith("sente_lite"):  # the baseline speaks JSON only
+            wl = replace(wl, packer="json", batch=False)
         loads = _start_loads(fleet, wl, [i["url"] for _, _, i in started], subscribe_all=False)
         t0_ns = time.monotonic_ns() + 300_000_000
         cpu0 = sum(_proc_cpu_s(proc.pid) for proc, _, _ in started)
