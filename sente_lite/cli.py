@@ -104,6 +104,8 @@ SERVE_SETTINGS = (
             "Default: this process only", "broker"),
     Setting("--no-metrics", "bool", False, "do not serve GET /metrics"),
     Setting("--demo", "bool", False, "serve a live demo page (chat over channels) at GET /", "demo"),
+    Setting("--compression", "str", None, "permessage-deflate for peers that offer it: 'deflate' "
+            "(default: off)", "compression"),
     Setting("--tracing", "bool", False, "emit OpenTelemetry spans for traced messages (needs the "
             "[otel] extra)", "tracing"),
     Setting("--history-size", "int", DEFAULT_HISTORY_SIZE, "messages kept per channel for "

@@ -341,7 +341,8 @@ class Server(InspectionMixin):
     History (PROTOCOL 9): each channel keeps its last ``history_size`` messages
     (0: off), none older than ``history_ttl_s``, and replays them to a subscriber
     that names the last offset it saw; publish ids are remembered
-    ``publish_dedup_s`` (at most ``max_publish_ids_per_channel`` per channel) so a
+    ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at most
+    ``max_publish_ids_per_channel`` per channel) so a
     resent publish is delivered once. ``broker``: where channels live (default:
     this process, :class:`~sente_lite.hub.LocalBroker`); ``"redis://host:port/db"``
     shares channels, history, users and presence with every server on that Redis
@@ -397,7 +398,7 @@ class Server(InspectionMixin):
         raise_fd_limit: bool = True,
         history_size: int = ch.DEFAULT_HISTORY_SIZE,
         history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S,
-        publish_dedup_s: float = ch.DEFAULT_PUBLISH_DEDUP_S,
+        publish_dedup_s: Optional[float] = None,
         max_publish_ids_per_channel: int = ch.DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
         broker: Union[Broker, str, None] = None,
         tracing: bool = False,
@@ -461,6 +462,8 @@ class Server(InspectionMixin):
 
         self.server_id = uuid.uuid4().hex[:16]
         self.counters = Counters()
+        if publish_dedup_s is None:  # at least as long as history lasts
+            publish_dedup_s = max(ch.DEFAULT_PUBLISH_DEDUP_S, history_ttl_s)
         if isinstance(broker, str):  # "redis://host:port/db": channels shared by several servers
             from .redis_broker import RedisBroker
             broker = RedisBroker(broker, self.server_id, history_size=history_size,

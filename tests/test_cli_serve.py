@@ -80,3 +80,14 @@ def test_serve_refuses_a_bad_setting_with_a_clear_error() -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "SENTE_LITE_MAX_MESSAGE_BYTES='1MB': not an integer" in done.stderr
+
+
+def test_wire_and_history_settings_reach_the_server() -> None:
+    srv = cli.server_from_settings(settings(
+        ["--compression", "deflate", "--history-size", "5", "--history-ttl-s", "30"]))
+    assert (srv.compression, srv.channels.history.size, srv.channels.history.ttl_s) == (
+        "deflate", 5, 30.0)
+    srv = cli.server_from_settings(settings([], {"SENTE_LITE_HISTORY_SIZE": "0"}))
+    assert srv.compression is None and srv.channels.history.size == 0
+    with pytest.raises(ValueError):
+        cli.server_from_settings(settings(["--compression", "gzip"]))
