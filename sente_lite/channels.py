@@ -109,6 +109,16 @@ class RecoveryResult(NamedTuple):
     replayed: int
 
 
+def count_recovery(counters: Counters, result: RecoveryResult) -> None:
+    """Count the answer to one subscribe with ``since`` (any broker)."""
+    if result.recovered:
+        counters.add(Counter.RECOVERED_SUBSCRIBES)
+        if result.replayed:
+            counters.add(Counter.REPLAYED_MESSAGES, result.replayed)
+    else:
+        counters.add(Counter.UNRECOVERED_SUBSCRIBES)
+
+
 class History:
     """The history and publish-id rules of every channel (PROTOCOL 9): what is kept, for
     how long, and whether a subscriber's ``since`` can be recovered. Callers hold
@@ -151,13 +161,7 @@ class History:
                 skip = since.offset + 1 - history[0][0]
                 replay = [frame for _, frame, _ in itertools.islice(history, skip, None)]
                 result = RecoveryResult(True, None, len(replay))
-        counters = self.counters
-        if result.recovered:
-            counters.add(Counter.RECOVERED_SUBSCRIBES)
-            if replay:
-                counters.add(Counter.REPLAYED_MESSAGES, len(replay))
-        else:
-            counters.add(Counter.UNRECOVERED_SUBSCRIBES)
+        count_recovery(self.counters, result)
         return result, replay
 
     def first_publish(self, ch: _Channel, publish_id: str) -> Optional[Tuple[int, int]]:

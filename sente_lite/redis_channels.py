@@ -16,7 +16,7 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple)
 
 from . import protocol as p
-from .channels import (REASON_EPOCH_CHANGED, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
+from .channels import (REASON_EPOCH_CHANGED, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
                        RecoveryResult, Since)
 from .counters import Counter, Counters
 from .redis_link import RedisLink, as_text
@@ -205,12 +205,7 @@ class RedisChannels:
                     return RecoveryResult(False, None, 0), [], True
                 replay = [payload for offset, payload, _, _ in entries if offset <= ch.last]
                 result = RecoveryResult(True, None, len(replay))
-        if result.recovered:
-            counters.add(Counter.RECOVERED_SUBSCRIBES)
-            if replay:
-                counters.add(Counter.REPLAYED_MESSAGES, len(replay))
-        else:
-            counters.add(Counter.UNRECOVERED_SUBSCRIBES)
+        count_recovery(counters, result)
         return result, replay, False
 
     # -- catching up with Redis ------------------------------------------------------
