@@ -210,7 +210,31 @@ class History:
                 ids.popitem(last=False)
 
 
-class ChannelRegistry:
+class MemberIndex:
+    """Which channels each member holds, for a registry that keeps ``_by_member``
+    under ``_lock`` and leaves one channel with ``_leave(member, name)``."""
+
+    _lock: threading.Lock
+    _by_member: Dict[Hashable, Any]
+
+    def _leave(self, member: Hashable, name: str) -> Any:
+        raise NotImplementedError
+
+    def remove_member(self, member: Hashable) -> List[str]:
+        """Remove ``member`` from every channel (exactly once). Returns the channel names."""
+        with self._lock:
+            names = sorted(self._by_member.pop(member, ()))
+            for name in names:
+                self._leave(member, name)
+            return names
+
+    def channels_of(self, member: Hashable) -> List[str]:
+        """The channels ``member`` is subscribed to."""
+        with self._lock:
+            return sorted(self._by_member.get(member, ()))
+
+
+class ChannelRegistry(MemberIndex):
     """Named channels with subscribers, offsets and epochs.
 
     ``epoch_prefix`` (one per server start) plus a per-channel generation make the
@@ -320,19 +344,7 @@ class ChannelRegistry:
             self._mark_idle(ch)
         return True
 
-    def remove_member(self, member: Hashable) -> List[str]:
-        """Remove ``member`` from every channel (exactly once). Returns the channel names."""
-        with self._lock:
-            names = sorted(self._by_member.get(member, ()))
-            for name in names:
-                self._remove(member, name)
-            return names
-
-    def channels_of(self, member: Hashable) -> List[str]:
-        """The channels ``member`` is subscribed to."""
-        with self._lock:
-            return sorted(self._by_member.get(member, ()))
-
+    _leave = _remove  # MemberIndex: leave one channel
     def subscriber_count(self, name: str) -> int:
         """How many members channel ``name`` has now."""
         with self._lock:

@@ -16,7 +16,7 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple)
 
 from . import protocol as p
-from .channels import (REASON_EPOCH_CHANGED, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
+from .channels import (REASON_EPOCH_CHANGED, MemberIndex, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
                        RecoveryResult, Since)
 from .counters import Counter, Counters
 from .redis_link import RedisLink, as_text
@@ -109,7 +109,7 @@ class _Chan:
         self.resync_queued = False
 
 
-class RedisChannels:
+class RedisChannels(MemberIndex):
     """This server's subscribers of each channel, kept in step with Redis.
 
     Subscribes, catch-ups and resyncs run on the link's I/O thread; live messages
@@ -375,19 +375,7 @@ class RedisChannels:
                 ch.dead = True
                 del self._chans[name]
 
-    def remove_member(self, member: Hashable) -> List[str]:
-        """Remove ``member`` from every channel. Returns the channel names."""
-        with self._lock:
-            names = sorted(self._by_member.pop(member, ()))
-            for name in names:
-                self._drop(member, name)
-            return names
-
-    def channels_of(self, member: Hashable) -> List[str]:
-        """The channels ``member`` is subscribed to here."""
-        with self._lock:
-            return sorted(self._by_member.get(member, ()))
-
+    _leave = _drop
     def subscriber_count(self, name: str) -> int:
         """How many members of this server channel ``name`` has now."""
         with self._lock:

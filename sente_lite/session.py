@@ -790,7 +790,7 @@ class ClientSession:
         out = [(w, RequestTimeout(f"no reply to {e}")) for w, e in self._requests.expire(now)]
         for cb_id in [cb for cb in self._kinds if not self._requests.has(cb)]:
             self._kinds.pop(cb_id, None)
-        self._sent.intersection_update(self._requests._table)
+        self._sent = {cb for cb in self._sent if self._requests.has(cb)}
         return out
 
     def fail_sent_requests(self) -> List[Tuple[Waiter, Disconnected]]:
