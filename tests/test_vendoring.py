@@ -1,9 +1,9 @@
-"""Vendoring works as the README says: a downstream repository holding a copy of
+"""Vendoring works as docs/harness.md says: a downstream repository holding a copy of
 ``sente_lite/``, ``run_all_tests.py`` and ``test_scripts/_repo.py``, with only the four core
-dependencies importable (not this package), runs the README's own scenario example both
+dependencies importable (not this package), runs the page's own scenario example both
 directly and through ``run_all_tests.py``.
 
-The example is read out of README.md, so the two cannot drift apart.
+The example is read out of docs/harness.md, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-#: What a downstream repository copies (README, "Vendoring").
+#: What a downstream repository copies (docs/harness.md, "Vendoring").
 VENDORED = ("sente_lite", "run_all_tests.py", "test_scripts/_repo.py", "LICENSE")
 #: The core dependencies, by import name.
 CORE_MODULES = ("websockets", "websocket", "filelock", "tabulate")
@@ -29,11 +29,12 @@ RUN_TIMEOUT_S = 180
 
 
 def readme_example() -> str:
-    """The fenced Python block of README.md's "Writing your own scenario" section."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Writing your own scenario", 1)[1]
+    """The fenced Python block of docs/harness.md's "Writing your own scenario" section."""
+    text = (REPO / "docs" / "harness.md").read_text(encoding="utf-8")
+    assert "## Writing your own scenario" in text, "docs/harness.md lost its scenario section"
+    section = text.split("## Writing your own scenario", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README.md lost its scenario example"
+    assert match, "docs/harness.md lost its scenario example"
     return match.group(1)
 
 
