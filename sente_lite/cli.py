@@ -81,7 +81,8 @@ SERVE_SETTINGS = (
             "port_file"),
     Setting("--allowed-origin", "list", None,
             "an Origin browsers may connect from, e.g. https://app.example.com (repeatable; '*' allows "
-            "any; env: comma-separated). Default: only pages of the server's own host", "allowed_origins"),
+            "any; env: comma-separated). Pages of the server's own origin are always allowed; default: "
+            "pages of the server's own host", "allowed_origins"),
     Setting("--csrf", "bool", False, "require a per-client CSRF token (?csrf-token=; pages get it from "
             "GET /csrf-token or the handshake)", "csrf"),
     Setting("--csrf-secret", "str", None, "secret of the CSRF tokens (16+ bytes; default random per start, so "

@@ -326,7 +326,8 @@ class Server(InspectionMixin):
     connection's network thread), ``allowed_hosts`` (None: bound to a loopback
     address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
     others 403), ``allowed_origins`` (None: no
-    Origin or the same host; else that list, ``["*"]`` for any; others 403),
+    Origin or the same host; else that list and the server's own origin, ``["*"]`` for
+    any; others 403; :mod:`sente_lite.origins`),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
     ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
     ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
