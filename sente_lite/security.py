@@ -79,6 +79,7 @@ R_HEADERS_TOO_LARGE = "headers-too-large"
 R_BAD_REQUEST = "bad-request"
 R_HANDSHAKE_TIMEOUT = "handshake-timeout"
 R_HOST = "host"
+R_METHOD_NOT_ALLOWED = "method-not-allowed"
 
 #: Path of the CSRF token endpoint (plain HTTP GET on the server's port).
 CSRF_TOKEN_PATH = "/csrf-token"
@@ -90,7 +91,7 @@ LOG_LINES_PER_S = 20
 _CSRF_CONTEXT = b"sente-lite csrf v1\x00"
 #: Refusals that are routine (a wrong URL, an expired credential) log at INFO; the rest WARNING.
 _REFUSAL_LEVELS = {R_NOT_FOUND: logging.INFO, R_UNAUTHENTICATED: logging.INFO,
-                   R_SHUTTING_DOWN: logging.INFO}
+                   R_SHUTTING_DOWN: logging.INFO, R_METHOD_NOT_ALLOWED: logging.INFO}
 
 
 # -- the request an authenticate hook sees ----------------------------------------
