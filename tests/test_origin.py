@@ -45,8 +45,8 @@ def test_python_client_connects_to_a_server_listing_other_origins(make_server, m
     assert c.request("chsk/ws-ping", None, timeout=WAIT_S) is None
     assert seen == [None]  # no Origin at all: websocket-client's default one is suppressed
     assert srv.stats()["handshakes_refused"].get("origin", 0) == 0
-    wss = make_server(allowed_origins=["https://a.example", "http://b.example:8080"])
-    make_client(wss.url, auto_reconnect=False)
+    other = make_server(allowed_origins=["https://a.example", "http://b.example:8080"])
+    make_client(other.url, auto_reconnect=False)
 
 
 def test_python_client_sends_the_origin_it_is_given(make_server, make_client):
