@@ -33,7 +33,7 @@ from . import packers
 from . import tracing
 from . import protocol as p
 from . import session as ss
-from .limits import validate_milliseconds
+from .limits import CLIENT_BOUNDS, check_settings, validate_milliseconds
 from . import client_channels
 from .client_channels import ChannelHandler, ChannelsMixin, InboundMixin, RecoveryHandler, _Sub
 from .client_send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented here)
@@ -135,6 +135,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         send_buf_ms: float = 0.0,
         start: bool = True,
     ) -> None:
+        check_settings(locals(), CLIENT_BOUNDS)  # every numeric keyword, before any is used
         self.urls: Tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
         if not self.urls:
             raise ValueError("url: give at least one URL")
@@ -145,8 +146,6 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_pending_sends = max_pending_sends
-        if max_unacked_publishes < 1:
-            raise ValueError(f"max_unacked_publishes must be >= 1, got {max_unacked_publishes!r}")
         self.max_unacked_publishes = max_unacked_publishes
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout

@@ -169,9 +169,9 @@ def check_setting(name: str, value: object, bound: Optional[Bound] = None) -> No
         raise InvalidSetting(f"{name} {problem}")
 
 
-def check_server_settings(values: Mapping[str, object]) -> None:
-    """Check every numeric :class:`~sente_lite.Server` keyword present in ``values``."""
-    for name, bound in SERVER_BOUNDS.items():
+def check_settings(values: Mapping[str, object], bounds: Optional[Mapping[str, Bound]] = None) -> None:
+    """Check every setting of ``bounds`` (default :data:`SERVER_BOUNDS`) present in ``values``."""
+    for name, bound in (SERVER_BOUNDS if bounds is None else bounds).items():
         if name in values:
             check_setting(name, values[name], bound)
 
@@ -212,10 +212,21 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "max_publish_ids_per_channel": Bound(1, _BIG, integer=True),
     "compression_min_bytes": Bound(1, 1 << 31, integer=True),
 }
+#: What every numeric :class:`~sente_lite.Client` keyword may be.
+CLIENT_BOUNDS: Dict[str, Bound] = {
+    "backoff_base": Bound(0, _HOUR_S, above=True),
+    "backoff_max": Bound(0, 24 * _HOUR_S, above=True),
+    "max_pending_sends": Bound(0, _BIG, integer=True),
+    "max_handler_queue": Bound(1, _BIG, integer=True),
+    "connect_timeout": Bound(0, _HOUR_S, above=True),
+    "request_timeout": Bound(0, 24 * _HOUR_S, above=True),
+    "max_unacked_publishes": Bound(1, _BIG, integer=True),
+}
 
 
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
-           "InvalidSetting", "Bound", "check_setting", "check_server_settings", "SERVER_BOUNDS"]
+           "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
+           "CLIENT_BOUNDS"]

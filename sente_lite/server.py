@@ -411,7 +411,7 @@ class Server(InspectionMixin):
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
     ) -> None:
-        lim.check_server_settings(locals())  # every numeric keyword, before any is used
+        lim.check_settings(locals())  # every numeric keyword, before any is used
         self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
                                                         MAX_WRITE_DELAY_MS)
         self._write_delay_ns = int(self.write_delay_ms * 1_000_000)

@@ -14,7 +14,7 @@ from typing import Any, Dict
 
 import pytest
 
-from sente_lite import Server, cli
+from sente_lite import Client, Server, cli
 from sente_lite import limits as lim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,10 +25,10 @@ HUGE = [10 ** 30, 1e300]
 OWN_CHECKS = {"write_delay_ms"}
 
 
-def numeric_keywords() -> Dict[str, Any]:
-    """Every Server keyword whose default is a number, or an Optional number (None)."""
+def numeric_keywords(cls: Any = Server) -> Dict[str, Any]:
+    """Every keyword of ``cls`` whose default is a number, or an Optional number (None)."""
     out = {}
-    for name, param in inspect.signature(Server).parameters.items():
+    for name, param in inspect.signature(cls).parameters.items():
         default = param.default
         annotation = str(param.annotation)
         if isinstance(default, bool):
@@ -43,11 +43,11 @@ def test_every_numeric_keyword_has_a_bound() -> None:
     names = set(numeric_keywords())
     assert {"rate_limit", "rate_burst", "heartbeat_timeout_ms", "port", "history_ttl_s"} <= names
     assert names - OWN_CHECKS == set(lim.SERVER_BOUNDS)
+    assert set(numeric_keywords(Client)) - {"read_coalesce_ms", "send_buf_ms"} == set(lim.CLIENT_BOUNDS)
 
 
-@pytest.mark.parametrize("name", sorted(lim.SERVER_BOUNDS))
-def test_server_refuses_every_bad_value_naming_the_setting(name: str) -> None:
-    bound = lim.SERVER_BOUNDS[name]
+def bad_values(bound: lim.Bound) -> list:
+    """Values ``bound`` refuses: not numbers, not finite, huge, out of range, wrong kind."""
     bad = NOT_NUMBERS + NON_FINITE + HUGE + [-1, bound.maximum + 1, bound.minimum - 0.5]
     if bound.above:
         bad.append(bound.minimum)
@@ -55,11 +55,28 @@ def test_server_refuses_every_bad_value_naming_the_setting(name: str) -> None:
         bad += [1.5, float(max(bound.minimum, 1))]
     if not bound.none_ok:
         bad.append(None)
-    for value in bad:
+    return bad
+
+
+@pytest.mark.parametrize("name", sorted(lim.SERVER_BOUNDS))
+def test_server_refuses_every_bad_value_naming_the_setting(name: str) -> None:
+    for value in bad_values(lim.SERVER_BOUNDS[name]):
         with pytest.raises(ValueError, match=name) as info:
             Server(**{name: value})
         assert "must be" in str(info.value), value
         assert isinstance(info.value, TypeError)  # either kind of except catches it
+
+
+@pytest.mark.parametrize("name", sorted(lim.CLIENT_BOUNDS))
+def test_client_refuses_every_bad_value_naming_the_setting(name: str) -> None:
+    bound = lim.CLIENT_BOUNDS[name]
+    for value in bad_values(bound):
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            Client("ws://127.0.0.1:9/chsk", start=False, **{name: value})
+    for value in (bound.minimum + (1 if bound.integer else 0.001) if bound.above else bound.minimum,
+                  bound.maximum):
+        Client("ws://127.0.0.1:9/chsk", start=False,
+               **{name: int(value) if bound.integer else value})  # not started: no thread
 
 
 @pytest.mark.parametrize("name", sorted(lim.SERVER_BOUNDS))
