@@ -60,7 +60,7 @@ def test_head_has_the_status_and_headers_of_get_and_no_body(srv: Server) -> None
         same = {k: v for k, v in got.headers.items() if k not in hidden}
         assert {k: v for k, v in head.headers.items() if k not in hidden} == same, target
         assert rest == b"", (target, rest[:80])
-        if got.status == 200 and target != "/chsk":
+        if got.status == 200 and "content-length" not in hidden and target != "/chsk":
             assert int(head.headers["content-length"]) == len(got.body) > 0
     # a conditional HEAD revalidates like GET
     etag = ask(srv, "GET", "/sente_lite.js")[0].headers["etag"]
