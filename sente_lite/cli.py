@@ -81,7 +81,8 @@ SERVE_SETTINGS = (
             "port_file"),
     Setting("--allowed-origin", "list", None,
             "an Origin browsers may connect from, e.g. https://app.example.com (repeatable; '*' allows "
-            "any; env: comma-separated). Default: only pages of the server's own host", "allowed_origins"),
+            "any; env: comma-separated). Pages of the server's own origin are always allowed; default: "
+            "pages of the server's own host", "allowed_origins"),
     Setting("--csrf", "bool", False, "require a per-client CSRF token (?csrf-token=; pages get it from "
             "GET /csrf-token or the handshake)", "csrf"),
     Setting("--csrf-secret", "str", None, "secret of the CSRF tokens (16+ bytes; default random per start, so "
@@ -125,7 +126,9 @@ def _parse(setting: Setting, text: str, source: str) -> Any:
         if setting.kind == "float":
             return float(text)
     except ValueError:
-        raise SettingError(f"{source}={text!r}: not a{'n integer' if setting.kind == 'int' else ' number'}") from None
+        bound = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].describe().replace(" (or None)", "")
+        raise SettingError(f"{source}={text!r}: not a{'n integer' if setting.kind == 'int' else ' number'} "
+                           f"(must be {bound})") from None
     if setting.kind == "bool":
         low = text.strip().lower()
         if low in _TRUE or low in _FALSE:
@@ -142,18 +145,32 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str] 
     for setting in SERVE_SETTINGS:
         given = getattr(args, setting.dest, None)
         if given is not None and given is not False:
-            values[setting.dest] = given
+            values[setting.dest] = _checked(setting, given, setting.flag, str(given))
         elif setting.env in environ:
-            values[setting.dest] = _parse(setting, environ[setting.env], setting.env)
+            text = environ[setting.env]
+            values[setting.dest] = _checked(setting, _parse(setting, text, setting.env),
+                                            setting.env, text)
         else:
             values[setting.dest] = setting.default
     level = str(values["log_level"]).upper()
     if level not in LOG_LEVELS:
         raise SettingError(f"log level {values['log_level']!r}: use one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
-    if values["rate_limit"] is not None and values["rate_limit"] <= 0:
-        values["rate_limit"] = None
     return values
+
+
+def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
+    """``value`` of a numeric ``setting`` when it is in its range (``--rate-limit`` 0
+    turns the limit off), else :class:`SettingError` naming ``source`` and the range."""
+    if setting.kind not in ("int", "float"):
+        return value
+    if setting.dest == "rate_limit" and value == 0:
+        return None
+    problem = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].problem(value)
+    if problem is not None:
+        off = " (0 turns it off)" if setting.dest == "rate_limit" else ""
+        raise SettingError(f"{source}={text!r}: {problem.replace(' (or None)', '')}{off}")
+    return value
 
 
 def server_from_settings(values: Mapping[str, Any]) -> Server:

@@ -33,7 +33,7 @@ from . import packers
 from . import tracing
 from . import protocol as p
 from . import session as ss
-from .limits import validate_milliseconds
+from .limits import CLIENT_BOUNDS, check_settings, validate_milliseconds
 from . import client_channels
 from .client_channels import ChannelHandler, ChannelsMixin, InboundMixin, RecoveryHandler, _Sub
 from .client_send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented here)
@@ -71,7 +71,10 @@ Token = Union[str, Callable[[], Optional[str]], None]
 class Client(ChannelsMixin, InboundMixin, SendingMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
-    ``client_id`` is kept across reconnects (a UUID4 when not given). ``token`` is
+    ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the
+    ``Origin`` header of every upgrade (e.g. ``"https://app.example.com"``, for a
+    server whose ``allowed_origins`` expects one); by default none is sent, as from
+    any client that is not a browser. ``token`` is
     a credential string, or a callable evaluated at every (re)connect, sent as
     ``Authorization: Bearer <token>`` (never in the URL).
     ``csrf_token`` (for a server with ``csrf=True``) is the first CSRF token, or a
@@ -124,6 +127,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
         headers: Optional[Dict[str, str]] = None,
+        origin: Optional[str] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
         packer: str = packers.JSON,
@@ -131,6 +135,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         send_buf_ms: float = 0.0,
         start: bool = True,
     ) -> None:
+        check_settings(locals(), CLIENT_BOUNDS)  # every numeric keyword, before any is used
         self.urls: Tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
         if not self.urls:
             raise ValueError("url: give at least one URL")
@@ -141,12 +146,11 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_pending_sends = max_pending_sends
-        if max_unacked_publishes < 1:
-            raise ValueError(f"max_unacked_publishes must be >= 1, got {max_unacked_publishes!r}")
         self.max_unacked_publishes = max_unacked_publishes
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
+        self.origin = _check_origin(origin)
         self.ssl_context = ssl_context
         self.read_coalesce_ms = validate_milliseconds("read_coalesce_ms", read_coalesce_ms,
                                                       MAX_READ_COALESCE_MS)
@@ -386,6 +390,19 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
 
 
 
+
+
+def _check_origin(origin: Optional[str]) -> Optional[str]:
+    """``origin`` when it can be an ``Origin`` header value (None: send none)."""
+    if origin is None:
+        return None
+    if not isinstance(origin, str):
+        raise TypeError(f"origin must be a str such as 'https://app.example.com' or None, "
+                        f"got {type(origin).__name__}")
+    if not origin.strip() or not origin.isprintable():
+        raise ValueError(f"origin must be a non-empty printable header value such as "
+                         f"'https://app.example.com', got {origin!r}")
+    return origin
 
 
 def _traced(data: Any, traceparent: Optional[str]) -> Any:

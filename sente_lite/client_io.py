@@ -130,6 +130,7 @@ class Connector:
                 return None
             ws = websocket.create_connection(
                 url, timeout=c.connect_timeout, header=headers,
+                origin=c.origin, suppress_origin=c.origin is None,
                 skip_utf8_validation=True, enable_multithread=True,
                 sockopt=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                 sslopt={"context": c.ssl_context} if c.ssl_context is not None else None,

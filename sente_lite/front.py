@@ -8,6 +8,7 @@ client-id, origin, CSRF, connection slot, then ``authenticate``).
 
 from __future__ import annotations
 
+import dataclasses
 import http
 import time
 import uuid
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from .server import Server
 
 MAX_CLIENT_ID_CHARS = 128
+#: HTTP methods every route answers (``HEAD``: the headers of ``GET``, no body).
+ALLOWED_METHODS = ("GET", "HEAD")
 
 
 @dataclass
@@ -49,11 +52,34 @@ class HttpFront:
         self.server = server
 
     def decide(self, link: Link, request: Request) -> Any:
-        """A Response, or :class:`Admit` for an upgrade (a probe gets the verdict)."""
+        """A Response, or :class:`Admit` for an upgrade (a probe gets the verdict).
+
+        Every route answers ``GET`` and ``HEAD`` (GET's headers, no body); another
+        method gets ``405`` with ``Allow`` on a route, ``404`` elsewhere."""
+        method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
+        if method not in ALLOWED_METHODS:
+            return self._wrong_method(link, request, method)
         decision = self._answer_http(link, request)
-        if _is_probe(request, self.server.path):  # a browser client asking why its upgrade failed
-            return _probe_answer(link, decision)
+        if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
+            decision = _probe_answer(link, decision)  # a browser client asking why its upgrade failed
+        if method == "HEAD":
+            return dataclasses.replace(decision, body=b"")  # Content-Length stays GET's
         return decision
+
+    def _wrong_method(self, link: Link, request: Request, method: str) -> Response:
+        """405 naming the allowed methods on a route (after the Host check), else 404."""
+        srv = self.server
+        refusal = srv._gate.check_host(link, request)
+        if refusal is not None:
+            return refusal
+        path = urlsplit(request.path).path
+        if path not in (srv.path, "/health", "/metrics", security.CSRF_TOKEN_PATH) and (
+                static.static_response(path, srv.demo, None) is None):
+            return srv._gate.refuse(link, 404, security.R_NOT_FOUND, f"no endpoint at {path}")
+        return srv._gate.refuse(link, 405, security.R_METHOD_NOT_ALLOWED,
+                                f"method {method[:16]!r} is not allowed on {path}: use "
+                                f"{' or '.join(ALLOWED_METHODS)}",
+                                headers=[("Allow", ", ".join(ALLOWED_METHODS))])
 
     def _answer_http(self, link: Link, request: Request) -> Any:
         """Operator GETs, else the upgrade's checks in order: path, client-id, then
@@ -184,4 +210,4 @@ def _respond(link: Link, status: http.HTTPStatus, body: str,
 
 
 
-__all__ = ["HttpFront", "Identity", "MAX_CLIENT_ID_CHARS"]
+__all__ = ["HttpFront", "Identity", "MAX_CLIENT_ID_CHARS", "ALLOWED_METHODS"]

@@ -15,8 +15,10 @@ that ignores the errors is cut within a fraction of a second.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Mapping, Optional
 
 #: Live WebSocket connections (upgraded, or admitted and upgrading); one more is refused 503.
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -96,23 +98,135 @@ class RateGuard:
 
 
 def validate_positive(name: str, value: Optional[float], allow_none: bool = False) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is > 0 (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if value is None or value <= 0:
-        raise ValueError(f"{name} must be > 0{' or None' if allow_none else ''}, got {value!r}")
+    """Raise :class:`InvalidSetting` naming ``name`` unless ``value`` is a finite number
+    > 0 (or None when allowed)."""
+    check_setting(name, value, Bound(0, math.inf, above=True, none_ok=allow_none))
 
 
 def validate_milliseconds(name: str, value: object, maximum: float) -> float:
-    """Return ``value`` as a float; ValueError naming ``name`` unless it is a number of
-    milliseconds from 0 to ``maximum``."""
-    if not (isinstance(value, (int, float)) and 0 <= value <= maximum):
-        raise ValueError(f"{name} must be a number of milliseconds from 0 to {maximum:g}, "
-                         f"got {value!r}")
-    return float(value)
+    """Return ``value`` as a float; :class:`InvalidSetting` naming ``name`` unless it is a
+    number of milliseconds from 0 to ``maximum``."""
+    check_setting(name, value, Bound(0, maximum, unit=" milliseconds"))
+    return float(value)  # type: ignore[arg-type]
+
+
+class InvalidSetting(ValueError, TypeError):
+    """A setting with a value it cannot have; the message names the setting and what it may be.
+
+    Both a ValueError (out of range, not finite) and a TypeError (not a number)."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may have: a finite number (an int when ``integer``)
+    from ``minimum`` (excluded when ``above``) to ``maximum``; None when ``none_ok``."""
+
+    minimum: float
+    maximum: float
+    integer: bool = False
+    above: bool = False
+    none_ok: bool = False
+    unit: str = ""
+
+    def describe(self) -> str:
+        """What the setting may be, in words."""
+        kind = "an integer" if self.integer else "a finite number" + (
+            f" of{self.unit}" if self.unit else "")
+        low = f"> {_num(self.minimum)}" if self.above else f">= {_num(self.minimum)}"
+        high = f" and <= {_num(self.maximum)}" if self.maximum != math.inf else ""
+        return f"{kind} {low}{high}{' (or None)' if self.none_ok else ''}"
+
+    def problem(self, value: object) -> Optional[str]:
+        """None when ``value`` is allowed, else what is wrong with it."""
+        if value is None and self.none_ok:
+            return None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or (self.integer and not isinstance(value, int)):
+            return f"must be {self.describe()}, got {type(value).__name__} {_shown(value)}"
+        v: float = value  # type: ignore[assignment]
+        finite = isinstance(v, int) or math.isfinite(v)
+        if not (finite and (v > self.minimum if self.above else v >= self.minimum)
+                and v <= self.maximum):
+            return f"must be {self.describe()}, got {_shown(value)}"
+        return None
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _num(x: float) -> str:
+    """``x`` for a message: ``1,000,000`` or ``0.5``."""
+    return f"{int(x):,}" if float(x).is_integer() else f"{x:g}"
+
+
+def check_setting(name: str, value: object, bound: Optional[Bound] = None) -> None:
+    """Raise :class:`InvalidSetting` naming ``name`` unless ``value`` is within ``bound``
+    (default: the bound of that Server keyword in :data:`SERVER_BOUNDS`)."""
+    problem = (bound or SERVER_BOUNDS[name]).problem(value)
+    if problem is not None:
+        raise InvalidSetting(f"{name} {problem}")
+
+
+def check_settings(values: Mapping[str, object], bounds: Optional[Mapping[str, Bound]] = None) -> None:
+    """Check every setting of ``bounds`` (default :data:`SERVER_BOUNDS`) present in ``values``."""
+    for name, bound in (SERVER_BOUNDS if bounds is None else bounds).items():
+        if name in values:
+            check_setting(name, values[name], bound)
+
+
+_DAY_MS = 86_400_000.0
+_HOUR_S = 3600.0
+_YEAR_S = 365 * 86_400.0
+_BIG = 1_000_000_000
+#: What every numeric :class:`~sente_lite.Server` keyword may be (checked by the
+#: constructor, and by ``sente-lite serve`` for its flags and ``SENTE_LITE_*`` variables).
+SERVER_BOUNDS: Dict[str, Bound] = {
+    "port": Bound(0, 65535, integer=True),
+    "heartbeat_ms": Bound(0, _DAY_MS, above=True),
+    "heartbeat_timeout_ms": Bound(0, 3 * _DAY_MS, above=True, none_ok=True),
+    "max_message_bytes": Bound(1, 1 << 31, integer=True),
+    "max_queued_bytes_per_conn": Bound(1, 1 << 40, integer=True),
+    "max_bad_frames_in_row": Bound(0, _BIG, integer=True),
+    "max_channel_id_chars": Bound(1, 65_536, integer=True),
+    "max_idle_channels": Bound(1, _BIG, integer=True),
+    "max_remembered_clients": Bound(1, _BIG, integer=True),
+    "close_timeout": Bound(0, _HOUR_S, above=True),
+    "handshake_timeout": Bound(0, _HOUR_S, above=True),
+    "max_connections": Bound(1, 10_000_000, integer=True),
+    "max_pending_handshakes": Bound(1, 10_000_000, integer=True),
+    "max_subscriptions_per_conn": Bound(1, _BIG, integer=True),
+    "rate_limit": Bound(0, _BIG, above=True, none_ok=True),
+    "rate_burst": Bound(1, _BIG, integer=True, none_ok=True),
+    "max_rate_limited": Bound(1, _BIG, integer=True),
+    "max_outstanding_requests": Bound(1, _BIG, integer=True),
+    "accept_backlog": Bound(1, 1 << 20, integer=True),
+    "request_line_timeout": Bound(0, _HOUR_S, above=True),
+    "max_pending_handshakes_per_address": Bound(1, 10_000_000, integer=True),
+    "min_handler_threads": Bound(1, 1024, integer=True),
+    "max_handler_threads": Bound(1, 1024, integer=True),
+    "history_size": Bound(0, 10_000_000, integer=True),
+    "history_ttl_s": Bound(0, _YEAR_S, above=True),
+    "publish_dedup_s": Bound(0, _YEAR_S, above=True, none_ok=True),
+    "max_publish_ids_per_channel": Bound(1, _BIG, integer=True),
+    "compression_min_bytes": Bound(1, 1 << 31, integer=True),
+}
+#: What every numeric :class:`~sente_lite.Client` keyword may be.
+CLIENT_BOUNDS: Dict[str, Bound] = {
+    "backoff_base": Bound(0, _HOUR_S, above=True),
+    "backoff_max": Bound(0, 24 * _HOUR_S, above=True),
+    "max_pending_sends": Bound(0, _BIG, integer=True),
+    "max_handler_queue": Bound(1, _BIG, integer=True),
+    "connect_timeout": Bound(0, _HOUR_S, above=True),
+    "request_timeout": Bound(0, 24 * _HOUR_S, above=True),
+    "max_unacked_publishes": Bound(1, _BIG, integer=True),
+}
 
 
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
-           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S"]
+           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
+           "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
+           "CLIENT_BOUNDS"]

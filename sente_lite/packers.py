@@ -9,7 +9,7 @@ echoes ``"packer": "msgpack"`` (docs/protocol.md section 10). It needs the
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import protocol as p
 from .errors import EncodeError, FrameError
@@ -98,12 +98,41 @@ class MsgpackPacker(Packer):
             raise FrameError("this connection negotiated msgpack: send binary frames, not text",
                              cb_id)
         try:
-            value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                          object_pairs_hook=_string_keyed)
+        except _NonStringKey as exc:
+            raise FrameError(str(exc), self._cb_id_of(payload)) from None
         except self._errors as exc:
             raise FrameError(f"frame is not valid MessagePack: {type(exc).__name__}") from None
         if p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
             raise FrameError(f"frame nests deeper than {p.MAX_JSON_DEPTH} levels")
         return p.frame_of(value)
+
+    def _cb_id_of(self, payload: Union[str, bytes]) -> Optional[str]:
+        """The cb-id of a frame refused for its map keys, when it has a usable one."""
+        try:
+            value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                          object_pairs_hook=list)
+        except self._errors:
+            return None
+        if isinstance(value, list) and len(value) == 3 and p.is_valid_cb_id(value[2]):
+            return value[2]
+        return None
+
+
+class _NonStringKey(ValueError):
+    """A MessagePack map with a key that is not a string."""
+
+
+def _string_keyed(pairs: List[Tuple[Any, Any]]) -> Dict[str, Any]:
+    """A decoded map, refused unless every key is a string: JSON peers of the same
+    channel would read ``{1: "a", "1": "b"}`` as one name twice."""
+    for key, _ in pairs:
+        if type(key) is not str:
+            shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
+            raise _NonStringKey(f"map key {shown} is a {type(key).__name__}: MessagePack map keys "
+                                "must be strings (JSON peers have no other kind of key)")
+    return dict(pairs)
 
 
 _PACKERS: Dict[str, Packer] = {JSON: Packer()}

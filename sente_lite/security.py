@@ -17,10 +17,11 @@ close is counted and logged through one helper, :func:`report`.
   400. ``allowed_hosts=[...]`` lists the accepted names instead (any case, port
   ignored), ``["*"]`` any. Bound elsewhere, the default accepts any ``Host``.
   This runs first, for upgrades and plain GETs (``/health``, ``/csrf-token``).
-* **Origin** (on by default): a request without ``Origin`` (a non-browser
-  client) passes; so does one whose Origin host equals the ``Host`` header's
-  host. Anything else gets 403 unless ``allowed_origins`` lists it (``"*"``
-  allows every origin, only when asked for explicitly).
+* **Origin** (on by default; :mod:`sente_lite.origins`): a request without
+  ``Origin`` (a non-browser client) passes; so does one whose Origin host equals
+  the ``Host`` header's host. With ``allowed_origins``, the listed origins pass
+  (``"*"``: every origin, only when asked for explicitly) and so does the server's
+  own origin (host and port of the ``Host`` header). Anything else gets 403.
 * **CSRF** (``csrf=True``): the token of a client-id is an HMAC of that id under
   a per-server secret. The server sends it in the handshake's csrf-token slot
   and requires it as ``?csrf-token=`` on every upgrade (403 otherwise). A client
@@ -44,7 +45,6 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import threading
 import time
 import urllib.error
@@ -57,6 +57,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 from websockets.http11 import Request, Response
 
 from . import tracing
+from .origins import normalize_origins, origin_problem, split_host
 from .logsafe import safe
 
 log = logging.getLogger("sente_lite.security")
@@ -78,6 +79,7 @@ R_HEADERS_TOO_LARGE = "headers-too-large"
 R_BAD_REQUEST = "bad-request"
 R_HANDSHAKE_TIMEOUT = "handshake-timeout"
 R_HOST = "host"
+R_METHOD_NOT_ALLOWED = "method-not-allowed"
 
 #: Path of the CSRF token endpoint (plain HTTP GET on the server's port).
 CSRF_TOKEN_PATH = "/csrf-token"
@@ -89,7 +91,7 @@ LOG_LINES_PER_S = 20
 _CSRF_CONTEXT = b"sente-lite csrf v1\x00"
 #: Refusals that are routine (a wrong URL, an expired credential) log at INFO; the rest WARNING.
 _REFUSAL_LEVELS = {R_NOT_FOUND: logging.INFO, R_UNAUTHENTICATED: logging.INFO,
-                   R_SHUTTING_DOWN: logging.INFO}
+                   R_SHUTTING_DOWN: logging.INFO, R_METHOD_NOT_ALLOWED: logging.INFO}
 
 
 # -- the request an authenticate hook sees ----------------------------------------
@@ -144,81 +146,14 @@ def make_handshake_request(request: Request, client_id: str, remote: str) -> Han
                             client_id=client_id, token=token, origin=headers.get("origin"))
 
 
-# -- Origin ------------------------------------------------------------------------
-def normalize_origins(allowed: Optional[Iterable[str]]) -> Optional[frozenset]:
-    """Check and normalize an ``allowed_origins`` setting (None = same-host policy)."""
-    if allowed is None:
-        return None
-    if isinstance(allowed, (str, bytes)):
-        raise TypeError("allowed_origins must be a list of origins such as "
-                        "['https://app.example.com'] or ['*'], not a single string")
-    out = set()
-    for origin in allowed:
-        if not isinstance(origin, str) or not origin:
-            raise TypeError(f"allowed_origins entries must be non-empty strings, got {origin!r}")
-        out.add(origin.strip().rstrip("/").lower())
-    return frozenset(out)
-
-
-def _host_of(netloc_or_url: str, is_url: bool) -> Optional[str]:
-    try:
-        host = urlsplit(netloc_or_url if is_url else f"//{netloc_or_url}").hostname
-    except ValueError:
-        return None
-    return host.lower() if host else None
-
-
-def origin_problem(origin: Optional[str], host_header: Optional[str],
-                   allowed: Optional[frozenset]) -> Optional[str]:
-    """Why an upgrade with this ``Origin`` is refused, or None when it is allowed.
-
-    No Origin: allowed (not a browser). ``allowed`` None: allowed when the
-    Origin's host equals the Host header's host. Else: allowed when ``"*"`` or the
-    origin itself is in ``allowed``.
-    """
-    if origin is None:
-        return None
-    normalized = origin.strip().rstrip("/").lower()
-    if allowed is not None:
-        if "*" in allowed or normalized in allowed:
-            return None
-        return f"origin {origin!r} is not in allowed_origins"
-    origin_host = _host_of(normalized, True) if normalized != "null" else None
-    host = _host_of(host_header, False) if host_header else None
-    if origin_host is not None and origin_host == host:
-        return None
-    return (f"origin {origin!r} is not the host {host_header!r}; "
-            "list it in Server(allowed_origins=[...]) to allow it")
-
-
 # -- Host (DNS rebinding) ------------------------------------------------------------
-_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]{0,252})")
-_PORT_RE = re.compile(r"(?::[0-9]{0,5})?")
-
-
 def parse_host(value: str) -> Optional[str]:
     """The host name of a ``Host`` header value or ``allowed_hosts`` entry: lower case,
     without port, trailing dot or IPv6 brackets (``"[::1]:80"`` -> ``"::1"``); None
     when it is not a host name, an IPv4 address or a bracketed IPv6 address."""
-    v = value.strip()
-    if v.startswith("["):
-        end = v.find("]")
-        if end < 0:
-            return None
-        try:
-            name = str(ipaddress.IPv6Address(v[1:end]))
-        except ValueError:
-            return None
-        rest = v[end + 1:]
-    else:
-        name, sep, port = v.partition(":")
-        rest = sep + port
-        if not _HOST_NAME_RE.fullmatch(name):
-            return None
-        name = name.lower().rstrip(".")
-    if not _PORT_RE.fullmatch(rest) or not name:
-        return None
-    return name
+    split = split_host(value)
+    name = split[0].rstrip(".") if split is not None else ""
+    return name or None
 
 
 def is_loopback_host(host: str) -> bool:

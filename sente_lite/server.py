@@ -326,7 +326,8 @@ class Server(InspectionMixin):
     connection's network thread), ``allowed_hosts`` (None: bound to a loopback
     address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
     others 403), ``allowed_origins`` (None: no
-    Origin or the same host; else that list, ``["*"]`` for any; others 403),
+    Origin or the same host; else that list and the server's own origin, ``["*"]`` for
+    any; others 403; :mod:`sente_lite.origins`),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
     ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
     ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
@@ -351,6 +352,10 @@ class Server(InspectionMixin):
     A ``traceparent`` in a publish body or a request's data map stays on every
     delivery, acknowledgement, reply map and log line (:mod:`sente_lite.tracing`);
     ``tracing=True`` also emits OpenTelemetry spans (extra ``[otel]``).
+
+    Every numeric keyword must be a finite number in its range
+    (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
+    :class:`~sente_lite.limits.InvalidSetting` (a ValueError and a TypeError) naming it.
 
     ``compression="deflate"`` offers permessage-deflate: frames of at least
     ``compression_min_bytes`` go compressed to peers that accept it, a channel
@@ -406,8 +411,7 @@ class Server(InspectionMixin):
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
     ) -> None:
-        if heartbeat_ms <= 0:
-            raise ValueError("heartbeat_ms must be > 0")
+        lim.check_settings(locals())  # every numeric keyword, before any is used
         self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
                                                         MAX_WRITE_DELAY_MS)
         self._write_delay_ns = int(self.write_delay_ms * 1_000_000)
@@ -424,16 +428,6 @@ class Server(InspectionMixin):
         self.max_remembered_clients = max_remembered_clients
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
-        lim.validate_positive("rate_limit", rate_limit, allow_none=True)
-        for name, value in (("max_subscriptions_per_conn", max_subscriptions_per_conn),
-                            ("max_rate_limited", max_rate_limited),
-                            ("max_outstanding_requests", max_outstanding_requests),
-                            ("handshake_timeout", handshake_timeout),
-                            ("request_line_timeout", request_line_timeout),
-                            ("accept_backlog", accept_backlog),
-                            ("max_pending_handshakes", max_pending_handshakes),
-                            ("max_pending_handshakes_per_address", max_pending_handshakes_per_address)):
-            lim.validate_positive(name, value)
         self.ssl_context = ssl_context
         self.accept_backlog = accept_backlog
         self.request_line_timeout = request_line_timeout
@@ -476,7 +470,6 @@ class Server(InspectionMixin):
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
             max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters)
         self.compression = compression_mod.validate(compression)
-        lim.validate_positive("compression_min_bytes", compression_min_bytes)
         self.compression_min_bytes = compression_min_bytes
         self._spans = tracing_mod.Spans(tracing)
         self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame, self._spans,

@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
@@ -283,3 +287,27 @@ def test_demo_page_shows_connection_and_chat(make_server, make_client, browser) 
         assert page.inner_text(".msg:last-child .text") == "<b>not html</b>"  # shown as text
     finally:
         ctx.close()
+
+
+def test_demo_page_connects_when_allowed_origins_lists_other_origins(browser) -> None:
+    """``sente-lite serve --demo --allowed-origin https://app.example``: the demo page is the
+    server's own origin, which stays allowed beside the listed one."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "sente_lite", "serve", "--demo", "--port", "0",
+                             "--allowed-origin", "https://app.example"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ctx = browser.new_context()
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert url.startswith("ws://127.0.0.1:"), url
+        page = ctx.new_page()
+        page.set_default_timeout(PAGE_WAIT_MS)
+        page.goto(url.replace("ws://", "http://").removesuffix("/chsk") + "/")
+        page.wait_for_function("document.getElementById('status-text').textContent === 'connected'")
+        page.wait_for_function("demoClient.subscriptions().length === 3")
+    finally:
+        ctx.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=WAIT_S * 2)
+    assert proc.returncode == 0, err
+    assert "refused-upgrade" not in err, err

@@ -156,3 +156,64 @@ def test_heartbeat_pings_are_binary_msgpack_on_a_msgpack_connection(
             kinds.append((opcode, msgpack.unpackb(payload)[0]))
         assert kinds == [(OP_BINARY, p.EV_HANDSHAKE), (OP_BINARY, p.EV_PING), (OP_BINARY, p.EV_PING)]
         assert msgpack.unpackb(payload) == [p.EV_PING]
+
+
+def _raw_map(pairs: List[Any]) -> bytes:
+    """A MessagePack map of these (key bytes, value bytes) pairs, keys packed as given."""
+    assert len(pairs) < 16
+    return bytes((0x80 | len(pairs),)) + b"".join(k + v for k, v in pairs)
+
+
+#: Map keys that are not strings, packed by hand (a Python dict cannot hold some of them).
+NON_STRING_KEYS = [
+    ("int", msgpack.packb(1)), ("negative int", msgpack.packb(-7)), ("bool", msgpack.packb(True)),
+    ("None", msgpack.packb(None)), ("float", msgpack.packb(1.5)),
+    ("bytes", msgpack.packb(b"1", use_bin_type=True)), ("nested map", msgpack.packb({"a": 1})),
+    ("array", msgpack.packb([1])),
+]
+
+
+@pytest.mark.parametrize("kind, key", NON_STRING_KEYS, ids=[k for k, _ in NON_STRING_KEYS])
+@pytest.mark.parametrize("depth", [0, 3])
+def test_a_map_with_a_non_string_key_is_a_bad_frame_naming_it(kind: str, key: bytes, depth: int) -> None:
+    mp = packers.get("msgpack")
+    server = ss.ServerSession("x", ss.ServerRules(rate_limit=None), 0.0, packer=mp)
+    inner = _raw_map([(msgpack.packb("1"), msgpack.packb("b")), (key, msgpack.packb("a"))])
+    for _ in range(depth):  # the same map deeper in the data: in a list in a map
+        inner = _raw_map([(msgpack.packb("k"), b"\x91" + inner)])
+    data = _raw_map([(msgpack.packb("channel-id"), msgpack.packb("room")),
+                     (msgpack.packb("data"), inner)])
+    frame = b"\x93" + msgpack.packb(p.EV_PUBLISH) + data + msgpack.packb("c9")
+    out = server.receive(frame)
+    assert out.events == []
+    reply = msgpack.unpackb(out.frames[0])
+    assert reply[0] == p.EV_ERROR and reply[1]["code"] == "bad-frame" and reply[2] == "c9"
+    assert "map key" in reply[1]["message"] and "must be strings" in reply[1]["message"], reply
+    # an application event too (not only publishes), without a cb-id
+    out = server.receive(b"\x92" + msgpack.packb("app/x") + inner)
+    reply = msgpack.unpackb(out.frames[0])
+    assert out.events == [] and reply[1]["code"] == "bad-frame" and len(reply) == 2
+
+
+def test_json_subscribers_never_see_a_map_with_duplicate_names(
+        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    got = Recorder()
+    make_client(srv.url).subscribe("room", got)
+    with RawPeer(srv.host, srv.port) as peer:
+        assert peer.upgrade("/chsk?packer=msgpack").status == 101
+        for key in (1, True, None, 2.5, b"1"):
+            data = msgpack.packb({key: "a", "1": "b"}, use_bin_type=True)
+            body = _raw_map([(msgpack.packb("channel-id"), msgpack.packb("room")),
+                             (msgpack.packb("data"), data)])
+            peer.send_frame(b"\x93" + msgpack.packb(p.EV_PUBLISH) + body + msgpack.packb("c1"),
+                            OP_BINARY)
+            while True:
+                frame = msgpack.unpackb(peer.read_frame()[1])  # type: ignore[index]
+                if frame[0] not in (p.EV_HANDSHAKE, p.EV_PING):
+                    break
+            assert frame[0] == p.EV_ERROR and frame[1]["code"] == "bad-frame", (key, frame)
+        good = msgpack.packb([p.EV_PUBLISH, {"channel-id": "room", "data": {"1": "b"}}, "c2"])
+        peer.send_frame(good, OP_BINARY)
+    assert [m.data for m in got.wait_count(1)] == [{"1": "b"}]
+    assert srv.stats()["bad_frames"] >= 5
