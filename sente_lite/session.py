@@ -563,6 +563,16 @@ TRANSITIONS: Dict[Tuple[str, str], str] = {
 
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
 DEAD_SERVER_SLACK_S = 1.0
+#: The heartbeat assumed when the handshake gives no usable ``heartbeat-ms``.
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
 DEFAULT_MAX_UNACKED_PUBLISHES = 1000
 
 
@@ -809,6 +819,31 @@ class ClientSession:
         self._sent.clear()
         return [(w, exc) for w, _ in self._requests.drain() if w is not None]
 
+    # -- answers to the server's requests -------------------------------------------------
+    def reply(self, event: str, cb_id: str, result: Any) -> bytes:
+        """The reply to the server's request ``cb_id`` whose handler returned ``result``
+        (a ``handler-error`` frame, counted, when it cannot be encoded)."""
+        frame, ok = reply_frame(event, result, cb_id, self.packer)
+        if not ok:
+            self._count("handler_errors")
+        return frame
+
+    def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
+        """A handler raised: counted; a ``handler-error`` reply (naming the exception's
+        type, never its text) when the server asked."""
+        self._count("handler_errors")
+        if cb_id is None:
+            return []
+        return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
+                            cb_id, None, self.packer)]
+
+    def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
+        """An event the application does not handle: ``no-handler`` to a request, else counted."""
+        if cb_id is None:
+            self._count("unhandled_events")
+            return []
+        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, self.packer)]
+
     # -- inbound -----------------------------------------------------------------------
     def receive(self, text: Union[str, bytes], now: float, binary: Optional[bool] = None) -> Received:
         """Decode one frame from the server (``binary``: it came in a binary message) and
@@ -851,6 +886,8 @@ class ClientSession:
         if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
             return self._channel_msg(data)
         if event == p.EV_PING:
+            if cb_id is not None:  # a request: exactly one reply, with its cb-id
+                return Received([], [self.packer.encode(p.EV_REPLY, None, cb_id)])
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
         if event == p.EV_SUBSCRIBED:
             return self._subscribed_notice(data)
@@ -860,6 +897,12 @@ class ClientSession:
             return self._answer(event, data, cb_id)
         if event == p.EV_HANDSHAKE:
             return self._handshake(data)
+        if p.is_reserved(event):  # a reserved event this client does not know
+            if cb_id is None:
+                self._count("unhandled_events")
+                return _NOTHING
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event {event}",
+                                             cb_id, None, self.packer)])
         return Received([EventRequest(event, data, cb_id)], [])
 
     def _handshake(self, data: Any) -> Received:
@@ -870,7 +913,9 @@ class ClientSession:
             self._count("bad_frames_from_server")
             log.error("malformed handshake from server: %s", safe(repr(data)))
             return _NOTHING
-        self.heartbeat_s = float(info.get("heartbeat-ms", 5000)) / 1000.0
+        heartbeat_ms = info.get("heartbeat-ms")
+        self.heartbeat_s = (heartbeat_ms / 1000.0 if _is_number(heartbeat_ms) and heartbeat_ms > 0
+                            else DEFAULT_HEARTBEAT_S)
         self.handshake_info = Handshake(uid, csrf, info, first)
         self._count("handshakes")
         events: List[Any] = [self.handshake_info]
@@ -912,17 +957,18 @@ class ClientSession:
         recovery: Optional[Recovery] = None
         if error is None and sub is not None and isinstance(data, dict):
             top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
+            top = top if _is_int(top) else 0  # a malformed offset: count from 0
             recovered = data.get(p.K_RECOVERED)
             if since is not None and isinstance(recovered, bool):
                 recovery = Recovery(channel_id, recovered, data.get(p.K_REASON),
-                                    int(top or 0), str(epoch),
+                                    top, str(epoch),
                                     {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch})
                 if not recovered:
                     self._count("recovery_failures")
             if recovered is not True and (sub.epoch != epoch or recovered is False):
                 # a fresh start (no since, or nothing recovered): live messages follow TOP
                 sub.epoch = epoch if isinstance(epoch, str) else None
-                sub.last_offset = int(top or 0)
+                sub.last_offset = top
             sub.since = None
         elif error is not None and sub is not None:
             self._subs.pop(channel_id, None)
@@ -938,7 +984,7 @@ class ClientSession:
         channel_id = data.get(p.K_CHANNEL)
         sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
         top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-        if sub is None or not isinstance(top, int) or not isinstance(epoch, str):
+        if sub is None or not _is_int(top) or not isinstance(epoch, str):
             return _NOTHING
         assert isinstance(channel_id, str)
         since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
@@ -951,11 +997,13 @@ class ClientSession:
         return Received([Subscribed(channel_id, data, None, recovery)], [])
 
     def _channel_msg(self, data: Any) -> Received:
-        try:
+        """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
+        if (isinstance(data, dict) and isinstance(data.get(p.K_CHANNEL), str)
+                and _is_int(data.get(p.K_OFFSET)) and isinstance(data.get(p.K_EPOCH), str)):
             msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]),
+                                 data[p.K_OFFSET], data[p.K_EPOCH],
                                  tracing.valid(data.get(tracing.TRACEPARENT)))
-        except (TypeError, KeyError, ValueError, AttributeError):
+        else:
             self._count("bad_frames_from_server")
             log.warning("malformed channel message: %s", safe(repr(data)))
             return _NOTHING
