@@ -567,8 +567,14 @@ DEAD_SERVER_SLACK_S = 1.0
 DEFAULT_HEARTBEAT_S = 5.0
 
 
-def _is_int(value: Any) -> bool:
-    return type(value) is int
+def _offset_of(value: Any) -> Optional[int]:
+    """``value`` as an offset, or None when it is not an integer (JSON has one number
+    type, so ``5.0`` is 5, as a JavaScript peer reads it)."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -957,7 +963,7 @@ class ClientSession:
         recovery: Optional[Recovery] = None
         if error is None and sub is not None and isinstance(data, dict):
             top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-            top = top if _is_int(top) else 0  # a malformed offset: count from 0
+            top = _offset_of(top) or 0  # a malformed offset: count from 0
             recovered = data.get(p.K_RECOVERED)
             if since is not None and isinstance(recovered, bool):
                 recovery = Recovery(channel_id, recovered, data.get(p.K_REASON),
@@ -984,7 +990,8 @@ class ClientSession:
         channel_id = data.get(p.K_CHANNEL)
         sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
         top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-        if sub is None or not _is_int(top) or not isinstance(epoch, str):
+        top = _offset_of(top)
+        if sub is None or top is None or not isinstance(epoch, str):
             return _NOTHING
         assert isinstance(channel_id, str)
         since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
@@ -998,10 +1005,11 @@ class ClientSession:
 
     def _channel_msg(self, data: Any) -> Received:
         """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
-        if (isinstance(data, dict) and isinstance(data.get(p.K_CHANNEL), str)
-                and _is_int(data.get(p.K_OFFSET)) and isinstance(data.get(p.K_EPOCH), str)):
+        offset = _offset_of(data.get(p.K_OFFSET)) if isinstance(data, dict) else None
+        if (offset is not None and isinstance(data.get(p.K_CHANNEL), str)
+                and isinstance(data.get(p.K_EPOCH), str)):
             msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 data[p.K_OFFSET], data[p.K_EPOCH],
+                                 offset, data[p.K_EPOCH],
                                  tracing.valid(data.get(tracing.TRACEPARENT)))
         else:
             self._count("bad_frames_from_server")

@@ -867,10 +867,10 @@ var SenteLite = (function () {
       sub.inFlight = false;
       var answer = {
         channelId: channelId,
-        offset: reply && typeof reply.offset === "number" ? reply.offset : 0,
+        offset: reply && Number.isInteger(reply.offset) ? reply.offset : 0,
         epoch: reply ? reply.epoch : null
       };
-      if (reply && reply.recovered !== undefined) { answer.recovered = reply.recovered; }
+      if (reply && typeof reply.recovered === "boolean") { answer.recovered = reply.recovered; }
       if (reply && reply.reason !== undefined) { answer.reason = reply.reason; }
       // Recovered: the server replays from sub.lastOffset + 1, keep it. Otherwise live
       // messages start after the answer's offset (a new epoch restarts the count).
