@@ -121,6 +121,23 @@ def reply_frame(event: str, result: Any, cb_id: str,
                            None, packer), False
 
 
+def handler_error_frames(event: str, cb_id: Optional[str], exc: BaseException,
+                         packer: Packer = JSON_PACKER) -> List[bytes]:
+    """The answer to a request ``cb_id`` whose handler raised ``exc`` (none to a plain
+    event): ``handler-error`` naming the exception's type, never its text. Both sides."""
+    if cb_id is None:
+        return []
+    return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
+                        cb_id, None, packer)]
+
+
+def no_handler_frames(event: str, cb_id: Optional[str], packer: Packer = JSON_PACKER) -> List[bytes]:
+    """The answer to a request ``cb_id`` nobody handles (none to a plain event). Both sides."""
+    if cb_id is None:
+        return []
+    return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, packer)]
+
+
 class _Requests:
     """Our outstanding requests to the peer: cb-id -> (waiter, event, deadline)."""
 
@@ -422,17 +439,13 @@ class ServerSession:
     def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
         """A handler raised: counted; a ``handler-error`` reply when one was asked."""
         self.counters.add(Counter.HANDLER_ERRORS)
-        if cb_id is None:
-            return []
-        return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
-                            cb_id, None, self.packer)]
+        return handler_error_frames(event, cb_id, exc, self.packer)
 
     def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
         """An event nobody handles: ``no-handler`` to a request, else counted."""
         if cb_id is None:
             self.counters.add(Counter.UNHANDLED_EVENTS)
-            return []
-        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, self.packer)]
+        return no_handler_frames(event, cb_id, self.packer)
 
     def error(self, code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
         """A ``chsk/error`` frame in this connection's packer."""
@@ -838,17 +851,13 @@ class ClientSession:
         """A handler raised: counted; a ``handler-error`` reply (naming the exception's
         type, never its text) when the server asked."""
         self._count("handler_errors")
-        if cb_id is None:
-            return []
-        return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
-                            cb_id, None, self.packer)]
+        return handler_error_frames(event, cb_id, exc, self.packer)
 
     def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
         """An event the application does not handle: ``no-handler`` to a request, else counted."""
         if cb_id is None:
             self._count("unhandled_events")
-            return []
-        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, self.packer)]
+        return no_handler_frames(event, cb_id, self.packer)
 
     # -- inbound -----------------------------------------------------------------------
     def receive(self, text: Union[str, bytes], now: float, binary: Optional[bool] = None) -> Received:
