@@ -675,8 +675,104 @@ _SUBSCRIBE_KIND = "subscribe"
 _PUBLISH_KIND = "publish"
 
 
+class _ChannelRules:
+    """The channel rules of :class:`ClientSession`: the subscriptions it holds, their
+    positions (offset and epoch), and what a channel message or a server's own
+    ``sente-lite/subscribed`` notice does to them."""
+
+    _subs: Dict[str, _ClientSub]
+    _requests: _Requests
+    _kinds: Dict[str, Tuple[str, Any]]
+    packer: Packer
+
+    def _count(self, key: str, n: int = 1) -> None:
+        raise NotImplementedError
+
+    def add_subscription(self, channel_id: str, since: Optional[Since] = None) -> bool:
+        """Hold ``channel_id`` (True when new). ``since`` recovers from a stored position."""
+        if channel_id in self._subs:
+            return False
+        self._subs[channel_id] = _ClientSub(since=since)
+        return True
+
+    def drop_subscription(self, channel_id: str) -> bool:
+        return self._subs.pop(channel_id, None) is not None
+
+    def subscriptions(self) -> List[str]:
+        return sorted(self._subs)
+
+    def position(self, channel_id: str) -> Optional[Since]:
+        """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
+        sub = self._subs.get(channel_id)
+        if sub is None or sub.epoch is None:
+            return None
+        return Since(sub.last_offset, sub.epoch)
+
+    def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
+                        timeout: float) -> Tuple[str, bytes]:
+        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
+        sub = self._subs[channel_id]
+        body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
+        since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
+        if since is not None:
+            body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
+                                                  packer=self.packer)
+        self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
+        return cb_id, frame
+
+    def _subscribed_notice(self, data: Any) -> Received:
+        """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
+        broker lost messages of a held channel (``recovered: false``; PROTOCOL 9).
+        Live messages continue after ``offset`` in ``epoch``."""
+        if not isinstance(data, dict) or not isinstance(data.get(p.K_RECOVERED), bool):
+            return _NOTHING
+        channel_id = data.get(p.K_CHANNEL)
+        sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
+        top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
+        top = _offset_of(top)
+        if sub is None or top is None or not isinstance(epoch, str):
+            return _NOTHING
+        assert isinstance(channel_id, str)
+        since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
+                 else None)
+        recovered = data[p.K_RECOVERED]
+        recovery = Recovery(channel_id, recovered, data.get(p.K_REASON), top, epoch, since)
+        if not recovered:
+            self._count("recovery_failures")
+            sub.epoch, sub.last_offset = epoch, top
+        return Received([Subscribed(channel_id, data, None, recovery)], [])
+
+    def _channel_msg(self, data: Any) -> Received:
+        """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
+        offset = _offset_of(data.get(p.K_OFFSET)) if isinstance(data, dict) else None
+        if (offset is not None and isinstance(data.get(p.K_CHANNEL), str)
+                and isinstance(data.get(p.K_EPOCH), str)):
+            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
+                                 offset, data[p.K_EPOCH],
+                                 tracing.valid(data.get(tracing.TRACEPARENT)))
+        else:
+            self._count("bad_frames_from_server")
+            log.warning("malformed channel message: %s", safe(repr(data)))
+            return _NOTHING
+        sub = self._subs.get(msg.channel_id)
+        if sub is None:
+            self._count("unsubscribed_channel_msgs")
+            return _NOTHING
+        if sub.epoch == msg.epoch:
+            if msg.offset <= sub.last_offset:
+                self._count("duplicate_channel_msgs")
+                return _NOTHING
+            if msg.offset > sub.last_offset + 1:
+                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
+        sub.epoch = msg.epoch
+        sub.last_offset = msg.offset
+        self._count("channel_msgs")
+        return Received([msg], [])
+
+
 @dataclass
-class ClientSession:
+class ClientSession(_ChannelRules):
     """The protocol state of a client across its connections."""
 
     client_id: str
@@ -723,40 +819,6 @@ class ClientSession:
     def dead(self, now: float) -> bool:
         """True when the server has been silent past 2 x heartbeat + slack."""
         return now - self.last_recv > 2 * self.heartbeat_s + DEAD_SERVER_SLACK_S
-
-    # -- subscriptions ---------------------------------------------------------------------
-    def add_subscription(self, channel_id: str, since: Optional[Since] = None) -> bool:
-        """Hold ``channel_id`` (True when new). ``since`` recovers from a stored position."""
-        if channel_id in self._subs:
-            return False
-        self._subs[channel_id] = _ClientSub(since=since)
-        return True
-
-    def drop_subscription(self, channel_id: str) -> bool:
-        return self._subs.pop(channel_id, None) is not None
-
-    def subscriptions(self) -> List[str]:
-        return sorted(self._subs)
-
-    def position(self, channel_id: str) -> Optional[Since]:
-        """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
-        sub = self._subs.get(channel_id)
-        if sub is None or sub.epoch is None:
-            return None
-        return Since(sub.last_offset, sub.epoch)
-
-    def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
-                        timeout: float) -> Tuple[str, bytes]:
-        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
-        sub = self._subs[channel_id]
-        body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
-        since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
-        if since is not None:
-            body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
-        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
-                                                  packer=self.packer)
-        self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
-        return cb_id, frame
 
     # -- requests and publishes ---------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
@@ -989,56 +1051,6 @@ class ClientSession:
             self._subs.pop(channel_id, None)
         return Received([Subscribed(channel_id, data, error, recovery),
                          ReplyArrived(waiter, data, error)], [])
-
-    def _subscribed_notice(self, data: Any) -> Received:
-        """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
-        broker lost messages of a held channel (``recovered: false``; PROTOCOL 9).
-        Live messages continue after ``offset`` in ``epoch``."""
-        if not isinstance(data, dict) or not isinstance(data.get(p.K_RECOVERED), bool):
-            return _NOTHING
-        channel_id = data.get(p.K_CHANNEL)
-        sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
-        top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-        top = _offset_of(top)
-        if sub is None or top is None or not isinstance(epoch, str):
-            return _NOTHING
-        assert isinstance(channel_id, str)
-        since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
-                 else None)
-        recovered = data[p.K_RECOVERED]
-        recovery = Recovery(channel_id, recovered, data.get(p.K_REASON), top, epoch, since)
-        if not recovered:
-            self._count("recovery_failures")
-            sub.epoch, sub.last_offset = epoch, top
-        return Received([Subscribed(channel_id, data, None, recovery)], [])
-
-    def _channel_msg(self, data: Any) -> Received:
-        """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
-        offset = _offset_of(data.get(p.K_OFFSET)) if isinstance(data, dict) else None
-        if (offset is not None and isinstance(data.get(p.K_CHANNEL), str)
-                and isinstance(data.get(p.K_EPOCH), str)):
-            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 offset, data[p.K_EPOCH],
-                                 tracing.valid(data.get(tracing.TRACEPARENT)))
-        else:
-            self._count("bad_frames_from_server")
-            log.warning("malformed channel message: %s", safe(repr(data)))
-            return _NOTHING
-        sub = self._subs.get(msg.channel_id)
-        if sub is None:
-            self._count("unsubscribed_channel_msgs")
-            return _NOTHING
-        if sub.epoch == msg.epoch:
-            if msg.offset <= sub.last_offset:
-                self._count("duplicate_channel_msgs")
-                return _NOTHING
-            if msg.offset > sub.last_offset + 1:
-                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
-        sub.epoch = msg.epoch
-        sub.last_offset = msg.offset
-        self._count("channel_msgs")
-        return Received([msg], [])
-
 
 
 def __getattr__(name: str) -> Any:
