@@ -1177,12 +1177,11 @@ var SenteLite = (function () {
       } else {
         try { frame = JSON.parse(raw); } catch (e) { frame = null; }
       }
-    } else if (raw && typeof raw.toString === "function" && typeof Buffer !== "undefined" && Buffer.isBuffer(raw)) {
-      try { frame = JSON.parse(raw.toString("utf8")); } catch (e) { frame = null; }  // `ws` < 8 in Node
+    } else {
+      problem = "a binary frame on a JSON connection";  // protocol section 10
     }
     if (!isFrame(frame)) {
-      this._badFrame(problem || (typeof raw === "string" ? raw.slice(0, 200) :
-                                 frame !== null ? "not [event-id, data?, cb-id?]" : typeof raw));
+      this._badFrame(problem || (typeof raw === "string" ? raw.slice(0, 200) : "not [event-id, data?, cb-id?]"));
       return;
     }
     if (frame[0] === EV_BATCH) { this._onBatch(ws, frame[1]); return; }

@@ -108,7 +108,7 @@ function fakeSocketClass(sockets) {
     constructor(url) {
       this.url = url;
       this.readyState = 0;
-      this.binaryType = "blob";
+      this.binaryType = "nodebuffer";  // what Node's ws starts with; the client may change it
       this.sent = [];
       sockets.push(this);
     }
@@ -161,7 +161,9 @@ class Driver {
     await settle();
   }
 
+  /** A frame as the socket would hand it over: text as a string, binary as binaryType says. */
   async receive(data) {
+    if (typeof data !== "string" && this.ws.binaryType === "nodebuffer") { data = Buffer.from(data); }
     this.ws.onmessage({ data });
     await settle();
   }
