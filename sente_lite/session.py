@@ -729,8 +729,7 @@ class _ChannelRules:
             return _NOTHING
         channel_id = data.get(p.K_CHANNEL)
         sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
-        top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-        top = _offset_of(top)
+        top, epoch = _offset_of(data.get(p.K_OFFSET)), data.get(p.K_EPOCH)
         if sub is None or top is None or not isinstance(epoch, str):
             return _NOTHING
         assert isinstance(channel_id, str)
@@ -778,7 +777,7 @@ class ClientSession(_ChannelRules):
     client_id: str
     max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES
     status: str = CONNECTING
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
     last_recv: float = 0.0
     connection: int = 0  # number of the current connection (1, 2, ...); 0 before any
     handshake_info: Optional[Handshake] = None
