@@ -396,35 +396,29 @@ class Roles:
                     log.exception("%s handler for %r raised", kind, msg.channel_id)
             return
         _, event, data, cb_id = task
+        session = c._session
         handlers = list(c._handlers.get(event, ()))
         if not handlers:
-            if cb_id is not None:
-                self._reply_error(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id)
-            else:
-                c._counts["unhandled_events"] += 1
+            self._send_all(session.no_handler(event, cb_id))
             return
         result: Any = None
         for i, fn in enumerate(handlers):
             try:
                 value = fn(data)
             except Exception as exc:
-                c._counts["handler_errors"] += 1
                 log.exception("handler for %s raised", event)
-                if cb_id is not None and i == 0:
-                    self._reply_error(p.ERR_HANDLER_ERROR,
-                                      f"handler for {event} raised {type(exc).__name__}", cb_id)
+                self._send_all(session.handler_failed(event, cb_id if i == 0 else None, exc))
+                if i == 0:
                     cb_id = None
                 continue
             if i == 0:
                 result = value
         if cb_id is not None:
-            frame, ok = ss.reply_frame(event, result, cb_id, c._session.packer)
-            if not ok:
-                c._counts["handler_errors"] += 1
-            self._try_send(frame)
+            self._try_send(session.reply(event, cb_id, result))
 
-    def _reply_error(self, code: str, message: str, cb_id: str) -> None:
-        self._try_send(ss.error_frame(code, message, cb_id, None, self._c._session.packer))
+    def _send_all(self, frames: List[bytes]) -> None:
+        for frame in frames:
+            self._try_send(frame)
 
     def _try_send(self, frame: bytes) -> None:
         c = self._c

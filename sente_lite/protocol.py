@@ -272,7 +272,8 @@ def remote_error(data: Any) -> RemoteError:
     """The :class:`RemoteError` a ``chsk/error`` frame's data stands for (both sides)."""
     code = data.get(K_CODE) if isinstance(data, dict) else None
     message = data.get(K_MESSAGE) if isinstance(data, dict) else None
-    return RemoteError(str(code or "unknown"), str(message or ""))
+    return RemoteError(code if isinstance(code, str) and code else "unknown",
+                       message if isinstance(message, str) else "")
 
 
 def value_depth(value: Any, limit: int) -> int:

@@ -121,6 +121,23 @@ def reply_frame(event: str, result: Any, cb_id: str,
                            None, packer), False
 
 
+def handler_error_frames(event: str, cb_id: Optional[str], exc: BaseException,
+                         packer: Packer = JSON_PACKER) -> List[bytes]:
+    """The answer to a request ``cb_id`` whose handler raised ``exc`` (none to a plain
+    event): ``handler-error`` naming the exception's type, never its text. Both sides."""
+    if cb_id is None:
+        return []
+    return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
+                        cb_id, None, packer)]
+
+
+def no_handler_frames(event: str, cb_id: Optional[str], packer: Packer = JSON_PACKER) -> List[bytes]:
+    """The answer to a request ``cb_id`` nobody handles (none to a plain event). Both sides."""
+    if cb_id is None:
+        return []
+    return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, packer)]
+
+
 class _Requests:
     """Our outstanding requests to the peer: cb-id -> (waiter, event, deadline)."""
 
@@ -422,17 +439,13 @@ class ServerSession:
     def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
         """A handler raised: counted; a ``handler-error`` reply when one was asked."""
         self.counters.add(Counter.HANDLER_ERRORS)
-        if cb_id is None:
-            return []
-        return [error_frame(p.ERR_HANDLER_ERROR, f"handler for {event} raised {type(exc).__name__}",
-                            cb_id, None, self.packer)]
+        return handler_error_frames(event, cb_id, exc, self.packer)
 
     def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
         """An event nobody handles: ``no-handler`` to a request, else counted."""
         if cb_id is None:
             self.counters.add(Counter.UNHANDLED_EVENTS)
-            return []
-        return [error_frame(p.ERR_NO_HANDLER, f"no handler for {event}", cb_id, None, self.packer)]
+        return no_handler_frames(event, cb_id, self.packer)
 
     def error(self, code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
         """A ``chsk/error`` frame in this connection's packer."""
@@ -563,6 +576,22 @@ TRANSITIONS: Dict[Tuple[str, str], str] = {
 
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
 DEAD_SERVER_SLACK_S = 1.0
+#: The heartbeat assumed when the handshake gives no usable ``heartbeat-ms``.
+DEFAULT_HEARTBEAT_S = 5.0
+
+
+def _offset_of(value: Any) -> Optional[int]:
+    """``value`` as an offset, or None when it is not an integer (JSON has one number
+    type, so ``5.0`` is 5, as a JavaScript peer reads it)."""
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return type(value) is int or type(value) is float
 DEFAULT_MAX_UNACKED_PUBLISHES = 1000
 
 
@@ -646,14 +675,109 @@ _SUBSCRIBE_KIND = "subscribe"
 _PUBLISH_KIND = "publish"
 
 
+class _ChannelRules:
+    """The channel rules of :class:`ClientSession`: the subscriptions it holds, their
+    positions (offset and epoch), and what a channel message or a server's own
+    ``sente-lite/subscribed`` notice does to them."""
+
+    _subs: Dict[str, _ClientSub]
+    _requests: _Requests
+    _kinds: Dict[str, Tuple[str, Any]]
+    packer: Packer
+
+    def _count(self, key: str, n: int = 1) -> None:
+        raise NotImplementedError
+
+    def add_subscription(self, channel_id: str, since: Optional[Since] = None) -> bool:
+        """Hold ``channel_id`` (True when new). ``since`` recovers from a stored position."""
+        if channel_id in self._subs:
+            return False
+        self._subs[channel_id] = _ClientSub(since=since)
+        return True
+
+    def drop_subscription(self, channel_id: str) -> bool:
+        return self._subs.pop(channel_id, None) is not None
+
+    def subscriptions(self) -> List[str]:
+        return sorted(self._subs)
+
+    def position(self, channel_id: str) -> Optional[Since]:
+        """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
+        sub = self._subs.get(channel_id)
+        if sub is None or sub.epoch is None:
+            return None
+        return Since(sub.last_offset, sub.epoch)
+
+    def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
+                        timeout: float) -> Tuple[str, bytes]:
+        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
+        sub = self._subs[channel_id]
+        body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
+        since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
+        if since is not None:
+            body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
+        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
+                                                  packer=self.packer)
+        self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
+        return cb_id, frame
+
+    def _subscribed_notice(self, data: Any) -> Received:
+        """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
+        broker lost messages of a held channel (``recovered: false``; PROTOCOL 9).
+        Live messages continue after ``offset`` in ``epoch``."""
+        if not isinstance(data, dict) or not isinstance(data.get(p.K_RECOVERED), bool):
+            return _NOTHING
+        channel_id = data.get(p.K_CHANNEL)
+        sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
+        top, epoch = _offset_of(data.get(p.K_OFFSET)), data.get(p.K_EPOCH)
+        if sub is None or top is None or not isinstance(epoch, str):
+            return _NOTHING
+        assert isinstance(channel_id, str)
+        since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
+                 else None)
+        recovered = data[p.K_RECOVERED]
+        recovery = Recovery(channel_id, recovered, data.get(p.K_REASON), top, epoch, since)
+        if not recovered:
+            self._count("recovery_failures")
+            sub.epoch, sub.last_offset = epoch, top
+        return Received([Subscribed(channel_id, data, None, recovery)], [])
+
+    def _channel_msg(self, data: Any) -> Received:
+        """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
+        offset = _offset_of(data.get(p.K_OFFSET)) if isinstance(data, dict) else None
+        if (offset is not None and isinstance(data.get(p.K_CHANNEL), str)
+                and isinstance(data.get(p.K_EPOCH), str)):
+            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
+                                 offset, data[p.K_EPOCH],
+                                 tracing.valid(data.get(tracing.TRACEPARENT)))
+        else:
+            self._count("bad_frames_from_server")
+            log.warning("malformed channel message: %s", safe(repr(data)))
+            return _NOTHING
+        sub = self._subs.get(msg.channel_id)
+        if sub is None:
+            self._count("unsubscribed_channel_msgs")
+            return _NOTHING
+        if sub.epoch == msg.epoch:
+            if msg.offset <= sub.last_offset:
+                self._count("duplicate_channel_msgs")
+                return _NOTHING
+            if msg.offset > sub.last_offset + 1:
+                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
+        sub.epoch = msg.epoch
+        sub.last_offset = msg.offset
+        self._count("channel_msgs")
+        return Received([msg], [])
+
+
 @dataclass
-class ClientSession:
+class ClientSession(_ChannelRules):
     """The protocol state of a client across its connections."""
 
     client_id: str
     max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES
     status: str = CONNECTING
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S
     last_recv: float = 0.0
     connection: int = 0  # number of the current connection (1, 2, ...); 0 before any
     handshake_info: Optional[Handshake] = None
@@ -694,40 +818,6 @@ class ClientSession:
     def dead(self, now: float) -> bool:
         """True when the server has been silent past 2 x heartbeat + slack."""
         return now - self.last_recv > 2 * self.heartbeat_s + DEAD_SERVER_SLACK_S
-
-    # -- subscriptions ---------------------------------------------------------------------
-    def add_subscription(self, channel_id: str, since: Optional[Since] = None) -> bool:
-        """Hold ``channel_id`` (True when new). ``since`` recovers from a stored position."""
-        if channel_id in self._subs:
-            return False
-        self._subs[channel_id] = _ClientSub(since=since)
-        return True
-
-    def drop_subscription(self, channel_id: str) -> bool:
-        return self._subs.pop(channel_id, None) is not None
-
-    def subscriptions(self) -> List[str]:
-        return sorted(self._subs)
-
-    def position(self, channel_id: str) -> Optional[Since]:
-        """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
-        sub = self._subs.get(channel_id)
-        if sub is None or sub.epoch is None:
-            return None
-        return Since(sub.last_offset, sub.epoch)
-
-    def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
-                        timeout: float) -> Tuple[str, bytes]:
-        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
-        sub = self._subs[channel_id]
-        body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
-        since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
-        if since is not None:
-            body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
-        cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
-                                                  packer=self.packer)
-        self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
-        return cb_id, frame
 
     # -- requests and publishes ---------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
@@ -809,6 +899,27 @@ class ClientSession:
         self._sent.clear()
         return [(w, exc) for w, _ in self._requests.drain() if w is not None]
 
+    # -- answers to the server's requests -------------------------------------------------
+    def reply(self, event: str, cb_id: str, result: Any) -> bytes:
+        """The reply to the server's request ``cb_id`` whose handler returned ``result``
+        (a ``handler-error`` frame, counted, when it cannot be encoded)."""
+        frame, ok = reply_frame(event, result, cb_id, self.packer)
+        if not ok:
+            self._count("handler_errors")
+        return frame
+
+    def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
+        """A handler raised: counted; a ``handler-error`` reply (naming the exception's
+        type, never its text) when the server asked."""
+        self._count("handler_errors")
+        return handler_error_frames(event, cb_id, exc, self.packer)
+
+    def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
+        """An event the application does not handle: ``no-handler`` to a request, else counted."""
+        if cb_id is None:
+            self._count("unhandled_events")
+        return no_handler_frames(event, cb_id, self.packer)
+
     # -- inbound -----------------------------------------------------------------------
     def receive(self, text: Union[str, bytes], now: float, binary: Optional[bool] = None) -> Received:
         """Decode one frame from the server (``binary``: it came in a binary message) and
@@ -851,6 +962,8 @@ class ClientSession:
         if event == p.EV_CHANNEL_MSG:  # by far the most frequent: tested first
             return self._channel_msg(data)
         if event == p.EV_PING:
+            if cb_id is not None:  # a request: exactly one reply, with its cb-id
+                return Received([], [self.packer.encode(p.EV_REPLY, None, cb_id)])
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
         if event == p.EV_SUBSCRIBED:
             return self._subscribed_notice(data)
@@ -860,6 +973,12 @@ class ClientSession:
             return self._answer(event, data, cb_id)
         if event == p.EV_HANDSHAKE:
             return self._handshake(data)
+        if p.is_reserved(event):  # a reserved event this client does not know
+            if cb_id is None:
+                self._count("unhandled_events")
+                return _NOTHING
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event {event}",
+                                             cb_id, None, self.packer)])
         return Received([EventRequest(event, data, cb_id)], [])
 
     def _handshake(self, data: Any) -> Received:
@@ -870,7 +989,9 @@ class ClientSession:
             self._count("bad_frames_from_server")
             log.error("malformed handshake from server: %s", safe(repr(data)))
             return _NOTHING
-        self.heartbeat_s = float(info.get("heartbeat-ms", 5000)) / 1000.0
+        heartbeat_ms = info.get("heartbeat-ms")
+        self.heartbeat_s = (heartbeat_ms / 1000.0 if _is_number(heartbeat_ms) and heartbeat_ms > 0
+                            else DEFAULT_HEARTBEAT_S)
         self.handshake_info = Handshake(uid, csrf, info, first)
         self._count("handshakes")
         events: List[Any] = [self.handshake_info]
@@ -912,68 +1033,23 @@ class ClientSession:
         recovery: Optional[Recovery] = None
         if error is None and sub is not None and isinstance(data, dict):
             top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
+            top = _offset_of(top) or 0  # a malformed offset: count from 0
             recovered = data.get(p.K_RECOVERED)
             if since is not None and isinstance(recovered, bool):
                 recovery = Recovery(channel_id, recovered, data.get(p.K_REASON),
-                                    int(top or 0), str(epoch),
+                                    top, str(epoch),
                                     {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch})
                 if not recovered:
                     self._count("recovery_failures")
             if recovered is not True and (sub.epoch != epoch or recovered is False):
                 # a fresh start (no since, or nothing recovered): live messages follow TOP
                 sub.epoch = epoch if isinstance(epoch, str) else None
-                sub.last_offset = int(top or 0)
+                sub.last_offset = top
             sub.since = None
         elif error is not None and sub is not None:
             self._subs.pop(channel_id, None)
         return Received([Subscribed(channel_id, data, error, recovery),
                          ReplyArrived(waiter, data, error)], [])
-
-    def _subscribed_notice(self, data: Any) -> Received:
-        """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
-        broker lost messages of a held channel (``recovered: false``; PROTOCOL 9).
-        Live messages continue after ``offset`` in ``epoch``."""
-        if not isinstance(data, dict) or not isinstance(data.get(p.K_RECOVERED), bool):
-            return _NOTHING
-        channel_id = data.get(p.K_CHANNEL)
-        sub = self._subs.get(channel_id) if isinstance(channel_id, str) else None
-        top, epoch = data.get(p.K_OFFSET), data.get(p.K_EPOCH)
-        if sub is None or not isinstance(top, int) or not isinstance(epoch, str):
-            return _NOTHING
-        assert isinstance(channel_id, str)
-        since = ({p.K_OFFSET: sub.last_offset, p.K_EPOCH: sub.epoch} if sub.epoch is not None
-                 else None)
-        recovered = data[p.K_RECOVERED]
-        recovery = Recovery(channel_id, recovered, data.get(p.K_REASON), top, epoch, since)
-        if not recovered:
-            self._count("recovery_failures")
-            sub.epoch, sub.last_offset = epoch, top
-        return Received([Subscribed(channel_id, data, None, recovery)], [])
-
-    def _channel_msg(self, data: Any) -> Received:
-        try:
-            msg = ChannelMessage(data[p.K_CHANNEL], data.get(p.K_DATA), data.get(p.K_FROM),
-                                 int(data[p.K_OFFSET]), str(data[p.K_EPOCH]),
-                                 tracing.valid(data.get(tracing.TRACEPARENT)))
-        except (TypeError, KeyError, ValueError, AttributeError):
-            self._count("bad_frames_from_server")
-            log.warning("malformed channel message: %s", safe(repr(data)))
-            return _NOTHING
-        sub = self._subs.get(msg.channel_id)
-        if sub is None:
-            self._count("unsubscribed_channel_msgs")
-            return _NOTHING
-        if sub.epoch == msg.epoch:
-            if msg.offset <= sub.last_offset:
-                self._count("duplicate_channel_msgs")
-                return _NOTHING
-            if msg.offset > sub.last_offset + 1:
-                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
-        sub.epoch = msg.epoch
-        sub.last_offset = msg.offset
-        self._count("channel_msgs")
-        return Received([msg], [])
-
 
 
 def __getattr__(name: str) -> Any:

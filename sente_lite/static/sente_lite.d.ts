@@ -118,7 +118,8 @@ export class Client {
 
   /** fn(status) on every change; returns a function that removes fn. */
   onStatus(fn: (status: Status) => void): () => void;
-  /** fn(answer) after each re-subscribe that follows a reconnect. */
+  /** fn(answer) after each re-subscribe that follows a reconnect, and for each sente-lite/subscribed
+   *  notice the server sends by itself (recovered false: messages were lost; live ones continue after offset). */
   onResubscribe(fn: (answer: Subscribed) => void): () => void;
   /** true once connected; false on timeout (default 5000 ms) or close; rejects with ConnectRefused. */
   waitConnected(timeoutMs?: number): Promise<boolean>;

@@ -353,6 +353,28 @@ var SenteLite = (function () {
     return value;
   }
 
+  /**
+   * True when the JSON text nests arrays and objects deeper than maxDepth (brackets inside
+   * strings do not count), checked before parsing as the server does (protocol section 2).
+   */
+  function jsonNestsDeeper(text, maxDepth) {
+    if (text.length <= maxDepth) { return false; }  // too short to open maxDepth + 1 levels
+    var depth = 0, inString = false;
+    for (var i = 0, n = text.length; i < n; i++) {
+      var c = text.charCodeAt(i);
+      if (inString) {
+        if (c === 0x5c) { i++; } else if (c === 0x22) { inString = false; }
+      } else if (c === 0x22) {
+        inString = true;
+      } else if (c === 0x5b || c === 0x7b) {
+        if (++depth > maxDepth) { return true; }
+      } else if (c === 0x5d || c === 0x7d) {
+        depth--;
+      }
+    }
+    return false;
+  }
+
   /** Position of the next n bytes of r, consumed. */
   function mpTake(r, n) {
     var p = r.pos;
@@ -636,7 +658,9 @@ var SenteLite = (function () {
 
   /**
    * Call fn({channelId, offset, epoch, recovered, reason}) after each re-subscribe that
-   * follows a reconnect. Returns a function that removes fn.
+   * follows a reconnect, and for each sente-lite/subscribed the server sends by itself
+   * (recovered false: messages after the last one seen are lost for good). Returns a
+   * function that removes fn.
    */
   Client.prototype.onResubscribe = function (fn) {
     var hooks = this._resubscribeHooks;
@@ -843,10 +867,10 @@ var SenteLite = (function () {
       sub.inFlight = false;
       var answer = {
         channelId: channelId,
-        offset: reply && typeof reply.offset === "number" ? reply.offset : 0,
+        offset: reply && Number.isInteger(reply.offset) ? reply.offset : 0,
         epoch: reply ? reply.epoch : null
       };
-      if (reply && reply.recovered !== undefined) { answer.recovered = reply.recovered; }
+      if (reply && typeof reply.recovered === "boolean") { answer.recovered = reply.recovered; }
       if (reply && reply.reason !== undefined) { answer.reason = reply.reason; }
       // Recovered: the server replays from sub.lastOffset + 1, keep it. Otherwise live
       // messages start after the answer's offset (a new epoch restarts the count).
@@ -856,11 +880,7 @@ var SenteLite = (function () {
       }
       sub.answer = answer;
       self._settleSub(sub, null, answer);
-      if (isResubscribe) {
-        self._resubscribeHooks.slice().forEach(function (fn) {
-          try { fn(answer); } catch (e) { self._error("resubscribe hook threw", e); }
-        });
-      }
+      if (isResubscribe) { self._callResubscribeHooks(answer); }
     }, function (err) {
       if (self._subs.get(channelId) !== sub) { return; }
       sub.inFlight = false;
@@ -1152,13 +1172,16 @@ var SenteLite = (function () {
         try { frame = mpDecode(raw, this._maxDepth); } catch (e) { problem = e.message; }
       }
     } else if (typeof raw === "string") {
-      try { frame = JSON.parse(raw); } catch (e) { frame = null; }
-    } else if (raw && typeof raw.toString === "function" && typeof Buffer !== "undefined" && Buffer.isBuffer(raw)) {
-      try { frame = JSON.parse(raw.toString("utf8")); } catch (e) { frame = null; }  // `ws` < 8 in Node
+      if (jsonNestsDeeper(raw, this._maxDepth)) {
+        problem = "frame nests deeper than " + this._maxDepth + " levels";
+      } else {
+        try { frame = JSON.parse(raw); } catch (e) { frame = null; }
+      }
+    } else {
+      problem = "a binary frame on a JSON connection";  // protocol section 10
     }
     if (!isFrame(frame)) {
-      this._badFrame(problem || (typeof raw === "string" ? raw.slice(0, 200) :
-                                 frame !== null ? "not [event-id, data?, cb-id?]" : typeof raw));
+      this._badFrame(problem || (typeof raw === "string" ? raw.slice(0, 200) : "not [event-id, data?, cb-id?]"));
       return;
     }
     if (frame[0] === EV_BATCH) { this._onBatch(ws, frame[1]); return; }
@@ -1188,7 +1211,8 @@ var SenteLite = (function () {
         this._write(cbId ? encode(EV_REPLY, null, cbId, this._binary) :
                     this._binary ? mpEncode([EV_PONG]) : JSON.stringify([EV_PONG]), null);
         return;
-      case EV_PONG: case EV_SUBSCRIBED: case EV_UNSUBSCRIBED: return;
+      case EV_SUBSCRIBED: this._onSubscribedNotice(data); return;
+      case EV_PONG: case EV_UNSUBSCRIBED: return;
       case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
     }
     if (isReserved(eventId)) {
@@ -1259,7 +1283,7 @@ var SenteLite = (function () {
 
   Client.prototype._onChannelMsg = function (data) {
     if (!data || typeof data !== "object" || typeof data["channel-id"] !== "string" ||
-        typeof data.offset !== "number" || typeof data.epoch !== "string") {
+        !Number.isInteger(data.offset) || typeof data.epoch !== "string") {
       this._stats.badFramesFromServer++;
       this._warn("malformed channel message:", JSON.stringify(data));
       return;
@@ -1285,6 +1309,32 @@ var SenteLite = (function () {
         this._error("channel handler for " + JSON.stringify(channelId) + " threw", e);
       }
     }
+  };
+
+  /**
+   * A sente-lite/subscribed the server sent by itself (protocol section 9): its broker lost
+   * messages of a channel held here (recovered false, with a reason). Live messages continue
+   * after its offset in its epoch; the onResubscribe hooks are told.
+   */
+  Client.prototype._onSubscribedNotice = function (data) {
+    if (!data || typeof data !== "object" || typeof data.recovered !== "boolean") { return; }
+    var channelId = data["channel-id"];
+    var sub = typeof channelId === "string" ? this._subs.get(channelId) : undefined;
+    if (!sub || !Number.isInteger(data.offset) || typeof data.epoch !== "string") { return; }
+    var answer = { channelId: channelId, offset: data.offset, epoch: data.epoch, recovered: data.recovered };
+    if (data.reason !== undefined) { answer.reason = data.reason; }
+    if (!data.recovered) {
+      sub.epoch = data.epoch;
+      sub.lastOffset = data.offset;
+    }
+    this._callResubscribeHooks(answer);
+  };
+
+  Client.prototype._callResubscribeHooks = function (answer) {
+    var self = this;
+    this._resubscribeHooks.slice().forEach(function (fn) {
+      try { fn(answer); } catch (e) { self._error("resubscribe hook threw", e); }
+    });
   };
 
   Client.prototype._onEvent = function (eventId, data, cbId) {
