@@ -316,7 +316,12 @@ def test_publish_ids_are_unique_per_client_and_kept_after_the_caller_gives_up() 
         cb_id, frame = client.publish("ch", None, False, object(), 0.0)
         ids.add(json.loads(frame)[1]["id"])
         client.forget(cb_id)  # a caller that timed out: the publish stays queued
-    assert ids == {f"c9:{n}" for n in range(1, 6)} and client.unacked() == 5
+    assert len(ids) == 5 and client.unacked() == 5
+    prefixes = {i.rsplit(":", 1)[0] for i in ids}
+    assert len(prefixes) == 1 and "c9" not in prefixes.pop()  # not guessable from the client-id
+    other = ss.ClientSession("c9")  # the same client-id elsewhere: other ids
+    _, frame = other.publish("ch", None, False, None, 0.0)
+    assert json.loads(frame)[1]["id"] not in ids
 
 
 def test_lost_connection_fails_sent_requests_but_keeps_publishes() -> None:
@@ -334,7 +339,7 @@ def test_lost_connection_fails_sent_requests_but_keeps_publishes() -> None:
 def test_dedup_window_and_id_count_limit() -> None:
     now = [0.0]
     counters = Counters()
-    reg = ChannelRegistry("e", history_ttl_s=5.0, publish_dedup_s=5.0, max_publish_ids_per_channel=2,
+    reg = ChannelRegistry("e", history_ttl_s=5.0, publish_dedup_s=5.0, publish_ids_per_publisher=2,
                           counters=counters, clock=lambda: now[0])
 
     def pub(pid: str) -> object:
