@@ -919,7 +919,8 @@ class ClientSession:
         unacked.resend_at = self.last_recv + min(
             UNKNOWN_RESEND_MAX_S, UNKNOWN_RESEND_BASE_S * 2 ** min(unacked.unknown - 1, 16))
         self._requests.put(cb_id, entry)
-        self._count("publish_outcome_unknown")
+        if error.code == p.ERR_OUTCOME_UNKNOWN:
+            self._count("publish_outcome_unknown")
         return True
 
     def _answer(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
