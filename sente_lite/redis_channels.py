@@ -111,7 +111,7 @@ class ChannelSpace:
     def log_key(self, name: str) -> str:
         return self._chan(name) + ":log"
 
-    def id_key(self, name: str, publisher: Optional[str], publish_id: str) -> str:
+    def id_key(self, name: str, publish_id: str, publisher: Optional[str] = None) -> str:
         """The key remembering ``publish_id`` of ``publisher`` (None: the server) on ``name``."""
         who = "s" if publisher is None else "u" + publisher
         return f"{self._chan(name)}:id:{digest(name, who, publish_id)}"

@@ -158,7 +158,7 @@ class RedisPublisher:
         if entry.publish_id is None:
             ids: Tuple[str, ...] = ("", "", "")
         else:
-            ids = (space.id_key(name, entry.publisher, entry.publish_id),
+            ids = (space.id_key(name, entry.publish_id, entry.publisher),
                    space.publisher_ids_key(entry.publisher), space.all_ids_key())
         return ("EVALSHA", self._link.sha(PUBLISH_SCRIPT), 5, space.meta_key(name),
                 space.log_key(name), *ids, entry.head, space.new_epoch(),

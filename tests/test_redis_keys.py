@@ -61,7 +61,7 @@ def test_no_two_channels_or_publish_ids_share_a_key() -> None:
                                                   ADVERSARIAL[:12]):
         if not pid:
             continue
-        key = sp.id_key(name, publisher, pid)
+        key = sp.id_key(name, pid, publisher)
         assert owner.setdefault(key, ("id", name, publisher, pid)) == ("id", name, publisher, pid)
     for publisher in [None, "", "u", "s", "u:1", "*", "{x}"]:
         key = sp.publisher_ids_key(publisher)
@@ -75,7 +75,7 @@ def test_keys_of_one_channel_share_one_cluster_slot() -> None:
     sp = space()
     for name in ADVERSARIAL:
         tags = {key[key.index("{"):key.index("}") + 1]
-                for key in (sp.meta_key(name), sp.log_key(name), sp.id_key(name, "u", "1"))}
+                for key in (sp.meta_key(name), sp.log_key(name), sp.id_key(name, "1", "u"))}
         assert len(tags) == 1
 
 
