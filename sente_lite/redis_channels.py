@@ -75,6 +75,16 @@ def digest(*parts: str) -> str:
     return h.hexdigest()[:32]
 
 
+def command_refused(counters: Counters, name: str, what: str,
+                    exc: BaseException) -> BrokerCommandError:
+    """Count and log a command Redis refused (not a lost link) on channel ``name``;
+    returns the error that answers it (``what``: the operation, e.g. "publish on")."""
+    counters.add(Counter.BROKER_COMMAND_ERRORS)
+    log.error("%s channel %s refused by Redis: %s", what, safe(repr(name)), exc)
+    return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel: "
+                              f"{exc}; not done")
+
+
 class ChannelSpace:
     """Where channels live in Redis: key names under ``prefix``, the epochs this
     server makes (``<server_id>.<n>``) and the history limits (see RedisBroker).
@@ -190,17 +200,10 @@ class RedisChannels(MemberIndex):
             if self._link.is_link_error(exc):
                 raise  # the link thread reconnects and runs it again
             self.unsubscribe(member, name)
-            error = self._refused(name, "subscribe to", exc)
+            error = command_refused(self._counters, name, "subscribe to", exc)
             refuse = getattr(announce, "refuse", None)
             if refuse is not None:
                 refuse(error)
-
-    def _refused(self, name: str, what: str, exc: BaseException) -> BrokerCommandError:
-        """Count and log a command Redis refused on channel ``name``; the error to answer."""
-        self._counters.add(Counter.BROKER_COMMAND_ERRORS)
-        log.error("%s channel %s refused by Redis: %s", what, safe(repr(name)), exc)
-        return BrokerCommandError(f"the channel broker (Redis) refused to {what} this "
-                                  f"channel: {exc}")
 
     def _chan(self, name: str) -> _Chan:
         with self._lock:
@@ -331,7 +334,7 @@ class RedisChannels(MemberIndex):
             except self._link.redis_mod.RedisError as exc:
                 if self._link.is_link_error(exc):
                     raise
-                self._refused(ch.name, "catch up", exc)  # this channel alone waits
+                command_refused(self._counters, ch.name, "catch up", exc)  # this channel alone waits
         return len(chans)
 
     def link_down(self) -> None:

@@ -15,9 +15,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from .channels import Published
 from .counters import Counter, Counters
-from .errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
-from .logsafe import safe
-from .redis_channels import ChannelSpace
+from .errors import BrokerUnavailable, PublishOutcomeUnknown
+from .redis_channels import ChannelSpace, command_refused
 from .redis_link import BatchedOp, RedisLink, as_text
 
 log = logging.getLogger("sente_lite.redis")
@@ -194,8 +193,9 @@ class RedisPublisher:
         for entry, result in zip(batch, results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 retry.append(entry)  # Redis restarted: the script never ran
-            elif isinstance(result, Exception):
-                self.finish(entry, self._refused(entry.channel, result))
+            elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
+                self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
+                                                   result))
             else:
                 self.finish(entry, self._published(entry.channel, result))
         if retry:
@@ -208,13 +208,6 @@ class RedisPublisher:
                     self.finish(entry, self._unavailable())  # the script never ran
                 return
             self.run_publishes(retry)
-
-    def _refused(self, name: str, exc: Exception) -> BrokerCommandError:
-        """Redis refused this publish's script (e.g. WRONGTYPE): it failed alone, not made."""
-        self._counters.add(Counter.BROKER_COMMAND_ERRORS)
-        log.error("publish on channel %s refused by Redis: %s", safe(repr(name)), exc)
-        return BrokerCommandError(f"the channel broker (Redis) refused the publish on this "
-                                  f"channel: {exc}; not published")
 
     def _published(self, name: str, result: List[Any]) -> Published:
         duplicate, offset, epoch, receivers, evicted = result

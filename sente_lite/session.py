@@ -654,6 +654,20 @@ class _Unacked:
     resend_at: float = 0.0  # when it is due again (after an outcome-unknown answer)
 
 
+def _kept_for_resend(unacked: Optional[_Unacked], error: RemoteError, now: float) -> bool:
+    """Keep a publish whose outcome the server could not know (``outcome-unknown``, or
+    ``unavailable`` after that: still unknown) for a resend with its id, after a backoff.
+    True when kept."""
+    if unacked is None or not (error.code == p.ERR_OUTCOME_UNKNOWN or (
+            unacked.unknown and error.code == p.ERR_UNAVAILABLE)):
+        return False
+    unacked.unknown += 1
+    unacked.sent_on = 0
+    unacked.resend_at = now + min(UNKNOWN_RESEND_MAX_S,
+                                  UNKNOWN_RESEND_BASE_S * 2 ** min(unacked.unknown - 1, 16))
+    return True
+
+
 _SUBSCRIBE_KIND = "subscribe"
 _PUBLISH_KIND = "publish"
 
@@ -906,23 +920,6 @@ class ClientSession:
             self._unacked[cb].sent_on = -1  # handed to the writer (mark_sent sets the connection)
         return due
 
-    def _unknown_outcome(self, cb_id: str, entry: Tuple[Waiter, str, float],
-                         error: RemoteError) -> bool:
-        """Keep a publish whose outcome the server could not know (``outcome-unknown``,
-        or ``unavailable`` after that: still unknown) for a resend with its id. True when kept."""
-        unacked = self._unacked.get(cb_id)
-        if unacked is None or not (error.code == p.ERR_OUTCOME_UNKNOWN or (
-                unacked.unknown and error.code == p.ERR_UNAVAILABLE)):
-            return False
-        unacked.unknown += 1
-        unacked.sent_on = 0
-        unacked.resend_at = self.last_recv + min(
-            UNKNOWN_RESEND_MAX_S, UNKNOWN_RESEND_BASE_S * 2 ** min(unacked.unknown - 1, 16))
-        self._requests.put(cb_id, entry)
-        if error.code == p.ERR_OUTCOME_UNKNOWN:
-            self._count("publish_outcome_unknown")
-        return True
-
     def _answer(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
         error = p.remote_error(data) if event == p.EV_ERROR else None
         if cb_id is None:
@@ -939,8 +936,12 @@ class ClientSession:
         if kind is None:
             return Received([ReplyArrived(waiter, data, error)], [])
         if kind[0] == _PUBLISH_KIND:
-            if error is not None and self._unknown_outcome(cb_id, entry, error):
+            if error is not None and _kept_for_resend(self._unacked.get(cb_id), error,
+                                                      self.last_recv):
+                self._requests.put(cb_id, entry)  # the caller keeps waiting
                 self._kinds[cb_id] = kind
+                if error.code == p.ERR_OUTCOME_UNKNOWN:
+                    self._count("publish_outcome_unknown")
                 return _NOTHING
             self._unacked.pop(cb_id, None)
             if error is not None:
