@@ -80,9 +80,10 @@ def command_refused(counters: Counters, name: str, what: str,
     """Count and log a command Redis refused (not a lost link) on channel ``name``;
     returns the error that answers it (``what``: the operation, e.g. "publish on")."""
     counters.add(Counter.BROKER_COMMAND_ERRORS)
-    log.error("%s channel %s refused by Redis: %s", what, safe(repr(name)), exc)
-    return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel: "
-                              f"{exc}; not done")
+    answer = f"{type(exc).__name__}: {exc}"
+    log.error("%s channel %s refused by Redis: %s", what, safe(repr(name)), answer)
+    return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel "
+                              f"({answer}); not done")
 
 
 class ChannelSpace:

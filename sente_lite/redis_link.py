@@ -193,11 +193,14 @@ class RedisLink:
             return self.redis.execute_command("EVAL", script, *args)
 
     def is_link_error(self, exc: BaseException) -> bool:
-        """True when ``exc`` means the link is lost (connection or timeout); False for an
-        error Redis answered to one command (WRONGTYPE, OOM, a script error...), which
-        fails that operation alone."""
+        """True when ``exc`` means the link is lost (connection or timeout, or a Redis that
+        is no primary); False for an error Redis answered to one command (WRONGTYPE, OOM,
+        a script error...), which fails that operation alone."""
         errors = self.redis_mod.exceptions
-        return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError))
+        # READONLY / MASTERDOWN: this Redis is (now) a replica, or lost its primary: reconnect
+        replica = tuple(getattr(errors, name) for name in ("ReadOnlyError", "MasterDownError")
+                        if hasattr(errors, name))
+        return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError) + replica)
 
     # -- the broker thread -----------------------------------------------------------
     def submit(self, op: Any) -> None:

@@ -193,6 +193,9 @@ class RedisPublisher:
         for entry, result in zip(batch, results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 retry.append(entry)  # Redis restarted: the script never ran
+            elif isinstance(result, Exception) and link.is_link_error(result):
+                link.lost(result)  # READONLY: a replica refused it before any write
+                self.finish(entry, self._unavailable())
             elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
                 self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
                                                    result))

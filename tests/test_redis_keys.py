@@ -185,3 +185,55 @@ def test_history_expires_with_history_ttl_not_the_channel_ttl(
     reply = make_client(srv.url).subscribe("h", Recorder(), since={"offset": 0, "epoch": epoch})
     assert reply is not None and (reply["recovered"], reply["reason"]) == (False, "history-expired")
     assert srv.publish("h", 2).offset == 2 and srv.publish("h", 3).epoch == epoch
+
+
+def test_redis_out_of_memory_fails_publishes_alone_and_they_work_again(
+        redis_srv: RedisServer, direct: Any, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    srv = make_server(broker=redis_srv.url)
+    wait_until(lambda: srv.channels.healthy, what="link up")
+    rec = Recorder()
+    sub = make_client(srv.url)
+    sub.subscribe("m", rec)
+    pub = make_client(srv.url)
+    pub.publish("m", "before", ack=True)
+    direct.config_set("maxmemory", "1")  # every write is refused: OOM
+    try:
+        for _ in range(2):
+            with pytest.raises(RemoteError) as err:
+                pub.publish("m", "refused", ack=True)
+            assert err.value.code == p.ERR_BROKER_ERROR and "maxmemory" in str(err.value)
+        assert health(srv)[0] == 200 and srv.stats()["broker_outages"] == 0
+    finally:
+        direct.config_set("maxmemory", "0")
+    pub.publish("m", "after", ack=True)
+    assert [m.data for m in rec.wait_count(2)] == ["before", "after"]
+    assert srv.stats()["broker_command_errors"] >= 2
+
+
+def test_a_read_only_redis_counts_as_a_lost_link(
+        redis_srv: RedisServer, direct: Any, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    # a primary that became a replica refuses writes: reconnect (a failover proxy may lead
+    # to the new primary), and the publish was not made: unavailable
+    srv = make_server(broker=redis_srv.url)
+    wait_until(lambda: srv.channels.healthy, what="link up")
+    pub = make_client(srv.url)
+    pub.publish("r", 1, ack=True)
+    direct.replicaof("127.0.0.1", "1")  # a primary that does not exist: read-only from now
+    try:
+        with pytest.raises(RemoteError) as err:
+            pub.publish("r", 2, ack=True)
+        assert err.value.code in (p.ERR_UNAVAILABLE,)
+        assert srv.stats()["broker_outages"] >= 1
+    finally:
+        direct.replicaof("no", "one")
+    wait_until(lambda: srv.channels.healthy, what="link back")
+    wait_until(lambda: _published(pub), what="publishes again")
+
+
+def _published(pub: Client) -> bool:
+    try:
+        return bool(pub.publish("r", 3, ack=True))
+    except RemoteError:
+        return False
