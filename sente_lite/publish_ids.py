@@ -24,7 +24,7 @@ DEFAULT_PUBLISH_IDS_PER_PUBLISHER = 10_000
 #: Publish ids remembered in total; the oldest are forgotten early (counted).
 DEFAULT_PUBLISH_IDS_MAX = 200_000
 
-_Key = Tuple[str, str, str]  # (publisher, channel, publish id)
+_Key = Tuple[Optional[str], str, str]  # (publisher (None: the server), channel, publish id)
 
 
 def validate_id_bounds(per_publisher: int, max_ids: int) -> None:
@@ -53,7 +53,7 @@ class PublishIds:
         self._lock = threading.Lock()
         # key -> (epoch, offset, delivered, time), oldest first
         self._all: "OrderedDict[_Key, Tuple[str, int, int, float]]" = OrderedDict()
-        self._by_publisher: Dict[str, "OrderedDict[_Key, None]"] = {}
+        self._by_publisher: Dict[Optional[str], "OrderedDict[_Key, None]"] = {}
 
     def __len__(self) -> int:
         return len(self._all)
@@ -62,7 +62,7 @@ class PublishIds:
               publish_id: str) -> Optional[Tuple[int, int]]:
         """(offset, delivered) of the publish that first had ``publish_id`` from
         ``publisher`` on ``channel`` in ``epoch``, within the window; else None."""
-        key = (publisher or "", channel, publish_id)
+        key = (publisher, channel, publish_id)
         with self._lock:
             self._expire(self._clock())
             entry = self._all.get(key)
@@ -73,8 +73,7 @@ class PublishIds:
     def remember(self, publisher: Optional[str], channel: str, epoch: str, publish_id: str,
                  offset: int, delivered: int) -> None:
         """Remember an accepted publish; forget the oldest ids past the bounds (counted)."""
-        pub = publisher or ""
-        key = (pub, channel, publish_id)
+        key = (publisher, channel, publish_id)
         evicted = 0
         with self._lock:
             now = self._clock()
@@ -82,7 +81,7 @@ class PublishIds:
             if key in self._all:
                 self._forget(key)
             self._all[key] = (epoch, offset, delivered, now)
-            mine = self._by_publisher.setdefault(pub, OrderedDict())
+            mine = self._by_publisher.setdefault(publisher, OrderedDict())
             mine[key] = None
             while len(mine) > self.per_publisher:
                 self._forget(next(iter(mine)))

@@ -184,6 +184,9 @@ def test_the_window_forgets_ids(make_server: Callable[..., Server]) -> None:
     assert ids.first("u", "ch", "e1", "k") == (1, 0)
     assert ids.first("u", "ch", "e2", "k") is None  # another epoch: the channel restarted
     assert ids.first("v", "ch", "e1", "k") is None and ids.first(None, "ch", "e1", "k") is None
+    assert ids.first("", "ch", "e1", "k") is None  # "" is a publisher, not the server (None)
+    ids.remember(None, "ch", "e1", "k", 2, 0)
+    assert ids.first(None, "ch", "e1", "k") == (2, 0) and ids.first("", "ch", "e1", "k") is None
     now[0] = 5.5
     assert ids.first("u", "ch", "e1", "k") is None and len(ids) == 0
     assert WAIT_S > 0

@@ -18,10 +18,6 @@ from support import WAIT_S, Recorder, wait_until
 
 pytest.importorskip("redis", reason="redis-py is not installed")
 
-#: Seconds redis-server stays stopped: past the broker's command and link timeouts (2 s).
-STALL_S = 3.5
-
-
 @pytest.fixture
 def redis_srv() -> Iterator[RedisServer]:
     require_redis_server()
@@ -30,16 +26,18 @@ def redis_srv() -> Iterator[RedisServer]:
 
 
 def stall(redis_srv: RedisServer, srv: Server, answered: Callable[[], int]) -> None:
-    """Stop redis-server mid-traffic until the link is down and a publish was refused,
-    then resume it and wait for the link and for more publishes."""
+    """Stop redis-server mid-traffic until the link is down, a publish in flight was
+    answered and more were refused; then resume it and wait for the link and for more
+    publishes."""
     wait_until(lambda: answered() > 40, what="publishes before the stall")
     redis_srv.pause()
     try:
         wait_until(lambda: not srv.channels.healthy, what="the link down")
+        # publishes sent before the link was seen down wait out the command timeout
+        wait_until(lambda: srv.stats()["outcome_unknown_publishes"] > 0,
+                   what="an in-flight publish answered")
         before = answered()
         wait_until(lambda: answered() > before + 5, what="publishes answered during the stall")
-        stopped = threading.Event()
-        stopped.wait(STALL_S - 2.0)  # a stall longer than the timeouts (no event to wait on)
     finally:
         redis_srv.resume()
     wait_until(lambda: srv.channels.healthy, what="the link back")
