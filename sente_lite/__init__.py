@@ -6,8 +6,9 @@ channels with offsets) over WebSocket, for threaded Python programs.
 
 from .channels import Published, Since
 from .client import ChannelMessage, Client, Recovery
-from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
-                     FrameError, LimitExceeded, PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
+from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, ConnectRefused,
+                     Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
+                     PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .server import Connection, Server
 

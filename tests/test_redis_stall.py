@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, Iterator, List
 
 import pytest
 
-from sente_lite import Client, RemoteError, Server
+from sente_lite import Client, RemoteError, RequestTimeout, Server
 from sente_lite import protocol as p
 from sente_lite.testing.redis_server import RedisServer, require_redis_server
 from support import WAIT_S, Recorder, wait_until
@@ -112,6 +112,7 @@ def test_python_client_resends_outcome_unknown_publishes_exactly_once(
     make_client(srv.url).subscribe("s", rec)
     acked: List[str] = []
     refused: List[str] = []
+    codes: List[str] = []
     lock = threading.Lock()
     stop = threading.Event()
     clients = [make_client(srv.url, client_id=f"py-{n}") for n in range(4)]
@@ -121,14 +122,16 @@ def test_python_client_resends_outcome_unknown_publishes_exactly_once(
             if stop.is_set():
                 return
             data = f"{n}-{k}"
-            try:
-                clients[n].publish("s", data, ack=True, timeout=3 * WAIT_S)
+            try:  # a caller that stops waiting does not cancel the publish
+                clients[n].publish("s", data, ack=True, timeout=1.0)
                 with lock:
                     acked.append(data)
+            except RequestTimeout:
+                pass
             except RemoteError as exc:
-                assert exc.code == p.ERR_UNAVAILABLE, exc.code  # never outcome-unknown
                 with lock:
                     refused.append(data)
+                    codes.append(exc.code)
 
     threads = [threading.Thread(target=publish_loop, args=(n,)) for n in range(4)]
     for t in threads:
@@ -138,14 +141,15 @@ def test_python_client_resends_outcome_unknown_publishes_exactly_once(
     finally:
         stop.set()
         for t in threads:
-            t.join(3 * WAIT_S)
+            t.join(WAIT_S)
+    wait_until(lambda: all(c.stats()["unacked_publishes"] == 0 for c in clients),
+               what="every outbox settled")
     got = collections.Counter(delivered_data(srv, rec))
-    assert max(got.values()) == 1
+    assert max(got.values()) == 1  # nothing twice, resends included
+    assert set(codes) == {p.ERR_UNAVAILABLE}  # never outcome-unknown: the client resends those
     assert [d for d in acked if got[d] != 1] == []
     assert [d for d in refused if got[d]] == []
-    assert refused, "the stall refused no publish"
     unknown = sum(c.stats().get("publish_outcome_unknown", 0) for c in clients)
     assert unknown >= 1, "no publish was in flight when the link failed"
-    assert sum(c.stats().get("publishes_resent", 0) for c in clients) >= 1
-    assert all(c.stats()["unacked_publishes"] == 0 for c in clients)
     assert srv.stats()["outcome_unknown_publishes"] == unknown
+    assert sum(c.stats().get("publishes_resent", 0) for c in clients) >= unknown
