@@ -107,6 +107,32 @@ def test_publish_ids_cannot_overwrite_another_channels_keys(
     assert srv.stats()["broker_outages"] == 0 and srv.stats()["broker_command_errors"] == 0
 
 
+def test_adversarial_channels_and_ids_each_keep_their_own_offsets(
+        redis_srv: RedisServer, direct: Any, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    srv = make_server(broker=redis_srv.url)
+    wait_until(lambda: srv.channels.healthy, what="link up")
+    names = [n for n in ADVERSARIAL if not p.channel_id_problem(n)] + ["y" * 256]
+    recs = {name: Recorder() for name in names}
+    sub = make_client(srv.url)
+    for name in names:
+        sub.subscribe(name, recs[name])
+    pub = make_client(srv.url)
+    for round_ in range(2):
+        for name in names:  # every channel gets every other channel's name as a publish id
+            for pid in names[:8]:
+                reply = pub.request(p.EV_PUBLISH, {p.K_CHANNEL: name, p.K_DATA: [name, pid],
+                                                   p.K_ID: pid[:128]})
+                assert reply.get("duplicate", False) is bool(round_), (name, pid, reply)
+    for name in names:
+        msgs = recs[name].wait_count(8)
+        assert [m.offset for m in msgs] == list(range(1, 9))
+        assert all(m.data[0] == name for m in msgs)
+    assert srv.stats()["broker_command_errors"] == 0 and srv.stats()["broker_outages"] == 0
+    for key in direct.scan_iter(count=1000):  # no key carries a client's string
+        assert key.isascii() and b"x:meta" not in key and b"yyy" not in key
+
+
 @pytest.mark.parametrize("spoil", ["meta", "log"])
 def test_a_key_of_the_wrong_type_fails_only_its_channel(
         redis_srv: RedisServer, direct: Any, make_server: Callable[..., Server],
