@@ -6,8 +6,9 @@ channels with offsets) over WebSocket, for threaded Python programs.
 
 from .channels import Published, Since
 from .client import ChannelMessage, Client, Recovery
-from .errors import (BrokerUnavailable, ClientClosed, ConnectRefused, Disconnected, DiscoveryTimeout, EncodeError,
-                     FrameError, LimitExceeded, RemoteError, RequestTimeout, SendQueueFull,
+from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, ConnectRefused,
+                     Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
+                     PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .server import Connection, Server
 
@@ -17,6 +18,6 @@ __all__ = [
     "Server", "Connection", "Client", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
-    "LimitExceeded", "BrokerUnavailable",
+    "LimitExceeded", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
     "__version__",
 ]

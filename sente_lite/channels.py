@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Hashable, List, NamedTuple, Optional, Set, Tuple
 
 from .counters import Counter, Counters
+from .publish_ids import (DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                          PublishIds)
 
 log = logging.getLogger("sente_lite.channels")
 
@@ -40,10 +42,8 @@ DEFAULT_MAX_IDLE_CHANNELS = 10_000
 DEFAULT_HISTORY_SIZE = 1000
 #: Seconds a message stays in its channel's history.
 DEFAULT_HISTORY_TTL_S = 300.0
-#: Seconds a publish id is remembered per channel (at least ``history_ttl_s``).
+#: Seconds a publish id is remembered (at least ``history_ttl_s``).
 DEFAULT_PUBLISH_DEDUP_S = 300.0
-#: Publish ids remembered per channel; older ones are forgotten early (counted).
-DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL = 10_000
 #: Why a subscribe with ``since`` was not recovered (PROTOCOL 9).
 REASON_EPOCH_CHANGED = "epoch-changed"
 REASON_HISTORY_EXPIRED = "history-expired"
@@ -60,19 +60,19 @@ class _Channel:
     pending: Deque["_Publish"] = field(default_factory=collections.deque)  # for the lock's holder
     # (offset, built frame, monotonic time), oldest first; under ``lock``
     history: Deque[Tuple[int, Any, float]] = field(default_factory=collections.deque)
-    # publish id -> (offset, delivered, monotonic time), oldest first; under ``lock``
-    ids: "OrderedDict[str, Tuple[int, int, float]]" = field(default_factory=OrderedDict)
 
 
 class _Publish:
     """One publish waiting for (or run by) the thread holding its channel's lock."""
 
-    __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished", "publish_id")
+    __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished", "publish_id",
+                 "publisher")
 
     def __init__(self, make_frame: Callable[[int, str], Any], deliver: Callable[[Hashable, Any], bool],
                  exclude: Optional[Hashable], done: Optional[Callable[[Any], None]],
-                 publish_id: Optional[str] = None) -> None:
+                 publish_id: Optional[str] = None, publisher: Optional[str] = None) -> None:
         self.publish_id = publish_id
+        self.publisher = publisher
         self.make_frame = make_frame
         self.deliver = deliver
         self.exclude = exclude
@@ -124,8 +124,10 @@ class History:
     how long, and whether a subscriber's ``since`` can be recovered. Callers hold
     the channel's lock."""
 
-    def __init__(self, size: int, ttl_s: float, dedup_s: float, max_ids: int,
-                 counters: Counters, clock: Callable[[], float]) -> None:
+    def __init__(self, size: int, ttl_s: float, dedup_s: float, counters: Counters,
+                 clock: Callable[[], float],
+                 ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                 ids_max: int = DEFAULT_PUBLISH_IDS_MAX) -> None:
         if not isinstance(size, int) or size < 0:
             raise ValueError(f"history_size must be an int >= 0 (0: off), got {size!r}")
         if not ttl_s > 0:
@@ -133,14 +135,12 @@ class History:
         if not dedup_s >= ttl_s:
             raise ValueError(f"publish_dedup_s ({dedup_s!r}) must be at least "
                              f"history_ttl_s ({ttl_s!r})")
-        if max_ids < 1:
-            raise ValueError(f"max_publish_ids_per_channel must be >= 1, got {max_ids!r}")
         self.size = size
         self.ttl_s = float(ttl_s)
         self.dedup_s = float(dedup_s)
-        self.max_ids = max_ids
         self.counters = counters
         self.clock = clock
+        self.ids = PublishIds(dedup_s, ids_per_publisher, ids_max, counters, clock)
 
     def recover(self, ch: _Channel, since: Since) -> Tuple[RecoveryResult, List[Any]]:
         """Whether ``since`` can be recovered on ``ch``, and the frames to replay."""
@@ -164,19 +164,18 @@ class History:
         count_recovery(self.counters, result)
         return result, replay
 
-    def first_publish(self, ch: _Channel, publish_id: str) -> Optional[Tuple[int, int]]:
-        """(offset, delivered) of the publish that first had ``publish_id`` on ``ch``
-        within the dedup window (counted as a duplicate), else None."""
-        self.expire(ch, self.clock())
-        first = ch.ids.get(publish_id)
-        if first is None:
-            return None
-        self.counters.add(Counter.DUPLICATE_PUBLISHES)
-        return first[0], first[1]
+    def first_publish(self, ch: _Channel, publisher: Optional[str],
+                      publish_id: str) -> Optional[Tuple[int, int]]:
+        """(offset, delivered) of the publish that first had ``publish_id`` from
+        ``publisher`` on ``ch`` within the dedup window (counted as a duplicate), else None."""
+        first = self.ids.first(publisher, ch.name, ch.epoch, publish_id)
+        if first is not None:
+            self.counters.add(Counter.DUPLICATE_PUBLISHES)
+        return first
 
     def record(self, ch: _Channel, offset: int, frame: Any, publish_id: Optional[str],
-               delivered: int) -> None:
-        """Keep a published message (and its id), within the limits."""
+               delivered: int, publisher: Optional[str] = None) -> None:
+        """Keep a published message (and its publisher's id), within the limits."""
         now = self.clock()
         if self.size:
             history = ch.history
@@ -187,14 +186,10 @@ class History:
             if now - history[0][2] > self.ttl_s:
                 self.expire(ch, now)
         if publish_id is not None:
-            ids = ch.ids
-            ids[publish_id] = (offset, delivered, now)
-            if len(ids) > self.max_ids:
-                ids.popitem(last=False)
-                self.counters.add(Counter.PUBLISH_IDS_EVICTED)
+            self.ids.remember(publisher, ch.name, ch.epoch, publish_id, offset, delivered)
 
     def expire(self, ch: _Channel, now: float) -> None:
-        """Drop history older than ``ttl_s`` and ids older than the dedup window."""
+        """Drop history older than ``ttl_s``."""
         history = ch.history
         if history and now - history[0][2] > self.ttl_s:
             oldest = now - self.ttl_s
@@ -203,11 +198,6 @@ class History:
                 history.popleft()
                 dropped += 1
             self.counters.add(Counter.HISTORY_EVICTED, dropped)
-        ids = ch.ids
-        if ids:
-            oldest = now - self.dedup_s
-            while ids and next(iter(ids.values()))[2] < oldest:
-                ids.popitem(last=False)
 
 
 class MemberIndex:
@@ -248,15 +238,16 @@ class ChannelRegistry(MemberIndex):
                  history_size: int = DEFAULT_HISTORY_SIZE,
                  history_ttl_s: float = DEFAULT_HISTORY_TTL_S,
                  publish_dedup_s: float = DEFAULT_PUBLISH_DEDUP_S,
-                 max_publish_ids_per_channel: int = DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
+                 publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                 publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
                  counters: Optional[Counters] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if max_idle_channels < 1:
             # 0 would evict a channel in the moment it is created, before its first use
             raise ValueError(f"max_idle_channels must be >= 1, got {max_idle_channels}")
         self.history = History(history_size, history_ttl_s, publish_dedup_s,
-                               max_publish_ids_per_channel,
-                               counters if counters is not None else Counters(), clock)
+                               counters if counters is not None else Counters(), clock,
+                               publish_ids_per_publisher, publish_ids_max)
         self._clock = clock
         self._epoch_prefix = epoch_prefix
         self._max_idle = max_idle_channels
@@ -360,6 +351,7 @@ class ChannelRegistry(MemberIndex):
         done: Optional[Callable[[Any], None]] = None,
         wait: bool = True,
         publish_id: Optional[str] = None,
+        publisher: Optional[str] = None,
     ) -> Optional[Published]:
         """Publish one message on ``name``.
 
@@ -373,11 +365,11 @@ class ChannelRegistry(MemberIndex):
         raised); without, a publish that another thread runs returns None at once
         (and one that failed returns None: ``done`` has the exception).
 
-        A ``publish_id`` already accepted on ``name`` within ``publish_dedup_s``
-        is not delivered again: the result is the first one's, with
-        ``duplicate=True``.
+        A ``publish_id`` already accepted from the same ``publisher`` (uid, or
+        None for the server) on ``name`` within ``publish_dedup_s`` is not
+        delivered again: the result is the first one's, with ``duplicate=True``.
         """
-        entry = _Publish(make_frame, deliver, exclude, done, publish_id)
+        entry = _Publish(make_frame, deliver, exclude, done, publish_id, publisher)
         with self._lock:
             ch = self._get_or_create(name)
             if not ch.subscribers:
@@ -419,7 +411,7 @@ class ChannelRegistry(MemberIndex):
             history = self.history
             publish_id = entry.publish_id
             if publish_id is not None:
-                first = history.first_publish(ch, publish_id)
+                first = history.first_publish(ch, entry.publisher, publish_id)
                 if first is not None:
                     entry.result = Published(ch.name, first[0], ch.epoch, first[1], True)
                     self._finish(ch, entry)
@@ -434,7 +426,7 @@ class ChannelRegistry(MemberIndex):
                 if member != exclude and deliver(member, frame):
                     delivered += 1
             if history.size or publish_id is not None:
-                history.record(ch, offset, frame, publish_id, delivered)
+                history.record(ch, offset, frame, publish_id, delivered, entry.publisher)
             entry.result = Published(ch.name, offset, ch.epoch, delivered)
         except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
             entry.result = exc
@@ -472,6 +464,6 @@ class ChannelRegistry(MemberIndex):
         return {"channels": len(channels), "active_channels": active,
                 "subscriptions": subs, "channels_evicted": self.evicted,
                 "history_messages": sum(len(ch.history) for ch in channels),
-                "publish_ids": sum(len(ch.ids) for ch in channels),
+                "publish_ids": len(self.history.ids),
                 "history_size": self.history.size, "history_ttl_s": self.history.ttl_s,
                 "publish_dedup_s": self.history.dedup_s}

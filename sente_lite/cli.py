@@ -17,6 +17,7 @@ from . import limits as lim
 from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
+from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from .server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
                      Server)
 from .tracing import new_traceparent, trace_id
@@ -114,6 +115,12 @@ SERVE_SETTINGS = (
     Setting("--history-ttl-s", "float", DEFAULT_HISTORY_TTL_S, "seconds a message stays in its "
             "channel's history", "history_ttl_s"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
+    Setting("--publish-ids-per-publisher", "int", DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+            "publish ids remembered per publisher for deduplication; its oldest are forgotten "
+            "early beyond (counted: publish_ids_evicted)", "publish_ids_per_publisher"),
+    Setting("--publish-ids-max", "int", DEFAULT_PUBLISH_IDS_MAX,
+            "publish ids remembered in all; the oldest are forgotten early beyond (counted: "
+            "publish_ids_evicted)", "publish_ids_max"),
 )
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")

@@ -137,10 +137,13 @@ class ChannelsMixin:
         (``channel-id``, ``offset``, ``delivered``; ``duplicate`` when an earlier
         send of it had landed) and return it.
 
-        Each publish carries an id (``<client-id>:<n>``) and is kept until the
-        server acknowledges it, which means it is in the channel (and its history);
+        Each publish carries an id (``<random>:<n>``, unguessable) and is kept until
+        the server acknowledges it, which means it is in the channel (and its history);
         if the connection drops first it is sent again, same id, after the
-        reconnect, and the server delivers it once. At most
+        reconnect, and the server delivers it once. A publish answered
+        ``outcome-unknown`` (the server's broker link failed with it in flight) is
+        kept too and resent, same id, with backoff until it is answered for sure
+        (``unavailable`` answers to those resends keep it waiting). At most
         ``max_unacked_publishes`` wait for their ack: one more raises
         :class:`SendQueueFull`. ``traceparent`` (W3C) travels with the message to
         every subscriber and comes back in the acknowledgement. A publish the server refuses (``forbidden``, ...)

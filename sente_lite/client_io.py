@@ -371,6 +371,11 @@ class Roles:
         now = time.monotonic()
         with c._send_lock:
             late = c._session.expire(now)
+            if c._status == CONNECTED and c._ws is not None:
+                for cb_id, frame in c._session.due_resends(now):  # outcome-unknown: same id
+                    if not c._write(frame, cb_id):
+                        break
+                    c._counts["publishes_resent"] += 1
             if c._status != CONNECTED or not c._session.dead(now):
                 ws = None
             else:

@@ -22,7 +22,7 @@ from . import session as ss
 from . import tracing
 from .channels import Published, RecoveryResult
 from .counters import Counter
-from .errors import BrokerUnavailable
+from .errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
 from .front import Identity
 from .logsafe import safe
 from .netloop import DEFER, Link
@@ -37,6 +37,8 @@ log = logging.getLogger("sente_lite.server")
 _SENTE_PREFIX = f'["{p.NS_SENTE}/'
 _CHSK_PREFIX = f'["{p.NS_CHSK}/'
 _PREFIX_LEN = len(_SENTE_PREFIX)
+#: Broker failures answered with their own error code (unavailable, outcome-unknown, broker-error).
+_BROKER_ANSWERS = (BrokerUnavailable, PublishOutcomeUnknown, BrokerCommandError)
 
 
 class ChannelGate:
@@ -248,6 +250,11 @@ class ServerCore:
         def announce(offset: int, epoch: str, recovery: Optional[RecoveryResult]) -> None:
             conn._enqueue(conn._session.subscribed(ev.channel_id, offset, epoch, recovery, ev.cb_id))
 
+        def refuse(exc: BaseException) -> None:  # the broker refused this channel
+            code = exc.code if isinstance(exc, _BROKER_ANSWERS) else p.ERR_HANDLER_ERROR
+            conn._enqueue(conn._session.error(code, str(exc), ev.cb_id, p.EV_SUBSCRIBE))
+
+        announce.refuse = refuse  # type: ignore[attr-defined]
         self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since)
 
     def _publish(self, conn: "Connection", ev: ss.PublishRequest) -> None:
@@ -257,9 +264,8 @@ class ServerCore:
         spans = self.server._spans
 
         def answer(result: Any) -> None:  # on the thread that ran the publish, in channel order
-            if isinstance(result, BrokerUnavailable):  # not published: the client may retry
-                conn._enqueue(conn._session.error(p.ERR_UNAVAILABLE, str(result), cb_id,
-                                                  p.EV_PUBLISH))
+            if isinstance(result, _BROKER_ANSWERS):  # its code says whether it was published
+                conn._enqueue(conn._session.error(result.code, str(result), cb_id, p.EV_PUBLISH))
             elif isinstance(result, BaseException):
                 self.counters.add(Counter.INTERNAL_ERRORS)
                 log.error("internal error publishing on %r (conn %s)", channel, conn.conn_id,

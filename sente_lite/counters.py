@@ -58,7 +58,7 @@ class Counter(str, enum.Enum):
     HEARTBEAT_TIMEOUTS = ("heartbeat_timeouts", LIMIT, "Connections closed (4000) for silence.")
     PUBLISH_IDS_EVICTED = ("publish_ids_evicted", LIMIT,
                            "Publish ids forgotten before their dedup window ended "
-                           "(max_publish_ids_per_channel).")
+                           "(publish_ids_per_publisher, publish_ids_max).")
     HISTORY_EVICTED = ("history_evicted", LIMIT,
                        "Messages dropped from a channel's history (history_size, history_ttl_s).")
     # errors
@@ -72,6 +72,12 @@ class Counter(str, enum.Enum):
     STRAY_REPLIES = ("stray_replies", ERROR, "Replies to no outstanding request.")
     ERRORS_FROM_CLIENTS = ("errors_from_clients", ERROR, "chsk/error frames to no outstanding request.")
     INTERNAL_ERRORS = ("internal_errors", ERROR, "Bugs caught while handling one frame.")
+    BROKER_COMMAND_ERRORS = ("broker_command_errors", ERROR,
+                             "Redis commands refused (WRONGTYPE, OOM, script error): that "
+                             "operation failed (broker-error), the link stayed up.")
+    OUTCOME_UNKNOWN_PUBLISHES = ("outcome_unknown_publishes", ERROR,
+                                 "Publishes in flight when the Redis link failed, answered "
+                                 "outcome-unknown (they may have been published).")
 
 
 #: Counters exported as ``sente_lite_limit_hits_total{limit=...}``.

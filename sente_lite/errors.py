@@ -87,3 +87,19 @@ class BrokerUnavailable(SenteLiteError, ConnectionError):
     """The channel broker (Redis) is unreachable: the publish was not made (code ``unavailable``)."""
 
     code = "unavailable"
+
+
+class PublishOutcomeUnknown(SenteLiteError, ConnectionError):
+    """The link to the channel broker (Redis) failed while the publish was in flight: it
+    may or may not have been published (code ``outcome-unknown``). Resend it with the
+    same publish id once the broker is back: the id makes it count once."""
+
+    code = "outcome-unknown"
+
+
+class BrokerCommandError(SenteLiteError):
+    """The channel broker (Redis) refused the command of this one operation (a key of the
+    wrong type, out of memory, a script error): it was not made (code ``broker-error``).
+    Other channels are not affected; the message says what Redis answered."""
+
+    code = "broker-error"

@@ -45,7 +45,8 @@ class Broker(Protocol):
 
     def publish(self, name: str, make_frame: Callable[[int, str], Any], deliver: Deliver,
                 exclude: Optional[Hashable] = None, done: Optional[Callable[[Any], None]] = None,
-                wait: bool = True, publish_id: Optional[str] = None) -> Optional[Published]: ...
+                wait: bool = True, publish_id: Optional[str] = None,
+                publisher: Optional[str] = None) -> Optional[Published]: ...
 
     def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,
                   since: Optional[Since] = None, deliver: Optional[Deliver] = None,
@@ -234,7 +235,8 @@ class Hub:
                     answer(result)
 
             return self.shared.publish_text(channel, head, exclude, counted,
-                                            wait=answer is None, publish_id=publish_id)
+                                            wait=answer is None, publish_id=publish_id,
+                                            publisher=from_uid)
 
         def done(result: Any) -> None:
             if isinstance(result, Published) and not result.duplicate:
@@ -244,7 +246,8 @@ class Hub:
                 answer(result)
 
         return self.broker.publish(channel, make_frame, self.deliver, exclude, done,
-                                   wait=answer is None, publish_id=publish_id)
+                                   wait=answer is None, publish_id=publish_id,
+                                   publisher=from_uid)
 
     def deliver(self, member: Any, built: Any) -> bool:
         """Hand one built channel frame to connection ``member``."""

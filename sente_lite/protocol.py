@@ -51,6 +51,11 @@ ERR_NO_HANDLER = "no-handler"
 ERR_HANDLER_ERROR = "handler-error"
 #: The server's channel broker is unreachable: the publish was not made (retry later).
 ERR_UNAVAILABLE = "unavailable"
+#: The broker's link failed while the publish was in flight: it may have been published.
+#: Resend it with the same id once the broker is back (the id makes it count once).
+ERR_OUTCOME_UNKNOWN = "outcome-unknown"
+#: The broker refused this one operation (e.g. a Redis key of the wrong type): not made.
+ERR_BROKER_ERROR = "broker-error"
 ERR_TIMEOUT = "timeout"
 ERR_DISCONNECTED = "disconnected"
 

@@ -23,21 +23,25 @@ from its stream, or, when Redis lost the stream, each subscriber is told with a
 from __future__ import annotations
 
 import functools
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple
 
 from .channels import Published, RecoveryResult, Since
-from .counters import Counters
+from .counters import Counter, Counters
 from .redis_channels import (DEFAULT_CHANNEL_TTL_S, MAX_PENDING_PER_CHANNEL, MAX_SUBSCRIBE_TRIES,
                              SYNC_SCRIPT, ChannelSpace, RedisChannels)
 from .redis_link import (DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LINK_CHECK_S,
                          DEFAULT_LINK_TIMEOUT_S, DEFAULT_RECONNECT_BASE_S, DEFAULT_RECONNECT_MAX_S,
                          MAX_DISPATCH_BATCH, MAX_PUBLISH_BATCH, LinkHooks, RedisLink, import_redis)
+from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from .redis_presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .redis_publish import PUBLISH_SCRIPT, RedisPublisher
 
 if TYPE_CHECKING:
     from .hub import Hub
+
+log = logging.getLogger("sente_lite.redis")
 
 #: Prefix of every key and pubsub channel (``Server(broker_prefix=)``; letters, digits, ``_.-:``).
 DEFAULT_PREFIX = "sente-lite"
@@ -96,6 +100,10 @@ class _Hooks(LinkHooks):
     def refresh_due(self) -> None:
         self._broker._presence.changed()
 
+    def command_failed(self, exc: BaseException) -> None:
+        self._broker._counters.add(Counter.BROKER_COMMAND_ERRORS)
+        log.error("a Redis command failed (the link stays up): %s", exc)
+
 
 class RedisBroker:
     """A :class:`~sente_lite.hub.Broker` whose channels live in Redis (see the module).
@@ -134,6 +142,8 @@ class RedisBroker:
 
     def __init__(self, url: str, server_id: Optional[str] = None, *, history_size: int = 1000,
                  history_ttl_s: float = 300.0, publish_dedup_s: float = 300.0,
+                 publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                 publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
                  counters: Optional[Counters] = None, prefix: str = DEFAULT_PREFIX,
                  channel_ttl_s: float = DEFAULT_CHANNEL_TTL_S,
                  connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
@@ -153,8 +163,10 @@ class RedisBroker:
         self.server_id = server_id or uuid.uuid4().hex[:16]  # names its epochs and its presence
         self.prefix = prefix
         counters = counters if counters is not None else Counters()
+        self._counters = counters
         self._space = ChannelSpace(prefix, self.server_id, history_size, history_ttl_s,
-                                   publish_dedup_s, channel_ttl_s)
+                                   publish_dedup_s, channel_ttl_s, publish_ids_per_publisher,
+                                   publish_ids_max)
         user_channel = f"{prefix}:user".encode()
         self._link = RedisLink(
             url, _Hooks(self), patterns=(self._space.msg_prefix + b"*",), channels=(user_channel,),
@@ -200,21 +212,27 @@ class RedisBroker:
     # -- publish ---------------------------------------------------------------------
     def publish(self, name: str, make_frame: Callable[[int, str], Any], deliver: Any,
                 exclude: Optional[Hashable] = None, done: Optional[Callable[[Any], None]] = None,
-                wait: bool = True, publish_id: Optional[str] = None) -> Optional[Published]:
+                wait: bool = True, publish_id: Optional[str] = None,
+                publisher: Optional[str] = None) -> Optional[Published]:
         """Not used: the hub publishes through :meth:`publish_text` (the frame is made in Redis)."""
         raise NotImplementedError("RedisBroker publishes through publish_text")
 
     def publish_text(self, name: str, head: str, exclude: Optional[str],
                      done: Optional[Callable[[Any], None]], wait: bool = True,
-                     publish_id: Optional[str] = None) -> Optional[Published]:
+                     publish_id: Optional[str] = None,
+                     publisher: Optional[str] = None) -> Optional[Published]:
         """Publish the channel message whose text up to its offset is ``head``.
 
         ``done(result)`` gets the :class:`Published` (``delivered``: how many
-        servers received it) or a :class:`BrokerUnavailable`, on the broker's
-        thread (at once, on the caller's, while the link is down). With ``wait``
-        the result is returned (or raised).
+        servers received it), a :class:`BrokerUnavailable` (not published),
+        a :class:`PublishOutcomeUnknown` (maybe published) or a
+        :class:`BrokerCommandError` (Redis refused it: not published), on the
+        broker's thread (at once, on the caller's, while the link is down). With
+        ``wait`` the result is returned (or raised). ``publish_id`` deduplicates
+        against earlier publishes of ``publisher`` (uid; None: the server) only.
         """
-        return self._publisher.publish_text(name, head, exclude, done, wait, publish_id)
+        return self._publisher.publish_text(name, head, exclude, done, wait, publish_id,
+                                            publisher)
 
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Any] = None,

@@ -10,6 +10,7 @@ channel is caught up from its stream (or its subscribers are told it is lost).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import threading
@@ -19,6 +20,10 @@ from . import protocol as p
 from .channels import (REASON_EPOCH_CHANGED, MemberIndex, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
                        RecoveryResult, Since)
 from .counters import Counter, Counters
+from .publish_ids import (DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                          validate_id_bounds)
+from .errors import BrokerCommandError
+from .logsafe import safe
 from .redis_link import RedisLink, as_text
 
 if TYPE_CHECKING:
@@ -60,29 +65,76 @@ return {epoch, top, now, entries}
 """
 
 
+def digest(*parts: str) -> str:
+    """A hex digest naming ``parts`` unambiguously (each is length-prefixed)."""
+    h = hashlib.sha256()
+    for part in parts:
+        raw = part.encode("utf-8", "surrogatepass")
+        h.update(b"%d:" % len(raw))
+        h.update(raw)
+    return h.hexdigest()[:32]
+
+
+def command_refused(counters: Counters, name: str, what: str,
+                    exc: BaseException) -> BrokerCommandError:
+    """Count and log a command Redis refused (not a lost link) on channel ``name``;
+    returns the error that answers it (``what``: the operation, e.g. "publish on")."""
+    counters.add(Counter.BROKER_COMMAND_ERRORS)
+    answer = f"{type(exc).__name__}: {exc}"
+    log.error("%s channel %s refused by Redis: %s", what, safe(repr(name)), answer)
+    return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel "
+                              f"({answer}); not done")
+
+
 class ChannelSpace:
     """Where channels live in Redis: key names under ``prefix``, the epochs this
-    server makes (``<server_id>.<n>``) and the history limits (see RedisBroker)."""
+    server makes (``<server_id>.<n>``) and the history limits (see RedisBroker).
+
+    Key names never contain a client's string: a channel's keys are
+    ``<prefix>:ch:{<digest of the channel>}:meta|log``, a publish id's
+    ``<prefix>:ch:{<digest of the channel>}:id:<digest of publisher, id>``, so no
+    channel or publish id can name another's key. The ``{...}`` hash tag keeps a
+    channel's keys in one Redis Cluster slot.
+    """
 
     def __init__(self, prefix: str, server_id: str, history_size: int, history_ttl_s: float,
-                 publish_dedup_s: float, channel_ttl_s: float) -> None:
+                 publish_dedup_s: float, channel_ttl_s: float,
+                 publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+                 publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX) -> None:
+        validate_id_bounds(publish_ids_per_publisher, publish_ids_max)
         self.prefix = prefix
         self.server_id = server_id
         self.history_size = history_size
         self.history_ttl_s = float(history_ttl_s)
         self.publish_dedup_s = float(publish_dedup_s)
         self.channel_ttl_s = channel_ttl_s
+        self.publish_ids_per_publisher = publish_ids_per_publisher
+        self.publish_ids_max = publish_ids_max
         self.msg_prefix = f"{prefix}:msg:".encode()
         self._epoch_seq = itertools.count(1)
 
+    def _chan(self, name: str) -> str:
+        return f"{self.prefix}:ch:{{{digest(name)}}}"
+
     def meta_key(self, name: str) -> str:
-        return f"{self.prefix}:ch:{name}:meta"
+        return self._chan(name) + ":meta"
 
     def log_key(self, name: str) -> str:
-        return f"{self.prefix}:ch:{name}:log"
+        return self._chan(name) + ":log"
 
-    def id_key(self, name: str, publish_id: str) -> str:
-        return f"{self.prefix}:ch:{name}:id:{publish_id}"
+    def id_key(self, name: str, publish_id: str, publisher: Optional[str] = None) -> str:
+        """The key remembering ``publish_id`` of ``publisher`` (None: the server) on ``name``."""
+        who = "s" if publisher is None else "u" + publisher
+        return f"{self._chan(name)}:id:{digest(name, who, publish_id)}"
+
+    def publisher_ids_key(self, publisher: Optional[str]) -> str:
+        """The list of the id keys ``publisher`` made, oldest first (its bound)."""
+        who = "s" if publisher is None else "u" + publisher
+        return f"{self.prefix}:ids:{digest(who)}"
+
+    def all_ids_key(self) -> str:
+        """The list of every id key, oldest first (the total bound)."""
+        return f"{self.prefix}:ids"
 
     def msg_channel(self, name: str) -> bytes:
         return self.msg_prefix + name.encode("utf-8")
@@ -136,8 +188,23 @@ class RedisChannels(MemberIndex):
             names = self._by_member.setdefault(member, {})
             added = name not in names
             names[name] = None
-        self._link.submit(lambda: self._do_subscribe(member, name, announce, since, deliver))
+        self._link.submit(lambda: self._subscribe_op(member, name, announce, since, deliver))
         return 0, "", added, None
+
+    def _subscribe_op(self, member: Hashable, name: str, announce: Any, since: Optional[Since],
+                      deliver: Any) -> None:
+        """:meth:`_do_subscribe`; when Redis refuses a command of this channel the subscribe
+        fails alone: ``announce.refuse(error)`` (when the caller gave one) answers it."""
+        try:
+            self._do_subscribe(member, name, announce, since, deliver)
+        except self._link.redis_mod.RedisError as exc:
+            if self._link.is_link_error(exc):
+                raise  # the link thread reconnects and runs it again
+            self.unsubscribe(member, name)
+            error = command_refused(self._counters, name, "subscribe to", exc)
+            refuse = getattr(announce, "refuse", None)
+            if refuse is not None:
+                refuse(error)
 
     def _chan(self, name: str) -> _Chan:
         with self._lock:
@@ -263,7 +330,12 @@ class RedisChannels(MemberIndex):
         for ch in chans:
             with ch.lock:
                 ch.synced = False
-            self._resync(ch)
+            try:
+                self._resync(ch)
+            except self._link.redis_mod.RedisError as exc:
+                if self._link.is_link_error(exc):
+                    raise
+                command_refused(self._counters, ch.name, "catch up", exc)  # this channel alone waits
         return len(chans)
 
     def link_down(self) -> None:

@@ -86,6 +86,9 @@ class LinkHooks:
     def refresh_due(self) -> None:
         """Called every ``refresh_every_s`` while the link is up (and once it is read again)."""
 
+    def command_failed(self, exc: BaseException) -> None:
+        """Redis refused a command of a queued op (not a link failure): that op is dropped."""
+
 
 class RedisLink:
     """The commands connection, the subscription, their threads and up/down state.
@@ -119,7 +122,7 @@ class RedisLink:
         from redis.retry import Retry
 
         # No retries inside redis-py: a publish whose answer was lost is reported
-        # unavailable, never sent twice behind the caller's back.
+        # outcome-unknown, never sent twice behind the caller's back.
         options = dict(socket_connect_timeout=connect_timeout_s, socket_timeout=command_timeout_s,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self.redis = redis.Redis.from_url(url, **options)
@@ -189,6 +192,16 @@ class RedisLink:
             self.load_scripts()
             return self.redis.execute_command("EVAL", script, *args)
 
+    def is_link_error(self, exc: BaseException) -> bool:
+        """True when ``exc`` means the link is lost (connection or timeout, or a Redis that
+        is no primary); False for an error Redis answered to one command (WRONGTYPE, OOM,
+        a script error...), which fails that operation alone."""
+        errors = self.redis_mod.exceptions
+        # READONLY / MASTERDOWN: this Redis is (now) a replica, or lost its primary: reconnect
+        replica = tuple(getattr(errors, name) for name in ("ReadOnlyError", "MasterDownError")
+                        if hasattr(errors, name))
+        return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError) + replica)
+
     # -- the broker thread -----------------------------------------------------------
     def submit(self, op: Any) -> None:
         """Queue ``op`` (a callable, or a :class:`BatchedOp`) for the I/O thread."""
@@ -229,6 +242,9 @@ class RedisLink:
         try:
             op()
         except self.redis_mod.RedisError as exc:
+            if not self.is_link_error(exc):
+                self._hooks.command_failed(exc)  # that op fails alone; the link stays up
+                return
             self.lost(exc)
             self._deferred.append(op)
         except Exception:

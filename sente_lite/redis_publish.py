@@ -11,69 +11,96 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 from .channels import Published
 from .counters import Counter, Counters
-from .errors import BrokerUnavailable
-from .redis_channels import ChannelSpace
+from .errors import BrokerUnavailable, PublishOutcomeUnknown
+from .redis_channels import ChannelSpace, command_refused
 from .redis_link import BatchedOp, RedisLink, as_text
 
 log = logging.getLogger("sente_lite.redis")
 
-# KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" for none)
+# KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" for none), 4 the publisher's id list,
+#       5 the list of every id
 # ARGV: 1 frame text up to the offset, 2 epoch if a new one is needed, 3 history size,
-#       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none)
+#       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none),
+#       8 history ms, 9 ids per publisher, 10 ids in all
+# Returns {duplicate, offset, epoch, servers reached, ids evicted}. Every command that can
+# fail on a key of the wrong type runs before the first write that publishes (a failed
+# publish changed nothing but, at most, a new epoch).
 PUBLISH_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and KEYS[3] ~= '' then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local sep = string.find(first, ' ', 1, true)
+    if sep and string.sub(first, 1, sep - 1) == epoch then
+      return {1, tonumber(string.sub(first, sep + 1)), epoch, 0, 0}
+    end
+  end
+end
 if not epoch then
   epoch = ARGV[2]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
-if KEYS[3] ~= '' then
-  local first = redis.call('GET', KEYS[3])
-  if first then
-    local sep = string.find(first, ' ', 1, true)
-    if string.sub(first, 1, sep - 1) == epoch then
-      return {1, tonumber(string.sub(first, sep + 1)), epoch, 0}
-    end
-  end
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') + 1
 local payload = ARGV[1] .. offset .. ',"epoch":"' .. epoch .. '"}]'
 if ARGV[3] ~= '0' then
   local t = redis.call('TIME')
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'm', payload, 'x', ARGV[7],
              't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
-  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
+redis.call('HSET', KEYS[1], 'offset', offset)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local evicted = 0
 if KEYS[3] ~= '' then
   redis.call('SET', KEYS[3], epoch .. ' ' .. offset, 'PX', ARGV[4])
+  for i, most in ipairs({ARGV[9], ARGV[10]}) do
+    local list = KEYS[3 + i]
+    local n = redis.pcall('RPUSH', list, KEYS[3])
+    if type(n) == 'number' then
+      redis.call('PEXPIRE', list, ARGV[4])
+      while n > tonumber(most) do
+        local old = redis.call('LPOP', list)
+        if old ~= KEYS[3] then evicted = evicted + redis.call('DEL', old) end
+        n = n - 1
+      end
+    end
+  end
 end
 local n = redis.call('PUBLISH', ARGV[6], offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. payload)
-return {0, offset, epoch, n}
+return {0, offset, epoch, n, evicted}
 """
 
 
 class _Pub(BatchedOp):
-    __slots__ = ("channel", "head", "exclude", "done", "publish_id", "result", "finished")
+    __slots__ = ("channel", "head", "exclude", "done", "publish_id", "publisher", "result",
+                 "finished")
 
     def __init__(self, channel: str, head: bytes, exclude: Optional[str],
                  done: Optional[Callable[[Any], None]], publish_id: Optional[str],
-                 finished: Optional[threading.Event]) -> None:
+                 publisher: Optional[str], finished: Optional[threading.Event]) -> None:
         self.channel = channel
         self.head = head
         self.exclude = exclude
         self.done = done
         self.publish_id = publish_id
+        self.publisher = publisher
         self.result: Any = None
         self.finished = finished
 
 
 class RedisPublisher:
-    """Queues publishes for the link's I/O thread and answers each (see :meth:`publish_text`)."""
+    """Queues publishes for the link's I/O thread and answers each (see :meth:`publish_text`).
+
+    Answers: a :class:`Published`; :class:`BrokerUnavailable` when the publish was
+    never sent (the link was down); :class:`PublishOutcomeUnknown` when the link
+    failed while it was in flight (it may have been published);
+    :class:`BrokerCommandError` when Redis refused this one publish (not made).
+    """
 
     def __init__(self, space: ChannelSpace, link: RedisLink, counters: Counters) -> None:
         self._space = space
@@ -83,10 +110,11 @@ class RedisPublisher:
 
     def publish_text(self, name: str, head: str, exclude: Optional[str],
                      done: Optional[Callable[[Any], None]], wait: bool = True,
-                     publish_id: Optional[str] = None) -> Optional[Published]:
+                     publish_id: Optional[str] = None,
+                     publisher: Optional[str] = None) -> Optional[Published]:
         """See :meth:`RedisBroker.publish_text`."""
         finished = threading.Event() if wait else None
-        entry = _Pub(name, head.encode("utf-8"), exclude, done, publish_id, finished)
+        entry = _Pub(name, head.encode("utf-8"), exclude, done, publish_id, publisher, finished)
         if self._link.down or self._link.stopping:
             self.finish(entry, self._unavailable())
         else:
@@ -101,7 +129,15 @@ class RedisPublisher:
     def _unavailable(self) -> BrokerUnavailable:
         self.unavailable_publishes += 1
         return BrokerUnavailable(
-            f"the channel broker (Redis) is unreachable: {self._link.down_reason}")
+            f"the channel broker (Redis) is unreachable: {self._link.down_reason}; "
+            "not published")
+
+    def _unknown(self, exc: BaseException) -> PublishOutcomeUnknown:
+        self._counters.add(Counter.OUTCOME_UNKNOWN_PUBLISHES)
+        return PublishOutcomeUnknown(
+            f"the link to the channel broker (Redis) failed with the publish in flight "
+            f"({type(exc).__name__}: {exc}): it may have been published; resend it with the "
+            "same id once the broker is back")
 
     def finish(self, entry: _Pub, result: Any) -> None:
         """Answer ``entry`` with ``result`` (a :class:`Published` or an exception)."""
@@ -114,54 +150,72 @@ class RedisPublisher:
         if entry.finished is not None:
             entry.finished.set()
 
+    def _command(self, entry: _Pub) -> Tuple[Any, ...]:
+        """The EVALSHA arguments of ``entry``."""
+        space = self._space
+        name = entry.channel
+        if entry.publish_id is None:
+            ids: Tuple[str, ...] = ("", "", "")
+        else:
+            ids = (space.id_key(name, entry.publish_id, entry.publisher),
+                   space.publisher_ids_key(entry.publisher), space.all_ids_key())
+        return ("EVALSHA", self._link.sha(PUBLISH_SCRIPT), 5, space.meta_key(name),
+                space.log_key(name), *ids, entry.head, space.new_epoch(),
+                str(space.history_size), str(int(space.publish_dedup_s * 1000)),
+                str(int(space.channel_ttl_s * 1000)), space.msg_channel(name),
+                entry.exclude or "-", str(int(space.history_ttl_s * 1000)),
+                str(space.publish_ids_per_publisher), str(space.publish_ids_max))
+
     def run_publishes(self, batch: List[_Pub]) -> None:
         """Run ``batch`` in one pipeline, in order; answer each."""
         link = self._link
         if link.down:
             for entry in batch:
-                self.finish(entry, self._unavailable())
+                self.finish(entry, self._unavailable())  # never sent
             return
-        space = self._space
         pipe = link.redis.pipeline(transaction=False)
-        history = str(space.history_size)
-        dedup_ms = str(int(space.publish_dedup_s * 1000))
-        channel_ms = str(int(space.channel_ttl_s * 1000))
-        sha = link.sha(PUBLISH_SCRIPT)
         for e in batch:
-            id_key = space.id_key(e.channel, e.publish_id) if e.publish_id is not None else ""
-            pipe.execute_command("EVALSHA", sha, 3, space.meta_key(e.channel),
-                                 space.log_key(e.channel), id_key, e.head, space.new_epoch(),
-                                 history, dedup_ms, channel_ms, space.msg_channel(e.channel),
-                                 e.exclude or "-")
+            pipe.execute_command(*self._command(e))
         redis = link.redis_mod
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
-            link.lost(exc)
+            # Sent, or partly: Redis may run them yet (a stalled server reads them when it
+            # resumes), so they are not "unavailable" but of unknown outcome.
+            if link.is_link_error(exc):
+                link.lost(exc)
+            else:
+                log.error("publish pipeline failed: %s", exc)
             for entry in batch:
-                self.finish(entry, self._unavailable())
+                self.finish(entry, self._unknown(exc))
             return
         retry: List[_Pub] = []
         for entry, result in zip(batch, results):
             if isinstance(result, redis.exceptions.NoScriptError):
                 retry.append(entry)  # Redis restarted: the script never ran
-            elif isinstance(result, Exception):
-                log.error("publish on %r failed in Redis: %s", entry.channel, result)
-                self.finish(entry, result)
+            elif isinstance(result, Exception) and link.is_link_error(result):
+                link.lost(result)  # READONLY: a replica refused it before any write
+                self.finish(entry, self._unavailable())
+            elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
+                self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
+                                                   result))
             else:
                 self.finish(entry, self._published(entry.channel, result))
         if retry:
             try:
                 link.load_scripts()
             except redis.RedisError as exc:
-                link.lost(exc)
+                if link.is_link_error(exc):
+                    link.lost(exc)
                 for entry in retry:
-                    self.finish(entry, self._unavailable())
+                    self.finish(entry, self._unavailable())  # the script never ran
                 return
             self.run_publishes(retry)
 
     def _published(self, name: str, result: List[Any]) -> Published:
-        duplicate, offset, epoch, receivers = result
+        duplicate, offset, epoch, receivers, evicted = result
         if duplicate:
             self._counters.add(Counter.DUPLICATE_PUBLISHES)
+        if evicted:
+            self._counters.add(Counter.PUBLISH_IDS_EVICTED, int(evicted))
         return Published(name, int(offset), as_text(epoch), int(receivers), bool(duplicate))

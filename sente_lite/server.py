@@ -39,6 +39,7 @@ from . import compression as compression_mod
 from . import discovery
 from . import tracing as tracing_mod
 from . import packers
+from . import publish_ids
 from . import limits as lim
 from . import protocol as p
 from . import security
@@ -341,10 +342,10 @@ class Server(InspectionMixin):
 
     History (PROTOCOL 9): each channel keeps its last ``history_size`` messages
     (0: off), none older than ``history_ttl_s``, and replays them to a subscriber
-    that names the last offset it saw; publish ids are remembered
-    ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at most
-    ``max_publish_ids_per_channel`` per channel) so a
-    resent publish is delivered once. ``broker``: where channels live (default:
+    that names the last offset it saw; publish ids are remembered per publisher
+    (uid) ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at
+    most ``publish_ids_per_publisher`` per publisher and ``publish_ids_max`` in all)
+    so a resent publish is delivered once. ``broker``: where channels live (default:
     this process, :class:`~sente_lite.hub.LocalBroker`); ``"redis://host:port/db"``
     shares channels, history, users and presence with every server on that Redis
     (:class:`~sente_lite.redis_broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
@@ -404,7 +405,8 @@ class Server(InspectionMixin):
         history_size: int = ch.DEFAULT_HISTORY_SIZE,
         history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S,
         publish_dedup_s: Optional[float] = None,
-        max_publish_ids_per_channel: int = ch.DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
+        publish_ids_per_publisher: int = publish_ids.DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
+        publish_ids_max: int = publish_ids.DEFAULT_PUBLISH_IDS_MAX,
         broker: Union[Broker, str, None] = None,
         tracing: bool = False,
         compression: Optional[str] = None,
@@ -462,13 +464,15 @@ class Server(InspectionMixin):
             from .redis_broker import RedisBroker
             broker = RedisBroker(broker, self.server_id, history_size=history_size,
                                  history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-                                 counters=self.counters)
+                                 publish_ids_per_publisher=publish_ids_per_publisher,
+                                 publish_ids_max=publish_ids_max, counters=self.counters)
         if getattr(broker, "shared", False):  # users' closes come through it from other servers
             broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-            max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters)
+            publish_ids_per_publisher=publish_ids_per_publisher, publish_ids_max=publish_ids_max,
+            counters=self.counters)
         self.compression = compression_mod.validate(compression)
         self.compression_min_bytes = compression_min_bytes
         self._spans = tracing_mod.Spans(tracing)

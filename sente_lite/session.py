@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union)
@@ -174,6 +175,11 @@ class _Requests:
 
     def has(self, cb_id: str) -> bool:
         return cb_id in self._table
+
+    def put(self, cb_id: str, entry: Tuple[Waiter, str, float]) -> None:
+        """Register ``cb_id`` again (a publish resent with its cb-id)."""
+        with self._lock:
+            self._table[cb_id] = entry
 
     def pop(self, cb_id: Optional[str]) -> Optional[Tuple[Waiter, str, float]]:
         if cb_id is None:
@@ -593,6 +599,10 @@ def _offset_of(value: Any) -> Optional[int]:
 def _is_number(value: Any) -> bool:
     return type(value) is int or type(value) is float
 DEFAULT_MAX_UNACKED_PUBLISHES = 1000
+#: Seconds before resending a publish answered ``outcome-unknown`` (doubling per answer, at
+#: most the max): the server's broker link failed with it in flight (PROTOCOL 9).
+UNKNOWN_RESEND_BASE_S = 0.25
+UNKNOWN_RESEND_MAX_S = 5.0
 
 
 class Handshake(NamedTuple):
@@ -669,6 +679,22 @@ class _Unacked:
     frame: bytes
     waiter: Optional[Waiter]
     sent_on: int = 0  # connection number it was last written on (0: never)
+    unknown: int = 0  # answers of outcome-unknown so far: resent (same id) until settled
+    resend_at: float = 0.0  # when it is due again (after an outcome-unknown answer)
+
+
+def _kept_for_resend(unacked: Optional[_Unacked], error: RemoteError, now: float) -> bool:
+    """Keep a publish whose outcome the server could not know (``outcome-unknown``, or
+    ``unavailable`` after that: still unknown) for a resend with its id, after a backoff.
+    True when kept."""
+    if unacked is None or not (error.code == p.ERR_OUTCOME_UNKNOWN or (
+            unacked.unknown and error.code == p.ERR_UNAVAILABLE)):
+        return False
+    unacked.unknown += 1
+    unacked.sent_on = 0
+    unacked.resend_at = now + min(UNKNOWN_RESEND_MAX_S,
+                                  UNKNOWN_RESEND_BASE_S * 2 ** min(unacked.unknown - 1, 16))
+    return True
 
 
 _SUBSCRIBE_KIND = "subscribe"
@@ -790,6 +816,8 @@ class ClientSession(_ChannelRules):
         self._kinds: Dict[str, Tuple[str, Any]] = {}  # cb-id -> (kind, detail) for our own requests
         self._unacked: Dict[str, _Unacked] = {}       # cb-id -> publish awaiting its ack
         self._publish_seq = itertools.count(1)
+        # ids no other client can guess (they deduplicate per publisher anyway: PROTOCOL 9)
+        self._publish_prefix = secrets.token_urlsafe(12)
         self._sent: set = set()                        # cb-ids of requests written on this connection
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -847,7 +875,7 @@ class ClientSession(_ChannelRules):
             self._count("unacked_publish_overflows")
             raise LimitExceeded(f"{len(self._unacked)} publishes already await their ack "
                                 f"(max_unacked_publishes={self.max_unacked_publishes})")
-        publish_id = f"{self.client_id}:{next(self._publish_seq)}"
+        publish_id = f"{self._publish_prefix}:{next(self._publish_seq)}"
         body = {p.K_CHANNEL: channel_id, p.K_DATA: data, p.K_ID: publish_id}
         if exclude_sender:
             body[p.K_EXCLUDE_SENDER] = True
@@ -1004,6 +1032,15 @@ class ClientSession(_ChannelRules):
         """Publishes not yet acknowledged and not written on this connection, in order."""
         return [(cb, u.frame) for cb, u in self._unacked.items() if u.sent_on != self.connection]
 
+    def due_resends(self, now: float) -> List[Tuple[str, bytes]]:
+        """Publishes answered ``outcome-unknown`` whose resend is due (same id, same
+        cb-id), in order; each is then waited for again."""
+        due = [(cb, u.frame) for cb, u in self._unacked.items()
+               if u.unknown and u.sent_on == 0 and u.resend_at <= now]
+        for cb, _ in due:
+            self._unacked[cb].sent_on = -1  # handed to the writer (mark_sent sets the connection)
+        return due
+
     def _answer(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
         error = p.remote_error(data) if event == p.EV_ERROR else None
         if cb_id is None:
@@ -1020,6 +1057,13 @@ class ClientSession(_ChannelRules):
         if kind is None:
             return Received([ReplyArrived(waiter, data, error)], [])
         if kind[0] == _PUBLISH_KIND:
+            if error is not None and _kept_for_resend(self._unacked.get(cb_id), error,
+                                                      self.last_recv):
+                self._requests.put(cb_id, entry)  # the caller keeps waiting
+                self._kinds[cb_id] = kind
+                if error.code == p.ERR_OUTCOME_UNKNOWN:
+                    self._count("publish_outcome_unknown")
+                return _NOTHING
             self._unacked.pop(cb_id, None)
             if error is not None:
                 self._count("publish_errors")

@@ -91,3 +91,11 @@ def test_wire_and_history_settings_reach_the_server() -> None:
     assert srv.compression is None and srv.channels.history.size == 0
     with pytest.raises(ValueError):
         cli.server_from_settings(settings(["--compression", "gzip"]))
+
+
+def test_publish_id_bounds_reach_the_server() -> None:
+    srv = cli.server_from_settings(settings(
+        ["--publish-ids-per-publisher", "7"], {"SENTE_LITE_PUBLISH_IDS_MAX": "70"}))
+    assert (srv.channels.history.ids.per_publisher, srv.channels.history.ids.max_ids) == (7, 70)
+    with pytest.raises(ValueError, match="publish_ids_per_publisher"):
+        cli.server_from_settings(settings(["--publish-ids-per-publisher", "0"]))

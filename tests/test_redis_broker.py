@@ -145,8 +145,8 @@ def test_publish_id_is_deduplicated_across_servers(cluster: Tuple[Server, Server
     rec = Recorder()
     make_client(a.url).subscribe("d", rec)
     answers = []
-    for srv in (a, b, a):
-        raw = Client(srv.url)
+    for srv in (a, b, a):  # one publisher (client-id) retrying on either server
+        raw = Client(srv.url, client_id="retrier")
         try:
             assert raw.wait_connected(WAIT_S)
             answers.append(raw.request(p.EV_PUBLISH, {p.K_CHANNEL: "d", p.K_DATA: "once",

@@ -316,7 +316,12 @@ def test_publish_ids_are_unique_per_client_and_kept_after_the_caller_gives_up() 
         cb_id, frame = client.publish("ch", None, False, object(), 0.0)
         ids.add(json.loads(frame)[1]["id"])
         client.forget(cb_id)  # a caller that timed out: the publish stays queued
-    assert ids == {f"c9:{n}" for n in range(1, 6)} and client.unacked() == 5
+    assert len(ids) == 5 and client.unacked() == 5
+    prefixes = {i.rsplit(":", 1)[0] for i in ids}
+    assert len(prefixes) == 1 and "c9" not in prefixes.pop()  # not guessable from the client-id
+    other = ss.ClientSession("c9")  # the same client-id elsewhere: other ids
+    _, frame = other.publish("ch", None, False, None, 0.0)
+    assert json.loads(frame)[1]["id"] not in ids
 
 
 def test_lost_connection_fails_sent_requests_but_keeps_publishes() -> None:
@@ -334,7 +339,7 @@ def test_lost_connection_fails_sent_requests_but_keeps_publishes() -> None:
 def test_dedup_window_and_id_count_limit() -> None:
     now = [0.0]
     counters = Counters()
-    reg = ChannelRegistry("e", history_ttl_s=5.0, publish_dedup_s=5.0, max_publish_ids_per_channel=2,
+    reg = ChannelRegistry("e", history_ttl_s=5.0, publish_dedup_s=5.0, publish_ids_per_publisher=2,
                           counters=counters, clock=lambda: now[0])
 
     def pub(pid: str) -> object:
@@ -347,3 +352,40 @@ def test_dedup_window_and_id_count_limit() -> None:
     assert counters.get(ss.Counter.PUBLISH_IDS_EVICTED) == 1
     with pytest.raises(ValueError):
         ChannelRegistry("e", history_ttl_s=10.0, publish_dedup_s=5.0)
+
+
+def test_outcome_unknown_publishes_stay_in_the_outbox_and_are_resent_with_their_id() -> None:
+    client = ss.ClientSession("c1")
+    waiter = object()
+    cb_id, frame = client.publish("ch", "x", False, waiter, 0.0)
+    client.mark_sent(cb_id)
+    answer = ss.error_frame(p.ERR_OUTCOME_UNKNOWN, "in flight", cb_id).decode()
+    assert client.receive(answer, 10.0).events == []  # kept: the caller keeps waiting
+    assert client.unacked() == 1 and client.pending(cb_id)
+    assert client.due_resends(10.0) == []  # not before its backoff
+    assert client.due_resends(10.3) == [(cb_id, frame)]  # same frame: same id, same cb-id
+    assert client.due_resends(10.3) == []  # handed over once
+    client.mark_sent(cb_id)
+    # the broker is still down: unavailable leaves the outcome unknown, it stays
+    assert client.receive(ss.error_frame(p.ERR_UNAVAILABLE, "down", cb_id).decode(), 11.0).events == []
+    assert client.due_resends(11.4) == [] and client.due_resends(11.6) == [(cb_id, frame)]
+    client.mark_sent(cb_id)
+    for n in range(3, 12):  # the backoff doubles, up to its max
+        client.receive(ss.error_frame(p.ERR_OUTCOME_UNKNOWN, "again", cb_id).decode(), 100.0 * n)
+        assert client.due_resends(100.0 * n + ss.UNKNOWN_RESEND_MAX_S + 0.01) == [(cb_id, frame)]
+        client.mark_sent(cb_id)
+    ack, _ = p.encode_reply(p.EV_PUBLISH, {"channel-id": "ch", "offset": 1, "delivered": 1,
+                                           "duplicate": True}, cb_id)
+    events = client.receive(ack, 2000.0).events
+    assert [type(e) for e in events] == [ss.PublishAnswered] and events[0].waiter is waiter
+    assert events[0].error is None and client.unacked() == 0 and not client.pending(cb_id)
+    assert client.counts["publish_outcome_unknown"] == 10
+
+
+@pytest.mark.parametrize("code", [p.ERR_UNAVAILABLE, p.ERR_BROKER_ERROR, p.ERR_FORBIDDEN])
+def test_publishes_refused_for_sure_leave_the_outbox(code: str) -> None:
+    client = ss.ClientSession("c1")
+    cb_id, _ = client.publish("ch", "x", False, object(), 0.0)
+    events = client.receive(ss.error_frame(code, "no", cb_id).decode(), 1.0).events
+    assert [type(e) for e in events] == [ss.PublishAnswered] and events[0].error.code == code
+    assert client.unacked() == 0 and client.due_resends(100.0) == []
