@@ -209,7 +209,8 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "history_size": Bound(0, 10_000_000, integer=True),
     "history_ttl_s": Bound(0, _YEAR_S, above=True),
     "publish_dedup_s": Bound(0, _YEAR_S, above=True, none_ok=True),
-    "max_publish_ids_per_channel": Bound(1, _BIG, integer=True),
+    "publish_ids_per_publisher": Bound(1, _BIG, integer=True),
+    "publish_ids_max": Bound(1, _BIG, integer=True),
     "compression_min_bytes": Bound(1, 1 << 31, integer=True),
 }
 #: What every numeric :class:`~sente_lite.Client` keyword may be.

@@ -92,6 +92,10 @@ def test_server_accepts_the_edges_of_every_range(name: str) -> None:
             kwargs["history_ttl_s"] = value
         if name == "history_ttl_s":
             kwargs["publish_dedup_s"] = value
+        if name == "publish_ids_per_publisher":  # may not exceed publish_ids_max
+            kwargs["publish_ids_max"] = value
+        if name == "publish_ids_max":
+            kwargs["publish_ids_per_publisher"] = value
         Server(**kwargs)  # not started: nothing to stop
 
 
