@@ -3,8 +3,12 @@
 
 Discovers ``test_scripts/[0-9][0-9]_*.py`` in order and runs each in a fresh
 process (``sys.executable``) with a timeout, printing one line as each starts
-and ends, then a table of results (and, with ``--repeat``, pass rates). Exits 0
-only when every scenario run passed. The scenarios judge themselves: this file
+and ends, then a table of results (and, with ``--repeat``, pass rates), then the
+suite's success criteria, each with its measured evidence and a verdict (see
+``sente_lite/testing/criteria.py`` and docs/report.md). Each scenario runs with a
+temp root of its own (``TMPDIR``); after it ends, the runner measures what it left
+behind (processes, by PID, then ended; files). Exits 0 only when every scenario
+run passed. The scenarios judge themselves: this file
 only runs them and reads the JSON report each one writes with ``--json``.
 
     python run_all_tests.py                       # every scenario once
