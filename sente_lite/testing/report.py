@@ -90,6 +90,7 @@ svg .lane.highlight .lane-label{fill:#c0392b;font-weight:700}
 svg .fault-label{font-size:10px;fill:#c0392b}svg .restart-label{font-size:10px;fill:#b35f12}
 .muted{color:#6b7785}
 .badge.not-measured{background:#8a96a3}table.criteria td.evidence{max-width:640px}
+table.criteria .badge{white-space:nowrap}
 """
 
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
