@@ -38,8 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from tabulate import tabulate
 
 from sente_lite.testing import criteria as crit
-from sente_lite.testing.evidence import (become_subreaper, harness_temp_entries, left_files,
-                                        settle_left_processes)
+from sente_lite.testing.evidence import become_subreaper, left_files, settle_left_processes
 from sente_lite.testing.report import format_figure as _fmt
 from sente_lite.testing.scenario import RENAMED_SCENARIOS
 
@@ -120,8 +119,6 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
     # the run's private temp root: its run directory and every temp file of its processes
     temp_root = work_dir / f"tmp-{name}.{repeat}"
     temp_root.mkdir()
-    system_temp = tempfile.gettempdir()  # where a path not taken from TMPDIR would land
-    system_before = harness_temp_entries(system_temp)
     cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(temp_root)]
     if keep:
         cmd.append(keep)
@@ -153,8 +150,7 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
     duration = time.monotonic() - t0
     report = _read_json(json_path)
     kept = bool(keep) and (report is None or bool(report.get("run_dir")))
-    temp_left = None if kept or timed_out else left_files(str(temp_root)) + [
-        os.path.join(system_temp, n) for n in sorted(harness_temp_entries(system_temp) - system_before)]
+    temp_left = None if kept or timed_out else left_files(str(temp_root))
     measured = dict(processes_left=None if timed_out else left, temp_left=temp_left)
     if not kept:
         shutil.rmtree(temp_root, ignore_errors=True)

@@ -14,7 +14,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from types import ModuleType
@@ -229,16 +228,14 @@ def test_a_spawned_process_shares_nothing_and_a_passed_queue_shows(tmp_path: Pat
 
 
 LEAVES_BEHIND = """
-    import os, subprocess, sys, tempfile
+    import subprocess, sys, tempfile
     from sente_lite.testing import run_scenario
-    SYSTEM_TEMP = {system_temp!r}
     def story(run, report):
         report.check(True, "fine")
         for new_session in (False, True):   # in its session, and escaped to a new one
             p = subprocess.Popen(["sleep", "120"], start_new_session=new_session)
             open(sys.argv[0] + f".{int(new_session)}.pid", "w").write(str(p.pid))
         tempfile.mkstemp(prefix="sente-lite-left-")
-        os.makedirs(os.path.join(SYSTEM_TEMP, f"sente-lite-hardcoded-{os.getpid()}"))  # not TMPDIR
     sys.exit(run_scenario(story, "passes, but leaves two processes and a temp file"))
     """
 
@@ -252,8 +249,7 @@ def run_runner(scripts: Path, *args: str) -> "subprocess.CompletedProcess[str]":
 def test_runner_finds_processes_and_temp_files_left_behind(tmp_path: Path) -> None:
     scripts = tmp_path / "scripts"
     scripts.mkdir()
-    (scripts / "01_leaves.py").write_text(textwrap.dedent(LEAVES_BEHIND).replace(
-        "{system_temp!r}", repr(tempfile.gettempdir())))
+    (scripts / "01_leaves.py").write_text(textwrap.dedent(LEAVES_BEHIND))
     out = run_runner(scripts, "--json", str(tmp_path / "r.json"))
     result = json.loads((tmp_path / "r.json").read_text())
     [r] = result["runs"]
@@ -261,9 +257,6 @@ def test_runner_finds_processes_and_temp_files_left_behind(tmp_path: Path) -> No
     pids = {int((scripts / f"01_leaves.py.{i}.pid").read_text()) for i in (0, 1)}
     assert {p["pid"] for p in r["processes_left"]} == pids
     assert [f for f in r["temp_left"] if "sente-lite-left-" in f], r["temp_left"]
-    [hardcoded] = [f for f in r["temp_left"] if "sente-lite-hardcoded-" in f]
-    assert os.path.isdir(hardcoded)
-    os.rmdir(hardcoded)
     clean = {c["name"]: c for c in result["criteria"]}["clean startup and shutdown (no zombie processes)"]
     assert clean["verdict"] == crit.FAIL and "processes left behind: 2" in clean["evidence"]
     assert "processes left behind: 2" in out.stdout.split("success criteria (FAIL)")[1]

@@ -10,9 +10,8 @@ start it (:data:`SPAWN_BOOTSTRAP_PIPES`). A Queue or Pipe passed to it would sho
 as more pipes or sockets and shared memory.
 
 Parent side: :func:`run_isolation` sums what every process of a run recorded;
-:func:`settle_left_processes`, :func:`left_files` and :func:`harness_temp_entries` are
-what ``run_all_tests.py`` measures after each scenario (processes still alive, by PID;
-files left in its private temp root; new harness-named entries in the system temp root).
+:func:`left_processes` and :func:`left_files` are what ``run_all_tests.py`` measures
+after each scenario (processes still alive, by PID, and temp files left).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Set
+from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from ..discovery import wait_for
 from ..errors import DiscoveryTimeout
@@ -38,8 +37,6 @@ SPAWN_BOOTSTRAP_PIPES = 3
 #: left behind (``multiprocessing``'s resource tracker ends when its parent's pipe closes,
 #: a moment after the scenario; a loaded 2-core machine can stretch that moment).
 LEFT_PROCESS_GRACE_S = 5.0
-#: How the harness names what it makes in a temp root (run directories, Redis's, the runner's).
-HARNESS_TEMP_PREFIX = "sente-lite-"
 #: What a spawned child's command line contains (``multiprocessing.spawn.get_command_line``).
 SPAWN_MARKER = b"multiprocessing.spawn"
 
@@ -215,14 +212,6 @@ def settle_left_processes(session: int, grace_s: float = LEFT_PROCESS_GRACE_S) -
     return alive
 
 
-def harness_temp_entries(root: str) -> Set[str]:
-    """Names in the temp root ``root`` that the harness would have made (:data:`HARNESS_TEMP_PREFIX`)."""
-    try:
-        return {n for n in os.listdir(root) if n.startswith(HARNESS_TEMP_PREFIX)}
-    except OSError:
-        return set()
-
-
 def left_files(directory: str) -> List[str]:
     """Everything under ``directory`` (paths relative to it, directories with a ``/``)."""
     out = []
@@ -236,4 +225,4 @@ def left_files(directory: str) -> List[str]:
 __all__ = ["process_isolation", "isolation_problems", "run_isolation", "killed_processes",
            "injected_faults",
            "left_processes", "end_processes", "left_files", "become_subreaper",
-           "settle_left_processes", "harness_temp_entries", "HARNESS_TEMP_PREFIX", "SPAWN_BOOTSTRAP_PIPES", "LEFT_PROCESS_GRACE_S"]
+           "settle_left_processes", "SPAWN_BOOTSTRAP_PIPES", "LEFT_PROCESS_GRACE_S"]
