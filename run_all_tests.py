@@ -3,8 +3,12 @@
 
 Discovers ``test_scripts/[0-9][0-9]_*.py`` in order and runs each in a fresh
 process (``sys.executable``) with a timeout, printing one line as each starts
-and ends, then a table of results (and, with ``--repeat``, pass rates). Exits 0
-only when every scenario run passed. The scenarios judge themselves: this file
+and ends, then a table of results (and, with ``--repeat``, pass rates), then the
+suite's success criteria, each with its measured evidence and a verdict (see
+``sente_lite/testing/criteria.py`` and docs/report.md). Each scenario runs with a
+temp root of its own (``TMPDIR``); after it ends, the runner measures what it left
+behind (processes, by PID, then ended; files). Exits 0 only when every scenario
+run passed. The scenarios judge themselves: this file
 only runs them and reads the JSON report each one writes with ``--json``.
 
     python run_all_tests.py                       # every scenario once
@@ -33,7 +37,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from tabulate import tabulate
 
+from sente_lite.testing import criteria as crit
+from sente_lite.testing.evidence import become_subreaper, left_files, settle_left_processes
 from sente_lite.testing.report import format_figure as _fmt
+from sente_lite.testing.scenario import RENAMED_SCENARIOS
 
 REPO = Path(__file__).resolve().parent
 SCENARIO_DIR = REPO / "test_scripts"
@@ -46,6 +53,8 @@ OUTPUT_TAIL_LINES = 20
 KEY_FIGURES = ("clients", "messages", "p99_ms", "recovery_s")
 #: Width of the table's "other figures" column.
 DETAILS_WIDTH = 60
+#: Width of the success-criteria table's "evidence" column.
+CRITERIA_EVIDENCE_WIDTH = 80
 
 
 @dataclass
@@ -62,6 +71,12 @@ class Outcome:
     failing_process: Optional[str] = None
     log_tail: str = ""
     exit_code: Optional[int] = None
+    #: What the scenario's harness measured (its report's ``harness``: isolation, kills).
+    harness: Dict[str, Any] = field(default_factory=dict)
+    #: Processes of the scenario still there after it ended (None: not measured).
+    processes_left: Optional[List[Dict[str, Any]]] = None
+    #: Files left in the run's private temp root (None: not measured, files were kept).
+    temp_left: Optional[List[str]] = None
 
     @property
     def passed(self) -> bool:
@@ -83,6 +98,8 @@ def select(scripts: Sequence[Path], patterns: Sequence[str]) -> List[Path]:
     wanted = [p.strip() for pat in patterns for p in pat.split(",") if p.strip()]
     if not wanted:
         return list(scripts)
+    # a pattern naming a scenario by its old name selects it under its new one
+    wanted += [new for old, new in RENAMED_SCENARIOS.items() if any(w in old for w in wanted)]
     return [s for s in scripts if any(w in s.stem for w in wanted)]
 
 
@@ -99,13 +116,16 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
     name = script.stem
     json_path = work_dir / f"{name}.{repeat}.json"
     out_path = work_dir / f"{name}.{repeat}.out"
-    cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(work_dir)]
+    # the run's private temp root: its run directory and every temp file of its processes
+    temp_root = work_dir / f"tmp-{name}.{repeat}"
+    temp_root.mkdir()
+    cmd = [sys.executable, str(script), "--json", str(json_path), "--run-root", str(temp_root)]
     if keep:
         cmd.append(keep)
     # the repository's sente_lite/ (vendored, or a clone not installed) for every script,
     # whether or not it starts with test_scripts/_repo.py's idiom
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, PYTHONPATH=path)
+    env = dict(os.environ, PYTHONPATH=path, TMPDIR=str(temp_root))
     if trace is not None:
         env["SENTE_LITE_TRACE"] = str(trace)
     t0 = time.monotonic()
@@ -124,22 +144,25 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
         if timed_out:
             os.killpg(proc.pid, signal.SIGKILL)  # the scenario and every process it started
             proc.wait()
+        left = settle_left_processes(proc.pid)
         out.seek(0)
         output = out.read()
     duration = time.monotonic() - t0
-    report: Optional[Dict[str, Any]] = None
-    if json_path.exists():
-        try:
-            report = json.loads(json_path.read_text(encoding="utf-8"))
-        except ValueError:
-            report = None
+    report = _read_json(json_path)
+    kept = bool(keep) and (report is None or bool(report.get("run_dir")))
+    temp_left = None if kept or timed_out else left_files(str(temp_root))
+    measured = dict(processes_left=None if timed_out else left, temp_left=temp_left)
+    if not kept:
+        shutil.rmtree(temp_root, ignore_errors=True)
     if timed_out:
         return Outcome(name, repeat, "timeout", duration, error=f"killed after {timeout:.0f}s",
-                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode)
+                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode,
+                       **measured)
     if report is None:
         return Outcome(name, repeat, "crash", duration,
                        error=f"exited with code {proc.returncode} without a report",
-                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode)
+                       log_tail=_tail(output, OUTPUT_TAIL_LINES), exit_code=proc.returncode,
+                       **measured)
     outcome = report.get("outcome") or ("pass" if report.get("passed") else "fail")
     if outcome == "pass" and proc.returncode != 0:
         outcome = "error"
@@ -152,7 +175,8 @@ def run_one(script: Path, repeat: int, work_dir: Path, timeout: float, keep: str
         error=report.get("error") or report.get("skipped"),
         failed_checks=[f"{c['what']}: {c['detail']}" if c.get("detail") else c["what"]
                        for c in report.get("checks", ()) if not c.get("ok")],
-        failing_process=failing_process, log_tail=log_tail, exit_code=proc.returncode)
+        failing_process=failing_process, log_tail=log_tail, exit_code=proc.returncode,
+        harness=report.get("harness") or {}, **measured)
 
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
@@ -202,6 +226,13 @@ def pass_rate_table(outcomes: Sequence[Outcome]) -> str:
                      _span(p99), _span(rec), ", ".join(failures) or "-"])
     return tabulate(rows, ["scenario", "passed", "rate", "median s", "max s", "p99 ms",
                            "recovery s", "failures"], tablefmt="simple")
+
+
+def criteria_table(criteria: Sequence[crit.Criterion]) -> str:
+    """The plan's success criteria: one row each, with the measured evidence and the verdict."""
+    return ("success criteria (" + crit.overall(criteria) + ")\n"
+            + tabulate(crit.rows(criteria), crit.HEADERS, tablefmt="simple",
+                       maxcolwidths=[28, CRITERIA_EVIDENCE_WIDTH, None]))
 
 
 def failure_details(outcomes: Sequence[Outcome]) -> str:
@@ -284,6 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not scripts:
         print(f"no scenario in {args.scripts} matches {args.only or SCENARIO_GLOB}", file=sys.stderr)
         return 1
+    become_subreaper()  # a process a scenario leaves behind becomes ours: found, ended, reaped
     work_dir = Path(tempfile.mkdtemp(prefix="sente-lite-scenarios-"))
     outcomes: List[Outcome] = []
     traces: List[Optional[Dict[str, Any]]] = []  # with --html: each run's timeline
@@ -324,6 +356,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.repeat > 1:
         print()
         print(pass_rate_table(outcomes))
+    criteria = crit.judge([asdict(o) for o in outcomes], [s.stem for s in scripts],
+                          [s.stem for s in discover(args.scripts)])
+    print()
+    print(criteria_table(criteria))
     details = failure_details(outcomes)
     if details:
         print()
@@ -341,14 +377,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"passed": all_ok, "runs": [asdict(o) for o in outcomes],
-                       "selected": [s.stem for s in scripts], "repeat": args.repeat}, f, indent=1)
+                       "selected": [s.stem for s in scripts], "repeat": args.repeat,
+                       "criteria": crit.as_json(criteria)}, f, indent=1)
     if args.junit:
         write_junit(args.junit, outcomes, args.repeat > 1)
     if args.html:
         from sente_lite.testing import report
 
         t_html = time.monotonic()
-        report.write_html(args.html, [report.run_entry(asdict(o), t) for o, t in zip(outcomes, traces)])
+        report.write_html(args.html, [report.run_entry(asdict(o), t) for o, t in zip(outcomes, traces)],
+                          criteria=crit.as_json(criteria))
         print(f"HTML report: {Path(args.html).resolve()} (written in {time.monotonic() - t_html:.2f}s)")
     return 0 if all_ok else 1
 

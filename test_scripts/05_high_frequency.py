@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """05 high frequency: 20 clients publish 100 msg/s each for 10 s; all get all, once, in order.
 
-Setup: a server; CLIENTS clients subscribed to "events" (reading at most every
-CLIENT_READ_COALESCE_MS, see there).
+Setup: a server and CLIENTS clients subscribed to "events", every one on the
+library's default settings (nothing tuned for this load).
 Workload: on one command all clients publish RATE_PER_CLIENT messages per second
 for DURATION_S seconds, paced on a common clock (client i shifted by i/CLIENTS of
 an interval, so the load is spread, not in bursts). Every client then waits until
@@ -10,8 +10,9 @@ it received all CLIENTS x RATE_PER_CLIENT x DURATION_S messages.
 Check: every client received every message exactly once, in offset order, and
 each publisher's messages in the order sent; the server counted each publish and
 each delivery once. Measured: publish-to-receive latency p50/p99/max over all
-deliveries, delivery throughput, server RSS growth over the workload and peak
-RSS of server and clients. Latency has no pass/fail bound here; loss,
+deliveries, delivery throughput, server RSS growth over the workload, its steady
+growth per 1,000 messages (sampled during the workload; the runner's memory
+criterion) and peak RSS of server and clients. Latency has no pass/fail bound here; loss,
 duplication and order must be perfect.
 """
 
@@ -22,11 +23,14 @@ import sys
 import _repo  # noqa: F401  (the repository's sente_lite/ first: test_scripts/_repo.py)
 
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
-from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, ProcessContext,
-                                ProcessResult, Report, Run, latencies_ms, latency_summary,
-                                order_problem, proc_memory_kb, run_scenario, stamp)
+from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, HarnessTimeout,
+                                ProcessContext, ProcessResult, Report, Run, latencies_ms,
+                                latency_summary, order_problem, proc_memory_kb,
+                                rss_growth_per_1000, run_scenario, stamp)
+from sente_lite.channels import DEFAULT_HISTORY_SIZE, DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL
+from sente_lite.testing.criteria import FIG_RSS_GROWTH
 
 CLIENTS = 20
 RATE_PER_CLIENT = 100          # messages per second, per client
@@ -39,24 +43,17 @@ START_DELAY_S = 1.0
 DRAIN_TIMEOUT_S = 90.0
 #: This scenario's whole time budget (heavier than the default SCENARIO_TIMEOUT_S).
 TIMEOUT_S = 180.0
-#: Server outbound queue per connection: room for the whole workload, so a client
-#: that falls behind on this 2-core machine is measured, not cut off (4001).
-SERVER_MAX_QUEUED_BYTES = 64 << 20
-#: Server heartbeat: a ping waits in the same queue as the messages, so a client
-#: that is N seconds behind answers it N seconds late; the timeout (3 x this) must
-#: exceed the lag a loaded machine can build up, or a slow client is cut off (4000).
-SERVER_HEARTBEAT_MS = 20_000
-#: Client reads at most this often (Client(read_coalesce_ms=), default 2): the 20
-#: client processes, each receiving 2,000 messages a second, share 2 cores with the
-#: server. Measured on such a machine: 5 ms cuts each client's CPU by about a quarter
-#: (0.82 -> 0.63 s) and steadies p99 (5.9-6.4 ms in 3 runs, against 5.7-9.3 ms with
-#: the default), for up to 5 ms more latency per delivery (p50 3.0 ms, not 1.6).
-CLIENT_READ_COALESCE_MS = 5.0
+#: Seconds between two samples of the server's RSS and publish count during the workload.
+RSS_SAMPLE_EVERY_S = 0.5
+#: Publishes after which the server's bounded per-channel memory is full (its history,
+#: DEFAULT_HISTORY_SIZE messages, and its remembered publish ids, the larger bound):
+#: RSS growth per message is measured after it, over the other half of the workload.
+RSS_WARMUP_MESSAGES = max(DEFAULT_HISTORY_SIZE, DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL)
 
 
 def client(ctx: ProcessContext) -> Dict[str, Any]:
     """Subscribe, publish at a steady rate on command, then await every message."""
-    with ctx.connect(read_coalesce_ms=CLIENT_READ_COALESCE_MS) as c:
+    with ctx.connect() as c:
         ctx.subscribe(c, CHANNEL)
         ctx.mark("ready")
         go = ctx.wait_command("publish")
@@ -85,8 +82,7 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
 
 def story(run: Run, report: Report) -> None:
     # setup
-    server = run.start_server(max_queued_bytes_per_conn=SERVER_MAX_QUEUED_BYTES,
-                              heartbeat_ms=SERVER_HEARTBEAT_MS)
+    server = run.start_server()
     clients = run.start_clients(client, CLIENTS)
     run.wait_mark(clients, "ready")
     run.server_command(server, "await-subscribers", channel=CHANNEL, count=CLIENTS)
@@ -97,9 +93,9 @@ def story(run: Run, report: Report) -> None:
     start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
     for i, h in enumerate(clients):
         run.command(h, "publish", start_ns=start_ns, index=i)
-    run.wait_mark(clients, "published")
+    samples = sample_rss(run, server, clients, "published")
     report.step(f"{MESSAGES} messages published")
-    run.wait_mark(clients, "received")
+    samples += sample_rss(run, server, clients, "received")
     mem_after = proc_memory_kb(server.pid)
     report.step(f"every client received every message; server RSS {mem_after.get('rss_kb')} KiB")
     run.command(clients, "finish")
@@ -107,6 +103,23 @@ def story(run: Run, report: Report) -> None:
     server_result = run.stop_server(server)
 
     check(report, results, server_result, mem_before, mem_after, start_ns)
+    report.figure(FIG_RSS_GROWTH, rss_growth_per_1000(samples, RSS_WARMUP_MESSAGES))
+    report.note("server RSS during the workload (publishes: KiB): "
+                + ", ".join(f"{m}: {kb}" for m, kb in samples))
+
+
+def sample_rss(run: Run, server: Any, clients: List[Any], mark: str) -> List[Tuple[int, int]]:
+    """(publishes, server RSS KiB) every RSS_SAMPLE_EVERY_S until every client wrote ``mark``."""
+    samples: List[Tuple[int, int]] = []
+    while run.remaining() > RSS_SAMPLE_EVERY_S:
+        try:
+            run.wait_mark(clients, mark, timeout=RSS_SAMPLE_EVERY_S)
+            break
+        except HarnessTimeout:
+            publishes = run.server_command(server, "stats")["publishes"]
+            samples.append((publishes, proc_memory_kb(server.pid).get("rss_kb", 0)))
+    run.wait_mark(clients, mark)  # at once, or the failure naming who is missing
+    return samples
 
 
 def check(report: Report, results: Dict[str, ProcessResult], server_result: ProcessResult,

@@ -90,10 +90,34 @@ def proc_memory_kb(pid: int) -> Dict[str, int]:
     return out
 
 
+def rss_growth_per_1000(samples: Sequence[Tuple[int, int]],
+                        warmup: Optional[int] = None) -> Optional[float]:
+    """Steady RSS growth in KiB per 1,000 messages from ``(messages, rss_kb)`` samples.
+
+    The least-squares slope over the samples taken once ``warmup`` messages were sent
+    (default: half of them): until then bounded memory fills (buffers, channel history,
+    remembered publish ids, allocator arenas); a leak keeps growing after. None with fewer
+    than two such samples or no spread of messages among them.
+    """
+    if not samples:
+        return None
+    start = max(m for m, _ in samples) / 2 if warmup is None else warmup
+    late = [(m, r) for m, r in samples if m >= start]
+    n = len(late)
+    mean_m = sum(m for m, _ in late) / max(n, 1)
+    mean_r = sum(r for _, r in late) / max(n, 1)
+    spread = sum((m - mean_m) ** 2 for m, _ in late)
+    if n < 2 or spread == 0:
+        return None
+    slope = sum((m - mean_m) * (r - mean_r) for m, r in late) / spread
+    return round(slope * 1000, 1)
+
+
 def self_peak_rss_kb() -> int:
     """Peak RSS of the calling process in KiB (``getrusage``; Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 __all__ = ["percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
-           "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb"]
+           "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb",
+           "rss_growth_per_1000"]

@@ -26,6 +26,7 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeV
 from .. import discovery
 from ..client import ChannelMessage, Client
 from ..errors import DiscoveryTimeout
+from .evidence import process_isolation
 from .common import (CLIENT_CONNECT_TIMEOUT_S, SCENARIO_TIMEOUT_S, SENT_NS_KEY,
                      SERVER_STARTUP_TIMEOUT_S, HarnessError, HarnessTimeout, command_path,
                      events_path, log_path, mark_path, port_file_path, result_path)
@@ -422,10 +423,11 @@ def _usage() -> Dict[str, Any]:
 def child_main(spec: ChildSpec) -> None:
     """Entry point of every harness process (runs in the spawned child)."""
     started_ns = time.monotonic_ns()
+    isolation = process_isolation()  # before this process opens anything of its own
     _die_with_parent(spec.parent_pid)
     _redirect_output(log_path(spec.run_dir, spec.name), spec.log_level)
     discovery.write_json(mark_path(spec.run_dir, spec.name, STARTED_MARK),
-                         {"t_ns": started_ns, "pid": os.getpid()})
+                         {"t_ns": started_ns, "pid": os.getpid(), "isolation": isolation})
     journal = events_path(spec.run_dir, spec.name)
     append_journal(journal, {"kind": "started", "t_ns": started_ns, "pid": os.getpid()})
     log.info("%s %s started (pid %d, %.0f ms after launch)", spec.role, spec.name, os.getpid(),

@@ -35,7 +35,7 @@ import math
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from .scenario import KEY_FIGURES
+from .scenario import KEY_FIGURES, current_name
 
 #: Width of the SVG plots in CSS pixels.
 PLOT_WIDTH = 1100
@@ -89,6 +89,8 @@ svg text{font-size:11px;fill:#33414e}svg .lane-label{font-size:12px;fill:#1d2630
 svg .lane.highlight .lane-label{fill:#c0392b;font-weight:700}
 svg .fault-label{font-size:10px;fill:#c0392b}svg .restart-label{font-size:10px;fill:#b35f12}
 .muted{color:#6b7785}
+.badge.not-measured{background:#8a96a3}table.criteria td.evidence{max-width:640px}
+table.criteria .badge{white-space:nowrap}
 """
 
 _CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
@@ -127,7 +129,7 @@ def run_entry(outcome: Mapping[str, Any], trace: Optional[Mapping[str, Any]] = N
     ``trace`` is what a scenario wrote with ``--trace`` (None when it wrote none).
     """
     entry: Dict[str, Any] = {
-        "scenario": outcome.get("scenario", "?"),
+        "scenario": current_name(outcome.get("scenario", "?")),
         "repeat": repeat if repeat is not None else outcome.get("repeat", 1),
         "outcome": outcome.get("outcome") or ("pass" if outcome.get("passed") else "fail"),
         "duration_s": outcome.get("duration_s"), "figures": dict(outcome.get("figures") or {}),
@@ -194,6 +196,18 @@ def _pass_rate_table(runs: Sequence[Mapping[str, Any]]) -> str:
                     f"<td class=num>{_e(_span(rec))}</td><td>{_e(fails)}</td></tr>")
     return ('<table class="passrate"><tr><th>scenario</th><th>passed</th><th>rate</th>'
             '<th>median s</th><th>max s</th><th>p99 ms</th><th>recovery s</th><th>failures</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def _criteria_table(criteria: Sequence[Mapping[str, str]]) -> str:
+    rows = []
+    for c in criteria:
+        verdict = str(c.get("verdict", ""))
+        cls = verdict.lower().replace(" ", "-")
+        rows.append(f'<tr data-verdict="{_e(verdict)}"><td>{_e(c.get("name", ""))}</td>'
+                    f'<td class="evidence">{_e(c.get("evidence", ""))}</td>'
+                    f'<td><span class="badge {_e(cls)}">{_e(verdict)}</span></td></tr>')
+    return ('<table class="criteria"><tr><th>criterion</th><th>evidence</th><th>verdict</th></tr>'
             + "".join(rows) + "</table>")
 
 
@@ -625,8 +639,10 @@ def _section(run: Mapping[str, Any], open_: bool) -> str:
             + "".join(body) + "</details></section>")
 
 
-def render_html(runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scenario runs") -> str:
-    """The report of ``runs`` (entries made by :func:`run_entry`) as one HTML document."""
+def render_html(runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scenario runs",
+                criteria: Optional[Sequence[Mapping[str, str]]] = None) -> str:
+    """The report of ``runs`` (entries made by :func:`run_entry`) as one HTML document,
+    with the success ``criteria`` (rows of :func:`sente_lite.testing.criteria.as_json`)."""
     runs = [dict(r) for r in runs]
     repeats = max([int(r.get("repeat") or 1) for r in runs] or [1])
     for r in runs:
@@ -642,6 +658,8 @@ def render_html(runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scen
            f'{"PASS" if ok else "FAIL"}</span></h1><p class="muted">{passed}/{len(runs)} runs passed'
            f' &middot; written {_e(stamp)}</p></header>',
            '<section id="summary"><h2>Summary</h2>', _summary_table(runs, repeats > 1)]
+    if criteria:
+        out += ["<h2>Success criteria</h2>", _criteria_table(criteria)]
     if repeats > 1:
         out += ["<h2>Pass rate</h2>", _pass_rate_table(runs),
                 "<h2>Latency per run</h2>", _latency_runs_table(runs)]
@@ -653,9 +671,10 @@ def render_html(runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scen
     return "\n".join(out)
 
 
-def write_html(path: str, runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scenario runs") -> None:
-    """Write the report of ``runs`` (see :func:`run_entry`) to ``path``."""
-    text = render_html(runs, title)
+def write_html(path: str, runs: Sequence[Mapping[str, Any]], title: str = "sente_lite scenario runs",
+               criteria: Optional[Sequence[Mapping[str, str]]] = None) -> None:
+    """Write the report of ``runs`` (see :func:`run_entry`) and ``criteria`` to ``path``."""
+    text = render_html(runs, title, criteria)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
 

@@ -36,6 +36,7 @@ from .common import (CLEANUP_TIMEOUT_S, LOG_DIR, PROCESS_START_TIMEOUT_S, SCENAR
                      SERVER_STARTUP_TIMEOUT_S, TERMINATE_GRACE_S, CommandFailed, HarnessError,
                      HarnessTimeout, LeakError, ProcessFailed, check_name, command_path, log_path,
                      mark_path, port_file_path, proc_dir, result_path)
+from .evidence import injected_faults, killed_processes, run_isolation
 from .server_process import ServerSetup, serve
 
 log = logging.getLogger("sente_lite.testing")
@@ -273,6 +274,10 @@ class Run:
         self.trace_enabled = trace
         #: The run's timeline (a dict, see :mod:`.trace`), set by :meth:`close` when ``trace``.
         self.trace: Optional[Dict[str, Any]] = None
+        #: What :meth:`close` measured: ``isolation`` (see :func:`.evidence.run_isolation`)
+        #: ``killed`` (processes the scenario killed), ``faults`` (faults it injected) and
+        #: ``leaks`` (what cleanup found left: processes, zombies, ports, the run directory).
+        self.evidence: Dict[str, Any] = {}
         #: Result data of the processes :meth:`results` has read, by name.
         self.result_data: Dict[str, Dict[str, Any]] = {}
         self.keep = keep
@@ -571,6 +576,11 @@ class Run:
             self._check_no_survivors()
             self._check_ports_free(deadline)
         finally:
+            self.evidence = {"isolation": run_isolation(
+                {h.name: (discovery.read_json(mark_path(self.dir, h.name, STARTED_MARK)) or {})
+                 .get("isolation") or {} for h in self.handles}),
+                "killed": killed_processes(self.events), "faults": injected_faults(self.events),
+                "leaks": self.leaks}
             if self.trace_enabled:
                 self._collect_trace()
             with _OPEN_RUNS_LOCK:

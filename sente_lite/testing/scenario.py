@@ -45,7 +45,16 @@ FIG_P99_MS = "p99_ms"
 FIG_RECOVERY_S = "recovery_s"
 KEY_FIGURES = (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S)
 
+#: Scenarios renamed, old name -> new name: reports of runs made before a rename (JSON a
+#: runner or scenario wrote) are read under the new name.
+RENAMED_SCENARIOS = {"10_redis_cluster": "10_two_servers_one_redis"}
+
 Story = Callable[[Run, "Report"], None]
+
+
+def current_name(scenario: str) -> str:
+    """``scenario``'s name today (:data:`RENAMED_SCENARIOS` maps old names)."""
+    return RENAMED_SCENARIOS.get(scenario, scenario)
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Report:
         self.skipped: Optional[str] = None
         self.failing_process: Optional[str] = None
         self.log_tail = ""
+        #: What the harness measured about the run's processes (``Run.evidence``).
+        self.harness: Dict[str, Any] = {}
         self._t0 = time.monotonic()
 
     @property
@@ -133,7 +144,7 @@ class Report:
                 "checks": [asdict(c) for c in self.checks], "notes": self.notes,
                 "error": self.error, "skipped": self.skipped,
                 "failing_process": self.failing_process,
-                "log_tail": self.log_tail, "run_dir": run_dir}
+                "log_tail": self.log_tail, "run_dir": run_dir, "harness": self.harness}
 
     def render(self, duration_s: float) -> str:
         """The human report."""
@@ -210,6 +221,7 @@ def run_scenario(story: Story, title: str, *, name: Optional[str] = None,
                 report.log_tail = run.log_tail(culprit, LOG_TAIL_LINES)
         run.keep = args.keep or (args.keep_failed and not report.passed)
         leaks = run.close(raise_on_leak=False)
+        report.harness = run.evidence
         report.check(not leaks, "no child process, bound port or run directory left after cleanup",
                      "; ".join(leaks))
         duration = time.monotonic() - t0
@@ -247,5 +259,5 @@ def _first_server(run: Run) -> Optional[str]:
     return run.handles[0].name if run.handles else None
 
 
-__all__ = ["Report", "Check", "run_scenario", "parse_args", "KEY_FIGURES", "FIG_CLIENTS",
+__all__ = ["Report", "Check", "run_scenario", "RENAMED_SCENARIOS", "current_name", "parse_args", "KEY_FIGURES", "FIG_CLIENTS",
            "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S", "LOG_TAIL_LINES", "TRACE_ENV"]

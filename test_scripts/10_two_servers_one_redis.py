@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""10 Redis cluster: two servers share channels and users through Redis; one dies, its clients move.
+"""10 two servers, one Redis: two servers share channels and users through one Redis; one dies, its clients move.
 
 Setup: a real redis-server (started here, on a free port, no persistence); server-a
 and server-b with ``broker=redis://...``; CLIENTS clients, half on each server, each
