@@ -97,5 +97,5 @@ def test_publish_id_bounds_reach_the_server() -> None:
     srv = cli.server_from_settings(settings(
         ["--publish-ids-per-publisher", "7"], {"SENTE_LITE_PUBLISH_IDS_MAX": "70"}))
     assert (srv.channels.history.ids.per_publisher, srv.channels.history.ids.max_ids) == (7, 70)
-    with pytest.raises(ValueError, match="publish_ids_per_publisher"):
+    with pytest.raises(ValueError, match="publish-ids-per-publisher"):
         cli.server_from_settings(settings(["--publish-ids-per-publisher", "0"]))
