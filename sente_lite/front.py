@@ -3,7 +3,9 @@
 Answers, for the network loop, every HTTP request that arrives: ``/health``,
 ``/metrics``, ``/csrf-token``, the browser client's files, a browser's probe of
 the WebSocket path, and the upgrade itself, checked in order (host, path,
-client-id, origin, CSRF, connection slot, then ``authenticate``).
+client-id, packer, origin, CSRF, then ``authenticate``). The connection slot is taken
+later, on the network thread, by an upgrade about to be answered 101
+(:meth:`sente_lite.core.ServerCore.on_admit`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ class Identity:
     batch: bool = False
 
 
+@dataclass
+class Screened:
+    """An upgrade (or probe) that passed every check but ``authenticate``."""
+
+    client_id: str
+    packer: str
+    batch: bool
+
+
 class HttpFront:
     """Answers HTTP requests for one :class:`~sente_lite.Server`."""
 
@@ -50,15 +61,27 @@ class HttpFront:
 
     def decide(self, link: Link, request: Request) -> Any:
         """A Response, or :class:`Admit` for an upgrade (a probe gets the verdict)."""
-        decision = self._answer_http(link, request)
+        return self.identify(link, request, self.screen(link, request))
+
+    def identify(self, link: Link, request: Request, screened: Any) -> Any:
+        """Finish what :meth:`screen` began: run ``authenticate`` (the slow part, on a
+        worker when there is a hook) for a :class:`Screened` upgrade; a Response, or
+        :class:`Admit` with the connection's identity (a probe gets the verdict)."""
+        decision = screened
+        if isinstance(screened, Screened):
+            srv = self.server
+            uid = srv._identify(link, request, screened.client_id)
+            decision = uid if isinstance(uid, Response) else Admit(Identity(
+                screened.client_id, uid, link.remote, srv._gate.csrf_token_for(screened.client_id),
+                screened.packer, screened.batch))
         if _is_probe(request, self.server.path):  # a browser client asking why its upgrade failed
-            return _probe_answer(link, decision)
+            return _probe_answer(link, decision, self.server._gate)
         return decision
 
-    def _answer_http(self, link: Link, request: Request) -> Any:
-        """Operator GETs, else the upgrade's checks in order: path, client-id, then
-        :meth:`_admit` (origin, CSRF, connection slot) and :meth:`_identify` (auth).
-        Returns a Response, or :class:`Admit` with the connection's identity."""
+    def screen(self, link: Link, request: Request) -> Any:
+        """Operator GETs, else the upgrade's checks in order: path, client-id, packer,
+        then :meth:`_admit` (origin, CSRF). Fast, on the network thread. Returns a
+        Response, or :class:`Screened` for :meth:`identify`."""
         srv = self.server
         parts = urlsplit(request.path)
         if srv._stopping:
@@ -107,12 +130,7 @@ class HttpFront:
         refusal = srv._admit(link, request, client_id, bool(given))
         if refusal is not None:
             return refusal
-        uid = srv._identify(link, request, client_id)
-        if isinstance(uid, Response):
-            return uid
-        batch = (query.get(p.K_BATCH) or [""])[0] in ("1", "true")
-        return Admit(Identity(client_id, uid, link.remote, srv._gate.csrf_token_for(client_id),
-                              packer, batch))
+        return Screened(client_id, packer, (query.get(p.K_BATCH) or [""])[0] in ("1", "true"))
 
     def _metrics_response(self, ws: Link) -> Response:
         srv = self.server
@@ -151,13 +169,16 @@ def _is_probe(request: Request, path: str) -> bool:
             and urlsplit(request.path).path == path)
 
 
-def _probe_answer(link: Link, decision: Any) -> Response:
-    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get.
+def _probe_answer(link: Link, decision: Any, gate: security.Gate) -> Response:
+    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get
+    (503 when every connection slot is taken; a probe never takes one).
 
     A browser cannot see the HTTP status of a refused upgrade; the browser client
     asks this way after a socket that never opened (docs/browser.md). Readable
     from any origin: an origin that is not allowed only ever learns its 403.
     """
+    if isinstance(decision, Admit):
+        decision = gate.full(link, decision.identity.client_id) or decision
     response = decision if isinstance(decision, Response) else _respond(
         link, http.HTTPStatus.OK, "an upgrade with these parameters would be admitted\n")
     response.headers["Access-Control-Allow-Origin"] = "*"
@@ -184,4 +205,4 @@ def _respond(link: Link, status: http.HTTPStatus, body: str,
 
 
 
-__all__ = ["HttpFront", "Identity", "MAX_CLIENT_ID_CHARS"]
+__all__ = ["HttpFront", "Identity", "Screened", "MAX_CLIENT_ID_CHARS"]

@@ -157,40 +157,52 @@ class Upgrader:
                             "internal server error: the upgrade failed (see the server's log)\n")
 
     def apply(self, link: Link, decision: Decision) -> None:
-        """Send the handler's answer to ``link``'s request (a 101 opens the link)."""
+        """Send the handler's answer to ``link``'s request (a 101 opens the link). A
+        link already closed gets nothing (a decision made on another thread after its
+        peer left). An :class:`Admit` asks the handler first (``on_admit``: its slot);
+        an answer that is not a 101 gives that back at once (``on_unopened``)."""
         if link.closed:
             return
         link.deciding = False
         link.deadline = 0.0
-        proto = link.protocol
         handler = self.loop.handler
-        writer = self.loop.writer
         try:
             if isinstance(decision, Admit):
-                response = proto.accept(link.request)  # type: ignore[arg-type]
-                if response.status_code != 101:
-                    handler.on_refused(link, "invalid-upgrade", response.status_code,
-                                       _first_line(response.body))
-                else:
-                    if "Server" in response.headers:
-                        del response.headers["Server"]
-                    response.headers["Server"] = "sente-lite"
-                proto.send_response(response)
-                if response.status_code == 101:
-                    with link.lock:
-                        writer.flush_protocol_locked(link)
-                        link.opened = True
-                        link.writable = True
-                    handler.on_open(link, decision.identity)
+                decision = handler.on_admit(link, decision.identity) or decision
+            if isinstance(decision, Admit):
+                self._accept(link, decision)
             else:
                 link.answered = True
-                proto.send_response(decision)
+                link.protocol.send_response(decision)
         except Exception as exc:
             if link.opened:
                 raise
             link.answered = True
-            proto.send_response(self.internal_error(link, exc))
-        writer.flush_protocol(link)
+            link.protocol.send_response(self.internal_error(link, exc))
+        finally:
+            if not link.opened:
+                handler.on_unopened(link)
+        self.loop.writer.flush_protocol(link)
+
+    def _accept(self, link: Link, decision: Admit) -> None:
+        """Answer 101 (or websockets' own refusal of a bad upgrade) and open the link."""
+        proto = link.protocol
+        handler = self.loop.handler
+        response = proto.accept(link.request)  # type: ignore[arg-type]
+        if response.status_code != 101:
+            handler.on_refused(link, "invalid-upgrade", response.status_code,
+                               _first_line(response.body))
+        else:
+            if "Server" in response.headers:
+                del response.headers["Server"]
+            response.headers["Server"] = "sente-lite"
+        proto.send_response(response)
+        if response.status_code == 101:
+            with link.lock:
+                self.loop.writer.flush_protocol_locked(link)
+                link.opened = True
+                link.writable = True
+            handler.on_open(link, decision.identity)
 
     def malformed(self, link: Link, exc: BaseException) -> None:
         """websockets could not parse the upgrade request (it answered 414/431 itself,

@@ -32,6 +32,8 @@ DEFAULT_MAX_RATE_LIMITED = 1000
 DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 #: How far back the rate guard's patience reaches, in seconds (refill = max / window).
 RATE_PATIENCE_WINDOW_S = 10.0
+#: Upgrades waiting for the ``authenticate`` hook (queued or running); one more is refused 503.
+DEFAULT_MAX_PENDING_AUTH = 64
 
 
 class TokenBucket:
@@ -112,7 +114,15 @@ def validate_milliseconds(name: str, value: object, maximum: float) -> float:
     return float(value)
 
 
+def validate_count(name: str, value: object) -> int:
+    """Return ``value``; ValueError naming ``name`` unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
-           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S"]
+           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S", "DEFAULT_MAX_PENDING_AUTH",
+           "validate_count"]
