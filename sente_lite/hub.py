@@ -142,6 +142,11 @@ class Hub:
                 self._seen_clients.popitem(last=False)
         return first
 
+    def remembered_clients(self) -> int:
+        """How many client-ids :meth:`first_visit` remembers (at most ``max_remembered_clients``)."""
+        with self._lock:
+            return len(self._seen_clients)
+
     def add(self, conn: Member) -> None:
         with self._lock:
             self.conns[conn.conn_id] = conn
