@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import http
 import logging
+import weakref
 from typing import TYPE_CHECKING, Dict, Optional
 
 from websockets import exceptions as _ws_exceptions
@@ -139,12 +140,13 @@ class Upgrader:
         if decision is DEFER:
             link.deciding = True
             link.deadline = link.accepted_at + self.handshake_timeout
-            loop.call_at(link.deadline, lambda: self._decision_overdue(link))
+            ref = weakref.ref(link)  # a timer keeps no ended link (and its protocol) alive
+            loop.call_at(link.deadline, lambda: self._decision_overdue(ref()))
             return
         self.apply(link, decision)
 
-    def _decision_overdue(self, link: Link) -> None:
-        if link.deciding and not link.closed:
+    def _decision_overdue(self, link: Optional[Link]) -> None:
+        if link is not None and link.deciding and not link.closed:
             self.loop.handshakes.timed_out(
                 link, f"upgrade not decided within {self.handshake_timeout:g}s "
                       "(handshake_timeout; a slow authenticate hook?)")

@@ -13,7 +13,8 @@ import gc
 import selectors
 import socket
 import time
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Optional
 
 from websockets.protocol import State
 
@@ -131,10 +132,11 @@ class Closer:
         if link.deadline and link.deadline <= when:
             return
         link.deadline = when
-        self.loop.call_at(when, lambda: self._deadline(link, when))
+        ref = weakref.ref(link)  # a timer keeps no ended link (and its protocol) alive
+        self.loop.call_at(when, lambda: self._deadline(ref(), when))
 
-    def _deadline(self, link: Link, when: float) -> None:
-        if not link.closed and link.deadline == when:
+    def _deadline(self, link: Optional[Link], when: float) -> None:
+        if link is not None and not link.closed and link.deadline == when:
             self.counts["close_timeouts"] += 1
             self.finish(link)
 

@@ -89,17 +89,21 @@ def test_churn_leaves_no_per_connection_state(make_server: Callable[..., Server]
     assert stats["garbage_collections"] >= 1  # the server collected; Python's collector was off
 
 
+@pytest.mark.parametrize("with_hook", [False, True], ids=["no-hook", "authenticate-hook"])
 def test_a_closed_link_is_freed_without_a_collection(make_server: Callable[..., Server],
-                                                     no_automatic_gc: None) -> None:
-    """The library's own objects of a connection are in no reference cycle: the last
-    reference gone, they are freed at once (only websockets' protocol waits for a
-    collection)."""
-    srv = make_server(close_timeout=0.3, rate_limit=None)
+                                                     no_automatic_gc: None, with_hook: bool) -> None:
+    """The library's own objects of a connection are in no reference cycle, and no
+    timer (the closing handshake's deadline, the hook's decision deadline) keeps an
+    ended one: the last reference gone, they are freed at once (only websockets'
+    protocol waits for a collection)."""
+    srv = make_server(close_timeout=30.0, handshake_timeout=30.0, rate_limit=None,
+                      authenticate=(lambda r: "u") if with_hook else None)
     loop = srv._loop
     assert loop is not None
     loop.closer.collect_garbage = lambda: None  # type: ignore[method-assign]
     churn(srv, 0, 50)
     wait_until(lambda: srv.stats()["connections"] == 0 and not loop.links,
                what="the connections to end")
-    wait_until(lambda: alive(Link) <= LINGERING and alive(Connection) == 0,
+    # far sooner than the 30 s deadlines: nothing waits for them
+    wait_until(lambda: alive(Link) <= LINGERING and alive(Connection) == 0, timeout=10.0,
                what="links and connections freed by their last reference alone")
