@@ -365,7 +365,8 @@ class ServerCore:
 
     def on_tick(self, now: float, stalled_s: float) -> None:
         """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
-        connections with 4000. A stretch in which this thread itself was stalled is not
+        connections with 4000, expire what idle channels keep
+        (:meth:`~sente_lite.channels.ChannelRegistry.sweep_idle`). A stretch in which this thread itself was stalled is not
         held against any peer: their frames may be waiting unread in the socket."""
         srv = self.server
         send_pings = now >= self._next_ping
@@ -388,6 +389,9 @@ class ServerCore:
                 conn._ping()
         for conn, waiter, exc in late:
             conn._settle(waiter, None, exc)
+        sweep_idle = getattr(srv.channels, "sweep_idle", None)  # the local broker's channels
+        if sweep_idle is not None:
+            sweep_idle()
 
 
 __all__ = ["ServerCore", "ChannelGate"]

@@ -7,6 +7,7 @@ collection; registries keyed by connection, user or client-id hold live ones onl
 from __future__ import annotations
 
 import gc
+import time
 import tracemalloc
 import uuid
 from typing import Callable, Iterator
@@ -107,3 +108,69 @@ def test_a_closed_link_is_freed_without_a_collection(make_server: Callable[..., 
     # far sooner than the 30 s deadlines: nothing waits for them
     wait_until(lambda: alive(Link) <= LINGERING and alive(Connection) == 0, timeout=10.0,
                what="links and connections freed by their last reference alone")
+
+
+def test_idle_channels_drop_expired_history_and_publish_ids_untouched(
+        make_server: Callable[..., Server]) -> None:
+    """Channels left by every subscriber keep their history and publish ids no longer
+    than ``history_ttl_s`` / ``publish_dedup_s`` (plus a sweep interval), even when no
+    one touches them again: churn of per-user channels holds no stale messages."""
+    srv = make_server(history_ttl_s=0.5, publish_dedup_s=0.5, heartbeat_ms=400,
+                      max_idle_channels=1000)
+    channels = [f"inbox-{i}" for i in range(200)]
+    for i, name in enumerate(channels):
+        for j in range(3):
+            srv._hub.publish(name, str(i * 10 + j), None, None, publish_id=f"id-{i}-{j}")
+    stats = srv.stats()
+    assert stats["history_messages"] == 600 and stats["publish_ids"] == 600
+    wait_until(lambda: srv.stats()["history_messages"] == 0 and srv.stats()["publish_ids"] == 0,
+               timeout=10.0, what="expired history and ids of idle channels dropped")
+    assert srv.stats()["channels"] == 200  # the channels (offsets, epochs) stay
+    assert srv.publish("inbox-7", "again").offset == 4
+
+
+def test_sweeping_idle_channels_never_strands_a_publish() -> None:
+    """Publishes racing the sweep (which holds a channel's lock for a moment) all complete,
+    also with one publisher per channel (no later publish runs a stranded one)."""
+    import threading
+
+    from sente_lite.channels import ChannelRegistry
+    from sente_lite.counters import Counter, Counters
+
+    sweeper = threading.current_thread()
+
+    class SlowSweep(Counters):
+        """Counting what the sweep expired takes a moment: it holds the channel's lock
+        long enough for publishes to queue behind it."""
+
+        def add(self, counter: Counter, n: int = 1) -> None:
+            if threading.current_thread() is sweeper:
+                time.sleep(0.001)
+            super().add(counter, n)
+
+    reg = ChannelRegistry("e", history_ttl_s=0.002, publish_dedup_s=0.002, counters=SlowSweep())
+    results: list = []
+    lock = threading.Lock()
+
+    def publisher(k: int) -> None:
+        for i in range(1500):
+            r = reg.publish(f"c{k}", lambda off, ep: off, lambda m, f: True,
+                            publish_id=f"{k}-{i}")
+            with lock:
+                results.append(r)
+
+    threads = [threading.Thread(target=publisher, args=(k,), name=f"test-pub-{k}", daemon=True)
+               for k in range(4)]
+    for t in threads:
+        t.start()
+    swept = 0
+    deadline = time.monotonic() + 20.0
+    while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        swept += reg.sweep_idle()
+    for t in threads:
+        t.join(5.0)
+    assert not any(t.is_alive() for t in threads), "a publish never completed"
+    assert len(results) == 6000 and all(r is not None for r in results)
+    assert swept > 0
+    assert [reg.publish(f"c{k}", lambda o, e: o, lambda m, f: True).offset
+            for k in range(4)] == [1501] * 4
