@@ -67,11 +67,16 @@ def reset(peer: RawPeer) -> None:
     peer.close()
 
 
-def links(srv: Server) -> int:
-    """Sockets the server's network loop holds (upgrading or open)."""
+def holds(srv: Server, sock: socket.socket) -> bool:
+    """Whether the server's network loop holds the other end of ``sock``."""
+    return holds_name(srv, sock.getsockname())
+
+
+def holds_name(srv: Server, name: tuple) -> bool:
+    """Whether the server's network loop holds a link from ``name`` (host, port)."""
     loop = srv._loop
     assert loop is not None
-    return len(loop.links)
+    return any(link.remote == f"{name[0]}:{name[1]}" for link in list(loop.links.values()))
 
 
 def slots(srv: Server) -> int:
@@ -140,13 +145,15 @@ def hook_raises(srv: Server, hook: Hook) -> None:
 
 def slow_hook_then_peer_gone(srv: Server, hook: Hook) -> None:
     """The hook admits after its peer reset the connection."""
-    before = links(srv)
     hook.released.clear()
     peer = RawPeer(srv.host, srv.port, WAIT_S)
+    sock = peer.sock
     peer.send(upgrade_request(srv.host, srv.port, headers=bearer("slow")))
     wait_until(lambda: hook.waiting == 1, what="the hook to start deciding")
+    wait_until(lambda: holds(srv, sock), what="the server to hold the upgrade")
+    name = sock.getsockname()
     reset(peer)
-    wait_until(lambda: links(srv) == before, what="the server to see the reset")
+    wait_until(lambda: not holds_name(srv, name), what="the server to see the reset")
     hook.release()
     wait_until(lambda: hook.waiting == 0, what="the hook to return")
 
@@ -307,14 +314,14 @@ def test_reset_tls_upgrades_give_their_slot_back(make_server: Callable[..., Serv
     try:
         for token in ("good", "slow", "wrong"):
             for _ in range(MAX_CONNECTIONS + 1):
-                before = links(srv)
                 hook.released.clear()
                 sock = tls_peer()
                 sock.sendall(upgrade_request(srv.host, srv.port, headers=bearer(token)))
                 if token == "slow":
                     wait_until(lambda: hook.waiting == 1, what="the hook to start deciding")
+                name = sock.getsockname()
                 tls_reset(sock)
-                wait_until(lambda: links(srv) == before, what="the server to see the reset")
+                wait_until(lambda: not holds_name(srv, name), what="the server to see the reset")
                 hook.release()
                 wait_until(lambda: hook.waiting == 0, what="the hook to return")
             wait_until(lambda: slots(srv) == 0, timeout=5.0, what=f"slots back after {token}")
