@@ -48,6 +48,9 @@ DEFAULT_PUBLISH_DEDUP_S = 300.0
 REASON_EPOCH_CHANGED = "epoch-changed"
 REASON_HISTORY_EXPIRED = "history-expired"
 REASON_HISTORY_OFF = "history-off"
+#: Channels without subscribers have their history and publish ids expired every this
+#: part of ``history_ttl_s`` (no one touches them to expire them otherwise).
+IDLE_SWEEP_FRACTION = 0.1
 
 
 @dataclass
@@ -257,6 +260,7 @@ class ChannelRegistry(MemberIndex):
         self._by_member: Dict[Hashable, Set[str]] = {}
         self._generation = itertools.count(1)
         self.evicted = 0
+        self._next_sweep = 0.0
 
     # -- internal -------------------------------------------------------------
     def _get_or_create(self, name: str) -> _Channel:
@@ -453,6 +457,29 @@ class ChannelRegistry(MemberIndex):
         with ch.lock:
             self.history.expire(ch, self._clock())
             return [(offset, frame) for offset, frame, _ in ch.history]
+
+    def sweep_idle(self) -> int:
+        """Expire the history and publish ids of the channels without subscribers, at
+        most once every ``IDLE_SWEEP_FRACTION`` of ``history_ttl_s``: what churn leaves
+        in them is gone within about 1.1 ``history_ttl_s`` (ids: ``publish_dedup_s``)
+        even when no one publishes or subscribes there again. Returns the channels
+        looked at (0 between sweeps)."""
+        now = self._clock()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + self.history.ttl_s * IDLE_SWEEP_FRACTION
+        with self._lock:
+            idle = [self._channels[name] for name in self._idle]
+        self.history.ids.expire()
+        for ch in idle:
+            # a busy channel is left to its publisher (which expires it); a publish
+            # queued while this holds the lock runs before the lock is let go
+            if ch.history and ch.lock.acquire(False):
+                try:
+                    self.history.expire(ch, now)
+                finally:
+                    self._run_pending(ch)
+        return len(idle)
 
     def stats(self) -> dict:
         """Counts: channels known, channels with subscribers, subscriptions, evicted,

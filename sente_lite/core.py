@@ -13,9 +13,8 @@ import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
-from urllib.parse import urlsplit
 
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 
 from . import protocol as p
 from . import session as ss
@@ -23,7 +22,7 @@ from . import tracing
 from .channels import Published, RecoveryResult
 from .counters import Counter
 from .errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
-from .front import Identity
+from .front import Identity, Screened
 from .logsafe import safe
 from .netloop import DEFER, Link
 from .security import report
@@ -92,24 +91,49 @@ class ServerCore:
 
     # -- upgrades ----------------------------------------------------------------------
     def on_request(self, link: Link, request: Request) -> Any:
-        """An HTTP request arrived: answer it, accept the upgrade, or decide on a worker
-        (an ``authenticate`` hook may be slow; the network thread never waits for it)."""
+        """An HTTP request arrived: answer it, accept the upgrade, or run the
+        ``authenticate`` hook on a worker (it may be slow; the network thread never
+        waits for it). At most ``max_pending_auth`` upgrades wait for the hook."""
         srv = self.server
-        if (srv._gate.authenticate is not None and not srv._stopping
-                and urlsplit(request.path).path == srv.path):
+        front = srv._front
+        screened = front.screen(link, request)
+        if not isinstance(screened, Screened) or srv._gate.authenticate is None:
+            return front.identify(link, request, screened)
+        refusal = srv._gate.begin_auth(link, screened.client_id)
+        if refusal is not None:
+            return front.identify(link, request, refusal)
+        try:
             srv._pool.submit(Lane(f"upgrade {link.remote}"),
-                             lambda: self._decide_later(link, request))
-            return DEFER
-        return srv._front.decide(link, request)
+                             lambda: self._decide_later(link, request, screened))
+        except BaseException:
+            srv._gate.end_auth()
+            raise
+        return DEFER
 
-    def _decide_later(self, link: Link, request: Request) -> None:
-        loop = self.server._loop
+    def _decide_later(self, link: Link, request: Request, screened: Screened) -> None:
+        """On a worker: the hook's verdict, handed back to the network thread. Marked
+        blocking, so slow hooks never hold back handlers (``max_pending_auth`` bounds them)."""
+        srv = self.server
+        loop = srv._loop
         assert loop is not None
         try:
-            decision = self.server._front.decide(link, request)
+            with srv._pool.blocking():
+                decision = srv._front.identify(link, request, screened)
         except Exception as exc:
             decision = loop._internal_error(link, exc)
+        finally:
+            srv._gate.end_auth()
         loop.decide(link, decision)
+
+    def on_admit(self, link: Link, ident: Identity) -> Optional[Response]:
+        """The upgrade is about to be answered 101 (network thread): take its
+        connection slot, or refuse it 503 when ``max_connections`` are taken."""
+        return self.server._gate.take_slot(link, ident.client_id)
+
+    def on_unopened(self, link: Link) -> None:
+        """The upgrade was answered without a 101, or never answered: its slot, if it
+        took one, is given back at once."""
+        self.server._gate.release_slot(link)
 
     def on_refused(self, link: Link, reason: str, status: Optional[int], message: str) -> None:
         """The network loop refused an upgrade itself (malformed, too large, too slow)."""
@@ -347,7 +371,8 @@ class ServerCore:
 
     def on_tick(self, now: float, stalled_s: float) -> None:
         """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
-        connections with 4000. A stretch in which this thread itself was stalled is not
+        connections with 4000, expire what idle channels keep
+        (:meth:`~sente_lite.channels.ChannelRegistry.sweep_idle`). A stretch in which this thread itself was stalled is not
         held against any peer: their frames may be waiting unread in the socket."""
         srv = self.server
         send_pings = now >= self._next_ping
@@ -370,6 +395,9 @@ class ServerCore:
                 conn._ping()
         for conn, waiter, exc in late:
             conn._settle(waiter, None, exc)
+        sweep_idle = getattr(srv.channels, "sweep_idle", None)  # the local broker's channels
+        if sweep_idle is not None:
+            sweep_idle()
 
 
 __all__ = ["ServerCore", "ChannelGate"]

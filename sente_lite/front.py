@@ -3,7 +3,9 @@
 Answers, for the network loop, every HTTP request that arrives: ``/health``,
 ``/metrics``, ``/csrf-token``, the browser client's files, a browser's probe of
 the WebSocket path, and the upgrade itself, checked in order (host, path,
-client-id, origin, CSRF, connection slot, then ``authenticate``).
+client-id, packer, origin, CSRF, then ``authenticate``). The connection slot is taken
+later, on the network thread, by an upgrade about to be answered 101
+(:meth:`sente_lite.core.ServerCore.on_admit`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ class Identity:
     batch: bool = False
 
 
+@dataclass
+class Screened:
+    """An upgrade (or probe) that passed every check but ``authenticate``."""
+
+    client_id: str
+    packer: str
+    batch: bool
+
+
 class HttpFront:
     """Answers HTTP requests for one :class:`~sente_lite.Server`."""
 
@@ -52,19 +63,38 @@ class HttpFront:
         self.server = server
 
     def decide(self, link: Link, request: Request) -> Any:
-        """A Response, or :class:`Admit` for an upgrade (a probe gets the verdict).
+        """A Response, or :class:`Admit` for an upgrade (a probe gets the verdict)."""
+        return self.identify(link, request, self.screen(link, request))
 
-        Every route answers ``GET`` and ``HEAD`` (GET's headers, no body); another
-        method gets ``405`` with ``Allow`` on a route, ``404`` elsewhere."""
+    def identify(self, link: Link, request: Request, screened: Any) -> Any:
+        """Finish what :meth:`screen` began: run ``authenticate`` (the slow part, on a
+        worker when there is a hook) for a :class:`Screened` upgrade; a Response, or
+        :class:`Admit` with the connection's identity (a probe or a HEAD gets the verdict,
+        a HEAD without a body)."""
+        decision = screened
+        if isinstance(screened, Screened):
+            srv = self.server
+            uid = srv._identify(link, request, screened.client_id)
+            decision = uid if isinstance(uid, Response) else Admit(Identity(
+                screened.client_id, uid, link.remote, srv._gate.csrf_token_for(screened.client_id),
+                screened.packer, screened.batch))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
-        if method not in ALLOWED_METHODS:
-            return self._wrong_method(link, request, method)
-        decision = self._answer_http(link, request)
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
-            decision = _probe_answer(link, decision)  # a browser client asking why its upgrade failed
+            decision = _probe_answer(link, decision, self.server._gate)  # never upgrades
         if method == "HEAD":
             return dataclasses.replace(decision, body=b"")  # Content-Length stays GET's
         return decision
+
+    def screen(self, link: Link, request: Request) -> Any:
+        """Fast checks, on the network thread: the method (every route answers ``GET``
+        and ``HEAD``; another method gets ``405`` with ``Allow`` on a route, ``404``
+        elsewhere), operator GETs, else the upgrade's checks in order: path, client-id,
+        packer, then :meth:`_admit` (origin, CSRF). Returns a Response, or
+        :class:`Screened` for :meth:`identify`."""
+        method = getattr(request, "method", "GET")
+        if method not in ALLOWED_METHODS:
+            return self._wrong_method(link, request, method)
+        return self._screen_upgrade(link, request)
 
     def _wrong_method(self, link: Link, request: Request, method: str) -> Response:
         """405 naming the allowed methods on a route (after the Host check), else 404."""
@@ -81,10 +111,8 @@ class HttpFront:
                                 f"{' or '.join(ALLOWED_METHODS)}",
                                 headers=[("Allow", ", ".join(ALLOWED_METHODS))])
 
-    def _answer_http(self, link: Link, request: Request) -> Any:
-        """Operator GETs, else the upgrade's checks in order: path, client-id, then
-        :meth:`_admit` (origin, CSRF, connection slot) and :meth:`_identify` (auth).
-        Returns a Response, or :class:`Admit` with the connection's identity."""
+    def _screen_upgrade(self, link: Link, request: Request) -> Any:
+        """Operator GETs, else the upgrade's checks (see :meth:`screen`)."""
         srv = self.server
         parts = urlsplit(request.path)
         if srv._stopping:
@@ -133,12 +161,7 @@ class HttpFront:
         refusal = srv._admit(link, request, client_id, bool(given))
         if refusal is not None:
             return refusal
-        uid = srv._identify(link, request, client_id)
-        if isinstance(uid, Response):
-            return uid
-        batch = (query.get(p.K_BATCH) or [""])[0] in ("1", "true")
-        return Admit(Identity(client_id, uid, link.remote, srv._gate.csrf_token_for(client_id),
-                              packer, batch))
+        return Screened(client_id, packer, (query.get(p.K_BATCH) or [""])[0] in ("1", "true"))
 
     def _metrics_response(self, ws: Link) -> Response:
         srv = self.server
@@ -177,13 +200,16 @@ def _is_probe(request: Request, path: str) -> bool:
             and urlsplit(request.path).path == path)
 
 
-def _probe_answer(link: Link, decision: Any) -> Response:
-    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get.
+def _probe_answer(link: Link, decision: Any, gate: security.Gate) -> Response:
+    """Answer a plain GET of the WebSocket path: the verdict the same upgrade would get
+    (503 when every connection slot is taken; a probe never takes one).
 
     A browser cannot see the HTTP status of a refused upgrade; the browser client
     asks this way after a socket that never opened (docs/browser.md). Readable
     from any origin: an origin that is not allowed only ever learns its 403.
     """
+    if isinstance(decision, Admit):
+        decision = gate.full(link, decision.identity.client_id) or decision
     response = decision if isinstance(decision, Response) else _respond(
         link, http.HTTPStatus.OK, "an upgrade with these parameters would be admitted\n")
     response.headers["Access-Control-Allow-Origin"] = "*"
@@ -210,4 +236,4 @@ def _respond(link: Link, status: http.HTTPStatus, body: str,
 
 
 
-__all__ = ["HttpFront", "Identity", "MAX_CLIENT_ID_CHARS", "ALLOWED_METHODS"]
+__all__ = ["HttpFront", "Identity", "Screened", "MAX_CLIENT_ID_CHARS", "ALLOWED_METHODS"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import http
 import logging
+import weakref
 from typing import TYPE_CHECKING, Dict, Optional
 
 from websockets import exceptions as _ws_exceptions
@@ -139,12 +140,13 @@ class Upgrader:
         if decision is DEFER:
             link.deciding = True
             link.deadline = link.accepted_at + self.handshake_timeout
-            loop.call_at(link.deadline, lambda: self._decision_overdue(link))
+            ref = weakref.ref(link)  # a timer keeps no ended link (and its protocol) alive
+            loop.call_at(link.deadline, lambda: self._decision_overdue(ref()))
             return
         self.apply(link, decision)
 
-    def _decision_overdue(self, link: Link) -> None:
-        if link.deciding and not link.closed:
+    def _decision_overdue(self, link: Optional[Link]) -> None:
+        if link is not None and link.deciding and not link.closed:
             self.loop.handshakes.timed_out(
                 link, f"upgrade not decided within {self.handshake_timeout:g}s "
                       "(handshake_timeout; a slow authenticate hook?)")
@@ -157,40 +159,52 @@ class Upgrader:
                             "internal server error: the upgrade failed (see the server's log)\n")
 
     def apply(self, link: Link, decision: Decision) -> None:
-        """Send the handler's answer to ``link``'s request (a 101 opens the link)."""
+        """Send the handler's answer to ``link``'s request (a 101 opens the link). A
+        link already closed gets nothing (a decision made on another thread after its
+        peer left). An :class:`Admit` asks the handler first (``on_admit``: its slot);
+        an answer that is not a 101 gives that back at once (``on_unopened``)."""
         if link.closed:
             return
         link.deciding = False
         link.deadline = 0.0
-        proto = link.protocol
         handler = self.loop.handler
-        writer = self.loop.writer
         try:
             if isinstance(decision, Admit):
-                response = proto.accept(link.request)  # type: ignore[arg-type]
-                if response.status_code != 101:
-                    handler.on_refused(link, "invalid-upgrade", response.status_code,
-                                       _first_line(response.body))
-                else:
-                    if "Server" in response.headers:
-                        del response.headers["Server"]
-                    response.headers["Server"] = "sente-lite"
-                proto.send_response(response)
-                if response.status_code == 101:
-                    with link.lock:
-                        writer.flush_protocol_locked(link)
-                        link.opened = True
-                        link.writable = True
-                    handler.on_open(link, decision.identity)
+                decision = handler.on_admit(link, decision.identity) or decision
+            if isinstance(decision, Admit):
+                self._accept(link, decision)
             else:
                 link.answered = True
-                proto.send_response(decision)
+                link.protocol.send_response(decision)
         except Exception as exc:
             if link.opened:
                 raise
             link.answered = True
-            proto.send_response(self.internal_error(link, exc))
-        writer.flush_protocol(link)
+            link.protocol.send_response(self.internal_error(link, exc))
+        finally:
+            if not link.opened:
+                handler.on_unopened(link)
+        self.loop.writer.flush_protocol(link)
+
+    def _accept(self, link: Link, decision: Admit) -> None:
+        """Answer 101 (or websockets' own refusal of a bad upgrade) and open the link."""
+        proto = link.protocol
+        handler = self.loop.handler
+        response = proto.accept(link.request)  # type: ignore[arg-type]
+        if response.status_code != 101:
+            handler.on_refused(link, "invalid-upgrade", response.status_code,
+                               _first_line(response.body))
+        else:
+            if "Server" in response.headers:
+                del response.headers["Server"]
+            response.headers["Server"] = "sente-lite"
+        proto.send_response(response)
+        if response.status_code == 101:
+            with link.lock:
+                self.loop.writer.flush_protocol_locked(link)
+                link.opened = True
+                link.writable = True
+            handler.on_open(link, decision.identity)
 
     def malformed(self, link: Link, exc: BaseException) -> None:
         """websockets could not parse the upgrade request (it answered 414/431 itself,

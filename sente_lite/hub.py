@@ -124,7 +124,10 @@ class Hub:
         self._lock = threading.Lock()
         self.conns: Dict[str, Any] = {}
         self._by_uid: Dict[str, Set[str]] = {}
-        self._seen_clients: "collections.OrderedDict[str, None]" = collections.OrderedDict()
+        # the hash of each client-id seen, least recently seen first: about 140 bytes each,
+        # whatever the id's length (kept whole, a 32-character id costs about 185, a
+        # 128-character one about 280)
+        self._seen_clients: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._json: Dict[str, str] = {}
         # A broker shared by several servers (RedisBroker) also routes users and presence.
         self.shared: Any = broker if getattr(broker, "shared", False) else None
@@ -134,14 +137,21 @@ class Hub:
     # -- registry ---------------------------------------------------------------------
     def first_visit(self, client_id: str) -> bool:
         """True the first time ``client_id`` connects (remembering the latest
-        ``max_remembered_clients``)."""
+        ``max_remembered_clients``, by their hash: two ids of the same 64-bit hash, of
+        this process's seed, count as one)."""
+        key = hash(client_id)
         with self._lock:
-            first = client_id not in self._seen_clients
-            self._seen_clients[client_id] = None
-            self._seen_clients.move_to_end(client_id)
+            first = key not in self._seen_clients
+            self._seen_clients[key] = None
+            self._seen_clients.move_to_end(key)
             while len(self._seen_clients) > self.max_remembered_clients:
                 self._seen_clients.popitem(last=False)
         return first
+
+    def remembered_clients(self) -> int:
+        """How many client-ids :meth:`first_visit` remembers (at most ``max_remembered_clients``)."""
+        with self._lock:
+            return len(self._seen_clients)
 
     def add(self, conn: Member) -> None:
         with self._lock:

@@ -34,6 +34,8 @@ DEFAULT_MAX_RATE_LIMITED = 1000
 DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 #: How far back the rate guard's patience reaches, in seconds (refill = max / window).
 RATE_PATIENCE_WINDOW_S = 10.0
+#: Upgrades waiting for the ``authenticate`` hook (queued or running); one more is refused 503.
+DEFAULT_MAX_PENDING_AUTH = 64
 
 
 class TokenBucket:
@@ -195,6 +197,7 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "close_timeout": Bound(0, _HOUR_S, above=True),
     "handshake_timeout": Bound(0, _HOUR_S, above=True),
     "max_connections": Bound(1, 10_000_000, integer=True),
+    "max_pending_auth": Bound(1, 10_000_000, integer=True),
     "max_pending_handshakes": Bound(1, 10_000_000, integer=True),
     "max_subscriptions_per_conn": Bound(1, _BIG, integer=True),
     "rate_limit": Bound(0, _BIG, above=True, none_ok=True),
@@ -225,9 +228,15 @@ CLIENT_BOUNDS: Dict[str, Bound] = {
 }
 
 
+def validate_count(name: str, value: object) -> int:
+    """Return ``value``; :class:`InvalidSetting` naming ``name`` unless it is an integer >= 1."""
+    check_setting(name, value, Bound(1, _BIG, integer=True))
+    return value  # type: ignore[return-value]
+
+
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
            "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
-           "CLIENT_BOUNDS"]
+           "CLIENT_BOUNDS", "DEFAULT_MAX_PENDING_AUTH", "validate_count"]

@@ -65,6 +65,16 @@ class LinkHandler:
     def on_request(self, link: "Link", request: Request) -> Decision:
         raise NotImplementedError
 
+    def on_admit(self, link: "Link", identity: Any) -> Optional[Response]:
+        """An :class:`Admit` is about to be answered 101: take what the connection
+        needs (a slot); a Response refuses the upgrade instead."""
+        raise NotImplementedError
+
+    def on_unopened(self, link: "Link") -> None:
+        """The request of ``link`` was answered without a 101 (or the answer failed):
+        give back what :meth:`on_admit` took. Called on every answer that is not a 101."""
+        raise NotImplementedError
+
     def on_open(self, link: "Link", identity: Any) -> None:
         """A 101 went out: register the connection (``link.owner``) and greet it."""
         raise NotImplementedError

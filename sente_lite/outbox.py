@@ -125,11 +125,23 @@ class Outbox:
             self._bytes = len(keep)
         return dropped
 
+    def close(self) -> None:
+        """The socket is closed: forget what is queued and the write function (which
+        may refer back to the queue's owner: no reference cycle outlives the socket)."""
+        self._chunks.clear()
+        self._bytes = 0
+        self._write = _discard
+
     def _send(self, data: bytes, now_ns: int) -> int:
         n = self._write(data)
         self.writes += 1
         self.last_write_ns = now_ns
         return n
+
+
+def _discard(data: bytes) -> int:
+    """The write function of a closed outbox: takes everything, sends nothing."""
+    return len(data)
 
 
 __all__ = ["Outbox", "Overflow", "MAX_WRITE_BYTES"]

@@ -92,6 +92,11 @@ class PublishIds:
         if evicted:
             self._counters.add(Counter.PUBLISH_IDS_EVICTED, evicted)
 
+    def expire(self) -> None:
+        """Drop the ids older than the window now (publishes do it as they come)."""
+        with self._lock:
+            self._expire(self._clock())
+
     def _forget(self, key: _Key) -> None:
         """Caller holds the lock."""
         del self._all[key]

@@ -28,7 +28,11 @@ close is counted and logged through one helper, :func:`report`.
   gets its first token from ``GET /csrf-token?client-id=...`` on the same port
   (no CORS headers: a page of another origin cannot read the answer) or from the
   application, which can embed :meth:`CsrfTokens.token_for` in the page it serves.
-* **Slots**: at most ``max_connections`` admitted connections (503 beyond). The
+* **Slots**: at most ``max_connections`` admitted connections (503 beyond). A slot
+  is taken on the network thread by an upgrade about to be answered 101, after every
+  check and the ``authenticate`` hook, and given back as soon as that upgrade fails
+  or its connection ends. At most ``max_pending_auth`` upgrades wait for the hook
+  (queued or running; 503 beyond): they hold no slot meanwhile. The
   limits on upgrades still arriving (slowloris: deadlines, caps, eviction) are the
   network loop's (:mod:`sente_lite.netloop`). Header size is bounded by websockets
   itself (``websockets.http11.MAX_LINE_LENGTH`` bytes per line, ``MAX_NUM_HEADERS``
@@ -56,6 +60,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from websockets.http11 import Request, Response
 
+from . import limits as lim
 from . import tracing
 from .origins import normalize_origins, origin_problem, split_host
 from .logsafe import safe
@@ -70,6 +75,7 @@ R_BAD_PACKER = "bad-packer"
 R_BAD_PACKER = "bad-packer"
 R_MAX_CONNECTIONS = "max-connections"
 R_MAX_PENDING_HANDSHAKES = "max-pending-handshakes"
+R_MAX_PENDING_AUTH = "max-pending-auth"
 R_ORIGIN = "origin"
 R_CSRF = "csrf"
 R_UNAUTHENTICATED = "unauthenticated"
@@ -377,6 +383,7 @@ class Gate:
         handshake_timeout: float,
         allowed_hosts: Optional[Iterable[str]] = None,
         bind_host: str = "127.0.0.1",
+        max_pending_auth: int = lim.DEFAULT_MAX_PENDING_AUTH,
     ) -> None:
         if max_connections < 1 or max_pending_handshakes < 1:
             raise ValueError("max_connections and max_pending_handshakes must be >= 1")
@@ -390,8 +397,10 @@ class Gate:
         self.max_connections = max_connections
         self.max_pending_handshakes = max_pending_handshakes
         self.handshake_timeout = handshake_timeout
+        self.max_pending_auth = lim.validate_count("max_pending_auth", max_pending_auth)
         self._lock = threading.Lock()
         self._slots = 0
+        self._pending_auth = 0
         self._counters = _GateCounters()
 
     # -- counters -------------------------------------------------------------------
@@ -403,8 +412,9 @@ class Gate:
     def stats(self) -> Dict[str, Any]:
         """The gate's part of Server.stats()."""
         with self._lock:
-            slots = self._slots
-        return {"handshakes_refused": self.refusals(), "connection_slots": slots}
+            slots, pending_auth = self._slots, self._pending_auth
+        return {"handshakes_refused": self.refusals(), "connection_slots": slots,
+                "pending_auth": pending_auth}
 
     # -- refusals -------------------------------------------------------------------
     def refuse(self, ws: Any, status: int, reason: str, message: str,
@@ -442,7 +452,8 @@ class Gate:
 
     def admit(self, ws: Any, request: Request, client_id: str,
               client_id_given: bool) -> Optional[Response]:
-        """Origin, CSRF, then a connection slot. A Response refuses; None admits."""
+        """Origin, then CSRF. A Response refuses; None admits (the connection slot is
+        taken later, by :meth:`take_slot`)."""
         refusal = self.check_origin(ws, request)
         if refusal is not None:
             return refusal
@@ -459,10 +470,6 @@ class Gate:
             if not self.csrf.check(client_id, token):
                 return self.refuse(ws, 403, R_CSRF, "csrf-token does not match this client-id "
                                    "(or was issued by a server with another csrf_secret)", client_id)
-        if not self._take_slot(ws):
-            return self.refuse(ws, 503, R_MAX_CONNECTIONS,
-                               f"server full: {self.max_connections} connections (max_connections)",
-                               client_id)
         return None
 
     def identify(self, ws: Any, request: Request, client_id: str) -> Union[str, Response]:
@@ -492,15 +499,46 @@ class Gate:
         return self.csrf.token_for(client_id) if self.csrf is not None else None
 
     # -- slots -------------------------------------------------------------------------
-    def _take_slot(self, ws: Any) -> bool:
-        if getattr(ws, "_sente_slot", False):
-            return True
+    def take_slot(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
+        """Take a connection slot for ``ws`` (an upgrade about to be answered 101);
+        a 503 refusal when ``max_connections`` are taken."""
         with self._lock:
-            if self._slots >= self.max_connections:
-                return False
-            self._slots += 1
-        ws._sente_slot = True
-        return True
+            if getattr(ws, "_sente_slot", False):
+                return None
+            if self._slots < self.max_connections:
+                self._slots += 1
+                ws._sente_slot = True
+                return None
+        return self._refuse_full(ws, client_id)
+
+    def full(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
+        """The 503 refusal of ``ws`` when every connection slot is taken, else None
+        (takes nothing: for a probe, which never opens)."""
+        with self._lock:
+            if self._slots < self.max_connections:
+                return None
+        return self._refuse_full(ws, client_id)
+
+    def _refuse_full(self, ws: Any, client_id: Optional[str]) -> Response:
+        return self.refuse(ws, 503, R_MAX_CONNECTIONS,
+                           f"server full: {self.max_connections} connections (max_connections)",
+                           client_id)
+
+    def begin_auth(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
+        """Count one more upgrade waiting for the ``authenticate`` hook; a 503 refusal
+        when ``max_pending_auth`` already wait. Each None is paired with :meth:`end_auth`."""
+        with self._lock:
+            if self._pending_auth < self.max_pending_auth:
+                self._pending_auth += 1
+                return None
+        return self.refuse(ws, 503, R_MAX_PENDING_AUTH,
+                           f"server busy: {self.max_pending_auth} upgrades already wait for "
+                           "authentication (max_pending_auth)", client_id)
+
+    def end_auth(self) -> None:
+        """The hook of an upgrade counted by :meth:`begin_auth` returned (or raised)."""
+        with self._lock:
+            self._pending_auth -= 1
 
     def release_slot(self, ws: Any) -> None:
         """Give back the connection slot ``ws`` took, if it took one (at its close)."""

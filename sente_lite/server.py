@@ -330,7 +330,9 @@ class Server(InspectionMixin):
     Origin or the same host; else that list and the server's own origin, ``["*"]`` for
     any; others 403; :mod:`sente_lite.origins`),
     ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
-    ``max_connections`` and ``max_pending_handshakes`` (503), ``rate_limit`` /
+    ``max_connections`` and ``max_pending_handshakes`` (503), ``max_pending_auth``
+    (upgrades waiting for ``authenticate``, which hold no connection slot; 503),
+    ``rate_limit`` /
     ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
     ``max_subscriptions_per_conn`` (``limit-exceeded``), ``max_outstanding_requests``
     (server-to-client requests; :class:`LimitExceeded`), ``expose_metrics`` (``/metrics``).
@@ -412,6 +414,7 @@ class Server(InspectionMixin):
         compression: Optional[str] = None,
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
+        max_pending_auth: int = lim.DEFAULT_MAX_PENDING_AUTH,
     ) -> None:
         lim.check_settings(locals())  # every numeric keyword, before any is used
         self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
@@ -452,7 +455,8 @@ class Server(InspectionMixin):
             authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
             csrf_secret=csrf_secret, max_connections=max_connections,
             max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout,
-            allowed_hosts=allowed_hosts, bind_host=host)
+            allowed_hosts=allowed_hosts, bind_host=host, max_pending_auth=max_pending_auth)
+        self.max_pending_auth = self._gate.max_pending_auth
         self._latency = LatencyHistogram()
         self._metrics = MetricsExporter(self.stats, self._latency)
 
@@ -687,7 +691,7 @@ class Server(InspectionMixin):
 
     def _admit(self, ws: Link, request: Request, client_id: str,
                client_id_given: bool) -> Optional[Response]:
-        """Origin, CSRF and connection-limit checks (see :mod:`sente_lite.security`): a Response refuses."""
+        """Origin and CSRF checks (see :mod:`sente_lite.security`): a Response refuses."""
         return self._gate.admit(ws, request, client_id, client_id_given)
 
     def _identify(self, ws: Link, request: Request, client_id: str) -> Union[str, Response]:

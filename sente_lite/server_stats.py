@@ -53,6 +53,7 @@ class InspectionMixin:
         live = self._snapshot()
         out["connections"] = len(live)
         out["users"] = self._hub.user_count()
+        out["remembered_clients"] = self._hub.remembered_clients()
         for key in PER_CONN_TOTALS:
             out[key] = closed[key] + sum(getattr(c, key) for c in live)
         out["queued_bytes"] = sum(c.queued_bytes for c in live)

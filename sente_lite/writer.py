@@ -13,7 +13,8 @@ import gc
 import selectors
 import socket
 import time
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Optional
 
 from websockets.protocol import State
 
@@ -27,6 +28,19 @@ if TYPE_CHECKING:
 #: next tick: websockets' protocol objects live in reference cycles, so a buffered partial
 #: message would otherwise wait for the next full collection.
 GC_AFTER_DROPPED_BYTES = 64 * 1024
+#: Links ended since the last collection after which the loop collects garbage at its
+#: next tick (or after as many as there are open links, when more): each ended link
+#: leaves its websockets protocol (a few KB) in a reference cycle that Python's own
+#: collector may keep for a long time on a large heap. The cost of a collection grows
+#: with the heap, hence with the open links: so it stays constant per ended link.
+GC_AFTER_ENDED_LINKS = 512
+#: A tick in which no link ended collects the cycles of those ended before, once at
+#: least this many (or an eighth of the open links) wait: churn that stops leaves nothing.
+GC_QUIET_MIN_ENDED = 32
+#: Ticks after a collection at which one more runs when no link ended meanwhile: links
+#: whose last references (a close hook waiting on a busy worker, a timer) went after the
+#: collection are freed then, not left to Python's own collector.
+GC_FOLLOW_UP_TICKS = (1, 4, 16)
 
 _OPEN = State.OPEN
 _CLOSED = State.CLOSED
@@ -101,6 +115,9 @@ class Closer:
         self.counts = loop.counts
         self.close_timeout = loop.close_timeout
         self._collect_garbage = False
+        self.ended_since_gc = 0     # links ended since the last collection
+        self._ended_at_tick = 0     # the same, at the last tick
+        self._ticks_since_gc = GC_FOLLOW_UP_TICKS[-1]  # no follow-up before a first collection
 
     def send_close(self, link: Link, code: int, reason: str) -> None:
         """Start the closing handshake (a link not open yet is dropped)."""
@@ -120,10 +137,11 @@ class Closer:
         if link.deadline and link.deadline <= when:
             return
         link.deadline = when
-        self.loop.call_at(when, lambda: self._deadline(link, when))
+        ref = weakref.ref(link)  # a timer keeps no ended link (and its protocol) alive
+        self.loop.call_at(when, lambda: self._deadline(ref(), when))
 
-    def _deadline(self, link: Link, when: float) -> None:
-        if not link.closed and link.deadline == when:
+    def _deadline(self, link: Optional[Link], when: float) -> None:
+        if link is not None and not link.closed and link.deadline == when:
             self.counts["close_timeouts"] += 1
             self.finish(link)
 
@@ -153,19 +171,37 @@ class Closer:
         loop.guarded(lambda: loop.handler.on_link_closed(link))
         if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
             self._collect_garbage = True
+        self.ended_since_gc += 1
         link.fragments = None
         link.owner = None  # no cycle through the application's Connection
+        with link.lock:
+            link.outbox.close()  # nor through the outbox's write function: freed at once
 
     def finish_all(self) -> None:
         for link in list(self.loop.links.values()):
             self.finish(link)
 
     def collect_garbage(self) -> None:
-        """At a tick: collect the reference cycles of dropped links that held much input."""
-        if self._collect_garbage:
+        """At a tick: collect the reference cycles of ended links (their websockets
+        protocols) when one held much input, when ``GC_AFTER_ENDED_LINKS`` (or as many
+        as are open) ended since the last collection, or when none ended since the last
+        tick and ``GC_QUIET_MIN_ENDED`` (or an eighth of those open) wait; then again
+        ``GC_FOLLOW_UP_TICKS`` ticks after each of those."""
+        ended = self.ended_since_gc
+        open_links = len(self.loop.links)
+        quiet = ended == self._ended_at_tick and ended >= max(GC_QUIET_MIN_ENDED, open_links // 8)
+        self._ended_at_tick = ended
+        self._ticks_since_gc += 1
+        follow_up = self._ticks_since_gc in GC_FOLLOW_UP_TICKS
+        if (self._collect_garbage or quiet or follow_up
+                or ended >= max(GC_AFTER_ENDED_LINKS, open_links)):
             self._collect_garbage = False
+            self.ended_since_gc = self._ended_at_tick = 0
+            if not follow_up:
+                self._ticks_since_gc = 0
             self.counts["garbage_collections"] += 1
             gc.collect()
 
 
-__all__ = ["Writer", "Closer", "GC_AFTER_DROPPED_BYTES"]
+__all__ = ["Writer", "Closer", "GC_AFTER_DROPPED_BYTES", "GC_AFTER_ENDED_LINKS",
+           "GC_QUIET_MIN_ENDED", "GC_FOLLOW_UP_TICKS"]

@@ -1,11 +1,17 @@
-"""Soak probes of a server process: what stalled peers leave behind, and accept bursts.
+"""Soak probes of a server process: what stalled peers leave behind, connection churn,
+and accept bursts.
 
     python -m sente_lite.testing.soak --waves 20 --conns 100 --fragment-kb 900
+    python -m sente_lite.testing.soak churn --cycles 20000
     python -m sente_lite.testing.soak --burst 2000
 
 ``--waves``: each wave opens ``--conns`` connections that start a fragmented message
 of ``--fragment-kb`` KiB and then stall; the server cuts them at its heartbeat
 timeout; the server's RSS is printed after each wave (a curve that must level off).
+``churn``: ``--cycles`` times, one connection upgrades with a client-id of its own,
+subscribes to one of ``--channels`` channels, hears its answer and closes; the
+server's RSS and registries are printed every ``--every`` cycles (a curve that must
+level off: nothing of a closed connection is kept but bounded, documented state).
 ``--burst``: opens and closes that many connections as fast as one thread can and
 prints the time and the kernel's SYN retransmits meanwhile.
 The server runs in its own process (``sys.executable``), stopped at the end.
@@ -19,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from typing import List, Optional
 
 from ..discovery import wait_for
@@ -27,10 +34,12 @@ from .abuse import OP_CONT, OP_TEXT, RawPeer
 SERVER_SCRIPT = """
 import json, sys
 from sente_lite import Server
-with Server(heartbeat_ms=int(sys.argv[1]), max_connections=100_000) as srv:
+with Server(heartbeat_ms=int(sys.argv[1]), max_connections=100_000, rate_limit=None) as srv:
     print(json.dumps({"port": srv.port, "pid": __import__("os").getpid()}), flush=True)
     for line in sys.stdin:
-        print(json.dumps(srv.stats()), flush=True)
+        stats = srv.stats()
+        stats["tracked_objects"] = len(__import__("gc").get_objects())
+        print(json.dumps(stats), flush=True)
 """
 
 
@@ -94,6 +103,44 @@ def stalled_waves(waves: int, conns: int, fragment_kb: int, heartbeat_ms: int) -
     return curve
 
 
+def churn_cycle(port: int, client_id: str, channel: str) -> None:
+    """One connection: upgrade as ``client_id``, subscribe to ``channel``, close."""
+    with RawPeer("127.0.0.1", port, timeout=30.0) as peer:
+        answer = peer.upgrade(f"/chsk?client-id={client_id}", timeout=30.0)
+        if answer.status != 101:
+            raise RuntimeError(f"upgrade answered {answer.status}: {answer.body!r}")
+        peer.read_text(30.0)  # the handshake
+        peer.send_text(json.dumps(["sente-lite/subscribe", {"channel-id": channel}, "c1"]))
+        peer.read_text(30.0)  # subscribed
+
+
+def churn(cycles: int, every: int, channels: int) -> List[int]:
+    """Connect, subscribe, close ``cycles`` times; the server's RSS (KB) every ``every``."""
+    server = ServerProcess(5000)
+    curve: List[int] = [server.rss_kb()]
+    print(f"server pid {server.pid}, RSS before: {curve[0]} KB")
+    started = time.monotonic()
+    try:
+        for cycle in range(1, cycles + 1):
+            churn_cycle(server.port, uuid.uuid4().hex, f"churn-{cycle % channels}")
+            if cycle % every == 0 or cycle == cycles:
+                wait_for(lambda: server.stats()["connections"] == 0 or None, 60.0,
+                         "the server to close every churned connection")
+                stats = server.stats()
+                rss = server.rss_kb()
+                curve.append(rss)
+                print(f"cycle {cycle:6d}: server RSS {rss} KB; connections "
+                      f"{stats['connections']}, slots {stats['connection_slots']}, "
+                      f"remembered client-ids {stats.get('remembered_clients', '?')}, "
+                      f"channels {stats.get('channels', '?')}, "
+                      f"objects {stats['tracked_objects']}, "
+                      f"collections {stats.get('garbage_collections', 0)} "
+                      f"({time.monotonic() - started:.0f} s)", flush=True)
+    finally:
+        server.stop()
+    return curve
+
+
 def _syn_retransmits() -> Optional[int]:
     try:
         with open("/proc/net/netstat") as f:
@@ -127,12 +174,19 @@ def burst(count: int) -> float:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("probe", nargs="?", choices=["churn"], help="churn: connect/subscribe/close cycles")
+    ap.add_argument("--cycles", type=int, default=20_000, help="churn: connections made")
+    ap.add_argument("--every", type=int, default=2_000, help="churn: cycles between two RSS lines")
+    ap.add_argument("--channels", type=int, default=10, help="churn: channels subscribed to in turn")
     ap.add_argument("--waves", type=int, default=0, help="waves of stalled fragmented messages")
     ap.add_argument("--conns", type=int, default=100, help="connections per wave")
     ap.add_argument("--fragment-kb", type=int, default=900, help="KiB each stalled message sends")
     ap.add_argument("--heartbeat-ms", type=int, default=500, help="the server's heartbeat")
     ap.add_argument("--burst", type=int, default=0, help="connect-and-close this many times")
     args = ap.parse_args(argv)
+    if args.probe == "churn":
+        curve = churn(args.cycles, args.every, args.channels)
+        print("RSS curve KB:", ", ".join(str(v) for v in curve))
     if args.waves:
         curve = stalled_waves(args.waves, args.conns, args.fragment_kb, args.heartbeat_ms)
         print("RSS curve KB:", ", ".join(str(v) for v in curve))
