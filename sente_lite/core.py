@@ -137,33 +137,63 @@ class ServerCore:
     # -- frames ------------------------------------------------------------------------
     def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
         """One whole message from ``conn`` (on the network thread). Built-in frames are
-        handled here when nothing of the connection waits for a worker (answers and
-        pings always: a handler waiting in request() needs its reply); the rest goes to
-        the connection's lane, in order."""
+        handled here when nothing of the connection waits for a worker and no
+        application code would run (answers and pings always: a handler waiting in
+        request() needs its reply); the rest goes to the connection's lane, in order.
+        A ``chsk/batch`` is split here and each frame in it goes the same way."""
         conn.frames_in += 1
         conn.bytes_in += size
-        refused = conn._session.admit(msg, time.monotonic())
-        if refused is not None:
-            self._apply(conn, refused, None)
+        session = conn._session
+        if ss.is_batch(msg):
+            session.admit(msg, time.monotonic())  # life; its frames are rate-checked one by one
+            self._dispatch_parts(conn, session.receive_parts(msg), size)
+            return
+        refused = session.admit(msg, time.monotonic())
+        if refused is not None:  # answered in order with what is queued before it
+            self._dispatch_parts(conn, [refused], 0)
             return
         if type(msg) is str:
             head = msg[:_PREFIX_LEN]
-            if head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and conn._lane.idle):
-                conn.frames_inline += 1
-                self.handle(conn, msg)
-                return
-        elif msg[2:7] == b"chsk/" or (msg[2:13] == b"sente-lite/" and conn._lane.idle):
-            # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
+            inline = head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and self._may_inline(conn))
+        else:  # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
+            inline = msg[2:7] == b"chsk/" or (msg[2:13] == b"sente-lite/" and self._may_inline(conn))
+        if inline:
             conn.frames_inline += 1
             self.handle(conn, msg)
             return
         self.server._pool.submit(conn._lane, functools.partial(self.handle, conn, msg))
 
+    def _may_inline(self, conn: "Connection") -> bool:
+        """A ``sente-lite/*`` frame may be handled on the network thread: nothing of the
+        connection waits for a worker and no ``authorize`` hook (application code) is set."""
+        return conn._lane.idle and self.server.authorize is None
+
+    def _dispatch_parts(self, conn: "Connection", parts: List[ss.Received], size: int) -> None:
+        """Handle what each frame of one message produced, in order: here when it runs
+        no application code and nothing of the connection waits for a worker (answers
+        to the server's requests always), else on the connection's lane."""
+        for part in parts:
+            kinds = {type(ev) for ev in part.events}
+            if (not part.frames and kinds <= {ss.ReplyArrived}) or (
+                    ss.AppEvent not in kinds and self._may_inline(conn)):
+                conn.frames_inline += 1
+                self.apply(conn, part)
+            else:
+                self.server._pool.submit(conn._lane, functools.partial(self.apply, conn, part))
+
     def handle(self, conn: "Connection", msg: Any) -> None:
         """Handle one message; never raises: a bug costs one answer, not the connection."""
+        self._handle(conn, msg, None)
+
+    def apply(self, conn: "Connection", received: ss.Received) -> None:
+        """Act on what one frame produced (already received); never raises."""
+        self._handle(conn, None, received)
+
+    def _handle(self, conn: "Connection", msg: Any, received: Optional[ss.Received]) -> None:
         started = time.perf_counter()
         try:
-            received = conn._session.receive(msg)
+            if received is None:
+                received = conn._session.receive(msg)
             traced = getattr(received.events[0], "traceparent", None) if received.events else None
             if traced is None:
                 self._apply(conn, received, msg)
@@ -176,18 +206,27 @@ class ServerCore:
         except Exception:  # handlers and built-ins answer their own errors: this is a bug
             self.counters.add(Counter.INTERNAL_ERRORS)
             log.exception("internal error handling a frame (conn %s)", conn.conn_id)
-            cb_id: Optional[str] = None
-            event: Optional[str] = None
-            try:
+            self._internal_error(conn, msg, received)
+
+    def _internal_error(self, conn: "Connection", msg: Any, received: Optional[ss.Received]) -> None:
+        """Answer the frame whose handling failed with ``handler-error``."""
+        cb_id: Optional[str] = None
+        event: Optional[str] = None
+        try:
+            if msg is not None:
                 event, _, cb_id = conn._session.packer.decode(msg)
-            except p.FrameError as exc:
-                cb_id = exc.cb_id
-            try:
-                conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
-                                                  f"internal error handling {event or 'a frame'}",
-                                                  cb_id, event))
-            except Exception:
-                log.exception("could not answer the internal error (conn %s)", conn.conn_id)
+            elif received is not None:
+                first = next((ev for ev in received.events if getattr(ev, "cb_id", None)), None)
+                cb_id = getattr(first, "cb_id", None)
+                event = getattr(first, "event", None)
+        except p.FrameError as exc:
+            cb_id = exc.cb_id
+        try:
+            conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
+                                              f"internal error handling {event or 'a frame'}",
+                                              cb_id, event))
+        except Exception:
+            log.exception("could not answer the internal error (conn %s)", conn.conn_id)
 
     def _apply(self, conn: "Connection", received: ss.Received, msg: Any) -> None:
         """Send the session's frames, then act on its events."""
@@ -209,7 +248,7 @@ class ServerCore:
             elif kind is ss.CloseConnection:
                 report(log, "closed", ev.why, conn_id=conn.conn_id, uid=conn.uid,
                        remote=conn.remote_address, code=ev.code, message=ev.message)
-                conn.close(ev.code, ev.reason, flush=ev.why != "rate-limit")
+                conn.close(ev.code, ev.reason)  # what was queued before it goes first
 
     def _app_event(self, conn: "Connection", ev: ss.AppEvent) -> None:
         srv = self.server
@@ -359,7 +398,7 @@ class ServerCore:
                        remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
                        message=f"silent for {now - session.last_seen:.1f}s", level=logging.INFO)
                 srv.channels.remove_member(conn.conn_id)
-                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
+                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
             elif send_pings:
                 conn._ping()
         for conn, waiter, exc in late:

@@ -6,7 +6,8 @@ Threads, whatever the number of connections (all joined by :meth:`Server.stop`):
   socket, runs websockets' sans-I/O protocol for each, accepts, enforces the
   handshake limits, sends heartbeats and closes silent peers. Built-in frames
   (``chsk/*`` answers and pings, and ``sente-lite/*`` subscribe/publish when the
-  connection has nothing waiting for a worker) are handled right there.
+  connection has nothing waiting for a worker and no ``authorize`` hook is set) are
+  handled right there; application code never runs on this thread.
   What a frame means is decided by the connection's sans-I/O session
   (:mod:`sente_lite.session`); :mod:`sente_lite.core` acts on it, the HTTP side
   is :mod:`sente_lite.front`, and :mod:`sente_lite.hub` holds the registries and
@@ -267,9 +268,8 @@ class Connection:
         """Send a request to this peer and wait for its reply (see :meth:`Server.request`)."""
         _check_event_id(event)
         if self._server._on_network_thread():
-            raise RuntimeError("request() from the network thread (authorize, or a built-in "
-                               "event) would stop every connection's reading: call it from a "
-                               "handler or another thread")
+            raise RuntimeError("request() from the network thread would stop every "
+                               "connection's reading: call it from a handler or another thread")
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         session = self._session
         try:
@@ -322,8 +322,8 @@ class Server(InspectionMixin):
 
     Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
     ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
-    channel_id) -> bool`` (False: ``forbidden``; keep it fast, it may run on the
-    connection's network thread), ``allowed_hosts`` (None: bound to a loopback
+    channel_id) -> bool`` (False: ``forbidden``; it runs on the connection's
+    worker lane, in order with its handlers), ``allowed_hosts`` (None: bound to a loopback
     address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
     others 403), ``allowed_origins`` (None: no
     Origin or the same host; else that list, ``["*"]`` for any; others 403),
