@@ -161,7 +161,21 @@ class ServerCore:
             conn.frames_inline += 1
             self.handle(conn, msg)
             return
-        self.server._pool.submit(conn._lane, functools.partial(self.handle, conn, msg))
+        self._to_lane(conn, 1, size, functools.partial(self.handle, conn, msg))
+
+    def _to_lane(self, conn: "Connection", frames: int, size: int, task: Callable[[], None]) -> None:
+        """Run ``task`` on the connection's lane; its ``frames`` and ``size`` bytes count
+        as waiting input (``max_inbound_frames``/``max_inbound_bytes``) until it is done."""
+        inflow = conn._link.inflow
+        inflow.add(frames, size)
+
+        def run() -> None:
+            try:
+                task()
+            finally:
+                inflow.done(frames, size)
+
+        self.server._pool.submit(conn._lane, run)
 
     def _may_inline(self, conn: "Connection") -> bool:
         """A ``sente-lite/*`` frame may be handled on the network thread: nothing of the
@@ -178,8 +192,9 @@ class ServerCore:
                     ss.AppEvent not in kinds and self._may_inline(conn)):
                 conn.frames_inline += 1
                 self.apply(conn, part)
-            else:
-                self.server._pool.submit(conn._lane, functools.partial(self.apply, conn, part))
+            else:  # the message's bytes are held until its first part on the lane is done
+                self._to_lane(conn, 1, size, functools.partial(self.apply, conn, part))
+                size = 0
 
     def handle(self, conn: "Connection", msg: Any) -> None:
         """Handle one message; never raises: a bug costs one answer, not the connection."""
@@ -378,6 +393,21 @@ class ServerCore:
             return int(rcvd.code), rcvd.reason
         return 1006, ""
 
+    def on_input_limit(self, link: Link, counter: str, code: int, reason: str) -> None:
+        """The network loop closes ``link`` for a limit on its input: count and log it."""
+        self.counters.add(Counter(counter))
+        conn = link.owner
+        report(log, "closed", counter[:-len("_closes")].replace("_", "-"), conn_id=getattr(conn, "conn_id", None),
+               uid=getattr(conn, "uid", None), remote=link.remote, code=code, message=reason)
+
+    def on_input_paused(self, link: Link) -> None:
+        """The network loop stopped reading ``link`` until its handler catches up."""
+        self.counters.add(Counter.INBOUND_PAUSES)
+        inflow = link.inflow
+        conn = link.owner
+        log.debug("paused reading %s: %d frames, %d bytes wait for its handler",
+                  getattr(conn, "conn_id", link.remote), inflow.frames, inflow.bytes)
+
     def on_tick(self, now: float, stalled_s: float) -> None:
         """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
         connections with 4000. A stretch in which this thread itself was stalled is not
@@ -393,6 +423,8 @@ class ServerCore:
                 late.extend((conn, w, e) for w, e in session.expire(now))
             if conn._close_code is not None:
                 continue
+            if conn._link.inflow.paused:  # not read meanwhile: its silence is the server's doing
+                session.last_seen = now
             if session.heartbeat(now, stalled_s) == ss.HEARTBEAT_TIMEOUT:
                 report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
                        remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,

@@ -32,6 +32,13 @@ DEFAULT_MAX_RATE_LIMITED = 1000
 DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 #: How far back the rate guard's patience reaches, in seconds (refill = max / window).
 RATE_PATIENCE_WINDOW_S = 10.0
+#: Frames one fragmented message may arrive in; one more closes the connection with 1008.
+DEFAULT_MAX_FRAGMENTS = 1024
+#: Frames of one connection received and not yet handled (waiting for its handler lane);
+#: at this mark the server stops reading its socket until they drop under half of it.
+DEFAULT_MAX_INBOUND_FRAMES = 1000
+#: Bytes (decoded payloads) of those frames; same rule as DEFAULT_MAX_INBOUND_FRAMES.
+DEFAULT_MAX_INBOUND_BYTES = 4 << 20
 
 
 class TokenBucket:
@@ -115,4 +122,5 @@ def validate_milliseconds(name: str, value: object, maximum: float) -> float:
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
-           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S"]
+           "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S", "DEFAULT_MAX_FRAGMENTS",
+           "DEFAULT_MAX_INBOUND_FRAMES", "DEFAULT_MAX_INBOUND_BYTES"]

@@ -51,6 +51,7 @@ from .errors import Disconnected, LimitExceeded, RequestTimeout
 from .framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from .hub import Broker, Hub, LocalBroker
+from .inflow import InboundLimits
 from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
@@ -352,6 +353,12 @@ class Server(InspectionMixin):
     delivery, acknowledgement, reply map and log line (:mod:`sente_lite.tracing`);
     ``tracing=True`` also emits OpenTelemetry spans (extra ``[otel]``).
 
+    Input (:mod:`sente_lite.inflow`): a message may come in at most ``max_fragments``
+    frames and must be whole within ``fragment_timeout`` seconds (default: the heartbeat
+    timeout), else 1008. At ``max_inbound_frames`` frames or ``max_inbound_bytes`` decoded
+    bytes of one connection waiting for its handlers, its socket is not read (the peer's
+    TCP window fills) until they are under half of both; counted as ``inbound_pauses``.
+
     ``compression="deflate"`` offers permessage-deflate: frames of at least
     ``compression_min_bytes`` go compressed to peers that accept it, a channel
     message compressed once per publish (:mod:`sente_lite.compression`).
@@ -405,6 +412,10 @@ class Server(InspectionMixin):
         compression: Optional[str] = None,
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
+        max_fragments: int = lim.DEFAULT_MAX_FRAGMENTS,
+        fragment_timeout: Optional[float] = None,
+        max_inbound_frames: int = lim.DEFAULT_MAX_INBOUND_FRAMES,
+        max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES,
     ) -> None:
         if heartbeat_ms <= 0:
             raise ValueError("heartbeat_ms must be > 0")
@@ -424,6 +435,12 @@ class Server(InspectionMixin):
         self.max_remembered_clients = max_remembered_clients
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
+        #: bounds on each connection's unhandled input (fragments, frames waiting for handlers)
+        self.inbound = InboundLimits(
+            max_fragments=max_fragments,
+            fragment_timeout=(fragment_timeout if fragment_timeout is not None
+                              else self.heartbeat_timeout_ms / 1000.0),
+            max_inbound_frames=max_inbound_frames, max_inbound_bytes=max_inbound_bytes)
         lim.validate_positive("rate_limit", rate_limit, allow_none=True)
         for name, value in (("max_subscriptions_per_conn", max_subscriptions_per_conn),
                             ("max_rate_limited", max_rate_limited),
@@ -532,7 +549,7 @@ class Server(InspectionMixin):
             max_pending_handshakes=self.max_pending_handshakes,
             max_pending_handshakes_per_address=self.max_pending_handshakes_per_address,
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
-            extensions=compression_mod.server_extensions(self.compression))
+            extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
         self._pool.start()
         if getattr(self.channels, "shared", False):  # its live deliveries run on the network thread
             self.channels.dispatch = self._loop.call_soon  # type: ignore[attr-defined]

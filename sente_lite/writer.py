@@ -10,7 +10,6 @@ Both run on the loop thread only.
 from __future__ import annotations
 
 import gc
-import selectors
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -89,8 +88,7 @@ class Writer:
         want = not done and not due
         if want != link.watching_write:
             link.watching_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self.loop.selector.modify(link.sock, events, link)
+            self.loop.watch(link)
 
 
 class Closer:
@@ -154,6 +152,8 @@ class Closer:
         if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
             self._collect_garbage = True
         link.fragments = None
+        link.inbox = b""
+        loop.reader.partial.discard(link)
         link.owner = None  # no cycle through the application's Connection
 
     def finish_all(self) -> None:
