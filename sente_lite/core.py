@@ -36,7 +36,24 @@ log = logging.getLogger("sente_lite.server")
 
 _SENTE_PREFIX = f'["{p.NS_SENTE}/'
 _CHSK_PREFIX = f'["{p.NS_CHSK}/'
-_PREFIX_LEN = len(_SENTE_PREFIX)
+#: Frames that answer the server (a handler waiting in request() needs them at once).
+_ANSWERS = (p.EV_REPLY, p.EV_ERROR, p.EV_PONG)
+_JSON_ANSWERS = tuple(f'["{e}"' for e in _ANSWERS)
+_MSGPACK_ANSWERS = frozenset(e.encode("ascii") for e in _ANSWERS)
+ANSWER, CHSK, SENTE = "answer", "chsk", "sente"
+
+
+def builtin_kind(msg: Any) -> Optional[str]:
+    """What a compactly written frame is, from its first bytes: an ``ANSWER``
+    (reply, error, pong), another ``CHSK`` or a ``SENTE`` built-in; None otherwise."""
+    if type(msg) is str:
+        if msg.startswith(_CHSK_PREFIX):
+            return ANSWER if msg.startswith(_JSON_ANSWERS) else CHSK
+        return SENTE if msg.startswith(_SENTE_PREFIX) else None
+    # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
+    if msg[2:7] == b"chsk/":
+        return ANSWER if msg[2:2 + (msg[1] & 0x1F)] in _MSGPACK_ANSWERS else CHSK
+    return SENTE if msg[2:13] == b"sente-lite/" else None
 
 
 class ChannelGate:
@@ -138,8 +155,8 @@ class ServerCore:
     def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
         """One whole message from ``conn`` (on the network thread). Built-in frames are
         handled here when nothing of the connection waits for a worker and no
-        application code would run (answers and pings always: a handler waiting in
-        request() needs its reply); the rest goes to the connection's lane, in order.
+        application code would run (answers always: a handler waiting in request()
+        needs its reply); the rest goes to the connection's lane, in order.
         A ``chsk/batch`` is split here and each frame in it goes the same way."""
         conn.frames_in += 1
         conn.bytes_in += size
@@ -152,12 +169,9 @@ class ServerCore:
         if refused is not None:  # answered in order with what is queued before it
             self._dispatch_parts(conn, [refused], 0)
             return
-        if type(msg) is str:
-            head = msg[:_PREFIX_LEN]
-            inline = head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and self._may_inline(conn))
-        else:  # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
-            inline = msg[2:7] == b"chsk/" or (msg[2:13] == b"sente-lite/" and self._may_inline(conn))
-        if inline:
+        kind = builtin_kind(msg)
+        if kind is ANSWER or (kind is CHSK and conn._lane.idle) or (
+                kind is SENTE and self._may_inline(conn)):
             conn.frames_inline += 1
             self.handle(conn, msg)
             return

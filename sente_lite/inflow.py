@@ -83,10 +83,11 @@ class InboundGauge:
             self._wake_asked = True
             self._wake()
 
-    def room(self) -> Optional[Tuple[int, int]]:
-        """(frames, bytes) that may still be read; None at either mark."""
-        frames = self.limits.max_inbound_frames - self.frames
-        size = self.limits.max_inbound_bytes - self.bytes
+    def room(self, scale: int = 1) -> Optional[Tuple[int, int]]:
+        """(frames, bytes) that may still be read; None at either mark (times ``scale``:
+        2 while the server awaits a reply on this connection, which may be behind them)."""
+        frames = self.limits.max_inbound_frames * scale - self.frames
+        size = self.limits.max_inbound_bytes * scale - self.bytes
         return (frames, size) if frames > 0 and size > 0 else None
 
     def low(self) -> bool:

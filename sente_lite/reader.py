@@ -134,7 +134,7 @@ class Reader:
             self._parse(link, data[:pos])
         inflow = link.inflow
         while pos < n and not link.closed and not link.failed:
-            room = inflow.room()
+            room = inflow.room(2 if link.owner.awaiting_replies else 1)
             if room is None:
                 link.inbox = data[pos:]
                 self.pause(link)
@@ -146,7 +146,7 @@ class Reader:
             link.frame_left = left
             self._parse(link, data[pos:end])
             pos = end
-        if inflow.room() is None and not link.closed:
+        if not link.closed and inflow.room(2 if link.owner.awaiting_replies else 1) is None:
             self.pause(link)
 
     def pause(self, link: Link) -> None:

@@ -139,6 +139,11 @@ class Connection:
         self._session.last_seen = time.monotonic()
 
     @property
+    def awaiting_replies(self) -> int:
+        """Requests to this peer waiting for its reply."""
+        return self._session.outstanding
+
+    @property
     def last_seen(self) -> float:
         """``time.monotonic()`` when the peer was last heard from."""
         return self._session.last_seen

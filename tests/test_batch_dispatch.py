@@ -97,7 +97,10 @@ def mixed_messages(peer: PackedPeer, rng: random.Random, n: int) -> Tuple[List[b
     frames: List[bytes] = []
     expected: List[Any] = []
     for i in range(n):
-        kind = rng.choice(["event", "request", "publish"])
+        kind = rng.choice(["event", "request", "publish", "ping"])
+        if kind == "ping":
+            frames.append(peer.encode(p.EV_PING, None, f"k{i}"))
+            continue
         if kind == "publish":
             frames.append(peer.encode(p.EV_PUBLISH, {p.K_CHANNEL: f"ch-{i}", p.K_DATA: i},
                                       f"p{i}" if rng.random() < 0.5 else None))
@@ -144,5 +147,16 @@ def test_frames_are_handled_in_arrival_order_whatever_their_framing(
             peer.send_payloads(payloads[i:i + 7])
         release.set()
         got = handled.wait_count(len(expected))
+        asked = [peer.packer.decode(x, peer.packer.binary) for x in payloads]
+        inner = [f for a in asked for f in ([p.frame_of(v) for v in a.data]
+                                            if a.event == p.EV_BATCH else [a])]
+        want = [f.cb_id for f in inner if f.cb_id is not None]
+        answered: List[str] = []
+        while len(answered) < len(want):
+            frame = peer.read()
+            assert frame is not None, "closed"
+            if frame.cb_id is not None:
+                answered.append(frame.cb_id)
     assert [g[:2] for g in got] == expected
     assert all(g[2] for g in got), "application code ran on the network thread"
+    assert answered == want, "answers out of the order of their requests"

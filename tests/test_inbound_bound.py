@@ -142,3 +142,40 @@ def test_a_paused_connection_is_not_closed_for_silence(make_server: Callable[...
 def test_inbound_settings_are_validated(name: str, bad: object) -> None:
     with pytest.raises((ValueError, TypeError), match=name):
         Server(**{name: bad})
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["decided-at-once", "authenticate"])
+def test_frames_sent_with_the_upgrade_request_are_handled_after_the_101(
+        make_server: Callable[..., Server], deferred: bool) -> None:
+    """Bytes after the request's head are counted as frames from their start, and wait
+    for the 101 when the upgrade is decided on a worker."""
+    from sente_lite.testing.abuse import upgrade_request
+    kwargs = {"authenticate": lambda request: "u1"} if deferred else {}
+    srv = make_server(max_inbound_frames=2, **QUIET, **kwargs)
+    srv.on("app/echo", lambda conn, data: data)
+    with RawPeer(srv.host, srv.port, timeout=WAIT_S) as peer:
+        frames = b"".join(encode_frame(json.dumps(["app/echo", i, f"c{i}"]).encode(), OP_TEXT)
+                          for i in range(20))
+        peer.send(upgrade_request(srv.host, srv.port) + frames)
+        assert peer.read_http(WAIT_S).status == 101
+        assert peer.read_text(WAIT_S)[0] == p.EV_HANDSHAKE
+        assert [peer.read_text(WAIT_S)[1] for _ in range(20)] == list(range(20))
+
+
+def test_a_reply_behind_a_few_frames_reaches_a_handler_waiting_for_it(
+        make_server: Callable[..., Server]) -> None:
+    """While the server awaits a reply on a connection, reading goes on up to twice the
+    marks, so a reply sent after a few more frames still arrives."""
+    srv = make_server(max_inbound_frames=4, **QUIET)
+    answers = Recorder()
+    srv.on("app/ask", lambda conn, data: answers(conn.request("app/q", data, timeout=WAIT_S)))
+    srv.on("app/noop", lambda conn, data: None)
+    with opened(srv, deflate=False) as peer:
+        assert peer.read_text(WAIT_S)[0] == p.EV_HANDSHAKE
+        peer.send(encode_frame(json.dumps(["app/ask", "x"]).encode(), OP_TEXT))
+        question = peer.read_text(WAIT_S)
+        assert question[0] == "app/q"
+        more = [encode_frame(json.dumps(["app/noop", i]).encode(), OP_TEXT) for i in range(5)]
+        reply = encode_frame(json.dumps([p.EV_REPLY, "yes", question[2]]).encode(), OP_TEXT)
+        peer.send(b"".join(more) + reply)
+        assert answers.wait_count(1, timeout=WAIT_S / 3) == ["yes"]
