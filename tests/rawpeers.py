@@ -74,6 +74,14 @@ class PackedPeer:
                     payload if opcode == OP_BINARY else payload.decode("utf-8"), opcode == OP_BINARY))
 
 
+def open_raw(srv: Server) -> RawPeer:
+    """A :class:`RawPeer` upgraded (JSON), its handshake read."""
+    peer = RawPeer(srv.host, srv.port, timeout=WAIT_S)
+    assert peer.upgrade(timeout=WAIT_S).status == 101
+    assert peer.read_text(WAIT_S)[0] == p.EV_HANDSHAKE
+    return peer
+
+
 def packers_available() -> List[str]:
     """The packers this machine can test (msgpack when its package is installed)."""
     return [name for name in packers.PACKER_NAMES if packers.available(name)]

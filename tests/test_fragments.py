@@ -11,17 +11,11 @@ import pytest
 
 from sente_lite import Client, Server
 from sente_lite import protocol as p
-from sente_lite.testing.abuse import OP_BINARY, OP_CONT, OP_TEXT, RawPeer, encode_frame
+from sente_lite.testing.abuse import OP_BINARY, OP_CONT, OP_TEXT, encode_frame
+from rawpeers import open_raw
 from support import WAIT_S, wait_until
 
 QUIET = {"heartbeat_ms": 600_000}
-
-
-def opened(srv: Server) -> RawPeer:
-    peer = RawPeer(srv.host, srv.port, timeout=WAIT_S)
-    assert peer.upgrade(timeout=WAIT_S).status == 101
-    assert peer.read_text(WAIT_S)[0] == p.EV_HANDSHAKE
-    return peer
 
 
 def fragments(first: bytes, rest: int, size: int, opcode: int = OP_TEXT, fin: bool = False) -> bytes:
@@ -39,7 +33,7 @@ def test_a_message_in_too_many_fragments_is_closed_and_counted(
     srv = make_server(**QUIET)  # default max_fragments
     srv.on("app/echo", lambda conn, data: data)
     good = make_client(srv.url)
-    with opened(srv) as peer:
+    with open_raw(srv) as peer:
         peer.send(fragments(b'["app/x",', 5000, size, opcode))
         code, _ = peer.read_until_close(WAIT_S)
     assert code == 1008
@@ -51,7 +45,7 @@ def test_a_message_in_too_many_fragments_is_closed_and_counted(
 def test_max_fragments_is_exact(make_server: Callable[..., Server], limit: int) -> None:
     srv = make_server(max_fragments=limit, **QUIET)
     srv.on("app/echo", lambda conn, data: data)
-    with opened(srv) as peer:  # exactly limit frames: handled
+    with open_raw(srv) as peer:  # exactly limit frames: handled
         text = b'["app/echo","' + b"a" * (limit - 1) + b'","c1"]'
         head, body = text[:len(text) - limit + 1], text[len(text) - limit + 1:]
         parts = [encode_frame(head, OP_TEXT, fin=limit == 1)]
@@ -59,7 +53,7 @@ def test_max_fragments_is_exact(make_server: Callable[..., Server], limit: int) 
                   for i in range(len(body))]
         peer.send(b"".join(parts))
         assert peer.read_text(WAIT_S) == [p.EV_REPLY, "a" * (limit - 1), "c1"]
-    with opened(srv) as peer:  # one more: closed
+    with open_raw(srv) as peer:  # one more: closed
         peer.send(fragments(b'["app/echo",', limit, 1))
         code, _ = peer.read_until_close(WAIT_S)
     assert code == 1008
@@ -71,7 +65,7 @@ def test_a_fragmented_message_left_unfinished_is_closed_in_time(
     """Each fragment is life for the heartbeat: the message itself has a deadline."""
     srv = make_server(fragment_timeout=0.5, **QUIET)
     stop = threading.Event()
-    with opened(srv) as peer:
+    with open_raw(srv) as peer:
         peer.send(encode_frame(b'["app/x",', OP_TEXT, fin=False))
 
         def dribble() -> None:
@@ -96,7 +90,7 @@ def test_the_fragment_deadline_defaults_to_the_heartbeat_timeout(
         make_server: Callable[..., Server]) -> None:
     srv = make_server(heartbeat_ms=200)
     assert srv.inbound.fragment_timeout == pytest.approx(0.6)
-    with opened(srv) as peer:
+    with open_raw(srv) as peer:
         peer.send(encode_frame(b'["app/x",', OP_TEXT, fin=False))
         for _ in range(3):
             peer.send(encode_frame(b" ", OP_CONT, fin=False))
@@ -118,7 +112,7 @@ def test_one_byte_fragments_hold_no_more_than_the_message(
     data = fragments(b"[", n, 1)
     tracemalloc.start()
     try:
-        with opened(srv) as peer:
+        with open_raw(srv) as peer:
             before = tracemalloc.get_traced_memory()[0]
             peer.send(data)
             conn = wait_until(lambda: next(iter(srv._conns.values()), None))
