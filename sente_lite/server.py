@@ -252,6 +252,8 @@ class Connection:
                 self._close_code = code
                 self._close_reason = reason
                 first = True
+        if flush and self._batch:  # frames gathered for a backed-up socket go before the close
+            self._flush_batch()
         self._link.close(code, reason, flush)
         return first
 

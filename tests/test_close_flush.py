@@ -3,6 +3,7 @@ the rate-limited answers of a flood reach the peer, then the 1008."""
 
 from __future__ import annotations
 
+import socket
 from typing import Callable, List
 
 import pytest
@@ -64,3 +65,24 @@ def test_frames_queued_before_a_bad_frame_close_arrive_before_it(
         code, frames = peer.read_until_close(WAIT_S)
     assert code == p.CLOSE_POLICY
     assert len([f for f in frames if f.data.get(p.K_CODE) == p.ERR_BAD_FRAME]) == 21
+
+
+@pytest.mark.parametrize("packer", packers_available())
+def test_frames_gathered_for_a_backed_up_batching_peer_precede_the_close(
+        make_server: Callable[..., Server], packer: str) -> None:
+    """A peer that asked for batch=1 and reads slowly gets what was sent before
+    srv.disconnect(), batched or not, then the close."""
+    srv = make_server(heartbeat_ms=600_000, max_queued_bytes_per_conn=64 << 20)
+    count = 1000
+    with PackedPeer(srv, packer, query="batch=1") as peer:
+        peer.peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        conn_id = peer.handshake.data[2]["conn-id"]
+        for i in range(count):
+            assert srv.send(conn_id, "app/n", [i, "x" * 10_000])
+        assert srv.disconnect(conn_id)
+        code, frames = peer.read_until_close(WAIT_S)
+    got = [inner for f in frames for inner in (
+        [p.frame_of(v) for v in f.data] if f.event == p.EV_BATCH else [f])]
+    assert [f.data[0] for f in got if f.event == "app/n"] == list(range(count))
+    assert any(f.event == p.EV_BATCH for f in frames), "the socket never backed up"
+    assert code == p.CLOSE_NORMAL
