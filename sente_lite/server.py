@@ -604,9 +604,9 @@ class Server(InspectionMixin):
         """Register ``fn(conn, data)`` for ``event``; usable as a decorator.
 
         For a request, the return value is the reply; an exception becomes a
-        ``handler-error`` reply. Handlers run on the connection's reader thread,
-        so one connection's events are handled in order, and a slow handler
-        delays only that connection.
+        ``handler-error`` reply. Handlers run on a worker thread (never the network
+        thread), one event of a connection at a time in arrival order, batched or
+        not, so a slow handler delays only that connection.
         """
         _check_event_id(event)
         if p.is_reserved(event):
@@ -623,7 +623,7 @@ class Server(InspectionMixin):
         self._handlers.pop(event, None)
 
     def on_connect(self, fn: ConnectHook) -> ConnectHook:
-        """Call ``fn(conn)`` after each handshake (on that connection's reader thread)."""
+        """Call ``fn(conn)`` after each handshake (on a worker, before that connection's events)."""
         self._on_connect.append(fn)
         return fn
 
