@@ -22,6 +22,7 @@ from . import protocol as p
 from . import session as ss
 from . import tracing
 from .counters import Counter
+from .inflow import InboundGauge
 
 if TYPE_CHECKING:
     from .core import ServerCore
@@ -51,6 +52,13 @@ def builtin_kind(msg: Any) -> Optional[str]:
     return SENTE if msg[2:13] == b"sente-lite/" else None
 
 
+def _counted(inflow: InboundGauge, frames: int, size: int, task: Callable[[], None]) -> None:
+    try:
+        task()
+    finally:
+        inflow.done(frames, size)
+
+
 class Dispatcher:
     """Sends each frame of a server's connections where it is handled (see the module)."""
 
@@ -68,7 +76,8 @@ class Dispatcher:
         conn.frames_in += 1
         conn.bytes_in += size
         session = conn._session
-        if ss.is_batch(msg):
+        kind = builtin_kind(msg)
+        if kind is CHSK and ss.is_batch(msg):
             session.admit(msg, time.monotonic())  # life; its frames are rate-checked one by one
             self._dispatch_parts(conn, session.receive_parts(msg), size)
             return
@@ -76,7 +85,6 @@ class Dispatcher:
         if refused is not None:  # answered in order with what is queued before it
             self._dispatch_parts(conn, [refused], 0)
             return
-        kind = builtin_kind(msg)
         if kind is ANSWER or (kind is CHSK and conn._lane.idle) or (
                 kind is SENTE and self._may_inline(conn)):
             conn.frames_inline += 1
@@ -89,14 +97,7 @@ class Dispatcher:
         as waiting input (``max_inbound_frames``/``max_inbound_bytes``) until it is done."""
         inflow = conn._link.inflow
         inflow.add(frames, size)
-
-        def run() -> None:
-            try:
-                task()
-            finally:
-                inflow.done(frames, size)
-
-        self.server._pool.submit(conn._lane, run)
+        self.server._pool.submit(conn._lane, functools.partial(_counted, inflow, frames, size, task))
 
     def _may_inline(self, conn: "Connection") -> bool:
         """A ``sente-lite/*`` frame may be handled on the network thread: nothing of the

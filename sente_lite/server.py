@@ -133,7 +133,7 @@ class Connection:
 
     # -- called by the network loop -------------------------------------------------
     def on_message(self, message: Any, size: int) -> None:
-        self._server._core.on_message(self, message, size)
+        self._server._core.dispatch.on_message(self, message, size)
 
     def on_life(self) -> None:
         self._session.last_seen = time.monotonic()
