@@ -17,6 +17,11 @@ from typing import Callable, Optional, Tuple
 from . import limits as lim
 
 
+#: (setting, integer?, highest value) of every :class:`InboundLimits` field.
+_BOUNDS = (("max_fragments", True, 1_000_000_000), ("fragment_timeout", False, 3600.0),
+           ("max_inbound_frames", True, 1_000_000_000), ("max_inbound_bytes", True, 1 << 40))
+
+
 @dataclass(frozen=True)
 class InboundLimits:
     """What one connection may hold of input not handled yet."""
@@ -31,13 +36,13 @@ class InboundLimits:
     max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES
 
     def __post_init__(self) -> None:
-        for name in ("max_fragments", "fragment_timeout", "max_inbound_frames",
-                     "max_inbound_bytes"):
+        for name, integer, highest in _BOUNDS:
             value = getattr(self, name)
-            kinds = (int, float) if name == "fragment_timeout" else (int,)
-            if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-                raise ValueError(f"{name} must be {'a number' if len(kinds) == 2 else 'an integer'}"
-                                 f" > 0, got {value!r}")
+            kinds = (int,) if integer else (int, float)
+            if (isinstance(value, bool) or not isinstance(value, kinds)
+                    or not (0 < value <= highest)):  # NaN fails this too
+                raise ValueError(f"{name} must be {'an integer' if integer else 'a number'} "
+                                 f"above 0 and at most {highest:g}, got {value!r}")
 
 
 class InboundGauge:
