@@ -446,7 +446,7 @@ class Server(InspectionMixin):
         self.inbound = InboundLimits(
             max_fragments=max_fragments,
             fragment_timeout=(fragment_timeout if fragment_timeout is not None
-                              else self.heartbeat_timeout_ms / 1000.0),
+                              else min(self.heartbeat_timeout_ms / 1000.0, 3600.0)),
             max_inbound_frames=max_inbound_frames, max_inbound_bytes=max_inbound_bytes)
         lim.validate_positive("rate_limit", rate_limit, allow_none=True)
         for name, value in (("max_subscriptions_per_conn", max_subscriptions_per_conn),
