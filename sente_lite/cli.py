@@ -114,6 +114,14 @@ SERVE_SETTINGS = (
             "recovery (0: off)", "history_size"),
     Setting("--history-ttl-s", "float", DEFAULT_HISTORY_TTL_S, "seconds a message stays in its "
             "channel's history", "history_ttl_s"),
+    Setting("--max-fragments", "int", lim.DEFAULT_MAX_FRAGMENTS, "frames one fragmented message "
+            "may arrive in; more closes the connection with 1008", "max_fragments"),
+    Setting("--fragment-timeout", "float", None, "seconds a fragmented message may stay unfinished "
+            "before 1008 (default: the heartbeat timeout)", "fragment_timeout"),
+    Setting("--max-inbound-frames", "int", lim.DEFAULT_MAX_INBOUND_FRAMES, "frames of one "
+            "connection waiting for its handlers before its socket is not read", "max_inbound_frames"),
+    Setting("--max-inbound-bytes", "int", lim.DEFAULT_MAX_INBOUND_BYTES, "bytes of those frames "
+            "before its socket is not read", "max_inbound_bytes"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
     Setting("--publish-ids-per-publisher", "int", DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
             "publish ids remembered per publisher for deduplication; its oldest are forgotten "

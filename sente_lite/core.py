@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 
 from websockets.http11 import Request, Response
@@ -21,6 +20,7 @@ from . import session as ss
 from . import tracing
 from .channels import Published, RecoveryResult
 from .counters import Counter
+from .dispatch import Dispatcher
 from .errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
 from .front import Identity, Screened
 from .logsafe import safe
@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sente_lite.server")
 
-_SENTE_PREFIX = f'["{p.NS_SENTE}/'
-_CHSK_PREFIX = f'["{p.NS_CHSK}/'
-_PREFIX_LEN = len(_SENTE_PREFIX)
 #: Broker failures answered with their own error code (unavailable, outcome-unknown, broker-error).
 _BROKER_ANSWERS = (BrokerUnavailable, PublishOutcomeUnknown, BrokerCommandError)
 
@@ -88,6 +85,7 @@ class ServerCore:
         self.counters = server.counters
         self._gate = ChannelGate(server)
         self._next_ping = 0.0
+        self.dispatch = Dispatcher(self)
 
     # -- upgrades ----------------------------------------------------------------------
     def on_request(self, link: Link, request: Request) -> Any:
@@ -162,58 +160,8 @@ class ServerCore:
 
     # -- frames ------------------------------------------------------------------------
     def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
-        """One whole message from ``conn`` (on the network thread). Built-in frames are
-        handled here when nothing of the connection waits for a worker (answers and
-        pings always: a handler waiting in request() needs its reply); the rest goes to
-        the connection's lane, in order."""
-        conn.frames_in += 1
-        conn.bytes_in += size
-        refused = conn._session.admit(msg, time.monotonic())
-        if refused is not None:
-            self._apply(conn, refused, None)
-            return
-        if type(msg) is str:
-            head = msg[:_PREFIX_LEN]
-            if head.startswith(_CHSK_PREFIX) or (head == _SENTE_PREFIX and conn._lane.idle):
-                conn.frames_inline += 1
-                self.handle(conn, msg)
-                return
-        elif msg[2:7] == b"chsk/" or (msg[2:13] == b"sente-lite/" and conn._lane.idle):
-            # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
-            conn.frames_inline += 1
-            self.handle(conn, msg)
-            return
-        self.server._pool.submit(conn._lane, functools.partial(self.handle, conn, msg))
-
-    def handle(self, conn: "Connection", msg: Any) -> None:
-        """Handle one message; never raises: a bug costs one answer, not the connection."""
-        started = time.perf_counter()
-        try:
-            received = conn._session.receive(msg)
-            traced = getattr(received.events[0], "traceparent", None) if received.events else None
-            if traced is None:
-                self._apply(conn, received, msg)
-            else:
-                with tracing.active(traced):
-                    self._apply(conn, received, msg)
-            for ev in received.events:
-                if type(ev) is not ss.ReplyArrived and getattr(ev, "cb_id", None) is not None:
-                    self.server._latency.observe(time.perf_counter() - started)
-        except Exception:  # handlers and built-ins answer their own errors: this is a bug
-            self.counters.add(Counter.INTERNAL_ERRORS)
-            log.exception("internal error handling a frame (conn %s)", conn.conn_id)
-            cb_id: Optional[str] = None
-            event: Optional[str] = None
-            try:
-                event, _, cb_id = conn._session.packer.decode(msg)
-            except p.FrameError as exc:
-                cb_id = exc.cb_id
-            try:
-                conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
-                                                  f"internal error handling {event or 'a frame'}",
-                                                  cb_id, event))
-            except Exception:
-                log.exception("could not answer the internal error (conn %s)", conn.conn_id)
+        """One whole message from ``conn`` (network thread): see :class:`~sente_lite.dispatch.Dispatcher`."""
+        self.dispatch.on_message(conn, msg, size)
 
     def _apply(self, conn: "Connection", received: ss.Received, msg: Any) -> None:
         """Send the session's frames, then act on its events."""
@@ -235,7 +183,7 @@ class ServerCore:
             elif kind is ss.CloseConnection:
                 report(log, "closed", ev.why, conn_id=conn.conn_id, uid=conn.uid,
                        remote=conn.remote_address, code=ev.code, message=ev.message)
-                conn.close(ev.code, ev.reason, flush=ev.why != "rate-limit")
+                conn.close(ev.code, ev.reason)  # what was queued before it goes first
 
     def _app_event(self, conn: "Connection", ev: ss.AppEvent) -> None:
         srv = self.server
@@ -369,6 +317,21 @@ class ServerCore:
             return int(rcvd.code), rcvd.reason
         return 1006, ""
 
+    def on_input_limit(self, link: Link, counter: str, code: int, reason: str) -> None:
+        """The network loop closes ``link`` for a limit on its input: count and log it."""
+        self.counters.add(Counter(counter))
+        conn = link.owner
+        report(log, "closed", counter[:-len("_closes")].replace("_", "-"), conn_id=getattr(conn, "conn_id", None),
+               uid=getattr(conn, "uid", None), remote=link.remote, code=code, message=reason)
+
+    def on_input_paused(self, link: Link) -> None:
+        """The network loop stopped reading ``link`` until its handler catches up."""
+        self.counters.add(Counter.INBOUND_PAUSES)
+        inflow = link.inflow
+        conn = link.owner
+        log.debug("paused reading %s: %d frames, %d bytes wait for its handler",
+                  getattr(conn, "conn_id", link.remote), inflow.frames, inflow.bytes)
+
     def on_tick(self, now: float, stalled_s: float) -> None:
         """Heartbeat (on the network thread): ping every ``heartbeat_ms``, close silent
         connections with 4000, expire what idle channels keep
@@ -385,12 +348,14 @@ class ServerCore:
                 late.extend((conn, w, e) for w, e in session.expire(now))
             if conn._close_code is not None:
                 continue
+            if conn._link.inflow.paused:  # not read meanwhile: its silence is the server's doing
+                session.last_seen = now
             if session.heartbeat(now, stalled_s) == ss.HEARTBEAT_TIMEOUT:
                 report(log, "closed", "heartbeat-timeout", conn_id=conn.conn_id, uid=conn.uid,
                        remote=conn.remote_address, code=p.CLOSE_HEARTBEAT_TIMEOUT,
                        message=f"silent for {now - session.last_seen:.1f}s", level=logging.INFO)
                 srv.channels.remove_member(conn.conn_id)
-                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout", flush=False)
+                conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
             elif send_pings:
                 conn._ping()
         for conn, waiter, exc in late:

@@ -61,6 +61,15 @@ class Counter(str, enum.Enum):
                            "(publish_ids_per_publisher, publish_ids_max).")
     HISTORY_EVICTED = ("history_evicted", LIMIT,
                        "Messages dropped from a channel's history (history_size, history_ttl_s).")
+    FRAGMENT_LIMIT_CLOSES = ("fragment_limit_closes", LIMIT,
+                             "Connections closed (1008) for a message in more than max_fragments "
+                             "fragments.")
+    FRAGMENT_TIMEOUT_CLOSES = ("fragment_timeout_closes", LIMIT,
+                               "Connections closed (1008) for a fragmented message unfinished "
+                               "after fragment_timeout.")
+    INBOUND_PAUSES = ("inbound_pauses", LIMIT,
+                      "Times a connection's socket stopped being read: its frames waiting for "
+                      "a handler reached max_inbound_frames or max_inbound_bytes.")
     # errors
     BAD_FRAMES = ("bad_frames", ERROR, "Frames that were not valid protocol frames.")
     FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize.")

@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple, Type
 
 __all__ = ["OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
            "READ_CHUNK", "MAX_CONTROL_PAYLOAD", "ProtocolError", "mask_bytes", "encode_frame", "text_frame",
+           "frames_span",
            "FrameParser", "SocketFrameReader", "Message"]
 
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -84,6 +85,44 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, rsv: i
     if len(mask) != 4:
         raise ValueError("a mask is 4 bytes")
     return head + mask + mask_bytes(payload, mask)
+
+
+def frames_span(data: bytes, pos: int, max_frames: int, max_bytes: int) -> Tuple[int, int]:
+    """How much of ``data`` from ``pos`` to hand to a parser at once: whole frames, at
+    most ``max_frames`` of them and no more once their payloads reach ``max_bytes`` (at
+    least one), and a compressed frame (RSV1) only alone, since its payload may inflate.
+
+    Returns ``(end, left)``: ``data[pos:end]`` is the span; when its last frame is cut
+    off, ``left`` of its bytes are still to come (else 0). ``end == pos`` when not even
+    a frame's header is whole.
+    """
+    n = len(data)
+    count = payload = 0
+    while pos < n and count < max_frames and (not count or payload < max_bytes):
+        if n - pos < 2:
+            break
+        b0, b1 = data[pos], data[pos + 1]
+        if count and b0 & 0x40:
+            break
+        length, head = b1 & 0x7F, 2
+        if length == 126:
+            if n - pos < 4:
+                break
+            length, head = int.from_bytes(data[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if n - pos < 10:
+                break
+            length, head = int.from_bytes(data[pos + 2:pos + 10], "big"), 10
+        if b1 & 0x80:
+            head += 4
+        count += 1
+        payload += length
+        if pos + head + length > n:
+            return n, pos + head + length - n
+        pos += head + length
+        if b0 & 0x40:
+            break
+    return pos, 0
 
 
 class FrameParser:

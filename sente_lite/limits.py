@@ -36,6 +36,13 @@ DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 RATE_PATIENCE_WINDOW_S = 10.0
 #: Upgrades waiting for the ``authenticate`` hook (queued or running); one more is refused 503.
 DEFAULT_MAX_PENDING_AUTH = 64
+#: Frames one fragmented message may arrive in; one more closes the connection with 1008.
+DEFAULT_MAX_FRAGMENTS = 1024
+#: Frames of one connection received and not yet handled (waiting for its handler lane);
+#: at this mark the server stops reading its socket until they drop under half of it.
+DEFAULT_MAX_INBOUND_FRAMES = 1000
+#: Bytes (decoded payloads) of those frames; same rule as DEFAULT_MAX_INBOUND_FRAMES.
+DEFAULT_MAX_INBOUND_BYTES = 4 << 20
 
 
 class TokenBucket:
@@ -198,6 +205,10 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "handshake_timeout": Bound(0, _HOUR_S, above=True),
     "max_connections": Bound(1, 10_000_000, integer=True),
     "max_pending_auth": Bound(1, 10_000_000, integer=True),
+    "max_fragments": Bound(1, _BIG, integer=True),
+    "fragment_timeout": Bound(0, _HOUR_S, above=True, none_ok=True),
+    "max_inbound_frames": Bound(1, _BIG, integer=True),
+    "max_inbound_bytes": Bound(1, 1 << 40, integer=True),
     "max_pending_handshakes": Bound(1, 10_000_000, integer=True),
     "max_subscriptions_per_conn": Bound(1, _BIG, integer=True),
     "rate_limit": Bound(0, _BIG, above=True, none_ok=True),
@@ -239,4 +250,5 @@ __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_millisecon
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
            "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
-           "CLIENT_BOUNDS", "DEFAULT_MAX_PENDING_AUTH", "validate_count"]
+           "CLIENT_BOUNDS", "DEFAULT_MAX_PENDING_AUTH", "validate_count", "DEFAULT_MAX_FRAGMENTS",
+           "DEFAULT_MAX_INBOUND_FRAMES", "DEFAULT_MAX_INBOUND_BYTES"]

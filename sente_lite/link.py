@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import http
 import logging
+import selectors
 import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from .inflow import InboundGauge
 from .logsafe import RedactingLogger
 from .outbox import Outbox
 
@@ -89,6 +91,15 @@ class LinkHandler:
 
     def on_tick(self, now: float, stalled_s: float) -> None:
         """Every ``tick_s``; ``stalled_s`` is how late this tick is (the loop was stalled)."""
+        raise NotImplementedError
+
+    def on_input_limit(self, link: "Link", counter: str, code: int, reason: str) -> None:
+        """The loop closes ``link`` with ``code`` for a limit on its input (``counter``
+        names the count to add: a :class:`~sente_lite.counters.Counter` value)."""
+        raise NotImplementedError
+
+    def on_input_paused(self, link: "Link") -> None:
+        """The loop stopped reading ``link``: its frames waiting for a handler reached a mark."""
         raise NotImplementedError
 
 
@@ -168,9 +179,17 @@ class Link:
         self.dirty = False         # frames held by the network thread wait for its next flush
         self.watching_write = False
         self.deadline = 0.0        # when the loop drops this link (0: none)
-        self.fragments: Optional[List[bytes]] = None
+        self.fragments: Optional[bytearray] = None  # an unfinished fragmented message
         self.fragments_bytes = 0
         self.fragments_text = False
+        self.fragment_count = 0
+        self.fragments_since = 0.0  # when its first fragment arrived
+        self.failed = False        # the reader closed it for its input (no more frames)
+        self.events = selectors.EVENT_READ  # what the selector watches for
+        self.inbox = b""           # read, not given to the protocol yet (paused, or a cut header)
+        self.head_tail = b""       # the last bytes of a request head still arriving
+        self.frame_left = 0        # bytes still to come of a frame given to it in part
+        self.inflow = InboundGauge(loop.inbound, self._wake_reader)
         self.unparsed = 0          # bytes read since the last whole frame
         self.peer_eof = False      # the peer closed its side
         self.answered = False      # the handler answered the request itself
@@ -236,6 +255,10 @@ class Link:
             return
         self.flush_asked = True
         self.loop.call_soon(lambda: self.loop.writer.flush(self))
+
+    def _wake_reader(self) -> None:
+        """Its frames waiting for a handler went under half the marks (any thread)."""
+        self.loop.call_soon(lambda: self.loop.reader.resume(self))
 
     def _write(self, data: bytes) -> int:
         try:

@@ -48,6 +48,7 @@ from .accept import (ACCEPT_ERROR_LOG_EVERY_S, ACCEPT_PAUSE_S, ACCEPTS_PER_WAKE,
                      raise_descriptor_limit)
 from .handshake import EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader
 from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler
+from .inflow import InboundLimits
 from .reader import Reader
 from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
@@ -75,8 +76,10 @@ class NetLoop:
         max_pending_handshakes_per_address: int,
         tick_s: float,
         extensions: Optional[List[Any]] = None,
+        inbound: InboundLimits = InboundLimits(),
     ) -> None:
         self.handler = handler
+        self.inbound = inbound
         self.extensions = extensions  # websockets extension factories offered to every upgrade
         self.host = host
         self.requested_port = port
@@ -167,7 +170,27 @@ class NetLoop:
 
     def decide(self, link: Link, decision: Decision) -> None:
         """The handler's late answer to ``link``'s request (from any thread)."""
-        self.call_soon(lambda: self.upgrader.apply(link, decision))
+        def apply() -> None:
+            self.upgrader.apply(link, decision)
+            if link.owner is not None and link.inbox and not link.closed:
+                self.reader.feed(link, b"")  # frames sent before the 101
+
+        self.call_soon(apply)
+
+    def watch(self, link: Link) -> None:
+        """Have the selector watch ``link`` for reading unless its reading is paused, and
+        for writing while bytes wait (loop thread)."""
+        events = ((0 if link.inflow.paused else selectors.EVENT_READ)
+                  | (selectors.EVENT_WRITE if link.watching_write else 0))
+        if events == link.events or link.closed:
+            return
+        if not events:
+            self.selector.unregister(link.sock)
+        elif not link.events:
+            self.selector.register(link.sock, events, link)
+        else:
+            self.selector.modify(link.sock, events, link)
+        link.events = events
 
     def pending_count(self) -> int:
         return len(self.handshakes)
@@ -226,6 +249,7 @@ class NetLoop:
                     stalled = max(0.0, now - next_tick - self.tick_s)
                     next_tick = now + self.tick_s
                     self.closer.collect_garbage()
+                    self.reader.sweep(now)
                     self.guarded(lambda: self.handler.on_tick(now, stalled))
         except Exception:  # pragma: no cover - a bug in the loop itself
             log.exception("network loop failed; dropping every connection")

@@ -6,7 +6,8 @@ Threads, whatever the number of connections (all joined by :meth:`Server.stop`):
   socket, runs websockets' sans-I/O protocol for each, accepts, enforces the
   handshake limits, sends heartbeats and closes silent peers. Built-in frames
   (``chsk/*`` answers and pings, and ``sente-lite/*`` subscribe/publish when the
-  connection has nothing waiting for a worker) are handled right there.
+  connection has nothing waiting for a worker and no ``authorize`` hook is set) are
+  handled right there; application code never runs on this thread.
   What a frame means is decided by the connection's sans-I/O session
   (:mod:`sente_lite.session`); :mod:`sente_lite.core` acts on it, the HTTP side
   is :mod:`sente_lite.front`, and :mod:`sente_lite.hub` holds the registries and
@@ -51,6 +52,7 @@ from .errors import Disconnected, LimitExceeded, RequestTimeout
 from .framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from .hub import Broker, Hub, LocalBroker
+from .inflow import InboundLimits
 from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
@@ -132,10 +134,15 @@ class Connection:
 
     # -- called by the network loop -------------------------------------------------
     def on_message(self, message: Any, size: int) -> None:
-        self._server._core.on_message(self, message, size)
+        self._server._core.dispatch.on_message(self, message, size)
 
     def on_life(self) -> None:
         self._session.last_seen = time.monotonic()
+
+    @property
+    def awaiting_replies(self) -> int:
+        """Requests to this peer waiting for its reply."""
+        return self._session.outstanding
 
     @property
     def last_seen(self) -> float:
@@ -246,6 +253,8 @@ class Connection:
                 self._close_code = code
                 self._close_reason = reason
                 first = True
+        if flush and self._batch:  # frames gathered for a backed-up socket go before the close
+            self._flush_batch()
         self._link.close(code, reason, flush)
         return first
 
@@ -268,9 +277,8 @@ class Connection:
         """Send a request to this peer and wait for its reply (see :meth:`Server.request`)."""
         _check_event_id(event)
         if self._server._on_network_thread():
-            raise RuntimeError("request() from the network thread (authorize, or a built-in "
-                               "event) would stop every connection's reading: call it from a "
-                               "handler or another thread")
+            raise RuntimeError("request() from the network thread would stop every "
+                               "connection's reading: call it from a handler or another thread")
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
         session = self._session
         try:
@@ -323,8 +331,8 @@ class Server(InspectionMixin):
 
     Admission and abuse (see :mod:`sente_lite.security` and :mod:`sente_lite.limits`):
     ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
-    channel_id) -> bool`` (False: ``forbidden``; keep it fast, it may run on the
-    connection's network thread), ``allowed_hosts`` (None: bound to a loopback
+    channel_id) -> bool`` (False: ``forbidden``; it runs on the connection's
+    worker lane, in order with its handlers), ``allowed_hosts`` (None: bound to a loopback
     address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
     others 403), ``allowed_origins`` (None: no
     Origin or the same host; else that list and the server's own origin, ``["*"]`` for
@@ -359,6 +367,12 @@ class Server(InspectionMixin):
     Every numeric keyword must be a finite number in its range
     (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
     :class:`~sente_lite.limits.InvalidSetting` (a ValueError and a TypeError) naming it.
+
+    Input (:mod:`sente_lite.inflow`): a message may come in at most ``max_fragments``
+    frames and must be whole within ``fragment_timeout`` seconds (default: the heartbeat
+    timeout), else 1008. At ``max_inbound_frames`` frames or ``max_inbound_bytes`` decoded
+    bytes of one connection waiting for its handlers, its socket is not read (the peer's
+    TCP window fills) until they are under half of both; counted as ``inbound_pauses``.
 
     ``compression="deflate"`` offers permessage-deflate: frames of at least
     ``compression_min_bytes`` go compressed to peers that accept it, a channel
@@ -415,6 +429,10 @@ class Server(InspectionMixin):
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
         demo: bool = False,
         max_pending_auth: int = lim.DEFAULT_MAX_PENDING_AUTH,
+        max_fragments: int = lim.DEFAULT_MAX_FRAGMENTS,
+        fragment_timeout: Optional[float] = None,
+        max_inbound_frames: int = lim.DEFAULT_MAX_INBOUND_FRAMES,
+        max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES,
     ) -> None:
         lim.check_settings(locals())  # every numeric keyword, before any is used
         self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
@@ -433,6 +451,12 @@ class Server(InspectionMixin):
         self.max_remembered_clients = max_remembered_clients
         self.close_timeout = close_timeout
         self.handshake_timeout = handshake_timeout
+        #: bounds on each connection's unhandled input (fragments, frames waiting for handlers)
+        self.inbound = InboundLimits(
+            max_fragments=max_fragments,
+            fragment_timeout=(fragment_timeout if fragment_timeout is not None
+                              else min(self.heartbeat_timeout_ms / 1000.0, 3600.0)),
+            max_inbound_frames=max_inbound_frames, max_inbound_bytes=max_inbound_bytes)
         self.ssl_context = ssl_context
         self.accept_backlog = accept_backlog
         self.request_line_timeout = request_line_timeout
@@ -533,7 +557,7 @@ class Server(InspectionMixin):
             max_pending_handshakes=self.max_pending_handshakes,
             max_pending_handshakes_per_address=self.max_pending_handshakes_per_address,
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
-            extensions=compression_mod.server_extensions(self.compression))
+            extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
         self._pool.start()
         if getattr(self.channels, "shared", False):  # its live deliveries run on the network thread
             self.channels.dispatch = self._loop.call_soon  # type: ignore[attr-defined]
@@ -581,9 +605,9 @@ class Server(InspectionMixin):
         """Register ``fn(conn, data)`` for ``event``; usable as a decorator.
 
         For a request, the return value is the reply; an exception becomes a
-        ``handler-error`` reply. Handlers run on the connection's reader thread,
-        so one connection's events are handled in order, and a slow handler
-        delays only that connection.
+        ``handler-error`` reply. Handlers run on a worker thread (never the network
+        thread), one event of a connection at a time in arrival order, batched or
+        not, so a slow handler delays only that connection.
         """
         _check_event_id(event)
         if p.is_reserved(event):
@@ -600,7 +624,7 @@ class Server(InspectionMixin):
         self._handlers.pop(event, None)
 
     def on_connect(self, fn: ConnectHook) -> ConnectHook:
-        """Call ``fn(conn)`` after each handshake (on that connection's reader thread)."""
+        """Call ``fn(conn)`` after each handshake (on a worker, before that connection's events)."""
         self._on_connect.append(fn)
         return fn
 

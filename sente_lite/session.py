@@ -221,6 +221,17 @@ class ServerRules:
 
 #: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
 MAX_BATCH_FRAMES = 1000
+_JSON_BATCH_HEAD = f'["{p.EV_BATCH}"'
+#: MessagePack: an array of 2, then the event-id as a fixstr.
+_MSGPACK_BATCH_HEAD = bytes((0x92, 0xA0 | len(p.EV_BATCH))) + p.EV_BATCH.encode("ascii")
+
+
+def is_batch(text: Union[str, bytes]) -> bool:
+    """True when ``text`` starts as a ``chsk/batch`` frame written compactly (as every
+    sender of this package writes it), JSON or MessagePack."""
+    if type(text) is str:
+        return text.startswith(_JSON_BATCH_HEAD)
+    return text.startswith(_MSGPACK_BATCH_HEAD)
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"
@@ -265,6 +276,8 @@ class ServerSession:
         if self._rate is None:
             return None
         self._time = now
+        if is_batch(text):
+            return None  # each frame in it is checked by receive_parts / receive
         return self._rate_verdict(text)
 
     def _rate_verdict(self, text: Any) -> Optional[Received]:
@@ -285,56 +298,70 @@ class ServerSession:
                 f"kept sending over {self.rules.rate_limit:g} frames/s (max_rate_limited="
                 f"{self.rules.max_rate_limited} refused frames per {lim.RATE_PATIENCE_WINDOW_S:g}s)")],
                 [])
+        return Received([], self._rate_refusal(text, True))
+
+    def _rate_refusal(self, text: Any, expand: bool) -> List[bytes]:
+        """The ``rate-limited`` answer to one refused frame (none to an answer; with
+        ``expand``, one to each frame of a refused batch)."""
+        data: Any = None
         try:
-            frame = p.frame_of(text) if isinstance(text, list) else self.packer.decode(text)
-            cb_id, event = frame.cb_id, frame.event
+            event, data, cb_id = (p.frame_of(text) if isinstance(text, list)
+                                  else self.packer.decode(text))
         except p.FrameError as exc:
             cb_id, event = exc.cb_id, None
         if event in (p.EV_REPLY, p.EV_ERROR):
-            return _NOTHING  # never answer an answer
-        return Received([], [error_frame(
+            return []  # never answer an answer
+        if expand and event == p.EV_BATCH and isinstance(data, list):
+            return [f for value in data[:MAX_BATCH_FRAMES] for f in self._rate_refusal(value, False)]
+        return [error_frame(
             p.ERR_RATE_LIMITED, f"over {self.rules.rate_limit:g} frames/s (rate_limit): frame dropped",
-            cb_id, event, self.packer)])
+            cb_id, event, self.packer)]
 
     def receive(self, text: Union[str, bytes]) -> Received:
         """Decode one frame the peer sent and apply the protocol's rules to it."""
+        parts = self.receive_parts(text)
+        if len(parts) == 1:
+            return parts[0]
+        return Received([e for r in parts for e in r.events], [f for r in parts for f in r.frames])
+
+    def receive_parts(self, text: Union[str, bytes]) -> List[Received]:
+        """Like :meth:`receive`, one :class:`Received` per frame: a ``chsk/batch`` gives
+        one per frame in it, in order (so each may be handled where it belongs)."""
         try:
             event, data, cb_id = self.packer.decode(text)
         except p.FrameError as exc:
-            return self._bad_frame(exc.message, exc.cb_id)
+            return [self._bad_frame(exc.message, exc.cb_id)]
         if event == p.EV_BATCH:
-            return self._batch(data, cb_id)
-        return self._one(event, data, cb_id)
+            return self._batch(data, cb_id, checked_first=not is_batch(text))
+        return [self._one(event, data, cb_id)]
 
-    def _batch(self, data: Any, cb_id: Optional[str]) -> Received:
-        """A ``chsk/batch`` frame: each frame in it, in order, as if sent alone (each
-        one past the first also counts against ``rate_limit``)."""
+    def _batch(self, data: Any, cb_id: Optional[str], checked_first: bool) -> List[Received]:
+        """A ``chsk/batch`` frame: each frame in it, in order, as if sent alone; each one
+        counts against ``rate_limit`` (the first not when ``checked_first``: :meth:`admit`
+        counted the batch as that frame)."""
         if not isinstance(data, list) or cb_id is not None:
-            return self._bad_frame("chsk/batch data must be an array of frames (and no cb-id)", cb_id)
+            return [self._bad_frame("chsk/batch data must be an array of frames (and no cb-id)",
+                                    cb_id)]
         if len(data) > MAX_BATCH_FRAMES:
-            return self._bad_frame(f"a batch holds at most {MAX_BATCH_FRAMES} frames "
-                                   "(MAX_BATCH_FRAMES)", None)
-        events: List[Any] = []
-        frames: List[bytes] = []
+            return [self._bad_frame(f"a batch holds at most {MAX_BATCH_FRAMES} frames "
+                                    "(MAX_BATCH_FRAMES)", None)]
+        parts: List[Received] = []
         for i, value in enumerate(data):
-            if i and self._rate is not None:
+            if (i or not checked_first) and self._rate is not None:
                 refused = self._rate_verdict(value)
                 if refused is not None:
-                    events.extend(refused.events)
-                    frames.extend(refused.frames)
+                    parts.append(refused)
                     if self.closing:
                         break
                     continue
             try:
                 event, body, inner_cb = p.frame_of(value)
             except p.FrameError as exc:
-                out = self._bad_frame(exc.message, exc.cb_id)
+                parts.append(self._bad_frame(exc.message, exc.cb_id))
             else:
-                out = (self._bad_frame("a batch cannot hold a batch", inner_cb)
-                       if event == p.EV_BATCH else self._one(event, body, inner_cb))
-            events.extend(out.events)
-            frames.extend(out.frames)
-        return Received(events, frames)
+                parts.append(self._bad_frame("a batch cannot hold a batch", inner_cb)
+                             if event == p.EV_BATCH else self._one(event, body, inner_cb))
+        return parts
 
     def _one(self, event: str, data: Any, cb_id: Optional[str]) -> Received:
         self.bad_in_row = 0

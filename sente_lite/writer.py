@@ -10,7 +10,6 @@ Both run on the loop thread only.
 from __future__ import annotations
 
 import gc
-import selectors
 import socket
 import time
 import weakref
@@ -103,8 +102,7 @@ class Writer:
         want = not done and not due
         if want != link.watching_write:
             link.watching_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
-            self.loop.selector.modify(link.sock, events, link)
+            self.loop.watch(link)
 
 
 class Closer:
@@ -173,9 +171,12 @@ class Closer:
             self._collect_garbage = True
         self.ended_since_gc += 1
         link.fragments = None
+        link.inbox = b""
+        loop.reader.partial.discard(link)
         link.owner = None  # no cycle through the application's Connection
         with link.lock:
             link.outbox.close()  # nor through the outbox's write function: freed at once
+        link.inflow.close()  # nor through the inbound gauge's wake function
 
     def finish_all(self) -> None:
         for link in list(self.loop.links.values()):

@@ -220,31 +220,32 @@ def test_invalid_utf8_after_the_prefix_still_closes_1007(make_server: Callable[.
     assert stats["publishes"] == 1  # only the warm-up
 
 
-def test_authorize_runs_inline_and_cannot_deadlock_on_its_own_connection(
+def test_authorize_never_runs_on_the_network_thread_and_may_ask_its_client(
         make_server: Callable[..., Server]) -> None:
-    """authorize may run on the network thread, which reads every reply: request() from
-    there raises instead of waiting forever."""
+    """authorize is application code: it runs on a worker, never on the network thread,
+    so request() from it works (the network thread reads the reply meanwhile)."""
     calls: List[Any] = []
 
     def authorize(conn: Connection, action: str, channel_id: str) -> bool:
-        on_net = threading.get_ident() == srv._loop.thread_ident  # type: ignore[union-attr]
-        try:
-            conn.request("app/may-i", None, timeout=WAIT_S)
-        except RuntimeError as exc:
-            calls.append((action, on_net, str(exc)))
-            return action == "subscribe"
-        calls.append((action, on_net, "no error"))
-        return True
+        calls.append((action, threading.current_thread().name,
+                      threading.get_ident() == srv._loop.thread_ident))  # type: ignore[union-attr]
+        return conn.request("app/may-i", action, timeout=WAIT_S) == "yes"
+
+    def answer(peer: RawPeer, verdict: str) -> None:
+        ask = peer.read_text(WAIT_S)
+        assert ask[0] == "app/may-i" and len(ask) == 3
+        send(peer, p.EV_REPLY, verdict, ask[2])
 
     srv = make_server(authorize=authorize, **QUIET)
     with opened(srv) as peer:
         seen: List[Any] = []
         send(peer, p.EV_SUBSCRIBE, {p.K_CHANNEL: CHANNEL}, "s1")
+        answer(peer, "yes")
         assert reply_to(peer, "s1", seen)[0] == p.EV_REPLY
         reader_idle(srv)
-        refused = publish(peer, "p1", "x", seen)
+        send(peer, p.EV_PUBLISH, {p.K_CHANNEL: CHANNEL, p.K_DATA: "x"}, "p1")
+        answer(peer, "no")
+        refused = reply_to(peer, "p1", seen)
         assert refused[0] == p.EV_ERROR and refused[1][p.K_CODE] == p.ERR_FORBIDDEN
-    action, on_net, message = calls[-1]
-    assert (action, on_net) == ("publish", True)
-    assert "network thread" in message
-    assert all("network thread" in m for _, _, m in calls)
+    assert [c[0] for c in calls] == ["subscribe", "publish"]
+    assert all(name.startswith("sente-lite-worker") and not on_net for _, name, on_net in calls)

@@ -256,17 +256,19 @@ def test_a_slow_handler_delays_only_its_own_connection(
 def test_a_stalled_network_thread_does_not_close_live_peers(
         make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
     """The heartbeat does not hold against peers a stretch in which the server's own
-    network thread could not read them (here authorize stalls it past the timeout)."""
-    def authorize(conn: Any, action: str, channel_id: str) -> bool:
-        if channel_id == "stall":
-            time.sleep(1.8)  # longer than the 1.5 s heartbeat timeout, shorter than clients' 2 s
-        return True
-
-    srv = make_server(heartbeat_ms=500, authorize=authorize)
+    network thread could not read them (here a call on it stalls it past the timeout)."""
+    srv = make_server(heartbeat_ms=500)
     clients = [make_client(srv.url) for _ in range(3)]
     wait_until(lambda: all(c.stats().get("pings", 0) + c.stats().get("frames_in", 0) > 1
                            for c in clients), what="heartbeats flowing")
-    clients[0].subscribe("stall", timeout=WAIT_S)
+    stalled = threading.Event()
+
+    def stall() -> None:
+        time.sleep(1.8)  # longer than the 1.5 s heartbeat timeout, shorter than clients' 2 s
+        stalled.set()
+
+    srv._loop.call_soon(stall)  # type: ignore[union-attr]
+    assert stalled.wait(WAIT_S)
     for c in clients:
         assert c.request("sente-lite/subscribe", {"channel-id": "after"}, timeout=WAIT_S)
     stats = srv.stats()
