@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import discovery
 from . import limits as lim
-from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
+from .channels import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+                       DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
 from .server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
@@ -112,6 +113,15 @@ SERVE_SETTINGS = (
             "recovery (0: off)", "history_size"),
     Setting("--history-ttl-s", "float", DEFAULT_HISTORY_TTL_S, "seconds a message stays in its "
             "channel's history", "history_ttl_s"),
+    Setting("--history-max-bytes-per-channel", "int", DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
+            "bytes of messages kept in one channel's history (the oldest go first beyond)",
+            "history_max_bytes_per_channel"),
+    Setting("--history-max-bytes-total", "int", DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+            "bytes of messages kept in the history of every channel together (the oldest go "
+            "first beyond)", "history_max_bytes_total"),
+    Setting("--max-replay-per-subscribe", "int", DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
+            "messages one subscribe with since may replay (recovered: false, replay-limit "
+            "beyond)", "max_replay_per_subscribe"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
 )
 

@@ -61,6 +61,9 @@ class Counter(str, enum.Enum):
                            "(max_publish_ids_per_channel).")
     HISTORY_EVICTED = ("history_evicted", LIMIT,
                        "Messages dropped from a channel's history (history_size, history_ttl_s).")
+    HISTORY_BYTES_EVICTED = ("history_bytes_evicted", LIMIT,
+                             "Messages dropped from history over history_max_bytes_per_channel "
+                             "or history_max_bytes_total.")
     # errors
     BAD_FRAMES = ("bad_frames", ERROR, "Frames that were not valid protocol frames.")
     FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize.")

@@ -15,6 +15,7 @@ that ignores the errors is cut within a fraction of a second.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
@@ -41,7 +42,7 @@ class TokenBucket:
     False when the bucket is empty (it never goes negative).
     """
 
-    __slots__ = ("rate", "capacity", "tokens", "_last", "_clock")
+    __slots__ = ("rate", "capacity", "tokens", "_last", "_clock", "_lock")
 
     def __init__(self, rate: float, capacity: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -52,18 +53,36 @@ class TokenBucket:
         self.tokens = float(capacity)
         self._clock = clock
         self._last = clock()
+        self._lock = threading.Lock()
 
-    def take(self) -> bool:
-        """Take one token if there is one."""
+    def _refill(self) -> None:
         now = self._clock()
         elapsed = now - self._last
         self._last = now
         if elapsed > 0:
             self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+
+    def take(self) -> bool:
+        """Take one token if there is one."""
+        with self._lock:
+            self._refill()
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+    def available(self) -> int:
+        """Whole tokens in the bucket now (0 while in debt)."""
+        with self._lock:
+            self._refill()
+            return max(0, int(self.tokens))
+
+    def charge(self, n: float) -> None:
+        """Remove ``n`` tokens for work already done; the bucket may go into debt, which
+        later refills pay back before anything else is let through. Thread-safe."""
+        with self._lock:
+            self._refill()
+            self.tokens -= n
 
 
 class RateGuard:
@@ -93,6 +112,15 @@ class RateGuard:
             return self.OK
         self.limited += 1
         return self.LIMITED if self._patience.take() else self.CLOSE
+
+    def budget(self) -> int:
+        """Frames' worth of work the connection may still cause now (its tokens)."""
+        return self._bucket.available()
+
+    def charge(self, frames: int) -> None:
+        """Count ``frames`` of work done for the connection (messages replayed to it)
+        against its rate, as if it had sent that many frames."""
+        self._bucket.charge(frames)
 
 
 def validate_positive(name: str, value: Optional[float], allow_none: bool = False) -> None:

@@ -16,8 +16,9 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple)
 
 from . import protocol as p
-from .channels import (REASON_EPOCH_CHANGED, MemberIndex, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
-                       RecoveryResult, Since)
+from .channels import (DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, REASON_ALREADY_SUBSCRIBED,
+                       REASON_EPOCH_CHANGED, REASON_REPLAY_LIMIT, MemberIndex, count_recovery,
+                       REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF, RecoveryResult, Since)
 from .counters import Counter, Counters
 from .redis_link import RedisLink, as_text
 
@@ -65,7 +66,11 @@ class ChannelSpace:
     server makes (``<server_id>.<n>``) and the history limits (see RedisBroker)."""
 
     def __init__(self, prefix: str, server_id: str, history_size: int, history_ttl_s: float,
-                 publish_dedup_s: float, channel_ttl_s: float) -> None:
+                 publish_dedup_s: float, channel_ttl_s: float,
+                 max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
+        if isinstance(max_replay, bool) or not isinstance(max_replay, int) or max_replay < 0:
+            raise ValueError(f"max_replay_per_subscribe must be an int >= 0, got {max_replay!r}")
+        self.max_replay = max_replay
         self.prefix = prefix
         self.server_id = server_id
         self.history_size = history_size
@@ -130,13 +135,19 @@ class RedisChannels(MemberIndex):
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Any] = None,
                   since: Optional[Since] = None, deliver: Optional[Any] = None,
+                  replay_budget: Optional[int] = None,
                   ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
         """See :meth:`RedisBroker.subscribe`."""
         with self._lock:
             names = self._by_member.setdefault(member, {})
             added = name not in names
             names[name] = None
-        self._link.submit(lambda: self._do_subscribe(member, name, announce, since, deliver))
+        limit = self._space.max_replay
+        if replay_budget is not None:
+            limit = min(limit, replay_budget)
+        if not added and since is not None:
+            limit = -1  # already held: answered without a replay
+        self._link.submit(lambda: self._do_subscribe(member, name, announce, since, deliver, limit))
         return 0, "", added, None
 
     def _chan(self, name: str) -> _Chan:
@@ -147,7 +158,7 @@ class RedisChannels(MemberIndex):
             return ch
 
     def _do_subscribe(self, member: Hashable, name: str, announce: Any, since: Optional[Since],
-                      deliver: Any) -> None:
+                      deliver: Any, limit: int) -> None:
         with self._lock:
             if name not in self._by_member.get(member, ()):
                 return  # unsubscribed (or gone) before its turn
@@ -158,41 +169,58 @@ class RedisChannels(MemberIndex):
             entries: List[Tuple[int, bytes, int, str]] = []
             now_ms = 0
             read = (since is not None and since.epoch == ch.epoch and since.offset < ch.last
-                    and self._space.history_size > 0)
+                    and self._space.history_size > 0 and ch.last - since.offset <= limit)
             if read:
                 assert since is not None
-                _, _, now_ms, entries = self._sync(name, since.offset + 1, since.epoch, False)
+                _, _, now_ms, entries = self._sync(name, since.offset + 1, since.epoch, False,
+                                                   limit)
             with ch.lock:
                 if ch.dead or not ch.synced:
                     continue
                 recovery: Optional[RecoveryResult] = None
                 replay: List[bytes] = []
                 if since is not None:
-                    recovery, replay, short = self._recover(ch, since, entries, now_ms, read)
+                    recovery, replay, short = self._recover(ch, since, entries, now_ms, read, limit)
                     if short:
                         continue  # live messages came past what was read: read again
                 ch.subs[member] = deliver
                 if announce is not None:
                     announce(ch.last, ch.epoch or "", recovery)
-                hub = self.hub
-                if replay and hub is not None and deliver is not None:
-                    for payload in replay:
-                        deliver(member, hub.built_from_text(payload))
+                self._replay(member, replay, deliver)
                 return
         raise RuntimeError(f"subscribe to {name!r} could not catch up with Redis in "
                            f"{MAX_SUBSCRIBE_TRIES} tries")
 
+    def _replay(self, member: Hashable, replay: List[bytes], deliver: Any) -> None:
+        """Hand ``replay`` to ``member`` in order, stopping at the first frame it refuses
+        (its queue is full: it is on its way out). Caller holds the channel's lock."""
+        hub = self.hub
+        if not replay or hub is None or deliver is None:
+            return
+        sent = 0
+        for payload in replay:
+            if not deliver(member, hub.built_from_text(payload)):
+                break
+            sent += 1
+        if sent:
+            self._counters.add(Counter.REPLAYED_MESSAGES, sent)
+
     def _recover(self, ch: _Chan, since: Since, entries: List[Tuple[int, bytes, int, str]],
-                 now_ms: int, read: bool) -> Tuple[RecoveryResult, List[bytes], bool]:
-        """(recovery, payloads to replay, read again?) for ``since`` on ``ch``. Caller holds ``ch.lock``."""
+                 now_ms: int, read: bool, limit: int) -> Tuple[RecoveryResult, List[bytes], bool]:
+        """(recovery, payloads to replay, read again?) for ``since`` on ``ch``, replaying
+        at most ``limit`` (-1: ``ch`` is already held). Caller holds ``ch.lock``."""
         counters = self._counters
         replay: List[bytes] = []
-        if since.epoch != ch.epoch or since.offset > ch.last or since.offset < 0:
+        if limit < 0:
+            result = RecoveryResult(False, REASON_ALREADY_SUBSCRIBED, 0)
+        elif since.epoch != ch.epoch or since.offset > ch.last or since.offset < 0:
             result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
         elif since.offset == ch.last:
             result = RecoveryResult(True, None, 0)
         elif not self._space.history_size:
             result = RecoveryResult(False, REASON_HISTORY_OFF, 0)
+        elif ch.last - since.offset > limit:
+            result = RecoveryResult(False, REASON_REPLAY_LIMIT, 0)
         elif not read:
             return RecoveryResult(False, None, 0), [], True  # the channel moved on meanwhile
         else:
@@ -210,13 +238,14 @@ class RedisChannels(MemberIndex):
 
     # -- catching up with Redis ------------------------------------------------------
     def _sync(self, name: str, first: int, known_epoch: str, from_one: bool,
-              ) -> Tuple[str, int, int, List[Tuple[int, bytes, int, str]]]:
-        """(epoch, top, Redis ms, [(offset, payload, ms)...] from ``first``) of ``name``, read
-        atomically (a channel Redis does not know gets a new epoch)."""
+              most: Optional[int] = None) -> Tuple[str, int, int, List[Tuple[int, bytes, int, str]]]:
+        """(epoch, top, Redis ms, [(offset, payload, ms)...] from ``first``, at most ``most``)
+        of ``name``, read atomically (a channel Redis does not know gets a new epoch)."""
         space = self._space
+        count = space.history_size if most is None else min(space.history_size, most)
         raw = self._link.evalsha(SYNC_SCRIPT, 2, space.meta_key(name), space.log_key(name),
                                  space.new_epoch(), str(int(space.channel_ttl_s * 1000)),
-                                 str(first), str(max(space.history_size, 1)), known_epoch,
+                                 str(first), str(max(count, 1)), known_epoch,
                                  "1" if from_one else "0")
         epoch, top, now_ms, rows = raw
         entries: List[Tuple[int, bytes, int, str]] = []

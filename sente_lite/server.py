@@ -343,7 +343,12 @@ class Server(InspectionMixin):
     that names the last offset it saw; publish ids are remembered
     ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at most
     ``max_publish_ids_per_channel`` per channel) so a
-    resent publish is delivered once. ``broker``: where channels live (default:
+    resent publish is delivered once. History is also bounded in bytes:
+    ``history_max_bytes_per_channel`` per channel and ``history_max_bytes_total``
+    for every channel together (the oldest messages go first; counted as
+    ``history_bytes_evicted``). One subscribe replays at most
+    ``max_replay_per_subscribe`` messages, each counted against ``rate_limit`` as
+    one frame (beyond either: ``recovered: false``, ``replay-limit``). ``broker``: where channels live (default:
     this process, :class:`~sente_lite.hub.LocalBroker`); ``"redis://host:port/db"``
     shares channels, history, users and presence with every server on that Redis
     (:class:`~sente_lite.redis_broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
@@ -400,6 +405,9 @@ class Server(InspectionMixin):
         history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S,
         publish_dedup_s: Optional[float] = None,
         max_publish_ids_per_channel: int = ch.DEFAULT_MAX_PUBLISH_IDS_PER_CHANNEL,
+        history_max_bytes_per_channel: int = ch.DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
+        history_max_bytes_total: int = ch.DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+        max_replay_per_subscribe: int = ch.DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
         broker: Union[Broker, str, None] = None,
         tracing: bool = False,
         compression: Optional[str] = None,
@@ -468,13 +476,17 @@ class Server(InspectionMixin):
             from .redis_broker import RedisBroker
             broker = RedisBroker(broker, self.server_id, history_size=history_size,
                                  history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-                                 counters=self.counters)
+                                 counters=self.counters,
+                                 max_replay_per_subscribe=max_replay_per_subscribe)
         if getattr(broker, "shared", False):  # users' closes come through it from other servers
             broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-            max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters)
+            max_publish_ids_per_channel=max_publish_ids_per_channel, counters=self.counters,
+            history_max_bytes_per_channel=history_max_bytes_per_channel,
+            history_max_bytes_total=history_max_bytes_total,
+            max_replay_per_subscribe=max_replay_per_subscribe)
         self.compression = compression_mod.validate(compression)
         lim.validate_positive("compression_min_bytes", compression_min_bytes)
         self.compression_min_bytes = compression_min_bytes
