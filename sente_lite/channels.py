@@ -572,7 +572,7 @@ class ChannelRegistry(MemberIndex):
         entry = _Publish(make_frame, deliver, exclude, done, publish_id)
         with self._lock:
             ch = self._get_or_create(name)
-            if not ch.subscribers:
+            if name in self._idle:
                 self._idle.move_to_end(name)
             if wait:
                 entry.finished = threading.Event()
