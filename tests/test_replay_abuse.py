@@ -239,3 +239,60 @@ def test_other_clients_publish_round_trip_stays_low_under_replay_floods(
     assert worst < 0.5, (f"a publish waited {worst:.2f}s (median {statistics.median(rtts)*1000:.1f} "
                          f"ms, {srv.stats()['replayed_messages']} replayed)")
     assert srv.stats()["replayed_messages"] <= 25_000
+
+
+# -- the same over Redis ------------------------------------------------------------------
+@pytest.fixture
+def redis_url() -> Any:
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
+    from sente_lite.testing.redis_server import RedisServer, require_redis_server
+    require_redis_server()
+    with RedisServer() as redis_srv:
+        yield redis_srv.url
+
+
+def test_redis_replays_are_bounded_charged_and_never_repeated(
+        make_server: Callable[..., Server], raw_ws: Callable[..., RawWS], redis_url: str) -> None:
+    srv = make_server(broker=redis_url, max_replay_per_subscribe=140, rate_limit=2,
+                      rate_burst=200, max_rate_limited=1000)
+    wait_until(lambda: srv.channels.healthy, what="the link up")
+    epochs = fill(srv, ["a", "b", "c"], 150)
+    r = raw_ws(srv.url)
+    drain = Drain(r)
+    try:
+        def answer(cb: str) -> dict:
+            return wait_until(lambda: next((f[1] for f in drain.of(p.EV_REPLY) if f[2] == cb), None),
+                              what=f"the answer {cb}")
+
+        r.send_frame(*sub_frame("a", epochs["a"], 0, "over"))  # 150 > max_replay_per_subscribe
+        assert (answer("over")["recovered"], answer("over")["reason"]) == (False, "replay-limit")
+        r.send_frame(*sub_frame("b", epochs["b"], 50, "b"))  # 100: fits, costs 100 tokens
+        assert answer("b")["recovered"] is True
+        r.send_frame(*sub_frame("b", epochs["b"], 0, "b-again"))
+        assert answer("b-again")["reason"] == "already-subscribed"
+        r.send_frame(*sub_frame("c", epochs["c"], 10, "c"))  # 140 more: past what is left
+        assert answer("c")["reason"] == "replay-limit"
+        srv.publish("b", "live")
+        wait_until(lambda: any(f[1][p.K_OFFSET] == 151 for f in drain.of(p.EV_CHANNEL_MSG)),
+                   what="the live message")
+        assert [f[1][p.K_OFFSET] for f in drain.of(p.EV_CHANNEL_MSG)] == list(range(51, 152))
+    finally:
+        drain.stop()
+    assert srv.stats()["replayed_messages"] == 100
+    assert srv.stats()["max_replay_per_subscribe"] == 140
+
+
+def test_redis_replay_stops_as_soon_as_the_peer_stops_reading(
+        make_server: Callable[..., Server], redis_url: str) -> None:
+    srv = make_server(broker=redis_url, rate_limit=None, max_queued_bytes_per_conn=256 * 1024)
+    wait_until(lambda: srv.channels.healthy, what="the link up")
+    epochs = fill(srv, [f"c{n}" for n in range(5)], 200, "w" * 64 * 1024)
+    ws = RawWS(srv.url, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    try:
+        ws.send_frame(p.EV_BATCH, [sub_frame(f"c{n}", epochs[f"c{n}"]) for n in range(5)])
+        wait_until(lambda: srv.stats()["slow_consumer_closes"] == 1, what="the slow-consumer close")
+        wait_until(lambda: srv.connections() == [], what="the connection gone")
+    finally:
+        ws.ws.shutdown()
+    replayed = srv.stats()["replayed_messages"]
+    assert replayed < 250, f"{replayed} of 1000 messages replayed to a peer that never read"
