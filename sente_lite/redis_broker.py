@@ -130,6 +130,9 @@ class RedisBroker:
     notices = _Delegated("_channels")  # recovered:false notices sent to local subscribers
     caught_up = _Delegated("_channels")  # messages delivered from a stream after a gap or an outage
     presence_ttl_s = _Delegated("_presence")
+    #: Runs live deliveries and replays on the server's network thread (set by the server),
+    #: which writes what it sends in one pass once per connection; None: the link's threads.
+    dispatch = _Delegated("_channels")
     on_disconnect_user = _Delegated("_presence")
 
     def __init__(self, url: str, server_id: Optional[str] = None, *, history_size: int = 1000,
@@ -167,9 +170,6 @@ class RedisBroker:
         self._channels = RedisChannels(self._space, self._link, counters)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
-        #: Runs live deliveries on the server's network thread (set by the server), which
-        #: writes what it sends in one pass once per connection; None: the link thread.
-        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
 
     # -- lifecycle -------------------------------------------------------------------
     def bind(self, hub: "Hub") -> None:

@@ -16,7 +16,7 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple)
 
 from . import protocol as p
-from .channels import (DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, REASON_ALREADY_SUBSCRIBED,
+from .channels import (DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, REASON_ALREADY_SUBSCRIBED, REPLAY_PAGE_MESSAGES,
                        REASON_EPOCH_CHANGED, REASON_REPLAY_LIMIT, MemberIndex, count_recovery,
                        REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF, RecoveryResult, Since)
 from .counters import Counter, Counters
@@ -114,6 +114,53 @@ class _Chan:
         self.resync_queued = False
 
 
+class _Catching:
+    """A subscriber being handed its replay, a page per pass of the network thread; live
+    messages for it wait in ``held`` meanwhile (at most MAX_PENDING_PER_CHANNEL: past
+    that it is told ``history-expired`` and goes on live)."""
+
+    __slots__ = ("owner", "ch", "member", "replay", "deliver", "held", "lost", "sent", "next",
+                 "hold")
+
+    def __init__(self, owner: "RedisChannels", ch: _Chan, member: Hashable, replay: List[bytes],
+                 deliver: Callable[[Hashable, Any], bool]) -> None:
+        self.owner, self.ch, self.member = owner, ch, member
+        self.replay, self.deliver = replay, deliver
+        self.held: List[Any] = []
+        self.lost = False
+        self.sent = self.next = 0
+        self.hold = self._hold  # the one bound method ch.subs holds meanwhile
+
+    def _hold(self, member: Hashable, built: Any) -> bool:
+        """A live message during the replay (the channel's lock is held)."""
+        if len(self.held) >= MAX_PENDING_PER_CHANNEL:
+            self.lost = True
+            return False
+        self.held.append(built)
+        return True
+
+    def hand(self, most: int) -> bool:
+        """Hand over the next ``most`` replayed messages; False at the first refused."""
+        hub = self.owner.hub
+        if hub is None:
+            return False
+        for payload in self.replay[self.next:self.next + most]:
+            if not self.deliver(self.member, hub.built_from_text(payload)):
+                return False
+            self.sent += 1
+        self.next += most
+        return True
+
+    def page(self) -> None:
+        """One page (network thread); then the next one, at a later pass, or go live."""
+        taking = self.hand(REPLAY_PAGE_MESSAGES)
+        dispatch = self.owner.dispatch
+        if taking and self.next < len(self.replay) and dispatch is not None:
+            dispatch(self.page)
+        else:
+            self.owner._caught_up(self, taking)
+
+
 class RedisChannels(MemberIndex):
     """This server's subscribers of each channel, kept in step with Redis.
 
@@ -129,6 +176,8 @@ class RedisChannels(MemberIndex):
         self._lock = threading.Lock()  # guards _chans and _by_member
         self._chans: Dict[str, _Chan] = {}
         self._by_member: Dict[Hashable, Dict[str, None]] = {}
+        #: Runs work on the server's network thread (see RedisBroker.dispatch); None: here.
+        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
         self.notices = 0  # recovered:false notices sent to local subscribers
         self.caught_up = 0  # messages delivered from a stream after a gap or an outage
 
@@ -186,24 +235,40 @@ class RedisChannels(MemberIndex):
                 ch.subs[member] = deliver
                 if announce is not None:
                     announce(ch.last, ch.epoch or "", recovery)
-                self._replay(member, replay, deliver)
+                self._replay(ch, member, replay, deliver)
                 return
         raise RuntimeError(f"subscribe to {name!r} could not catch up with Redis in "
                            f"{MAX_SUBSCRIBE_TRIES} tries")
 
-    def _replay(self, member: Hashable, replay: List[bytes], deliver: Any) -> None:
-        """Hand ``replay`` to ``member`` in order, stopping at the first frame it refuses
-        (its queue is full: it is on its way out). Caller holds the channel's lock."""
-        hub = self.hub
-        if not replay or hub is None or deliver is None:
+    def _replay(self, ch: _Chan, member: Hashable, replay: List[bytes], deliver: Any) -> None:
+        """Hand ``replay`` to ``member`` in order, then live messages: on the network thread
+        a page per pass when there is one (live messages for ``member`` wait meanwhile),
+        else here. Stops at the first frame refused (its queue is full: it is on its way
+        out). Caller holds ``ch.lock``."""
+        if not replay or self.hub is None or deliver is None:
             return
-        sent = 0
-        for payload in replay:
-            if not deliver(member, hub.built_from_text(payload)):
-                break
-            sent += 1
-        if sent:
-            self._counters.add(Counter.REPLAYED_MESSAGES, sent)
+        catching = _Catching(self, ch, member, replay, deliver)
+        if self.dispatch is None:
+            catching.hand(len(replay))
+            if catching.sent:
+                self._counters.add(Counter.REPLAYED_MESSAGES, catching.sent)
+        else:
+            ch.subs[member] = catching.hold
+            self.dispatch(catching.page)
+
+    def _caught_up(self, catching: "_Catching", taking: bool) -> None:
+        """``catching`` had its replay: hand it what waited, then live messages."""
+        ch, member = catching.ch, catching.member
+        with ch.lock:
+            if ch.subs.get(member) is catching.hold:  # still subscribed
+                for built in catching.held if taking else ():
+                    if not catching.deliver(member, built):
+                        break
+                ch.subs[member] = catching.deliver
+                if catching.lost:
+                    self._notice(member, ch, REASON_HISTORY_EXPIRED)
+        if catching.sent:
+            self._counters.add(Counter.REPLAYED_MESSAGES, catching.sent)
 
     def _recover(self, ch: _Chan, since: Since, entries: List[Tuple[int, bytes, int, str]],
                  now_ms: int, read: bool, limit: int) -> Tuple[RecoveryResult, List[bytes], bool]:

@@ -296,3 +296,44 @@ def test_redis_replay_stops_as_soon_as_the_peer_stops_reading(
         ws.ws.shutdown()
     replayed = srv.stats()["replayed_messages"]
     assert replayed < 250, f"{replayed} of 1000 messages replayed to a peer that never read"
+
+
+def test_redis_replays_run_on_the_network_thread_a_page_at_a_time_with_no_gap(
+        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        redis_url: str) -> None:
+    """The Redis thread that runs every publish only reads the replay; the network thread
+    hands it over a page per pass, while live messages for the subscriber wait their turn."""
+    srv = make_server(broker=redis_url, history_size=5000, max_replay_per_subscribe=5000,
+                      rate_limit=None)
+    wait_until(lambda: srv.channels.healthy, what="the link up")
+    epoch = fill(srv, ["ch"], 1000)["ch"]
+    hub = srv._hub
+    real = hub.deliver
+    threads: List[str] = []
+
+    def deliver(member: Any, built: Any) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(member, built)
+
+    hub.deliver = deliver  # type: ignore[method-assign]
+    got = Recorder()
+    c = make_client(srv.url)
+    stop = threading.Event()
+
+    def publish_meanwhile() -> None:
+        while not stop.is_set():
+            srv.publish("ch", "live")
+
+    t = threading.Thread(target=publish_meanwhile, name="test-publisher")
+    t.start()
+    try:
+        answer = c.subscribe("ch", got, since={"offset": 0, "epoch": epoch})
+        assert answer["recovered"] is True
+        wait_until(lambda: len(got) >= 1200, what="the replay and live messages")
+    finally:
+        stop.set()
+        t.join(WAIT_S)
+    offsets = [m.offset for m in got.wait_count(1200)]
+    assert offsets == list(range(1, len(offsets) + 1))
+    assert "sente-lite-redis-io" not in threads[:1000]
+    assert srv.stats()["replayed_messages"] >= 1000
