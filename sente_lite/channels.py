@@ -399,6 +399,9 @@ class ChannelRegistry(MemberIndex):
         self._by_member: Dict[Hashable, Set[str]] = {}
         self._generation = itertools.count(1)
         self.evicted = 0
+        #: Runs each page of a replay after the last (the server's network thread, a page
+        #: per pass); None: the whole replay within ``subscribe``.
+        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
 
     # -- internal -------------------------------------------------------------
     def _get_or_create(self, name: str) -> _Channel:
@@ -436,8 +439,9 @@ class ChannelRegistry(MemberIndex):
         ``since``, the recovery says whether every message after ``since`` is still
         in history and at most ``max_replay_per_subscribe`` (and ``replay_budget``)
         of them; if so each is handed to ``deliver(member, frame)`` in offset order
-        right after ``announce``, a page at a time (publishes pass in between), then
-        live ones: no gap, no duplicate, whatever publishes race this. If history
+        right after ``announce``, a page at a time (publishes pass in between; with
+        ``dispatch`` set, pages after the first run after this returns), then live
+        ones: no gap, no duplicate, whatever publishes race this. If history
         loses the next page meanwhile, ``announce`` runs once more with
         ``recovered: false, history-expired`` and live messages follow. A member that
         already holds ``name`` gets ``already-subscribed`` and no replay.
@@ -473,36 +477,57 @@ class ChannelRegistry(MemberIndex):
     def _replay(self, ch: _Channel, member: Hashable, first: int,
                 deliver: Callable[[Hashable, Any], bool],
                 announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]]) -> None:
-        """Hand ``member`` the messages of ``ch`` from ``first`` on, a page at a time
-        (under the lock for the last page only), then make it a subscriber. Stops at
-        the first frame ``deliver`` refuses (its queue is full: it is on its way out)."""
-        sent = 0
-        taking = True
-        while taking:
+        """Hand ``member`` the messages of ``ch`` from ``first`` on, a page at a time, then
+        make it a subscriber: here, or a page per call of ``dispatch`` when set."""
+        cursor = [first]
+
+        def step() -> bool:
+            return self._replay_page(ch, member, cursor, deliver, announce)
+
+        dispatch = self.dispatch
+        if dispatch is None:
+            while step():
+                pass
+            return
+
+        def run() -> None:
+            if step():
+                dispatch(run)
+
+        dispatch(run)
+
+    def _replay_page(self, ch: _Channel, member: Hashable, cursor: List[int],
+                     deliver: Callable[[Hashable, Any], bool],
+                     announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]],
+                     ) -> bool:
+        """Hand over the page from ``cursor[0]`` (under the lock only when it is the last:
+        live messages follow it). True when more remains. Stops at the first frame
+        ``deliver`` refuses (its queue is full: it is on its way out)."""
+        counters = self.history.counters
+        with ch.lock:
+            if member not in ch.catching_up:
+                return False  # unsubscribed or gone meanwhile
+            page = self.history.page(ch, cursor[0], REPLAY_PAGE_MESSAGES)
+            if page is None:  # history moved past the next message: say so, go live
+                self._join(ch, member)
+                result = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0)
+                count_recovery(counters, result)
+                if announce is not None:
+                    announce(ch.offset, ch.epoch, result)
+                return False
+            if cursor[0] + len(page) > ch.offset:
+                handed = _hand(member, page, deliver)[0]
+                counters.add(Counter.REPLAYED_MESSAGES, handed)
+                self._join(ch, member)
+                return False
+        handed, taking = _hand(member, page, deliver)
+        cursor[0] += handed
+        counters.add(Counter.REPLAYED_MESSAGES, handed)
+        if not taking:
             with ch.lock:
-                if member not in ch.catching_up:
-                    break  # unsubscribed or gone meanwhile
-                page = self.history.page(ch, first, REPLAY_PAGE_MESSAGES)
-                if page is None:  # history moved past the next message: say so, go live
+                if member in ch.catching_up:
                     self._join(ch, member)
-                    result = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0)
-                    count_recovery(self.history.counters, result)
-                    if announce is not None:
-                        announce(ch.offset, ch.epoch, result)
-                    break
-                if first + len(page) > ch.offset:  # the last page: live messages follow it
-                    sent += _hand(member, page, deliver)[0]
-                    self._join(ch, member)
-                    break
-            handed, taking = _hand(member, page, deliver)
-            sent += handed
-            first += handed
-            if not taking:
-                with ch.lock:
-                    if member in ch.catching_up:
-                        self._join(ch, member)
-        if sent:
-            self.history.counters.add(Counter.REPLAYED_MESSAGES, sent)
+        return taking
 
     @staticmethod
     def _join(ch: _Channel, member: Hashable) -> None:

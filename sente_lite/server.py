@@ -546,8 +546,8 @@ class Server(InspectionMixin):
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
             extensions=compression_mod.server_extensions(self.compression))
         self._pool.start()
-        if getattr(self.channels, "shared", False):  # its live deliveries run on the network thread
-            self.channels.dispatch = self._loop.call_soon  # type: ignore[attr-defined]
+        if hasattr(self.channels, "dispatch"):  # replays (and a shared broker's live
+            self.channels.dispatch = self._loop.call_soon  # deliveries) run on the network thread
         broker_start = getattr(self.channels, "start", None)
         if broker_start is not None:
             broker_start()
