@@ -440,7 +440,7 @@ class ChannelRegistry(MemberIndex):
         in history and at most ``max_replay_per_subscribe`` (and ``replay_budget``)
         of them; if so each is handed to ``deliver(member, frame)`` in offset order
         right after ``announce``, a page at a time (publishes pass in between; with
-        ``dispatch`` set, pages after the first run after this returns), then live
+        ``dispatch`` set, every page runs later, one per call of it), then live
         ones: no gap, no duplicate, whatever publishes race this. If history
         loses the next page meanwhile, ``announce`` runs once more with
         ``recovered: false, history-expired`` and live messages follow. A member that
