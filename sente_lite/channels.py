@@ -362,7 +362,77 @@ class MemberIndex:
             return sorted(self._by_member.get(member, ()))
 
 
-class ChannelRegistry(MemberIndex):
+class ReplayPager:
+    """Replays a page at a time, for a registry with ``history`` and ``dispatch``: the
+    channel's lock is taken per page, and held only for the last page and the switch to
+    live messages (no gap, no duplicate)."""
+
+    history: History
+    dispatch: Optional[Callable[[Callable[[], None]], None]]
+
+    def _replay(self, ch: _Channel, member: Hashable, first: int,
+                deliver: Callable[[Hashable, Any], bool],
+                announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]]) -> None:
+        """Hand ``member`` the messages of ``ch`` from ``first`` on, a page at a time, then
+        make it a subscriber: here, or a page per call of ``dispatch`` when set."""
+        cursor = [first]
+
+        def step() -> bool:
+            return self._replay_page(ch, member, cursor, deliver, announce)
+
+        dispatch = self.dispatch
+        if dispatch is None:
+            while step():
+                pass
+            return
+
+        def run() -> None:
+            if step():
+                dispatch(run)
+
+        dispatch(run)
+
+    def _replay_page(self, ch: _Channel, member: Hashable, cursor: List[int],
+                     deliver: Callable[[Hashable, Any], bool],
+                     announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]],
+                     ) -> bool:
+        """Hand over the page from ``cursor[0]`` (under the lock only when it is the last:
+        live messages follow it). True when more remains. Stops at the first frame
+        ``deliver`` refuses (its queue is full: it is on its way out)."""
+        counters = self.history.counters
+        with ch.lock:
+            if member not in ch.catching_up:
+                return False  # unsubscribed or gone meanwhile
+            page = self.history.page(ch, cursor[0], REPLAY_PAGE_MESSAGES)
+            if page is None:  # history moved past the next message: say so, go live
+                self._join(ch, member)
+                result = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0)
+                count_recovery(counters, result)
+                if announce is not None:
+                    announce(ch.offset, ch.epoch, result)
+                return False
+            if cursor[0] + len(page) > ch.offset:
+                handed = _hand(member, page, deliver)[0]
+                counters.add(Counter.REPLAYED_MESSAGES, handed)
+                self._join(ch, member)
+                return False
+        handed, taking = _hand(member, page, deliver)
+        cursor[0] += handed
+        counters.add(Counter.REPLAYED_MESSAGES, handed)
+        if not taking:
+            with ch.lock:
+                if member in ch.catching_up:
+                    self._join(ch, member)
+        return taking
+
+    @staticmethod
+    def _join(ch: _Channel, member: Hashable) -> None:
+        """``member`` has had its replay: live messages from now on. Caller holds ``ch.lock``."""
+        del ch.catching_up[member]
+        ch.subscribers[member] = None
+
+
+class ChannelRegistry(MemberIndex, ReplayPager):
     """Named channels with subscribers, offsets and epochs.
 
     ``epoch_prefix`` (one per server start) plus a per-channel generation make the
@@ -473,67 +543,6 @@ class ChannelRegistry(MemberIndex):
         if replay is not None:
             self._replay(ch, member, replay[0], replay[1], announce)
         return top, epoch, not held, recovery
-
-    def _replay(self, ch: _Channel, member: Hashable, first: int,
-                deliver: Callable[[Hashable, Any], bool],
-                announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]]) -> None:
-        """Hand ``member`` the messages of ``ch`` from ``first`` on, a page at a time, then
-        make it a subscriber: here, or a page per call of ``dispatch`` when set."""
-        cursor = [first]
-
-        def step() -> bool:
-            return self._replay_page(ch, member, cursor, deliver, announce)
-
-        dispatch = self.dispatch
-        if dispatch is None:
-            while step():
-                pass
-            return
-
-        def run() -> None:
-            if step():
-                dispatch(run)
-
-        dispatch(run)
-
-    def _replay_page(self, ch: _Channel, member: Hashable, cursor: List[int],
-                     deliver: Callable[[Hashable, Any], bool],
-                     announce: Optional[Callable[[int, str, Optional[RecoveryResult]], None]],
-                     ) -> bool:
-        """Hand over the page from ``cursor[0]`` (under the lock only when it is the last:
-        live messages follow it). True when more remains. Stops at the first frame
-        ``deliver`` refuses (its queue is full: it is on its way out)."""
-        counters = self.history.counters
-        with ch.lock:
-            if member not in ch.catching_up:
-                return False  # unsubscribed or gone meanwhile
-            page = self.history.page(ch, cursor[0], REPLAY_PAGE_MESSAGES)
-            if page is None:  # history moved past the next message: say so, go live
-                self._join(ch, member)
-                result = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0)
-                count_recovery(counters, result)
-                if announce is not None:
-                    announce(ch.offset, ch.epoch, result)
-                return False
-            if cursor[0] + len(page) > ch.offset:
-                handed = _hand(member, page, deliver)[0]
-                counters.add(Counter.REPLAYED_MESSAGES, handed)
-                self._join(ch, member)
-                return False
-        handed, taking = _hand(member, page, deliver)
-        cursor[0] += handed
-        counters.add(Counter.REPLAYED_MESSAGES, handed)
-        if not taking:
-            with ch.lock:
-                if member in ch.catching_up:
-                    self._join(ch, member)
-        return taking
-
-    @staticmethod
-    def _join(ch: _Channel, member: Hashable) -> None:
-        """``member`` has had its replay: live messages from now on. Caller holds ``ch.lock``."""
-        del ch.catching_up[member]
-        ch.subscribers[member] = None
 
     def unsubscribe(self, member: Hashable, name: str) -> bool:
         """Remove ``member`` from ``name``. True when it was subscribed."""

@@ -151,6 +151,18 @@ class _Catching:
         self.next += most
         return True
 
+    def start(self) -> None:
+        """Hand the replay over: on the network thread a page per pass when there is
+        one (live messages for the member wait meanwhile), else here, at once. The
+        caller holds the channel's lock."""
+        owner = self.owner
+        if owner.dispatch is None:
+            self.hand(len(self.replay))
+            owner._counters.add(Counter.REPLAYED_MESSAGES, self.sent)
+        else:
+            self.ch.subs[self.member] = self.hold
+            owner.dispatch(self.page)
+
     def page(self) -> None:
         """One page (network thread); then the next one, at a later pass, or go live."""
         taking = self.hand(REPLAY_PAGE_MESSAGES)
@@ -158,7 +170,20 @@ class _Catching:
         if taking and self.next < len(self.replay) and dispatch is not None:
             dispatch(self.page)
         else:
-            self.owner._caught_up(self, taking)
+            self.finish(taking)
+
+    def finish(self, taking: bool) -> None:
+        """The replay is over: hand over what waited, then live messages."""
+        ch, member, owner = self.ch, self.member, self.owner
+        with ch.lock:
+            if ch.subs.get(member) is self.hold:  # still subscribed
+                for built in self.held if taking else ():
+                    if not self.deliver(member, built):
+                        break
+                ch.subs[member] = self.deliver
+                if self.lost:
+                    owner._notice(member, ch, REASON_HISTORY_EXPIRED)
+        owner._counters.add(Counter.REPLAYED_MESSAGES, self.sent)
 
 
 class RedisChannels(MemberIndex):
@@ -235,40 +260,11 @@ class RedisChannels(MemberIndex):
                 ch.subs[member] = deliver
                 if announce is not None:
                     announce(ch.last, ch.epoch or "", recovery)
-                self._replay(ch, member, replay, deliver)
+                if replay and self.hub is not None and deliver is not None:
+                    _Catching(self, ch, member, replay, deliver).start()
                 return
         raise RuntimeError(f"subscribe to {name!r} could not catch up with Redis in "
                            f"{MAX_SUBSCRIBE_TRIES} tries")
-
-    def _replay(self, ch: _Chan, member: Hashable, replay: List[bytes], deliver: Any) -> None:
-        """Hand ``replay`` to ``member`` in order, then live messages: on the network thread
-        a page per pass when there is one (live messages for ``member`` wait meanwhile),
-        else here. Stops at the first frame refused (its queue is full: it is on its way
-        out). Caller holds ``ch.lock``."""
-        if not replay or self.hub is None or deliver is None:
-            return
-        catching = _Catching(self, ch, member, replay, deliver)
-        if self.dispatch is None:
-            catching.hand(len(replay))
-            if catching.sent:
-                self._counters.add(Counter.REPLAYED_MESSAGES, catching.sent)
-        else:
-            ch.subs[member] = catching.hold
-            self.dispatch(catching.page)
-
-    def _caught_up(self, catching: "_Catching", taking: bool) -> None:
-        """``catching`` had its replay: hand it what waited, then live messages."""
-        ch, member = catching.ch, catching.member
-        with ch.lock:
-            if ch.subs.get(member) is catching.hold:  # still subscribed
-                for built in catching.held if taking else ():
-                    if not catching.deliver(member, built):
-                        break
-                ch.subs[member] = catching.deliver
-                if catching.lost:
-                    self._notice(member, ch, REASON_HISTORY_EXPIRED)
-        if catching.sent:
-            self._counters.add(Counter.REPLAYED_MESSAGES, catching.sent)
 
     def _recover(self, ch: _Chan, since: Since, entries: List[Tuple[int, bytes, int, str]],
                  now_ms: int, read: bool, limit: int) -> Tuple[RecoveryResult, List[bytes], bool]:
