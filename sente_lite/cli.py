@@ -14,7 +14,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import discovery
 from . import limits as lim
-from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
+from .channels import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+                       DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
 from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
@@ -122,6 +123,15 @@ SERVE_SETTINGS = (
             "connection waiting for its handlers before its socket is not read", "max_inbound_frames"),
     Setting("--max-inbound-bytes", "int", lim.DEFAULT_MAX_INBOUND_BYTES, "bytes of those frames "
             "before its socket is not read", "max_inbound_bytes"),
+    Setting("--history-max-bytes-per-channel", "int", DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
+            "bytes of messages kept in one channel's history (the oldest go first beyond)",
+            "history_max_bytes_per_channel"),
+    Setting("--history-max-bytes-total", "int", DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+            "bytes of messages kept in the history of every channel together (the oldest go "
+            "first beyond)", "history_max_bytes_total"),
+    Setting("--max-replay-per-subscribe", "int", DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
+            "messages one subscribe with since may replay (recovered: false, replay-limit "
+            "beyond)", "max_replay_per_subscribe"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
     Setting("--publish-ids-per-publisher", "int", DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
             "publish ids remembered per publisher for deduplication; its oldest are forgotten "

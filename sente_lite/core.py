@@ -219,15 +219,24 @@ class ServerCore:
         if self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id):
             return
 
+        session = conn._session
+        answered: List[bool] = []
+
         def announce(offset: int, epoch: str, recovery: Optional[RecoveryResult]) -> None:
-            conn._enqueue(conn._session.subscribed(ev.channel_id, offset, epoch, recovery, ev.cb_id))
+            # a second call is a notice (no cb-id): a paged replay lost its place
+            cb_id = None if answered else ev.cb_id
+            answered.append(True)
+            if recovery is not None and recovery.replayed:
+                session.charge_replay(recovery.replayed)
+            conn._enqueue(session.subscribed(ev.channel_id, offset, epoch, recovery, cb_id))
 
         def refuse(exc: BaseException) -> None:  # the broker refused this channel
             code = exc.code if isinstance(exc, _BROKER_ANSWERS) else p.ERR_HANDLER_ERROR
-            conn._enqueue(conn._session.error(code, str(exc), ev.cb_id, p.EV_SUBSCRIBE))
+            conn._enqueue(session.error(code, str(exc), ev.cb_id, p.EV_SUBSCRIBE))
 
         announce.refuse = refuse  # type: ignore[attr-defined]
-        self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since)
+        budget = session.replay_budget() if ev.since is not None else None
+        self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since, budget)
 
     def _publish(self, conn: "Connection", ev: ss.PublishRequest) -> None:
         if self._refused(conn, "publish", ev.channel_id, p.EV_PUBLISH, ev.cb_id):

@@ -70,6 +70,9 @@ class Counter(str, enum.Enum):
     INBOUND_PAUSES = ("inbound_pauses", LIMIT,
                       "Times a connection's socket stopped being read: its frames waiting for "
                       "a handler reached max_inbound_frames or max_inbound_bytes.")
+    HISTORY_BYTES_EVICTED = ("history_bytes_evicted", LIMIT,
+                             "Messages dropped from history over history_max_bytes_per_channel "
+                             "or history_max_bytes_total.")
     # errors
     BAD_FRAMES = ("bad_frames", ERROR, "Frames that were not valid protocol frames.")
     FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize.")

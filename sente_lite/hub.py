@@ -50,6 +50,7 @@ class Broker(Protocol):
 
     def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,
                   since: Optional[Since] = None, deliver: Optional[Deliver] = None,
+                  replay_budget: Optional[int] = None,
                   ) -> Tuple[int, str, bool, Optional[RecoveryResult]]: ...
 
     def unsubscribe(self, member: Hashable, name: str) -> bool: ...
@@ -69,17 +70,31 @@ class LocalBroker(ChannelRegistry):
 
 class Built:
     """One channel message, built once per publish: the whole WebSocket frame for
-    JSON connections, and, made on first use, for each other packer in use."""
+    JSON connections, and, made on first use, for each other packer in use. Once
+    :meth:`shed` (kept in history) it holds the JSON frame only: one copy."""
 
-    __slots__ = ("wire", "size", "_value", "_others", "traceparent")
+    __slots__ = ("wire", "size", "_others", "traceparent", "_shed")
 
-    def __init__(self, wire: bytes, size: int, value: Callable[[], Any],
-                 traceparent: Optional[str] = None) -> None:
+    def __init__(self, wire: bytes, size: int, traceparent: Optional[str] = None) -> None:
         self.wire = wire
         self.size = size
-        self._value = value
         self._others: Optional[Dict[str, Tuple[bytes, int]]] = None
         self.traceparent = traceparent
+        self._shed = False
+
+    def _value(self) -> Any:
+        """The message as a value, decoded from its own JSON payload."""
+        return p.loads(self.wire[-self.size:].decode("utf-8"))
+
+    def shed(self) -> None:
+        """Drop the copies made for other packers and make no more (kept in history)."""
+        self._shed = True
+        self._others = None
+
+    def held_bytes(self) -> int:
+        """Bytes this message keeps alive."""
+        others = self._others
+        return len(self.wire) + (sum(len(w) for w, _ in others.values()) if others else 0)
 
     def for_packer(self, packer: Packer, frame: Callable[..., bytes], deflate_bits: int = 0,
                    min_compress: int = 0) -> Tuple[bytes, int]:
@@ -100,7 +115,9 @@ class Built:
                 packed = compression.deflate(payload, deflate_bits)
                 if len(packed) < len(payload):
                     wire = frame(packed, packer.binary, True)
-            built = others[key] = (wire or frame(payload, packer.binary), len(payload))
+            built = (wire or frame(payload, packer.binary), len(payload))
+            if not self._shed:
+                others[key] = built
         return built
 
 
@@ -227,14 +244,7 @@ class Hub:
             # Encoded once per publish, as a whole WebSocket frame, for every subscriber
             # (and once more for each other packer in use, when first needed).
             frame = f'{head}{offset},"{p.K_EPOCH}":{js(epoch)}}}]'.encode("utf-8")
-            def value() -> Any:
-                body = {p.K_CHANNEL: channel, p.K_DATA: p.loads(data_json), p.K_FROM: from_uid}
-                if traceparent is not None:
-                    body[tracing.TRACEPARENT] = traceparent
-                body.update({p.K_OFFSET: offset, p.K_EPOCH: epoch})
-                return [p.EV_CHANNEL_MSG, body]
-
-            return Built(ws_frame(frame, False), len(frame), value, traceparent)
+            return Built(ws_frame(frame, False), len(frame), traceparent)
 
         counters = self.counters
         if self.shared is not None:  # the frame is finished in Redis, with its offset
@@ -273,7 +283,7 @@ class Hub:
 
     def built_from_text(self, payload: bytes) -> Built:
         """A channel message already encoded as JSON (``payload``), built for delivery."""
-        return Built(self._ws_frame(payload, False), len(payload), lambda: p.loads(payload.decode("utf-8")))
+        return Built(self._ws_frame(payload, False), len(payload))
 
     def to_member(self, member: Hashable, event: str, data: Any) -> bool:
         """Send ``event`` to connection ``member``; False when it is gone or closing."""
@@ -283,8 +293,9 @@ class Hub:
         return self._send([conn], event, data, p.encode_bytes(event, data)) == 1
 
     def subscribe(self, conn: Member, channel: str, announce: Announce,
-                  since: Optional[Since]) -> None:
-        self.broker.subscribe(conn.conn_id, channel, announce, since, self.deliver)
+                  since: Optional[Since], replay_budget: Optional[int] = None) -> None:
+        """Subscribe ``conn``; a replay for ``since`` is at most ``replay_budget`` messages."""
+        self.broker.subscribe(conn.conn_id, channel, announce, since, self.deliver, replay_budget)
 
     def _send(self, conns: List[Any], event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to ``conns``, encoded once per packer in use (``json_payload``:

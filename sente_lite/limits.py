@@ -16,6 +16,7 @@ that ignores the errors is cut within a fraction of a second.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Optional
@@ -52,7 +53,7 @@ class TokenBucket:
     False when the bucket is empty (it never goes negative).
     """
 
-    __slots__ = ("rate", "capacity", "tokens", "_last", "_clock")
+    __slots__ = ("rate", "capacity", "tokens", "_last", "_clock", "_lock")
 
     def __init__(self, rate: float, capacity: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -63,18 +64,36 @@ class TokenBucket:
         self.tokens = float(capacity)
         self._clock = clock
         self._last = clock()
+        self._lock = threading.Lock()
 
-    def take(self) -> bool:
-        """Take one token if there is one."""
+    def _refill(self) -> None:
         now = self._clock()
         elapsed = now - self._last
         self._last = now
         if elapsed > 0:
             self.tokens = min(self.capacity, self.tokens + elapsed * self.rate)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
+
+    def take(self) -> bool:
+        """Take one token if there is one."""
+        with self._lock:
+            self._refill()
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return True
+            return False
+
+    def available(self) -> int:
+        """Whole tokens in the bucket now (0 while in debt)."""
+        with self._lock:
+            self._refill()
+            return max(0, int(self.tokens))
+
+    def charge(self, n: float) -> None:
+        """Remove ``n`` tokens for work already done; the bucket may go into debt, which
+        later refills pay back before anything else is let through. Thread-safe."""
+        with self._lock:
+            self._refill()
+            self.tokens -= n
 
 
 class RateGuard:
@@ -104,6 +123,15 @@ class RateGuard:
             return self.OK
         self.limited += 1
         return self.LIMITED if self._patience.take() else self.CLOSE
+
+    def budget(self) -> int:
+        """Frames' worth of work the connection may still cause now (its tokens)."""
+        return self._bucket.available()
+
+    def charge(self, frames: int) -> None:
+        """Count ``frames`` of work done for the connection (messages replayed to it)
+        against its rate, as if it had sent that many frames."""
+        self._bucket.charge(frames)
 
 
 def validate_positive(name: str, value: Optional[float], allow_none: bool = False) -> None:
@@ -205,6 +233,9 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "handshake_timeout": Bound(0, _HOUR_S, above=True),
     "max_connections": Bound(1, 10_000_000, integer=True),
     "max_pending_auth": Bound(1, 10_000_000, integer=True),
+    "history_max_bytes_per_channel": Bound(1, 1 << 40, integer=True),
+    "history_max_bytes_total": Bound(1, 1 << 40, integer=True),
+    "max_replay_per_subscribe": Bound(0, _BIG, integer=True),
     "max_fragments": Bound(1, _BIG, integer=True),
     "fragment_timeout": Bound(0, _HOUR_S, above=True, none_ok=True),
     "max_inbound_frames": Bound(1, _BIG, integer=True),

@@ -27,7 +27,7 @@ import logging
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple
 
-from .channels import Published, RecoveryResult, Since
+from .channels import DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, Published, RecoveryResult, Since
 from .counters import Counter, Counters
 from .redis_channels import (DEFAULT_CHANNEL_TTL_S, MAX_PENDING_PER_CHANNEL, MAX_SUBSCRIBE_TRIES,
                              SYNC_SCRIPT, ChannelSpace, RedisChannels)
@@ -138,6 +138,9 @@ class RedisBroker:
     notices = _Delegated("_channels")  # recovered:false notices sent to local subscribers
     caught_up = _Delegated("_channels")  # messages delivered from a stream after a gap or an outage
     presence_ttl_s = _Delegated("_presence")
+    #: Runs live deliveries and replays on the server's network thread (set by the server),
+    #: which writes what it sends in one pass once per connection; None: the link's threads.
+    dispatch = _Delegated("_channels")
     on_disconnect_user = _Delegated("_presence")
 
     def __init__(self, url: str, server_id: Optional[str] = None, *, history_size: int = 1000,
@@ -152,7 +155,8 @@ class RedisBroker:
                  link_timeout_s: float = DEFAULT_LINK_TIMEOUT_S,
                  reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S,
                  reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
-                 presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S) -> None:
+                 presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
+                 max_replay_per_subscribe: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
         import_redis()
         if not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
@@ -166,7 +170,7 @@ class RedisBroker:
         self._counters = counters
         self._space = ChannelSpace(prefix, self.server_id, history_size, history_ttl_s,
                                    publish_dedup_s, channel_ttl_s, publish_ids_per_publisher,
-                                   publish_ids_max)
+                                   publish_ids_max, max_replay_per_subscribe)
         user_channel = f"{prefix}:user".encode()
         self._link = RedisLink(
             url, _Hooks(self), patterns=(self._space.msg_prefix + b"*",), channels=(user_channel,),
@@ -178,9 +182,6 @@ class RedisBroker:
         self._channels = RedisChannels(self._space, self._link, counters)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
-        #: Runs live deliveries on the server's network thread (set by the server), which
-        #: writes what it sends in one pass once per connection; None: the link thread.
-        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
 
     # -- lifecycle -------------------------------------------------------------------
     def bind(self, hub: "Hub") -> None:
@@ -237,12 +238,16 @@ class RedisBroker:
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Any] = None,
                   since: Optional[Since] = None, deliver: Optional[Any] = None,
+                  replay_budget: Optional[int] = None,
                   ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
         """Add ``member`` to ``name``; answered later, on the broker's thread:
-        ``announce(top, epoch, recovery)`` then, if recovered, the replay, then live
-        messages (no gap, no duplicate). While Redis is down the subscribe waits.
-        Returns (0, "", newly added, None): the real answer is ``announce``'s."""
-        return self._channels.subscribe(member, name, announce, since, deliver)
+        ``announce(top, epoch, recovery)`` then, if recovered, the replay (at most
+        ``max_replay_per_subscribe`` and ``replay_budget`` messages, else
+        ``replay-limit``), then live messages (no gap, no duplicate). A member that
+        already holds ``name`` gets ``already-subscribed`` and no replay. While Redis
+        is down the subscribe waits. Returns (0, "", newly added, None): the real
+        answer is ``announce``'s."""
+        return self._channels.subscribe(member, name, announce, since, deliver, replay_budget)
 
     def unsubscribe(self, member: Hashable, name: str) -> bool:
         """Remove ``member`` from ``name``. True when it was subscribed."""
@@ -271,7 +276,8 @@ class RedisBroker:
         return {"channels": chans, "active_channels": chans, "subscriptions": subs,
                 "channels_evicted": 0, "history_messages": 0, "publish_ids": 0,
                 "history_size": self.history_size, "history_ttl_s": self.history_ttl_s,
-                "publish_dedup_s": self.publish_dedup_s, "broker": "redis",
+                "publish_dedup_s": self.publish_dedup_s,
+                "max_replay_per_subscribe": self._space.max_replay, "broker": "redis",
                 "broker_up": not self._link.down, "broker_links": self.links,
                 "broker_outages": self.outages,
                 "broker_unavailable_publishes": self.unavailable_publishes,

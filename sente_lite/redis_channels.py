@@ -17,8 +17,9 @@ import threading
 from typing import (TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple)
 
 from . import protocol as p
-from .channels import (REASON_EPOCH_CHANGED, MemberIndex, count_recovery, REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF,
-                       RecoveryResult, Since)
+from .channels import (DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, REASON_ALREADY_SUBSCRIBED, REPLAY_PAGE_MESSAGES,
+                       REASON_EPOCH_CHANGED, REASON_REPLAY_LIMIT, MemberIndex, count_recovery,
+                       REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF, RecoveryResult, Since)
 from .counters import Counter, Counters
 from .publish_ids import (DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
                           validate_id_bounds)
@@ -100,8 +101,12 @@ class ChannelSpace:
     def __init__(self, prefix: str, server_id: str, history_size: int, history_ttl_s: float,
                  publish_dedup_s: float, channel_ttl_s: float,
                  publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
-                 publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX) -> None:
+                 publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
+                 max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
         validate_id_bounds(publish_ids_per_publisher, publish_ids_max)
+        if isinstance(max_replay, bool) or not isinstance(max_replay, int) or max_replay < 0:
+            raise ValueError(f"max_replay_per_subscribe must be an int >= 0, got {max_replay!r}")
+        self.max_replay = max_replay
         self.prefix = prefix
         self.server_id = server_id
         self.history_size = history_size
@@ -161,6 +166,78 @@ class _Chan:
         self.resync_queued = False
 
 
+class _Catching:
+    """A subscriber being handed its replay, a page per pass of the network thread; live
+    messages for it wait in ``held`` meanwhile (at most MAX_PENDING_PER_CHANNEL: past
+    that it is told ``history-expired`` and goes on live)."""
+
+    __slots__ = ("owner", "ch", "member", "replay", "deliver", "held", "lost", "sent", "next",
+                 "hold")
+
+    def __init__(self, owner: "RedisChannels", ch: _Chan, member: Hashable, replay: List[bytes],
+                 deliver: Callable[[Hashable, Any], bool]) -> None:
+        self.owner, self.ch, self.member = owner, ch, member
+        self.replay, self.deliver = replay, deliver
+        self.held: List[Any] = []
+        self.lost = False
+        self.sent = self.next = 0
+        self.hold = self._hold  # the one bound method ch.subs holds meanwhile
+
+    def _hold(self, member: Hashable, built: Any) -> bool:
+        """A live message during the replay (the channel's lock is held)."""
+        if len(self.held) >= MAX_PENDING_PER_CHANNEL:
+            self.lost = True
+            return False
+        self.held.append(built)
+        return True
+
+    def hand(self, most: int) -> bool:
+        """Hand over the next ``most`` replayed messages; False at the first refused."""
+        hub = self.owner.hub
+        if hub is None:
+            return False
+        for payload in self.replay[self.next:self.next + most]:
+            if not self.deliver(self.member, hub.built_from_text(payload)):
+                return False
+            self.sent += 1
+        self.next += most
+        return True
+
+    def start(self) -> None:
+        """Hand the replay over: on the network thread a page per pass when there is
+        one (live messages for the member wait meanwhile), else here, at once. The
+        caller holds the channel's lock."""
+        owner = self.owner
+        if owner.dispatch is None:
+            self.hand(len(self.replay))
+            owner._counters.add(Counter.REPLAYED_MESSAGES, self.sent)
+        else:
+            self.ch.subs[self.member] = self.hold
+            owner.dispatch(self.page)
+
+    def page(self) -> None:
+        """One page (network thread); then the next one, at a later pass, or go live."""
+        taking = self.hand(REPLAY_PAGE_MESSAGES)
+        dispatch = self.owner.dispatch
+        if taking and self.next < len(self.replay) and dispatch is not None:
+            dispatch(self.page)
+        else:
+            self.finish(taking)
+
+    def finish(self, taking: bool) -> None:
+        """The replay is over: hand over what waited, then live messages."""
+        ch, member, owner = self.ch, self.member, self.owner
+        with ch.lock:
+            if ch.subs.get(member) is self.hold:  # still subscribed
+                for built in self.held if taking else ():
+                    if not self.deliver(member, built):
+                        break
+                ch.subs[member] = self.deliver
+                if self.lost:
+                    owner._notice(member, ch, REASON_HISTORY_EXPIRED)
+        owner._counters.add(Counter.REPLAYED_MESSAGES, self.sent)
+
+
 class RedisChannels(MemberIndex):
     """This server's subscribers of each channel, kept in step with Redis.
 
@@ -176,27 +253,35 @@ class RedisChannels(MemberIndex):
         self._lock = threading.Lock()  # guards _chans and _by_member
         self._chans: Dict[str, _Chan] = {}
         self._by_member: Dict[Hashable, Dict[str, None]] = {}
+        #: Runs work on the server's network thread (see RedisBroker.dispatch); None: here.
+        self.dispatch: Optional[Callable[[Callable[[], None]], None]] = None
         self.notices = 0  # recovered:false notices sent to local subscribers
         self.caught_up = 0  # messages delivered from a stream after a gap or an outage
 
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Any] = None,
                   since: Optional[Since] = None, deliver: Optional[Any] = None,
+                  replay_budget: Optional[int] = None,
                   ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
         """See :meth:`RedisBroker.subscribe`."""
         with self._lock:
             names = self._by_member.setdefault(member, {})
             added = name not in names
             names[name] = None
-        self._link.submit(lambda: self._subscribe_op(member, name, announce, since, deliver))
+        limit = self._space.max_replay
+        if replay_budget is not None:
+            limit = min(limit, replay_budget)
+        if not added and since is not None:
+            limit = -1  # already held: answered without a replay
+        self._link.submit(lambda: self._subscribe_op(member, name, announce, since, deliver, limit))
         return 0, "", added, None
 
     def _subscribe_op(self, member: Hashable, name: str, announce: Any, since: Optional[Since],
-                      deliver: Any) -> None:
+                      deliver: Any, limit: int) -> None:
         """:meth:`_do_subscribe`; when Redis refuses a command of this channel the subscribe
         fails alone: ``announce.refuse(error)`` (when the caller gave one) answers it."""
         try:
-            self._do_subscribe(member, name, announce, since, deliver)
+            self._do_subscribe(member, name, announce, since, deliver, limit)
         except self._link.redis_mod.RedisError as exc:
             if self._link.is_link_error(exc):
                 raise  # the link thread reconnects and runs it again
@@ -214,7 +299,7 @@ class RedisChannels(MemberIndex):
             return ch
 
     def _do_subscribe(self, member: Hashable, name: str, announce: Any, since: Optional[Since],
-                      deliver: Any) -> None:
+                      deliver: Any, limit: int) -> None:
         with self._lock:
             if name not in self._by_member.get(member, ()):
                 return  # unsubscribed (or gone) before its turn
@@ -225,41 +310,45 @@ class RedisChannels(MemberIndex):
             entries: List[Tuple[int, bytes, int, str]] = []
             now_ms = 0
             read = (since is not None and since.epoch == ch.epoch and since.offset < ch.last
-                    and self._space.history_size > 0)
+                    and self._space.history_size > 0 and ch.last - since.offset <= limit)
             if read:
                 assert since is not None
-                _, _, now_ms, entries = self._sync(name, since.offset + 1, since.epoch, False)
+                _, _, now_ms, entries = self._sync(name, since.offset + 1, since.epoch, False,
+                                                   limit)
             with ch.lock:
                 if ch.dead or not ch.synced:
                     continue
                 recovery: Optional[RecoveryResult] = None
                 replay: List[bytes] = []
                 if since is not None:
-                    recovery, replay, short = self._recover(ch, since, entries, now_ms, read)
+                    recovery, replay, short = self._recover(ch, since, entries, now_ms, read, limit)
                     if short:
                         continue  # live messages came past what was read: read again
                 ch.subs[member] = deliver
                 if announce is not None:
                     announce(ch.last, ch.epoch or "", recovery)
-                hub = self.hub
-                if replay and hub is not None and deliver is not None:
-                    for payload in replay:
-                        deliver(member, hub.built_from_text(payload))
+                if replay and self.hub is not None and deliver is not None:
+                    _Catching(self, ch, member, replay, deliver).start()
                 return
         raise RuntimeError(f"subscribe to {name!r} could not catch up with Redis in "
                            f"{MAX_SUBSCRIBE_TRIES} tries")
 
     def _recover(self, ch: _Chan, since: Since, entries: List[Tuple[int, bytes, int, str]],
-                 now_ms: int, read: bool) -> Tuple[RecoveryResult, List[bytes], bool]:
-        """(recovery, payloads to replay, read again?) for ``since`` on ``ch``. Caller holds ``ch.lock``."""
+                 now_ms: int, read: bool, limit: int) -> Tuple[RecoveryResult, List[bytes], bool]:
+        """(recovery, payloads to replay, read again?) for ``since`` on ``ch``, replaying
+        at most ``limit`` (-1: ``ch`` is already held). Caller holds ``ch.lock``."""
         counters = self._counters
         replay: List[bytes] = []
-        if since.epoch != ch.epoch or since.offset > ch.last or since.offset < 0:
+        if limit < 0:
+            result = RecoveryResult(False, REASON_ALREADY_SUBSCRIBED, 0)
+        elif since.epoch != ch.epoch or since.offset > ch.last or since.offset < 0:
             result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
         elif since.offset == ch.last:
             result = RecoveryResult(True, None, 0)
         elif not self._space.history_size:
             result = RecoveryResult(False, REASON_HISTORY_OFF, 0)
+        elif ch.last - since.offset > limit:
+            result = RecoveryResult(False, REASON_REPLAY_LIMIT, 0)
         elif not read:
             return RecoveryResult(False, None, 0), [], True  # the channel moved on meanwhile
         else:
@@ -277,13 +366,14 @@ class RedisChannels(MemberIndex):
 
     # -- catching up with Redis ------------------------------------------------------
     def _sync(self, name: str, first: int, known_epoch: str, from_one: bool,
-              ) -> Tuple[str, int, int, List[Tuple[int, bytes, int, str]]]:
-        """(epoch, top, Redis ms, [(offset, payload, ms)...] from ``first``) of ``name``, read
-        atomically (a channel Redis does not know gets a new epoch)."""
+              most: Optional[int] = None) -> Tuple[str, int, int, List[Tuple[int, bytes, int, str]]]:
+        """(epoch, top, Redis ms, [(offset, payload, ms)...] from ``first``, at most ``most``)
+        of ``name``, read atomically (a channel Redis does not know gets a new epoch)."""
         space = self._space
+        count = space.history_size if most is None else min(space.history_size, most)
         raw = self._link.evalsha(SYNC_SCRIPT, 2, space.meta_key(name), space.log_key(name),
                                  space.new_epoch(), str(int(space.channel_ttl_s * 1000)),
-                                 str(first), str(max(space.history_size, 1)), known_epoch,
+                                 str(first), str(max(count, 1)), known_epoch,
                                  "1" if from_one else "0")
         epoch, top, now_ms, rows = raw
         entries: List[Tuple[int, bytes, int, str]] = []

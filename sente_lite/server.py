@@ -355,7 +355,12 @@ class Server(InspectionMixin):
     that names the last offset it saw; publish ids are remembered per publisher
     (uid) ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at
     most ``publish_ids_per_publisher`` per publisher and ``publish_ids_max`` in all)
-    so a resent publish is delivered once. ``broker``: where channels live (default:
+    so a resent publish is delivered once. History is also bounded in bytes:
+    ``history_max_bytes_per_channel`` per channel and ``history_max_bytes_total``
+    for every channel together (the oldest messages go first; counted as
+    ``history_bytes_evicted``). One subscribe replays at most
+    ``max_replay_per_subscribe`` messages, each counted against ``rate_limit`` as
+    one frame (beyond either: ``recovered: false``, ``replay-limit``). ``broker``: where channels live (default:
     this process, :class:`~sente_lite.hub.LocalBroker`); ``"redis://host:port/db"``
     shares channels, history, users and presence with every server on that Redis
     (:class:`~sente_lite.redis_broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
@@ -423,6 +428,9 @@ class Server(InspectionMixin):
         publish_dedup_s: Optional[float] = None,
         publish_ids_per_publisher: int = publish_ids.DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
         publish_ids_max: int = publish_ids.DEFAULT_PUBLISH_IDS_MAX,
+        history_max_bytes_per_channel: int = ch.DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
+        history_max_bytes_total: int = ch.DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+        max_replay_per_subscribe: int = ch.DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
         broker: Union[Broker, str, None] = None,
         tracing: bool = False,
         compression: Optional[str] = None,
@@ -493,14 +501,18 @@ class Server(InspectionMixin):
             broker = RedisBroker(broker, self.server_id, history_size=history_size,
                                  history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
                                  publish_ids_per_publisher=publish_ids_per_publisher,
-                                 publish_ids_max=publish_ids_max, counters=self.counters)
+                                 publish_ids_max=publish_ids_max, counters=self.counters,
+                                 max_replay_per_subscribe=max_replay_per_subscribe)
         if getattr(broker, "shared", False):  # users' closes come through it from other servers
             broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
             publish_ids_per_publisher=publish_ids_per_publisher, publish_ids_max=publish_ids_max,
-            counters=self.counters)
+            counters=self.counters,
+            history_max_bytes_per_channel=history_max_bytes_per_channel,
+            history_max_bytes_total=history_max_bytes_total,
+            max_replay_per_subscribe=max_replay_per_subscribe)
         self.compression = compression_mod.validate(compression)
         self.compression_min_bytes = compression_min_bytes
         self._spans = tracing_mod.Spans(tracing)
@@ -559,8 +571,8 @@ class Server(InspectionMixin):
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
             extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
         self._pool.start()
-        if getattr(self.channels, "shared", False):  # its live deliveries run on the network thread
-            self.channels.dispatch = self._loop.call_soon  # type: ignore[attr-defined]
+        if hasattr(self.channels, "dispatch"):  # replays (and a shared broker's live
+            self.channels.dispatch = self._loop.call_soon  # deliveries) run on the network thread
         broker_start = getattr(self.channels, "start", None)
         if broker_start is not None:
             broker_start()

@@ -317,6 +317,16 @@ class ServerSession:
             p.ERR_RATE_LIMITED, f"over {self.rules.rate_limit:g} frames/s (rate_limit): frame dropped",
             cb_id, event, self.packer)]
 
+    def replay_budget(self) -> Optional[int]:
+        """Messages a replay may send this connection now under ``rate_limit`` (None: no limit)."""
+        return None if self._rate is None else self._rate.budget()
+
+    def charge_replay(self, messages: int) -> None:
+        """Count ``messages`` replayed to this connection against its ``rate_limit``, one
+        frame each (thread-safe)."""
+        if self._rate is not None and messages:
+            self._rate.charge(messages)
+
     def receive(self, text: Union[str, bytes]) -> Received:
         """Decode one frame the peer sent and apply the protocol's rules to it."""
         parts = self.receive_parts(text)

@@ -119,7 +119,7 @@ def test_serve_flags_and_variables_refuse_bad_numbers_naming_them(setting: cli.S
     bad = ["nan", "inf", "-inf", "-1", "1e999", "99999999999999999999"]
     if setting.kind == "float":
         bad += ["NaN", "Infinity"]
-    if setting.dest not in ("rate_limit", "port", "history_size"):
+    if setting.dest not in ("rate_limit", "port", "history_size", "max_replay_per_subscribe"):
         bad.append("0")  # 0 is allowed only where it means something (off, any free port)
     allowed = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].describe().replace(" (or None)", "")
     for text in bad:
