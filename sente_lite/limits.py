@@ -34,6 +34,10 @@ DEFAULT_MAX_RATE_LIMITED = 1000
 DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 #: How far back the rate guard's patience reaches, in seconds (refill = max / window).
 RATE_PATIENCE_WINDOW_S = 10.0
+#: Largest body of an HTTP API request; a larger one is refused 413.
+DEFAULT_API_MAX_BODY_BYTES = 1 << 20
+#: HTTP API requests per second per API key (bursts of one second's worth); more get 429.
+DEFAULT_API_RATE_LIMIT = 10_000.0
 
 
 class TokenBucket:
@@ -212,6 +216,8 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "publish_ids_per_publisher": Bound(1, _BIG, integer=True),
     "publish_ids_max": Bound(1, _BIG, integer=True),
     "compression_min_bytes": Bound(1, 1 << 31, integer=True),
+    "api_max_body_bytes": Bound(1, 1 << 30, integer=True),
+    "api_rate_limit": Bound(0, _BIG, above=True, none_ok=True),
 }
 #: What every numeric :class:`~sente_lite.Client` keyword may be.
 CLIENT_BOUNDS: Dict[str, Bound] = {
@@ -230,4 +236,4 @@ __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_millisecon
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
            "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
-           "CLIENT_BOUNDS"]
+           "CLIENT_BOUNDS", "DEFAULT_API_MAX_BODY_BYTES", "DEFAULT_API_RATE_LIMIT"]

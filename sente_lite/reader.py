@@ -69,6 +69,10 @@ class Reader:
                 return
             if data:
                 data = plain
+        if loop.api is not None and link.request is None:
+            data = loop.api.sniff(link, data)  # None: a server API socket took it
+            if data is None:
+                return
         proto = link.protocol
         if data:
             link.unparsed += len(data)

@@ -26,6 +26,17 @@ log = logging.getLogger("sente_lite.redis")
 DEFAULT_PRESENCE_TTL_S = 6.0
 
 
+def user_channel(prefix: str) -> bytes:
+    """The pubsub channel of user messages (sends, closes, broadcasts) under ``prefix``."""
+    return f"{prefix}:user".encode()
+
+
+def user_message(body: Dict[str, Any], origin: str) -> str:
+    """The text of a user message ``body`` sent by ``origin`` (a server-id: it skips its own)."""
+    body["origin"] = origin
+    return json.dumps(body, separators=(",", ":"))
+
+
 class RedisPresence:
     """This server's presence entry, and user messages to and from the other servers."""
 
@@ -56,9 +67,12 @@ class RedisPresence:
         """Close the connections of ``uid`` on every other server."""
         self._user_message({"k": "disconnect", "uid": uid, "code": code, "reason": reason})
 
+    def broadcast(self, json_payload: bytes) -> None:
+        """Send one event frame to every connection of every other server."""
+        self._user_message({"k": "broadcast", "frame": json_payload.decode("utf-8")})
+
     def _user_message(self, body: Dict[str, Any]) -> None:
-        body["origin"] = self.server_id
-        data = json.dumps(body, separators=(",", ":"))
+        data = user_message(body, self.server_id)
         link = self._link
         if link.down:
             raise BrokerUnavailable(f"the broker (Redis) is unreachable: {link.down_reason}")
@@ -76,6 +90,8 @@ class RedisPresence:
         hub = self.hub
         if body.get("k") == "send" and hub is not None:
             hub.to_user_here(body["uid"], body["frame"].encode("utf-8"))
+        elif body.get("k") == "broadcast" and hub is not None:
+            hub.to_all_here(body["frame"].encode("utf-8"))
         elif body.get("k") == "disconnect" and self.on_disconnect_user is not None:
             self.on_disconnect_user(body["uid"], int(body["code"]), str(body.get("reason", "")))
 
@@ -116,6 +132,13 @@ class RedisPresence:
             pass
 
     # -- every server's users --------------------------------------------------------
+    def servers(self) -> List[str]:
+        """The server-ids with a live presence entry (raises BrokerUnavailable while down)."""
+        try:
+            return self._servers()
+        except self._link.redis_mod.RedisError as exc:
+            raise BrokerUnavailable(f"the server list needs Redis: {exc}") from None
+
     def _servers(self) -> List[str]:
         redis = self._link.redis
         servers = [as_text(s) for s in redis.smembers(self._servers_key())]
