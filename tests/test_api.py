@@ -475,3 +475,14 @@ def test_api_and_websockets_share_the_port(srv: Server, make_client) -> None:
         s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert s.recv(100).startswith(b"HTTP/1.1 200")
     assert srv.counters.get(Counter.API_REQUESTS) == 20
+
+
+@pytest.mark.parametrize("hosts", [[], ["127.0.0.1", "127.0.0.1"], ["evil.example"], ["bad host"]])
+def test_the_host_check_holds_on_every_keep_alive_request(srv: Server, hosts: List[str]) -> None:
+    good = post("/api/info", b"{}")
+    bad = post("/api/info", b"{}").replace(b"Host: 127.0.0.1\r\n", b"".join(
+        b"Host: " + h.encode() + b"\r\n" for h in hosts))
+    for first in ([], [good]):  # as the first request, and after one that passed
+        answers = raw(srv, b"".join(first) + bad, answers=len(first) + 1)
+        assert [a.status for a in answers] == [200] * len(first) + [
+            403 if hosts and hosts[0] == "evil.example" else 400]

@@ -231,3 +231,20 @@ def test_serve_reads_api_keys_from_flags_and_the_environment() -> None:
 def test_serve_beyond_loopback_refuses_the_api_without_tls() -> None:
     out = run_cli("serve", "--host", "0.0.0.0", "--port", "0", "--api-key", KEY)
     assert out.returncode == 1 and "--api-allow-plaintext" in out.stderr
+
+
+def test_the_api_over_tls_beyond_loopback(make_server, tmp_path) -> None:
+    import ssl
+
+    from test_netloop import _self_signed
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    srv = make_server(host="0.0.0.0", api_keys=[KEY], ssl_context=server_ctx)  # TLS: allowed
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    with Publisher(f"https://127.0.0.1:{srv.port}", api_key=KEY, ssl_context=client_ctx) as pub:
+        assert [pub.publish("t", i).offset for i in range(20)] == list(range(1, 21))
+        assert pub.broadcast("app/x", 1) == 0
+    with Publisher(f"https://127.0.0.1:{srv.port}", api_key=KEY) as pub:  # untrusted certificate
+        with pytest.raises(ssl.SSLError):
+            pub.publish("t", 1)

@@ -102,6 +102,7 @@ class ApiConn:
         self.deadline = 0.0
         self.timer_at = 0.0
         self.inline = not getattr(self.server.channels, "shared", False)
+        self.host_ok: Optional[Tuple[str, ...]] = None  # the last Host values that passed
 
     # -- bytes in ------------------------------------------------------------------------
     def receive(self, data: bytes) -> None:
@@ -143,13 +144,15 @@ class ApiConn:
     # -- one request ---------------------------------------------------------------------
     def _serve(self, request: ApiRequest) -> None:
         srv = self.server
-        gate = srv._gate
-        problem = security.host_problem(request.headers.get("host", []), gate.allowed_hosts,
-                                        gate.loopback_bind)
-        if problem is not None:
-            gate.count_refusal(security.R_HOST)
-            self._refuse(HttpError(problem[0], problem[1]))
-            return
+        hosts = tuple(request.headers.get("host", ()))
+        if hosts != self.host_ok:  # keep-alive requests repeat their Host: checked once
+            gate = srv._gate
+            problem = security.host_problem(hosts, gate.allowed_hosts, gate.loopback_bind)
+            if problem is not None:
+                gate.count_refusal(security.R_HOST)
+                self._refuse(HttpError(problem[0], problem[1]))
+                return
+            self.host_ok = hosts
         path = request.target.split("?", 1)[0]
         if not path.startswith("/api/"):
             self._refuse(HttpError(404, f"no API endpoint at {path[:64]}: use POST /api/<method>"))

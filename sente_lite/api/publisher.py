@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 import uuid
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -60,7 +61,8 @@ class Publisher:
     Over Redis the settings must match the servers' (``prefix``, ``history_size``,
     ``history_ttl_s``, ``publish_dedup_s``, ``publish_ids_*``); ``publisher`` names the
     deduplication namespace of ``idempotency_key`` (default: the servers' own, as for
-    ``Server.publish``). Over HTTP it is the API key's.
+    ``Server.publish``). Over HTTP it is the API key's; ``ssl_context`` verifies an
+    ``https://`` server (default: the system's trusted certificates).
     """
 
     def __init__(self, url: str, *, api_key: Optional[str] = None, timeout: float = 5.0,
@@ -69,7 +71,8 @@ class Publisher:
                  publish_dedup_s: Optional[float] = None,
                  publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
                  publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
-                 publisher: Optional[str] = None) -> None:
+                 publisher: Optional[str] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         scheme = urlsplit(url).scheme
         self._lock = threading.Lock()
         self.url = url
@@ -83,7 +86,7 @@ class Publisher:
             if not api_key:
                 raise ValueError("Publisher over HTTP needs api_key= (one of the server's "
                                  "api_keys)")
-            self._backend = _HttpBackend(url, api_key, timeout)
+            self._backend = _HttpBackend(url, api_key, timeout, ssl_context)
         else:
             raise ValueError(f"Publisher URL must be redis://, rediss://, http:// or https://, "
                              f"got {url[:64]!r}")
@@ -192,8 +195,10 @@ class _RedisBackend:
 
 
 class _HttpBackend:
-    def __init__(self, url: str, api_key: str, timeout: float) -> None:
+    def __init__(self, url: str, api_key: str, timeout: float,
+                 ssl_context: Optional[ssl.SSLContext]) -> None:
         parts = urlsplit(url)
+        self._ssl_context = ssl_context
         self._https = parts.scheme == "https"
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or (443 if self._https else 80)
@@ -223,8 +228,11 @@ class _HttpBackend:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _connect(self) -> http.client.HTTPConnection:
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        self._conn = cls(self._host, self._port, timeout=self._timeout)
+        if self._https:
+            self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
+                                                     context=self._ssl_context)
+        else:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._conn
 
     def publish(self, channel: str, data: Any, key: Optional[str],

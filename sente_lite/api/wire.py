@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import http
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple
 
 #: Bytes of a request line and headers, their blank line included; one more is 431.
 MAX_HEAD_BYTES = 16 * 1024
@@ -148,7 +148,7 @@ def response_bytes(status: int, body: bytes, *, keep_alive: bool,
                    content_type: str = "application/json",
                    headers: Tuple[Tuple[str, str], ...] = ()) -> bytes:
     """A whole HTTP/1.1 answer with ``body``; ``Connection: close`` unless ``keep_alive``."""
-    phrase = http.HTTPStatus(status).phrase
+    phrase = _PHRASES.get(status) or http.HTTPStatus(status).phrase
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers)
     head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nServer: sente-lite\r\nCache-Control: no-store\r\n"
@@ -157,8 +157,7 @@ def response_bytes(status: int, body: bytes, *, keep_alive: bool,
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-Parsed = Union[ApiRequest, HttpError, None]
+_PHRASES = {s.value: s.phrase for s in http.HTTPStatus}
 
 __all__ = ["RequestParser", "ApiRequest", "HttpError", "response_bytes", "MAX_HEAD_BYTES",
            "MAX_HEADERS", "API_PREFIX", "CONTINUE"]
