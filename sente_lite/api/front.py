@@ -96,6 +96,7 @@ class ApiConn:
         self.parser = RequestParser(self.server.api_max_body_bytes)
         self.lane = Lane(f"api-{link.fd}")
         self.busy = False          # a request is being answered
+        self.closing = False       # the last answer is written: nothing more is read
         self.first = True          # the first request is an upgrade in progress for the loop
         self.continued = False     # a 100 Continue went out for the request being received
         self.peer_eof = False
@@ -109,14 +110,15 @@ class ApiConn:
         link = self.link
         if not data:
             self.peer_eof = True
-            if not self.busy:
+            if not self.busy or self.closing:
                 self.loop.closer.finish(link)
             return
+        if self.closing:
+            return  # answered for the last time: what follows is not read
         if not link.got_line and b"\n" in data:
             link.got_line = True
         self.parser.feed(data)
         if self.parser.buffered > self.server.api_max_body_bytes + 2 * MAX_HEAD_BYTES:
-            self.server.counters.add(Counter.API_TOO_LARGE)  # pipelined past any one request
             self._refuse(HttpError(413, "too much sent ahead of the answers"))
             return
         self.pump()
@@ -236,7 +238,7 @@ class ApiConn:
             self.loop.closer.finish(link)
             return
         if close:
-            self.busy = True  # nothing more is read from this socket
+            self.busy = self.closing = True
             self.loop.handshakes.leave(link)
             link.eof_queued = True
             self.loop.writer.flush(link)
