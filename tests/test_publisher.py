@@ -248,3 +248,12 @@ def test_the_api_over_tls_beyond_loopback(make_server, tmp_path) -> None:
     with Publisher(f"https://127.0.0.1:{srv.port}", api_key=KEY) as pub:  # untrusted certificate
         with pytest.raises(ssl.SSLError):
             pub.publish("t", 1)
+
+
+def test_the_api_bench_runs_and_prints_medians(capsys: pytest.CaptureFixture) -> None:
+    from sente_lite.api import bench
+    assert bench.main(["--runs", "1", "--seconds", "0.2", "--rate", "100", "--batch", "10",
+                       "--no-redis"]) == 0
+    out = capsys.readouterr().out
+    for key in ("p99_ms", "keepalive_per_s", "batch_msgs_per_s"):
+        assert key in out
