@@ -11,11 +11,12 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
                      PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .server import Connection, Server
+from .api.publisher import ApiCallError, Publisher
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Server", "Connection", "Client", "ChannelMessage", "Published", "Recovery", "Since",
+    "Server", "Connection", "Client", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",

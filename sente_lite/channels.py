@@ -572,6 +572,12 @@ class ChannelRegistry(MemberIndex, ReplayPager):
             ch = self._channels.get(name)
             return len(ch.subscribers) + len(ch.catching_up) if ch else 0
 
+    def subscriber_counts(self) -> Dict[str, int]:
+        """Channel -> members, for every channel with subscribers."""
+        with self._lock:
+            return {name: len(ch.subscribers) for name, ch in self._channels.items()
+                    if ch.subscribers}
+
     def publish(
         self,
         name: str,

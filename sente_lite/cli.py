@@ -16,6 +16,8 @@ from . import discovery
 from . import limits as lim
 from .channels import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
                        DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
+from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
+from .api.publisher import Publisher
 from .client import ChannelMessage, Client
 from .errors import SenteLiteError
 from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
@@ -139,7 +141,18 @@ SERVE_SETTINGS = (
     Setting("--publish-ids-max", "int", DEFAULT_PUBLISH_IDS_MAX,
             "publish ids remembered in all; the oldest are forgotten early beyond (counted: "
             "publish_ids_evicted)", "publish_ids_max"),
+    Setting("--api-key", "list", None, "turn the HTTP server API on (POST /api/<method>) with this "
+            "key (repeatable, for rotation; env: comma-separated); prefer the variable to a flag",
+            "api_keys"),
+    Setting("--api-allow-plaintext", "bool", False, "serve the API on a non-loopback --host "
+            "without TLS (behind a TLS-terminating proxy)", "api_insecure_ok"),
+    Setting("--api-max-body-bytes", "int", lim.DEFAULT_API_MAX_BODY_BYTES,
+            "largest API request body; a larger one is refused 413", "api_max_body_bytes"),
+    Setting("--api-rate-limit", "float", lim.DEFAULT_API_RATE_LIMIT,
+            "API requests per second per key (429 beyond); 0 turns it off", "api_rate_limit"),
 )
+#: Settings for which 0 means "no limit" (None).
+_ZERO_IS_OFF = ("rate_limit", "api_rate_limit")
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -189,11 +202,11 @@ def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
     turns the limit off), else :class:`SettingError` naming ``source`` and the range."""
     if setting.kind not in ("int", "float"):
         return value
-    if setting.dest == "rate_limit" and value == 0:
+    if setting.dest in _ZERO_IS_OFF and value == 0:
         return None
     problem = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].problem(value)
     if problem is not None:
-        off = " (0 turns it off)" if setting.dest == "rate_limit" else ""
+        off = " (0 turns it off)" if setting.dest in _ZERO_IS_OFF else ""
         raise SettingError(f"{source}={text!r}: {problem.replace(' (or None)', '')}{off}")
     return value
 
@@ -242,6 +255,11 @@ def cmd_pub(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: JSON argument is not valid JSON: {exc}", file=sys.stderr)
         return 2
+    if args.api or args.broker:
+        return _pub_without_websocket(args, data)
+    if args.idempotency_key or args.api_key:
+        print("error: --idempotency-key and --api-key go with --api or --broker", file=sys.stderr)
+        return 2
     with Client(_resolve_url(args), auto_reconnect=False) as client:
         if not client.wait_connected(args.timeout):
             print(f"error: could not connect to {client.url} within {args.timeout}s", file=sys.stderr)
@@ -249,6 +267,21 @@ def cmd_pub(args: argparse.Namespace) -> int:
         reply = client.publish(args.channel, data, ack=True, timeout=args.timeout,
                                traceparent=new_traceparent() if args.trace else None)
     print(json.dumps(reply), flush=True)
+    return 0
+
+
+def _pub_without_websocket(args: argparse.Namespace, data: Any) -> int:
+    """``pub --api URL`` (server API) or ``pub --broker URL`` (Redis): a :class:`Publisher`."""
+    api_key = args.api_key or (os.environ.get(ENV_PREFIX + "API_KEY", "").split(",")[0].strip())
+    if args.api and not api_key:
+        print(f"error: --api needs --api-key (or {ENV_PREFIX}API_KEY)", file=sys.stderr)
+        return 2
+    with Publisher(args.api or args.broker, api_key=api_key or None, timeout=args.timeout) as pub:
+        published = pub.publish(args.channel, data, idempotency_key=args.idempotency_key,
+                                traceparent=new_traceparent() if args.trace else None)
+    print(json.dumps({"channel-id": published.channel_id, "offset": published.offset,
+                      "epoch": published.epoch, "delivered": published.delivered,
+                      "duplicate": published.duplicate}), flush=True)
     return 0
 
 
@@ -270,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
         if setting.kind == "bool":
             serve.add_argument(setting.flag, action="store_true", default=None, help=text)
         elif setting.kind == "list":
-            serve.add_argument(setting.flag, action="append", default=None, metavar="ORIGIN", help=text)
+            serve.add_argument(setting.flag, action="append", default=None,
+                               metavar=setting.dest.split("_")[-1].upper(), help=text)
         else:
             conv: Callable[[str], Any] = {"int": int, "float": float}.get(setting.kind, str)
             serve.add_argument(setting.flag, type=conv, default=None, help=text,
@@ -286,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
         where = p.add_mutually_exclusive_group()
         where.add_argument("--url", default=DEFAULT_URL)
         where.add_argument("--port-file", help="read the server URL from this port file")
+        if name == "pub":
+            where.add_argument("--api", metavar="URL", help="publish through the server API, e.g. "
+                               "http://127.0.0.1:8765 (needs --api-key), no WebSocket")
+            where.add_argument("--broker", metavar="URL", help="publish straight into the Redis "
+                               "broker, e.g. redis://127.0.0.1:6379/0 (extra [redis]), no server")
+            p.add_argument("--api-key", help=f"key for --api (default: env {ENV_PREFIX}API_KEY)")
+            p.add_argument("--idempotency-key", help="publish id: a resend with the same one is "
+                           "delivered once (--api, --broker)")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds for connect/ack")
         p.add_argument("--trace", action="store_true",
                        help="show each message's traceparent and trace id" if name == "sub" else

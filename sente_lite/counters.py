@@ -43,6 +43,7 @@ class Counter(str, enum.Enum):
                               "Subscribes with since that were answered recovered: false.")
     REPLAYED_MESSAGES = ("replayed_messages", TRAFFIC, "Channel messages replayed from history.")
     FORCED_CLOSES = ("forced_closes", TRAFFIC, "Connections closed by disconnect_user.")
+    API_REQUESTS = ("api_requests", TRAFFIC, "HTTP API requests answered (any status).")
     # limits
     RATE_LIMITED = ("rate_limited", LIMIT, "Frames refused over rate_limit.")
     RATE_LIMIT_CLOSES = ("rate_limit_closes", LIMIT, "Connections closed (1008) for their rate.")
@@ -73,6 +74,9 @@ class Counter(str, enum.Enum):
     HISTORY_BYTES_EVICTED = ("history_bytes_evicted", LIMIT,
                              "Messages dropped from history over history_max_bytes_per_channel "
                              "or history_max_bytes_total.")
+    API_RATE_LIMITED = ("api_rate_limited", LIMIT, "HTTP API requests refused 429 over api_rate_limit.")
+    API_TOO_LARGE = ("api_too_large", LIMIT,
+                     "HTTP API requests refused 413 over api_max_body_bytes.")
     # errors
     BAD_FRAMES = ("bad_frames", ERROR, "Frames that were not valid protocol frames.")
     FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize.")
@@ -90,6 +94,11 @@ class Counter(str, enum.Enum):
     OUTCOME_UNKNOWN_PUBLISHES = ("outcome_unknown_publishes", ERROR,
                                  "Publishes in flight when the Redis link failed, answered "
                                  "outcome-unknown (they may have been published).")
+    API_UNAUTHORIZED = ("api_unauthorized", ERROR,
+                        "HTTP API requests refused 401: a missing or wrong API key.")
+    API_BAD_REQUESTS = ("api_bad_requests", ERROR,
+                        "HTTP API requests refused for malformed HTTP (400, 411, 431, 501) or a "
+                        "timeout.")
 
 
 #: Counters exported as ``sente_lite_limit_hits_total{limit=...}``.

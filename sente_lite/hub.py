@@ -229,15 +229,17 @@ class Hub:
     def publish(self, channel: str, data_json: str, from_uid: Optional[str],
                 exclude: Optional[str], answer: Optional[Callable[[Any], None]] = None,
                 publish_id: Optional[str] = None,
-                traceparent: Optional[str] = None) -> Optional[Published]:
+                traceparent: Optional[str] = None,
+                publisher: Optional[str] = None) -> Optional[Published]:
         """Publish ``data_json`` (already encoded) on ``channel``. With ``answer``
         never wait: ``answer(result)`` gets the Published (or the exception) and
         None may be returned; without, wait and return the Published. Every
-        delivery carries ``traceparent`` when given."""
+        delivery carries ``traceparent`` when given. ``publish_id`` is deduplicated
+        among the publishes of ``publisher`` (default: ``from_uid``)."""
         js = self.json_string
-        traced = f'"{tracing.TRACEPARENT}":"{traceparent}",' if traceparent is not None else ""
-        head = (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{js(channel)},'
-                f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{js(from_uid)},{traced}"{p.K_OFFSET}":')
+        head = message_head(js(channel), data_json, js(from_uid), traceparent)
+        if publisher is None:
+            publisher = from_uid
         ws_frame = self._ws_frame
 
         def make_frame(offset: int, epoch: str) -> Any:
@@ -256,7 +258,7 @@ class Hub:
 
             return self.shared.publish_text(channel, head, exclude, counted,
                                             wait=answer is None, publish_id=publish_id,
-                                            publisher=from_uid)
+                                            publisher=publisher)
 
         def done(result: Any) -> None:
             if isinstance(result, Published) and not result.duplicate:
@@ -267,7 +269,7 @@ class Hub:
 
         return self.broker.publish(channel, make_frame, self.deliver, exclude, done,
                                    wait=answer is None, publish_id=publish_id,
-                                   publisher=from_uid)
+                                   publisher=publisher)
 
     def deliver(self, member: Any, built: Any) -> bool:
         """Hand one built channel frame to connection ``member``."""
@@ -327,15 +329,34 @@ class Hub:
 
     def to_user_here(self, uid: str, json_payload: bytes) -> int:
         """Send an encoded event frame to the connections of ``uid`` on this server."""
-        conns = self.of_user(uid)
+        return self._send_encoded(self.of_user(uid), json_payload)
+
+    def _send_encoded(self, conns: List[Any], json_payload: bytes) -> int:
         if not conns:
             return 0
         frame = p.loads(json_payload.decode("utf-8"))
         return self._send(conns, frame[0], frame[1] if len(frame) > 1 else None, json_payload)
 
     def to_all(self, event: str, data: Any, json_payload: bytes) -> int:
-        """Send ``event`` to every live connection; how many took it."""
-        return self._send(self.snapshot(), event, data, json_payload)
+        """Send ``event`` to every live connection (with a shared broker, on every
+        server); how many here took it."""
+        taken = self._send(self.snapshot(), event, data, json_payload)
+        if self.shared is not None:  # raises BrokerUnavailable while it is down
+            self.shared.broadcast(json_payload)
+        return taken
+
+    def to_all_here(self, json_payload: bytes) -> int:
+        """Send an encoded event frame to every connection on this server."""
+        return self._send_encoded(self.snapshot(), json_payload)
 
 
-__all__ = ["Hub", "Broker", "LocalBroker", "Member", "Built"]
+def message_head(channel_json: str, data_json: str, from_json: str,
+                 traceparent: Optional[str]) -> str:
+    """The text of a channel message up to its offset (the offset, epoch and the end
+    are added once the broker has them): every publisher builds it here."""
+    traced = f'"{tracing.TRACEPARENT}":"{traceparent}",' if traceparent is not None else ""
+    return (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{channel_json},'
+            f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{from_json},{traced}"{p.K_OFFSET}":')
+
+
+__all__ = ["Hub", "Broker", "LocalBroker", "Member", "Built", "message_head"]

@@ -44,6 +44,10 @@ DEFAULT_MAX_FRAGMENTS = 1024
 DEFAULT_MAX_INBOUND_FRAMES = 1000
 #: Bytes (decoded payloads) of those frames; same rule as DEFAULT_MAX_INBOUND_FRAMES.
 DEFAULT_MAX_INBOUND_BYTES = 4 << 20
+#: Largest body of an HTTP API request; a larger one is refused 413.
+DEFAULT_API_MAX_BODY_BYTES = 1 << 20
+#: HTTP API requests per second per API key (bursts of one second's worth); more get 429.
+DEFAULT_API_RATE_LIMIT = 10_000.0
 
 
 class TokenBucket:
@@ -257,6 +261,8 @@ SERVER_BOUNDS: Dict[str, Bound] = {
     "publish_ids_per_publisher": Bound(1, _BIG, integer=True),
     "publish_ids_max": Bound(1, _BIG, integer=True),
     "compression_min_bytes": Bound(1, 1 << 31, integer=True),
+    "api_max_body_bytes": Bound(1, 1 << 30, integer=True),
+    "api_rate_limit": Bound(0, _BIG, above=True, none_ok=True),
 }
 #: What every numeric :class:`~sente_lite.Client` keyword may be.
 CLIENT_BOUNDS: Dict[str, Bound] = {
@@ -282,4 +288,5 @@ __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_millisecon
            "DEFAULT_MAX_OUTSTANDING_REQUESTS", "RATE_PATIENCE_WINDOW_S",
            "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
            "CLIENT_BOUNDS", "DEFAULT_MAX_PENDING_AUTH", "validate_count", "DEFAULT_MAX_FRAGMENTS",
-           "DEFAULT_MAX_INBOUND_FRAMES", "DEFAULT_MAX_INBOUND_BYTES"]
+           "DEFAULT_MAX_INBOUND_FRAMES", "DEFAULT_MAX_INBOUND_BYTES",
+           "DEFAULT_API_MAX_BODY_BYTES", "DEFAULT_API_RATE_LIMIT"]

@@ -195,6 +195,7 @@ class Link:
         self.answered = False      # the handler answered the request itself
         self._sente_slot = False   # security.Gate's connection slot
         self._sente_answered = False
+        self.api: Any = None       # the server API's state of this socket (sente_lite.api.front)
 
     def __repr__(self) -> str:
         return f"<Link {self.remote} fd={self.fd}>"

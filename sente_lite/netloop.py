@@ -109,6 +109,7 @@ class NetLoop:
         self._thread: Optional[threading.Thread] = None
         self._ident: Optional[int] = None
         self._dirty: List[Link] = []  # links with frames held during this pass
+        self.api: Any = None  # the server API (sente_lite.api.front.ApiFront): POST /api/ sockets
         # the collaborators reach each other through this loop
         self.acceptor = Acceptor(self)
         self.handshakes = HandshakeGuard(self)

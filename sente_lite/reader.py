@@ -60,6 +60,10 @@ class Reader:
             if plain is None:
                 return
             data = plain
+        if self.loop.api is not None and link.request is None and link.owner is None:
+            data = self.loop.api.sniff(link, data)  # None: a server API socket took it
+            if data is None:
+                return
         if link.owner is not None:
             if data:
                 self.feed(link, data)

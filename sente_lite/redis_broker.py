@@ -35,6 +35,7 @@ from .redis_link import (DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, D
                          DEFAULT_LINK_TIMEOUT_S, DEFAULT_RECONNECT_BASE_S, DEFAULT_RECONNECT_MAX_S,
                          MAX_DISPATCH_BATCH, MAX_PUBLISH_BATCH, LinkHooks, RedisLink, import_redis)
 from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
+from . import redis_presence
 from .redis_presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .redis_publish import PUBLISH_SCRIPT, RedisPublisher
 
@@ -171,7 +172,7 @@ class RedisBroker:
         self._space = ChannelSpace(prefix, self.server_id, history_size, history_ttl_s,
                                    publish_dedup_s, channel_ttl_s, publish_ids_per_publisher,
                                    publish_ids_max, max_replay_per_subscribe)
-        user_channel = f"{prefix}:user".encode()
+        user_channel = redis_presence.user_channel(prefix)
         self._link = RedisLink(
             url, _Hooks(self), patterns=(self._space.msg_prefix + b"*",), channels=(user_channel,),
             scripts=(PUBLISH_SCRIPT, SYNC_SCRIPT), connect_timeout_s=connect_timeout_s,
@@ -265,6 +266,10 @@ class RedisBroker:
         """How many members of this server channel ``name`` has now."""
         return self._channels.subscriber_count(name)
 
+    def subscriber_counts(self) -> Dict[str, int]:
+        """Channel -> members on this server (Redis keeps no count of other servers')."""
+        return self._channels.subscriber_counts()
+
     def history_of(self, name: str) -> List[Tuple[int, Any]]:
         """(offset, frame text) of every message in the stream of ``name``, oldest first."""
         rows = self._link.redis.xrange(self._space.log_key(name))
@@ -303,6 +308,14 @@ class RedisBroker:
     def user_count(self) -> int:
         """Distinct users connected to any server (raises BrokerUnavailable while down)."""
         return self._presence.user_count()
+
+    def broadcast(self, json_payload: bytes) -> None:
+        """Send one event frame to every connection of every other server."""
+        self._presence.broadcast(json_payload)
+
+    def servers(self) -> List[str]:
+        """The server-ids of every live server on this Redis (raises BrokerUnavailable)."""
+        return self._presence.servers()
 
 
 __all__ = ["RedisBroker", "PUBLISH_SCRIPT", "SYNC_SCRIPT", "DEFAULT_PREFIX",

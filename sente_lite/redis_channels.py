@@ -547,6 +547,12 @@ class RedisChannels(MemberIndex):
         with ch.lock:
             return len(ch.subs)
 
+    def subscriber_counts(self) -> Dict[str, int]:
+        """Channel -> members here, for every channel with subscribers on this server."""
+        with self._lock:
+            chans = list(self._chans.items())
+        return {name: len(ch.subs) for name, ch in chans if ch.subs}
+
     def counts(self) -> Tuple[int, int]:
         """(channels with subscribers here, subscriptions here)."""
         with self._lock:

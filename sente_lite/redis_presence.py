@@ -26,6 +26,17 @@ log = logging.getLogger("sente_lite.redis")
 DEFAULT_PRESENCE_TTL_S = 6.0
 
 
+def user_channel(prefix: str) -> bytes:
+    """The pubsub channel of user messages (sends, closes, broadcasts) under ``prefix``."""
+    return f"{prefix}:user".encode()
+
+
+def user_message(body: Dict[str, Any], origin: str) -> str:
+    """The text of a user message ``body`` sent by ``origin`` (a server-id: it skips its own)."""
+    body["origin"] = origin
+    return json.dumps(body, separators=(",", ":"))
+
+
 class RedisPresence:
     """This server's presence entry, and user messages to and from the other servers."""
 
@@ -44,6 +55,10 @@ class RedisPresence:
     def _presence_key(self, server_id: str) -> str:
         return f"{self.prefix}:presence:{server_id}"
 
+    def _alive_key(self, server_id: str) -> str:
+        """Exists while ``server_id`` runs (its presence entry exists only with users)."""
+        return f"{self.prefix}:alive:{server_id}"
+
     def _servers_key(self) -> str:
         return f"{self.prefix}:servers"
 
@@ -56,9 +71,12 @@ class RedisPresence:
         """Close the connections of ``uid`` on every other server."""
         self._user_message({"k": "disconnect", "uid": uid, "code": code, "reason": reason})
 
+    def broadcast(self, json_payload: bytes) -> None:
+        """Send one event frame to every connection of every other server."""
+        self._user_message({"k": "broadcast", "frame": json_payload.decode("utf-8")})
+
     def _user_message(self, body: Dict[str, Any]) -> None:
-        body["origin"] = self.server_id
-        data = json.dumps(body, separators=(",", ":"))
+        data = user_message(body, self.server_id)
         link = self._link
         if link.down:
             raise BrokerUnavailable(f"the broker (Redis) is unreachable: {link.down_reason}")
@@ -76,6 +94,8 @@ class RedisPresence:
         hub = self.hub
         if body.get("k") == "send" and hub is not None:
             hub.to_user_here(body["uid"], body["frame"].encode("utf-8"))
+        elif body.get("k") == "broadcast" and hub is not None:
+            hub.to_all_here(body["frame"].encode("utf-8"))
         elif body.get("k") == "disconnect" and self.on_disconnect_user is not None:
             self.on_disconnect_user(body["uid"], int(body["code"]), str(body.get("reason", "")))
 
@@ -103,6 +123,7 @@ class RedisPresence:
         if counts:
             pipe.hset(key, mapping=counts)
         pipe.pexpire(key, int(self.presence_ttl_s * 1000))
+        pipe.set(self._alive_key(self.server_id), "1", px=int(self.presence_ttl_s * 1000))
         pipe.sadd(self._servers_key(), self.server_id)
         pipe.execute()
 
@@ -110,23 +131,33 @@ class RedisPresence:
         """Delete this server's presence entry now (the server stops); Redis errors are ignored."""
         redis = self._link.redis
         try:
-            redis.delete(self._presence_key(self.server_id))
+            redis.delete(self._presence_key(self.server_id), self._alive_key(self.server_id))
             redis.srem(self._servers_key(), self.server_id)
         except self._link.redis_mod.RedisError:
             pass
 
     # -- every server's users --------------------------------------------------------
-    def _servers(self) -> List[str]:
+    def servers(self) -> List[str]:
+        """The server-ids of every running server (raises BrokerUnavailable while down)."""
+        try:
+            return self._servers(alive=True)
+        except self._link.redis_mod.RedisError as exc:
+            raise BrokerUnavailable(f"the server list needs Redis: {exc}") from None
+
+    def _servers(self, alive: bool = False) -> List[str]:
+        """The servers with users (``alive``: every running one); forgets the stopped."""
         redis = self._link.redis
         servers = [as_text(s) for s in redis.smembers(self._servers_key())]
         pipe = redis.pipeline(transaction=False)
         for s in servers:
             pipe.exists(self._presence_key(s))
-        alive = pipe.execute()
-        gone = [s for s, ok in zip(servers, alive) if not ok]
+            pipe.exists(self._alive_key(s))
+        flags = pipe.execute()
+        users, running = flags[0::2], flags[1::2]
+        gone = [s for s, u, r in zip(servers, users, running) if not u and not r]
         if gone:
             redis.srem(self._servers_key(), *gone)
-        return [s for s, ok in zip(servers, alive) if ok]
+        return [s for s, u, r in zip(servers, users, running) if (r if alive else u)]
 
     def presence(self, uid: str) -> int:
         """Live connections of ``uid`` on every server (raises BrokerUnavailable while down)."""

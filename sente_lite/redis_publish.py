@@ -152,19 +152,8 @@ class RedisPublisher:
 
     def _command(self, entry: _Pub) -> Tuple[Any, ...]:
         """The EVALSHA arguments of ``entry``."""
-        space = self._space
-        name = entry.channel
-        if entry.publish_id is None:
-            ids: Tuple[str, ...] = ("", "", "")
-        else:
-            ids = (space.id_key(name, entry.publish_id, entry.publisher),
-                   space.publisher_ids_key(entry.publisher), space.all_ids_key())
-        return ("EVALSHA", self._link.sha(PUBLISH_SCRIPT), 5, space.meta_key(name),
-                space.log_key(name), *ids, entry.head, space.new_epoch(),
-                str(space.history_size), str(int(space.publish_dedup_s * 1000)),
-                str(int(space.channel_ttl_s * 1000)), space.msg_channel(name),
-                entry.exclude or "-", str(int(space.history_ttl_s * 1000)),
-                str(space.publish_ids_per_publisher), str(space.publish_ids_max))
+        return publish_command(self._space, self._link.sha(PUBLISH_SCRIPT), entry.channel,
+                               entry.head, entry.exclude, entry.publish_id, entry.publisher)
 
     def run_publishes(self, batch: List[_Pub]) -> None:
         """Run ``batch`` in one pipeline, in order; answer each."""
@@ -213,9 +202,32 @@ class RedisPublisher:
             self.run_publishes(retry)
 
     def _published(self, name: str, result: List[Any]) -> Published:
-        duplicate, offset, epoch, receivers, evicted = result
-        if duplicate:
+        published = published_of(name, result)
+        if published.duplicate:
             self._counters.add(Counter.DUPLICATE_PUBLISHES)
-        if evicted:
-            self._counters.add(Counter.PUBLISH_IDS_EVICTED, int(evicted))
-        return Published(name, int(offset), as_text(epoch), int(receivers), bool(duplicate))
+        if result[4]:
+            self._counters.add(Counter.PUBLISH_IDS_EVICTED, int(result[4]))
+        return published
+
+
+def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: bytes,
+                    exclude: Optional[str], publish_id: Optional[str],
+                    publisher: Optional[str]) -> Tuple[Any, ...]:
+    """The ``EVALSHA`` arguments of :data:`PUBLISH_SCRIPT` (``sha``) publishing the message
+    whose text up to its offset is ``head`` on channel ``name`` in ``space``."""
+    if publish_id is None:
+        ids: Tuple[str, ...] = ("", "", "")
+    else:
+        ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
+               space.all_ids_key())
+    return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
+            space.new_epoch(), str(space.history_size), str(int(space.publish_dedup_s * 1000)),
+            str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
+            str(int(space.history_ttl_s * 1000)), str(space.publish_ids_per_publisher),
+            str(space.publish_ids_max))
+
+
+def published_of(name: str, result: List[Any]) -> Published:
+    """The :class:`Published` of one :data:`PUBLISH_SCRIPT` answer on channel ``name``."""
+    duplicate, offset, epoch, receivers, _evicted = result
+    return Published(name, int(offset), as_text(epoch), int(receivers), bool(duplicate))

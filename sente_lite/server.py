@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from websockets.http11 import Request, Response
 
@@ -50,6 +50,8 @@ from .core import ServerCore
 from .counters import Counter, Counters
 from .errors import Disconnected, LimitExceeded, RequestTimeout
 from .framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
+from .api import http_api
+from .api.front import ApiFront
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from .hub import Broker, Hub, LocalBroker
 from .inflow import InboundLimits
@@ -312,6 +314,20 @@ class Connection:
             waiter.set_result(result)
 
 
+def _api_keys(keys: Optional[Sequence[str]], host: str, ssl_context: Optional[ssl.SSLContext],
+              insecure_ok: bool) -> Optional[Tuple[str, ...]]:
+    """The checked API keys; ValueError when the API would send them in clear text
+    beyond this machine without ``api_insecure_ok``."""
+    if keys is None:
+        return None
+    checked = http_api.check_keys(keys)
+    if ssl_context is None and not security.is_loopback_host(host) and not insecure_ok:
+        raise ValueError(f"the HTTP API on {host} without TLS would carry API keys in clear "
+                         "text: pass ssl_context, bind to a loopback address, or set "
+                         "api_insecure_ok=True (--api-allow-plaintext) behind a TLS proxy")
+    return checked
+
+
 def _check_event_id(event: str) -> None:
     if not p.is_valid_event_id(event):
         raise ValueError(f"invalid event-id {event!r}: use 'namespace/name' with "
@@ -379,6 +395,12 @@ class Server(InspectionMixin):
     bytes of one connection waiting for its handlers, its socket is not read (the peer's
     TCP window fills) until they are under half of both; counted as ``inbound_pauses``.
 
+    The HTTP server API (docs/api.md, :mod:`sente_lite.api`): ``POST /api/<method>`` on
+    the same port, off unless ``api_keys`` (one or more keys, for rotation) is set;
+    refused at construction on a non-loopback ``host`` without ``ssl_context`` unless
+    ``api_insecure_ok``. ``api_max_body_bytes`` (413 beyond) and ``api_rate_limit``
+    (requests per second per key, 429 beyond; None: off) bound it.
+
     ``compression="deflate"`` offers permessage-deflate: frames of at least
     ``compression_min_bytes`` go compressed to peers that accept it, a channel
     message compressed once per publish (:mod:`sente_lite.compression`).
@@ -441,6 +463,10 @@ class Server(InspectionMixin):
         fragment_timeout: Optional[float] = None,
         max_inbound_frames: int = lim.DEFAULT_MAX_INBOUND_FRAMES,
         max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES,
+        api_keys: Optional[Sequence[str]] = None,
+        api_insecure_ok: bool = False,
+        api_max_body_bytes: int = lim.DEFAULT_API_MAX_BODY_BYTES,
+        api_rate_limit: Optional[float] = lim.DEFAULT_API_RATE_LIMIT,
     ) -> None:
         lim.check_settings(locals())  # every numeric keyword, before any is used
         self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
@@ -526,6 +552,10 @@ class Server(InspectionMixin):
             rate_burst=rate_burst, max_rate_limited=max_rate_limited)
         self._core = ServerCore(self)
         self._front = HttpFront(self)
+        self.api_keys = _api_keys(api_keys, host, ssl_context, api_insecure_ok)
+        self.api_max_body_bytes = api_max_body_bytes
+        self.api_rate_limit = api_rate_limit
+        self._api = ApiFront(self)
         self._handlers: Dict[str, Handler] = {}
         self._on_connect: List[ConnectHook] = []
         self._on_disconnect: List[DisconnectHook] = []
@@ -570,6 +600,7 @@ class Server(InspectionMixin):
             max_pending_handshakes_per_address=self.max_pending_handshakes_per_address,
             tick_s=min(1.0, self.heartbeat_ms / 4000.0),
             extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
+        self._loop.api = self._api
         self._pool.start()
         if hasattr(self.channels, "dispatch"):  # replays (and a shared broker's live
             self.channels.dispatch = self._loop.call_soon  # deliveries) run on the network thread
@@ -661,16 +692,33 @@ class Server(InspectionMixin):
         return self._hub.to_user(uid, event, data, p.encode_bytes(event, data))
 
     def broadcast(self, event: str, data: Any = None) -> int:
-        """Queue an event to every live connection; returns how many took it."""
+        """Queue an event to every live connection; returns how many here took it.
+
+        With a shared broker (Redis) it also goes to every other server's connections
+        (not counted; while the broker is down, BrokerUnavailable after the local sends)."""
         _check_event_id(event)
         return self._hub.to_all(event, data, p.encode_bytes(event, data))
 
-    def publish(self, channel_id: str, data: Any = None) -> Published:
-        """Publish on a channel as the server (``from`` is null). Same path as clients'."""
+    def publish(self, channel_id: str, data: Any = None, *, idempotency_key: Optional[str] = None,
+                publisher: Optional[str] = None, traceparent: Optional[str] = None) -> Published:
+        """Publish on a channel as the server (``from`` is null). Same path as clients'.
+
+        ``idempotency_key`` is a publish id (PROTOCOL 9, 1-128 characters): a resend
+        with the same key by the same ``publisher`` (default: the server) is answered
+        with the first one's ``Published`` (``duplicate=True``) and not delivered again.
+        ``traceparent`` (W3C) rides on every delivery."""
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        result = self._hub.publish(channel_id, p.encode_channel_data(data), None, None)
+        if idempotency_key is not None and not (
+                isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= p.MAX_PUBLISH_ID_CHARS):
+            raise ValueError(f"idempotency_key must be a string of 1-{p.MAX_PUBLISH_ID_CHARS} "
+                             "characters")
+        if traceparent is not None and tracing_mod.valid(traceparent) is None:
+            raise ValueError("traceparent must be a W3C version-00 traceparent")
+        result = self._hub.publish(channel_id, p.encode_channel_data(data), None, None,
+                                   publish_id=idempotency_key, traceparent=traceparent,
+                                   publisher=publisher)
         assert result is not None  # waited for
         return result
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
+from . import protocol as p
 from .counters import Counter
 
 if TYPE_CHECKING:
@@ -73,6 +74,41 @@ class InspectionMixin:
         out["server_id"] = self.server_id
         return out
 
+    def channel_counts(self: "Server") -> Dict[str, int]:
+        """Channel -> subscribers, for every channel with subscribers on this server (with
+        a shared broker too: Redis keeps no count of other servers' subscribers)."""
+        return dict(self.channels.subscriber_counts())  # type: ignore[attr-defined]
+
+    def nodes(self: "Server") -> List[str]:
+        """The server-ids serving these channels: this one, or with a shared broker every
+        live server on it (raises BrokerUnavailable while it is down)."""
+        shared = self._hub.shared
+        return sorted(shared.servers()) if shared is not None else [self.server_id]
+
+    def history(self: "Server", channel_id: str, limit: int = 100,
+                since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
+        """The messages of ``channel_id``'s history, oldest first (``reverse``: newest
+        first), at most ``limit``; with ``since`` (``{"offset", "epoch"}``) only those
+        after it, and ``recovered``: False when history no longer reaches back to it.
+        Returns ``{"channel", "offset", "epoch", "publications": [{offset, epoch, data,
+        from}]}`` (``offset``/``epoch`` of the newest held; 0 and None when empty)."""
+        problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
+        if problem:
+            raise ValueError(problem)
+        pubs = [_publication(offset, frame) for offset, frame in self.channels.history_of(channel_id)]
+        top = pubs[-1] if pubs else {"offset": 0, "epoch": None}
+        out: Dict[str, Any] = {"channel": channel_id, "offset": top["offset"],
+                               "epoch": top["epoch"]}
+        if since is not None:
+            after = int(since["offset"])
+            same = since.get("epoch") == top["epoch"] or (not pubs and after == 0)
+            out["recovered"] = same and (after >= top["offset"] or pubs[0]["offset"] <= after + 1)
+            pubs = [x for x in pubs if x["offset"] > after] if out["recovered"] else []
+        if reverse:
+            pubs.reverse()
+        out["publications"] = pubs[:limit]
+        return out
+
     def _snapshot(self: "Server") -> List[Connection]:
         return self._hub.snapshot()
 
@@ -87,3 +123,15 @@ class InspectionMixin:
             self._closes_by_code[code] = self._closes_by_code.get(code, 0) + 1
             for key in PER_CONN_TOTALS:
                 self._closed_totals[key] += getattr(conn, key)
+
+
+def _publication(offset: int, frame: Any) -> Dict[str, Any]:
+    """One history entry (a built frame here, or its text from Redis) as a dict."""
+    if hasattr(frame, "wire"):  # a Built: its JSON payload ends its frame
+        frame = frame.wire[-frame.size:]
+    body = p.loads(frame.decode("utf-8") if isinstance(frame, (bytes, bytearray)) else frame)[1]
+    out = {"offset": offset, "epoch": body.get(p.K_EPOCH), "data": body.get(p.K_DATA),
+           "from": body.get(p.K_FROM)}
+    if "traceparent" in body:
+        out["traceparent"] = body["traceparent"]
+    return out

@@ -145,9 +145,15 @@ def test_readme_quick_start_shows_the_two_commands_after_cloning() -> None:
     assert list(QUICK_START) == commands[:2], f"the quick start's commands are {commands}"
 
 
+#: Docs pages whose README link is added when the README section they come with is merged
+#: (README.md changes only at merge). Empty this once README.md links them.
+README_LINK_PENDING: set = set()
+
+
 def test_readme_links_every_docs_page() -> None:
     linked = {(README.parent / t.partition("#")[0]).resolve() for t, _ in relative_links(README)}
-    missing = [p.name for p in DOCS if p.resolve() not in linked]
+    missing = [p.name for p in DOCS if p.resolve() not in linked
+               and p.name not in README_LINK_PENDING]
     assert not missing, f"README.md does not link these docs pages: {missing}"
 
 

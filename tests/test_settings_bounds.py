@@ -119,7 +119,8 @@ def test_serve_flags_and_variables_refuse_bad_numbers_naming_them(setting: cli.S
     bad = ["nan", "inf", "-inf", "-1", "1e999", "99999999999999999999"]
     if setting.kind == "float":
         bad += ["NaN", "Infinity"]
-    if setting.dest not in ("rate_limit", "port", "history_size", "max_replay_per_subscribe"):
+    if setting.dest not in ("rate_limit", "api_rate_limit", "port", "history_size",
+                            "max_replay_per_subscribe"):
         bad.append("0")  # 0 is allowed only where it means something (off, any free port)
     allowed = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].describe().replace(" (or None)", "")
     for text in bad:
@@ -142,6 +143,8 @@ def test_serve_rate_limit_zero_is_off_and_a_negative_one_is_an_error() -> None:
     assert serve_settings(["--rate-limit", "0"])["rate_limit"] is None
     assert serve_settings([], {"SENTE_LITE_RATE_LIMIT": "0"})["rate_limit"] is None
     assert serve_settings([], {"SENTE_LITE_RATE_LIMIT": "250.5"})["rate_limit"] == 250.5
+    assert serve_settings(["--api-rate-limit", "0"])["api_rate_limit"] is None
+    assert serve_settings([], {"SENTE_LITE_API_RATE_LIMIT": "0"})["api_rate_limit"] is None
     with pytest.raises(cli.SettingError, match="0 turns it off"):
         serve_settings(["--rate-limit=-5"])
 
