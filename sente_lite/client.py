@@ -59,6 +59,9 @@ DEAD_SERVER_SLACK_S = ss.DEAD_SERVER_SLACK_S
 #: Publishes awaiting their ack (kept, and resent after a reconnect) before
 #: ``publish`` raises :class:`SendQueueFull`.
 DEFAULT_MAX_UNACKED_PUBLISHES = ss.DEFAULT_MAX_UNACKED_PUBLISHES
+#: How long ``publish`` waits for room when ``max_unacked_publishes`` await their ack
+#: (as Kafka's ``max.block.ms``); 0 raises :class:`SendQueueFull` at once.
+DEFAULT_PUBLISH_BLOCK_S = client_channels.DEFAULT_PUBLISH_BLOCK_S
 #: The largest ``send_buf_ms`` accepted (it is added latency for every send).
 MAX_SEND_BUF_MS = 50.0
 
@@ -93,7 +96,8 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
     renewed with the last offset and epoch seen, the server replays what was
     missed, and duplicates are dropped; when the server cannot replay,
     :meth:`on_recovery` handlers hear it. Every publish carries an id and is kept
-    (at most ``max_unacked_publishes``) until the server acknowledges it, and
+    (at most ``max_unacked_publishes``; a publish past it waits up to
+    ``publish_block_s`` for room, 0 raises at once) until the server acknowledges it, and
     sent again after a reconnect: it lands in its channel exactly once.
 
     ``packer``: ``"json"`` (default, text frames) or ``"msgpack"`` (binary frames;
@@ -130,6 +134,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         origin: Optional[str] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
+        publish_block_s: float = DEFAULT_PUBLISH_BLOCK_S,
         packer: str = packers.JSON,
         batch: bool = False,
         send_buf_ms: float = 0.0,
@@ -147,6 +152,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self.backoff_max = backoff_max
         self.max_pending_sends = max_pending_sends
         self.max_unacked_publishes = max_unacked_publishes
+        self.publish_block_s = publish_block_s
         self.connect_timeout = connect_timeout
         self.request_timeout = request_timeout
         self.headers = dict(headers or {})
@@ -183,6 +189,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self._subs: Dict[str, _Sub] = {}
         self._queued: Deque[tuple] = collections.deque()  # (frame bytes, cb_id or None)
         self._send_lock = threading.RLock()
+        self._outbox_room = threading.Condition(self._send_lock)  # notified when a publish is answered
         self._ws: Optional[websocket.WebSocket] = None
         self.max_handler_queue = max_handler_queue
         self._stop = threading.Event()

@@ -32,6 +32,10 @@ log = logging.getLogger("sente_lite.client")
 ChannelHandler = Callable[[ChannelMessage], None]
 RecoveryHandler = Callable[[Recovery], None]
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
+#: Default of ``Client(publish_block_s=)``: how long a publish waits for room in a full outbox.
+DEFAULT_PUBLISH_BLOCK_S = 5.0
+#: A publish waiting for room looks again at least this often (close(), the deadline).
+OUTBOX_POLL_S = 0.1
 
 
 @dataclass
@@ -132,7 +136,7 @@ class ChannelsMixin:
 
     def publish(self: "Client", channel_id: str, data: Any = None, *, ack: bool = False,
                 exclude_sender: bool = False, timeout: Optional[float] = None,
-                traceparent: Optional[str] = None) -> Optional[dict]:
+                traceparent: Optional[str] = None, block_s: Optional[float] = None) -> Optional[dict]:
         """Publish on ``channel_id``. With ``ack`` wait for the acknowledgement
         (``channel-id``, ``offset``, ``delivered``; ``duplicate`` when an earlier
         send of it had landed) and return it.
@@ -144,8 +148,9 @@ class ChannelsMixin:
         ``outcome-unknown`` (the server's broker link failed with it in flight) is
         kept too and resent, same id, with backoff until it is answered for sure
         (``unavailable`` answers to those resends keep it waiting). At most
-        ``max_unacked_publishes`` wait for their ack: one more raises
-        :class:`SendQueueFull`. ``traceparent`` (W3C) travels with the message to
+        ``max_unacked_publishes`` wait for their ack: one more waits up to
+        ``block_s`` (default ``Client(publish_block_s=)``) for an ack to make room,
+        then raises :class:`SendQueueFull`; 0 raises at once. ``traceparent`` (W3C) travels with the message to
         every subscriber and comes back in the acknowledgement. A publish the server refuses (``forbidden``, ...)
         raises :class:`RemoteError` with ``ack``; without, it is counted
         (``publish_errors``) and logged.
@@ -158,12 +163,31 @@ class ChannelsMixin:
         if self._stop.is_set():
             raise ClientClosed("client closed")
         fut: Optional["concurrent.futures.Future[Any]"] = concurrent.futures.Future() if ack else None
+        wait_s = self.publish_block_s if block_s is None else block_s
+        if not (isinstance(wait_s, (int, float)) and 0 <= wait_s < float("inf")):
+            raise ValueError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
+        deadline = time.monotonic() + wait_s
+        handed_off = False
         with self._send_lock:
-            try:
-                cb_id, frame = self._session.publish(channel_id, data, exclude_sender, fut,
-                                                     time.monotonic(), traceparent)
-            except LimitExceeded as exc:
-                raise SendQueueFull(str(exc)) from None
+            while True:
+                try:
+                    cb_id, frame = self._session.publish(channel_id, data, exclude_sender, fut,
+                                                         time.monotonic(), traceparent)
+                    break
+                except LimitExceeded as exc:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._stop.is_set():
+                        waited = f" (waited {wait_s}s for an ack: is the server reachable?)" if wait_s else ""
+                        raise SendQueueFull(f"{exc}{waited}") from None
+                    if not handed_off:  # a handler blocking here: the other thread reads the acks
+                        handed_off = True
+                        self._send_lock.release()
+                        try:
+                            self._roles.hand_off_reading()
+                        finally:
+                            self._send_lock.acquire()
+                        continue
+                    self._outbox_room.wait(min(left, OUTBOX_POLL_S))
             if self._status == CONNECTED and self._ws is not None:
                 self._write(frame, cb_id)  # on failure it is resent after the reconnect
         if fut is None:
@@ -218,6 +242,8 @@ class InboundMixin:
                 elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
                     resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
                              ev.error)
+                    if kind is ss.PublishAnswered:
+                        self._outbox_room.notify_all()
                 elif kind is ss.EventRequest:
                     tasks.append(("event", ev.event, ev.data, ev.cb_id))
                 elif kind is ss.Subscribed:

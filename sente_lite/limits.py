@@ -273,6 +273,7 @@ CLIENT_BOUNDS: Dict[str, Bound] = {
     "connect_timeout": Bound(0, _HOUR_S, above=True),
     "request_timeout": Bound(0, 24 * _HOUR_S, above=True),
     "max_unacked_publishes": Bound(1, _BIG, integer=True),
+    "publish_block_s": Bound(0, _HOUR_S),
 }
 
 

@@ -311,3 +311,69 @@ def test_demo_page_connects_when_allowed_origins_lists_other_origins(browser) ->
         _, err = proc.communicate(timeout=WAIT_S * 2)
     assert proc.returncode == 0, err
     assert "refused-upgrade" not in err, err
+
+
+#: Publishes of the reconnect test, and how many times the server drops the page meanwhile.
+RESEND_PUBLISHES = 1000
+RESEND_DROPS = 5
+
+
+def test_page_publishes_land_once_across_forced_reconnects(make_server, make_client, open_page) -> None:
+    """Every publish carries an id and stays in the page's outbox until acknowledged: the
+    server closing the page's connection 5 times mid-stream loses none and doubles none."""
+    srv = make_server()
+    py = make_client(srv.url)
+    py_got: List[Any] = []
+    py.subscribe("feed", py_got.append, timeout=WAIT_S)
+    page = open_page(srv)
+    assert page.evaluate(CONNECT, {"backoffBaseMs": 20, "backoffMaxMs": 100}) is True
+    page.evaluate("window.got = []; c.subscribe('feed', m => got.push(m.data))")
+    uid = page.evaluate("c.uid")
+    chunk = RESEND_PUBLISHES // RESEND_DROPS
+    for k in range(RESEND_DROPS):
+        page.evaluate("([a, b]) => { for (let i = a; i < b; i++) { c.publish('feed', i); } }",
+                      [k * chunk, (k + 1) * chunk])
+        wait_until(lambda: srv.disconnect_user(uid) > 0, what="the page's connection to close")
+    page.wait_for_function("c.connected && c.stats().unackedPublishes === 0")
+    want = list(range(RESEND_PUBLISHES))
+    wait_until(lambda: len(py_got) >= RESEND_PUBLISHES, what="every publish at the Python subscriber")
+    page.wait_for_function(f"got.length >= {RESEND_PUBLISHES}")
+    assert sorted(m.data for m in py_got) == want  # 0 lost, 0 duplicated
+    assert sorted(page.evaluate("got")) == want
+    stats = page.evaluate("c.stats()")
+    # a connection closed before its handshake reached the page is not counted by the page
+    assert stats["handshakes"] >= 2
+    assert stats["publishErrors"] == 0
+
+
+def test_page_reload_with_persisted_positions_resumes_every_channel(make_server, open_page) -> None:
+    """persistPositions: a reloaded page subscribes with the stored positions and the server
+    replays what it missed (recovered: true), once."""
+    srv = make_server()
+    page = open_page(srv)
+    channels = ["a", "b", "c"]
+    assert page.evaluate(CONNECT, {"persistPositions": True}) is True
+    page.evaluate("chs => { window.got = []; chs.forEach(ch => c.subscribe(ch, m => got.push([ch, m.data]))); }",
+                  channels)
+    conn_id = page.evaluate("c.connId")
+    wait_until(lambda: len(srv.channels.channels_of(conn_id)) == 3, what="three subscriptions")
+    for ch in channels:
+        srv.publish(ch, f"{ch}-before")
+    page.wait_for_function("got.length === 3")
+    page.reload()
+    for ch in channels:  # while the page is away
+        srv.publish(ch, f"{ch}-missed")
+    page.add_script_tag(url=f"http://127.0.0.1:{srv.port}{static.script_url()}")
+    page.evaluate("window.WS_URL = %s" % json.dumps(srv.url))
+    assert page.evaluate(CONNECT, {"persistPositions": True}) is True
+    answers = page.evaluate("""async chs => {
+      window.got = []; window.recoveries = [];
+      c.onRecovery(r => recoveries.push(r));
+      return Promise.all(chs.map(ch => c.subscribe(ch, m => got.push([ch, m.data]))));
+    }""", channels)
+    assert [a["recovered"] for a in answers] == [True, True, True]
+    page.wait_for_function("got.length === 3")
+    assert sorted(page.evaluate("got")) == [[ch, f"{ch}-missed"] for ch in channels]
+    recoveries = page.evaluate("recoveries")
+    assert sorted((r["channelId"], r["recovered"], r["since"]["offset"]) for r in recoveries) == \
+        [(ch, True, 1) for ch in channels]

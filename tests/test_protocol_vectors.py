@@ -153,7 +153,8 @@ class Driver:
                                   _Waiter(step["id"], "unsubscribe"), self.now, 5.0))
         elif what == "publish":
             waiter = _Waiter(step["id"], "publish") if step.get("ack") else None
-            self.write_request(s.publish(step["channel"], step.get("data"), False, waiter, self.now))
+            self.write_request(s.publish(step["channel"], step.get("data"), bool(step.get("exclude_sender")),
+                                         waiter, self.now))
         else:
             raise ValueError(f"unknown call {what!r}")
 

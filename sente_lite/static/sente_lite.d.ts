@@ -39,6 +39,32 @@ export interface ClientOptions {
   batch?: boolean;
   /** Where warnings go (default console; null for none). */
   logger?: Pick<Console, "warn" | "error"> | null;
+  /** Publishes awaiting their acknowledgement (default 1000); see publish(). */
+  maxUnackedPublishes?: number;
+  /** publish({ack: true}) with a full outbox waits this long for room (default 5000; 0: rejects at once). */
+  publishBlockMs?: number;
+  /** true (sessionStorage) or a Storage: channel positions survive a page reload and resume with since. */
+  persistPositions?: boolean | Pick<Storage, "getItem" | "setItem">;
+  /** Storage key of the positions (default "sente-lite:positions:" + url). */
+  persistKey?: string;
+}
+
+/** A channel position: pass it to subscribe() as since to resume after it. */
+export interface Position {
+  offset: number;
+  epoch: string;
+}
+
+/** The answer to a subscribe sent with since, or a sente-lite/subscribed notice (protocol section 9). */
+export interface Recovery {
+  channelId: string;
+  /** false: messages after `since` are lost for good; live ones continue after offset. */
+  recovered: boolean;
+  reason?: "epoch-changed" | "history-expired" | "history-off";
+  offset: number;
+  epoch: string;
+  /** The position the subscribe resumed from (null for a notice before any message). */
+  since: Position | null;
 }
 
 export interface ChannelMessage<T = unknown> {
@@ -63,6 +89,8 @@ export interface Published {
   channelId: string;
   offset: number;
   delivered: number;
+  /** true when an earlier send of this publish (same id) had landed. */
+  duplicate?: true;
 }
 
 export interface Stats {
@@ -73,7 +101,10 @@ export interface Stats {
   deadServerDetections: number; pendingOverflows: number;
   /** chsk/batch frames received (framesIn counts WebSocket messages, a batch as one). */
   batchesIn: number;
-  status: Status; pendingSends: number; outstandingRequests: number; subscriptions: number;
+  publishAcks: number; duplicatePublishAcks: number; publishErrors: number; publishesResent: number;
+  publishesOutcomeUnknown: number; unackedPublishOverflows: number; recoveryFailures: number;
+  status: Status; pendingSends: number; outstandingRequests: number; unackedPublishes: number;
+  subscriptions: number;
 }
 
 export class SenteLiteError extends Error {
@@ -118,9 +149,11 @@ export class Client {
 
   /** fn(status) on every change; returns a function that removes fn. */
   onStatus(fn: (status: Status) => void): () => void;
-  /** fn(answer) after each re-subscribe that follows a reconnect, and for each sente-lite/subscribed
-   *  notice the server sends by itself (recovered false: messages were lost; live ones continue after offset). */
-  onResubscribe(fn: (answer: Subscribed) => void): () => void;
+  /** fn(recovery) for the answer to every subscribe sent with since and every sente-lite/subscribed
+   *  notice, before that channel's next message; returns a function that removes fn. */
+  onRecovery(fn: (recovery: Recovery) => void): () => void;
+  /** @deprecated the old name of onRecovery. */
+  onResubscribe(fn: (recovery: Recovery) => void): () => void;
   /** true once connected; false on timeout (default 5000 ms) or close; rejects with ConnectRefused. */
   waitConnected(timeoutMs?: number): Promise<boolean>;
 
@@ -133,11 +166,13 @@ export class Client {
   request<R = unknown>(eventId: string, data?: unknown, options?: { timeoutMs?: number }): Promise<R>;
 
   subscribe<T = unknown>(channelId: string, fn?: (msg: ChannelMessage<T>) => void,
-                         options?: { timeoutMs?: number }): Promise<Subscribed>;
+                         options?: { timeoutMs?: number; since?: Position | null }): Promise<Subscribed>;
+  /** Position of the last message seen on channelId, or null before any. */
+  position(channelId: string): Position | null;
   unsubscribe(channelId: string, options?: { timeoutMs?: number }): Promise<void>;
   subscriptions(): string[];
   publish(channelId: string, data: unknown,
-          options: { ack: true; excludeSender?: boolean; timeoutMs?: number }): Promise<Published>;
+          options: { ack: true; excludeSender?: boolean; timeoutMs?: number; blockMs?: number }): Promise<Published>;
   publish(channelId: string, data?: unknown,
           options?: { ack?: false; excludeSender?: boolean }): void;
 

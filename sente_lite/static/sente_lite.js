@@ -50,8 +50,15 @@ var SenteLite = (function () {
     connectTimeoutMs: 10000,   // one attempt: socket open + handshake, else it is dropped and retried
     autoReconnect: true,
     packer: "json",            // "msgpack": MessagePack in binary frames (protocol section 10)
-    batch: false               // ask the server for chsk/batch frames when this connection is backed up
+    batch: false,              // ask the server for chsk/batch frames when this connection is backed up
+    maxUnackedPublishes: 1000, // publishes awaiting their ack (the outbox); one more throws SendQueueFull
+    publishBlockMs: 5000,      // publish({ack}) with a full outbox waits this long for room (0: rejects at once)
+    persistPositions: false    // true (sessionStorage) or a Storage: keep channel positions across page reloads
   };
+  /** The error code of a publish whose outcome the server could not know: resent, same id. */
+  var ERR_OUTCOME_UNKNOWN = "outcome-unknown";
+  /** Delay before the positions of channels are written to persistPositions' storage. */
+  var PERSIST_DELAY_MS = 50;
   var PACKERS = ["json", "msgpack"];
   /** A server silent for 2 x heartbeat-ms + this is dead (protocol section 5). */
   var DEAD_SERVER_SLACK_MS = 1000;
@@ -539,6 +546,39 @@ var SenteLite = (function () {
     return h.slice(0, 8) + "-" + h.slice(8, 12) + "-" + h.slice(12, 16) + "-" + h.slice(16, 20) + "-" + h.slice(20);
   }
 
+  /** The Storage of option persistPositions: true is sessionStorage, an object with getItem/setItem itself. */
+  function storageOf(option) {
+    if (option === undefined || option === null || option === false) { return null; }
+    if (option === true) {
+      var store = null;
+      try { store = typeof sessionStorage !== "undefined" ? sessionStorage : null; } catch (e) { store = null; }
+      if (!store) { throw new TypeError("persistPositions: true needs sessionStorage, which this runtime lacks: pass a Storage"); }
+      return store;
+    }
+    if (typeof option.getItem === "function" && typeof option.setItem === "function") { return option; }
+    throw new TypeError("persistPositions must be true, false or a Storage (getItem/setItem), not " + typeof option);
+  }
+
+  /** A valid since: {offset: integer >= 0, epoch: non-empty string} (protocol section 9). */
+  function isPosition(v) {
+    return v !== null && typeof v === "object" && Number.isInteger(v.offset) && v.offset >= 0 &&
+      typeof v.epoch === "string" && v.epoch.length > 0;
+  }
+
+  /** The positions kept under key in store ({channelId: {offset, epoch}}); unreadable entries are skipped. */
+  function loadPositions(store, key) {
+    var out = Object.create(null);
+    if (!store) { return out; }
+    var saved = null;
+    try { saved = JSON.parse(store.getItem(key) || "null"); } catch (e) { saved = null; }
+    if (saved && typeof saved === "object") {
+      Object.keys(saved).forEach(function (ch) {
+        if (isPosition(saved[ch])) { out[ch] = { offset: saved[ch].offset, epoch: saved[ch].epoch }; }
+      });
+    }
+    return out;
+  }
+
   function isThenable(v) { return v !== null && (typeof v === "object" || typeof v === "function") && typeof v.then === "function"; }
 
   /**
@@ -613,7 +653,16 @@ var SenteLite = (function () {
     this.refusal = null;
 
     this._statusHooks = [];
-    this._resubscribeHooks = [];
+    this._recoveryHooks = [];
+    this._outbox = new Map();      // cb-id -> publish awaiting its ack, in publish order
+    this._roomWaiters = [];        // publish({ack}) calls waiting for room in the outbox
+    this._publishSeq = 0;
+    this._connSeq = 0;             // numbers the sockets: a publish remembers the one it went out on
+    this._store = storageOf(opts.persistPositions);
+    this._storeKey = opts.persistKey || "sente-lite:positions:" + this.url;
+    this._stored = loadPositions(this._store, this._storeKey);
+    this._persistTimer = null;
+    this._onPageHide = null;
     this._handlers = Object.create(null);
     this._subs = new Map();
     this._pending = new Map();
@@ -632,8 +681,11 @@ var SenteLite = (function () {
       framesIn: 0, framesOut: 0, handshakes: 0, reconnectAttempts: 0, connectFailures: 0,
       channelMsgs: 0, channelGaps: 0, duplicatesDropped: 0, unsubscribedChannelMsgs: 0,
       unhandledEvents: 0, handlerErrors: 0, errorsFromServer: 0, badFramesFromServer: 0,
-      strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0, batchesIn: 0
+      strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0, batchesIn: 0,
+      publishAcks: 0, duplicatePublishAcks: 0, publishErrors: 0, publishesResent: 0,
+      publishesOutcomeUnknown: 0, unackedPublishOverflows: 0, recoveryFailures: 0
     };
+    this._watchPageHide();
     this._connect();
   }
 
@@ -657,15 +709,27 @@ var SenteLite = (function () {
   };
 
   /**
-   * Call fn({channelId, offset, epoch, recovered, reason}) after each re-subscribe that
-   * follows a reconnect, and for each sente-lite/subscribed the server sends by itself
-   * (recovered false: messages after the last one seen are lost for good). Returns a
-   * function that removes fn.
+   * Call fn({channelId, recovered, reason?, offset, epoch, since}) for the server's answer
+   * to every subscribe sent with since (a stored position, a persisted one, or the last one
+   * seen, after each reconnect), before that channel's next message, and for each
+   * sente-lite/subscribed the server sends by itself. recovered false: messages after
+   * `since` are lost for good (reason), live ones continue after `offset`. Returns a
+   * function that removes fn. As Python's Client.on_recovery.
    */
-  Client.prototype.onResubscribe = function (fn) {
-    var hooks = this._resubscribeHooks;
+  Client.prototype.onRecovery = function (fn) {
+    if (typeof fn !== "function") { throw new TypeError("recovery handler must be a function"); }
+    var hooks = this._recoveryHooks;
     hooks.push(fn);
     return function () { var i = hooks.indexOf(fn); if (i >= 0) { hooks.splice(i, 1); } };
+  };
+
+  /** Deprecated: the old name of onRecovery (same calls). */
+  Client.prototype.onResubscribe = function (fn) {
+    if (!this._warnedResubscribe) {
+      this._warnedResubscribe = true;
+      this._warn("onResubscribe() is deprecated: use onRecovery()");
+    }
+    return this.onRecovery(fn);
   };
 
   Client.prototype._setStatus = function (status) {
@@ -741,14 +805,15 @@ var SenteLite = (function () {
     }
   };
 
-  Client.prototype._request = function (eventId, data, timeoutMs) {
+  /** `onAnswer(reply, remoteError)` (optional) runs as the answer frame is handled, before the next frame. */
+  Client.prototype._request = function (eventId, data, timeoutMs, onAnswer) {
     if (this._closed) { return Promise.reject(new ClientClosed("client closed")); }
     var self = this;
     var ms = timeoutMs === undefined || timeoutMs === null ? this.options.requestTimeoutMs : timeoutMs;
     var cbId = "c" + (++this._cbSeq);
     var frame = encode(eventId, data, cbId, this._binary);
     return new Promise(function (resolve, reject) {
-      var entry = { resolve: resolve, reject: reject, sent: false, event: eventId, timer: null };
+      var entry = { resolve: resolve, reject: reject, sent: false, event: eventId, timer: null, onAnswer: onAnswer };
       entry.timer = setTimeout(function () {
         if (self._pending.get(cbId) === entry) {
           self._pending.delete(cbId);
@@ -769,11 +834,7 @@ var SenteLite = (function () {
   /** Send `frame` (JSON text, or MessagePack bytes) now, or queue it while disconnected. */
   Client.prototype._sendFrame = function (frame, cbId) {
     if (this._closed) { throw new ClientClosed("client closed"); }
-    var max = this._maxMessageBytes;
-    if (typeof frame === "string" ? frame.length * 3 > max && utf8Length(frame) > max : frame.length > max) {
-      throw new SenteLiteError("frame of " + (typeof frame === "string" ? utf8Length(frame) : frame.length) +
-                               " bytes is over the server's max-message-bytes (" + max + ")", "too-large");
-    }
+    this._checkSize(frame);
     if (this.status === CONNECTED && this._write(frame, cbId)) { return; }
     if (this._queue.length >= this.options.maxPendingSends) {
       this._stats.pendingOverflows++;
@@ -781,6 +842,15 @@ var SenteLite = (function () {
                               this.options.maxPendingSends + ")");
     }
     this._queue.push([frame, cbId]);
+  };
+
+  /** Throws a SenteLiteError (code "too-large") for a frame over the server's max-message-bytes. */
+  Client.prototype._checkSize = function (frame) {
+    var max = this._maxMessageBytes;
+    if (typeof frame === "string" ? frame.length * 3 > max && utf8Length(frame) > max : frame.length > max) {
+      throw new SenteLiteError("frame of " + (typeof frame === "string" ? utf8Length(frame) : frame.length) +
+                               " bytes is over the server's max-message-bytes (" + max + ")", "too-large");
+    }
   };
 
   Client.prototype._write = function (frame, cbId) {
@@ -803,13 +873,20 @@ var SenteLite = (function () {
   /**
    * Subscribe to channelId; fn({channelId, data, from, offset, epoch}) runs for each message.
    * Kept (and re-subscribed) across reconnects until unsubscribe(). Resolves to the server's
-   * answer {channelId, offset, epoch}; rejects (and drops the subscription) when refused.
-   * Ignoring the Promise is fine: a refusal is then only logged.
+   * answer {channelId, offset, epoch, recovered?, reason?}; rejects (and drops the
+   * subscription) when refused. Ignoring the Promise is fine: a refusal is then only logged.
+   * opts.since ({offset, epoch}, e.g. a stored position()) asks the server to replay every
+   * message after it first; with persistPositions the stored position of channelId is used
+   * when no since is given. The answer to a subscribe with since goes to onRecovery too.
    */
   Client.prototype.subscribe = function (channelId, fn, opts) {
+    var since = opts && opts.since !== undefined && opts.since !== null ? opts.since : null;
     try {
       checkChannelId(channelId);
       if (fn !== undefined && fn !== null && typeof fn !== "function") { throw new TypeError("handler must be a function"); }
+      if (since !== null && !isPosition(since)) {
+        throw new TypeError("since must be {offset: integer >= 0, epoch: non-empty string}, not " + JSON.stringify(since));
+      }
       if (this._closed) { throw new ClientClosed("client closed"); }
     } catch (e) {
       return Promise.reject(e);
@@ -817,7 +894,9 @@ var SenteLite = (function () {
     var sub = this._subs.get(channelId);
     var isNew = !sub;
     if (!sub) {
-      sub = { handlers: [], epoch: null, lastOffset: 0, answer: null, waiters: [], inFlight: false };
+      var start = since || this._stored[channelId] || null;
+      sub = { handlers: [], epoch: start ? start.epoch : null, lastOffset: start ? start.offset : 0,
+              answer: null, waiters: [], inFlight: false };
       this._subs.set(channelId, sub);
     }
     if (fn) { sub.handlers.push(fn); }
@@ -832,11 +911,17 @@ var SenteLite = (function () {
       }, ms);
       sub.waiters.push(waiter);
     });
-    if (isNew && this.status === CONNECTED) { this._sendSubscribe(channelId, sub, false); }
+    if (isNew && this.status === CONNECTED) { this._sendSubscribe(channelId, sub); }
     // Subscribing and ignoring the Promise is normal use: a later rejection (refused, closed)
     // must not become an unhandled rejection (fatal under Node). Awaiting callers still see it.
     promise.catch(function () {});
     return promise;
+  };
+
+  /** {offset, epoch} of the last message seen on channelId (store it; pass it as since), or null before any. */
+  Client.prototype.position = function (channelId) {
+    var sub = this._subs.get(channelId);
+    return sub && sub.epoch !== null ? { offset: sub.lastOffset, epoch: sub.epoch } : null;
   };
 
   Client.prototype._settleSub = function (sub, err, value) {
@@ -848,49 +933,72 @@ var SenteLite = (function () {
     });
   };
 
-  Client.prototype._sendSubscribe = function (channelId, sub, isResubscribe) {
+  /** Send the subscribe of channelId, with since when a position is known (protocol section 9). */
+  Client.prototype._sendSubscribe = function (channelId, sub) {
     var self = this;
     var body = { "channel-id": channelId };
-    var history = this._features.indexOf("history") >= 0;
-    if (history && isResubscribe && sub.epoch !== null) {
-      body.since = { offset: sub.lastOffset, epoch: sub.epoch };  // protocol section 9
+    var since = null;
+    if (this._features.indexOf("history") >= 0 && sub.epoch !== null) {
+      since = { offset: sub.lastOffset, epoch: sub.epoch };
+      body.since = since;
     }
     sub.inFlight = true;
     var sent;
     try {
-      sent = this._request(EV_SUBSCRIBE, body, this.options.requestTimeoutMs);
+      sent = this._request(EV_SUBSCRIBE, body, this.options.requestTimeoutMs, function (reply, err) {
+        if (self._subs.get(channelId) === sub) { self._onSubscribeAnswer(channelId, sub, since, reply, err); }
+      });
     } catch (e) {
       sent = Promise.reject(e);
     }
-    sent.then(function (reply) {
-      if (self._subs.get(channelId) !== sub) { return; }
-      sub.inFlight = false;
-      var answer = {
-        channelId: channelId,
-        offset: reply && Number.isInteger(reply.offset) ? reply.offset : 0,
-        epoch: reply ? reply.epoch : null
-      };
-      if (reply && typeof reply.recovered === "boolean") { answer.recovered = reply.recovered; }
-      if (reply && reply.reason !== undefined) { answer.reason = reply.reason; }
-      // Recovered: the server replays from sub.lastOffset + 1, keep it. Otherwise live
-      // messages start after the answer's offset (a new epoch restarts the count).
-      if (answer.recovered !== true && (answer.recovered === false || answer.epoch !== sub.epoch)) {
-        sub.epoch = answer.epoch;
-        sub.lastOffset = answer.offset;
+    sent.catch(function (err) {
+      if (self._subs.get(channelId) !== sub || err instanceof RemoteError) { return; }
+      sub.inFlight = false;  // disconnected, closed or timed out: sent again after the next handshake
+      if (err instanceof RequestTimeout && self.status === CONNECTED) {
+        self._subs.delete(channelId);
+        self._settleSub(sub, err, null);
       }
-      sub.answer = answer;
-      self._settleSub(sub, null, answer);
-      if (isResubscribe) { self._callResubscribeHooks(answer); }
-    }, function (err) {
-      if (self._subs.get(channelId) !== sub) { return; }
-      sub.inFlight = false;
-      if (err instanceof Disconnected || err instanceof ClientClosed ||
-          (err instanceof RequestTimeout && self.status !== CONNECTED)) {
-        return;  // sent again after the next handshake
-      }
-      self._subs.delete(channelId);
-      self._warn("subscribe to " + JSON.stringify(channelId) + " refused:", err.message);
-      self._settleSub(sub, err, null);
+    });
+  };
+
+  /** The answer to a subscribe, handled before the next frame (so before the channel's next message). */
+  Client.prototype._onSubscribeAnswer = function (channelId, sub, since, reply, err) {
+    sub.inFlight = false;
+    if (err) {
+      this._subs.delete(channelId);
+      this._forgetPosition(channelId);
+      this._warn("subscribe to " + JSON.stringify(channelId) + " refused:", err.message);
+      this._settleSub(sub, err, null);
+      return;
+    }
+    var answer = {
+      channelId: channelId,
+      offset: reply && Number.isInteger(reply.offset) ? reply.offset : 0,
+      epoch: reply ? reply.epoch : null
+    };
+    if (reply && typeof reply.recovered === "boolean") { answer.recovered = reply.recovered; }
+    if (reply && reply.reason !== undefined) { answer.reason = reply.reason; }
+    // Recovered: the server replays from sub.lastOffset + 1, keep it. Otherwise live
+    // messages start after the answer's offset (a new epoch restarts the count).
+    if (answer.recovered !== true && (answer.recovered === false || answer.epoch !== sub.epoch)) {
+      sub.epoch = answer.epoch;
+      sub.lastOffset = answer.offset;
+      this._positionChanged(channelId, sub);
+    }
+    sub.answer = answer;
+    if (since !== null && answer.recovered !== undefined) { this._recovered(answer, since); }
+    this._settleSub(sub, null, answer);
+  };
+
+  /** Tell the onRecovery hooks: answer plus the position it resumed from. */
+  Client.prototype._recovered = function (answer, since) {
+    if (answer.recovered === false) { this._stats.recoveryFailures++; }
+    var notice = { channelId: answer.channelId, recovered: answer.recovered, offset: answer.offset,
+                   epoch: answer.epoch, since: since };
+    if (answer.reason !== undefined) { notice.reason = answer.reason; }
+    var self = this;
+    this._recoveryHooks.slice().forEach(function (fn) {
+      try { fn(notice); } catch (e) { self._error("recovery hook threw", e); }
     });
   };
 
@@ -899,6 +1007,7 @@ var SenteLite = (function () {
     var sub = this._subs.get(channelId);
     if (!sub) { return Promise.resolve(); }
     this._subs.delete(channelId);
+    this._forgetPosition(channelId);
     this._settleSub(sub, new SenteLiteError("unsubscribed from " + JSON.stringify(channelId), "unsubscribed"), null);
     if (this.status !== CONNECTED) { return Promise.resolve(); }
     return this._request(EV_UNSUBSCRIBE, { "channel-id": channelId }, opts && opts.timeoutMs).then(function () {});
@@ -909,36 +1018,196 @@ var SenteLite = (function () {
     return Array.from(this._subs.keys()).sort();
   };
 
+  // -- persisted positions (option persistPositions) ---------------------------------------------
+  Client.prototype._positionChanged = function (channelId, sub) {
+    if (!this._store || sub.epoch === null) { return; }
+    this._stored[channelId] = { offset: sub.lastOffset, epoch: sub.epoch };
+    this._schedulePersist();
+  };
+
+  Client.prototype._forgetPosition = function (channelId) {
+    if (!this._store || !(channelId in this._stored)) { return; }
+    delete this._stored[channelId];
+    this._schedulePersist();
+  };
+
+  Client.prototype._schedulePersist = function () {
+    var self = this;
+    if (this._persistTimer === null) {
+      this._persistTimer = setTimeout(function () { self._persistTimer = null; self._persist(); }, PERSIST_DELAY_MS);
+    }
+  };
+
+  /** Write the positions of held channels to the storage now (also on pagehide and close()). */
+  Client.prototype._persist = function () {
+    if (!this._store) { return; }
+    if (this._persistTimer !== null) { clearTimeout(this._persistTimer); this._persistTimer = null; }
+    try {
+      this._store.setItem(this._storeKey, JSON.stringify(this._stored));
+    } catch (e) {
+      this._warn("cannot store channel positions (persistPositions):", e.message);
+    }
+  };
+
+  Client.prototype._watchPageHide = function () {
+    var self = this;
+    if (!this._store || typeof addEventListener !== "function") { return; }
+    this._onPageHide = function () { self._persist(); };
+    addEventListener("pagehide", this._onPageHide);
+  };
+
+  // -- publishing --------------------------------------------------------------------------------
   /**
-   * Publish data on channelId. With {ack: true} resolves to {channelId, offset, delivered};
-   * without, returns undefined (the frame is sent or queued; throws SendQueueFull when full).
+   * Publish data on channelId. Every publish carries an id (<clientId>:<n>) and stays in the
+   * outbox until the server acknowledges it; after a reconnect it is sent again, same id, and
+   * lands once. With {ack: true} resolves to {channelId, offset, delivered, duplicate?}; a
+   * full outbox (maxUnackedPublishes) waits up to publishBlockMs (or opts.blockMs) for room,
+   * then rejects with SendQueueFull. Without ack returns undefined and throws SendQueueFull
+   * at once when the outbox is full.
    */
   Client.prototype.publish = function (channelId, data, opts) {
     var o = opts || {};
+    var self = this;
     var body;
     try {
       checkChannelId(channelId);
-      body = { "channel-id": channelId, data: data === undefined ? null : data, "exclude-sender?": !!o.excludeSender };
+      if (this._closed) { throw new ClientClosed("client closed"); }
+      body = { "channel-id": channelId, data: data === undefined ? null : data };
+      if (o.excludeSender) { body["exclude-sender?"] = true; }
+      if (!o.ack) { this._admitPublish(body, null); return undefined; }
     } catch (e) {
       if (o.ack) { return Promise.reject(e); }
       throw e;
     }
-    if (!o.ack) {
-      this._sendFrame(encode(EV_PUBLISH, body, undefined, this._binary), null);
-      return undefined;
-    }
-    return this._request(EV_PUBLISH, body, o.timeoutMs).then(function (reply) {
-      return { channelId: reply["channel-id"], offset: reply.offset, delivered: reply.delivered };
+    var blockMs = o.blockMs !== undefined ? o.blockMs : this.options.publishBlockMs;
+    return new Promise(function (resolve, reject) {
+      var entry = { resolve: resolve, reject: reject, timer: null, ms: o.timeoutMs };
+      if (!self._outboxFull()) { self._admitOrReject(body, entry); return; }
+      if (!(blockMs > 0)) { self._outboxOverflow(reject); return; }
+      var waiter = { body: body, entry: entry, timer: null };
+      waiter.timer = setTimeout(function () {
+        var i = self._roomWaiters.indexOf(waiter);
+        if (i >= 0) { self._roomWaiters.splice(i, 1); }
+        self._outboxOverflow(reject, " (waited " + blockMs + " ms for room: is the server acknowledging?)");
+      }, blockMs);
+      self._roomWaiters.push(waiter);
+    }).then(function (reply) {
+      var out = { channelId: reply["channel-id"], offset: reply.offset, delivered: reply.delivered };
+      if (reply.duplicate) { out.duplicate = true; }
+      return out;
     });
   };
 
-  /** Counters (frames, reconnects, gaps, handler errors) and queue sizes. */
+  Client.prototype._outboxFull = function () {
+    return this._outbox.size + this._roomWaiters.length >= this.options.maxUnackedPublishes;
+  };
+
+  Client.prototype._outboxOverflow = function (reject, why) {
+    this._stats.unackedPublishOverflows++;
+    var err = new SendQueueFull(this._outbox.size + " publishes already await their ack (maxUnackedPublishes=" +
+                                this.options.maxUnackedPublishes + ")" + (why || ""));
+    if (reject) { reject(err); return; }
+    throw err;
+  };
+
+  Client.prototype._admitOrReject = function (body, waiting) {
+    try { this._admitPublish(body, waiting); } catch (e) { waiting.reject(e); }
+  };
+
+  /** Put a publish (with its id) in the outbox and send it when connected. */
+  Client.prototype._admitPublish = function (body, waiting) {
+    if (!waiting && this._outboxFull()) { this._outboxOverflow(null); }
+    var self = this;
+    body.id = this.clientId + ":" + (this._publishSeq + 1);
+    var cbId = "c" + (this._cbSeq + 1);
+    var frame = encode(EV_PUBLISH, body, cbId, this._binary);
+    this._checkSize(frame);
+    this._publishSeq++;
+    this._cbSeq++;
+    var pub = { id: body.id, cbId: cbId, frame: frame, sentOn: 0, waiting: waiting, tries: 0, retryTimer: null };
+    this._outbox.set(cbId, pub);
+    if (waiting) {
+      var ms = waiting.ms === undefined || waiting.ms === null ? this.options.requestTimeoutMs : waiting.ms;
+      waiting.timer = setTimeout(function () {
+        if (pub.waiting !== waiting) { return; }
+        pub.waiting = null;  // the caller stops waiting; the publish stays in the outbox
+        waiting.reject(new RequestTimeout("publish on " + JSON.stringify(body["channel-id"]) + " not acknowledged within " +
+                                          ms + " ms (it stays queued and is resent after a reconnect)"));
+      }, ms);
+    }
+    if (this.status === CONNECTED) { this._sendPublish(pub); }
+  };
+
+  Client.prototype._sendPublish = function (pub) {
+    clearTimeout(pub.retryTimer);
+    pub.retryTimer = null;
+    if (this._write(pub.frame, null)) { pub.sentOn = this._connSeq; return true; }
+    return false;
+  };
+
+  /**
+   * The server answered a publish: acknowledged (done), outcome-unknown (kept and sent
+   * again, same id, after a backoff or the next handshake), or refused (not published).
+   */
+  Client.prototype._onPublishAnswer = function (pub, reply, err) {
+    if (err && err.code === ERR_OUTCOME_UNKNOWN) {
+      this._stats.publishesOutcomeUnknown++;
+      var self = this;
+      pub.sentOn = 0;
+      clearTimeout(pub.retryTimer);
+      pub.retryTimer = setTimeout(function () {
+        pub.retryTimer = null;
+        if (self._outbox.get(pub.cbId) === pub && self.status === CONNECTED && pub.sentOn === 0 && self._sendPublish(pub)) {
+          self._stats.publishesResent++;
+        }
+      }, backoffDelay(pub.tries++, this.options.backoffBaseMs, this.options.backoffMaxMs));
+      return;
+    }
+    this._outbox.delete(pub.cbId);
+    clearTimeout(pub.retryTimer);
+    var waiting = pub.waiting;
+    if (err) {
+      this._stats.publishErrors++;
+      if (!waiting) { this._warn("publish " + pub.id + " refused:", err.message); }
+    } else {
+      this._stats.publishAcks++;
+      if (reply && reply.duplicate) { this._stats.duplicatePublishAcks++; }
+    }
+    if (waiting) {
+      clearTimeout(waiting.timer);
+      if (err) { waiting.reject(err); } else { waiting.resolve(reply || {}); }
+    }
+    this._admitWaiting();
+  };
+
+  /** Room in the outbox: admit the publishes waiting for it, in order. */
+  Client.prototype._admitWaiting = function () {
+    while (this._roomWaiters.length && this._outbox.size < this.options.maxUnackedPublishes && !this._closed) {
+      var w = this._roomWaiters.shift();
+      clearTimeout(w.timer);
+      this._admitOrReject(w.body, w.entry);
+    }
+  };
+
+  /** After a handshake: every publish not acknowledged and not sent on this socket, in order. */
+  Client.prototype._resendOutbox = function (ws) {
+    var self = this;
+    var ok = true;
+    this._outbox.forEach(function (pub) {
+      if (!ok || self._ws !== ws || pub.sentOn === self._connSeq) { return; }
+      ok = self._sendPublish(pub);
+      if (ok) { self._stats.publishesResent++; }
+    });
+  };
+
+  /** Counters (frames, reconnects, gaps, handler errors, publishes) and queue sizes. */
   Client.prototype.stats = function () {
     var out = {};
     for (var k in this._stats) { out[k] = this._stats[k]; }
     out.status = this.status;
     out.pendingSends = this._queue.length;
     out.outstandingRequests = this._pending.size;
+    out.unackedPublishes = this._outbox.size;
     out.subscriptions = this._subs.size;
     return out;
   };
@@ -963,7 +1232,22 @@ var SenteLite = (function () {
     this._failPending(err, false);
     var self = this;
     this._subs.forEach(function (sub) { self._settleSub(sub, err, null); });
+    this._failOutbox(err);
+    this._persist();
+    if (this._onPageHide && typeof removeEventListener === "function") { removeEventListener("pagehide", this._onPageHide); }
     this._setStatus(CLOSED);
+  };
+
+  /** Closing: every publish waiting for its ack or for room rejects with err. */
+  Client.prototype._failOutbox = function (err) {
+    var waiting = this._roomWaiters.map(function (w) { clearTimeout(w.timer); return w.entry; });
+    this._roomWaiters = [];
+    this._outbox.forEach(function (pub) {
+      clearTimeout(pub.retryTimer);
+      if (pub.waiting) { clearTimeout(pub.waiting.timer); waiting.push(pub.waiting); }
+    });
+    this._outbox.clear();
+    waiting.forEach(function (w) { w.reject(err); });
   };
 
   Client.prototype._failPending = function (err, sentOnly) {
@@ -1030,6 +1314,7 @@ var SenteLite = (function () {
     if (this._binary) { ws.binaryType = "arraybuffer"; }
     var state = { opened: false, handshake: false, done: false, timedOut: false };
     this._lastUrl = url;
+    this._connSeq++;
     ws._senteState = state;
     this._ws = ws;
     var openTimer = setTimeout(function () {
@@ -1249,10 +1534,10 @@ var SenteLite = (function () {
     this._setStatus(CONNECTED);
     this._startLiveness();
     var self = this;
-    var resubscribe = this._stats.handshakes > 1;
     this._subs.forEach(function (sub, channelId) {
-      if (self._ws === ws) { self._sendSubscribe(channelId, sub, resubscribe && sub.answer !== null); }
+      if (self._ws === ws) { self._sendSubscribe(channelId, sub); }
     });
+    this._resendOutbox(ws);
     while (this._queue.length && this._ws === ws) {
       var item = this._queue[0];
       if (item[1] && !this._pending.has(item[1])) { this._queue.shift(); continue; }  // its caller gave up
@@ -1269,17 +1554,26 @@ var SenteLite = (function () {
       }
       return;
     }
+    var pub = this._outbox.get(cbId);
+    if (pub) { this._onPublishAnswer(pub, eventId === EV_REPLY ? data : null, eventId === EV_ERROR ? remoteError(data) : null); return; }
     var entry = this._pending.get(cbId);
     if (!entry) { this._stats.strayReplies++; return; }
     this._pending.delete(cbId);
     clearTimeout(entry.timer);
-    if (eventId === EV_REPLY) { entry.resolve(data); return; }
+    var err = eventId === EV_ERROR ? remoteError(data) : null;
+    if (entry.onAnswer) {
+      try { entry.onAnswer(err ? null : data, err); } catch (e) { this._error("answer of " + entry.event + " failed", e); }
+    }
+    if (err) { entry.reject(err); } else { entry.resolve(data); }
+  };
+
+  function remoteError(data) {
     var code = data && typeof data.code === "string" ? data.code : "unknown";
     var message = data && typeof data.message === "string" ? data.message : "";
     var err = new RemoteError(code + ": " + message, code);
     err.remoteMessage = message;
-    entry.reject(err);
-  };
+    return err;
+  }
 
   Client.prototype._onChannelMsg = function (data) {
     if (!data || typeof data !== "object" || typeof data["channel-id"] !== "string" ||
@@ -1297,6 +1591,7 @@ var SenteLite = (function () {
     }
     sub.epoch = data.epoch;
     sub.lastOffset = data.offset;
+    if (this._store) { this._positionChanged(channelId, sub); }
     this._stats.channelMsgs++;
     var msg = { channelId: channelId, data: data.data === undefined ? null : data.data,
                 from: data.from === undefined ? null : data.from, offset: data.offset, epoch: data.epoch };
@@ -1314,27 +1609,22 @@ var SenteLite = (function () {
   /**
    * A sente-lite/subscribed the server sent by itself (protocol section 9): its broker lost
    * messages of a channel held here (recovered false, with a reason). Live messages continue
-   * after its offset in its epoch; the onResubscribe hooks are told.
+   * after its offset in its epoch; the onRecovery hooks are told, since the last position seen.
    */
   Client.prototype._onSubscribedNotice = function (data) {
     if (!data || typeof data !== "object" || typeof data.recovered !== "boolean") { return; }
     var channelId = data["channel-id"];
     var sub = typeof channelId === "string" ? this._subs.get(channelId) : undefined;
     if (!sub || !Number.isInteger(data.offset) || typeof data.epoch !== "string") { return; }
+    var since = sub.epoch !== null ? { offset: sub.lastOffset, epoch: sub.epoch } : null;
     var answer = { channelId: channelId, offset: data.offset, epoch: data.epoch, recovered: data.recovered };
     if (data.reason !== undefined) { answer.reason = data.reason; }
     if (!data.recovered) {
       sub.epoch = data.epoch;
       sub.lastOffset = data.offset;
+      this._positionChanged(channelId, sub);
     }
-    this._callResubscribeHooks(answer);
-  };
-
-  Client.prototype._callResubscribeHooks = function (answer) {
-    var self = this;
-    this._resubscribeHooks.slice().forEach(function (fn) {
-      try { fn(answer); } catch (e) { self._error("resubscribe hook threw", e); }
-    });
+    this._recovered(answer, since);
   };
 
   Client.prototype._onEvent = function (eventId, data, cbId) {

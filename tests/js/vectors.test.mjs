@@ -136,7 +136,7 @@ class Driver {
       backoffBaseMs: 0, backoffMaxMs: 0, fetch: () => Promise.reject(new Error("no network here")),
     });
     this.client.onStatus((status) => this.record({ type: "status", status }));
-    this.client.onResubscribe((a) => {
+    this.client.onRecovery((a) => {
       if (a.recovered === undefined) { return; }
       const out = { type: "recovery", channel: a.channelId, recovered: a.recovered, offset: a.offset, epoch: a.epoch };
       if (a.reason !== undefined && a.reason !== null) { out.reason = a.reason; }
@@ -199,15 +199,16 @@ class Driver {
       case "send": c.send(step.event, step.data); break;
       case "request": c.request(step.event, step.data).then(...this.answer(step.id, "plain")); break;
       case "subscribe":
-        if ("since" in step) { throw new Error("sente_lite.js subscribe() has no since option"); }
         c.subscribe(step.channel, (m) => this.record({ type: "channel-msg", channel: m.channelId, data: m.data,
-                                                       from: m.from, offset: m.offset, epoch: m.epoch }))
+                                                       from: m.from, offset: m.offset, epoch: m.epoch }),
+                    "since" in step ? { since: step.since } : undefined)
           .then(...this.answer(step.id, "subscribe"));
         break;
       case "unsubscribe": c.unsubscribe(step.channel).then(...this.answer(step.id, "unsubscribe")); break;
       case "publish":
-        if (step.ack) { c.publish(step.channel, step.data, { ack: true }).then(...this.answer(step.id, "publish")); }
-        else { c.publish(step.channel, step.data); }
+        if (step.ack) {
+          c.publish(step.channel, step.data, { ack: true, excludeSender: !!step.exclude_sender }).then(...this.answer(step.id, "publish"));
+        } else { c.publish(step.channel, step.data, { excludeSender: !!step.exclude_sender }); }
         break;
       default: throw new Error("unknown call " + step.call);
     }
