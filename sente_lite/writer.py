@@ -166,6 +166,9 @@ class Closer:
                 link.protocol.receive_eof()
             except Exception:  # EOF already seen: the state is final anyway
                 pass
+        for exc in (link.protocol.parser_exc, link.protocol.handshake_exc):
+            if exc is not None:  # its traceback reaches this thread's frames, and so the link
+                exc.__traceback__ = None
         loop.guarded(lambda: loop.handler.on_link_closed(link))
         if link.unparsed + link.fragments_bytes >= GC_AFTER_DROPPED_BYTES:
             self._collect_garbage = True

@@ -3,15 +3,20 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence, Tuple
 
 import pytest
+from websockets.http11 import Request
 
 from sente_lite import Server, static
 from sente_lite.testing.abuse import HttpAnswer, RawPeer
 
 ROUTES = ["/health", "/metrics", "/csrf-token?client-id=a", "/sente_lite.js", "/sente_lite.mjs",
           "/sente_lite.d.ts", static.script_url(), "/", "/chsk", "/chsk?client-id=a"]
+#: websockets parses methods other than GET from 17.0 on (``Request.method``); before, its
+#: parser refuses them, and the server answers 400 (never 200) to every method but GET.
+PARSES_METHODS = "method" in inspect.signature(Request).parameters
 OTHER_METHODS = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "PROPFIND",
                  "get", "Head", "BREW"]
 
@@ -37,6 +42,11 @@ def srv(make_server) -> Server:
 
 @pytest.mark.parametrize("method", OTHER_METHODS)
 def test_other_methods_get_405_with_allow_on_every_route(srv: Server, method: str) -> None:
+    if not PARSES_METHODS:
+        for target in ROUTES + ["/nowhere"]:
+            assert ask(srv, method, target)[0].status == 400, (method, target)
+        assert srv.stats()["connections"] == 0
+        return
     for target in ROUTES:
         answer, _ = ask(srv, method, target)
         assert answer.status == 405, (method, target, answer.status)
@@ -51,6 +61,11 @@ def test_other_methods_get_405_with_allow_on_every_route(srv: Server, method: st
 
 
 def test_head_has_the_status_and_headers_of_get_and_no_body(srv: Server) -> None:
+    if not PARSES_METHODS:
+        for target in ROUTES:
+            head, _ = ask(srv, "HEAD", target)
+            assert head.status == 400 and srv.stats()["connections"] == 0, target
+        return
     for target in ROUTES + ["/nowhere", "/csrf-token", "/chsk?client-id=" + "x" * 200]:
         got, _ = ask(srv, "GET", target)
         head, rest = ask(srv, "HEAD", target)
