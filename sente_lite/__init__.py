@@ -13,7 +13,7 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
 from .server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Server", "Connection", "Client", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",

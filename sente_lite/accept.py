@@ -18,13 +18,11 @@ import resource
 import selectors
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from .handshake import raw_response
-from .link import Link, Tls
+from .link import Link, Tls, LoopPort
 
-if TYPE_CHECKING:
-    from .netloop import NetLoop
 
 log = logging.getLogger("sente_lite.net")
 
@@ -41,7 +39,7 @@ _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 class Acceptor:
     """The listening socket of one loop and the reserve descriptor beside it."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.counts = loop.counts
         self.listener: Optional[socket.socket] = None

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 from . import protocol as p
 from . import session as ss
@@ -24,8 +24,6 @@ from .errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
 from .logsafe import safe
 from .session import CONNECTED, ChannelMessage, Recovery
 
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger("sente_lite.client")
 
@@ -49,7 +47,7 @@ class _Sub:
 class ChannelsMixin:
     """Channels of a :class:`~sente_lite.Client` (kept across reconnects)."""
 
-    def on_recovery(self: "Client", fn: RecoveryHandler) -> RecoveryHandler:
+    def on_recovery(self, fn: RecoveryHandler) -> RecoveryHandler:
         """Call ``fn(recovery)`` for the server's answer to every subscribe sent
         with ``since`` (each one after a reconnect), on the handler thread, before
         that channel's next message. ``recovery.recovered`` False means messages
@@ -57,7 +55,7 @@ class ChannelsMixin:
         self._recovery_hooks.append(fn)
         return fn
 
-    def subscribe(self: "Client", channel_id: str, handler: Optional[ChannelHandler] = None,
+    def subscribe(self, channel_id: str, handler: Optional[ChannelHandler] = None,
                   timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S, *,
                   since: Union[Since, Dict[str, Any], None] = None) -> Optional[dict]:
         """Subscribe to ``channel_id``; kept across reconnects until unsubscribe.
@@ -96,7 +94,7 @@ class ChannelsMixin:
             raise sub.error
         return sub.reply
 
-    def _send_subscribe(self: "Client", channel_id: str, sub: _Sub) -> None:
+    def _send_subscribe(self, channel_id: str, sub: _Sub) -> None:
         """Send the subscribe of ``channel_id`` (with ``since`` when a position is
         known). Caller holds ``_send_lock``; the answer is handled by the reader."""
         sub.acked.clear()
@@ -105,14 +103,14 @@ class ChannelsMixin:
                                                      self.request_timeout)
         self._send_frame(frame, cb_id)
 
-    def position(self: "Client", channel_id: str) -> Optional[Dict[str, Any]]:
+    def position(self, channel_id: str) -> Optional[Dict[str, Any]]:
         """``{"offset", "epoch"}`` of the last message seen on ``channel_id`` (store it;
         pass it as ``since`` to resume there), or None before any."""
         with self._send_lock:
             at = self._session.position(channel_id)
         return None if at is None else {p.K_OFFSET: at.offset, p.K_EPOCH: at.epoch}
 
-    def unsubscribe(self: "Client", channel_id: str, timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+    def unsubscribe(self, channel_id: str, timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S) -> None:
         """Stop receiving ``channel_id``; with a ``timeout``, wait for the server's answer."""
         with self._send_lock:
             sub = self._subs.pop(channel_id, None)
@@ -130,11 +128,11 @@ class ChannelsMixin:
                 with self._send_lock:
                     self._session.forget(cb_id)
 
-    def subscriptions(self: "Client") -> List[str]:
+    def subscriptions(self) -> List[str]:
         """The channels this client holds (resubscribed after every reconnect)."""
         return sorted(self._subs)
 
-    def publish(self: "Client", channel_id: str, data: Any = None, *, ack: bool = False,
+    def publish(self, channel_id: str, data: Any = None, *, ack: bool = False,
                 exclude_sender: bool = False, timeout: Optional[float] = None,
                 traceparent: Optional[str] = None, block_s: Optional[float] = None) -> Optional[dict]:
         """Publish on ``channel_id``. With ``ack`` wait for the acknowledgement
@@ -203,7 +201,7 @@ class ChannelsMixin:
             with self._send_lock:
                 self._session.forget(cb_id)
 
-    def _on_subscribed(self: "Client", ev: ss.Subscribed, tasks: List[tuple]) -> None:
+    def _on_subscribed(self, ev: ss.Subscribed, tasks: List[tuple]) -> None:
         sub = self._subs.get(ev.channel_id)
         if sub is None:
             return
@@ -222,7 +220,7 @@ class ChannelsMixin:
 class InboundMixin:
     """What a :class:`~sente_lite.Client` does with each frame it reads."""
 
-    def _on_frame(self: "Client", raw: bytes, tasks: List[tuple], now: float,
+    def _on_frame(self, raw: bytes, tasks: List[tuple], now: float,
                   binary: bool = False) -> bool:
         """Handle one frame as it is read; handler work goes to ``tasks``.
 
@@ -259,13 +257,13 @@ class InboundMixin:
                 self._after_handshake()
             return handshake
 
-    def _on_handshake(self: "Client", hs: ss.Handshake) -> None:
+    def _on_handshake(self, hs: ss.Handshake) -> None:
         self.uid, self.csrf_token, self.handshake, self.first = (
             hs.uid, hs.csrf_token, hs.info, hs.first)
         self.conn_id = hs.info.get("conn-id")
         self.server_id = hs.info.get("server-id")
 
-    def _after_handshake(self: "Client") -> None:
+    def _after_handshake(self) -> None:
         """Renew every subscription (with ``since``), resend unacknowledged
         publishes, then the sends queued while disconnected. Caller holds ``_send_lock``."""
         for channel_id, sub in list(self._subs.items()):
@@ -283,7 +281,7 @@ class InboundMixin:
                 break
             self._queued.popleft()
 
-    def _send_control(self: "Client", event: str) -> None:
+    def _send_control(self, event: str) -> None:
         with self._send_lock:
             if self._ws is not None:
                 self._write(self._session.packer.encode(event), None, now=True)

@@ -12,7 +12,8 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Generator, List, Optional
+import ssl
+from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Protocol, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websocket  # websocket-client
@@ -25,8 +26,46 @@ from .session import CONNECTED
 from .errors import ClientClosed, ConnectRefused, SendQueueFull
 from .logsafe import redact_target, safe
 
-if TYPE_CHECKING:
-    from .client import Client
+
+
+class ClientPort(Protocol):
+    """What the I/O parts use of the :class:`~sente_lite.Client` that owns them (declared
+    here so that this module imports nothing above it)."""
+
+    urls: Tuple[str, ...]
+    url: str
+    client_id: str
+    auto_reconnect: bool
+    token: Any
+    backoff_base: float
+    backoff_max: float
+    connect_timeout: float
+    headers: Dict[str, str]
+    origin: Optional[str]
+    ssl_context: Optional[ssl.SSLContext]
+    read_coalesce_ms: float
+    csrf_token: Optional[str]
+    refusal: Optional[ConnectRefused]
+    batch: bool
+    max_handler_queue: int
+    _session: ss.ClientSession
+    _csrf_source: Optional[Callable[[], str]]
+    _out_due: float
+    _handlers: Dict[str, List[Any]]
+    _subs: Dict[str, Any]
+    _send_lock: Any
+    _ws: Optional[websocket.WebSocket]
+    _stop: threading.Event
+    _counts: Dict[str, int]
+
+    @property
+    def _status(self) -> str: ...
+    def _apply(self, on: str) -> None: ...
+    def _fail_requests(self, exc: BaseException) -> None: ...
+    def _on_frame(self, raw: bytes, tasks: List[tuple], now: float, binary: bool = False) -> bool: ...
+    def _send_frame(self, frame: bytes, cb_id: Optional[str]) -> None: ...
+    def _write(self, frame: bytes, cb_id: Optional[str], now: bool = False) -> bool: ...
+    def _flush_if_due(self) -> None: ...
 
 log = logging.getLogger("sente_lite.client")
 
@@ -53,7 +92,7 @@ def _FrameReader(sock: socket.socket) -> SocketFrameReader:
 class Connector:
     """Connects, reads and reconnects for one client (the reading role's work)."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: ClientPort) -> None:
         self._c = client
 
     def _connect_url(self) -> str:
@@ -229,7 +268,7 @@ class Roles:
     """Who of the client's two threads reads and who runs handlers (see
     :mod:`sente_lite.client`). Handler tasks come in one list per socket read."""
 
-    def __init__(self, client: "Client", connection: Generator[List[tuple], None, None]) -> None:
+    def __init__(self, client: ClientPort, connection: Generator[List[tuple], None, None]) -> None:
         self._c = client
         # Under ``_roles``: ``_reading`` while a thread advances ``_connection`` (the
         # reading role's generator); ``_running_since`` while one runs handlers, which

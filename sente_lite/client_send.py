@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import websocket  # websocket-client
 
@@ -13,8 +13,6 @@ from . import protocol as p
 from .errors import ClientClosed, SendQueueFull
 from .session import CONNECTED
 
-if TYPE_CHECKING:
-    from .client import Client
 
 log = logging.getLogger("sente_lite.client")
 
@@ -26,7 +24,7 @@ class SendingMixin:
     """The writing half of a :class:`~sente_lite.Client`; every method but
     :meth:`_flush_if_due` is called with ``_send_lock`` held or takes it."""
 
-    def _send_frame(self: "Client", frame: bytes, cb_id: Optional[str]) -> None:
+    def _send_frame(self, frame: bytes, cb_id: Optional[str]) -> None:
         if self._stop.is_set():
             raise ClientClosed("client closed")
         with self._send_lock:
@@ -39,7 +37,7 @@ class SendingMixin:
                                     f"(max_pending_sends={self.max_pending_sends})")
             self._queued.append((frame, cb_id))
 
-    def _write(self: "Client", frame: bytes, cb_id: Optional[str], now: bool = False) -> bool:
+    def _write(self, frame: bytes, cb_id: Optional[str], now: bool = False) -> bool:
         """Write one encoded frame, or (``send_buf_ms``) add it to the batch being
         gathered; ``now`` writes at once. Caller holds ``_send_lock``. False if the
         socket failed."""
@@ -68,7 +66,7 @@ class SendingMixin:
             self._session.mark_sent(cb_id)
         return True
 
-    def _flush_out(self: "Client") -> bool:
+    def _flush_out(self) -> bool:
         """Send the gathered frames as one ``chsk/batch`` frame. Caller holds
         ``_send_lock``. On failure they wait for the next connection (publishes in
         the outbox are resent from there)."""
@@ -98,7 +96,7 @@ class SendingMixin:
                 self._session.mark_sent(cb_id)
         return True
 
-    def _flush_if_due(self: "Client") -> None:
+    def _flush_if_due(self) -> None:
         """Send the gathered batch when its ``send_buf_ms`` is up (from the waiting thread)."""
         if self._out_due and time.monotonic() >= self._out_due:
             with self._send_lock:
@@ -106,6 +104,6 @@ class SendingMixin:
                     self._flush_out()
 
     @property
-    def _server_batches(self: "Client") -> bool:
+    def _server_batches(self) -> bool:
         hs = self.handshake
         return bool(hs) and p.FEATURE_BATCH in (hs.get(p.K_FEATURES) or ())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from websockets.http11 import Request, Response
 
@@ -28,8 +28,7 @@ from .netloop import DEFER, Link
 from .security import report
 from .workers import Lane
 
-if TYPE_CHECKING:
-    from .server import Connection, Server
+from .server_port import ConnectionPort, ServerPort
 
 log = logging.getLogger("sente_lite.server")
 
@@ -40,11 +39,11 @@ _BROKER_ANSWERS = (BrokerUnavailable, PublishOutcomeUnknown, BrokerCommandError)
 class ChannelGate:
     """Whether a connection may subscribe or publish to a channel."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: ServerPort) -> None:
         self.server = server
         self.counters = server.counters
 
-    def check(self, conn: "Connection", action: str, channel_id: str) -> Optional[Tuple[str, str]]:
+    def check(self, conn: ConnectionPort, action: str, channel_id: str) -> Optional[Tuple[str, str]]:
         """Checks of one subscribe/publish: None allows, (error code, message) refuses.
 
         ``max_subscriptions_per_conn`` (``limit-exceeded``), then the ``authorize``
@@ -80,7 +79,7 @@ class ServerCore:
     """Handles the network loop's links for one server (all entry points but the
     handlers' own run on the network thread)."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: ServerPort) -> None:
         self.server = server
         self.counters = server.counters
         self._gate = ChannelGate(server)
@@ -141,11 +140,10 @@ class ServerCore:
     def on_open(self, link: Link, ident: Identity) -> None:
         """The 101 went out: register the connection, greet it, then run on_connect hooks
         on its lane (before any of its events)."""
-        from .server import Connection  # the public class; defined beside Server
         srv = self.server
         conn_id = f"{srv.server_id}-{next(srv._conn_seq)}"
         first = srv._hub.first_visit(ident.client_id)
-        conn = Connection(srv, link, conn_id, ident, first)
+        conn = srv._new_connection(link, conn_id, ident, first)
         link.owner = conn
         srv._hub.add(conn)  # registered before the handshake goes out: a client holding it is known
         info = {"conn-id": conn_id, "client-id": ident.client_id, "server-id": srv.server_id,
@@ -159,11 +157,11 @@ class ServerCore:
             srv._pool.submit(conn._lane, functools.partial(self._call_hook, hook, conn))
 
     # -- frames ------------------------------------------------------------------------
-    def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
+    def on_message(self, conn: ConnectionPort, msg: Any, size: int) -> None:
         """One whole message from ``conn`` (network thread): see :class:`~sente_lite.dispatch.Dispatcher`."""
         self.dispatch.on_message(conn, msg, size)
 
-    def _apply(self, conn: "Connection", received: ss.Received, msg: Any) -> None:
+    def _apply(self, conn: ConnectionPort, received: ss.Received, msg: Any) -> None:
         """Send the session's frames, then act on its events."""
         for frame in received.frames:
             conn._enqueue(frame)
@@ -185,7 +183,7 @@ class ServerCore:
                        remote=conn.remote_address, code=ev.code, message=ev.message)
                 conn.close(ev.code, ev.reason)  # what was queued before it goes first
 
-    def _app_event(self, conn: "Connection", ev: ss.AppEvent) -> None:
+    def _app_event(self, conn: ConnectionPort, ev: ss.AppEvent) -> None:
         srv = self.server
         handler = srv._handlers.get(ev.event)
         if handler is None:
@@ -207,7 +205,7 @@ class ServerCore:
             with spans.span("reply", ev.traceparent, {"sente_lite.event": ev.event}):
                 conn._enqueue(conn._session.reply(ev.event, ev.cb_id, result, ev.traceparent))
 
-    def _refused(self, conn: "Connection", action: str, channel_id: str,
+    def _refused(self, conn: ConnectionPort, action: str, channel_id: str,
                  event: str, cb_id: Optional[str]) -> bool:
         refusal = self._gate.check(conn, action, channel_id)
         if refusal is None:
@@ -215,7 +213,7 @@ class ServerCore:
         conn._enqueue(conn._session.error(refusal[0], refusal[1], cb_id, event))
         return True
 
-    def _subscribe(self, conn: "Connection", ev: ss.SubscribeRequest) -> None:
+    def _subscribe(self, conn: ConnectionPort, ev: ss.SubscribeRequest) -> None:
         if self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id):
             return
 
@@ -238,7 +236,7 @@ class ServerCore:
         budget = session.replay_budget() if ev.since is not None else None
         self.server._hub.subscribe(conn, ev.channel_id, announce, ev.since, budget)
 
-    def _publish(self, conn: "Connection", ev: ss.PublishRequest) -> None:
+    def _publish(self, conn: ConnectionPort, ev: ss.PublishRequest) -> None:
         if self._refused(conn, "publish", ev.channel_id, p.EV_PUBLISH, ev.cb_id):
             return
         channel, cb_id, traceparent = ev.channel_id, ev.cb_id, ev.traceparent
@@ -298,7 +296,7 @@ class ServerCore:
 
         srv._pool.submit(conn._lane, farewell)
 
-    def _close_outcome(self, conn: "Connection", link: Link) -> Tuple[int, str]:
+    def _close_outcome(self, conn: ConnectionPort, link: Link) -> Tuple[int, str]:
         """The close code and reason of a finished connection: the server's own close,
         a close websockets made itself (1009 too big, 1002/1007 protocol: counted and
         logged here), or the peer's."""
@@ -350,7 +348,7 @@ class ServerCore:
         send_pings = now >= self._next_ping
         if send_pings:
             self._next_ping = now + srv.heartbeat_ms / 1000.0
-        late: List[Tuple["Connection", Any, BaseException]] = []
+        late: List[Tuple[ConnectionPort, Any, BaseException]] = []
         for conn in srv._hub.snapshot():
             session = conn._session
             if session.outstanding:

@@ -16,17 +16,25 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Protocol
 
 from . import protocol as p
 from . import session as ss
 from . import tracing
-from .counters import Counter
+from .counters import Counter, Counters
 from .inflow import InboundGauge
 
-if TYPE_CHECKING:
-    from .core import ServerCore
-    from .server import Connection
+from .server_port import ConnectionPort, ServerPort
+
+
+class Acting(Protocol):
+    """What the dispatcher hands a connection's received frames to
+    (:class:`sente_lite.core.ServerCore`)."""
+
+    server: ServerPort
+    counters: Counters
+
+    def _apply(self, conn: ConnectionPort, received: ss.Received, msg: Any) -> None: ...
 
 log = logging.getLogger("sente_lite.server")
 
@@ -62,12 +70,12 @@ def _counted(inflow: InboundGauge, frames: int, size: int, task: Callable[[], No
 class Dispatcher:
     """Sends each frame of a server's connections where it is handled (see the module)."""
 
-    def __init__(self, core: "ServerCore") -> None:
+    def __init__(self, core: Acting) -> None:
         self.core = core
         self.server = core.server
         self.counters = core.counters
 
-    def on_message(self, conn: "Connection", msg: Any, size: int) -> None:
+    def on_message(self, conn: ConnectionPort, msg: Any, size: int) -> None:
         """One whole message from ``conn`` (on the network thread). Built-in frames are
         handled here when nothing of the connection waits for a worker and no
         application code would run (answers always: a handler waiting in request()
@@ -92,19 +100,19 @@ class Dispatcher:
             return
         self._to_lane(conn, 1, size, functools.partial(self.handle, conn, msg))
 
-    def _to_lane(self, conn: "Connection", frames: int, size: int, task: Callable[[], None]) -> None:
+    def _to_lane(self, conn: ConnectionPort, frames: int, size: int, task: Callable[[], None]) -> None:
         """Run ``task`` on the connection's lane; its ``frames`` and ``size`` bytes count
         as waiting input (``max_inbound_frames``/``max_inbound_bytes``) until it is done."""
         inflow = conn._link.inflow
         inflow.add(frames, size)
         self.server._pool.submit(conn._lane, functools.partial(_counted, inflow, frames, size, task))
 
-    def _may_inline(self, conn: "Connection") -> bool:
+    def _may_inline(self, conn: ConnectionPort) -> bool:
         """A ``sente-lite/*`` frame may be handled on the network thread: nothing of the
         connection waits for a worker and no ``authorize`` hook (application code) is set."""
         return conn._lane.idle and self.server.authorize is None
 
-    def _dispatch_parts(self, conn: "Connection", parts: List[ss.Received], size: int) -> None:
+    def _dispatch_parts(self, conn: ConnectionPort, parts: List[ss.Received], size: int) -> None:
         """Handle what each frame of one message produced, in order: here when it runs
         no application code and nothing of the connection waits for a worker (answers
         to the server's requests always), else on the connection's lane."""
@@ -118,15 +126,15 @@ class Dispatcher:
                 self._to_lane(conn, 1, size, functools.partial(self.apply, conn, part))
                 size = 0
 
-    def handle(self, conn: "Connection", msg: Any) -> None:
+    def handle(self, conn: ConnectionPort, msg: Any) -> None:
         """Handle one message; never raises: a bug costs one answer, not the connection."""
         self._handle(conn, msg, None)
 
-    def apply(self, conn: "Connection", received: ss.Received) -> None:
+    def apply(self, conn: ConnectionPort, received: ss.Received) -> None:
         """Act on what one frame produced (already received); never raises."""
         self._handle(conn, None, received)
 
-    def _handle(self, conn: "Connection", msg: Any, received: Optional[ss.Received]) -> None:
+    def _handle(self, conn: ConnectionPort, msg: Any, received: Optional[ss.Received]) -> None:
         started = time.perf_counter()
         try:
             if received is None:
@@ -145,7 +153,7 @@ class Dispatcher:
             log.exception("internal error handling a frame (conn %s)", conn.conn_id)
             self._internal_error(conn, msg, received)
 
-    def _internal_error(self, conn: "Connection", msg: Any, received: Optional[ss.Received]) -> None:
+    def _internal_error(self, conn: ConnectionPort, msg: Any, received: Optional[ss.Received]) -> None:
         """Answer the frame whose handling failed with ``handler-error``."""
         cb_id: Optional[str] = None
         event: Optional[str] = None

@@ -15,7 +15,7 @@ import http
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
@@ -27,8 +27,7 @@ from . import security
 from . import static
 from .netloop import Admit, Link
 
-if TYPE_CHECKING:
-    from .server import Server
+from .server_port import ServerPort
 
 MAX_CLIENT_ID_CHARS = 128
 #: HTTP methods every route answers (``HEAD``: the headers of ``GET``, no body).
@@ -59,7 +58,7 @@ class Screened:
 class HttpFront:
     """Answers HTTP requests for one :class:`~sente_lite.Server`."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: ServerPort) -> None:
         self.server = server
 
     def decide(self, link: Link, request: Request) -> Any:

@@ -14,18 +14,16 @@ import collections
 import http
 import logging
 import weakref
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import Dict, Optional
 
 from websockets import exceptions as _ws_exceptions
 from websockets import http11 as _http11
 from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.http11 import Request, Response
 
-from .link import DEFER, Admit, Decision, Link
+from .link import DEFER, Admit, Decision, Link, LoopPort
 from .logsafe import redact_target, safe
 
-if TYPE_CHECKING:
-    from .netloop import NetLoop
 
 #: websockets >= 17 answers an oversized request line or header 414/431 itself; before,
 #: it closes such a peer without an answer, and the loop answers.
@@ -42,7 +40,7 @@ PENDING_SWEEP_S = 0.1
 class HandshakeGuard:
     """The upgrades not complete yet, oldest first (and the same per address)."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.counts = loop.counts
         self.max_pending = loop.max_pending
@@ -122,7 +120,7 @@ class HandshakeGuard:
 class Upgrader:
     """From a parsed request (or one that would not parse) to the handler's answer."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.counts = loop.counts
         self.handshake_timeout = loop.handshake_timeout

@@ -16,17 +16,14 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Set
 
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
-from .inflow import InboundGauge
+from .inflow import InboundGauge, InboundLimits
 from .logsafe import RedactingLogger
 from .outbox import Outbox
-
-if TYPE_CHECKING:
-    from .netloop import NetLoop
 
 #: Bytes read from a socket at once.
 RECV_BYTES = 256 * 1024
@@ -149,7 +146,7 @@ class Link:
     loop's. Public: ``remote`` ("host:port"), ``owner`` (set by the handler),
     ``opened`` (a 101 went out), ``queued_bytes``."""
 
-    def __init__(self, loop: "NetLoop", sock: socket.socket, address: str, remote: str,
+    def __init__(self, loop: LoopPort, sock: socket.socket, address: str, remote: str,
                  tls: Optional[Tls]) -> None:
         self.loop = loop
         self.sock = sock
@@ -244,12 +241,12 @@ class Link:
             data = self.tls.encrypt(data)
         outbox = self.outbox
         loop = self.loop
-        if loop._ident == threading.get_ident() and not outbox.delay_ns:
+        if not outbox.delay_ns and loop.on_loop():
             # on the network thread: gathered, written with the rest of this pass
             outbox.hold(data)
             if not self.dirty:
                 self.dirty = True
-                loop._dirty.append(self)
+                loop.hold_for_pass(self)
             return
         now_ns = time.monotonic_ns() if outbox.delay_ns else 0
         if outbox.push(data, now_ns) or self.flush_asked:
@@ -271,4 +268,92 @@ class Link:
             return len(data)
 
 
-__all__ = ["Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision", "Tls", "RECV_BYTES"]
+
+# -- what the loop's parts ask of the loop (netloop.NetLoop implements it) -----------------
+# Declared here, the lowest module of the network thread, so that the parts (accept,
+# handshake, reader, writer, this module) import nothing above them.
+
+class ClosingPart(Protocol):
+    """Closing handshakes and the end of links (:class:`sente_lite.writer.Closer`)."""
+
+    def finish(self, link: Link) -> None: ...
+    def send_close(self, link: Link, code: int, reason: str) -> None: ...
+    def set_deadline(self, link: Link, when: float) -> None: ...
+
+
+class WritingPart(Protocol):
+    """Writing to sockets (:class:`sente_lite.writer.Writer`)."""
+
+    def flush(self, link: Link) -> None: ...
+    def flush_protocol(self, link: Link) -> None: ...
+    def flush_protocol_locked(self, link: Link) -> None: ...
+
+
+class ReadingPart(Protocol):
+    """Reading sockets (:class:`sente_lite.reader.Reader`)."""
+
+    partial: Set[Link]
+
+    def resume(self, link: Link) -> None: ...
+
+
+class UpgradingPart(Protocol):
+    """Upgrade requests (:class:`sente_lite.handshake.Upgrader`)."""
+
+    def request(self, link: Link, request: Request) -> None: ...
+    def malformed(self, link: Link, exc: BaseException) -> None: ...
+
+
+class PendingPart(Protocol):
+    """Sockets whose upgrade is not decided yet (:class:`sente_lite.handshake.HandshakeGuard`)."""
+
+    def add(self, link: Link) -> None: ...
+    def leave(self, link: Link) -> None: ...
+    def timed_out(self, link: Link, message: str) -> None: ...
+
+
+class SniffingPart(Protocol):
+    """Takes sockets that are not upgrades (:class:`sente_lite.api.front.ApiFront`)."""
+
+    def sniff(self, link: Link, data: bytes) -> Optional[bytes]: ...
+
+
+class LoopPort(Protocol):
+    """What the network thread's parts use of the loop that owns them."""
+
+    handler: LinkHandler
+    inbound: InboundLimits
+    extensions: Sequence[Any]
+    host: str
+    requested_port: int
+    ssl_context: Optional[ssl.SSLContext]
+    accept_backlog: int
+    max_message_bytes: int
+    max_queued_bytes: int
+    write_delay_ns: int
+    close_timeout: float
+    handshake_timeout: float
+    request_line_timeout: float
+    max_pending: int
+    max_pending_per_address: int
+    links: Dict[int, Link]
+    counts: Dict[str, int]
+    selector: selectors.BaseSelector
+    running: bool
+    api: Optional[SniffingPart]
+    handshakes: PendingPart
+    upgrader: UpgradingPart
+    reader: ReadingPart
+    writer: WritingPart
+    closer: ClosingPart
+
+    def on_loop(self) -> bool: ...
+    def call_soon(self, fn: Callable[[], None]) -> None: ...
+    def call_at(self, when: float, fn: Callable[[], None]) -> None: ...
+    def watch(self, link: Link) -> None: ...
+    def guarded(self, fn: Callable[[], None]) -> None: ...
+    def hold_for_pass(self, link: Link) -> None: ...
+
+__all__ = ["Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision", "Tls", "RECV_BYTES",
+           "LoopPort", "ClosingPart", "WritingPart", "ReadingPart", "UpgradingPart", "PendingPart",
+           "SniffingPart"]

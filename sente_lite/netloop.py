@@ -153,6 +153,10 @@ class NetLoop:
         """True on the loop thread."""
         return self._ident is not None and threading.get_ident() == self._ident
 
+    def hold_for_pass(self, link: Link) -> None:
+        """``link`` got frames held on this thread: written with the rest of this pass."""
+        self._dirty.append(link)
+
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the loop thread (thread-safe; in call order)."""
         self._calls.append(fn)

@@ -13,17 +13,15 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Optional, Set
+from typing import Any, Optional, Set
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
 from .framing import frames_span
-from .link import RECV_BYTES, Link
+from .link import RECV_BYTES, Link, LoopPort
 from .outbox import Overflow
 
-if TYPE_CHECKING:
-    from .netloop import NetLoop
 
 log = logging.getLogger("sente_lite.net")
 
@@ -38,7 +36,7 @@ CLOSE_POLICY = 1008
 class Reader:
     """Bytes from a socket -> the protocol -> requests and messages."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.counts = loop.counts
         self.max_message_bytes = loop.max_message_bytes

@@ -59,15 +59,13 @@ from .metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from .outbox import Overflow
 from .security import Authenticate, Authorize, report
+from .server_port import ConnectHook, DisconnectHook, Handler
 from .server_stats import PER_CONN_TOTALS, InspectionMixin
 from .session import ServerRules, ServerSession
 from .workers import Lane
 
 log = logging.getLogger("sente_lite.server")
 
-Handler = Callable[["Connection", Any], Any]
-ConnectHook = Callable[["Connection"], None]
-DisconnectHook = Callable[["Connection", int, str], None]
 
 #: Defaults of every limit; each is a constructor argument of :class:`Server`.
 DEFAULT_HEARTBEAT_MS = 5000
@@ -777,6 +775,10 @@ class Server(InspectionMixin):
                client_id_given: bool) -> Optional[Response]:
         """Origin and CSRF checks (see :mod:`sente_lite.security`): a Response refuses."""
         return self._gate.admit(ws, request, client_id, client_id_given)
+
+    def _new_connection(self, link: Link, conn_id: str, identity: Identity, first: bool) -> Connection:
+        """The :class:`Connection` of an upgrade whose 101 just went out (``ServerCore.on_open``)."""
+        return Connection(self, link, conn_id, identity, first)
 
     def _identify(self, ws: Link, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from . import protocol as p
 from .counters import Counter
 
-if TYPE_CHECKING:
-    from .server import Connection, Server
+from .server_port import ConnectionPort
 
 #: Counts each connection keeps; stats() adds those of the ended ones.
 PER_CONN_TOTALS = ("frames_in", "frames_out", "writes_out", "frames_inline", "bytes_in", "bytes_out",
@@ -23,19 +22,19 @@ class InspectionMixin:
 
     _count_lock: threading.Lock
 
-    def presence(self: "Server", uid: str) -> int:
+    def presence(self, uid: str) -> int:
         """How many live connections user ``uid`` has on this server (with a shared
         broker: on every server; raises BrokerUnavailable while it is down)."""
         shared = self._hub.shared
         return shared.presence(uid) if shared is not None else self._hub.presence(uid)
 
-    def user_count(self: "Server") -> int:
+    def user_count(self) -> int:
         """How many distinct users are connected to this server (with a shared broker:
         to any server; raises BrokerUnavailable while it is down)."""
         shared = self._hub.shared
         return shared.user_count() if shared is not None else self._hub.user_count()
 
-    def connections(self: "Server") -> List[dict]:
+    def connections(self) -> List[dict]:
         """One dict per live connection: ids, remote, channels, queue, counters."""
         now = time.time()
         return [{
@@ -45,7 +44,7 @@ class InspectionMixin:
             "frames-in": c.frames_in, "frames-out": c.frames_out,
         } for c in self._snapshot()]
 
-    def stats(self: "Server") -> dict:
+    def stats(self) -> dict:
         """Counters since start: connections, frames, errors, closes by code, channels."""
         out: Dict[str, Any] = self.counters.snapshot()
         with self._count_lock:
@@ -74,18 +73,18 @@ class InspectionMixin:
         out["server_id"] = self.server_id
         return out
 
-    def channel_counts(self: "Server") -> Dict[str, int]:
+    def channel_counts(self) -> Dict[str, int]:
         """Channel -> subscribers, for every channel with subscribers on this server (with
         a shared broker too: Redis keeps no count of other servers' subscribers)."""
         return dict(self.channels.subscriber_counts())  # type: ignore[attr-defined]
 
-    def nodes(self: "Server") -> List[str]:
+    def nodes(self) -> List[str]:
         """The server-ids serving these channels: this one, or with a shared broker every
         live server on it (raises BrokerUnavailable while it is down)."""
         shared = self._hub.shared
         return sorted(shared.servers()) if shared is not None else [self.server_id]
 
-    def history(self: "Server", channel_id: str, limit: int = 100,
+    def history(self, channel_id: str, limit: int = 100,
                 since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
         """The messages of ``channel_id``'s history, oldest first (``reverse``: newest
         first), at most ``limit``; with ``since`` (``{"offset", "epoch"}``) only those
@@ -109,14 +108,14 @@ class InspectionMixin:
         out["publications"] = pubs[:limit]
         return out
 
-    def _snapshot(self: "Server") -> List[Connection]:
+    def _snapshot(self) -> List[ConnectionPort]:
         return self._hub.snapshot()
 
     @property
-    def _conns(self: "Server") -> Dict[str, Connection]:
+    def _conns(self) -> Dict[str, ConnectionPort]:
         return self._hub.conns
 
-    def _closed_conn(self: "Server", conn: Connection, code: int) -> None:
+    def _closed_conn(self, conn: ConnectionPort, code: int) -> None:
         """Keep the totals of a connection that ended."""
         self.counters.add(Counter.CONNECTIONS_CLOSED)
         with self._count_lock:

@@ -1133,15 +1133,6 @@ class ClientSession(_ChannelRules):
                          ReplyArrived(waiter, data, error)], [])
 
 
-def __getattr__(name: str) -> Any:
-    """``SessionPair`` (the in-memory pair of sessions for tests) lives in
-    :mod:`sente_lite.testing.pair`; it is reachable from here too."""
-    if name == "SessionPair":
-        from .testing.pair import SessionPair
-        return SessionPair
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
            "UnsubscribeRequest", "PublishRequest", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",

@@ -13,15 +13,13 @@ import gc
 import socket
 import time
 import weakref
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from websockets.protocol import State
 
-from .link import Link
+from .link import Link, LoopPort
 from .outbox import Overflow
 
-if TYPE_CHECKING:
-    from .netloop import NetLoop
 
 #: Unparsed input a dropped connection may leave before the loop collects garbage at its
 #: next tick: websockets' protocol objects live in reference cycles, so a buffered partial
@@ -48,7 +46,7 @@ _CLOSED = State.CLOSED
 class Writer:
     """Protocol output -> outbox -> socket, for every link of one loop."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.close_timeout = loop.close_timeout
 
@@ -108,7 +106,7 @@ class Writer:
 class Closer:
     """Closing handshakes, their deadline, and the end of every link."""
 
-    def __init__(self, loop: "NetLoop") -> None:
+    def __init__(self, loop: LoopPort) -> None:
         self.loop = loop
         self.counts = loop.counts
         self.close_timeout = loop.close_timeout

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .. import security
 from ..counters import Counter
@@ -28,8 +28,7 @@ from . import http_api
 from .wire import API_PREFIX, CONTINUE, MAX_HEAD_BYTES, ApiRequest, HttpError, RequestParser, \
     response_bytes
 
-if TYPE_CHECKING:
-    from ..server import Server
+from ..server_port import ServerPort
 
 log = logging.getLogger("sente_lite.api")
 
@@ -43,7 +42,7 @@ _JSON_ERRORS = {400: "bad-request", 401: "unauthorized", 404: "not-found",
 class ApiFront:
     """The API side of one server's network loop (every method runs on its thread)."""
 
-    def __init__(self, server: "Server") -> None:
+    def __init__(self, server: ServerPort) -> None:
         self.server = server
         self.keys = (http_api.ApiKeys(server.api_keys) if server.api_keys is not None else None)
         self.rate = server.api_rate_limit
