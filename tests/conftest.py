@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterator, List
 import pytest
 
 from sente_lite import Client, Server
+from sente_lite.testing.redis_server import RedisServer, require_redis_server
 from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
 from support import WAIT_S, RawWS, sente_threads
@@ -82,3 +83,13 @@ def raw_ws() -> Iterator[Callable[..., RawWS]]:
     yield make
     for r in opened:
         r.close()
+
+
+@pytest.fixture
+def redis_srv() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port (skipped, by name, when redis-py or
+    redis-server is missing); stopped after the test."""
+    pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
+    require_redis_server()
+    with RedisServer() as srv:
+        yield srv

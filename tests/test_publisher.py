@@ -11,12 +11,12 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 import pytest
 
 from sente_lite import ApiCallError, Publisher, Server, cli
-from sente_lite.testing.redis_server import RedisServer, require_redis_server
+from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,12 +96,6 @@ def _api_sockets(srv: Server) -> int:
 
 # ---------------------------------------------------------------- over Redis
 
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    pytest.importorskip("redis")
-    require_redis_server()
-    with RedisServer() as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -9,24 +9,19 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 from sente_lite import BrokerUnavailable, Client, RemoteError, Server
 from sente_lite import protocol as p
 from sente_lite.session import ClientSession, Subscribed
-from sente_lite.testing.redis_server import RedisServer, require_redis_server
+from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
 
 
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from sente_lite import BrokerCommandError, Client, RemoteError, Server
 from sente_lite import protocol as p
 from sente_lite.redis_channels import ChannelSpace
-from sente_lite.testing.redis_server import RedisServer, require_redis_server
+from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, Recorder, wait_until
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed")
@@ -24,11 +24,6 @@ ADVERSARIAL = ["a", "a:id:x", "x:meta", "a:id", "id:x:meta", "a:ch:b", "{a}", "a
                "*", "a*", "é", "é:ü", "\u2028", "x" * 300, "a:log", "a:meta", "", ":", "::"]
 
 
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as srv:
-        yield srv
 
 
 @pytest.fixture

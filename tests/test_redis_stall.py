@@ -7,22 +7,17 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, List
 
 import pytest
 
 from sente_lite import Client, RemoteError, RequestTimeout, Server
 from sente_lite import protocol as p
-from sente_lite.testing.redis_server import RedisServer, require_redis_server
+from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, Recorder, wait_until
 
 pytest.importorskip("redis", reason="redis-py is not installed")
 
-@pytest.fixture
-def redis_srv() -> Iterator[RedisServer]:
-    require_redis_server()
-    with RedisServer() as srv:
-        yield srv
 
 
 def stall(redis_srv: RedisServer, srv: Server, answered: Callable[[], int]) -> None:
