@@ -4,13 +4,13 @@ channels with offsets) over WebSocket, for threaded Python programs.
     from sente_lite import Server, Client
 """
 
-from .channels import Published, Since
-from .client import ChannelMessage, Client, Recovery
+from .wire.channels import Published, Since
+from .client.client import ChannelMessage, Client, Recovery
 from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, ConnectRefused,
                      Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
                      PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
-from .server import Connection, Server
+from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
 
 from .version import __version__

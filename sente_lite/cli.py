@@ -14,16 +14,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import discovery
 from . import limits as lim
-from .channels import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
-                       DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
-from .channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S
+from .brokers.local import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
+                            DEFAULT_HISTORY_MAX_BYTES_TOTAL, DEFAULT_HISTORY_SIZE,
+                            DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
 from .api.publisher import Publisher
-from .client import ChannelMessage, Client
+from .client.client import ChannelMessage, Client
 from .errors import SenteLiteError
-from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
-from .server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
-                     Server)
-from .tracing import new_traceparent, trace_id
+from .brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
+from .server.server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES,
+                            DEFAULT_MAX_QUEUED_BYTES_PER_CONN, Server)
+from .wire.tracing import new_traceparent, trace_id
 
 DEFAULT_PORT = 8765
 DEFAULT_URL = f"ws://127.0.0.1:{DEFAULT_PORT}/chsk"
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     try:
-        from . import bench
+        from .bench import fanout as bench
     except ImportError:  # pragma: no cover - bench ships with the package
         bench = None  # type: ignore[assignment]
     if bench is not None and hasattr(bench, "add_arguments"):

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union)
 
 from . import limits as lim
-from . import protocol as p
-from . import tracing
-from .channels import Published, RecoveryResult, Since
+from .wire import protocol as p
+from .wire import tracing
+from .wire.channels import Published, RecoveryResult, Since
 from .counters import Counter, Counters  # noqa: F401 (Counter: for callers)
 from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from .logsafe import safe
-from .packers import JSON_PACKER, Packer
+from .wire.packers import JSON_PACKER, Packer
 
 log = logging.getLogger("sente_lite.session")
 

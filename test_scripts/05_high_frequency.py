@@ -29,7 +29,7 @@ from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, HarnessTi
                                 ProcessContext, ProcessResult, Report, Run, latencies_ms,
                                 latency_summary, order_problem, proc_memory_kb,
                                 rss_growth_per_1000, run_scenario, stamp)
-from sente_lite.channels import DEFAULT_HISTORY_SIZE
+from sente_lite.brokers.local import DEFAULT_HISTORY_SIZE
 from sente_lite.testing.criteria import FIG_RSS_GROWTH
 
 CLIENTS = 20

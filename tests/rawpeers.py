@@ -6,8 +6,8 @@ import time
 from typing import Any, List, Optional, Tuple
 
 from sente_lite import Server
-from sente_lite import packers
-from sente_lite import protocol as p
+from sente_lite.wire import packers
+from sente_lite.wire import protocol as p
 from sente_lite.testing.abuse import OP_BINARY, OP_CLOSE, OP_TEXT, RawPeer, close_code
 from support import WAIT_S
 

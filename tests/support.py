@@ -13,7 +13,7 @@ import pytest
 import websocket  # websocket-client
 from websockets.sync.server import serve as _sync_serve
 
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
 

@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence, Tuple
 import pytest
 
 from sente_lite import Server
-from sente_lite.security import host_problem, is_loopback_host, normalize_hosts, parse_host
+from sente_lite.core.security import host_problem, is_loopback_host, normalize_hosts, parse_host
 from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import wait_until
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from rawpeers import PackedPeer, packers_available
 from support import WAIT_S, Recorder, wait_until
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, List
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite import session as ss
 from sente_lite.testing.abuse import OP_TEXT, RawPeer
 from support import Recorder, wait_until

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sente_lite import bench
+from sente_lite.bench import fanout as bench
 
 
 def test_tally_counts_loss_duplicates_and_order() -> None:

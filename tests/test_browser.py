@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator, List, Optional
 
 import pytest
 
-from sente_lite import Server, static
+from sente_lite import Server
+from sente_lite.server import static
 from support import WAIT_S, wait_until
 
 CHROMIUM = os.environ.get("SENTE_LITE_CHROMIUM", "/usr/bin/chromium")

@@ -7,7 +7,7 @@ from typing import Dict, Hashable, List, Tuple
 
 import pytest
 
-from sente_lite.channels import ChannelRegistry, Published
+from sente_lite.brokers.local import ChannelRegistry, Published
 from support import WAIT_S, wait_until
 
 

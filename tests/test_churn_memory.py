@@ -16,10 +16,10 @@ import pytest
 from websockets.server import ServerProtocol
 
 from sente_lite import Server
-from sente_lite.link import Link
-from sente_lite.server import Connection
+from sente_lite.server.link import Link
+from sente_lite.server.server import Connection
 from sente_lite.testing.soak import churn_cycle
-from sente_lite.writer import GC_QUIET_MIN_ENDED
+from sente_lite.server.writer import GC_QUIET_MIN_ENDED
 from support import wait_until
 
 WARM_UP = 300
@@ -135,7 +135,7 @@ def test_sweeping_idle_channels_never_strands_a_publish() -> None:
     also with one publisher per channel (no later publish runs a stranded one)."""
     import threading
 
-    from sente_lite.channels import ChannelRegistry
+    from sente_lite.brokers.local import ChannelRegistry
     from sente_lite.counters import Counter, Counters
 
     sweeper = threading.current_thread()

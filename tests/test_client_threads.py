@@ -10,7 +10,7 @@ from typing import Any, Callable, List
 
 import pytest
 
-import sente_lite.client_io as client_mod
+import sente_lite.client.io as client_mod
 from sente_lite import Client, Server
 from support import WAIT_S, Recorder, wait_until
 

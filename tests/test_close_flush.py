@@ -9,7 +9,7 @@ from typing import Callable, List
 import pytest
 
 from sente_lite import Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from rawpeers import PackedPeer, packers_available
 from support import WAIT_S, wait_until
 

@@ -10,8 +10,8 @@ import pytest
 from websockets.sync.client import connect
 
 from sente_lite import Client, Server
-from sente_lite import compression
-from sente_lite import protocol as p
+from sente_lite.wire import compression
+from sente_lite.wire import protocol as p
 from support import Recorder, wait_until
 
 

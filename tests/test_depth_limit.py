@@ -16,7 +16,7 @@ from typing import Any, List
 import pytest
 
 from sente_lite import Client, EncodeError
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from support import WAIT_S, wait_until
 from support import decode_path  # noqa: F401  (every test on both decode paths)
 

@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 import pytest
 
 from sente_lite import Client, Server, cli
-from sente_lite.redis_broker import RedisBroker
+from sente_lite.brokers.redis.broker import RedisBroker
 from sente_lite.testing import scenario
 
 REPO = Path(__file__).resolve().parent.parent
@@ -288,7 +288,7 @@ def command_problem(words: List[str]) -> Optional[str]:
         return _parse_with(cli.build_parser(), words[1:])
     if words[:3] == ["python", "-m", "sente_lite"]:
         return _parse_with(cli.build_parser(), words[3:])
-    if words[:3] == ["python", "-m", "sente_lite.bench"]:
+    if words[:3] == ["python", "-m", "sente_lite.bench.fanout"]:
         return _parse_with(cli.build_parser(), ["bench", *words[3:]])
     if words[:2] == ["python", "run_all_tests.py"]:
         return _parse_with(_parser_of(_runner_parser()), words[2:])

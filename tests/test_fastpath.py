@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
-from sente_lite.client_io import _FrameReader
+from sente_lite.wire import protocol as p
+from sente_lite.client.io import _FrameReader
 from sente_lite.discovery import wait_for
-from sente_lite.server import _text_frame
+from sente_lite.server.server import _text_frame
 from support import WAIT_S, RawWS
 
 
@@ -274,7 +274,7 @@ def test_fast_decode_matches_stdlib_on_tricky_tokens(token: str,
 
 
 def test_publish_waiting_for_a_busy_channel_does_not_block_other_channels() -> None:
-    from sente_lite.channels import ChannelRegistry
+    from sente_lite.brokers.local import ChannelRegistry
     reg = ChannelRegistry("e")
     reg.subscribe("m", "a")
     reg.subscribe("m", "b")

@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.testing.abuse import OP_BINARY, OP_CONT, OP_TEXT, encode_frame
 from rawpeers import open_raw
 from support import WAIT_S, wait_until

@@ -1,4 +1,4 @@
-"""sente_lite.framing: frames round-trip for every length class, fragments are
+"""sente_lite.wire.framing: frames round-trip for every length class, fragments are
 reassembled around control frames, every violation the parser refuses is refused
 wherever the read boundaries fall, and websockets' own sans-I/O protocols agree
 with both the encoder and the parser."""
@@ -21,10 +21,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from sente_lite import server as server_module
-from sente_lite.framing import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, READ_CHUNK,
-                                FrameParser, ProtocolError, SocketFrameReader, encode_frame,
-                                mask_bytes, text_frame)
+from sente_lite.server import server as server_module
+from sente_lite.wire.framing import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
+                                     READ_CHUNK, FrameParser, ProtocolError, SocketFrameReader,
+                                     encode_frame, mask_bytes, text_frame)
 
 Message = Tuple[int, bytes]
 #: Payload lengths at and around the three header sizes (7-bit, 16-bit and 64-bit length).

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 from sente_lite import Client, Server
-from sente_lite.client import DEAD_SERVER_SLACK_S
+from sente_lite.client.client import DEAD_SERVER_SLACK_S
 from support import NO_PINGS, WAIT_S, RawWS, close_code_of, wait_until
 
 HEARTBEAT_MS = 200

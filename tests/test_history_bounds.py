@@ -8,7 +8,7 @@ from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 import pytest
 
-from sente_lite.channels import ChannelRegistry, RecoveryResult, Since
+from sente_lite.brokers.local import ChannelRegistry, RecoveryResult, Since
 from sente_lite.counters import Counter, Counters
 from support import WAIT_S
 

@@ -9,7 +9,8 @@ from typing import Sequence, Tuple
 import pytest
 from websockets.http11 import Request
 
-from sente_lite import Server, static
+from sente_lite import Server
+from sente_lite.server import static
 from sente_lite.testing.abuse import HttpAnswer, RawPeer
 
 ROUTES = ["/health", "/metrics", "/csrf-token?client-id=a", "/sente_lite.js", "/sente_lite.mjs",

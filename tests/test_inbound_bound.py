@@ -13,7 +13,7 @@ from typing import Any, Callable, List
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.testing.abuse import OP_TEXT, RawPeer, encode_frame
 from support import WAIT_S, Recorder, wait_until
 

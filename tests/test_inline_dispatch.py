@@ -9,10 +9,10 @@ from typing import Any, Callable, List
 import pytest
 
 from sente_lite import Server
-from sente_lite import protocol as p
-from sente_lite.core import ServerCore
+from sente_lite.wire import protocol as p
+from sente_lite.server.handler import ServerCore
 from sente_lite.session import ServerSession
-from sente_lite.server import Connection
+from sente_lite.server.server import Connection
 from sente_lite.testing.abuse import RawPeer
 from support import WAIT_S, wait_until
 

@@ -8,8 +8,8 @@ from typing import Any, Callable
 import pytest
 
 from sente_lite import Client, RemoteError, Server
-from sente_lite import protocol as p
-from sente_lite.core import ServerCore
+from sente_lite.wire import protocol as p
+from sente_lite.server.handler import ServerCore
 from sente_lite.testing.abuse import RawPeer
 
 

@@ -13,11 +13,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "sente_lite"
 
 
 def library_modules() -> Dict[str, Path]:
-    """Module name -> file, for the library (not the harness nor the benchmarks)."""
+    """Module name -> file, for the library (not the harness nor the benchmarks: sente_lite/bench)."""
     out = {}
     for path in PACKAGE.rglob("*.py"):
         rel = path.relative_to(PACKAGE.parent)
-        if "testing" in rel.parts or path.name.startswith("bench"):
+        if "testing" in rel.parts or "bench" in rel.parts:
             continue
         name = ".".join(rel.with_suffix("").parts)
         out[name[: -len(".__init__")] if name.endswith(".__init__") else name] = path

@@ -16,8 +16,8 @@ import pytest
 
 from sente_lite.logsafe import (MAX_LOGGED_CHARS, RedactingLogger, escape, exception_summary, redact_target,
                                 redact_text, safe)
-from sente_lite.protocol import channel_id_problem
-from sente_lite.security import HandshakeRequest
+from sente_lite.wire.protocol import channel_id_problem
+from sente_lite.core.security import HandshakeRequest
 from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import WAIT_S, wait_until
 
@@ -238,7 +238,7 @@ def test_connect_failures_log_the_url_redacted(make_client, caplog):
 
 
 def test_report_fields_are_redacted_and_escaped(caplog):
-    from sente_lite import security
+    from sente_lite.core import security
 
     logger = logging.getLogger("sente_lite.test-report")
     with caplog.at_level(logging.INFO, logger="sente_lite.test-report"):

@@ -17,7 +17,7 @@ from typing import Any, Callable, List
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.testing.abuse import RawPeer
 from support import WAIT_S, sente_threads, wait_until
 

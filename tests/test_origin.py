@@ -13,7 +13,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import pytest
 
 from sente_lite import Client, ConnectRefused, Server
-from sente_lite.origins import normalize_origins, origin_problem, parse_origin
+from sente_lite.wire.origins import normalize_origins, origin_problem, parse_origin
 from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import WAIT_S
 

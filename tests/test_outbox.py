@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sente_lite.outbox import MAX_WRITE_BYTES, Outbox, Overflow
+from sente_lite.core.outbox import MAX_WRITE_BYTES, Outbox, Overflow
 
 
 class Kernel:

@@ -10,8 +10,8 @@ import pytest
 msgpack = pytest.importorskip("msgpack", reason="the [msgpack] extra (msgpack) is not installed")
 
 from sente_lite import Client, RemoteError, Server  # noqa: E402
-from sente_lite import packers  # noqa: E402
-from sente_lite import protocol as p  # noqa: E402
+from sente_lite.wire import packers  # noqa: E402
+from sente_lite.wire import protocol as p  # noqa: E402
 from sente_lite import session as ss  # noqa: E402
 from sente_lite.testing.abuse import OP_BINARY, OP_TEXT, RawPeer  # noqa: E402
 from sente_lite.testing.pair import SessionPair  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.errors import EncodeError, FrameError
 from support import decode_path  # noqa: F401  (every test on both decode paths)
 

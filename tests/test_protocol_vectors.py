@@ -18,8 +18,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import msgpack
 import pytest
 
-from sente_lite import packers
-from sente_lite import protocol as p
+from sente_lite.wire import packers
+from sente_lite.wire import protocol as p
 from sente_lite import session as ss
 
 VECTORS_PATH = Path(__file__).resolve().parent / "data" / "protocol_vectors.json"

@@ -9,8 +9,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from sente_lite import Client, Server
-from sente_lite import protocol as p
-from sente_lite.publish_ids import PublishIds
+from sente_lite.wire import protocol as p
+from sente_lite.brokers.publish_ids import PublishIds
 from sente_lite.testing.redis_server import RedisServer, redis_server_path
 from support import WAIT_S, Recorder, wait_until
 

@@ -249,7 +249,7 @@ def test_the_api_over_tls_beyond_loopback(make_server, tmp_path) -> None:
 
 
 def test_the_api_bench_runs_and_prints_medians(capsys: pytest.CaptureFixture) -> None:
-    from sente_lite.api import bench
+    from sente_lite.bench import api as bench
     assert bench.main(["--runs", "1", "--seconds", "0.2", "--rate", "100", "--batch", "10",
                        "--no-redis"]) == 0
     out = capsys.readouterr().out

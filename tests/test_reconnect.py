@@ -13,8 +13,8 @@ import pytest
 
 from sente_lite import (ClientClosed, Client, ConnectRefused, Connection, Disconnected, RequestTimeout,
                         SendQueueFull, Server)
-from sente_lite import client_io as client_module
-from sente_lite.client import backoff_delay
+from sente_lite.client import io as client_module
+from sente_lite.client.client import backoff_delay
 from support import WAIT_S, Recorder, free_port, sente_threads, wait_until
 
 FAST_BACKOFF = {"backoff_base": 0.02, "backoff_max": 0.1}

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import pytest
 
 from sente_lite import BrokerUnavailable, Client, RemoteError, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.session import ClientSession, Subscribed
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until

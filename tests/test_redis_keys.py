@@ -13,8 +13,8 @@ from typing import Any, Callable, Dict, Iterator, Tuple
 import pytest
 
 from sente_lite import BrokerCommandError, Client, RemoteError, Server
-from sente_lite import protocol as p
-from sente_lite.redis_channels import ChannelSpace
+from sente_lite.wire import protocol as p
+from sente_lite.brokers.redis.channels import ChannelSpace
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, Recorder, wait_until
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from sente_lite import Client, RemoteError, RequestTimeout, Server
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, Recorder, wait_until
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from sente_lite import Client, Server, cli
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from support import WAIT_S, RawWS, Recorder, wait_until
 
 

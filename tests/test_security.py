@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from sente_lite import ConnectRefused, RemoteError, Server
-from sente_lite.security import (CsrfTokens, HandshakeRequest, bearer_token, fetch_csrf_token,
-                                 origin_problem, normalize_origins)
+from sente_lite.core.security import (CsrfTokens, HandshakeRequest, bearer_token,
+                                      fetch_csrf_token, origin_problem, normalize_origins)
 from sente_lite.testing.abuse import RawPeer, http_get
 from support import WAIT_S, Recorder, free_port, wait_until
 
@@ -81,7 +81,7 @@ def test_authenticate_hook_errors_are_500_and_counted(make_server, caplog):
         raise KeyError("db down")
 
     srv = make_server(authenticate=broken)
-    with caplog.at_level(logging.ERROR, logger="sente_lite.security"):
+    with caplog.at_level(logging.ERROR, logger="sente_lite.core.security"):
         assert upgrade_status(srv) == 500
     assert refused(srv, "auth-error") == 1
     assert any("authenticate hook raised" in r.message for r in caplog.records)
@@ -305,7 +305,7 @@ def test_refusals_are_logged_as_structured_lines(make_server, caplog):
 
 
 def test_log_lines_of_a_flood_are_folded_not_lost(caplog):
-    from sente_lite import security
+    from sente_lite.core import security
 
     logger = logging.getLogger("sente_lite.test-fold")
     with caplog.at_level(logging.WARNING, logger="sente_lite.test-fold"):

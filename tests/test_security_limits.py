@@ -13,7 +13,7 @@ import pytest
 from sente_lite import RemoteError, Server
 from sente_lite.errors import LimitExceeded
 from sente_lite.limits import RateGuard, TokenBucket
-from sente_lite.netloop import EVICT_MIN_AGE_S
+from sente_lite.server.netloop import EVICT_MIN_AGE_S
 from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import WAIT_S, wait_until
 

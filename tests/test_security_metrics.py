@@ -7,7 +7,7 @@ from typing import Dict
 
 import pytest
 
-from sente_lite.metrics import MISSING_EXTRA_MESSAGE, LatencyHistogram
+from sente_lite.core.metrics import MISSING_EXTRA_MESSAGE, LatencyHistogram
 from sente_lite.testing.abuse import RawPeer, http_get
 from support import wait_until
 

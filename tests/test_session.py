@@ -8,9 +8,9 @@ from typing import Optional
 
 import pytest
 
-from sente_lite import protocol as p
+from sente_lite.wire import protocol as p
 from sente_lite import session as ss
-from sente_lite.channels import ChannelRegistry, Since
+from sente_lite.brokers.local import ChannelRegistry, Since
 from sente_lite.counters import Counters
 from sente_lite.errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
 from sente_lite.testing.pair import SessionPair

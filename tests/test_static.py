@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sente_lite import static
+from sente_lite.server import static
 
 ROOT = Path(__file__).resolve().parents[1]
 

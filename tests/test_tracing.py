@@ -12,7 +12,7 @@ import pytest
 
 from sente_lite import Client, Server
 from sente_lite import session as ss
-from sente_lite import tracing
+from sente_lite.wire import tracing
 from sente_lite.testing.pair import SessionPair
 from support import Recorder, wait_until
 

@@ -16,8 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 import pytest
 
 from sente_lite import Server
-from sente_lite import protocol as p
-from sente_lite.security import HandshakeRequest
+from sente_lite.wire import protocol as p
+from sente_lite.core.security import HandshakeRequest
 from sente_lite.testing.abuse import RawPeer, upgrade_request
 from support import WAIT_S, wait_until
 

@@ -15,11 +15,11 @@ import hmac
 import json
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .. import protocol as p
-from .. import tracing
+from ..wire import protocol as p
+from ..wire import tracing
 from ..errors import BrokerCommandError, BrokerUnavailable, EncodeError, PublishOutcomeUnknown
 
-from ..server_port import ServerPort
+from ..core.face import ServerFace
 from ..version import __version__
 
 #: Shortest and longest API key accepted.
@@ -94,7 +94,7 @@ def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode("utf-8")
 
 
-def handle(server: ServerPort, method: str, body: bytes, publisher: str) -> Tuple[int, bytes]:
+def handle(server: ServerFace, method: str, body: bytes, publisher: str) -> Tuple[int, bytes]:
     """Run API ``method`` with the JSON object ``body`` as ``publisher``; the HTTP status
     and JSON body of the answer. Never raises."""
     try:
@@ -122,7 +122,7 @@ def parse_params(body: bytes) -> Dict[str, Any]:
     return params
 
 
-def call(server: ServerPort, method: str, params: Dict[str, Any], publisher: str) -> Any:
+def call(server: ServerFace, method: str, params: Dict[str, Any], publisher: str) -> Any:
     """Run one method; its result, or ApiError."""
     fn = METHODS.get(method)
     if fn is None:
@@ -160,7 +160,7 @@ def _int(params: Dict[str, Any], name: str, default: int, low: int, high: int) -
     return value
 
 
-def _channel(server: ServerPort, params: Dict[str, Any]) -> str:
+def _channel(server: ServerFace, params: Dict[str, Any]) -> str:
     channel = params.get("channel")
     problem = p.channel_id_problem(channel, server.max_channel_id_chars)
     if problem:
@@ -177,7 +177,7 @@ def _event(params: Dict[str, Any]) -> str:
 
 
 # -- the methods -----------------------------------------------------------------------
-def _publish(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _publish(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     channel = _channel(server, params)
     if "data" not in params:
         raise ApiError("bad-request", "data is required (null is a value)")
@@ -194,16 +194,16 @@ def _publish(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
     return out
 
 
-def _broadcast(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _broadcast(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     return {"delivered": server.broadcast(_event(params), params.get("data"))}
 
 
-def _send_to_user(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _send_to_user(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     uid = _str(params, "user")
     return {"delivered": server.send_to_user(uid, _event(params), params.get("data"))}  # type: ignore[arg-type]
 
 
-def _disconnect_user(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _disconnect_user(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     uid = _str(params, "user")
     code = _int(params, "code", 1000, 1000, 4999)
     if code not in _CLOSE_CODES and code < 4000:
@@ -215,12 +215,12 @@ def _disconnect_user(server: ServerPort, params: Dict[str, Any], publisher: str)
     return {"closed": server.disconnect_user(uid, code, reason)}  # type: ignore[arg-type]
 
 
-def _presence(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _presence(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     uid = _str(params, "user")
     return {"user": uid, "connections": server.presence(uid)}  # type: ignore[arg-type]
 
 
-def _history(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _history(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     channel = _channel(server, params)
     limit = _int(params, "limit", 100, 0, 10_000)
     reverse = params.get("reverse", False)
@@ -234,11 +234,11 @@ def _history(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
     return server.history(channel, limit=limit, since=since, reverse=reverse)
 
 
-def _channels(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _channels(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     return {"channels": server.channel_counts()}
 
 
-def _info(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _info(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     return {"version": __version__, "server-id": server.server_id, "nodes": server.nodes(),
             "connections": len(server.connections()), "users": server.user_count()}
 
@@ -247,7 +247,7 @@ def _info(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
 MAX_BATCH_COMMANDS = 10_000
 
 
-def _batch(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
+def _batch(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     commands = params.get("commands")
     if not isinstance(commands, list) or len(commands) > MAX_BATCH_COMMANDS:
         raise ApiError("bad-request", f"commands must be a list of at most {MAX_BATCH_COMMANDS} "
@@ -269,7 +269,7 @@ def _batch(server: ServerPort, params: Dict[str, Any], publisher: str) -> Any:
     return {"replies": replies}
 
 
-METHODS: Dict[str, Callable[[ServerPort, Dict[str, Any], str], Any]] = {
+METHODS: Dict[str, Callable[[ServerFace, Dict[str, Any], str], Any]] = {
     "publish": _publish, "broadcast": _broadcast, "send_to_user": _send_to_user,
     "disconnect_user": _disconnect_user, "presence": _presence, "history": _history,
     "channels": _channels, "info": _info, "batch": _batch,

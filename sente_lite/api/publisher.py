@@ -1,7 +1,7 @@
 """A write-only publisher for processes that hold no WebSocket (workers, cron jobs, views).
 
 ``Publisher("redis://host:port/db")`` publishes through the Redis broker's own publish
-script and key layout (:mod:`sente_lite.redis_publish`), so offsets, history and
+script and key layout (:mod:`sente_lite.brokers.redis.publish`), so offsets, history and
 publish-id deduplication are exactly a server's; needs only ``pip install
 'sente-lite[redis]'``. ``Publisher("http://host:port", api_key=...)`` goes through the
 server API (docs/api.md) over one keep-alive connection (stdlib ``http.client``).
@@ -17,16 +17,17 @@ import uuid
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
-from .. import protocol as p
-from ..channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S, Published
+from ..wire import protocol as p
+from ..brokers.local import (DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S,
+                             Published)
 from ..errors import RemoteError, SenteLiteError
-from ..hub import message_head
-from ..publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
-from ..redis_broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
-from ..redis_channels import ChannelSpace
-from ..redis_link import import_redis
-from ..redis_presence import user_channel, user_message
-from ..redis_publish import PUBLISH_SCRIPT, publish_command, published_of
+from ..wire.channels import message_head
+from ..brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
+from ..brokers.redis.broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
+from ..brokers.redis.channels import ChannelSpace
+from ..brokers.redis.link import import_redis
+from ..brokers.redis.presence import user_channel, user_message
+from ..brokers.redis.publish import PUBLISH_SCRIPT, publish_command, published_of
 
 
 

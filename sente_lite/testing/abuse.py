@@ -32,15 +32,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .. import discovery
-from .. import framing
-from ..client import ChannelMessage, Client
+from ..wire import framing
+from ..client.client import ChannelMessage, Client
 from ..errors import SenteLiteError
 
 #: Longest a raw peer waits for one answer.
 RAW_TIMEOUT_S = 2.0
 #: Largest HTTP response head a raw peer reads.
 MAX_RESPONSE_HEAD = 64 * 1024
-#: The opcodes (:mod:`sente_lite.framing`'s), for callers of :meth:`RawPeer.send_frame`.
+#: The opcodes (:mod:`sente_lite.wire.framing`'s), for callers of :meth:`RawPeer.send_frame`.
 OP_CONT, OP_TEXT, OP_BINARY = framing.OP_CONT, framing.OP_TEXT, framing.OP_BINARY
 OP_CLOSE, OP_PING, OP_PONG = framing.OP_CLOSE, framing.OP_PING, framing.OP_PONG
 
@@ -69,7 +69,7 @@ def upgrade_request(host: str, port: int, path: str = "/chsk",
 def encode_frame(payload: bytes, opcode: int = OP_TEXT, fin: bool = True, rsv: int = 0,
                  mask: bool = True, declared_length: Optional[int] = None) -> bytes:
     """One client WebSocket frame, masked with a random key unless ``mask`` is False;
-    every field may be wrong on purpose (see :func:`sente_lite.framing.encode_frame`)."""
+    every field may be wrong on purpose (see :func:`sente_lite.wire.framing.encode_frame`)."""
     return framing.encode_frame(payload, opcode, fin, rsv, os.urandom(4) if mask else None,
                                 declared_length)
 
@@ -157,7 +157,7 @@ class RawPeer:
         """The next server message or control frame ``(opcode, payload)``; None at EOF.
 
         Fragments come back joined. A frame that breaks RFC 6455 raises
-        :class:`sente_lite.framing.ProtocolError`.
+        :class:`sente_lite.wire.framing.ProtocolError`.
         """
         deadline = time.monotonic() + timeout
         while not self._messages:
@@ -637,7 +637,7 @@ def proc_status(pid: int) -> Dict[str, int]:
 
 
 def _serve_main(config: Dict[str, Any], port_file: str, result_file: str) -> None:
-    from ..server import Server
+    from ..server.server import Server
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

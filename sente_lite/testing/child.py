@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, TypeVar
 
 from .. import discovery
-from ..client import ChannelMessage, Client
+from ..client.client import ChannelMessage, Client
 from ..errors import DiscoveryTimeout
 from .evidence import process_isolation
 from .common import (CLIENT_CONNECT_TIMEOUT_S, SCENARIO_TIMEOUT_S, SENT_NS_KEY,

@@ -2,7 +2,7 @@
 
 :class:`SessionPair` moves frames between a :class:`~sente_lite.session.ClientSession`
 and a :class:`~sente_lite.session.ServerSession` the way a socket would, with a
-clock the test sets, a real :class:`~sente_lite.channels.ChannelRegistry` behind
+clock the test sets, a real :class:`~sente_lite.brokers.local.ChannelRegistry` behind
 the server, and application handlers as plain functions. No socket, no thread.
 A connection can be cut (frames in flight are lost) and opened again.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional
 
-from .. import packers
-from .. import protocol as p
+from ..wire import packers
+from ..wire import protocol as p
 from .. import session as ss
-from ..channels import ChannelRegistry
+from ..brokers.local import ChannelRegistry
 from ..counters import Counters
 
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..errors import DiscoveryTimeout
 from ..discovery import wait_for
-from ..server import Server
+from ..server.server import Server
 from .child import ProcessContext
 from .common import SCENARIO_TIMEOUT_S, SENT_NS_KEY
 

@@ -19,8 +19,9 @@ sys.path.insert(0, str(HERE.parents[1]))  # this checkout's sente_lite, not an i
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from sente_lite import Server, static  # noqa: E402
-from sente_lite.bench_browser import CHROMIUM_ARGS  # noqa: E402
+from sente_lite import Server
+from sente_lite.server import static  # noqa: E402
+from sente_lite.bench.browser import CHROMIUM_ARGS  # noqa: E402
 
 CHROMIUM = os.environ.get("SENTE_LITE_CHROMIUM", "/usr/bin/chromium")
 

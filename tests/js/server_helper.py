@@ -20,7 +20,8 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from sente_lite import Client, Server, packers
+from sente_lite import Client, Server
+from sente_lite.wire import packers
 from sente_lite.errors import SenteLiteError
 
 

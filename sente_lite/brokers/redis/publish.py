@@ -1,0 +1,233 @@
+"""Publishes of a :class:`~sente_lite.brokers.redis.broker.RedisBroker`: one Lua script each.
+
+:data:`PUBLISH_SCRIPT` takes the channel's next offset (``HINCRBY``), appends the
+message to the channel's stream (``XADD`` with ``MAXLEN history_size``, the
+stream id is the offset), remembers the publish id (``SET`` with expiry) and
+``PUBLISH``es it, all atomically. Publishes queued on the link's I/O thread run
+in one pipeline, in arrival order (:class:`RedisPublisher`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, List, Optional, Tuple
+
+from ..local import Published
+from ...counters import Counter, Counters
+from ...errors import BrokerUnavailable, PublishOutcomeUnknown
+from .channels import ChannelSpace, command_refused
+from .link import BatchedOp, RedisLink, as_text
+
+log = logging.getLogger("sente_lite.redis")
+
+# KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" for none), 4 the publisher's id list,
+#       5 the list of every id
+# ARGV: 1 frame text up to the offset, 2 epoch if a new one is needed, 3 history size,
+#       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none),
+#       8 history ms, 9 ids per publisher, 10 ids in all
+# Returns {duplicate, offset, epoch, servers reached, ids evicted}. Every command that can
+# fail on a key of the wrong type runs before the first write that publishes (a failed
+# publish changed nothing but, at most, a new epoch).
+PUBLISH_SCRIPT = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and KEYS[3] ~= '' then
+  local first = redis.call('GET', KEYS[3])
+  if first then
+    local sep = string.find(first, ' ', 1, true)
+    if sep and string.sub(first, 1, sep - 1) == epoch then
+      return {1, tonumber(string.sub(first, sep + 1)), epoch, 0, 0}
+    end
+  end
+end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') + 1
+local payload = ARGV[1] .. offset .. ',"epoch":"' .. epoch .. '"}]'
+if ARGV[3] ~= '0' then
+  local t = redis.call('TIME')
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'm', payload, 'x', ARGV[7],
+             't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+end
+redis.call('HSET', KEYS[1], 'offset', offset)
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local evicted = 0
+if KEYS[3] ~= '' then
+  redis.call('SET', KEYS[3], epoch .. ' ' .. offset, 'PX', ARGV[4])
+  for i, most in ipairs({ARGV[9], ARGV[10]}) do
+    local list = KEYS[3 + i]
+    local n = redis.pcall('RPUSH', list, KEYS[3])
+    if type(n) == 'number' then
+      redis.call('PEXPIRE', list, ARGV[4])
+      while n > tonumber(most) do
+        local old = redis.call('LPOP', list)
+        if old ~= KEYS[3] then evicted = evicted + redis.call('DEL', old) end
+        n = n - 1
+      end
+    end
+  end
+end
+local n = redis.call('PUBLISH', ARGV[6], offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. payload)
+return {0, offset, epoch, n, evicted}
+"""
+
+
+class _Pub(BatchedOp):
+    __slots__ = ("channel", "head", "exclude", "done", "publish_id", "publisher", "result",
+                 "finished")
+
+    def __init__(self, channel: str, head: bytes, exclude: Optional[str],
+                 done: Optional[Callable[[Any], None]], publish_id: Optional[str],
+                 publisher: Optional[str], finished: Optional[threading.Event]) -> None:
+        self.channel = channel
+        self.head = head
+        self.exclude = exclude
+        self.done = done
+        self.publish_id = publish_id
+        self.publisher = publisher
+        self.result: Any = None
+        self.finished = finished
+
+
+class RedisPublisher:
+    """Queues publishes for the link's I/O thread and answers each (see :meth:`publish_text`).
+
+    Answers: a :class:`Published`; :class:`BrokerUnavailable` when the publish was
+    never sent (the link was down); :class:`PublishOutcomeUnknown` when the link
+    failed while it was in flight (it may have been published);
+    :class:`BrokerCommandError` when Redis refused this one publish (not made).
+    """
+
+    def __init__(self, space: ChannelSpace, link: RedisLink, counters: Counters) -> None:
+        self._space = space
+        self._link = link
+        self._counters = counters
+        self.unavailable_publishes = 0
+
+    def publish_text(self, name: str, head: str, exclude: Optional[str],
+                     done: Optional[Callable[[Any], None]], wait: bool = True,
+                     publish_id: Optional[str] = None,
+                     publisher: Optional[str] = None) -> Optional[Published]:
+        """See :meth:`RedisBroker.publish_text`."""
+        finished = threading.Event() if wait else None
+        entry = _Pub(name, head.encode("utf-8"), exclude, done, publish_id, publisher, finished)
+        if self._link.down or self._link.stopping:
+            self.finish(entry, self._unavailable())
+        else:
+            self._link.submit(entry)
+        if finished is None:
+            return None
+        finished.wait()
+        if isinstance(entry.result, BaseException):
+            raise entry.result
+        return entry.result
+
+    def _unavailable(self) -> BrokerUnavailable:
+        self.unavailable_publishes += 1
+        return BrokerUnavailable(
+            f"the channel broker (Redis) is unreachable: {self._link.down_reason}; "
+            "not published")
+
+    def _unknown(self, exc: BaseException) -> PublishOutcomeUnknown:
+        self._counters.add(Counter.OUTCOME_UNKNOWN_PUBLISHES)
+        return PublishOutcomeUnknown(
+            f"the link to the channel broker (Redis) failed with the publish in flight "
+            f"({type(exc).__name__}: {exc}): it may have been published; resend it with the "
+            "same id once the broker is back")
+
+    def finish(self, entry: _Pub, result: Any) -> None:
+        """Answer ``entry`` with ``result`` (a :class:`Published` or an exception)."""
+        entry.result = result
+        if entry.done is not None:
+            try:
+                entry.done(result)
+            except Exception:
+                log.exception("publish callback for %r raised", entry.channel)
+        if entry.finished is not None:
+            entry.finished.set()
+
+    def _command(self, entry: _Pub) -> Tuple[Any, ...]:
+        """The EVALSHA arguments of ``entry``."""
+        return publish_command(self._space, self._link.sha(PUBLISH_SCRIPT), entry.channel,
+                               entry.head, entry.exclude, entry.publish_id, entry.publisher)
+
+    def run_publishes(self, batch: List[_Pub]) -> None:
+        """Run ``batch`` in one pipeline, in order; answer each."""
+        link = self._link
+        if link.down:
+            for entry in batch:
+                self.finish(entry, self._unavailable())  # never sent
+            return
+        pipe = link.redis.pipeline(transaction=False)
+        for e in batch:
+            pipe.execute_command(*self._command(e))
+        redis = link.redis_mod
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.RedisError as exc:
+            # Sent, or partly: Redis may run them yet (a stalled server reads them when it
+            # resumes), so they are not "unavailable" but of unknown outcome.
+            if link.is_link_error(exc):
+                link.lost(exc)
+            else:
+                log.error("publish pipeline failed: %s", exc)
+            for entry in batch:
+                self.finish(entry, self._unknown(exc))
+            return
+        retry: List[_Pub] = []
+        for entry, result in zip(batch, results):
+            if isinstance(result, redis.exceptions.NoScriptError):
+                retry.append(entry)  # Redis restarted: the script never ran
+            elif isinstance(result, Exception) and link.is_link_error(result):
+                link.lost(result)  # READONLY: a replica refused it before any write
+                self.finish(entry, self._unavailable())
+            elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
+                self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
+                                                   result))
+            else:
+                self.finish(entry, self._published(entry.channel, result))
+        if retry:
+            try:
+                link.load_scripts()
+            except redis.RedisError as exc:
+                if link.is_link_error(exc):
+                    link.lost(exc)
+                for entry in retry:
+                    self.finish(entry, self._unavailable())  # the script never ran
+                return
+            self.run_publishes(retry)
+
+    def _published(self, name: str, result: List[Any]) -> Published:
+        published = published_of(name, result)
+        if published.duplicate:
+            self._counters.add(Counter.DUPLICATE_PUBLISHES)
+        if result[4]:
+            self._counters.add(Counter.PUBLISH_IDS_EVICTED, int(result[4]))
+        return published
+
+
+def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: bytes,
+                    exclude: Optional[str], publish_id: Optional[str],
+                    publisher: Optional[str]) -> Tuple[Any, ...]:
+    """The ``EVALSHA`` arguments of :data:`PUBLISH_SCRIPT` (``sha``) publishing the message
+    whose text up to its offset is ``head`` on channel ``name`` in ``space``."""
+    if publish_id is None:
+        ids: Tuple[str, ...] = ("", "", "")
+    else:
+        ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
+               space.all_ids_key())
+    return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
+            space.new_epoch(), str(space.history_size), str(int(space.publish_dedup_s * 1000)),
+            str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
+            str(int(space.history_ttl_s * 1000)), str(space.publish_ids_per_publisher),
+            str(space.publish_ids_max))
+
+
+def published_of(name: str, result: List[Any]) -> Published:
+    """The :class:`Published` of one :data:`PUBLISH_SCRIPT` answer on channel ``name``."""
+    duplicate, offset, epoch, receivers, _evicted = result
+    return Published(name, int(offset), as_text(epoch), int(receivers), bool(duplicate))

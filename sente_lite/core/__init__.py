@@ -1,0 +1,3 @@
+"""The server's core, shared by every face and free of sockets and threads of its own:
+the ``hub`` (connections, users, fan-out through a broker), admission (``security``),
+inbound and outbound bounds (``inflow``, ``outbox``) and ``metrics``."""

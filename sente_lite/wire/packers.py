@@ -1,0 +1,164 @@
+"""Packers: how a frame ``[event-id, data, cb-id]`` becomes bytes on one connection.
+
+``json`` (the default) writes UTF-8 JSON in text frames. ``msgpack`` writes
+MessagePack in binary frames; a client asks for it with the upgrade's query
+parameter ``packer=msgpack`` and the server's handshake, then a binary frame,
+echoes ``"packer": "msgpack"`` (docs/protocol.md section 10). It needs the
+``msgpack`` package: ``pip install 'sente-lite[msgpack]'``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from . import protocol as p
+from ..errors import EncodeError, FrameError
+
+JSON = "json"
+MSGPACK = "msgpack"
+#: Packer names a client may ask for.
+PACKER_NAMES = (JSON, MSGPACK)
+MISSING_MSGPACK = ("the msgpack packer needs the msgpack package: "
+                   "pip install 'sente-lite[msgpack]'")
+
+
+class MissingExtra(ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class Packer:
+    """Encodes and decodes frames for one wire format."""
+
+    name = JSON
+    #: Frames go in binary WebSocket messages (else text).
+    binary = False
+
+    def encode(self, event: str, data: Any = None, cb_id: Optional[str] = None) -> bytes:
+        """One frame's bytes; :class:`EncodeError` when ``data`` cannot be written."""
+        return p.encode_bytes(event, data, cb_id)
+
+    def encode_value(self, value: Any, checked: bool = False) -> bytes:
+        """Any value (a reply body, channel data) in this format; ``checked``: its depth
+        was already checked (it came from a JSON encoding of this process)."""
+        return p.dumps(value).encode("utf-8")
+
+    def batch(self, frames: List[bytes]) -> bytes:
+        """One ``chsk/batch`` frame holding ``frames`` (each already encoded), in order."""
+        return b'["chsk/batch",[' + b",".join(frames) + b"]]"
+
+    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
+        """The frame in ``payload`` (``binary``: it came in a binary message; by default,
+        when it is not a str); :class:`FrameError` (``bad-frame``) when it is none."""
+        if binary if binary is not None else not isinstance(payload, str):
+            raise FrameError("binary frames need the msgpack packer (packer=msgpack at the "
+                             "upgrade); this connection speaks JSON in text frames")
+        return p.decode(payload)
+
+
+class MsgpackPacker(Packer):
+    """MessagePack in binary frames (same ``[event-id, data, cb-id]`` shape)."""
+
+    name = MSGPACK
+    binary = True
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError:
+            raise MissingExtra(MISSING_MSGPACK) from None
+        self._msgpack = msgpack
+        self._errors = (ValueError, TypeError, msgpack.exceptions.ExtraData,
+                        msgpack.exceptions.StackError, msgpack.exceptions.FormatError)
+
+    def encode(self, event: str, data: Any = None, cb_id: Optional[str] = None) -> bytes:
+        frame: list = [event] if data is None and cb_id is None else (
+            [event, data] if cb_id is None else [event, data, cb_id])
+        return self.encode_value(frame)
+
+    def encode_value(self, value: Any, checked: bool = False) -> bytes:
+        if not checked and p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
+            raise EncodeError(f"value nests deeper than {p.MAX_JSON_DEPTH} (MAX_JSON_DEPTH)")
+        try:
+            return self._msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"not MessagePack-encodable: {exc}") from None
+
+    def batch(self, frames: List[bytes]) -> bytes:
+        n = len(frames)
+        head = bytes((0x90 | n,)) if n < 16 else (
+            b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
+        return b"\x92" + self._msgpack.packb(p.EV_BATCH) + head + b"".join(frames)
+
+    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
+        if not (binary if binary is not None else not isinstance(payload, str)):
+            try:  # answer the request it was, if it was one
+                cb_id = p.decode(payload).cb_id
+            except FrameError as exc:
+                cb_id = exc.cb_id
+            raise FrameError("this connection negotiated msgpack: send binary frames, not text",
+                             cb_id)
+        try:
+            value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                          object_pairs_hook=_string_keyed)
+        except _NonStringKey as exc:
+            raise FrameError(str(exc), self._cb_id_of(payload)) from None
+        except self._errors as exc:
+            raise FrameError(f"frame is not valid MessagePack: {type(exc).__name__}") from None
+        if p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
+            raise FrameError(f"frame nests deeper than {p.MAX_JSON_DEPTH} levels")
+        return p.frame_of(value)
+
+    def _cb_id_of(self, payload: Union[str, bytes]) -> Optional[str]:
+        """The cb-id of a frame refused for its map keys, when it has a usable one."""
+        try:
+            value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False,
+                                          object_pairs_hook=list)
+        except self._errors:
+            return None
+        if isinstance(value, list) and len(value) == 3 and p.is_valid_cb_id(value[2]):
+            return value[2]
+        return None
+
+
+class _NonStringKey(ValueError):
+    """A MessagePack map with a key that is not a string."""
+
+
+def _string_keyed(pairs: List[Tuple[Any, Any]]) -> Dict[str, Any]:
+    """A decoded map, refused unless every key is a string: JSON peers of the same
+    channel would read ``{1: "a", "1": "b"}`` as one name twice."""
+    for key, _ in pairs:
+        if type(key) is not str:
+            shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
+            raise _NonStringKey(f"map key {shown} is a {type(key).__name__}: MessagePack map keys "
+                                "must be strings (JSON peers have no other kind of key)")
+    return dict(pairs)
+
+
+_PACKERS: Dict[str, Packer] = {JSON: Packer()}
+
+
+def get(name: str) -> Packer:
+    """The packer called ``name``; :class:`ValueError` for an unknown name,
+    :class:`MissingExtra` when its package is not installed."""
+    packer = _PACKERS.get(name)
+    if packer is None:
+        if name != MSGPACK:
+            raise ValueError(f"unknown packer {name!r}: use one of {', '.join(PACKER_NAMES)}")
+        packer = _PACKERS[name] = MsgpackPacker()
+    return packer
+
+
+def available(name: str) -> bool:
+    """True when packer ``name`` can be used here."""
+    try:
+        get(name)
+    except (ValueError, MissingExtra):
+        return False
+    return True
+
+
+JSON_PACKER = _PACKERS[JSON]
+
+__all__ = ["Packer", "MsgpackPacker", "MissingExtra", "get", "available", "JSON", "MSGPACK",
+           "PACKER_NAMES", "JSON_PACKER"]
