@@ -212,16 +212,18 @@ class RedisPublisher:
 
 def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: bytes,
                     exclude: Optional[str], publish_id: Optional[str],
-                    publisher: Optional[str]) -> Tuple[Any, ...]:
+                    publisher: Optional[str], epoch: Optional[str] = None) -> Tuple[Any, ...]:
     """The ``EVALSHA`` arguments of :data:`PUBLISH_SCRIPT` (``sha``) publishing the message
-    whose text up to its offset is ``head`` on channel ``name`` in ``space``."""
+    whose text up to its offset is ``head`` on channel ``name`` in ``space``; ``epoch``
+    names the channel's epoch should the publish start one (default: a new one of ``space``).
+    The layout (``EVALSHA sha 5``, keys 1-5, then ARGV 1-10) is what the script reads."""
     if publish_id is None:
         ids: Tuple[str, ...] = ("", "", "")
     else:
         ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
                space.all_ids_key())
     return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
-            space.new_epoch(), str(space.history_size), str(int(space.publish_dedup_s * 1000)),
+            space.new_epoch() if epoch is None else epoch, str(space.history_size), str(int(space.publish_dedup_s * 1000)),
             str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
             str(int(space.history_ttl_s * 1000)), str(space.publish_ids_per_publisher),
             str(space.publish_ids_max))
