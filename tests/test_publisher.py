@@ -16,6 +16,7 @@ from typing import Any, Callable, List, Tuple
 import pytest
 
 from sente_lite import ApiCallError, Publisher, Server, cli
+from sente_lite.errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until
 
@@ -77,6 +78,9 @@ def test_http_publisher_errors_name_the_cause(make_server) -> None:
         Publisher(f"http://127.0.0.1:{srv.port}")
     with pytest.raises(ValueError, match="redis://"):
         Publisher("ftp://x")
+    with Publisher(f"http://127.0.0.1:{srv.port}", api_key=KEY) as pub:
+        with pytest.raises(ValueError, match="wait=False"):
+            pub.publish("c", 1, wait=False)
 
 
 def test_http_publisher_survives_the_server_closing_an_idle_connection(make_server) -> None:
@@ -182,11 +186,194 @@ def test_the_api_works_across_servers_with_redis(two_servers, make_client) -> No
 
 def test_redis_publisher_reports_redis_refusals(redis_srv) -> None:
     import redis
+    r = redis.Redis.from_url(redis_srv.url)
     with Publisher(redis_srv.url) as pub:
-        redis.Redis.from_url(redis_srv.url).script_flush()  # as after a Redis restart
+        r.script_flush()  # as after a Redis restart
         assert pub.publish("c", 1).offset == 1  # the script is loaded again
+        r.script_flush()
+        assert pub.publish("c", 2, wait=False).result(WAIT_S).offset == 2  # queued: the same
         with pytest.raises(ValueError, match="idempotency_key"):
             pub.publish("c", 1, idempotency_key="")
+        with pytest.raises(ValueError, match="idempotency_key"):
+            pub.publish("c", 1, idempotency_key="", wait=False)  # raised by the call itself
+        r.set(_space().meta_key("wrong"), "a string")  # WRONGTYPE for the script's HGET
+        with pytest.raises(BrokerCommandError, match="WRONGTYPE"):
+            pub.publish("wrong", 1)
+        refused = pub.publish("wrong", 1, wait=False)
+        after = pub.publish("c", 3, wait=False)  # a refusal fails that publish alone
+        assert isinstance(refused.exception(WAIT_S), BrokerCommandError)
+        assert after.result(WAIT_S).offset == 3
+
+
+# ---------------------------------------------------------------- over Redis, pipelined
+
+def _space(history_size: int = 100):
+    from sente_lite.brokers.redis.broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
+    from sente_lite.brokers.redis.channels import ChannelSpace
+    return ChannelSpace(DEFAULT_PREFIX, "test", history_size, 300.0, 300.0, DEFAULT_CHANNEL_TTL_S)
+
+
+def _stream(redis_srv: RedisServer, channel: str) -> List[Tuple[int, Any]]:
+    """(offset, data) of every entry of ``channel``'s history in Redis, oldest first."""
+    import redis
+    entries = redis.Redis.from_url(redis_srv.url).xrange(_space().log_key(channel))
+    out = []
+    for entry_id, fields in entries:
+        message = json.loads(fields[b"m"])[1]
+        assert int(entry_id.split(b"-")[0]) == message["offset"]
+        out.append((message["offset"], message["data"]))
+    return out
+
+
+def test_the_command_is_what_redis_py_would_send_of_publish_command(redis_srv) -> None:
+    """The RESP text written by the publisher is redis-py's packing of publish_command (the
+    layout the script reads), for a publish with and without an id."""
+    import redis
+
+    from sente_lite.api.publisher_redis import RedisSender
+    from sente_lite.brokers.redis.publish import publish_command
+    from sente_lite.wire import protocol as p
+    from sente_lite.wire.channels import message_head
+    trace = "00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    data = {"x": [1, "é"]}
+    head = message_head('"ch"', p.dumps(data), "null", trace).encode()
+    sender = RedisSender(redis_srv.url, 1.0, _space(), "me", b"u", "test", 10, 0.0)
+    try:
+        for n, key in enumerate((None, "k-1"), 1):
+            body = sender.command("ch", data, key, trace)
+            args = publish_command(_space(), sender._sha, "ch", head, None, key, "me",
+                                   epoch=f"test.{n}")  # the sender's space makes test.1, test.2
+            assert body == b"".join(redis.Connection().pack_command(*args))
+    finally:
+        sender.close()
+
+
+def test_pipelined_publishes_arrive_all_in_order_among_blocking_ones(redis_srv) -> None:
+    n = 3000
+    with Publisher(redis_srv.url, history_size=10_000) as pub:
+        futures = [pub.publish("p", i, wait=False) for i in range(n)]
+        assert pub.publish("p", "blocking").offset == n + 1  # after every queued one
+        futures += [pub.publish("p", n + 1 + i, wait=False) for i in range(n)]
+        many = pub.publish_many([("p", "m1"), ("p", "m2")])
+        assert [m.offset for m in many] == [2 * n + 2, 2 * n + 3]
+        tail = pub.publish("p", "tail", wait=False)
+        pub.flush()
+        assert tail.done() and all(f.done() for f in futures)
+    offsets = [f.result().offset for f in futures]
+    assert offsets == list(range(1, n + 1)) + list(range(n + 2, 2 * n + 2))
+    assert tail.result().offset == 2 * n + 4
+    assert len({f.result().epoch for f in futures}) == 1
+    stream = _stream(redis_srv, "p")
+    assert [o for o, _ in stream] == list(range(1, 2 * n + 5))  # contiguous: nothing lost
+    assert [d for _, d in stream] == list(range(n)) + ["blocking"] + list(
+        range(n + 1, 2 * n + 1)) + ["m1", "m2", "tail"]
+
+
+def test_pipelined_publishes_reach_a_subscriber_in_order(redis_srv, make_server, make_client) -> None:
+    srv = make_server(broker=redis_srv.url)
+    wait_until(lambda: srv.channels.healthy, what="link up")
+    got: List[Any] = []
+    make_client(srv.url).subscribe("live", got.append, timeout=WAIT_S)
+    with Publisher(redis_srv.url) as pub:
+        futures = [pub.publish("live", i, wait=False) for i in range(2000)]
+    assert all(f.result().offset == i + 1 for i, f in enumerate(futures))  # close() sent them
+    wait_until(lambda: len(got) == 2000, what="2000 on the subscriber")
+    assert [m.data for m in got] == list(range(2000))
+    assert [m.offset for m in got] == list(range(1, 2001))
+
+
+def test_idempotency_keys_deduplicate_pipelined_publishes(redis_srv) -> None:
+    with Publisher(redis_srv.url) as pub:
+        first = [pub.publish("d", i, idempotency_key=f"k{i}", wait=False) for i in range(300)]
+        again = [pub.publish("d", i, idempotency_key=f"k{i}", wait=False) for i in range(300)]
+        same = pub.publish("d", "x", idempotency_key="k0")  # blocking, same key
+        pub.flush()
+    assert [f.result().offset for f in first] == list(range(1, 301))
+    assert all(not f.result().duplicate for f in first)
+    assert [(f.result().offset, f.result().duplicate) for f in again] == \
+        [(i, True) for i in range(1, 301)]
+    assert (same.offset, same.duplicate) == (1, True)
+    assert [o for o, _ in _stream(redis_srv, "d")][-1] == 300
+
+
+def test_redis_down_fails_every_publish_clearly_and_it_recovers(redis_srv) -> None:
+    with Publisher(redis_srv.url, timeout=2.0) as pub:
+        assert pub.publish("r", 0).offset == 1
+        redis_srv.kill()  # SIGKILL: the connection is gone, and nothing listens
+        with pytest.raises(BrokerUnavailable, match="unreachable"):
+            pub.publish("r", 1)
+        futures = [pub.publish("r", i, wait=False) for i in range(50)]
+        pub.flush()
+        assert all(isinstance(f.exception(), BrokerUnavailable) for f in futures)  # none dropped
+        with pytest.raises(BrokerUnavailable):
+            pub.publish_many([("r", 1), ("r", 2)])
+        with pytest.raises(BrokerUnavailable):
+            pub.send_to_user("alice", "app/x", 1)
+        redis_srv.start()  # a new, empty Redis on the same port: connects, loads the script
+        assert pub.publish("r", "back").offset == 1
+        assert pub.publish("r", "queued", wait=False).result(WAIT_S).offset == 2
+
+
+def test_a_stalled_redis_fails_in_flight_publishes_as_outcome_unknown(redis_srv) -> None:
+    with Publisher(redis_srv.url, timeout=0.5, history_size=1000) as pub:
+        assert pub.publish("s", 0, idempotency_key="s0").offset == 1
+        redis_srv.pause()  # SIGSTOP: reads the commands only when resumed
+        try:
+            futures = [pub.publish("s", i, idempotency_key=f"s{i}", wait=False)
+                       for i in range(1, 200)]
+            pub.flush()
+        finally:
+            redis_srv.resume()
+        errors = [f.exception() for f in futures]
+        assert isinstance(errors[0], PublishOutcomeUnknown)  # it may have been published
+        assert all(isinstance(e, (PublishOutcomeUnknown, BrokerUnavailable)) for e in errors)
+        # everything after the first failed batch was never sent: "not sent"
+        first_unsent = next((i for i, e in enumerate(errors) if isinstance(e, BrokerUnavailable)),
+                            len(errors))
+        assert all(isinstance(e, BrokerUnavailable) for e in errors[first_unsent:])
+        # the resend with the same ids lands each once, in order
+        resent = [pub.publish("s", i, idempotency_key=f"s{i}", wait=False) for i in range(1, 200)]
+        assert [f.result(WAIT_S).offset for f in resent] == list(range(2, 201))
+    assert _stream(redis_srv, "s") == [(i + 1, i) for i in range(200)]
+
+
+def test_the_queue_bound_blocks_then_raises_and_cancel_works(redis_srv) -> None:
+    import time
+
+    from sente_lite.errors import SendQueueFull
+    with Publisher(redis_srv.url, timeout=WAIT_S, max_unacked_publishes=5,
+                   publish_block_s=0.2) as pub:
+        assert pub.publish("q", 0).offset == 1
+        redis_srv.pause()
+        try:
+            futures = [pub.publish("q", i, wait=False) for i in range(1, 6)]
+            start = time.monotonic()
+            with pytest.raises(SendQueueFull, match="max_unacked_publishes"):
+                pub.publish("q", 6, wait=False)
+            assert time.monotonic() - start >= 0.2  # it waited publish_block_s for room
+            pub._backend._sender.publish_block_s = 0.0
+            with pytest.raises(SendQueueFull):
+                pub.publish("q", 6, wait=False)  # at once
+            cancelled = futures[-1].cancel()  # not sent yet unless the flusher took it
+        finally:
+            redis_srv.resume()
+        pub.flush()
+    sent = [f for f in futures if not f.cancelled()]
+    assert [f.result().offset for f in sent] == list(range(2, 2 + len(sent)))
+    assert [d for _, d in _stream(redis_srv, "q")] == [0] + list(range(1, 1 + len(sent)))
+    assert cancelled == (len(sent) == 4)
+
+
+def test_close_sends_what_is_queued_and_then_refuses_queueing(redis_srv) -> None:
+    from sente_lite.errors import ClientClosed
+    pub = Publisher(redis_srv.url, history_size=5000)
+    futures = [pub.publish("z", i, wait=False) for i in range(5000)]
+    pub.close()
+    assert [f.result(0).offset for f in futures] == list(range(1, 5001))  # all done at close
+    with pytest.raises(ClientClosed):
+        pub.publish("z", "late", wait=False)
+    pub.close()  # idempotent
+    assert len(_stream(redis_srv, "z")) == 5000
 
 
 # ---------------------------------------------------------------- the CLI

@@ -5,6 +5,10 @@ script and key layout (:mod:`sente_lite.brokers.redis.publish`), so offsets, his
 publish-id deduplication are exactly a server's; needs only ``pip install
 'sente-lite[redis]'``. ``Publisher("http://host:port", api_key=...)`` goes through the
 server API (docs/api.md) over one keep-alive connection (stdlib ``http.client``).
+
+Over Redis, ``publish(..., wait=False)`` returns a :class:`concurrent.futures.Future` at
+once and a flusher thread pipelines what is queued, in order
+(:mod:`sente_lite.api.publisher_redis`).
 """
 
 from __future__ import annotations
@@ -14,21 +18,20 @@ import json
 import ssl
 import threading
 import uuid
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+import weakref
+from concurrent.futures import Future
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 from ..wire import protocol as p
 from ..brokers.local import (DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S,
                              Published)
 from ..errors import RemoteError, SenteLiteError
-from ..wire.channels import message_head
 from ..brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from ..brokers.redis.broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
 from ..brokers.redis.channels import ChannelSpace
-from ..brokers.redis.link import import_redis
-from ..brokers.redis.presence import user_channel, user_message
-from ..brokers.redis.publish import PUBLISH_SCRIPT, publish_command, published_of
-
+from ..brokers.redis.presence import user_channel
+from .publisher_redis import DEFAULT_MAX_UNACKED_PUBLISHES, DEFAULT_PUBLISH_BLOCK_S, RedisSender
 
 
 class ApiCallError(RemoteError):
@@ -56,8 +59,14 @@ class Publisher:
 
     The same calls as :class:`~sente_lite.Server`: :meth:`publish` (``idempotency_key``:
     a resend with the same key is delivered once, PROTOCOL 9), :meth:`send_to_user`,
-    :meth:`broadcast`. Thread-safe (one call at a time). Use as a context manager or
-    call :meth:`close`.
+    :meth:`broadcast`. Thread-safe. Use as a context manager or call :meth:`close`.
+
+    Over Redis, ``publish(..., wait=False)`` queues the publish and returns a
+    :class:`concurrent.futures.Future` of its :class:`Published`; a flusher thread sends
+    what is queued in pipelines, in call order. ``max_unacked_publishes`` bounds the
+    ``wait=False`` publishes queued or in flight; one more waits up to
+    ``publish_block_s`` for room, then raises :class:`~sente_lite.errors.SendQueueFull`.
+    :meth:`flush` waits for every queued publish; :meth:`close` sends them first.
 
     Over Redis the settings must match the servers' (``prefix``, ``history_size``,
     ``history_ttl_s``, ``publish_dedup_s``, ``publish_ids_*``); ``publisher`` names the
@@ -73,16 +82,17 @@ class Publisher:
                  publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
                  publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
                  publisher: Optional[str] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
+                 ssl_context: Optional[ssl.SSLContext] = None,
+                 max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
+                 publish_block_s: float = DEFAULT_PUBLISH_BLOCK_S) -> None:
         scheme = urlsplit(url).scheme
-        self._lock = threading.Lock()
         self.url = url
         if scheme in ("redis", "rediss", "unix"):
             dedup = publish_dedup_s if publish_dedup_s is not None else max(
                 DEFAULT_PUBLISH_DEDUP_S, history_ttl_s)
             self._backend: Any = _RedisBackend(url, timeout, prefix, history_size, history_ttl_s,
                                                dedup, publish_ids_per_publisher, publish_ids_max,
-                                               publisher)
+                                               publisher, max_unacked_publishes, publish_block_s)
         elif scheme in ("http", "https"):
             if not api_key:
                 raise ValueError("Publisher over HTTP needs api_key= (one of the server's "
@@ -91,6 +101,8 @@ class Publisher:
         else:
             raise ValueError(f"Publisher URL must be redis://, rediss://, http:// or https://, "
                              f"got {url[:64]!r}")
+        # a Publisher dropped, or left open at exit, still sends what it queued
+        self._finalizer = weakref.finalize(self, self._backend.close)
 
     def __enter__(self) -> "Publisher":
         return self
@@ -99,11 +111,16 @@ class Publisher:
         self.close()
 
     def publish(self, channel: str, data: Any = None, idempotency_key: Optional[str] = None,
-                traceparent: Optional[str] = None) -> Published:
-        """Publish ``data`` on ``channel``; its :class:`Published` (offset, epoch)."""
+                traceparent: Optional[str] = None, *,
+                wait: bool = True) -> Union[Published, "Future[Published]"]:
+        """Publish ``data`` on ``channel``; its :class:`Published` (offset, epoch).
+
+        ``wait=False`` (Redis only): queue it and return a :class:`concurrent.futures.Future`
+        of its :class:`Published` at once (see the class). A bad channel, data or key
+        raises here either way; the future carries what Redis answered.
+        """
         _check_channel(channel)
-        with self._lock:
-            return self._backend.publish(channel, data, idempotency_key, traceparent)
+        return self._backend.publish(channel, data, idempotency_key, traceparent, wait)
 
     def publish_many(self, messages: Iterable[Tuple[str, Any]]) -> List[Published]:
         """Publish each ``(channel, data)`` in order, in one round trip (a Redis pipeline,
@@ -111,88 +128,66 @@ class Publisher:
         items = list(messages)
         for channel, _ in items:
             _check_channel(channel)
-        with self._lock:
-            return self._backend.publish_many(items)
+        return self._backend.publish_many(items)
+
+    def flush(self) -> None:
+        """Wait until every ``publish(..., wait=False)`` made so far is answered (its future
+        done). Over HTTP: nothing to do."""
+        self._backend.flush()
 
     def send_to_user(self, uid: str, event: str, data: Any = None) -> Optional[int]:
         """Send ``event`` to every connection of user ``uid`` on every server. Over HTTP:
         how many connections of the answering server took it; over Redis: None."""
         _check_event(event)
-        with self._lock:
-            return self._backend.send_to_user(uid, event, data)
+        return self._backend.send_to_user(uid, event, data)
 
     def broadcast(self, event: str, data: Any = None) -> Optional[int]:
         """Send ``event`` to every connection of every server (counts as :meth:`send_to_user`)."""
         _check_event(event)
-        with self._lock:
-            return self._backend.broadcast(event, data)
+        return self._backend.broadcast(event, data)
 
     def close(self) -> None:
-        """Close the connection (idempotent)."""
-        with self._lock:
-            self._backend.close()
+        """Send the publishes still queued (their futures are answered), stop the flusher
+        and close the connection (idempotent)."""
+        self._finalizer()
 
 
 class _RedisBackend:
     def __init__(self, url: str, timeout: float, prefix: str, history_size: int,
                  history_ttl_s: float, publish_dedup_s: float, ids_per_publisher: int,
-                 ids_max: int, publisher: Optional[str]) -> None:
-        self._redis_mod = import_redis()
-        self._id = "pub-" + uuid.uuid4().hex[:12]  # names the epochs of channels it starts
-        self._space = ChannelSpace(prefix, self._id, history_size, history_ttl_s, publish_dedup_s,
-                                   DEFAULT_CHANNEL_TTL_S, ids_per_publisher, ids_max)
-        self._redis = self._redis_mod.Redis.from_url(url, socket_timeout=timeout,
-                                                     socket_connect_timeout=timeout)
-        self._script = PUBLISH_SCRIPT
-        self._sha = self._redis.script_load(PUBLISH_SCRIPT)
-        self._publisher = publisher
-        self._user_channel = user_channel(prefix)
+                 ids_max: int, publisher: Optional[str], max_unacked_publishes: int,
+                 publish_block_s: float) -> None:
+        server_id = "pub-" + uuid.uuid4().hex[:12]  # names the epochs of channels it starts
+        space = ChannelSpace(prefix, server_id, history_size, history_ttl_s, publish_dedup_s,
+                             DEFAULT_CHANNEL_TTL_S, ids_per_publisher, ids_max)
+        self._sender = RedisSender(url, timeout, space, publisher, user_channel(prefix),
+                                   server_id, max_unacked_publishes, publish_block_s)
 
-    def _args(self, channel: str, data: Any, key: Optional[str],
-              traceparent: Optional[str]) -> Tuple[Any, ...]:
-        if key is not None and not (isinstance(key, str) and 0 < len(key) <= p.MAX_PUBLISH_ID_CHARS):
-            raise ValueError(f"idempotency_key must be a string of 1-{p.MAX_PUBLISH_ID_CHARS} "
-                             "characters")
-        head = message_head(p.dumps(channel), p.encode_channel_data(data), "null", traceparent)
-        return publish_command(self._space, self._sha, channel, head.encode("utf-8"), None, key,
-                               self._publisher)
+    def publish(self, channel: str, data: Any, key: Optional[str], traceparent: Optional[str],
+                wait: bool = True) -> Any:
+        body = self._sender.command(channel, data, key, traceparent)
+        if wait:
+            return self._sender.publish(channel, body)
+        return self._sender.submit(channel, body)
 
-    def publish(self, channel: str, data: Any, key: Optional[str],
-                traceparent: Optional[str]) -> Published:
-        return self.publish_many([(channel, data)], key, traceparent)[0]
+    def publish_many(self, items: Sequence[Tuple[str, Any]]) -> List[Published]:
+        command = self._sender.command
+        return self._sender.publish_many([c for c, _ in items],
+                                         [command(c, d, None, None) for c, d in items])
 
-    def publish_many(self, items: Sequence[Tuple[str, Any]], key: Optional[str] = None,
-                     traceparent: Optional[str] = None) -> List[Published]:
-        commands = [self._args(channel, data, key, traceparent) for channel, data in items]
-        for attempt in (1, 2):
-            pipe = self._redis.pipeline(transaction=False)
-            for command in commands:
-                pipe.execute_command(*command)
-            results = pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, self._redis_mod.exceptions.NoScriptError)
-                                    for r in results):  # Redis restarted: load it, run again
-                self._sha = self._redis.script_load(self._script)
-                commands = [(c[0], self._sha) + tuple(c[2:]) for c in commands]
-                continue
-            break
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
-        return [published_of(channel, r) for (channel, _), r in zip(items, results)]
-
-    def _user_message(self, body: dict) -> None:
-        self._redis.publish(self._user_channel, user_message(body, self._id))
+    def flush(self) -> None:
+        self._sender.flush()
 
     def send_to_user(self, uid: str, event: str, data: Any) -> Optional[int]:
-        self._user_message({"k": "send", "uid": uid, "frame": p.encode(event, data)})
+        self._sender.send_to_user({"k": "send", "uid": uid, "frame": p.encode(event, data)})
         return None
 
     def broadcast(self, event: str, data: Any) -> Optional[int]:
-        self._user_message({"k": "broadcast", "frame": p.encode(event, data)})
+        self._sender.send_to_user({"k": "broadcast", "frame": p.encode(event, data)})
         return None
 
     def close(self) -> None:
-        self._redis.close()
+        self._sender.close()
 
 
 class _HttpBackend:
@@ -207,10 +202,15 @@ class _HttpBackend:
         self._timeout = timeout
         self._headers = {"Authorization": f"apikey {api_key}", "Content-Type": "application/json"}
         self._conn: Optional[http.client.HTTPConnection] = None
+        self._lock = threading.Lock()  # one request at a time on the connection
 
     def call(self, method: str, params: Any) -> Any:
         """POST one API method; its result, or :class:`ApiCallError`."""
         body = p.dumps(params).encode("utf-8")
+        with self._lock:
+            return self._post(method, body)
+
+    def _post(self, method: str, body: bytes) -> Any:
         for attempt in (1, 2):
             reused = self._conn is not None
             conn = self._conn or self._connect()
@@ -219,12 +219,12 @@ class _HttpBackend:
                 response = conn.getresponse()
                 data = response.read()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                self.close()
+                self._close()
                 if reused and attempt == 1:
                     continue  # the server closed an idle keep-alive connection: once more
                 raise
             if response.will_close:
-                self.close()
+                self._close()
             return _result(response.status, data)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -236,8 +236,11 @@ class _HttpBackend:
             self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
         return self._conn
 
-    def publish(self, channel: str, data: Any, key: Optional[str],
-                traceparent: Optional[str]) -> Published:
+    def publish(self, channel: str, data: Any, key: Optional[str], traceparent: Optional[str],
+                wait: bool) -> Published:
+        if not wait:
+            raise ValueError("publish(wait=False) pipelines over redis:// only; over HTTP "
+                             "use publish_many (one batch request)")
         params: dict = {"channel": channel, "data": data}
         if key is not None:
             params["idempotency_key"] = key
@@ -261,7 +264,14 @@ class _HttpBackend:
     def broadcast(self, event: str, data: Any) -> Optional[int]:
         return int(self.call("broadcast", {"event": event, "data": data})["delivered"])
 
+    def flush(self) -> None:
+        pass  # nothing is queued: every call waits for its answer
+
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
