@@ -6,9 +6,13 @@ Redis figure) and prints the median over ``--runs`` runs of:
 * ``POST /api/publish`` latency p50/p99 at ``--rate`` requests/s on one keep-alive connection;
 * publishes/s on one keep-alive connection, one request after the other;
 * ``batch`` messages/s (``--batch`` publishes per request);
-* ``Publisher("redis://")`` publishes/s from this process, one call each and
-  ``publish_many`` (``--batch`` per pipeline), each checked by a subscriber in its own
-  process: every message arrived, in order (0 loss).
+* ``Publisher("redis://")`` publishes/s from this process: ``publish`` one blocking call
+  each (``redis``), ``publish(..., wait=False)`` one call each, pipelined by the
+  publisher's flusher (``redis_nowait``, timed until the last is answered), and
+  ``publish_many`` (``--batch`` per pipeline, ``redis_many``), each checked by a subscriber
+  in its own process: every message arrived, in order (0 loss);
+* next to them the floor of a blocking call: bare redis-py ``EVALSHA`` round trips of the
+  same script and arguments, one after the other (``redis_floor``; no subscriber).
 """
 
 from __future__ import annotations
@@ -162,6 +166,41 @@ def _one_by_one(channel: str) -> Callable[[Publisher, int], None]:
     return run
 
 
+def _no_wait(channel: str) -> Callable[[Publisher, int], None]:
+    def run(pub: Publisher, count: int) -> None:
+        for i in range(count):
+            pub.publish(channel, i, wait=False)
+        pub.flush()
+    return run
+
+
+def redis_floor(redis_url: str, count: int) -> float:
+    """EVALSHA round trips/s of the publish script through a plain ``redis.Redis`` client
+    (default options), the arguments of one publish made once: the floor of a blocking
+    publish, which adds only its encoding."""
+    import redis
+
+    from ..channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S
+    from ..hub import message_head
+    from ..redis_broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
+    from ..redis_channels import ChannelSpace
+    from ..redis_publish import PUBLISH_SCRIPT, publish_command
+    client = redis.Redis.from_url(redis_url)
+    space = ChannelSpace(DEFAULT_PREFIX, "bench-floor", DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S,
+                         DEFAULT_PUBLISH_DEDUP_S, DEFAULT_CHANNEL_TTL_S)
+    head = message_head('"floor"', "1", "null", None).encode()
+    command = publish_command(space, client.script_load(PUBLISH_SCRIPT), "floor", head, None,
+                              None, None)
+    try:
+        client.execute_command(*command)
+        start = time.perf_counter()
+        for _ in range(count):
+            client.execute_command(*command)
+        return count / (time.perf_counter() - start)
+    finally:
+        client.close()
+
+
 def _pipelined(channel: str, batch: int) -> Callable[[Publisher, int], None]:
     def run(pub: Publisher, count: int) -> None:
         for first in range(0, count, batch):
@@ -189,9 +228,11 @@ def one_run(args: argparse.Namespace, tmp: str, run: int, redis_url: Optional[st
         port_file = os.path.join(tmp, f"redis-{run}.json")
         proc = _serve(port_file, redis_url)
         try:
-            for name, fn in (("redis", _one_by_one(f"r1-{run}")),
-                             ("redis_many", _pipelined(f"r2-{run}", args.batch))):
-                channel = f"r1-{run}" if name == "redis" else f"r2-{run}"
+            out["redis_floor_per_s"] = redis_floor(redis_url, args.redis_count)
+            for name, channel, fn in (
+                    ("redis", f"r1-{run}", _one_by_one(f"r1-{run}")),
+                    ("redis_nowait", f"r3-{run}", _no_wait(f"r3-{run}")),
+                    ("redis_many", f"r2-{run}", _pipelined(f"r2-{run}", args.batch))):
                 r = redis_rate(redis_url, port_file, channel, args.redis_count, fn)
                 out[f"{name}_per_s"] = r["per_s"]
                 out[f"{name}_lost"] = r["lost"]
@@ -213,6 +254,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-redis", action="store_true", help="skip the Publisher(redis) figure")
     args = parser.parse_args(argv)
     runs: List[Dict[str, float]] = []
+    if not args.no_redis:
+        from redis.utils import HIREDIS_AVAILABLE
+        print(f"redis-py parser: {'hiredis' if HIREDIS_AVAILABLE else 'Python (no hiredis)'}; "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         redis_srv = None
         if not args.no_redis:
@@ -226,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         finally:
             if redis_srv is not None:
                 redis_srv.stop()
-    print(f"median of {args.runs} runs:")
+    print(f"median of {args.runs} runs (load average {os.getloadavg()[0]:.1f}):")
     for key in runs[0]:
         print(f"  {key:22} {statistics.median(r[key] for r in runs):>12,.2f}")
     return 0
