@@ -442,3 +442,19 @@ def test_the_api_bench_runs_and_prints_medians(capsys: pytest.CaptureFixture) ->
     out = capsys.readouterr().out
     for key in ("p99_ms", "keepalive_per_s", "batch_msgs_per_s"):
         assert key in out
+
+
+def test_a_publisher_never_closed_sends_its_queue_when_dropped_or_at_exit(redis_srv) -> None:
+    done = run_python(f"""
+        from sente_lite import Publisher
+        kept = Publisher({redis_srv.url!r}, history_size=5000)
+        futures = [kept.publish("kept", i, wait=False) for i in range(3000)]
+        dropped = Publisher({redis_srv.url!r})
+        dropped_futures = [dropped.publish("dropped", i, wait=False) for i in range(100)]
+        del dropped  # garbage: its queue is sent, its flusher stopped
+        assert all(f.done() for f in dropped_futures)
+        print("ok")  # and at exit, kept's queue is sent
+    """)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+    assert [d for _, d in _stream(redis_srv, "kept")] == list(range(3000))
+    assert [o for o, _ in _stream(redis_srv, "dropped")] == list(range(1, 101))
