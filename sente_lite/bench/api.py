@@ -180,11 +180,11 @@ def redis_floor(redis_url: str, count: int) -> float:
     publish, which adds only its encoding."""
     import redis
 
-    from ..channels import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S
-    from ..hub import message_head
-    from ..redis_broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
-    from ..redis_channels import ChannelSpace
-    from ..redis_publish import PUBLISH_SCRIPT, publish_command
+    from ..brokers.local import DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_PUBLISH_DEDUP_S
+    from ..brokers.redis.broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
+    from ..brokers.redis.channels import ChannelSpace
+    from ..brokers.redis.publish import PUBLISH_SCRIPT, publish_command
+    from ..wire.channels import message_head
     client = redis.Redis.from_url(redis_url)
     space = ChannelSpace(DEFAULT_PREFIX, "bench-floor", DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S,
                          DEFAULT_PUBLISH_DEDUP_S, DEFAULT_CHANNEL_TTL_S)
