@@ -3,8 +3,9 @@ connection's worker lane, in arrival order whatever its framing.
 
 :class:`Dispatcher` runs on the network thread for every whole message. A frame that
 runs no application code (a built-in, with no ``authorize`` hook for channel ones) is
-handled right there while nothing of its connection waits for a worker; answers to the
-server's requests always are (a handler waiting in ``request()`` needs them). Anything
+handled right there while nothing of its connection waits for a worker (its
+:class:`~sente_lite.wire.protocol.FrameKind`, told by the connection's packer from its
+first bytes); answers to the server's requests always are (a handler waiting in ``request()`` needs them). Anything
 else goes to the connection's lane, behind what is already there, and counts as waiting
 input (:mod:`sente_lite.core.inflow`) until it is handled. A ``chsk/batch`` is split here and
 each frame in it takes the same way as if it came alone. What a frame asks for is
@@ -38,26 +39,8 @@ class Acting(Protocol):
 
 log = logging.getLogger("sente_lite.server")
 
-_SENTE_PREFIX = f'["{p.NS_SENTE}/'
-_CHSK_PREFIX = f'["{p.NS_CHSK}/'
-#: Frames that answer the server (a handler waiting in request() needs them at once).
-_ANSWERS = (p.EV_REPLY, p.EV_ERROR, p.EV_PONG)
-_JSON_ANSWERS = tuple(f'["{e}"' for e in _ANSWERS)
-_MSGPACK_ANSWERS = frozenset(e.encode("ascii") for e in _ANSWERS)
-ANSWER, CHSK, SENTE = "answer", "chsk", "sente"
-
-
-def builtin_kind(msg: Any) -> Optional[str]:
-    """What a compactly written frame is, from its first bytes: an ``ANSWER``
-    (reply, error, pong), another ``CHSK`` or a ``SENTE`` built-in; None otherwise."""
-    if type(msg) is str:
-        if msg.startswith(_CHSK_PREFIX):
-            return ANSWER if msg.startswith(_JSON_ANSWERS) else CHSK
-        return SENTE if msg.startswith(_SENTE_PREFIX) else None
-    # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
-    if msg[2:7] == b"chsk/":
-        return ANSWER if msg[2:2 + (msg[1] & 0x1F)] in _MSGPACK_ANSWERS else CHSK
-    return SENTE if msg[2:13] == b"sente-lite/" else None
+_ANSWER, _BUILTIN, _CHANNEL, _BATCH = (p.FrameKind.ANSWER, p.FrameKind.BUILTIN,
+                                      p.FrameKind.CHANNEL, p.FrameKind.BATCH)
 
 
 def _counted(inflow: InboundGauge, frames: int, size: int, task: Callable[[], None]) -> None:
@@ -84,8 +67,8 @@ class Dispatcher:
         conn.frames_in += 1
         conn.bytes_in += size
         session = conn._session
-        kind = builtin_kind(msg)
-        if kind is CHSK and ss.is_batch(msg):
+        kind = conn.packer.frame_kind(msg)
+        if kind is _BATCH:
             session.admit(msg, time.monotonic())  # life; its frames are rate-checked one by one
             self._dispatch_parts(conn, session.receive_parts(msg), size)
             return
@@ -93,8 +76,8 @@ class Dispatcher:
         if refused is not None:  # answered in order with what is queued before it
             self._dispatch_parts(conn, [refused], 0)
             return
-        if kind is ANSWER or (kind is CHSK and conn._lane.idle) or (
-                kind is SENTE and self._may_inline(conn)):
+        if kind is _ANSWER or (kind is _BUILTIN and conn._lane.idle) or (
+                kind is _CHANNEL and self._may_inline(conn)):
             conn.frames_inline += 1
             self.handle(conn, msg)
             return
@@ -174,4 +157,4 @@ class Dispatcher:
             log.exception("could not answer the internal error (conn %s)", conn.conn_id)
 
 
-__all__ = ["Dispatcher", "builtin_kind", "ANSWER", "CHSK", "SENTE"]
+__all__ = ["Dispatcher"]
