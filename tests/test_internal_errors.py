@@ -9,18 +9,17 @@ import pytest
 
 from sente_lite import Client, RemoteError, Server
 from sente_lite.wire import protocol as p
-from sente_lite.server.handler import ServerCore
 from sente_lite.testing.abuse import RawPeer
 
 
 def test_internal_error_in_a_builtin_answers_handler_error_and_keeps_serving(
         make_server: Callable[..., Server], make_client: Callable[..., Client],
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    def broken(self: ServerCore, conn: Any, ev: Any) -> None:
+    def broken(*args: Any) -> None:
         raise RuntimeError("bug in the subscribe path")
 
-    monkeypatch.setattr(ServerCore, "_subscribe", broken)
     srv = make_server()
+    monkeypatch.setattr(srv._dispatcher.hub, "subscribe", broken)
 
     @srv.on("app/echo")
     def echo(conn: Any, data: Any) -> Any:

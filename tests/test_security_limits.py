@@ -304,7 +304,7 @@ def test_max_outstanding_requests_bounds_server_to_client_requests(make_server, 
               for i in range(2)]
     for t in askers:
         t.start()
-    wait_until(lambda: srv._conns[conn["conn-id"]]._session.outstanding == 2,
+    wait_until(lambda: srv._conns[conn["conn-id"]].session.outstanding == 2,
                what="2 outstanding requests")
     with pytest.raises(LimitExceeded) as info:
         srv.request(conn["conn-id"], "app/slow", 3)
