@@ -92,7 +92,9 @@ class Connection:
 
     Public attributes: ``conn_id``, ``client_id``, ``uid``, ``remote_address``,
     ``first`` (first connection of this client-id to this server process) and
-    ``connected_at`` (``time.time()``).
+    ``connected_at`` (``time.time()``). It is also the server dispatcher's port
+    (:class:`sente_lite.core.ports.ConnectionPort`): ``session``, ``send_frame``,
+    ``deliver``, ``ping``, ``close``, ``settle``, ``closing``, ``input_paused``.
     """
 
     def __init__(self, server: "Server", link: Link, conn_id: str,
