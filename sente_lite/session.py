@@ -37,6 +37,13 @@ Waiter = Any  # whatever the adapter waits on (a Future); the session only hands
 
 
 # -- what a session gives back -------------------------------------------------------
+# Every event a server session gives says what handling it may involve (``kind``: the
+# server face picks the thread from it), the request it answers (``cb_id``), its
+# ``event`` and ``traceparent``: read as plain attributes, never probed.
+_ANSWER, _BUILTIN, _CHANNEL, _APP = (p.FrameKind.ANSWER, p.FrameKind.BUILTIN,
+                                     p.FrameKind.CHANNEL, p.FrameKind.APP)
+
+
 class AppEvent(NamedTuple):
     """An application event for the handler of ``event`` (``cb_id``: a reply is due;
     ``traceparent``: the valid W3C traceparent of its data map, if any)."""
@@ -45,17 +52,24 @@ class AppEvent(NamedTuple):
     data: Any
     cb_id: Optional[str]
     traceparent: Optional[str] = None
+    kind = _APP
 
 
 class SubscribeRequest(NamedTuple):
     channel_id: str
     since: Optional[Since]
     cb_id: Optional[str]
+    kind = _CHANNEL
+    event = p.EV_SUBSCRIBE
+    traceparent = None
 
 
 class UnsubscribeRequest(NamedTuple):
     channel_id: str
     cb_id: Optional[str]
+    kind = _CHANNEL
+    event = p.EV_UNSUBSCRIBE
+    traceparent = None
 
 
 class PublishRequest(NamedTuple):
@@ -67,6 +81,8 @@ class PublishRequest(NamedTuple):
     exclude_sender: bool
     cb_id: Optional[str]
     traceparent: Optional[str] = None
+    kind = _CHANNEL
+    event = p.EV_PUBLISH
 
 
 class ReplyArrived(NamedTuple):
@@ -75,6 +91,10 @@ class ReplyArrived(NamedTuple):
     waiter: Waiter
     result: Any
     error: Optional[RemoteError]
+    kind = _ANSWER
+    event = None
+    cb_id = None  # it answers a request; none is due
+    traceparent = None
 
 
 class CloseConnection(NamedTuple):
@@ -84,6 +104,10 @@ class CloseConnection(NamedTuple):
     reason: str
     why: str
     message: str
+    kind = _BUILTIN  # after what is queued before it
+    event = None
+    cb_id = None
+    traceparent = None
 
 
 class Received(NamedTuple):
@@ -91,6 +115,17 @@ class Received(NamedTuple):
 
     events: List[Any]
     frames: List[bytes]
+
+    @property
+    def kind(self) -> p.FrameKind:
+        """What acting on this (a server session's) may involve: the most of its events'
+        kinds; ``BUILTIN`` at least when it has frames to send (they go in order),
+        ``ANSWER`` when it only settles requests, or does nothing."""
+        kind = _BUILTIN if self.frames else _ANSWER
+        for ev in self.events:
+            if ev.kind > kind:
+                kind = ev.kind
+        return kind
 
 
 _NOTHING = Received([], [])
@@ -221,23 +256,71 @@ class ServerRules:
 
 #: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
 MAX_BATCH_FRAMES = 1000
-_JSON_BATCH_HEAD = f'["{p.EV_BATCH}"'
-#: MessagePack: an array of 2, then the event-id as a fixstr.
-_MSGPACK_BATCH_HEAD = bytes((0x92, 0xA0 | len(p.EV_BATCH))) + p.EV_BATCH.encode("ascii")
-
-
-def is_batch(text: Union[str, bytes]) -> bool:
-    """True when ``text`` starts as a ``chsk/batch`` frame written compactly (as every
-    sender of this package writes it), JSON or MessagePack."""
-    if type(text) is str:
-        return text.startswith(_JSON_BATCH_HEAD)
-    return text.startswith(_MSGPACK_BATCH_HEAD)
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"
 
 
-class ServerSession:
+class _ServerAnswers:
+    """The frames a server session answers with, in its connection's packer (what the
+    server's dispatcher sends when a handler, the hub or the channel policy is done)."""
+
+    packer: Packer
+    counters: Counters
+
+    def reply(self, event: str, cb_id: str, result: Any, traceparent: Optional[str] = None) -> bytes:
+        """The reply to request ``cb_id`` whose handler returned ``result`` (a
+        ``handler-error`` frame when it cannot be encoded). A traced request's reply
+        map carries its ``traceparent`` (unless the handler set one)."""
+        if traceparent is not None and isinstance(result, dict) and tracing.TRACEPARENT not in result:
+            result = dict(result, **{tracing.TRACEPARENT: traceparent})
+        frame, ok = reply_frame(event, result, cb_id, self.packer)
+        if not ok:
+            self.counters.add(Counter.HANDLER_ERRORS)
+        return frame
+
+    def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
+        """A handler raised: counted; a ``handler-error`` reply when one was asked."""
+        self.counters.add(Counter.HANDLER_ERRORS)
+        return handler_error_frames(event, cb_id, exc, self.packer)
+
+    def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
+        """An event nobody handles: ``no-handler`` to a request, else counted."""
+        if cb_id is None:
+            self.counters.add(Counter.UNHANDLED_EVENTS)
+        return no_handler_frames(event, cb_id, self.packer)
+
+    def error(self, code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
+        """A ``chsk/error`` frame in this connection's packer."""
+        return error_frame(code, message, cb_id, event, self.packer)
+
+    def subscribed(self, channel_id: str, offset: int, epoch: str,
+                   recovery: Optional[RecoveryResult], cb_id: Optional[str]) -> bytes:
+        """The answer to a subscribe (reply, or ``sente-lite/subscribed``)."""
+        body: Dict[str, Any] = {p.K_CHANNEL: channel_id, p.K_OFFSET: offset, p.K_EPOCH: epoch}
+        if recovery is not None:
+            body[p.K_RECOVERED] = recovery.recovered
+            if not recovery.recovered:
+                body[p.K_REASON] = recovery.reason
+        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                else self.packer.encode(p.EV_SUBSCRIBED, body))
+
+    def unsubscribed(self, channel_id: str, cb_id: Optional[str]) -> bytes:
+        body = {p.K_CHANNEL: channel_id}
+        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
+                else self.packer.encode(p.EV_UNSUBSCRIBED, body))
+
+    def published(self, result: Published, cb_id: str, traceparent: Optional[str] = None) -> bytes:
+        body: Dict[str, Any] = {p.K_CHANNEL: result.channel_id, p.K_OFFSET: result.offset,
+                                p.K_DELIVERED: result.delivered}
+        if result.duplicate:
+            body[p.K_DUPLICATE] = True
+        if traceparent is not None:
+            body[tracing.TRACEPARENT] = traceparent
+        return self.packer.encode(p.EV_REPLY, body, cb_id)
+
+
+class ServerSession(_ServerAnswers):
     """The protocol state of one server-side connection."""
 
     def __init__(self, conn_id: str, rules: ServerRules, now: float,
@@ -276,7 +359,7 @@ class ServerSession:
         if self._rate is None:
             return None
         self._time = now
-        if is_batch(text):
+        if self.packer.frame_kind(text) is p.FrameKind.BATCH:
             return None  # each frame in it is checked by receive_parts / receive
         return self._rate_verdict(text)
 
@@ -342,7 +425,8 @@ class ServerSession:
         except p.FrameError as exc:
             return [self._bad_frame(exc.message, exc.cb_id)]
         if event == p.EV_BATCH:
-            return self._batch(data, cb_id, checked_first=not is_batch(text))
+            return self._batch(data, cb_id,
+                               checked_first=self.packer.frame_kind(text) is not p.FrameKind.BATCH)
         return [self._one(event, data, cb_id)]
 
     def _batch(self, data: Any, cb_id: Optional[str], checked_first: bool) -> List[Received]:
@@ -466,58 +550,6 @@ class ServerSession:
         return Received([PublishRequest(channel, data_json, publish_id,
                                         data.get(p.K_EXCLUDE_SENDER) is True, cb_id,
                                         tracing.of(data))], [])
-
-    # -- answers ----------------------------------------------------------------------
-    def reply(self, event: str, cb_id: str, result: Any, traceparent: Optional[str] = None) -> bytes:
-        """The reply to request ``cb_id`` whose handler returned ``result`` (a
-        ``handler-error`` frame when it cannot be encoded). A traced request's reply
-        map carries its ``traceparent`` (unless the handler set one)."""
-        if traceparent is not None and isinstance(result, dict) and tracing.TRACEPARENT not in result:
-            result = dict(result, **{tracing.TRACEPARENT: traceparent})
-        frame, ok = reply_frame(event, result, cb_id, self.packer)
-        if not ok:
-            self.counters.add(Counter.HANDLER_ERRORS)
-        return frame
-
-    def handler_failed(self, event: str, cb_id: Optional[str], exc: BaseException) -> List[bytes]:
-        """A handler raised: counted; a ``handler-error`` reply when one was asked."""
-        self.counters.add(Counter.HANDLER_ERRORS)
-        return handler_error_frames(event, cb_id, exc, self.packer)
-
-    def no_handler(self, event: str, cb_id: Optional[str]) -> List[bytes]:
-        """An event nobody handles: ``no-handler`` to a request, else counted."""
-        if cb_id is None:
-            self.counters.add(Counter.UNHANDLED_EVENTS)
-        return no_handler_frames(event, cb_id, self.packer)
-
-    def error(self, code: str, message: str, cb_id: Optional[str], event: Optional[str] = None) -> bytes:
-        """A ``chsk/error`` frame in this connection's packer."""
-        return error_frame(code, message, cb_id, event, self.packer)
-
-    def subscribed(self, channel_id: str, offset: int, epoch: str,
-                   recovery: Optional[RecoveryResult], cb_id: Optional[str]) -> bytes:
-        """The answer to a subscribe (reply, or ``sente-lite/subscribed``)."""
-        body: Dict[str, Any] = {p.K_CHANNEL: channel_id, p.K_OFFSET: offset, p.K_EPOCH: epoch}
-        if recovery is not None:
-            body[p.K_RECOVERED] = recovery.recovered
-            if not recovery.recovered:
-                body[p.K_REASON] = recovery.reason
-        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
-                else self.packer.encode(p.EV_SUBSCRIBED, body))
-
-    def unsubscribed(self, channel_id: str, cb_id: Optional[str]) -> bytes:
-        body = {p.K_CHANNEL: channel_id}
-        return (self.packer.encode(p.EV_REPLY, body, cb_id) if cb_id is not None
-                else self.packer.encode(p.EV_UNSUBSCRIBED, body))
-
-    def published(self, result: Published, cb_id: str, traceparent: Optional[str] = None) -> bytes:
-        body: Dict[str, Any] = {p.K_CHANNEL: result.channel_id, p.K_OFFSET: result.offset,
-                                p.K_DELIVERED: result.delivered}
-        if result.duplicate:
-            body[p.K_DUPLICATE] = True
-        if traceparent is not None:
-            body[tracing.TRACEPARENT] = traceparent
-        return self.packer.encode(p.EV_REPLY, body, cb_id)
 
     # -- our requests to the peer ------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,

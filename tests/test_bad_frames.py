@@ -81,30 +81,6 @@ def test_binary_frame_is_a_bad_frame(make_server: Callable[..., Server],
     assert_open(r)
 
 
-def test_too_many_bad_frames_in_a_row_close_with_1008(make_server: Callable[..., Server],
-                                                      raw_ws: Callable[..., RawWS]) -> None:
-    limit = 3
-    srv = make_server(max_bad_frames_in_row=limit)
-    r = raw_ws(srv.url)
-    for _ in range(limit):
-        r.send("garbage")
-        assert r.recv()[1]["code"] == "bad-frame"
-    assert_open(r, "reset")  # a good frame resets the run
-    for _ in range(limit):
-        r.send("garbage")
-        assert r.recv()[1]["code"] == "bad-frame"
-    assert_open(r, "still")
-    for _ in range(limit):
-        r.send("garbage")
-        assert r.recv()[1]["code"] == "bad-frame"
-    r.send("one too many")
-    assert r.recv()[1]["code"] == "bad-frame"  # the last one is still answered
-    assert r.recv_close() == 1008
-    wait_until(lambda: srv.stats()["closes_by_code"].get(1008) == 1, what="1008 close counted")
-    assert srv.stats()["bad_frame_closes"] == 1
-    assert srv.stats()["connections"] == 0
-
-
 def test_oversize_frame_closes_with_1009(make_server: Callable[..., Server],
                                          raw_ws: Callable[..., RawWS]) -> None:
     srv = make_server(max_message_bytes=1024)

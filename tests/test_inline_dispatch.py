@@ -10,7 +10,6 @@ import pytest
 
 from sente_lite import Server
 from sente_lite.wire import protocol as p
-from sente_lite.server.handler import ServerCore
 from sente_lite.session import ServerSession
 from sente_lite.server.server import Connection
 from sente_lite.testing.abuse import RawPeer
@@ -48,7 +47,7 @@ def only_conn(srv: Server) -> Connection:
 def reader_idle(srv: Server) -> None:
     """Wait until the workers have handled every message of the connection."""
     conn = only_conn(srv)
-    wait_until(lambda: conn._lane.idle, what="connection's lane idle")
+    wait_until(lambda: conn.lane.idle, what="connection's lane idle")
 
 
 def publish(peer: RawPeer, cb_id: str, data: Any, seen: List[Any]) -> Any:
@@ -167,11 +166,11 @@ def test_exception_in_the_inline_path_answers_handler_error_and_keeps_serving(
         reader_idle(srv)
         start = srv.stats()
 
-        # 1. a built-in raises: the core answers for it
-        def broken(self: ServerCore, conn: Any, ev: Any) -> None:
+        # 1. a built-in raises: the dispatcher answers for it
+        def broken(*args: Any) -> None:
             raise RuntimeError("bug in the publish path")
 
-        monkeypatch.setattr(ServerCore, "_publish", broken)
+        monkeypatch.setattr(srv._dispatcher.hub, "publish", broken)
         error = publish(peer, "p1", "x", seen)
         assert error[0] == p.EV_ERROR and error[1][p.K_CODE] == p.ERR_HANDLER_ERROR
         assert "internal error handling sente-lite/publish" in error[1][p.K_MESSAGE]

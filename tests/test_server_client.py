@@ -134,18 +134,6 @@ def test_plain_events_reach_the_handler_in_order(make_server: Callable[..., Serv
     assert got.wait_count(100) == list(range(100))
 
 
-def test_no_handler(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
-    c = make_client(srv.url)
-    with pytest.raises(RemoteError) as info:
-        c.request("app/nobody-home")
-    assert info.value.code == "no-handler"
-    assert "app/nobody-home" in info.value.message
-    c.send("app/nobody-home", 1)  # a plain event is counted, not answered
-    wait_until(lambda: srv.stats().get("unhandled_events") == 1, what="unhandled count")
-    assert c.stats().get("errors_from_server", 0) == 0
-
-
 def test_handler_error_is_reported_logged_and_server_keeps_serving(
         make_server: Callable[..., Server], make_client: Callable[..., Client],
         caplog: pytest.LogCaptureFixture) -> None:

@@ -259,7 +259,7 @@ class Hub:
             if payload is None:
                 payload = payloads[packer.name] = packer.encode(event, data)
             if conn.deflate_bits:  # compressed for that connection's window
-                taken += bool(conn._enqueue(payload))
+                taken += bool(conn.send_frame(payload))
                 continue
             wire = built.get(packer.name)
             if wire is None:

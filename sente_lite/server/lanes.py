@@ -1,63 +1,34 @@
 """Where each frame a connection sends is handled: on the network thread, or on the
 connection's worker lane, in arrival order whatever its framing.
 
-:class:`Dispatcher` runs on the network thread for every whole message. A frame that
-runs no application code (a built-in, with no ``authorize`` hook for channel ones) is
-handled right there while nothing of its connection waits for a worker; answers to the
-server's requests always are (a handler waiting in ``request()`` needs them). Anything
-else goes to the connection's lane, behind what is already there, and counts as waiting
-input (:mod:`sente_lite.core.inflow`) until it is handled. A ``chsk/batch`` is split here and
-each frame in it takes the same way as if it came alone. What a frame asks for is
-:class:`~sente_lite.server.handler.ServerCore`'s business.
+:class:`Lanes` runs on the network thread for every whole message. What a frame may
+involve is its :class:`~sente_lite.wire.protocol.FrameKind`, told by the connection's
+packer from its first bytes (nothing decoded here). A frame that runs no application
+code (below the dispatcher's ``app_code_from``) is handled right there while nothing of
+its connection waits for a worker; answers to the server's requests always are (a
+handler waiting in ``request()`` needs them). Anything else goes to the connection's
+lane, behind what is already there, and counts as waiting input
+(:mod:`sente_lite.core.inflow`) until it is handled. A ``chsk/batch`` is split here and
+each frame in it takes the same way as if it came alone (by the kind of what its
+session made of it). What a frame asks for is the
+:class:`~sente_lite.core.dispatcher.ServerDispatcher`'s business.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import time
-from typing import Any, Callable, List, Optional, Protocol
+from typing import Any, Callable, List
 
-from ..wire import protocol as p
 from .. import session as ss
-from ..wire import tracing
-from ..counters import Counter, Counters
+from ..core.dispatcher import ServerDispatcher
 from ..core.inflow import InboundGauge
+from ..core.metrics import LatencyHistogram
+from ..wire import protocol as p
+from .ports import ConnectionPort
+from .workers import WorkerPool
 
-from .ports import ConnectionPort, ServerPort
-
-
-class Acting(Protocol):
-    """What the dispatcher hands a connection's received frames to
-    (:class:`sente_lite.server.handler.ServerCore`)."""
-
-    server: ServerPort
-    counters: Counters
-
-    def _apply(self, conn: ConnectionPort, received: ss.Received, msg: Any) -> None: ...
-
-log = logging.getLogger("sente_lite.server")
-
-_SENTE_PREFIX = f'["{p.NS_SENTE}/'
-_CHSK_PREFIX = f'["{p.NS_CHSK}/'
-#: Frames that answer the server (a handler waiting in request() needs them at once).
-_ANSWERS = (p.EV_REPLY, p.EV_ERROR, p.EV_PONG)
-_JSON_ANSWERS = tuple(f'["{e}"' for e in _ANSWERS)
-_MSGPACK_ANSWERS = frozenset(e.encode("ascii") for e in _ANSWERS)
-ANSWER, CHSK, SENTE = "answer", "chsk", "sente"
-
-
-def builtin_kind(msg: Any) -> Optional[str]:
-    """What a compactly written frame is, from its first bytes: an ``ANSWER``
-    (reply, error, pong), another ``CHSK`` or a ``SENTE`` built-in; None otherwise."""
-    if type(msg) is str:
-        if msg.startswith(_CHSK_PREFIX):
-            return ANSWER if msg.startswith(_JSON_ANSWERS) else CHSK
-        return SENTE if msg.startswith(_SENTE_PREFIX) else None
-    # MessagePack: a fixarray, then the event-id as a fixstr (built-in ids are short)
-    if msg[2:7] == b"chsk/":
-        return ANSWER if msg[2:2 + (msg[1] & 0x1F)] in _MSGPACK_ANSWERS else CHSK
-    return SENTE if msg[2:13] == b"sente-lite/" else None
+_ANSWER, _BATCH = p.FrameKind.ANSWER, p.FrameKind.BATCH
 
 
 def _counted(inflow: InboundGauge, frames: int, size: int, task: Callable[[], None]) -> None:
@@ -67,25 +38,23 @@ def _counted(inflow: InboundGauge, frames: int, size: int, task: Callable[[], No
         inflow.done(frames, size)
 
 
-class Dispatcher:
+class Lanes:
     """Sends each frame of a server's connections where it is handled (see the module)."""
 
-    def __init__(self, core: Acting) -> None:
-        self.core = core
-        self.server = core.server
-        self.counters = core.counters
+    def __init__(self, dispatcher: ServerDispatcher, pool: WorkerPool,
+                 latency: LatencyHistogram) -> None:
+        self.dispatcher = dispatcher
+        self.pool = pool
+        self.latency = latency
 
     def on_message(self, conn: ConnectionPort, msg: Any, size: int) -> None:
-        """One whole message from ``conn`` (on the network thread). Built-in frames are
-        handled here when nothing of the connection waits for a worker and no
-        application code would run (answers always: a handler waiting in request()
-        needs its reply); the rest goes to the connection's lane, in order.
-        A ``chsk/batch`` is split here and each frame in it goes the same way."""
+        """One whole message from ``conn`` (on the network thread): handled here, or
+        sent to the connection's lane (see the module)."""
         conn.frames_in += 1
         conn.bytes_in += size
-        session = conn._session
-        kind = builtin_kind(msg)
-        if kind is CHSK and ss.is_batch(msg):
+        session = conn.session
+        kind = conn.packer.frame_kind(msg)
+        if kind is _BATCH:
             session.admit(msg, time.monotonic())  # life; its frames are rate-checked one by one
             self._dispatch_parts(conn, session.receive_parts(msg), size)
             return
@@ -93,85 +62,48 @@ class Dispatcher:
         if refused is not None:  # answered in order with what is queued before it
             self._dispatch_parts(conn, [refused], 0)
             return
-        if kind is ANSWER or (kind is CHSK and conn._lane.idle) or (
-                kind is SENTE and self._may_inline(conn)):
+        if kind is _ANSWER or (kind < self.dispatcher.app_code_from and conn.lane.idle):
             conn.frames_inline += 1
             self.handle(conn, msg)
             return
         self._to_lane(conn, 1, size, functools.partial(self.handle, conn, msg))
 
-    def _to_lane(self, conn: ConnectionPort, frames: int, size: int, task: Callable[[], None]) -> None:
-        """Run ``task`` on the connection's lane; its ``frames`` and ``size`` bytes count
-        as waiting input (``max_inbound_frames``/``max_inbound_bytes``) until it is done."""
-        inflow = conn._link.inflow
-        inflow.add(frames, size)
-        self.server._pool.submit(conn._lane, functools.partial(_counted, inflow, frames, size, task))
-
-    def _may_inline(self, conn: ConnectionPort) -> bool:
-        """A ``sente-lite/*`` frame may be handled on the network thread: nothing of the
-        connection waits for a worker and no ``authorize`` hook (application code) is set."""
-        return conn._lane.idle and self.server.authorize is None
-
     def _dispatch_parts(self, conn: ConnectionPort, parts: List[ss.Received], size: int) -> None:
-        """Handle what each frame of one message produced, in order: here when it runs
-        no application code and nothing of the connection waits for a worker (answers
-        to the server's requests always), else on the connection's lane."""
+        """Handle what each frame of one message produced, in order, each where its
+        kind belongs."""
+        app_code_from = self.dispatcher.app_code_from
         for part in parts:
-            kinds = {type(ev) for ev in part.events}
-            if (not part.frames and kinds <= {ss.ReplyArrived}) or (
-                    ss.AppEvent not in kinds and self._may_inline(conn)):
+            kind = part.kind
+            if kind is _ANSWER or (kind < app_code_from and conn.lane.idle):
                 conn.frames_inline += 1
                 self.apply(conn, part)
             else:  # the message's bytes are held until its first part on the lane is done
                 self._to_lane(conn, 1, size, functools.partial(self.apply, conn, part))
                 size = 0
 
+    def _to_lane(self, conn: ConnectionPort, frames: int, size: int, task: Callable[[], None]) -> None:
+        """Run ``task`` on the connection's lane; its ``frames`` and ``size`` bytes count
+        as waiting input (``max_inbound_frames``/``max_inbound_bytes``) until it is done."""
+        inflow = conn.inflow
+        inflow.add(frames, size)
+        self.pool.submit(conn.lane, functools.partial(_counted, inflow, frames, size, task))
+
     def handle(self, conn: ConnectionPort, msg: Any) -> None:
-        """Handle one message; never raises: a bug costs one answer, not the connection."""
-        self._handle(conn, msg, None)
+        """Handle one message (admitted already); never raises."""
+        started = time.perf_counter()
+        self._timed(self.dispatcher.receive(conn, msg), started)
 
     def apply(self, conn: ConnectionPort, received: ss.Received) -> None:
-        """Act on what one frame produced (already received); never raises."""
-        self._handle(conn, None, received)
-
-    def _handle(self, conn: ConnectionPort, msg: Any, received: Optional[ss.Received]) -> None:
+        """Act on what one frame produced (received already); never raises."""
         started = time.perf_counter()
-        try:
-            if received is None:
-                received = conn._session.receive(msg)
-            traced = getattr(received.events[0], "traceparent", None) if received.events else None
-            if traced is None:
-                self.core._apply(conn, received, msg)
-            else:
-                with tracing.active(traced):
-                    self.core._apply(conn, received, msg)
-            for ev in received.events:
-                if type(ev) is not ss.ReplyArrived and getattr(ev, "cb_id", None) is not None:
-                    self.server._latency.observe(time.perf_counter() - started)
-        except Exception:  # handlers and built-ins answer their own errors: this is a bug
-            self.counters.add(Counter.INTERNAL_ERRORS)
-            log.exception("internal error handling a frame (conn %s)", conn.conn_id)
-            self._internal_error(conn, msg, received)
+        self.dispatcher.apply(conn, received)
+        self._timed(received, started)
 
-    def _internal_error(self, conn: ConnectionPort, msg: Any, received: Optional[ss.Received]) -> None:
-        """Answer the frame whose handling failed with ``handler-error``."""
-        cb_id: Optional[str] = None
-        event: Optional[str] = None
-        try:
-            if msg is not None:
-                event, _, cb_id = conn._session.packer.decode(msg)
-            elif received is not None:
-                first = next((ev for ev in received.events if getattr(ev, "cb_id", None)), None)
-                cb_id = getattr(first, "cb_id", None)
-                event = getattr(first, "event", None)
-        except p.FrameError as exc:
-            cb_id = exc.cb_id
-        try:
-            conn._enqueue(conn._session.error(p.ERR_HANDLER_ERROR,
-                                              f"internal error handling {event or 'a frame'}",
-                                              cb_id, event))
-        except Exception:
-            log.exception("could not answer the internal error (conn %s)", conn.conn_id)
+    def _timed(self, received: ss.Received, started: float) -> None:
+        """Each request answered counts in the request latency histogram."""
+        for ev in received.events:
+            if ev.cb_id is not None:
+                self.latency.observe(time.perf_counter() - started)
 
 
-__all__ = ["Dispatcher", "builtin_kind", "ANSWER", "CHSK", "SENTE"]
+__all__ = ["Lanes"]

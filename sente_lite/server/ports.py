@@ -15,48 +15,45 @@ from websockets.http11 import Request, Response
 
 
 from ..counters import Counters
+from ..core.dispatcher import ServerDispatcher
 from ..core.face import ServerFace
+from ..core.inflow import InboundGauge
+from ..core.ports import ConnectionPort as CorePort, Handler
 from ..core.hub import Broker, Hub
 from .link import Link
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import NetLoop
-from ..wire.packers import Packer
 from ..core.security import Authorize, Gate
-from ..session import ServerSession
 from ..wire.tracing import Spans
 from .workers import Lane, WorkerPool
 
 
-class ConnectionPort(Protocol):
-    """One live connection, as the server's parts see it."""
+class ConnectionPort(CorePort, Protocol):
+    """One live connection, as the server's parts see it: the dispatcher's port
+    (:class:`sente_lite.core.ports.ConnectionPort`) and what the threaded face keeps."""
 
-    conn_id: str
-    uid: Optional[str]
     client_id: str
-    remote_address: str
     connected_at: float
-    packer: Packer
     batching: bool
     frames_in: int
     frames_out: int
     frames_inline: int
     bytes_in: int
-    _session: ServerSession
-    _link: Link
-    _lane: Lane
-    _closed: bool
-    _close_code: Optional[int]
-    _close_reason: str
+    lane: Lane
+    inflow: InboundGauge
+    _closed: threading.Event
 
     @property
     def queued_bytes(self) -> int: ...
+    @property
+    def close_code(self) -> Optional[int]: ...
+    @property
+    def close_reason(self) -> str: ...
     def close(self, code: int = ..., reason: str = "", flush: bool = True) -> None: ...
-    def _enqueue(self, frame: bytes) -> bool: ...
-    def _ping(self) -> None: ...
 
 
-#: What an application registers: event handlers and connect/disconnect hooks.
-Handler = Callable[[Any, Any], Any]
+#: What an application registers: event handlers (:data:`sente_lite.core.ports.Handler`)
+#: and connect/disconnect hooks.
 ConnectHook = Callable[[Any], None]
 DisconnectHook = Callable[[Any, int, str], None]
 
@@ -89,6 +86,7 @@ class ServerPort(ServerFace, Protocol):
     _latency: LatencyHistogram
     _metrics: MetricsExporter
     _handlers: Dict[str, Handler]
+    _dispatcher: ServerDispatcher
     _on_connect: List[ConnectHook]
     _on_disconnect: List[DisconnectHook]
     _conn_seq: Iterator[int]

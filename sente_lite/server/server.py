@@ -54,7 +54,9 @@ from ..api import http_api
 from .api_front import ApiFront
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from ..core.hub import Broker, Hub, LocalBroker
-from ..core.inflow import InboundLimits
+from ..core.dispatcher import ServerDispatcher
+from ..core.gate import ChannelGate
+from ..core.inflow import InboundGauge, InboundLimits
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from ..core.outbox import Overflow
@@ -90,7 +92,9 @@ class Connection:
 
     Public attributes: ``conn_id``, ``client_id``, ``uid``, ``remote_address``,
     ``first`` (first connection of this client-id to this server process) and
-    ``connected_at`` (``time.time()``).
+    ``connected_at`` (``time.time()``). It is also the server dispatcher's port
+    (:class:`sente_lite.core.ports.ConnectionPort`): ``session``, ``send_frame``,
+    ``deliver``, ``ping``, ``close``, ``settle``, ``closing``, ``input_paused``.
     """
 
     def __init__(self, server: "Server", link: Link, conn_id: str,
@@ -103,7 +107,9 @@ class Connection:
         self.connected_at = time.time()
         self._server = server
         self._link = link
-        self._lane = Lane(conn_id)
+        self._lanes = server._core.lanes
+        #: this connection's handler lane: its events and hooks run one at a time, in order
+        self.lane = Lane(conn_id)
         self._close_code: Optional[int] = None
         self._close_reason = ""
         self._closed = threading.Event()
@@ -119,8 +125,9 @@ class Connection:
         self._batch: List[bytes] = []  # payloads gathered; under the link's lock
         self._batch_bytes = 0
         self.batches_out = 0
-        self._session = ServerSession(conn_id, server._rules, time.monotonic(), server.counters,
-                                      self.packer)
+        #: the protocol state of this connection (its sans-I/O session)
+        self.session: ServerSession = server._dispatcher.new_session(conn_id, time.monotonic(),
+                                                                     self.packer)
         # inbound counters, written by the network thread only
         self.frames_in = 0
         self.bytes_in = 0
@@ -134,28 +141,52 @@ class Connection:
 
     # -- called by the network loop -------------------------------------------------
     def on_message(self, message: Any, size: int) -> None:
-        self._server._core.dispatch.on_message(self, message, size)
+        self._lanes.on_message(self, message, size)
 
     def on_life(self) -> None:
-        self._session.last_seen = time.monotonic()
+        self.session.last_seen = time.monotonic()
 
     @property
     def awaiting_replies(self) -> int:
         """Requests to this peer waiting for its reply."""
-        return self._session.outstanding
+        return self.session.outstanding
 
     @property
     def last_seen(self) -> float:
         """``time.monotonic()`` when the peer was last heard from."""
-        return self._session.last_seen
+        return self.session.last_seen
+
+    @property
+    def inflow(self) -> InboundGauge:
+        """This connection's input read and not handled yet (:mod:`sente_lite.core.inflow`)."""
+        return self._link.inflow
+
+    @property
+    def input_paused(self) -> bool:
+        """Its socket is not being read (its handlers are behind)."""
+        return self._link.inflow.paused
+
+    @property
+    def closing(self) -> bool:
+        """A close was asked (by the server or the application)."""
+        return self._close_code is not None
+
+    @property
+    def close_code(self) -> Optional[int]:
+        """The code of the close the server asked for (None: none asked)."""
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
 
     # -- sending ----------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> bool:
         """Queue event ``event`` with ``data`` for this peer. False when it is closing."""
         _check_event_id(event)
-        return self._enqueue(self.packer.encode(event, data))
+        return self.send_frame(self.packer.encode(event, data))
 
-    def _enqueue(self, frame: bytes) -> bool:
+    def send_frame(self, frame: bytes) -> bool:
         """Send one encoded frame (in this connection's packer) without blocking.
 
         False when the connection is closing or its outbound queue overflowed.
@@ -170,7 +201,8 @@ class Connection:
         """Send one whole built frame (a channel message) without blocking."""
         return self._enqueue_wire(wire, size)
 
-    def _ping(self) -> None:
+    def ping(self) -> None:
+        """Send a heartbeat ping (``chsk/ws-ping``) without blocking."""
         if self.packer.binary:  # a msgpack connection: every frame is binary, pings too
             self._enqueue_wire(_PING_WIRE_MSGPACK, len(_PING_MSGPACK))
         else:
@@ -280,7 +312,7 @@ class Connection:
             raise RuntimeError("request() from the network thread would stop every "
                                "connection's reading: call it from a handler or another thread")
         fut: "concurrent.futures.Future[Any]" = concurrent.futures.Future()
-        session = self._session
+        session = self.session
         try:
             cb_id, frame = session.request(event, data, fut, time.monotonic(), timeout)
         except LimitExceeded:
@@ -291,7 +323,7 @@ class Connection:
                                 f"a reply (max_outstanding_requests="
                                 f"{self._server.max_outstanding_requests})") from None
         try:
-            if not self._enqueue(frame):
+            if not self.send_frame(frame):
                 raise Disconnected(f"connection {self.conn_id} is closing")
             with self._server._pool.blocking():
                 try:
@@ -303,7 +335,8 @@ class Connection:
             session.forget(cb_id)
 
     @staticmethod
-    def _settle(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
+    def settle(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
+        """Hand the outcome of one of the server's requests to the future waiting for it."""
         if waiter.done():
             return
         if error is not None:
@@ -548,13 +581,17 @@ class Server(InspectionMixin):
             max_outstanding_requests=max_outstanding_requests,
             max_channel_id_chars=max_channel_id_chars, rate_limit=rate_limit,
             rate_burst=rate_burst, max_rate_limited=max_rate_limited)
-        self._core = ServerCore(self)
+        self._handlers: Dict[str, Handler] = {}
+        self._dispatcher = ServerDispatcher(
+            self._hub, self._rules, self._handlers,
+            ChannelGate(self.channels, self.counters, max_subscriptions_per_conn, authorize),
+            self._spans)
+        self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)
         self.api_keys = _api_keys(api_keys, host, ssl_context, api_insecure_ok)
         self.api_max_body_bytes = api_max_body_bytes
         self.api_rate_limit = api_rate_limit
         self._api = ApiFront(self)
-        self._handlers: Dict[str, Handler] = {}
         self._on_connect: List[ConnectHook] = []
         self._on_disconnect: List[DisconnectHook] = []
         self._conn_seq = itertools.count(1)

@@ -57,8 +57,8 @@ class InspectionMixin:
         for key in PER_CONN_TOTALS:
             out[key] = closed[key] + sum(getattr(c, key) for c in live)
         out["queued_bytes"] = sum(c.queued_bytes for c in live)
-        out["inbound_frames"] = sum(c._link.inflow.frames for c in live)
-        out["inbound_bytes"] = sum(c._link.inflow.bytes for c in live)
+        out["inbound_frames"] = sum(c.inflow.frames for c in live)
+        out["inbound_bytes"] = sum(c.inflow.bytes for c in live)
         out.update(self.channels.stats())
         out.update(self._gate.stats())
         loop = self._loop

@@ -1,21 +1,32 @@
-"""A client session and a server session joined in memory, for protocol tests.
+"""Client sessions and the server's dispatcher joined in memory, for protocol tests.
 
 :class:`SessionPair` moves frames between a :class:`~sente_lite.session.ClientSession`
-and a :class:`~sente_lite.session.ServerSession` the way a socket would, with a
-clock the test sets, a real :class:`~sente_lite.brokers.local.ChannelRegistry` behind
-the server, and application handlers as plain functions. No socket, no thread.
-A connection can be cut (frames in flight are lost) and opened again.
+and the server's :class:`~sente_lite.core.dispatcher.ServerDispatcher` (the same object
+the threaded server drives) the way a socket would, with a clock the test sets, a real
+:class:`~sente_lite.brokers.local.ChannelRegistry` behind a real
+:class:`~sente_lite.core.hub.Hub`, and application handlers as plain functions of the
+event's data. No socket, no thread. A connection can be cut (frames in flight are lost)
+and opened again; :meth:`SessionPair.another` joins a second client to the same server.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional
+import collections.abc
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ..wire import packers
-from ..wire import protocol as p
 from .. import session as ss
 from ..brokers.local import ChannelRegistry
+from ..core.dispatcher import ServerDispatcher
+from ..core.gate import ChannelGate
+from ..core.hub import Hub
+from ..core.ports import Handler
 from ..counters import Counters
+from ..wire import packers
+from ..wire import protocol as p
+from ..wire.packers import Packer
+
+#: A pair's handler takes the event's data (the dispatcher passes the connection too).
+PairHandler = Callable[[Any], Any]
 
 
 class _Waiter:
@@ -36,49 +47,217 @@ class _Waiter:
         self.error, self.settled = exc, True
 
 
+def _payload(payload: bytes, binary: bool, compressed: bool = False) -> bytes:
+    """The hub's "whole WebSocket frame" in memory: the payload itself."""
+    return payload
+
+
+class _Handlers(collections.abc.Mapping):
+    """The pair's handlers as the dispatcher calls a server's, ``handler(conn, data)``:
+    those registered with :meth:`SessionPair.on`, and those of ``handlers`` (data only)."""
+
+    def __init__(self, full: Dict[str, Handler], data_only: Dict[str, PairHandler]) -> None:
+        self._full = full
+        self._data_only = data_only
+
+    def __getitem__(self, event: str) -> Handler:
+        fn = self._full.get(event)
+        if fn is not None:
+            return fn
+        data_only = self._data_only[event]
+        return lambda conn, data: data_only(data)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self._data_only, **self._full})
+
+    def __len__(self) -> int:
+        return len({**self._data_only, **self._full})
+
+
+class MemoryServer:
+    """The server side every pair joined to it shares: one hub, one dispatcher, one
+    clock (``now``), handlers and channel policy."""
+
+    def __init__(self, rules: ss.ServerRules, registry: Optional[ChannelRegistry], now: float,
+                 max_subscriptions_per_conn: int = 1000,
+                 authorize: Optional[Callable[[Any, str, str], bool]] = None) -> None:
+        self.now = now
+        self.rules = rules
+        self.counters = Counters()
+        self.handlers: Dict[str, PairHandler] = {}
+        self.conn_handlers: Dict[str, Handler] = {}
+        self.max_subscriptions_per_conn = max_subscriptions_per_conn
+        self.authorize = authorize
+        self.conn_seq = 0
+        self.registry = registry or ChannelRegistry("e", counters=self.counters,
+                                                    clock=lambda: self.now)
+        self.hub, self.dispatcher = self._build()
+
+    def _build(self) -> Tuple[Hub, ServerDispatcher]:
+        hub = Hub(self.registry, self.counters, 1000, _payload)
+        gate = ChannelGate(self.registry, self.counters, self.max_subscriptions_per_conn,
+                           self.authorize)
+        return hub, ServerDispatcher(hub, self.rules, _Handlers(self.conn_handlers, self.handlers), gate)
+
+    def use_broker(self, registry: ChannelRegistry) -> None:
+        """Put ``registry`` behind a new hub and dispatcher (a restarted server); live
+        connections stay registered."""
+        live = self.hub.snapshot()
+        self.registry = registry
+        self.hub, self.dispatcher = self._build()
+        for conn in live:
+            self.hub.add(conn)
+
+
+class PairConnection:
+    """The server's end of one in-memory connection: the dispatcher's
+    :class:`~sente_lite.core.ports.ConnectionPort`. What it sends goes to its pair's
+    ``to_client``; ``close_code`` records a close."""
+
+    def __init__(self, pair: "SessionPair", conn_id: str, uid: str,
+                 session: ss.ServerSession) -> None:
+        self.conn_id = conn_id
+        self.uid = uid
+        self.client_id = pair.client.client_id
+        self.remote_address = "memory"
+        self.session = session
+        self.packer: Packer = session.packer
+        self.deflate_bits = 0
+        self.input_paused = False
+        self.close_code: Optional[int] = None
+        self.close_reason = ""
+        self.cut = False
+        self._pair = pair
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    def send_frame(self, frame: bytes) -> bool:
+        if self.cut or self.close_code is not None:
+            return False
+        self._pair.to_client.append(frame)
+        return True
+
+    def deliver(self, wire: bytes, size: int) -> bool:
+        return self.send_frame(wire)
+
+    def ping(self) -> None:
+        self.send_frame(self.packer.encode(p.EV_PING))
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+
+    def settle(self, waiter: Any, result: Any, error: Optional[BaseException]) -> None:
+        if waiter.done():
+            return
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(result)
+
+
 class SessionPair:
-    """A client and a server session joined by an in-memory connection."""
+    """A client session and the server's dispatcher joined by an in-memory connection."""
 
     def __init__(self, rules: Optional[ss.ServerRules] = None, client_id: str = "c1",
                  registry: Optional[ChannelRegistry] = None, now: float = 0.0,
-                 packer: str = "json") -> None:
-        self.now = now
-        self.rules = rules or ss.ServerRules(rate_limit=None)
-        self.counters = Counters()
-        self.registry = registry or ChannelRegistry("e", counters=self.counters, clock=lambda: self.now)
+                 packer: str = "json", server: Optional[MemoryServer] = None,
+                 **policy: Any) -> None:
+        """``policy``: ``max_subscriptions_per_conn`` and ``authorize``, as a Server takes them."""
+        self.side = server or MemoryServer(rules or ss.ServerRules(rate_limit=None), registry,
+                                           now, **policy)
         self.packer = packers.get(packer)
         self.client = ss.ClientSession(client_id, packer=self.packer)
-        self.handlers: Dict[str, Callable[[Any], Any]] = {}
         self.to_server: List[bytes] = []
         self.to_client: List[bytes] = []
         self.client_events: List[Any] = []  # what the client session gave the application
-        self.server_events: List[Any] = []
-        self.closed: Optional[ss.CloseConnection] = None
-        self.server: Optional[ss.ServerSession] = None
-        self._conns = 0
+        self.server_events: List[Any] = []  # what the server session gave the dispatcher
+        self.conn: Optional[PairConnection] = None
+
+    def another(self, client_id: str = "c2", packer: Optional[str] = None) -> "SessionPair":
+        """A second client joined to this pair's server (same hub, dispatcher and clock)."""
+        return SessionPair(client_id=client_id, packer=packer or self.packer.name, server=self.side)
+
+    # -- the shared server side -------------------------------------------------------------
+    @property
+    def now(self) -> float:
+        return self.side.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.side.now = value
+
+    @property
+    def registry(self) -> ChannelRegistry:
+        return self.side.registry
+
+    @registry.setter
+    def registry(self, registry: ChannelRegistry) -> None:
+        self.side.use_broker(registry)
+
+    @property
+    def rules(self) -> ss.ServerRules:
+        return self.side.rules
+
+    @property
+    def counters(self) -> Counters:
+        return self.side.counters
+
+    @property
+    def handlers(self) -> Dict[str, PairHandler]:
+        return self.side.handlers
+
+    def on(self, event: str, handler: Handler) -> None:
+        """Handle ``event`` with ``handler(conn, data)``, as ``Server.on`` registers it."""
+        self.side.conn_handlers[event] = handler
+
+    @property
+    def dispatcher(self) -> ServerDispatcher:
+        return self.side.dispatcher
+
+    @property
+    def server(self) -> Optional[ss.ServerSession]:
+        """The server session of the open connection."""
+        return self.conn.session if self.conn is not None else None
+
+    @property
+    def closed(self) -> Optional[Tuple[int, str]]:
+        """(code, reason) of the close the server asked for on this connection, if any."""
+        conn = self.conn
+        return None if conn is None or conn.close_code is None else (conn.close_code,
+                                                                     conn.close_reason)
 
     # -- connection ---------------------------------------------------------------------
     def connect(self, uid: str = "u1") -> None:
         """Open a connection: the server greets, the client renews its state."""
-        self._conns += 1
-        conn_id = f"conn-{self._conns}"
-        self.server = ss.ServerSession(conn_id, self.rules, self.now, self.counters, self.packer)
-        self.closed = None
+        side = self.side
+        side.conn_seq += 1
+        conn_id = f"conn-{side.conn_seq}"
+        first = side.hub.first_visit(self.client.client_id)
+        session = side.dispatcher.new_session(conn_id, self.now, self.packer)
+        self.conn = PairConnection(self, conn_id, uid, session)
         self.client.connection_opened(self.now)
-        self.to_client.append(self.server.handshake(uid, None, {"conn-id": conn_id}, self._conns == 1))
+        side.dispatcher.open(self.conn, None, {"conn-id": conn_id}, first)
         self.pump()
 
     def cut(self) -> List[Any]:
-        """Drop the connection: frames in flight are lost. Returns the failed waiters."""
-        assert self.server is not None
-        self.registry.remove_member(self.server.conn_id)
+        """Drop the connection: frames in flight are lost. Returns the client's failed waiters."""
+        conn = self.conn
+        assert conn is not None
+        conn.cut = True
+        self.dispatcher.closed(conn)
         self.to_server.clear()
         self.to_client.clear()
-        self.server.fail_requests()
-        self.server = None
+        self.conn = None
         failed = self.client.connection_lost()
         self.client.transition(ss.ON_LOST)
         return failed
+
+    def tick(self, stalled_s: float = 0.0) -> None:
+        """The server's heartbeat at ``now`` (pings, silence, request deadlines)."""
+        self.dispatcher.tick(self.now, stalled_s)
 
     # -- the client's side ----------------------------------------------------------------
     def send(self, frame: bytes, cb_id: Optional[str] = None) -> None:
@@ -100,10 +279,10 @@ class SessionPair:
         self.send(frame, cb_id)
         return waiter
 
-    def publish(self, channel_id: str, data: Any) -> _Waiter:
+    def publish(self, channel_id: str, data: Any, exclude_sender: bool = False) -> _Waiter:
         waiter = _Waiter()
-        cb_id, frame = self.client.publish(channel_id, data, False, waiter, self.now)
-        if self.server is not None:
+        cb_id, frame = self.client.publish(channel_id, data, exclude_sender, waiter, self.now)
+        if self.conn is not None:
             self.send(frame, cb_id)
         return waiter
 
@@ -118,6 +297,11 @@ class SessionPair:
             else:
                 return
         raise AssertionError("frames kept flowing")
+
+    def server_reads(self) -> None:
+        """The server reads every frame in flight to it; the client reads nothing yet."""
+        while self.to_server:
+            self._server_receives(self.to_server.pop(0))
 
     def _client_receives(self, frame: bytes) -> None:
         received = self.client.receive(frame, self.now, self.client.packer.binary)
@@ -141,60 +325,20 @@ class SessionPair:
             self.send(frame, cb_id)
 
     def _server_receives(self, frame: bytes) -> None:
-        server = self.server
-        assert server is not None
-        text: Any = frame if server.packer.binary else frame.decode("utf-8")
-        received = server.admit(text, self.now) or server.receive(text)
-        self.to_client.extend(received.frames)
-        for ev in received.events:
-            self.server_events.append(ev)
-            self._serve(server, ev)
-
-    def _serve(self, server: ss.ServerSession, ev: Any) -> None:
-        kind = type(ev)
-        if kind is ss.AppEvent:
-            fn = self.handlers.get(ev.event)
-            if fn is None:
-                self.to_client.extend(server.no_handler(ev.event, ev.cb_id))
-                return
-            try:
-                result = fn(ev.data)
-            except Exception as exc:
-                self.to_client.extend(server.handler_failed(ev.event, ev.cb_id, exc))
-                return
-            if ev.cb_id is not None:
-                self.to_client.append(server.reply(ev.event, ev.cb_id, result))
-        elif kind is ss.SubscribeRequest:
-            self.registry.subscribe(
-                server.conn_id, ev.channel_id,
-                lambda offset, epoch, rec: self.to_client.append(
-                    server.subscribed(ev.channel_id, offset, epoch, rec, ev.cb_id)),
-                ev.since, lambda member, frame: self.to_client.append(frame) or True)
-        elif kind is ss.UnsubscribeRequest:
-            self.registry.unsubscribe(server.conn_id, ev.channel_id)
-            self.to_client.append(server.unsubscribed(ev.channel_id, ev.cb_id))
-        elif kind is ss.PublishRequest:
-            head = ev.data_json
-
-            def make_frame(offset: int, epoch: str) -> bytes:
-                body = {p.K_CHANNEL: ev.channel_id, p.K_DATA: p.loads(head), p.K_FROM: None,
-                        p.K_OFFSET: offset, p.K_EPOCH: epoch}
-                if ev.traceparent is not None:
-                    body["traceparent"] = ev.traceparent
-                return self.packer.encode(p.EV_CHANNEL_MSG, body)
-
-            result = self.registry.publish(
-                ev.channel_id, make_frame, lambda member, frame: self.to_client.append(frame) or True,
-                publish_id=ev.publish_id)
-            if ev.cb_id is not None and result is not None:
-                self.to_client.append(server.published(result, ev.cb_id, ev.traceparent))
-        elif kind is ss.CloseConnection:
-            self.closed = ev
+        """What the threaded server does with one message, in one go: admit, receive, act."""
+        conn = self.conn
+        assert conn is not None
+        if conn.close_code is not None:
+            return  # the server closed: nothing more is read
+        text: Any = frame if conn.packer.binary else frame.decode("utf-8")
+        session = conn.session
+        received = session.admit(text, self.now) or session.receive(text)
+        self.server_events.extend(received.events)
+        self.dispatcher.apply(conn, received)
 
     def server_publish(self, channel_id: str, data: Any) -> None:
-        """The server publishes on ``channel_id`` (delivered to this pair's client if subscribed)."""
-        self._serve(self.server or ss.ServerSession("none", self.rules, self.now),
-                    ss.PublishRequest(channel_id, p.encode_channel_data(data), None, False, None))
+        """The server publishes on ``channel_id`` (``from`` null), as ``Server.publish`` does."""
+        self.side.hub.publish(channel_id, p.encode_channel_data(data), None, None)
 
     def messages(self) -> List[ss.ChannelMessage]:
         """Channel messages the client session passed on, in order."""
@@ -205,4 +349,4 @@ class SessionPair:
                 if type(e) is ss.Subscribed and e.recovery is not None]
 
 
-__all__ = ["SessionPair"]
+__all__ = ["SessionPair", "MemoryServer", "PairConnection"]

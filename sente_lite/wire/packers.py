@@ -22,6 +22,22 @@ MISSING_MSGPACK = ("the msgpack packer needs the msgpack package: "
                    "pip install 'sente-lite[msgpack]'")
 
 
+#: How every sender of this package writes a frame (compact JSON): the first characters
+#: of each kind of frame, for :meth:`Packer.frame_kind`.
+_JSON_CHSK = f'["{p.NS_CHSK}/'
+_JSON_SENTE = f'["{p.NS_SENTE}/'
+_JSON_ANSWERS = tuple(f'["{e}"' for e in p.ANSWER_EVENTS)
+_JSON_BATCH = f'["{p.EV_BATCH}"'
+#: MessagePack: a fixarray, then the event-id as a fixstr (reserved ids are short).
+_MSGPACK_CHSK = f"{p.NS_CHSK}/".encode("ascii")
+_MSGPACK_SENTE = f"{p.NS_SENTE}/".encode("ascii")
+_MSGPACK_ANSWERS = frozenset(e.encode("ascii") for e in p.ANSWER_EVENTS)
+_MSGPACK_BATCH = bytes((0x92, 0xA0 | len(p.EV_BATCH))) + p.EV_BATCH.encode("ascii")
+_ANSWER, _BUILTIN, _CHANNEL, _APP, _BATCH = (p.FrameKind.ANSWER, p.FrameKind.BUILTIN,
+                                             p.FrameKind.CHANNEL, p.FrameKind.APP,
+                                             p.FrameKind.BATCH)
+
+
 class MissingExtra(ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -45,6 +61,18 @@ class Packer:
     def batch(self, frames: List[bytes]) -> bytes:
         """One ``chsk/batch`` frame holding ``frames`` (each already encoded), in order."""
         return b'["chsk/batch",[' + b",".join(frames) + b"]]"
+
+    def frame_kind(self, payload: Union[str, bytes]) -> p.FrameKind:
+        """What a frame received in this format is, from its first characters alone
+        (nothing decoded; a sender that writes it otherwise than compactly gets ``APP``
+        or ``BUILTIN``, handled in order with the connection's events)."""
+        if type(payload) is not str:
+            return _APP  # the wrong frame type for this packer: a bad frame, in order
+        if payload.startswith(_JSON_CHSK):
+            if payload.startswith(_JSON_ANSWERS):
+                return _ANSWER
+            return _BATCH if payload.startswith(_JSON_BATCH) else _BUILTIN
+        return _CHANNEL if payload.startswith(_JSON_SENTE) else _APP
 
     def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
         """The frame in ``payload`` (``binary``: it came in a binary message; by default,
@@ -88,6 +116,15 @@ class MsgpackPacker(Packer):
         head = bytes((0x90 | n,)) if n < 16 else (
             b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big"))
         return b"\x92" + self._msgpack.packb(p.EV_BATCH) + head + b"".join(frames)
+
+    def frame_kind(self, payload: Union[str, bytes]) -> p.FrameKind:
+        if type(payload) is str:
+            return _APP  # the wrong frame type for this packer: a bad frame, in order
+        if payload[2:7] == _MSGPACK_CHSK:
+            if payload[2:2 + (payload[1] & 0x1F)] in _MSGPACK_ANSWERS:
+                return _ANSWER
+            return _BATCH if payload.startswith(_MSGPACK_BATCH) else _BUILTIN
+        return _CHANNEL if payload[2:13] == _MSGPACK_SENTE else _APP
 
     def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
         if not (binary if binary is not None else not isinstance(payload, str)):

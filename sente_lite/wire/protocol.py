@@ -7,6 +7,7 @@ text into :class:`Frame` objects and back, and names every protocol string once.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from array import array
@@ -114,6 +115,27 @@ _CONTROL_CHARS_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # Surrogate code points cannot be encoded as UTF-8, so no text frame can carry them.
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE_RE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class FrameKind(enum.IntEnum):
+    """What handling a server-bound frame may involve, least to most. A server face
+    picks the thread from it: an ``ANSWER`` settles one of the server's own requests
+    (a handler may be waiting in ``request()`` for it), a ``BUILTIN`` (``chsk/*``) and
+    a ``CHANNEL`` operation (``sente-lite/*``) run no application code unless the
+    server has an ``authorize`` hook (which channel operations call), an ``APP`` event
+    runs its handler. A ``BATCH`` holds frames, each of its own kind. Told from a
+    frame's first bytes by its packer (:meth:`sente_lite.wire.packers.Packer.frame_kind`)
+    and carried by every event a server session gives (``kind``)."""
+
+    ANSWER = 0
+    BUILTIN = 1
+    CHANNEL = 2
+    APP = 3
+    BATCH = 4
+
+
+#: Events that answer the server's own requests (:attr:`FrameKind.ANSWER`).
+ANSWER_EVENTS = (EV_REPLY, EV_ERROR, EV_PONG)
 
 
 class Frame(NamedTuple):
