@@ -771,18 +771,18 @@ class Server(InspectionMixin):
         loop = self._loop
         return loop is not None and loop.on_loop()
 
-    def _admit(self, ws: Link, request: Request, client_id: str,
+    def _admit(self, link: Link, request: Request, client_id: str,
                client_id_given: bool) -> Optional[Response]:
         """Origin and CSRF checks (see :mod:`sente_lite.core.security`): a Response refuses."""
-        return self._gate.admit(ws, request, client_id, client_id_given)
+        return self._gate.admit(link, request, client_id, client_id_given)
 
     def _new_connection(self, link: Link, conn_id: str, identity: Identity, first: bool) -> Connection:
         """The :class:`Connection` of an upgrade whose 101 just went out (``ServerCore.on_open``)."""
         return Connection(self, link, conn_id, identity, first)
 
-    def _identify(self, ws: Link, request: Request, client_id: str) -> Union[str, Response]:
+    def _identify(self, link: Link, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""
-        return self._gate.identify(ws, request, client_id)
+        return self._gate.identify(link, request, client_id)
 
 
 _PING = p.encode_bytes(p.EV_PING)
