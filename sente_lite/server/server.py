@@ -58,18 +58,17 @@ from ..core.outbox import Overflow
 from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
 from .messaging import MessagingMixin, check_event_id
-from .settings import (DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,  # noqa: F401 (public)
+from .settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
+                       DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
                        DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BAD_FRAMES_IN_ROW,
                        DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
                        DEFAULT_MAX_QUEUED_BYTES_PER_CONN, DEFAULT_MAX_REMEMBERED_CLIENTS,
-                       DEFAULT_REQUEST_LINE_TIMEOUT_S, MAX_WRITE_DELAY_MS, ServerSettings)
+                       DEFAULT_REQUEST_LINE_TIMEOUT_S, ServerSettings)
 from .stats import PER_CONN_TOTALS, InspectionMixin
 from ..session import ServerSession
 from .workers import Lane
 
 log = logging.getLogger("sente_lite.server")
-
-
 
 
 class Connection:
