@@ -1,5 +1,6 @@
-"""Fixtures: servers and clients that are always stopped, raw WebSocket peers,
-and a guard that fails any test leaving ``sente-lite-*`` threads alive."""
+"""Fixtures: servers and clients that are always stopped, raw WebSocket peers, a guard
+that fails any test leaving ``sente-lite-*`` threads alive, and one that fails any test
+in which a link made a transition its state table does not allow."""
 
 from __future__ import annotations
 
@@ -12,12 +13,29 @@ from sente_lite import Client, Server
 from sente_lite.testing.redis_server import RedisServer, require_redis_server
 from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
+from sente_lite.server import link_state
 from support import WAIT_S, RawWS, sente_threads
 
 pytest_plugins = ["pytester"]
 
 #: How long threads of a finished test may take to end before they count as leaked.
 THREAD_LEAK_GRACE_S = 2.0
+
+# A link asked for a state its table does not allow raises here (in production it is
+# logged as an internal error): the suite walks every path a link takes.
+link_state.strict = True
+
+
+@pytest.fixture(autouse=True)
+def no_illegal_link_transitions() -> Iterator[None]:
+    """Fail the test if a link made a transition its state table does not allow (raised on
+    the network thread, such an error is caught there and only logged)."""
+    link_state.illegal_seen.clear()
+    yield
+    seen = list(link_state.illegal_seen)
+    link_state.illegal_seen.clear()
+    if seen:
+        pytest.fail(f"illegal link transitions: {seen}", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -164,6 +164,25 @@ class ChannelsMixin:
         wait_s = self.publish_block_s if block_s is None else block_s
         if not (isinstance(wait_s, (int, float)) and 0 <= wait_s < float("inf")):
             raise ValueError(f"block_s must be a number of seconds >= 0, got {block_s!r}")
+        cb_id = self._publish_when_room(channel_id, data, exclude_sender, fut, traceparent, wait_s)
+        if fut is None:
+            return None
+        timeout = self.request_timeout if timeout is None else timeout
+        self._roles.hand_off_reading()
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise RequestTimeout(f"publish on {channel_id!r} not acknowledged within {timeout}s "
+                                 "(it stays queued and is resent after a reconnect)") from None
+        finally:
+            with self._send_lock:
+                self._session.forget(cb_id)
+
+    def _publish_when_room(self, channel_id: str, data: Any, exclude_sender: bool,
+                           fut: Optional["concurrent.futures.Future[Any]"],
+                           traceparent: Optional[str], wait_s: float) -> str:
+        """Put the publish in the session's outbox, waiting up to ``wait_s`` for room, and
+        write it when connected (else it goes after the reconnect); its cb-id."""
         deadline = time.monotonic() + wait_s
         handed_off = False
         with self._send_lock:
@@ -188,18 +207,7 @@ class ChannelsMixin:
                     self._outbox_room.wait(min(left, OUTBOX_POLL_S))
             if self._status == CONNECTED and self._ws is not None:
                 self._write(frame, cb_id)  # on failure it is resent after the reconnect
-        if fut is None:
-            return None
-        timeout = self.request_timeout if timeout is None else timeout
-        self._roles.hand_off_reading()
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise RequestTimeout(f"publish on {channel_id!r} not acknowledged within {timeout}s "
-                                 "(it stays queued and is resent after a reconnect)") from None
-        finally:
-            with self._send_lock:
-                self._session.forget(cb_id)
+        return cb_id
 
     def _on_subscribed(self, ev: ss.Subscribed, tasks: List[tuple]) -> None:
         sub = self._subs.get(ev.channel_id)

@@ -24,7 +24,6 @@ import logging
 import ssl
 import threading
 import time
-import uuid
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, Union
 
 import websocket  # websocket-client
@@ -33,11 +32,12 @@ from ..wire import packers
 from ..wire import tracing
 from ..wire import protocol as p
 from .. import session as ss
-from ..limits import CLIENT_BOUNDS, check_settings, validate_milliseconds
 from . import channels as client_channels
 from .channels import ChannelHandler, ChannelsMixin, InboundMixin, RecoveryHandler, _Sub
 from .send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented here)
 from .io import Connector, Roles, backoff_delay, settle
+from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (documented here)
+                       ClientSettings, Token)
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
 from ..session import (CLOSED, CONNECTED, CONNECTING, RECONNECTING, ChannelMessage, ClientSession,
                        Recovery)
@@ -52,8 +52,6 @@ DEFAULT_REQUEST_TIMEOUT_S = client_channels.DEFAULT_REQUEST_TIMEOUT_S
 DEFAULT_MAX_HANDLER_QUEUE = 100_000
 #: Reads closer together than this are merged: see ``Client(read_coalesce_ms=)``.
 DEFAULT_READ_COALESCE_MS = 2.0
-#: The largest ``read_coalesce_ms`` accepted (it is added latency at high rates).
-MAX_READ_COALESCE_MS = 50.0
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
 DEAD_SERVER_SLACK_S = ss.DEAD_SERVER_SLACK_S
 #: Publishes awaiting their ack (kept, and resent after a reconnect) before
@@ -62,11 +60,8 @@ DEFAULT_MAX_UNACKED_PUBLISHES = ss.DEFAULT_MAX_UNACKED_PUBLISHES
 #: How long ``publish`` waits for room when ``max_unacked_publishes`` await their ack
 #: (as Kafka's ``max.block.ms``); 0 raises :class:`SendQueueFull` at once.
 DEFAULT_PUBLISH_BLOCK_S = client_channels.DEFAULT_PUBLISH_BLOCK_S
-#: The largest ``send_buf_ms`` accepted (it is added latency for every send).
-MAX_SEND_BUF_MS = 50.0
 
 EventHandler = Callable[[Any], Any]
-Token = Union[str, Callable[[], Optional[str]], None]
 
 
 
@@ -116,51 +111,24 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
     """
 
     def __init__(
-        self,
-        url: Union[str, Sequence[str]],
-        *,
-        client_id: Optional[str] = None,
-        auto_reconnect: bool = True,
-        token: Token = None,
-        csrf_token: Token = None,
-        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
-        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
+        self, url: Union[str, Sequence[str]], *, client_id: Optional[str] = None,
+        auto_reconnect: bool = True, token: Token = None, csrf_token: Token = None,
+        backoff_base: float = DEFAULT_BACKOFF_BASE_S, backoff_max: float = DEFAULT_BACKOFF_MAX_S,
         max_pending_sends: int = DEFAULT_MAX_PENDING_SENDS,
         max_handler_queue: int = DEFAULT_MAX_HANDLER_QUEUE,
         read_coalesce_ms: float = DEFAULT_READ_COALESCE_MS,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
-        headers: Optional[Dict[str, str]] = None,
-        origin: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None, origin: Optional[str] = None,
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
-        publish_block_s: float = DEFAULT_PUBLISH_BLOCK_S,
-        packer: str = packers.JSON,
-        batch: bool = False,
-        send_buf_ms: float = 0.0,
-        start: bool = True,
+        publish_block_s: float = DEFAULT_PUBLISH_BLOCK_S, packer: str = packers.JSON,
+        batch: bool = False, send_buf_ms: float = 0.0, start: bool = True,
     ) -> None:
-        check_settings(locals(), CLIENT_BOUNDS)  # every numeric keyword, before any is used
-        self.urls: Tuple[str, ...] = (url,) if isinstance(url, str) else tuple(url)
-        if not self.urls:
-            raise ValueError("url: give at least one URL")
-        self.url = self.urls[0]
-        self.client_id = client_id or str(uuid.uuid4())
-        self.auto_reconnect = auto_reconnect
-        self.token = token
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
-        self.max_pending_sends = max_pending_sends
-        self.max_unacked_publishes = max_unacked_publishes
-        self.publish_block_s = publish_block_s
-        self.connect_timeout = connect_timeout
-        self.request_timeout = request_timeout
-        self.headers = dict(headers or {})
-        self.origin = _check_origin(origin)
-        self.ssl_context = ssl_context
-        self.read_coalesce_ms = validate_milliseconds("read_coalesce_ms", read_coalesce_ms,
-                                                      MAX_READ_COALESCE_MS)
-
+        settings = self.settings = ClientSettings.from_keywords(locals())
+        # each setting is also an attribute (c.backoff_max): the client's parts read them there
+        vars(self).update(settings.attributes())
+        # what the last handshake told (None before the first)
         self.uid: Optional[str] = None
         self.conn_id: Optional[str] = None
         self.server_id: Optional[str] = None
@@ -173,10 +141,8 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         # Every protocol rule (status, requests, subscriptions and their offsets,
         # the publish outbox) is in the session; the rest of this class moves bytes
         # and runs handlers. The session is used under ``_send_lock``.
-        self._session = ClientSession(self.client_id, max_unacked_publishes,
-                                      packer=packers.get(packer))
-        self.batch = batch
-        self.send_buf_ms = validate_milliseconds("send_buf_ms", send_buf_ms, MAX_SEND_BUF_MS)
+        self._session = ClientSession(self.client_id, settings.max_unacked_publishes,
+                                      packer=packers.get(settings.packer))
         self._send_buf_s = self.send_buf_ms / 1000.0
         self._out_buf: List[Tuple[bytes, Optional[str]]] = []  # gathered frames, under _send_lock
         self._out_due = 0.0
@@ -191,7 +157,6 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self._send_lock = threading.RLock()
         self._outbox_room = threading.Condition(self._send_lock)  # notified when a publish is answered
         self._ws: Optional[websocket.WebSocket] = None
-        self.max_handler_queue = max_handler_queue
         self._stop = threading.Event()
         self._counts: Dict[str, int] = collections.defaultdict(int)
         # Connecting and reading (the connector), and which of the two threads reads
@@ -397,19 +362,6 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
 
 
 
-
-
-def _check_origin(origin: Optional[str]) -> Optional[str]:
-    """``origin`` when it can be an ``Origin`` header value (None: send none)."""
-    if origin is None:
-        return None
-    if not isinstance(origin, str):
-        raise TypeError(f"origin must be a str such as 'https://app.example.com' or None, "
-                        f"got {type(origin).__name__}")
-    if not origin.strip() or not origin.isprintable():
-        raise ValueError(f"origin must be a non-empty printable header value such as "
-                         f"'https://app.example.com', got {origin!r}")
-    return origin
 
 
 def _traced(data: Any, traceparent: Optional[str]) -> Any:

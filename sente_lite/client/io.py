@@ -94,6 +94,9 @@ class Connector:
 
     def __init__(self, client: ClientPort) -> None:
         self._c = client
+        # of the connection being read (one at a time)
+        self._close_code: Optional[int] = None  # the code of the server's close frame
+        self._handshaken = False  # a handshake came on it
 
     def _connect_url(self) -> str:
         """The URL of one upgrade: the client-id and CSRF token in the query. The
@@ -194,20 +197,17 @@ class Connector:
 
     def _read(self, ws: websocket.WebSocket, attempt: int) -> Generator[List[tuple], None, int]:
         """Read frames until the socket ends, yielding each read's handler tasks.
-        Returns the next backoff attempt number."""
+        Returns the next backoff attempt number (0 once a handshake came)."""
         c = self._c
-        with c._send_lock:
-            c._ws = ws
-            c._session.connection_opened(time.monotonic())
-        if c._stop.is_set():
-            ws.abort()
-        close_code: Optional[int] = None
+        self._opened(ws)
+        self._close_code = None
+        self._handshaken = False
         reader = _FrameReader(ws.sock)
         counts = c._counts
         coalesce = c.read_coalesce_ms / 1000.0
         next_read = 0.0
         try:
-            while close_code is None:
+            while self._close_code is None:
                 if coalesce:
                     wait = next_read - time.monotonic()
                     if wait > 0:  # the last read was less than read_coalesce_ms ago
@@ -219,22 +219,7 @@ class Connector:
                 tasks: List[tuple] = []  # this read's handler tasks, handed over at once
                 failed: Optional[BaseException] = None
                 try:
-                    for opcode, payload in messages:
-                        if opcode == _OP_TEXT or opcode == _OP_BINARY:
-                            counts["frames_in"] += 1
-                            if c._on_frame(payload, tasks, now, opcode == _OP_BINARY):
-                                attempt = 0
-                        elif opcode == _OP_PING:
-                            ws.pong(payload)
-                        elif opcode == _OP_CLOSE:
-                            close_code = (struct.unpack("!H", payload[:2])[0]
-                                          if len(payload) >= 2 else 1005)
-                            counts[f"closed_by_server_{close_code}"] += 1
-                            try:
-                                ws.send_close()  # answer the closing handshake, as websocket-client does
-                            except (OSError, websocket.WebSocketException):
-                                pass
-                            break
+                    self._take(ws, messages, tasks, now)
                 except (OSError, websocket.WebSocketException) as exc:
                     failed = exc
                 if tasks:
@@ -244,24 +229,62 @@ class Connector:
         except (OSError, websocket.WebSocketException, ValueError) as exc:
             log.debug("connection lost: %s", safe(exc))
         finally:
-            with c._send_lock:
-                c._ws = None
-                was_connected = c._status == CONNECTED
-                failed = c._session.connection_lost()
-            if was_connected and not c._stop.is_set():  # close() sets CLOSED itself
-                c._apply(ss.ON_LOST if c.auto_reconnect else ss.ON_GIVE_UP)
-            try:
-                ws.shutdown()
-            except Exception:
-                pass
-            settle(failed)
-            for sub in list(c._subs.values()):
-                sub.acked.clear()
-        if close_code == p.CLOSE_POLICY:
+            self._lost(ws)
+        if self._close_code == p.CLOSE_POLICY:
             c.refusal = ConnectRefused("server closed the connection with 1008 (policy)",
-                                          close_code=close_code)
+                                       close_code=self._close_code)
             log.warning("%s", c.refusal)
-        return attempt
+        return 0 if self._handshaken else attempt
+
+    def _take(self, ws: websocket.WebSocket, messages: List[Tuple[int, bytes]],
+              tasks: List[tuple], now: float) -> None:
+        """Act on the messages of one read, in order: data frames to the client (their
+        handler work to ``tasks``), pings answered, a close answered and kept in
+        ``_close_code`` (then the rest is not read)."""
+        c = self._c
+        counts = c._counts
+        for opcode, payload in messages:
+            if opcode == _OP_TEXT or opcode == _OP_BINARY:
+                counts["frames_in"] += 1
+                if c._on_frame(payload, tasks, now, opcode == _OP_BINARY):
+                    self._handshaken = True
+            elif opcode == _OP_PING:
+                ws.pong(payload)
+            elif opcode == _OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self._close_code = code
+                counts[f"closed_by_server_{code}"] += 1
+                try:
+                    ws.send_close()  # answer the closing handshake, as websocket-client does
+                except (OSError, websocket.WebSocketException):
+                    pass
+                return
+
+    def _opened(self, ws: websocket.WebSocket) -> None:
+        """``ws`` is the client's socket now (aborted at once when the client is closing)."""
+        c = self._c
+        with c._send_lock:
+            c._ws = ws
+            c._session.connection_opened(time.monotonic())
+        if c._stop.is_set():
+            ws.abort()
+
+    def _lost(self, ws: websocket.WebSocket) -> None:
+        """``ws`` ended: the session forgets it, its waiters fail, the status follows."""
+        c = self._c
+        with c._send_lock:
+            c._ws = None
+            was_connected = c._status == CONNECTED
+            failed = c._session.connection_lost()
+        if was_connected and not c._stop.is_set():  # close() sets CLOSED itself
+            c._apply(ss.ON_LOST if c.auto_reconnect else ss.ON_GIVE_UP)
+        try:
+            ws.shutdown()
+        except Exception:
+            pass
+        settle(failed)
+        for sub in list(c._subs.values()):
+            sub.acked.clear()
 
 
 class Roles:

@@ -54,7 +54,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple,
+from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Sequence, Tuple,
                     Union)
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -365,10 +365,22 @@ class _GateCounters:
             self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
+class GateLink(Protocol):
+    """What the gate uses of a socket asking to upgrade (the server's
+    :class:`~sente_lite.server.link.Link`)."""
+
+    remote: str  # the peer's "host:port", for the log
+    slot: bool   # it holds one of the gate's connection slots
+
+    def respond(self, status: http.HTTPStatus, text: str) -> Response:
+        """An HTTP answer (``text/plain``) to its request, not sent yet."""
+        ...
+
+
 class Gate:
     """Admission control of one server: origin, CSRF, authentication and the two slot limits.
 
-    Thread-safe. ``ws`` arguments are the network loop's links (``respond``, ``sente_remote``).
+    Thread-safe. ``link`` arguments are the sockets asking to upgrade (:class:`GateLink`).
     """
 
     def __init__(
@@ -417,29 +429,28 @@ class Gate:
                 "pending_auth": pending_auth}
 
     # -- refusals -------------------------------------------------------------------
-    def refuse(self, ws: Any, status: int, reason: str, message: str,
+    def refuse(self, link: GateLink, status: int, reason: str, message: str,
                client_id: Optional[str] = None, headers: Sequence[Tuple[str, str]] = ()) -> Response:
         """Count, log and build the HTTP refusal of an upgrade."""
         self._counters.add(reason)
-        report(log, "refused-upgrade", reason, uid=None, remote=_remote_of(ws), status=status,
+        report(log, "refused-upgrade", reason, uid=None, remote=link.remote, status=status,
                client_id=client_id, message=message, level=_REFUSAL_LEVELS.get(reason, logging.WARNING))
-        mark_answered(ws)
-        response = ws.respond(http.HTTPStatus(status), message.rstrip("\n") + "\n")
+        response = link.respond(http.HTTPStatus(status), message.rstrip("\n") + "\n")
         for name, value in headers:
             response.headers[name] = value
         return response
 
     # -- the checks, in order -----------------------------------------------------------
-    def check_host(self, ws: Any, request: Request) -> Optional[Response]:
+    def check_host(self, link: GateLink, request: Request) -> Optional[Response]:
         """403 when the Host is not allowed, 400 when it is malformed (see :func:`host_problem`).
         Run first, on every request: upgrades and plain GETs alike."""
         problem = host_problem(request.headers.get_all("Host"), self.allowed_hosts,
                                self.loopback_bind)
         if problem is not None:
-            return self.refuse(ws, problem[0], R_HOST, problem[1])
+            return self.refuse(link, problem[0], R_HOST, problem[1])
         return None
 
-    def check_origin(self, ws: Any, request: Request) -> Optional[Response]:
+    def check_origin(self, link: GateLink, request: Request) -> Optional[Response]:
         """403 when the Origin is not allowed."""
         origins = request.headers.get_all("Origin")
         hosts = request.headers.get_all("Host")
@@ -447,50 +458,50 @@ class Gate:
         problem = origin_problem(origin, hosts[0] if len(hosts) == 1 else None,
                                  self.allowed_origins)
         if problem is not None:
-            return self.refuse(ws, 403, R_ORIGIN, problem)
+            return self.refuse(link, 403, R_ORIGIN, problem)
         return None
 
-    def admit(self, ws: Any, request: Request, client_id: str,
+    def admit(self, link: GateLink, request: Request, client_id: str,
               client_id_given: bool) -> Optional[Response]:
         """Origin, then CSRF. A Response refuses; None admits (the connection slot is
         taken later, by :meth:`take_slot`)."""
-        refusal = self.check_origin(ws, request)
+        refusal = self.check_origin(link, request)
         if refusal is not None:
             return refusal
         if self.csrf is not None:
             query = parse_qs(urlsplit(request.path).query, keep_blank_values=True)
             token = (query.get("csrf-token") or [""])[0]
             if not token:
-                return self.refuse(ws, 403, R_CSRF,
+                return self.refuse(link, 403, R_CSRF,
                                    f"csrf-token required: get one from GET {CSRF_TOKEN_PATH}"
                                    "?client-id=... and send ?csrf-token= with the same client-id",
                                    client_id)
             if not client_id_given:
-                return self.refuse(ws, 403, R_CSRF, "csrf-token given without client-id", client_id)
+                return self.refuse(link, 403, R_CSRF, "csrf-token given without client-id", client_id)
             if not self.csrf.check(client_id, token):
-                return self.refuse(ws, 403, R_CSRF, "csrf-token does not match this client-id "
+                return self.refuse(link, 403, R_CSRF, "csrf-token does not match this client-id "
                                    "(or was issued by a server with another csrf_secret)", client_id)
         return None
 
-    def identify(self, ws: Any, request: Request, client_id: str) -> Union[str, Response]:
+    def identify(self, link: GateLink, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade (the client-id without an authenticate hook), or a refusal."""
         if self.authenticate is None:
             return client_id
-        view = make_handshake_request(request, client_id, _remote_of(ws))
+        view = make_handshake_request(request, client_id, link.remote)
         try:
             uid = self.authenticate(view)
         except Exception as exc:
             log.exception("authenticate hook raised for %s", view.remote_address)
-            return self.refuse(ws, 500, R_AUTH_ERROR,
+            return self.refuse(link, 500, R_AUTH_ERROR,
                                f"authentication failed on the server ({type(exc).__name__})", client_id)
         if uid is None:
-            return self.refuse(ws, 401, R_UNAUTHENTICATED,
+            return self.refuse(link, 401, R_UNAUTHENTICATED,
                                "no valid credential: send ?token= or Authorization: Bearer",
                                client_id, headers=[("WWW-Authenticate", 'Bearer realm="sente-lite"')])
         if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS:
             log.error("authenticate hook returned %r: it must return a str of 1-%d chars or None",
                       uid, MAX_UID_CHARS)
-            return self.refuse(ws, 500, R_AUTH_ERROR, "authentication failed on the server "
+            return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
                                "(authenticate returned an invalid uid)", client_id)
         return uid
 
@@ -499,39 +510,39 @@ class Gate:
         return self.csrf.token_for(client_id) if self.csrf is not None else None
 
     # -- slots -------------------------------------------------------------------------
-    def take_slot(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
-        """Take a connection slot for ``ws`` (an upgrade about to be answered 101);
+    def take_slot(self, link: GateLink, client_id: Optional[str] = None) -> Optional[Response]:
+        """Take a connection slot for ``link`` (an upgrade about to be answered 101);
         a 503 refusal when ``max_connections`` are taken."""
         with self._lock:
-            if getattr(ws, "_sente_slot", False):
+            if link.slot:
                 return None
             if self._slots < self.max_connections:
                 self._slots += 1
-                ws._sente_slot = True
+                link.slot = True
                 return None
-        return self._refuse_full(ws, client_id)
+        return self._refuse_full(link, client_id)
 
-    def full(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
-        """The 503 refusal of ``ws`` when every connection slot is taken, else None
+    def full(self, link: GateLink, client_id: Optional[str] = None) -> Optional[Response]:
+        """The 503 refusal of ``link`` when every connection slot is taken, else None
         (takes nothing: for a probe, which never opens)."""
         with self._lock:
             if self._slots < self.max_connections:
                 return None
-        return self._refuse_full(ws, client_id)
+        return self._refuse_full(link, client_id)
 
-    def _refuse_full(self, ws: Any, client_id: Optional[str]) -> Response:
-        return self.refuse(ws, 503, R_MAX_CONNECTIONS,
+    def _refuse_full(self, link: GateLink, client_id: Optional[str]) -> Response:
+        return self.refuse(link, 503, R_MAX_CONNECTIONS,
                            f"server full: {self.max_connections} connections (max_connections)",
                            client_id)
 
-    def begin_auth(self, ws: Any, client_id: Optional[str] = None) -> Optional[Response]:
+    def begin_auth(self, link: GateLink, client_id: Optional[str] = None) -> Optional[Response]:
         """Count one more upgrade waiting for the ``authenticate`` hook; a 503 refusal
         when ``max_pending_auth`` already wait. Each None is paired with :meth:`end_auth`."""
         with self._lock:
             if self._pending_auth < self.max_pending_auth:
                 self._pending_auth += 1
                 return None
-        return self.refuse(ws, 503, R_MAX_PENDING_AUTH,
+        return self.refuse(link, 503, R_MAX_PENDING_AUTH,
                            f"server busy: {self.max_pending_auth} upgrades already wait for "
                            "authentication (max_pending_auth)", client_id)
 
@@ -540,11 +551,11 @@ class Gate:
         with self._lock:
             self._pending_auth -= 1
 
-    def release_slot(self, ws: Any) -> None:
-        """Give back the connection slot ``ws`` took, if it took one (at its close)."""
+    def release_slot(self, link: GateLink) -> None:
+        """Give back the connection slot ``link`` took, if it took one (at its close)."""
         with self._lock:
-            if getattr(ws, "_sente_slot", False):
-                ws._sente_slot = False
+            if link.slot:
+                link.slot = False
                 self._slots -= 1
 
     def count_refusal(self, reason: str) -> None:
@@ -552,23 +563,7 @@ class Gate:
         self._counters.add(reason)
 
 
-def mark_answered(ws: Any) -> None:
-    """Record that the server answered this request itself."""
-    ws._sente_answered = True
-
-
-def _remote_of(ws: Any) -> str:
-    remote = getattr(ws, "sente_remote", None)
-    if remote:
-        return str(remote)
-    try:
-        addr = ws.remote_address
-    except OSError:
-        return "?"
-    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-
-
-__all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate",
+__all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate", "GateLink",
            "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
            "host_problem", "parse_host", "is_loopback_host", "normalize_hosts",
            "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]

@@ -1,8 +1,9 @@
-"""The threaded server face: :class:`Server` and :class:`Connection` (``server``), its
-network thread (``netloop`` with ``accept``, ``handshake``, ``reader``, ``writer``,
-``link``), its handler threads (``workers``), its HTTP front (``front``,
-``static``, ``api_front``) and the glue from links to the core's dispatcher (``handler``:
-upgrades, slots, closes; ``lanes``: which thread handles each frame)."""
+"""The threaded server face: :class:`Server` and :class:`Connection` (``server``) with
+their ``settings`` and what a server sends (``messaging``), its network thread
+(``netloop`` with ``accept``, ``handshake``, ``reader``, ``writer``, ``link`` and its
+lifecycle table ``link_state``), its handler threads (``workers``, ``lanes``), its HTTP
+front (``front``, ``static``, ``api_front``) and the glue from links to the core
+(``handler``)."""
 
 from .server import Connection, Server
 

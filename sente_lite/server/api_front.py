@@ -18,17 +18,17 @@ import logging
 import time
 from typing import Dict, Optional, Tuple
 
-from ..core import security
-from ..counters import Counter
-from ..limits import TokenBucket
-from .link import Link
-from ..core.outbox import Overflow
-from .workers import Lane
 from ..api import http_api
 from ..api.wire import (API_PREFIX, CONTINUE, MAX_HEAD_BYTES, ApiRequest, HttpError,
                         RequestParser, response_bytes)
-
+from ..core import security
+from ..core.outbox import Overflow
+from ..counters import Counter
+from ..limits import TokenBucket
+from .link import Link
+from .link_state import CLOSED, FLUSHING, HTTP_API
 from .ports import ServerPort
+from .workers import Lane
 
 log = logging.getLogger("sente_lite.api")
 
@@ -65,6 +65,8 @@ class ApiFront:
             if n < len(API_PREFIX):
                 link.api = buf  # too few bytes to tell yet
                 return None
+            with link.lock:
+                link.to(HTTP_API)
             conn = link.api = ApiConn(self, link)
             conn.receive(buf)
             return None
@@ -125,7 +127,7 @@ class ApiConn:
     def pump(self) -> None:
         """Serve the next whole request, if there is one and none is being answered."""
         link = self.link
-        while not self.busy and not link.closed:
+        while not self.busy and link.state is not CLOSED:
             try:
                 request = self.parser.next()
             except HttpError as exc:
@@ -203,7 +205,7 @@ class ApiConn:
 
     def _answered(self, answer: Tuple[int, bytes], keep: bool) -> None:
         self.busy = False
-        if self.link.closed:
+        if self.link.state is CLOSED:
             return
         self._answer(answer[0], answer[1], keep and not self.peer_eof)
         if self.peer_eof:
@@ -239,7 +241,8 @@ class ApiConn:
         if close:
             self.busy = self.closing = True
             self.loop.handshakes.leave(link)
-            link.eof_queued = True
+            with link.lock:
+                link.to(FLUSHING)
             self.loop.writer.flush(link)
 
     # -- keep-alive deadline ---------------------------------------------------------------
@@ -252,7 +255,7 @@ class ApiConn:
     def _expired(self) -> None:
         self.timer_at = 0.0
         link = self.link
-        if link.closed or self.busy:
+        if link.state is CLOSED or self.busy:
             return
         now = time.monotonic()
         if now < self.deadline:

@@ -162,27 +162,27 @@ class HttpFront:
             return refusal
         return Screened(client_id, packer, (query.get(p.K_BATCH) or [""])[0] in ("1", "true"))
 
-    def _metrics_response(self, ws: Link) -> Response:
+    def _metrics_response(self, link: Link) -> Response:
         srv = self.server
         if not srv.expose_metrics:
-            return _respond(ws, http.HTTPStatus.NOT_FOUND, "metrics are off (expose_metrics=False)\n")
+            return _respond(link, http.HTTPStatus.NOT_FOUND, "metrics are off (expose_metrics=False)\n")
         status, content_type, body = srv._metrics.render()
-        return _respond(ws, http.HTTPStatus(status), body.decode("utf-8"), content_type)
+        return _respond(link, http.HTTPStatus(status), body.decode("utf-8"), content_type)
 
-    def _csrf_token_response(self, ws: Link, request: Request, query_s: str) -> Response:
+    def _csrf_token_response(self, link: Link, request: Request, query_s: str) -> Response:
         """``GET /csrf-token?client-id=X`` -> ``{"client-id", "csrf-token"}`` (same-origin only)."""
         srv = self.server
         if srv._gate.csrf is None:
-            return _respond(ws, http.HTTPStatus.NOT_FOUND, "CSRF protection is off: no token needed\n")
-        refusal = srv._gate.check_origin(ws, request)
+            return _respond(link, http.HTTPStatus.NOT_FOUND, "CSRF protection is off: no token needed\n")
+        refusal = srv._gate.check_origin(link, request)
         if refusal is not None:
             return refusal
         client_id = (parse_qs(query_s, keep_blank_values=True).get("client-id") or [""])[0]
         problem = _client_id_problem(client_id) if client_id else "client-id query parameter required"
         if problem:
-            return srv._gate.refuse(ws, 400, security.R_BAD_CLIENT_ID, problem)
+            return srv._gate.refuse(link, 400, security.R_BAD_CLIENT_ID, problem)
         body = p.dumps({"client-id": client_id, "csrf-token": srv._gate.csrf_token_for(client_id)})
-        response = _respond(ws, http.HTTPStatus.OK, body + "\n", "application/json")
+        response = _respond(link, http.HTTPStatus.OK, body + "\n", "application/json")
         response.headers["Cache-Control"] = "no-store"
         return response
 

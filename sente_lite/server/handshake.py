@@ -21,8 +21,9 @@ from websockets import http11 as _http11
 from websockets.exceptions import InvalidMessage, SecurityError
 from websockets.http11 import Request, Response
 
-from .link import DEFER, Admit, Decision, Link, LoopPort
 from ..logsafe import redact_target, safe
+from .link import DEFER, Admit, Decision, Link, LoopPort
+from .link_state import ANSWERED, DEFERRED, OPEN, UPGRADED, UPGRADING
 
 
 #: websockets >= 17 answers an oversized request line or header 414/431 itself; before,
@@ -136,7 +137,8 @@ class Upgrader:
         except Exception as exc:
             decision = self.internal_error(link, exc)
         if decision is DEFER:
-            link.deciding = True
+            with link.lock:
+                link.to(DEFERRED)
             link.deadline = link.accepted_at + self.handshake_timeout
             ref = weakref.ref(link)  # a timer keeps no ended link (and its protocol) alive
             loop.call_at(link.deadline, lambda: self._decision_overdue(ref()))
@@ -144,7 +146,7 @@ class Upgrader:
         self.apply(link, decision)
 
     def _decision_overdue(self, link: Optional[Link]) -> None:
-        if link is not None and link.deciding and not link.closed:
+        if link is not None and link.state is DEFERRED:
             self.loop.handshakes.timed_out(
                 link, f"upgrade not decided within {self.handshake_timeout:g}s "
                       "(handshake_timeout; a slow authenticate hook?)")
@@ -159,11 +161,11 @@ class Upgrader:
     def apply(self, link: Link, decision: Decision) -> None:
         """Send the handler's answer to ``link``'s request (a 101 opens the link). A
         link already closed gets nothing (a decision made on another thread after its
-        peer left). An :class:`Admit` asks the handler first (``on_admit``: its slot);
-        an answer that is not a 101 gives that back at once (``on_unopened``)."""
-        if link.closed:
+        peer left), nor one decided already. An :class:`Admit` asks the handler first
+        (``on_admit``: its slot); an answer that is not a 101 gives that back at once
+        (``on_unopened``)."""
+        if link.state is not UPGRADING and link.state is not DEFERRED:
             return
-        link.deciding = False
         link.deadline = 0.0
         handler = self.loop.handler
         try:
@@ -172,17 +174,23 @@ class Upgrader:
             if isinstance(decision, Admit):
                 self._accept(link, decision)
             else:
-                link.answered = True
-                link.protocol.send_response(decision)
+                self._answer(link, decision)
         except Exception as exc:
-            if link.opened:
+            if link.state in UPGRADED:
                 raise
-            link.answered = True
-            link.protocol.send_response(self.internal_error(link, exc))
+            self._answer(link, self.internal_error(link, exc))
         finally:
-            if not link.opened:
+            if link.state not in UPGRADED:
                 handler.on_unopened(link)
         self.loop.writer.flush_protocol(link)
+
+    @staticmethod
+    def _answer(link: Link, response: Response) -> None:
+        """Send ``response`` (not a 101) to ``link``'s request."""
+        if link.state is not ANSWERED:
+            with link.lock:
+                link.to(ANSWERED)
+        link.protocol.send_response(response)
 
     def _accept(self, link: Link, decision: Admit) -> None:
         """Answer 101 (or websockets' own refusal of a bad upgrade) and open the link."""
@@ -192,23 +200,23 @@ class Upgrader:
         if response.status_code != 101:
             handler.on_refused(link, "invalid-upgrade", response.status_code,
                                _first_line(response.body))
-        else:
-            if "Server" in response.headers:
-                del response.headers["Server"]
-            response.headers["Server"] = "sente-lite"
+            self._answer(link, response)
+            return
+        if "Server" in response.headers:
+            del response.headers["Server"]
+        response.headers["Server"] = "sente-lite"
         proto.send_response(response)
-        if response.status_code == 101:
-            with link.lock:
-                self.loop.writer.flush_protocol_locked(link)
-                link.opened = True
-                link.writable = True
-            handler.on_open(link, decision.identity)
+        with link.lock:
+            self.loop.writer.flush_protocol_locked(link)
+            link.to(OPEN)
+        handler.on_open(link, decision.identity)
 
     def malformed(self, link: Link, exc: BaseException) -> None:
         """websockets could not parse the upgrade request (it answered 414/431 itself,
         or gave up). Counted and logged without the request's text: it may carry a
         credential."""
-        link.answered = True
+        with link.lock:
+            link.to(ANSWERED)
         handler = self.loop.handler
         if isinstance(exc, SecurityError) and _WEBSOCKETS_ANSWERS_LIMITS:
             status = 414 if type(exc).__name__ == "RequestLineTooLong" else 431

@@ -22,8 +22,11 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from ..core.inflow import InboundGauge, InboundLimits
-from ..logsafe import RedactingLogger
 from ..core.outbox import Outbox
+from ..logsafe import RedactingLogger
+from . import link_state
+from .link_state import (CLOSING, FAILING, OPEN, TRANSITIONS, UPGRADING, IllegalTransition,
+                         LinkState, illegal)
 
 #: Bytes read from a socket at once.
 RECV_BYTES = 256 * 1024
@@ -144,7 +147,7 @@ class Tls:
 class Link:
     """One accepted socket. ``send`` may be called from any thread; the rest is the
     loop's. Public: ``remote`` ("host:port"), ``owner`` (set by the handler),
-    ``opened`` (a 101 went out), ``queued_bytes``."""
+    ``state`` (a :class:`~sente_lite.server.link_state.LinkState`), ``queued_bytes``."""
 
     def __init__(self, loop: LoopPort, sock: socket.socket, address: str, remote: str,
                  tls: Optional[Tls]) -> None:
@@ -153,7 +156,6 @@ class Link:
         self.fd = sock.fileno()
         self.address = address
         self.remote = remote
-        self.sente_remote = remote  # the name security.Gate reads
         self.protocol = ServerProtocol(max_size=loop.max_message_bytes, extensions=loop.extensions,
                                        logger=_PROTOCOL_LOGGER)
         self.lock = threading.Lock()
@@ -161,37 +163,38 @@ class Link:
         self.tls = tls
         self.owner: Any = None
         self.accepted_at = time.monotonic()
+        #: where it is in its life; changed only by :meth:`to`, under ``lock``
+        self.state = UPGRADING
+        #: the state is OPEN: a copy kept by :meth:`to` for the send path, which reads it
+        #: under the lock for every frame (a plain attribute, not a property, for speed)
+        self.writable = False
+        # The upgrade request as it arrives (the deadlines of HandshakeGuard read these).
         self.got_line = False      # a request line (a line end) arrived
         self.line_bytes = 0        # bytes of the request line so far, its line end included
         self.got_bytes = False
         self.request: Optional[Request] = None
-        self.deciding = False      # the handler decides the request on another thread
-        self.opened = False        # the 101 went out
-        self.writable = False      # frames may be sent (open and not closing)
-        self.eof_queued = False    # websockets asked to end the stream after what is queued
-        self.eof_sent = False
-        self.broken = False        # a write failed: the loop ends the link
-        self.closed = False
-        self.flush_asked = False   # a flush of this link is queued for the loop
-        self.dirty = False         # frames held by the network thread wait for its next flush
-        self.watching_write = False
+        self.head_tail = b""       # the last bytes of a request head still arriving
         self.deadline = 0.0        # when the loop drops this link (0: none)
-        self.fragments: Optional[bytearray] = None  # an unfinished fragmented message
+        # Input: an unfinished fragmented message and what was read but not parsed yet.
+        self.fragments: Optional[bytearray] = None
         self.fragments_bytes = 0
         self.fragments_text = False
         self.fragment_count = 0
         self.fragments_since = 0.0  # when its first fragment arrived
-        self.failed = False        # the reader closed it for its input (no more frames)
-        self.events = selectors.EVENT_READ  # what the selector watches for
         self.inbox = b""           # read, not given to the protocol yet (paused, or a cut header)
-        self.head_tail = b""       # the last bytes of a request head still arriving
         self.frame_left = 0        # bytes still to come of a frame given to it in part
-        self.inflow = InboundGauge(loop.inbound, self._wake_reader)
+        self.inflow = InboundGauge(loop.inbound, self._wake_reader)  # holds the read pause
         self.unparsed = 0          # bytes read since the last whole frame
-        self.peer_eof = False      # the peer closed its side
-        self.answered = False      # the handler answered the request itself
-        self._sente_slot = False   # security.Gate's connection slot
-        self._sente_answered = False
+        # Facts beside its state, each possible in any state (so not states of their own):
+        self.peer_eof = False      # the peer closed its side (it may still read)
+        # a write failed on whichever thread wrote: only the loop ends links, at its next flush
+        self.broken = False
+        self.slot = False          # holds one of security.Gate's connection slots
+        # The loop's bookkeeping of this socket's writes and of what its selector watches.
+        self.flush_asked = False   # a flush of this link is queued for the loop
+        self.dirty = False         # frames held by the network thread wait for its next flush
+        self.watching_write = False
+        self.events = selectors.EVENT_READ  # what the selector watches for
         self.api: Any = None       # the server API's state of this socket (sente_lite.server.api_front)
 
     def __repr__(self) -> str:
@@ -200,6 +203,27 @@ class Link:
     @property
     def queued_bytes(self) -> int:
         return self.outbox.queued_bytes
+
+    def to(self, new: LinkState) -> None:
+        """Move to state ``new`` (the caller holds ``lock``). One the table does not allow
+        is an internal error (:func:`~sente_lite.server.link_state.illegal`)."""
+        old = self.state
+        if new not in TRANSITIONS[old]:
+            self.loop.counts["internal_errors"] += 1
+            illegal(repr(self), old, new)
+        elif link_state.strict and not self.lock.locked():
+            raise IllegalTransition(f"{self!r}: {old.name} -> {new.name} without its lock")
+        self.state = new
+        self.writable = new is OPEN
+
+    def stop_sending(self, new: LinkState = CLOSING) -> None:
+        """No more frames go out: an open link starts ``CLOSING`` (a closing handshake), or
+        ``FAILING`` (the server closes it for its input, which a closing link may still
+        be). A link past those states stays where it is."""
+        with self.lock:
+            state = self.state
+            if state is OPEN or (state is CLOSING and new is FAILING):
+                self.to(new)
 
     def send(self, data: bytes) -> bool:
         """Write ``data`` (whole WebSocket frames) after what was sent before, never
@@ -219,20 +243,17 @@ class Link:
         """Start the closing handshake with ``code``; ``flush`` sends what is queued first.
         False when the link was already closing."""
         with self.lock:
-            if not self.writable:
-                if not flush:
-                    self.outbox.drop_unsent()
-                return False
-            self.writable = False
             if not flush:
                 self.outbox.drop_unsent()
+            if self.state is not OPEN:
+                return False
+            self.to(CLOSING)
         self.loop.call_soon(lambda: self.loop.closer.send_close(self, code, reason))
         return True
 
     def abort(self) -> None:
         """Close the socket without a closing handshake (from any thread)."""
-        with self.lock:
-            self.writable = False
+        self.stop_sending()
         self.loop.call_soon(lambda: self.loop.closer.finish(self))
 
     # -- the loop's side (lock held by the caller where noted) ----------------------------
@@ -354,6 +375,7 @@ class LoopPort(Protocol):
     def guarded(self, fn: Callable[[], None]) -> None: ...
     def hold_for_pass(self, link: Link) -> None: ...
 
-__all__ = ["Link", "LinkHandler", "Admit", "Defer", "DEFER", "Decision", "Tls", "RECV_BYTES",
+__all__ = ["Link", "LinkState", "LinkHandler", "Admit", "Defer", "DEFER", "Decision", "Tls",
+           "RECV_BYTES",
            "LoopPort", "ClosingPart", "WritingPart", "ReadingPart", "UpgradingPart", "PendingPart",
            "SniffingPart"]

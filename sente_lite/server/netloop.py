@@ -47,8 +47,9 @@ from websockets.http11 import Response
 from .accept import (ACCEPT_ERROR_LOG_EVERY_S, ACCEPT_PAUSE_S, ACCEPTS_PER_WAKE, Acceptor,
                      raise_descriptor_limit)
 from .handshake import EVICT_MIN_AGE_S, PENDING_SWEEP_S, HandshakeGuard, Upgrader
-from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler
 from ..core.inflow import InboundLimits
+from .link import DEFER, RECV_BYTES, Admit, Decision, Defer, Link, LinkHandler
+from .link_state import CLOSED
 from .reader import Reader
 from .writer import GC_AFTER_DROPPED_BYTES, Closer, Writer
 
@@ -177,7 +178,7 @@ class NetLoop:
         """The handler's late answer to ``link``'s request (from any thread)."""
         def apply() -> None:
             self.upgrader.apply(link, decision)
-            if link.owner is not None and link.inbox and not link.closed:
+            if link.owner is not None and link.inbox and link.state is not CLOSED:
                 self.reader.feed(link, b"")  # frames sent before the 101
 
         self.call_soon(apply)
@@ -187,7 +188,7 @@ class NetLoop:
         for writing while bytes wait (loop thread)."""
         events = ((0 if link.inflow.paused else selectors.EVENT_READ)
                   | (selectors.EVENT_WRITE if link.watching_write else 0))
-        if events == link.events or link.closed:
+        if events == link.events or link.state is CLOSED:
             return
         if not events:
             self.selector.unregister(link.sock)
@@ -235,7 +236,7 @@ class NetLoop:
                         try:
                             if mask & selectors.EVENT_WRITE:
                                 flush(link)
-                            if mask & selectors.EVENT_READ and not link.closed:
+                            if mask & selectors.EVENT_READ and link.state is not CLOSED:
                                 read(link)
                         except Exception:
                             self.counts["internal_errors"] += 1
@@ -267,7 +268,7 @@ class NetLoop:
         flush = self.writer.flush
         for link in dirty:
             link.dirty = False
-            if not link.closed:
+            if link.state is not CLOSED:
                 flush(link)
 
     def guarded(self, fn: Callable[[], None]) -> None:

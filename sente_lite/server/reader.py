@@ -18,9 +18,10 @@ from typing import Any, Optional, Set
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 
+from ..core.outbox import Overflow
 from ..wire.framing import frames_span
 from .link import RECV_BYTES, Link, LoopPort
-from ..core.outbox import Overflow
+from .link_state import CLOSED, CLOSING, FAILING, OPEN, UPGRADING
 
 
 log = logging.getLogger("sente_lite.net")
@@ -135,7 +136,7 @@ class Reader:
             link.frame_left -= pos
             self._parse(link, data[:pos])
         inflow = link.inflow
-        while pos < n and not link.closed and not link.failed:
+        while pos < n and (link.state is OPEN or link.state is CLOSING):
             room = inflow.room(2 if link.owner.awaiting_replies else 1)
             if room is None:
                 link.inbox = data[pos:]
@@ -148,7 +149,7 @@ class Reader:
             link.frame_left = left
             self._parse(link, data[pos:end])
             pos = end
-        if not link.closed and inflow.room(2 if link.owner.awaiting_replies else 1) is None:
+        if link.state is not CLOSED and inflow.room(2 if link.owner.awaiting_replies else 1) is None:
             self.pause(link)
 
     def pause(self, link: Link) -> None:
@@ -166,7 +167,7 @@ class Reader:
     def resume(self, link: Link) -> None:
         """Read ``link`` again (its handler caught up): what was kept first."""
         inflow = link.inflow
-        if link.closed or not inflow.paused or not inflow.low():
+        if link.state is CLOSED or not inflow.paused or not inflow.low():
             return
         inflow.resume()
         self.loop.watch(link)
@@ -193,18 +194,19 @@ class Reader:
         if events:
             link.unparsed = 0
         for event in events:
-            if link.closed:
+            state = link.state
+            if state is CLOSED:
                 return
-            if link.failed:
-                break
+            if state is FAILING:
+                break  # failed for its input: the rest of it is not read
             if type(event) is Frame:
                 self._frame(link, event)
             elif isinstance(event, Request):
                 loop.upgrader.request(link, event)
-        if link.request is None and proto.handshake_exc is not None and not link.answered:
+        if link.request is None and proto.handshake_exc is not None and link.state is UPGRADING:
             loop.upgrader.malformed(link, proto.handshake_exc)
         loop.writer.flush_protocol(link)
-        if not data and not link.closed:
+        if not data and link.state is not CLOSED:
             loop.closer.finish(link)  # the peer is gone: nothing more to read or write
 
     def _frame(self, link: Link, frame: Frame) -> None:
@@ -226,8 +228,7 @@ class Reader:
         elif opcode is _CONT:
             self._continuation(link, frame)
         elif opcode is _CLOSE:
-            with link.lock:
-                link.writable = False
+            link.stop_sending()  # the peer started the closing handshake
             owner.on_life()
         else:  # ping (websockets answers it) or pong
             owner.on_life()
@@ -245,10 +246,8 @@ class Reader:
         link.fragments_bytes += len(frame.data)
         if link.fragments_bytes > self.max_message_bytes:  # websockets checks too; be sure
             self._drop_fragments(link)
-            link.failed = True
+            link.stop_sending(FAILING)
             link.protocol.fail(1009, f"message over {self.max_message_bytes} bytes")
-            with link.lock:
-                link.writable = False
             return
         if frame.fin:
             self._drop_fragments(link)
@@ -266,17 +265,15 @@ class Reader:
         """Close ``link`` with 1008 for its input: counted and logged by the handler; its
         unread input is ignored from now on."""
         self._drop_fragments(link)
-        link.failed = True
+        link.stop_sending(FAILING)
         link.protocol.fail(CLOSE_POLICY, reason)
-        with link.lock:
-            link.writable = False
         self.loop.guarded(lambda: self.loop.handler.on_input_limit(link, counter, CLOSE_POLICY,
                                                                    reason))
 
     def sweep(self, now: float) -> None:
         """At a tick: close links whose fragmented message is older than ``fragment_timeout``."""
         for link in [x for x in self.partial if now - x.fragments_since > self.fragment_timeout]:
-            if link.closed or link.fragments is None:
+            if link.state is CLOSED or link.fragments is None:
                 self.partial.discard(link)
                 continue
             self.fail(link, "fragment_timeout_closes",
@@ -289,9 +286,8 @@ class Reader:
             try:
                 message: Any = data.decode("utf-8")
             except UnicodeDecodeError as exc:
+                link.stop_sending(FAILING)
                 link.protocol.fail(1007, f"invalid UTF-8 at position {exc.start}")
-                with link.lock:
-                    link.writable = False
                 return
         else:
             message = data

@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 from websockets.http11 import Request, Response
 
@@ -43,48 +43,35 @@ from ..wire import packers
 from ..brokers import publish_ids
 from .. import limits as lim
 from ..wire import protocol as p
-from ..core import security
 from . import workers
 from ..wire.channels import Published
 from .handler import ServerCore
 from ..counters import Counter, Counters
 from ..errors import Disconnected, LimitExceeded, RequestTimeout
 from ..wire.framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
-from ..api import http_api
 from .api_front import ApiFront
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
-from ..core.hub import Broker, Hub, LocalBroker
+from ..core.hub import Broker, Hub
 from ..core.dispatcher import ServerDispatcher
 from ..core.gate import ChannelGate
-from ..core.inflow import InboundGauge, InboundLimits
+from ..core.inflow import InboundGauge
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from ..core.outbox import Overflow
 from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
+from .messaging import MessagingMixin, check_event_id
+from .settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
+                       DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
+                       DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BAD_FRAMES_IN_ROW,
+                       DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
+                       DEFAULT_MAX_QUEUED_BYTES_PER_CONN, DEFAULT_MAX_REMEMBERED_CLIENTS,
+                       DEFAULT_REQUEST_LINE_TIMEOUT_S, ServerSettings)
 from .stats import PER_CONN_TOTALS, InspectionMixin
-from ..session import ServerRules, ServerSession
+from ..session import ServerSession
 from .workers import Lane
 
 log = logging.getLogger("sente_lite.server")
-
-
-#: Defaults of every limit; each is a constructor argument of :class:`Server`.
-DEFAULT_HEARTBEAT_MS = 5000
-DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
-DEFAULT_MAX_QUEUED_BYTES_PER_CONN = 4 << 20
-DEFAULT_MAX_BAD_FRAMES_IN_ROW = 100
-DEFAULT_CLOSE_TIMEOUT_S = 2.0
-#: The largest ``write_delay_ms`` accepted (it is added latency for busy connections).
-MAX_WRITE_DELAY_MS = 50.0
-DEFAULT_HANDSHAKE_TIMEOUT_S = 10.0
-#: Seconds a new socket has to send its request line (a line end) before it is dropped.
-DEFAULT_REQUEST_LINE_TIMEOUT_S = 2.0
-#: Upgrades in progress from one address; one more drops that address's oldest.
-DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS = 32
-#: The listening socket's accept queue (the kernel caps it at net.core.somaxconn).
-DEFAULT_ACCEPT_BACKLOG = 4096
-DEFAULT_MAX_REMEMBERED_CLIENTS = 100_000
 
 
 class Connection:
@@ -183,7 +170,7 @@ class Connection:
     # -- sending ----------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> bool:
         """Queue event ``event`` with ``data`` for this peer. False when it is closing."""
-        _check_event_id(event)
+        check_event_id(event)
         return self.send_frame(self.packer.encode(event, data))
 
     def send_frame(self, frame: bytes) -> bool:
@@ -307,7 +294,7 @@ class Connection:
     # -- server -> client requests ----------------------------------------------
     def request(self, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         """Send a request to this peer and wait for its reply (see :meth:`Server.request`)."""
-        _check_event_id(event)
+        check_event_id(event)
         if self._server._on_network_thread():
             raise RuntimeError("request() from the network thread would stop every "
                                "connection's reading: call it from a handler or another thread")
@@ -345,252 +332,94 @@ class Connection:
             waiter.set_result(result)
 
 
-def _api_keys(keys: Optional[Sequence[str]], host: str, ssl_context: Optional[ssl.SSLContext],
-              insecure_ok: bool) -> Optional[Tuple[str, ...]]:
-    """The checked API keys; ValueError when the API would send them in clear text
-    beyond this machine without ``api_insecure_ok``."""
-    if keys is None:
-        return None
-    checked = http_api.check_keys(keys)
-    if ssl_context is None and not security.is_loopback_host(host) and not insecure_ok:
-        raise ValueError(f"the HTTP API on {host} without TLS would carry API keys in clear "
-                         "text: pass ssl_context, bind to a loopback address, or set "
-                         "api_insecure_ok=True (--api-allow-plaintext) behind a TLS proxy")
-    return checked
-
-
-def _check_event_id(event: str) -> None:
-    if not p.is_valid_event_id(event):
-        raise ValueError(f"invalid event-id {event!r}: use 'namespace/name' with "
-                         "[A-Za-z0-9_.-], 1-64 chars per part")
-
-
-class Server(InspectionMixin):
+class Server(InspectionMixin, MessagingMixin):
     """A sente_lite server. Use as ``with Server(...) as srv:`` or call start()/stop().
 
-    Every limit is an argument: ``max_message_bytes`` (larger frames close the
-    connection with 1009), ``max_queued_bytes_per_conn`` (outbound queue; overflow
-    closes that connection with 4001), ``max_bad_frames_in_row`` (then 1008),
-    ``heartbeat_ms`` / ``heartbeat_timeout_ms`` (silence closes with 4000),
-    ``close_timeout`` (seconds a closing handshake may take before the socket is
-    shut), ``handshake_timeout`` (seconds for the HTTP upgrade),
-    ``max_idle_channels`` and ``max_remembered_clients`` (bounded memory).
-
-    Admission and abuse (see :mod:`sente_lite.core.security` and :mod:`sente_lite.limits`):
-    ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
-    channel_id) -> bool`` (False: ``forbidden``; it runs on the connection's
-    worker lane, in order with its handlers), ``allowed_hosts`` (None: bound to a loopback
-    address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
-    others 403), ``allowed_origins`` (None: no
-    Origin or the same host; else that list and the server's own origin, ``["*"]`` for
-    any; others 403; :mod:`sente_lite.wire.origins`),
-    ``csrf`` / ``csrf_secret`` (per-client-id tokens, 403 without),
-    ``max_connections`` and ``max_pending_handshakes`` (503), ``max_pending_auth``
-    (upgrades waiting for ``authenticate``, which hold no connection slot; 503),
-    ``rate_limit`` /
-    ``rate_burst`` / ``max_rate_limited`` (``rate-limited``, then 1008),
-    ``max_subscriptions_per_conn`` (``limit-exceeded``), ``max_outstanding_requests``
-    (server-to-client requests; :class:`LimitExceeded`), ``expose_metrics`` (``/metrics``).
-
-    ``write_delay_ms`` (default 0: every frame is written at once) trades latency for
-    CPU: a frame for a connection written to less than this long ago waits until
-    this long after that write, then goes out with every other frame queued for that
-    connection in one write. A frame for a connection idle that long goes at once.
-
-    History (PROTOCOL 9): each channel keeps its last ``history_size`` messages
-    (0: off), none older than ``history_ttl_s``, and replays them to a subscriber
-    that names the last offset it saw; publish ids are remembered per publisher
-    (uid) ``publish_dedup_s`` (default: 300 s, or ``history_ttl_s`` when longer; at
-    most ``publish_ids_per_publisher`` per publisher and ``publish_ids_max`` in all)
-    so a resent publish is delivered once. History is also bounded in bytes:
-    ``history_max_bytes_per_channel`` per channel and ``history_max_bytes_total``
-    for every channel together (the oldest messages go first; counted as
-    ``history_bytes_evicted``). One subscribe replays at most
-    ``max_replay_per_subscribe`` messages, each counted against ``rate_limit`` as
-    one frame (beyond either: ``recovered: false``, ``replay-limit``). ``broker``: where channels live (default:
-    this process, :class:`~sente_lite.core.hub.LocalBroker`); ``"redis://host:port/db"``
-    shares channels, history, users and presence with every server on that Redis
-    (:class:`~sente_lite.brokers.redis.broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
-
-    A ``traceparent`` in a publish body or a request's data map stays on every
-    delivery, acknowledgement, reply map and log line (:mod:`sente_lite.wire.tracing`);
-    ``tracing=True`` also emits OpenTelemetry spans (extra ``[otel]``).
-
-    Every numeric keyword must be a finite number in its range
-    (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
+    Every keyword is a setting, checked at construction and kept in ``srv.settings``
+    (:class:`~sente_lite.server.settings.ServerSettings`, which tells what each one
+    bounds or turns on). The limits: message and queue sizes, heartbeats, timeouts,
+    handshake and connection caps, rates, history and replay bounds, the inbound marks;
+    admission: ``authenticate``, ``authorize``, ``allowed_hosts``, ``allowed_origins``,
+    ``csrf``; where channels live: ``broker`` (this process by default, or
+    ``"redis://host:port/db"``); and ``write_delay_ms``, ``compression``, ``tracing``,
+    the HTTP server API (``api_keys``). Every numeric keyword must be a finite number in
+    its range (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
     :class:`~sente_lite.limits.InvalidSetting` (a ValueError and a TypeError) naming it.
-
-    Input (:mod:`sente_lite.core.inflow`): a message may come in at most ``max_fragments``
-    frames and must be whole within ``fragment_timeout`` seconds (default: the heartbeat
-    timeout), else 1008. At ``max_inbound_frames`` frames or ``max_inbound_bytes`` decoded
-    bytes of one connection waiting for its handlers, its socket is not read (the peer's
-    TCP window fills) until they are under half of both; counted as ``inbound_pauses``.
-
-    The HTTP server API (docs/api.md, :mod:`sente_lite.api`): ``POST /api/<method>`` on
-    the same port, off unless ``api_keys`` (one or more keys, for rotation) is set;
-    refused at construction on a non-loopback ``host`` without ``ssl_context`` unless
-    ``api_insecure_ok``. ``api_max_body_bytes`` (413 beyond) and ``api_rate_limit``
-    (requests per second per key, 429 beyond; None: off) bound it.
-
-    ``compression="deflate"`` offers permessage-deflate: frames of at least
-    ``compression_min_bytes`` go compressed to peers that accept it, a channel
-    message compressed once per publish (:mod:`sente_lite.wire.compression`).
     """
 
     def __init__(
-        self,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        path: str = "/chsk",
-        port_file: Optional[str] = None,
-        heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
+        self, host: str = "127.0.0.1", port: int = 0, *, path: str = "/chsk",
+        port_file: Optional[str] = None, heartbeat_ms: int = DEFAULT_HEARTBEAT_MS,
         heartbeat_timeout_ms: Optional[int] = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_queued_bytes_per_conn: int = DEFAULT_MAX_QUEUED_BYTES_PER_CONN,
         max_bad_frames_in_row: int = DEFAULT_MAX_BAD_FRAMES_IN_ROW,
-        max_channel_id_chars: int = p.MAX_CHANNEL_ID_CHARS,
-        max_idle_channels: int = 10_000,
+        max_channel_id_chars: int = p.MAX_CHANNEL_ID_CHARS, max_idle_channels: int = 10_000,
         max_remembered_clients: int = DEFAULT_MAX_REMEMBERED_CLIENTS,
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
-        authenticate: Optional[Authenticate] = None,
-        authorize: Optional[Authorize] = None,
+        authenticate: Optional[Authenticate] = None, authorize: Optional[Authorize] = None,
         allowed_origins: Optional[Sequence[str]] = None,
         allowed_hosts: Optional[Sequence[str]] = None,
-        csrf: bool = False,
-        csrf_secret: Union[bytes, str, None] = None,
+        csrf: bool = False, csrf_secret: Union[bytes, str, None] = None,
         max_connections: int = lim.DEFAULT_MAX_CONNECTIONS,
         max_pending_handshakes: int = lim.DEFAULT_MAX_PENDING_HANDSHAKES,
         max_subscriptions_per_conn: int = lim.DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN,
-        rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT,
-        rate_burst: Optional[int] = None,
+        rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT, rate_burst: Optional[int] = None,
         max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED,
         max_outstanding_requests: int = lim.DEFAULT_MAX_OUTSTANDING_REQUESTS,
-        expose_metrics: bool = True,
-        write_delay_ms: float = 0.0,
+        expose_metrics: bool = True, write_delay_ms: float = 0.0,
         ssl_context: Optional[ssl.SSLContext] = None,
         accept_backlog: int = DEFAULT_ACCEPT_BACKLOG,
         request_line_timeout: float = DEFAULT_REQUEST_LINE_TIMEOUT_S,
         max_pending_handshakes_per_address: int = DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
         min_handler_threads: int = workers.DEFAULT_MIN_THREADS,
-        max_handler_threads: int = workers.DEFAULT_MAX_THREADS,
-        raise_fd_limit: bool = True,
+        max_handler_threads: int = workers.DEFAULT_MAX_THREADS, raise_fd_limit: bool = True,
         history_size: int = ch.DEFAULT_HISTORY_SIZE,
-        history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S,
-        publish_dedup_s: Optional[float] = None,
+        history_ttl_s: float = ch.DEFAULT_HISTORY_TTL_S, publish_dedup_s: Optional[float] = None,
         publish_ids_per_publisher: int = publish_ids.DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
         publish_ids_max: int = publish_ids.DEFAULT_PUBLISH_IDS_MAX,
         history_max_bytes_per_channel: int = ch.DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
         history_max_bytes_total: int = ch.DEFAULT_HISTORY_MAX_BYTES_TOTAL,
         max_replay_per_subscribe: int = ch.DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
-        broker: Union[Broker, str, None] = None,
-        tracing: bool = False,
+        broker: Union[Broker, str, None] = None, tracing: bool = False,
         compression: Optional[str] = None,
         compression_min_bytes: int = compression_mod.DEFAULT_COMPRESSION_MIN_BYTES,
-        demo: bool = False,
-        max_pending_auth: int = lim.DEFAULT_MAX_PENDING_AUTH,
-        max_fragments: int = lim.DEFAULT_MAX_FRAGMENTS,
-        fragment_timeout: Optional[float] = None,
+        demo: bool = False, max_pending_auth: int = lim.DEFAULT_MAX_PENDING_AUTH,
+        max_fragments: int = lim.DEFAULT_MAX_FRAGMENTS, fragment_timeout: Optional[float] = None,
         max_inbound_frames: int = lim.DEFAULT_MAX_INBOUND_FRAMES,
         max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES,
-        api_keys: Optional[Sequence[str]] = None,
-        api_insecure_ok: bool = False,
+        api_keys: Optional[Sequence[str]] = None, api_insecure_ok: bool = False,
         api_max_body_bytes: int = lim.DEFAULT_API_MAX_BODY_BYTES,
         api_rate_limit: Optional[float] = lim.DEFAULT_API_RATE_LIMIT,
     ) -> None:
-        lim.check_settings(locals())  # every numeric keyword, before any is used
-        self.write_delay_ms = lim.validate_milliseconds("write_delay_ms", write_delay_ms,
-                                                        MAX_WRITE_DELAY_MS)
-        self._write_delay_ns = int(self.write_delay_ms * 1_000_000)
-        self.host = host
-        self.requested_port = port
-        self.path = path
-        self.port_file = port_file
-        self.heartbeat_ms = heartbeat_ms
-        self.heartbeat_timeout_ms = heartbeat_timeout_ms or 3 * heartbeat_ms
-        self.max_message_bytes = max_message_bytes
-        self.max_queued_bytes_per_conn = max_queued_bytes_per_conn
-        self.max_bad_frames_in_row = max_bad_frames_in_row
-        self.max_channel_id_chars = max_channel_id_chars
-        self.max_remembered_clients = max_remembered_clients
-        self.close_timeout = close_timeout
-        self.handshake_timeout = handshake_timeout
-        #: bounds on each connection's unhandled input (fragments, frames waiting for handlers)
-        self.inbound = InboundLimits(
-            max_fragments=max_fragments,
-            fragment_timeout=(fragment_timeout if fragment_timeout is not None
-                              else min(self.heartbeat_timeout_ms / 1000.0, 3600.0)),
-            max_inbound_frames=max_inbound_frames, max_inbound_bytes=max_inbound_bytes)
-        self.ssl_context = ssl_context
-        self.accept_backlog = accept_backlog
-        self.request_line_timeout = request_line_timeout
-        self.max_pending_handshakes = max_pending_handshakes
-        self.max_pending_handshakes_per_address = max_pending_handshakes_per_address
-        self.raise_fd_limit = raise_fd_limit
-        self._pool = workers.WorkerPool(min_handler_threads, max_handler_threads)
-        self._loop: Optional[NetLoop] = None
-        if authorize is not None and not callable(authorize):
-            raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
-        self.authorize = authorize
-        self.max_subscriptions_per_conn = max_subscriptions_per_conn
-        self.rate_limit = rate_limit
-        self.rate_burst = rate_burst
-        self.max_rate_limited = max_rate_limited
-        self.max_outstanding_requests = max_outstanding_requests
-        self.expose_metrics = expose_metrics
-        self.demo = demo
-        self._gate = security.Gate(
-            authenticate=authenticate, allowed_origins=allowed_origins, csrf=csrf,
-            csrf_secret=csrf_secret, max_connections=max_connections,
-            max_pending_handshakes=max_pending_handshakes, handshake_timeout=handshake_timeout,
-            allowed_hosts=allowed_hosts, bind_host=host, max_pending_auth=max_pending_auth)
-        self.max_pending_auth = self._gate.max_pending_auth
-        self._latency = LatencyHistogram()
-        self._metrics = MetricsExporter(self.stats, self._latency)
-
+        settings = self.settings = ServerSettings.from_keywords(locals())
+        # each setting is also an attribute (srv.heartbeat_ms): the server's parts read them there
+        vars(self).update(settings.attributes())
         self.server_id = uuid.uuid4().hex[:16]
         self.counters = Counters()
-        if publish_dedup_s is None:  # at least as long as history lasts
-            publish_dedup_s = max(ch.DEFAULT_PUBLISH_DEDUP_S, history_ttl_s)
-        if isinstance(broker, str):  # "redis://host:port/db": channels shared by several servers
-            from ..brokers.redis.broker import RedisBroker
-            broker = RedisBroker(broker, self.server_id, history_size=history_size,
-                                 history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-                                 publish_ids_per_publisher=publish_ids_per_publisher,
-                                 publish_ids_max=publish_ids_max, counters=self.counters,
-                                 max_replay_per_subscribe=max_replay_per_subscribe)
-        if getattr(broker, "shared", False):  # users' closes come through it from other servers
-            broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
-        self.channels: Broker = broker if broker is not None else LocalBroker(
-            self.server_id, max_idle_channels, history_size=history_size,
-            history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
-            publish_ids_per_publisher=publish_ids_per_publisher, publish_ids_max=publish_ids_max,
-            counters=self.counters,
-            history_max_bytes_per_channel=history_max_bytes_per_channel,
-            history_max_bytes_total=history_max_bytes_total,
-            max_replay_per_subscribe=max_replay_per_subscribe)
-        self.compression = compression_mod.validate(compression)
-        self.compression_min_bytes = compression_min_bytes
-        self._spans = tracing_mod.Spans(tracing)
-        self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame, self._spans,
-                        compression_min_bytes)
-        self._rules = ServerRules(
-            heartbeat_ms=heartbeat_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
-            max_bad_frames_in_row=max_bad_frames_in_row,
-            max_outstanding_requests=max_outstanding_requests,
-            max_channel_id_chars=max_channel_id_chars, rate_limit=rate_limit,
-            rate_burst=rate_burst, max_rate_limited=max_rate_limited)
+        self.channels: Broker = self._wire_broker(broker, settings)
+        self._assemble(settings)
+
+    def _assemble(self, settings: ServerSettings) -> None:
+        """Build the server's parts from its settings (none runs before :meth:`start`)."""
+        self._pool = workers.WorkerPool(settings.min_handler_threads, settings.max_handler_threads)
+        self._loop: Optional[NetLoop] = None
+        self._gate = settings.gate()
+        self._latency = LatencyHistogram()
+        self._metrics = MetricsExporter(self.stats, self._latency)
+        self._spans = tracing_mod.Spans(settings.tracing)
+        self._hub = Hub(self.channels, self.counters, settings.max_remembered_clients, _ws_frame,
+                        self._spans, settings.compression_min_bytes)
+        self._rules = settings.session_rules()
         self._handlers: Dict[str, Handler] = {}
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
-            ChannelGate(self.channels, self.counters, max_subscriptions_per_conn, authorize),
+            ChannelGate(self.channels, self.counters, settings.max_subscriptions_per_conn,
+                        settings.authorize),
             self._spans)
         self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)
-        self.api_keys = _api_keys(api_keys, host, ssl_context, api_insecure_ok)
-        self.api_max_body_bytes = api_max_body_bytes
-        self.api_rate_limit = api_rate_limit
         self._api = ApiFront(self)
         self._on_connect: List[ConnectHook] = []
         self._on_disconnect: List[DisconnectHook] = []
@@ -601,6 +430,22 @@ class Server(InspectionMixin):
         self._stopping = False
         self._started_at = 0.0
         self.port = 0
+
+    def _wire_broker(self, broker: Union[Broker, str, None], settings: ServerSettings) -> Broker:
+        """The broker of ``broker`` (a Broker; a Redis URL; None: this process's)."""
+        if isinstance(broker, str):  # "redis://host:port/db": channels shared by several servers
+            from ..brokers.redis.broker import RedisBroker
+            broker = RedisBroker(broker, self.server_id, history_size=settings.history_size,
+                                 history_ttl_s=settings.history_ttl_s,
+                                 publish_dedup_s=settings.publish_dedup_s,
+                                 publish_ids_per_publisher=settings.publish_ids_per_publisher,
+                                 publish_ids_max=settings.publish_ids_max, counters=self.counters,
+                                 max_replay_per_subscribe=settings.max_replay_per_subscribe)
+        if getattr(broker, "shared", False):  # users' closes come through it from other servers
+            broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
+        if broker is None:
+            broker = settings.local_broker(self.server_id, self.counters)
+        return broker
 
     # -- lifecycle --------------------------------------------------------------
     def __enter__(self) -> "Server":
@@ -628,7 +473,7 @@ class Server(InspectionMixin):
         self._loop = NetLoop(
             self._core, self.host, self.requested_port, ssl_context=self.ssl_context,
             accept_backlog=self.accept_backlog, max_message_bytes=self.max_message_bytes,
-            max_queued_bytes=self.max_queued_bytes_per_conn, write_delay_ns=self._write_delay_ns,
+            max_queued_bytes=self.max_queued_bytes_per_conn, write_delay_ns=self.settings.write_delay_ns,
             close_timeout=self.close_timeout, handshake_timeout=self.handshake_timeout,
             request_line_timeout=self.request_line_timeout,
             max_pending_handshakes=self.max_pending_handshakes,
@@ -687,7 +532,7 @@ class Server(InspectionMixin):
         thread), one event of a connection at a time in arrival order, batched or
         not, so a slow handler delays only that connection.
         """
-        _check_event_id(event)
+        check_event_id(event)
         if p.is_reserved(event):
             raise ValueError(f"{event!r} is in a reserved namespace ({', '.join(sorted(p.RESERVED_NAMESPACES))})")
 
@@ -711,93 +556,6 @@ class Server(InspectionMixin):
         self._on_disconnect.append(fn)
         return fn
 
-    # -- sending ----------------------------------------------------------------
-    def send(self, conn_id: str, event: str, data: Any = None) -> bool:
-        """Queue an event to one connection. False when it is unknown or closing."""
-        conn = self._hub.conns.get(conn_id)
-        return conn.send(event, data) if conn is not None else False
-
-    def send_to_user(self, uid: str, event: str, data: Any = None) -> int:
-        """Queue an event to every live connection of ``uid``; returns how many here took it.
-
-        With a shared broker (Redis) it also goes, through Redis, to the user's
-        connections on every other server (not counted in the result; while the broker
-        is down, BrokerUnavailable is raised after the local sends)."""
-        _check_event_id(event)
-        return self._hub.to_user(uid, event, data, p.encode_bytes(event, data))
-
-    def broadcast(self, event: str, data: Any = None) -> int:
-        """Queue an event to every live connection; returns how many here took it.
-
-        With a shared broker (Redis) it also goes to every other server's connections
-        (not counted; while the broker is down, BrokerUnavailable after the local sends)."""
-        _check_event_id(event)
-        return self._hub.to_all(event, data, p.encode_bytes(event, data))
-
-    def publish(self, channel_id: str, data: Any = None, *, idempotency_key: Optional[str] = None,
-                publisher: Optional[str] = None, traceparent: Optional[str] = None) -> Published:
-        """Publish on a channel as the server (``from`` is null). Same path as clients'.
-
-        ``idempotency_key`` is a publish id (PROTOCOL 9, 1-128 characters): a resend
-        with the same key by the same ``publisher`` (default: the server) is answered
-        with the first one's ``Published`` (``duplicate=True``) and not delivered again.
-        ``traceparent`` (W3C) rides on every delivery."""
-        problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
-        if problem:
-            raise ValueError(problem)
-        if idempotency_key is not None and not (
-                isinstance(idempotency_key, str) and 0 < len(idempotency_key) <= p.MAX_PUBLISH_ID_CHARS):
-            raise ValueError(f"idempotency_key must be a string of 1-{p.MAX_PUBLISH_ID_CHARS} "
-                             "characters")
-        if traceparent is not None and tracing_mod.valid(traceparent) is None:
-            raise ValueError("traceparent must be a W3C version-00 traceparent")
-        result = self._hub.publish(channel_id, p.encode_channel_data(data), None, None,
-                                   publish_id=idempotency_key, traceparent=traceparent,
-                                   publisher=publisher)
-        assert result is not None  # waited for
-        return result
-
-    def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
-        """Ask a client: send a request and wait for its reply.
-
-        Raises :class:`RemoteError` (the client's error code), :class:`RequestTimeout`
-        or :class:`Disconnected`.
-        """
-        conn = self._hub.conns.get(conn_id)
-        if conn is None:
-            raise Disconnected(f"no live connection {conn_id}")
-        return conn.request(event, data, timeout)
-
-    def disconnect(self, conn_id: str, code: int = p.CLOSE_NORMAL, reason: str = "") -> bool:
-        """Close one connection. False when it is not live."""
-        conn = self._hub.conns.get(conn_id)
-        if conn is None:
-            return False
-        conn.close(code, reason)
-        return True
-
-    def disconnect_user(self, uid: str, code: int = p.CLOSE_NORMAL, reason: str = "") -> int:
-        """Close every live connection of ``uid`` with ``code``; returns how many.
-
-        With 1008 the reference clients stop reconnecting; with 1000 they
-        reconnect and meet ``authenticate`` again. With a shared broker (Redis) the
-        user's connections on every other server are closed too (not counted).
-        """
-        closed = self._disconnect_user_here(uid, code, reason)
-        shared = self._hub.shared
-        if shared is not None:  # raises BrokerUnavailable while it is down
-            shared.disconnect_user(uid, code, reason)
-        return closed
-
-    def _disconnect_user_here(self, uid: str, code: int, reason: str) -> int:
-        conns = self._hub.of_user(uid)
-        for conn in conns:
-            self.counters.add(Counter.FORCED_CLOSES)
-            report(log, "closed", "disconnect-user", conn_id=conn.conn_id, uid=uid,
-                   remote=conn.remote_address, code=code, message=reason)
-            conn.close(code, reason)
-        return len(conns)
-
     def csrf_token(self, client_id: str) -> Optional[str]:
         """The CSRF token of ``client_id`` (to embed in a page); None when ``csrf`` is off."""
         return self._gate.csrf_token_for(client_id)
@@ -808,18 +566,18 @@ class Server(InspectionMixin):
         loop = self._loop
         return loop is not None and loop.on_loop()
 
-    def _admit(self, ws: Link, request: Request, client_id: str,
+    def _admit(self, link: Link, request: Request, client_id: str,
                client_id_given: bool) -> Optional[Response]:
         """Origin and CSRF checks (see :mod:`sente_lite.core.security`): a Response refuses."""
-        return self._gate.admit(ws, request, client_id, client_id_given)
+        return self._gate.admit(link, request, client_id, client_id_given)
 
     def _new_connection(self, link: Link, conn_id: str, identity: Identity, first: bool) -> Connection:
         """The :class:`Connection` of an upgrade whose 101 just went out (``ServerCore.on_open``)."""
         return Connection(self, link, conn_id, identity, first)
 
-    def _identify(self, ws: Link, request: Request, client_id: str) -> Union[str, Response]:
+    def _identify(self, link: Link, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""
-        return self._gate.identify(ws, request, client_id)
+        return self._gate.identify(link, request, client_id)
 
 
 _PING = p.encode_bytes(p.EV_PING)

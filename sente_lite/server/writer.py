@@ -17,8 +17,9 @@ from typing import Optional
 
 from websockets.protocol import State
 
-from .link import Link, LoopPort
 from ..core.outbox import Overflow
+from .link import Link, LoopPort
+from .link_state import CLOSED, CLOSING, DRAINING, FLUSHING, OPEN
 
 
 #: Unparsed input a dropped connection may leave before the loop collects garbage at its
@@ -39,8 +40,9 @@ GC_QUIET_MIN_ENDED = 32
 #: collection are freed then, not left to Python's own collector.
 GC_FOLLOW_UP_TICKS = (1, 4, 16)
 
-_OPEN = State.OPEN
-_CLOSED = State.CLOSED
+# websockets' protocol states (the link's own are LinkState)
+_WS_OPEN = State.OPEN
+_WS_CLOSED = State.CLOSED
 
 
 class Writer:
@@ -51,29 +53,34 @@ class Writer:
         self.close_timeout = loop.close_timeout
 
     def flush_protocol(self, link: Link) -> None:
-        """Queue what the protocol has to send, then write it if there is anything."""
+        """Queue what the protocol has to send, then write it if there is anything (a link
+        closed meanwhile, by what its events led to, gets nothing more)."""
+        if link.state is CLOSED:
+            return
         with link.lock:
             self.flush_protocol_locked(link)
-        if link.eof_queued or link.broken or link.outbox:
+        if link.state is FLUSHING or link.broken or link.outbox:
             self.flush(link)
 
     def flush_protocol_locked(self, link: Link) -> None:
-        for data in link.protocol.data_to_send():
+        """Queue what the protocol has to send (the caller holds the link's lock). Its
+        end of the stream (an empty chunk) makes the link ``FLUSHING``."""
+        proto = link.protocol
+        if link.state is OPEN and proto.state is not _WS_OPEN:
+            link.to(CLOSING)  # websockets closed or failed it itself (a bad frame, EOF)
+        for data in proto.data_to_send():
             if data:
                 try:
                     link._push_locked(data)
                 except Overflow:
                     link.outbox.drop_unsent()
                     link._push_locked(data)  # a close frame or pong: room after the drop
-            else:
-                link.eof_queued = True
-                link.writable = False
-        if link.protocol.state is not _OPEN:
-            link.writable = False
+            elif link.state is not FLUSHING:
+                link.to(FLUSHING)
 
     def flush(self, link: Link) -> None:
         """Write what is queued; watch for writability while bytes wait."""
-        if link.closed:
+        if link.state is CLOSED:
             return
         with link.lock:
             link.flush_asked = False
@@ -88,8 +95,9 @@ class Writer:
         if link.broken:
             self.loop.closer.finish(link)
             return
-        if done and link.eof_queued and not link.eof_sent:
-            link.eof_sent = True
+        if done and link.state is FLUSHING:
+            with link.lock:
+                link.to(DRAINING)
             try:
                 link.sock.shutdown(socket.SHUT_WR)
             except OSError:
@@ -117,13 +125,11 @@ class Closer:
 
     def send_close(self, link: Link, code: int, reason: str) -> None:
         """Start the closing handshake (a link not open yet is dropped)."""
-        if link.closed:
+        if link.state is CLOSED:
             return
+        # Link.close() asks for this only of an OPEN link, which it made CLOSING
         proto = link.protocol
-        if not link.opened:
-            self.finish(link)
-            return
-        if proto.state is _OPEN:
+        if proto.state is _WS_OPEN:
             proto.send_close(code, reason)
             self.loop.writer.flush_protocol(link)
         self.set_deadline(link, time.monotonic() + self.close_timeout)
@@ -137,17 +143,16 @@ class Closer:
         self.loop.call_at(when, lambda: self._deadline(ref(), when))
 
     def _deadline(self, link: Optional[Link], when: float) -> None:
-        if link is not None and not link.closed and link.deadline == when:
+        if link is not None and link.state is not CLOSED and link.deadline == when:
             self.counts["close_timeouts"] += 1
             self.finish(link)
 
     def finish(self, link: Link) -> None:
         """Close the socket and tell the handler. Idempotent."""
-        if link.closed:
+        if link.state is CLOSED:
             return
-        link.closed = True
         with link.lock:
-            link.writable = False
+            link.to(CLOSED)
         loop = self.loop
         loop.handshakes.leave(link)
         loop.links.pop(link.fd, None)
@@ -159,7 +164,7 @@ class Closer:
             link.sock.close()
         except OSError:
             pass
-        if link.protocol.state is not _CLOSED:
+        if link.protocol.state is not _WS_CLOSED:
             try:
                 link.protocol.receive_eof()
             except Exception:  # EOF already seen: the state is final anyway

@@ -205,32 +205,36 @@ class FrameParser:
             payload = data[pos + head:stop]
             pos = stop
             op = b0 & 0x0F
-            fin = b0 & 0x80
-            if op == OP_TEXT or op == OP_BINARY:
-                if self._frag is not None:
-                    raise self._error("new message inside a fragmented one")
-                if fin:
-                    out.append((op, payload))
-                else:
-                    self._frag, self._frag_op, self._frag_size = [payload], op, n
-            elif op == OP_CONT:
-                if self._frag is None:
-                    raise self._error("continuation frame with no message")
-                self._frag.append(payload)
-                self._frag_size += n
-                if self._frag_size > self._limit:
-                    raise self._error(f"message over the limit of {self._max_size} bytes")
-                if fin:
-                    out.append((self._frag_op, b"".join(self._frag)))
-                    self._frag = None
-            elif op == OP_CLOSE or op == OP_PING or op == OP_PONG:
-                if not fin or n > MAX_CONTROL_PAYLOAD:
-                    raise self._error("control frame fragmented or too long")
-                out.append((op, payload))
+            if b0 & 0x80 and (op == OP_TEXT or op == OP_BINARY) and self._frag is None:
+                out.append((op, payload))  # a whole data message: most frames, kept inline
             else:
-                raise self._error(f"unknown opcode {op}")
+                self._other_frame(op, b0 & 0x80, payload, out)
         self._buf = data[pos:] if pos < end else b""
         return out
+
+    def _other_frame(self, op: int, fin: int, payload: bytes, out: List[Message]) -> None:
+        """A frame that is not a whole data message: a fragment, a control frame, or a
+        protocol error (raised). What it completes goes to ``out``."""
+        if op == OP_TEXT or op == OP_BINARY:
+            if self._frag is not None:
+                raise self._error("new message inside a fragmented one")
+            self._frag, self._frag_op, self._frag_size = [payload], op, len(payload)
+        elif op == OP_CONT:
+            if self._frag is None:
+                raise self._error("continuation frame with no message")
+            self._frag.append(payload)
+            self._frag_size += len(payload)
+            if self._frag_size > self._limit:
+                raise self._error(f"message over the limit of {self._max_size} bytes")
+            if fin:
+                out.append((self._frag_op, b"".join(self._frag)))
+                self._frag = None
+        elif op == OP_CLOSE or op == OP_PING or op == OP_PONG:
+            if not fin or len(payload) > MAX_CONTROL_PAYLOAD:
+                raise self._error("control frame fragmented or too long")
+            out.append((op, payload))
+        else:
+            raise self._error(f"unknown opcode {op}")
 
 
 class SocketFrameReader(FrameParser):
