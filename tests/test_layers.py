@@ -168,8 +168,6 @@ OVERSIZE_ALLOWED = {
     # the broker seam (issue 22, item 2): recovery decided once, over history(), for every broker
     "sente_lite/brokers/local.py::ChannelRegistry": 307,
     "sente_lite/brokers/redis/channels.py::RedisChannels": 319,
-    # the sans-I/O server dispatcher (issue 22, item 1)
-    "sente_lite/session.py::ServerSession": 326,
 }
 
 

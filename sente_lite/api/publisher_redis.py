@@ -93,7 +93,102 @@ class _Chan:
 _IDS, _HEAD, _EPOCH, _REST = 5, 8, 9, 10
 
 
-class RedisSender:
+class _ScriptRunner:
+    """One connection to Redis running the publish script: connecting, loading the script,
+    running commands, and what a failure means (not sent, outcome unknown, refused)."""
+
+    def _disconnect(self) -> None:
+        self._connected = False
+        self._conn.disconnect()
+
+    def _ensure_connected(self) -> None:
+        """Connect (and load the script) if needed; a connection the server closed is
+        replaced before anything is written on it. Raises BrokerUnavailable or
+        BrokerCommandError: nothing was sent."""
+        conn = self._conn
+        if self._connected:
+            try:
+                stale = conn.can_read(0)  # nothing is due: readable means closed (or garbage)
+            except self._link_errors:
+                stale = True
+            if not stale:
+                return
+            self._disconnect()
+        try:
+            conn.connect()
+            conn.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, check_health=False)
+            sha = as_text(conn.read_response())
+        except self._errors.ResponseError as exc:  # e.g. NOPERM: this user may not run scripts
+            self._disconnect()
+            raise self._refused(exc, "load the publish script") from exc
+        except self._link_errors as exc:
+            self._disconnect()
+            raise BrokerUnavailable(f"the channel broker (Redis) is unreachable "
+                                    f"({type(exc).__name__}: {exc}); not published") from exc
+        if sha != self._sha:  # pragma: no cover - Redis names a script by its SHA1
+            self._disconnect()
+            raise BrokerCommandError(f"Redis named the publish script {sha}, not {self._sha}")
+        self._connected = True
+
+    def _run(self, names: Sequence[str], bodies: Sequence[bytes], again: bool = True) -> List[Any]:
+        """Send ``bodies`` in one pipeline; a Published or an exception for each, in order."""
+        try:
+            self._ensure_connected()
+        except (BrokerUnavailable, BrokerCommandError) as exc:
+            return [_copy(exc) for _ in names]
+        conn = self._conn
+        errors = self._errors
+        try:
+            conn.send_packed_command([bodies[0] if len(bodies) == 1 else b"".join(bodies)],
+                                     check_health=False)
+        except self._link_errors as exc:
+            self._disconnect()
+            return [self._unknown(exc) for _ in names]
+        results: List[Any] = []
+        no_script: List[int] = []
+        for i, name in enumerate(names):
+            try:
+                results.append(published_of(name, conn.read_response()))
+            except errors.NoScriptError:
+                no_script.append(i)  # Redis restarted or flushed its scripts: it never ran
+                results.append(None)
+            except self._replica_errors as exc:  # a replica, or no primary: refused, not made
+                results.append(BrokerUnavailable(f"the channel broker (Redis) refused it "
+                                                 f"({type(exc).__name__}: {exc}); not published"))
+            except errors.ResponseError as exc:  # refused (e.g. WRONGTYPE): not made
+                results.append(self._refused(exc, "publish on"))
+            except (errors.RedisError,) + self._link_errors as exc:
+                self._disconnect()
+                results.extend(self._unknown(exc) for _ in names[i:])
+                return results
+        if any(isinstance(r, BrokerUnavailable) for r in results):
+            self._disconnect()  # the replica case: connect again next time
+        if no_script:
+            if again:
+                self._disconnect()  # the next connection loads the script
+                retried = self._run([names[i] for i in no_script], [bodies[i] for i in no_script],
+                                    again=False)
+            else:
+                retried = [BrokerCommandError("the publish script vanished from Redis twice "
+                                              "(NOSCRIPT); not published") for _ in no_script]
+            for i, result in zip(no_script, retried):
+                results[i] = result
+        return results
+
+    @staticmethod
+    def _unknown(exc: BaseException, what: str = "it") -> PublishOutcomeUnknown:
+        return PublishOutcomeUnknown(
+            f"the link to the channel broker (Redis) failed with {what} in flight "
+            f"({type(exc).__name__}: {exc}): it may have been published; resend it with the "
+            "same idempotency_key once the broker is back")
+
+    @staticmethod
+    def _refused(exc: BaseException, what: str) -> BrokerCommandError:
+        return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel "
+                                  f"({type(exc).__name__}: {exc}); not done")
+
+
+class RedisSender(_ScriptRunner):
     """The Redis side of a :class:`~sente_lite.api.publisher.Publisher` (see the module)."""
 
     def __init__(self, url: str, timeout: float, space: ChannelSpace, publisher: Optional[str],
@@ -338,97 +433,6 @@ class RedisSender:
                 future.set_result(entry.result)
 
     # -- the round trip ----------------------------------------------------------------------
-    def _disconnect(self) -> None:
-        self._connected = False
-        self._conn.disconnect()
-
-    def _ensure_connected(self) -> None:
-        """Connect (and load the script) if needed; a connection the server closed is
-        replaced before anything is written on it. Raises BrokerUnavailable or
-        BrokerCommandError: nothing was sent."""
-        conn = self._conn
-        if self._connected:
-            try:
-                stale = conn.can_read(0)  # nothing is due: readable means closed (or garbage)
-            except self._link_errors:
-                stale = True
-            if not stale:
-                return
-            self._disconnect()
-        try:
-            conn.connect()
-            conn.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT, check_health=False)
-            sha = as_text(conn.read_response())
-        except self._errors.ResponseError as exc:  # e.g. NOPERM: this user may not run scripts
-            self._disconnect()
-            raise self._refused(exc, "load the publish script") from exc
-        except self._link_errors as exc:
-            self._disconnect()
-            raise BrokerUnavailable(f"the channel broker (Redis) is unreachable "
-                                    f"({type(exc).__name__}: {exc}); not published") from exc
-        if sha != self._sha:  # pragma: no cover - Redis names a script by its SHA1
-            self._disconnect()
-            raise BrokerCommandError(f"Redis named the publish script {sha}, not {self._sha}")
-        self._connected = True
-
-    def _run(self, names: Sequence[str], bodies: Sequence[bytes], again: bool = True) -> List[Any]:
-        """Send ``bodies`` in one pipeline; a Published or an exception for each, in order."""
-        try:
-            self._ensure_connected()
-        except (BrokerUnavailable, BrokerCommandError) as exc:
-            return [_copy(exc) for _ in names]
-        conn = self._conn
-        errors = self._errors
-        try:
-            conn.send_packed_command([bodies[0] if len(bodies) == 1 else b"".join(bodies)],
-                                     check_health=False)
-        except self._link_errors as exc:
-            self._disconnect()
-            return [self._unknown(exc) for _ in names]
-        results: List[Any] = []
-        no_script: List[int] = []
-        for i, name in enumerate(names):
-            try:
-                results.append(published_of(name, conn.read_response()))
-            except errors.NoScriptError:
-                no_script.append(i)  # Redis restarted or flushed its scripts: it never ran
-                results.append(None)
-            except self._replica_errors as exc:  # a replica, or no primary: refused, not made
-                results.append(BrokerUnavailable(f"the channel broker (Redis) refused it "
-                                                 f"({type(exc).__name__}: {exc}); not published"))
-            except errors.ResponseError as exc:  # refused (e.g. WRONGTYPE): not made
-                results.append(self._refused(exc, "publish on"))
-            except (errors.RedisError,) + self._link_errors as exc:
-                self._disconnect()
-                results.extend(self._unknown(exc) for _ in names[i:])
-                return results
-        if any(isinstance(r, BrokerUnavailable) for r in results):
-            self._disconnect()  # the replica case: connect again next time
-        if no_script:
-            if again:
-                self._disconnect()  # the next connection loads the script
-                retried = self._run([names[i] for i in no_script], [bodies[i] for i in no_script],
-                                    again=False)
-            else:
-                retried = [BrokerCommandError("the publish script vanished from Redis twice "
-                                              "(NOSCRIPT); not published") for _ in no_script]
-            for i, result in zip(no_script, retried):
-                results[i] = result
-        return results
-
-    @staticmethod
-    def _unknown(exc: BaseException, what: str = "it") -> PublishOutcomeUnknown:
-        return PublishOutcomeUnknown(
-            f"the link to the channel broker (Redis) failed with {what} in flight "
-            f"({type(exc).__name__}: {exc}): it may have been published; resend it with the "
-            "same idempotency_key once the broker is back")
-
-    @staticmethod
-    def _refused(exc: BaseException, what: str) -> BrokerCommandError:
-        return BrokerCommandError(f"the channel broker (Redis) refused to {what} this channel "
-                                  f"({type(exc).__name__}: {exc}); not done")
-
-
 def _copy(exc: BaseException) -> BaseException:
     """A new exception like ``exc`` (one per publish: each carries its own traceback)."""
     new = type(exc)(*exc.args)
