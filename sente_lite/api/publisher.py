@@ -155,7 +155,7 @@ class _RedisBackend:
                              "characters")
         head = message_head(p.dumps(channel), p.encode_channel_data(data), "null", traceparent)
         return publish_command(self._space, self._sha, channel, head.encode("utf-8"), None, key,
-                               self._publisher)
+                               self._publisher, traceparent)
 
     def publish(self, channel: str, data: Any, key: Optional[str],
                 traceparent: Optional[str]) -> Published:
@@ -178,7 +178,9 @@ class _RedisBackend:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return [published_of(channel, r) for (channel, _), r in zip(items, results)]
+        # delivered: the publishing node's subscribers (PROTOCOL 9); a Publisher has none
+        return [published_of(channel, r)._replace(delivered=0)
+                for (channel, _), r in zip(items, results)]
 
     def _user_message(self, body: dict) -> None:
         self._redis.publish(self._user_channel, user_message(body, self._id))

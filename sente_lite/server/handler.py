@@ -367,9 +367,7 @@ class ServerCore:
                 conn._ping()
         for conn, waiter, exc in late:
             conn._settle(waiter, None, exc)
-        sweep_idle = getattr(srv.channels, "sweep_idle", None)  # the local broker's channels
-        if sweep_idle is not None:
-            sweep_idle()
+        srv.channels.sweep_idle()
 
 
 __all__ = ["ServerCore", "ChannelGate"]

@@ -53,7 +53,9 @@ from ..wire.framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text
 from ..api import http_api
 from .api_front import ApiFront
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
-from ..core.hub import Broker, Hub, LocalBroker
+from ..brokers.base import Broker
+from ..brokers.local import LocalBroker
+from ..core.hub import Hub
 from ..core.inflow import InboundLimits
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
@@ -375,7 +377,7 @@ class Server(InspectionMixin):
     ``history_bytes_evicted``). One subscribe replays at most
     ``max_replay_per_subscribe`` messages, each counted against ``rate_limit`` as
     one frame (beyond either: ``recovered: false``, ``replay-limit``). ``broker``: where channels live (default:
-    this process, :class:`~sente_lite.core.hub.LocalBroker`); ``"redis://host:port/db"``
+    this process, :class:`~sente_lite.brokers.local.LocalBroker`); ``"redis://host:port/db"``
     shares channels, history, users and presence with every server on that Redis
     (:class:`~sente_lite.brokers.redis.broker.RedisBroker`, ``pip install 'sente-lite[redis]'``).
 
@@ -527,8 +529,6 @@ class Server(InspectionMixin):
                                  publish_ids_per_publisher=publish_ids_per_publisher,
                                  publish_ids_max=publish_ids_max, counters=self.counters,
                                  max_replay_per_subscribe=max_replay_per_subscribe)
-        if getattr(broker, "shared", False):  # users' closes come through it from other servers
-            broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         self.channels: Broker = broker if broker is not None else LocalBroker(
             self.server_id, max_idle_channels, history_size=history_size,
             history_ttl_s=history_ttl_s, publish_dedup_s=publish_dedup_s,
@@ -541,7 +541,7 @@ class Server(InspectionMixin):
         self.compression_min_bytes = compression_min_bytes
         self._spans = tracing_mod.Spans(tracing)
         self._hub = Hub(self.channels, self.counters, max_remembered_clients, _ws_frame, self._spans,
-                        compression_min_bytes)
+                        compression_min_bytes, close_user=self._disconnect_user_here)
         self._rules = ServerRules(
             heartbeat_ms=heartbeat_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             max_bad_frames_in_row=max_bad_frames_in_row,
@@ -600,11 +600,9 @@ class Server(InspectionMixin):
             extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
         self._loop.api = self._api
         self._pool.start()
-        if hasattr(self.channels, "dispatch"):  # replays (and a shared broker's live
-            self.channels.dispatch = self._loop.call_soon  # deliveries) run on the network thread
-        broker_start = getattr(self.channels, "start", None)
-        if broker_start is not None:
-            broker_start()
+        # replays (and the deliveries a broker receives from other nodes) run on the
+        # network thread, which writes what they queue once per connection per pass
+        self.channels.start(self._hub, self._loop.call_soon)
         try:
             self._loop.start()
         except BaseException:
@@ -637,9 +635,7 @@ class Server(InspectionMixin):
         log.info("stopped %s", self.url)
 
     def _stop_broker(self) -> None:
-        broker_stop = getattr(self.channels, "stop", None)
-        if broker_stop is not None:
-            broker_stop()
+        self.channels.stop()
 
     # -- registration -----------------------------------------------------------
     def on(self, event: str, fn: Optional[Handler] = None) -> Any:
@@ -747,9 +743,7 @@ class Server(InspectionMixin):
         user's connections on every other server are closed too (not counted).
         """
         closed = self._disconnect_user_here(uid, code, reason)
-        shared = self._hub.shared
-        if shared is not None:  # raises BrokerUnavailable while it is down
-            shared.disconnect_user(uid, code, reason)
+        self.channels.disconnect_user(uid, code, reason)  # raises BrokerUnavailable while down
         return closed
 
     def _disconnect_user_here(self, uid: str, code: int, reason: str) -> int:
