@@ -94,3 +94,41 @@ def test_the_library_never_imports_its_test_harness(graph: Dict[str, Set[str]]) 
 
 def test_the_checker_finds_a_cycle() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: Names a broker goes by in the library: ``broker``, ``channels`` (``Server.channels``),
+#: and attributes of those names (``self.broker``, ``srv.channels``, ``self._channels``).
+BROKER_NAMES = {"broker", "channels", "_channels", "_broker"}
+
+
+def test_brokers_import_nothing_above_them(graph: Dict[str, Set[str]]) -> None:
+    above = ("sente_lite.core", "sente_lite.server", "sente_lite.client", "sente_lite.api")
+    assert {name: sorted(t for t in targets if t.startswith(above))
+            for name, targets in graph.items()
+            if name.startswith("sente_lite.brokers") and any(t.startswith(above) for t in targets)
+            } == {}
+
+
+def broker_probes(path: Path) -> List[str]:
+    """``getattr``/``hasattr`` calls in ``path`` whose first argument names a broker."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr") and node.args):
+            target = node.args[0]
+            name = (target.id if isinstance(target, ast.Name)
+                    else target.attr if isinstance(target, ast.Attribute) else None)
+            if name in BROKER_NAMES:
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_getattr_or_hasattr_on_a_broker() -> None:
+    assert [probe for path in library_modules().values() for probe in broker_probes(path)] == []
+
+
+def test_the_probe_checker_finds_a_probe(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("getattr(srv.channels, 'health', None)\nhasattr(broker, 'x')\n"
+                      "getattr(conn, 'uid')\n")
+    assert len(broker_probes(module)) == 2

@@ -58,13 +58,13 @@ class _Delegated:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, broker: Any, owner: type) -> Any:
-        if broker is None:
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
             return self
-        return getattr(getattr(broker, self.part), self.name)
+        return getattr(getattr(instance, self.part), self.name)
 
-    def __set__(self, broker: Any, value: Any) -> None:
-        setattr(getattr(broker, self.part), self.name, value)
+    def __set__(self, instance: Any, value: Any) -> None:
+        setattr(getattr(instance, self.part), self.name, value)
 
 
 class _Hooks(LinkHooks):
