@@ -553,12 +553,14 @@ class LocalBroker:
                 traceparent: Optional[str] = None) -> Optional[Published]:
         """See :meth:`~sente_lite.brokers.base.Broker.publish`: ``delivered`` counts the
         subscribers whose queue took the message (every subscriber is on this node)."""
-        events = self._started()
+        events = self._events  # not _started(): this is the hot path
+        if events is None:
+            raise RuntimeError("the broker is not started (Server.start starts it)")
         build = events.build
 
         def make_frame(offset: int, epoch: str) -> Built:
             # built once per publish, as a whole WebSocket frame, for every subscriber
-            return build(message_text(head, offset, epoch), traceparent)
+            return build(message_text(head.encode("utf-8"), offset, epoch), traceparent)
 
         return self.registry.publish(channel, make_frame, events.deliver, exclude, done, wait,
                                      publish_id, publisher)

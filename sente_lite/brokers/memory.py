@@ -26,7 +26,7 @@ class _Channel:
         self.epoch = epoch
         self.offset = 0
         #: (offset, head, traceparent, time), oldest first; the oldest go beyond ``size``
-        self.kept: Deque[Tuple[int, str, Optional[str], float]] = collections.deque(maxlen=size)
+        self.kept: Deque[Tuple[int, bytes, Optional[str], float]] = collections.deque(maxlen=size)
         self.members: Dict["MemoryBroker", Dict[Hashable, None]] = {}  # node -> its members
 
 
@@ -148,9 +148,9 @@ class MemoryBroker:
                 self.counters.add(Counter.DUPLICATE_PUBLISHES)
                 result = Published(channel, first[0], ch.epoch, first[1], True)
             else:
-                ch.offset += 1
-                ch.kept.append((ch.offset, head, traceparent, log.clock()))
-                text = message_text(head, ch.offset, ch.epoch)
+                ch.offset, encoded = ch.offset + 1, head.encode("utf-8")
+                ch.kept.append((ch.offset, encoded, traceparent, log.clock()))
+                text = message_text(encoded, ch.offset, ch.epoch)
                 delivered = sum(node._hand(members, text, traceparent, exclude, node is self)
                                 for node, members in ch.members.items())
                 if publish_id is not None:

@@ -6,7 +6,7 @@ publish (:func:`message_head`, then :class:`Built` for every packer in use)."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import compression
 from . import protocol as p
@@ -117,12 +117,9 @@ def _epoch_tail(epoch: str) -> bytes:
     return f',"{p.K_EPOCH}":{p.dumps(epoch)}}}]'.encode("utf-8")
 
 
-def message_text(head: Union[str, bytes], offset: int, epoch: str) -> bytes:
-    """The whole channel message: ``head`` (:func:`message_head`, or its UTF-8 bytes as a
-    broker kept it) finished with the ``offset`` and ``epoch`` the broker gave it.
-    Every broker finishes it here."""
-    if isinstance(head, str):
-        head = head.encode("utf-8")
+def message_text(head: bytes, offset: int, epoch: str) -> bytes:
+    """The whole channel message: ``head`` (:func:`message_head`, UTF-8) finished with the
+    ``offset`` and ``epoch`` the broker gave it. Every broker finishes it here."""
     return b"%s%d%s" % (head, offset, _epoch_tail(epoch))
 
 
