@@ -8,6 +8,7 @@ of a delivery waits for it."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -331,3 +332,24 @@ def test_two_servers_share_channels_and_users_on_one_memory_log(make_server: Any
     wait_until(lambda: notes == [{"n": 1}], what="routed through the log to b")
     h = a.history("room")
     assert [x["data"] for x in h["publications"]] == ["hello", "again"]
+
+
+def methods_of(protocol: type) -> Dict[str, List[str]]:
+    """Method name -> parameter names, as ``protocol`` declares them."""
+    return {name: list(inspect.signature(fn).parameters)
+            for name, fn in vars(protocol).items()
+            if callable(fn) and not name.startswith("_")}
+
+
+def test_every_broker_and_the_hub_have_the_declared_calls() -> None:
+    from sente_lite.brokers.base import BrokerEvents, PresenceBroker
+    from sente_lite.brokers.memory import MemoryBroker
+    from sente_lite.brokers.redis.broker import RedisBroker
+    from sente_lite.core.hub import Hub
+    for cls, protocol in [(LocalBroker, Broker), (MemoryBroker, Broker), (RedisBroker, Broker),
+                          (MemoryLog, PresenceBroker), (Hub, BrokerEvents)]:
+        for name, params in methods_of(protocol).items():
+            assert list(inspect.signature(getattr(cls, name)).parameters) == params, (cls, name)
+    from sente_lite.brokers.redis.presence import RedisPresence
+    for name, params in methods_of(PresenceBroker).items():
+        assert list(inspect.signature(getattr(RedisPresence, name)).parameters) == params, name

@@ -251,9 +251,9 @@ class RedisBroker:
         answer is ``announce``'s."""
         return self._channels.subscribe(member, channel, announce, since, replay_budget)
 
-    def unsubscribe(self, member: Hashable, name: str) -> bool:
-        """Remove ``member`` from ``name``. True when it was subscribed."""
-        return self._channels.unsubscribe(member, name)
+    def unsubscribe(self, member: Hashable, channel: str) -> bool:
+        """Remove ``member`` from ``channel``. True when it was subscribed."""
+        return self._channels.unsubscribe(member, channel)
 
     def remove_member(self, member: Hashable) -> List[str]:
         """Remove ``member`` from every channel. Returns the channel names."""
@@ -263,9 +263,9 @@ class RedisBroker:
         """The channels ``member`` is subscribed to here."""
         return self._channels.channels_of(member)
 
-    def subscriber_count(self, name: str) -> int:
-        """How many members of this server channel ``name`` has now."""
-        return self._channels.subscriber_count(name)
+    def subscriber_count(self, channel: str) -> int:
+        """How many members of this server ``channel`` has now."""
+        return self._channels.subscriber_count(channel)
 
     def subscriber_counts(self) -> Dict[str, int]:
         """Channel -> members on this server (Redis keeps no count of other servers')."""
