@@ -85,10 +85,10 @@ def test_serve_refuses_a_bad_setting_with_a_clear_error() -> None:
 def test_wire_and_history_settings_reach_the_server() -> None:
     srv = cli.server_from_settings(settings(
         ["--compression", "deflate", "--history-size", "5", "--history-ttl-s", "30"]))
-    assert (srv.compression, srv.channels.history.size, srv.channels.history.ttl_s) == (
+    assert (srv.compression, srv.channels.registry.history.size, srv.channels.registry.history.ttl_s) == (
         "deflate", 5, 30.0)
     srv = cli.server_from_settings(settings([], {"SENTE_LITE_HISTORY_SIZE": "0"}))
-    assert srv.compression is None and srv.channels.history.size == 0
+    assert srv.compression is None and srv.channels.registry.history.size == 0
     with pytest.raises(ValueError):
         cli.server_from_settings(settings(["--compression", "gzip"]))
 
@@ -96,6 +96,6 @@ def test_wire_and_history_settings_reach_the_server() -> None:
 def test_publish_id_bounds_reach_the_server() -> None:
     srv = cli.server_from_settings(settings(
         ["--publish-ids-per-publisher", "7"], {"SENTE_LITE_PUBLISH_IDS_MAX": "70"}))
-    assert (srv.channels.history.ids.per_publisher, srv.channels.history.ids.max_ids) == (7, 70)
+    assert (srv.channels.registry.history.ids.per_publisher, srv.channels.registry.history.ids.max_ids) == (7, 70)
     with pytest.raises(ValueError, match="publish-ids-per-publisher"):
         cli.server_from_settings(settings(["--publish-ids-per-publisher", "0"]))

@@ -109,13 +109,7 @@ FACES_LAYER = 6
 TOP_LAYER = 7
 #: Imports that go up today, each to be removed by the work named. A new one fails the test;
 #: so does an entry here once its import is gone: the list only shrinks.
-UPWARD_ALLOWED = {
-    # the Redis broker types against the hub (under TYPE_CHECKING) and calls back up into it:
-    # the broker seam (issue 22, item 2) replaces that with an events interface below brokers
-    ("sente_lite.brokers.redis.broker", "sente_lite.core.hub"),
-    ("sente_lite.brokers.redis.channels", "sente_lite.core.hub"),
-    ("sente_lite.brokers.redis.presence", "sente_lite.core.hub"),
-}
+UPWARD_ALLOWED: Set[Tuple[str, str]] = set()
 
 
 def layer_of(module: str) -> Tuple[int, str]:
@@ -203,3 +197,41 @@ def test_no_class_or_function_is_over_its_size() -> None:
     assert {k: (n, OVERSIZE_ALLOWED[k]) for k, n in found.items()
             if k in OVERSIZE_ALLOWED and n > OVERSIZE_ALLOWED[k]} == {}, "grew past its ceiling"
     assert set(OVERSIZE_ALLOWED) - set(found) == set(), "fits now: remove it from OVERSIZE_ALLOWED"
+
+
+#: Names a broker goes by in the library: ``broker``, ``channels`` (``Server.channels``),
+#: and attributes of those names (``self.broker``, ``srv.channels``, ``self._channels``).
+BROKER_NAMES = {"broker", "channels", "_channels", "_broker"}
+
+
+def test_brokers_import_nothing_above_them(graph: Dict[str, Set[str]]) -> None:
+    above = ("sente_lite.core", "sente_lite.server", "sente_lite.client", "sente_lite.api")
+    assert {name: sorted(t for t in targets if t.startswith(above))
+            for name, targets in graph.items()
+            if name.startswith("sente_lite.brokers") and any(t.startswith(above) for t in targets)
+            } == {}
+
+
+def broker_probes(path: Path) -> List[str]:
+    """``getattr``/``hasattr`` calls in ``path`` whose first argument names a broker."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr") and node.args):
+            target = node.args[0]
+            name = (target.id if isinstance(target, ast.Name)
+                    else target.attr if isinstance(target, ast.Attribute) else None)
+            if name in BROKER_NAMES:
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    return found
+
+
+def test_no_getattr_or_hasattr_on_a_broker() -> None:
+    assert [probe for path in library_modules().values() for probe in broker_probes(path)] == []
+
+
+def test_the_probe_checker_finds_a_probe(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("getattr(srv.channels, 'health', None)\nhasattr(broker, 'x')\n"
+                      "getattr(conn, 'uid')\n")
+    assert len(broker_probes(module)) == 2

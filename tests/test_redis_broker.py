@@ -81,15 +81,16 @@ def test_publishes_on_both_servers_reach_every_subscriber_once_in_one_order(
     assert a.stats()["publishes"] + b.stats()["publishes"] == 4 * n
 
 
-def test_server_publish_reports_the_servers_reached(cluster: Tuple[Server, Server],
-                                                    make_client: Callable[..., Client]) -> None:
+def test_delivered_counts_the_publishing_servers_own_subscribers(
+        cluster: Tuple[Server, Server], make_client: Callable[..., Client]) -> None:
     a, b = cluster
     rec = Recorder()
     make_client(b.url).subscribe("s", rec)
-    result = a.publish("s", {"x": 1})
-    assert (result.offset, result.delivered, result.duplicate) == (1, 2, False)
+    result = a.publish("s", {"x": 1})  # the subscriber is on b: none of a's
+    assert (result.offset, result.delivered, result.duplicate) == (1, 0, False)
     wait_until(lambda: rec.offsets() == [1])
     assert rec.msgs[0][1] == result.epoch
+    assert b.publish("s", {"x": 2}).delivered == 1  # as on every broker
 
 
 def test_since_recovers_on_the_other_server(cluster: Tuple[Server, Server],

@@ -91,6 +91,8 @@ class _Chan:
 #: Where :func:`publish_command` puts each argument: EVALSHA sha numkeys meta log (0-4),
 #: the 3 publish-id keys (5-7), the head (8), the epoch (9), the rest (10-).
 _IDS, _HEAD, _EPOCH, _REST = 5, 8, 9, 10
+#: The command's last argument when a publish carries no traceparent.
+_NO_TRACE = _bulk(b"-")
 
 
 class _ScriptRunner:
@@ -148,7 +150,7 @@ class _ScriptRunner:
         no_script: List[int] = []
         for i, name in enumerate(names):
             try:
-                results.append(published_of(name, conn.read_response()))
+                results.append(published_of(name, conn.read_response())._replace(delivered=0))
             except errors.NoScriptError:
                 no_script.append(i)  # Redis restarted or flushed its scripts: it never ran
                 results.append(None)
@@ -260,8 +262,10 @@ class RedisSender(_ScriptRunner):
         head = message_head(chan.json, p.encode_channel_data(data), "null", traceparent)
         ids = self._no_ids if key is None else \
             _bulk(_arg(self._space.id_key(name, key, self._publisher))) + self._ids_tail
+        tail = chan.after_epoch if traceparent is None else (  # the last argument: "-" or it
+            chan.after_epoch[:-len(_NO_TRACE)] + _bulk(traceparent.encode("utf-8")))
         return b"".join((chan.before_ids, ids, _bulk(head.encode("utf-8")),
-                         _bulk(self._space.new_epoch().encode("utf-8")), chan.after_epoch))
+                         _bulk(self._space.new_epoch().encode("utf-8")), tail))
 
     # -- the calls -----------------------------------------------------------------------
     def publish(self, name: str, body: bytes) -> Published:

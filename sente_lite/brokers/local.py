@@ -1,16 +1,16 @@
-"""Channel registry: subscriptions, per-channel offsets and epochs. No I/O.
+"""The in-process broker: subscriptions, per-channel offsets and epochs. No I/O.
 
-Thread-safe. A publish assigns the next offset and hands the frame to every
-subscriber *while holding the channel's lock*, so all subscribers of a channel
-receive its messages in offset order even when several threads publish at once.
-The hand-off (``deliver``) must therefore never block; the server's is a
+:class:`ChannelRegistry` is thread-safe. A publish assigns the next offset and hands
+the frame to every subscriber *while holding the channel's lock*, so all subscribers
+of a channel receive its messages in offset order even when several threads publish
+at once. The hand-off (``deliver``) must therefore never block; the server's is a
 non-blocking write or an append to a bounded per-connection queue.
 
 Each channel keeps a bounded history (``history_size`` messages, none older than
-``history_ttl_s``) so a subscriber that names the last offset and epoch it saw
-(``since``) gets every later message replayed in order before the live ones,
-or is told exactly why not (PROTOCOL 9). Publishes may carry an id; a repeated
-id within ``publish_dedup_s`` is answered with the first result and not
+``history_ttl_s``; :mod:`~sente_lite.brokers.history`) so a subscriber that names the
+last offset and epoch it saw (``since``) gets every later message replayed in order
+before the live ones, or is told exactly why not (PROTOCOL 9). Publishes may carry an
+id; a repeated id within ``publish_dedup_s`` is answered with the first result and not
 delivered again.
 
 Publishes that find the channel busy join its queue of pending publishes and the
@@ -18,66 +18,40 @@ thread holding the lock publishes them too, in arrival order, before it lets go
 (flat combining): a busy channel costs no thread a sleep and a wake-up per
 publish. A publish with ``wait=False`` returns at once in that case and learns
 its result through ``done``.
+
+:class:`LocalBroker` is the :class:`~sente_lite.brokers.base.Broker` over one
+registry: the server's default, this process's channels only.
 """
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 from ..counters import Counter, Counters
-from ..wire.channels import Published, RecoveryResult, Since  # noqa: F401 (for callers)
-from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER, PublishIds
+from ..wire.channels import (Built, HistoryPage, Published, RecoveryResult, Since,  # noqa: F401
+                             message_text)
+from .base import Announce, BrokerEvents, Dispatch, Done, PresenceBroker
+from .history import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
+                      DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
+                      DEFAULT_PUBLISH_DEDUP_S, History, _Channel)
+from .publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
+from .recovery import (REASON_ALREADY_SUBSCRIBED, REASON_EPOCH_CHANGED,
+                       REASON_HISTORY_EXPIRED, REASON_HISTORY_OFF, REASON_REPLAY_LIMIT, Kept,
+                       count_recovery, history_page)
 
 log = logging.getLogger("sente_lite.brokers.local")
 
 DEFAULT_MAX_IDLE_CHANNELS = 10_000
-#: Messages kept per channel for recovery (0 turns history off).
-DEFAULT_HISTORY_SIZE = 1000
-#: Seconds a message stays in its channel's history.
-DEFAULT_HISTORY_TTL_S = 300.0
-#: Seconds a publish id is remembered (at least ``history_ttl_s``).
-DEFAULT_PUBLISH_DEDUP_S = 300.0
-#: Bytes of frames kept in one channel's history; older messages are dropped beyond (counted).
-DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL = 16 << 20
-#: Bytes of frames kept in the history of every channel together; the oldest go first beyond.
-DEFAULT_HISTORY_MAX_BYTES_TOTAL = 256 << 20
-#: Messages one subscribe with ``since`` may replay; more is ``recovered: false``, ``replay-limit``.
-DEFAULT_MAX_REPLAY_PER_SUBSCRIBE = 1000
 #: Messages of a replay handed over per hold of the channel's lock (publishes pass in between).
 REPLAY_PAGE_MESSAGES = 64
-#: Why a subscribe with ``since`` was not recovered (PROTOCOL 9).
-REASON_EPOCH_CHANGED = "epoch-changed"
-REASON_HISTORY_EXPIRED = "history-expired"
-REASON_HISTORY_OFF = "history-off"
 #: Channels without subscribers have their history and publish ids expired every this
 #: part of ``history_ttl_s`` (no one touches them to expire them otherwise).
 IDLE_SWEEP_FRACTION = 0.1
-REASON_REPLAY_LIMIT = "replay-limit"
-REASON_ALREADY_SUBSCRIBED = "already-subscribed"
-
-
-@dataclass
-class _Channel:
-    name: str
-    epoch: str
-    offset: int = 0
-    subscribers: Dict[Hashable, None] = field(default_factory=dict)  # insertion-ordered set
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    pending: Deque["_Publish"] = field(default_factory=collections.deque)  # for the lock's holder
-    # (offset, built frame, monotonic time, bytes), oldest first; under ``lock``
-    history: Deque[Tuple[int, Any, float, int]] = field(default_factory=collections.deque)
-    history_bytes: int = 0  # sum of the history's bytes; under ``lock``
-    low: int = 1  # the oldest offset history may still hold (every older one is gone)
-    # members being handed their replay, a page at a time: subscribers after it; under ``lock``
-    catching_up: Dict[Hashable, None] = field(default_factory=dict)
 
 
 class _Publish:
@@ -98,200 +72,6 @@ class _Publish:
         self.result: Any = None  # a Published, or the exception that ended this publish
         self.finished: Optional[threading.Event] = None  # set for a waiting publisher
 
-
-def count_recovery(counters: Counters, result: RecoveryResult) -> None:
-    """Count the answer to one subscribe with ``since`` (any broker); each broker counts
-    the messages it actually replays (``replayed_messages``) as it hands them over."""
-    counters.add(Counter.RECOVERED_SUBSCRIBES if result.recovered
-                 else Counter.UNRECOVERED_SUBSCRIBES)
-
-
-def held_bytes(frame: Any) -> int:
-    """Bytes a history entry keeps alive: ``frame.held_bytes()`` when it has one, else its length."""
-    sized = getattr(frame, "held_bytes", None)
-    if sized is not None:
-        return int(sized())
-    try:
-        return len(frame)
-    except TypeError:
-        return sys.getsizeof(frame)
-
-
-def _validate_count(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-class History:
-    """The history and publish-id rules of every channel (PROTOCOL 9): what is kept, for
-    how long, in how many bytes, and whether a subscriber's ``since`` can be recovered.
-    Callers hold the channel's lock, except for :meth:`trim_total` (no lock at all)."""
-
-    def __init__(self, size: int, ttl_s: float, dedup_s: float, counters: Counters,
-                 clock: Callable[[], float],
-                 ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
-                 ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
-                 max_bytes_per_channel: int = DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
-                 max_bytes_total: int = DEFAULT_HISTORY_MAX_BYTES_TOTAL,
-                 max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
-        if not isinstance(size, int) or size < 0:
-            raise ValueError(f"history_size must be an int >= 0 (0: off), got {size!r}")
-        if not ttl_s > 0:
-            raise ValueError(f"history_ttl_s must be > 0, got {ttl_s!r}")
-        if not dedup_s >= ttl_s:
-            raise ValueError(f"publish_dedup_s ({dedup_s!r}) must be at least "
-                             f"history_ttl_s ({ttl_s!r})")
-        self.max_bytes_per_channel = _validate_count("history_max_bytes_per_channel",
-                                                     max_bytes_per_channel, 1)
-        self.max_bytes_total = _validate_count("history_max_bytes_total", max_bytes_total, 1)
-        self.max_replay = _validate_count("max_replay_per_subscribe", max_replay, 0)
-        self.size = size
-        self.ttl_s = float(ttl_s)
-        self.dedup_s = float(dedup_s)
-        self.counters = counters
-        self.clock = clock
-        self.ids = PublishIds(dedup_s, ids_per_publisher, ids_max, counters, clock)
-        self._bytes_lock = threading.Lock()  # taken after a channel's lock, never before
-        self.total_bytes = 0  # under _bytes_lock
-        self.held = 0  # messages kept, every channel; under _bytes_lock
-        # (channel, offset) of every kept message in publish order (some already dropped)
-        self._order: Deque[Tuple[_Channel, int]] = collections.deque()
-
-    def recover(self, ch: _Channel, since: Since, budget: Optional[int] = None) -> RecoveryResult:
-        """Whether ``since`` can be recovered on ``ch`` (counted): ``replayed`` messages from
-        ``since.offset + 1`` are in history and at most ``max_replay`` (and ``budget``)."""
-        if since.epoch != ch.epoch or since.offset > ch.offset or since.offset < 0:
-            # an offset beyond the top cannot come from this epoch's history either
-            result = RecoveryResult(False, REASON_EPOCH_CHANGED, 0)
-        elif since.offset == ch.offset:
-            result = RecoveryResult(True, None, 0)
-        elif not self.size:
-            result = RecoveryResult(False, REASON_HISTORY_OFF, 0)
-        else:
-            self.expire(ch, self.clock())
-            missed = ch.offset - since.offset
-            if not ch.history or ch.low > since.offset + 1:
-                result = RecoveryResult(False, REASON_HISTORY_EXPIRED, 0)
-            elif missed > self.max_replay or (budget is not None and missed > budget):
-                result = RecoveryResult(False, REASON_REPLAY_LIMIT, 0)
-            else:
-                result = RecoveryResult(True, None, missed)
-        count_recovery(self.counters, result)
-        return result
-
-    @staticmethod
-    def page(ch: _Channel, first: int, most: int) -> Optional[List[Any]]:
-        """Up to ``most`` frames from offset ``first`` on; None when ``first`` is no longer kept."""
-        if first > ch.offset:
-            return []
-        if first < ch.low or not ch.history:
-            return None
-        skip = first - ch.history[0][0]
-        return [frame for _, frame, _, _ in itertools.islice(ch.history, skip, skip + most)]
-
-    def first_publish(self, ch: _Channel, publisher: Optional[str],
-                      publish_id: str) -> Optional[Tuple[int, int]]:
-        """(offset, delivered) of the publish that first had ``publish_id`` from
-        ``publisher`` on ``ch`` within the dedup window (counted as a duplicate), else None."""
-        first = self.ids.first(publisher, ch.name, ch.epoch, publish_id)
-        if first is not None:
-            self.counters.add(Counter.DUPLICATE_PUBLISHES)
-        return first
-
-    def record(self, ch: _Channel, offset: int, frame: Any, publish_id: Optional[str],
-               delivered: int, publisher: Optional[str] = None) -> None:
-        """Keep a published message (and its publisher's id), within the limits."""
-        now = self.clock()
-        if self.size:
-            shed = getattr(frame, "shed", None)
-            if shed is not None:
-                shed()  # keep one copy: the frame every JSON subscriber got
-            self._keep(ch, offset, frame, now)
-            history = ch.history
-            if len(history) > self.size:
-                self._drop(ch, 1, Counter.HISTORY_EVICTED)
-            if ch.history_bytes > self.max_bytes_per_channel:
-                over = 0
-                extra = ch.history_bytes - self.max_bytes_per_channel
-                for _, _, _, size in history:
-                    over += 1
-                    extra -= size
-                    if extra <= 0:
-                        break
-                self._drop(ch, over, Counter.HISTORY_BYTES_EVICTED)
-            if history and now - history[0][2] > self.ttl_s:
-                self.expire(ch, now)
-        if publish_id is not None:
-            self.ids.remember(publisher, ch.name, ch.epoch, publish_id, offset, delivered)
-
-    def _keep(self, ch: _Channel, offset: int, frame: Any, now: float) -> None:
-        size = held_bytes(frame)
-        ch.history.append((offset, frame, now, size))
-        ch.history_bytes += size
-        with self._bytes_lock:
-            self.total_bytes += size
-            self.held += 1
-            order = self._order
-            order.append((ch, offset))
-            if len(order) > 2 * self.held + 1024:  # mostly entries dropped by their channel
-                self._order = collections.deque(e for e in order if e[1] >= e[0].low)
-
-    def _drop(self, ch: _Channel, count: int, counter: Optional[Counter]) -> None:
-        """Drop the ``count`` oldest messages of ``ch`` (caller holds its lock)."""
-        history = ch.history
-        freed = dropped = 0
-        while history and dropped < count:
-            offset, _, _, size = history.popleft()
-            ch.low = offset + 1
-            freed += size
-            dropped += 1
-        ch.history_bytes -= freed
-        with self._bytes_lock:
-            self.total_bytes -= freed
-            self.held -= dropped
-        if counter is not None and dropped:
-            self.counters.add(counter, dropped)
-
-    def forget(self, ch: _Channel) -> None:
-        """``ch`` is forgotten: release its history (caller holds its lock)."""
-        self._drop(ch, len(ch.history), None)
-        ch.low = ch.offset + 1
-
-    def over_total(self) -> bool:
-        """True when the histories together hold more than ``max_bytes_total``."""
-        return self.total_bytes > self.max_bytes_total
-
-    def trim_total(self) -> None:
-        """Drop the oldest messages of any channel until ``max_bytes_total`` holds.
-        The caller holds no channel's lock."""
-        while True:
-            with self._bytes_lock:
-                if self.total_bytes <= self.max_bytes_total or not self._order:
-                    return
-                ch, offset = self._order.popleft()
-            if offset < ch.low:
-                continue  # already dropped by its channel
-            with ch.lock:
-                history = ch.history
-                count = 0
-                for kept, _, _, _ in history:
-                    if kept > offset:
-                        break
-                    count += 1
-                self._drop(ch, count, Counter.HISTORY_BYTES_EVICTED)
-
-    def expire(self, ch: _Channel, now: float) -> None:
-        """Drop history older than ``ttl_s``."""
-        history = ch.history
-        if history and now - history[0][2] > self.ttl_s:
-            oldest = now - self.ttl_s
-            dropped = 0
-            for _, _, kept, _ in history:
-                if kept >= oldest:
-                    break
-                dropped += 1
-            self._drop(ch, dropped, Counter.HISTORY_EVICTED)
 
 
 def _hand(member: Hashable, frames: List[Any], deliver: Callable[[Hashable, Any], bool],
@@ -397,7 +177,126 @@ class ReplayPager:
         ch.subscribers[member] = None
 
 
-class ChannelRegistry(MemberIndex, ReplayPager):
+class FlatCombining:
+    """The publish path of a registry with ``history``, ``_lock``, ``_idle`` and
+    ``_get_or_create``: offsets taken and frames handed over under the channel's lock;
+    a publish finding it busy is run by the thread holding it (see the module)."""
+
+    history: History
+    _lock: threading.Lock
+    _idle: "OrderedDict[str, None]"
+
+    def _get_or_create(self, name: str) -> _Channel:
+        raise NotImplementedError
+
+    def publish(
+        self,
+        name: str,
+        make_frame: Callable[[int, str], Any],
+        deliver: Callable[[Hashable, Any], bool],
+        exclude: Optional[Hashable] = None,
+        done: Optional[Callable[[Any], None]] = None,
+        wait: bool = True,
+        publish_id: Optional[str] = None,
+        publisher: Optional[str] = None,
+    ) -> Optional[Published]:
+        """Publish one message on ``name``.
+
+        ``make_frame(offset, epoch)`` is called once; its result goes to
+        ``deliver(member, frame)`` for every subscriber except ``exclude``, in
+        offset order per channel. ``deliver`` returns False when it did not take
+        the frame (that member is on its way out); it is not counted as delivered.
+        ``done(result)``, if given, is called with the :class:`Published` (or the
+        exception that ended the publish) by the thread that ran it, still in
+        channel order. With ``wait`` the result is returned (and an exception
+        raised); without, a publish that another thread runs returns None at once
+        (and one that failed returns None: ``done`` has the exception).
+
+        A ``publish_id`` already accepted from the same ``publisher`` (uid, or
+        None for the server) on ``name`` within ``publish_dedup_s`` is not
+        delivered again: the result is the first one's, with ``duplicate=True``.
+        """
+        entry = _Publish(make_frame, deliver, exclude, done, publish_id, publisher)
+        with self._lock:
+            ch = self._get_or_create(name)
+            if name in self._idle:
+                self._idle.move_to_end(name)
+            if wait:
+                entry.finished = threading.Event()
+            ch.pending.append(entry)
+            # Never waits here: subscribe and unsubscribe take the registry lock, then
+            # the channel's (a publisher waiting for the channel's under the registry
+            # lock was a deadlock). A busy channel's holder runs this publish instead.
+            holding = ch.lock.acquire(False)
+        if holding:
+            self._run_pending(ch)
+        if not wait:  # the result, if this thread ran it; done() has it in every case
+            return entry.result if isinstance(entry.result, Published) else None
+        assert entry.finished is not None
+        entry.finished.wait()  # set by whichever thread ran it (this one, if it held the lock)
+        if isinstance(entry.result, BaseException):
+            raise entry.result
+        return entry.result
+
+    def _run_pending(self, ch: _Channel) -> None:
+        """Run the channel's pending publishes in order; the caller holds ``ch.lock``,
+        which this releases. A publish queued while letting go is run too: it was
+        queued when the lock looked taken, so no other thread will run it."""
+        pending = ch.pending
+        lock = ch.lock
+        while True:
+            try:
+                while pending:
+                    self._run_one(ch, pending.popleft())
+            finally:
+                lock.release()
+            if not pending or not lock.acquire(False):
+                if self.history.over_total():
+                    self.history.trim_total()
+                return  # nothing left, or another thread holds the lock and runs the rest
+
+    def _run_one(self, ch: _Channel, entry: _Publish) -> None:
+        try:
+            history = self.history
+            publish_id = entry.publish_id
+            if publish_id is not None:
+                first = history.first_publish(ch, entry.publisher, publish_id)
+                if first is not None:
+                    entry.result = Published(ch.name, first[0], ch.epoch, first[1], True)
+                    self._finish(ch, entry)
+                    return
+            ch.offset += 1
+            offset = ch.offset
+            frame = entry.make_frame(offset, ch.epoch)
+            delivered = 0
+            exclude = entry.exclude
+            deliver = entry.deliver
+            for member in ch.subscribers:
+                if member != exclude and deliver(member, frame):
+                    delivered += 1
+            if history.size or publish_id is not None:
+                history.record(ch, offset, frame, publish_id, delivered, entry.publisher)
+            if delivered:
+                history.counters.add(Counter.DELIVERIES, delivered)
+            entry.result = Published(ch.name, offset, ch.epoch, delivered)
+        except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
+            entry.result = exc
+            if entry.finished is None and entry.done is None:
+                log.error("publish on %r failed", ch.name, exc_info=exc)
+        self._finish(ch, entry)
+
+    @staticmethod
+    def _finish(ch: _Channel, entry: _Publish) -> None:
+        if entry.done is not None:
+            try:
+                entry.done(entry.result)
+            except Exception:
+                log.exception("publish callback for %r raised", ch.name)
+        if entry.finished is not None:
+            entry.finished.set()
+
+
+class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
     """Named channels with subscribers, offsets and epochs.
 
     ``epoch_prefix`` (one per server start) plus a per-channel generation make the
@@ -492,11 +391,8 @@ class ChannelRegistry(MemberIndex, ReplayPager):
                     self._by_member.setdefault(member, set()).add(name)
                     self._idle.pop(name, None)
                 recovery: Optional[RecoveryResult] = None
-                if since is not None and held:
-                    recovery = RecoveryResult(False, REASON_ALREADY_SUBSCRIBED, 0)
-                    count_recovery(self.history.counters, recovery)
-                elif since is not None:
-                    recovery = self.history.recover(ch, since, replay_budget)
+                if since is not None:
+                    recovery = self.history.recover(ch, since, replay_budget, held)
                 if announce is not None:
                     announce(ch.offset, ch.epoch, recovery)
                 top, epoch = ch.offset, ch.epoch
@@ -550,110 +446,6 @@ class ChannelRegistry(MemberIndex, ReplayPager):
             return {name: len(ch.subscribers) for name, ch in self._channels.items()
                     if ch.subscribers}
 
-    def publish(
-        self,
-        name: str,
-        make_frame: Callable[[int, str], Any],
-        deliver: Callable[[Hashable, Any], bool],
-        exclude: Optional[Hashable] = None,
-        done: Optional[Callable[[Any], None]] = None,
-        wait: bool = True,
-        publish_id: Optional[str] = None,
-        publisher: Optional[str] = None,
-    ) -> Optional[Published]:
-        """Publish one message on ``name``.
-
-        ``make_frame(offset, epoch)`` is called once; its result goes to
-        ``deliver(member, frame)`` for every subscriber except ``exclude``, in
-        offset order per channel. ``deliver`` returns False when it did not take
-        the frame (that member is on its way out); it is not counted as delivered.
-        ``done(result)``, if given, is called with the :class:`Published` (or the
-        exception that ended the publish) by the thread that ran it, still in
-        channel order. With ``wait`` the result is returned (and an exception
-        raised); without, a publish that another thread runs returns None at once
-        (and one that failed returns None: ``done`` has the exception).
-
-        A ``publish_id`` already accepted from the same ``publisher`` (uid, or
-        None for the server) on ``name`` within ``publish_dedup_s`` is not
-        delivered again: the result is the first one's, with ``duplicate=True``.
-        """
-        entry = _Publish(make_frame, deliver, exclude, done, publish_id, publisher)
-        with self._lock:
-            ch = self._get_or_create(name)
-            if name in self._idle:
-                self._idle.move_to_end(name)
-            if wait:
-                entry.finished = threading.Event()
-            ch.pending.append(entry)
-            # Never waits here: subscribe and unsubscribe take the registry lock, then
-            # the channel's (a publisher waiting for the channel's under the registry
-            # lock was a deadlock). A busy channel's holder runs this publish instead.
-            holding = ch.lock.acquire(False)
-        if holding:
-            self._run_pending(ch)
-        if not wait:  # the result, if this thread ran it; done() has it in every case
-            return entry.result if isinstance(entry.result, Published) else None
-        assert entry.finished is not None
-        entry.finished.wait()  # set by whichever thread ran it (this one, if it held the lock)
-        if isinstance(entry.result, BaseException):
-            raise entry.result
-        return entry.result
-
-    def _run_pending(self, ch: _Channel) -> None:
-        """Run the channel's pending publishes in order; the caller holds ``ch.lock``,
-        which this releases. A publish queued while letting go is run too: it was
-        queued when the lock looked taken, so no other thread will run it."""
-        pending = ch.pending
-        lock = ch.lock
-        while True:
-            try:
-                while pending:
-                    self._run_one(ch, pending.popleft())
-            finally:
-                lock.release()
-            if not pending or not lock.acquire(False):
-                if self.history.over_total():
-                    self.history.trim_total()
-                return  # nothing left, or another thread holds the lock and runs the rest
-
-    def _run_one(self, ch: _Channel, entry: _Publish) -> None:
-        try:
-            history = self.history
-            publish_id = entry.publish_id
-            if publish_id is not None:
-                first = history.first_publish(ch, entry.publisher, publish_id)
-                if first is not None:
-                    entry.result = Published(ch.name, first[0], ch.epoch, first[1], True)
-                    self._finish(ch, entry)
-                    return
-            ch.offset += 1
-            offset = ch.offset
-            frame = entry.make_frame(offset, ch.epoch)
-            delivered = 0
-            exclude = entry.exclude
-            deliver = entry.deliver
-            for member in ch.subscribers:
-                if member != exclude and deliver(member, frame):
-                    delivered += 1
-            if history.size or publish_id is not None:
-                history.record(ch, offset, frame, publish_id, delivered, entry.publisher)
-            entry.result = Published(ch.name, offset, ch.epoch, delivered)
-        except Exception as exc:  # a bug in make_frame or deliver: this publish fails alone
-            entry.result = exc
-            if entry.finished is None and entry.done is None:
-                log.error("publish on %r failed", ch.name, exc_info=exc)
-        self._finish(ch, entry)
-
-    @staticmethod
-    def _finish(ch: _Channel, entry: _Publish) -> None:
-        if entry.done is not None:
-            try:
-                entry.done(entry.result)
-            except Exception:
-                log.exception("publish callback for %r raised", ch.name)
-        if entry.finished is not None:
-            entry.finished.set()
-
     def history_of(self, name: str) -> List[Tuple[int, Any]]:
         """(offset, frame) of every message in the history of ``name``, oldest first."""
         with self._lock:
@@ -663,6 +455,16 @@ class ChannelRegistry(MemberIndex, ReplayPager):
         with ch.lock:
             self.history.expire(ch, self._clock())
             return [(offset, frame) for offset, frame, _, _ in ch.history]
+
+    def kept(self, name: str) -> Tuple[Optional[Kept], List[Tuple[int, Any]]]:
+        """What the history of ``name`` says (None: a channel it does not know) and
+        (offset, frame) of every message it keeps, oldest first."""
+        with self._lock:
+            ch = self._channels.get(name)
+        if ch is None:
+            return None, []
+        with ch.lock:
+            return self.history.kept(ch), [(o, frame) for o, frame, _, _ in ch.history]
 
     def sweep_idle(self) -> int:
         """Expire the history and publish ids of the channels without subscribers, at
@@ -704,3 +506,113 @@ class ChannelRegistry(MemberIndex, ReplayPager):
                 "history_max_bytes_per_channel": self.history.max_bytes_per_channel,
                 "history_max_bytes_total": self.history.max_bytes_total,
                 "max_replay_per_subscribe": self.history.max_replay}
+
+
+class LocalBroker:
+    """The :class:`~sente_lite.brokers.base.Broker` of one process (the server's default):
+    its channels live in a :class:`ChannelRegistry` (``registry``; keyword arguments are
+    its settings); every user is on this node, so routing to other nodes does nothing
+    and there is no ``presence`` across nodes."""
+
+    waits_on_io = False
+    presence: Optional[PresenceBroker] = None
+
+    def __init__(self, epoch_prefix: str, max_idle_channels: int = DEFAULT_MAX_IDLE_CHANNELS,
+                 **settings: Any) -> None:
+        self.registry = ChannelRegistry(epoch_prefix, max_idle_channels, **settings)
+        self._events: Optional[BrokerEvents] = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
+        """Deliver through ``events``; replays run a page per call of ``dispatch`` when given."""
+        self._events = events
+        self.registry.dispatch = dispatch
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Nothing to stop: no thread of its own."""
+
+    def health(self) -> Dict[str, Any]:
+        return {"broker": "local", "broker-status": "up"}
+
+    def stats(self) -> Dict[str, Any]:
+        return {**self.registry.stats(), "broker": "local"}
+
+    def sweep_idle(self) -> int:
+        return self.registry.sweep_idle()
+
+    def _started(self) -> BrokerEvents:
+        events = self._events
+        if events is None:
+            raise RuntimeError("the broker is not started (Server.start starts it)")
+        return events
+
+    # -- channels --------------------------------------------------------------------
+    def publish(self, channel: str, head: str, *, exclude: Optional[Hashable] = None,
+                done: Optional[Done] = None, wait: bool = True,
+                publish_id: Optional[str] = None, publisher: Optional[str] = None,
+                traceparent: Optional[str] = None) -> Optional[Published]:
+        """See :meth:`~sente_lite.brokers.base.Broker.publish`: ``delivered`` counts the
+        subscribers whose queue took the message (every subscriber is on this node)."""
+        events = self._events  # not _started(): this is the hot path
+        if events is None:
+            raise RuntimeError("the broker is not started (Server.start starts it)")
+        build = events.build
+
+        def make_frame(offset: int, epoch: str) -> Built:
+            # built once per publish, as a whole WebSocket frame, for every subscriber
+            return build(message_text(head.encode("utf-8"), offset, epoch), traceparent)
+
+        return self.registry.publish(channel, make_frame, events.deliver, exclude, done, wait,
+                                     publish_id, publisher)
+
+    def subscribe(self, member: Hashable, channel: str, announce: Optional[Announce] = None,
+                  since: Optional[Since] = None, replay_budget: Optional[int] = None,
+                  ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
+        """See :meth:`ChannelRegistry.subscribe` (the answer is known at once)."""
+        return self.registry.subscribe(member, channel, announce, since,
+                                       self._started().deliver, replay_budget)
+
+    def unsubscribe(self, member: Hashable, channel: str) -> bool:
+        return self.registry.unsubscribe(member, channel)
+
+    def remove_member(self, member: Hashable) -> List[str]:
+        return self.registry.remove_member(member)
+
+    def channels_of(self, member: Hashable) -> List[str]:
+        return self.registry.channels_of(member)
+
+    def subscriber_count(self, channel: str) -> int:
+        return self.registry.subscriber_count(channel)
+
+    def subscriber_counts(self) -> Dict[str, int]:
+        return self.registry.subscriber_counts()
+
+    def history(self, channel: str, since: Optional[Since] = None, limit: Optional[int] = None,
+                reverse: bool = False) -> HistoryPage:
+        kept, frames = self.registry.kept(channel)
+        return history_page(kept, [(o, built.text()) for o, built in frames], since, limit,
+                            reverse)
+
+    def history_of(self, channel: str) -> List[Tuple[int, Any]]:
+        """(offset, built message) of every message kept for ``channel``, oldest first."""
+        return self.registry.history_of(channel)
+
+    # -- users on other nodes: there are none ---------------------------------------------
+    def to_user(self, uid: str, json_payload: bytes) -> None:
+        """No other node."""
+
+    def broadcast(self, json_payload: bytes) -> None:
+        """No other node."""
+
+    def disconnect_user(self, uid: str, code: int, reason: str) -> None:
+        """No other node."""
+
+
+__all__ = ["LocalBroker", "ChannelRegistry", "MemberIndex", "ReplayPager", "FlatCombining",
+           "History", "Published", "RecoveryResult", "Since", "DEFAULT_MAX_IDLE_CHANNELS",
+           "DEFAULT_HISTORY_SIZE", "DEFAULT_HISTORY_TTL_S", "DEFAULT_PUBLISH_DEDUP_S",
+           "DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL", "DEFAULT_HISTORY_MAX_BYTES_TOTAL",
+           "DEFAULT_MAX_REPLAY_PER_SUBSCRIBE", "DEFAULT_PUBLISH_IDS_PER_PUBLISHER",
+           "DEFAULT_PUBLISH_IDS_MAX", "REPLAY_PAGE_MESSAGES", "IDLE_SWEEP_FRACTION",
+           "REASON_EPOCH_CHANGED", "REASON_HISTORY_EXPIRED", "REASON_HISTORY_OFF",
+           "REASON_REPLAY_LIMIT", "REASON_ALREADY_SUBSCRIBED"]

@@ -288,9 +288,7 @@ class ServerDispatcher:
                 conn.ping()
         for conn, waiter, exc in late:
             conn.settle(waiter, None, exc)
-        sweep_idle = getattr(self.hub.broker, "sweep_idle", None)  # the local broker's channels
-        if sweep_idle is not None:
-            sweep_idle()
+        self.hub.broker.sweep_idle()
 
 
 __all__ = ["ServerDispatcher"]

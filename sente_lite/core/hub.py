@@ -5,28 +5,32 @@ and a ``deliver(wire, size) -> bool`` that never blocks (the server's queues the
 bytes of one whole WebSocket frame). A publish is encoded once, as one whole
 frame, for every subscriber.
 
-Channels go through a :class:`Broker`: the seam where another implementation of
-publish, subscribe, history and presence plugs in (a backplane shared by several
-server processes). The default is :class:`LocalBroker`, this process's
-:class:`~sente_lite.brokers.local.ChannelRegistry`.
+Channels go through a :class:`~sente_lite.brokers.base.Broker`: the seam where another
+implementation of publish, subscribe, history and user routing plugs in (a backplane
+shared by several server processes). The default is
+:class:`~sente_lite.brokers.local.LocalBroker`, this process's channels. The hub is the
+broker's :class:`~sente_lite.brokers.base.BrokerEvents`: every broker hands it the
+messages it has for this node (built here, once) and the frames routed to its users.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from typing import (Any, Callable, Dict, Hashable, List, Optional, Protocol, Set, Tuple)
+from typing import (Any, Callable, Dict, Hashable, List, Optional, Protocol, Set)
 
 from ..wire import compression
 from ..wire import protocol as p
 from ..wire import tracing
 from ..wire.packers import JSON_PACKER, Packer
-from ..brokers.local import ChannelRegistry
-from ..wire.channels import Built, Published, RecoveryResult, Since, message_head
+from ..brokers.base import Announce, Broker, BrokerEvents, PresenceBroker
+from ..brokers.local import LocalBroker
+from ..wire.channels import Built, Published, Since, message_head
 from ..counters import Counter, Counters
 
-Announce = Callable[[int, str, Optional[RecoveryResult]], None]
 Deliver = Callable[[Hashable, Any], bool]
+#: ``close_user(uid, code, reason)``: close the connections of ``uid`` here; how many.
+CloseUser = Callable[[str, int, str], int]
 
 
 class Member(Protocol):
@@ -40,35 +44,6 @@ class Member(Protocol):
     def deliver(self, wire: bytes, size: int) -> bool: ...
 
 
-class Broker(Protocol):
-    """Channels: publish in one offset order per channel, subscribe (with recovery
-    from history), and presence of users across every process sharing it."""
-
-    def publish(self, name: str, make_frame: Callable[[int, str], Any], deliver: Deliver,
-                exclude: Optional[Hashable] = None, done: Optional[Callable[[Any], None]] = None,
-                wait: bool = True, publish_id: Optional[str] = None,
-                publisher: Optional[str] = None) -> Optional[Published]: ...
-
-    def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,
-                  since: Optional[Since] = None, deliver: Optional[Deliver] = None,
-                  replay_budget: Optional[int] = None,
-                  ) -> Tuple[int, str, bool, Optional[RecoveryResult]]: ...
-
-    def unsubscribe(self, member: Hashable, name: str) -> bool: ...
-
-    def remove_member(self, member: Hashable) -> List[str]: ...
-
-    def channels_of(self, member: Hashable) -> List[str]: ...
-
-    def history_of(self, name: str) -> List[Tuple[int, Any]]: ...
-
-    def stats(self) -> dict: ...
-
-
-class LocalBroker(ChannelRegistry):
-    """The in-process broker: this process's channels, history and offsets."""
-
-
 #: JSON text of recently published channel ids, uids and epochs (bounded; cleared when full).
 MAX_CACHED_JSON_STRINGS = 4096
 
@@ -79,7 +54,8 @@ class Hub:
     def __init__(self, broker: Broker, counters: Counters, max_remembered_clients: int,
                  ws_frame: Callable[..., bytes],
                  spans: Optional[tracing.Spans] = None,
-                 min_compress: int = compression.DEFAULT_COMPRESSION_MIN_BYTES) -> None:
+                 min_compress: int = compression.DEFAULT_COMPRESSION_MIN_BYTES,
+                 close_user: Optional[CloseUser] = None) -> None:
         self.spans = spans or tracing.Spans(False)
         self.min_compress = min_compress
         self.broker = broker
@@ -94,10 +70,9 @@ class Hub:
         # 128-character one about 280)
         self._seen_clients: "collections.OrderedDict[int, None]" = collections.OrderedDict()
         self._json: Dict[str, str] = {}
-        # A broker shared by several servers (RedisBroker) also routes users and presence.
-        self.shared: Any = broker if getattr(broker, "shared", False) else None
-        if self.shared is not None:
-            self.shared.bind(self)
+        #: Users across nodes, when the broker has other nodes.
+        self.presence_broker: Optional[PresenceBroker] = broker.presence
+        self._close_user = close_user
 
     # -- registry ---------------------------------------------------------------------
     def first_visit(self, client_id: str) -> bool:
@@ -123,8 +98,8 @@ class Hub:
             self.conns[conn.conn_id] = conn
             self._by_uid.setdefault(conn.uid, set()).add(conn.conn_id)
         self.counters.add(Counter.CONNECTIONS_OPENED)
-        if self.shared is not None:
-            self.shared.presence_changed()
+        if self.presence_broker is not None:
+            self.presence_broker.users_changed()
 
     def remove(self, conn: Member) -> None:
         """Forget ``conn`` and its subscriptions."""
@@ -136,8 +111,8 @@ class Hub:
                 if not ids:
                     del self._by_uid[conn.uid]
         self.broker.remove_member(conn.conn_id)
-        if self.shared is not None:
-            self.shared.presence_changed()
+        if self.presence_broker is not None:
+            self.presence_broker.users_changed()
 
     def snapshot(self) -> List[Any]:
         with self._lock:
@@ -186,38 +161,24 @@ class Hub:
         among the publishes of ``publisher`` (default: ``from_uid``)."""
         js = self.json_string
         head = message_head(js(channel), data_json, js(from_uid), traceparent)
-        if publisher is None:
-            publisher = from_uid
-        ws_frame = self._ws_frame
-
-        def make_frame(offset: int, epoch: str) -> Any:
-            # Encoded once per publish, as a whole WebSocket frame, for every subscriber
-            # (and once more for each other packer in use, when first needed).
-            frame = f'{head}{offset},"{p.K_EPOCH}":{js(epoch)}}}]'.encode("utf-8")
-            return Built(ws_frame(frame, False), len(frame), traceparent)
-
         counters = self.counters
-        if self.shared is not None:  # the frame is finished in Redis, with its offset
-            def counted(result: Any) -> None:
-                if isinstance(result, Published) and not result.duplicate:
-                    counters.add(Counter.PUBLISHES)
-                if answer is not None:
-                    answer(result)
-
-            return self.shared.publish_text(channel, head, exclude, counted,
-                                            wait=answer is None, publish_id=publish_id,
-                                            publisher=publisher)
 
         def done(result: Any) -> None:
             if isinstance(result, Published) and not result.duplicate:
                 counters.add(Counter.PUBLISHES)
-                counters.add(Counter.DELIVERIES, result.delivered)
             if answer is not None:
                 answer(result)
 
-        return self.broker.publish(channel, make_frame, self.deliver, exclude, done,
+        return self.broker.publish(channel, head, exclude=exclude, done=done,
                                    wait=answer is None, publish_id=publish_id,
-                                   publisher=publisher)
+                                   publisher=from_uid if publisher is None else publisher,
+                                   traceparent=traceparent)
+
+    # -- BrokerEvents: what the broker hands this node ------------------------------------
+    def build(self, text: bytes, traceparent: Optional[str] = None) -> Built:
+        """A channel message's whole text, built once as a WebSocket frame for every
+        subscriber here (and, on first use, for each other packer in use)."""
+        return Built(self._ws_frame(text, False), len(text), traceparent)
 
     def deliver(self, member: Any, built: Any) -> bool:
         """Hand one built channel frame to connection ``member``."""
@@ -231,9 +192,17 @@ class Hub:
         return conn.deliver(*built.for_packer(conn.packer, self._ws_frame, conn.deflate_bits,
                                               self.min_compress))
 
-    def built_from_text(self, payload: bytes) -> Built:
-        """A channel message already encoded as JSON (``payload``), built for delivery."""
-        return Built(self._ws_frame(payload, False), len(payload))
+    def lost(self, member: Hashable, channel: str, offset: int, epoch: str,
+             reason: str) -> None:
+        """Tell ``member`` that messages of ``channel`` are lost (``sente-lite/subscribed``
+        with ``recovered: false``); live ones go on from ``offset``."""
+        self.to_member(member, p.EV_SUBSCRIBED, {
+            p.K_CHANNEL: channel, p.K_OFFSET: offset, p.K_EPOCH: epoch,
+            p.K_RECOVERED: False, p.K_REASON: reason})
+
+    def disconnect_user_here(self, uid: str, code: int, reason: str) -> int:
+        """Close the connections of ``uid`` here (the server's ``close_user``); how many."""
+        return self._close_user(uid, code, reason) if self._close_user is not None else 0
 
     def to_member(self, member: Hashable, event: str, data: Any) -> bool:
         """Send ``event`` to connection ``member``; False when it is gone or closing."""
@@ -245,7 +214,7 @@ class Hub:
     def subscribe(self, conn: Member, channel: str, announce: Announce,
                   since: Optional[Since], replay_budget: Optional[int] = None) -> None:
         """Subscribe ``conn``; a replay for ``since`` is at most ``replay_budget`` messages."""
-        self.broker.subscribe(conn.conn_id, channel, announce, since, self.deliver, replay_budget)
+        self.broker.subscribe(conn.conn_id, channel, announce, since, replay_budget)
 
     def _send(self, conns: List[Any], event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to ``conns``, encoded once per packer in use (``json_payload``:
@@ -271,8 +240,7 @@ class Hub:
         """Send ``event`` to every live connection of ``uid`` (with a shared broker, on
         every server); how many here took it."""
         taken = self._send(self.of_user(uid), event, data, json_payload)
-        if self.shared is not None:  # raises BrokerUnavailable while it is down
-            self.shared.to_user(uid, json_payload)
+        self.broker.to_user(uid, json_payload)  # raises BrokerUnavailable while it is down
         return taken
 
     def to_user_here(self, uid: str, json_payload: bytes) -> int:
@@ -289,8 +257,7 @@ class Hub:
         """Send ``event`` to every live connection (with a shared broker, on every
         server); how many here took it."""
         taken = self._send(self.snapshot(), event, data, json_payload)
-        if self.shared is not None:  # raises BrokerUnavailable while it is down
-            self.shared.broadcast(json_payload)
+        self.broker.broadcast(json_payload)  # raises BrokerUnavailable while it is down
         return taken
 
     def to_all_here(self, json_payload: bytes) -> int:
@@ -298,4 +265,4 @@ class Hub:
         return self._send_encoded(self.snapshot(), json_payload)
 
 
-__all__ = ["Hub", "Broker", "LocalBroker", "Member", "Built", "message_head"]
+__all__ = ["Hub", "Broker", "BrokerEvents", "LocalBroker", "Member", "Built", "message_head"]

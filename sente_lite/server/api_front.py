@@ -103,7 +103,8 @@ class ApiConn:
         self.peer_eof = False
         self.deadline = 0.0
         self.timer_at = 0.0
-        self.inline = not getattr(self.server.channels, "shared", False)
+        # a broker that waits on another process is never waited on by the network thread
+        self.inline = not self.server.channels.waits_on_io
         self.host_ok: Optional[Tuple[str, ...]] = None  # the last Host values that passed
 
     # -- bytes in ------------------------------------------------------------------------

@@ -126,11 +126,9 @@ class HttpFront:
                           "connections": len(srv._hub.conns),
                           "pending-handshakes": srv._loop.pending_count() if srv._loop else 0,
                           "channels": srv.channels.stats()["active_channels"]}
-                broker_health = getattr(srv.channels, "health", None)
-                if broker_health is not None:  # a shared broker: 503 "degraded" while it is down
-                    health.update(broker_health())
-                    if health["broker-status"] != "up":
-                        health["status"] = "degraded"
+                health.update(srv.channels.health())  # 503 "degraded" while the broker is down
+                if health.get("broker-status", "up") != "up":
+                    health["status"] = "degraded"
                 status = (http.HTTPStatus.OK if health["status"] == "ok"
                           else http.HTTPStatus.SERVICE_UNAVAILABLE)
                 return _respond(link, status, p.dumps(health) + "\n", "application/json")

@@ -104,9 +104,7 @@ class MessagingMixin:
         user's connections on every other server are closed too (not counted).
         """
         closed = self._disconnect_user_here(uid, code, reason)
-        shared = self._hub.shared
-        if shared is not None:  # raises BrokerUnavailable while it is down
-            shared.disconnect_user(uid, code, reason)
+        self.channels.disconnect_user(uid, code, reason)  # raises BrokerUnavailable while down
         return closed
 
     def _disconnect_user_here(self, uid: str, code: int, reason: str) -> int:

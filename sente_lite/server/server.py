@@ -51,7 +51,8 @@ from ..errors import Disconnected, LimitExceeded, RequestTimeout
 from ..wire.framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
 from .api_front import ApiFront
 from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
-from ..core.hub import Broker, Hub
+from ..brokers.base import Broker
+from ..core.hub import Hub
 from ..core.dispatcher import ServerDispatcher
 from ..core.gate import ChannelGate
 from ..core.inflow import InboundGauge
@@ -410,7 +411,8 @@ class Server(InspectionMixin, MessagingMixin):
         self._metrics = MetricsExporter(self.stats, self._latency)
         self._spans = tracing_mod.Spans(settings.tracing)
         self._hub = Hub(self.channels, self.counters, settings.max_remembered_clients, _ws_frame,
-                        self._spans, settings.compression_min_bytes)
+                        self._spans, settings.compression_min_bytes,
+                        close_user=self._disconnect_user_here)
         self._rules = settings.session_rules()
         self._handlers: Dict[str, Handler] = {}
         self._dispatcher = ServerDispatcher(
@@ -441,8 +443,6 @@ class Server(InspectionMixin, MessagingMixin):
                                  publish_ids_per_publisher=settings.publish_ids_per_publisher,
                                  publish_ids_max=settings.publish_ids_max, counters=self.counters,
                                  max_replay_per_subscribe=settings.max_replay_per_subscribe)
-        if getattr(broker, "shared", False):  # users' closes come through it from other servers
-            broker.on_disconnect_user = self._disconnect_user_here  # type: ignore[union-attr]
         if broker is None:
             broker = settings.local_broker(self.server_id, self.counters)
         return broker
@@ -482,11 +482,9 @@ class Server(InspectionMixin, MessagingMixin):
             extensions=compression_mod.server_extensions(self.compression), inbound=self.inbound)
         self._loop.api = self._api
         self._pool.start()
-        if hasattr(self.channels, "dispatch"):  # replays (and a shared broker's live
-            self.channels.dispatch = self._loop.call_soon  # deliveries) run on the network thread
-        broker_start = getattr(self.channels, "start", None)
-        if broker_start is not None:
-            broker_start()
+        # replays (and the deliveries a broker receives from other nodes) run on the
+        # network thread, which writes what they queue once per connection per pass
+        self.channels.start(self._hub, self._loop.call_soon)
         try:
             self._loop.start()
         except BaseException:
@@ -519,9 +517,7 @@ class Server(InspectionMixin, MessagingMixin):
         log.info("stopped %s", self.url)
 
     def _stop_broker(self) -> None:
-        broker_stop = getattr(self.channels, "stop", None)
-        if broker_stop is not None:
-            broker_stop()
+        self.channels.stop()
 
     # -- registration -----------------------------------------------------------
     def on(self, event: str, fn: Optional[Handler] = None) -> Any:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..wire import protocol as p
 from ..counters import Counter
+from ..wire.channels import Since
 
 from .ports import ConnectionPort
 
@@ -25,14 +26,14 @@ class InspectionMixin:
     def presence(self, uid: str) -> int:
         """How many live connections user ``uid`` has on this server (with a shared
         broker: on every server; raises BrokerUnavailable while it is down)."""
-        shared = self._hub.shared
-        return shared.presence(uid) if shared is not None else self._hub.presence(uid)
+        across = self._hub.presence_broker
+        return across.presence(uid) if across is not None else self._hub.presence(uid)
 
     def user_count(self) -> int:
         """How many distinct users are connected to this server (with a shared broker:
         to any server; raises BrokerUnavailable while it is down)."""
-        shared = self._hub.shared
-        return shared.user_count() if shared is not None else self._hub.user_count()
+        across = self._hub.presence_broker
+        return across.user_count() if across is not None else self._hub.user_count()
 
     def connections(self) -> List[dict]:
         """One dict per live connection: ids, remote, channels, queue, counters."""
@@ -76,13 +77,13 @@ class InspectionMixin:
     def channel_counts(self) -> Dict[str, int]:
         """Channel -> subscribers, for every channel with subscribers on this server (with
         a shared broker too: Redis keeps no count of other servers' subscribers)."""
-        return dict(self.channels.subscriber_counts())  # type: ignore[attr-defined]
+        return dict(self.channels.subscriber_counts())
 
     def nodes(self) -> List[str]:
         """The server-ids serving these channels: this one, or with a shared broker every
         live server on it (raises BrokerUnavailable while it is down)."""
-        shared = self._hub.shared
-        return sorted(shared.servers()) if shared is not None else [self.server_id]
+        across = self._hub.presence_broker
+        return sorted(across.nodes()) if across is not None else [self.server_id]
 
     def history(self, channel_id: str, limit: int = 100,
                 since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
@@ -94,18 +95,12 @@ class InspectionMixin:
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        pubs = [_publication(offset, frame) for offset, frame in self.channels.history_of(channel_id)]
-        top = pubs[-1] if pubs else {"offset": 0, "epoch": None}
-        out: Dict[str, Any] = {"channel": channel_id, "offset": top["offset"],
-                               "epoch": top["epoch"]}
-        if since is not None:
-            after = int(since["offset"])
-            same = since.get("epoch") == top["epoch"] or (not pubs and after == 0)
-            out["recovered"] = same and (after >= top["offset"] or pubs[0]["offset"] <= after + 1)
-            pubs = [x for x in pubs if x["offset"] > after] if out["recovered"] else []
-        if reverse:
-            pubs.reverse()
-        out["publications"] = pubs[:limit]
+        after = None if since is None else Since(int(since["offset"]), since.get("epoch"))
+        page = self.channels.history(channel_id, after, limit, reverse)
+        out: Dict[str, Any] = {"channel": channel_id, "offset": page.offset, "epoch": page.epoch}
+        if page.recovery is not None:
+            out["recovered"] = page.recovery.recovered
+        out["publications"] = [_publication(offset, text) for offset, text in page.publications]
         return out
 
     def _snapshot(self) -> List[ConnectionPort]:
@@ -124,11 +119,9 @@ class InspectionMixin:
                 self._closed_totals[key] += getattr(conn, key)
 
 
-def _publication(offset: int, frame: Any) -> Dict[str, Any]:
-    """One history entry (a built frame here, or its text from Redis) as a dict."""
-    if hasattr(frame, "wire"):  # a Built: its JSON payload ends its frame
-        frame = frame.wire[-frame.size:]
-    body = p.loads(frame.decode("utf-8") if isinstance(frame, (bytes, bytearray)) else frame)[1]
+def _publication(offset: int, text: bytes) -> Dict[str, Any]:
+    """One history entry (a channel message's text) as a dict."""
+    body = p.loads(text.decode("utf-8"))[1]
     out = {"offset": offset, "epoch": body.get(p.K_EPOCH), "data": body.get(p.K_DATA),
            "from": body.get(p.K_FROM)}
     if "traceparent" in body:

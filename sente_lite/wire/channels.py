@@ -5,7 +5,8 @@ publish (:func:`message_head`, then :class:`Built` for every packer in use)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+import functools
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from . import compression
 from . import protocol as p
@@ -56,6 +57,10 @@ class Built:
         self.traceparent = traceparent
         self._shed = False
 
+    def text(self) -> bytes:
+        """The message's JSON text (its frame's payload)."""
+        return self.wire[-self.size:]
+
     def _value(self) -> Any:
         """The message as a value, decoded from its own JSON payload."""
         return p.loads(self.wire[-self.size:].decode("utf-8"))
@@ -99,11 +104,36 @@ class Built:
 def message_head(channel_json: str, data_json: str, from_json: str,
                  traceparent: Optional[str]) -> str:
     """The text of a channel message up to its offset (the offset, epoch and the end
-    are added once the broker has them): every publisher builds it here."""
+    are added by :func:`message_text` once the broker has them): every publisher builds it here."""
     traced = f'"{tracing.TRACEPARENT}":"{traceparent}",' if traceparent is not None else ""
     return (f'["{p.EV_CHANNEL_MSG}",{{"{p.K_CHANNEL}":{channel_json},'
             f'"{p.K_DATA}":{data_json},"{p.K_FROM}":{from_json},{traced}"{p.K_OFFSET}":')
 
 
+@functools.lru_cache(maxsize=4096)
+def _epoch_tail(epoch: str) -> bytes:
+    """The text after a message's offset: its epoch and the end (remembered: a broker
+    names the same few epochs again and again)."""
+    return f',"{p.K_EPOCH}":{p.dumps(epoch)}}}]'.encode("utf-8")
 
-__all__ = ["Since", "Published", "RecoveryResult", "Built", "message_head"]
+
+def message_text(head: bytes, offset: int, epoch: str) -> bytes:
+    """The whole channel message: ``head`` (:func:`message_head`, UTF-8) finished with the
+    ``offset`` and ``epoch`` the broker gave it. Every broker finishes it here."""
+    return b"%s%d%s" % (head, offset, _epoch_tail(epoch))
+
+
+class HistoryPage(NamedTuple):
+    """What a broker's history says of one channel: its newest ``offset`` and ``epoch``
+    (0 and None for a channel it does not know), the messages asked for as (offset,
+    message text), and, for a ``since``, whether every message after it is still kept."""
+
+    offset: int
+    epoch: Optional[str]
+    publications: List[Tuple[int, bytes]]
+    recovery: Optional[RecoveryResult] = None
+
+
+
+__all__ = ["Since", "Published", "RecoveryResult", "Built", "HistoryPage", "message_head",
+           "message_text"]

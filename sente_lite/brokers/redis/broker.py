@@ -25,12 +25,16 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Dict, Hashable, List, Optional, Tuple
 
-from ..local import DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, Published, RecoveryResult, Since
 from ...counters import Counter, Counters
+from ...wire.channels import HistoryPage, Published, RecoveryResult, Since, message_text
+from ..base import Announce, BrokerEvents, Dispatch, Done, PresenceBroker
+from ..history import DEFAULT_MAX_REPLAY_PER_SUBSCRIBE
+from ..recovery import Kept, history_page
 from .channels import (DEFAULT_CHANNEL_TTL_S, MAX_PENDING_PER_CHANNEL, MAX_SUBSCRIBE_TRIES,
                        SYNC_SCRIPT, ChannelSpace, RedisChannels)
+from .space import entry_of
 from .link import (DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LINK_CHECK_S,
                    DEFAULT_LINK_TIMEOUT_S, DEFAULT_RECONNECT_BASE_S, DEFAULT_RECONNECT_MAX_S,
                    MAX_DISPATCH_BATCH, MAX_PUBLISH_BATCH, LinkHooks, RedisLink, import_redis)
@@ -38,9 +42,6 @@ from ..publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLI
 from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
-
-if TYPE_CHECKING:
-    from ...core.hub import Hub
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -57,13 +58,13 @@ class _Delegated:
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
-    def __get__(self, broker: Any, owner: type) -> Any:
-        if broker is None:
+    def __get__(self, instance: Any, owner: type) -> Any:
+        if instance is None:
             return self
-        return getattr(getattr(broker, self.part), self.name)
+        return getattr(getattr(instance, self.part), self.name)
 
-    def __set__(self, broker: Any, value: Any) -> None:
-        setattr(getattr(broker, self.part), self.name, value)
+    def __set__(self, instance: Any, value: Any) -> None:
+        setattr(getattr(instance, self.part), self.name, value)
 
 
 class _Hooks(LinkHooks):
@@ -99,7 +100,7 @@ class _Hooks(LinkHooks):
         self._broker._presence.on_user_message(data)
 
     def refresh_due(self) -> None:
-        self._broker._presence.changed()
+        self._broker._presence.users_changed()
 
     def command_failed(self, exc: BaseException) -> None:
         self._broker._counters.add(Counter.BROKER_COMMAND_ERRORS)
@@ -107,11 +108,11 @@ class _Hooks(LinkHooks):
 
 
 class RedisBroker:
-    """A :class:`~sente_lite.core.hub.Broker` whose channels live in Redis (see the module).
+    """A :class:`~sente_lite.brokers.base.Broker` whose channels live in Redis (see the module).
 
     ``url``: ``redis://host:port/db``; ``server_id``: the server's (``Server(broker=url)``
     passes it; made up when None). History, publish ids and their limits mean
-    what they mean for :class:`~sente_lite.core.hub.LocalBroker` (PROTOCOL 9), but are
+    what they mean for :class:`~sente_lite.brokers.local.LocalBroker` (PROTOCOL 9), but are
     kept in Redis: ``history_size`` messages per channel (the stream's MAXLEN),
     replayed only while younger than ``history_ttl_s``; publish ids for
     ``publish_dedup_s``. Every other limit is a ``DEFAULT_*`` of this module.
@@ -122,7 +123,8 @@ class RedisBroker:
     and :class:`~sente_lite.brokers.redis.presence.RedisPresence` (users across servers).
     """
 
-    shared = True  # the hub routes users and presence through it
+    waits_on_io = True  # history, presence and routing are Redis commands
+    presence: Optional[PresenceBroker]
 
     url = _Delegated("_link")
     link_check_s = _Delegated("_link")
@@ -139,10 +141,10 @@ class RedisBroker:
     notices = _Delegated("_channels")  # recovered:false notices sent to local subscribers
     caught_up = _Delegated("_channels")  # messages delivered from a stream after a gap or an outage
     presence_ttl_s = _Delegated("_presence")
-    #: Runs live deliveries and replays on the server's network thread (set by the server),
-    #: which writes what it sends in one pass once per connection; None: the link's threads.
+    #: Runs live deliveries and replays on the server's network thread (given to
+    #: :meth:`start`), which writes what it sends in one pass once per connection; None:
+    #: the link's threads.
     dispatch = _Delegated("_channels")
-    on_disconnect_user = _Delegated("_presence")
 
     def __init__(self, url: str, server_id: Optional[str] = None, *, history_size: int = 1000,
                  history_ttl_s: float = 300.0, publish_dedup_s: float = 300.0,
@@ -179,19 +181,20 @@ class RedisBroker:
             command_timeout_s=command_timeout_s, link_check_s=link_check_s,
             link_timeout_s=link_timeout_s, reconnect_base_s=reconnect_base_s,
             reconnect_max_s=reconnect_max_s, refresh_every_s=presence_ttl_s / 3)
-        self._publisher = RedisPublisher(self._space, self._link, counters)
         self._channels = RedisChannels(self._space, self._link, counters)
+        self._publisher = RedisPublisher(self._space, self._link, counters,
+                                         self._channels.members_here)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
+        self.presence = self._presence
 
     # -- lifecycle -------------------------------------------------------------------
-    def bind(self, hub: "Hub") -> None:
-        """Called by the hub it serves (frames, deliveries, users)."""
-        self._channels.hub = hub
-        self._presence.hub = hub
-
-    def start(self) -> None:
-        """Start the two threads; the link comes up in the background (``healthy``)."""
+    def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
+        """Serve the node behind ``events``; start the two threads (the link comes up in
+        the background: ``healthy``)."""
+        self._channels.events = events
+        self._presence.events = events
+        self._channels.dispatch = dispatch
         self._link.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -211,48 +214,46 @@ class RedisBroker:
         """``broker``, ``broker-status`` (up/down), and while down why and for how long."""
         return self._link.health()
 
+    def sweep_idle(self) -> int:
+        """Nothing to sweep here: Redis expires idle channels' keys itself."""
+        return 0
+
     # -- publish ---------------------------------------------------------------------
-    def publish(self, name: str, make_frame: Callable[[int, str], Any], deliver: Any,
-                exclude: Optional[Hashable] = None, done: Optional[Callable[[Any], None]] = None,
-                wait: bool = True, publish_id: Optional[str] = None,
-                publisher: Optional[str] = None) -> Optional[Published]:
-        """Not used: the hub publishes through :meth:`publish_text` (the frame is made in Redis)."""
-        raise NotImplementedError("RedisBroker publishes through publish_text")
+    def publish(self, channel: str, head: str, *, exclude: Optional[Hashable] = None,
+                done: Optional[Done] = None, wait: bool = True,
+                publish_id: Optional[str] = None, publisher: Optional[str] = None,
+                traceparent: Optional[str] = None) -> Optional[Published]:
+        """Publish the channel message whose text up to its offset is ``head`` (Redis
+        gives it its offset and epoch; every server finishes the text and delivers it to
+        its subscribers, in offset order, from the subscription).
 
-    def publish_text(self, name: str, head: str, exclude: Optional[str],
-                     done: Optional[Callable[[Any], None]], wait: bool = True,
-                     publish_id: Optional[str] = None,
-                     publisher: Optional[str] = None) -> Optional[Published]:
-        """Publish the channel message whose text up to its offset is ``head``.
-
-        ``done(result)`` gets the :class:`Published` (``delivered``: how many
-        servers received it), a :class:`BrokerUnavailable` (not published),
-        a :class:`PublishOutcomeUnknown` (maybe published) or a
-        :class:`BrokerCommandError` (Redis refused it: not published), on the
-        broker's thread (at once, on the caller's, while the link is down). With
-        ``wait`` the result is returned (or raised). ``publish_id`` deduplicates
-        against earlier publishes of ``publisher`` (uid; None: the server) only.
+        ``done(result)`` gets the :class:`Published` (``delivered``: this server's
+        subscribers it goes to; 0 for a duplicate), a :class:`BrokerUnavailable` (not
+        published), a :class:`PublishOutcomeUnknown` (maybe published) or a
+        :class:`BrokerCommandError` (Redis refused it: not published), on the broker's
+        thread (at once, on the caller's, while the link is down). With ``wait`` the
+        result is returned (or raised). ``publish_id`` deduplicates against earlier
+        publishes of ``publisher`` (uid; None: the server) only.
         """
-        return self._publisher.publish_text(name, head, exclude, done, wait, publish_id,
-                                            publisher)
+        return self._publisher.publish(channel, head, None if exclude is None else str(exclude),
+                                       done, wait, publish_id, publisher, traceparent)
 
     # -- subscribe -------------------------------------------------------------------
-    def subscribe(self, member: Hashable, name: str, announce: Optional[Any] = None,
-                  since: Optional[Since] = None, deliver: Optional[Any] = None,
-                  replay_budget: Optional[int] = None,
+    def subscribe(self, member: Hashable, channel: str, announce: Optional[Announce] = None,
+                  since: Optional[Since] = None, replay_budget: Optional[int] = None,
                   ) -> Tuple[int, str, bool, Optional[RecoveryResult]]:
-        """Add ``member`` to ``name``; answered later, on the broker's thread:
+        """Add ``member`` to ``channel``; answered later, on the broker's thread:
         ``announce(top, epoch, recovery)`` then, if recovered, the replay (at most
         ``max_replay_per_subscribe`` and ``replay_budget`` messages, else
         ``replay-limit``), then live messages (no gap, no duplicate). A member that
-        already holds ``name`` gets ``already-subscribed`` and no replay. While Redis
+        already holds ``channel`` gets ``already-subscribed`` and no replay. While Redis
         is down the subscribe waits. Returns (0, "", newly added, None): the real
         answer is ``announce``'s."""
-        return self._channels.subscribe(member, name, announce, since, deliver, replay_budget)
+        return self._channels.subscribe(member, channel, announce, since, replay_budget)
 
-    def unsubscribe(self, member: Hashable, name: str) -> bool:
-        """Remove ``member`` from ``name``. True when it was subscribed."""
-        return self._channels.unsubscribe(member, name)
+    def unsubscribe(self, member: Hashable, channel: str) -> bool:
+        """Remove ``member`` from ``channel``. True when it was subscribed."""
+        return self._channels.unsubscribe(member, channel)
 
     def remove_member(self, member: Hashable) -> List[str]:
         """Remove ``member`` from every channel. Returns the channel names."""
@@ -262,18 +263,37 @@ class RedisBroker:
         """The channels ``member`` is subscribed to here."""
         return self._channels.channels_of(member)
 
-    def subscriber_count(self, name: str) -> int:
-        """How many members of this server channel ``name`` has now."""
-        return self._channels.subscriber_count(name)
+    def subscriber_count(self, channel: str) -> int:
+        """How many members of this server ``channel`` has now."""
+        return self._channels.subscriber_count(channel)
 
     def subscriber_counts(self) -> Dict[str, int]:
         """Channel -> members on this server (Redis keeps no count of other servers')."""
         return self._channels.subscriber_counts()
 
-    def history_of(self, name: str) -> List[Tuple[int, Any]]:
-        """(offset, frame text) of every message in the stream of ``name``, oldest first."""
-        rows = self._link.redis.xrange(self._space.log_key(name))
-        return [(int(i.split(b"-", 1)[0]), f[b"m"]) for i, f in rows]
+    def history(self, channel: str, since: Optional[Since] = None, limit: Optional[int] = None,
+                reverse: bool = False) -> HistoryPage:
+        """The stream of ``channel`` (messages younger than ``history_ttl_s``), read in one
+        transaction with its epoch and offset; see :meth:`Broker.history`."""
+        space = self._space
+        pipe = self._link.redis.pipeline(transaction=True)
+        pipe.hmget(space.meta_key(channel), "epoch", "offset")
+        pipe.xrange(space.log_key(channel))
+        pipe.time()
+        (epoch_b, top_b), rows, (secs, micros) = pipe.execute()
+        if epoch_b is None:
+            return history_page(None, [], since, limit, reverse)
+        epoch = epoch_b.decode()
+        oldest = secs * 1000 + micros // 1000 - int(space.history_ttl_s * 1000)
+        entries = [e for e in (entry_of(i, f) for i, f in rows) if e.ms >= oldest]
+        kept = Kept(epoch, int(top_b or 0), entries[0].offset if entries else None,
+                    bool(space.history_size), space.max_replay)
+        return history_page(kept, [(e.offset, message_text(e.head, e.offset, epoch))
+                                   for e in entries], since, limit, reverse)
+
+    def history_of(self, name: str) -> List[Tuple[int, bytes]]:
+        """(offset, message text) of every message in the stream of ``name``, oldest first."""
+        return self.history(name).publications
 
     def stats(self) -> dict:
         """Local counts (channels with subscribers here, subscriptions) and the link's state."""
@@ -288,7 +308,7 @@ class RedisBroker:
                 "broker_unavailable_publishes": self.unavailable_publishes,
                 "broker_notices": self.notices, "broker_caught_up": self.caught_up}
 
-    # -- users and presence ------------------------------------------------------------
+    # -- users on other servers ---------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:
         """Send one event frame to the connections of ``uid`` on every other server."""
         self._presence.to_user(uid, json_payload)
@@ -297,25 +317,9 @@ class RedisBroker:
         """Close the connections of ``uid`` on every other server."""
         self._presence.disconnect_user(uid, code, reason)
 
-    def presence_changed(self) -> None:
-        """The local users changed: refresh this server's presence entry soon."""
-        self._presence.changed()
-
-    def presence(self, uid: str) -> int:
-        """Live connections of ``uid`` on every server (raises BrokerUnavailable while down)."""
-        return self._presence.presence(uid)
-
-    def user_count(self) -> int:
-        """Distinct users connected to any server (raises BrokerUnavailable while down)."""
-        return self._presence.user_count()
-
     def broadcast(self, json_payload: bytes) -> None:
         """Send one event frame to every connection of every other server."""
         self._presence.broadcast(json_payload)
-
-    def servers(self) -> List[str]:
-        """The server-ids of every live server on this Redis (raises BrokerUnavailable)."""
-        return self._presence.servers()
 
 
 __all__ = ["RedisBroker", "PUBLISH_SCRIPT", "SYNC_SCRIPT", "DEFAULT_PREFIX",

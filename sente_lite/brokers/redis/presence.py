@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ...errors import BrokerUnavailable
+from ..base import BrokerEvents
 from .link import RedisLink, as_text
-
-if TYPE_CHECKING:
-    from ...core.hub import Hub
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -38,7 +36,8 @@ def user_message(body: Dict[str, Any], origin: str) -> str:
 
 
 class RedisPresence:
-    """This server's presence entry, and user messages to and from the other servers."""
+    """This server's presence entry, and user messages to and from the other servers: the
+    :class:`~sente_lite.brokers.base.PresenceBroker` of a RedisBroker."""
 
     def __init__(self, prefix: str, server_id: str, link: RedisLink, user_channel: bytes,
                  presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S) -> None:
@@ -47,8 +46,7 @@ class RedisPresence:
         self.presence_ttl_s = presence_ttl_s
         self._link = link
         self._user_channel = user_channel
-        self.hub: Optional["Hub"] = None
-        self.on_disconnect_user: Optional[Callable[[str, int, str], int]] = None
+        self.events: Optional[BrokerEvents] = None
         self._queued_lock = threading.Lock()
         self._queued = False  # a refresh waits on the link's I/O thread
 
@@ -91,16 +89,19 @@ class RedisPresence:
             return
         if body.get("origin") == self.server_id:
             return
-        hub = self.hub
-        if body.get("k") == "send" and hub is not None:
-            hub.to_user_here(body["uid"], body["frame"].encode("utf-8"))
-        elif body.get("k") == "broadcast" and hub is not None:
-            hub.to_all_here(body["frame"].encode("utf-8"))
-        elif body.get("k") == "disconnect" and self.on_disconnect_user is not None:
-            self.on_disconnect_user(body["uid"], int(body["code"]), str(body.get("reason", "")))
+        events = self.events
+        if events is None:
+            return
+        if body.get("k") == "send":
+            events.to_user_here(body["uid"], body["frame"].encode("utf-8"))
+        elif body.get("k") == "broadcast":
+            events.to_all_here(body["frame"].encode("utf-8"))
+        elif body.get("k") == "disconnect":
+            events.disconnect_user_here(body["uid"], int(body["code"]),
+                                        str(body.get("reason", "")))
 
     # -- this server's entry ---------------------------------------------------------
-    def changed(self) -> None:
+    def users_changed(self) -> None:
         """The local users changed: refresh this server's presence entry soon."""
         with self._queued_lock:
             if self._queued:
@@ -112,11 +113,11 @@ class RedisPresence:
         """Write this server's presence entry (link's I/O thread; raises RedisError)."""
         with self._queued_lock:
             self._queued = False
-        hub = self.hub
+        events = self.events
         link = self._link
-        if hub is None or link.down:
+        if events is None or link.down:
             return
-        counts = hub.user_counts()
+        counts = events.user_counts()
         key = self._presence_key(self.server_id)
         pipe = link.redis.pipeline(transaction=True)
         pipe.delete(key)
@@ -137,7 +138,7 @@ class RedisPresence:
             pass
 
     # -- every server's users --------------------------------------------------------
-    def servers(self) -> List[str]:
+    def nodes(self) -> List[str]:
         """The server-ids of every running server (raises BrokerUnavailable while down)."""
         try:
             return self._servers(alive=True)

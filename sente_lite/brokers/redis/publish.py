@@ -5,6 +5,11 @@ message to the channel's stream (``XADD`` with ``MAXLEN history_size``, the
 stream id is the offset), remembers the publish id (``SET`` with expiry) and
 ``PUBLISH``es it, all atomically. Publishes queued on the link's I/O thread run
 in one pipeline, in arrival order (:class:`RedisPublisher`).
+
+The script only supplies the offset and the epoch: the stream and the message on
+the subscription carry the text up to the offset
+(:func:`~sente_lite.wire.channels.message_head`), and every reader finishes it with
+:func:`~sente_lite.wire.channels.message_text`, as every other broker does.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import logging
 import threading
 from typing import Any, Callable, List, Optional, Tuple
 
-from ..local import Published
 from ...counters import Counter, Counters
 from ...errors import BrokerUnavailable, PublishOutcomeUnknown
+from ...wire.channels import Published
 from .channels import ChannelSpace, command_refused
 from .link import BatchedOp, RedisLink, as_text
 
@@ -23,12 +28,13 @@ log = logging.getLogger("sente_lite.redis")
 
 # KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" for none), 4 the publisher's id list,
 #       5 the list of every id
-# ARGV: 1 frame text up to the offset, 2 epoch if a new one is needed, 3 history size,
+# ARGV: 1 message text up to the offset, 2 epoch if a new one is needed, 3 history size,
 #       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none),
-#       8 history ms, 9 ids per publisher, 10 ids in all
+#       8 history ms, 9 ids per publisher, 10 ids in all, 11 traceparent ("-": none)
 # Returns {duplicate, offset, epoch, servers reached, ids evicted}. Every command that can
 # fail on a key of the wrong type runs before the first write that publishes (a failed
-# publish changed nothing but, at most, a new epoch).
+# publish changed nothing but, at most, a new epoch). The stream entry and the pubsub
+# message carry the text up to the offset ('h'); readers finish it with offset and epoch.
 PUBLISH_SCRIPT = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if epoch and KEYS[3] ~= '' then
@@ -46,11 +52,10 @@ if not epoch then
   redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') + 1
-local payload = ARGV[1] .. offset .. ',"epoch":"' .. epoch .. '"}]'
 if ARGV[3] ~= '0' then
   local t = redis.call('TIME')
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'm', payload, 'x', ARGV[7],
-             't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'h', ARGV[1], 'x', ARGV[7],
+             'p', ARGV[11], 't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call('HSET', KEYS[1], 'offset', offset)
@@ -71,18 +76,21 @@ if KEYS[3] ~= '' then
     end
   end
 end
-local n = redis.call('PUBLISH', ARGV[6], offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. payload)
+local n = redis.call('PUBLISH', ARGV[6],
+                     offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[11] .. ' ' .. ARGV[1])
 return {0, offset, epoch, n, evicted}
 """
 
 
 class _Pub(BatchedOp):
     __slots__ = ("channel", "head", "exclude", "done", "publish_id", "publisher", "result",
-                 "finished")
+                 "finished", "traceparent")
 
     def __init__(self, channel: str, head: bytes, exclude: Optional[str],
                  done: Optional[Callable[[Any], None]], publish_id: Optional[str],
-                 publisher: Optional[str], finished: Optional[threading.Event]) -> None:
+                 publisher: Optional[str], finished: Optional[threading.Event],
+                 traceparent: Optional[str] = None) -> None:
+        self.traceparent = traceparent
         self.channel = channel
         self.head = head
         self.exclude = exclude
@@ -94,7 +102,7 @@ class _Pub(BatchedOp):
 
 
 class RedisPublisher:
-    """Queues publishes for the link's I/O thread and answers each (see :meth:`publish_text`).
+    """Queues publishes for the link's I/O thread and answers each (see :meth:`publish`).
 
     Answers: a :class:`Published`; :class:`BrokerUnavailable` when the publish was
     never sent (the link was down); :class:`PublishOutcomeUnknown` when the link
@@ -102,19 +110,23 @@ class RedisPublisher:
     :class:`BrokerCommandError` when Redis refused this one publish (not made).
     """
 
-    def __init__(self, space: ChannelSpace, link: RedisLink, counters: Counters) -> None:
+    def __init__(self, space: ChannelSpace, link: RedisLink, counters: Counters,
+                 members_here: Callable[[str, Optional[str]], int]) -> None:
         self._space = space
         self._link = link
         self._counters = counters
+        #: ``members_here(channel, exclude)``: this server's subscribers the message goes to.
+        self._members_here = members_here
         self.unavailable_publishes = 0
 
-    def publish_text(self, name: str, head: str, exclude: Optional[str],
-                     done: Optional[Callable[[Any], None]], wait: bool = True,
-                     publish_id: Optional[str] = None,
-                     publisher: Optional[str] = None) -> Optional[Published]:
-        """See :meth:`RedisBroker.publish_text`."""
+    def publish(self, name: str, head: str, exclude: Optional[str],
+                done: Optional[Callable[[Any], None]], wait: bool = True,
+                publish_id: Optional[str] = None, publisher: Optional[str] = None,
+                traceparent: Optional[str] = None) -> Optional[Published]:
+        """See :meth:`RedisBroker.publish`."""
         finished = threading.Event() if wait else None
-        entry = _Pub(name, head.encode("utf-8"), exclude, done, publish_id, publisher, finished)
+        entry = _Pub(name, head.encode("utf-8"), exclude, done, publish_id, publisher, finished,
+                     traceparent)
         if self._link.down or self._link.stopping:
             self.finish(entry, self._unavailable())
         else:
@@ -153,7 +165,8 @@ class RedisPublisher:
     def _command(self, entry: _Pub) -> Tuple[Any, ...]:
         """The EVALSHA arguments of ``entry``."""
         return publish_command(self._space, self._link.sha(PUBLISH_SCRIPT), entry.channel,
-                               entry.head, entry.exclude, entry.publish_id, entry.publisher)
+                               entry.head, entry.exclude, entry.publish_id, entry.publisher,
+                               entry.traceparent)
 
     def run_publishes(self, batch: List[_Pub]) -> None:
         """Run ``batch`` in one pipeline, in order; answer each."""
@@ -189,7 +202,7 @@ class RedisPublisher:
                 self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
                                                    result))
             else:
-                self.finish(entry, self._published(entry.channel, result))
+                self.finish(entry, self._published(entry, result))
         if retry:
             try:
                 link.load_scripts()
@@ -201,10 +214,15 @@ class RedisPublisher:
                 return
             self.run_publishes(retry)
 
-    def _published(self, name: str, result: List[Any]) -> Published:
-        published = published_of(name, result)
+    def _published(self, entry: _Pub, result: List[Any]) -> Published:
+        """The answer to ``entry``: ``delivered`` is this server's subscribers the message
+        goes to (through the subscription, in offset order), 0 for a duplicate."""
+        published = published_of(entry.channel, result)
         if published.duplicate:
             self._counters.add(Counter.DUPLICATE_PUBLISHES)
+        else:
+            published = published._replace(
+                delivered=self._members_here(entry.channel, entry.exclude))
         if result[4]:
             self._counters.add(Counter.PUBLISH_IDS_EVICTED, int(result[4]))
         return published
@@ -212,7 +230,8 @@ class RedisPublisher:
 
 def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: bytes,
                     exclude: Optional[str], publish_id: Optional[str],
-                    publisher: Optional[str], epoch: Optional[str] = None) -> Tuple[Any, ...]:
+                    publisher: Optional[str], traceparent: Optional[str] = None,
+                    epoch: Optional[str] = None) -> Tuple[Any, ...]:
     """The ``EVALSHA`` arguments of :data:`PUBLISH_SCRIPT` (``sha``) publishing the message
     whose text up to its offset is ``head`` on channel ``name`` in ``space``; ``epoch``
     names the channel's epoch should the publish start one (default: a new one of ``space``).
@@ -223,13 +242,16 @@ def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: by
         ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
                space.all_ids_key())
     return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
-            space.new_epoch() if epoch is None else epoch, str(space.history_size), str(int(space.publish_dedup_s * 1000)),
+            space.new_epoch() if epoch is None else epoch, str(space.history_size),
+            str(int(space.publish_dedup_s * 1000)),
             str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
             str(int(space.history_ttl_s * 1000)), str(space.publish_ids_per_publisher),
-            str(space.publish_ids_max))
+            str(space.publish_ids_max), traceparent or "-")
 
 
 def published_of(name: str, result: List[Any]) -> Published:
-    """The :class:`Published` of one :data:`PUBLISH_SCRIPT` answer on channel ``name``."""
+    """The :class:`Published` of one :data:`PUBLISH_SCRIPT` answer on channel ``name``
+    (``delivered``: the servers Redis handed it to; the broker answers with its own
+    subscribers instead, and a :class:`~sente_lite.Publisher` has none: 0)."""
     duplicate, offset, epoch, receivers, _evicted = result
     return Published(name, int(offset), as_text(epoch), int(receivers), bool(duplicate))
