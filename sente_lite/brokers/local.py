@@ -522,6 +522,14 @@ class LocalBroker:
         self.registry = ChannelRegistry(epoch_prefix, max_idle_channels, **settings)
         self._events: Optional[BrokerEvents] = None
 
+    @classmethod
+    def over(cls, registry: ChannelRegistry) -> "LocalBroker":
+        """The broker of an existing ``registry`` (an in-memory test server's)."""
+        broker = cls.__new__(cls)
+        broker.registry = registry
+        broker._events = None
+        return broker
+
     # -- lifecycle -------------------------------------------------------------------
     def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
         """Deliver through ``events``; replays run a page per call of ``dispatch`` when given."""

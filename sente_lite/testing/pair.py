@@ -15,7 +15,7 @@ import collections.abc
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import session as ss
-from ..brokers.local import ChannelRegistry
+from ..brokers.local import ChannelRegistry, LocalBroker
 from ..core.dispatcher import ServerDispatcher
 from ..core.gate import ChannelGate
 from ..core.hub import Hub
@@ -94,8 +94,10 @@ class MemoryServer:
         self.hub, self.dispatcher = self._build()
 
     def _build(self) -> Tuple[Hub, ServerDispatcher]:
-        hub = Hub(self.registry, self.counters, 1000, _payload)
-        gate = ChannelGate(self.registry, self.counters, self.max_subscriptions_per_conn,
+        broker = LocalBroker.over(self.registry)
+        hub = Hub(broker, self.counters, 1000, _payload)
+        broker.start(hub)
+        gate = ChannelGate(broker, self.counters, self.max_subscriptions_per_conn,
                            self.authorize)
         return hub, ServerDispatcher(hub, self.rules, _Handlers(self.conn_handlers, self.handlers), gate)
 
