@@ -176,6 +176,29 @@ def test_a_frame_after_a_quiet_spell_is_read_at_once(make_server: Callable[..., 
     assert sorted(delays)[2] < 0.04, delays
 
 
+def test_a_busy_connection_checks_liveness_at_most_every_liveness_every_s(
+        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # a check walks every request and unacknowledged publish: not one per read
+    srv = make_server()
+    c = make_client(srv.url, read_coalesce_ms=0)
+    checks: List[float] = []
+    check = c._roles._check_liveness
+    monkeypatch.setattr(c._roles, "_check_liveness", lambda: (checks.append(time.monotonic()),
+                                                              check())[1])
+    got = Recorder()
+    c.subscribe("ch", got)
+    reads_before, checks_before, started = c.stats()["reads"], len(checks), time.monotonic()
+    for i in range(300):  # the workload: about 300 ms of frames, one every millisecond
+        srv.publish("ch", i)
+        time.sleep(0.001)
+    got.wait_count(300)
+    elapsed = time.monotonic() - started
+    reads, made = c.stats()["reads"] - reads_before, len(checks) - checks_before
+    assert reads >= 30, reads  # busy: read after read
+    assert 1 <= made <= elapsed / client_mod.LIVENESS_EVERY_S + 2, (made, reads, elapsed)
+
+
 @pytest.mark.parametrize("bad", [-1, 51, float("nan"), "2"])
 def test_read_coalesce_ms_is_validated(bad: Any) -> None:
     with pytest.raises(ValueError, match="read_coalesce_ms"):

@@ -35,7 +35,8 @@ ALL = [f"{n:02d}_s{n}" for n in range(1, 12)]
 
 
 def run(scenario: str, outcome: str = "pass", repeat: int = 1, p99: Optional[float] = None,
-        rss: Optional[float] = None, killed: int = 0, faults: int = 0,
+        rss: Optional[float] = None, bounded: Optional[float] = None, killed: int = 0,
+        faults: int = 0,
         processes_left: Optional[List[Dict[str, Any]]] = None, temp_left: Optional[List[str]] = None,
         problems: Optional[List[str]] = None, leaks: Optional[List[str]] = None) -> Dict[str, Any]:
     """One run as run_all_tests.py --json writes it (fabricated, realistic values)."""
@@ -44,6 +45,8 @@ def run(scenario: str, outcome: str = "pass", repeat: int = 1, p99: Optional[flo
         figures["p99_ms"] = p99
     if rss is not None:
         figures[crit.FIG_RSS_GROWTH] = rss
+    if bounded is not None:
+        figures[crit.FIG_BOUNDED_GROWTH] = bounded
     return {"scenario": scenario, "repeat": repeat, "outcome": outcome, "duration_s": 1.0,
             "figures": figures,
             "harness": {"isolation": {"processes": 3, "measured": 3,
@@ -117,6 +120,48 @@ def test_memory_verdict_against_the_named_bound() -> None:
     assert verdicts([run("05_s5", rss=27.4), run("05_s5", rss=-3.0, repeat=2)])[key] == crit.PASS
     assert verdicts([run("05_s5", rss=27.4), run("05_s5", rss=bound + 1, repeat=2)])[key] == crit.FAIL
     assert verdicts([run("01_s1")])[key] == crit.NOT_MEASURED
+
+
+def test_memory_is_judged_net_of_bounded_stores_filling() -> None:
+    key = "memory stable"
+    bound = crit.RSS_GROWTH_MAX_KB_PER_1000
+    # scenario 5 as measured: RSS follows the publish ids filling toward their bound
+    filling = [run("05_s5", rss=471.0, bounded=460.2), run("05_s5", rss=469.0, bounded=462.0, repeat=2)]
+    assert verdicts(filling)[key] == crit.PASS
+    row = crit.memory(filling)
+    assert "net of bounded stores +10.8, +7.0 KiB per 1,000 messages" in row.evidence, row
+    assert "RSS +471.0, +469.0 less +460.2, +462.0 taken by stores" in row.evidence, row
+    # a leak on top of the same filling store is still one
+    leak = [run("05_s5", rss=471.0 + 600, bounded=460.2)]
+    assert verdicts(leak)[key] == crit.FAIL
+    assert verdicts([run("05_s5", rss=460.0 + bound + 1, bounded=460.0)])[key] == crit.FAIL
+    # a run that did not report its stores is judged on RSS alone
+    assert verdicts([run("05_s5", rss=471.0)])[key] == crit.FAIL
+    assert "no bounded stores reported" in crit.memory([run("05_s5", rss=471.0)]).evidence
+    assert crit.net_rss_growth({crit.FIG_BOUNDED_GROWTH: 3.0}) is None
+
+
+def test_memory_from_sampled_series_fails_a_leak_and_passes_a_store_filling_to_its_bound() -> None:
+    """Samples as scenario 5 takes them, (publishes, RSS KiB, KiB the bounded stores hold),
+    through the figures it reports to the verdict."""
+    def judged(series: List[tuple]) -> str:
+        figures = {crit.FIG_RSS_GROWTH: rss_growth_per_1000([(m, r) for m, r, _ in series], 1000),
+                   crit.FIG_BOUNDED_GROWTH: rss_growth_per_1000([(m, b) for m, _, b in series], 1000)}
+        return crit.memory([{"scenario": "05_s5", "outcome": "pass", "figures": figures}]).verdict
+
+    msgs = range(0, 20_001, 1000)
+    # publish ids kept (0.46 KiB each), all through the run: RSS grows with them, no leak
+    ids = [(m, 32_000 + m * 46 // 100 + (5 if m % 2000 else -5), m * 45 // 100) for m in msgs]
+    assert judged(ids) == crit.PASS
+    # the same, then the store is at its bound (the window or the count): RSS stops too
+    full = [(m, r, b) if m <= 12_000 else (m, ids[12][1], ids[12][2]) for m, r, b in ids]
+    assert judged(full) == crit.PASS
+    # a leak: RSS grows 0.6 KiB per message with nothing held by a bounded store
+    leak = [(m, 32_000 + m * 6 // 10, 0) for m in msgs]
+    assert judged(leak) == crit.FAIL
+    # a leak beside the filling store
+    both = [(m, r + m * 6 // 10, b) for m, r, b in ids]
+    assert judged(both) == crit.FAIL
 
 
 def test_clean_exit_counts_processes_temp_files_and_cleanup_leaks() -> None:

@@ -4,6 +4,8 @@ in total, and ids forgotten early are counted."""
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
@@ -190,3 +192,45 @@ def test_the_window_forgets_ids(make_server: Callable[..., Server]) -> None:
     now[0] = 5.5
     assert ids.first("u", "ch", "e1", "k") is None and len(ids) == 0
     assert WAIT_S > 0
+
+
+def test_held_bytes_is_what_the_ids_allocate_and_falls_as_they_go() -> None:
+    """held_bytes() against tracemalloc: while ids are added, at the bound (evicting), and
+    after the window forgot them all (what stays is the tables' room: dicts do not shrink)."""
+    now = [0.0]
+    publishers = [f"publisher-{n:02d}" for n in range(20)]  # shared, as a connection's uid
+    tracemalloc.start()
+    try:
+        ids = PublishIds(60.0, per_publisher=500, max_ids=8000, clock=lambda: now[0] + 0.0)
+        base, held_base = tracemalloc.get_traced_memory()[0], ids.held_bytes()
+
+        def check(what: str, reused: int = 0) -> int:
+            traced = tracemalloc.get_traced_memory()[0] - base
+            held = ids.held_bytes() - held_base
+            assert abs(held - traced) <= 0.05 * traced + reused, (what, held, traced)
+            return traced
+
+        for n in range(1, 12_001):
+            ids.remember(publishers[n % 20], "events", "e1", f"{n % 20:x}c0ffee:{n}", 1000 + n, 20)
+            if n == 4000:
+                check("4,000 ids held")
+        full = check("at max_ids, evicting")
+        assert len(ids) == 8000 and full > 8000 * 300
+        now[0] = 61.0
+        ids.expire()
+        # freed tuples and floats CPython keeps for reuse (its free lists) stay traced
+        free_lists = 2000 * (sys.getsizeof((1, 2, 3)) + sys.getsizeof((1, 2, 3, 4))) + 100 * 24
+        assert len(ids) == 0 and check("all forgotten", free_lists) < full / 2
+    finally:
+        tracemalloc.stop()
+
+
+def test_stats_report_the_bytes_of_the_ids_held(make_server: Callable[..., Server],
+                                                make_client: Callable[..., Client]) -> None:
+    srv = make_server()
+    empty = srv.stats()["publish_ids_bytes"]
+    c = make_client(srv.url)
+    for n in range(50):
+        publish_raw(c, "room", n, f"id-{n}")
+    assert srv.stats()["publish_ids"] == 50
+    assert srv.stats()["publish_ids_bytes"] - empty > 50 * 200

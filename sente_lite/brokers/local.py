@@ -491,7 +491,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
 
     def stats(self) -> dict:
         """Counts: channels known, channels with subscribers, subscriptions, evicted,
-        messages, bytes and publish ids held, and the history settings."""
+        messages, bytes and publish ids held (and the ids' bytes), and the history settings."""
         with self._lock:
             channels = list(self._channels.values())
             active = len(channels) - len(self._idle)
@@ -500,6 +500,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
                 "subscriptions": subs, "channels_evicted": self.evicted,
                 "history_messages": sum(len(ch.history) for ch in channels),
                 "publish_ids": len(self.history.ids),
+                "publish_ids_bytes": self.history.ids.held_bytes(),
                 "history_bytes": self.history.total_bytes,
                 "history_size": self.history.size, "history_ttl_s": self.history.ttl_s,
                 "publish_dedup_s": self.history.dedup_s,

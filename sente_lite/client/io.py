@@ -74,6 +74,11 @@ log = logging.getLogger("sente_lite.client")
 HANDLER_HANDOFF_S = 0.05
 #: How often the waiting thread checks the server's liveness.
 _IDLE_TICK_S = 0.1
+#: Least time between two checks of liveness, request deadlines and due resends: a
+#: check walks every request and unacknowledged publish, so a busy connection does not
+#: make one per read (measured: about 11 us each, near a tenth of the CPU of a client
+#: reading 2,000 messages a second). Half the idle tick, so every quiet tick checks.
+LIVENESS_EVERY_S = _IDLE_TICK_S / 2
 _READ, _RUN = "read", "run"
 
 
@@ -306,6 +311,7 @@ class Roles:
         self._handoff = False  # the running handler waits for a reply: read now
         self._connection = connection
         self._connection_done = False
+        self._next_check = 0.0  # time.monotonic() from which serve() checks liveness again
 
     @property
     def backlog(self) -> int:
@@ -355,7 +361,10 @@ class Roles:
             if batch is not None:
                 self._run_batches(batch)
             c._flush_if_due()
-            self._check_liveness()
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + LIVENESS_EVERY_S
+                self._check_liveness()
 
     def _read_once(self, me: int) -> Optional[List[tuple]]:
         """Advance the reading role by one read. Returns the tasks this thread runs

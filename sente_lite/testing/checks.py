@@ -96,8 +96,11 @@ def rss_growth_per_1000(samples: Sequence[Tuple[int, int]],
 
     The least-squares slope over the samples taken once ``warmup`` messages were sent
     (default: half of them): until then bounded memory fills (buffers, channel history,
-    remembered publish ids, allocator arenas); a leak keeps growing after. None with fewer
-    than two such samples or no spread of messages among them.
+    allocator arenas); a leak keeps growing after. A store still filling toward its bound
+    after the warm-up (remembered publish ids, kept for minutes) is measured the same way
+    from what the server says it holds, and the memory criterion subtracts it
+    (:func:`sente_lite.testing.criteria.net_rss_growth`). None with fewer than two such
+    samples or no spread of messages among them.
     """
     if not samples:
         return None

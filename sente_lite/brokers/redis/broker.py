@@ -300,6 +300,7 @@ class RedisBroker:
         chans, subs = self._channels.counts()
         return {"channels": chans, "active_channels": chans, "subscriptions": subs,
                 "channels_evicted": 0, "history_messages": 0, "publish_ids": 0,
+                "publish_ids_bytes": 0,
                 "history_size": self.history_size, "history_ttl_s": self.history_ttl_s,
                 "publish_dedup_s": self.publish_dedup_s,
                 "max_replay_per_subscribe": self._space.max_replay, "broker": "redis",
