@@ -261,7 +261,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         redis_srv = None
         if not args.no_redis:
-            from ..testing.redis_server import RedisServer
+            from ..brokers.redis.local_server import RedisServer
             redis_srv = RedisServer().start()
         try:
             for run in range(args.runs):

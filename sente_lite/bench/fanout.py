@@ -767,7 +767,7 @@ def run_once(system: str, wl: Workload) -> dict:
     redis_cpu = 0.0
     try:
         if system == REDIS:
-            from ..testing.redis_server import RedisServer
+            from ..brokers.redis.local_server import RedisServer
             redis_srv = RedisServer().start()
             started = [_start_server(fleet, system, wl, redis_srv.url) for _ in range(REDIS_SERVERS)]
         else:

@@ -21,8 +21,8 @@ import time
 from typing import Any, Dict, List, Tuple
 
 from .fanout import _proc_cpu_s
-from ..testing.redis_server import free_port
-from ..testing.redis_server import RedisServer
+from ..brokers.redis.local_server import free_port
+from ..brokers.redis.local_server import RedisServer
 
 ROOM = "bench"
 
