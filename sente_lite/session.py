@@ -36,6 +36,17 @@ log = logging.getLogger("sente_lite.session")
 Waiter = Any  # whatever the adapter waits on (a Future); the session only hands it back
 
 
+def resolve(waiter: Optional[Waiter], result: Any, error: Optional[BaseException]) -> None:
+    """Complete ``waiter`` (a Future, or None) with ``result`` or ``error`` unless done: how
+    every face hands a request's outcome to whoever waits for it."""
+    if waiter is None or waiter.done():
+        return
+    if error is not None:
+        waiter.set_exception(error)
+    else:
+        waiter.set_result(result)
+
+
 # -- what a session gives back -------------------------------------------------------
 # Every event a server session gives says what handling it may involve (``kind``: the
 # server face picks the thread from it), the request it answers (``cb_id``), its

@@ -19,7 +19,6 @@ from ..wire import protocol as p
 from .. import session as ss
 from ..wire import tracing
 from ..wire.channels import Since
-from .io import resolve
 from ..errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
 from ..logsafe import safe
 from ..session import CONNECTED, ChannelMessage, Recovery
@@ -246,7 +245,7 @@ class InboundMixin:
                     if sub is not None and sub.handlers:
                         tasks.append(("channel", sub.handlers, ev))
                 elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
-                    resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
+                    ss.resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
                              ev.error)
                     if kind is ss.PublishAnswered:
                         self._outbox_room.notify_all()

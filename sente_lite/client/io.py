@@ -504,17 +504,7 @@ class Roles:
             log.warning("reply dropped: %s", safe(exc))
 
 
-def resolve(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
-    """Complete ``waiter`` (a Future, or None) with ``result`` or ``error`` unless done."""
-    if waiter is None or waiter.done():
-        return
-    if error is not None:
-        waiter.set_exception(error)
-    else:
-        waiter.set_result(result)
-
-
 def settle(failed: List[Any]) -> None:
     """Fail each ``(waiter, exception)``."""
     for waiter, exc in failed:
-        resolve(waiter, None, exc)
+        ss.resolve(waiter, None, exc)

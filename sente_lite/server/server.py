@@ -69,7 +69,7 @@ from .settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
                        DEFAULT_MAX_QUEUED_BYTES_PER_CONN, DEFAULT_MAX_REMEMBERED_CLIENTS,
                        DEFAULT_REQUEST_LINE_TIMEOUT_S, ServerSettings)
 from .stats import PER_CONN_TOTALS, InspectionMixin
-from ..session import ServerSession
+from ..session import ServerSession, resolve
 from .workers import Lane
 
 log = logging.getLogger("sente_lite.server")
@@ -325,12 +325,7 @@ class Connection:
     @staticmethod
     def settle(waiter: Any, result: Any, error: Optional[BaseException]) -> None:
         """Hand the outcome of one of the server's requests to the future waiting for it."""
-        if waiter.done():
-            return
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(result)
+        resolve(waiter, result, error)
 
 
 class Server(InspectionMixin, MessagingMixin):

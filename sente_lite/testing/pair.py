@@ -152,12 +152,7 @@ class PairConnection:
             self.close_code, self.close_reason = code, reason
 
     def settle(self, waiter: Any, result: Any, error: Optional[BaseException]) -> None:
-        if waiter.done():
-            return
-        if error is not None:
-            waiter.set_exception(error)
-        else:
-            waiter.set_result(result)
+        ss.resolve(waiter, result, error)
 
 
 class SessionPair:
