@@ -51,8 +51,10 @@ def test_a_frame_of_the_wrong_kind_is_a_bad_frame() -> None:
                  mp.encode_value(["app/x", b"raw bytes", 7]), b"\x91" * 300 + b"\xc0"):
         out = server.receive(junk)
         assert out.events == [] and msgpack.unpackb(out.frames[0])[1]["code"] == "bad-frame", junk
-    out = server.receive(mp.encode(p.EV_PUBLISH, {"channel-id": "c", "data": b"\x00"}, "c2"))
+    out = server.receive(mp.encode_value([p.EV_PUBLISH, {"channel-id": "c", "data": {"$bytes": "AA=="}},
+                                          "c2"], checked=True))  # a map JSON peers would read as bytes
     assert out.events == [] and msgpack.unpackb(out.frames[0])[1]["code"] == "bad-frame"
+    assert "$bytes" in msgpack.unpackb(out.frames[0])[1]["message"]
 
 
 def test_unknown_packer_names_are_refused() -> None:

@@ -50,7 +50,8 @@ def test_encode_keeps_unicode_readable() -> None:
     assert p.decode(text.encode("utf-8")).data == "héllo ✓"
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {1, 2}, object(), b"bytes"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, {1, 2}, object(),
+                                 {"$bytes": "Ynl0ZXM="}])
 def test_encode_refuses_non_json(bad: object) -> None:
     with pytest.raises(EncodeError):
         p.encode("app/a", bad)

@@ -61,9 +61,10 @@ class Built:
         """The message's JSON text (its frame's payload)."""
         return self.wire[-self.size:]
 
-    def _value(self) -> Any:
-        """The message as a value, decoded from its own JSON payload."""
-        return p.loads(self.wire[-self.size:].decode("utf-8"))
+    def _value(self, tags: bool) -> Any:
+        """The message as a value, decoded from its own JSON payload (``tags``: tagged
+        forms as bytes)."""
+        return p.loads(self.wire[-self.size:].decode("utf-8"), tags)
 
     def shed(self) -> None:
         """Drop the copies made for other packers and make no more (kept in history)."""
@@ -84,11 +85,11 @@ class Built:
         others = self._others
         if others is None:
             others = self._others = {}
-        key = f"{packer.name}/{deflate_bits}"
+        key = f"{packer.name}/{packer.native_bytes:d}/{deflate_bits}"
         built = others.get(key)
         if built is None:
             payload = (self.wire[-self.size:] if packer is JSON_PACKER
-                       else packer.encode_value(self._value(), checked=True))
+                       else packer.encode_value(self._value(packer.native_bytes), checked=True))
             wire = None
             if deflate_bits and len(payload) >= min_compress:
                 packed = compression.deflate(payload, deflate_bits)

@@ -5,6 +5,9 @@ MessagePack in binary frames; a client asks for it with the upgrade's query
 parameter ``packer=msgpack`` and the server's handshake, then a binary frame,
 echoes ``"packer": "msgpack"`` (docs/protocol.md section 10). It needs the
 ``msgpack`` package: ``pip install 'sente-lite[msgpack]'``.
+
+Bytes travel as bytes: JSON writes them in the tagged form ``{"$bytes": "<base64>"}``
+(:mod:`.protocol`), MessagePack as ``bin``; both read them back as ``bytes``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class Packer:
     name = JSON
     #: Frames go in binary WebSocket messages (else text).
     binary = False
+    #: Channel messages carry bytes in this format's own binary type (MessagePack
+    #: ``bin``); False: as JSON's tagged form, for a peer that did not ask for bytes.
+    native_bytes = False
 
     def encode(self, event: str, data: Any = None, cb_id: Optional[str] = None) -> bytes:
         """One frame's bytes; :class:`EncodeError` when ``data`` cannot be written."""
@@ -55,7 +61,7 @@ class Packer:
 
     def encode_value(self, value: Any, checked: bool = False) -> bytes:
         """Any value (a reply body, channel data) in this format; ``checked``: its depth
-        was already checked (it came from a JSON encoding of this process)."""
+        and its dicts were already checked (it came from a JSON encoding of this process)."""
         return p.dumps(value).encode("utf-8")
 
     def batch(self, frames: List[bytes]) -> bytes:
@@ -74,13 +80,15 @@ class Packer:
             return _BATCH if payload.startswith(_JSON_BATCH) else _BUILTIN
         return _CHANNEL if payload.startswith(_JSON_SENTE) else _APP
 
-    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
+    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None,
+               tags: bool = True) -> p.Frame:
         """The frame in ``payload`` (``binary``: it came in a binary message; by default,
-        when it is not a str); :class:`FrameError` (``bad-frame``) when it is none."""
+        when it is not a str); :class:`FrameError` (``bad-frame``) when it is none.
+        ``tags``: JSON's tagged forms are read as bytes (MessagePack has ``bin``)."""
         if binary if binary is not None else not isinstance(payload, str):
             raise FrameError("binary frames need the msgpack packer (packer=msgpack at the "
                              "upgrade); this connection speaks JSON in text frames")
-        return p.decode(payload)
+        return p.decode(payload, tags)
 
 
 class MsgpackPacker(Packer):
@@ -89,12 +97,13 @@ class MsgpackPacker(Packer):
     name = MSGPACK
     binary = True
 
-    def __init__(self) -> None:
+    def __init__(self, native_bytes: bool = True) -> None:
         try:
             import msgpack
         except ImportError:
             raise MissingExtra(MISSING_MSGPACK) from None
         self._msgpack = msgpack
+        self.native_bytes = native_bytes
         self._errors = (ValueError, TypeError, msgpack.exceptions.ExtraData,
                         msgpack.exceptions.StackError, msgpack.exceptions.FormatError)
 
@@ -107,9 +116,14 @@ class MsgpackPacker(Packer):
         if not checked and p.value_depth(value, p.MAX_JSON_DEPTH) > p.MAX_JSON_DEPTH:
             raise EncodeError(f"value nests deeper than {p.MAX_JSON_DEPTH} (MAX_JSON_DEPTH)")
         try:
-            return self._msgpack.packb(value, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError) as exc:
+            out = self._msgpack.packb(value, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError, BufferError) as exc:
             raise EncodeError(f"not MessagePack-encodable: {exc}") from None
+        if not checked and _TAG_KEY in out:  # rare: only then is the value walked
+            problem = p.tag_shaped_problem(value)
+            if problem is not None:
+                raise EncodeError(problem)
+        return out
 
     def batch(self, frames: List[bytes]) -> bytes:
         n = len(frames)
@@ -126,7 +140,8 @@ class MsgpackPacker(Packer):
             return _BATCH if payload.startswith(_MSGPACK_BATCH) else _BUILTIN
         return _CHANNEL if payload[2:13] == _MSGPACK_SENTE else _APP
 
-    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None) -> p.Frame:
+    def decode(self, payload: Union[str, bytes], binary: Optional[bool] = None,
+               tags: bool = True) -> p.Frame:
         if not (binary if binary is not None else not isinstance(payload, str)):
             try:  # answer the request it was, if it was one
                 cb_id = p.decode(payload).cb_id
@@ -157,6 +172,10 @@ class MsgpackPacker(Packer):
         return None
 
 
+#: ``"$bytes"`` as a MessagePack fixstr: a map key that may make a tagged form.
+_TAG_KEY = bytes((0xA0 | len(p.BYTES_TAG),)) + p.BYTES_TAG.encode("ascii")
+
+
 class _NonStringKey(ValueError):
     """A MessagePack map with a key that is not a string."""
 
@@ -173,16 +192,21 @@ def _string_keyed(pairs: List[Tuple[Any, Any]]) -> Dict[str, Any]:
 
 
 _PACKERS: Dict[str, Packer] = {JSON: Packer()}
+#: MessagePack for a peer that did not ask for bytes (``bytes=1``): channel messages keep
+#: JSON's tagged form, a map, as that peer has always read them.
+_TAGGED_MSGPACK = MSGPACK + "/tagged"
 
 
-def get(name: str) -> Packer:
-    """The packer called ``name``; :class:`ValueError` for an unknown name,
+def get(name: str, native_bytes: bool = True) -> Packer:
+    """The packer called ``name`` (for MessagePack, carrying bytes in channel messages as
+    ``bin`` unless ``native_bytes`` is False); :class:`ValueError` for an unknown name,
     :class:`MissingExtra` when its package is not installed."""
-    packer = _PACKERS.get(name)
+    key = _TAGGED_MSGPACK if name == MSGPACK and not native_bytes else name
+    packer = _PACKERS.get(key)
     if packer is None:
         if name != MSGPACK:
             raise ValueError(f"unknown packer {name!r}: use one of {', '.join(PACKER_NAMES)}")
-        packer = _PACKERS[name] = MsgpackPacker()
+        packer = _PACKERS[key] = MsgpackPacker(native_bytes)
     return packer
 
 

@@ -3,16 +3,20 @@
 A frame is one WebSocket text message holding a JSON array
 ``[event-id, data?, cb-id?]`` (see ``docs/protocol.md``). This module turns
 text into :class:`Frame` objects and back, and names every protocol string once.
+Bytes (``bytes``, ``bytearray``, ``memoryview``) are written in JSON's tagged form
+``{"$bytes": "<base64>"}`` and read back as ``bytes`` (section 10).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import re
 from array import array
 from itertools import accumulate
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 from ..errors import EncodeError, FrameError, RemoteError
 
@@ -94,6 +98,12 @@ FEATURE_HISTORY = "history"
 FEATURE_PUBLISH_ID = "publish-id"
 #: The server reads ``chsk/batch`` frames from clients (and sends them when asked: batch=1).
 FEATURE_BATCH = "batch"
+#: Bytes travel as bytes (PROTOCOL 10): MessagePack ``bin``, JSON's tagged form. A client
+#: asks with ``bytes=1`` in the upgrade's query; the handshake's info then says ``"bytes": true``.
+FEATURE_BYTES = "bytes"
+K_BYTES = "bytes"
+#: The only key of JSON's tagged form of bytes: ``{"$bytes": "<standard base64>"}``.
+BYTES_TAG = "$bytes"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 
@@ -229,13 +239,99 @@ def depth_problem(text: Union[str, bytes, bytearray], limit: int = MAX_JSON_DEPT
     return f"nests arrays and objects {depth} deep, the limit is {limit} (MAX_JSON_DEPTH)"
 
 
+# -- bytes: JSON's tagged form (section 10) --------------------------------------------
+_TAG_TEXT = f'"{BYTES_TAG}"'
+_TAG_UTF8 = _TAG_TEXT.encode("ascii")
+
+
+def _tagged(obj: Any) -> Dict[str, str]:
+    """The JSON encoder's ``default`` hook (it runs only for values JSON has no form
+    for): bytes as the tagged form; TypeError for anything else."""
+    if isinstance(obj, (bytes, bytearray)):
+        return {BYTES_TAG: base64.b64encode(obj).decode("ascii")}
+    if isinstance(obj, memoryview):
+        return {BYTES_TAG: base64.b64encode(obj.tobytes()).decode("ascii")}
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def tag_shaped_problem(value: Any) -> Optional[str]:
+    """Why ``value`` cannot be sent as it is: it holds a dict whose only key is
+    ``"$bytes"``, which every receiver would read as bytes; None when it holds none."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if len(v) == 1 and BYTES_TAG in v:
+                return (f'a dict whose only key is "{BYTES_TAG}" is the tagged form of bytes '
+                        "(docs/protocol.md section 10): give it a second key, or send bytes")
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+    return None
+
+
+def may_hold_tags(text: Union[str, bytes, bytearray]) -> bool:
+    """False when JSON ``text`` certainly holds no tagged bytes: it has neither the
+    key's literal text nor a ``\\u`` escape (which could spell the key)."""
+    if isinstance(text, str):
+        return _TAG_TEXT in text or "\\u" in text
+    return _TAG_UTF8 in text or b"\\u" in text
+
+
+def _unbase64(value: Any) -> bytes:
+    """The bytes of a tagged form's value; ValueError unless it is standard base64."""
+    if not isinstance(value, str):
+        raise ValueError(f'"{BYTES_TAG}" must hold a string of standard base64, got '
+                         f"{type(value).__name__}")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f'"{BYTES_TAG}" must hold standard base64 (A-Z a-z 0-9 + /, '
+                         "padded with =)") from None
+
+
+def untag(value: Any) -> Any:
+    """``value`` (decoded JSON) with every tagged form in it replaced by its bytes (in
+    place, and returned); ValueError when one does not hold standard base64."""
+    if type(value) is dict and len(value) == 1 and BYTES_TAG in value:
+        return _unbase64(value[BYTES_TAG])
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        pairs = (node.items() if type(node) is dict else
+                 enumerate(node) if type(node) is list else ())
+        for key, v in pairs:
+            kind = type(v)
+            if kind is dict:
+                if len(v) == 1 and BYTES_TAG in v:
+                    node[key] = _unbase64(v[BYTES_TAG])  # a value replaced: sizes stay
+                else:
+                    stack.append(v)
+            elif kind is list:
+                stack.append(v)
+    return value
+
+
 _decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_tagged)
 
 
 def dumps(obj: Any, max_depth: int = MAX_JSON_DEPTH) -> str:
-    """Encode ``obj`` as compact JSON text; raise :class:`EncodeError` if it cannot be,
-    or if it nests deeper than ``max_depth`` (:data:`MAX_JSON_DEPTH`)."""
+    """Encode ``obj`` as compact JSON text, bytes in their tagged form; raise
+    :class:`EncodeError` if it cannot be, if it nests deeper than ``max_depth``
+    (:data:`MAX_JSON_DEPTH`; a tagged form is one level), or if it holds a dict
+    shaped as a tagged form."""
+    text = _dumps_as_is(obj, max_depth)
+    if _TAG_TEXT in text:  # rare: only then is the value walked
+        problem = tag_shaped_problem(obj)
+        if problem is not None:
+            raise EncodeError(problem)
+    return text
+
+
+def _dumps_as_is(obj: Any, max_depth: int) -> str:
+    """:func:`dumps` without the check for dicts shaped as a tagged form."""
     try:
         text = _encoder.encode(obj)
     except (TypeError, ValueError, RecursionError) as exc:
@@ -323,15 +419,19 @@ def value_depth(value: Any, limit: int) -> int:
     return depth
 
 
-def loads(text: str) -> Any:
-    """The value of JSON ``text`` this module wrote (no frame checks)."""
-    return _decoder.decode(text)
+def loads(text: str, tags: bool = True) -> Any:
+    """The value of JSON ``text`` this module wrote (no frame checks); with ``tags``,
+    tagged forms are read as bytes (ValueError when one is malformed)."""
+    value = _decoder.decode(text)
+    if tags and may_hold_tags(text):
+        value = untag(value)
+    return value
 
 
 def _reencode_problem(value: Any) -> Optional[str]:
     """Why a decoded value could not be sent on in a text frame, or None."""
     try:
-        dumps(value)
+        _dumps_as_is(value, MAX_JSON_DEPTH)
     except EncodeError as exc:
         return str(exc)
     return None
@@ -408,17 +508,25 @@ def _fast_parse(text: Any) -> Any:
         return _NOT_PARSED
 
 
-def decode(text: Union[str, bytes, bytearray, memoryview]) -> Frame:
-    """Decode one frame.
+def decode(text: Union[str, bytes, bytearray, memoryview], tags: bool = True) -> Frame:
+    """Decode one frame; with ``tags``, tagged forms are read as bytes (section 10).
 
     Raises :class:`FrameError` (code ``bad-frame``) for anything that is not a
-    valid frame; its ``cb_id`` is set when the frame named a usable cb-id, so the
-    error can go back as that request's reply. Nesting deeper than
-    :data:`MAX_JSON_DEPTH` is refused before any parsing, on either path.
+    valid frame, or a tagged form that does not hold standard base64; its ``cb_id``
+    is set when the frame named a usable cb-id, so the error can go back as that
+    request's reply. Nesting deeper than :data:`MAX_JSON_DEPTH` is refused before
+    any parsing, on either path.
     """
     value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
     if value is _NOT_PARSED:
         value = _parse(text)
+    if tags and may_hold_tags(text if not isinstance(text, memoryview) else text.tobytes()):
+        try:
+            value = untag(value)
+        except ValueError as exc:
+            cb_id = (value[2] if type(value) is list and len(value) == 3
+                     and is_valid_cb_id(value[2]) else None)
+            raise FrameError(f"frame holds malformed bytes: {exc}", cb_id) from None
     return frame_of(value)
 
 
