@@ -8,7 +8,7 @@ from .wire.channels import Published, Since
 from .client.client import ChannelMessage, Client, Recovery
 from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, ConnectRefused,
                      Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
-                     PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
+                     MessageTooLarge, PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
@@ -19,6 +19,6 @@ __all__ = [
     "Server", "Connection", "Client", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
-    "LimitExceeded", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
+    "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
     "__version__",
 ]

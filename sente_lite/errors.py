@@ -56,6 +56,14 @@ class SendQueueFull(SenteLiteError):
     code = "limit-exceeded"
 
 
+class MessageTooLarge(SenteLiteError, ValueError):
+    """A frame is over the server's ``max-message-bytes`` (code ``too-large``), counted as
+    encoded (JSON carries bytes in base64, 4/3 their size): it was not sent, since the
+    server would close the connection (1009)."""
+
+    code = "too-large"
+
+
 class ClientClosed(SenteLiteError):
     """The client was closed; it sends and receives nothing more."""
 

@@ -27,7 +27,7 @@ from .wire import protocol as p
 from .wire import tracing
 from .wire.channels import Published, RecoveryResult, Since
 from .counters import Counter, Counters  # noqa: F401 (Counter: for callers)
-from .errors import Disconnected, LimitExceeded, RemoteError, RequestTimeout
+from .errors import Disconnected, LimitExceeded, MessageTooLarge, RemoteError, RequestTimeout
 from .logsafe import safe
 from .wire.packers import JSON_PACKER, Packer
 
@@ -262,7 +262,8 @@ class ServerRules:
     rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT
     rate_burst: Optional[int] = None
     max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED
-    features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID, p.FEATURE_BATCH)
+    features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID, p.FEATURE_BATCH,
+                                 p.FEATURE_BYTES)
 
 
 #: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
@@ -556,8 +557,8 @@ class ServerSession(_ServerAnswers):
                                    "characters", cb_id)
         try:
             data_json = p.encode_channel_data(data.get(p.K_DATA))
-        except p.EncodeError as exc:  # e.g. MessagePack bytes: every subscriber must be able to read it
-            return self._bad_frame(f"publish data must be JSON-representable: {exc}", cb_id)
+        except p.EncodeError as exc:  # every subscriber, of either packer, must be able to read it
+            return self._bad_frame(f"publish data cannot reach every subscriber: {exc}", cb_id)
         return Received([PublishRequest(channel, data_json, publish_id,
                                         data.get(p.K_EXCLUDE_SENDER) is True, cb_id,
                                         tracing.of(data))], [])
@@ -889,6 +890,8 @@ class ClientSession(_ChannelRules):
     handshake_info: Optional[Handshake] = None
     counts: Dict[str, int] = field(default_factory=dict)
     packer: Packer = JSON_PACKER
+    #: the last handshake said ``"bytes": true``: JSON's tagged forms are read as bytes
+    bytes_on: bool = False
 
     def __post_init__(self) -> None:
         self._subs: Dict[str, _ClientSub] = {}
@@ -930,8 +933,31 @@ class ClientSession(_ChannelRules):
     # -- requests and publishes ---------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
                 timeout: float) -> Tuple[str, bytes]:
-        """Register a request; returns its cb-id and frame."""
-        return self._requests.add_encoded(waiter, event, data, now + timeout, packer=self.packer)
+        """Register a request; returns its cb-id and frame. Raises
+        :class:`MessageTooLarge` over the server's ``max-message-bytes``."""
+        cb_id, frame = self._requests.add_encoded(waiter, event, data, now + timeout,
+                                                  packer=self.packer)
+        self._check_registered(cb_id, frame)
+        return cb_id, frame
+
+    def check_size(self, frame: bytes) -> None:
+        """Raise :class:`MessageTooLarge` when ``frame`` is over the ``max-message-bytes``
+        of the last handshake (the server would close the connection with 1009)."""
+        info = self.handshake_info.info if self.handshake_info is not None else {}
+        limit = info.get("max-message-bytes")
+        if type(limit) is int and len(frame) > limit:
+            raise MessageTooLarge(
+                f"frame of {len(frame)} bytes is over the server's max-message-bytes ({limit})"
+                + ("; JSON carries bytes in base64 (4/3 their size)" if self.packer.name == "json"
+                   and p.BYTES_TAG.encode("ascii") in frame else ""))
+
+    def _check_registered(self, cb_id: str, frame: bytes) -> None:
+        """:meth:`check_size` for a request just registered (forgotten when refused)."""
+        try:
+            self.check_size(frame)
+        except MessageTooLarge:
+            self._requests.pop(cb_id)
+            raise
 
     def forget(self, cb_id: str) -> None:
         """Stop waiting for ``cb_id`` (its caller gave up). A publish stays in the
@@ -950,7 +976,8 @@ class ClientSession(_ChannelRules):
     def publish(self, channel_id: str, data: Any, exclude_sender: bool, waiter: Optional[Waiter],
                 now: float, traceparent: Optional[str] = None) -> Tuple[str, bytes]:
         """A publish with a fresh id, kept until acknowledged (and resent after a
-        reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``."""
+        reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``,
+        :class:`MessageTooLarge` over the server's ``max-message-bytes``."""
         if len(self._unacked) >= self.max_unacked_publishes:
             self._count("unacked_publish_overflows")
             raise LimitExceeded(f"{len(self._unacked)} publishes already await their ack "
@@ -963,6 +990,7 @@ class ClientSession(_ChannelRules):
             body[tracing.TRACEPARENT] = traceparent
         cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"),
                                                   packer=self.packer)
+        self._check_registered(cb_id, frame)
         self._kinds[cb_id] = (_PUBLISH_KIND, publish_id)
         self._unacked[cb_id] = _Unacked(publish_id, frame, waiter)
         return cb_id, frame
@@ -1010,8 +1038,16 @@ class ClientSession(_ChannelRules):
     # -- answers to the server's requests -------------------------------------------------
     def reply(self, event: str, cb_id: str, result: Any) -> bytes:
         """The reply to the server's request ``cb_id`` whose handler returned ``result``
-        (a ``handler-error`` frame, counted, when it cannot be encoded)."""
+        (a ``handler-error`` frame, counted, when it cannot be encoded or is over the
+        server's ``max-message-bytes``)."""
         frame, ok = reply_frame(event, result, cb_id, self.packer)
+        if ok:
+            try:
+                self.check_size(frame)
+            except MessageTooLarge as exc:
+                log.error("reply of handler for %s not sent: %s", event, exc)
+                frame, ok = error_frame(p.ERR_HANDLER_ERROR, f"reply of {event} is too large",
+                                        cb_id, None, self.packer), False
         if not ok:
             self._count("handler_errors")
         return frame
@@ -1034,7 +1070,7 @@ class ClientSession(_ChannelRules):
         apply the protocol's rules."""
         self.last_recv = now
         try:
-            event, data, cb_id = self.packer.decode(text, binary)
+            event, data, cb_id = self.packer.decode(text, binary, self.bytes_on)
         except p.FrameError as exc:
             self._count("bad_frames_from_server")
             log.warning("bad frame from server: %s", safe(exc.message))
@@ -1101,6 +1137,7 @@ class ClientSession(_ChannelRules):
         self.heartbeat_s = (heartbeat_ms / 1000.0 if _is_number(heartbeat_ms) and heartbeat_ms > 0
                             else DEFAULT_HEARTBEAT_S)
         self.handshake_info = Handshake(uid, csrf, info, first)
+        self.bytes_on = info.get(p.K_BYTES) is True
         self._count("handshakes")
         events: List[Any] = [self.handshake_info]
         status = self.transition(ON_HANDSHAKE)

@@ -16,7 +16,7 @@ def test_handshake_announces_the_features(make_server: Callable[..., Server],
                                           make_client: Callable[..., Client]) -> None:
     c = make_client(make_server().url)
     assert c.wait_connected(5)
-    assert c.handshake is not None and c.handshake["features"] == ["history", "publish-id", "batch"]
+    assert c.handshake is not None and c.handshake["features"] == ["history", "publish-id", "batch", "bytes"]
 
 
 def test_a_stored_position_resumes_exactly_after_it(make_server: Callable[..., Server],

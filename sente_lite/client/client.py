@@ -287,7 +287,9 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         if not p.is_valid_event_id(event):
             raise ValueError(f"invalid event-id {event!r}")
         data = _traced(data, traceparent)
-        self._send_frame(self._session.packer.encode(event, data), None)
+        frame = self._session.packer.encode(event, data)
+        self._session.check_size(frame)
+        self._send_frame(frame, None)
 
     def request(self, event: str, data: Any = None, timeout: Optional[float] = None, *,
                 traceparent: Optional[str] = None) -> Any:

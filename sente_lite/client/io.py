@@ -119,6 +119,7 @@ class Connector:
             query = [(k, v) for k, v in query if k != "packer"] + [("packer", packer.name)]
         if c.batch:
             query = [(k, v) for k, v in query if k != "batch"] + [("batch", "1")]
+        query = [(k, v) for k, v in query if k != p.K_BYTES] + [(p.K_BYTES, "1")]
         csrf = c._csrf_source() if c._csrf_source is not None else c.csrf_token
         if csrf:
             query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]

@@ -44,6 +44,8 @@ class Identity:
     csrf_token: Optional[str] = None
     packer: str = packers.JSON
     batch: bool = False
+    #: the client asked for bytes as bytes (``bytes=1``; PROTOCOL 10)
+    bytes: bool = False
 
 
 @dataclass
@@ -53,6 +55,7 @@ class Screened:
     client_id: str
     packer: str
     batch: bool
+    bytes: bool = False
 
 
 class HttpFront:
@@ -76,7 +79,7 @@ class HttpFront:
             uid = srv._identify(link, request, screened.client_id)
             decision = uid if isinstance(uid, Response) else Admit(Identity(
                 screened.client_id, uid, link.remote, srv._gate.csrf_token_for(screened.client_id),
-                screened.packer, screened.batch))
+                screened.packer, screened.batch, screened.bytes))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
             decision = _probe_answer(link, decision, self.server._gate)  # never upgrades
@@ -158,7 +161,8 @@ class HttpFront:
         refusal = srv._admit(link, request, client_id, bool(given))
         if refusal is not None:
             return refusal
-        return Screened(client_id, packer, (query.get(p.K_BATCH) or [""])[0] in ("1", "true"))
+        return Screened(client_id, packer, (query.get(p.K_BATCH) or [""])[0] in ("1", "true"),
+                        (query.get(p.K_BYTES) or [""])[0] in ("1", "true"))
 
     def _metrics_response(self, link: Link) -> Response:
         srv = self.server

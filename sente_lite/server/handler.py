@@ -104,6 +104,8 @@ class ServerCore:
                 "max-message-bytes": srv.max_message_bytes}
         if conn.batching:
             info[p.K_BATCH] = True
+        if ident.bytes:
+            info[p.K_BYTES] = True
         self.dispatcher.open(conn, ident.csrf_token, info, first)
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
                   first)

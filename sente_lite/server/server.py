@@ -102,7 +102,7 @@ class Connection:
         self._close_reason = ""
         self._closed = threading.Event()
         self._close_lock = threading.Lock()
-        self.packer = packers.get(ident.packer)
+        self.packer = packers.get(ident.packer, native_bytes=ident.bytes)
         #: window bits of a negotiated permessage-deflate (0: frames go uncompressed)
         self.deflate_bits = compression_mod.negotiated_window_bits(link.protocol.extensions)
         self._min_compress = server.compression_min_bytes

@@ -236,7 +236,7 @@ class SessionPair:
         session = side.dispatcher.new_session(conn_id, self.now, self.packer)
         self.conn = PairConnection(self, conn_id, uid, session)
         self.client.connection_opened(self.now)
-        side.dispatcher.open(self.conn, None, {"conn-id": conn_id}, first)
+        side.dispatcher.open(self.conn, None, {"conn-id": conn_id, p.K_BYTES: True}, first)
         self.pump()
 
     def cut(self) -> List[Any]:
