@@ -106,7 +106,8 @@ def handle(server: ServerFace, method: str, body: bytes, publisher: str) -> Tupl
 
 
 def parse_params(body: bytes) -> Dict[str, Any]:
-    """The JSON object of a request body (empty: ``{}``); ApiError ``bad-request`` else."""
+    """The JSON object of a request body (empty: ``{}``), tagged forms read as bytes;
+    ApiError ``bad-request`` else."""
     if not body.strip():
         return {}
     try:
@@ -117,6 +118,11 @@ def parse_params(body: bytes) -> Dict[str, Any]:
         params = json.loads(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ApiError("bad-request", f"body is not valid JSON: {type(exc).__name__}") from None
+    if p.may_hold_tags(text):  # bytes in their tagged form {"$bytes": base64} (PROTOCOL 10)
+        try:
+            params = p.untag(params)
+        except ValueError as exc:
+            raise ApiError("bad-request", f"body holds malformed bytes: {exc}") from None
     if not isinstance(params, dict):
         raise ApiError("bad-request", "body must be a JSON object")
     return params

@@ -151,8 +151,8 @@ class MsgpackPacker(Packer):
                              cb_id)
         try:
             value = self._msgpack.unpackb(payload, raw=False, strict_map_key=False,
-                                          object_pairs_hook=_string_keyed)
-        except _NonStringKey as exc:
+                                          object_pairs_hook=_string_keyed, ext_hook=_no_ext)
+        except _Refused as exc:
             raise FrameError(str(exc), self._cb_id_of(payload)) from None
         except self._errors as exc:
             raise FrameError(f"frame is not valid MessagePack: {type(exc).__name__}") from None
@@ -176,8 +176,14 @@ class MsgpackPacker(Packer):
 _TAG_KEY = bytes((0xA0 | len(p.BYTES_TAG),)) + p.BYTES_TAG.encode("ascii")
 
 
-class _NonStringKey(ValueError):
-    """A MessagePack map with a key that is not a string."""
+class _Refused(ValueError):
+    """A MessagePack map with a key that is not a string, or an ext value."""
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    """``unpackb``'s ``ext_hook``: an extension type is refused (bin is bytes)."""
+    raise _Refused(f"ext type {code}: frames carry what JSON can, and bytes as bin, "
+                        "no extension types")
 
 
 def _string_keyed(pairs: List[Tuple[Any, Any]]) -> Dict[str, Any]:
@@ -186,7 +192,7 @@ def _string_keyed(pairs: List[Tuple[Any, Any]]) -> Dict[str, Any]:
     for key, _ in pairs:
         if type(key) is not str:
             shown = repr(key) if len(repr(key)) <= 40 else repr(key)[:37] + "..."
-            raise _NonStringKey(f"map key {shown} is a {type(key).__name__}: MessagePack map keys "
+            raise _Refused(f"map key {shown} is a {type(key).__name__}: MessagePack map keys "
                                 "must be strings (JSON peers have no other kind of key)")
     return dict(pairs)
 

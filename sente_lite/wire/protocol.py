@@ -284,6 +284,8 @@ def _unbase64(value: Any) -> bytes:
         raise ValueError(f'"{BYTES_TAG}" must hold a string of standard base64, got '
                          f"{type(value).__name__}")
     try:
+        if len(value) % 4:
+            raise ValueError("not a whole number of 4-character groups")
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f'"{BYTES_TAG}" must hold standard base64 (A-Z a-z 0-9 + /, '
