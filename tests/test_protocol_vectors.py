@@ -40,7 +40,12 @@ class Mismatch(AssertionError):
 
 # -- patterns -------------------------------------------------------------------------
 def match(pat: Any, val: Any, caps: Dict[str, Any], where: str) -> None:
-    """Check ``val`` against the vector pattern ``pat`` (placeholders: $any, $capture, $ref)."""
+    """Check ``val`` against the vector pattern ``pat`` (placeholders: $any, $capture, $ref;
+    ``{"$bin": hex}``: bytes)."""
+    if isinstance(pat, dict) and "$bin" in pat:
+        if type(val) is not bytes or val.hex() != pat["$bin"]:
+            raise Mismatch(f"{where}: expected the bytes {pat['$bin']!r}, got {val!r}")
+        return
     if isinstance(pat, dict) and "$any" in pat:
         kind = pat["$any"]
         if kind is not None and (not isinstance(val, ANY_TYPES[kind])
@@ -86,6 +91,17 @@ def match_list(pats: List[Any], vals: List[Any], caps: Dict[str, Any], where: st
 
 def resolve(value: Any) -> Any:
     return DEFS[value["$def"]] if isinstance(value, dict) and "$def" in value else value
+
+
+def binify(value: Any) -> Any:
+    """``{"$bin": hex}`` in a vector's value replaced by those bytes."""
+    if isinstance(value, list):
+        return [binify(v) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"$bin"}:
+            return bytes.fromhex(value["$bin"])
+        return {k: binify(v) for k, v in value.items()}
+    return value
 
 
 def fill(value: Any, caps: Dict[str, Any]) -> Any:
@@ -138,9 +154,9 @@ class Driver:
         if what == "on":
             self.handlers[step["event"]] = step
         elif what == "send":
-            self.write(s.packer.encode(step["event"], step.get("data")))
+            self.write(s.packer.encode(step["event"], binify(step.get("data"))))
         elif what == "request":
-            self.write_request(s.request(step["event"], step.get("data"), _Waiter(step["id"], "request"),
+            self.write_request(s.request(step["event"], binify(step.get("data")), _Waiter(step["id"], "request"),
                                   self.now, 5.0))
         elif what == "subscribe":
             since = ss.parse_since(step["since"]) if "since" in step else None
@@ -153,7 +169,7 @@ class Driver:
                                   _Waiter(step["id"], "unsubscribe"), self.now, 5.0))
         elif what == "publish":
             waiter = _Waiter(step["id"], "publish") if step.get("ack") else None
-            self.write_request(s.publish(step["channel"], step.get("data"), bool(step.get("exclude_sender")),
+            self.write_request(s.publish(step["channel"], binify(step.get("data")), bool(step.get("exclude_sender")),
                                          waiter, self.now))
         else:
             raise ValueError(f"unknown call {what!r}")
@@ -216,7 +232,7 @@ class Driver:
             if "raise" in spec:
                 frames = s.handler_failed(ev.event, ev.cb_id, ValueError(spec["raise"]))
             else:
-                frames = [] if ev.cb_id is None else [s.reply(ev.event, ev.cb_id, spec.get("reply"))]
+                frames = [] if ev.cb_id is None else [s.reply(ev.event, ev.cb_id, binify(spec.get("reply")))]
         for frame in frames:
             self.write(frame)
 
@@ -289,7 +305,7 @@ def run_vector(vector: Dict[str, Any]) -> None:
         elif "recv_binary" in step:
             d.receive(bytes.fromhex(resolve(step["recv_binary"])), True)
         elif "recv_msgpack" in step:
-            d.receive(msgpack.packb(fill(step["recv_msgpack"], caps)), True)
+            d.receive(msgpack.packb(binify(fill(resolve(step["recv_msgpack"]), caps))), True)
         elif "call" in step:
             d.call(step)
         elif "drop" in step:

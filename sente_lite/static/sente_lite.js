@@ -127,7 +127,9 @@ var SenteLite = (function () {
 
   /**
    * One frame [eventId, data, cbId?] as JSON text, or (binary: packer "msgpack") as the
-   * MessagePack bytes of the same array. TypeError when data cannot be written.
+   * MessagePack bytes of the same array. A Uint8Array (a Node Buffer too) is bytes: JSON's
+   * tagged form {"$bytes": base64}, MessagePack's bin (protocol section 10). TypeError when
+   * data cannot be written, or holds an object whose only key is "$bytes".
    */
   function encode(eventId, data, cbId, binary) {
     var frame = cbId === undefined ? [eventId, data === undefined ? null : data]
@@ -142,21 +144,113 @@ var SenteLite = (function () {
     var text;
     try {
       text = JSON.stringify(frame);
+      // Only text that may hold bytes (or the tag) is written again, bytes tagged.
+      if (MAY_HOLD_BYTES_RE.test(text)) { text = JSON.stringify(frame, tagReplacer); }
     } catch (e) {
       throw new TypeError("data of " + eventId + " is not JSON-encodable: " + e.message);
     }
     return text;
   }
 
+  // -- bytes (protocol section 10) -------------------------------------------------------------
+  // In JSON, bytes are an object whose only key is "$bytes", holding standard base64 (with
+  // padding); read back as a Uint8Array where the handshake said "bytes": true. In MessagePack
+  // they are bin. An object of that shape made by the application is refused when written.
+  var BYTES_TAG = "$bytes";
+  /** What JSON.stringify makes of a Uint8Array ({"0":..} or {}), of a Node Buffer, or the tag. */
+  var MAY_HOLD_BYTES_RE = /\{"0":|\{\}|"type":"Buffer"|"\$bytes"/;
+  /** Received text that may hold a tagged form: the key as it is, or written with \u escapes. */
+  var MAY_HOLD_TAG_RE = /"\$bytes"|\\u/;
+  var BASE64_RE = /^[A-Za-z0-9+\/]*={0,2}$/;
+  var hasOwn = Object.prototype.hasOwnProperty;
+  var NodeBuffer = typeof Buffer === "function" && typeof Buffer.from === "function" ? Buffer : null;
+
+  function tagShapeError() {
+    return new TypeError("an object whose only key is \"$bytes\" is the tagged form of bytes " +
+                         "(protocol section 10): give it a second key, or send a Uint8Array");
+  }
+
+  /** True when JSON would write only the key "$bytes" of object o. */
+  function isTagShaped(o) {
+    if (!hasOwn.call(o, BYTES_TAG)) { return false; }
+    var keys = Object.keys(o), n = 0;
+    for (var i = 0; i < keys.length; i++) {
+      var t = typeof o[keys[i]];
+      if (t !== "undefined" && t !== "function" && t !== "symbol" && ++n > 1) { return false; }
+    }
+    return n === 1;
+  }
+
+  /** JSON.stringify's replacer: a Uint8Array (before its toJSON) as the tagged form. */
+  function tagReplacer(key, value) {
+    var raw = this[key];
+    if (raw instanceof Uint8Array) {
+      var tag = {};
+      tag[BYTES_TAG] = toBase64(raw);
+      return tag;
+    }
+    if (value !== null && typeof value === "object" && !Array.isArray(value) && isTagShaped(value)) {
+      throw tagShapeError();
+    }
+    return value;
+  }
+
+  function toBase64(bytes) {
+    if (typeof bytes.toBase64 === "function") { return bytes.toBase64(); }
+    if (NodeBuffer) { return NodeBuffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64"); }
+    var parts = [];
+    for (var i = 0; i < bytes.length; i += 0x8000) {
+      parts.push(String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000)));
+    }
+    return btoa(parts.join(""));
+  }
+
+  /** The bytes of a tagged form's value; a SenteLiteError (bad-frame) unless standard base64. */
+  function fromBase64(text) {
+    if (typeof text !== "string" || text.length % 4 !== 0 || !BASE64_RE.test(text)) {
+      throw new SenteLiteError("\"$bytes\" must hold standard base64 (A-Z a-z 0-9 + /, padded with =)", "bad-frame");
+    }
+    if (typeof Uint8Array.fromBase64 === "function") { return Uint8Array.fromBase64(text); }
+    if (NodeBuffer) { return new Uint8Array(NodeBuffer.from(text, "base64")); }
+    var bin = atob(text), out = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) { out[i] = bin.charCodeAt(i); }
+    return out;
+  }
+
+  /** v (parsed JSON) with every tagged form in it replaced by its bytes (in place). */
+  function untag(v) {
+    if (v === null || typeof v !== "object") { return v; }
+    if (Array.isArray(v)) {
+      for (var i = 0; i < v.length; i++) {
+        var x = v[i];
+        if (x !== null && typeof x === "object") { v[i] = untag(x); }
+      }
+      return v;
+    }
+    if (hasOwn.call(v, BYTES_TAG) && Object.keys(v).length === 1) { return fromBase64(v[BYTES_TAG]); }
+    var keys = Object.keys(v);
+    for (var j = 0; j < keys.length; j++) {
+      var k = keys[j], y = v[k];
+      if (y === null || typeof y !== "object") { continue; }
+      var z = untag(y);
+      if (z === y) { continue; }
+      // "__proto__" from JSON.parse is an own property: keep it one
+      Object.defineProperty(v, k, { value: z, enumerable: true, writable: true, configurable: true });
+    }
+    return v;
+  }
+
   // -- MessagePack (packer "msgpack", protocol section 10) -----------------------------------
-  // Only what JSON can carry: nil, bool, int, float, str, array, map with string keys.
-  // Writing follows JSON.stringify: toJSON() is called, undefined/functions/symbols are
-  // left out of maps and are nil in arrays, NaN and +-Infinity are nil, BigInt is a
-  // TypeError; integers of magnitude up to 2^53 - 1 are written as the smallest int or
-  // uint, every other number as float64. Reading refuses bin and ext types, non-string
-  // map keys, invalid UTF-8, truncated input, bytes after the value and nesting deeper
-  // than MAX_DEPTH; float32 is read too, and a uint64/int64 beyond 2^53 becomes the
-  // nearest Number (precision is lost, as JSON.parse loses it for the same number).
+  // What JSON can carry, and bytes: nil, bool, int, float, str, bin, array, map with string keys.
+  // Writing follows JSON.stringify: toJSON() is called (but a Uint8Array, a Node Buffer too,
+  // is bin), undefined/functions/symbols are left out of maps and are nil in arrays, NaN
+  // and +-Infinity are nil, BigInt is a TypeError, a map whose only key is "$bytes" is a
+  // TypeError (the tagged form of bytes); integers of magnitude up to 2^53 - 1 are written
+  // as the smallest int or uint, every other number as float64. Reading gives bin as a
+  // Uint8Array (a copy) and refuses ext types, non-string map keys, invalid UTF-8,
+  // truncated input, bytes after the value and nesting deeper than MAX_DEPTH; float32 is
+  // read too, and a uint64/int64 beyond 2^53 becomes the nearest Number (precision is
+  // lost, as JSON.parse loses it for the same number).
   /** Deepest nesting of arrays and maps ([] is 1), as the server's MAX_JSON_DEPTH. */
   var MAX_DEPTH = 100;
   /** Levels a chsk/batch adds around the frames it carries: [event, [frame, ...]]. */
@@ -209,6 +303,7 @@ var SenteLite = (function () {
   }
 
   function mpWrite(w, v, depth) {
+    if (v instanceof Uint8Array) { mpWriteBin(w, v); return; }
     if (v !== null && typeof v === "object" && typeof v.toJSON === "function") { v = v.toJSON(); }
     switch (typeof v) {
       case "string": mpWriteStr(w, v); return;
@@ -245,6 +340,7 @@ var SenteLite = (function () {
       var t = typeof m[keys[i]];
       if (t !== "undefined" && t !== "function" && t !== "symbol") { keys[n++] = keys[i]; }
     }
+    if (n === 1 && keys[0] === BYTES_TAG) { throw tagShapeError(); }
     mpHead(w, n, 0x80, 15, 0xde);
     for (var j = 0; j < n; j++) {
       mpWriteStr(w, keys[j]);
@@ -282,6 +378,16 @@ var SenteLite = (function () {
     b[w.pos++] = 0xcb;
     view.setFloat64(w.pos, v);
     w.pos += 8;
+  }
+
+  function mpWriteBin(w, bytes) {
+    var n = bytes.length;
+    w.need(5 + n);
+    if (n < 256) { w.buf[w.pos++] = 0xc4; w.buf[w.pos++] = n; }
+    else if (n < 65536) { w.buf[w.pos++] = 0xc5; w.view.setUint16(w.pos, n); w.pos += 2; }
+    else { w.buf[w.pos++] = 0xc6; w.view.setUint32(w.pos, n); w.pos += 4; }
+    w.buf.set(bytes, w.pos);
+    w.pos += n;
   }
 
   function strHeadSize(bytes) { return bytes < 32 ? 1 : bytes < 256 ? 2 : bytes < 65536 ? 3 : 5; }
@@ -401,6 +507,9 @@ var SenteLite = (function () {
       case 0xc0: return null;
       case 0xc2: return false;
       case 0xc3: return true;
+      case 0xc4: return mpReadBin(r, r.b[mpTake(r, 1)]);
+      case 0xc5: return mpReadBin(r, view.getUint16(mpTake(r, 2)));
+      case 0xc6: return mpReadBin(r, view.getUint32(mpTake(r, 4)));
       case 0xca: return view.getFloat32(mpTake(r, 4));
       case 0xcb: return view.getFloat64(mpTake(r, 8));
       case 0xcc: return r.b[mpTake(r, 1)];
@@ -420,9 +529,13 @@ var SenteLite = (function () {
       case 0xdf: return mpReadMap(r, view.getUint32(mpTake(r, 4)), depth);
     }
     var at = " (0x" + t.toString(16) + " at byte " + (r.pos - 1) + ")";
-    if (t >= 0xc4 && t <= 0xc6) { throw MsgpackError("bin type" + at + ": frames carry only what JSON can, no binary"); }
     if (t === 0xc1) { throw MsgpackError("0xc1 is never used" + at); }
     throw MsgpackError("ext type" + at + ": frames carry only what JSON can, no extension types");
+  }
+
+  function mpReadBin(r, n) {
+    var p = mpTake(r, n);
+    return r.b.slice(p, p + n);
   }
 
   function mpReadArray(r, n, depth) {
@@ -676,6 +789,7 @@ var SenteLite = (function () {
     this._heartbeatMs = 5000;
     this._maxMessageBytes = Infinity;
     this._features = [];
+    this._bytes = false;
     this._lastRecv = now();
     this._stats = {
       framesIn: 0, framesOut: 0, handshakes: 0, reconnectAttempts: 0, connectFailures: 0,
@@ -1272,7 +1386,8 @@ var SenteLite = (function () {
     return Promise.all([token, csrf]).then(function (values) {
       if (self._csrfSource) { self.csrfToken = values[1] || null; }
       return setQuery(self.url, { "client-id": self.clientId, "token": values[0], "csrf-token": values[1],
-                                  "packer": self._binary ? "msgpack" : null, "batch": self.options.batch ? "1" : null });
+                                  "packer": self._binary ? "msgpack" : null, "batch": self.options.batch ? "1" : null,
+                                  "bytes": "1" });
     });
   };
 
@@ -1461,6 +1576,9 @@ var SenteLite = (function () {
         problem = "frame nests deeper than " + this._maxDepth + " levels";
       } else {
         try { frame = JSON.parse(raw); } catch (e) { frame = null; }
+        if (frame !== null && this._bytes && MAY_HOLD_TAG_RE.test(raw)) {
+          try { frame = untag(frame); } catch (e) { frame = null; problem = "frame holds malformed bytes: " + e.message; }
+        }
       }
     } else {
       problem = "a binary frame on a JSON connection";  // protocol section 10
@@ -1526,6 +1644,7 @@ var SenteLite = (function () {
     this._heartbeatMs = typeof info["heartbeat-ms"] === "number" && info["heartbeat-ms"] > 0 ? info["heartbeat-ms"] : 5000;
     this._maxMessageBytes = typeof info["max-message-bytes"] === "number" ? info["max-message-bytes"] : Infinity;
     this._features = Array.isArray(info.features) ? info.features : [];
+    this._bytes = info.bytes === true;  // JSON's tagged forms are read as bytes (protocol section 10)
     if (info.protocol !== PROTOCOL_VERSION) {
       this._warn("server speaks protocol " + info.protocol + ", this client " + PROTOCOL_VERSION);
     }

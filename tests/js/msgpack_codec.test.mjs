@@ -160,16 +160,40 @@ test("depth: MAX_DEPTH (100) nested arrays and maps pass, one more is refused bo
   assert.throws(() => encode(cycle), { name: "TypeError", message: /circular/ });
 });
 
-test("bin and ext types are refused with a clear error", () => {
-  const bins = ["c40100", "c5000100", "c600000001 00"];
+test("bin is read as a Uint8Array (a copy), in each of its three sizes; ext types are refused", () => {
+  const bins = [["c40100", [0]], ["c5000100", [0]], ["c600000001 07", [7]], ["c400", []]];
+  for (const [h, want] of bins) {
+    const input = unhex(h);
+    const got = decode(input);
+    assert.ok(got instanceof Uint8Array && !(got instanceof Buffer), h);
+    assert.deepEqual(Array.from(got), want, h);
+    if (got.length) { input[input.length - 1] ^= 1; assert.equal(got[0], want[0], "a copy, not a view"); }
+    assert.deepEqual(Array.from(decode(unhex("92 a465762f78" + h))[1]), want, h);  // ["ev/x", <bin>]
+  }
+  assert.throws(() => decode(unhex("c50002 00")), { code: "bad-frame", message: /truncated/ });
   const exts = ["c70101 00", "c8000101 00", "c900000001 01 00", "d401 00", "d501 0000", "d601 00000000",
                 "d701 0000000000000000", "d801 00000000000000000000000000000000"];
-  for (const h of bins) {
-    assert.throws(() => decode(unhex(h)), { code: "bad-frame", message: /bin type .*no binary/ }, h);
-    assert.throws(() => decode(unhex("92 a465762f78" + h)), /bin type/, h);  // ["ev/x", <bin>]
-  }
   for (const h of exts) { assert.throws(() => decode(unhex(h)), { code: "bad-frame", message: /ext type/ }, h); }
   assert.throws(() => decode(unhex("c1")), /never used/);
+});
+
+test("a Uint8Array or a Node Buffer is written as bin in its shortest form, at each size boundary", () => {
+  for (const [n, head] of [[0, "c400"], [255, "c4ff"], [256, "c50100"], [65535, "c5ffff"], [65536, "c600010000"]]) {
+    const bytes = new Uint8Array(n).map((_, i) => i % 251);
+    const out = encode(bytes);
+    assert.equal(hex(out).slice(0, head.length), head, String(n));
+    assert.equal(out.length, head.length / 2 + n);
+    assert.deepEqual(decode(out), bytes);
+  }
+  assert.equal(hex(encode(Buffer.from("hi"))), "c4026869");  // not Buffer.toJSON's {type, data}
+  assert.deepEqual(decode(encode({ a: [new Uint8Array([1])] })), { a: [new Uint8Array([1])] });
+});
+
+test("a map whose only key is $bytes is refused: it is the tagged form of bytes", () => {
+  assert.throws(() => encode({ $bytes: "AA==" }), { name: "TypeError", message: /\$bytes/ });
+  assert.throws(() => encode([{ x: { $bytes: 1 } }]), /tagged form/);
+  assert.throws(() => encode({ $bytes: "AA==", gone: undefined }), /tagged form/);  // written as one key
+  assert.doesNotThrow(() => encode({ $bytes: "AA==", other: 1 }));
 });
 
 test("non-string map keys, invalid UTF-8, trailing bytes are refused", () => {

@@ -32,9 +32,17 @@ function isAny(kind, v) {
   }
 }
 
-/** Check `val` against the vector pattern `pat` (placeholders: $any, $capture, $ref). */
+const toHex = (bytes) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("hex");
+
+/** Check `val` against the vector pattern `pat` (placeholders: $any, $capture, $ref; {"$bin": hex}: bytes). */
 function match(pat, val, caps, where) {
   if (pat !== null && typeof pat === "object" && !Array.isArray(pat)) {
+    if ("$bin" in pat) {
+      if (!(val instanceof Uint8Array) || toHex(val) !== pat.$bin) {
+        throw new Mismatch(`${where}: expected the bytes ${pat.$bin}, got ${val instanceof Uint8Array ? "bytes " + toHex(val) : JSON.stringify(val)}`);
+      }
+      return;
+    }
     if ("$any" in pat) {
       if (!isAny(pat.$any, val)) { throw new Mismatch(`${where}: expected any ${pat.$any}, got ${JSON.stringify(val)}`); }
       if ("not_contains" in pat && String(val).includes(pat.not_contains)) {
@@ -79,6 +87,17 @@ function matchList(pats, vals, caps, where) {
 }
 
 const resolve = (v) => (v !== null && typeof v === "object" && "$def" in v ? DATA.defs[v.$def] : v);
+
+/** `{"$bin": hex}` in a vector's value replaced by those bytes (a Uint8Array). */
+function binify(v) {
+  if (Array.isArray(v)) { return v.map(binify); }
+  if (v !== null && typeof v === "object") {
+    const keys = Object.keys(v);
+    if (keys.length === 1 && keys[0] === "$bin") { return hexBytes(v.$bin); }
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, binify(x)]));
+  }
+  return v;
+}
 
 /** `{{name}}` in strings replaced by the captured value. */
 function fill(v, caps) {
@@ -193,11 +212,11 @@ class Driver {
         c.on(step.event, (data) => {
           this.record({ type: "event", event: step.event, data });
           if ("raise" in step) { throw new Error(step.raise); }
-          return step.reply;
+          return binify(step.reply);
         });
         break;
-      case "send": c.send(step.event, step.data); break;
-      case "request": c.request(step.event, step.data).then(...this.answer(step.id, "plain")); break;
+      case "send": c.send(step.event, binify(step.data)); break;
+      case "request": c.request(step.event, binify(step.data)).then(...this.answer(step.id, "plain")); break;
       case "subscribe":
         c.subscribe(step.channel, (m) => this.record({ type: "channel-msg", channel: m.channelId, data: m.data,
                                                        from: m.from, offset: m.offset, epoch: m.epoch }),
@@ -207,8 +226,8 @@ class Driver {
       case "unsubscribe": c.unsubscribe(step.channel).then(...this.answer(step.id, "unsubscribe")); break;
       case "publish":
         if (step.ack) {
-          c.publish(step.channel, step.data, { ack: true, excludeSender: !!step.exclude_sender }).then(...this.answer(step.id, "publish"));
-        } else { c.publish(step.channel, step.data, { excludeSender: !!step.exclude_sender }); }
+          c.publish(step.channel, binify(step.data), { ack: true, excludeSender: !!step.exclude_sender }).then(...this.answer(step.id, "publish"));
+        } else { c.publish(step.channel, binify(step.data), { excludeSender: !!step.exclude_sender }); }
         break;
       default: throw new Error("unknown call " + step.call);
     }
@@ -279,7 +298,7 @@ export async function runVector(vector) {
       } else if ("recv_binary" in step) {
         await d.receive(arrayBufferOf(hexBytes(resolve(step.recv_binary))));
       } else if ("recv_msgpack" in step) {
-        await d.receive(arrayBufferOf(mpEncode(fill(step.recv_msgpack, caps))));
+        await d.receive(arrayBufferOf(mpEncode(binify(fill(resolve(step.recv_msgpack), caps)))));
       } else if ("call" in step) {
         await d.call(step);
       } else if ("drop" in step) {
