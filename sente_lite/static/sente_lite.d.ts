@@ -32,7 +32,9 @@ export interface ClientOptions {
   /** Reconnect after a lost connection (default true). */
   autoReconnect?: boolean;
   /** "json" (default) or "msgpack": MessagePack in binary frames (?packer=msgpack; the server
-   *  needs its [msgpack] extra, else it refuses with HTTP 400). Data must be JSON-like either way. */
+   *  needs its [msgpack] extra, else it refuses with HTTP 400). Data must be JSON-like either way,
+   *  plus bytes: a Uint8Array anywhere in data arrives as a Uint8Array (JSON: {"$bytes": base64}
+   *  on the wire; MessagePack: bin). An object whose only key is "$bytes" is refused (TypeError). */
   packer?: Packer;
   /** Ask the server (?batch=1) to send frames that wait for this busy connection as one
    *  chsk/batch frame (default false). Batches are read either way. */
@@ -186,14 +188,16 @@ export function fetchCsrfToken(url: string, clientId: string, options?: { fetch?
 export function backoffDelay(attempt: number, baseMs: number, maxMs: number, random?: () => number): number;
 export const VERSION: string;
 
-/** The MessagePack codec of packer "msgpack" (JSON-like values only); on the default export. */
+/** The MessagePack codec of packer "msgpack" (JSON-like values and bytes); on the default export. */
 export interface MsgpackCodec {
-  /** Bytes of value, written as JSON.stringify would (toJSON, undefined left out); TypeError for a
-   *  BigInt or nesting deeper than MAX_DEPTH. Integers up to 2^53 - 1 as int, other numbers float64. */
+  /** Bytes of value, written as JSON.stringify would (toJSON, undefined left out), a Uint8Array as
+   *  bin; TypeError for a BigInt, a map whose only key is "$bytes", or nesting deeper than MAX_DEPTH.
+   *  Integers up to 2^53 - 1 as int, other numbers float64. */
   encode(value: unknown): Uint8Array;
-  /** The value of exactly one MessagePack object; SenteLiteError (code "bad-frame") for bin/ext
-   *  types, non-string map keys, invalid UTF-8, truncation, trailing bytes or nesting deeper than
-   *  maxDepth (default MAX_DEPTH). A uint64/int64 beyond 2^53 becomes the nearest Number. */
+  /** The value of exactly one MessagePack object, bin as a Uint8Array (a copy); SenteLiteError
+   *  (code "bad-frame") for ext types, non-string map keys, invalid UTF-8, truncation, trailing
+   *  bytes or nesting deeper than maxDepth (default MAX_DEPTH). A uint64/int64 beyond 2^53 becomes
+   *  the nearest Number. */
   decode(bytes: ArrayBuffer | ArrayBufferView, maxDepth?: number): unknown;
   readonly MAX_DEPTH: number;
 }

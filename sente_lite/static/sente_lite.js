@@ -963,7 +963,9 @@ var SenteLite = (function () {
     var max = this._maxMessageBytes;
     if (typeof frame === "string" ? frame.length * 3 > max && utf8Length(frame) > max : frame.length > max) {
       throw new SenteLiteError("frame of " + (typeof frame === "string" ? utf8Length(frame) : frame.length) +
-                               " bytes is over the server's max-message-bytes (" + max + ")", "too-large");
+                               " bytes is over the server's max-message-bytes (" + max + ")" +
+                               (typeof frame === "string" && frame.indexOf('"$bytes"') >= 0
+                                 ? "; JSON carries bytes in base64 (4/3 their size)" : ""), "too-large");
     }
   };
 

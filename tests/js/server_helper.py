@@ -7,7 +7,10 @@ Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per comm
 ``{"op": "py-subscribe", "channel"}`` (a Python client, JSON packer, subscribes; one per
 helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
 ``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
-``{"op": "stop"}``. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
+``{"op": "stop"}``. Commands and answers are JSON lines in which bytes are in the tagged
+form ``{"$bytes": base64}`` (docs/protocol.md section 10): read as bytes, written from bytes.
+``py-subscribe`` takes ``"packer"`` (its first call makes the Python client). The
+``test/types`` handler answers the Python type names of its data's leaves. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
 credential accepted), ``--max-queued-bytes`` (per connection),
 ``--no-msgpack``.
 """
@@ -15,13 +18,13 @@ credential accepted), ``--max-queued-bytes`` (per connection),
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 from typing import Any, Dict, List, Optional
 
 from sente_lite import Client, Server
 from sente_lite.wire import packers
+from sente_lite.wire import protocol as p
 from sente_lite.errors import SenteLiteError
 
 
@@ -51,6 +54,7 @@ def main() -> int:
         srv.on("test/add", lambda conn, data: sum(data))
         srv.on("test/echo", lambda conn, data: {"data": data, "packer": conn.packer.name})
         srv.on("test/fail", lambda conn, data: 1 / 0)
+        srv.on("test/types", lambda conn, data: type_names(data))
 
         def note(conn: Any, data: Any) -> None:
             with lock:
@@ -71,7 +75,7 @@ def main() -> int:
     say({"url": srv.url, "port": port})
     try:
         for line in sys.stdin:
-            cmd: Dict[str, Any] = json.loads(line)
+            cmd: Dict[str, Any] = p.loads(line)
             op = cmd["op"]
             if op == "stop":
                 break
@@ -105,7 +109,7 @@ def main() -> int:
                     say({"ok": False, "code": getattr(exc, "code", type(exc).__name__)})
             elif op == "py-subscribe" and srv is not None:
                 if py is None:
-                    py = Client(srv.url)
+                    py = Client(srv.url, packer=cmd.get("packer", packers.JSON))
                 py.subscribe(cmd["channel"], py_note, timeout=5.0)
                 say({"ok": True, "uid": py.uid})
             elif op == "py-publish" and py is not None:
@@ -128,7 +132,16 @@ def main() -> int:
 
 
 def say(obj: Dict[str, Any]) -> None:
-    print(json.dumps(obj), flush=True)
+    print(p.dumps(obj), flush=True)
+
+
+def type_names(data: Any) -> Any:
+    """``data`` with every leaf replaced by its Python type's name."""
+    if isinstance(data, dict):
+        return {k: type_names(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [type_names(v) for v in data]
+    return type(data).__name__
 
 
 if __name__ == "__main__":
