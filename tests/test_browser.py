@@ -131,6 +131,64 @@ def test_pubsub_browser_and_python_both_ways(make_server, make_client, open_page
     assert page.evaluate("c.stats().channelGaps") == 0
 
 
+@pytest.mark.parametrize("packer", ["json", "msgpack"])
+def test_bytes_page_and_python_both_ways(packer: str, make_server, make_client, open_page) -> None:
+    """A page publishes a Uint8Array: Python subscribers of both packers get bytes; Python
+    publishes bytes: the page gets a Uint8Array (protocol section 10), 1 MB included."""
+    srv = make_server(max_message_bytes=2 << 20)
+    pys = {name: make_client(srv.url, packer=name) for name in ("json", "msgpack")}
+    py_got: dict = {name: [] for name in pys}
+    for name, py in pys.items():
+        py.subscribe("bin", py_got[name].append, timeout=WAIT_S)
+    page = open_page(srv)
+    assert page.evaluate(CONNECT, {"packer": packer}) is True
+    assert page.evaluate("c.handshake.bytes") is True
+    page.evaluate("""() => {
+      window.got = [];
+      const view = (v) => v instanceof Uint8Array ? {bytes: Array.from(v)}
+        : Array.isArray(v) ? v.map(view)
+        : v !== null && typeof v === "object" ? Object.fromEntries(Object.entries(v).map(([k, x]) => [k, view(x)]))
+        : v;
+      window.raw = [];
+      return c.subscribe('bin', m => { raw.push(m.data); got.push(raw.length === 3 ? null : view(m.data)); });
+    }""")
+    page.evaluate("c.publish('bin', {img: new Uint8Array([0, 1, 255]), e: new Uint8Array(0), "
+                  "l: [new Uint8Array(300).fill(7)]}, {ack: true})")
+    for name in pys:
+        msg = wait_until(lambda: py_got[name] and py_got[name][0], what=f"the page's bytes at the {name} client")
+        assert msg.data == {"img": b"\x00\x01\xff", "e": b"", "l": [b"\x07" * 300]}, name
+    blob = os.urandom(1 << 20)
+    pys["msgpack"].publish("bin", [b"\xfe", {"k": b""}], ack=True, timeout=WAIT_S)
+    pys["json"].publish("bin", blob, ack=True, timeout=WAIT_S)
+    page.wait_for_function("got.length === 3")
+    got = page.evaluate("got.slice(0, 2)")
+    assert got == [{"img": {"bytes": [0, 1, 255]}, "e": {"bytes": []}, "l": [{"bytes": [7] * 300}]},
+                   [{"bytes": [254]}, {"k": {"bytes": []}}]]
+    big = page.evaluate("""() => {
+      const b = raw[2];
+      let sum = 0;
+      for (let i = 0; i < b.length; i++) { sum = (sum * 31 + b[i]) >>> 0; }
+      return [b instanceof Uint8Array, b.length, sum];
+    }""")
+    want = 0
+    for x in blob:
+        want = (want * 31 + x) & 0xFFFFFFFF
+    assert big == [True, len(blob), want]
+    srv.on("app/echo", lambda conn, data: data)
+    # without the runtime's own base64 (Uint8Array.fromBase64/toBase64): the atob/btoa path
+    natives = page.evaluate("""async () => {
+      const had = [typeof Uint8Array.fromBase64, typeof Uint8Array.prototype.toBase64];
+      delete Uint8Array.fromBase64;
+      delete Uint8Array.prototype.toBase64;
+      const sent = new Uint8Array(70000).map((_, i) => (i * 13) & 0xff);
+      const back = await c.request('app/echo', [sent, new Uint8Array(0)]);
+      return had.concat([back[0] instanceof Uint8Array && back[0].length === sent.length
+                         && back[0].every((x, i) => x === sent[i]), back[1].length]);
+    }""")
+    assert natives == ["function", "function", True, 0], natives  # Chromium has both, then neither
+    assert page.evaluate("c.stats().badFramesFromServer") == 0
+
+
 def test_request_reply_both_ways(make_server, open_page) -> None:
     srv = make_server()
     srv.on("app/add", lambda conn, data: sum(data))

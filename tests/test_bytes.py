@@ -8,7 +8,7 @@ import base64
 import http.client
 import json
 import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pytest
 
