@@ -95,3 +95,15 @@ def test_idle_connections_are_held_with_heartbeats(capsys: pytest.CaptureFixture
     printed = capsys.readouterr().out
     assert "sente_lite: all 3 connections served" in printed
     assert not multiprocessing.active_children()
+
+
+def test_binary_payload_bench_runs_every_pair_of_packers(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("msgpack", reason="the [msgpack] extra (msgpack) is not installed")
+    from sente_lite.bench import binary
+    assert binary.main(["--bytes", "3000", "--messages", "2", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    for pub, sub in (("json", "json"), ("json", "msgpack"), ("msgpack", "json"), ("msgpack", "msgpack")):
+        assert any(line.split()[:2] == [pub, sub] for line in out.splitlines()), out
+    json_frame, mp_frame = binary._frame_size("json", bytes(3000)), binary._frame_size("msgpack", bytes(3000))
+    assert 4000 < json_frame < 4200 and 3000 < mp_frame < 3100  # base64 in JSON, bin in MessagePack
+    assert f" {json_frame}\n" in out and f" {mp_frame}\n" in out
