@@ -119,7 +119,7 @@ class MsgpackPacker(Packer):
             out = self._msgpack.packb(value, use_bin_type=True)
         except (TypeError, ValueError, OverflowError, BufferError) as exc:
             raise EncodeError(f"not MessagePack-encodable: {exc}") from None
-        if not checked and _TAG_KEY in out:  # rare: only then is the value walked
+        if not checked and out.find(_TAG_KEY) >= 0:  # rare: only then is the value walked
             problem = p.tag_shaped_problem(value)
             if problem is not None:
                 raise EncodeError(problem)

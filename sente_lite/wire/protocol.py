@@ -275,7 +275,8 @@ def may_hold_tags(text: Union[str, bytes, bytearray]) -> bool:
     key's literal text nor a ``\\u`` escape (which could spell the key)."""
     if isinstance(text, str):
         return _TAG_TEXT in text or "\\u" in text
-    return _TAG_UTF8 in text or b"\\u" in text
+    # bytes.find: ``in`` first tries the needle as an int, at a cost of its own
+    return text.find(_TAG_UTF8) >= 0 or text.find(b"\\u") >= 0
 
 
 def _unbase64(value: Any) -> bytes:
