@@ -273,10 +273,12 @@ def tag_shaped_problem(value: Any) -> Optional[str]:
 def may_hold_tags(text: Union[str, bytes, bytearray]) -> bool:
     """False when JSON ``text`` certainly holds no tagged bytes: it has neither the
     key's literal text nor a ``\\u`` escape (which could spell the key)."""
+    # One-character searches first (memchr): most frames hold neither "$" nor a backslash.
     if isinstance(text, str):
-        return _TAG_TEXT in text or "\\u" in text
+        return ("$" in text and _TAG_TEXT in text) or ("\\" in text and "\\u" in text)
     # bytes.find: ``in`` first tries the needle as an int, at a cost of its own
-    return text.find(_TAG_UTF8) >= 0 or text.find(b"\\u") >= 0
+    return ((text.find(b"$") >= 0 and text.find(_TAG_UTF8) >= 0)
+            or (text.find(b"\\") >= 0 and text.find(b"\\u") >= 0))
 
 
 def _unbase64(value: Any) -> bytes:
