@@ -154,18 +154,40 @@ def error_frame(code: str, message: str, cb_id: Optional[str], event: Optional[s
     return packer.encode(p.EV_ERROR, p.error_data(code, message, event))
 
 
-def reply_frame(event: str, result: Any, cb_id: str,
-                packer: Packer = JSON_PACKER) -> Tuple[bytes, bool]:
+def reply_frame(event: str, result: Any, cb_id: str, packer: Packer = JSON_PACKER,
+                max_bytes: Optional[int] = None) -> Tuple[bytes, bool]:
     """The answer to request ``cb_id`` of ``event`` whose handler returned ``result``:
     ``(chsk/reply frame, True)``, or ``(handler-error frame, False)`` when ``result``
-    cannot be encoded (logged). One rule for both sides."""
+    cannot be encoded or its frame is over ``max_bytes`` (logged). One rule for both sides."""
     try:
-        return packer.encode(p.EV_REPLY, result, cb_id), True
+        frame = packer.encode(p.EV_REPLY, result, cb_id)
+        check_frame_size(frame, max_bytes)
+        return frame, True
+    except MessageTooLarge as exc:
+        log.error("reply of handler for %s not sent: %s", event, exc)
+        return error_frame(p.ERR_HANDLER_ERROR, f"reply of {event} is too large", cb_id,
+                           None, packer), False
     except p.EncodeError:
         log.error("reply of handler for %s is not %s-encodable", event, packer.name.upper())
         return error_frame(p.ERR_HANDLER_ERROR,
                            f"reply of {event} is not {packer.name.upper()}-encodable", cb_id,
                            None, packer), False
+
+
+def check_frame_size(frame: bytes, max_bytes: Optional[int]) -> None:
+    """Raise :class:`MessageTooLarge` when ``frame`` is over ``max_bytes`` (a server's
+    ``max-message-bytes``: it would close the connection with 1009); None: no limit."""
+    if max_bytes is not None and len(frame) > max_bytes:
+        raise MessageTooLarge(
+            f"frame of {len(frame)} bytes is over the server's max-message-bytes ({max_bytes})"
+            + ("; JSON carries bytes in base64 (4/3 their size)"
+               if frame.find(b'"' + p.BYTES_TAG.encode("ascii") + b'"') >= 0 else ""))
+
+
+def message_limit(handshake: Optional["Handshake"]) -> Optional[int]:
+    """The ``max-message-bytes`` a handshake gave (None before any, or when it gives none)."""
+    limit = handshake.info.get("max-message-bytes") if handshake is not None else None
+    return limit if type(limit) is int and limit > 0 else None
 
 
 def handler_error_frames(event: str, cb_id: Optional[str], exc: BaseException,
@@ -188,13 +210,15 @@ def no_handler_frames(event: str, cb_id: Optional[str], packer: Packer = JSON_PA
 class _Requests:
     """Our outstanding requests to the peer: cb-id -> (waiter, event, deadline)."""
 
-    __slots__ = ("_table", "_lock", "_ids", "_prefix")
+    __slots__ = ("_table", "_lock", "_ids", "_prefix", "max_bytes")
 
     def __init__(self, prefix: str) -> None:
         self._table: Dict[str, Tuple[Waiter, str, float]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._prefix = prefix
+        #: the peer's ``max-message-bytes``: a larger frame raises MessageTooLarge (None: no limit)
+        self.max_bytes: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -202,10 +226,13 @@ class _Requests:
     def add_encoded(self, waiter: Waiter, event: str, data: Any, deadline: float,
                     limit: Optional[int] = None, packer: Packer = JSON_PACKER) -> Tuple[str, bytes]:
         """Register a request and encode its frame (nothing stays registered when
-        ``data`` cannot be encoded: the EncodeError propagates)."""
+        ``data`` cannot be encoded, or its frame is over ``max_bytes``: the EncodeError or
+        MessageTooLarge propagates)."""
         cb_id = self.add(waiter, event, deadline, limit)
         try:
-            return cb_id, packer.encode(event, data, cb_id)
+            frame = packer.encode(event, data, cb_id)
+            check_frame_size(frame, self.max_bytes)
+            return cb_id, frame
         except BaseException:
             self.pop(cb_id)
             raise
@@ -890,8 +917,7 @@ class ClientSession(_ChannelRules):
     handshake_info: Optional[Handshake] = None
     counts: Dict[str, int] = field(default_factory=dict)
     packer: Packer = JSON_PACKER
-    #: the last handshake said ``"bytes": true``: JSON's tagged forms are read as bytes
-    bytes_on: bool = False
+    bytes_on: bool = False  # the last handshake said "bytes": true (tagged forms read as bytes)
 
     def __post_init__(self) -> None:
         self._subs: Dict[str, _ClientSub] = {}
@@ -933,31 +959,8 @@ class ClientSession(_ChannelRules):
     # -- requests and publishes ---------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
                 timeout: float) -> Tuple[str, bytes]:
-        """Register a request; returns its cb-id and frame. Raises
-        :class:`MessageTooLarge` over the server's ``max-message-bytes``."""
-        cb_id, frame = self._requests.add_encoded(waiter, event, data, now + timeout,
-                                                  packer=self.packer)
-        self._check_registered(cb_id, frame)
-        return cb_id, frame
-
-    def check_size(self, frame: bytes) -> None:
-        """Raise :class:`MessageTooLarge` when ``frame`` is over the ``max-message-bytes``
-        of the last handshake (the server would close the connection with 1009)."""
-        info = self.handshake_info.info if self.handshake_info is not None else {}
-        limit = info.get("max-message-bytes")
-        if type(limit) is int and len(frame) > limit:
-            raise MessageTooLarge(
-                f"frame of {len(frame)} bytes is over the server's max-message-bytes ({limit})"
-                + ("; JSON carries bytes in base64 (4/3 their size)" if self.packer.name == "json"
-                   and p.BYTES_TAG.encode("ascii") in frame else ""))
-
-    def _check_registered(self, cb_id: str, frame: bytes) -> None:
-        """:meth:`check_size` for a request just registered (forgotten when refused)."""
-        try:
-            self.check_size(frame)
-        except MessageTooLarge:
-            self._requests.pop(cb_id)
-            raise
+        """Register a request; returns its cb-id and frame."""
+        return self._requests.add_encoded(waiter, event, data, now + timeout, packer=self.packer)
 
     def forget(self, cb_id: str) -> None:
         """Stop waiting for ``cb_id`` (its caller gave up). A publish stays in the
@@ -976,8 +979,7 @@ class ClientSession(_ChannelRules):
     def publish(self, channel_id: str, data: Any, exclude_sender: bool, waiter: Optional[Waiter],
                 now: float, traceparent: Optional[str] = None) -> Tuple[str, bytes]:
         """A publish with a fresh id, kept until acknowledged (and resent after a
-        reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``,
-        :class:`MessageTooLarge` over the server's ``max-message-bytes``."""
+        reconnect). Raises :class:`LimitExceeded` past ``max_unacked_publishes``."""
         if len(self._unacked) >= self.max_unacked_publishes:
             self._count("unacked_publish_overflows")
             raise LimitExceeded(f"{len(self._unacked)} publishes already await their ack "
@@ -990,7 +992,6 @@ class ClientSession(_ChannelRules):
             body[tracing.TRACEPARENT] = traceparent
         cb_id, frame = self._requests.add_encoded(waiter, p.EV_PUBLISH, body, float("inf"),
                                                   packer=self.packer)
-        self._check_registered(cb_id, frame)
         self._kinds[cb_id] = (_PUBLISH_KIND, publish_id)
         self._unacked[cb_id] = _Unacked(publish_id, frame, waiter)
         return cb_id, frame
@@ -1038,16 +1039,8 @@ class ClientSession(_ChannelRules):
     # -- answers to the server's requests -------------------------------------------------
     def reply(self, event: str, cb_id: str, result: Any) -> bytes:
         """The reply to the server's request ``cb_id`` whose handler returned ``result``
-        (a ``handler-error`` frame, counted, when it cannot be encoded or is over the
-        server's ``max-message-bytes``)."""
-        frame, ok = reply_frame(event, result, cb_id, self.packer)
-        if ok:
-            try:
-                self.check_size(frame)
-            except MessageTooLarge as exc:
-                log.error("reply of handler for %s not sent: %s", event, exc)
-                frame, ok = error_frame(p.ERR_HANDLER_ERROR, f"reply of {event} is too large",
-                                        cb_id, None, self.packer), False
+        (a ``handler-error`` frame, counted, when it cannot be encoded)."""
+        frame, ok = reply_frame(event, result, cb_id, self.packer, self._requests.max_bytes)
         if not ok:
             self._count("handler_errors")
         return frame
@@ -1138,6 +1131,7 @@ class ClientSession(_ChannelRules):
                             else DEFAULT_HEARTBEAT_S)
         self.handshake_info = Handshake(uid, csrf, info, first)
         self.bytes_on = info.get(p.K_BYTES) is True
+        self._requests.max_bytes = message_limit(self.handshake_info)
         self._count("handshakes")
         events: List[Any] = [self.handshake_info]
         status = self.transition(ON_HANDSHAKE)
@@ -1217,4 +1211,5 @@ __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "Subscri
            "UnsubscribeRequest", "PublishRequest", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
-           "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame"]
+           "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
+           "message_limit"]

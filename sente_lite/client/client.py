@@ -288,7 +288,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
             raise ValueError(f"invalid event-id {event!r}")
         data = _traced(data, traceparent)
         frame = self._session.packer.encode(event, data)
-        self._session.check_size(frame)
+        ss.check_frame_size(frame, ss.message_limit(self._session.handshake_info))
         self._send_frame(frame, None)
 
     def request(self, event: str, data: Any = None, timeout: Optional[float] = None, *,
