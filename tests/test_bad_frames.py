@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from sente_lite import Server
+from sente_lite import MessageTooLarge, Server
 from support import RawWS, wait_until
 
 BAD_TEXT_FRAMES = [
@@ -100,6 +100,12 @@ def test_oversize_frame_from_client_surfaces(make_server: Callable[..., Server],
                                              make_client: Callable[..., object]) -> None:
     srv = make_server(max_message_bytes=1024)
     c = make_client(srv.url, auto_reconnect=False)
-    c.send("app/big", "x" * 2000)  # type: ignore[attr-defined]
-    assert c.wait_status("closed", 5)  # type: ignore[attr-defined]
-    assert c.stats()["closed_by_server_1009"] == 1  # type: ignore[attr-defined]
+    with pytest.raises(MessageTooLarge):  # refused before sending: the limit is known
+        c.send("app/big", "x" * 2000)  # type: ignore[attr-defined]
+    assert c.status == "connected"  # type: ignore[attr-defined]
+    # Queued before any handshake, a frame meets no limit here: the server's 1009 surfaces.
+    late = make_client(srv.url, connect=False, auto_reconnect=False, start=False)
+    late.send("app/big", "x" * 2000)  # type: ignore[attr-defined]
+    late.start()  # type: ignore[attr-defined]
+    assert late.wait_status("closed", 5)  # type: ignore[attr-defined]
+    assert late.stats()["closed_by_server_1009"] == 1  # type: ignore[attr-defined]
