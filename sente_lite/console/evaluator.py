@@ -1,0 +1,274 @@
+"""One nREPL session's evaluation: its namespace, its own eval thread, interrupts, output.
+
+Code runs on the session's thread (``sente-lite-console-eval-N``), one request at a
+time in arrival order. ``interrupt`` raises :class:`EvalInterrupted` in that thread
+with CPython's ``PyThreadState_SetAsyncExc`` (checked between bytecodes, so a busy
+Python loop stops at once; code blocked inside a C call stops when it returns).
+What the code prints goes to the requester as ``out``/``err`` messages.
+"""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import itertools
+import keyword
+import logging
+import queue
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+
+log = logging.getLogger("sente_lite.console")
+
+Reply = Callable[[Dict[str, Any]], None]
+#: Characters of printed output gathered before an ``out``/``err`` message goes (also at each newline).
+OUT_CHUNK_CHARS = 4096
+#: Completion candidates returned at most.
+MAX_COMPLETIONS = 200
+_NOTHING = object()
+_thread_seq = itertools.count(1)
+
+
+class EvalInterrupted(BaseException):
+    """Raised inside evaluated code by an nREPL ``interrupt`` (a BaseException, so
+    ``except Exception`` in that code does not swallow it)."""
+
+
+def _set_async_exc(ident: int, exc: Optional[type]) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
+                                               ctypes.py_object(exc) if exc is not None else None)
+
+
+# -- output ---------------------------------------------------------------------
+class _Stream:
+    """A text sink that sends what is written as ``{key: text}`` messages."""
+
+    def __init__(self, reply: Reply, key: str, base: Dict[str, Any]) -> None:
+        self._reply, self._key, self._base = reply, key, base
+        self._parts: List[str] = []
+        self._size = 0
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        self._size += len(text)
+        if "\n" in text or self._size >= OUT_CHUNK_CHARS:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self._parts:
+            text, self._parts, self._size = "".join(self._parts), [], 0
+            self._reply(dict(self._base, **{self._key: text}))
+
+
+class _Router:
+    """Replaces ``sys.stdout``/``sys.stderr`` while a console runs: an eval thread's
+    writes go to its requester, every other thread's to the original stream."""
+
+    local = threading.local()
+
+    def __init__(self, original: TextIO, index: int) -> None:
+        self.original, self.index = original, index
+
+    def write(self, text: str) -> int:
+        streams = getattr(self.local, "streams", None)
+        if streams is not None:
+            return int(streams[self.index].write(text))
+        return self.original.write(text)
+
+    def flush(self) -> None:
+        streams = getattr(self.local, "streams", None)
+        (streams[self.index] if streams is not None else self.original).flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.original, name)
+
+
+_router_lock = threading.Lock()
+_router_users = 0
+
+
+def install_router() -> None:
+    """Route eval threads' output (counted: one call per console started)."""
+    global _router_users
+    with _router_lock:
+        if _router_users == 0:
+            sys.stdout = _Router(sys.stdout, 0)  # type: ignore[assignment]
+            sys.stderr = _Router(sys.stderr, 1)  # type: ignore[assignment]
+        _router_users += 1
+
+
+def uninstall_router() -> None:
+    """Undo one :func:`install_router`."""
+    global _router_users
+    with _router_lock:
+        _router_users -= 1
+        if _router_users == 0:
+            for name in ("stdout", "stderr"):
+                current = getattr(sys, name)
+                if isinstance(current, _Router):
+                    setattr(sys, name, current.original)
+
+
+# -- running code ---------------------------------------------------------------
+def run_code(code: str, namespace: Dict[str, Any], filename: str) -> Any:
+    """Run ``code`` in ``namespace``; the value of a final expression, else ``_NOTHING``."""
+    tree = ast.parse(code, filename, "exec")
+    last: Optional[ast.Expression] = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body.pop().value)
+    exec(compile(tree, filename, "exec"), namespace)
+    if last is not None:
+        return eval(compile(last, filename, "eval"), namespace)
+    return _NOTHING
+
+
+def completions(prefix: str, namespace: Dict[str, Any]) -> List[Dict[str, str]]:
+    """Names completing ``prefix`` (``a.b.c`` resolved with getattr only: nothing is run)."""
+    head, dot, stem = prefix.rpartition(".")
+    if dot:
+        parts = head.split(".")
+        if not all(part.isidentifier() for part in parts):
+            return []
+        try:
+            obj = namespace[parts[0]] if parts[0] in namespace else getattr(
+                namespace.get("__builtins__", __builtins__), parts[0])
+            for part in parts[1:]:
+                obj = getattr(obj, part)
+        except Exception:
+            return []
+        names = [n for n in dir(obj) if n.startswith(stem) and (stem.startswith("_") or not n.startswith("_"))]
+        items: List[Tuple[str, Any]] = [(f"{head}.{n}", getattr(obj, n, None)) for n in names]
+    else:
+        builtins = namespace.get("__builtins__", {})
+        builtins = builtins if isinstance(builtins, dict) else vars(builtins)
+        pool = {**builtins, **namespace}
+        items = [(n, v) for n, v in pool.items() if n.startswith(prefix) and not n.startswith("__")]
+        items += [(k, None) for k in keyword.kwlist if k.startswith(prefix)]
+    items.sort(key=lambda kv: kv[0])
+    return [{"candidate": name, "type": _kind(value)} for name, value in items[:MAX_COMPLETIONS]]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, type):
+        return "class"
+    if callable(value):
+        return "function"
+    if type(value).__name__ == "module":
+        return "namespace"
+    return "var"
+
+
+class EvalSession:
+    """An nREPL session: a namespace and the thread that evaluates in it."""
+
+    def __init__(self, session_id: str, owner: str, namespace: Dict[str, Any]) -> None:
+        self.id = session_id
+        self.owner = owner
+        self.namespace = namespace
+        self._jobs: "queue.SimpleQueue[Optional[Tuple[Dict[str, Any], Reply, str, str]]]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._current: Optional[str] = None  # id of the message whose code is running
+        self._interrupted = False
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name=f"sente-lite-console-eval-{next(_thread_seq)}")
+        self._thread.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while code of this session is running."""
+        return self._current is not None
+
+    def submit(self, msg: Dict[str, Any], reply: Reply, code: str, filename: str) -> None:
+        """Queue ``code`` for evaluation; its answers go to ``reply``."""
+        self._jobs.put((msg, reply, code, filename))
+
+    def interrupt(self, interrupt_id: Optional[str]) -> str:
+        """Stop the running evaluation: ``done``, ``session-idle`` or ``interrupt-id-mismatch``."""
+        with self._lock:
+            if self._current is None:
+                return "session-idle"
+            if interrupt_id is not None and str(interrupt_id) != self._current:
+                return "interrupt-id-mismatch"
+            if not self._interrupted and self._thread.ident is not None:
+                self._interrupted = True
+                _set_async_exc(self._thread.ident, EvalInterrupted)
+        return "done"
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Stop the thread (interrupting running code); False if it is still running after ``timeout``."""
+        self._jobs.put(None)
+        self.interrupt(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("console session %s: evaluation did not stop within %.1fs (blocked in a C call?)",
+                        self.id, timeout)
+            return False
+        return True
+
+    # -- the eval thread -------------------------------------------------------
+    def _serve(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                self._run(*job)
+            except EvalInterrupted:  # arrived after the evaluation's own handlers
+                self._leave()
+
+    def _enter(self, msg_id: str) -> None:
+        with self._lock:
+            self._current, self._interrupted = msg_id, False
+
+    def _leave(self) -> None:
+        with self._lock:
+            if self._interrupted and self._thread.ident is not None:
+                _set_async_exc(self._thread.ident, None)  # drop one not delivered yet
+            self._current, self._interrupted = None, False
+
+    def _run(self, msg: Dict[str, Any], reply: Reply, code: str, filename: str) -> None:
+        base = {"id": msg.get("id"), "session": self.id}
+        out, err = _Stream(reply, "out", base), _Stream(reply, "err", base)
+        status = ["done"]
+        _Router.local.streams = (out, err)
+        try:
+            self._enter(str(msg.get("id")))
+            try:
+                value = run_code(code, self.namespace, filename)
+            finally:
+                self._leave()
+            out.flush()
+            if value is not _NOTHING:
+                self.namespace["_"] = value
+                reply(dict(base, value=repr(value), ns="user"))
+        except EvalInterrupted:
+            self._leave()
+            status = ["done", "interrupted"]
+        except BaseException as exc:  # noqa: BLE001 - the operator's code: any error is the answer
+            self._leave()
+            out.flush()
+            err.write("".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__))))
+            err.flush()
+            reply(dict(base, ex=type(exc).__name__, **{"root-ex": _root(exc).__class__.__name__}))
+            status = ["done", "eval-error"]
+        finally:
+            _Router.local.streams = None
+        out.flush()
+        err.flush()
+        reply(dict(base, status=status))
+
+
+def _user_frames(tb: Any) -> Any:
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+        tb = tb.tb_next
+    return tb
+
+
+def _root(exc: BaseException) -> BaseException:
+    seen = 0
+    while exc.__cause__ is not None and seen < 100:
+        exc, seen = exc.__cause__, seen + 1
+    return exc
