@@ -1,4 +1,4 @@
-"""Command line: ``sente-lite serve | sub | pub | bench`` (also ``python -m sente_lite``)."""
+"""Command line: ``sente-lite serve | sub | pub | console | bench`` (also ``python -m sente_lite``)."""
 
 from __future__ import annotations
 
@@ -150,6 +150,11 @@ SERVE_SETTINGS = (
             "largest API request body; a larger one is refused 413", "api_max_body_bytes"),
     Setting("--api-rate-limit", "float", lim.DEFAULT_API_RATE_LIMIT,
             "API requests per second per key (429 beyond); 0 turns it off", "api_rate_limit"),
+    Setting("--console", "bool", False, "serve a remote Python console (nREPL) on 127.0.0.1 and write "
+            "./.nrepl-port (sente-lite console connects to it); see docs/console.md"),
+    Setting("--console-port", "int", 0, "the console's TCP port on 127.0.0.1 (0: a free one)"),
+    Setting("--console-user", "list", None, "a uid (set by an authenticate hook) allowed to use the console "
+            "over the WebSocket (repeatable; env: comma-separated)"),
 )
 #: Settings for which 0 means "no limit" (None).
 _ZERO_IS_OFF = ("rate_limit", "api_rate_limit")
@@ -214,6 +219,10 @@ def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
 def server_from_settings(values: Mapping[str, Any]) -> Server:
     """The :class:`Server` that :func:`resolve_serve_settings`' values describe (not started)."""
     kwargs = {s.server_arg: values[s.dest] for s in SERVE_SETTINGS if s.server_arg}
+    if values.get("console"):
+        from .console import Console
+        kwargs["console"] = Console(port=values["console_port"],
+                                    console_users=tuple(values["console_user"] or ()))
     return Server(values["host"], values["port"], expose_metrics=not values["no_metrics"], **kwargs)
 
 
@@ -333,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show each message's traceparent and trace id" if name == "sub" else
                        "publish with a new W3C traceparent (the reply shows it)")
         p.set_defaults(func=func)
+
+    from .console import cli as console_cli
+    con = sub.add_parser("console", help="a remote Python console (nREPL) of a server or client",
+                         description=console_cli.__doc__)
+    console_cli.add_arguments(con)
+    con.set_defaults(func=console_cli.run)
 
     try:
         from .bench import fanout as bench
