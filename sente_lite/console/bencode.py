@@ -111,7 +111,8 @@ class _Parser:
         raise BencodeError(f"unexpected byte {data[pos:pos + 1]!r} at offset {pos}: "
                            "expected i, l, d or a string length")
 
-    def _digits(self, start: int, end_byte: bytes, limit: int, what: str) -> Tuple[bytes, int]:
+    def _digits(self, start: int, end_byte: bytes, limit: int, what: str,
+                limit_name: str) -> Tuple[bytes, int]:
         end = self.data.find(end_byte, start, start + limit + 1)
         if end < 0:
             window = self.data[start:start + limit + 1]
@@ -119,7 +120,7 @@ class _Parser:
             if len(window) > limit:
                 if number:
                     raise BencodeError(f"{what} at offset {start} has more than {limit} characters "
-                                       "(over the codec's limits)")
+                                       f"(over {limit_name})")
                 raise BencodeError(f"bad {what} at offset {start}: {window[:20]!r}")
             if window not in (b"", b"-") and not number:
                 raise BencodeError(f"bad {what} at offset {start}: {window[:20]!r}")
@@ -127,7 +128,8 @@ class _Parser:
         return self.data[start:end], end + 1
 
     def integer(self, pos: int) -> Tuple[int, int]:
-        digits, after = self._digits(pos, b"e", self.max_int_digits + 1, "integer")
+        digits, after = self._digits(pos, b"e", self.max_int_digits + 1, "integer",
+                                     f"max_int_digits {self.max_int_digits}")
         body = digits[1:] if digits[:1] == b"-" else digits
         if not body.isdigit() or not body.isascii():
             raise BencodeError(f"bad integer {digits[:40]!r} at offset {pos}")
@@ -139,7 +141,8 @@ class _Parser:
         return int(digits), after
 
     def raw_string(self, pos: int) -> Tuple[bytes, int]:
-        digits, start = self._digits(pos, b":", len(str(self.max_bytes)), "string length")
+        digits, start = self._digits(pos, b":", len(str(self.max_bytes)), "string length",
+                                    f"max_message_bytes {self.max_bytes}")
         if not digits.isdigit() or not digits.isascii():
             raise BencodeError(f"bad string length {digits[:20]!r} at offset {pos}")
         if digits[:1] == b"0" and len(digits) > 1:
