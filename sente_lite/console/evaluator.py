@@ -17,6 +17,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
 
@@ -94,10 +95,21 @@ def install_router() -> None:
     """Route eval threads' output (counted: one call per console started)."""
     global _router_users
     with _router_lock:
-        if _router_users == 0:
-            sys.stdout = _Router(sys.stdout, 0)  # type: ignore[assignment]
-            sys.stderr = _Router(sys.stderr, 1)  # type: ignore[assignment]
         _router_users += 1
+    ensure_routed()
+
+
+def ensure_routed() -> None:
+    """Put the routers back if something replaced ``sys.stdout``/``sys.stderr`` since
+    (``contextlib.redirect_stdout``, a test runner's capture): called before each eval."""
+    if isinstance(sys.stdout, _Router) and isinstance(sys.stderr, _Router):
+        return
+    with _router_lock:
+        if _router_users > 0:
+            if not isinstance(sys.stdout, _Router):
+                sys.stdout = _Router(sys.stdout, 0)  # type: ignore[assignment]
+            if not isinstance(sys.stderr, _Router):
+                sys.stderr = _Router(sys.stderr, 1)  # type: ignore[assignment]
 
 
 def uninstall_router() -> None:
@@ -172,6 +184,7 @@ class EvalSession:
         self._lock = threading.Lock()
         self._current: Optional[str] = None  # id of the message whose code is running
         self._interrupted = False
+        self._closing = False
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name=f"sente-lite-console-eval-{next(_thread_seq)}")
         self._thread.start()
@@ -199,9 +212,12 @@ class EvalSession:
 
     def close(self, timeout: float = 2.0) -> bool:
         """Stop the thread (interrupting running code); False if it is still running after ``timeout``."""
+        self._closing = True
         self._jobs.put(None)
-        self.interrupt(None)
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            self.interrupt(None)  # again: an eval queued before the close may start meanwhile
+            self._thread.join(0.05)
         if self._thread.is_alive():
             log.warning("console session %s: evaluation did not stop within %.1fs (blocked in a C call?)",
                         self.id, timeout)
@@ -215,6 +231,9 @@ class EvalSession:
                 job = self._jobs.get()
                 if job is None:
                     return
+                if self._closing:
+                    job[1]({"id": job[0].get("id"), "session": self.id, "status": ["done", "session-closed"]})
+                    continue
                 self._run(*job)
             except EvalInterrupted:  # arrived after the evaluation's own handlers
                 self._leave()
@@ -233,6 +252,7 @@ class EvalSession:
         base = {"id": msg.get("id"), "session": self.id}
         out, err = _Stream(reply, "out", base), _Stream(reply, "err", base)
         status = ["done"]
+        ensure_routed()
         _Router.local.streams = (out, err)
         try:
             self._enter(str(msg.get("id")))

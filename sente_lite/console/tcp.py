@@ -38,7 +38,12 @@ class _Conn:
         self.thread: Optional[threading.Thread] = None
 
     def send(self, msg: Dict[str, Any]) -> None:
-        data = encode(msg)
+        try:
+            data = encode({k: v for k, v in msg.items() if v is not None})
+        except BencodeError as exc:  # an answer bencode cannot carry: say so instead
+            log.error("console: answer to %s not sent: %s", self.peer, exc)
+            data = encode({"id": msg.get("id") or "", "status": ["done", "error", "bad-answer"],
+                           "err": f"the answer could not be encoded: {exc}\n"})
         with self.lock:
             try:
                 self.sock.sendall(data)
