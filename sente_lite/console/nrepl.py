@@ -28,7 +28,16 @@ audit = logging.getLogger("sente_lite.console.audit")
 #: What ``describe`` says about the console (also in its ``aux``).
 RISK = ("this console runs any Python code it is sent with the full rights of the process "
         "(files, network, secrets in memory): give access only to operators you trust")
-OPS = ("clone", "close", "completions", "describe", "eval", "interrupt", "load-file", "ls-sessions")
+OPS = {
+    "clone": "a new session (a copy of `session`'s namespace when given): new-session",
+    "close": "close `session` and stop its thread",
+    "completions": "names completing `prefix` in `session`'s namespace (nothing is evaluated)",
+    "describe": "this console's ops, versions and risk",
+    "eval": "run `code` in `session`: out/err as printed, value, ex on an exception",
+    "interrupt": "stop the running eval of `session` (`interrupt-id`: only that one)",
+    "load-file": "run the contents `file` in `session`, as eval",
+    "ls-sessions": "this connection's sessions",
+}
 _SECRET_RE = re.compile(
     r"(?i)(\b[\w.]*(?:password|passwd|secret|token|api[_-]?key|private[_-]?key|credential)s?[\w]*"
     r"\s*[=:]\s*)('[^'\n]*'|\"[^\"\n]*\"|[^\s,)]+)")
@@ -146,7 +155,7 @@ class Nrepl:
     def _describe(self, msg: Dict[str, Any], reply: Reply, *_: Any) -> None:
         from .. import __version__
         py = platform.python_version_tuple()
-        reply({"id": msg.get("id"), "ops": {op: {} for op in OPS},
+        reply({"id": msg.get("id"), "ops": {op: {"doc": doc} for op, doc in OPS.items()},
                "versions": {"nrepl": {"major": 1, "minor": 0, "incremental": 0, "version-string": "1.0.0"},
                             "python": {"major": int(py[0]), "minor": int(py[1]),
                                        "version-string": platform.python_version()},
