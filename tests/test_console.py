@@ -15,7 +15,7 @@ from sente_lite import Client, Console, ConsoleSettings, Server
 from sente_lite.console import WS_EVENT
 from sente_lite.console.bencode import Decoder, encode
 from sente_lite.console.client import ConsoleClient, TcpTransport, status_of
-from sente_lite.console.ws import WsClientTransport
+from sente_lite.console.client import WsClientTransport
 from support import WAIT_S, wait_until
 
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}

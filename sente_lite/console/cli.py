@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, List, Optional
 
-from .client import ConsoleClient, ConsoleError, TcpTransport, status_of
+from .client import ConsoleClient, ConsoleError, TcpTransport, WsClientTransport, status_of
 from .settings import DEFAULT_PORT_FILE
 
 #: Where the interactive prompt keeps its history (env SENTE_LITE_CONSOLE_HISTORY overrides).
@@ -48,7 +48,6 @@ def connect(args: argparse.Namespace) -> Any:
     if args.target:
         if not args.target.startswith(("ws://", "wss://")):
             raise ValueError(f"target {args.target!r}: give ws://host:port/path or --nrepl HOST:PORT")
-        from .ws import WsClientTransport
         return WsClientTransport(args.target, args.token or os.environ.get("SENTE_LITE_TOKEN"),
                                  min(args.timeout, 10.0))
     if args.nrepl:

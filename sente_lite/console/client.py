@@ -1,6 +1,6 @@
 """The operator's end of the console: a transport (TCP or WebSocket) and an nREPL session.
 
-:class:`TcpTransport` speaks bencode to ``host:port``; :class:`~.ws.WsClientTransport`
+:class:`TcpTransport` speaks bencode to ``host:port``; :class:`WsClientTransport`
 sends the ``sente-lite-console/nrepl`` event over a sente_lite connection. Both give
 ``send(msg)`` and a ``messages`` queue. :class:`ConsoleClient` clones a session and
 evaluates code, handing streamed ``out``/``err`` to callbacks as they arrive.
@@ -15,7 +15,9 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from .. import Client
 from .bencode import BencodeError, Decoder, encode
+from .settings import WS_EVENT
 
 Sink = Callable[[str], None]
 
@@ -64,6 +66,27 @@ class TcpTransport:
             pass
         self.sock.close()
         self._thread.join(5.0)
+
+
+class WsClientTransport:
+    """An operator's end over a sente_lite :class:`~sente_lite.Client`: ``send`` and a queue of answers."""
+
+    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0) -> None:
+        self.messages: "queue.Queue[Dict[str, Any]]" = queue.Queue()
+        self.client = Client(url, token=token, auto_reconnect=False, start=False)
+        self.client.on(WS_EVENT, lambda data: self.messages.put(data) if isinstance(data, dict) else None)
+        self.client.start()
+        if not self.client.wait_connected(timeout):
+            self.client.close()
+            raise ConnectionError(f"could not connect to {url} within {timeout}s")
+
+    def send(self, msg: Dict[str, Any]) -> None:
+        """Send one nREPL request."""
+        self.client.send(WS_EVENT, msg)
+
+    def close(self) -> None:
+        """Close the connection and its threads."""
+        self.client.close()
 
 
 class ConsoleClient:

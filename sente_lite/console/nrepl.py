@@ -19,6 +19,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from ..logsafe import escape, redact_text
+from ..version import __version__
 from .evaluator import EvalSession, Reply, completions
 from .settings import ConsoleSettings
 
@@ -153,7 +154,6 @@ class Nrepl:
         reply({"id": msg.get("id"), "sessions": self.sessions_of(owner), "status": ["done"]})
 
     def _describe(self, msg: Dict[str, Any], reply: Reply, *_: Any) -> None:
-        from .. import __version__
         py = platform.python_version_tuple()
         reply({"id": msg.get("id"), "ops": {op: {"doc": doc} for op, doc in OPS.items()},
                "versions": {"nrepl": {"major": 1, "minor": 0, "incremental": 0, "version-string": "1.0.0"},

@@ -10,8 +10,7 @@ answered ``status ["done", "error", "forbidden"]``, logged and counted; nothing 
 from __future__ import annotations
 
 import logging
-import queue
-from typing import Any, Dict, Optional
+from typing import Any
 
 from .nrepl import Nrepl
 from .settings import WS_EVENT
@@ -56,25 +55,3 @@ class ServerWs:
 
     def _on_disconnect(self, conn: Any, code: int, reason: str) -> None:
         self.nrepl.close_owner(f"ws-{conn.conn_id}")
-
-
-class WsClientTransport:
-    """An operator's end over a sente_lite :class:`~sente_lite.Client`: ``send`` and a queue of answers."""
-
-    def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0) -> None:
-        from ..client import Client
-        self.messages: "queue.Queue[Dict[str, Any]]" = queue.Queue()
-        self.client = Client(url, token=token, auto_reconnect=False, start=False)
-        self.client.on(WS_EVENT, lambda data: self.messages.put(data) if isinstance(data, dict) else None)
-        self.client.start()
-        if not self.client.wait_connected(timeout):
-            self.client.close()
-            raise ConnectionError(f"could not connect to {url} within {timeout}s")
-
-    def send(self, msg: Dict[str, Any]) -> None:
-        """Send one nREPL request."""
-        self.client.send(WS_EVENT, msg)
-
-    def close(self) -> None:
-        """Close the connection and its threads."""
-        self.client.close()
