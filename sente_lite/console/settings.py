@@ -7,6 +7,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
+from .. import limits as lim
 from . import bencode
 
 #: The application event that carries nREPL messages over a sente_lite WebSocket.
@@ -29,9 +30,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _positive(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"console {name} must be an int >= 1, got {value!r}")
+#: What every numeric console setting may be (``sente-lite serve --console-port`` too).
+CONSOLE_BOUNDS = {
+    "port": lim.Bound(0, 65535, integer=True),
+    "max_sessions": lim.Bound(1, 1024, integer=True),  # a thread each
+    "max_connections": lim.Bound(1, 1024, integer=True),  # a thread each
+    "max_message_bytes": lim.Bound(1, 1 << 30, integer=True),
+    "max_depth": lim.Bound(1, 200, integer=True),  # the decoder recurses: stay well below the stack
+}
 
 
 @dataclass(frozen=True)
@@ -65,10 +71,8 @@ class ConsoleSettings:
         object.__setattr__(self, "console_users", tuple(self.console_users))
         if not all(isinstance(u, str) and u for u in self.console_users):
             raise ValueError(f"console_users must be non-empty strings, got {self.console_users!r}")
-        for name in ("max_sessions", "max_connections", "max_message_bytes", "max_depth"):
-            _positive(name, getattr(self, name))
-        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
-            raise ValueError(f"console port must be 0..65535, got {self.port!r}")
+        for name, bound in CONSOLE_BOUNDS.items():
+            lim.check_setting(f"console {name}", getattr(self, name), bound)
         if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):
             raise TypeError("console tls must be an ssl.SSLContext (server side)")
         if self.tcp and not is_loopback(self.host) and self.tls is None:
