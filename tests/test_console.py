@@ -221,6 +221,66 @@ def test_interrupt_stops_a_busy_loop_promptly(server, loop):
         raw.close()
 
 
+def test_an_interrupt_right_behind_its_eval_stops_it_even_before_it_starts(server):
+    raw = Raw(server.console.port)
+    try:
+        raw.send({"op": "clone", "id": "c"})
+        sid = raw.until_done("c")[0]["new-session"]
+        for n in range(20):  # both requests in one write: the eval has not started yet, mostly
+            raw.send(encode({"op": "eval", "id": f"e{n}", "session": sid, "code": "while True: pass"})
+                     + encode({"op": "interrupt", "id": f"i{n}", "session": sid, "interrupt-id": f"e{n}"}))
+            assert raw.until_done(f"e{n}")[-1]["status"] == ["done", "interrupted"]
+            assert raw.until_done(f"i{n}")[-1]["status"] == ["done"]
+        # behind a running eval, an interrupt naming a waiting one cancels that one only
+        raw.send({"op": "eval", "id": "first", "session": sid, "code": "import time\ntime.sleep(0.3)\n1"})
+        raw.send({"op": "eval", "id": "second", "session": sid, "code": "2"})
+        raw.send({"op": "eval", "id": "third", "session": sid, "code": "3"})
+        raw.send({"op": "interrupt", "id": "i", "session": sid, "interrupt-id": "second"})
+        assert raw.until_done("i")[-1]["status"] == ["done"]
+        assert [m.get("value") for m in raw.until_done("first")][-2:] == ["1", None]
+        assert raw.until_done("second") == [{"id": "second", "session": sid, "status": ["done", "interrupted"]}]
+        assert any(m.get("value") == "3" for m in raw.until_done("third"))
+    finally:
+        raw.close()
+
+
+def test_an_interrupt_of_a_loop_that_prints_leaves_the_stream_whole(server, consoles):
+    con = tcp_console(server.console.port, consoles)
+    for n in range(5):
+        con.transport.send({"op": "eval", "code": "while True: print('x' * 100)", "session": con.session,
+                            "id": f"p{n}"})
+        wait_until(lambda: any(s.busy for s in list(server.console.nrepl._sessions.values())),
+                   what="the loop running")
+        time.sleep(0.02)  # printing
+        con.current = f"p{n}"
+        con.interrupt()
+        seen: List[Dict[str, Any]] = []
+        deadline = time.monotonic() + WAIT_S
+        while not seen or not (seen[-1].get("id") == f"p{n}" and "done" in seen[-1].get("status", [])):
+            assert time.monotonic() < deadline, "the loop did not end"
+            seen.append(con.transport.messages.get(timeout=WAIT_S))
+        assert [m["status"] for m in seen if m.get("id") == f"p{n}" and "status" in m] == [["done", "interrupted"]]
+        assert all(m.get("out") == "x" * 100 + "\n" for m in seen if "out" in m)  # no output torn
+    assert [a["value"] for a in con.eval("'whole'") if "value" in a] == ["'whole'"]
+
+
+def test_closing_a_session_answers_its_waiting_evals(server):
+    raw = Raw(server.console.port)
+    try:
+        raw.send({"op": "clone", "id": "c"})
+        sid = raw.until_done("c")[0]["new-session"]
+        raw.send({"op": "eval", "id": "busy", "session": sid, "code": "while True: pass"})
+        raw.send({"op": "eval", "id": "queued", "session": sid, "code": "'never'"})
+        wait_until(lambda: any(s.busy for s in list(server.console.nrepl._sessions.values())),
+                   what="the loop running")
+        raw.send({"op": "close", "id": "x", "session": sid})
+        assert raw.until_done("busy")[-1]["status"] == ["done", "interrupted"]
+        assert raw.until_done("queued")[-1]["status"] == ["done", "session-closed"]
+        assert "session-closed" in raw.until_done("x")[-1]["status"]
+    finally:
+        raw.close()
+
+
 def test_closing_a_busy_session_stops_its_thread(server, consoles):
     con = tcp_console(server.console.port, consoles)
     con.transport.send({"op": "eval", "code": "while True: pass", "session": con.session, "id": "b"})
@@ -381,6 +441,29 @@ def test_websocket_console_serves_console_users_next_to_application_traffic(make
     assert srv.console.nrepl.session_count == 1
     transport.close()
     wait_until(lambda: srv.console.nrepl.session_count == 0, what="sessions closed with the connection")
+
+
+def test_websocket_interrupts_of_a_printing_loop_leave_the_connection_working(make_server, in_tmp, consoles):
+    srv = make_server(authenticate=_authenticate, console=Console(console_users=["alice"], tcp=False))
+    srv.on("app/echo", lambda conn, data: data)
+    transport = ws_console(srv.url, "tok-alice", consoles)
+    con = ConsoleClient(transport, timeout=WAIT_S)
+    for n in range(5):  # the interrupt waits while the eval thread is inside the server's send
+        transport.send({"op": "eval", "code": "while True: print('y' * 50)", "session": con.session,
+                        "id": f"p{n}"})
+        wait_until(lambda: any(s.busy for s in list(srv.console.nrepl._sessions.values())),
+                   what="the loop running")
+        time.sleep(0.02)
+        transport.send({"op": "interrupt", "session": con.session, "id": f"i{n}", "interrupt-id": f"p{n}"})
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            assert time.monotonic() < deadline, "the loop did not end"
+            m = transport.messages.get(timeout=WAIT_S)
+            if m.get("id") == f"p{n}" and "status" in m:
+                assert m["status"] == ["done", "interrupted"]
+                break
+        assert transport.client.request("app/echo", {"n": n}, timeout=WAIT_S) == {"n": n}
+    assert [a["value"] for a in con.eval("'whole'") if "value" in a] == ["'whole'"]
 
 
 def test_every_eval_is_audited_with_uid_and_hash_and_code_only_at_debug(make_server, in_tmp, consoles,

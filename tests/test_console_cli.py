@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import pty
+import queue
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, List
@@ -139,21 +142,51 @@ def test_interactive_prompt_evaluates_interrupts_and_keeps_history(served, tmp_p
 
 
 def test_an_existing_nrepl_client_drives_the_tcp_transport(served):
-    nrepl = pytest.importorskip("nrepl")  # nrepl-python-client, in the [test] extra
-    conn = nrepl.connect(f"nrepl://127.0.0.1:{served.console.port}")
+    nrepl = pytest.importorskip("nrepl.bencode")  # nrepl-python-client, in the [test] extra
+    # what nrepl.connect("nrepl://...") does, keeping the socket: closing that client's file
+    # while its reader blocks in it waits for the reader, so the socket is shut down first
+    sock = socket.create_connection(("127.0.0.1", served.console.port), timeout=WAIT_S)
+    sock.settimeout(None)
+    conn = nrepl.BencodeIO(sock.makefile("rw"))
+
+    def read() -> Any:  # that client's read blocks for ever: a missing answer fails, not hangs
+        got: "queue.Queue[Any]" = queue.Queue()
+        threading.Thread(target=lambda: got.put(conn.read()), daemon=True).start()
+        try:
+            return got.get(timeout=WAIT_S)
+        except queue.Empty:
+            raise AssertionError(f"no answer within {WAIT_S}s") from None
+
     try:
         conn.write({"op": "clone", "id": "1"})
-        session = conn.read()["new-session"]
+        session = read()["new-session"]
         conn.write({"op": "eval", "id": "2", "session": session,
                     "code": "print('from nrepl'); srv.stats()['connections']"})
-        answers = [conn.read() for _ in range(3)]
+        answers = [read() for _ in range(3)]
         assert answers[0]["out"] == "from nrepl\n" and answers[1]["value"] == "0"
         assert answers[2]["status"] == ["done"] and all(a["id"] == "2" for a in answers)
         # (this client stops reading a list or map at a 0 or an empty value, so describe,
         # whose versions hold 0s, and non-ASCII text are left to the other tests)
         conn.write({"op": "ls-sessions", "id": "3"})
-        assert conn.read()["sessions"] == [session]
+        assert read()["sessions"] == [session]
+        # the interrupt written right behind its eval: it may arrive before the eval has
+        # started, and must still stop it (it once found the session idle and the loop ran on)
+        for n in range(5):
+            conn.write({"op": "eval", "id": f"5-{n}", "session": session, "code": "while 1: pass"})
+            conn.write({"op": "interrupt", "id": f"6-{n}", "session": session, "interrupt-id": f"5-{n}"})
+            statuses = {}
+            while len(statuses) < 2:
+                answer = read()
+                statuses[answer["id"]] = answer["status"]
+            assert statuses == {f"5-{n}": ["done", "interrupted"], f"6-{n}": ["done"]}
+        conn.write({"op": "eval", "id": "7", "session": session, "code": "while 1: pass"})
+        wait_until(lambda: any(s.busy for s in list(served.console.nrepl._sessions.values())),
+                   what="the loop running")
+        conn.write({"op": "interrupt", "id": "8", "session": session, "interrupt-id": "7"})
+        assert {read()["id"]: None for _ in range(2)}.keys() == {"7", "8"}
         conn.write({"op": "close", "id": "4", "session": session})
-        assert "session-closed" in conn.read()["status"]
+        assert "session-closed" in read()["status"]
     finally:
+        sock.shutdown(socket.SHUT_RDWR)
         conn.close()
+        sock.close()

@@ -17,9 +17,8 @@ import logging
 import queue
 import sys
 import threading
-import time
 import traceback
-from typing import Any, Callable, Dict, List, Optional, TextIO, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, TextIO, Tuple
 
 log = logging.getLogger("sente_lite.console")
 
@@ -174,16 +173,30 @@ def _kind(value: Any) -> str:
 
 
 class EvalSession:
-    """An nREPL session: a namespace and the thread that evaluates in it."""
+    """An nREPL session: a namespace and the thread that evaluates in it.
+
+    An ``interrupt`` may arrive before its eval has started (the two requests come
+    back to back and the eval waits its turn): a waiting eval it names (or, without
+    ``interrupt-id``, the next one) is then cancelled, answered ``interrupted``
+    without running. While the eval thread sends an answer (printed output) an
+    interrupt waits until the answer is out, so it never lands inside a transport's
+    write or the server's send path.
+    """
 
     def __init__(self, session_id: str, owner: str, namespace: Dict[str, Any]) -> None:
         self.id = session_id
         self.owner = owner
         self.namespace = namespace
-        self._jobs: "queue.SimpleQueue[Optional[Tuple[Dict[str, Any], Reply, str, str]]]" = queue.SimpleQueue()
+        self._jobs: "queue.SimpleQueue[Optional[Tuple[int, Dict[str, Any], Reply, str, str]]]" = \
+            queue.SimpleQueue()
+        self._seq = itertools.count(1)
         self._lock = threading.Lock()
+        self._waiting: Dict[int, str] = {}  # job number -> message id, queued and not started
+        self._cancelled: Set[int] = set()
         self._current: Optional[str] = None  # id of the message whose code is running
-        self._interrupted = False
+        self._interrupted = False  # an interrupt was asked for the running code
+        self._sending = False  # the eval thread is sending an answer: an interrupt waits
+        self._deferred = False  # an interrupt waiting for that answer to be out
         self._closing = False
         self._thread = threading.Thread(target=self._serve, daemon=True,
                                         name=f"sente-lite-console-eval-{next(_thread_seq)}")
@@ -196,28 +209,42 @@ class EvalSession:
 
     def submit(self, msg: Dict[str, Any], reply: Reply, code: str, filename: str) -> None:
         """Queue ``code`` for evaluation; its answers go to ``reply``."""
-        self._jobs.put((msg, reply, code, filename))
+        seq = next(self._seq)
+        with self._lock:
+            self._waiting[seq] = str(msg.get("id"))
+            if self._closing:
+                self._cancelled.add(seq)
+            self._jobs.put((seq, msg, reply, code, filename))
 
     def interrupt(self, interrupt_id: Optional[str]) -> str:
-        """Stop the running evaluation: ``done``, ``session-idle`` or ``interrupt-id-mismatch``."""
+        """Stop the running evaluation, or cancel a waiting one: ``done``, ``session-idle``
+        or ``interrupt-id-mismatch``."""
+        wanted = None if interrupt_id is None else str(interrupt_id)
         with self._lock:
-            if self._current is None:
-                return "session-idle"
-            if interrupt_id is not None and str(interrupt_id) != self._current:
-                return "interrupt-id-mismatch"
-            if not self._interrupted and self._thread.ident is not None:
-                self._interrupted = True
-                _set_async_exc(self._thread.ident, EvalInterrupted)
-        return "done"
+            if self._current is not None and wanted in (None, self._current):
+                if not self._interrupted and self._thread.ident is not None:
+                    self._interrupted = True
+                    if self._sending:
+                        self._deferred = True
+                    else:
+                        _set_async_exc(self._thread.ident, EvalInterrupted)
+                return "done"
+            waiting = [seq for seq, mid in self._waiting.items()
+                       if seq not in self._cancelled and wanted in (None, mid)]
+            if waiting:
+                self._cancelled.add(waiting[0])
+                return "done"
+            return "session-idle" if self._current is None else "interrupt-id-mismatch"
 
     def close(self, timeout: float = 2.0) -> bool:
-        """Stop the thread (interrupting running code); False if it is still running after ``timeout``."""
-        self._closing = True
-        self._jobs.put(None)
-        deadline = time.monotonic() + timeout
-        while self._thread.is_alive() and time.monotonic() < deadline:
-            self.interrupt(None)  # again: an eval queued before the close may start meanwhile
-            self._thread.join(0.05)
+        """Stop the thread (interrupting running code, cancelling waiting code); False if it
+        is still running after ``timeout``."""
+        with self._lock:
+            self._closing = True
+            self._cancelled.update(self._waiting)
+            self._jobs.put(None)
+        self.interrupt(None)
+        self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("console session %s: evaluation did not stop within %.1fs (blocked in a C call?)",
                         self.id, timeout)
@@ -231,31 +258,56 @@ class EvalSession:
                 job = self._jobs.get()
                 if job is None:
                     return
-                if self._closing:
-                    job[1]({"id": job[0].get("id"), "session": self.id, "status": ["done", "session-closed"]})
-                    continue
                 self._run(*job)
             except EvalInterrupted:  # arrived after the evaluation's own handlers
                 self._leave()
 
-    def _enter(self, msg_id: str) -> None:
+    def _start(self, seq: int, msg_id: str) -> bool:
+        """Make the job ``seq`` the running one; False when it was cancelled meanwhile."""
         with self._lock:
-            self._current, self._interrupted = msg_id, False
+            del self._waiting[seq]
+            if seq in self._cancelled:
+                self._cancelled.discard(seq)
+                return False
+            self._current, self._interrupted, self._deferred = msg_id, False, False
+            return True
 
     def _leave(self) -> None:
         with self._lock:
             if self._interrupted and self._thread.ident is not None:
                 _set_async_exc(self._thread.ident, None)  # drop one not delivered yet
-            self._current, self._interrupted = None, False
+            self._current, self._interrupted, self._deferred = None, False, False
 
-    def _run(self, msg: Dict[str, Any], reply: Reply, code: str, filename: str) -> None:
+    def _send(self, reply: Reply, msg: Dict[str, Any]) -> None:
+        """Send ``msg`` from the eval thread; an interrupt asked meanwhile is raised after it."""
+        with self._lock:
+            running = self._current is not None
+            if running:
+                self._sending = True
+                if self._interrupted and not self._deferred and self._thread.ident is not None:
+                    _set_async_exc(self._thread.ident, None)  # take back one not delivered yet
+                    self._deferred = True
+        try:
+            reply(msg)
+        finally:
+            if running:
+                with self._lock:
+                    self._sending = False
+                    deferred, self._deferred = self._deferred, False
+                if deferred:
+                    raise EvalInterrupted()
+
+    def _run(self, seq: int, msg: Dict[str, Any], reply: Reply, code: str, filename: str) -> None:
         base = {"id": msg.get("id"), "session": self.id}
-        out, err = _Stream(reply, "out", base), _Stream(reply, "err", base)
+        send: Reply = lambda m: self._send(reply, m)  # noqa: E731
+        out, err = _Stream(send, "out", base), _Stream(send, "err", base)
         status = ["done"]
         ensure_routed()
         _Router.local.streams = (out, err)
         try:
-            self._enter(str(msg.get("id")))
+            if not self._start(seq, str(msg.get("id"))):
+                status = ["done", "session-closed" if self._closing else "interrupted"]
+                return
             try:
                 value = run_code(code, self.namespace, filename)
             finally:
@@ -276,9 +328,9 @@ class EvalSession:
             status = ["done", "eval-error"]
         finally:
             _Router.local.streams = None
-        out.flush()
-        err.flush()
-        reply(dict(base, status=status))
+            out.flush()
+            err.flush()
+            reply(dict(base, status=status))
 
 
 def _user_frames(tb: Any) -> Any:
