@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -361,7 +363,8 @@ def test_port_file_is_written_and_removed_and_threads_end(make_server, in_tmp):
 
 def test_settings_are_validated():
     for bad in ({"max_sessions": 0}, {"max_connections": -1}, {"max_message_bytes": "1"},
-                {"max_depth": True}, {"port": 70000}, {"console_users": [""]}):
+                {"max_depth": True}, {"port": 70000}, {"console_users": [""]}, {"max_depth": 201},
+                {"max_sessions": 1025}, {"max_message_bytes": 1.5}, {"port": -1}):
         with pytest.raises(ValueError):
             Console(**bad)
     with pytest.raises(TypeError, match="list of uids"):
@@ -388,6 +391,64 @@ def test_a_non_loopback_bind_needs_tls_with_client_certificates(host):
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
 def test_loopback_binds_need_no_tls(host):
     assert Console(host=host).host == host
+
+
+def test_the_console_listens_on_loopback_whatever_the_servers_host(make_server, in_tmp):
+    from sente_lite import cli
+    srv = make_server(console=Console())
+    assert srv.console.tcp._listener.getsockname()[0] == "127.0.0.1"
+    values = cli.resolve_serve_settings(cli.build_parser().parse_args(
+        ["serve", "--host", "0.0.0.0", "--console"]), {})
+    assert cli.server_from_settings(values).console_settings.host == "127.0.0.1"
+
+
+def _self_signed(tmp: Any, name: str) -> "tuple[str, str]":
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl (the command) is needed to make a test certificate")
+    cert, key = tmp / f"{name}.pem", tmp / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", f"/CN={name}", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_a_tls_console_serves_only_peers_with_a_client_certificate(make_server, in_tmp):
+    server_cert, server_key = _self_signed(in_tmp, "console")
+    operator_cert, operator_key = _self_signed(in_tmp, "operator")
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server_cert, server_key)
+    tls.verify_mode = ssl.CERT_REQUIRED
+    tls.load_verify_locations(operator_cert)
+    srv = make_server(console=Console(tls=tls, port_file=None))
+    port = srv.console.port
+
+    plain = Raw(port)  # bencode without TLS: the handshake fails, nothing runs
+    plain.send({"op": "eval", "code": "1", "id": "1"})
+    assert plain.closed_by_peer()
+    plain.close()
+
+    def tls_peer(with_cert: bool) -> ssl.SSLSocket:
+        ctx = ssl.create_default_context(cafile=server_cert)
+        if with_cert:
+            ctx.load_cert_chain(operator_cert, operator_key)
+        return ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=WAIT_S),
+                               server_hostname="localhost")
+
+    with pytest.raises((ssl.SSLError, OSError)):  # no client certificate: refused
+        anonymous = tls_peer(False)
+        anonymous.sendall(encode({"op": "eval", "code": "1", "id": "1"}))
+        assert anonymous.recv(65536) == b""  # TLS 1.3 reports the refusal on the first read
+        raise OSError("closed without an answer")
+    assert srv.console.stats()["console_evals"] == 0
+    operator = tls_peer(True)
+    try:
+        operator.sendall(encode({"op": "eval", "code": "6 * 7", "id": "1"}))
+        decoder, got = Decoder(), []
+        while not any("done" in m.get("status", []) for m in got):
+            got += decoder.feed(operator.recv(65536))
+        assert [m["value"] for m in got if "value" in m] == ["42"]
+    finally:
+        operator.close()
 
 
 def ws_console(url: str, token: Any, made: List[Any]) -> WsClientTransport:
