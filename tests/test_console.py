@@ -483,6 +483,28 @@ def test_websocket_console_refuses_anyone_not_in_console_users(make_server, in_t
     assert srv.console.nrepl.session_count == 0
 
 
+def test_the_handshake_names_the_console_only_when_the_websocket_serves_it(make_server, make_client,
+                                                                           in_tmp):
+    plain = ["history", "publish-id", "batch"]
+    for console, features in ((None, plain), (Console(port_file=None), plain),
+                              (Console(console_users=["alice"], websocket=False, port_file=None), plain),
+                              (Console(console_users=["alice"], tcp=False), plain + ["console"])):
+        srv = make_server(console=console)
+        c = make_client(srv.url)
+        assert c.handshake["features"] == features, console
+        c.close()
+        srv.stop()
+
+
+def test_the_operators_end_needs_the_console_feature(make_server, in_tmp):
+    from sente_lite.console.client import ConsoleError
+    srv = make_server(console=Console(port_file=None))  # TCP only: no console_users
+    started = time.monotonic()
+    with pytest.raises(ConsoleError, match="serves no console over the WebSocket"):
+        WsClientTransport(srv.url, timeout=WAIT_S)
+    assert time.monotonic() - started < WAIT_S / 2  # said at once, not after a timeout
+
+
 def test_websocket_console_serves_console_users_next_to_application_traffic(make_server, make_client,
                                                                              in_tmp, consoles):
     srv = make_server(authenticate=_authenticate, console=Console(console_users=["alice"], tcp=False))

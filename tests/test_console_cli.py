@@ -62,6 +62,12 @@ def test_dash_e_over_the_websocket_needs_a_console_user(served, tmp_path):
     assert served.console.stats()["console_evals"] == 1
 
 
+def test_a_server_without_the_websocket_console_is_named_at_once(make_server, tmp_path):
+    srv = make_server(console=Console(port_file=None))
+    done = console_cmd(srv.url, "-e", "1", cwd=tmp_path)
+    assert done.returncode == 1 and "serves no console over the WebSocket" in done.stderr
+
+
 def test_no_target_and_unreachable_targets_say_what_to_do(tmp_path):
     none = console_cmd("-e", "1", cwd=tmp_path)
     assert none.returncode == 1 and ".nrepl-port" in none.stderr

@@ -126,6 +126,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: cannot reach the console: {exc}", file=sys.stderr)
         return 2
+    except ConsoleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         console = ConsoleClient(transport, timeout=min(args.timeout, 10.0))
         if args.code is not None:

@@ -16,6 +16,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import Client
+from ..wire import protocol as p
 from .bencode import BencodeError, Decoder, encode
 from .settings import WS_EVENT
 
@@ -23,7 +24,7 @@ Sink = Callable[[str], None]
 
 
 class ConsoleError(Exception):
-    """The console answered with an error status, or did not answer in time."""
+    """The console answered with an error status, did not answer in time, or is not there."""
 
 
 class TcpTransport:
@@ -79,6 +80,12 @@ class WsClientTransport:
         if not self.client.wait_connected(timeout):
             self.client.close()
             raise ConnectionError(f"could not connect to {url} within {timeout}s")
+        features = (self.client.handshake or {}).get(p.K_FEATURES) or ()
+        if p.FEATURE_CONSOLE not in features:
+            self.client.close()
+            raise ConsoleError(f"{url} serves no console over the WebSocket (its handshake's features "
+                               f"{list(features)} lack {p.FEATURE_CONSOLE!r}): start it with a console "
+                               "and console_users, or use its TCP console (--nrepl)")
 
     def send(self, msg: Dict[str, Any]) -> None:
         """Send one nREPL request."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from .. import limits as lim
+from ..wire import protocol as p
 from . import bencode
 
 #: The application event that carries nREPL messages over a sente_lite WebSocket.
@@ -87,6 +88,10 @@ class ConsoleSettings:
                 "require client certificates: set tls.verify_mode = ssl.CERT_REQUIRED and load the "
                 "operators' CA (tls.load_verify_locations)")
 
+    def handshake_features(self) -> Tuple[str, ...]:
+        """What a server with this console adds to its handshake's ``features``: ``console``
+        when it answers :data:`WS_EVENT` (the WebSocket transport is on and names some users)."""
+        return (p.FEATURE_CONSOLE,) if self.websocket and self.console_users else ()
 
     def attach(self, bindings: Dict[str, Any], server: Any = None) -> Any:
         """Serve this console in the running process: ``bindings`` (``{"srv": server}``)

@@ -413,7 +413,8 @@ class Server(InspectionMixin, MessagingMixin):
         self._hub = Hub(self.channels, self.counters, settings.max_remembered_clients, _ws_frame,
                         self._spans, settings.compression_min_bytes,
                         close_user=self._disconnect_user_here)
-        self._rules = settings.session_rules()
+        self._rules = settings.session_rules(
+            self.console_settings.handshake_features() if self.console_settings else ())
         self._handlers: Dict[str, Handler] = {}
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,

@@ -94,6 +94,8 @@ FEATURE_HISTORY = "history"
 FEATURE_PUBLISH_ID = "publish-id"
 #: The server reads ``chsk/batch`` frames from clients (and sends them when asked: batch=1).
 FEATURE_BATCH = "batch"
+#: The server answers ``sente-lite-console/nrepl`` events (to the uids in its ``console_users``).
+FEATURE_CONSOLE = "console"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 
