@@ -10,7 +10,7 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
                      Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
                      PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
-from .console import Console, ConsoleSettings
+from .console import Console
 from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
 
@@ -21,6 +21,6 @@ __all__ = [
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
-    "Console", "ConsoleSettings",
+    "Console",
     "__version__",
 ]

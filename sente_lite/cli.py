@@ -19,6 +19,7 @@ from .brokers.local import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
                             DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
 from .api.publisher import Publisher
 from .client.client import ChannelMessage, Client
+from .console import cli as console_cli
 from .console.settings import CONSOLE_BOUNDS
 from .errors import SenteLiteError
 from .brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
@@ -352,11 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "publish with a new W3C traceparent (the reply shows it)")
         p.set_defaults(func=func)
 
-    from .console import cli as console_cli
-    con = sub.add_parser("console", help="a remote Python console (nREPL) of a server or client",
-                         description=console_cli.__doc__)
-    console_cli.add_arguments(con)
-    con.set_defaults(func=console_cli.run)
+    console_cli.add_subcommand(sub)
 
     try:
         from .bench import fanout as bench

@@ -7,6 +7,7 @@ the sente_lite WebSocket (only for uids in ``console_users``). ``sente-lite cons
 is the operator's command line. See docs/console.md.
 """
 
-from .settings import WS_EVENT, Console, ConsoleSettings
+from .host import Console
+from .settings import WS_EVENT
 
-__all__ = ["Console", "ConsoleSettings", "WS_EVENT"]
+__all__ = ["Console", "WS_EVENT"]

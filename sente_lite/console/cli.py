@@ -34,6 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 30)")
 
 
+def add_subcommand(subparsers: Any) -> None:
+    """``sente-lite console``, added to the ``sente-lite`` parser's subcommands."""
+    parser = subparsers.add_parser("console", help="a remote Python console (nREPL) of a server or "
+                                   "client", description=__doc__)
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def _host_port(text: str) -> "tuple[str, int]":
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit():

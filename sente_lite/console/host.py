@@ -14,6 +14,21 @@ from .ws import ServerWs
 log = logging.getLogger("sente_lite.console")
 
 
+class Console(ConsoleSettings):
+    """A remote Python console (nREPL) for ``Server(console=...)`` / ``Client(console=...)``:
+    its settings (:class:`~sente_lite.console.settings.ConsoleSettings`) and :meth:`attach`,
+    which the server or client calls once started."""
+
+    def attach(self, bindings: Dict[str, Any], server: Any = None) -> "ConsoleHost":
+        """Serve this console in the running process: ``bindings`` (``{"srv": server}``)
+        are in every session's namespace; ``server`` (a started Server) adds the WebSocket
+        transport. Returns the host (``stop()`` it)."""
+        if server is None and self.console_users:
+            raise ValueError("console_users applies to a server's WebSocket console; a "
+                             "client's console is served over TCP only")
+        return ConsoleHost(self, bindings, server=server).start()
+
+
 class ConsoleHost:
     """Owns a console's sessions and transports; :meth:`stop` joins every thread it started.
 

@@ -1,11 +1,11 @@
-"""The console's settings (:class:`ConsoleSettings`, also exported as ``Console``)."""
+"""The console's settings (:class:`ConsoleSettings`; :class:`sente_lite.Console` adds ``attach``)."""
 
 from __future__ import annotations
 
 import ipaddress
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from .. import limits as lim
 from ..wire import protocol as p
@@ -92,17 +92,4 @@ class ConsoleSettings:
         """What a server with this console adds to its handshake's ``features``: ``console``
         when it answers :data:`WS_EVENT` (the WebSocket transport is on and names some users)."""
         return (p.FEATURE_CONSOLE,) if self.websocket and self.console_users else ()
-
-    def attach(self, bindings: Dict[str, Any], server: Any = None) -> Any:
-        """Serve this console in the running process: ``bindings`` (``{"srv": server}``)
-        are in every session's namespace; ``server`` (a started Server) adds the WebSocket
-        transport. Returns the :class:`~sente_lite.console.host.ConsoleHost` (``stop()`` it)."""
-        if server is None and self.console_users:
-            raise ValueError("console_users applies to a server's WebSocket console; a "
-                             "client's console is served over TCP only")
-        from .host import ConsoleHost
-        return ConsoleHost(self, bindings, server=server).start()
-
-
-Console = ConsoleSettings
 

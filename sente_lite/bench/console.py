@@ -1,4 +1,4 @@
-"""Benchmark of the remote console under load: ``python -m sente_lite.console.bench``.
+"""Benchmark of the remote console under load: ``python -m sente_lite.bench.console``.
 
 Each run starts, as separate spawned processes (:mod:`sente_lite.testing`):
 
@@ -35,8 +35,8 @@ from ..discovery import wait_for
 from ..testing import (ProcessContext, ProcessResult, Run, latencies_ms, latency_summary,
                        order_problem, percentile, stamp)
 from ..testing.common import SERVER_STARTUP_TIMEOUT_S
-from .client import ConsoleClient, ConsoleError, TcpTransport, WsClientTransport, status_of
-from .settings import Console
+from ..console.client import ConsoleClient, ConsoleError, TcpTransport, WsClientTransport, status_of
+from ..console import Console
 
 #: The uid the operator's WebSocket connection authenticates as (the one console user).
 OPERATOR_UID = "operator"
@@ -298,9 +298,9 @@ def figures(measured: Measured) -> Dict[str, Any]:
 
 # -- the command line ---------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sente_lite.console.bench``: medians over ``--runs`` runs."""
+    """``python -m sente_lite.bench.console``: medians over ``--runs`` runs."""
     defaults = Load()
-    ap = argparse.ArgumentParser(prog="python -m sente_lite.console.bench", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m sente_lite.bench.console", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="runs (default 5); medians over them")
     ap.add_argument("--clients", type=int, default=defaults.clients,
