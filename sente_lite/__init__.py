@@ -10,6 +10,7 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
                      Disconnected, DiscoveryTimeout, EncodeError, FrameError, LimitExceeded,
                      MessageTooLarge, PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
+from .console import Console
 from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
 
@@ -20,5 +21,6 @@ __all__ = [
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
+    "Console",
     "__version__",
 ]

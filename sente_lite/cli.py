@@ -1,4 +1,4 @@
-"""Command line: ``sente-lite serve | sub | pub | bench`` (also ``python -m sente_lite``)."""
+"""Command line: ``sente-lite serve | sub | pub | console | bench`` (also ``python -m sente_lite``)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from .brokers.local import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL,
                             DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE)
 from .api.publisher import Publisher
 from .client.client import ChannelMessage, Client
+from .console import cli as console_cli
+from .console.settings import CONSOLE_BOUNDS
 from .errors import SenteLiteError
 from .brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from .server.server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES,
@@ -67,6 +69,7 @@ class Setting:
     default: Any
     help: str
     server_arg: Optional[str] = None  # the Server(...) keyword it sets, when it maps one to one
+    bound: Optional[lim.Bound] = None  # a number's range, when it is not a Server keyword's
 
     @property
     def dest(self) -> str:
@@ -150,9 +153,21 @@ SERVE_SETTINGS = (
             "largest API request body; a larger one is refused 413", "api_max_body_bytes"),
     Setting("--api-rate-limit", "float", lim.DEFAULT_API_RATE_LIMIT,
             "API requests per second per key (429 beyond); 0 turns it off", "api_rate_limit"),
+    Setting("--console", "bool", False, "serve a remote Python console (nREPL) on 127.0.0.1 and write "
+            "./.nrepl-port (sente-lite console connects to it); see docs/console.md"),
+    Setting("--console-port", "int", 0, "the console's TCP port on 127.0.0.1 (0: a free one)",
+            bound=CONSOLE_BOUNDS["port"]),
+    Setting("--console-user", "list", None, "a uid (set by an authenticate hook) allowed to use the console "
+            "over the WebSocket (repeatable; env: comma-separated)"),
 )
 #: Settings for which 0 means "no limit" (None).
 _ZERO_IS_OFF = ("rate_limit", "api_rate_limit")
+
+
+def bound_of(setting: Setting) -> lim.Bound:
+    """The range of a numeric ``setting``."""
+    return setting.bound or lim.SERVER_BOUNDS[setting.server_arg or setting.dest]
+
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -164,7 +179,7 @@ def _parse(setting: Setting, text: str, source: str) -> Any:
         if setting.kind == "float":
             return float(text)
     except ValueError:
-        bound = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].describe().replace(" (or None)", "")
+        bound = bound_of(setting).describe().replace(" (or None)", "")
         raise SettingError(f"{source}={text!r}: not a{'n integer' if setting.kind == 'int' else ' number'} "
                            f"(must be {bound})") from None
     if setting.kind == "bool":
@@ -204,7 +219,7 @@ def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
         return value
     if setting.dest in _ZERO_IS_OFF and value == 0:
         return None
-    problem = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].problem(value)
+    problem = bound_of(setting).problem(value)
     if problem is not None:
         off = " (0 turns it off)" if setting.dest in _ZERO_IS_OFF else ""
         raise SettingError(f"{source}={text!r}: {problem.replace(' (or None)', '')}{off}")
@@ -214,6 +229,10 @@ def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
 def server_from_settings(values: Mapping[str, Any]) -> Server:
     """The :class:`Server` that :func:`resolve_serve_settings`' values describe (not started)."""
     kwargs = {s.server_arg: values[s.dest] for s in SERVE_SETTINGS if s.server_arg}
+    if values.get("console"):
+        from .console import Console
+        kwargs["console"] = Console(port=values["console_port"],
+                                    console_users=tuple(values["console_user"] or ()))
     return Server(values["host"], values["port"], expose_metrics=not values["no_metrics"], **kwargs)
 
 
@@ -333,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show each message's traceparent and trace id" if name == "sub" else
                        "publish with a new W3C traceparent (the reply shows it)")
         p.set_defaults(func=func)
+
+    console_cli.add_subcommand(sub)
 
     try:
         from .bench import fanout as bench

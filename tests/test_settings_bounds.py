@@ -120,9 +120,9 @@ def test_serve_flags_and_variables_refuse_bad_numbers_naming_them(setting: cli.S
     if setting.kind == "float":
         bad += ["NaN", "Infinity"]
     if setting.dest not in ("rate_limit", "api_rate_limit", "port", "history_size",
-                            "max_replay_per_subscribe"):
+                            "max_replay_per_subscribe", "console_port"):
         bad.append("0")  # 0 is allowed only where it means something (off, any free port)
-    allowed = lim.SERVER_BOUNDS[setting.server_arg or setting.dest].describe().replace(" (or None)", "")
+    allowed = cli.bound_of(setting).describe().replace(" (or None)", "")
     for text in bad:
         with pytest.raises(cli.SettingError) as info:
             serve_settings([], {setting.env: text})

@@ -123,7 +123,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         ssl_context: Optional[ssl.SSLContext] = None,
         max_unacked_publishes: int = DEFAULT_MAX_UNACKED_PUBLISHES,
         publish_block_s: float = DEFAULT_PUBLISH_BLOCK_S, packer: str = packers.JSON,
-        batch: bool = False, send_buf_ms: float = 0.0, start: bool = True,
+        batch: bool = False, send_buf_ms: float = 0.0, start: bool = True, console: Any = None,
     ) -> None:
         settings = self.settings = ClientSettings.from_keywords(locals())
         # each setting is also an attribute (c.backoff_max): the client's parts read them there
@@ -165,6 +165,8 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self._roles = Roles(self, self._connector.connections())
         self._threads = tuple(threading.Thread(target=self._roles.serve, name=f"sente-lite-client-{i}",
                                                daemon=True) for i in (1, 2))
+        #: a remote console (:class:`sente_lite.Console`) to serve once started: ``self.console``
+        self.console_settings, self.console = attachable(console), None
         if start:
             self.start()
 
@@ -180,6 +182,8 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
     def start(self) -> "Client":
         """Start connecting (done by the constructor unless ``start=False``)."""
         if not self._threads[0].is_alive() and not self._stop.is_set():
+            if self.console_settings is not None and self.console is None:
+                self.console = self.console_settings.attach({"client": self})
             for t in self._threads:
                 t.start()
         return self
@@ -189,6 +193,8 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         if self._stop.is_set():
             return
         self._stop.set()
+        if self.console is not None:
+            self.console.stop()
         ws = self._ws
         if ws is not None:
             if self._send_lock.acquire(timeout=0.2):  # a send blocked on a full socket holds it
@@ -364,6 +370,13 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
 
 
 
+
+
+def attachable(console: Any) -> Any:
+    """``console`` when it is None or can be attached (a :class:`sente_lite.Console`)."""
+    if console is not None and not callable(getattr(console, "attach", None)):
+        raise TypeError(f"console must be a sente_lite.Console(...) or None, got {type(console).__name__}")
+    return console
 
 
 def _traced(data: Any, traceparent: Optional[str]) -> Any:

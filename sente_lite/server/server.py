@@ -341,6 +341,9 @@ class Server(InspectionMixin, MessagingMixin):
     the HTTP server API (``api_keys``). Every numeric keyword must be a finite number in
     its range (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
     :class:`~sente_lite.limits.InvalidSetting` (a ValueError and a TypeError) naming it.
+
+    ``console`` (default off): a :class:`sente_lite.Console` serves a remote Python console
+    (nREPL) with this server bound as ``srv`` once started (:mod:`sente_lite.console`).
     """
 
     def __init__(
@@ -387,7 +390,7 @@ class Server(InspectionMixin, MessagingMixin):
         max_inbound_bytes: int = lim.DEFAULT_MAX_INBOUND_BYTES,
         api_keys: Optional[Sequence[str]] = None, api_insecure_ok: bool = False,
         api_max_body_bytes: int = lim.DEFAULT_API_MAX_BODY_BYTES,
-        api_rate_limit: Optional[float] = lim.DEFAULT_API_RATE_LIMIT,
+        api_rate_limit: Optional[float] = lim.DEFAULT_API_RATE_LIMIT, console: Any = None,
     ) -> None:
         settings = self.settings = ServerSettings.from_keywords(locals())
         # each setting is also an attribute (srv.heartbeat_ms): the server's parts read them there
@@ -395,6 +398,8 @@ class Server(InspectionMixin, MessagingMixin):
         self.server_id = uuid.uuid4().hex[:16]
         self.counters = Counters()
         self.channels: Broker = self._wire_broker(broker, settings)
+        #: a remote console (:class:`sente_lite.Console`) to serve once started: ``self.console``
+        self.console_settings, self.console = attachable(console), None
         self._assemble(settings)
 
     def _assemble(self, settings: ServerSettings) -> None:
@@ -408,7 +413,8 @@ class Server(InspectionMixin, MessagingMixin):
         self._hub = Hub(self.channels, self.counters, settings.max_remembered_clients, _ws_frame,
                         self._spans, settings.compression_min_bytes,
                         close_user=self._disconnect_user_here)
-        self._rules = settings.session_rules()
+        self._rules = settings.session_rules(
+            self.console_settings.handshake_features() if self.console_settings else ())
         self._handlers: Dict[str, Handler] = {}
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
@@ -489,6 +495,12 @@ class Server(InspectionMixin, MessagingMixin):
             raise
         self.port = self._loop.port
         self._started_at = time.monotonic()
+        if self.console_settings is not None:
+            try:
+                self.console = self.console_settings.attach({"srv": self}, server=self)
+            except BaseException:
+                self.stop()
+                raise
         if self.port_file:
             discovery.write_port_file(self.port_file, self.host, self.port, self.url, self.server_id)
         log.info("serving %s (server-id %s)", self.url, self.server_id)
@@ -499,6 +511,8 @@ class Server(InspectionMixin, MessagingMixin):
         if self._loop is None or self._stopping:
             return
         self._stopping = True
+        if self.console is not None:
+            self.console.stop()
         for conn in self._snapshot():
             conn.close(p.CLOSE_GOING_AWAY, "server shutting down")
         deadline = time.monotonic() + self.close_timeout + 1.0
@@ -569,6 +583,13 @@ class Server(InspectionMixin, MessagingMixin):
     def _identify(self, link: Link, request: Request, client_id: str) -> Union[str, Response]:
         """The uid of this upgrade: the ``authenticate`` hook's answer, else the client-id."""
         return self._gate.identify(link, request, client_id)
+
+
+def attachable(console: Any) -> Any:
+    """``console`` when it is None or can be attached (a :class:`sente_lite.Console`)."""
+    if console is not None and not callable(getattr(console, "attach", None)):
+        raise TypeError(f"console must be a sente_lite.Console(...) or None, got {type(console).__name__}")
+    return console
 
 
 _PING = p.encode_bytes(p.EV_PING)

@@ -231,14 +231,16 @@ class ServerSettings:
                              max_inbound_frames=self.max_inbound_frames,
                              max_inbound_bytes=self.max_inbound_bytes)
 
-    def session_rules(self) -> ServerRules:
-        """The protocol rules every connection's session follows."""
+    def session_rules(self, features: Tuple[str, ...] = ()) -> ServerRules:
+        """The protocol rules every connection's session follows (``features``: what the
+        handshake names beyond this implementation's own)."""
         return ServerRules(
             heartbeat_ms=self.heartbeat_ms, heartbeat_timeout_ms=self.heartbeat_timeout_ms,
             max_bad_frames_in_row=self.max_bad_frames_in_row,
             max_outstanding_requests=self.max_outstanding_requests,
             max_channel_id_chars=self.max_channel_id_chars, rate_limit=self.rate_limit,
-            rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited)
+            rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited,
+            features=ServerRules.features + features)
 
     def gate(self) -> security.Gate:
         """A new admission gate for these settings."""

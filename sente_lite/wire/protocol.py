@@ -104,6 +104,8 @@ FEATURE_BYTES = "bytes"
 K_BYTES = "bytes"
 #: The only key of JSON's tagged form of bytes: ``{"$bytes": "<standard base64>"}``.
 BYTES_TAG = "$bytes"
+#: The server answers ``sente-lite-console/nrepl`` events (to the uids in its ``console_users``).
+FEATURE_CONSOLE = "console"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 
