@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 #: Live WebSocket connections (upgraded, or admitted and upgrading); one more is refused 503.
 DEFAULT_MAX_CONNECTIONS = 1000
@@ -283,6 +283,29 @@ def validate_count(name: str, value: object) -> int:
     return value  # type: ignore[return-value]
 
 
+# -- the HTTP server API's keys (a setting of every face) --------------------------------
+#: Shortest and longest API key accepted.
+MIN_KEY_CHARS = 16
+MAX_KEY_CHARS = 256
+
+
+def check_keys(keys: Iterable[str]) -> Tuple[str, ...]:
+    """The API keys as a tuple; ValueError naming what to fix unless each is a string of
+    16-256 printable characters without spaces or commas, and there is at least one."""
+    if isinstance(keys, str):
+        raise ValueError("api_keys must be a list of keys, not one string")
+    out = tuple(keys)
+    if not out:
+        raise ValueError("api_keys must hold at least one key (None turns the API off)")
+    for key in out:
+        if not isinstance(key, str) or not MIN_KEY_CHARS <= len(key) <= MAX_KEY_CHARS or any(
+                not c.isprintable() or c.isspace() or c == "," for c in key):
+            raise ValueError(f"each API key must be a string of {MIN_KEY_CHARS}-{MAX_KEY_CHARS} "
+                             "printable characters without spaces or commas (e.g. "
+                             "secrets.token_urlsafe(32))")
+    return out
+
+
 __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_milliseconds",
            "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HANDSHAKES",
            "DEFAULT_MAX_SUBSCRIPTIONS_PER_CONN", "DEFAULT_RATE_LIMIT", "DEFAULT_MAX_RATE_LIMITED",
@@ -290,4 +313,5 @@ __all__ = ["TokenBucket", "RateGuard", "validate_positive", "validate_millisecon
            "InvalidSetting", "Bound", "check_setting", "check_settings", "SERVER_BOUNDS",
            "CLIENT_BOUNDS", "DEFAULT_MAX_PENDING_AUTH", "validate_count", "DEFAULT_MAX_FRAGMENTS",
            "DEFAULT_MAX_INBOUND_FRAMES", "DEFAULT_MAX_INBOUND_BYTES",
-           "DEFAULT_API_MAX_BODY_BYTES", "DEFAULT_API_RATE_LIMIT"]
+           "DEFAULT_API_MAX_BODY_BYTES", "DEFAULT_API_RATE_LIMIT", "check_keys", "MIN_KEY_CHARS",
+           "MAX_KEY_CHARS"]

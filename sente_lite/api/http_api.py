@@ -21,10 +21,8 @@ from ..errors import BrokerCommandError, BrokerUnavailable, EncodeError, Publish
 
 from ..core.face import ServerFace
 from ..version import __version__
+from ..limits import MAX_KEY_CHARS, MIN_KEY_CHARS, check_keys  # noqa: F401 (public here too)
 
-#: Shortest and longest API key accepted.
-MIN_KEY_CHARS = 16
-MAX_KEY_CHARS = 256
 #: HTTP status of each error code.
 STATUS = {"bad-request": 400, "invalid-channel": 400, "unauthorized": 401, "unknown-method": 404,
           "not-found": 404, "method-not-allowed": 405, "too-large": 413, "rate-limited": 429,
@@ -43,23 +41,6 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def check_keys(keys: Iterable[str]) -> Tuple[str, ...]:
-    """The API keys as a tuple; ValueError naming what to fix unless each is a string of
-    16-256 printable characters without spaces or commas, and there is at least one."""
-    if isinstance(keys, str):
-        raise ValueError("api_keys must be a list of keys, not one string")
-    out = tuple(keys)
-    if not out:
-        raise ValueError("api_keys must hold at least one key (None turns the API off)")
-    for key in out:
-        if not isinstance(key, str) or not MIN_KEY_CHARS <= len(key) <= MAX_KEY_CHARS or any(
-                not c.isprintable() or c.isspace() or c == "," for c in key):
-            raise ValueError(f"each API key must be a string of {MIN_KEY_CHARS}-{MAX_KEY_CHARS} "
-                             "printable characters without spaces or commas (e.g. "
-                             "secrets.token_urlsafe(32))")
-    return out
 
 
 class ApiKeys:

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..server import static
+from ..core import static
 from ..client.client import ChannelMessage, Client
 from ..server.server import Server
 

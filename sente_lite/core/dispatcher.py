@@ -19,8 +19,9 @@ face's choice, told by the frame's :class:`~sente_lite.wire.protocol.FrameKind`
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Tuple
 
 from .. import session as ss
 from ..counters import Counter
@@ -95,13 +96,18 @@ class ServerDispatcher:
         """Decode one message of ``conn`` (admitted already: ``session.admit``) and act
         on it; returns what its session made of it. Never raises: a bug costs one
         ``handler-error`` answer, not the connection."""
+        received = self.decode(conn, msg)
+        self.apply(conn, received)
+        return received
+
+    def decode(self, conn: ConnectionPort, msg: Any) -> ss.Received:
+        """What ``conn``'s session makes of one message (admitted already), acting on
+        nothing yet. Never raises (an internal error is answered, and nothing is left)."""
         try:
-            received = conn.session.receive(msg)
+            return conn.session.receive(msg)
         except Exception:
             self._internal_error(conn, msg, None)
             return _NOTHING
-        self.apply(conn, received)
-        return received
 
     def apply(self, conn: ConnectionPort, received: ss.Received) -> None:
         """Send the frames ``received`` holds, then act on its events in order (while
@@ -147,23 +153,50 @@ class ServerDispatcher:
             log.exception("could not answer the internal error (conn %s)", conn.conn_id)
 
     # -- actions, one per event type ---------------------------------------------------
+    def act(self, conn: ConnectionPort, ev: Any) -> None:
+        """Act on one event of ``conn``'s session (its frames already sent), for a face
+        that handles a frame's events one by one (:meth:`apply` does all of them).
+        Never raises."""
+        try:
+            if ev.traceparent is None:
+                self._actions[type(ev)](conn, ev)
+                return
+            with tracing.active(ev.traceparent):
+                self._actions[type(ev)](conn, ev)
+        except Exception:
+            self._internal_error(conn, None, ss.Received([ev], []))
+
+    def handler_span(self, conn: ConnectionPort, ev: ss.AppEvent) -> ContextManager[Any]:
+        """The span an application handler of ``ev`` runs in (nothing when it carries no
+        ``traceparent``)."""
+        if ev.traceparent is None:
+            return contextlib.nullcontext()
+        return self.spans.span("request" if ev.cb_id is not None else "event", ev.traceparent,
+                               {"sente_lite.event": ev.event, "sente_lite.conn_id": conn.conn_id})
+
     def _app_event(self, conn: ConnectionPort, ev: ss.AppEvent) -> None:
         handler = self.handlers.get(ev.event)
-        session = conn.session
         if handler is None:
-            for frame in session.no_handler(ev.event, ev.cb_id):
+            for frame in conn.session.no_handler(ev.event, ev.cb_id):
                 conn.send_frame(frame)
             return
         try:
-            if ev.traceparent is None:
+            with self.handler_span(conn, ev):
                 result = handler(conn, ev.data)
-            else:
-                with self.spans.span("request" if ev.cb_id is not None else "event", ev.traceparent,
-                                     {"sente_lite.event": ev.event, "sente_lite.conn_id": conn.conn_id}):
-                    result = handler(conn, ev.data)
         except Exception as exc:
-            log.exception("handler for %s raised (conn %s)%s", ev.event, conn.conn_id,
-                          tracing.log_suffix())
+            self.handled(conn, ev, None, exc)
+            return
+        self.handled(conn, ev, result, None)
+
+    def handled(self, conn: ConnectionPort, ev: ss.AppEvent, result: Any,
+                exc: Optional[BaseException]) -> None:
+        """Answer ``ev`` whose handler returned ``result`` or raised ``exc`` (logged; a
+        ``handler-error`` answer). A face that runs handlers itself (awaits a coroutine,
+        or runs one on another thread) calls this with the outcome."""
+        session = conn.session
+        if exc is not None:
+            log.error("handler for %s raised (conn %s)%s", ev.event, conn.conn_id,
+                      tracing.log_suffix(), exc_info=(type(exc), exc, exc.__traceback__))
             for frame in session.handler_failed(ev.event, ev.cb_id, exc):
                 conn.send_frame(frame)
             return

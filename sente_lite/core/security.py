@@ -371,6 +371,8 @@ class GateLink(Protocol):
 
     remote: str  # the peer's "host:port", for the log
     slot: bool   # it holds one of the gate's connection slots
+    # (optional) ``local_host``: the address the request came to, when the face serves
+    # several; None or absent: the server's ``bind_host`` decides the Host check
 
     def respond(self, status: http.HTTPStatus, text: str) -> Response:
         """An HTTP answer (``text/plain``) to its request, not sent yet."""
@@ -444,8 +446,10 @@ class Gate:
     def check_host(self, link: GateLink, request: Request) -> Optional[Response]:
         """403 when the Host is not allowed, 400 when it is malformed (see :func:`host_problem`).
         Run first, on every request: upgrades and plain GETs alike."""
-        problem = host_problem(request.headers.get_all("Host"), self.allowed_hosts,
-                               self.loopback_bind)
+        # a face that serves several addresses (ASGI) tells the one this request came to
+        local = getattr(link, "local_host", None)
+        loopback = self.loopback_bind if local is None else is_loopback_host(local)
+        problem = host_problem(request.headers.get_all("Host"), self.allowed_hosts, loopback)
         if problem is not None:
             return self.refuse(link, problem[0], R_HOST, problem[1])
         return None

@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 from ..wire import protocol as p
 from ..counters import Counter
 from ..core.dispatcher import ServerDispatcher
-from .front import Identity, Screened
+from ..core.front import Identity, Screened
 from .lanes import Lanes
 from ..logsafe import safe
 from .netloop import DEFER, Link

@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, Optional, Protocol, Sequence, Set
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from ..core.front import Admit  # a handler's answer: accept the upgrade (then ``on_open``)
 from ..core.inflow import InboundGauge, InboundLimits
 from ..core.outbox import Outbox
 from ..logsafe import RedactingLogger
@@ -42,15 +43,6 @@ class _ProtocolLogger(RedactingLogger):
 
 
 _PROTOCOL_LOGGER = _ProtocolLogger(logging.getLogger("sente_lite.websockets"))
-
-
-class Admit:
-    """A handler's answer to an upgrade request: accept it (then ``on_open``)."""
-
-    __slots__ = ("identity",)
-
-    def __init__(self, identity: Any) -> None:
-        self.identity = identity
 
 
 class Defer:

@@ -10,7 +10,7 @@ Threads, whatever the number of connections (all joined by :meth:`Server.stop`):
   handled right there; application code never runs on this thread.
   What a frame means is decided by the connection's sans-I/O session
   (:mod:`sente_lite.session`); :mod:`sente_lite.server.handler` acts on it, the HTTP side
-  is :mod:`sente_lite.server.front`, and :mod:`sente_lite.core.hub` holds the registries and
+  is :mod:`sente_lite.core.front`, and :mod:`sente_lite.core.hub` holds the registries and
   channel fan-out.
 * ``sente-lite-worker-N`` (:mod:`sente_lite.server.workers`): a bounded pool that runs
   application handlers and hooks; one connection's events run one at a time, in
@@ -50,7 +50,7 @@ from ..counters import Counter, Counters
 from ..errors import Disconnected, LimitExceeded, RequestTimeout
 from ..wire.framing import OP_BINARY, OP_TEXT, encode_frame, text_frame as _text_frame
 from .api_front import ApiFront
-from .front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
+from ..core.front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 (MAX_CLIENT_ID_CHARS: public)
 from ..brokers.base import Broker
 from ..core.hub import Hub
 from ..core.dispatcher import ServerDispatcher
@@ -61,8 +61,8 @@ from .netloop import Link, NetLoop, raise_descriptor_limit
 from ..core.outbox import Overflow
 from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
-from .messaging import MessagingMixin, check_event_id
-from .settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
+from ..core.messaging import MessagingMixin, check_event_id
+from ..core.settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
                        DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
                        DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BAD_FRAMES_IN_ROW,
                        DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_PENDING_HANDSHAKES_PER_ADDRESS,
@@ -332,7 +332,7 @@ class Server(InspectionMixin, MessagingMixin):
     """A sente_lite server. Use as ``with Server(...) as srv:`` or call start()/stop().
 
     Every keyword is a setting, checked at construction and kept in ``srv.settings``
-    (:class:`~sente_lite.server.settings.ServerSettings`, which tells what each one
+    (:class:`~sente_lite.core.settings.ServerSettings`, which tells what each one
     bounds or turns on). The limits: message and queue sizes, heartbeats, timeouts,
     handshake and connection caps, rates, history and replay bounds, the inbound marks;
     admission: ``authenticate``, ``authorize``, ``allowed_hosts``, ``allowed_origins``,
@@ -566,6 +566,11 @@ class Server(InspectionMixin, MessagingMixin):
         return self._gate.csrf_token_for(client_id)
 
     # -- inspection -------------------------------------------------------------
+
+    def _pending_handshakes(self) -> int:
+        """Sockets whose upgrade request is still arriving (``/health``)."""
+        loop = self._loop
+        return loop.pending_count() if loop is not None else 0
 
     def _on_network_thread(self) -> bool:
         loop = self._loop

@@ -1,14 +1,15 @@
-"""What a :class:`sente_lite.Server` says to its connections, users and channels: ``send``,
-``send_to_user``, ``broadcast``, ``publish``, ``request``, ``disconnect`` and
-``disconnect_user`` (part of the Server class, callable from any thread)."""
+"""What a server says to its connections, users and channels: ``send``, ``send_to_user``,
+``broadcast``, ``publish``, ``request``, ``disconnect`` and ``disconnect_user`` (part of the
+threaded :class:`sente_lite.Server`, callable from any thread; the ASGI face's
+:class:`sente_lite.asgi.App` wraps the same calls in coroutines)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Optional
 
-from ..core.hub import Hub
-from ..core.security import report
+from .hub import Hub
+from .security import report
 from ..counters import Counter, Counters
 from ..errors import Disconnected
 from ..wire import protocol as p

@@ -1,11 +1,15 @@
-"""The server's HTTP front: operator GETs and the upgrade's admission checks.
+"""A server's HTTP front, the same for every face: operator GETs and the upgrade's
+admission checks.
 
 Answers, for the network loop, every HTTP request that arrives: ``/health``,
 ``/metrics``, ``/csrf-token``, the browser client's files, a browser's probe of
 the WebSocket path, and the upgrade itself, checked in order (host, path,
 client-id, packer, origin, CSRF, then ``authenticate``). The connection slot is taken
 later, on the network thread, by an upgrade about to be answered 101
-(:meth:`sente_lite.server.handler.ServerCore.on_admit`).
+(:meth:`sente_lite.server.handler.ServerCore.on_admit`; the ASGI face takes it as it
+accepts). Requests and answers are websockets' ``Request`` and ``Response`` (the threaded
+face parses with websockets; the ASGI face builds a ``Request`` from its scope and writes
+the ``Response`` as ASGI messages); a socket is a :class:`~sente_lite.core.security.GateLink`.
 """
 
 from __future__ import annotations
@@ -15,23 +19,52 @@ import http
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Protocol, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from ..brokers.base import Broker
 from ..wire import packers
 from ..wire import protocol as p
-from ..core import security
-from . import static
-from .netloop import Admit, Link
-
-from .ports import ServerPort
+from . import security, static
+from .hub import Hub
+from .metrics import MetricsExporter
+from .security import Gate, GateLink as Link
 
 MAX_CLIENT_ID_CHARS = 128
 #: HTTP methods every route answers (``HEAD``: the headers of ``GET``, no body).
 ALLOWED_METHODS = ("GET", "HEAD")
+
+
+class Admit:
+    """A front's answer to an upgrade request: accept it, as ``identity``."""
+
+    __slots__ = ("identity",)
+
+    def __init__(self, identity: Any) -> None:
+        self.identity = identity
+
+
+class FrontPort(Protocol):
+    """What the front uses of the server face that owns it."""
+
+    server_id: str
+    path: str
+    demo: bool
+    expose_metrics: bool
+    channels: Broker
+    _gate: Gate
+    _hub: Hub
+    _metrics: MetricsExporter
+    _started_at: float
+    _stopping: bool
+
+    def _pending_handshakes(self) -> int: ...
+    def _admit(self, link: Any, request: Request, client_id: str,
+               client_id_given: bool) -> Optional[Response]: ...
+    def _identify(self, link: Any, request: Request, client_id: str) -> Any: ...
 
 
 @dataclass
@@ -61,7 +94,7 @@ class Screened:
 class HttpFront:
     """Answers HTTP requests for one :class:`~sente_lite.Server`."""
 
-    def __init__(self, server: ServerPort) -> None:
+    def __init__(self, server: FrontPort) -> None:
         self.server = server
 
     def decide(self, link: Link, request: Request) -> Any:
@@ -127,7 +160,7 @@ class HttpFront:
                 health = {"status": "ok", "server-id": srv.server_id,
                           "uptime-s": round(time.monotonic() - srv._started_at, 3),
                           "connections": len(srv._hub.conns),
-                          "pending-handshakes": srv._loop.pending_count() if srv._loop else 0,
+                          "pending-handshakes": srv._pending_handshakes(),
                           "channels": srv.channels.stats()["active_channels"]}
                 health.update(srv.channels.health())  # 503 "degraded" while the broker is down
                 if health.get("broker-status", "up") != "up":
@@ -237,4 +270,5 @@ def _respond(link: Link, status: http.HTTPStatus, body: str,
 
 
 
-__all__ = ["HttpFront", "Identity", "Screened", "MAX_CLIENT_ID_CHARS", "ALLOWED_METHODS"]
+__all__ = ["HttpFront", "Identity", "Screened", "Admit", "FrontPort", "MAX_CLIENT_ID_CHARS",
+           "ALLOWED_METHODS"]
