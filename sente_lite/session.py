@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import secrets
 import threading
 from dataclasses import dataclass, field
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union)
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from . import limits as lim
 from .wire import protocol as p
@@ -690,6 +692,46 @@ TRANSITIONS: Dict[Tuple[str, str], str] = {
 
 #: A server silent this long past 2 x heartbeat is dead (PROTOCOL 5).
 DEAD_SERVER_SLACK_S = 1.0
+
+
+def backoff_delay(attempt: int, base: float, maximum: float,
+                  rng: Callable[[float, float], float] = random.uniform) -> float:
+    """Full-jitter backoff before reconnect attempt ``attempt`` (PROTOCOL 8):
+    random(0, min(maximum, base * 2**attempt))."""
+    return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
+
+
+def upgrade_url(url: str, client_id: str, packer: str, batch: bool, csrf_token: Optional[str],
+                token_given: bool) -> str:
+    """The URL of one upgrade of a client (PROTOCOL 1): ``url`` with the client-id, the
+    packer (when not JSON), ``batch=1``, ``bytes=1`` and the CSRF token in its query. A
+    ``?token=`` already in ``url`` is kept only when no ``token`` is given (a credential
+    goes in a header: :func:`upgrade_headers`; servers and proxies log URLs)."""
+    parts = urlsplit(url)
+    drop = {"client-id", "packer", "batch", p.K_BYTES, "csrf-token"}
+    if token_given:
+        drop.add("token")
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in drop]
+    query.append(("client-id", client_id))
+    if packer != "json":
+        query.append(("packer", packer))
+    if batch:
+        query.append(("batch", "1"))
+    query.append((p.K_BYTES, "1"))
+    if csrf_token:
+        query.append(("csrf-token", csrf_token))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+
+
+def upgrade_headers(headers: Dict[str, str], token: Optional[str]) -> Dict[str, str]:
+    """The headers of one upgrade: ``headers``, plus ``Authorization: Bearer <token>``
+    when there is a token (replacing any other Authorization)."""
+    out = dict(headers)
+    if token:
+        for name in [k for k in out if k.lower() == "authorization"]:
+            del out[name]
+        out["Authorization"] = f"Bearer {token}"
+    return out
 #: The heartbeat assumed when the handshake gives no usable ``heartbeat-ms``.
 DEFAULT_HEARTBEAT_S = 5.0
 
@@ -1212,4 +1254,4 @@ __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "Subscri
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
-           "message_limit"]
+           "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers"]

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import collections
 import logging
-import random
 import socket
 import struct
 import threading
 import time
 import ssl
 from typing import Any, Callable, Deque, Dict, Generator, List, Optional, Protocol, Tuple
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import websocket  # websocket-client
 
@@ -22,7 +20,7 @@ from ..wire import protocol as p
 from ..wire.framing import OP_BINARY as _OP_BINARY, OP_CLOSE as _OP_CLOSE, OP_PING as _OP_PING
 from ..wire.framing import OP_TEXT as _OP_TEXT, SocketFrameReader
 from .. import session as ss
-from ..session import CONNECTED
+from ..session import CONNECTED, backoff_delay  # noqa: F401 (backoff_delay: public here)
 from ..errors import ClientClosed, ConnectRefused, SendQueueFull
 from ..logsafe import redact_target, safe
 
@@ -82,12 +80,6 @@ LIVENESS_EVERY_S = _IDLE_TICK_S / 2
 _READ, _RUN = "read", "run"
 
 
-def backoff_delay(attempt: int, base: float, maximum: float,
-                  rng: Callable[[float, float], float] = random.uniform) -> float:
-    """Full-jitter backoff: random(0, min(maximum, base * 2**attempt))."""
-    return rng(0.0, min(maximum, base * (2 ** min(attempt, 32))))
-
-
 def _FrameReader(sock: socket.socket) -> SocketFrameReader:
     """A reader of the server's frames that raises websocket-client's exceptions."""
     return SocketFrameReader(sock, websocket.WebSocketProtocolException,
@@ -104,38 +96,18 @@ class Connector:
         self._handshaken = False  # a handshake came on it
 
     def _connect_url(self) -> str:
-        """The URL of one upgrade: the client-id and CSRF token in the query. The
-        credential goes in a header (:meth:`_connect_headers`), never in the URL,
-        which servers and proxies log; a ``?token=`` in ``url`` itself is kept only
-        when no ``token`` is given."""
+        """The URL of one upgrade (:func:`sente_lite.session.upgrade_url`): the client-id and
+        CSRF token in the query; the credential goes in a header (:meth:`_connect_headers`)."""
         c = self._c
-        parts = urlsplit(c.url)
-        drop = ("client-id", "token") if c.token is not None else ("client-id",)
-        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
-                 if k not in drop]
-        query.append(("client-id", c.client_id))
-        packer = c._session.packer
-        if packer.name != "json":
-            query = [(k, v) for k, v in query if k != "packer"] + [("packer", packer.name)]
-        if c.batch:
-            query = [(k, v) for k, v in query if k != "batch"] + [("batch", "1")]
-        query = [(k, v) for k, v in query if k != p.K_BYTES] + [(p.K_BYTES, "1")]
         csrf = c._csrf_source() if c._csrf_source is not None else c.csrf_token
-        if csrf:
-            query = [(k, v) for k, v in query if k != "csrf-token"] + [("csrf-token", csrf)]
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
+        return ss.upgrade_url(c.url, c.client_id, c._session.packer.name, c.batch, csrf,
+                              c.token is not None)
 
     def _connect_headers(self) -> Dict[str, str]:
         """The headers of one upgrade: ``headers``, plus ``Authorization: Bearer <token>``
         when there is a token (evaluated now when ``token`` is a callable)."""
         c = self._c
-        headers = dict(c.headers)
-        token = c.token() if callable(c.token) else c.token
-        if token:
-            for name in [k for k in headers if k.lower() == "authorization"]:
-                del headers[name]
-            headers["Authorization"] = f"Bearer {token}"
-        return headers
+        return ss.upgrade_headers(c.headers, c.token() if callable(c.token) else c.token)
 
     def connections(self) -> Generator[List[tuple], None, None]:
         """The reading role: connect, read, reconnect with backoff until stopped or
