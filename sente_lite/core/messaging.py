@@ -6,7 +6,7 @@ threaded :class:`sente_lite.Server`, callable from any thread; the ASGI face's
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from .hub import Hub
 from .security import report
@@ -14,7 +14,7 @@ from ..counters import Counter, Counters
 from ..errors import Disconnected
 from ..wire import protocol as p
 from ..wire import tracing as tracing_mod
-from ..wire.channels import Published
+from ..wire.channels import Published, Since
 
 log = logging.getLogger("sente_lite.server")
 
@@ -116,6 +116,34 @@ class MessagingMixin:
                    remote=conn.remote_address, code=code, message=reason)
             conn.close(code, reason)
         return len(conns)
+
+    def history(self, channel_id: str, limit: int = 100,
+                since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
+        """The messages of ``channel_id``'s history, oldest first (``reverse``: newest
+        first), at most ``limit``; with ``since`` (``{"offset", "epoch"}``) only those
+        after it, and ``recovered``: False when history no longer reaches back to it.
+        Returns ``{"channel", "offset", "epoch", "publications": [{offset, epoch, data,
+        from}]}`` (``offset``/``epoch`` of the newest held; 0 and None when empty)."""
+        problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
+        if problem:
+            raise ValueError(problem)
+        after = None if since is None else Since(int(since["offset"]), since.get("epoch"))
+        page = self.channels.history(channel_id, after, limit, reverse)
+        out: Dict[str, Any] = {"channel": channel_id, "offset": page.offset, "epoch": page.epoch}
+        if page.recovery is not None:
+            out["recovered"] = page.recovery.recovered
+        out["publications"] = [_publication(offset, text) for offset, text in page.publications]
+        return out
+
+
+def _publication(offset: int, text: bytes) -> Dict[str, Any]:
+    """One history entry (a channel message's text) as a dict."""
+    body = p.loads(text.decode("utf-8"))[1]
+    out = {"offset": offset, "epoch": body.get(p.K_EPOCH), "data": body.get(p.K_DATA),
+           "from": body.get(p.K_FROM)}
+    if "traceparent" in body:
+        out["traceparent"] = body["traceparent"]
+    return out
 
 
 __all__ = ["MessagingMixin", "check_event_id"]

@@ -326,6 +326,23 @@ class ServerSettings:
             handshake_timeout=self.handshake_timeout, allowed_hosts=self.allowed_hosts,
             bind_host=self.host, max_pending_auth=self.max_pending_auth)
 
+    def make_broker(self, server_id: str, counters: Any) -> Broker:
+        """The broker of the ``broker`` setting: a Broker as given; a Redis URL
+        (``"redis://host:port/db"``: channels shared by several servers); None: this
+        process's (:meth:`local_broker`)."""
+        broker = self.broker
+        if isinstance(broker, str):
+            from ..brokers.redis.broker import RedisBroker
+            return RedisBroker(broker, server_id, history_size=self.history_size,
+                               history_ttl_s=self.history_ttl_s,
+                               publish_dedup_s=self.publish_dedup_s,
+                               publish_ids_per_publisher=self.publish_ids_per_publisher,
+                               publish_ids_max=self.publish_ids_max, counters=counters,
+                               max_replay_per_subscribe=self.max_replay_per_subscribe)
+        if broker is None:
+            return self.local_broker(server_id, counters)
+        return broker
+
     def local_broker(self, server_id: str, counters: Any) -> Broker:
         """The in-process broker these settings describe (``broker=None``)."""
         return LocalBroker(

@@ -436,17 +436,7 @@ class Server(InspectionMixin, MessagingMixin):
 
     def _wire_broker(self, broker: Union[Broker, str, None], settings: ServerSettings) -> Broker:
         """The broker of ``broker`` (a Broker; a Redis URL; None: this process's)."""
-        if isinstance(broker, str):  # "redis://host:port/db": channels shared by several servers
-            from ..brokers.redis.broker import RedisBroker
-            broker = RedisBroker(broker, self.server_id, history_size=settings.history_size,
-                                 history_ttl_s=settings.history_ttl_s,
-                                 publish_dedup_s=settings.publish_dedup_s,
-                                 publish_ids_per_publisher=settings.publish_ids_per_publisher,
-                                 publish_ids_max=settings.publish_ids_max, counters=self.counters,
-                                 max_replay_per_subscribe=settings.max_replay_per_subscribe)
-        if broker is None:
-            broker = settings.local_broker(self.server_id, self.counters)
-        return broker
+        return settings.make_broker(self.server_id, self.counters)
 
     # -- lifecycle --------------------------------------------------------------
     def __enter__(self) -> "Server":

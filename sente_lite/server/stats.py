@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List
 
-from ..wire import protocol as p
 from ..counters import Counter
-from ..wire.channels import Since
 
 from .ports import ConnectionPort
 
@@ -85,24 +83,6 @@ class InspectionMixin:
         across = self._hub.presence_broker
         return sorted(across.nodes()) if across is not None else [self.server_id]
 
-    def history(self, channel_id: str, limit: int = 100,
-                since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
-        """The messages of ``channel_id``'s history, oldest first (``reverse``: newest
-        first), at most ``limit``; with ``since`` (``{"offset", "epoch"}``) only those
-        after it, and ``recovered``: False when history no longer reaches back to it.
-        Returns ``{"channel", "offset", "epoch", "publications": [{offset, epoch, data,
-        from}]}`` (``offset``/``epoch`` of the newest held; 0 and None when empty)."""
-        problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
-        if problem:
-            raise ValueError(problem)
-        after = None if since is None else Since(int(since["offset"]), since.get("epoch"))
-        page = self.channels.history(channel_id, after, limit, reverse)
-        out: Dict[str, Any] = {"channel": channel_id, "offset": page.offset, "epoch": page.epoch}
-        if page.recovery is not None:
-            out["recovered"] = page.recovery.recovered
-        out["publications"] = [_publication(offset, text) for offset, text in page.publications]
-        return out
-
     def _snapshot(self) -> List[ConnectionPort]:
         return self._hub.snapshot()
 
@@ -119,11 +99,3 @@ class InspectionMixin:
                 self._closed_totals[key] += getattr(conn, key)
 
 
-def _publication(offset: int, text: bytes) -> Dict[str, Any]:
-    """One history entry (a channel message's text) as a dict."""
-    body = p.loads(text.decode("utf-8"))[1]
-    out = {"offset": offset, "epoch": body.get(p.K_EPOCH), "data": body.get(p.K_DATA),
-           "from": body.get(p.K_FROM)}
-    if "traceparent" in body:
-        out["traceparent"] = body["traceparent"]
-    return out
