@@ -1,7 +1,9 @@
 """sente_lite: lightweight real-time messaging (Sente-style events, request/reply,
-channels with offsets) over WebSocket, for threaded Python programs.
+channels with offsets) over WebSocket, for threaded Python programs, and for asyncio
+ones (an ASGI application and an asyncio client).
 
     from sente_lite import Server, Client
+    from sente_lite import App, AsyncClient   # ASGI (uvicorn, FastAPI, Starlette), asyncio
 """
 
 from .wire.channels import Published, Since
@@ -13,11 +15,13 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
 from .console import Console
 from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
+from .asgi import App
+from .aio import AsyncClient
 
 from .version import __version__
 
 __all__ = [
-    "Server", "Connection", "Client", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
+    "Server", "Connection", "Client", "App", "AsyncClient", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",

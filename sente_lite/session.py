@@ -694,6 +694,20 @@ TRANSITIONS: Dict[Tuple[str, str], str] = {
 DEAD_SERVER_SLACK_S = 1.0
 
 
+def with_traceparent(data: Any, traceparent: Optional[str]) -> Any:
+    """``data`` (a map, or None) with ``traceparent`` added: a request's or event's trace
+    context travels in its data map (PROTOCOL 10). ValueError when it cannot carry one."""
+    if traceparent is None:
+        return data
+    if tracing.valid(traceparent) is None:
+        raise ValueError(f"traceparent must be a W3C version-00 traceparent, got {traceparent!r}")
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError("traceparent travels in the data map: data must be a dict (or None)")
+    return dict(data, **{tracing.TRACEPARENT: traceparent})
+
+
 def backoff_delay(attempt: int, base: float, maximum: float,
                   rng: Callable[[float, float], float] = random.uniform) -> float:
     """Full-jitter backoff before reconnect attempt ``attempt`` (PROTOCOL 8):
@@ -1254,4 +1268,4 @@ __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "Subscri
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
-           "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers"]
+           "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers", "with_traceparent"]

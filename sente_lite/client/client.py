@@ -29,7 +29,6 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 import websocket  # websocket-client
 
 from ..wire import packers
-from ..wire import tracing
 from ..wire import protocol as p
 from .. import session as ss
 from . import channels as client_channels
@@ -379,17 +378,8 @@ def attachable(console: Any) -> Any:
     return console
 
 
-def _traced(data: Any, traceparent: Optional[str]) -> Any:
-    """``data`` (a map, or None) with ``traceparent`` added; ValueError when it cannot carry one."""
-    if traceparent is None:
-        return data
-    if tracing.valid(traceparent) is None:
-        raise ValueError(f"traceparent must be a W3C version-00 traceparent, got {traceparent!r}")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError("traceparent travels in the data map: data must be a dict (or None)")
-    return dict(data, **{tracing.TRACEPARENT: traceparent})
+#: ``data`` with ``traceparent`` added (the rule every client follows).
+_traced = ss.with_traceparent
 
 
 __all__ = ["Client", "ChannelMessage", "ChannelHandler", "Recovery", "RecoveryHandler",
