@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from sente_lite.asgi import NOT_HERE
 from sente_lite.core.settings import DEFAULTS
 from sente_lite.server.server import Server
 
+from sente_lite.testing.abuse import RawPeer
 from tests.asgi_support import serving
 from tests.support import wait_until
 
@@ -190,3 +192,31 @@ def test_mounted_at_a_prefix(framework: str, clients: Callable[..., Client]) -> 
         assert c.request("app/echo", "hi")["echo"] == "hi"
         assert rt.running
     assert not rt.running  # the host's lifespan stopped it
+
+
+def test_a_silent_peer_is_closed_4000_and_a_slow_consumer_4001() -> None:
+    from websockets.sync.client import connect
+
+    rt = App(heartbeat_ms=200, max_queued_bytes_per_conn=256 * 1024, close_timeout=0.5)
+    with serving(rt) as base:
+        with connect(ws(base) + "?client-id=silent", max_size=None) as silent:
+            silent.recv(timeout=5)  # the handshake; then nothing is read or answered
+            wait_until(lambda: rt.stats()["closes_by_code"].get(4000), what="a 4000 close")
+    rt = App(heartbeat_ms=60_000, max_queued_bytes_per_conn=256 * 1024, close_timeout=0.5)
+    with serving(rt) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with RawPeer("127.0.0.1", port, timeout=5) as slow:  # reads nothing once subscribed
+            slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            assert slow.upgrade(timeout=5).status == 101
+            assert slow.read_text(5)[0] == "chsk/handshake"
+            slow.send_text('["sente-lite/subscribe",{"channel-id":"big"},"c1"]')
+            assert slow.read_text(5)[0] == "chsk/reply"
+            blob = "x" * 65536
+
+            def flood() -> bool:
+                for _ in range(20):
+                    on_loop(rt, rt.publish("big", blob))
+                return bool(rt.stats().get("slow_consumer_closes"))
+            wait_until(flood, timeout=20, what="a slow-consumer close")
+            wait_until(lambda: rt.stats()["connections"] == 0, what="the slow peer gone")
+        assert rt.stats()["closes_by_code"].get(4001) == 1
