@@ -220,3 +220,48 @@ def test_a_silent_peer_is_closed_4000_and_a_slow_consumer_4001() -> None:
             wait_until(flood, timeout=20, what="a slow-consumer close")
             wait_until(lambda: rt.stats()["connections"] == 0, what="the slow peer gone")
         assert rt.stats()["closes_by_code"].get(4001) == 1
+
+
+def test_two_uvicorn_workers_share_channels_through_redis(redis_srv: Any, tmp_path: Any,
+                                                          clients: Callable[..., Client]) -> None:
+    """``uvicorn --workers 2`` (two processes, one port) with ``broker="redis://..."``: a
+    publish made through one worker reaches a subscriber of the other."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import free_port
+
+    (tmp_path / "rtapp.py").write_text(
+        "import os\nfrom sente_lite import App\n"
+        "rt = App(broker=os.environ['RT_REDIS'])\n")
+    port = free_port()
+    env = dict(os.environ, RT_REDIS=redis_srv.url,
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "rtapp:rt", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2", "--log-level", "warning"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        url = f"ws://127.0.0.1:{port}/chsk"
+        by_server: dict = {}
+
+        def two_workers_seen() -> bool:
+            c = clients(url, backoff_base=0.05, backoff_max=0.2)
+            if c.wait_connected(5):
+                by_server.setdefault(c.server_id, c)
+            return len(by_server) >= 2
+        wait_until(two_workers_seen, timeout=60, what="connections on both workers")
+        sub, pub = list(by_server.values())[:2]
+        got: List[Any] = []
+        sub.subscribe("shared", got.append)
+        ack = pub.publish("shared", {"via": pub.server_id}, ack=True)
+        wait_until(lambda: got, what="the delivery from the other worker")
+        assert got[0].data == {"via": pub.server_id} and got[0].offset == ack["offset"]
+        assert sub.server_id != pub.server_id
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
