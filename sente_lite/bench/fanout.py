@@ -70,6 +70,8 @@ NO_HISTORY = "sente_lite_nohistory"
 #: ``--broker redis``: a redis-server and REDIS_SERVERS sente_lite servers sharing it, the
 #: connections split across them round-robin; CPU counts every server and Redis.
 REDIS = "sente_lite_redis"
+#: The ASGI face (sente_lite.asgi.App) under uvicorn: ``sente_lite.bench.asgi``.
+ASGI = "asgi"
 REDIS_SERVERS = 2
 #: Seconds a server on Redis may take to link up before the load starts.
 REDIS_LINK_TIMEOUT_S = 30.0
@@ -249,6 +251,10 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_
                           max_connections=BENCH_MAX_CONNECTIONS, broker=broker,
                           history_size=0 if system == NO_HISTORY else DEFAULT_HISTORY_SIZE,
                           compression=compression)
+    elif system == ASGI:
+        from ..brokers.local import DEFAULT_HISTORY_SIZE as HISTORY
+        from .asgi_server import UvicornApp
+        srv = UvicornApp(heartbeat_ms, BENCH_MAX_CONNECTIONS, HISTORY)
     else:
         from .baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
