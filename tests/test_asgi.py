@@ -46,6 +46,10 @@ def echo_app(**settings: Any) -> App:
     async def ask(conn: Any, data: Any) -> Any:
         return await conn.request("app/question", data, timeout=5.0)
 
+    @rt.on("app/ask-sync")
+    def ask_sync(conn: Any, data: Any) -> Any:
+        return conn.request_sync("app/question", data, timeout=5.0)
+
     return rt
 
 
@@ -86,6 +90,7 @@ def test_threaded_client_handshake_requests_both_ways_and_channels(clients: Call
         assert c.request("app/echo", {"x": 1}) == {"echo": {"x": 1}, "uid": c.client_id}
         assert c.request("app/thread") == {"thread": True}
         assert c.request("app/ask", 21) == {"answer": 42}  # the server's request to the client
+        assert c.request("app/ask-sync", 2) == {"answer": 4}  # from a plain def handler
         got: List[Any] = []
         reply = c.subscribe("news", got.append)
         assert reply["offset"] == 0

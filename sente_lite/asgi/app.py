@@ -32,6 +32,7 @@ from ..core.hub import Hub
 from ..core.messaging import check_event_id
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from ..core.settings import ServerSettings
+from ..counters import Counter, Counters
 from ..wire import protocol as p
 from ..wire import tracing as tracing_mod
 from .calls import CallsMixin, Face
@@ -89,7 +90,6 @@ class App(CallsMixin):
         self.settings = ServerSettings.with_defaults(dict(settings, path=path, host="asgi"))
         vars(self).update(self.settings.attributes())
         self.server_id = uuid.uuid4().hex[:16]
-        from ..counters import Counters
         self.counters = Counters()
         self.channels = self.settings.make_broker(self.server_id, self.counters)
         self._assemble(self.settings)
@@ -261,7 +261,6 @@ class App(CallsMixin):
         return fn(*args, **kwargs)
 
     def _closed_conn(self, code: int) -> None:
-        from ..counters import Counter
         self.counters.add(Counter.CONNECTIONS_CLOSED)
         self._closes_by_code[code] = self._closes_by_code.get(code, 0) + 1
 

@@ -37,7 +37,8 @@ class AsgiConnection:
 
     Public attributes, as on the threaded face's :class:`~sente_lite.server.Connection`:
     ``conn_id``, ``client_id``, ``uid``, ``remote_address``, ``first``, ``connected_at``.
-    ``await conn.request(event, data, timeout=)`` asks the client; ``conn.send(event,
+    ``await conn.request(event, data, timeout=)`` asks the client (``conn.request_sync``
+    from a plain ``def`` handler); ``conn.send(event,
     data)`` and ``conn.close(code, reason)`` work from any thread.
     """
 
@@ -243,6 +244,14 @@ class AsgiConnection:
                                      f"within {timeout}s") from None
         finally:
             session.forget(cb_id)
+
+    def request_sync(self, event: str, data: Any = None, timeout: float = 5.0) -> Any:
+        """:meth:`request` from a plain ``def`` handler (a worker thread): waits for the reply
+        there. RuntimeError on the event loop's own thread (``await conn.request()`` there)."""
+        if threading.get_ident() == self._loop_thread:
+            raise RuntimeError("request_sync() on the event loop would stop it: await request()")
+        return asyncio.run_coroutine_threadsafe(self.request(event, data, timeout),
+                                                self._loop).result()
 
     def settle(self, waiter: Any, result: Any, error: Optional[BaseException]) -> None:
         """Hand the outcome of one of the server's requests to its future (on the loop)."""
