@@ -3,7 +3,7 @@ person reading its medians, not here) and what it measures is what it says."""
 
 from __future__ import annotations
 
-from sente_lite.bench import console as bench
+from sente_lite.testing import console_bench as bench
 
 
 def test_the_bench_runs_and_prints_its_figures_and_targets(capsys) -> None:

@@ -1,4 +1,4 @@
-"""Benchmark of the remote console under load: ``python -m sente_lite.bench.console``.
+"""Benchmark of the remote console under load: ``python -m sente_lite.testing.console_bench``.
 
 Each run starts, as separate spawned processes (:mod:`sente_lite.testing`):
 
@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..discovery import wait_for
-from ..testing import (ProcessContext, ProcessResult, Run, latencies_ms, latency_summary,
-                       order_problem, percentile, stamp)
-from ..testing.common import SERVER_STARTUP_TIMEOUT_S
+from . import (ProcessContext, ProcessResult, Run, latencies_ms, latency_summary,
+              order_problem, percentile, stamp)
+from .common import SERVER_STARTUP_TIMEOUT_S
 from ..console.client import ConsoleClient, ConsoleError, TcpTransport, WsClientTransport, status_of
 from ..console import Console
 
@@ -298,9 +298,9 @@ def figures(measured: Measured) -> Dict[str, Any]:
 
 # -- the command line ---------------------------------------------------------------------------
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m sente_lite.bench.console``: medians over ``--runs`` runs."""
+    """``python -m sente_lite.testing.console_bench``: medians over ``--runs`` runs."""
     defaults = Load()
-    ap = argparse.ArgumentParser(prog="python -m sente_lite.bench.console", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m sente_lite.testing.console_bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=5, help="runs (default 5); medians over them")
     ap.add_argument("--clients", type=int, default=defaults.clients,
