@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sente_lite import cli
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def settings(argv, env=None):
@@ -54,7 +54,7 @@ def test_every_setting_is_in_help() -> None:
 
 
 def test_serve_runs_from_environment_settings(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SENTE_LITE_CSRF="1", SENTE_LITE_DEMO="true",
+    env = dict(os.environ, PYTHONPATH=str(REPO), SENTE_LITE_CSRF="1", SENTE_LITE_DEMO="true",
                SENTE_LITE_PORT="0", SENTE_LITE_PORT_FILE=str(tmp_path / "port.json"))
     proc = subprocess.Popen([sys.executable, "-m", "sente_lite", "serve"], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -75,7 +75,7 @@ def test_serve_runs_from_environment_settings(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_bad_setting_with_a_clear_error() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SENTE_LITE_MAX_MESSAGE_BYTES="1MB")
+    env = dict(os.environ, PYTHONPATH=str(REPO), SENTE_LITE_MAX_MESSAGE_BYTES="1MB")
     done = subprocess.run([sys.executable, "-m", "sente_lite", "serve", "--port", "0"], env=env,
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 1

@@ -20,8 +20,8 @@ from sente_lite import Client, Server
 from sente_lite.wire import protocol as p
 from sente_lite.testing.abuse import RawPeer
 from support import WAIT_S, sente_threads, wait_until
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def opened(srv: Server) -> RawPeer:

@@ -1,6 +1,6 @@
 """A bug in the upgrade path is answered 500, never a bare reset (a bug inside a built-in
-event costs one answer: tests/test_dispatcher.py, and over a socket
-tests/test_inline_dispatch.py)."""
+event costs one answer: tests/core/test_dispatcher.py, and over a socket
+tests/server/test_inline_dispatch.py)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 import websocket  # websocket-client
 
 from sente_lite import Client, Server, discovery
-from support import THREAD_PREFIX, WAIT_S, RawWS, sente_threads, wait_until
+from support import TESTS, THREAD_PREFIX, WAIT_S, RawWS, sente_threads, wait_until
 
 SERVER_THREAD_PREFIXES = ("sente-lite-net", "sente-lite-worker")
 
@@ -155,7 +155,7 @@ def test_clean():
 
 
 def test_thread_guard_fails_a_leaking_test(pytester: pytest.Pytester) -> None:
-    here = Path(__file__).parent
+    here = TESTS
     pytester.makeconftest((here / "conftest.py").read_text())
     pytester.makepyfile(support=(here / "support.py").read_text(), test_leaky=LEAKY_TEST)
     try:

@@ -22,6 +22,7 @@ import pytest
 from sente_lite import Server
 from sente_lite.server import static
 from support import WAIT_S, wait_until
+from support import REPO
 
 CHROMIUM = os.environ.get("SENTE_LITE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -351,7 +352,7 @@ def test_demo_page_shows_connection_and_chat(make_server, make_client, browser) 
 def test_demo_page_connects_when_allowed_origins_lists_other_origins(browser) -> None:
     """``sente-lite serve --demo --allowed-origin https://app.example``: the demo page is the
     server's own origin, which stays allowed beside the listed one."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "sente_lite", "serve", "--demo", "--port", "0",
                              "--allowed-origin", "https://app.example"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -25,8 +25,8 @@ from sente_lite import discovery
 from sente_lite.testing import ProcessContext, Run, rss_growth_per_1000
 from sente_lite.testing import criteria as crit
 from sente_lite.testing.report import render_html, run_entry
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 #: Seconds a runner may take for a tiny scenario on a loaded 2-core machine.
 RUN_S = 240.0
 #: Deadline of waits for what should take well under a second.

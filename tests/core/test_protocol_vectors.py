@@ -21,8 +21,9 @@ import pytest
 from sente_lite.wire import packers
 from sente_lite.wire import protocol as p
 from sente_lite import session as ss
+from support import TESTS
 
-VECTORS_PATH = Path(__file__).resolve().parent / "data" / "protocol_vectors.json"
+VECTORS_PATH = TESTS / "data" / "protocol_vectors.json"
 DATA: Dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))
 DEFS: Dict[str, Any] = DATA["defs"]
 COUNTERS: Dict[str, str] = {name: names["python"] for name, names in DATA["counters"].items()}

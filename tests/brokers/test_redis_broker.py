@@ -18,6 +18,7 @@ from sente_lite.wire import protocol as p
 from sente_lite.session import ClientSession, Subscribed
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until
+from support import REPO
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
 
@@ -328,7 +329,7 @@ def test_cli_serve_with_broker(redis_srv: RedisServer, tmp_path: Any) -> None:
     import subprocess
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     env = dict(os.environ, PYTHONPATH=str(root), SENTE_LITE_BROKER=redis_srv.url)
     procs = [subprocess.Popen([sys.executable, "-m", "sente_lite", "serve", "--port", "0"] + extra,
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

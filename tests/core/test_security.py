@@ -188,7 +188,7 @@ def test_allowed_origins_list_and_explicit_star(make_server):
     assert upgrade_status(srv, headers=[("Origin", "https://APP.example.com")]) == 101
     assert upgrade_status(srv, headers=[("Origin", "http://localhost:3000")]) == 101
     assert upgrade_status(srv, headers=[("Origin", "https://app.example.com:8443")]) == 403
-    # the server's own origin stays allowed beside the list (tests/test_origin.py)
+    # the server's own origin stays allowed beside the list (tests/wire/test_origin.py)
     assert upgrade_status(srv, headers=[("Origin", f"http://{srv.host}:{srv.port}")]) == 101
     assert upgrade_status(srv, headers=[("Origin", f"http://{srv.host}:{srv.port + 1}")]) == 403
     assert upgrade_status(srv) == 101

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sente_lite.server import static
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_script_is_served_with_etag_and_revalidation() -> None:
@@ -55,9 +55,9 @@ def test_demo_page_only_when_asked_and_other_paths_are_not_static() -> None:
 
 def test_every_static_file_is_package_data() -> None:
     cfg = configparser.ConfigParser()
-    cfg.read(ROOT / "setup.cfg")
+    cfg.read(REPO / "setup.cfg")
     patterns = [p.strip() for p in cfg["options.package_data"]["sente_lite"].split(",")]
-    for f in (ROOT / "sente_lite" / "static").iterdir():
+    for f in (REPO / "sente_lite" / "static").iterdir():
         rel = f"static/{f.name}"
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} would be missing from a wheel"
 

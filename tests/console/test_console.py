@@ -8,6 +8,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from typing import Any, Dict, Iterator, List
 
@@ -196,9 +197,14 @@ def test_completions_resolve_names_without_running_code(server, consoles):
 
 
 # -- interrupt ----------------------------------------------------------------------------
-@pytest.mark.parametrize("loop", ["while True: pass",
-                                  "while True:\n    try:\n        pass\n    except Exception:\n        pass",
-                                  "n = 0\nwhile True:\n    n += 1"])
+@pytest.mark.parametrize("loop", [
+    "while True: pass",
+    pytest.param("while True:\n    try:\n        pass\n    except Exception:\n        pass",
+                 marks=pytest.mark.skipif(sys.version_info < (3, 11), reason=(
+                     "CPython 3.10 never delivers an async exception right before a try block "
+                     "(docs/console.md); 3.11+ does"))),
+    "n = 0\nwhile True:\n    n += 1\n    try:\n        n += 1\n    except Exception:\n        pass",
+    "n = 0\nwhile True:\n    n += 1"])
 def test_interrupt_stops_a_busy_loop_promptly(server, loop):
     raw = Raw(server.console.port)
     try:

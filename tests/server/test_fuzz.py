@@ -8,7 +8,7 @@ afterwards the server's thread count must come back to its baseline and its
 RSS stay near it.
 
 ``SENTE_LITE_FUZZ_S`` sets the fuzzing time (default 12 s); for example
-``SENTE_LITE_FUZZ_S=300 python -m pytest -s tests/test_fuzz.py`` runs five minutes.
+``SENTE_LITE_FUZZ_S=300 python -m pytest -s tests/server/test_fuzz.py`` runs five minutes.
 ``SENTE_LITE_FUZZ_SEED`` replays one seed.
 """
 

@@ -27,8 +27,8 @@ import pytest
 from sente_lite import Client, Server, cli
 from sente_lite.brokers.redis.broker import RedisBroker
 from sente_lite.testing import scenario
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 DOCS = sorted((REPO / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
@@ -367,7 +367,7 @@ def test_every_serve_setting_is_in_the_operations_table() -> None:
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_repository_paths_named_exist(page: Path) -> None:
-    """``sente_lite/hub.py``, ``tests/test_fuzz.py``, ``tests/test_security*.py`` ... exist."""
+    """``sente_lite/hub.py``, ``tests/server/test_fuzz.py``, ``tests/core/test_security*.py`` ... exist."""
     missing = []
     for span in inline_code(page.read_text(encoding="utf-8")):
         path = span.split()[0] if span.split() else ""

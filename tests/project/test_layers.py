@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
 import pytest
+from support import REPO
 
-PACKAGE = Path(__file__).resolve().parent.parent / "sente_lite"
+PACKAGE = REPO / "sente_lite"
 
 
 def library_modules() -> Dict[str, Path]:

@@ -16,8 +16,8 @@ import pytest
 
 from sente_lite import Client, Server, cli
 from sente_lite import limits as lim
+from support import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 NOT_NUMBERS = ["10", "nan", b"1", [1], True, False, object()]
 NON_FINITE = [math.nan, math.inf, -math.inf]
 HUGE = [10 ** 30, 1e300]
@@ -150,7 +150,7 @@ def test_serve_rate_limit_zero_is_off_and_a_negative_one_is_an_error() -> None:
 
 
 def test_serve_process_exits_with_the_setting_named() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), SENTE_LITE_RATE_LIMIT="nan")
+    env = dict(os.environ, PYTHONPATH=str(REPO), SENTE_LITE_RATE_LIMIT="nan")
     done = subprocess.run([sys.executable, "-m", "sente_lite", "serve", "--port", "0"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stderr

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import TESTS
 
-JS_DIR = Path(__file__).resolve().parent / "js"
+JS_DIR = TESTS / "js"
 NPM_TIMEOUT_S = 180
 NODE_TESTS_TIMEOUT_S = 300
 

@@ -15,8 +15,8 @@ from typing import Dict, Iterator, List
 import pytest
 
 from support import wait_until
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 #: Generous: a loaded 2-core machine may take seconds to start an interpreter.
 RUN_TIMEOUT_S = 120

@@ -19,9 +19,9 @@ import pytest
 
 from sente_lite.testing import ProcessContext, Run
 from sente_lite.testing.report import render_html, run_entry
+from support import REPO, TESTS
 
-REPO = Path(__file__).resolve().parent.parent
-SCENARIOS = Path(__file__).resolve().parent / "data" / "report_scenarios"
+SCENARIOS = TESTS / "data" / "report_scenarios"
 #: Seconds the runner may take for both small scenarios on a loaded 2-core machine.
 RUN_S = 240.0
 CHROMIUM = "/usr/bin/chromium"

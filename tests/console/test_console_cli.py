@@ -20,8 +20,8 @@ import pytest
 
 from sente_lite import Console
 from support import WAIT_S, wait_until
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _env() -> dict:

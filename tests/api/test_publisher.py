@@ -19,8 +19,8 @@ from sente_lite import ApiCallError, Publisher, Server, cli
 from sente_lite.errors import BrokerCommandError, BrokerUnavailable, PublishOutcomeUnknown
 from sente_lite.testing.redis_server import RedisServer
 from support import WAIT_S, wait_until
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 KEY = "publisher-key-0123456789"
 
 

@@ -18,8 +18,8 @@ import venv
 from pathlib import Path
 
 import pytest
+from support import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 #: What a downstream repository copies (docs/harness.md, "Vendoring").
 VENDORED = ("sente_lite", "run_all_tests.py", "test_scripts/_repo.py", "LICENSE")
 #: The core dependencies, by import name.

@@ -26,8 +26,8 @@ from sente_lite.testing import (CommandFailed, Delivery, History, HarnessTimeout
                                 order_problem, percentile, port_is_free, run_scenario)
 from sente_lite.testing.common import command_path, mark_path
 from sente_lite.testing.run import _is_child_of_us
+from support import REPO, TESTS
 
-REPO = Path(__file__).resolve().parent.parent
 #: Bound on the time of anything that should take well under a second (a process's
 #: start-up is awaited apart, with the harness's own PROCESS_START_TIMEOUT_S).
 FAST_S = 10.0
@@ -290,7 +290,7 @@ def test_cleanup_detects_a_surviving_child(tmp_path: Path) -> None:
 def test_children_die_with_their_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, sys
-        sys.path[:0] = {[str(REPO), str(Path(__file__).parent)]!r}
+        sys.path[:0] = {[str(REPO), str(Path(__file__).parent), str(TESTS)]!r}
         from sente_lite.testing import Run
         from test_harness import leaves_grandparent
         if __name__ == "__main__":
