@@ -3,7 +3,7 @@
 :class:`ServerSession` and :class:`ClientSession` take received text and the
 current time as arguments and give back events for the application and the
 frames (UTF-8 JSON payloads) to send. They open no socket, start no thread and
-read no clock, so every protocol rule is tested in memory (``tests/test_session.py``
+read no clock, so every protocol rule is tested in memory (``tests/core/test_session.py``
 joins a client and a server session the way a socket would). The threaded
 :class:`sente_lite.Server` and :class:`sente_lite.Client` are adapters: they move
 bytes, run handlers and wait on futures.

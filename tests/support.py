@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import socket
+from pathlib import Path
 import threading
 import time
 from typing import Any, Callable, Iterator, List, Optional, Tuple
@@ -156,3 +157,8 @@ def decode_path(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.param
     finally:
         p._orjson = saved
+
+
+#: This directory (tests/: conftest.py, support.py, data/, js/) and the repository above it.
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent

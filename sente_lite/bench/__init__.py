@@ -1,2 +1,2 @@
 """Benchmarks (not imported by the library; ``sente-lite bench`` loads ``fanout``):
-``fanout`` and its ``baseline`` server, ``framing``, ``browser``, ``socketio``, ``api``, ``console`` (the remote console under load)."""
+``fanout`` and its ``baseline`` server, ``framing``, ``browser``, ``socketio``, ``api``."""

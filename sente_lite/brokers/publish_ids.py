@@ -71,7 +71,7 @@ class PublishIds:
     def held_bytes(self) -> int:
         """Bytes the remembered ids hold: their tuples, times, offsets and id strings
         (counted as they come and go) and the tables (measured now). Close to what
-        ``tracemalloc`` sees them allocate (tests/test_publish_ids.py); the shared publisher,
+        ``tracemalloc`` sees them allocate (tests/brokers/test_publish_ids.py); the shared publisher,
         channel and epoch strings are not counted."""
         with self._lock:
             held = self._entry_bytes

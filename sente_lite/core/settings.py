@@ -57,7 +57,7 @@ SERVER_ATTRIBUTES = (
 
 #: The default of every setting, as :class:`~sente_lite.Server` takes them: a face that takes
 #: some of them (:class:`sente_lite.asgi.App`) fills the rest from here
-#: (``tests/test_asgi.py`` checks that both agree).
+#: (``tests/asgi/test_asgi.py`` checks that both agree).
 DEFAULTS: Dict[str, Any] = {
     "host": '127.0.0.1',
     "port": 0,

@@ -2,7 +2,7 @@
 bench_msgpack.mjs (bytes per frame, decode and encode time), run in a page.
 
 Run: ``python tests/js/bench_msgpack_browser.py [--runs 15] [--target-ms 20] [--json]``.
-Needs Playwright for Python and Debian's chromium (as tests/test_browser.py). The page
+Needs Playwright for Python and Debian's chromium (as tests/browser/test_browser.py). The page
 loads the client from a local sente_lite server, then bench_msgpack_core.cjs.
 """
 

@@ -1,6 +1,6 @@
 // The shared protocol vectors (tests/data/protocol_vectors.json) run against sente_lite.js,
 // one test per vector, with an in-memory WebSocket passed as options.WebSocket (no network).
-// The same file is run against the Python ClientSession by tests/test_protocol_vectors.py;
+// The same file is run against the Python ClientSession by tests/core/test_protocol_vectors.py;
 // the format is described in docs/protocol.md ("Appendix: protocol vectors").
 import { test } from "node:test";
 import assert from "node:assert/strict";

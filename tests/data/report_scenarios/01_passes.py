@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A tiny scenario that passes: 1 server, 2 clients; each message reaches both.
 
-Test data for the HTML report (tests/test_report.py), not one of the project's scenarios.
+Test data for the HTML report (tests/testing/test_report.py), not one of the project's scenarios.
 """
 
 from __future__ import annotations

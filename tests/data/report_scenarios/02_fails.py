@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A tiny scenario made to fail: client2 is frozen while messages flow, then held to a latency bound.
 
-Test data for the HTML report (tests/test_report.py), not one of the project's scenarios.
+Test data for the HTML report (tests/testing/test_report.py), not one of the project's scenarios.
 1 server, 2 clients on "news". Round 1: client1 publishes ROUND messages, one every
 PUBLISH_INTERVAL_S; both get them. Then SIGSTOP client2; round 2 goes the same way
 and client1 gets it; then SIGCONT client2, which gets round 2 late. The check that

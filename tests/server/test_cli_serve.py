@@ -1,0 +1,101 @@
+"""``sente-lite serve``: every setting as a flag or a SENTE_LITE_* variable, and a real run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from sente_lite import cli
+from support import REPO
+
+
+
+def settings(argv, env=None):
+    args = cli.build_parser().parse_args(["serve", *argv])
+    return cli.resolve_serve_settings(args, env or {})
+
+
+def test_flags_win_over_environment_which_wins_over_defaults() -> None:
+    env = {"SENTE_LITE_MAX_CONNECTIONS": "7", "SENTE_LITE_CSRF": "yes", "SENTE_LITE_HEARTBEAT_MS": "900",
+           "SENTE_LITE_ALLOWED_ORIGIN": "https://a.example, https://b.example", "SENTE_LITE_LOG_LEVEL": "info"}
+    values = settings(["--max-connections", "9", "--allowed-origin", "https://c.example"], env)
+    assert values["max_connections"] == 9  # flag
+    assert values["csrf"] is True and values["heartbeat_ms"] == 900 and values["log_level"] == "INFO"  # env
+    assert values["allowed_origin"] == ["https://c.example"]
+    assert settings([], env)["allowed_origin"] == ["https://a.example", "https://b.example"]
+    defaults = settings([])
+    assert defaults["max_message_bytes"] == 1 << 20 and defaults["csrf"] is False and defaults["demo"] is False
+    srv = cli.server_from_settings(settings(["--demo", "--max-message-bytes", "1000", "--rate-limit", "0"]))
+    assert srv.demo and srv.max_message_bytes == 1000 and srv.rate_limit is None
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"SENTE_LITE_MAX_CONNECTIONS": "many"}, "SENTE_LITE_MAX_CONNECTIONS='many': not an integer"),
+    ({"SENTE_LITE_DEMO": "maybe"}, "SENTE_LITE_DEMO='maybe'"),
+    ({"SENTE_LITE_LOG_LEVEL": "LOUD"}, "log level 'LOUD'"),
+])
+def test_bad_environment_values_are_named(env, needle) -> None:
+    with pytest.raises(cli.SettingError, match=needle.replace("(", r"\(")):
+        settings([], env)
+
+
+def test_every_setting_is_in_help() -> None:
+    serve = cli.build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    text = serve.format_help()
+    for s in cli.SERVE_SETTINGS:
+        assert s.flag in text and s.env in text
+
+
+def test_serve_runs_from_environment_settings(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), SENTE_LITE_CSRF="1", SENTE_LITE_DEMO="true",
+               SENTE_LITE_PORT="0", SENTE_LITE_PORT_FILE=str(tmp_path / "port.json"))
+    proc = subprocess.Popen([sys.executable, "-m", "sente_lite", "serve"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert url.startswith("ws://127.0.0.1:") and url.endswith("/chsk"), url
+        base = url.replace("ws://", "http://").removesuffix("/chsk")
+        with urllib.request.urlopen(base + "/", timeout=10) as resp:
+            assert b"sente_lite.mjs?v=" in resp.read()  # --demo via SENTE_LITE_DEMO
+        with urllib.request.urlopen(base + "/csrf-token?client-id=x", timeout=10) as resp:
+            assert json.loads(resp.read())["client-id"] == "x"  # --csrf via SENTE_LITE_CSRF
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert "demo page: http://127.0.0.1:" in err
+    assert not (tmp_path / "port.json").exists()  # removed on a clean stop
+
+
+def test_serve_refuses_a_bad_setting_with_a_clear_error() -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO), SENTE_LITE_MAX_MESSAGE_BYTES="1MB")
+    done = subprocess.run([sys.executable, "-m", "sente_lite", "serve", "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "SENTE_LITE_MAX_MESSAGE_BYTES='1MB': not an integer" in done.stderr
+
+
+def test_wire_and_history_settings_reach_the_server() -> None:
+    srv = cli.server_from_settings(settings(
+        ["--compression", "deflate", "--history-size", "5", "--history-ttl-s", "30"]))
+    assert (srv.compression, srv.channels.registry.history.size, srv.channels.registry.history.ttl_s) == (
+        "deflate", 5, 30.0)
+    srv = cli.server_from_settings(settings([], {"SENTE_LITE_HISTORY_SIZE": "0"}))
+    assert srv.compression is None and srv.channels.registry.history.size == 0
+    with pytest.raises(ValueError):
+        cli.server_from_settings(settings(["--compression", "gzip"]))
+
+
+def test_publish_id_bounds_reach_the_server() -> None:
+    srv = cli.server_from_settings(settings(
+        ["--publish-ids-per-publisher", "7"], {"SENTE_LITE_PUBLISH_IDS_MAX": "70"}))
+    assert (srv.channels.registry.history.ids.per_publisher, srv.channels.registry.history.ids.max_ids) == (7, 70)
+    with pytest.raises(ValueError, match="publish-ids-per-publisher"):
+        cli.server_from_settings(settings(["--publish-ids-per-publisher", "0"]))
