@@ -66,10 +66,18 @@ def baseline() -> Dict[type, int]:
 def drained(srv: Server, before: Dict[type, int]) -> bool:
     loop = srv._loop
     assert loop is not None
-    return (srv.stats()["connections"] == 0 and not loop.links
-            and alive(ServerProtocol) - before[ServerProtocol] <= GC_QUIET_MIN_ENDED + 1
-            and alive(Link) - before[Link] <= LINGERING
-            and alive(Connection) - before[Connection] == 0)
+    state = {"connections": srv.stats()["connections"], "links": len(loop.links),
+             "ServerProtocol": alive(ServerProtocol) - before[ServerProtocol],
+             "Link": alive(Link) - before[Link], "Connection": alive(Connection) - before[Connection]}
+    LAST_STATE.clear()
+    LAST_STATE.update(state)  # named in the failure message when the wait times out
+    return (state["connections"] == 0 and not state["links"]
+            and state["ServerProtocol"] <= GC_QUIET_MIN_ENDED + 1
+            and state["Link"] <= LINGERING and state["Connection"] == 0)
+
+
+#: What :func:`drained` saw last (a failed wait says which part was not drained).
+LAST_STATE: Dict[str, int] = {}
 
 
 def test_churn_leaves_no_per_connection_state(make_server: Callable[..., Server],
@@ -83,8 +91,11 @@ def test_churn_leaves_no_per_connection_state(make_server: Callable[..., Server]
     try:
         before = tracemalloc.get_traced_memory()[0]
         churn(srv, WARM_UP, CYCLES)
-        wait_until(lambda: drained(srv, held), timeout=30.0,
-                   what="every churned connection's objects to be freed")
+        try:
+            wait_until(lambda: drained(srv, held), timeout=30.0,
+                       what="every churned connection's objects to be freed")
+        except BaseException as e:
+            raise AssertionError(f"not drained after 30 s: {LAST_STATE}") from e
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
