@@ -12,7 +12,7 @@ import pytest
 
 uvicorn = pytest.importorskip("uvicorn")
 
-from tests.support import free_port, wait_until  # noqa: E402
+from support import free_port, wait_until  # noqa: E402
 
 
 @contextlib.contextmanager

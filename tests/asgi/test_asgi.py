@@ -23,7 +23,7 @@ from sente_lite.server.server import Server
 
 from sente_lite.testing.abuse import RawPeer
 from asgi_support import serving
-from tests.support import wait_until
+from support import wait_until
 
 
 def on_loop(rt: App, coro: Any, timeout: float = 10.0) -> Any:
@@ -55,17 +55,9 @@ def echo_app(**settings: Any) -> App:
 
 
 @pytest.fixture
-def clients() -> Any:
-    made: List[Client] = []
-
-    def make(url: str, **kw: Any) -> Client:
-        c = Client(url, **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
+def clients(make_client: Callable[..., Client]) -> Callable[..., Client]:
+    """``make_client`` without its wait: these tests wait (or expect a refusal) themselves."""
+    return lambda url, **kw: make_client(url, connect=False, **kw)
 
 
 def ws(base: str, path: str = "/chsk") -> str:
@@ -236,7 +228,7 @@ def test_two_uvicorn_workers_share_channels_through_redis(redis_srv: Any, tmp_pa
     import subprocess
     import sys
 
-    from tests.support import free_port
+    from support import free_port
 
     (tmp_path / "rtapp.py").write_text(
         "import os\nfrom sente_lite import App\n"
