@@ -309,6 +309,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, a CI job cancelled, ``kill``): handled as Ctrl-C is, so the
+    running scenario's process group is killed before the runner ends."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     scripts = select(discover(args.scripts), args.only)
@@ -316,6 +325,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"no scenario in {args.scripts} matches {args.only or SCENARIO_GLOB}", file=sys.stderr)
         return 1
     become_subreaper()  # a process a scenario leaves behind becomes ours: found, ended, reaped
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
+    terminated = False
     work_dir = Path(tempfile.mkdtemp(prefix="sente-lite-scenarios-"))
     outcomes: List[Outcome] = []
     traces: List[Optional[Dict[str, Any]]] = []  # with --html: each run's timeline
@@ -343,9 +354,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     break
             if stop:
                 break
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)  # the scenario is ended: a second one ends us
         if args.keep or (args.keep_failed and not all(o.passed for o in outcomes)):
             print(f"run directories, logs and reports kept in {work_dir}")
         else:
@@ -388,7 +401,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         report.write_html(args.html, [report.run_entry(asdict(o), t) for o, t in zip(outcomes, traces)],
                           criteria=crit.as_json(criteria))
         print(f"HTML report: {Path(args.html).resolve()} (written in {time.monotonic() - t_html:.2f}s)")
-    return 0 if all_ok else 1
+    return 128 + signal.SIGTERM if terminated else 0 if all_ok else 1
 
 
 if __name__ == "__main__":

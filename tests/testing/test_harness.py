@@ -451,3 +451,30 @@ def test_runner_reports_each_outcome_and_kills_what_hangs(tmp_path: Path) -> Non
 
     only = run_runner(scripts, "-k", "01")
     assert only.returncode == 0 and "1/1 scenario runs passed" in only.stdout
+
+
+def test_sigterm_to_the_runner_ends_the_running_scenario_and_its_children(tmp_path: Path) -> None:
+    """``timeout`` (or a cancelled CI job) sends SIGTERM: the scenario runs in its own
+    session, so unless the runner kills it, it and its children outlive the runner."""
+    hanging = tmp_path / "hanging"
+    hanging.mkdir()
+    (hanging / "04_hangs.py").write_text(textwrap.dedent(HANGING_SCENARIO))
+    pid_file = hanging / "04_hangs.py.pid"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    runner = subprocess.Popen([sys.executable, str(REPO / "run_all_tests.py"), "--scripts", str(hanging),
+                               "--timeout", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        discovery.wait_for(lambda: pid_file.exists() and pid_file.read_text() or None, RUN_S,
+                           "the scenario to start its child")
+        grandchild = int(pid_file.read_text())
+        runner.terminate()
+        out, err = runner.communicate(timeout=RUN_S)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    assert runner.returncode == 128 + signal.SIGTERM, out + err
+    assert "terminated (SIGTERM)" in err
+    assert discovery.wait_for(lambda: not os.path.exists(f"/proc/{grandchild}"), DEADLINE_S,
+                              "the scenario's child to be killed")
