@@ -6,13 +6,14 @@ WebSocket for the one console user, "operator", whom an authenticate hook names 
 token); CLIENTS load clients subscribed to "events" (scenario 5's workload); an
 operator process attached to the console over TCP and over the WebSocket.
 Workload: the load clients publish RATE_PER_CLIENT messages/s each for DURATION_S s.
-SETTLE_S into it the operator evaluates ``srv.stats()`` EVALS times on each transport,
-a pair every EVERY_S, timing each round trip.
-Fault: the operator then runs a busy loop (``while True: pass``) inside the server
-INTERRUPTS times, each for BUSY_S: the server's own code now shares its interpreter
-with a thread that never waits.
+Fault: SETTLE_S into it the operator runs a busy loop (``while True: pass``) inside the
+server INTERRUPTS times, each for BUSY_S: the server's own code now shares its
+interpreter with a thread that never waits.
 Recovery: each busy loop is stopped by an nREPL ``interrupt``, timed from its send
-to the loop's ``interrupted`` answer; the server goes on serving.
+to the loop's ``interrupted`` answer; the server goes on serving. The operator then
+evaluates ``srv.stats()`` up to EVALS times on each transport, a pair every EVERY_S,
+timing each round trip, until a second before the load ends (at least MIN_EVALS: a
+machine too loaded for more fails the run).
 Check: every load client received every message exactly once, in offset order, each
 publisher's in the order sent; the server counted each publish and delivery once; no
 client was cut off or reconnected; every eval answered a value (the server's publish
@@ -41,6 +42,9 @@ DURATION_S = 10
 EVALS = 200
 #: Seconds between two pairs of evals: 200 pairs take about 4 s, within the load.
 EVERY_S = 0.02
+#: Fewest evals per transport that must fit in the load: all 200 fit in 3 of 3 runs with
+#: other tests running beside the scenario; under heavier load they once took 10 s.
+MIN_EVALS = 50
 #: Busy loops interrupted; each runs BUSY_S before its interrupt (about 1.5 s in all).
 INTERRUPTS = 5
 BUSY_S = 0.2
@@ -80,8 +84,8 @@ def check(report: Report, measured: bench.Measured) -> None:
                  f"closes_by_code={stats.get('closes_by_code')} reconnected={reconnected}", "server")
 
     op = measured.operator.value
-    report.check(len(op["tcp_ms"]) == EVALS and len(op["ws_ms"]) == EVALS,
-                 f"every one of {EVALS} evals per transport answered a value",
+    report.check(MIN_EVALS <= len(op["tcp_ms"]) == len(op["ws_ms"]) <= EVALS,
+                 f"every eval answered a value, {MIN_EVALS} to {EVALS} per transport within the load",
                  f"tcp {len(op['tcp_ms'])}, ws {len(op['ws_ms'])}", "operator")
     report.check(0 < op["publishes_seen"] <= LOAD.messages,
                  "srv.stats() evaluated in the server shows its publishes as they were made",

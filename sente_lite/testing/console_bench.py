@@ -8,9 +8,10 @@ Each run starts, as separate spawned processes (:mod:`sente_lite.testing`):
   until it has every message (``--clients 0``: no load);
 * an operator: :class:`~sente_lite.console.client.ConsoleClient` sessions over TCP and over
   the WebSocket. Once the load runs it evaluates ``srv.stats()`` ``--evals`` times on each
-  (alternating, one pair every ``--every-ms``), timing each round trip, then runs a busy
-  loop ``--interrupts`` times and times each ``interrupt`` from its send to the loop's
-  ``interrupted`` answer.
+  runs a busy loop ``--interrupts`` times and times each ``interrupt`` from its send to
+  the loop's ``interrupted`` answer, then evaluates ``srv.stats()`` up to ``--evals``
+  times on each transport (alternating, one pair every ``--every-ms``) until
+  :data:`EVALS_END_MARGIN_S` before the load ends, timing each round trip.
 
 It prints each run's figures, then the median over ``--runs`` runs of each: eval round
 trip p50/p99 over TCP and over the WebSocket, interrupt latency median and max, and
@@ -54,6 +55,10 @@ INTERRUPT_TARGET_MS = 100.0
 #: Seconds after the load's common start before the operator measures (every client is
 #: publishing by then).
 SETTLE_S = 1.0
+#: Seconds before the load's scheduled end after which the operator starts no more evals
+#: (one pair of them may still be answered after it): on a machine too loaded for
+#: ``--evals`` pairs to fit in the load, fewer are made, and the figures say how many.
+EVALS_END_MARGIN_S = 1.0
 #: Seconds the parent gives the load clients between its "publish" command and the start.
 START_DELAY_S = 1.0
 #: Seconds each load client may take, after its last publish, to receive the rest.
@@ -100,13 +105,16 @@ def _await(console: ConsoleClient, match: Callable[[Dict[str, Any]], bool], what
 
 
 def time_evals(consoles: Sequence[ConsoleClient], code: str, count: int,
-               every_s: float) -> List[List[float]]:
+               every_s: float, until: Optional[float] = None) -> List[List[float]]:
     """Evaluate ``code`` ``count`` times on each console (one after the other, a round every
-    ``every_s``); each one's round trips in ms. Raises :class:`ConsoleError` on an answer
-    that is not a value."""
+    ``every_s``), stopping early at ``until`` (``time.monotonic()``) if given, after one
+    round at least; each one's round trips in ms. Raises :class:`ConsoleError` on an
+    answer that is not a value."""
     out: List[List[float]] = [[] for _ in consoles]
     due = time.monotonic()
-    for _ in range(count):
+    for n in range(count):
+        if n and until is not None and time.monotonic() >= until:
+            break
         for console, times in zip(consoles, out):
             t0 = time.perf_counter()
             answers = console.eval(code, timeout=ANSWER_TIMEOUT_S)
@@ -195,14 +203,16 @@ def operator(ctx: ProcessContext, console_port_file: str, load: Load) -> Dict[st
         if pause > 0:
             time.sleep(pause)
         started_ns = time.monotonic_ns()
-        tcp_ms, ws_ms = time_evals([tcp, ws], STATS_CODE, load.evals, load.every_s)
-        evaluated_ns = time.monotonic_ns()
+        # the busy loops first: on a loaded machine the evals may not all fit in the load
         interrupt_ms = time_interrupts(tcp, load.interrupts, load.busy_s)
+        interrupted_ns = time.monotonic_ns()
+        until = (go["evals_until_ns"] - time.monotonic_ns()) / 1e9 + time.monotonic()
+        tcp_ms, ws_ms = time_evals([tcp, ws], STATS_CODE, load.evals, load.every_s, until)
         ended_ns = time.monotonic_ns()
         last = tcp.eval(STATS_CODE, timeout=ANSWER_TIMEOUT_S)
         ctx.mark("measured")
         return {"tcp_ms": tcp_ms, "ws_ms": ws_ms, "interrupt_ms": interrupt_ms,
-                "started_ns": started_ns, "evaluated_ns": evaluated_ns, "ended_ns": ended_ns,
+                "started_ns": started_ns, "interrupted_ns": interrupted_ns, "ended_ns": ended_ns,
                 "publishes_seen": int(next(a["value"] for a in last if "value" in a))}
     finally:
         for t in reversed(transports):
@@ -236,7 +246,8 @@ def run_once(run: Run, load: Load, step: Callable[[str], None] = lambda text: No
     start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
     for i, h in enumerate(clients):
         run.command(h, "publish", start_ns=start_ns, index=i)
-    run.command(op, "measure", at_ns=start_ns + int(SETTLE_S * 1e9))
+    run.command(op, "measure", at_ns=start_ns + int(SETTLE_S * 1e9),
+                evals_until_ns=start_ns + int((load.duration_s - EVALS_END_MARGIN_S) * 1e9))
     run.record_event("console-evals-then-busy-loops", "server", evals=load.evals, interrupts=load.interrupts)
     run.wait_mark(op, "measured")
     step(f"operator measured {load.evals} evals per transport and {load.interrupts} interrupts")
@@ -285,6 +296,7 @@ def figures(measured: Measured) -> Dict[str, Any]:
             out[f"{name}_p50_ms"] = round(percentile(times, 50), 3)
             out[f"{name}_p99_ms"] = round(percentile(times, 99), 3)
             out[f"{name}_max_ms"] = round(times[-1], 3)
+            out[f"{name}_count"] = len(times)
     stops = op.get("interrupt_ms") or []
     if stops:
         out["interrupt_median_ms"] = round(statistics.median(stops), 3)
