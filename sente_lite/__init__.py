@@ -13,6 +13,7 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
                      MessageTooLarge, PublishOutcomeUnknown, RemoteError, RequestTimeout, SendQueueFull,
                      SenteLiteError)
 from .console import Console
+from .core.namespaces import Namespace
 from .server.server import Connection, Server
 from .api.publisher import ApiCallError, Publisher
 from .asgi import App
@@ -25,6 +26,6 @@ __all__ = [
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
-    "Console",
+    "Console", "Namespace",
     "__version__",
 ]

@@ -79,7 +79,9 @@ class Counter(str, enum.Enum):
                      "HTTP API requests refused 413 over api_max_body_bytes.")
     # errors
     BAD_FRAMES = ("bad_frames", ERROR, "Frames that were not valid protocol frames.")
-    FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize.")
+    FORBIDDEN = ("forbidden", ERROR, "Subscribes and publishes refused by authorize or a namespace's policy.")
+    UNKNOWN_NAMESPACE = ("unknown_namespace", ERROR,
+                         "Subscribes and publishes refused: a namespace the server does not serve.")
     INVALID_CHANNEL = ("invalid_channel", ERROR, "Channel operations with an invalid channel-id.")
     UNKNOWN_EVENTS = ("unknown_events", ERROR, "Frames of an unknown reserved event.")
     UNHANDLED_EVENTS = ("unhandled_events", ERROR, "Events with no handler (no reply was asked).")

@@ -27,7 +27,6 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Set
 
 from ..core.dispatcher import ServerDispatcher
 from ..core.front import HttpFront
-from ..core.gate import ChannelGate
 from ..core.hub import Hub
 from ..core.messaging import check_event_id
 from ..core.metrics import LatencyHistogram, MetricsExporter
@@ -109,8 +108,7 @@ class App(CallsMixin):
         self._async_handlers: Set[Callable[..., Any]] = set()
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
-            ChannelGate(self.channels, self.counters, settings.max_subscriptions_per_conn,
-                        settings.authorize),
+            settings.channel_gate(self.channels, self.counters),
             self._spans)
         self._front = HttpFront(self)
         self._on_connect: List[Callable[..., Any]] = []

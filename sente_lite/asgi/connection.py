@@ -48,6 +48,7 @@ class AsgiConnection:
         self.conn_id = conn_id
         self.client_id = ident.client_id
         self.uid = ident.uid
+        self.authenticated = ident.authenticated
         self.remote_address = ident.remote
         self.first = first
         self.connected_at = time.time()

@@ -59,7 +59,7 @@ class ServerDispatcher:
         self.spans = spans if spans is not None else tracing.Spans(False)
         #: The least kind of frame whose handling may run application code: channel
         #: operations too when an ``authorize`` hook is set.
-        self.app_code_from = (p.FrameKind.CHANNEL if gate.authorize is not None
+        self.app_code_from = (p.FrameKind.CHANNEL if gate.runs_app_code
                               else p.FrameKind.APP)
         self._next_ping = 0.0
         # One bound method per event type a server session gives, built once.

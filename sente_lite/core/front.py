@@ -79,6 +79,8 @@ class Identity:
     batch: bool = False
     #: the client asked for bytes as bytes (``bytes=1``; PROTOCOL 10)
     bytes: bool = False
+    #: the server's ``authenticate`` hook named ``uid`` (else it is the client-id)
+    authenticated: bool = False
 
 
 @dataclass
@@ -112,7 +114,8 @@ class HttpFront:
             uid = srv._identify(link, request, screened.client_id)
             decision = uid if isinstance(uid, Response) else Admit(Identity(
                 screened.client_id, uid, link.remote, srv._gate.csrf_token_for(screened.client_id),
-                screened.packer, screened.batch, screened.bytes))
+                screened.packer, screened.batch, screened.bytes,
+                authenticated=srv._gate.authenticate is not None))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
             decision = _probe_answer(link, decision, self.server._gate)  # never upgrades

@@ -16,7 +16,9 @@ from ..brokers import local as ch
 from ..brokers import publish_ids
 from ..wire import protocol as p
 from . import security
+from .gate import ChannelGate
 from .hub import Broker, LocalBroker
+from .namespaces import Namespaces, NamespaceSpec, make_namespaces
 from .inflow import InboundLimits
 from .security import Authenticate, Authorize
 from ..session import ServerRules
@@ -75,6 +77,7 @@ DEFAULTS: Dict[str, Any] = {
     "handshake_timeout": DEFAULT_HANDSHAKE_TIMEOUT_S,
     "authenticate": None,
     "authorize": None,
+    "namespaces": None,
     "allowed_origins": None,
     "allowed_hosts": None,
     "csrf": False,
@@ -210,6 +213,7 @@ class ServerSettings:
     handshake_timeout: float
     authenticate: Optional[Authenticate]
     authorize: Optional[Authorize]
+    namespaces: Optional[Namespaces]
     allowed_origins: Optional[Sequence[str]]
     allowed_hosts: Optional[Sequence[str]]
     csrf: bool
@@ -265,6 +269,8 @@ class ServerSettings:
             "write_delay_ms", values["write_delay_ms"], MAX_WRITE_DELAY_MS)
         if values["authorize"] is not None and not callable(values["authorize"]):
             raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
+        if not isinstance(values["namespaces"], (Namespaces, type(None))):
+            values["namespaces"] = make_namespaces(values["namespaces"])
         heartbeat_timeout_ms = values["heartbeat_timeout_ms"] or 3 * values["heartbeat_ms"]
         values["heartbeat_timeout_ms"] = heartbeat_timeout_ms
         if values["fragment_timeout"] is None:
@@ -315,7 +321,13 @@ class ServerSettings:
             max_outstanding_requests=self.max_outstanding_requests,
             max_channel_id_chars=self.max_channel_id_chars, rate_limit=self.rate_limit,
             rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited,
-            features=ServerRules.features + features)
+            features=ServerRules.features + features
+            + ((p.FEATURE_NAMESPACES,) if self.namespaces is not None else ()))
+
+    def channel_gate(self, broker: Broker, counters: Any) -> ChannelGate:
+        """The channel policy of these settings over ``broker``."""
+        return ChannelGate(broker, counters, self.max_subscriptions_per_conn, self.authorize,
+                           self.namespaces)
 
     def gate(self) -> security.Gate:
         """A new admission gate for these settings."""

@@ -31,7 +31,7 @@ import ssl
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 from websockets.http11 import Request, Response
 
@@ -54,7 +54,7 @@ from ..core.front import MAX_CLIENT_ID_CHARS, HttpFront, Identity  # noqa: F401 
 from ..brokers.base import Broker
 from ..core.hub import Hub
 from ..core.dispatcher import ServerDispatcher
-from ..core.gate import ChannelGate
+from ..core.namespaces import NamespaceSpec
 from ..core.inflow import InboundGauge
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
@@ -78,7 +78,7 @@ log = logging.getLogger("sente_lite.server")
 class Connection:
     """One live connection, as handlers and hooks see it.
 
-    Public attributes: ``conn_id``, ``client_id``, ``uid``, ``remote_address``,
+    Public attributes: ``conn_id``, ``client_id``, ``uid``, ``authenticated``, ``remote_address``,
     ``first`` (first connection of this client-id to this server process) and
     ``connected_at`` (``time.time()``). It is also the server dispatcher's port
     (:class:`sente_lite.core.ports.ConnectionPort`): ``session``, ``send_frame``,
@@ -90,6 +90,8 @@ class Connection:
         self.conn_id = conn_id
         self.client_id = ident.client_id
         self.uid = ident.uid
+        #: the ``authenticate`` hook named ``uid`` (a namespace's "authenticated" policy)
+        self.authenticated = ident.authenticated
         self.remote_address = ident.remote
         self.first = first
         self.connected_at = time.time()
@@ -336,7 +338,8 @@ class Server(InspectionMixin, MessagingMixin):
     bounds or turns on). The limits: message and queue sizes, heartbeats, timeouts,
     handshake and connection caps, rates, history and replay bounds, the inbound marks;
     admission: ``authenticate``, ``authorize``, ``allowed_hosts``, ``allowed_origins``,
-    ``csrf``; where channels live: ``broker`` (this process by default, or
+    ``csrf``; channel namespaces (``namespaces={"chat": Namespace(publish="subscribers")}``:
+    who may subscribe and publish per namespace, :class:`sente_lite.Namespace`); where channels live: ``broker`` (this process by default, or
     ``"redis://host:port/db"``); and ``write_delay_ms``, ``compression``, ``tracing``,
     the HTTP server API (``api_keys``). Every numeric keyword must be a finite number in
     its range (:data:`sente_lite.limits.SERVER_BOUNDS`); any other value raises
@@ -358,6 +361,7 @@ class Server(InspectionMixin, MessagingMixin):
         close_timeout: float = DEFAULT_CLOSE_TIMEOUT_S,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         authenticate: Optional[Authenticate] = None, authorize: Optional[Authorize] = None,
+        namespaces: Optional[Mapping[str, NamespaceSpec]] = None,
         allowed_origins: Optional[Sequence[str]] = None,
         allowed_hosts: Optional[Sequence[str]] = None,
         csrf: bool = False, csrf_secret: Union[bytes, str, None] = None,
@@ -418,8 +422,7 @@ class Server(InspectionMixin, MessagingMixin):
         self._handlers: Dict[str, Handler] = {}
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
-            ChannelGate(self.channels, self.counters, settings.max_subscriptions_per_conn,
-                        settings.authorize),
+            settings.channel_gate(self.channels, self.counters),
             self._spans)
         self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)

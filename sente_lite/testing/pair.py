@@ -12,13 +12,14 @@ and opened again; :meth:`SessionPair.another` joins a second client to the same 
 from __future__ import annotations
 
 import collections.abc
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from .. import session as ss
 from ..brokers.local import ChannelRegistry, LocalBroker
 from ..core.dispatcher import ServerDispatcher
 from ..core.gate import ChannelGate
 from ..core.hub import Hub
+from ..core.namespaces import NamespaceSpec, make_namespaces
 from ..core.ports import Handler
 from ..counters import Counters
 from ..wire import packers
@@ -80,7 +81,8 @@ class MemoryServer:
 
     def __init__(self, rules: ss.ServerRules, registry: Optional[ChannelRegistry], now: float,
                  max_subscriptions_per_conn: int = 1000,
-                 authorize: Optional[Callable[[Any, str, str], bool]] = None) -> None:
+                 authorize: Optional[Callable[[Any, str, str], bool]] = None,
+                 namespaces: Optional[Mapping[str, NamespaceSpec]] = None) -> None:
         self.now = now
         self.rules = rules
         self.counters = Counters()
@@ -88,6 +90,7 @@ class MemoryServer:
         self.conn_handlers: Dict[str, Handler] = {}
         self.max_subscriptions_per_conn = max_subscriptions_per_conn
         self.authorize = authorize
+        self.namespaces = make_namespaces(namespaces)
         self.conn_seq = 0
         self.registry = registry or ChannelRegistry("e", counters=self.counters,
                                                     clock=lambda: self.now)
@@ -98,7 +101,7 @@ class MemoryServer:
         hub = Hub(broker, self.counters, 1000, _payload)
         broker.start(hub)
         gate = ChannelGate(broker, self.counters, self.max_subscriptions_per_conn,
-                           self.authorize)
+                           self.authorize, self.namespaces)
         return hub, ServerDispatcher(hub, self.rules, _Handlers(self.conn_handlers, self.handlers), gate)
 
     def use_broker(self, registry: ChannelRegistry) -> None:
@@ -117,9 +120,10 @@ class PairConnection:
     ``to_client``; ``close_code`` records a close."""
 
     def __init__(self, pair: "SessionPair", conn_id: str, uid: str,
-                 session: ss.ServerSession) -> None:
+                 session: ss.ServerSession, authenticated: bool = False) -> None:
         self.conn_id = conn_id
         self.uid = uid
+        self.authenticated = authenticated
         self.client_id = pair.client.client_id
         self.remote_address = "memory"
         self.session = session
@@ -162,7 +166,8 @@ class SessionPair:
                  registry: Optional[ChannelRegistry] = None, now: float = 0.0,
                  packer: str = "json", server: Optional[MemoryServer] = None,
                  **policy: Any) -> None:
-        """``policy``: ``max_subscriptions_per_conn`` and ``authorize``, as a Server takes them."""
+        """``policy``: ``max_subscriptions_per_conn``, ``authorize`` and ``namespaces``, as a
+        Server takes them."""
         self.side = server or MemoryServer(rules or ss.ServerRules(rate_limit=None), registry,
                                            now, **policy)
         self.packer = packers.get(packer)
@@ -227,14 +232,15 @@ class SessionPair:
                                                                      conn.close_reason)
 
     # -- connection ---------------------------------------------------------------------
-    def connect(self, uid: str = "u1") -> None:
-        """Open a connection: the server greets, the client renews its state."""
+    def connect(self, uid: str = "u1", authenticated: bool = False) -> None:
+        """Open a connection: the server greets, the client renews its state
+        (``authenticated``: as if an ``authenticate`` hook had named ``uid``)."""
         side = self.side
         side.conn_seq += 1
         conn_id = f"conn-{side.conn_seq}"
         first = side.hub.first_visit(self.client.client_id)
         session = side.dispatcher.new_session(conn_id, self.now, self.packer)
-        self.conn = PairConnection(self, conn_id, uid, session)
+        self.conn = PairConnection(self, conn_id, uid, session, authenticated)
         self.client.connection_opened(self.now)
         side.dispatcher.open(self.conn, None, {"conn-id": conn_id, p.K_BYTES: True}, first)
         self.pump()

@@ -54,6 +54,8 @@ ERR_TOO_LARGE = "too-large"
 ERR_RATE_LIMITED = "rate-limited"
 ERR_NO_HANDLER = "no-handler"
 ERR_HANDLER_ERROR = "handler-error"
+#: The channel's namespace (before its first ``:``) is not one the server serves.
+ERR_UNKNOWN_NAMESPACE = "unknown-namespace"
 #: The server's channel broker is unreachable: the publish was not made (retry later).
 ERR_UNAVAILABLE = "unavailable"
 #: The broker's link failed while the publish was in flight: it may have been published.
@@ -106,6 +108,10 @@ K_BYTES = "bytes"
 BYTES_TAG = "$bytes"
 #: The server answers ``sente-lite-console/nrepl`` events (to the uids in its ``console_users``).
 FEATURE_CONSOLE = "console"
+#: The server has channel namespaces (``Server(namespaces=...)``): a channel of a namespace
+#: it does not serve is refused ``unknown-namespace``; each namespace says who may
+#: subscribe and publish (refusals are ``forbidden``).
+FEATURE_NAMESPACES = "namespaces"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 

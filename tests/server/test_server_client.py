@@ -391,3 +391,32 @@ def test_a_reply_that_is_not_json_is_a_handler_error_on_both_sides(
     assert info.value.code == "handler-error" and "not JSON-encodable" in info.value.message
     assert srv.stats()["handler_errors"] == 1 and c.stats()["handler_errors"] == 1
     assert c.request("sente-lite/subscribe", {"channel-id": "still-fine"}, timeout=WAIT_S)
+
+
+def test_namespaces_end_to_end(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+    """A threaded server with namespaces: the handshake names the feature; a client is
+    refused a namespace the server does not serve and what a namespace's policy forbids,
+    with the codes of docs/protocol.md, and served the rest."""
+    from sente_lite import Namespace
+
+    srv = make_server(authenticate=lambda req: req.query.get("u"), namespaces={
+        "room": Namespace(publish="subscribers"), "feed": {"publish": "server"}})
+    c = make_client(srv.url + "?u=alice")
+    assert "namespaces" in c.handshake["features"]
+    with pytest.raises(RemoteError) as unknown:
+        c.subscribe("lobby")
+    assert unknown.value.code == "unknown-namespace"
+    assert "without a namespace" in unknown.value.message and "'room'" in unknown.value.message
+    with pytest.raises(RemoteError) as outsider:
+        c.publish("room:1", "hi", ack=True)
+    assert outsider.value.code == "forbidden"
+    got: List[Any] = []
+    c.subscribe("room:1", lambda m: got.append(m.data))
+    c.subscribe("feed:prices", lambda m: got.append(m.data))
+    assert c.publish("room:1", "hi", ack=True)["offset"] == 1
+    with pytest.raises(RemoteError) as feed:
+        c.publish("feed:prices", 1, ack=True)
+    assert feed.value.code == "forbidden"
+    srv.publish("feed:prices", 42)
+    wait_until(lambda: got == ["hi", 42], what="the member's and the server's messages")
+    assert srv.stats()["unknown_namespace"] == 1 and srv.stats()["forbidden"] == 2
