@@ -197,6 +197,8 @@ def results_table(outcomes: Sequence[Outcome], with_repeat: bool) -> str:
         rows.append([o.scenario] + ([o.repeat] if with_repeat else []) +
                     [o.outcome.upper(), f"{o.duration_s:.1f}"] +
                     [_fmt(o.figures.get(k)) for k in KEY_FIGURES] + [others])
+    if not rows:  # interrupted before the first run ended (tabulate 0.9 cannot wrap no rows)
+        return tabulate([], headers, tablefmt="simple")
     return tabulate(rows, headers, tablefmt="simple", maxcolwidths=[None] * (len(headers) - 1)
                     + [DETAILS_WIDTH])
 
