@@ -111,7 +111,7 @@ class App(CallsMixin):
             self._hub, self._rules, self._handlers,
             ChannelGate(self.channels, self.counters, settings.max_subscriptions_per_conn,
                         settings.authorize),
-            self._spans)
+            self._spans, settings.jwt)
         self._front = HttpFront(self)
         self._on_connect: List[Callable[..., Any]] = []
         self._on_disconnect: List[Callable[..., Any]] = []

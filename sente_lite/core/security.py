@@ -64,6 +64,7 @@ from .. import limits as lim
 from ..wire import tracing
 from ..wire.origins import normalize_origins, origin_problem, split_host
 from ..logsafe import safe
+from .jwt_tokens import JWT, Grant, TokenRejected
 
 log = logging.getLogger("sente_lite.core.security")
 
@@ -390,6 +391,7 @@ class Gate:
         *,
         authenticate: Optional[Authenticate],
         allowed_origins: Optional[Iterable[str]],
+        jwt: Optional[JWT] = None,
         csrf: bool,
         csrf_secret: Union[bytes, str, None],
         max_connections: int,
@@ -404,6 +406,7 @@ class Gate:
         if authenticate is not None and not callable(authenticate):
             raise TypeError("authenticate must be a callable taking a HandshakeRequest")
         self.authenticate = authenticate
+        self.jwt = jwt
         self.allowed_origins = normalize_origins(allowed_origins)
         self.allowed_hosts = normalize_hosts(allowed_hosts)
         self.loopback_bind = is_loopback_host(bind_host)
@@ -487,8 +490,17 @@ class Gate:
                                    "(or was issued by a server with another csrf_secret)", client_id)
         return None
 
-    def identify(self, link: GateLink, request: Request, client_id: str) -> Union[str, Response]:
-        """The uid of this upgrade (the client-id without an authenticate hook), or a refusal."""
+    @property
+    def checks_credentials(self) -> bool:
+        """An ``authenticate`` hook or ``jwt`` decides who an upgrade is (on a worker)."""
+        return self.authenticate is not None or self.jwt is not None
+
+    def identify(self, link: GateLink, request: Request,
+                 client_id: str) -> Union[str, Grant, Response]:
+        """The uid of this upgrade (the client-id without an authenticate hook), its
+        token's :class:`Grant` with ``jwt``, or a refusal."""
+        if self.jwt is not None:
+            return self._check_jwt(link, make_handshake_request(request, client_id, link.remote))
         if self.authenticate is None:
             return client_id
         view = make_handshake_request(request, client_id, link.remote)
@@ -508,6 +520,17 @@ class Gate:
             return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
                                "(authenticate returned an invalid uid)", client_id)
         return uid
+
+    def _check_jwt(self, link: GateLink, view: HandshakeRequest) -> Union[Grant, Response]:
+        """The grant of the upgrade's token, or 401 with the short reason (never the token)."""
+        assert self.jwt is not None
+        try:
+            return self.jwt.check(view.token)
+        except TokenRejected as exc:
+            return self.refuse(link, 401, R_UNAUTHENTICATED, f"invalid token: {exc.reason}",
+                               view.client_id,
+                               headers=[("WWW-Authenticate", 'Bearer realm="sente-lite", '
+                                         'error="invalid_token"')])
 
     def csrf_token_for(self, client_id: str) -> Optional[str]:
         """The CSRF token of ``client_id``; None when CSRF protection is off."""

@@ -43,6 +43,8 @@ EV_UNSUBSCRIBED = "sente-lite/unsubscribed"
 EV_PUBLISH = "sente-lite/publish"
 EV_CHANNEL_MSG = "sente-lite/channel-msg"
 EV_BATCH = "chsk/batch"
+#: A client presents a fresh connection token over the open socket (feature ``refresh``).
+EV_REFRESH = "chsk/refresh"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -61,6 +63,8 @@ ERR_UNAVAILABLE = "unavailable"
 ERR_OUTCOME_UNKNOWN = "outcome-unknown"
 #: The broker refused this one operation (e.g. a Redis key of the wrong type): not made.
 ERR_BROKER_ERROR = "broker-error"
+#: A ``chsk/refresh`` whose token does not pass (expired, bad signature, ...).
+ERR_INVALID_TOKEN = "invalid-token"
 ERR_TIMEOUT = "timeout"
 ERR_DISCONNECTED = "disconnected"
 
@@ -72,6 +76,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT_TIMEOUT = 4000
 CLOSE_SLOW_CONSUMER = 4001
+#: The connection's token expired (``exp`` + leeway) and no valid ``chsk/refresh`` came.
+CLOSE_TOKEN_EXPIRED = 4002
 
 # Field names.
 K_CHANNEL = "channel-id"
@@ -92,6 +98,10 @@ K_DUPLICATE = "duplicate"
 K_FEATURES = "features"
 K_PACKER = "packer"
 K_BATCH = "batch"
+K_TOKEN = "token"
+#: The handshake's info: when the connection's token expires (seconds since the epoch).
+K_TOKEN_EXP = "token-exp"
+K_EXP = "exp"
 
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"
@@ -106,6 +116,9 @@ K_BYTES = "bytes"
 BYTES_TAG = "$bytes"
 #: The server answers ``sente-lite-console/nrepl`` events (to the uids in its ``console_users``).
 FEATURE_CONSOLE = "console"
+#: The server checks JWT connection tokens, closes a connection whose token expired (4002)
+#: and reads ``chsk/refresh`` frames (docs/protocol.md section 12).
+FEATURE_REFRESH = "refresh"
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 
