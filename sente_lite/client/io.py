@@ -23,7 +23,7 @@ from .. import session as ss
 from ..session import CONNECTED, backoff_delay  # noqa: F401 (backoff_delay: public here)
 from ..errors import ClientClosed, ConnectRefused, SendQueueFull
 from ..logsafe import redact_target, safe
-from .refresh import TokenSourceRefused
+from ..wire.token_expiry import TokenSourceRefused
 
 
 

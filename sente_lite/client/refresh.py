@@ -16,13 +16,10 @@ from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConnectRefused, RemoteError
 from ..wire import protocol as p
-from ..wire.token_expiry import REFRESH_TIMEOUT_S, RefreshSchedule
+from ..wire.token_expiry import (REFRESH_TIMEOUT_S, RefreshSchedule, TokenSourceRefused,
+                                 checked_token)
 
 log = logging.getLogger("sente_lite.client")
-
-
-class TokenSourceRefused(Exception):
-    """The token callable raised or gave no token (the client stops for good)."""
 
 
 def token_from(source: Any) -> Optional[str]:
@@ -34,9 +31,7 @@ def token_from(source: Any) -> Optional[str]:
         token = source()
     except Exception as exc:
         raise TokenSourceRefused(f"the token source raised {type(exc).__name__}") from None
-    if not token or not isinstance(token, str):
-        raise TokenSourceRefused("the token source gave no token")
-    return token
+    return checked_token(token)
 
 
 class RefreshMixin:

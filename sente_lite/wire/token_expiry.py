@@ -32,6 +32,18 @@ REFRESH_TIMEOUT_S = 5.0
 MAX_TOKEN_CHARS = 8192
 
 
+class TokenSourceRefused(Exception):
+    """A client's token callable raised or gave no token: the client stops for good."""
+
+
+def checked_token(value: Any) -> str:
+    """``value``, the answer of a token callable, when it is a token; else
+    :class:`TokenSourceRefused`."""
+    if not value or not isinstance(value, str):
+        raise TokenSourceRefused("the token source gave no token")
+    return value
+
+
 def unverified_claims(token: Any) -> Optional[Dict[str, Any]]:
     """The claims of ``token`` if it is a JWT (``header.payload.signature``), read
     without checking the signature; None otherwise."""
@@ -102,5 +114,5 @@ class RefreshSchedule:
         self.due_at, self.in_flight = None, False
 
 
-__all__ = ["RefreshSchedule", "unverified_claims", "REFRESH_AHEAD_FRACTION", "MAX_REFRESH_AHEAD_S",
+__all__ = ["RefreshSchedule", "TokenSourceRefused", "checked_token", "unverified_claims", "REFRESH_AHEAD_FRACTION", "MAX_REFRESH_AHEAD_S",
            "REFRESH_RETRY_S", "REFRESH_TIMEOUT_S", "MAX_TOKEN_CHARS"]
