@@ -241,7 +241,8 @@ def mint(sub: str, ttl_s: float, key: KeyLike, algorithm: str = "HS256", *,
     if algorithm.lower() == "none":
         raise ValueError("the 'none' algorithm is never used: tokens must be signed")
     issued = int(time.time() if now is None else now)
-    claims: Dict[str, Any] = {"sub": sub, "iat": issued, "exp": issued + ttl_s}
+    exp = issued + (int(ttl_s) if float(ttl_s).is_integer() else ttl_s)
+    claims: Dict[str, Any] = {"sub": sub, "iat": issued, "exp": exp}
     if audience is not None:
         claims["aud"] = audience
     if issuer is not None:
