@@ -441,7 +441,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_token_command(sub)
     console_cli.add_subcommand(sub)
-
     try:
         from .bench import fanout as bench
     except ImportError:  # pragma: no cover - bench ships with the package
