@@ -9,12 +9,12 @@ import asyncio
 import http
 import inspect
 import logging
-from typing import Any, Optional, Protocol
+from typing import Any, Dict, Optional, Protocol
 
 from websockets.http11 import Response
 
 from ..core.front import Admit, HttpFront, Identity, Screened
-from ..core.security import Gate
+from ..core.security import Gate, select_subprotocol
 from ..core.dispatcher import ServerDispatcher
 from ..core.hub import Hub
 from ..counters import Counter, Counters
@@ -101,7 +101,11 @@ class Upgrades:
             await deny_upgrade(scope, send, decision)
             return
         try:
-            await send({"type": "websocket.accept"})
+            accept: Dict[str, Any] = {"type": "websocket.accept"}
+            chosen = select_subprotocol(list(scope.get("subprotocols") or ()))
+            if chosen is not None:  # a browser's token offer: answer sente-lite, never the token
+                accept["subprotocol"] = chosen
+            await send(accept)
         except BaseException:
             self.app._gate.release_slot(link)
             raise

@@ -185,20 +185,22 @@ class JWT:
         if not isinstance(alg, str) or alg not in self.algorithms:
             raise TokenRejected("algorithm not allowed")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-        claims = self._decode(token, self._candidates(kid))
+        claims = self._decode(token, alg, self._candidates(kid))
         return self._grant(claims, time.time() if now is None else now)
 
-    def _decode(self, token: str, keys: List[KeyLike]) -> Dict[str, Any]:
+    def _decode(self, token: str, alg: str, keys: List[KeyLike]) -> Dict[str, Any]:
         """The claims of ``token`` under the first of ``keys`` whose signature matches."""
         jwt = self._jwt
-        reason = "bad signature"
+        signature_checked = False
         for key in keys:
             try:
                 return jwt.decode(token, key, algorithms=list(self.algorithms),
                                   audience=self.audience, issuer=self.issuer, leeway=self.leeway,
                                   options={"require": ["exp", "sub"]})
-            except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError):
-                continue  # another key may match (rotation, or a key of another kind)
+            except jwt.InvalidSignatureError:
+                signature_checked = True  # another key may match (rotation)
+            except (jwt.InvalidKeyError, jwt.InvalidAlgorithmError, TypeError, ValueError):
+                continue  # a key of another kind (an RSA key for an ES256 token)
             except jwt.ExpiredSignatureError:
                 raise TokenRejected("token expired") from None
             except jwt.InvalidAudienceError:
@@ -213,9 +215,7 @@ class JWT:
                 raise TokenRejected("malformed token") from None
             except jwt.PyJWTError as exc:  # InvalidIssuedAtError, a bad sub type, ...
                 raise TokenRejected(f"invalid token ({type(exc).__name__})") from None
-            except (TypeError, ValueError) as exc:  # a key unusable for this algorithm
-                reason = f"no usable key ({type(exc).__name__})"
-        raise TokenRejected(reason)
+        raise TokenRejected("bad signature" if signature_checked else f"no key for {alg}")
 
     def _grant(self, claims: Dict[str, Any], now: float) -> Grant:
         sub, exp, info = claims.get("sub"), claims.get("exp"), claims.get("info")

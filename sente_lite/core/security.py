@@ -54,8 +54,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence,
+                    Tuple, Union)
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from websockets.http11 import Request, Response
@@ -108,7 +108,8 @@ class HandshakeRequest:
 
     ``headers`` maps lower-case header names to values (repeated headers joined
     with ``", "``); ``query`` maps each query parameter to its first value;
-    ``token`` is ``?token=`` or else the ``Authorization: Bearer`` credential;
+    ``token`` is ``?token=``, else the ``Authorization: Bearer`` credential, else the
+    ``bearer.<token>`` offer of ``Sec-WebSocket-Protocol`` (next to ``sente-lite``);
     ``remote_address`` is ``"host:port"`` of the peer.
     """
 
@@ -140,6 +141,37 @@ def bearer_token(authorization: Optional[str]) -> Optional[str]:
     return credential.strip() or None
 
 
+#: The WebSocket subprotocol a browser offers, with ``bearer.<token>``, to carry its token
+#: in ``Sec-WebSocket-Protocol`` (the one header a browser may set on a WebSocket); the
+#: server answers with this one, never the token.
+SUBPROTOCOL = "sente-lite"
+#: The prefix of the offer that carries the token.
+SUBPROTOCOL_BEARER = "bearer."
+
+
+def offered_subprotocols(value: Optional[str]) -> List[str]:
+    """The subprotocols a ``Sec-WebSocket-Protocol`` request header offers, in order."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def subprotocol_token(value: Optional[str]) -> Optional[str]:
+    """The token of a ``bearer.<token>`` offer in a ``Sec-WebSocket-Protocol`` value, made
+    alongside :data:`SUBPROTOCOL`; else None."""
+    offered = offered_subprotocols(value)
+    if SUBPROTOCOL not in offered:
+        return None
+    for item in offered:
+        if item.startswith(SUBPROTOCOL_BEARER) and len(item) > len(SUBPROTOCOL_BEARER):
+            return item[len(SUBPROTOCOL_BEARER):]
+    return None
+
+
+def select_subprotocol(offered: Sequence[str]) -> Optional[str]:
+    """The subprotocol a server answers: :data:`SUBPROTOCOL` when offered, else none (a
+    client that offers others is served without one, as before)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 def make_handshake_request(request: Request, client_id: str, remote: str) -> HandshakeRequest:
     """Build the hook's view of a websockets ``Request``."""
     parts = urlsplit(request.path)
@@ -148,7 +180,8 @@ def make_handshake_request(request: Request, client_id: str, remote: str) -> Han
     for name, value in request.headers.raw_items():
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    token = query.get("token") or bearer_token(headers.get("authorization"))
+    token = (query.get("token") or bearer_token(headers.get("authorization"))
+             or subprotocol_token(headers.get("sec-websocket-protocol")))
     return HandshakeRequest(path=parts.path, query=query, headers=headers, remote_address=remote,
                             client_id=client_id, token=token, origin=headers.get("origin"))
 
@@ -593,4 +626,5 @@ class Gate:
 __all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate", "GateLink",
            "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
            "host_problem", "parse_host", "is_loopback_host", "normalize_hosts",
-           "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]
+           "CSRF_TOKEN_PATH", "MAX_UID_CHARS", "SUBPROTOCOL", "SUBPROTOCOL_BEARER",
+           "offered_subprotocols", "subprotocol_token", "select_subprotocol"]
