@@ -33,6 +33,7 @@ class RefreshMixin:
     _session: ss.ClientSession
     _counts: Dict[str, int]
     _refresh: RefreshSchedule
+    _closing: bool
 
     _send_frame: Callable[[bytes, Optional[str]], Awaitable[None]]
 
@@ -75,6 +76,8 @@ class RefreshMixin:
                 fut.set_exception(exc)
 
     def _refreshed(self, fut: "asyncio.Future[Any]", token: str) -> None:
+        if self._closing:
+            return  # the client closed: nothing to refresh
         exc = fut.exception() if not fut.cancelled() else None
         result = fut.result() if exc is None and not fut.cancelled() else None
         exp = result.get(p.K_EXP) if isinstance(result, dict) else None

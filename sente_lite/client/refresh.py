@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -43,6 +44,7 @@ class RefreshMixin:
     _send_lock: Any
     _counts: Dict[str, int]
     _start_request: Callable[..., tuple]
+    _stop: threading.Event
 
     def _init_refresh(self) -> None:
         self._refresh = RefreshSchedule()
@@ -83,6 +85,8 @@ class RefreshMixin:
         fut.add_done_callback(lambda f: self._refreshed(f, token))
 
     def _refreshed(self, fut: "concurrent.futures.Future[Any]", token: str) -> None:
+        if self._stop.is_set():
+            return  # the client closed: nothing to refresh
         exc = fut.exception()
         result = fut.result() if exc is None else None
         exp = result.get(p.K_EXP) if isinstance(result, dict) else None
