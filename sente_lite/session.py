@@ -389,9 +389,7 @@ class _TokenRules:
     token_exp: Optional[float]
     token_info: Optional[Dict[str, Any]]
     _last_refresh: float
-
-    def _bad_frame(self, message: str, cb_id: Optional[str]) -> Received:
-        raise NotImplementedError
+    _bad_frame: Callable[[str, Optional[str]], "Received"]
 
     def _refresh(self, data: Any, cb_id: Optional[str]) -> Received:
         """``["chsk/refresh", {"token": T}, cb-id]``: only on a server with feature
@@ -427,7 +425,6 @@ class _TokenRules:
         self.closing = True
         self.counters.add(Counter.TOKEN_EXPIRED_CLOSES)
         return True
-
 
 
 class ServerSession(_ServerAnswers, _TokenRules):
