@@ -382,3 +382,17 @@ def test_no_token_reaches_the_logs(make_server, make_client, raw_ws, caplog) -> 
         for part in secret.split("."):
             if len(part) > 20:  # header, claims and signature segments each
                 assert part not in text
+
+
+def test_refresh_in_a_batch_and_over_msgpack(make_server, make_client, raw_ws) -> None:
+    pytest.importorskip("msgpack", reason="the [msgpack] extra is not installed")
+    srv = hs_server(make_server)
+    peer = raw_ws(srv.url, **bearer(mint("alice", 60, KEY)))
+    peer.send_frame(p.EV_BATCH, [[p.EV_PING, None, "c1"],
+                                 [p.EV_REFRESH, {"token": mint("alice", 90, KEY)}, "c2"]])
+    answers = [peer.recv(), peer.recv()]
+    assert [a[2] for a in answers] == ["c1", "c2"] and answers[1][0] == p.EV_REPLY
+    c = make_client(srv.url, token=lambda: mint("bob", 2, KEY), packer="msgpack")
+    conn_id = c.conn_id
+    wait_until(lambda: c.stats().get("token_refreshes", 0) >= 1, 20, "a refresh over msgpack")
+    assert c.conn_id == conn_id and c.stats().get("reconnect_attempts", 0) == 0
