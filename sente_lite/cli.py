@@ -461,6 +461,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (SenteLiteError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ImportError as exc:  # an optional extra that is not installed: its message names it
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

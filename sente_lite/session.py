@@ -311,7 +311,7 @@ MAX_BATCH_FRAMES = 1000
 #: is answered ``rate-limited`` unchecked (a token check costs a signature verification).
 MIN_REFRESH_INTERVAL_S = 0.5
 #: Longest token a ``chsk/refresh`` may carry (a longer one is a bad-frame).
-MAX_REFRESH_TOKEN_CHARS = 8192
+MAX_REFRESH_TOKEN_CHARS = p.MAX_TOKEN_CHARS
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"

@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from ..wire import protocol as p
+
 log = logging.getLogger("sente_lite.core.security")
 
 MISSING_JWT = "JWT tokens need PyJWT: pip install 'sente-lite[jwt]'"
@@ -30,7 +32,7 @@ MISSING_JWT = "JWT tokens need PyJWT: pip install 'sente-lite[jwt]'"
 SUPPORTED_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384",
                         "PS512", "ES256", "ES384", "ES512", "EdDSA")
 #: Longest token read (upgrade or refresh); a longer one is refused unread.
-MAX_TOKEN_CHARS = 8192
+MAX_TOKEN_CHARS = p.MAX_TOKEN_CHARS
 #: Largest ``info`` claim kept on a connection, as compact JSON.
 MAX_INFO_BYTES = 4096
 #: Longest uid (``sub``), as for an ``authenticate`` hook's answer.

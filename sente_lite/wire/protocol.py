@@ -119,6 +119,8 @@ FEATURE_CONSOLE = "console"
 #: The server checks JWT connection tokens, closes a connection whose token expired (4002)
 #: and reads ``chsk/refresh`` frames (docs/protocol.md section 12).
 FEATURE_REFRESH = "refresh"
+#: Longest connection token read, at the upgrade or in a ``chsk/refresh`` (section 12).
+MAX_TOKEN_CHARS = 8192
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 

@@ -29,7 +29,7 @@ REFRESH_RETRY_S = 1.0
 #: How long a client waits for the answer to a refresh.
 REFRESH_TIMEOUT_S = 5.0
 #: Longest token whose claims are read (the server reads at most this much too).
-MAX_TOKEN_CHARS = 8192
+MAX_TOKEN_CHARS = p.MAX_TOKEN_CHARS
 
 
 class TokenSourceRefused(Exception):
