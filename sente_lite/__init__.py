@@ -15,6 +15,7 @@ from .errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, Connec
 from .console import Console
 from .core.namespaces import Namespace
 from .server.server import Connection, Server
+from .core.jwt_tokens import JWT
 from .api.publisher import ApiCallError, Publisher
 from .asgi import App
 from .aio import AsyncClient
@@ -22,7 +23,7 @@ from .aio import AsyncClient
 from .version import __version__
 
 __all__ = [
-    "Server", "Connection", "Client", "App", "AsyncClient", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
+    "Server", "Connection", "JWT", "Client", "App", "AsyncClient", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",

@@ -1,4 +1,5 @@
-"""Command line: ``sente-lite serve | sub | pub | console | bench`` (also ``python -m sente_lite``)."""
+"""Command line: ``sente-lite serve | sub | pub | token | console | bench`` (also
+``python -m sente_lite``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .errors import SenteLiteError
 from .brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from .server.server import (DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_MESSAGE_BYTES,
                             DEFAULT_MAX_QUEUED_BYTES_PER_CONN, Server)
+from .core.jwt_tokens import JWT, MAX_LEEWAY_S, SUPPORTED_ALGORITHMS, mint
 from .wire.tracing import new_traceparent, trace_id
 
 DEFAULT_PORT = 8765
@@ -159,6 +161,17 @@ SERVE_SETTINGS = (
             bound=CONSOLE_BOUNDS["port"]),
     Setting("--console-user", "list", None, "a uid (set by an authenticate hook) allowed to use the console "
             "over the WebSocket (repeatable; env: comma-separated)"),
+    Setting("--jwt-key", "list", None, "admit only upgrades with a JWT signed with this key (an "
+            "HMAC secret; repeatable, for rotation; env: comma-separated); prefer the variable "
+            "to a flag. Needs pip install 'sente-lite[jwt]'"),
+    Setting("--jwt-key-file", "list", None, "a file holding a JWT verification key: a PEM public "
+            "key, an HMAC secret, or a JWKS document (re-read when it changes); repeatable"),
+    Setting("--jwt-algorithm", "list", None, "an algorithm JWTs may use (repeatable; default "
+            f"HS256; one of {', '.join(SUPPORTED_ALGORITHMS)}; never none)"),
+    Setting("--jwt-audience", "str", None, "the aud claim every JWT must carry"),
+    Setting("--jwt-issuer", "str", None, "the iss claim every JWT must carry"),
+    Setting("--jwt-leeway", "float", 0.0, "seconds of clock skew accepted on exp, nbf and iat",
+            bound=lim.Bound(0.0, MAX_LEEWAY_S, unit=" seconds")),
 )
 #: Settings for which 0 means "no limit" (None).
 _ZERO_IS_OFF = ("rate_limit", "api_rate_limit")
@@ -233,7 +246,80 @@ def server_from_settings(values: Mapping[str, Any]) -> Server:
         from .console import Console
         kwargs["console"] = Console(port=values["console_port"],
                                     console_users=tuple(values["console_user"] or ()))
+    jwt = jwt_from_settings(values)
+    if jwt is not None:
+        kwargs["jwt"] = jwt
     return Server(values["host"], values["port"], expose_metrics=not values["no_metrics"], **kwargs)
+
+
+def jwt_from_settings(values: Mapping[str, Any]) -> Optional[JWT]:
+    """The :class:`JWT` of the ``--jwt-*`` settings, or None when no key is given."""
+    keys: List[Any] = list(values.get("jwt_key") or ())
+    jwks_file: Optional[str] = None
+    for path in values.get("jwt_key_file") or ():
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise SettingError(f"--jwt-key-file {path!r}: {exc.strerror}") from None
+        if raw.lstrip().startswith(b"{"):
+            if jwks_file is not None:
+                raise SettingError("--jwt-key-file: give at most one JWKS document")
+            jwks_file = path
+        else:
+            keys.append(raw if b"-----BEGIN" in raw else raw.strip())
+    if not keys and jwks_file is None:
+        if values.get("jwt_algorithm") or values.get("jwt_audience") or values.get("jwt_issuer"):
+            raise SettingError("--jwt-* settings need --jwt-key or --jwt-key-file")
+        return None
+    return JWT(keys or None, algorithms=values.get("jwt_algorithm") or ("HS256",),
+               audience=values.get("jwt_audience"), issuer=values.get("jwt_issuer"),
+               leeway=values.get("jwt_leeway") or 0.0, jwks_file=jwks_file)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a signed JWT connection token (for tests and operators)."""
+    key_text = args.key or os.environ.get(ENV_PREFIX + "JWT_KEY", "").split(",")[0].strip()
+    if args.key_file:
+        with open(args.key_file, "rb") as f:
+            raw = f.read()
+        key: Any = raw if b"-----BEGIN" in raw else raw.strip()
+    elif key_text:
+        key = key_text
+    else:
+        print(f"error: give --key, --key-file or {ENV_PREFIX}JWT_KEY", file=sys.stderr)
+        return 2
+    info = None
+    if args.info is not None:
+        try:
+            info = json.loads(args.info)
+        except ValueError as exc:
+            print(f"error: --info is not valid JSON: {exc}", file=sys.stderr)
+            return 2
+        if not isinstance(info, dict):
+            print("error: --info must be a JSON object", file=sys.stderr)
+            return 2
+    print(mint(args.sub, args.ttl, key, args.alg, audience=args.aud, issuer=args.iss, info=info,
+               kid=args.kid), flush=True)
+    return 0
+
+
+def _add_token_command(sub: Any) -> None:
+    t = sub.add_parser("token", help="print a signed JWT connection token",
+                       description="Print a JWT for Server(jwt=...) / serve --jwt-key: claims sub, "
+                       "iat, exp (now + --ttl), and aud, iss, info when given. Needs pip install "
+                       "'sente-lite[jwt]'.")
+    t.add_argument("--sub", required=True, help="the uid the token grants")
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds it is valid (default 3600)")
+    t.add_argument("--key", help=f"the signing key (HMAC secret; default: env {ENV_PREFIX}JWT_KEY)")
+    t.add_argument("--key-file", help="a file holding the signing key (a PEM private key for "
+                   "RS*/ES*/PS*/EdDSA, or an HMAC secret)")
+    t.add_argument("--alg", default="HS256", choices=SUPPORTED_ALGORITHMS)
+    t.add_argument("--aud", help="the aud claim")
+    t.add_argument("--iss", help="the iss claim")
+    t.add_argument("--kid", help="the key id in the header (to pick a key of a JWKS)")
+    t.add_argument("--info", help="the info claim, a JSON object (kept on the connection)")
+    t.set_defaults(func=cmd_token)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -353,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "publish with a new W3C traceparent (the reply shows it)")
         p.set_defaults(func=func)
 
+    _add_token_command(sub)
     console_cli.add_subcommand(sub)
-
     try:
         from .bench import fanout as bench
     except ImportError:  # pragma: no cover - bench ships with the package
@@ -373,6 +459,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args))
     except (SenteLiteError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:  # an optional extra that is not installed: its message names it
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

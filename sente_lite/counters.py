@@ -44,6 +44,10 @@ class Counter(str, enum.Enum):
     REPLAYED_MESSAGES = ("replayed_messages", TRAFFIC, "Channel messages replayed from history.")
     FORCED_CLOSES = ("forced_closes", TRAFFIC, "Connections closed by disconnect_user.")
     API_REQUESTS = ("api_requests", TRAFFIC, "HTTP API requests answered (any status).")
+    TOKEN_REFRESHES = ("token_refreshes", TRAFFIC,
+                       "chsk/refresh frames whose token passed: the connection's deadline moved.")
+    TOKEN_EXPIRED_CLOSES = ("token_expired_closes", TRAFFIC,
+                            "Connections closed (4002): their token expired without a refresh.")
     # limits
     RATE_LIMITED = ("rate_limited", LIMIT, "Frames refused over rate_limit.")
     RATE_LIMIT_CLOSES = ("rate_limit_closes", LIMIT, "Connections closed (1008) for their rate.")
@@ -89,6 +93,8 @@ class Counter(str, enum.Enum):
     HOOK_ERRORS = ("hook_errors", ERROR, "Hooks (connect, disconnect, authorize) that raised.")
     STRAY_REPLIES = ("stray_replies", ERROR, "Replies to no outstanding request.")
     ERRORS_FROM_CLIENTS = ("errors_from_clients", ERROR, "chsk/error frames to no outstanding request.")
+    TOKEN_REFRESH_REFUSED = ("token_refresh_refused", ERROR,
+                             "chsk/refresh frames refused: invalid-token, or forbidden (another sub).")
     INTERNAL_ERRORS = ("internal_errors", ERROR, "Bugs caught while handling one frame.")
     BROKER_COMMAND_ERRORS = ("broker_command_errors", ERROR,
                              "Redis commands refused (WRONGTYPE, OOM, script error): that "

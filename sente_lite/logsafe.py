@@ -12,7 +12,8 @@ as escapes), and no credential is logged:
 * :func:`redact_text` - the same for free-form text (an exception message that
   quotes a request line or a header), plus ``Bearer <credential>``, the values
   of ``Authorization`` and ``Cookie`` header lines, and the quoted value of an
-  unparsable header (its name is unknown, so it may be a credential);
+  unparsable header (its name is unknown, so it may be a credential), and anything
+  shaped as a JWT (``eyJ...``: a token offered in ``Sec-WebSocket-Protocol``);
 * :func:`safe` - :func:`redact_text`, then escaping, then at most
   ``MAX_LOGGED_CHARS`` characters;
 * :class:`RedactingLogger` - a logger for a dependency (websockets' protocol
@@ -45,6 +46,9 @@ _PARAM_RE = re.compile(r"(?P<lead>^|[?&;\s'\"(<\[,])(?P<name>[A-Za-z0-9%_.+\-]{1
 # character or space in it is still redacted whole.
 _BEARER_RE = re.compile(r"(?i)\b(bearer)(\s+|%20|\+)[^\r\n'\"]+")
 _HEADER_RE = re.compile(r"(?im)\b(" + "|".join(SECRET_HEADERS) + r")(\s*[:=]\s*)[^\r\n'\"]+")
+# A JWT anywhere (a token offered as the subprotocol ``bearer.<token>``, one quoted in an
+# error): three base64url segments, the first two JSON objects (``eyJ`` is ``{"``).
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 # websockets' parse errors quote a header line or value without saying whose it is.
 _UNKNOWN_HEADER_RE = re.compile(r"(?i)(invalid HTTP header (?:line|value|name): ?)(.+)")
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -68,7 +72,8 @@ def redact_target(target: str) -> str:
 def redact_text(text: str) -> str:
     """Free-form ``text`` with every credential it may quote replaced by ``***``:
     ``token=``/``csrf-token=`` values, ``Bearer <credential>``, ``Authorization`` and
-    ``Cookie`` header values, and the quoted value of an unparsable header line."""
+    ``Cookie`` header values, the quoted value of an unparsable header line, and every
+    JWT-shaped string (``eyJ<...>.eyJ<...>.<...>``)."""
     if "=" in text:
         text = _PARAM_RE.sub(_redact_param, text)
     lower = text.lower()
@@ -76,6 +81,8 @@ def redact_text(text: str) -> str:
         text = _BEARER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     if "auth" in lower or "cookie" in lower:
         text = _HEADER_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT_RE.sub(REDACTED, text)
     if "invalid http header" in lower:
         text = _UNKNOWN_HEADER_RE.sub(
             lambda m: f"{m.group(1)}[{len(m.group(2))} chars not logged]", text)

@@ -98,6 +98,16 @@ class PublishRequest(NamedTuple):
     event = p.EV_PUBLISH
 
 
+class RefreshRequest(NamedTuple):
+    """A ``chsk/refresh``: the client presents a fresh connection token (a reply is due)."""
+
+    token: str
+    cb_id: str
+    kind = _BUILTIN
+    event = p.EV_REFRESH
+    traceparent = None
+
+
 class ReplyArrived(NamedTuple):
     """The answer to one of our requests: ``error`` set for a ``chsk/error``."""
 
@@ -297,6 +307,11 @@ class ServerRules:
 
 #: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
 MAX_BATCH_FRAMES = 1000
+#: Least time between two ``chsk/refresh`` of one connection that are checked: one sooner
+#: is answered ``rate-limited`` unchecked (a token check costs a signature verification).
+MIN_REFRESH_INTERVAL_S = 0.5
+#: Longest token a ``chsk/refresh`` may carry (a longer one is a bad-frame).
+MAX_REFRESH_TOKEN_CHARS = p.MAX_TOKEN_CHARS
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"
@@ -361,7 +376,58 @@ class _ServerAnswers:
         return self.packer.encode(p.EV_REPLY, body, cb_id)
 
 
-class ServerSession(_ServerAnswers):
+class _TokenRules:
+    """A server connection's token: its deadline and ``chsk/refresh`` (feature ``refresh``;
+    checking the token is the dispatcher's, with the server's JWT settings)."""
+
+    rules: ServerRules
+    counters: Counters
+    packer: Packer
+    last_seen: float
+    closing: bool
+    token_deadline: Optional[float]
+    token_exp: Optional[float]
+    token_info: Optional[Dict[str, Any]]
+    _last_refresh: float
+    _bad_frame: Callable[[str, Optional[str]], "Received"]
+
+    def _refresh(self, data: Any, cb_id: Optional[str]) -> Received:
+        """``["chsk/refresh", {"token": T}, cb-id]``: only on a server with feature
+        ``refresh``; at most one checked per ``MIN_REFRESH_INTERVAL_S``."""
+        if p.FEATURE_REFRESH not in self.rules.features:
+            self.counters.add(Counter.UNKNOWN_EVENTS)
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event "
+                                             f"{p.EV_REFRESH} (no feature refresh)", cb_id,
+                                             p.EV_REFRESH, self.packer)])
+        token = data.get(p.K_TOKEN) if isinstance(data, dict) else None
+        if cb_id is None or not isinstance(token, str) or not (
+                0 < len(token) <= MAX_REFRESH_TOKEN_CHARS):
+            return self._bad_frame(f"{p.EV_REFRESH} is a request whose data is {{\"token\": "
+                                   f"string of 1-{MAX_REFRESH_TOKEN_CHARS} characters}}", cb_id)
+        now = self.last_seen
+        if now - self._last_refresh < MIN_REFRESH_INTERVAL_S:
+            self.counters.add(Counter.RATE_LIMITED)
+            return Received([], [error_frame(
+                p.ERR_RATE_LIMITED, f"one {p.EV_REFRESH} per {MIN_REFRESH_INTERVAL_S:g}s "
+                "(MIN_REFRESH_INTERVAL_S)", cb_id, p.EV_REFRESH, self.packer)])
+        self._last_refresh = now
+        return Received([RefreshRequest(token, cb_id)], [])
+
+    def grant(self, deadline: float, exp: float, info: Optional[Dict[str, Any]]) -> None:
+        """A token passed (at the upgrade or in a refresh): the connection may live until
+        ``deadline`` (``exp`` + leeway, on the clock of ``now``)."""
+        self.token_deadline, self.token_exp, self.token_info = deadline, exp, info
+
+    def token_expired(self, now: float) -> bool:
+        """True, once, when the connection's token deadline passed (then it closes 4002)."""
+        if self.token_deadline is None or self.closing or now < self.token_deadline:
+            return False
+        self.closing = True
+        self.counters.add(Counter.TOKEN_EXPIRED_CLOSES)
+        return True
+
+
+class ServerSession(_ServerAnswers, _TokenRules):
     """The protocol state of one server-side connection."""
 
     def __init__(self, conn_id: str, rules: ServerRules, now: float,
@@ -375,6 +441,14 @@ class ServerSession(_ServerAnswers):
         self.closing = False
         self._requests = _Requests("s")
         self._time = now
+        #: when this connection's token expires (its ``exp`` + leeway, on the clock of
+        #: ``now``); None: no token bounds it
+        self.token_deadline: Optional[float] = None
+        #: the ``info`` claim of its last token
+        self.token_info: Optional[Dict[str, Any]] = None
+        #: its last token's ``exp`` (seconds since the epoch)
+        self.token_exp: Optional[float] = None
+        self._last_refresh = float("-inf")
         self._rate: Optional[lim.RateGuard] = None
         if rules.rate_limit is not None:
             self._rate = lim.RateGuard(rules.rate_limit, rules.rate_burst, rules.max_rate_limited,
@@ -647,6 +721,7 @@ _SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Receiv
     p.EV_SUBSCRIBE: ServerSession._subscribe,
     p.EV_UNSUBSCRIBE: ServerSession._unsubscribe,
     p.EV_PUBLISH: ServerSession._publish,
+    p.EV_REFRESH: ServerSession._refresh,
 }
 
 
@@ -1264,7 +1339,7 @@ class ClientSession(_ChannelRules):
 
 
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
-           "UnsubscribeRequest", "PublishRequest", "ReplyArrived", "CloseConnection", "Received",
+           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",

@@ -26,7 +26,9 @@ from ..session import CLOSED, CONNECTED, ChannelMessage, ClientSession, Recovery
 from ..wire import packers
 from ..wire import protocol as p
 from .channels import ChannelHandler, ChannelsMixin, RecoveryHandler, _Sub
+from ..wire.token_expiry import RefreshSchedule
 from .io import IoMixin
+from .refresh import RefreshMixin
 
 log = logging.getLogger("sente_lite.client")
 
@@ -34,12 +36,14 @@ Token = Union[str, Callable[[], Optional[str]], None]
 EventHandler = Callable[[Any], Any]
 
 
-class AsyncClient(ChannelsMixin, IoMixin):
+class AsyncClient(ChannelsMixin, RefreshMixin, IoMixin):
     """An asyncio sente_lite client: ``async with AsyncClient(url) as c:``.
 
     Keywords as :class:`sente_lite.Client` takes them where they apply: ``client_id``,
-    ``auto_reconnect``, ``token`` (sent as ``Authorization: Bearer``; a callable is called
-    at every connect), ``csrf_token``, ``backoff_base``/``backoff_max``,
+    ``auto_reconnect``, ``token`` (sent as ``Authorization: Bearer``; a callable, plain or
+    ``async``, is called at every connect and, with a server with feature ``refresh``, to
+    refresh a JWT over the open socket before it expires; one that raises or gives None
+    stops the client for good), ``csrf_token``, ``backoff_base``/``backoff_max``,
     ``max_pending_sends``, ``connect_timeout``, ``request_timeout``, ``headers``,
     ``origin``, ``ssl_context``, ``max_unacked_publishes``, ``publish_block_s``,
     ``packer``, ``batch``; ``url`` may be a list (failover, round-robin). Handlers
@@ -75,6 +79,10 @@ class AsyncClient(ChannelsMixin, IoMixin):
         self.first: Optional[bool] = None
         self.handshake: Optional[dict] = None
         self.refusal: Optional[ConnectRefused] = None
+        #: when to refresh the connection's token (feature ``refresh``)
+        self._refresh = RefreshSchedule()
+        self._token_used: Optional[str] = None
+        self._token_at = 0.0
         self._session = ClientSession(self.client_id, max_unacked_publishes,
                                       packer=packers.get(packer))
         self._ws: Any = None
@@ -183,6 +191,9 @@ class AsyncClient(ChannelsMixin, IoMixin):
             hs.uid, hs.csrf_token, hs.info, hs.first)
         self.conn_id = hs.info.get("conn-id")
         self.server_id = hs.info.get("server-id")
+        features = hs.info.get(p.K_FEATURES)
+        self._refresh.connected(self._token_used if callable(self.token) else None, hs.info,
+                                features if isinstance(features, list) else (), self._token_at)
 
     # -- handlers ---------------------------------------------------------------------------
     def on(self, event: str, fn: EventHandler) -> EventHandler:

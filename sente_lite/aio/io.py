@@ -21,6 +21,7 @@ from .. import session as ss
 from ..errors import ClientClosed, ConnectRefused, SendQueueFull
 from ..logsafe import redact_target, safe
 from ..session import CONNECTED, ChannelMessage
+from ..wire.token_expiry import RefreshSchedule, TokenSourceRefused
 
 log = logging.getLogger("sente_lite.client")
 
@@ -65,6 +66,9 @@ class IoMixin:
     _subs: Dict[str, Any]
     _handlers: Dict[str, List[Any]]
     _recovery_hooks: List[Any]
+    _refresh: RefreshSchedule
+    _token_used: Optional[str]
+    _token_at: float
 
     def _apply(self, on: str) -> None: ...
     def _on_handshake(self, hs: ss.Handshake) -> None: ...
@@ -73,6 +77,8 @@ class IoMixin:
     def _publish_answered(self) -> None: ...
     def _status_changed(self, status: str) -> None: ...
     async def _send_subscribe(self, channel_id: str) -> None: ...
+    async def _token_now(self) -> Optional[str]: ...
+    async def _refresh_if_due(self, ws: ClientConnection) -> None: ...
 
     # -- connecting --------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -100,7 +106,14 @@ class IoMixin:
         csrf = self._csrf_source() if self._csrf_source is not None else self.csrf_token
         url = ss.upgrade_url(self.url, self.client_id, self._session.packer.name, self.batch, csrf,
                              self.token is not None)
-        headers = ss.upgrade_headers(self.headers, self.token() if callable(self.token) else self.token)
+        try:
+            token = await self._token_now()
+        except TokenSourceRefused as exc:
+            self.refusal = ConnectRefused(str(exc))
+            log.warning("%s: the client stops", exc)
+            return None
+        self._token_used, self._token_at = token, time.time()
+        headers = ss.upgrade_headers(self.headers, token)
         if any(c in v for v in headers.values() for c in "\r\n"):
             self.refusal = ConnectRefused("a header value (or the token) holds a line break: not sent")
             log.warning("%s", self.refusal)
@@ -261,6 +274,7 @@ class IoMixin:
                     if not await self._write(frame, cb_id):
                         break
                 self._counts["publishes_resent"] += 1
+            await self._refresh_if_due(ws)
             if session.dead(now):
                 self._counts["dead_server_detections"] += 1
                 log.warning("server silent for %.1fs: dropping the connection",

@@ -109,7 +109,7 @@ class App(CallsMixin):
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
             settings.channel_gate(self.channels, self.counters),
-            self._spans)
+            self._spans, settings.jwt)
         self._front = HttpFront(self)
         self._on_connect: List[Callable[..., Any]] = []
         self._on_disconnect: List[Callable[..., Any]] = []

@@ -16,7 +16,7 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Deque, Optional
+from typing import Any, Deque, Dict, Optional
 
 from ..core.front import Identity
 from ..core.inflow import InboundGauge, InboundLimits
@@ -104,6 +104,16 @@ class AsgiConnection:
     @property
     def last_seen(self) -> float:
         return self.session.last_seen
+
+    @property
+    def info(self) -> Optional[Dict[str, Any]]:
+        """The ``info`` claim of its JWT connection token (the last refreshed), else None."""
+        return self.session.token_info
+
+    @property
+    def token_exp(self) -> Optional[float]:
+        """Its JWT connection token's ``exp`` (seconds since the epoch), else None."""
+        return self.session.token_exp
 
     # -- sending (any thread) --------------------------------------------------------------
     def send(self, event: str, data: Any = None) -> bool:

@@ -9,12 +9,12 @@ import asyncio
 import http
 import inspect
 import logging
-from typing import Any, Optional, Protocol
+from typing import Any, Dict, Optional, Protocol
 
 from websockets.http11 import Response
 
 from ..core.front import Admit, HttpFront, Identity, Screened
-from ..core.security import Gate
+from ..core.security import Gate, select_subprotocol
 from ..core.dispatcher import ServerDispatcher
 from ..core.hub import Hub
 from ..counters import Counter, Counters
@@ -74,7 +74,7 @@ class Upgrades:
         link = ScopeLink(scope)
         request = request_of(scope)
         try:
-            if app._gate.authenticate is not None:  # a probe runs the hook: not on the loop
+            if app._gate.checks_credentials:  # a probe runs the hook: not on the loop
                 decision = await self.lanes.in_thread(app._front.decide, link, request)
             else:
                 decision = app._front.decide(link, request)
@@ -101,7 +101,11 @@ class Upgrades:
             await deny_upgrade(scope, send, decision)
             return
         try:
-            await send({"type": "websocket.accept"})
+            accept: Dict[str, Any] = {"type": "websocket.accept"}
+            chosen = select_subprotocol(list(scope.get("subprotocols") or ()))
+            if chosen is not None:  # a browser's token offer: answer sente-lite, never the token
+                accept["subprotocol"] = chosen
+            await send(accept)
         except BaseException:
             self.app._gate.release_slot(link)
             raise
@@ -114,7 +118,7 @@ class Upgrades:
         front, gate = app._front, app._gate
         request = request_of(scope)
         screened = front.screen(link, request)
-        if not isinstance(screened, Screened) or gate.authenticate is None:
+        if not isinstance(screened, Screened) or not gate.checks_credentials:
             return front.identify(link, request, screened)
         refusal = gate.begin_auth(link, screened.client_id)
         if refusal is not None:
@@ -160,7 +164,7 @@ class Upgrades:
         writer = loop.create_task(self._write(conn, send))
         reader = loop.create_task(self.lanes.read(conn, lane, receive))
         conn.tasks = [reader, writer]
-        app._dispatcher.open(conn, ident.csrf_token, info, first)
+        app._dispatcher.open(conn, ident.csrf_token, info, first, ident.grant)
         lane.task = loop.create_task(self._lane(conn, lane))
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid),
                   conn.remote_address, first)

@@ -269,6 +269,7 @@ class InboundMixin:
             hs.uid, hs.csrf_token, hs.info, hs.first)
         self.conn_id = hs.info.get("conn-id")
         self.server_id = hs.info.get("server-id")
+        self._plan_refresh(hs.info)
 
     def _after_handshake(self) -> None:
         """Renew every subscription (with ``since``), resend unacknowledged

@@ -35,6 +35,7 @@ from . import channels as client_channels
 from .channels import ChannelHandler, ChannelsMixin, InboundMixin, RecoveryHandler, _Sub
 from .send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented here)
 from .io import Connector, Roles, backoff_delay, settle
+from .refresh import RefreshMixin
 from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (documented here)
                        ClientSettings, Token)
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
@@ -65,7 +66,7 @@ EventHandler = Callable[[Any], Any]
 
 
 
-class Client(ChannelsMixin, InboundMixin, SendingMixin):
+class Client(ChannelsMixin, InboundMixin, SendingMixin, RefreshMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the
@@ -136,6 +137,7 @@ class Client(ChannelsMixin, InboundMixin, SendingMixin):
         self.csrf_token: Optional[str] = None if callable(csrf_token) else csrf_token
         self._csrf_source = csrf_token if callable(csrf_token) else None
         self.refusal: Optional[ConnectRefused] = None
+        self._init_refresh()
 
         # Every protocol rule (status, requests, subscriptions and their offsets,
         # the publish outbox) is in the session; the rest of this class moves bytes

@@ -23,6 +23,7 @@ from .. import session as ss
 from ..session import CONNECTED, backoff_delay  # noqa: F401 (backoff_delay: public here)
 from ..errors import ClientClosed, ConnectRefused, SendQueueFull
 from ..logsafe import redact_target, safe
+from ..wire.token_expiry import TokenSourceRefused
 
 
 
@@ -64,6 +65,8 @@ class ClientPort(Protocol):
     def _send_frame(self, frame: bytes, cb_id: Optional[str]) -> None: ...
     def _write(self, frame: bytes, cb_id: Optional[str], now: bool = False) -> bool: ...
     def _flush_if_due(self) -> None: ...
+    def _connect_token(self) -> Optional[str]: ...
+    def _refresh_if_due(self, connected: bool) -> None: ...
 
 log = logging.getLogger("sente_lite.client")
 
@@ -105,9 +108,9 @@ class Connector:
 
     def _connect_headers(self) -> Dict[str, str]:
         """The headers of one upgrade: ``headers``, plus ``Authorization: Bearer <token>``
-        when there is a token (evaluated now when ``token`` is a callable)."""
-        c = self._c
-        return ss.upgrade_headers(c.headers, c.token() if callable(c.token) else c.token)
+        when there is a token (evaluated now when ``token`` is a callable; one that raises
+        or gives none raises :class:`TokenSourceRefused`)."""
+        return ss.upgrade_headers(self._c.headers, self._c._connect_token())
 
     def connections(self) -> Generator[List[tuple], None, None]:
         """The reading role: connect, read, reconnect with backoff until stopped or
@@ -142,7 +145,12 @@ class Connector:
         c = self._c
         try:
             url = self._connect_url()
-            headers = self._connect_headers()
+            try:
+                headers = self._connect_headers()
+            except TokenSourceRefused as exc:
+                c.refusal = ConnectRefused(str(exc))
+                log.warning("%s: the client stops", exc)
+                return None
             if any(c in v for v in headers.values() for c in "\r\n"):
                 c.refusal = ConnectRefused("a header value (or the token) holds a line break: "
                                               "not sent")
@@ -427,6 +435,7 @@ class Roles:
                 silent = now - c._session.last_recv
                 c._session.last_recv = now
         settle(late)
+        c._refresh_if_due(c._status == CONNECTED)
         if ws is not None:
             c._counts["dead_server_detections"] += 1
             log.warning("server silent for %.1fs: dropping the connection", silent)

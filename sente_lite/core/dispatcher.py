@@ -32,6 +32,8 @@ from ..wire.channels import Published, RecoveryResult
 from ..wire.packers import Packer
 from .gate import ChannelGate
 from .hub import Hub
+from .jwt_tokens import JWT, Grant
+from .refresh import Refresher, close_expired
 from .ports import ConnectionPort, Handler
 from .security import report
 
@@ -49,8 +51,11 @@ class ServerDispatcher:
     """Acts on what the sessions of one server's connections receive (see the module)."""
 
     def __init__(self, hub: Hub, rules: ss.ServerRules, handlers: Mapping[str, Handler],
-                 gate: ChannelGate, spans: Optional[tracing.Spans] = None) -> None:
+                 gate: ChannelGate, spans: Optional[tracing.Spans] = None,
+                 tokens: Optional[JWT] = None) -> None:
         self.hub = hub
+        #: how ``chsk/refresh`` tokens are checked (the server's ``jwt``; None: no tokens)
+        self.tokens = tokens
         self.counters = hub.counters
         self.rules = rules
         #: event-id -> handler; read at each event (the application may add handlers later)
@@ -70,6 +75,7 @@ class ServerDispatcher:
             ss.SubscribeRequest: self._subscribe,
             ss.UnsubscribeRequest: self._unsubscribe,
             ss.CloseConnection: self._close,
+            ss.RefreshRequest: Refresher(tokens, self.counters),
         }
 
     # -- connections -------------------------------------------------------------------
@@ -78,9 +84,14 @@ class ServerDispatcher:
         return ss.ServerSession(conn_id, self.rules, now, self.counters, packer)
 
     def open(self, conn: ConnectionPort, csrf_token: Optional[str], info: Dict[str, Any],
-             first: bool) -> None:
+             first: bool, grant: Optional[Grant] = None) -> None:
         """Register ``conn`` with the hub, then greet it (registered first: a client
-        that holds its handshake is known)."""
+        that holds its handshake is known). ``grant``: its token's, whose ``exp`` bounds
+        it (the handshake tells it as ``token-exp``)."""
+        if grant is not None:
+            session = conn.session
+            session.grant(session.last_seen + grant.deadline_in_s, grant.exp, grant.info)
+            info = dict(info, **{p.K_TOKEN_EXP: grant.exp})
         self.hub.add(conn)
         conn.send_frame(conn.session.handshake(conn.uid, csrf_token, info, first))
 
@@ -295,7 +306,8 @@ class ServerDispatcher:
     # -- time --------------------------------------------------------------------------
     def tick(self, now: float, stalled_s: float = 0.0) -> None:
         """The heartbeat, every so often: ping every connection each ``heartbeat_ms``,
-        close those silent past ``heartbeat_timeout_ms`` with 4000, fail the server's
+        close those silent past ``heartbeat_timeout_ms`` with 4000 and those whose token
+        expired (``exp`` + leeway, no valid refresh) with 4002, fail the server's
         requests past their deadline, and let the broker expire idle channels.
         ``stalled_s``: a stretch in which the caller itself could not read (held
         against no peer: their frames may be waiting unread)."""
@@ -317,6 +329,8 @@ class ServerDispatcher:
                        message=f"silent for {now - session.last_seen:.1f}s", level=logging.INFO)
                 self.hub.broker.remove_member(conn.conn_id)  # nothing more queues for it
                 conn.close(p.CLOSE_HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            elif session.token_expired(now):
+                close_expired(conn, self.hub.broker)
             elif send_pings:
                 conn.ping()
         for conn, waiter, exc in late:

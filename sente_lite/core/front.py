@@ -30,6 +30,7 @@ from ..wire import packers
 from ..wire import protocol as p
 from . import security, static
 from .hub import Hub
+from .jwt_tokens import Grant
 from .metrics import MetricsExporter
 from .security import Gate, GateLink as Link
 
@@ -79,7 +80,9 @@ class Identity:
     batch: bool = False
     #: the client asked for bytes as bytes (``bytes=1``; PROTOCOL 10)
     bytes: bool = False
-    #: the server's ``authenticate`` hook named ``uid`` (else it is the client-id)
+    #: what its JWT connection token grants (``Server(jwt=...)``), else None
+    grant: Optional[Grant] = None
+    #: the server's ``authenticate`` hook (or a JWT) named ``uid`` (else it is the client-id)
     authenticated: bool = False
 
 
@@ -112,10 +115,12 @@ class HttpFront:
         if isinstance(screened, Screened):
             srv = self.server
             uid = srv._identify(link, request, screened.client_id)
+            grant = uid if isinstance(uid, Grant) else None
             decision = uid if isinstance(uid, Response) else Admit(Identity(
-                screened.client_id, uid, link.remote, srv._gate.csrf_token_for(screened.client_id),
-                screened.packer, screened.batch, screened.bytes,
-                authenticated=srv._gate.authenticate is not None))
+                screened.client_id, grant.uid if grant is not None else uid, link.remote,
+                srv._gate.csrf_token_for(screened.client_id), screened.packer, screened.batch,
+                screened.bytes, grant,
+                authenticated=grant is not None or srv._gate.authenticate is not None))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
             decision = _probe_answer(link, decision, self.server._gate)  # never upgrades

@@ -54,8 +54,8 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, Mapping, Optional, Protocol, Sequence, Tuple,
-                    Union)
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence,
+                    Tuple, Union)
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from websockets.http11 import Request, Response
@@ -64,6 +64,7 @@ from .. import limits as lim
 from ..wire import tracing
 from ..wire.origins import normalize_origins, origin_problem, split_host
 from ..logsafe import safe
+from .jwt_tokens import JWT, Grant, TokenRejected
 
 log = logging.getLogger("sente_lite.core.security")
 
@@ -107,7 +108,8 @@ class HandshakeRequest:
 
     ``headers`` maps lower-case header names to values (repeated headers joined
     with ``", "``); ``query`` maps each query parameter to its first value;
-    ``token`` is ``?token=`` or else the ``Authorization: Bearer`` credential;
+    ``token`` is ``?token=``, else the ``Authorization: Bearer`` credential, else the
+    ``bearer.<token>`` offer of ``Sec-WebSocket-Protocol`` (next to ``sente-lite``);
     ``remote_address`` is ``"host:port"`` of the peer.
     """
 
@@ -139,6 +141,37 @@ def bearer_token(authorization: Optional[str]) -> Optional[str]:
     return credential.strip() or None
 
 
+#: The WebSocket subprotocol a browser offers, with ``bearer.<token>``, to carry its token
+#: in ``Sec-WebSocket-Protocol`` (the one header a browser may set on a WebSocket); the
+#: server answers with this one, never the token.
+SUBPROTOCOL = "sente-lite"
+#: The prefix of the offer that carries the token.
+SUBPROTOCOL_BEARER = "bearer."
+
+
+def offered_subprotocols(value: Optional[str]) -> List[str]:
+    """The subprotocols a ``Sec-WebSocket-Protocol`` request header offers, in order."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def subprotocol_token(value: Optional[str]) -> Optional[str]:
+    """The token of a ``bearer.<token>`` offer in a ``Sec-WebSocket-Protocol`` value, made
+    alongside :data:`SUBPROTOCOL`; else None."""
+    offered = offered_subprotocols(value)
+    if SUBPROTOCOL not in offered:
+        return None
+    for item in offered:
+        if item.startswith(SUBPROTOCOL_BEARER) and len(item) > len(SUBPROTOCOL_BEARER):
+            return item[len(SUBPROTOCOL_BEARER):]
+    return None
+
+
+def select_subprotocol(offered: Sequence[str]) -> Optional[str]:
+    """The subprotocol a server answers: :data:`SUBPROTOCOL` when offered, else none (a
+    client that offers others is served without one, as before)."""
+    return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+
 def make_handshake_request(request: Request, client_id: str, remote: str) -> HandshakeRequest:
     """Build the hook's view of a websockets ``Request``."""
     parts = urlsplit(request.path)
@@ -147,7 +180,8 @@ def make_handshake_request(request: Request, client_id: str, remote: str) -> Han
     for name, value in request.headers.raw_items():
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    token = query.get("token") or bearer_token(headers.get("authorization"))
+    token = (query.get("token") or bearer_token(headers.get("authorization"))
+             or subprotocol_token(headers.get("sec-websocket-protocol")))
     return HandshakeRequest(path=parts.path, query=query, headers=headers, remote_address=remote,
                             client_id=client_id, token=token, origin=headers.get("origin"))
 
@@ -390,6 +424,7 @@ class Gate:
         *,
         authenticate: Optional[Authenticate],
         allowed_origins: Optional[Iterable[str]],
+        jwt: Optional[JWT] = None,
         csrf: bool,
         csrf_secret: Union[bytes, str, None],
         max_connections: int,
@@ -404,6 +439,7 @@ class Gate:
         if authenticate is not None and not callable(authenticate):
             raise TypeError("authenticate must be a callable taking a HandshakeRequest")
         self.authenticate = authenticate
+        self.jwt = jwt
         self.allowed_origins = normalize_origins(allowed_origins)
         self.allowed_hosts = normalize_hosts(allowed_hosts)
         self.loopback_bind = is_loopback_host(bind_host)
@@ -487,8 +523,17 @@ class Gate:
                                    "(or was issued by a server with another csrf_secret)", client_id)
         return None
 
-    def identify(self, link: GateLink, request: Request, client_id: str) -> Union[str, Response]:
-        """The uid of this upgrade (the client-id without an authenticate hook), or a refusal."""
+    @property
+    def checks_credentials(self) -> bool:
+        """An ``authenticate`` hook or ``jwt`` decides who an upgrade is (on a worker)."""
+        return self.authenticate is not None or self.jwt is not None
+
+    def identify(self, link: GateLink, request: Request,
+                 client_id: str) -> Union[str, Grant, Response]:
+        """The uid of this upgrade (the client-id without an authenticate hook), its
+        token's :class:`Grant` with ``jwt``, or a refusal."""
+        if self.jwt is not None:
+            return self._check_jwt(link, make_handshake_request(request, client_id, link.remote))
         if self.authenticate is None:
             return client_id
         view = make_handshake_request(request, client_id, link.remote)
@@ -508,6 +553,17 @@ class Gate:
             return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
                                "(authenticate returned an invalid uid)", client_id)
         return uid
+
+    def _check_jwt(self, link: GateLink, view: HandshakeRequest) -> Union[Grant, Response]:
+        """The grant of the upgrade's token, or 401 with the short reason (never the token)."""
+        assert self.jwt is not None
+        try:
+            return self.jwt.check(view.token)
+        except TokenRejected as exc:
+            return self.refuse(link, 401, R_UNAUTHENTICATED, f"invalid token: {exc.reason}",
+                               view.client_id,
+                               headers=[("WWW-Authenticate", 'Bearer realm="sente-lite", '
+                                         'error="invalid_token"')])
 
     def csrf_token_for(self, client_id: str) -> Optional[str]:
         """The CSRF token of ``client_id``; None when CSRF protection is off."""
@@ -570,4 +626,5 @@ class Gate:
 __all__ = ["HandshakeRequest", "Authenticate", "Authorize", "Gate", "GateLink",
            "CsrfTokens", "fetch_csrf_token", "origin_problem", "bearer_token", "report",
            "host_problem", "parse_host", "is_loopback_host", "normalize_hosts",
-           "CSRF_TOKEN_PATH", "MAX_UID_CHARS"]
+           "CSRF_TOKEN_PATH", "MAX_UID_CHARS", "SUBPROTOCOL", "SUBPROTOCOL_BEARER",
+           "offered_subprotocols", "subprotocol_token", "select_subprotocol"]

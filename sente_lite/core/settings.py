@@ -20,6 +20,7 @@ from .gate import ChannelGate
 from .hub import Broker, LocalBroker
 from .namespaces import Namespaces, NamespaceSpec, make_namespaces
 from .inflow import InboundLimits
+from .jwt_tokens import JWT
 from .security import Authenticate, Authorize
 from ..session import ServerRules
 from ..wire import compression as compression_mod
@@ -78,6 +79,7 @@ DEFAULTS: Dict[str, Any] = {
     "authenticate": None,
     "authorize": None,
     "namespaces": None,
+    "jwt": None,
     "allowed_origins": None,
     "allowed_hosts": None,
     "csrf": False,
@@ -137,7 +139,10 @@ class ServerSettings:
     ``max_idle_channels`` and ``max_remembered_clients`` (bounded memory).
 
     Admission and abuse (see :mod:`sente_lite.core.security` and :mod:`sente_lite.limits`):
-    ``authenticate(request) -> uid | None`` (None: 401), ``authorize(conn, action,
+    ``authenticate(request) -> uid | None`` (None: 401), or ``jwt`` (a
+    :class:`~sente_lite.core.jwt_tokens.JWT`: signed connection tokens whose ``sub`` is the
+    uid, 401 without a valid one, closed with 4002 at ``exp`` + leeway unless refreshed;
+    not with ``authenticate``), ``authorize(conn, action,
     channel_id) -> bool`` (False: ``forbidden``; it runs on the connection's
     worker lane, in order with its handlers), ``allowed_hosts`` (None: bound to a loopback
     address, only loopback ``Host`` names, else any; that list, ``["*"]`` for any;
@@ -214,6 +219,7 @@ class ServerSettings:
     authenticate: Optional[Authenticate]
     authorize: Optional[Authorize]
     namespaces: Optional[Namespaces]
+    jwt: Optional[JWT]
     allowed_origins: Optional[Sequence[str]]
     allowed_hosts: Optional[Sequence[str]]
     csrf: bool
@@ -271,6 +277,12 @@ class ServerSettings:
             raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
         if not isinstance(values["namespaces"], (Namespaces, type(None))):
             values["namespaces"] = make_namespaces(values["namespaces"])
+        if values["jwt"] is not None:
+            if not isinstance(values["jwt"], JWT):
+                raise TypeError("jwt must be a sente_lite.JWT(key=..., algorithms=[...]) or None")
+            if values["authenticate"] is not None:
+                raise ValueError("give jwt or authenticate, not both: with jwt the token's sub "
+                                 "is the uid")
         heartbeat_timeout_ms = values["heartbeat_timeout_ms"] or 3 * values["heartbeat_ms"]
         values["heartbeat_timeout_ms"] = heartbeat_timeout_ms
         if values["fragment_timeout"] is None:
@@ -322,7 +334,8 @@ class ServerSettings:
             max_channel_id_chars=self.max_channel_id_chars, rate_limit=self.rate_limit,
             rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited,
             features=ServerRules.features + features
-            + ((p.FEATURE_NAMESPACES,) if self.namespaces is not None else ()))
+            + ((p.FEATURE_NAMESPACES,) if self.namespaces is not None else ())
+            + ((p.FEATURE_REFRESH,) if self.jwt is not None else ()))
 
     def channel_gate(self, broker: Broker, counters: Any) -> ChannelGate:
         """The channel policy of these settings over ``broker``."""
@@ -332,7 +345,7 @@ class ServerSettings:
     def gate(self) -> security.Gate:
         """A new admission gate for these settings."""
         return security.Gate(
-            authenticate=self.authenticate, allowed_origins=self.allowed_origins,
+            authenticate=self.authenticate, jwt=self.jwt, allowed_origins=self.allowed_origins,
             csrf=self.csrf, csrf_secret=self.csrf_secret, max_connections=self.max_connections,
             max_pending_handshakes=self.max_pending_handshakes,
             handshake_timeout=self.handshake_timeout, allowed_hosts=self.allowed_hosts,

@@ -49,7 +49,7 @@ class ServerCore:
         srv = self.server
         front = srv._front
         screened = front.screen(link, request)
-        if not isinstance(screened, Screened) or srv._gate.authenticate is None:
+        if not isinstance(screened, Screened) or not srv._gate.checks_credentials:
             return front.identify(link, request, screened)
         refusal = srv._gate.begin_auth(link, screened.client_id)
         if refusal is not None:
@@ -106,7 +106,7 @@ class ServerCore:
             info[p.K_BATCH] = True
         if ident.bytes:
             info[p.K_BYTES] = True
-        self.dispatcher.open(conn, ident.csrf_token, info, first)
+        self.dispatcher.open(conn, ident.csrf_token, info, first, ident.grant)
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
                   first)
         for hook in srv._on_connect:

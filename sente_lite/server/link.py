@@ -24,6 +24,7 @@ from websockets.server import ServerProtocol
 from ..core.front import Admit  # a handler's answer: accept the upgrade (then ``on_open``)
 from ..core.inflow import InboundGauge, InboundLimits
 from ..core.outbox import Outbox
+from ..core.security import select_subprotocol
 from ..logsafe import RedactingLogger
 from . import link_state
 from .link_state import (CLOSING, FAILING, OPEN, TRANSITIONS, UPGRADING, IllegalTransition,
@@ -43,6 +44,12 @@ class _ProtocolLogger(RedactingLogger):
 
 
 _PROTOCOL_LOGGER = _ProtocolLogger(logging.getLogger("sente_lite.websockets"))
+
+
+def _select_subprotocol(protocol: ServerProtocol, offered: Sequence[str]) -> Optional[str]:
+    """``sente-lite`` when the client offers it (a browser carrying its token as
+    ``bearer.<token>`` next to it), else none, whatever else is offered."""
+    return select_subprotocol(offered)
 
 
 class Defer:
@@ -149,6 +156,7 @@ class Link:
         self.address = address
         self.remote = remote
         self.protocol = ServerProtocol(max_size=loop.max_message_bytes, extensions=loop.extensions,
+                                       select_subprotocol=_select_subprotocol,
                                        logger=_PROTOCOL_LOGGER)
         self.lock = threading.Lock()
         self.outbox = Outbox(self._write, loop.max_queued_bytes, loop.write_delay_ns)

@@ -59,6 +59,7 @@ from ..core.inflow import InboundGauge
 from ..core.metrics import LatencyHistogram, MetricsExporter
 from .netloop import Link, NetLoop, raise_descriptor_limit
 from ..core.outbox import Overflow
+from ..core.jwt_tokens import JWT
 from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
 from ..core.messaging import MessagingMixin, check_event_id
@@ -79,8 +80,9 @@ class Connection:
     """One live connection, as handlers and hooks see it.
 
     Public attributes: ``conn_id``, ``client_id``, ``uid``, ``authenticated``, ``remote_address``,
-    ``first`` (first connection of this client-id to this server process) and
-    ``connected_at`` (``time.time()``). It is also the server dispatcher's port
+    ``first`` (first connection of this client-id to this server process),
+    ``connected_at`` (``time.time()``), and with ``Server(jwt=...)`` ``info`` and
+    ``token_exp`` (its token's ``info`` claim and ``exp``). It is also the server dispatcher's port
     (:class:`sente_lite.core.ports.ConnectionPort`): ``session``, ``send_frame``,
     ``deliver``, ``ping``, ``close``, ``settle``, ``closing``, ``input_paused``.
     """
@@ -140,6 +142,16 @@ class Connection:
     def awaiting_replies(self) -> int:
         """Requests to this peer waiting for its reply."""
         return self.session.outstanding
+
+    @property
+    def info(self) -> Optional[Dict[str, Any]]:
+        """The ``info`` claim of its JWT connection token (the last refreshed), else None."""
+        return self.session.token_info
+
+    @property
+    def token_exp(self) -> Optional[float]:
+        """Its JWT connection token's ``exp`` (seconds since the epoch), else None."""
+        return self.session.token_exp
 
     @property
     def last_seen(self) -> float:
@@ -337,7 +349,8 @@ class Server(InspectionMixin, MessagingMixin):
     (:class:`~sente_lite.core.settings.ServerSettings`, which tells what each one
     bounds or turns on). The limits: message and queue sizes, heartbeats, timeouts,
     handshake and connection caps, rates, history and replay bounds, the inbound marks;
-    admission: ``authenticate``, ``authorize``, ``allowed_hosts``, ``allowed_origins``,
+    admission: ``authenticate`` or ``jwt`` (:class:`sente_lite.JWT`: signed connection
+    tokens, refreshed over the open socket), ``authorize``, ``allowed_hosts``, ``allowed_origins``,
     ``csrf``; channel namespaces (``namespaces={"chat": Namespace(publish="subscribers")}``:
     who may subscribe and publish per namespace, :class:`sente_lite.Namespace`); where channels live: ``broker`` (this process by default, or
     ``"redis://host:port/db"``); and ``write_delay_ms``, ``compression``, ``tracing``,
@@ -362,7 +375,7 @@ class Server(InspectionMixin, MessagingMixin):
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
         authenticate: Optional[Authenticate] = None, authorize: Optional[Authorize] = None,
         namespaces: Optional[Mapping[str, NamespaceSpec]] = None,
-        allowed_origins: Optional[Sequence[str]] = None,
+        jwt: Optional[JWT] = None, allowed_origins: Optional[Sequence[str]] = None,
         allowed_hosts: Optional[Sequence[str]] = None,
         csrf: bool = False, csrf_secret: Union[bytes, str, None] = None,
         max_connections: int = lim.DEFAULT_MAX_CONNECTIONS,
@@ -423,7 +436,7 @@ class Server(InspectionMixin, MessagingMixin):
         self._dispatcher = ServerDispatcher(
             self._hub, self._rules, self._handlers,
             settings.channel_gate(self.channels, self.counters),
-            self._spans)
+            self._spans, settings.jwt)
         self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)
         self._api = ApiFront(self)

@@ -5,14 +5,22 @@ export type Status = "connecting" | "connected" | "reconnecting" | "closed";
 /** Wire format: "json" (text frames) or "msgpack" (MessagePack in binary frames). */
 export type Packer = "json" | "msgpack";
 
-/** A credential or CSRF token: a string, or a function evaluated at every (re)connect. */
+/** A credential or CSRF token: a string, or a function evaluated at every (re)connect (and, for
+ *  `token` on a server with feature "refresh", before the token expires). A token function that
+ *  throws, rejects or gives no token stops the client (refusal with code "token-refused"). */
 export type TokenSource = string | null | (() => string | null | Promise<string | null>);
 
 export interface ClientOptions {
   /** Stable id of this client across its reconnects (default: a random UUID). */
   clientId?: string;
-  /** Sent as ?token= (browsers cannot set an Authorization header on a WebSocket). */
+  /** The credential. Browsers cannot set an Authorization header on a WebSocket: it goes as the
+   *  subprotocol offer "sente-lite, bearer.<token>" (tokenVia "subprotocol", when the token is made
+   *  of the characters a subprotocol name may hold, as a JWT is), else as ?token=. With a function
+   *  and a server with feature "refresh" (JWT tokens), it is refreshed over the open socket. */
   token?: TokenSource;
+  /** Where the token goes: "subprotocol" (default; out of the URL) or "query" (?token=, for a
+   *  server older than the subprotocol offer, which browsers would otherwise fail). */
+  tokenVia?: "subprotocol" | "query";
   /** For a server with CSRF on: a token (e.g. embedded in the page) or a function such as
    *  () => fetchCsrfToken(url, clientId). A plain string is replaced by each handshake's token. */
   csrfToken?: TokenSource;
@@ -105,6 +113,8 @@ export interface Stats {
   batchesIn: number;
   publishAcks: number; duplicatePublishAcks: number; publishErrors: number; publishesResent: number;
   publishesOutcomeUnknown: number; unackedPublishOverflows: number; recoveryFailures: number;
+  /** chsk/refresh answered with a later exp / failed (protocol section 12). */
+  tokenRefreshes: number; tokenRefreshFailures: number;
   status: Status; pendingSends: number; outstandingRequests: number; unackedPublishes: number;
   subscriptions: number;
 }

@@ -37,6 +37,21 @@ var SenteLite = (function () {
   var EV_PUBLISH = "sente-lite/publish";
   var EV_CHANNEL_MSG = "sente-lite/channel-msg";
   var EV_BATCH = "chsk/batch";
+  /** A fresh connection token over the open socket (feature "refresh", protocol section 12). */
+  var EV_REFRESH = "chsk/refresh";
+  var FEATURE_REFRESH = "refresh";
+  /** The subprotocol offered with "bearer.<token>" to carry a token outside the URL. */
+  var SUBPROTOCOL = "sente-lite";
+  /** Characters a subprotocol name may hold (RFC 6455: an HTTP token); a JWT is made of them. */
+  var SUBPROTOCOL_TOKEN_RE = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  /** Refresh when this share of the token's life is left, at most REFRESH_MAX_AHEAD_MS before exp. */
+  var REFRESH_AHEAD_FRACTION = 0.25;
+  var REFRESH_MAX_AHEAD_MS = 300000;
+  /** A failed refresh is tried again this much later while the token lasts. */
+  var REFRESH_RETRY_MS = 1000;
+  var REFRESH_TIMEOUT_MS = 5000;
+  /** Longest token whose claims are read. */
+  var MAX_TOKEN_CHARS = 8192;
 
   var CLOSE_NORMAL = 1000;
   var CLOSE_POLICY = 1008;
@@ -53,7 +68,8 @@ var SenteLite = (function () {
     batch: false,              // ask the server for chsk/batch frames when this connection is backed up
     maxUnackedPublishes: 1000, // publishes awaiting their ack (the outbox); one more throws SendQueueFull
     publishBlockMs: 5000,      // publish({ack}) with a full outbox waits this long for room (0: rejects at once)
-    persistPositions: false    // true (sessionStorage) or a Storage: keep channel positions across page reloads
+    persistPositions: false,   // true (sessionStorage) or a Storage: keep channel positions across page reloads
+    tokenVia: "subprotocol"    // "subprotocol": Sec-WebSocket-Protocol "sente-lite, bearer.<token>"; "query": ?token=
   };
   /** The error code of a publish whose outcome the server could not know: resent, same id. */
   var ERR_OUTCOME_UNKNOWN = "outcome-unknown";
@@ -744,6 +760,13 @@ var SenteLite = (function () {
     this._maxDepth = MAX_DEPTH + (this.options.batch ? BATCH_LEVELS : 0);
     this.clientId = opts.clientId || uuid4();
     this._token = opts.token !== undefined ? opts.token : null;
+    if (this.options.tokenVia !== "subprotocol" && this.options.tokenVia !== "query") {
+      throw new TypeError("tokenVia must be \"subprotocol\" or \"query\", not " + JSON.stringify(this.options.tokenVia));
+    }
+    this._tokenUsed = null;        // the token of the connection being opened (and refreshed)
+    this._tokenAt = 0;             // when it was got (ms since the epoch)
+    this._refreshTimer = null;
+    this._refreshExp = null;       // the current token's exp (seconds since the epoch)
     this._csrfSource = typeof opts.csrfToken === "function" ? opts.csrfToken : null;
     /** The CSRF token sent on the next connect (the last handshake's, unless csrfToken is a function). */
     this.csrfToken = typeof opts.csrfToken === "string" ? opts.csrfToken : null;
@@ -797,7 +820,8 @@ var SenteLite = (function () {
       unhandledEvents: 0, handlerErrors: 0, errorsFromServer: 0, badFramesFromServer: 0,
       strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0, batchesIn: 0,
       publishAcks: 0, duplicatePublishAcks: 0, publishErrors: 0, publishesResent: 0,
-      publishesOutcomeUnknown: 0, unackedPublishOverflows: 0, recoveryFailures: 0
+      publishesOutcomeUnknown: 0, unackedPublishOverflows: 0, recoveryFailures: 0,
+      tokenRefreshes: 0, tokenRefreshFailures: 0
     };
     this._watchPageHide();
     this._connect();
@@ -1339,6 +1363,7 @@ var SenteLite = (function () {
     clearTimeout(this._retryTimer);
     this._retryTimer = null;
     this._stopLiveness();
+    this._stopRefresh();
     var ws = this._ws;
     this._ws = null;
     if (ws) {
@@ -1381,17 +1406,44 @@ var SenteLite = (function () {
   };
 
   // -- connecting ------------------------------------------------------------------------------
+  /** Resolves to {url, protocols} of the next upgrade: the token as the subprotocol offer
+   *  "bearer.<token>" next to "sente-lite" (tokenVia "subprotocol", when it can be one), else ?token=. */
   Client.prototype._connectUrl = function () {
     var self = this;
-    var token = typeof this._token === "function" ? this._token() : this._token;
+    var token = this._tokenNow();
     var csrf = this._csrfSource ? this._csrfSource() : this.csrfToken;
     return Promise.all([token, csrf]).then(function (values) {
       if (self._csrfSource) { self.csrfToken = values[1] || null; }
-      return setQuery(self.url, { "client-id": self.clientId, "token": values[0], "csrf-token": values[1],
-                                  "packer": self._binary ? "msgpack" : null, "batch": self.options.batch ? "1" : null,
-                                  "bytes": "1" });
+      var t = values[0] || null;
+      self._tokenUsed = t;
+      self._tokenAt = Date.now();
+      var inProtocol = t !== null && self.options.tokenVia === "subprotocol" && SUBPROTOCOL_TOKEN_RE.test(t);
+      return { url: setQuery(self.url, { "client-id": self.clientId, "token": inProtocol ? null : t,
+                                         "csrf-token": values[1], "packer": self._binary ? "msgpack" : null,
+                                         "batch": self.options.batch ? "1" : null, "bytes": "1" }),
+               protocols: inProtocol ? [SUBPROTOCOL, "bearer." + t] : null };
     });
   };
+
+  /** The token now: a string as given, or a function's answer (a Promise may resolve to it).
+   *  A function that throws, rejects or gives no token rejects with code "token-refused". */
+  Client.prototype._tokenNow = function () {
+    if (typeof this._token !== "function") { return Promise.resolve(this._token); }
+    var source = this._token;
+    return new Promise(function (resolve) { resolve(source()); }).then(function (t) {
+      if (typeof t !== "string" || !t) { throw tokenRefused("the token source gave no token"); }
+      return t;
+    }, function (err) {
+      if (err && err.code === "token-refused") { throw err; }
+      throw tokenRefused("the token source failed: " + (err && err.message ? err.message : String(err)));
+    });
+  };
+
+  function tokenRefused(message) {
+    var err = new ConnectRefused(message);
+    err.code = "token-refused";
+    return err;
+  }
 
   Client.prototype._connect = function () {
     var self = this;
@@ -1402,12 +1454,13 @@ var SenteLite = (function () {
     } catch (e) {
       urlPromise = Promise.reject(e);
     }
-    urlPromise.then(function (url) {
+    urlPromise.then(function (target) {
       if (self._closed) { return; }
-      self._open(url);
+      self._open(target.url, target.protocols);
     }, function (err) {
       if (self._closed) { return; }
       self._stats.connectFailures++;
+      if (err && err.code === "token-refused") { self._refuseToken(err); return; }
       if (err && FINAL_REFUSALS.indexOf(err.status) >= 0) {
         self._refuse(err.status, null, err.message);
         return;
@@ -1417,11 +1470,11 @@ var SenteLite = (function () {
     });
   };
 
-  Client.prototype._open = function (url) {
+  Client.prototype._open = function (url, protocols) {
     var self = this;
     var ws;
     try {
-      ws = new this._WebSocket(url);
+      ws = protocols ? new this._WebSocket(url, protocols) : new this._WebSocket(url);
     } catch (e) {
       this._stats.connectFailures++;
       this._warn("cannot open " + this.url + ":", e.message);
@@ -1431,6 +1484,7 @@ var SenteLite = (function () {
     if (this._binary) { ws.binaryType = "arraybuffer"; }
     var state = { opened: false, handshake: false, done: false, timedOut: false };
     this._lastUrl = url;
+    this._lastProtocols = protocols;
     this._connSeq++;
     ws._senteState = state;
     this._ws = ws;
@@ -1465,6 +1519,7 @@ var SenteLite = (function () {
     if (this._ws === ws) { this._ws = null; }
     if (this._closed) { return; }
     this._stopLiveness();
+    this._stopRefresh();
     var self = this;
     this._subs.forEach(function (sub) { sub.inFlight = false; });
     this._failPending(new Disconnected("connection lost with the request outstanding"), true);
@@ -1497,7 +1552,11 @@ var SenteLite = (function () {
   Client.prototype._probe = function () {
     var self = this;
     if (!this._fetch) { return Promise.resolve(null); }
-    return this._fetch(httpUrlOf(this._lastUrl), { cache: "no-store", credentials: "omit" }).then(function (resp) {
+    var init = { cache: "no-store", credentials: "omit" };
+    if (this._lastProtocols) {  // the token went in the subprotocol offer: send it as a header
+      init.headers = { "Authorization": "Bearer " + this._lastProtocols[1].slice("bearer.".length) };
+    }
+    return this._fetch(httpUrlOf(this._lastUrl), init).then(function (resp) {
       if (FINAL_REFUSALS.indexOf(resp.status) < 0) { return null; }
       return resp.text().then(function (body) {
         return { status: resp.status, message: "server refused the connection: HTTP " + resp.status + " " +
@@ -1525,6 +1584,89 @@ var SenteLite = (function () {
     this._stats.reconnectAttempts++;
     clearTimeout(this._retryTimer);
     this._retryTimer = setTimeout(function () { self._retryTimer = null; self._connect(); }, delay);
+  };
+
+  // -- token refresh (protocol section 12) -------------------------------------------------------
+  /** The claims of a JWT, read without checking it (the server checks it); null when not one. */
+  function jwtClaims(token) {
+    if (typeof token !== "string" || token.length > MAX_TOKEN_CHARS) { return null; }
+    var parts = token.split(".");
+    if (parts.length !== 3 || typeof atob !== "function") { return null; }
+    try {
+      var b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+      var text = atob(b64 + "===".slice((b64.length + 3) % 4));
+      var claims = JSON.parse(textDecoder ? textDecoder.decode(Uint8Array.from(text, function (c) { return c.charCodeAt(0); }))
+                                          : text);
+      return claims && typeof claims === "object" && !Array.isArray(claims) ? claims : null;
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function isNumber(v) { return typeof v === "number" && isFinite(v); }
+
+  /** After a handshake: a refresh timer when the server has feature "refresh", the token is a
+   *  function and its expiry is known (the handshake's token-exp, else the token's exp). */
+  Client.prototype._planRefresh = function (ws, info) {
+    this._stopRefresh();
+    this._refreshExp = null;
+    if (typeof this._token !== "function" || this._features.indexOf(FEATURE_REFRESH) < 0) { return; }
+    var claims = jwtClaims(this._tokenUsed) || {};
+    var exp = isNumber(info["token-exp"]) ? info["token-exp"] : isNumber(claims.exp) ? claims.exp : null;
+    if (exp === null) { return; }
+    this._scheduleRefresh(ws, exp, isNumber(claims.iat) ? claims.iat * 1000 : this._tokenAt);
+  };
+
+  Client.prototype._scheduleRefresh = function (ws, exp, issuedMs) {
+    var life = Math.max(0, exp * 1000 - issuedMs);
+    var dueMs = exp * 1000 - Math.min(REFRESH_MAX_AHEAD_MS, life * REFRESH_AHEAD_FRACTION);
+    this._refreshExp = exp;
+    this._armRefresh(ws, Math.max(0, dueMs - Date.now()));
+  };
+
+  Client.prototype._armRefresh = function (ws, delayMs) {
+    var self = this;
+    clearTimeout(this._refreshTimer);
+    this._refreshTimer = setTimeout(function () { self._refreshTimer = null; self._refresh(ws); }, delayMs);
+    if (this._refreshTimer && typeof this._refreshTimer.unref === "function") { this._refreshTimer.unref(); }
+  };
+
+  Client.prototype._stopRefresh = function () {
+    if (this._refreshTimer !== null) { clearTimeout(this._refreshTimer); this._refreshTimer = null; }
+  };
+
+  /** Get a fresh token and send chsk/refresh on `ws` (one round trip). A refusing token
+   *  source closes the client for good; a failed refresh is tried again while the token lasts. */
+  Client.prototype._refresh = function (ws) {
+    var self = this;
+    if (this._closed || this._ws !== ws || this.status !== CONNECTED) { return; }
+    this._tokenNow().then(function (token) {
+      if (self._closed || self._ws !== ws) { return null; }
+      return self._request(EV_REFRESH, { token: token }, REFRESH_TIMEOUT_MS).then(function (reply) {
+        var exp = reply && isNumber(reply.exp) ? reply.exp : null;
+        if (exp === null || (self._refreshExp !== null && exp <= self._refreshExp)) {
+          throw new SenteLiteError("the refresh gave no later exp");
+        }
+        self._stats.tokenRefreshes++;
+        var claims = jwtClaims(token) || {};
+        if (self._ws === ws) { self._scheduleRefresh(ws, exp, isNumber(claims.iat) ? claims.iat * 1000 : Date.now()); }
+      });
+    }).catch(function (err) {
+      if (self._closed) { return; }
+      if (err && err.code === "token-refused") { self._refuseToken(err); return; }
+      self._stats.tokenRefreshFailures++;
+      self._warn("token refresh failed:", err && (err.code || err.message));
+      var retry = !(err && err.code === "forbidden") && self._refreshExp !== null &&
+        Date.now() + REFRESH_RETRY_MS < self._refreshExp * 1000;
+      if (retry && self._ws === ws) { self._armRefresh(ws, REFRESH_RETRY_MS); }
+    });
+  };
+
+  /** The token source refused: the client stops for good (refusal, status closed). */
+  Client.prototype._refuseToken = function (err) {
+    this.refusal = err;
+    this._warn(err.message);
+    this._finish(err);
   };
 
   // -- liveness ----------------------------------------------------------------------------------
@@ -1654,6 +1796,7 @@ var SenteLite = (function () {
     this._stats.handshakes++;
     this._setStatus(CONNECTED);
     this._startLiveness();
+    this._planRefresh(ws, info);
     var self = this;
     this._subs.forEach(function (sub, channelId) {
       if (self._ws === ws) { self._sendSubscribe(channelId, sub); }

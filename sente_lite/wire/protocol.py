@@ -43,6 +43,8 @@ EV_UNSUBSCRIBED = "sente-lite/unsubscribed"
 EV_PUBLISH = "sente-lite/publish"
 EV_CHANNEL_MSG = "sente-lite/channel-msg"
 EV_BATCH = "chsk/batch"
+#: A client presents a fresh connection token over the open socket (feature ``refresh``).
+EV_REFRESH = "chsk/refresh"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -63,6 +65,8 @@ ERR_UNAVAILABLE = "unavailable"
 ERR_OUTCOME_UNKNOWN = "outcome-unknown"
 #: The broker refused this one operation (e.g. a Redis key of the wrong type): not made.
 ERR_BROKER_ERROR = "broker-error"
+#: A ``chsk/refresh`` whose token does not pass (expired, bad signature, ...).
+ERR_INVALID_TOKEN = "invalid-token"
 ERR_TIMEOUT = "timeout"
 ERR_DISCONNECTED = "disconnected"
 
@@ -74,6 +78,8 @@ CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_HEARTBEAT_TIMEOUT = 4000
 CLOSE_SLOW_CONSUMER = 4001
+#: The connection's token expired (``exp`` + leeway) and no valid ``chsk/refresh`` came.
+CLOSE_TOKEN_EXPIRED = 4002
 
 # Field names.
 K_CHANNEL = "channel-id"
@@ -94,6 +100,10 @@ K_DUPLICATE = "duplicate"
 K_FEATURES = "features"
 K_PACKER = "packer"
 K_BATCH = "batch"
+K_TOKEN = "token"
+#: The handshake's info: when the connection's token expires (seconds since the epoch).
+K_TOKEN_EXP = "token-exp"
+K_EXP = "exp"
 
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"
@@ -112,6 +122,11 @@ FEATURE_CONSOLE = "console"
 #: it does not serve is refused ``unknown-namespace``; each namespace says who may
 #: subscribe and publish (refusals are ``forbidden``).
 FEATURE_NAMESPACES = "namespaces"
+#: The server checks JWT connection tokens, closes a connection whose token expired (4002)
+#: and reads ``chsk/refresh`` frames (docs/protocol.md section 12).
+FEATURE_REFRESH = "refresh"
+#: Longest connection token read, at the upgrade or in a ``chsk/refresh`` (section 12).
+MAX_TOKEN_CHARS = 8192
 #: Longest publish id (PROTOCOL 9).
 MAX_PUBLISH_ID_CHARS = 128
 

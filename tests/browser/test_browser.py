@@ -437,3 +437,31 @@ def test_page_reload_with_persisted_positions_resumes_every_channel(make_server,
     recoveries = page.evaluate("recoveries")
     assert sorted((r["channelId"], r["recovered"], r["since"]["offset"]) for r in recoveries) == \
         [(ch, True, 1) for ch in channels]
+
+
+def test_jwt_token_in_the_subprotocol_offer_refreshed_and_expired_refused(make_server, open_page) -> None:
+    """Chromium sends the token as ``Sec-WebSocket-Protocol: sente-lite, bearer.<token>``
+    (accepting the server's ``sente-lite``), refreshes it over the open socket, and a page with
+    an expired token stops with the 401 its probe learns."""
+    pytest.importorskip("jwt", reason="PyJWT is not installed (pip install 'sente-lite[jwt]')")
+    from sente_lite import JWT
+    from sente_lite.core.jwt_tokens import mint
+    key = "browser-test-secret-of-32-bytes-or-more"
+    srv = make_server(jwt=JWT(key=key), heartbeat_ms=1000)
+    page = open_page(srv)
+    # tokens of growing life (one a refresh): each later exp than the last
+    page.evaluate("window.TOKENS = %s" % json.dumps([mint("pia", 3 * (i + 1), key) for i in range(6)]))
+    assert page.evaluate("""async () => {
+      window.c = new SenteLite.Client(WS_URL, {token: () => TOKENS.shift()});
+      return await c.waitConnected(%d);
+    }""" % PAGE_WAIT_MS) is True
+    assert page.evaluate("c.uid") == "pia"
+    assert "token=" not in page.evaluate("c._lastUrl")
+    page.wait_for_function("c.stats().tokenRefreshes >= 1")
+    assert page.evaluate("[c.stats().reconnectAttempts, c.status]") == [0, "connected"]
+    expired = open_page(srv)
+    err = expired.evaluate("""async (token) => {
+      const c = new SenteLite.Client(WS_URL, {token});
+      return c.waitConnected(%d).then(() => null, e => [e.name, e.status, e.message]);
+    }""" % PAGE_WAIT_MS, mint("pia", -5, key))
+    assert err[0] == "ConnectRefused" and err[1] == 401 and "token expired" in err[2]

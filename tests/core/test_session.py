@@ -310,7 +310,8 @@ def test_the_publish_outbox_is_bounded() -> None:
 
 
 def test_publish_ids_are_unique_per_client_and_kept_after_the_caller_gives_up() -> None:
-    client = ss.ClientSession("c9")
+    client_id = "client-id-of-test-c9"  # long: a random 16-character prefix never holds it
+    client = ss.ClientSession(client_id)
     ids = set()
     for _ in range(5):
         cb_id, frame = client.publish("ch", None, False, object(), 0.0)
@@ -318,8 +319,8 @@ def test_publish_ids_are_unique_per_client_and_kept_after_the_caller_gives_up() 
         client.forget(cb_id)  # a caller that timed out: the publish stays queued
     assert len(ids) == 5 and client.unacked() == 5
     prefixes = {i.rsplit(":", 1)[0] for i in ids}
-    assert len(prefixes) == 1 and "c9" not in prefixes.pop()  # not guessable from the client-id
-    other = ss.ClientSession("c9")  # the same client-id elsewhere: other ids
+    assert len(prefixes) == 1 and client_id not in prefixes.pop()  # not guessable from the client-id
+    other = ss.ClientSession(client_id)  # the same client-id elsewhere: other ids
     _, frame = other.publish("ch", None, False, None, 0.0)
     assert json.loads(frame)[1]["id"] not in ids
 

@@ -12,7 +12,7 @@ form ``{"$bytes": base64}`` (docs/protocol.md section 10): read as bytes, writte
 ``py-subscribe`` takes ``"packer"`` (its first call makes the Python client). The
 ``test/types`` handler answers the Python type names of its data's leaves. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
 credential accepted), ``--max-queued-bytes`` (per connection),
-``--no-msgpack``.
+``--no-msgpack``, ``--jwt-key`` (JWT connection tokens, HS256, signed with this key).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from sente_lite import Client, Server
+from sente_lite import JWT, Client, Server
 from sente_lite.wire import packers
 from sente_lite.wire import protocol as p
 from sente_lite.errors import SenteLiteError
@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--heartbeat-ms", type=int, default=5000)
     ap.add_argument("--csrf", action="store_true")
     ap.add_argument("--token")
+    ap.add_argument("--jwt-key")
     ap.add_argument("--max-queued-bytes", type=int, default=None)
     ap.add_argument("--no-msgpack", action="store_true",
                     help="act as a server without the msgpack package")
@@ -42,7 +43,10 @@ def main() -> int:
     notes: List[Any] = []
     lock = threading.Lock()
 
-    queued = {} if args.max_queued_bytes is None else {"max_queued_bytes_per_conn": args.max_queued_bytes}
+    queued: Dict[str, Any] = ({} if args.max_queued_bytes is None
+                              else {"max_queued_bytes_per_conn": args.max_queued_bytes})
+    if args.jwt_key:
+        queued["jwt"] = JWT(key=args.jwt_key)
 
     def make(port: int) -> Server:
         auth = None

@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from sente_lite import Client, Server, cli
+from sente_lite import JWT, Client, Server, cli
 from sente_lite.brokers.redis.broker import RedisBroker
 from sente_lite.testing import scenario
 from support import REPO
@@ -37,7 +37,8 @@ MAX_README_LINES = 300
 #: The two commands a newcomer runs after cloning, exactly as the README must show them.
 QUICK_START = ("pip install -e '.[test]' && python run_all_tests.py", "python -m pytest -q")
 #: Callables whose keyword arguments the docs show, by the name they are called with.
-SIGNATURES = {"Server": Server.__init__, "Client": Client.__init__, "RedisBroker": RedisBroker.__init__}
+SIGNATURES = {"Server": Server.__init__, "Client": Client.__init__, "RedisBroker": RedisBroker.__init__,
+              "JWT": JWT.__init__}
 #: Repository folders whose paths, written in inline code, must exist.
 PATH_ROOTS = ("sente_lite/", "tests/", "test_scripts/", "docs/", ".ci/")
 

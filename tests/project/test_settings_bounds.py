@@ -120,7 +120,7 @@ def test_serve_flags_and_variables_refuse_bad_numbers_naming_them(setting: cli.S
     if setting.kind == "float":
         bad += ["NaN", "Infinity"]
     if setting.dest not in ("rate_limit", "api_rate_limit", "port", "history_size",
-                            "max_replay_per_subscribe", "console_port"):
+                            "max_replay_per_subscribe", "console_port", "jwt_leeway"):
         bad.append("0")  # 0 is allowed only where it means something (off, any free port)
     allowed = cli.bound_of(setting).describe().replace(" (or None)", "")
     for text in bad:

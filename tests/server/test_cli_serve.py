@@ -99,3 +99,45 @@ def test_publish_id_bounds_reach_the_server() -> None:
     assert (srv.channels.registry.history.ids.per_publisher, srv.channels.registry.history.ids.max_ids) == (7, 70)
     with pytest.raises(ValueError, match="publish-ids-per-publisher"):
         cli.server_from_settings(settings(["--publish-ids-per-publisher", "0"]))
+
+
+# -- JWT connection tokens -----------------------------------------------------------------------
+JWT_KEY = "cli-test-secret-of-32-bytes-or-more"
+
+
+def test_jwt_settings_from_flags_and_environment_reach_the_server(tmp_path: Path) -> None:
+    pytest.importorskip("jwt", reason="PyJWT is not installed (pip install 'sente-lite[jwt]')")
+    assert cli.server_from_settings(settings([])).settings.jwt is None
+    srv = cli.server_from_settings(settings(
+        ["--jwt-audience", "rt", "--jwt-leeway", "2.5"],
+        {"SENTE_LITE_JWT_KEY": f"{JWT_KEY},old-secret-of-32-bytes-or-more-xx",
+         "SENTE_LITE_JWT_ALGORITHM": "HS256,HS512", "SENTE_LITE_JWT_ISSUER": "auth"}))
+    jwt = srv.settings.jwt
+    assert jwt is not None and len(jwt.keys) == 2 and jwt.algorithms == ("HS256", "HS512")
+    assert (jwt.audience, jwt.issuer, jwt.leeway) == ("rt", "auth", 2.5)
+    secret = tmp_path / "secret.txt"
+    secret.write_text(JWT_KEY + "\n")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0LW9mLTMyLWJ5dGVzLW9yLW1vcmUtLS0tLS0", "kid": "a"}]}))
+    srv = cli.server_from_settings(settings(["--jwt-key-file", str(secret), "--jwt-key-file", str(jwks)]))
+    assert srv.settings.jwt.keys == (JWT_KEY.encode(),) and srv.settings.jwt.jwks_file == str(jwks)
+    with pytest.raises(cli.SettingError, match="need --jwt-key"):
+        cli.server_from_settings(settings(["--jwt-audience", "rt"]))
+    with pytest.raises(ValueError, match="never accepted"):
+        cli.server_from_settings(settings(["--jwt-key", JWT_KEY, "--jwt-algorithm", "none"]))
+    with pytest.raises(cli.SettingError, match="SENTE_LITE_JWT_LEEWAY"):
+        settings([], {"SENTE_LITE_JWT_LEEWAY": "301"})
+
+
+def test_token_command_prints_a_token_the_server_accepts(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("SENTE_LITE_JWT_KEY", raising=False)
+    jwt = pytest.importorskip("jwt", reason="PyJWT is not installed (pip install 'sente-lite[jwt]')")
+    assert cli.main(["token", "--sub", "alice", "--ttl", "60", "--key", JWT_KEY, "--aud", "rt",
+                     "--iss", "auth", "--info", '{"name": "Alice"}']) == 0
+    token = capsys.readouterr().out.strip()
+    claims = jwt.decode(token, JWT_KEY, algorithms=["HS256"], audience="rt", issuer="auth")
+    assert claims["sub"] == "alice" and claims["exp"] - claims["iat"] == 60
+    assert claims["info"] == {"name": "Alice"}
+    assert cli.main(["token", "--sub", "a", "--key", JWT_KEY, "--info", "[1]"]) == 2
+    assert cli.main(["token", "--sub", "a"]) == 2  # no key (and no SENTE_LITE_JWT_KEY here)
+    assert "--key" in capsys.readouterr().err

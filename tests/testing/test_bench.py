@@ -107,3 +107,13 @@ def test_binary_payload_bench_runs_every_pair_of_packers(capsys: pytest.CaptureF
     json_frame, mp_frame = binary._frame_size("json", bytes(3000)), binary._frame_size("msgpack", bytes(3000))
     assert 4000 < json_frame < 4200 and 3000 < mp_frame < 3100  # base64 in JSON, bin in MessagePack
     assert f" {json_frame}\n" in out and f" {mp_frame}\n" in out
+
+
+def test_jwt_bench_streams_across_refreshes_and_times_them(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("jwt", reason="the [jwt] extra (PyJWT) is not installed")
+    from sente_lite.bench import jwt as jwt_bench
+    assert jwt_bench.main(["--messages", "2000", "--rate", "1000", "--ttl", "2", "--samples", "20",
+                           "--runs", "1", "--min-refreshes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "lost 0, duplicates 0, reconnects 0, 4002 closes 0" in out, out
+    assert "refresh round trip, idle server: p50" in out and "targets: met" in out
