@@ -396,3 +396,23 @@ def test_refresh_in_a_batch_and_over_msgpack(make_server, make_client, raw_ws) -
     conn_id = c.conn_id
     wait_until(lambda: c.stats().get("token_refreshes", 0) >= 1, 20, "a refresh over msgpack")
     assert c.conn_id == conn_id and c.stats().get("reconnect_attempts", 0) == 0
+
+
+def test_a_token_holder_is_authenticated_for_a_namespace_policy(make_server: Callable[..., Any],
+                                                                 make_client: Callable[..., Any]) -> None:
+    """A uid granted by a JWT counts as authenticated (``conn.authenticated``): a namespace
+    that lets authenticated connections only subscribe and publish serves it."""
+    from sente_lite import Namespace, RemoteError
+
+    srv = make_server(jwt=JWT(key=KEY), namespaces={
+        "private": Namespace(subscribe="authenticated", publish="authenticated"),
+        "feed": Namespace(publish="server")})
+    seen: List[bool] = []
+    srv.on_connect(lambda conn: seen.append(conn.authenticated))
+    c = make_client(srv.url, token=mint("ann", 60, KEY))
+    assert c.subscribe("private:ann")["channel-id"] == "private:ann"
+    assert c.publish("private:ann", 1, ack=True)["offset"] == 1
+    assert seen == [True]
+    with pytest.raises(RemoteError) as info:
+        c.publish("feed:x", 1, ack=True)
+    assert info.value.code == "forbidden"
