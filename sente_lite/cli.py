@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import discovery
 from . import limits as lim
@@ -83,6 +83,10 @@ class Setting:
 
 
 SERVE_SETTINGS = (
+    Setting("--config", "str", None, "a TOML file of settings: any setting here by its name "
+            "(max_connections = 5000, allowed_origin = [\"https://a.example\"]) and channel "
+            "namespaces as [namespaces.NAME] tables (subscribe, publish: docs/security.md); a flag "
+            "or environment variable wins over the file"),
     Setting("--host", "str", "127.0.0.1", "interface to listen on (0.0.0.0: every interface)"),
     Setting("--port", "int", DEFAULT_PORT, "TCP port; 0 picks a free one"),
     Setting("--path", "str", "/chsk", "WebSocket endpoint path", "path"),
@@ -206,8 +210,11 @@ def _parse(setting: Setting, text: str, source: str) -> Any:
 
 
 def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> Dict[str, Any]:
-    """Each setting's value: the flag when given, else its ``SENTE_LITE_*`` variable, else the default."""
-    values: Dict[str, Any] = {}
+    """Each setting's value: the flag when given, else its ``SENTE_LITE_*`` variable, else
+    the ``--config`` file's, else the default; ``namespaces`` from the file (or None)."""
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    config = read_config(config_path) if config_path else {}
+    values: Dict[str, Any] = {"namespaces": config.pop("namespaces", None)}
     for setting in SERVE_SETTINGS:
         given = getattr(args, setting.dest, None)
         if given is not None and given is not False:
@@ -216,6 +223,9 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str] 
             text = environ[setting.env]
             values[setting.dest] = _checked(setting, _parse(setting, text, setting.env),
                                             setting.env, text)
+        elif setting.dest in config:
+            given = config[setting.dest]
+            values[setting.dest] = _checked(setting, given, f"{config_path}: {setting.dest}", repr(given))
         else:
             values[setting.dest] = setting.default
     level = str(values["log_level"]).upper()
@@ -223,6 +233,56 @@ def resolve_serve_settings(args: argparse.Namespace, environ: Mapping[str, str] 
         raise SettingError(f"log level {values['log_level']!r}: use one of {', '.join(LOG_LEVELS)}")
     values["log_level"] = level
     return values
+
+
+def _load_toml(path: str) -> Dict[str, Any]:
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]  # Python 3.11+
+    except ImportError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            raise SettingError("--config needs Python 3.11+ (tomllib) or the tomli package: "
+                               "pip install 'sente-lite[toml]'") from None
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise SettingError(f"--config {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingError(f"--config {path!r} is not valid TOML: {exc}") from None
+
+
+#: Python types a ``--config`` value of each setting kind may have.
+_CONFIG_TYPES: Dict[str, Tuple[type, ...]] = {"str": (str,), "int": (int,), "float": (int, float),
+                                              "bool": (bool,), "list": (list, str)}
+
+
+def read_config(path: str) -> Dict[str, Any]:
+    """The settings of the TOML file at ``path``, by their names (``max_connections``), and
+    its ``namespaces`` tables; :class:`SettingError` naming a key that is no setting or a
+    value of the wrong type."""
+    raw = _load_toml(path)
+    by_name = {s.dest: s for s in SERVE_SETTINGS if s.dest != "config"}
+    out: Dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "namespaces":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise SettingError(f"--config {path!r}: namespaces must be tables, "
+                                   "[namespaces.NAME] with subscribe/publish")
+            out["namespaces"] = value
+            continue
+        setting = by_name.get(key.replace("-", "_"))
+        if setting is None:
+            raise SettingError(f"--config {path!r}: {key!r} is not a setting (the settings are the "
+                               "flags of sente-lite serve, by name: max_connections, allowed_origin, ...)")
+        wrong_bool = isinstance(value, bool) and setting.kind != "bool"
+        if wrong_bool or not isinstance(value, _CONFIG_TYPES[setting.kind]) or (
+                isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+            raise SettingError(f"--config {path!r}: {key} = {value!r}: expected "
+                               f"{'a list of strings' if setting.kind == 'list' else 'a ' + setting.kind}")
+        out[setting.dest] = [value] if setting.kind == "list" and isinstance(value, str) else value
+    return out
 
 
 def _checked(setting: Setting, value: Any, source: str, text: str) -> Any:
@@ -249,6 +309,8 @@ def server_from_settings(values: Mapping[str, Any]) -> Server:
     jwt = jwt_from_settings(values)
     if jwt is not None:
         kwargs["jwt"] = jwt
+    if values.get("namespaces") is not None:
+        kwargs["namespaces"] = values["namespaces"]
     return Server(values["host"], values["port"], expose_metrics=not values["no_metrics"], **kwargs)
 
 

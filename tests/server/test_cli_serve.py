@@ -141,3 +141,67 @@ def test_token_command_prints_a_token_the_server_accepts(capsys, monkeypatch) ->
     assert cli.main(["token", "--sub", "a", "--key", JWT_KEY, "--info", "[1]"]) == 2
     assert cli.main(["token", "--sub", "a"]) == 2  # no key (and no SENTE_LITE_JWT_KEY here)
     assert "--key" in capsys.readouterr().err
+
+
+CONFIG = """
+max_connections = 77
+allowed_origin = ["https://a.example", "https://b.example"]
+csrf = true
+heartbeat_ms = 1500
+
+[namespaces.chat]
+publish = "subscribers"
+
+[namespaces.feed]
+subscribe = "anyone"
+publish = "server"
+
+[namespaces.""]
+"""
+
+
+def test_a_config_file_sets_settings_and_namespaces_below_flags_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "serve.toml"
+    path.write_text(CONFIG)
+    values = settings(["--config", str(path), "--max-connections", "9"], {"SENTE_LITE_HEARTBEAT_MS": "900"})
+    assert values["max_connections"] == 9  # the flag wins
+    assert values["heartbeat_ms"] == 900  # the environment wins
+    assert values["csrf"] is True and values["allowed_origin"] == ["https://a.example", "https://b.example"]
+    srv = cli.server_from_settings(values)
+    from sente_lite import Namespace
+    assert srv.settings.namespaces.by_name == {"chat": Namespace(publish="subscribers"),
+                                               "feed": Namespace(publish="server"), "": Namespace()}
+    assert srv.settings.max_connections == 9 and srv.heartbeat_ms == 900 and srv.settings.csrf
+    # the file named by the environment too; no file: no namespaces
+    assert settings([], {"SENTE_LITE_CONFIG": str(path)})["max_connections"] == 77
+    assert cli.server_from_settings(settings([])).settings.namespaces is None
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("max_conections = 5", "'max_conections' is not a setting"),
+    ("max_connections = '5'", "max_connections = '5': expected a int"),
+    ("csrf = 1", "csrf = 1: expected a bool"),
+    ("max_connections = true", "expected a int"),
+    ("allowed_origin = [1]", "expected a list of strings"),
+    ("max_connections = 0", "max_connections"),
+    ("namespaces = 3", "namespaces must be tables"),
+    ("max_connections = ", "is not valid TOML"),
+])
+def test_a_bad_config_file_is_refused_naming_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(cli.SettingError, match=needle):
+        settings(["--config", str(path)])
+
+
+def test_a_config_file_with_a_bad_namespace_stops_serve_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[namespaces.chat]\npublish = "everyone"\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "sente_lite", "serve", "--port", "0", "--config", str(path)],
+                          env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "Namespace publish must be one of" in done.stderr and "everyone" in done.stderr
+    missing = subprocess.run([sys.executable, "-m", "sente_lite", "serve", "--config", str(tmp_path / "none.toml")],
+                             env=env, capture_output=True, text=True, timeout=30)
+    assert missing.returncode == 1 and "No such file" in missing.stderr
