@@ -29,6 +29,8 @@ Done = Callable[[Any], None]
 #: Runs a piece of delivery work on the node's delivery thread (the server's network
 #: thread), which writes what it queued in one pass per connection.
 Dispatch = Callable[[Callable[[], None]], None]
+#: channel name -> (history size, ttl in seconds) of its own, or None (the broker's).
+HistoryLimits = Callable[[str], Optional[Tuple[int, float]]]
 
 
 class BrokerEvents(Protocol):
@@ -120,6 +122,12 @@ class Broker(Protocol):
         """Expire what channels without subscribers hold (called about once a second)."""
         ...
 
+    def limit_history(self, limits: HistoryLimits) -> None:
+        """Per channel name, the (history size, ttl in seconds) of a channel whose history
+        is smaller than the broker's (a namespace's), or None for the broker's; never more
+        than the broker's. Set before the server starts."""
+        ...
+
     # -- channels --------------------------------------------------------------------
     def publish(self, channel: str, head: str, *, exclude: Optional[Hashable] = None,
                 done: Optional[Done] = None, wait: bool = True,
@@ -181,4 +189,4 @@ class Broker(Protocol):
         ...
 
 
-__all__ = ["Broker", "BrokerEvents", "PresenceBroker", "Announce", "Done", "Dispatch"]
+__all__ = ["Broker", "BrokerEvents", "PresenceBroker", "Announce", "Done", "Dispatch", "HistoryLimits"]

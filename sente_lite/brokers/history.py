@@ -44,6 +44,9 @@ class _Channel:
     low: int = 1  # the oldest offset history may still hold (every older one is gone)
     # members being handed their replay, a page at a time: subscribers after it; under ``lock``
     catching_up: Dict[Hashable, None] = field(default_factory=dict)
+    # this channel's history bounds (History.limits_of at its creation); None: History's own
+    size: Optional[int] = None
+    ttl_s: Optional[float] = None
 
 
 def held_bytes(frame: Any) -> int:
@@ -88,6 +91,9 @@ class History:
         self.max_replay = _validate_count("max_replay_per_subscribe", max_replay, 0)
         self.size = size
         self.ttl_s = float(ttl_s)
+        #: channel name -> (history size, ttl) when a channel's own are smaller
+        #: (:meth:`set_limits`); None: every channel has ``size`` and ``ttl_s``.
+        self._limits: Optional[Callable[[str], Optional[Tuple[int, float]]]] = None
         self.dedup_s = float(dedup_s)
         self.counters = counters
         self.clock = clock
@@ -98,12 +104,31 @@ class History:
         # (channel, offset) of every kept message in publish order (some already dropped)
         self._order: Deque[Tuple[_Channel, int]] = collections.deque()
 
+    def set_limits(self, limits: Optional[Callable[[str], Optional[Tuple[int, float]]]]) -> None:
+        """Per channel name, (history size, ttl) smaller than or equal to ``size`` and
+        ``ttl_s`` (a namespace's own), or None for those; read once per channel, when it
+        is made. Raises ValueError for a channel whose limits exceed them."""
+        self._limits = limits
+
+    def limit(self, ch: _Channel) -> None:
+        """Give the new channel ``ch`` its history bounds."""
+        found = self._limits(ch.name) if self._limits is not None else None
+        size, ttl_s = found if found is not None else (self.size, self.ttl_s)
+        ch.size, ch.ttl_s = min(size, self.size), min(float(ttl_s), self.ttl_s)
+
+    def _size(self, ch: _Channel) -> int:
+        return self.size if ch.size is None else ch.size
+
+    def _ttl(self, ch: _Channel) -> float:
+        return self.ttl_s if ch.ttl_s is None else ch.ttl_s
+
     def kept(self, ch: _Channel, budget: Optional[int] = None) -> Kept:
         """What the history of ``ch`` says for a recovery (expired messages dropped first)."""
-        if self.size:
+        size = self._size(ch)
+        if size:
             self.expire(ch, self.clock())
         return Kept(ch.epoch, ch.offset, ch.history[0][0] if ch.history else None,
-                    bool(self.size), replay_limit(self.max_replay, budget))
+                    bool(size), replay_limit(self.max_replay, budget))
 
     def recover(self, ch: _Channel, since: Since, budget: Optional[int] = None,
                 held: bool = False) -> RecoveryResult:
@@ -136,14 +161,15 @@ class History:
                delivered: int, publisher: Optional[str] = None) -> None:
         """Keep a published message (and its publisher's id), within the limits."""
         now = self.clock()
-        if self.size:
+        size = self._size(ch)
+        if size:
             shed = getattr(frame, "shed", None)
             if shed is not None:
                 shed()  # keep one copy: the frame every JSON subscriber got
             self._keep(ch, offset, frame, now)
             history = ch.history
-            if len(history) > self.size:
-                self._drop(ch, 1, Counter.HISTORY_EVICTED)
+            if len(history) > size:
+                self._drop(ch, len(history) - size, Counter.HISTORY_EVICTED)
             if ch.history_bytes > self.max_bytes_per_channel:
                 over = 0
                 extra = ch.history_bytes - self.max_bytes_per_channel
@@ -153,7 +179,7 @@ class History:
                     if extra <= 0:
                         break
                 self._drop(ch, over, Counter.HISTORY_BYTES_EVICTED)
-            if history and now - history[0][2] > self.ttl_s:
+            if history and now - history[0][2] > self._ttl(ch):
                 self.expire(ch, now)
         if publish_id is not None:
             self.ids.remember(publisher, ch.name, ch.epoch, publish_id, offset, delivered)
@@ -215,10 +241,11 @@ class History:
                 self._drop(ch, count, Counter.HISTORY_BYTES_EVICTED)
 
     def expire(self, ch: _Channel, now: float) -> None:
-        """Drop history older than ``ttl_s``."""
+        """Drop history older than the channel's ``ttl_s``."""
         history = ch.history
-        if history and now - history[0][2] > self.ttl_s:
-            oldest = now - self.ttl_s
+        ttl_s = self._ttl(ch)
+        if history and now - history[0][2] > ttl_s:
+            oldest = now - ttl_s
             dropped = 0
             for _, _, kept, _ in history:
                 if kept >= oldest:

@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
 from ..counters import Counter, Counters
 from ..wire.channels import (Built, HistoryPage, Published, RecoveryResult, Since,  # noqa: F401
                              message_text)
-from .base import Announce, BrokerEvents, Dispatch, Done, PresenceBroker
+from .base import Announce, BrokerEvents, Dispatch, Done, HistoryLimits, PresenceBroker
 from .history import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
                       DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
                       DEFAULT_PUBLISH_DEDUP_S, History, _Channel)
@@ -345,6 +345,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
         ch = self._channels.get(name)
         if ch is None:
             ch = _Channel(name, f"{self._epoch_prefix}.{next(self._generation)}")
+            self.history.limit(ch)
             self._channels[name] = ch
             self._mark_idle(ch)
         return ch
@@ -548,6 +549,9 @@ class LocalBroker:
 
     def sweep_idle(self) -> int:
         return self.registry.sweep_idle()
+
+    def limit_history(self, limits: HistoryLimits) -> None:
+        self.registry.history.set_limits(limits)
 
     def _started(self) -> BrokerEvents:
         events = self._events

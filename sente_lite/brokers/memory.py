@@ -15,16 +15,17 @@ from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
 
 from ..counters import Counter, Counters
 from ..wire.channels import HistoryPage, Published, RecoveryResult, Since, message_text
-from .base import Announce, BrokerEvents, Dispatch, Done
+from .base import Announce, BrokerEvents, Dispatch, Done, HistoryLimits
 from .recovery import Kept, count_recovery, decide, history_page, replay_limit
 
 
 class _Channel:
-    __slots__ = ("epoch", "offset", "kept", "members")
+    __slots__ = ("epoch", "offset", "kept", "members", "size", "ttl_s")
 
-    def __init__(self, epoch: str, size: int) -> None:
+    def __init__(self, epoch: str, size: int, ttl_s: float) -> None:
         self.epoch = epoch
         self.offset = 0
+        self.size, self.ttl_s = size, ttl_s
         #: (offset, head, traceparent, time), oldest first; the oldest go beyond ``size``
         self.kept: Deque[Tuple[int, bytes, Optional[str], float]] = collections.deque(maxlen=size)
         self.members: Dict["MemoryBroker", Dict[Hashable, None]] = {}  # node -> its members
@@ -48,6 +49,8 @@ class MemoryLog:
         self.ids: Dict[Tuple[Any, ...], Tuple[int, int, float]] = {}
         self.started: List["MemoryBroker"] = []  # the nodes serving a server
         self._seq = itertools.count(1)
+        #: a channel's own (history size, ttl) when smaller (:meth:`MemoryBroker.limit_history`)
+        self.limits: Optional[HistoryLimits] = None
 
     def node(self, node_id: Optional[str] = None, counters: Optional[Counters] = None) -> Any:
         """A :class:`MemoryBroker` for one more server on this log."""
@@ -56,15 +59,18 @@ class MemoryLog:
     def channel(self, name: str) -> _Channel:
         """The channel ``name``, made on first use. Caller holds ``lock``."""
         if name not in self.channels:
-            self.channels[name] = _Channel(f"{self.name}.{next(self._seq)}", self.history_size)
+            own = self.limits(name) if self.limits is not None else None
+            size, ttl_s = own if own is not None else (self.history_size, self.history_ttl_s)
+            self.channels[name] = _Channel(f"{self.name}.{next(self._seq)}",
+                                           min(size, self.history_size), min(ttl_s, self.history_ttl_s))
         return self.channels[name]
 
     def kept(self, ch: _Channel, most: int) -> Kept:
         """What history says of ``ch`` (expired messages dropped). Caller holds ``lock``."""
-        while ch.kept and ch.kept[0][3] < self.clock() - self.history_ttl_s:
+        while ch.kept and ch.kept[0][3] < self.clock() - ch.ttl_s:
             ch.kept.popleft()
         return Kept(ch.epoch, ch.offset, ch.kept[0][0] if ch.kept else None,
-                    self.history_size > 0, most)
+                    ch.size > 0, most)
 
     def first_publish(self, key: Tuple[Any, ...]) -> Optional[Tuple[int, int, float]]:
         """The publish that first had this id within ``publish_dedup_s``. Caller holds ``lock``."""
@@ -132,6 +138,10 @@ class MemoryBroker:
 
     def sweep_idle(self) -> int:
         return 0  # no idle eviction: a channel lives as long as its log
+
+    def limit_history(self, limits: HistoryLimits) -> None:
+        """Per channel, a smaller history (a namespace's), for every node of the log."""
+        self.log.limits = limits
 
     def publish(self, channel: str, head: str, *, exclude: Optional[Hashable] = None,
                 done: Optional[Done] = None, wait: bool = True,

@@ -9,6 +9,8 @@ without them every channel follows the server-wide ``authorize`` hook, as before
 from __future__ import annotations
 
 import dataclasses
+import math
+import sys
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 from ..wire import protocol as p
@@ -34,11 +36,15 @@ class Namespace:
     ``publish``: the same, or ``"subscribers"`` (connections subscribed to that channel).
     ``authorize(conn, action, channel_id) -> bool``, when given, decides this namespace's
     subscribes and publishes instead of the server's ``authorize`` hook (after the policies).
+    ``history_size`` (0: none) and ``history_ttl_s``: each channel's history, at most the
+    server's ``history_size``/``history_ttl_s`` (None: the server's).
     """
 
     subscribe: str = "anyone"
     publish: str = "anyone"
     authorize: Optional[Authorize] = None
+    history_size: Optional[int] = None
+    history_ttl_s: Optional[float] = None
 
     def __post_init__(self) -> None:
         if self.subscribe not in SUBSCRIBE_POLICIES:
@@ -49,6 +55,17 @@ class Namespace:
                              f"got {self.publish!r}")
         if self.authorize is not None and not callable(self.authorize):
             raise TypeError("Namespace authorize must be a callable (conn, action, channel_id) -> bool")
+        size, ttl = self.history_size, self.history_ttl_s
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+            raise ValueError(f"Namespace history_size must be an int >= 0 (0: no history), got {size!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float))
+                                or not 0 < ttl < math.inf):
+            raise ValueError(f"Namespace history_ttl_s must be a number of seconds > 0, got {ttl!r}")
+
+    @property
+    def own_history(self) -> bool:
+        """Its channels' history differs from the server's."""
+        return self.history_size is not None or self.history_ttl_s is not None
 
 
 NamespaceSpec = Union[Namespace, Mapping[str, Any]]
@@ -79,6 +96,30 @@ class Namespaces:
     def has_hooks(self) -> bool:
         """Some namespace runs application code (its own ``authorize``)."""
         return any(ns.authorize is not None for ns in self.by_name.values())
+
+    def check_history(self, history_size: int, history_ttl_s: float) -> None:
+        """ValueError naming a namespace whose history exceeds the server's."""
+        for name, ns in self.by_name.items():
+            if ns.history_size is not None and ns.history_size > history_size:
+                raise ValueError(f"namespace {name!r}: history_size {ns.history_size} exceeds the "
+                                 f"server's history_size {history_size} (raise that, or lower this)")
+            if ns.history_ttl_s is not None and ns.history_ttl_s > history_ttl_s:
+                raise ValueError(f"namespace {name!r}: history_ttl_s {ns.history_ttl_s} exceeds the "
+                                 f"server's history_ttl_s {history_ttl_s} (raise that, or lower this)")
+
+    @property
+    def own_history(self) -> bool:
+        """Some namespace's history differs from the server's."""
+        return any(ns.own_history for ns in self.by_name.values())
+
+    def history_limits(self, channel_id: str) -> Optional[Tuple[int, float]]:
+        """(history size, ttl) of ``channel_id``'s namespace where it has its own (the
+        broker takes the smaller of them and its own), else None."""
+        ns = self.get(channel_id)
+        if ns is None or not ns.own_history:
+            return None
+        return (sys.maxsize if ns.history_size is None else ns.history_size,
+                math.inf if ns.history_ttl_s is None else float(ns.history_ttl_s))
 
     def get(self, channel_id: str) -> Optional[Namespace]:
         """The namespace of ``channel_id``, or None when the server does not serve it."""

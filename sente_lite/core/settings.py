@@ -277,6 +277,8 @@ class ServerSettings:
             raise TypeError("authorize must be a callable (conn, action, channel_id) -> bool")
         if not isinstance(values["namespaces"], (Namespaces, type(None))):
             values["namespaces"] = make_namespaces(values["namespaces"])
+        if values["namespaces"] is not None:
+            values["namespaces"].check_history(values["history_size"], values["history_ttl_s"])
         if values["jwt"] is not None:
             if not isinstance(values["jwt"], JWT):
                 raise TypeError("jwt must be a sente_lite.JWT(key=..., algorithms=[...]) or None")
@@ -355,6 +357,12 @@ class ServerSettings:
         """The broker of the ``broker`` setting: a Broker as given; a Redis URL
         (``"redis://host:port/db"``: channels shared by several servers); None: this
         process's (:meth:`local_broker`)."""
+        broker = self._broker(server_id, counters)
+        if self.namespaces is not None and self.namespaces.own_history:
+            broker.limit_history(self.namespaces.history_limits)
+        return broker
+
+    def _broker(self, server_id: str, counters: Any) -> Broker:
         broker = self.broker
         if isinstance(broker, str):
             from ..brokers.redis.broker import RedisBroker

@@ -98,6 +98,8 @@ class MemoryServer:
 
     def _build(self) -> Tuple[Hub, ServerDispatcher]:
         broker = LocalBroker.over(self.registry)
+        if self.namespaces is not None and self.namespaces.own_history:
+            broker.limit_history(self.namespaces.history_limits)
         hub = Hub(broker, self.counters, 1000, _payload)
         broker.start(hub)
         gate = ChannelGate(broker, self.counters, self.max_subscriptions_per_conn,

@@ -189,6 +189,28 @@ def test_history_pages_with_since_limit_and_reverse(make: Make) -> None:
     assert broker.history("never").publications == [] and broker.history("never").offset == 0
 
 
+def test_a_channel_may_keep_a_smaller_history_than_the_broker(make: Make) -> None:
+    """``limit_history`` (a namespace's own history): a smaller size, or none, per channel;
+    history pages, recoveries and what is kept follow it; other channels keep the broker's."""
+    (broker, node), = make()
+    broker.limit_history(lambda ch: {"small": (2, 300.0), "none": (0, 300.0),
+                                     "huge": (10**9, 10.0**9)}.get(ch.split(":")[0]))
+    epochs = {ch: [publish(broker, ch, i) for i in range(5)][0].epoch
+              for ch in ("small:a", "none:a", "big:a", "huge:a")}
+    assert [o for o, _ in broker.history("small:a").publications] == [4, 5]
+    assert broker.history("none:a").publications == []
+    assert [o for o, _ in broker.history("big:a").publications] == [1, 2, 3, 4, 5]
+    assert [o for o, _ in broker.history("huge:a").publications] == [1, 2, 3, 4, 5]  # the broker's bound
+    assert subscribe(broker, "m", "small:a", Since(3, epochs["small:a"]))[2] == RecoveryResult(True, None, 2)
+    assert subscribe(broker, "n", "small:a", Since(1, epochs["small:a"]))[2] == RecoveryResult(
+        False, "history-expired", 0)
+    assert subscribe(broker, "o", "none:a", Since(1, epochs["none:a"]))[2] == RecoveryResult(
+        False, "history-off", 0)
+    assert subscribe(broker, "p", "big:a", Since(1, epochs["big:a"]))[2] == RecoveryResult(True, None, 4)
+    wait_until(lambda: node.offsets("m") == [4, 5] and node.offsets("p") == [2, 3, 4, 5],
+               what="the replays")
+
+
 def test_since_recovers_by_replay_then_live_messages(make: Make) -> None:
     (broker, node), = make()
     epoch = [publish(broker, "c", i) for i in range(5)][0].epoch

@@ -168,3 +168,32 @@ def test_a_plain_dict_of_options_equals_the_namespace() -> None:
     srv = Server(namespaces={"chat": {"publish": "subscribers"}, "": {}})
     assert srv.settings.namespaces.by_name == {"chat": Namespace(publish="subscribers"), "": Namespace()}
     assert p.FEATURE_NAMESPACES in srv._rules.features
+
+
+def test_a_namespace_keeps_its_own_smaller_history_and_ttl() -> None:
+    """history_size/history_ttl_s per namespace: what a late subscriber recovers with
+    ``since`` and what expires follow the namespace; other namespaces keep the server's."""
+    pair = connected(namespaces={"chat": Namespace(history_size=2, history_ttl_s=10.0),
+                                 "log": {"history_size": 0}, "": {}})
+    for channel in ("chat:a", "log:a", "news"):
+        pair.subscribe(channel)
+        for i in range(5):
+            pair.publish(channel, i)
+    pair.pump()
+    assert [o for o, _ in pair.registry.history_of("chat:a")] == [4, 5]
+    assert pair.registry.history_of("log:a") == []
+    assert [o for o, _ in pair.registry.history_of("news")] == [1, 2, 3, 4, 5]
+    pair.now += 11.0  # past the chat namespace's ttl, within the server's
+    assert pair.registry.history_of("chat:a") == []
+    assert [o for o, _ in pair.registry.history_of("news")] == [1, 2, 3, 4, 5]
+
+
+def test_a_namespace_history_larger_than_the_servers_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="namespace 'chat': history_size 5000 exceeds"):
+        Server(history_size=1000, namespaces={"chat": Namespace(history_size=5000)})
+    with pytest.raises(ValueError, match="history_ttl_s 900.0 exceeds"):
+        Server(history_ttl_s=300, namespaces={"chat": {"history_ttl_s": 900.0}})
+    for bad in ({"history_size": -1}, {"history_size": 1.5}, {"history_ttl_s": 0},
+                {"history_ttl_s": float("inf")}, {"history_size": True}):
+        with pytest.raises(ValueError, match="Namespace history"):
+            Namespace(**bad)

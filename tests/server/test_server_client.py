@@ -420,3 +420,24 @@ def test_namespaces_end_to_end(make_server: Callable[..., Server], make_client: 
     srv.publish("feed:prices", 42)
     wait_until(lambda: got == ["hi", 42], what="the member's and the server's messages")
     assert srv.stats()["unknown_namespace"] == 1 and srv.stats()["forbidden"] == 2
+
+
+def test_a_namespace_history_bounds_what_a_client_recovers(make_server: Callable[..., Server],
+                                                          make_client: Callable[..., Client]) -> None:
+    srv = make_server(namespaces={"chat": {"history_size": 2}, "": {}})
+    epoch = [srv.publish("chat:a", i) for i in range(5)][0].epoch
+    [srv.publish("news", i) for i in range(5)]
+    assert [p["offset"] for p in srv.history("chat:a")["publications"]] == [4, 5]
+    assert len(srv.history("news")["publications"]) == 5
+    c = make_client(srv.url)
+    recoveries: List[Any] = []
+    c.on_recovery(recoveries.append)
+    got: List[Any] = []
+    c.subscribe("chat:a", lambda m: got.append(m.offset), since={"offset": 3, "epoch": epoch})
+    wait_until(lambda: got == [4, 5], what="the two kept messages replayed")
+    late = make_client(srv.url)
+    late_recoveries: List[Any] = []
+    late.on_recovery(late_recoveries.append)
+    late.subscribe("chat:a", since={"offset": 1, "epoch": epoch})
+    wait_until(lambda: late_recoveries, what="the late subscriber's answer")
+    assert (late_recoveries[0].recovered, late_recoveries[0].reason) == (False, "history-expired")

@@ -29,7 +29,7 @@ from typing import Any, Dict, Hashable, List, Optional, Tuple
 
 from ...counters import Counter, Counters
 from ...wire.channels import HistoryPage, Published, RecoveryResult, Since, message_text
-from ..base import Announce, BrokerEvents, Dispatch, Done, PresenceBroker
+from ..base import Announce, BrokerEvents, Dispatch, Done, HistoryLimits, PresenceBroker
 from ..history import DEFAULT_MAX_REPLAY_PER_SUBSCRIBE
 from ..recovery import Kept, history_page
 from .channels import (DEFAULT_CHANNEL_TTL_S, MAX_PENDING_PER_CHANNEL, MAX_SUBSCRIBE_TRIES,
@@ -271,6 +271,11 @@ class RedisBroker:
         """Channel -> members on this server (Redis keeps no count of other servers')."""
         return self._channels.subscriber_counts()
 
+    def limit_history(self, limits: HistoryLimits) -> None:
+        """Per channel, a smaller history (a namespace's): its stream's MAXLEN and TTL at
+        each publish, and what reads and recoveries count as kept."""
+        self._space.limits = limits
+
     def history(self, channel: str, since: Optional[Since] = None, limit: Optional[int] = None,
                 reverse: bool = False) -> HistoryPage:
         """The stream of ``channel`` (messages younger than ``history_ttl_s``), read in one
@@ -284,10 +289,11 @@ class RedisBroker:
         if epoch_b is None:
             return history_page(None, [], since, limit, reverse)
         epoch = epoch_b.decode()
-        oldest = secs * 1000 + micros // 1000 - int(space.history_ttl_s * 1000)
-        entries = [e for e in (entry_of(i, f) for i, f in rows) if e.ms >= oldest]
+        size, ttl_s = space.history_of(channel)
+        oldest = secs * 1000 + micros // 1000 - int(ttl_s * 1000)
+        entries = [e for e in (entry_of(i, f) for i, f in rows) if e.ms >= oldest][-size:] if size else []
         kept = Kept(epoch, int(top_b or 0), entries[0].offset if entries else None,
-                    bool(space.history_size), space.max_replay)
+                    bool(size), space.max_replay)
         return history_page(kept, [(e.offset, message_text(e.head, e.offset, epoch))
                                    for e in entries], since, limit, reverse)
 

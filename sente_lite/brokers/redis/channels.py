@@ -196,7 +196,7 @@ class RedisChannels(MemberIndex, LiveFeed):
         with ch.lock:
             last, epoch = ch.last, ch.epoch
         if (since is None or limit < 0 or since.epoch != epoch or not 0 <= since.offset < last
-                or not self._space.history_size):
+                or not self._space.history_of(ch.name)[0]):
             return None
         missed = last - since.offset
         _, _, now_ms, entries = read_stream(self._link, self._space, ch.name, since.offset + 1,
@@ -208,7 +208,8 @@ class RedisChannels(MemberIndex, LiveFeed):
         """(recovery, entries to replay) for ``since`` on ``ch`` (counted), or None when
         the stream must be read again (the channel moved past what was read). Caller
         holds ``ch.lock``."""
-        history_on = bool(self._space.history_size)
+        size, ttl_s = self._space.history_of(ch.name)
+        history_on = bool(size)
         if (read is None and limit >= 0 and since.epoch == ch.epoch
                 and 0 <= since.offset < ch.last and history_on):
             return None  # the channel moved on after the read was decided against
@@ -216,7 +217,7 @@ class RedisChannels(MemberIndex, LiveFeed):
         entries: List[Entry] = []
         if read is not None:
             now_ms, entries = read
-            oldest = now_ms - int(self._space.history_ttl_s * 1000)
+            oldest = now_ms - int(ttl_s * 1000)
             if entries and entries[0].ms >= oldest:
                 first = entries[0].offset
         result = decide(since, Kept(ch.epoch, ch.last, first, history_on, max(limit, 0)),

@@ -241,11 +241,12 @@ def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: by
     else:
         ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
                space.all_ids_key())
+    size, ttl_s = space.history_of(name)
     return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
-            space.new_epoch() if epoch is None else epoch, str(space.history_size),
+            space.new_epoch() if epoch is None else epoch, str(size),
             str(int(space.publish_dedup_s * 1000)),
             str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
-            str(int(space.history_ttl_s * 1000)), str(space.publish_ids_per_publisher),
+            str(int(ttl_s * 1000)), str(space.publish_ids_per_publisher),
             str(space.publish_ids_max), traceparent or "-")
 
 

@@ -106,6 +106,16 @@ class ChannelSpace:
         self.publish_ids_max = publish_ids_max
         self.msg_prefix = f"{prefix}:msg:".encode()
         self._epoch_seq = itertools.count(1)
+        #: channel name -> (history size, ttl) of a channel whose own bounds are smaller
+        #: (a namespace's), or None for ``history_size``/``history_ttl_s``
+        self.limits: Optional[Callable[[str], Optional[Tuple[int, float]]]] = None
+
+    def history_of(self, name: str) -> Tuple[int, float]:
+        """(history size, ttl in seconds) of channel ``name``: its own, at most the space's."""
+        found = self.limits(name) if self.limits is not None else None
+        if found is None:
+            return self.history_size, self.history_ttl_s
+        return min(found[0], self.history_size), min(float(found[1]), self.history_ttl_s)
 
     def _chan(self, name: str) -> str:
         return f"{self.prefix}:ch:{{{digest(name)}}}"
@@ -153,7 +163,8 @@ def read_stream(link: RedisLink, space: ChannelSpace, name: str, first: int, kno
                 from_one: bool, most: Optional[int] = None) -> Tuple[str, int, int, List[Entry]]:
     """(epoch, top, Redis ms, entries from ``first``, at most ``most``) of channel
     ``name``, read atomically (a channel Redis does not know gets a new epoch)."""
-    count = space.history_size if most is None else min(space.history_size, most)
+    size = space.history_of(name)[0]
+    count = size if most is None else min(size, most)
     raw = link.evalsha(SYNC_SCRIPT, 2, space.meta_key(name), space.log_key(name),
                        space.new_epoch(), str(int(space.channel_ttl_s * 1000)),
                        str(first), str(max(count, 1)), known_epoch, "1" if from_one else "0")
