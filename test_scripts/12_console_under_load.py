@@ -6,14 +6,14 @@ WebSocket for the one console user, "operator", whom an authenticate hook names 
 token); CLIENTS load clients subscribed to "events" (scenario 5's workload); an
 operator process attached to the console over TCP and over the WebSocket.
 Workload: the load clients publish RATE_PER_CLIENT messages/s each for DURATION_S s.
-Fault: SETTLE_S into it the operator runs a busy loop (``while True: pass``) inside the
-server INTERRUPTS times, each for BUSY_S: the server's own code now shares its
-interpreter with a thread that never waits.
+SETTLE_S into it the operator evaluates ``srv.stats()`` up to EVALS times on each
+transport, a pair every EVERY_S, timing each round trip, while the busy loops still fit
+in the load after them (at least MIN_EVALS: a machine too loaded for more fails the run).
+Fault: the operator then runs a busy loop (``while True: pass``) inside the server
+INTERRUPTS times, each for BUSY_S: the server's own code now shares its interpreter
+with a thread that never waits.
 Recovery: each busy loop is stopped by an nREPL ``interrupt``, timed from its send
-to the loop's ``interrupted`` answer; the server goes on serving. The operator then
-evaluates ``srv.stats()`` up to EVALS times on each transport, a pair every EVERY_S,
-timing each round trip, until a second before the load ends (at least MIN_EVALS: a
-machine too loaded for more fails the run).
+to the loop's ``interrupted`` answer; the server goes on serving.
 Check: every load client received every message exactly once, in offset order, each
 publisher's in the order sent; the server counted each publish and delivery once; no
 client was cut off or reconnected; every eval answered a value (the server's publish

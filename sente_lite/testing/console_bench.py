@@ -8,10 +8,11 @@ Each run starts, as separate spawned processes (:mod:`sente_lite.testing`):
   until it has every message (``--clients 0``: no load);
 * an operator: :class:`~sente_lite.console.client.ConsoleClient` sessions over TCP and over
   the WebSocket. Once the load runs it evaluates ``srv.stats()`` ``--evals`` times on each
-  runs a busy loop ``--interrupts`` times and times each ``interrupt`` from its send to
-  the loop's ``interrupted`` answer, then evaluates ``srv.stats()`` up to ``--evals``
-  times on each transport (alternating, one pair every ``--every-ms``) until
-  :data:`EVALS_END_MARGIN_S` before the load ends, timing each round trip.
+  evaluates ``srv.stats()`` up to ``--evals`` times on each transport (alternating, one
+  pair every ``--every-ms``), timing each round trip, as long as the busy loops still fit
+  in the load after them (:data:`EVALS_END_MARGIN_S`); then runs a busy loop
+  ``--interrupts`` times and times each ``interrupt`` from its send to the loop's
+  ``interrupted`` answer.
 
 It prints each run's figures, then the median over ``--runs`` runs of each: eval round
 trip p50/p99 over TCP and over the WebSocket, interrupt latency median and max, and
@@ -55,10 +56,13 @@ INTERRUPT_TARGET_MS = 100.0
 #: Seconds after the load's common start before the operator measures (every client is
 #: publishing by then).
 SETTLE_S = 1.0
-#: Seconds before the load's scheduled end after which the operator starts no more evals
-#: (one pair of them may still be answered after it): on a machine too loaded for
-#: ``--evals`` pairs to fit in the load, fewer are made, and the figures say how many.
+#: Seconds before the load's scheduled end by which the busy loops must be over: the
+#: operator starts no more evals once only this and the busy loops' time
+#: (``interrupts`` x (``busy_s`` + :data:`INTERRUPT_SLACK_S`)) are left. On a machine too
+#: loaded for ``--evals`` pairs to fit, fewer are made, and the figures say how many.
 EVALS_END_MARGIN_S = 1.0
+#: Seconds one interrupt may take beyond its busy loop's ``busy_s``, in that budget.
+INTERRUPT_SLACK_S = 0.3
 #: Seconds the parent gives the load clients between its "publish" command and the start.
 START_DELAY_S = 1.0
 #: Seconds each load client may take, after its last publish, to receive the rest.
@@ -203,16 +207,18 @@ def operator(ctx: ProcessContext, console_port_file: str, load: Load) -> Dict[st
         if pause > 0:
             time.sleep(pause)
         started_ns = time.monotonic_ns()
-        # the busy loops first: on a loaded machine the evals may not all fit in the load
-        interrupt_ms = time_interrupts(tcp, load.interrupts, load.busy_s)
-        interrupted_ns = time.monotonic_ns()
+        # the evals stop early on a machine too loaded for them all to fit before the busy
+        # loops, which must run while the load does (after them the server catches up on
+        # what they held back: evals then would time that, not the console)
         until = (go["evals_until_ns"] - time.monotonic_ns()) / 1e9 + time.monotonic()
         tcp_ms, ws_ms = time_evals([tcp, ws], STATS_CODE, load.evals, load.every_s, until)
+        evaluated_ns = time.monotonic_ns()
+        interrupt_ms = time_interrupts(tcp, load.interrupts, load.busy_s)
         ended_ns = time.monotonic_ns()
         last = tcp.eval(STATS_CODE, timeout=ANSWER_TIMEOUT_S)
         ctx.mark("measured")
         return {"tcp_ms": tcp_ms, "ws_ms": ws_ms, "interrupt_ms": interrupt_ms,
-                "started_ns": started_ns, "interrupted_ns": interrupted_ns, "ended_ns": ended_ns,
+                "started_ns": started_ns, "evaluated_ns": evaluated_ns, "ended_ns": ended_ns,
                 "publishes_seen": int(next(a["value"] for a in last if "value" in a))}
     finally:
         for t in reversed(transports):
@@ -246,8 +252,9 @@ def run_once(run: Run, load: Load, step: Callable[[str], None] = lambda text: No
     start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
     for i, h in enumerate(clients):
         run.command(h, "publish", start_ns=start_ns, index=i)
+    busy_loops_s = load.interrupts * (load.busy_s + INTERRUPT_SLACK_S)
     run.command(op, "measure", at_ns=start_ns + int(SETTLE_S * 1e9),
-                evals_until_ns=start_ns + int((load.duration_s - EVALS_END_MARGIN_S) * 1e9))
+                evals_until_ns=start_ns + int((load.duration_s - EVALS_END_MARGIN_S - busy_loops_s) * 1e9))
     run.record_event("console-evals-then-busy-loops", "server", evals=load.evals, interrupts=load.interrupts)
     run.wait_mark(op, "measured")
     step(f"operator measured {load.evals} evals per transport and {load.interrupts} interrupts")
