@@ -72,6 +72,8 @@ NO_HISTORY = "sente_lite_nohistory"
 REDIS = "sente_lite_redis"
 #: The ASGI face (sente_lite.asgi.App) under uvicorn: ``sente_lite.bench.asgi``.
 ASGI = "asgi"
+#: python-socketio's ASGIApp under uvicorn, driven by socket.io clients (``sente_lite.bench.sio``).
+SOCKETIO_ASGI = "socketio_asgi"
 REDIS_SERVERS = 2
 #: Seconds a server on Redis may take to link up before the load starts.
 REDIS_LINK_TIMEOUT_S = 30.0
@@ -255,6 +257,9 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_
         from ..brokers.local import DEFAULT_HISTORY_SIZE as HISTORY
         from .asgi_server import UvicornApp
         srv = UvicornApp(heartbeat_ms, BENCH_MAX_CONNECTIONS, HISTORY)
+    elif system == SOCKETIO_ASGI:
+        from .sio import asgi_server
+        srv = asgi_server(heartbeat_ms)
     else:
         from .baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
@@ -626,7 +631,13 @@ def _load_main(wl: Workload, url: str, ks: List[int], subscribe_all: bool, pipe:
     for k in ks:
         pub, is_sub = wl.role(k)
         conns.append(_Conn(k, pub, Tally(wl.n_publishers, wl.msgs_per_publisher) if is_sub else None))
-    driver_cls = {"client": _ClientDriver, "asyncio": _AsyncioDriver, "raw": _RawDriver}[wl.driver]
+    driver_cls: Any
+    if wl.driver == "socketio":
+        from .sio import SocketIODriver
+        driver_cls = SocketIODriver
+    else:
+        driver_cls = {"client": _ClientDriver, "asyncio": _AsyncioDriver,
+                      "raw": _RawDriver}[wl.driver]
     driver: Any = driver_cls(url, conns, subscribe_all)
     driver.wl_compression = wl.compression
     driver.packer = wl.packer
@@ -781,6 +792,8 @@ def run_once(system: str, wl: Workload) -> dict:
         server, spipe, info = started[0]
         if not system.startswith("sente_lite"):  # the baseline speaks JSON only
             wl = replace(wl, packer="json", batch=False)
+        if system == SOCKETIO_ASGI:  # socket.io clients for a socket.io server
+            wl = replace(wl, driver="socketio")
         loads = _start_loads(fleet, wl, [i["url"] for _, _, i in started], subscribe_all=False)
         t0_ns = time.monotonic_ns() + 300_000_000
         cpu0 = sum(_proc_cpu_s(proc.pid) for proc, _, _ in started)

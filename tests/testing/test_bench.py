@@ -107,3 +107,24 @@ def test_binary_payload_bench_runs_every_pair_of_packers(capsys: pytest.CaptureF
     json_frame, mp_frame = binary._frame_size("json", bytes(3000)), binary._frame_size("msgpack", bytes(3000))
     assert 4000 < json_frame < 4200 and 3000 < mp_frame < 3100  # base64 in JSON, bin in MessagePack
     assert f" {json_frame}\n" in out and f" {mp_frame}\n" in out
+
+
+def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
+    from sente_lite.bench import asgi, sio
+    if sio.missing():
+        pytest.skip(f"{', '.join(sio.missing())} not installed: the socket.io side is left out")
+    out = tmp_path / "bench.json"
+    status = asgi.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--driver", "raw",
+                        "--conns-per-proc", "2", "--drain", "5", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    for system in ("sente_lite", "asgi", "socketio_asgi"):
+        m = result["medians"][system]
+        assert (m["delivered"], m["lost"], m["duplicates"], m["out_of_order"]) == (80, 0, 0, 0), system
+        assert m["server_cpu_s"] >= 0 and m["server_peak_rss_mb"] > 0
+    assert set(result["socketio_ratios"]) == {"p50", "p99", "cpu_per_delivery"}
+    printed = capsys.readouterr().out
+    assert "asgi / threaded: p50 x" in printed and "asgi / socketio_asgi: p50 x" in printed
+    assert not multiprocessing.active_children()
