@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import websocket  # websocket-client
@@ -119,6 +125,55 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Seconds a uvicorn process may take to answer, from its launch (a fresh interpreter
+#: importing the application on a loaded 2-core machine).
+UVICORN_START_S = 60.0
+
+
+@contextlib.contextmanager
+def uvicorn_process(target: str, app_dir: Path, *args: str, env: Optional[Dict[str, str]] = None,
+                    ready_path: str = "/") -> Iterator[str]:
+    """``python -m uvicorn target`` (``module:attribute``, the module in ``app_dir``) in a
+    process of its own on a free port of 127.0.0.1, importing this repository's sente_lite;
+    yields ``http://127.0.0.1:PORT`` once ``ready_path`` answers (any HTTP status). The
+    process is terminated (killed if it lingers) and reaped at the end; its output is in
+    ``app_dir/uvicorn.log``."""
+    pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
+    port = free_port()
+    path = os.pathsep.join(p for p in (str(app_dir), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    log_path = app_dir / "uvicorn.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning", *args],
+                                env=dict(os.environ, **(env or {}), PYTHONPATH=path),
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> Optional[str]:
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            urllib.request.urlopen(base + ready_path, timeout=2).close()
+        except urllib.error.HTTPError:
+            pass  # an answer all the same
+        except OSError:
+            return None
+        return "up"
+
+    try:
+        if wait_until(answers, UVICORN_START_S, f"uvicorn {target} answering") == "exited":
+            pytest.fail(f"uvicorn {target} exited with {proc.returncode}: "
+                        f"{log_path.read_text(errors='replace')[-2000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 class Recorder:
