@@ -176,6 +176,103 @@ def uvicorn_process(target: str, app_dir: Path, *args: str, env: Optional[Dict[s
             proc.wait(5)
 
 
+@contextlib.contextmanager
+def serving(app: Any, lifespan: str = "on") -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 in a thread of the test; yields
+    ``http://127.0.0.1:PORT``; uvicorn is stopped and its thread joined at the end."""
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
+    from uvicorn.config import WS_PROTOCOLS
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan=lifespan, log_level="warning",
+                            ws="websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 10.0, "uvicorn started")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15.0)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def run(coro: Any, timeout: float = 30.0) -> Any:
+    """Run ``coro`` on a new event loop in this thread, within ``timeout`` seconds."""
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class ThreadedFace:
+    """The threaded :class:`~sente_lite.Server` as a face under test (see :class:`AsgiFace`)."""
+
+    kind = "threaded"
+
+    def __init__(self, srv: Any) -> None:
+        self.server = srv
+        self.url: str = srv.url
+        self.server_id: str = srv.server_id
+        self.channels = srv.channels
+        # the calls both faces make the same way
+        self.on, self.on_connect, self.on_disconnect = srv.on, srv.on_connect, srv.on_disconnect
+        self.send, self.disconnect, self.stats = srv.send, srv.disconnect, srv.stats
+        self.connections = srv.connections
+        self.publish, self.send_to_user, self.broadcast = srv.publish, srv.send_to_user, srv.broadcast
+        self.request = srv.request
+
+    @staticmethod
+    def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
+        """From a plain ``def`` handler: ask ``conn``'s client and return its reply."""
+        return conn.request(event, data, timeout=timeout)
+
+
+class AsgiFace:
+    """:class:`~sente_lite.asgi.App` under uvicorn (:func:`serving`) as a face under test,
+    with the threaded server's blocking calls: the App's coroutines run on its event loop
+    and are awaited from the test's thread. Handlers registered with ``on`` may be plain
+    ``def`` (they run on the App's worker threads), as on the threaded server."""
+
+    kind = "asgi"
+
+    def __init__(self, app: Any, base: str) -> None:
+        self.server = app
+        self.url = base.replace("http://", "ws://", 1) + "/chsk"
+        self.server_id: str = app.server_id
+        self.channels = app.channels
+        self.on, self.on_connect, self.on_disconnect = app.on, app.on_connect, app.on_disconnect
+        self.send, self.disconnect, self.stats = app.send, app.disconnect, app.stats
+        self.connections = app.connections
+
+    def _wait(self, coro: Any, timeout: float = WAIT_S) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.server._loop).result(timeout)
+
+    def publish(self, channel_id: str, data: Any = None, **kwargs: Any) -> Any:
+        return self._wait(self.server.publish(channel_id, data, **kwargs))
+
+    def send_to_user(self, uid: str, event: str, data: Any = None) -> int:
+        return self._wait(self.server.send_to_user(uid, event, data))  # type: ignore[no-any-return]
+
+    def broadcast(self, event: str, data: Any = None) -> int:
+        return self._wait(self.server.broadcast(event, data))  # type: ignore[no-any-return]
+
+    def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
+        return self._wait(self.server.request(conn_id, event, data, timeout), timeout + WAIT_S)
+
+    @staticmethod
+    def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
+        """From a plain ``def`` handler: ask ``conn``'s client and return its reply."""
+        return conn.request_sync(event, data, timeout=timeout)
+
+
+#: The faces conformance tests run on (the ``make_face`` fixture's parameters).
+FACES = ("threaded", "asgi")
+
+
 class Recorder:
     """Collects items from handler threads; tests wait on its length with a deadline."""
 

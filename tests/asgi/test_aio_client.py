@@ -13,7 +13,9 @@ import pytest
 
 from sente_lite import App, AsyncClient, ConnectRefused, Server
 
-from asgi_support import run, serving
+from support import run, serving
+
+pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
 
 
 def build_app() -> App:

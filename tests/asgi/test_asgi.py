@@ -22,8 +22,9 @@ from sente_lite.core.settings import DEFAULTS
 from sente_lite.server.server import Server
 
 from sente_lite.testing.abuse import RawPeer
-from asgi_support import serving
-from support import uvicorn_process, wait_until
+from support import serving, uvicorn_process, wait_until
+
+pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
 
 
 def on_loop(rt: App, coro: Any, timeout: float = 10.0) -> Any:
