@@ -101,10 +101,14 @@ class CallsMixin:
         return self._hub.conns.get(conn_id)
 
     def connections(self) -> List[dict]:
-        """One map per live connection: ids, uid, remote address, when it connected."""
-        return [{"conn-id": c.conn_id, "client-id": c.client_id, "uid": c.uid,
-                 "remote": c.remote_address, "connected-at": c.connected_at,
-                 "queued-bytes": c.queued_bytes} for c in self._hub.snapshot()]
+        """One map per live connection, as ``Server.connections()``: ids, remote, channels,
+        queue, seconds connected, frames in and out."""
+        now = time.time()
+        return [{"conn-id": c.conn_id, "uid": c.uid, "client-id": c.client_id,
+                 "remote": c.remote_address, "channels": self.channels.channels_of(c.conn_id),
+                 "queued-bytes": c.queued_bytes, "connected-s": round(now - c.connected_at, 3),
+                 "frames-in": c.frames_in, "frames-out": c.frames_out}
+                for c in self._hub.snapshot()]
 
     def presence(self, uid: str) -> int:
         """Live connections of ``uid`` here."""
