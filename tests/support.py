@@ -214,6 +214,8 @@ class ThreadedFace:
     def __init__(self, srv: Any) -> None:
         self.server = srv
         self.url: str = srv.url
+        self.host: str = srv.host
+        self.port: int = srv.port
         self.server_id: str = srv.server_id
         self.channels = srv.channels
         # the calls both faces make the same way
@@ -221,7 +223,8 @@ class ThreadedFace:
         self.send, self.disconnect, self.stats = srv.send, srv.disconnect, srv.stats
         self.connections = srv.connections
         self.publish, self.send_to_user, self.broadcast = srv.publish, srv.send_to_user, srv.broadcast
-        self.request = srv.request
+        self.request, self.disconnect_user = srv.request, srv.disconnect_user
+        self.csrf_token = srv.csrf_token
 
     @staticmethod
     def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
@@ -240,11 +243,13 @@ class AsgiFace:
     def __init__(self, app: Any, base: str) -> None:
         self.server = app
         self.url = base.replace("http://", "ws://", 1) + "/chsk"
+        self.host = "127.0.0.1"
+        self.port = int(base.rsplit(":", 1)[1])
         self.server_id: str = app.server_id
         self.channels = app.channels
         self.on, self.on_connect, self.on_disconnect = app.on, app.on_connect, app.on_disconnect
         self.send, self.disconnect, self.stats = app.send, app.disconnect, app.stats
-        self.connections = app.connections
+        self.connections, self.csrf_token = app.connections, app.csrf_token
 
     def _wait(self, coro: Any, timeout: float = WAIT_S) -> Any:
         import asyncio
@@ -259,6 +264,9 @@ class AsgiFace:
 
     def broadcast(self, event: str, data: Any = None) -> int:
         return self._wait(self.server.broadcast(event, data))  # type: ignore[no-any-return]
+
+    def disconnect_user(self, uid: str, code: int = 1000, reason: str = "") -> int:
+        return self._wait(self.server.disconnect_user(uid, code, reason))  # type: ignore[no-any-return]
 
     def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         return self._wait(self.server.request(conn_id, event, data, timeout), timeout + WAIT_S)
