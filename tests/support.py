@@ -281,6 +281,22 @@ class AsgiFace:
 FACES = ("threaded", "asgi")
 
 
+class FaceMaker:
+    """The ``make_face`` fixture's value: ``make_face(**settings)`` starts a face of ``kind``."""
+
+    def __init__(self, kind: str, make: Callable[..., Any]) -> None:
+        self.kind = kind
+        self._make = make
+
+    def __call__(self, **settings: Any) -> Any:
+        return self._make(**settings)
+
+    def skip_on(self, kind: str, why: str) -> None:
+        """Skip the test on the face ``kind``, which does not promise what it checks."""
+        if self.kind == kind:
+            pytest.skip(f"{kind} face: {why}")
+
+
 class Recorder:
     """Collects items from handler threads; tests wait on its length with a deadline."""
 
