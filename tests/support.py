@@ -216,6 +216,7 @@ class ThreadedFace:
         self.url: str = srv.url
         self.host: str = srv.host
         self.port: int = srv.port
+        self.path: str = srv.path
         self.server_id: str = srv.server_id
         self.channels = srv.channels
         # the calls both faces make the same way
@@ -245,6 +246,7 @@ class AsgiFace:
         self.url = base.replace("http://", "ws://", 1) + "/chsk"
         self.host = "127.0.0.1"
         self.port = int(base.rsplit(":", 1)[1])
+        self.path: str = app.path
         self.server_id: str = app.server_id
         self.channels = app.channels
         self.on, self.on_connect, self.on_disconnect = app.on, app.on_connect, app.on_disconnect
