@@ -7,9 +7,10 @@ flags: every connection subscribes to one channel and publishes paced messages t
 the threaded :class:`sente_lite.Server`, against :class:`sente_lite.asgi.App` under uvicorn
 (one process, one event loop: ``sente_lite.bench.asgi_server``) and against python-socketio's
 ``socketio.ASGIApp`` over an ``AsyncServer(async_mode="asgi")`` under the same uvicorn
-settings (every connection joins one room and emits paced messages to it; the load is
-``socketio.AsyncClient`` connections, :mod:`sente_lite.bench.sio`), the three alternating run
-by run. It prints each one's medians over the runs side by side, and the ratios ASGI /
+settings (every connection joins one room and emits paced messages to it; the load is, with
+``--driver raw``, the raw driver's engine.io 4 client, as cheap per message as the raw driver
+is for sente_lite, and otherwise python-socketio's ``socketio.AsyncClient``,
+:mod:`sente_lite.bench.sio`), the three alternating run by run. It prints each one's medians over the runs side by side, and the ratios ASGI /
 threaded and ASGI / socket.io of p50, p99 and server CPU per delivery, against the targets
 (ASGI server CPU per delivery <= 2x the threaded face's and <= 0.5x socket.io's). Every flag
 of ``sente-lite bench`` that shapes the load applies (``--payload-bytes``,

@@ -109,14 +109,15 @@ def test_binary_payload_bench_runs_every_pair_of_packers(capsys: pytest.CaptureF
     assert f" {json_frame}\n" in out and f" {mp_frame}\n" in out
 
 
-def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path,
+@pytest.mark.parametrize("driver", ["raw", "asyncio"])  # socket.io: engine.io raw, python-socketio
+def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path, driver: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
     from sente_lite.bench import asgi, sio
     if sio.missing():
         pytest.skip(f"{', '.join(sio.missing())} not installed: the socket.io side is left out")
     out = tmp_path / "bench.json"
-    status = asgi.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--driver", "raw",
+    status = asgi.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--driver", driver,
                         "--conns-per-proc", "2", "--drain", "5", "--json", str(out)])
     assert status == 0
     result = json.loads(out.read_text())
