@@ -4,6 +4,7 @@ in which a link made a transition its state table does not allow."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Callable, Iterator, List
 
@@ -14,7 +15,7 @@ from sente_lite.testing.redis_server import RedisServer, require_redis_server
 from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
 from sente_lite.server import link_state
-from support import WAIT_S, RawWS, sente_threads
+from support import FACES, WAIT_S, AsgiFace, FaceMaker, RawWS, ThreadedFace, sente_threads, serving
 
 pytest_plugins = ["pytester"]
 
@@ -69,6 +70,27 @@ def make_server(no_leaked_threads: None) -> Iterator[Callable[..., Server]]:
     yield make
     for srv in reversed(servers):
         srv.stop()
+
+
+@pytest.fixture(params=FACES)
+def make_face(request: pytest.FixtureRequest, make_server: Callable[..., Server]) -> Iterator[FaceMaker]:
+    """``make_face(**settings)``: a started server face with those settings, the threaded
+    ``Server`` or ``App`` under uvicorn (a thread of the test), stopped after the test. A
+    test that takes it runs once per face: one body for the wire behaviour both promise
+    (``make_face.skip_on("asgi", why)`` where a face does not promise it)."""
+    if request.param == "threaded":
+        yield FaceMaker("threaded", lambda **settings: ThreadedFace(make_server(**settings)))
+        return
+    pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed: "
+                        "the ASGI face runs under it")
+    from sente_lite import App
+
+    with contextlib.ExitStack() as stack:
+        def make(**settings: Any) -> AsgiFace:
+            app = App(**settings)
+            return AsgiFace(app, stack.enter_context(serving(app)))
+
+        yield FaceMaker("asgi", make)
 
 
 @pytest.fixture

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import os
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 import websocket  # websocket-client
@@ -119,6 +125,178 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: Seconds a uvicorn process may take to answer, from its launch (a fresh interpreter
+#: importing the application on a loaded 2-core machine).
+UVICORN_START_S = 60.0
+
+
+@contextlib.contextmanager
+def uvicorn_process(target: str, app_dir: Path, *args: str, env: Optional[Dict[str, str]] = None,
+                    ready_path: str = "/") -> Iterator[str]:
+    """``python -m uvicorn target`` (``module:attribute``, the module in ``app_dir``) in a
+    process of its own on a free port of 127.0.0.1, importing this repository's sente_lite;
+    yields ``http://127.0.0.1:PORT`` once ``ready_path`` answers (any HTTP status). The
+    process is terminated (killed if it lingers) and reaped at the end; its output is in
+    ``app_dir/uvicorn.log``."""
+    pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
+    port = free_port()
+    path = os.pathsep.join(p for p in (str(app_dir), str(REPO), os.environ.get("PYTHONPATH")) if p)
+    log_path = app_dir / "uvicorn.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1",
+                                 "--port", str(port), "--log-level", "warning", *args],
+                                env=dict(os.environ, **(env or {}), PYTHONPATH=path),
+                                stdout=log_file, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> Optional[str]:
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            urllib.request.urlopen(base + ready_path, timeout=2).close()
+        except urllib.error.HTTPError:
+            pass  # an answer all the same
+        except OSError:
+            return None
+        return "up"
+
+    try:
+        if wait_until(answers, UVICORN_START_S, f"uvicorn {target} answering") == "exited":
+            pytest.fail(f"uvicorn {target} exited with {proc.returncode}: "
+                        f"{log_path.read_text(errors='replace')[-2000:]}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextlib.contextmanager
+def serving(app: Any, lifespan: str = "on") -> Iterator[str]:
+    """Serve the ASGI ``app`` with uvicorn on 127.0.0.1 in a thread of the test; yields
+    ``http://127.0.0.1:PORT``; uvicorn is stopped and its thread joined at the end."""
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
+    from uvicorn.config import WS_PROTOCOLS
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan=lifespan, log_level="warning",
+                            ws="websockets-sansio" if "websockets-sansio" in WS_PROTOCOLS else "websockets")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), 10.0, "uvicorn started")
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15.0)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+def run(coro: Any, timeout: float = 30.0) -> Any:
+    """Run ``coro`` on a new event loop in this thread, within ``timeout`` seconds."""
+    import asyncio
+
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class ThreadedFace:
+    """The threaded :class:`~sente_lite.Server` as a face under test (see :class:`AsgiFace`)."""
+
+    kind = "threaded"
+
+    def __init__(self, srv: Any) -> None:
+        self.server = srv
+        self.url: str = srv.url
+        self.host: str = srv.host
+        self.port: int = srv.port
+        self.path: str = srv.path
+        self.server_id: str = srv.server_id
+        self.channels = srv.channels
+        # the calls both faces make the same way
+        self.on, self.on_connect, self.on_disconnect = srv.on, srv.on_connect, srv.on_disconnect
+        self.send, self.disconnect, self.stats = srv.send, srv.disconnect, srv.stats
+        self.connections = srv.connections
+        self.publish, self.send_to_user, self.broadcast = srv.publish, srv.send_to_user, srv.broadcast
+        self.request, self.disconnect_user = srv.request, srv.disconnect_user
+        self.csrf_token = srv.csrf_token
+
+    @staticmethod
+    def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
+        """From a plain ``def`` handler: ask ``conn``'s client and return its reply."""
+        return conn.request(event, data, timeout=timeout)
+
+
+class AsgiFace:
+    """:class:`~sente_lite.asgi.App` under uvicorn (:func:`serving`) as a face under test,
+    with the threaded server's blocking calls: the App's coroutines run on its event loop
+    and are awaited from the test's thread. Handlers registered with ``on`` may be plain
+    ``def`` (they run on the App's worker threads), as on the threaded server."""
+
+    kind = "asgi"
+
+    def __init__(self, app: Any, base: str) -> None:
+        self.server = app
+        self.url = base.replace("http://", "ws://", 1) + "/chsk"
+        self.host = "127.0.0.1"
+        self.port = int(base.rsplit(":", 1)[1])
+        self.path: str = app.path
+        self.server_id: str = app.server_id
+        self.channels = app.channels
+        self.on, self.on_connect, self.on_disconnect = app.on, app.on_connect, app.on_disconnect
+        self.send, self.disconnect, self.stats = app.send, app.disconnect, app.stats
+        self.connections, self.csrf_token = app.connections, app.csrf_token
+
+    def _wait(self, coro: Any, timeout: float = WAIT_S) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.server._loop).result(timeout)
+
+    def publish(self, channel_id: str, data: Any = None, **kwargs: Any) -> Any:
+        return self._wait(self.server.publish(channel_id, data, **kwargs))
+
+    def send_to_user(self, uid: str, event: str, data: Any = None) -> int:
+        return self._wait(self.server.send_to_user(uid, event, data))  # type: ignore[no-any-return]
+
+    def broadcast(self, event: str, data: Any = None) -> int:
+        return self._wait(self.server.broadcast(event, data))  # type: ignore[no-any-return]
+
+    def disconnect_user(self, uid: str, code: int = 1000, reason: str = "") -> int:
+        return self._wait(self.server.disconnect_user(uid, code, reason))  # type: ignore[no-any-return]
+
+    def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
+        return self._wait(self.server.request(conn_id, event, data, timeout), timeout + WAIT_S)
+
+    @staticmethod
+    def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
+        """From a plain ``def`` handler: ask ``conn``'s client and return its reply."""
+        return conn.request_sync(event, data, timeout=timeout)
+
+
+#: The faces conformance tests run on (the ``make_face`` fixture's parameters).
+FACES = ("threaded", "asgi")
+
+
+class FaceMaker:
+    """The ``make_face`` fixture's value: ``make_face(**settings)`` starts a face of ``kind``."""
+
+    def __init__(self, kind: str, make: Callable[..., Any]) -> None:
+        self.kind = kind
+        self._make = make
+
+    def __call__(self, **settings: Any) -> Any:
+        return self._make(**settings)
+
+    def skip_on(self, kind: str, why: str) -> None:
+        """Skip the test on the face ``kind``, which does not promise what it checks."""
+        if self.kind == kind:
+            pytest.skip(f"{kind} face: {why}")
 
 
 class Recorder:

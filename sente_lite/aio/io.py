@@ -285,8 +285,12 @@ class IoMixin:
     # -- the handler task --------------------------------------------------------------------
     async def _run_handlers(self) -> None:
         """Run handler work one at a time, in arrival order (plain or ``async`` handlers)."""
+        tasks = self._tasks
         while True:
-            task = await self._tasks.get()
+            try:  # what is queued already is taken without a wait (the hot path of a burst)
+                task = tasks.get_nowait()
+            except asyncio.QueueEmpty:
+                task = await tasks.get()
             if task is None:
                 return
             try:
@@ -301,7 +305,7 @@ class IoMixin:
             for fn in list(handlers):
                 try:
                     value = fn(msg)
-                    if inspect.isawaitable(value):
+                    if value is not None and inspect.isawaitable(value):
                         await value
                 except Exception:
                     self._counts["handler_errors"] += 1

@@ -34,7 +34,8 @@ from ..core.settings import ServerSettings
 from ..counters import Counter, Counters
 from ..wire import protocol as p
 from ..wire import tracing as tracing_mod
-from .calls import CallsMixin, Face
+from .calls import CONN_TOTALS, CallsMixin, Face
+from .connection import AsgiConnection
 from .http import Receive, Scope, Send
 from .lanes import Lanes
 from .upgrade import Upgrades
@@ -115,6 +116,7 @@ class App(CallsMixin):
         self._on_disconnect: List[Callable[..., Any]] = []
         self._conn_seq = itertools.count(1)
         self._closes_by_code: Dict[int, int] = {}
+        self._closed_totals: Dict[str, int] = dict.fromkeys(CONN_TOTALS, 0)
         self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
         self._lanes: Optional[Lanes] = None
         self._upgrades: Optional[Upgrades] = None
@@ -258,9 +260,14 @@ class App(CallsMixin):
                 self._executor, functools.partial(fn, *args, **kwargs))
         return fn(*args, **kwargs)
 
-    def _closed_conn(self, code: int) -> None:
+    def _closed_conn(self, conn: AsgiConnection, code: int) -> None:
         self.counters.add(Counter.CONNECTIONS_CLOSED)
         self._closes_by_code[code] = self._closes_by_code.get(code, 0) + 1
+        totals = self._closed_totals
+        totals["frames_in"] += conn.frames_in
+        totals["frames_out"] += conn.frames_out
+        totals["bytes_in"] += conn.bytes_in
+        totals["bytes_out"] += conn.bytes_out
 
     # -- ASGI ---------------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -21,6 +21,10 @@ from ..wire import protocol as p
 from ..wire.channels import Published
 
 
+#: Counts each connection keeps; stats() adds those of the ended ones, as Server.stats().
+CONN_TOTALS = ("frames_in", "frames_out", "bytes_in", "bytes_out")
+
+
 class Face(MessagingMixin):
     """The shared, blocking calls over one App's hub (``srv.publish`` and the like)."""
 
@@ -44,6 +48,7 @@ class CallsMixin:
     _latency: LatencyHistogram
     _started_at: float
     _closes_by_code: Dict[int, int]
+    _closed_totals: Dict[str, int]
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -101,10 +106,14 @@ class CallsMixin:
         return self._hub.conns.get(conn_id)
 
     def connections(self) -> List[dict]:
-        """One map per live connection: ids, uid, remote address, when it connected."""
-        return [{"conn-id": c.conn_id, "client-id": c.client_id, "uid": c.uid,
-                 "remote": c.remote_address, "connected-at": c.connected_at,
-                 "queued-bytes": c.queued_bytes} for c in self._hub.snapshot()]
+        """One map per live connection, as ``Server.connections()``: ids, remote, channels,
+        queue, seconds connected, frames in and out."""
+        now = time.time()
+        return [{"conn-id": c.conn_id, "uid": c.uid, "client-id": c.client_id,
+                 "remote": c.remote_address, "channels": self.channels.channels_of(c.conn_id),
+                 "queued-bytes": c.queued_bytes, "connected-s": round(now - c.connected_at, 3),
+                 "frames-in": c.frames_in, "frames-out": c.frames_out}
+                for c in self._hub.snapshot()]
 
     def presence(self, uid: str) -> int:
         """Live connections of ``uid`` here."""
@@ -128,6 +137,8 @@ class CallsMixin:
         out["connections"] = len(live)
         out["users"] = self._hub.user_count()
         out["remembered_clients"] = self._hub.remembered_clients()
+        for key in CONN_TOTALS:
+            out[key] = self._closed_totals[key] + sum(getattr(c, key) for c in live)
         out["queued_bytes"] = sum(c.queued_bytes for c in live)
         out["inbound_frames"] = sum(c.inflow.frames for c in live)
         out["inbound_bytes"] = sum(c.inflow.bytes for c in live)
@@ -139,4 +150,4 @@ class CallsMixin:
         return out
 
 
-__all__ = ["CallsMixin", "Face"]
+__all__ = ["CallsMixin", "Face", "CONN_TOTALS"]

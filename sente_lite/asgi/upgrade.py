@@ -46,7 +46,7 @@ class AppPort(Protocol):
     _conn_seq: Any
     _stopping: bool
 
-    def _closed_conn(self, code: int) -> None: ...
+    def _closed_conn(self, conn: AsgiConnection, code: int) -> None: ...
 
 
 class Upgrades:
@@ -190,7 +190,7 @@ class Upgrades:
             writer.cancel()
         code = conn.close_code if conn.close_code is not None else (peer_code or 1006)
         reason = conn.close_reason
-        app._closed_conn(code)
+        app._closed_conn(conn, code)
         lane.items.append((None, 0))  # the end: the lane stops after what is queued
         lane.wake.set()
         if lane.task is not None:

@@ -25,56 +25,14 @@ import argparse
 import multiprocessing
 import statistics
 import sys
-import time
 from typing import Any, Dict, List, Optional
 
 from ..core import static
-from ..client.client import ChannelMessage, Client
-from ..server.server import Server
+from .receive import (CHANNEL, RUN_TIMEOUT_S, client_receiver, process_run, row, start_server,
+                      stop_server)
 
-CHANNEL = "bench/feed"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-#: Outbound queue of the one subscriber: large enough to hold every message of a run.
-QUEUE_BYTES = 512 << 20
-#: Deadline of one run's delivery.
-RUN_TIMEOUT_S = 120.0
-
-
-def _server_main(pipe: Any) -> None:
-    with Server(max_queued_bytes_per_conn=QUEUE_BYTES, rate_limit=None) as srv:
-        pipe.send(srv.url)
-        while True:
-            cmd = pipe.recv()
-            if cmd[0] == "stop":
-                return
-            _, count, pad = cmd
-            t0 = time.time()
-            for i in range(count):
-                srv.publish(CHANNEL, {"i": i, "pad": pad})
-            pipe.send((t0, time.time()))
-
-
-def _python_receiver(url: str, count: int, pipe: Any) -> None:
-    got: List[Any] = []
-    done: Dict[str, float] = {}
-
-    def on_msg(msg: ChannelMessage) -> None:
-        got.append(msg.data)
-        if len(got) == count:
-            done["t"] = time.time()
-
-    with Client(url) as client:
-        if not client.wait_connected(10):
-            pipe.send(("error", "python client did not connect"))
-            return
-        client.subscribe(CHANNEL, on_msg, timeout=10)
-        pipe.send(("ready", None))
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while "t" not in done and time.monotonic() < deadline:
-            time.sleep(0.01)  # a benchmark's poll of its own result, not synchronization in the library
-        in_order = all(d["i"] == i for i, d in enumerate(got))
-        pipe.send(("done", (done.get("t"), len(got), in_order)))
 
 
 # Each page script leaves ``doneAt`` (ms, wall clock) once ``count`` messages arrived,
@@ -118,16 +76,13 @@ def run(messages: int, payload_bytes: int, runs: int, chromium: str) -> List[Dic
         raise SystemExit("playwright is not installed: pip install 'sente-lite[test]' "
                          "(and Debian's chromium)") from None
     ctx = multiprocessing.get_context("spawn")
-    spipe, child_end = ctx.Pipe()
-    server = ctx.Process(target=_server_main, args=(child_end,), daemon=True)
-    server.start()
+    server, spipe, url = start_server(ctx)
     pad = "x" * payload_bytes
     results: Dict[str, List[Dict[str, float]]] = {"chromium page (sente_lite.js)": [],
                                                   "chromium page (sente_lite.js, msgpack)": [],
                                                   "chromium page (bare WebSocket, counting)": [],
                                                   "python process (sente_lite.Client)": []}
     try:
-        url = spipe.recv()
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             try:
@@ -139,12 +94,11 @@ def run(messages: int, payload_bytes: int, runs: int, chromium: str) -> List[Dic
                     results["chromium page (bare WebSocket, counting)"].append(
                         _page_run(browser, url, spipe, messages, pad, PAGE_RAW))
                     results["python process (sente_lite.Client)"].append(
-                        _python_run(ctx, url, spipe, messages, pad))
+                        process_run(ctx, client_receiver, url, spipe, messages, pad))
             finally:
                 browser.close()
     finally:
-        spipe.send(("stop",))
-        server.join(10)
+        stop_server(server, spipe)
     rows = []
     for name, rs in results.items():
         rows.append({"receiver": name, "messages": messages,
@@ -166,34 +120,11 @@ def _page_run(browser: Any, url: str, spipe: Any, messages: int, pad: str, scrip
         spipe.send(("publish", messages, pad))
         t0, t1 = spipe.recv()
         page.wait_for_function("window.doneAt !== null", timeout=RUN_TIMEOUT_S * 1000, polling=50)
-        done_at, in_order = page.evaluate("[doneAt, inOrder()]")
+        done_at, ordered = page.evaluate("[doneAt, inOrder()]")
         page.evaluate("stop()")
     finally:
         page.close()
-    return _row(t0, t1, done_at / 1000.0, messages, bool(in_order))
-
-
-def _python_run(ctx: Any, url: str, spipe: Any, messages: int, pad: str) -> Dict[str, float]:
-    rpipe, child_end = ctx.Pipe()
-    proc = ctx.Process(target=_python_receiver, args=(url, messages, child_end), daemon=True)
-    proc.start()
-    try:
-        kind, value = rpipe.recv()
-        if kind != "ready":
-            raise SystemExit(value)
-        spipe.send(("publish", messages, pad))
-        t0, t1 = spipe.recv()
-        kind, (done_at, n, in_order) = rpipe.recv()
-        if done_at is None:
-            raise SystemExit(f"python receiver got {n} of {messages} messages")
-    finally:
-        proc.join(10)
-    return _row(t0, t1, done_at, messages, in_order)
-
-
-def _row(t0: float, t1: float, done_at: float, messages: int, ok: bool) -> Dict[str, float]:
-    return {"rate": messages / max(done_at - t0, 1e-9), "publish_s": t1 - t0,
-            "delivery_s": done_at - t0, "ok": ok}
+    return row(t0, t1, done_at / 1000.0, messages, bool(ordered))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

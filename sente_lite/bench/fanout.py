@@ -72,6 +72,8 @@ NO_HISTORY = "sente_lite_nohistory"
 REDIS = "sente_lite_redis"
 #: The ASGI face (sente_lite.asgi.App) under uvicorn: ``sente_lite.bench.asgi``.
 ASGI = "asgi"
+#: python-socketio's ASGIApp under uvicorn, driven by socket.io clients (``sente_lite.bench.sio``).
+SOCKETIO_ASGI = "socketio_asgi"
 REDIS_SERVERS = 2
 #: Seconds a server on Redis may take to link up before the load starts.
 REDIS_LINK_TIMEOUT_S = 30.0
@@ -255,6 +257,9 @@ def _server_main(system: str, heartbeat_ms: int, rss_at: Tuple[int, ...], write_
         from ..brokers.local import DEFAULT_HISTORY_SIZE as HISTORY
         from .asgi_server import UvicornApp
         srv = UvicornApp(heartbeat_ms, BENCH_MAX_CONNECTIONS, HISTORY)
+    elif system == SOCKETIO_ASGI:
+        from .sio import asgi_server
+        srv = asgi_server(heartbeat_ms)
     else:
         from .baseline import BaselineServer
         srv = BaselineServer("127.0.0.1", 0, heartbeat_ms=heartbeat_ms)
@@ -452,10 +457,14 @@ class _AsyncioDriver:
             else:
                 lag = max(lag, now - due)
             ws = by_pub[pi].handle[0]
-            await ws.send(dumps(["sente-lite/publish", {
-                "channel-id": CHANNEL, "data": {"p": pi, "s": seq, "t": clock(), "x": pad},
-                "exclude-sender?": False}]))
+            await ws.send(self._publish_text(dumps, {"p": pi, "s": seq, "t": clock(), "x": pad}))
         return lag
+
+    @staticmethod
+    def _publish_text(dumps: Callable[[Any], str], data: Any) -> str:
+        """The frame that publishes ``data`` on the channel."""
+        return dumps(["sente-lite/publish", {"channel-id": CHANNEL, "data": data,
+                                             "exclude-sender?": False}])
 
     def extra_stats(self) -> Dict[str, int]:
         out: Counter = Counter(connect_failures=self.connect_failures)
@@ -619,6 +628,61 @@ class _RawDriver(_AsyncioDriver):
             await proto.subscribed
 
 
+#: Where a socket.io server (engine.io 4) takes WebSocket connections.
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+
+
+class _RawSocketIOProtocol(_RawWSProtocol):
+    """The raw driver's connection to a socket.io server: engine.io 4 over a WebSocket
+    (open ``0``, connect to ``/`` with ``40``, ping ``2`` / pong ``3``, events ``42``,
+    acks ``43``). Joining the room is acknowledged; the room's ``msg`` events are the
+    deliveries (no offset)."""
+
+    def _on_frame(self, opcode: int, payload: bytes, now: int) -> None:
+        if opcode != OP_TEXT:
+            super()._on_frame(opcode, payload, now)  # close; pings and pongs
+            return
+        if payload.startswith(b'42["msg",'):
+            if self.c.tally is not None:
+                self.c.tally.record(_loads(payload[2:])[1], None, now)
+        elif payload == b"2":
+            self.c.pings += 1
+            self.send_now(b"3")
+        elif payload.startswith(b"0"):  # engine.io open: connect to the default namespace
+            self.send_now(b"40")
+        elif payload.startswith(b"40"):
+            if not self.on_ready.done():
+                self.on_ready.set_result(None)
+        elif payload.startswith(b"43") and not self.subscribed.done():  # the join's ack
+            self.subscribed.set_result(None)
+
+
+class _RawSocketIODriver(_RawDriver):
+    """Connections made with :class:`_RawSocketIOProtocol` on one event loop thread: the
+    raw driver's cost per message, against a socket.io server."""
+
+    async def _open(self, c: _Conn) -> None:
+        parts = urlsplit(self.url)
+        loop = asyncio.get_running_loop()
+        ready: "asyncio.Future[None]" = loop.create_future()
+        try:
+            _, proto = await loop.create_connection(
+                lambda: _RawSocketIOProtocol(c, SOCKETIO_PATH, parts.netloc, ready),
+                parts.hostname, parts.port)
+            await ready
+        except Exception:
+            self.connect_failures += 1
+            raise
+        c.handle = (proto, None)
+        if c.tally is not None or self.subscribe_all:
+            await proto.send('421["join",{}]')
+            await proto.subscribed
+
+    @staticmethod
+    def _publish_text(dumps: Callable[[Any], str], data: Any) -> str:
+        return "42" + dumps(["publish", data])
+
+
 def _load_main(wl: Workload, url: str, ks: List[int], subscribe_all: bool, pipe: Any) -> None:
     """Load process: connect ``ks``, publish on cue, report what was seen."""
     raise_nofile()
@@ -626,7 +690,13 @@ def _load_main(wl: Workload, url: str, ks: List[int], subscribe_all: bool, pipe:
     for k in ks:
         pub, is_sub = wl.role(k)
         conns.append(_Conn(k, pub, Tally(wl.n_publishers, wl.msgs_per_publisher) if is_sub else None))
-    driver_cls = {"client": _ClientDriver, "asyncio": _AsyncioDriver, "raw": _RawDriver}[wl.driver]
+    driver_cls: Any
+    if wl.driver == "socketio":
+        from .sio import SocketIODriver
+        driver_cls = SocketIODriver
+    else:
+        driver_cls = {"client": _ClientDriver, "asyncio": _AsyncioDriver, "raw": _RawDriver,
+                      "socketio-raw": _RawSocketIODriver}[wl.driver]
     driver: Any = driver_cls(url, conns, subscribe_all)
     driver.wl_compression = wl.compression
     driver.packer = wl.packer
@@ -781,6 +851,9 @@ def run_once(system: str, wl: Workload) -> dict:
         server, spipe, info = started[0]
         if not system.startswith("sente_lite"):  # the baseline speaks JSON only
             wl = replace(wl, packer="json", batch=False)
+        if system == SOCKETIO_ASGI:  # socket.io clients for a socket.io server: the raw
+            # driver's engine.io client, or python-socketio's AsyncClient
+            wl = replace(wl, driver="socketio-raw" if wl.driver == "raw" else "socketio")
         loads = _start_loads(fleet, wl, [i["url"] for _, _, i in started], subscribe_all=False)
         t0_ns = time.monotonic_ns() + 300_000_000
         cpu0 = sum(_proc_cpu_s(proc.pid) for proc, _, _ in started)

@@ -21,10 +21,9 @@ import time
 from typing import Any, Dict, List, Tuple
 
 from .fanout import _proc_cpu_s
+from .sio import connect_room, install_room
 from ..brokers.redis.local_server import free_port
 from ..brokers.redis.local_server import RedisServer
-
-ROOM = "bench"
 
 
 def _server_main(port: int, redis_url: str, ready: Any) -> None:
@@ -35,15 +34,7 @@ def _server_main(port: int, redis_url: str, ready: Any) -> None:
                                ping_interval=5, ping_timeout=15)
     app = web.Application()
     sio.attach(app)
-
-    @sio.event
-    async def join(sid: str, data: Any = None) -> None:
-        await sio.enter_room(sid, ROOM)
-        return None
-
-    @sio.event
-    async def publish(sid: str, data: Any = None) -> None:
-        await sio.emit("msg", data, room=ROOM)
+    install_room(sio)
 
     async def run() -> None:
         runner = web.AppRunner(app)
@@ -58,24 +49,17 @@ def _server_main(port: int, redis_url: str, ready: Any) -> None:
 
 def _load_main(urls: List[str], conns: int, rate: float, seconds: float, start_at: float,
                out: Any) -> None:
-    import socketio
-
     async def run() -> Dict[str, Any]:
         clients = []
         latencies: List[int] = []
         seen: Dict[Tuple[int, int, int], int] = {}
         for k in range(conns):
-            c = socketio.AsyncClient(reconnection=False)
-
-            @c.on("msg")
-            async def on_msg(data: Any, k: int = k) -> None:
+            def on_msg(data: Any, k: int = k) -> None:
                 latencies.append(time.monotonic_ns() - data["t"])
                 key = (k, data["p"], data["s"])  # per receiving connection
                 seen[key] = seen.get(key, 0) + 1
 
-            await c.connect(urls[k % len(urls)], transports=["websocket"])
-            await c.call("join", {}, timeout=10)
-            clients.append(c)
+            clients.append(await connect_room(urls[k % len(urls)], on_msg))
         while time.time() < start_at:
             await asyncio.sleep(0.005)
         t0 = time.monotonic()

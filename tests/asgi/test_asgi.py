@@ -22,8 +22,9 @@ from sente_lite.core.settings import DEFAULTS
 from sente_lite.server.server import Server
 
 from sente_lite.testing.abuse import RawPeer
-from asgi_support import serving
-from support import wait_until
+from support import serving, uvicorn_process, wait_until
+
+pytest.importorskip("uvicorn", reason="uvicorn (the [test] extra) is not installed")
 
 
 def on_loop(rt: App, coro: Any, timeout: float = 10.0) -> Any:
@@ -224,23 +225,12 @@ def test_two_uvicorn_workers_share_channels_through_redis(redis_srv: Any, tmp_pa
                                                           clients: Callable[..., Client]) -> None:
     """``uvicorn --workers 2`` (two processes, one port) with ``broker="redis://..."``: a
     publish made through one worker reaches a subscriber of the other."""
-    import os
-    import subprocess
-    import sys
-
-    from support import free_port
-
     (tmp_path / "rtapp.py").write_text(
         "import os\nfrom sente_lite import App\n"
         "rt = App(broker=os.environ['RT_REDIS'])\n")
-    port = free_port()
-    env = dict(os.environ, RT_REDIS=redis_srv.url,
-               PYTHONPATH=os.pathsep.join([str(tmp_path), os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "rtapp:rt", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2", "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        url = f"ws://127.0.0.1:{port}/chsk"
+    with uvicorn_process("rtapp:rt", tmp_path, "--workers", "2", env={"RT_REDIS": redis_srv.url},
+                         ready_path="/health") as base:
+        url = ws(base)
         by_server: dict = {}
 
         def two_workers_seen() -> bool:
@@ -265,10 +255,3 @@ def test_two_uvicorn_workers_share_channels_through_redis(redis_srv: Any, tmp_pa
         wait_until(lambda: got, what="the delivery from the other worker")
         assert got[0].data == {"via": pub.server_id} and got[0].offset == ack["offset"]
         assert sub.server_id != pub.server_id
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import pytest
 
 from sente_lite import Client, Server
 from sente_lite.wire import protocol as p
-from support import RawWS, Recorder, wait_until
+from support import AsgiFace, RawWS, Recorder, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 
-def test_handshake_announces_the_features(make_server: Callable[..., Server],
+def test_handshake_announces_the_features(make_face: Callable[..., Face],
                                           make_client: Callable[..., Client]) -> None:
-    c = make_client(make_server().url)
+    c = make_client(make_face().url)
     assert c.wait_connected(5)
     assert c.handshake is not None and c.handshake["features"] == ["history", "publish-id", "batch", "bytes"]
 
 
-def test_a_stored_position_resumes_exactly_after_it(make_server: Callable[..., Server],
+def test_a_stored_position_resumes_exactly_after_it(make_face: Callable[..., Face],
                                                     make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     first = make_client(srv.url)
     got = Recorder()
     first.subscribe("news", got)
@@ -52,9 +56,9 @@ def test_a_stored_position_resumes_exactly_after_it(make_server: Callable[..., S
     ({"offset": 0, "epoch": None}, "history-expired"),
 ])
 def test_unrecoverable_positions_replay_nothing_and_say_why(
-        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        make_face: Callable[..., Face], make_client: Callable[..., Client],
         since: dict, reason: str) -> None:
-    srv = make_server(history_size=2)
+    srv = make_face(history_size=2)
     epoch = srv.publish("ch", 0).epoch
     for n in range(1, 5):
         srv.publish("ch", n)
@@ -72,19 +76,19 @@ def test_unrecoverable_positions_replay_nothing_and_say_why(
     assert c.stats()["recovery_failures"] == 1
 
 
-def test_a_bad_since_is_refused_before_anything_is_sent(make_server: Callable[..., Server],
+def test_a_bad_since_is_refused_before_anything_is_sent(make_face: Callable[..., Face],
                                                         make_client: Callable[..., Client]) -> None:
-    c = make_client(make_server().url)
+    c = make_client(make_face().url)
     for since in ({"offset": -1, "epoch": "e"}, {"epoch": "e"}, "3", {"offset": 1.5, "epoch": "e"}):
         with pytest.raises(ValueError):
             c.subscribe("ch", since=since)  # type: ignore[arg-type]
     assert c.subscriptions() == []
 
 
-def test_a_repeated_publish_id_is_delivered_once(make_server: Callable[..., Server],
+def test_a_repeated_publish_id_is_delivered_once(make_face: Callable[..., Face],
                                                  raw_ws: Callable[..., RawWS],
                                                  make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     watcher = make_client(srv.url)
     got = Recorder()
     watcher.subscribe("ch", got)
@@ -101,8 +105,8 @@ def test_a_repeated_publish_id_is_delivered_once(make_server: Callable[..., Serv
     assert srv.stats()["history_messages"] == 2
 
 
-def test_history_settings_and_size_are_visible(make_server: Callable[..., Server]) -> None:
-    srv = make_server(history_size=3, history_ttl_s=60, publish_dedup_s=120)
+def test_history_settings_and_size_are_visible(make_face: Callable[..., Face]) -> None:
+    srv = make_face(history_size=3, history_ttl_s=60, publish_dedup_s=120)
     for n in range(5):
         srv.publish("ch", n)
     stats = srv.stats()
@@ -115,8 +119,8 @@ def test_history_settings_and_size_are_visible(make_server: Callable[..., Server
 
 
 def test_publishes_from_many_threads_of_one_client_each_land_once(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     c = make_client(srv.url)
     got = Recorder()
     c.subscribe("ch", got)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import pytest
 
@@ -15,7 +15,11 @@ from sente_lite import Client, Server
 from sente_lite.wire import protocol as p
 from sente_lite.brokers.publish_ids import PublishIds
 from sente_lite.testing.redis_server import RedisServer, redis_server_path
-from support import WAIT_S, Recorder, wait_until
+from support import WAIT_S, AsgiFace, Recorder, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -180,7 +184,7 @@ def test_python_client_ids_cannot_be_guessed_from_its_client_id(
     assert delivered(srv, make_client, "room", rec, 6)[3:] == [0, 1, 2]
 
 
-def test_the_window_forgets_ids(make_server: Callable[..., Server]) -> None:
+def test_the_window_forgets_ids(make_face: Callable[..., Face]) -> None:
     now = [0.0]
     ids = PublishIds(5.0, 10, 10, clock=lambda: now[0])
     ids.remember("u", "ch", "e1", "k", 1, 0)
@@ -229,9 +233,9 @@ def test_held_bytes_is_what_the_ids_allocate_and_falls_as_they_go() -> None:
         tracemalloc.stop()
 
 
-def test_stats_report_the_bytes_of_the_ids_held(make_server: Callable[..., Server],
+def test_stats_report_the_bytes_of_the_ids_held(make_face: Callable[..., Face],
                                                 make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     empty = srv.stats()["publish_ids_bytes"]
     c = make_client(srv.url)
     for n in range(50):

@@ -465,3 +465,65 @@ def test_jwt_token_in_the_subprotocol_offer_refreshed_and_expired_refused(make_s
       return c.waitConnected(%d).then(() => null, e => [e.name, e.status, e.message]);
     }""" % PAGE_WAIT_MS, mint("pia", -5, key))
     assert err[0] == "ConnectRefused" and err[1] == 401 and "token expired" in err[2]
+
+
+#: A host application of the kind the ASGI face is for: Starlette with a page of its own and
+#: sente_lite's App mounted at /rt (run by uvicorn in a process of its own).
+HOST_APP = '''
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse
+from starlette.routing import Mount, Route
+
+from sente_lite import App
+
+rt = App()
+
+
+@rt.on("app/echo")
+async def echo(conn, data):
+    return {"echo": data}
+
+
+@rt.on("app/announce")
+async def announce(conn, data):
+    await rt.publish("news", {"text": data})
+    return "published"
+
+
+async def home(request):
+    return HTMLResponse("<!doctype html><title>host application</title><p>home</p>")
+
+
+app = Starlette(routes=[Route("/", home), Mount("/rt", rt)], lifespan=rt.lifespan)
+'''
+
+
+def test_page_against_the_app_mounted_in_starlette_under_uvicorn(browser: Any, tmp_path: Path) -> None:
+    """The page of a Starlette application, with sente_lite.js served by the App mounted at
+    /rt, connects to ws://host/rt/chsk: a request and its reply, then a channel message
+    published by a handler."""
+    pytest.importorskip("starlette", reason="starlette (the [test] extra) is not installed")
+    from support import uvicorn_process
+
+    (tmp_path / "hostapp.py").write_text(HOST_APP)
+    with uvicorn_process("hostapp:app", tmp_path) as base:
+        ctx = browser.new_context()
+        try:
+            page = ctx.new_page()
+            page.set_default_timeout(PAGE_WAIT_MS)
+            page.goto(f"{base}/")
+            assert page.title() == "host application"
+            page.add_script_tag(url=f"{base}/rt{static.script_url()}")
+            page.wait_for_function("!!window.SenteLite")
+            page.evaluate("window.WS_URL = %s" % json.dumps(base.replace("http://", "ws://") + "/rt/chsk"))
+            assert page.evaluate(CONNECT) is True
+            assert page.evaluate("c.request('app/echo', {x: 1})") == {"echo": {"x": 1}}
+            page.evaluate("() => { window.got = []; return c.subscribe('news', m => got.push(m)); }")
+            assert page.evaluate("c.request('app/announce', 'hello from the host')") == "published"
+            page.wait_for_function("got.length === 1")
+            msg = page.evaluate("got[0]")
+            assert msg["data"] == {"text": "hello from the host"} and msg["offset"] == 1
+            assert msg["from"] is None  # published by the server
+            assert page.evaluate("c.stats().badFramesFromServer") == 0
+        finally:
+            ctx.close()

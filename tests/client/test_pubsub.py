@@ -4,17 +4,21 @@ publish acks, per-channel offsets in order under concurrent publishers, unsubscr
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Union
 
 import pytest
 
 from sente_lite import ChannelMessage, Client, Server
-from support import RawWS, Recorder, wait_until
+from support import AsgiFace, RawWS, Recorder, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 
-def test_subscribe_reply_carries_top_offset_and_epoch(make_server: Callable[..., Server],
+def test_subscribe_reply_carries_top_offset_and_epoch(make_face: Callable[..., Face],
                                                       make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     first = srv.publish("news", "a")
     srv.publish("news", "b")
     srv.publish("news", "c")
@@ -27,9 +31,9 @@ def test_subscribe_reply_carries_top_offset_and_epoch(make_server: Callable[...,
     assert c.subscriptions() == ["news", "other"]
 
 
-def test_subscribe_as_plain_event_gets_notification(make_server: Callable[..., Server],
+def test_subscribe_as_plain_event_gets_notification(make_face: Callable[..., Face],
                                                     raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send_frame("sente-lite/subscribe", {"channel-id": "n"})
     event, body = r.recv()
@@ -50,9 +54,9 @@ def test_subscribe_as_plain_event_gets_notification(make_server: Callable[..., S
     assert r.request("chsk/ws-ping", None, "p") == ["chsk/reply", None, "p"]
 
 
-def test_delivery_to_subscribers_only(make_server: Callable[..., Server],
+def test_delivery_to_subscribers_only(make_face: Callable[..., Face],
                                       make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     a, b, outsider = (make_client(srv.url) for _ in range(3))
     got_a, got_b = Recorder(), Recorder()
     a.subscribe("room", got_a)
@@ -74,9 +78,9 @@ def test_delivery_to_subscribers_only(make_server: Callable[..., Server],
     assert outsider.stats().get("unsubscribed_channel_msgs", 0) == 0
 
 
-def test_server_publish_has_null_from(make_server: Callable[..., Server],
+def test_server_publish_has_null_from(make_face: Callable[..., Face],
                                       make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     got = Recorder()
     c.subscribe("sys", got)
@@ -86,8 +90,8 @@ def test_server_publish_has_null_from(make_server: Callable[..., Server],
     assert (msg.data, msg.from_uid, msg.offset, msg.epoch) == ([1, 2], None, 1, result.epoch)
 
 
-def test_exclude_sender(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+def test_exclude_sender(make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     pub, sub = make_client(srv.url), make_client(srv.url)
     got_pub, got_sub = Recorder(), Recorder()
     pub.subscribe("chat", got_pub)
@@ -101,9 +105,9 @@ def test_exclude_sender(make_server: Callable[..., Server], make_client: Callabl
     assert len(got_pub) == 1
 
 
-def test_publish_without_subscribers(make_server: Callable[..., Server],
+def test_publish_without_subscribers(make_face: Callable[..., Face],
                                      make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     assert c.publish("void", 1, ack=True) == {"channel-id": "void", "offset": 1, "delivered": 0}
     assert c.publish("void", 2, ack=True) == {"channel-id": "void", "offset": 2, "delivered": 0}
@@ -111,8 +115,8 @@ def test_publish_without_subscribers(make_server: Callable[..., Server],
     assert srv.stats()["deliveries"] == 0
 
 
-def test_unsubscribe(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+def test_unsubscribe(make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     a, b = make_client(srv.url), make_client(srv.url)
     got_a, got_b = Recorder(), Recorder()
     a.subscribe("t", got_a)
@@ -134,8 +138,8 @@ def test_unsubscribe(make_server: Callable[..., Server], make_client: Callable[.
 
 
 def test_subscribe_twice_from_client_keeps_one_subscription(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     c = make_client(srv.url)
     h1, h2 = Recorder(), Recorder()
     r1 = c.subscribe("dup", h1)
@@ -147,9 +151,9 @@ def test_subscribe_twice_from_client_keeps_one_subscription(
     assert [m.data for m in h2.wait_count(1)] == ["x"]
 
 
-def test_disconnected_subscriber_leaves_its_channels(make_server: Callable[..., Server],
+def test_disconnected_subscriber_leaves_its_channels(make_face: Callable[..., Face],
                                                      make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, auto_reconnect=False)
     c.subscribe("a")
     c.subscribe("b")
@@ -162,8 +166,8 @@ def test_disconnected_subscriber_leaves_its_channels(make_server: Callable[..., 
 
 
 def test_concurrent_publishers_offsets_in_order_without_gaps(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     channels = ("race-1", "race-2")
     subscribers = [make_client(srv.url) for _ in range(2)]
     got: Dict[int, Dict[str, Recorder]] = {}
@@ -206,9 +210,9 @@ def test_concurrent_publishers_offsets_in_order_without_gaps(
 
 
 def test_channel_handler_error_is_counted_and_delivery_goes_on(
-        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        make_face: Callable[..., Face], make_client: Callable[..., Client],
         caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     got = Recorder()
 

@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import pytest
 
@@ -15,7 +15,11 @@ from sente_lite import (ClientClosed, Client, ConnectRefused, Connection, Discon
                         SendQueueFull, Server)
 from sente_lite.client import io as client_module
 from sente_lite.client.client import backoff_delay
-from support import WAIT_S, Recorder, free_port, sente_threads, wait_until
+from support import WAIT_S, AsgiFace, Recorder, ThreadedFace, free_port, sente_threads, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 FAST_BACKOFF = {"backoff_base": 0.02, "backoff_max": 0.1}
 
@@ -118,8 +122,8 @@ def test_outstanding_request_fails_with_disconnected_when_server_dies(
     assert c.stats()["outstanding_requests"] == 0
 
 
-def test_request_timeout(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+def test_request_timeout(make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     release = threading.Event()
     srv.on("app/slow", lambda conn, data: release.wait(WAIT_S) and "late")
     srv.on("app/echo", lambda conn, data: data)
@@ -181,9 +185,9 @@ def test_client_waits_the_backoff_and_resets_it_after_a_handshake(
     assert c.wait_connected(WAIT_S)
 
 
-def test_close_1008_stops_retrying(make_server: Callable[..., Server],
+def test_close_1008_stops_retrying(make_face: Callable[..., Face],
                                    make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, **FAST_BACKOFF)
     assert srv.disconnect(c.conn_id, 1008, "go away")  # type: ignore[arg-type]
     assert c.wait_status("closed", WAIT_S)
@@ -212,9 +216,11 @@ class PausingClient(Client):
         super()._fail_requests(exc)
 
 
-def test_waiting_for_closed_after_a_refusal_does_not_raise(make_server: Callable[..., Server],
+def test_waiting_for_closed_after_a_refusal_does_not_raise(make_face: Callable[..., Face],
                                                             no_leaked_threads: None) -> None:
-    srv = make_server()
+    srv = make_face()
+    PausingClient.paused.clear()  # the events are the class's: a test run before set them
+    PausingClient.proceed.clear()
     c = PausingClient(srv.url, **FAST_BACKOFF)
     try:
         assert c.wait_connected(WAIT_S)
@@ -231,9 +237,9 @@ def test_waiting_for_closed_after_a_refusal_does_not_raise(make_server: Callable
         c.close()
 
 
-def test_http_refusal_stops_retrying(make_server: Callable[..., Server],
+def test_http_refusal_stops_retrying(make_face: Callable[..., Face],
                                      make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(f"ws://127.0.0.1:{srv.port}/wrong-path", connect=False, **FAST_BACKOFF)
     with pytest.raises(ConnectRefused) as info:
         c.wait_connected(WAIT_S)
@@ -242,9 +248,9 @@ def test_http_refusal_stops_retrying(make_server: Callable[..., Server],
     assert c.stats().get("reconnect_attempts", 0) == 0
 
 
-def test_no_auto_reconnect_closes_on_loss(make_server: Callable[..., Server],
+def test_no_auto_reconnect_closes_on_loss(make_face: Callable[..., Face],
                                           make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, auto_reconnect=False)
     srv.disconnect(c.conn_id)  # type: ignore[arg-type]
     assert c.wait_status("closed", WAIT_S)
@@ -282,9 +288,9 @@ def test_close_stops_threads_within_one_second(make_server: Callable[..., Server
         c.send("app/x")
 
 
-def test_close_fails_outstanding_requests(make_server: Callable[..., Server],
+def test_close_fails_outstanding_requests(make_face: Callable[..., Face],
                                           make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     entered, release = threading.Event(), threading.Event()
     srv.on("app/slow", lambda conn, data: (entered.set(), release.wait(WAIT_S)))
     c = make_client(srv.url)

@@ -29,14 +29,14 @@ def upgrade_status(srv: Server, path: str = "/chsk", headers: Any = ()) -> int:
 
 
 # -- authenticate ----------------------------------------------------------------------
-def test_authenticate_sees_the_request_and_its_uid_lands_in_the_handshake(make_server, make_client):
+def test_authenticate_sees_the_request_and_its_uid_lands_in_the_handshake(make_face, make_client):
     seen: List[HandshakeRequest] = []
 
     def authenticate(req: HandshakeRequest) -> Optional[str]:
         seen.append(req)
         return {"s3cret": "alice"}.get(req.token or "")
 
-    srv = make_server(authenticate=authenticate)
+    srv = make_face(authenticate=authenticate)
     c = make_client(srv.url + "?app=demo", token="s3cret", client_id="cid-1",
                     headers={"X-Trace": "t1"})
     assert c.uid == "alice"
@@ -52,17 +52,17 @@ def test_authenticate_sees_the_request_and_its_uid_lands_in_the_handshake(make_s
     assert conn["uid"] == "alice" and conn["client-id"] == "cid-1"
 
 
-def test_authenticate_accepts_authorization_bearer(make_server, make_client):
-    srv = make_server(authenticate=lambda req: "bob" if req.token == "tok" else None)
+def test_authenticate_accepts_authorization_bearer(make_face, make_client):
+    srv = make_face(authenticate=lambda req: "bob" if req.token == "tok" else None)
     c = make_client(srv.url, headers={"Authorization": "Bearer tok"})
     assert c.uid == "bob"
     assert bearer_token("bearer  abc ") == "abc"
     assert bearer_token("Basic abc") is None and bearer_token(None) is None
 
 
-def test_missing_or_bad_credential_is_401_and_the_client_stops_for_good(make_server, make_client):
+def test_missing_or_bad_credential_is_401_and_the_client_stops_for_good(make_face, make_client):
     calls = []
-    srv = make_server(authenticate=lambda req: calls.append(req.token) or None)
+    srv = make_face(authenticate=lambda req: calls.append(req.token) or None)
     status = upgrade_status(srv)
     assert status == 401
     c = make_client(srv.url, connect=False, token="wrong", backoff_base=0.01, backoff_max=0.02)
@@ -76,16 +76,16 @@ def test_missing_or_bad_credential_is_401_and_the_client_stops_for_good(make_ser
     assert refused(srv, "unauthenticated") == 2
 
 
-def test_authenticate_hook_errors_are_500_and_counted(make_server, caplog):
+def test_authenticate_hook_errors_are_500_and_counted(make_face, caplog):
     def broken(req: HandshakeRequest) -> str:
         raise KeyError("db down")
 
-    srv = make_server(authenticate=broken)
+    srv = make_face(authenticate=broken)
     with caplog.at_level(logging.ERROR, logger="sente_lite.core.security"):
         assert upgrade_status(srv) == 500
     assert refused(srv, "auth-error") == 1
     assert any("authenticate hook raised" in r.message for r in caplog.records)
-    srv2 = make_server(authenticate=lambda req: 42)  # not a str: a bug in the hook
+    srv2 = make_face(authenticate=lambda req: 42)  # not a str: a bug in the hook
     assert upgrade_status(srv2) == 500
     assert refused(srv2, "auth-error") == 1
 
@@ -112,8 +112,8 @@ def test_token_callable_is_evaluated_at_every_reconnect_across_a_restart(make_se
 
 
 # -- user routing ------------------------------------------------------------------------
-def test_send_to_user_reaches_every_connection_of_that_uid_only(make_server, make_client):
-    srv = make_server(authenticate=lambda r: r.token.split(":")[0] if r.token else None)
+def test_send_to_user_reaches_every_connection_of_that_uid_only(make_face, make_client):
+    srv = make_face(authenticate=lambda r: r.token.split(":")[0] if r.token else None)
     got: Dict[str, Recorder] = {}
     for name in ("ann:1", "ann:2", "ann:3", "ben:1"):
         c = make_client(srv.url, token=name)
@@ -129,8 +129,8 @@ def test_send_to_user_reaches_every_connection_of_that_uid_only(make_server, mak
     assert len(got["ann:1"]) == 1
 
 
-def test_disconnect_user_closes_every_connection_of_that_uid(make_server, make_client):
-    srv = make_server(authenticate=lambda r: r.token.split(":")[0] if r.token else None)
+def test_disconnect_user_closes_every_connection_of_that_uid(make_face, make_client):
+    srv = make_face(authenticate=lambda r: r.token.split(":")[0] if r.token else None)
     anns = [make_client(srv.url, token=f"ann:{i}", backoff_base=0.01) for i in range(3)]
     ben = make_client(srv.url, token="ben:1")
     wait_until(lambda: len(srv.connections()) == 4, what="server lists 4 connections")
@@ -148,14 +148,14 @@ def test_disconnect_user_closes_every_connection_of_that_uid(make_server, make_c
 
 
 # -- authorize ---------------------------------------------------------------------------
-def test_authorize_hook_guards_subscribe_and_publish(make_server, make_client):
+def test_authorize_hook_guards_subscribe_and_publish(make_face, make_client):
     calls: List[tuple] = []
 
     def authorize(conn: Any, action: str, channel: str) -> bool:
         calls.append((conn.uid, action, channel))
         return channel.startswith(f"user.{conn.uid}.") or (action == "subscribe" and channel == "public")
 
-    srv = make_server(authenticate=lambda r: r.token, authorize=authorize)
+    srv = make_face(authenticate=lambda r: r.token, authorize=authorize)
     c = make_client(srv.url, token="ann")
     assert c.subscribe("user.ann.inbox")["channel-id"] == "user.ann.inbox"
     assert c.subscribe("public")["offset"] == 0
@@ -173,8 +173,8 @@ def test_authorize_hook_guards_subscribe_and_publish(make_server, make_client):
 
 
 # -- Origin ------------------------------------------------------------------------------
-def test_origin_default_accepts_no_origin_and_same_host_refuses_others(make_server):
-    srv = make_server()
+def test_origin_default_accepts_no_origin_and_same_host_refuses_others(make_face):
+    srv = make_face()
     assert upgrade_status(srv) == 101  # no Origin: not a browser
     assert upgrade_status(srv, headers=[("Origin", f"http://{srv.host}:{srv.port}")]) == 101
     assert upgrade_status(srv, headers=[("Origin", f"https://{srv.host}:9")]) == 101  # same host
@@ -183,8 +183,8 @@ def test_origin_default_accepts_no_origin_and_same_host_refuses_others(make_serv
     assert refused(srv, "origin") == 4
 
 
-def test_allowed_origins_list_and_explicit_star(make_server):
-    srv = make_server(allowed_origins=["https://app.example.com", "http://localhost:3000/"])
+def test_allowed_origins_list_and_explicit_star(make_face):
+    srv = make_face(allowed_origins=["https://app.example.com", "http://localhost:3000/"])
     assert upgrade_status(srv, headers=[("Origin", "https://APP.example.com")]) == 101
     assert upgrade_status(srv, headers=[("Origin", "http://localhost:3000")]) == 101
     assert upgrade_status(srv, headers=[("Origin", "https://app.example.com:8443")]) == 403
@@ -193,7 +193,7 @@ def test_allowed_origins_list_and_explicit_star(make_server):
     assert upgrade_status(srv, headers=[("Origin", f"http://{srv.host}:{srv.port + 1}")]) == 403
     assert upgrade_status(srv) == 101
     assert refused(srv, "origin") == 2
-    anywhere = make_server(allowed_origins=["*"])
+    anywhere = make_face(allowed_origins=["*"])
     assert upgrade_status(anywhere, headers=[("Origin", "https://evil.example")]) == 101
     with pytest.raises(TypeError):
         Server(allowed_origins="https://app.example.com")  # a string, not a list
@@ -210,8 +210,8 @@ def test_origin_problem_is_pure_and_precise():
 
 
 # -- CSRF --------------------------------------------------------------------------------
-def test_csrf_token_is_required_per_client_id_and_sent_in_the_handshake(make_server, make_client):
-    srv = make_server(csrf=True)
+def test_csrf_token_is_required_per_client_id_and_sent_in_the_handshake(make_face, make_client):
+    srv = make_face(csrf=True)
     assert upgrade_status(srv, "/chsk?client-id=c1") == 403  # no token
     answer = http_get(srv.host, srv.port, "/csrf-token?client-id=c1")
     assert answer.status == 200 and answer.headers["cache-control"] == "no-store"
@@ -227,7 +227,7 @@ def test_csrf_token_is_required_per_client_id_and_sent_in_the_handshake(make_ser
     assert http_get(srv.host, srv.port, "/csrf-token?client-id=c1",
                     [("Origin", "https://evil.example")]).status == 403
     assert http_get(srv.host, srv.port, "/csrf-token").status == 400
-    plain = make_server()
+    plain = make_face()
     assert http_get(plain.host, plain.port, "/csrf-token?client-id=c1").status == 404
     assert plain.csrf_token("c1") is None
 
@@ -272,14 +272,14 @@ def test_a_stale_csrf_token_stops_the_client_and_a_callable_refreshes_it(make_se
     assert refused(srv2, "csrf") >= 1
 
 
-def test_handshake_csrf_slot_is_null_when_csrf_is_off(make_server, raw_ws):
-    srv = make_server()
+def test_handshake_csrf_slot_is_null_when_csrf_is_off(make_face, raw_ws):
+    srv = make_face()
     hs = raw_ws(srv.url).handshake
     assert hs[0] == "chsk/handshake" and hs[1][1] is None
 
 
-def test_refusals_are_logged_as_structured_lines(make_server, caplog):
-    srv = make_server(authenticate=lambda r: None)
+def test_refusals_are_logged_as_structured_lines(make_face, caplog):
+    srv = make_face(authenticate=lambda r: None)
     with caplog.at_level(logging.INFO, logger="sente_lite"):
         assert upgrade_status(srv, headers=[("Origin", "https://evil.example")]) == 403
         assert upgrade_status(srv) == 401

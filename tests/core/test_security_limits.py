@@ -35,8 +35,8 @@ def opened(srv: Server) -> RawPeer:
 
 
 # -- connections and upgrades ------------------------------------------------------------
-def test_max_connections_is_503_at_upgrade_and_frees_on_close(make_server, make_client):
-    srv = make_server(max_connections=2)
+def test_max_connections_is_503_at_upgrade_and_frees_on_close(make_face, make_client):
+    srv = make_face(max_connections=2)
     a, b = opened(srv), opened(srv)
     try:
         with RawPeer(srv.host, srv.port) as third:
@@ -219,8 +219,8 @@ def test_malformed_upgrades_are_refused_and_counted(make_server):
 
 
 # -- frames -------------------------------------------------------------------------------
-def test_max_message_bytes_closes_1009_and_counts(make_server):
-    srv = make_server(max_message_bytes=1000)
+def test_max_message_bytes_closes_1009_and_counts(make_face):
+    srv = make_face(max_message_bytes=1000)
     with opened(srv) as peer:
         peer.send_text(json.dumps(["app/big", "x" * 2000]))
         assert peer.read_until_close()[0] == 1009
@@ -238,8 +238,8 @@ def test_bad_utf8_and_protocol_violations_are_closed_and_counted(make_server):
     wait_until(lambda: srv.stats().get("protocol_error_closes") == 2, what="protocol closes counted")
 
 
-def test_max_channel_id_chars_is_invalid_channel(make_server, make_client):
-    srv = make_server(max_channel_id_chars=10)
+def test_max_channel_id_chars_is_invalid_channel(make_face, make_client):
+    srv = make_face(max_channel_id_chars=10)
     c = make_client(srv.url)
     with pytest.raises(RemoteError) as info:
         c.subscribe("x" * 11)
@@ -247,10 +247,10 @@ def test_max_channel_id_chars_is_invalid_channel(make_server, make_client):
     assert srv.stats()["invalid_channel"] == 1
 
 
-def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_server, make_client):
+def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_face, make_client):
     # one token per 100 s: however slowly the server reads, only the burst of 5 passes
     # (no pings during the test: the good client spends its burst on its one request)
-    srv = make_server(rate_limit=0.01, rate_burst=5, max_rate_limited=10, heartbeat_ms=600_000)
+    srv = make_face(rate_limit=0.01, rate_burst=5, max_rate_limited=10, heartbeat_ms=600_000)
     good = make_client(srv.url)
     with opened(srv) as peer:
         for i in range(8):
@@ -270,8 +270,8 @@ def test_inbound_rate_limit_answers_rate_limited_then_closes_1008(make_server, m
     assert good.request("sente-lite/subscribe", {"channel-id": "ok"})["offset"] == 0  # others unaffected
 
 
-def test_rate_limit_none_turns_the_limit_off(make_server):
-    srv = make_server(rate_limit=None)
+def test_rate_limit_none_turns_the_limit_off(make_face):
+    srv = make_face(rate_limit=None)
     with opened(srv) as peer:
         for i in range(300):
             peer.send_text(json.dumps(["chsk/ws-ping", None, f"r{i}"]))
@@ -303,8 +303,8 @@ def test_max_outstanding_requests_bounds_server_to_client_requests(make_server, 
     assert srv.request(conn["conn-id"], "app/slow", 4) == 4  # room again
 
 
-def test_bad_frames_in_a_row_close_1008_counted_once(make_server):
-    srv = make_server(max_bad_frames_in_row=5)
+def test_bad_frames_in_a_row_close_1008_counted_once(make_face):
+    srv = make_face(max_bad_frames_in_row=5)
     with opened(srv) as peer:
         for _ in range(20):
             peer.send_text("not json")

@@ -25,9 +25,9 @@ def scrape(srv) -> Dict[str, float]:
     return samples
 
 
-def test_metrics_endpoint_exports_the_servers_counters(make_server, make_client):
+def test_metrics_endpoint_exports_the_servers_counters(make_face, make_client):
     pytest.importorskip("prometheus_client")
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     c.subscribe("news")
     for i in range(3):
@@ -57,9 +57,9 @@ def test_metrics_endpoint_exports_the_servers_counters(make_server, make_client)
     assert m["sente_lite_connections"] == 0
 
 
-def test_two_servers_in_one_process_keep_their_own_metrics(make_server, make_client):
+def test_two_servers_in_one_process_keep_their_own_metrics(make_face, make_client):
     pytest.importorskip("prometheus_client")
-    a, b = make_server(), make_server()
+    a, b = make_face(), make_face()
     make_client(a.url)
     make_client(a.url)
     make_client(b.url)
@@ -70,11 +70,11 @@ def test_two_servers_in_one_process_keep_their_own_metrics(make_server, make_cli
     assert scrape(a)["sente_lite_connections"] == 2  # scraping twice registers nothing twice
 
 
-def test_metrics_answer_501_naming_the_extra_when_prometheus_client_is_absent(make_server, monkeypatch):
+def test_metrics_answer_501_naming_the_extra_when_prometheus_client_is_absent(make_face, monkeypatch):
     for name in [m for m in sys.modules if m == "prometheus_client" or m.startswith("prometheus_client.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import now raises ImportError
-    srv = make_server()
+    srv = make_face()
     answer = http_get(srv.host, srv.port, "/metrics")
     assert answer.status == 501
     assert b"pip install sente-lite[metrics]" in answer.body
@@ -82,8 +82,8 @@ def test_metrics_answer_501_naming_the_extra_when_prometheus_client_is_absent(ma
     assert http_get(srv.host, srv.port, "/health").status == 200  # the rest serves on
 
 
-def test_metrics_can_be_turned_off(make_server):
-    srv = make_server(expose_metrics=False)
+def test_metrics_can_be_turned_off(make_face):
+    srv = make_face(expose_metrics=False)
     assert http_get(srv.host, srv.port, "/metrics").status == 404
 
 

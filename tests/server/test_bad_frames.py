@@ -4,12 +4,16 @@ stays open; too many in a row close with 1008; oversize frames close with 1009."
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Union
 
 import pytest
 
 from sente_lite import MessageTooLarge, Server
-from support import RawWS, wait_until
+from support import AsgiFace, RawWS, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 BAD_TEXT_FRAMES = [
     "not json",
@@ -32,9 +36,9 @@ def assert_open(r: RawWS, cb_id: str = "alive") -> None:
 
 
 @pytest.mark.parametrize("text", BAD_TEXT_FRAMES, ids=range(len(BAD_TEXT_FRAMES)))
-def test_bad_frame_is_answered_and_connection_stays_open(make_server: Callable[..., Server],
+def test_bad_frame_is_answered_and_connection_stays_open(make_face: Callable[..., Face],
                                                          raw_ws: Callable[..., RawWS], text: str) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send(text)
     event, body = r.recv()
@@ -45,9 +49,9 @@ def test_bad_frame_is_answered_and_connection_stays_open(make_server: Callable[.
     assert srv.stats()["bad_frames"] == 1
 
 
-def test_bad_frame_with_usable_cb_id_is_a_reply(make_server: Callable[..., Server],
+def test_bad_frame_with_usable_cb_id_is_a_reply(make_face: Callable[..., Face],
                                                 raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send('["not an event", {"x": 1}, "cb-9"]')
     frame = r.recv()
@@ -56,9 +60,9 @@ def test_bad_frame_with_usable_cb_id_is_a_reply(make_server: Callable[..., Serve
     assert_open(r)
 
 
-def test_lone_surrogate_publish_does_not_reach_subscribers(make_server: Callable[..., Server],
+def test_lone_surrogate_publish_does_not_reach_subscribers(make_face: Callable[..., Face],
                                                            raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     sub, pub = raw_ws(srv.url), raw_ws(srv.url)
     assert sub.request("sente-lite/subscribe", {"channel-id": "c"}, "s1")[0] == "chsk/reply"
     pub.send('["sente-lite/publish", {"channel-id": "c", "data": "\\udfff"}, "p1"]')
@@ -70,9 +74,9 @@ def test_lone_surrogate_publish_does_not_reach_subscribers(make_server: Callable
     assert (msg[1]["data"], msg[1]["offset"]) == ("\U0001F600", 1)
 
 
-def test_binary_frame_is_a_bad_frame(make_server: Callable[..., Server],
+def test_binary_frame_is_a_bad_frame(make_face: Callable[..., Face],
                                      raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send_binary(json.dumps(["chsk/ws-ping", None, "b1"]).encode())
     event, body = r.recv()
@@ -81,9 +85,9 @@ def test_binary_frame_is_a_bad_frame(make_server: Callable[..., Server],
     assert_open(r)
 
 
-def test_oversize_frame_closes_with_1009(make_server: Callable[..., Server],
+def test_oversize_frame_closes_with_1009(make_face: Callable[..., Face],
                                          raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server(max_message_bytes=1024)
+    srv = make_face(max_message_bytes=1024)
     r = raw_ws(srv.url)
     ok = json.dumps(["chsk/ws-ping", "x" * 900, "fits"])
     assert len(ok) <= 1024
@@ -96,9 +100,9 @@ def test_oversize_frame_closes_with_1009(make_server: Callable[..., Server],
     assert srv.stats()["connections"] == 0
 
 
-def test_oversize_frame_from_client_surfaces(make_server: Callable[..., Server],
+def test_oversize_frame_from_client_surfaces(make_face: Callable[..., Face],
                                              make_client: Callable[..., object]) -> None:
-    srv = make_server(max_message_bytes=1024)
+    srv = make_face(max_message_bytes=1024)
     c = make_client(srv.url, auto_reconnect=False)
     with pytest.raises(MessageTooLarge):  # refused before sending: the limit is known
         c.send("app/big", "x" * 2000)  # type: ignore[attr-defined]

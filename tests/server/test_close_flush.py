@@ -4,14 +4,18 @@ the rate-limited answers of a flood reach the peer, then the 1008."""
 from __future__ import annotations
 
 import socket
-from typing import Callable, List
+from typing import Callable, List, Union
 
 import pytest
 
 from sente_lite import Server
 from sente_lite.wire import protocol as p
 from rawpeers import PackedPeer, packers_available
-from support import WAIT_S, wait_until
+from support import WAIT_S, AsgiFace, FaceMaker, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 RATE = {"rate_limit": 5, "rate_burst": 5, "max_rate_limited": 30, "heartbeat_ms": 600_000}
 FLOOD = 200
@@ -32,8 +36,8 @@ def flood(peer: PackedPeer, requests: bool, batch: int) -> List[str]:
 @pytest.mark.parametrize("requests", [True, False], ids=["requests", "events"])
 @pytest.mark.parametrize("batch", [1, 7], ids=["alone", "batched"])
 def test_rate_limited_answers_reach_the_peer_before_the_close(
-        make_server: Callable[..., Server], packer: str, requests: bool, batch: int) -> None:
-    srv = make_server(**RATE)
+        make_face: Callable[..., Face], packer: str, requests: bool, batch: int) -> None:
+    srv = make_face(**RATE)
     with PackedPeer(srv, packer) as peer:
         cb_ids = flood(peer, requests, batch)
         code, frames = peer.read_until_close(WAIT_S)
@@ -55,10 +59,10 @@ def test_rate_limited_answers_reach_the_peer_before_the_close(
 
 @pytest.mark.parametrize("packer", packers_available())
 def test_frames_queued_before_a_bad_frame_close_arrive_before_it(
-        make_server: Callable[..., Server], packer: str) -> None:
+        make_face: Callable[..., Face], packer: str) -> None:
     """The same for the close after too many bad frames in a row: every bad-frame
     answer comes before the 1008."""
-    srv = make_server(max_bad_frames_in_row=20, heartbeat_ms=600_000)
+    srv = make_face(max_bad_frames_in_row=20, heartbeat_ms=600_000)
     with PackedPeer(srv, packer) as peer:
         bad = b"\x01\x02" if packer == "msgpack" else b"not json"
         peer.send_payloads([bad] * 40)
@@ -69,10 +73,11 @@ def test_frames_queued_before_a_bad_frame_close_arrive_before_it(
 
 @pytest.mark.parametrize("packer", packers_available())
 def test_frames_gathered_for_a_backed_up_batching_peer_precede_the_close(
-        make_server: Callable[..., Server], packer: str) -> None:
+        make_face: FaceMaker, packer: str) -> None:
+    make_face.skip_on("asgi", "it sends no chsk/batch to a backed-up peer (docs/asgi.md)")
     """A peer that asked for batch=1 and reads slowly gets what was sent before
     srv.disconnect(), batched or not, then the close."""
-    srv = make_server(heartbeat_ms=600_000, max_queued_bytes_per_conn=64 << 20)
+    srv = make_face(heartbeat_ms=600_000, max_queued_bytes_per_conn=64 << 20)
     count = 1000
     with PackedPeer(srv, packer, query="batch=1") as peer:
         peer.peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Union
 
 import pytest
 import websocket
@@ -15,7 +15,11 @@ from websockets.sync.server import ServerConnection, serve
 
 from sente_lite import Client, Server
 from sente_lite.client.client import DEAD_SERVER_SLACK_S
-from support import NO_PINGS, WAIT_S, RawWS, close_code_of, wait_until
+from support import NO_PINGS, WAIT_S, AsgiFace, RawWS, ThreadedFace, close_code_of, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 HEARTBEAT_MS = 200
 #: Silence timeout of the tests that race it: far above any scheduling stall of a loaded
@@ -35,9 +39,9 @@ def test_heartbeat_timeout_defaults_to_three_heartbeats() -> None:
         == TIMEOUT_MS
 
 
-def test_client_answers_server_pings(make_server: Callable[..., Server],
+def test_client_answers_server_pings(make_face: Callable[..., Face],
                                      make_client: Callable[..., Client]) -> None:
-    srv = make_server(heartbeat_ms=HEARTBEAT_MS, heartbeat_timeout_ms=LENIENT_TIMEOUT_MS)
+    srv = make_face(heartbeat_ms=HEARTBEAT_MS, heartbeat_timeout_ms=LENIENT_TIMEOUT_MS)
     c = make_client(srv.url)
     # The client sends nothing by itself: every inbound frame on the server is a pong.
     wait_until(lambda: [x for x in srv.connections() if x["frames-in"] >= 4], what="4 pongs")
@@ -46,9 +50,9 @@ def test_client_answers_server_pings(make_server: Callable[..., Server],
     assert srv.stats().get("heartbeat_timeouts", 0) == 0
 
 
-def test_server_answers_client_ping(make_server: Callable[..., Server],
+def test_server_answers_client_ping(make_face: Callable[..., Face],
                                     raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send_frame("chsk/ws-ping")
     assert r.recv() == ["chsk/ws-pong"]
@@ -56,9 +60,9 @@ def test_server_answers_client_ping(make_server: Callable[..., Server],
 
 
 def test_silent_peer_is_closed_with_4000_and_leaves_every_channel(
-        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        make_face: Callable[..., Face], make_client: Callable[..., Client],
         raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server(heartbeat_ms=HEARTBEAT_MS, heartbeat_timeout_ms=TIMEOUT_MS)
+    srv = make_face(heartbeat_ms=HEARTBEAT_MS, heartbeat_timeout_ms=TIMEOUT_MS)
     healthy = make_client(srv.url)
     healthy.subscribe("hb-a")
     r = raw_ws(srv.url)

@@ -9,13 +9,17 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Union
 
 import pytest
 import websocket  # websocket-client
 
 from sente_lite import Client, Server, discovery
-from support import TESTS, THREAD_PREFIX, WAIT_S, RawWS, sente_threads, wait_until
+from support import TESTS, THREAD_PREFIX, WAIT_S, AsgiFace, RawWS, ThreadedFace, sente_threads, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 SERVER_THREAD_PREFIXES = ("sente-lite-net", "sente-lite-worker")
 
@@ -54,8 +58,8 @@ def test_port_file_written_once_listening_and_removed_on_stop(
     assert list(tmp_path.iterdir()) == []  # port file and its lock are gone
 
 
-def test_health_and_404(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+def test_health_and_404(make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     c = make_client(srv.url)
     c.subscribe("h")
     status, ctype, body = http_get(srv.port, "/health")
@@ -73,8 +77,8 @@ def test_health_and_404(make_server: Callable[..., Server], make_client: Callabl
         assert path in body
 
 
-def test_upgrade_on_another_path_is_404(make_server: Callable[..., Server]) -> None:
-    srv = make_server(path="/custom")
+def test_upgrade_on_another_path_is_404(make_face: Callable[..., Face]) -> None:
+    srv = make_face(path="/custom")
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         websocket.create_connection(f"ws://127.0.0.1:{srv.port}/chsk", timeout=WAIT_S)
     assert info.value.status_code == 404

@@ -6,22 +6,26 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Callable, Iterator, List
+from typing import Any, Callable, Iterator, List, Union
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import ServerConnection, serve
 
 from sente_lite import Client, Disconnected, EncodeError, RemoteError, Server
-from support import NO_PINGS, WAIT_S, Recorder, free_port, wait_until
+from support import NO_PINGS, WAIT_S, AsgiFace, Recorder, ThreadedFace, free_port, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 FAST_BACKOFF = {"backoff_base": 0.02, "backoff_max": 0.1}
 
 
-def test_slow_client_handler_never_costs_the_heartbeat(make_server: Callable[..., Server],
+def test_slow_client_handler_never_costs_the_heartbeat(make_face: Callable[..., Face],
                                                        make_client: Callable[..., Client]) -> None:
     # pings every 0.2 s; a timeout no scheduling stall reaches: the pongs are what is counted
-    srv = make_server(heartbeat_ms=200, heartbeat_timeout_ms=30_000)
+    srv = make_face(heartbeat_ms=200, heartbeat_timeout_ms=30_000)
     c = make_client(srv.url)
     entered, release = threading.Event(), threading.Event()
     c.on("app/block", lambda data: (entered.set(), release.wait(WAIT_S)))
@@ -38,9 +42,9 @@ def test_slow_client_handler_never_costs_the_heartbeat(make_server: Callable[...
     assert srv.stats().get("heartbeat_timeouts", 0) == 0
 
 
-def test_slow_server_handler_delays_only_its_connection(make_server: Callable[..., Server],
+def test_slow_server_handler_delays_only_its_connection(make_face: Callable[..., Face],
                                                         make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     entered, release = threading.Event(), threading.Event()
     srv.on("app/block", lambda conn, data: (entered.set(), release.wait(WAIT_S)))
     srv.on("app/echo", lambda conn, data: data)
@@ -58,19 +62,19 @@ def test_slow_server_handler_delays_only_its_connection(make_server: Callable[..
     assert a.request("app/echo", "a again") == "a again"
 
 
-def test_client_handler_may_make_requests(make_server: Callable[..., Server],
+def test_client_handler_may_make_requests(make_face: Callable[..., Face],
                                           make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     srv.on("app/echo", lambda conn, data: data)
     c = make_client(srv.url)
     c.on("app/ask", lambda data: c.request("app/echo", data + 1, timeout=WAIT_S))
     assert srv.request(c.conn_id, "app/ask", 41, timeout=WAIT_S) == 42  # type: ignore[arg-type]
 
 
-def test_handler_queue_is_bounded_and_overflow_is_counted(make_server: Callable[..., Server],
+def test_handler_queue_is_bounded_and_overflow_is_counted(make_face: Callable[..., Face],
                                                           make_client: Callable[..., Client],
                                                           caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, max_handler_queue=5)
     entered, release = threading.Event(), threading.Event()
     got = Recorder()
@@ -96,8 +100,8 @@ def test_handler_queue_is_bounded_and_overflow_is_counted(make_server: Callable[
 
 
 def test_unencodable_data_is_refused_before_it_touches_state(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     c = make_client(srv.url)
     for bad in ({1, 2}, float("nan"), "\ud800", object()):
         with pytest.raises(EncodeError):
@@ -115,9 +119,9 @@ def test_unencodable_data_is_refused_before_it_touches_state(
     assert c.connected
 
 
-def test_remembered_clients_are_bounded(make_server: Callable[..., Server],
+def test_remembered_clients_are_bounded(make_face: Callable[..., Face],
                                         make_client: Callable[..., Client]) -> None:
-    srv = make_server(max_remembered_clients=2)
+    srv = make_face(max_remembered_clients=2)
     firsts = []
     for cid in ("a", "b", "a", "c", "a", "b"):
         c = make_client(srv.url, client_id=cid)
@@ -185,9 +189,9 @@ def test_subscribe_before_connected_and_unsubscribe_while_away(
     assert [m.data for m in got.wait_count(1)] == ["hi"]
 
 
-def test_server_request_fails_when_client_goes_away(make_server: Callable[..., Server],
+def test_server_request_fails_when_client_goes_away(make_face: Callable[..., Face],
                                                     make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, auto_reconnect=False)
     conn_id = c.conn_id
     result: List[BaseException] = []
@@ -209,9 +213,9 @@ def test_server_request_fails_when_client_goes_away(make_server: Callable[..., S
     assert len(result) == 1 and isinstance(result[0], Disconnected)
 
 
-def test_big_messages_both_ways(make_server: Callable[..., Server],
+def test_big_messages_both_ways(make_face: Callable[..., Face],
                                 make_client: Callable[..., Client]) -> None:
-    srv = make_server(max_message_bytes=8 << 20)
+    srv = make_face(max_message_bytes=8 << 20)
     srv.on("app/echo", lambda conn, data: data)
     c = make_client(srv.url)
     for size in (125, 126, 65_535, 65_536, 300_000, 3_000_000):

@@ -1,24 +1,28 @@
-"""In-process server and client: handshake (PROTOCOL 3), requests, replies and errors
-(4), server -> client requests, targeted sends and broadcast."""
+"""Server and client in one process: handshake (PROTOCOL 3), requests, replies and errors
+(4), server -> client requests, targeted sends and broadcast; on both server faces."""
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import pytest
 import websocket  # websocket-client
 
-from sente_lite import Client, Connection, Disconnected, RemoteError, RequestTimeout, Server
-from support import WAIT_S, RawWS, Recorder, wait_until
+from sente_lite import Client, Connection, Disconnected, RemoteError, RequestTimeout
+from support import WAIT_S, AsgiFace, RawWS, Recorder, ThreadedFace, wait_until
+
+#: Every test here runs on both faces (the ``make_face`` fixture): the threaded Server and
+#: the ASGI App under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 # -- handshake (section 3) -------------------------------------------------------
 
 
-def test_handshake_shape_and_first_flag(make_server: Callable[..., Server],
+def test_handshake_shape_and_first_flag(make_face: Callable[..., Face],
                                         raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server(heartbeat_ms=4000, max_message_bytes=12345)
+    srv = make_face(heartbeat_ms=4000, max_message_bytes=12345)
     a = raw_ws(srv.url + "?client-id=abc")
     event, payload = a.handshake  # type: ignore[misc]
     assert event == "chsk/handshake"
@@ -42,9 +46,9 @@ def test_handshake_shape_and_first_flag(make_server: Callable[..., Server],
     assert other.handshake[1][3] is True  # type: ignore[index]
 
 
-def test_server_makes_a_client_id_when_none_is_given(make_server: Callable[..., Server],
+def test_server_makes_a_client_id_when_none_is_given(make_face: Callable[..., Face],
                                                      raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     a, b = raw_ws(srv.url), raw_ws(srv.url)
     ids = [r.handshake[1][2]["client-id"] for r in (a, b)]  # type: ignore[index]
     assert all(ids) and ids[0] != ids[1]
@@ -52,16 +56,16 @@ def test_server_makes_a_client_id_when_none_is_given(make_server: Callable[..., 
     assert all(r.handshake[1][3] is True for r in (a, b))  # type: ignore[index]
 
 
-def test_bad_client_id_is_refused_with_400(make_server: Callable[..., Server]) -> None:
-    srv = make_server()
+def test_bad_client_id_is_refused_with_400(make_face: Callable[..., Face]) -> None:
+    srv = make_face()
     with pytest.raises(websocket.WebSocketBadStatusException) as info:
         websocket.create_connection(srv.url + "?client-id=" + "x" * 200, timeout=WAIT_S)
     assert info.value.status_code == 400
 
 
-def test_client_first_then_not_first_on_reconnect(make_server: Callable[..., Server],
+def test_client_first_then_not_first_on_reconnect(make_face: Callable[..., Face],
                                                   make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url, backoff_base=0.01, backoff_max=0.05)
     assert c.first is True
     assert c.uid == c.client_id
@@ -77,9 +81,9 @@ def test_client_first_then_not_first_on_reconnect(make_server: Callable[..., Ser
     assert c.uid == c.client_id
 
 
-def test_a_peer_holding_its_handshake_is_already_reachable(make_server: Callable[..., Server],
+def test_a_peer_holding_its_handshake_is_already_reachable(make_face: Callable[..., Face],
                                                            raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     for i in range(40):
         r = raw_ws(srv.url + f"?client-id=k{i}")
         conn_id = r.handshake[1][2]["conn-id"]  # type: ignore[index]
@@ -89,9 +93,9 @@ def test_a_peer_holding_its_handshake_is_already_reachable(make_server: Callable
         r.close()
 
 
-def test_conn_ids_are_unique(make_server: Callable[..., Server], make_client: Callable[..., Client],
+def test_conn_ids_are_unique(make_face: Callable[..., Face], make_client: Callable[..., Client],
                              raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     seen = [raw_ws(srv.url + "?client-id=same").handshake[1][2]["conn-id"]  # type: ignore[index]
             for _ in range(10)]
     c = make_client(srv.url, backoff_base=0.01, backoff_max=0.05)
@@ -106,8 +110,8 @@ def test_conn_ids_are_unique(make_server: Callable[..., Server], make_client: Ca
 # -- requests, replies, errors (section 4) --------------------------------------------
 
 
-def test_request_reply(make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+def test_request_reply(make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     seen: List[Connection] = []
 
     @srv.on("app/echo")
@@ -123,9 +127,9 @@ def test_request_reply(make_server: Callable[..., Server], make_client: Callable
     assert [r["got"] for r in replies] == list(range(50))
 
 
-def test_plain_events_reach_the_handler_in_order(make_server: Callable[..., Server],
+def test_plain_events_reach_the_handler_in_order(make_face: Callable[..., Face],
                                                  make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     got = Recorder()
     srv.on("app/note", lambda conn, data: got(data))
     c = make_client(srv.url)
@@ -135,9 +139,9 @@ def test_plain_events_reach_the_handler_in_order(make_server: Callable[..., Serv
 
 
 def test_handler_error_is_reported_logged_and_server_keeps_serving(
-        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        make_face: Callable[..., Face], make_client: Callable[..., Client],
         caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
 
     @srv.on("app/boom")
     def boom(conn: Connection, data: Any) -> Any:
@@ -167,18 +171,18 @@ def test_handler_error_is_reported_logged_and_server_keeps_serving(
 
 
 @pytest.mark.parametrize("event", ["chsk/bogus", "sente-lite/bogus", "chsk/handshake"])
-def test_unknown_reserved_event(make_server: Callable[..., Server], make_client: Callable[..., Client],
+def test_unknown_reserved_event(make_face: Callable[..., Face], make_client: Callable[..., Client],
                                 event: str) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     with pytest.raises(RemoteError) as info:
         c.request(event, {})
     assert info.value.code == "unknown-event"
 
 
-def test_unknown_reserved_plain_event_gets_standalone_error(make_server: Callable[..., Server],
+def test_unknown_reserved_plain_event_gets_standalone_error(make_face: Callable[..., Face],
                                                              raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send_frame("sente-lite/bogus")
     event, body = r.recv()
@@ -187,9 +191,9 @@ def test_unknown_reserved_plain_event_gets_standalone_error(make_server: Callabl
     assert body["event"] == "sente-lite/bogus"
 
 
-def test_reserved_names_cannot_get_handlers(make_server: Callable[..., Server],
+def test_reserved_names_cannot_get_handlers(make_face: Callable[..., Face],
                                             make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     with pytest.raises(ValueError):
         srv.on("chsk/mine", lambda conn, data: None)
     with pytest.raises(ValueError):
@@ -204,9 +208,9 @@ def test_reserved_names_cannot_get_handlers(make_server: Callable[..., Server],
 @pytest.mark.parametrize("event", ["sente-lite/subscribe", "sente-lite/unsubscribe", "sente-lite/publish"])
 @pytest.mark.parametrize("data", [{"channel-id": ""}, {"channel-id": "x" * 257}, {"channel-id": "a\nb"},
                                   {"channel-id": 5}, {}, ["channel-id", "a"], "a", None])
-def test_invalid_channel(make_server: Callable[..., Server], make_client: Callable[..., Client],
+def test_invalid_channel(make_face: Callable[..., Face], make_client: Callable[..., Client],
                          event: str, data: Any) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     with pytest.raises(RemoteError) as info:
         c.request(event, data)
@@ -214,9 +218,9 @@ def test_invalid_channel(make_server: Callable[..., Server], make_client: Callab
     assert srv.channels.stats()["channels"] == 0
 
 
-def test_invalid_channel_plain_event_gets_standalone_error(make_server: Callable[..., Server],
+def test_invalid_channel_plain_event_gets_standalone_error(make_face: Callable[..., Face],
                                                             raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server()
+    srv = make_face()
     r = raw_ws(srv.url)
     r.send_frame("sente-lite/subscribe", {"channel-id": ""})
     event, body = r.recv()
@@ -224,9 +228,9 @@ def test_invalid_channel_plain_event_gets_standalone_error(make_server: Callable
     assert "empty" in body["message"]
 
 
-def test_client_refuses_invalid_channel_ids_locally(make_server: Callable[..., Server],
+def test_client_refuses_invalid_channel_ids_locally(make_face: Callable[..., Face],
                                                     make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     for bad in ("", "a\x00", "x" * 257):
         with pytest.raises(ValueError):
@@ -235,9 +239,9 @@ def test_client_refuses_invalid_channel_ids_locally(make_server: Callable[..., S
             c.publish(bad, 1)
 
 
-def test_server_max_channel_id_chars_setting(make_server: Callable[..., Server],
+def test_server_max_channel_id_chars_setting(make_face: Callable[..., Face],
                                              make_client: Callable[..., Client]) -> None:
-    srv = make_server(max_channel_id_chars=8)
+    srv = make_face(max_channel_id_chars=8)
     c = make_client(srv.url)
     assert c.subscribe("12345678")["channel-id"] == "12345678"  # type: ignore[index]
     with pytest.raises(RemoteError) as info:
@@ -251,9 +255,9 @@ def test_server_max_channel_id_chars_setting(make_server: Callable[..., Server],
 # -- server -> client requests ---------------------------------------------------------
 
 
-def test_server_requests_client(make_server: Callable[..., Server], make_client: Callable[..., Client],
+def test_server_requests_client(make_face: Callable[..., Face], make_client: Callable[..., Client],
                                 caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     c.on("app/double", lambda x: x * 2)
 
@@ -279,9 +283,9 @@ def test_server_requests_client(make_server: Callable[..., Server], make_client:
     assert srv.request(c.conn_id, "app/double", "ab") == "abab"  # type: ignore[arg-type]
 
 
-def test_server_request_timeout_and_unknown_conn(make_server: Callable[..., Server],
+def test_server_request_timeout_and_unknown_conn(make_face: Callable[..., Face],
                                                  make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     release = threading.Event()
     c.on("app/stall", lambda data: release.wait(WAIT_S))
@@ -295,20 +299,20 @@ def test_server_request_timeout_and_unknown_conn(make_server: Callable[..., Serv
 
 
 def test_request_from_own_handler_gets_its_reply(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
     """A handler may ask its own client: replies are read by the network thread, never
     queued behind the handler waiting for them."""
-    srv = make_server()
-    srv.on("app/ask-back", lambda conn, data: conn.request("app/x", data, timeout=WAIT_S) + 1)
+    srv = make_face()
+    srv.on("app/ask-back", lambda conn, data: srv.ask(conn, "app/x", data) + 1)
     c = make_client(srv.url)
     c.on("app/x", lambda data: data * 10)
     assert c.request("app/ask-back", 4, timeout=WAIT_S) == 41
 
 
 def test_server_requests_from_another_thread_while_handler_runs(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
     """Server handler of client A asks client B: allowed (different connection)."""
-    srv = make_server()
+    srv = make_face()
     b = make_client(srv.url)
     b.on("app/value", lambda data: "from-b")
     srv.on("app/relay", lambda conn, data: srv.request(data, "app/value", timeout=WAIT_S))
@@ -319,9 +323,9 @@ def test_server_requests_from_another_thread_while_handler_runs(
 # -- targeted sends and broadcast ---------------------------------------------------
 
 
-def test_send_to_user_and_broadcast(make_server: Callable[..., Server],
+def test_send_to_user_and_broadcast(make_face: Callable[..., Face],
                                     make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     clients = {name: make_client(srv.url, client_id=cid)
                for name, cid in (("alice1", "alice"), ("alice2", "alice"), ("bob", "bob"))}
     got = {name: Recorder() for name in clients}
@@ -342,9 +346,9 @@ def test_send_to_user_and_broadcast(make_server: Callable[..., Server],
         srv.broadcast("bad id", 1)
 
 
-def test_client_counts_unhandled_server_events(make_server: Callable[..., Server],
+def test_client_counts_unhandled_server_events(make_face: Callable[..., Face],
                                                make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+    srv = make_face()
     c = make_client(srv.url)
     marker = Recorder()
     c.on("app/marker", marker)
@@ -354,10 +358,10 @@ def test_client_counts_unhandled_server_events(make_server: Callable[..., Server
     assert c.stats()["unhandled_events"] == 1
 
 
-def test_connect_and_disconnect_hooks(make_server: Callable[..., Server],
+def test_connect_and_disconnect_hooks(make_face: Callable[..., Face],
                                       make_client: Callable[..., Client],
                                       caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
     opened, closed = Recorder(), Recorder()
     srv.on_connect(lambda conn: opened(conn.conn_id))
     srv.on_disconnect(lambda conn, code, reason: closed((conn.conn_id, code)))
@@ -378,8 +382,8 @@ def test_connect_and_disconnect_hooks(make_server: Callable[..., Server],
 
 
 def test_a_reply_that_is_not_json_is_a_handler_error_on_both_sides(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     srv.on("app/odd", lambda conn, data: object())
     c = make_client(srv.url)
     c.on("app/odd", lambda data: {1, 2})

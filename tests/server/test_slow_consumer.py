@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Callable, List
+from typing import Callable, List, Union
 
 from sente_lite import ChannelMessage, Client, Server
-from support import RawWS, Recorder, wait_until
+from support import AsgiFace, RawWS, Recorder, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 PAYLOAD = "x" * (64 * 1024)
 QUEUE_LIMIT = 512 * 1024
@@ -20,9 +24,9 @@ MAX_PUBLISH_CALL_S = 5.0
 
 
 def test_stalled_subscriber_is_closed_and_nobody_else_suffers(
-        make_server: Callable[..., Server], make_client: Callable[..., Client],
+        make_face: Callable[..., Face], make_client: Callable[..., Client],
         raw_ws: Callable[..., RawWS]) -> None:
-    srv = make_server(max_queued_bytes_per_conn=QUEUE_LIMIT, close_timeout=0.5)
+    srv = make_face(max_queued_bytes_per_conn=QUEUE_LIMIT, close_timeout=0.5)
     healthy_got = Recorder()
     healthy = make_client(srv.url)
     healthy.subscribe("firehose", healthy_got)

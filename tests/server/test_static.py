@@ -62,8 +62,8 @@ def test_every_static_file_is_package_data() -> None:
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"{rel} would be missing from a wheel"
 
 
-def test_server_serves_them_and_answers_probes(make_server) -> None:
-    srv = make_server(demo=True, allowed_origins=["http://app.example"])
+def test_server_serves_them_and_answers_probes(make_face) -> None:
+    srv = make_face(demo=True, allowed_origins=["http://app.example"])
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
         conn.request("GET", static.script_url())

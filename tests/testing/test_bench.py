@@ -117,3 +117,25 @@ def test_jwt_bench_streams_across_refreshes_and_times_them(capsys: pytest.Captur
     out = capsys.readouterr().out
     assert "lost 0, duplicates 0, reconnects 0, 4002 closes 0" in out, out
     assert "refresh round trip, idle server: p50" in out and "targets: met" in out
+
+
+@pytest.mark.parametrize("driver", ["raw", "asyncio"])  # socket.io: engine.io raw, python-socketio
+def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path, driver: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("uvicorn", reason="uvicorn (the test extra) is not installed")
+    from sente_lite.bench import asgi, sio
+    if sio.missing():
+        pytest.skip(f"{', '.join(sio.missing())} not installed: the socket.io side is left out")
+    out = tmp_path / "bench.json"
+    status = asgi.main(["-S", "2", "--same", "-R", "20", "-T", "1", "--driver", driver,
+                        "--conns-per-proc", "2", "--drain", "5", "--json", str(out)])
+    assert status == 0
+    result = json.loads(out.read_text())
+    for system in ("sente_lite", "asgi", "socketio_asgi"):
+        m = result["medians"][system]
+        assert (m["delivered"], m["lost"], m["duplicates"], m["out_of_order"]) == (80, 0, 0, 0), system
+        assert m["server_cpu_s"] >= 0 and m["server_peak_rss_mb"] > 0
+    assert set(result["socketio_ratios"]) == {"p50", "p99", "cpu_per_delivery"}
+    printed = capsys.readouterr().out
+    assert "asgi / threaded: p50 x" in printed and "asgi / socketio_asgi: p50 x" in printed
+    assert not multiprocessing.active_children()

@@ -8,7 +8,7 @@ import base64
 import http.client
 import json
 import os
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple, Union
 
 import pytest
 
@@ -19,7 +19,11 @@ from sente_lite.wire import protocol as p  # noqa: E402
 from sente_lite import session as ss  # noqa: E402
 from sente_lite.testing.pair import SessionPair  # noqa: E402
 from rawpeers import PackedPeer  # noqa: E402
-from support import WAIT_S, RawWS, Recorder  # noqa: E402
+from support import WAIT_S, AsgiFace, FaceMaker, RawWS, Recorder, ThreadedFace  # noqa: E402
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 #: Data holding bytes in every position a value can take, and the same data as received.
 SENT = {"img": b"\x00\x01\xfe\xff", "empty": b"", "list": [bytearray(b"ba"), {"mv": memoryview(b"mv")}],
@@ -70,8 +74,8 @@ def test_the_session_rules_carry_bytes(packer: str) -> None:
 
 # -- through a server: every packer to every packer ------------------------------------------
 def test_json_and_msgpack_clients_get_each_others_bytes_on_a_channel(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     cs = clients(make_client, srv)
     got = {name: Recorder() for name in PACKERS}
     for name, c in cs.items():
@@ -91,8 +95,8 @@ def test_json_and_msgpack_clients_get_each_others_bytes_on_a_channel(
 
 
 def test_requests_replies_and_server_pushes_carry_bytes_both_ways(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     srv.on("app/echo", lambda conn, data: {"echo": data, "packer": conn.packer.name, "raw": b"\x01"})
     cs = clients(make_client, srv)
     pushed = {name: Recorder() for name in PACKERS}
@@ -112,10 +116,10 @@ def test_requests_replies_and_server_pushes_carry_bytes_both_ways(
 
 # -- sizes: 1 MB, and the limit counted on the encoded frame --------------------------------------
 def test_a_1mb_binary_payload_reaches_both_packers(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
     """1 MB of random bytes, published from each packer, arrives intact on each; the JSON
     frame is 4/3 larger, so ``max_message_bytes`` is raised for it, as a user would."""
-    srv = make_server(max_message_bytes=2 << 20)
+    srv = make_face(max_message_bytes=2 << 20)
     cs = clients(make_client, srv)
     got = {name: Recorder() for name in PACKERS}
     for name, c in cs.items():
@@ -129,11 +133,11 @@ def test_a_1mb_binary_payload_reaches_both_packers(
 
 
 def test_the_limit_counts_the_encoded_frame_and_refuses_it_clearly(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
     """With the default 1 MiB limit, 1 MB of bytes fits a MessagePack frame but not a JSON
     one (base64): the JSON client refuses it before sending, naming both sizes, and keeps
     its connection; nothing is published, nothing waits in its outbox."""
-    srv = make_server()
+    srv = make_face()
     cs = clients(make_client, srv)
     got = Recorder()
     cs["json"].subscribe("big", got)
@@ -155,8 +159,8 @@ def test_the_limit_counts_the_encoded_frame_and_refuses_it_clearly(
 # -- history ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("packer", PACKERS)
 def test_history_replay_with_since_delivers_bytes(
-        packer: str, make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        packer: str, make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     first = srv.publish("hist", {"n": 0})
     publisher = make_client(srv.url, packer="msgpack" if packer == "json" else "json")
     for i in range(1, 4):
@@ -182,9 +186,10 @@ def api(srv: Server, method: str, body: Any) -> Tuple[int, Any]:
         conn.close()
 
 
-def test_api_publish_takes_the_tagged_form(make_server: Callable[..., Server],
+def test_api_publish_takes_the_tagged_form(make_face: FaceMaker,
                                            make_client: Callable[..., Client]) -> None:
-    srv = make_server(api_keys=[KEY])
+    make_face.skip_on("asgi", "the HTTP server API (api_keys) is the threaded server's")
+    srv = make_face(api_keys=[KEY])
     cs = clients(make_client, srv)
     got = {name: Recorder() for name in PACKERS}
     for name, c in cs.items():
@@ -207,8 +212,8 @@ def test_api_publish_takes_the_tagged_form(make_server: Callable[..., Server],
 # -- what is refused -----------------------------------------------------------------------------
 @pytest.mark.parametrize("packer", PACKERS)
 def test_a_dict_shaped_as_the_tagged_form_is_refused_before_sending(
-        packer: str, make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        packer: str, make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     c = make_client(srv.url, packer=packer)
     for data in ({"$bytes": "AA=="}, [{"x": {"$bytes": b"raw"}}], {"$bytes": None}):
         with pytest.raises(EncodeError, match=r"\$bytes"):
@@ -219,11 +224,11 @@ def test_a_dict_shaped_as_the_tagged_form_is_refused_before_sending(
 
 
 def test_the_server_refuses_malformed_tags_and_tag_shaped_msgpack_maps(
-        make_server: Callable[..., Server]) -> None:
+        make_face: Callable[..., Face]) -> None:
     """A JSON frame whose tagged form is not base64 is a bad-frame (to its request); so is a
     MessagePack publish holding a map of that shape (its JSON subscribers would read bytes),
     and an ext value. In a MessagePack event such a map means nothing: it stays a map."""
-    srv = make_server()
+    srv = make_face()
     seen = Recorder()
     srv.on("app/x", lambda conn, data: seen(data))
     raw = RawWS(srv.url)
@@ -248,12 +253,12 @@ def test_the_server_refuses_malformed_tags_and_tag_shaped_msgpack_maps(
     assert srv.publish("c", None).offset == 1  # no refused publish took an offset
 
 
-def test_older_clients_see_the_tagged_form(make_server: Callable[..., Server],
+def test_older_clients_see_the_tagged_form(make_face: Callable[..., Face],
                                             make_client: Callable[..., Client]) -> None:
     """A peer that did not ask for ``bytes=1``: on JSON it reads the tagged form as an
     object (the text is the same); on MessagePack a channel message's bytes arrive as that
     map too, not as bin (an older sente_lite.js refuses bin)."""
-    srv = make_server()
+    srv = make_face()
     old_json = RawWS(srv.url)
     assert old_json.handshake is not None and "bytes" not in old_json.handshake[1][2]
     assert p.FEATURE_BYTES in old_json.handshake[1][2]["features"]
@@ -273,12 +278,12 @@ def test_older_clients_see_the_tagged_form(make_server: Callable[..., Server],
 
 # -- through Redis: the channel message's JSON text crosses servers --------------------------------
 def test_bytes_cross_servers_through_redis_live_replayed_and_pushed(
-        redis_srv: Any, make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+        redis_srv: Any, make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
     """Two servers on one Redis: bytes published on one reach both packers on the other,
     live, replayed from Redis with ``since``, and in a ``send_to_user`` across servers."""
     from support import wait_until
-    a = make_server(broker=redis_srv.url)
-    b = make_server(broker=redis_srv.url)
+    a = make_face(broker=redis_srv.url)
+    b = make_face(broker=redis_srv.url)
     wait_until(lambda: a.channels.healthy and b.channels.healthy, what="both links up")
     publisher = make_client(a.url, packer="json")
     got = {name: Recorder() for name in PACKERS}

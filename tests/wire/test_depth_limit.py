@@ -105,8 +105,8 @@ def test_the_verdict_does_not_depend_on_the_thread_or_its_stack():
     assert results == [expected] * 8
 
 
-def test_a_publish_at_the_limit_is_delivered_and_read_by_subscribers(make_server, make_client):
-    srv = make_server()
+def test_a_publish_at_the_limit_is_delivered_and_read_by_subscribers(make_face, make_client):
+    srv = make_face()
     sub = make_client(srv.url)
     got: List[Any] = []
     sub.subscribe("deep", lambda msg: got.append(msg.data))
@@ -125,10 +125,10 @@ def test_a_publish_at_the_limit_is_delivered_and_read_by_subscribers(make_server
     assert got == [data, data]
 
 
-def test_frames_over_the_limit_are_bad_frame_on_every_server_thread(make_server, raw_ws):
+def test_frames_over_the_limit_are_bad_frame_on_every_server_thread(make_face, raw_ws):
     """Built-in frames may be handled on websockets' network thread, application events
     on the connection's reader thread: both refuse the same frame the same way."""
-    srv = make_server()
+    srv = make_face()
     handled: List[Any] = []
     srv.on("app/echo", lambda conn, data: handled.append(data) or "ok")
     peer = raw_ws(srv.url)
@@ -156,8 +156,8 @@ def test_frames_over_the_limit_are_bad_frame_on_every_server_thread(make_server,
     assert srv.stats()["bad_frames"] == 6
 
 
-def test_the_client_refuses_over_deep_frames_from_a_server(make_server, make_client):
-    srv = make_server()
+def test_the_client_refuses_over_deep_frames_from_a_server(make_face, make_client):
+    srv = make_face()
     c: Client = make_client(srv.url)
     got: List[Any] = []
     c.on("app/deep", lambda data: got.append(data))

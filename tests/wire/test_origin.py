@@ -38,14 +38,14 @@ def recorder() -> Tuple[List[Optional[str]], Callable[..., str]]:
     return seen, lambda req: seen.append(req.origin) or req.client_id
 
 
-def test_python_client_connects_to_a_server_listing_other_origins(make_server, make_client):
+def test_python_client_connects_to_a_server_listing_other_origins(make_face, make_client):
     seen, hook = recorder()
-    srv = make_server(allowed_origins=[APP], authenticate=hook)
+    srv = make_face(allowed_origins=[APP], authenticate=hook)
     c = make_client(srv.url)
     assert c.request("chsk/ws-ping", None, timeout=WAIT_S) is None
     assert seen == [None]  # no Origin at all: websocket-client's default one is suppressed
     assert srv.stats()["handshakes_refused"].get("origin", 0) == 0
-    other = make_server(allowed_origins=["https://a.example", "http://b.example:8080"])
+    other = make_face(allowed_origins=["https://a.example", "http://b.example:8080"])
     make_client(other.url, auto_reconnect=False)
 
 
@@ -67,8 +67,8 @@ def test_python_client_sends_the_origin_it_is_given(make_server, make_client):
             Client(srv.url, origin=bad, start=False)  # type: ignore[arg-type]
 
 
-def test_own_origin_stays_allowed_beside_the_list_and_other_origins_are_refused(make_server):
-    srv = make_server(allowed_origins=[APP, "http://localhost:3000"])
+def test_own_origin_stays_allowed_beside_the_list_and_other_origins_are_refused(make_face):
+    srv = make_face(allowed_origins=[APP, "http://localhost:3000"])
     own = f"http://127.0.0.1:{srv.port}"
     for origin in (own, own.upper().replace("HTTP://", "http://"), own.upper(), own + "/", APP,
                    "HTTPS://APP.EXAMPLE", "https://app.example:443", None):
@@ -89,8 +89,8 @@ def test_own_origin_stays_allowed_beside_the_list_and_other_origins_are_refused(
     assert srv.stats()["handshakes_refused"]["origin"] == len(refused)
 
 
-def test_own_origin_follows_the_host_header_with_or_without_port(make_server):
-    srv = make_server(allowed_origins=[APP], allowed_hosts=["site.example", "site.example."])
+def test_own_origin_follows_the_host_header_with_or_without_port(make_face):
+    srv = make_face(allowed_origins=[APP], allowed_hosts=["site.example", "site.example."])
     cases: List[Tuple[str, str, int]] = [
         ("site.example", "https://site.example", 101),         # no port: the scheme's default
         ("site.example", "http://site.example", 101),
@@ -139,8 +139,8 @@ def test_listed_origins_are_normalized_like_requests() -> None:
         normalize_origins(APP)  # type: ignore[arg-type]
 
 
-def test_csrf_token_endpoint_answers_the_servers_own_pages(make_server):
-    srv = make_server(csrf=True, allowed_origins=[APP])
+def test_csrf_token_endpoint_answers_the_servers_own_pages(make_face):
+    srv = make_face(csrf=True, allowed_origins=[APP])
     own = f"http://127.0.0.1:{srv.port}"
     for origin, status in ((own, 200), (APP, 200), ("https://evil.example", 403)):
         with RawPeer(srv.host, srv.port) as peer:

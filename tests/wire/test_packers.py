@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import pytest
 
@@ -15,7 +15,11 @@ from sente_lite.wire import protocol as p  # noqa: E402
 from sente_lite import session as ss  # noqa: E402
 from sente_lite.testing.abuse import OP_BINARY, OP_TEXT, RawPeer  # noqa: E402
 from sente_lite.testing.pair import SessionPair  # noqa: E402
-from support import Recorder, wait_until  # noqa: E402
+from support import AsgiFace, Recorder, ThreadedFace, wait_until  # noqa: E402
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 
 def test_the_session_rules_hold_over_msgpack() -> None:
@@ -65,8 +69,8 @@ def test_unknown_packer_names_are_refused() -> None:
 
 
 def test_msgpack_client_talks_to_json_clients_through_one_server(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     srv.on("app/echo", lambda conn, data: {"echo": data, "packer": conn.packer.name})
     mp_client = make_client(srv.url, packer="msgpack")
     json_client = make_client(srv.url)
@@ -94,10 +98,10 @@ def test_msgpack_client_talks_to_json_clients_through_one_server(
     assert notes.wait_count(1)[-1] == {"x": 2}
 
 
-def test_one_encode_per_publish_per_packer(make_server: Callable[..., Server],
+def test_one_encode_per_publish_per_packer(make_face: Callable[..., Face],
                                            make_client: Callable[..., Client],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    srv = make_server()
+    srv = make_face()
     calls: List[Any] = []
     real = packers.MsgpackPacker.encode_value
 
@@ -122,16 +126,16 @@ def _upgrade_status(srv: Server, query: str) -> int:
         return peer.upgrade(f"/chsk?{query}").status
 
 
-def test_the_upgrade_refuses_an_unknown_packer(make_server: Callable[..., Server]) -> None:
-    srv = make_server()
+def test_the_upgrade_refuses_an_unknown_packer(make_face: Callable[..., Face]) -> None:
+    srv = make_face()
     assert _upgrade_status(srv, "packer=cbor") == 400
     assert _upgrade_status(srv, "packer=msgpack") == 101
     assert srv.stats()["handshakes_refused"]["bad-packer"] == 1
 
 
 def test_raw_msgpack_peer_gets_binary_frames_and_a_bad_frame_for_text(
-        make_server: Callable[..., Server]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face]) -> None:
+    srv = make_face()
     with RawPeer(srv.host, srv.port) as peer:
         assert peer.upgrade("/chsk?packer=msgpack").status == 101
         opcode, payload = peer.read_frame()  # type: ignore[misc]
@@ -148,8 +152,8 @@ def test_raw_msgpack_peer_gets_binary_frames_and_a_bad_frame_for_text(
 
 
 def test_heartbeat_pings_are_binary_msgpack_on_a_msgpack_connection(
-        make_server: Callable[..., Server]) -> None:
-    srv = make_server(heartbeat_ms=100)
+        make_face: Callable[..., Face]) -> None:
+    srv = make_face(heartbeat_ms=100)
     with RawPeer(srv.host, srv.port) as peer:
         assert peer.upgrade("/chsk?packer=msgpack").status == 101
         kinds = []
@@ -198,8 +202,8 @@ def test_a_map_with_a_non_string_key_is_a_bad_frame_naming_it(kind: str, key: by
 
 
 def test_json_subscribers_never_see_a_map_with_duplicate_names(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
-    srv = make_server()
+        make_face: Callable[..., Face], make_client: Callable[..., Client]) -> None:
+    srv = make_face()
     got = Recorder()
     make_client(srv.url).subscribe("room", got)
     with RawPeer(srv.host, srv.port) as peer:

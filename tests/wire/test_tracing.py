@@ -6,7 +6,7 @@ import json
 import logging
 import subprocess
 import sys
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Union
 
 import pytest
 
@@ -14,7 +14,11 @@ from sente_lite import Client, Server
 from sente_lite import session as ss
 from sente_lite.wire import tracing
 from sente_lite.testing.pair import SessionPair
-from support import Recorder, wait_until
+from support import AsgiFace, Recorder, ThreadedFace, wait_until
+
+#: The tests taking ``make_face`` run on both faces: the threaded Server and the ASGI App
+#: under uvicorn.
+Face = Union[ThreadedFace, AsgiFace]
 
 TP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -49,10 +53,10 @@ def ss_publish(pair: SessionPair, channel: str, data: Any, tp: Any) -> Any:
     return waiter
 
 
-def test_ids_flow_and_log_over_real_sockets(make_server: Callable[..., Server],
+def test_ids_flow_and_log_over_real_sockets(make_face: Callable[..., Face],
                                             make_client: Callable[..., Client],
                                             caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server()
+    srv = make_face()
     seen: List[Any] = []
 
     @srv.on("app/work")
@@ -81,10 +85,10 @@ def test_ids_flow_and_log_over_real_sockets(make_server: Callable[..., Server],
         c.request("app/work", [1], traceparent=TP)  # a list cannot carry it
 
 
-def test_structured_refusal_lines_name_the_trace(make_server: Callable[..., Server],
+def test_structured_refusal_lines_name_the_trace(make_face: Callable[..., Face],
                                                  make_client: Callable[..., Client],
                                                  caplog: pytest.LogCaptureFixture) -> None:
-    srv = make_server(authorize=lambda conn, action, channel: channel != "secret")
+    srv = make_face(authorize=lambda conn, action, channel: channel != "secret")
     c = make_client(srv.url)
     with caplog.at_level(logging.INFO, logger="sente_lite"):
         with pytest.raises(Exception):
@@ -93,8 +97,8 @@ def test_structured_refusal_lines_name_the_trace(make_server: Callable[..., Serv
     assert f"trace={TRACE_ID}" in line
 
 
-def test_sub_and_pub_trace_on_the_command_line(make_server: Callable[..., Server]) -> None:
-    srv = make_server()
+def test_sub_and_pub_trace_on_the_command_line(make_face: Callable[..., Face]) -> None:
+    srv = make_face()
     sub = subprocess.Popen([sys.executable, "-m", "sente_lite.cli", "sub", "ch", "--url", srv.url,
                             "--trace"], stdout=subprocess.PIPE, text=True)
     try:
@@ -113,8 +117,10 @@ def test_sub_and_pub_trace_on_the_command_line(make_server: Callable[..., Server
         sub.stdout.close()  # type: ignore[union-attr]
 
 
-def test_opentelemetry_spans_are_children_of_the_traceparent(
-        make_server: Callable[..., Server], make_client: Callable[..., Client]) -> None:
+@pytest.fixture(scope="module")
+def span_exporter() -> Any:
+    """An in-memory span exporter behind the process's tracer provider, which can be set
+    only once per process (so once for every face)."""
     sdk = pytest.importorskip("opentelemetry.sdk.trace", reason="opentelemetry-sdk not installed")
     from opentelemetry import trace
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -124,7 +130,14 @@ def test_opentelemetry_spans_are_children_of_the_traceparent(
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)  # once per process; a test process has no other
-    srv = make_server(tracing=True)
+    return exporter
+
+
+def test_opentelemetry_spans_are_children_of_the_traceparent(
+        make_face: Callable[..., Face], make_client: Callable[..., Client], span_exporter: Any) -> None:
+    exporter = span_exporter
+    exporter.clear()
+    srv = make_face(tracing=True)
     srv.on("app/work", lambda conn, data: {"ok": 1})
     a, b = make_client(srv.url), make_client(srv.url)
     for cl in (a, b):
