@@ -17,7 +17,7 @@ from sente_lite import JWT, App, AsyncClient, ConnectRefused, Server  # noqa: E4
 from sente_lite.core.jwt_tokens import mint  # noqa: E402
 from sente_lite.wire import protocol as p  # noqa: E402
 
-from asgi_support import run, serving  # noqa: E402
+from support import run, serving  # noqa: E402
 from support import RawWS  # noqa: E402
 
 KEY = "asgi-test-secret-of-32-bytes-or-more"
