@@ -37,6 +37,19 @@ def settle(failed: List[Tuple[Any, BaseException]]) -> None:
         ss.resolve(waiter, None, exc)
 
 
+async def run_channel_handlers(kind: str, handlers: List[Any], msg: Any, counts: Dict[str, int]) -> None:
+    """Run each of a channel's ``handlers`` (plain or ``async``) on ``msg`` (a delivery or a
+    recovery); one that raises is logged and counted (``handler_errors``)."""
+    for fn in list(handlers):
+        try:
+            value = fn(msg)
+            if value is not None and inspect.isawaitable(value):
+                await value
+        except Exception:
+            counts["handler_errors"] += 1
+            log.exception("%s handler for %r raised", kind, msg.channel_id)
+
+
 class IoMixin:
     """Connecting and reading for an :class:`~sente_lite.aio.AsyncClient`."""
 
@@ -301,15 +314,7 @@ class IoMixin:
     async def _run_task(self, task: tuple) -> None:
         kind = task[0]
         if kind == "channel" or kind == "recovery":
-            _, handlers, msg = task
-            for fn in list(handlers):
-                try:
-                    value = fn(msg)
-                    if value is not None and inspect.isawaitable(value):
-                        await value
-                except Exception:
-                    self._counts["handler_errors"] += 1
-                    log.exception("%s handler for %r raised", kind, msg.channel_id)
+            await run_channel_handlers(kind, task[1], task[2], self._counts)
             return
         _, event, data, cb_id = task
         session = self._session
