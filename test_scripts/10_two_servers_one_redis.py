@@ -33,7 +33,7 @@ from sente_lite.errors import DiscoveryTimeout
 from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
                                 ProcessContext, ProcessResult, Report, Run, duplicates,
                                 latencies_ms, latency_summary, order_problem, run_scenario, stamp)
-from sente_lite.testing.redis_server import SKIP_REASON, RedisServer, redis_server_path
+from sente_lite.testing.redis_server import RedisServer, with_redis_server
 
 CLIENTS = 6
 HALF = CLIENTS // 2
@@ -89,16 +89,7 @@ def client(ctx: ProcessContext, urls: List[str], token: str) -> Dict[str, Any]:
 
 
 def story(run: Run, report: Report) -> None:
-    if redis_server_path() is None:
-        report.skip(SKIP_REASON)
-        return
-    redis_srv = RedisServer().start()
-    try:
-        run.record_event("redis-start", None, port=redis_srv.port, pid=redis_srv.pid)
-        report.step(f"redis-server pid {redis_srv.pid} on port {redis_srv.port}")
-        scenario(run, report, redis_srv)
-    finally:
-        redis_srv.close()
+    with_redis_server(run, report, scenario)
 
 
 def scenario(run: Run, report: Report, redis_srv: RedisServer) -> None:

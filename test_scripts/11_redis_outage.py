@@ -36,8 +36,8 @@ from sente_lite.discovery import wait_for
 from sente_lite.errors import RemoteError, RequestTimeout
 from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
                                 ProcessContext, ProcessResult, Report, Run, latencies_ms,
-                                latency_summary, run_scenario, stamp)
-from sente_lite.testing.redis_server import SKIP_REASON, RedisServer, redis_server_path
+                                covered_by_notice, latency_summary, run_scenario, stamp)
+from sente_lite.testing.redis_server import RedisServer, with_redis_server
 
 CLIENTS = 4
 HALF = CLIENTS // 2
@@ -132,15 +132,7 @@ def client(ctx: ProcessContext, urls: List[str]) -> Dict[str, Any]:
 
 
 def story(run: Run, report: Report) -> None:
-    if redis_server_path() is None:
-        report.skip(SKIP_REASON)
-        return
-    redis_srv = RedisServer().start()
-    try:
-        report.step(f"redis-server pid {redis_srv.pid} on port {redis_srv.port}")
-        scenario(run, report, redis_srv)
-    finally:
-        redis_srv.close()
+    with_redis_server(run, report, scenario)
 
 
 def _health(run: Run, servers: List[Any]) -> Dict[str, Dict[str, Any]]:
@@ -204,16 +196,6 @@ def scenario(run: Run, report: Report, redis_srv: RedisServer) -> None:
     report.figure(FIG_RECOVERY_S, round((told_ns - restart_ns) / 1e9, 3))
 
 
-def covered(notices: List[Dict[str, Any]], epoch: str, offset: int) -> bool:
-    """True when one of ``notices`` (recovered: false) names (epoch, offset) as lost."""
-    for n in notices:
-        since = n.get("since") or {}
-        if since.get("epoch") == epoch and offset > since.get("offset", 0):
-            return True
-        if n["epoch"] == epoch and offset <= n["offset"]:
-            return True
-    return False
-
 
 def check(report: Report, results: Dict[str, ProcessResult], degraded: Dict[str, Any],
           healthy: Dict[str, Any], refused: Dict[str, Any], stopped: Dict[str, Any],
@@ -272,7 +254,7 @@ def check(report: Report, results: Dict[str, ProcessResult], degraded: Dict[str,
         for key, (offset, epoch) in by_key.items():
             if key in got:
                 continue
-            if epoch is not None and covered(notices, epoch, offset):
+            if epoch is not None and covered_by_notice(notices, epoch, offset):
                 covered_n += 1
                 continue
             lost.append(f"{name} missed {key[0]}#{key[1]} (offset {offset}, epoch {epoch})")

@@ -37,9 +37,9 @@ from sente_lite.discovery import wait_for
 from sente_lite.errors import DiscoveryTimeout
 from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
                                 CLEANUP_TIMEOUT_S, CLIENT_CONNECT_TIMEOUT_S, ProcessContext, ProcessResult, Report,
-                                Run, latencies_ms, latency_summary, port_is_free, run_scenario,
+                                Run, covered_by_notice, latencies_ms, latency_summary, port_is_free, run_scenario,
                                 stamp)
-from sente_lite.testing.redis_server import SKIP_REASON, RedisServer, free_port, redis_server_path
+from sente_lite.testing.redis_server import RedisServer, free_port, with_redis_server
 
 CHANNEL = "news"
 #: (client kind, face) of client1..client4: each kind of client on each face.
@@ -180,19 +180,10 @@ def async_client(ctx: ProcessContext, url: str) -> Dict[str, Any]:
 
 
 def story(run: Run, report: Report) -> None:
-    if redis_server_path() is None:
-        report.skip(SKIP_REASON)
-        return
     if importlib.util.find_spec("uvicorn") is None:
         report.skip(NO_UVICORN)
         return
-    redis_srv = RedisServer().start()
-    try:
-        run.record_event("redis-start", None, port=redis_srv.port, pid=redis_srv.pid)
-        report.step(f"redis-server pid {redis_srv.pid} on port {redis_srv.port}")
-        scenario(run, report, redis_srv)
-    finally:
-        redis_srv.close()
+    with_redis_server(run, report, scenario)
 
 
 def _start_asgi(run: Run, name: str, port: int, redis_url: str) -> Tuple[Any, Dict[str, Any]]:
@@ -255,16 +246,6 @@ def _port_freed(port: int) -> bool:
         return False
 
 
-def covered(notices: List[Dict[str, Any]], epoch: str, offset: int) -> bool:
-    """True when one of ``notices`` (recovered: false) names (epoch, offset) as lost."""
-    for n in notices:
-        since = n.get("since") or {}
-        if since.get("epoch") == epoch and offset > since.get("offset", 0):
-            return True
-        if n["epoch"] == epoch and offset <= n["offset"]:
-            return True
-    return False
-
 
 def check(report: Report, results: Dict[str, ProcessResult], on_asgi: set, new_id: str,
           total: int) -> None:
@@ -288,7 +269,7 @@ def check(report: Report, results: Dict[str, ProcessResult], on_asgi: set, new_i
         missing = []
         for key in sorted(expected - set(keys)):
             epoch, offset = everywhere.get(key, (None, None))
-            if epoch is not None and covered(notices, epoch, offset):
+            if epoch is not None and covered_by_notice(notices, epoch, offset):
                 covered_n += 1
             else:
                 missing.append(key)

@@ -39,9 +39,9 @@ Timeouts are named constants: :data:`PROCESS_START_TIMEOUT_S`,
 :data:`CLEANUP_TIMEOUT_S`, :data:`TERMINATE_GRACE_S`.
 """
 
-from .checks import (channels_seen, duplicates, latencies_ms, latency_summary, missing_offsets,
-                     order_problem, percentile, proc_memory_kb, rss_growth_per_1000,
-                     self_peak_rss_kb)
+from .checks import (channels_seen, covered_by_notice, duplicates, latencies_ms, latency_summary,
+                     missing_offsets, order_problem, percentile, proc_memory_kb,
+                     rss_growth_per_1000, self_peak_rss_kb)
 from .child import Delivery, History, ProcessContext, stamp
 from .common import (CLEANUP_TIMEOUT_S, CLIENT_CONNECT_TIMEOUT_S, PROCESS_START_TIMEOUT_S,
                      SCENARIO_TIMEOUT_S, SENT_NS_KEY, SERVER_STARTUP_TIMEOUT_S, TERMINATE_GRACE_S,
@@ -61,5 +61,5 @@ __all__ = [
     "KEY_FIGURES", "FIG_CLIENTS", "FIG_MESSAGES", "FIG_P99_MS", "FIG_RECOVERY_S",
     "percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
     "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb",
-    "rss_growth_per_1000", "describe_exit", "port_is_free", "tail", "Nemesis",
+    "rss_growth_per_1000", "covered_by_notice", "describe_exit", "port_is_free", "tail", "Nemesis",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import math
 import resource
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .child import Delivery
 
@@ -121,6 +121,20 @@ def self_peak_rss_kb() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def covered_by_notice(notices: Sequence[Dict[str, Any]], epoch: str, offset: int) -> bool:
+    """True when one of ``notices`` (recovery events with ``recovered: false``, as
+    :meth:`History.record` keeps them: ``since``, ``epoch``, ``offset``) names the message
+    at (``epoch``, ``offset``) as lost: after its ``since`` in that epoch, or up to the
+    top of an epoch it left."""
+    for n in notices:
+        since = n.get("since") or {}
+        if since.get("epoch") == epoch and offset > since.get("offset", 0):
+            return True
+        if n["epoch"] == epoch and offset <= n["offset"]:
+            return True
+    return False
+
+
 __all__ = ["percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
            "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb",
-           "rss_growth_per_1000"]
+           "rss_growth_per_1000", "covered_by_notice"]

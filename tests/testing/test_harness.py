@@ -478,3 +478,15 @@ def test_sigterm_to_the_runner_ends_the_running_scenario_and_its_children(tmp_pa
     assert "terminated (SIGTERM)" in err
     assert discovery.wait_for(lambda: not os.path.exists(f"/proc/{grandchild}"), DEADLINE_S,
                               "the scenario's child to be killed")
+
+
+def test_a_recovered_false_notice_covers_what_it_names_lost_and_nothing_else() -> None:
+    from sente_lite.testing import covered_by_notice
+
+    left_e1 = {"since": {"offset": 3, "epoch": "e1"}, "epoch": "e2", "offset": 0}  # e1 after 3: lost
+    topped = {"since": None, "epoch": "e3", "offset": 9}  # e3 up to 9
+    assert covered_by_notice([left_e1], "e1", 4) and covered_by_notice([left_e1], "e1", 400)
+    assert not covered_by_notice([left_e1], "e1", 3)  # delivered before the gap
+    assert not covered_by_notice([left_e1], "e2", 1)  # the new epoch: delivered, not lost
+    assert covered_by_notice([topped], "e3", 9) and not covered_by_notice([topped], "e3", 10)
+    assert not covered_by_notice([], "e1", 1)
