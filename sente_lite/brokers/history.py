@@ -10,7 +10,7 @@ import itertools
 import sys
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Deque, Dict, Hashable, List, Optional, Tuple
 
 from ..counters import Counter, Counters
 from ..wire.channels import RecoveryResult, Since
@@ -221,7 +221,7 @@ class History:
         """True when the histories together hold more than ``max_bytes_total``."""
         return self.total_bytes > self.max_bytes_total
 
-    def trim_total(self) -> None:
+    def trim_total(self, holding: Callable[[_Channel], ContextManager[None]]) -> None:
         """Drop the oldest messages of any channel until ``max_bytes_total`` holds.
         The caller holds no channel's lock."""
         while True:
@@ -231,7 +231,7 @@ class History:
                 ch, offset = self._order.popleft()
             if offset < ch.low:
                 continue  # already dropped by its channel
-            with ch.lock:
+            with holding(ch):  # the channel's lock; publishes queued meanwhile run after
                 history = ch.history
                 count = 0
                 for kept, _, _, _ in history:

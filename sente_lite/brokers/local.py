@@ -25,12 +25,13 @@ registry: the server's default, this process's channels only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
+from typing import Any, Callable, ContextManager, Dict, Hashable, Iterator, List, Optional, Set, Tuple
 
 from ..counters import Counter, Counters
 from ..wire.channels import (Built, HistoryPage, Published, RecoveryResult, Since,  # noqa: F401
@@ -114,6 +115,7 @@ class ReplayPager:
 
     history: History
     dispatch: Optional[Callable[[Callable[[], None]], None]]
+    holding: Callable[[_Channel], ContextManager[None]]  # FlatCombining's
 
     def _replay(self, ch: _Channel, member: Hashable, first: int,
                 deliver: Callable[[Hashable, Any], bool],
@@ -145,7 +147,7 @@ class ReplayPager:
         live messages follow it). True when more remains. Stops at the first frame
         ``deliver`` refuses (its queue is full: it is on its way out)."""
         counters = self.history.counters
-        with ch.lock:
+        with self.holding(ch):
             if member not in ch.catching_up:
                 return False  # unsubscribed or gone meanwhile
             page = self.history.page(ch, cursor[0], REPLAY_PAGE_MESSAGES)
@@ -165,7 +167,7 @@ class ReplayPager:
         cursor[0] += handed
         counters.add(Counter.REPLAYED_MESSAGES, handed)
         if not taking:
-            with ch.lock:
+            with self.holding(ch):
                 if member in ch.catching_up:
                     self._join(ch, member)
         return taking
@@ -238,10 +240,23 @@ class FlatCombining:
             raise entry.result
         return entry.result
 
-    def _run_pending(self, ch: _Channel) -> None:
+    @contextlib.contextmanager
+    def holding(self, ch: _Channel) -> Iterator[None]:
+        """``ch``'s lock for anything but a publish (reading or trimming its history, a
+        replay, forgetting it): a publish that finds the lock taken meanwhile queues
+        itself for the holder to run, so it runs before the lock is let go."""
+        ch.lock.acquire()
+        try:
+            yield
+        finally:
+            self._run_pending(ch, trim=False)
+
+    def _run_pending(self, ch: _Channel, trim: bool = True) -> None:
         """Run the channel's pending publishes in order; the caller holds ``ch.lock``,
         which this releases. A publish queued while letting go is run too: it was
-        queued when the lock looked taken, so no other thread will run it."""
+        queued when the lock looked taken, so no other thread will run it. With
+        ``trim``, then bring every history back within ``history_max_bytes_total``
+        (without: the next publish's run does)."""
         pending = ch.pending
         lock = ch.lock
         while True:
@@ -251,8 +266,8 @@ class FlatCombining:
             finally:
                 lock.release()
             if not pending or not lock.acquire(False):
-                if self.history.over_total():
-                    self.history.trim_total()
+                if trim and self.history.over_total():
+                    self.history.trim_total(self.holding)
                 return  # nothing left, or another thread holds the lock and runs the rest
 
     def _run_one(self, ch: _Channel, entry: _Publish) -> None:
@@ -357,7 +372,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
         while len(self._idle) > self._max_idle:
             victim, _ = self._idle.popitem(last=False)
             gone = self._channels.pop(victim)
-            with gone.lock:
+            with gone.lock:  # a publish queues only under self._lock: none can meanwhile
                 self.history.forget(gone)
             self.evicted += 1
 
@@ -386,7 +401,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
         replay = None
         with self._lock:
             ch = self._get_or_create(name)
-            with ch.lock:
+            with ch.lock:  # under self._lock: no publish can queue meanwhile
                 held = member in ch.subscribers or member in ch.catching_up
                 if not held:
                     self._by_member.setdefault(member, set()).add(name)
@@ -417,7 +432,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
         ch = self._channels.get(name)
         if ch is None:
             return False
-        with ch.lock:
+        with ch.lock:  # the caller holds self._lock: no publish can queue meanwhile
             if member in ch.catching_up:
                 del ch.catching_up[member]
             elif member in ch.subscribers:
@@ -453,7 +468,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
             ch = self._channels.get(name)
         if ch is None:
             return []
-        with ch.lock:
+        with self.holding(ch):
             self.history.expire(ch, self._clock())
             return [(offset, frame) for offset, frame, _, _ in ch.history]
 
@@ -464,7 +479,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
             ch = self._channels.get(name)
         if ch is None:
             return None, []
-        with ch.lock:
+        with self.holding(ch):
             return self.history.kept(ch), [(o, frame) for o, frame, _, _ in ch.history]
 
     def sweep_idle(self) -> int:

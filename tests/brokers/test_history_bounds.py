@@ -10,6 +10,7 @@ import pytest
 
 from sente_lite.brokers.local import ChannelRegistry, RecoveryResult, Since
 from sente_lite.counters import Counter, Counters
+from sente_lite.discovery import wait_for
 from support import WAIT_S
 
 
@@ -90,11 +91,14 @@ def test_the_total_bound_holds_under_concurrent_publishers() -> None:
         for n in range(300):
             reg.publish(f"w{w}-{n % 7}", frame(300 + 97 * (n % 13)), lambda m, f: True)
 
-    threads = [threading.Thread(target=publisher, args=(w,), name=f"test-pub-{w}") for w in range(4)]
+    threads = [threading.Thread(target=publisher, args=(w,), name=f"test-pub-{w}", daemon=True)
+               for w in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(WAIT_S)
+    # trimming takes other channels' locks: a publish finding one taken must still run
+    assert not any(t.is_alive() for t in threads), "a publish never completed"
     held = reg.stats()["history_bytes"]
     assert held <= total
     assert held == sum(len(f) for w in range(4) for k in range(7)
@@ -267,3 +271,43 @@ def test_a_replay_that_history_outruns_says_so_once_and_goes_live() -> None:
     reg.publish("c", frame(10), deliver)
     assert got[-1] == 351  # live from the notice's top on
     assert counters.get(Counter.UNRECOVERED_SUBSCRIBES) == 1
+
+
+@pytest.mark.parametrize("reader", ["history_of", "kept", "trim"])
+def test_a_publish_queued_behind_a_reader_of_the_channel_runs_when_it_lets_go(reader: str) -> None:
+    """A publish that finds its channel's lock taken queues itself for the holder to run.
+    Readers of a channel's history (and the total-bytes trim) hold that lock too: the
+    publish must run when they let go, not wait forever."""
+    reg, _ = registry(history_max_bytes_total=10_000)
+    reg.publish("c", frame(100), lambda m, f: True)
+    inside, go_on = threading.Event(), threading.Event()
+    expire = reg.history.expire
+
+    def slow_expire(ch: Any, now: float) -> None:  # runs under the channel's lock
+        if threading.current_thread().name == "test-reader":
+            inside.set()
+            go_on.wait(WAIT_S)
+        expire(ch, now)
+
+    reg.history.expire = slow_expire  # type: ignore[method-assign]
+    if reader == "trim":
+        def read() -> None:
+            ch = reg._channels["c"]
+            with reg.holding(ch):
+                slow_expire(ch, 0.0)
+    else:
+        def read() -> None:
+            getattr(reg, reader)("c")
+    t = threading.Thread(target=read, name="test-reader", daemon=True)
+    t.start()
+    assert inside.wait(WAIT_S)
+    results: List[Any] = []
+    pub = threading.Thread(target=lambda: results.append(reg.publish("c", frame(100), lambda m, f: True)),
+                           name="test-pub-queued", daemon=True)
+    pub.start()
+    assert wait_for(lambda: len(reg._channels["c"].pending) == 1 or None, WAIT_S, "the publish to queue")
+    go_on.set()
+    pub.join(WAIT_S)
+    t.join(WAIT_S)
+    assert not pub.is_alive(), "the queued publish never ran"
+    assert results[0].offset == 2
