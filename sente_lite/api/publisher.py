@@ -31,6 +31,7 @@ from ..brokers.publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_P
 from ..brokers.redis.broker import DEFAULT_CHANNEL_TTL_S, DEFAULT_PREFIX
 from ..brokers.redis.channels import ChannelSpace
 from ..brokers.redis.presence import user_channel
+from ..brokers.redis.url import SHARDED, parse_broker_url
 from .publisher_redis import DEFAULT_MAX_UNACKED_PUBLISHES, DEFAULT_PUBLISH_BLOCK_S, RedisSender
 
 
@@ -158,9 +159,11 @@ class _RedisBackend:
                  ids_max: int, publisher: Optional[str], max_unacked_publishes: int,
                  publish_block_s: float) -> None:
         server_id = "pub-" + uuid.uuid4().hex[:12]  # names the epochs of channels it starts
+        parsed = parse_broker_url(url)
         space = ChannelSpace(prefix, server_id, history_size, history_ttl_s, publish_dedup_s,
-                             DEFAULT_CHANNEL_TTL_S, ids_per_publisher, ids_max)
-        self._sender = RedisSender(url, timeout, space, publisher, user_channel(prefix),
+                             DEFAULT_CHANNEL_TTL_S, ids_per_publisher, ids_max,
+                             sharded=parsed.subscription == SHARDED)
+        self._sender = RedisSender(parsed.url, timeout, space, publisher, user_channel(prefix),
                                    server_id, max_unacked_publishes, publish_block_s)
 
     def publish(self, channel: str, data: Any, key: Optional[str], traceparent: Optional[str],

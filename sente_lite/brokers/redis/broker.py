@@ -4,9 +4,10 @@
 publish runs one Lua script (:data:`PUBLISH_SCRIPT`): it takes the channel's next
 offset (``HINCRBY``), appends the message to the channel's stream (``XADD`` with
 ``MAXLEN history_size``, the stream id is the offset), remembers the publish id
-(``SET`` with expiry) and ``PUBLISH``es it, all atomically, so every server sees
-one offset order per channel. Each server listens to every channel's messages
-with one pattern subscription and hands each message, built once as a WebSocket
+(``SET`` with expiry) and ``SPUBLISH``es it on the channel's shard channel, all
+atomically, so every server sees one offset order per channel. Each server listens
+only to the channels it has subscribers for (``SSUBSCRIBE``; ``subscription="pattern"``:
+one pattern subscription to every channel) and hands each message, built once as a WebSocket
 frame, to its local subscribers in offset order. A subscribe with ``since`` is
 replayed from the stream, on whichever server the client reaches.
 
@@ -42,6 +43,7 @@ from ..publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLI
 from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
+from .url import SHARDED, parse_broker_url
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -116,6 +118,9 @@ class RedisBroker:
     kept in Redis: ``history_size`` messages per channel (the stream's MAXLEN),
     replayed only while younger than ``history_ttl_s``; publish ids for
     ``publish_dedup_s``. Every other limit is a ``DEFAULT_*`` of this module.
+    ``subscription``: ``"sharded"`` (each server ``SSUBSCRIBE``s the channels it serves;
+    Redis >= 7) or ``"pattern"`` (each hears every channel); None: the URL's
+    ``?subscription=``, else sharded.
 
     Its parts: :class:`~sente_lite.brokers.redis.link.RedisLink` (the two threads, up/down),
     :class:`~sente_lite.brokers.redis.publish.RedisPublisher` (publishes),
@@ -159,8 +164,11 @@ class RedisBroker:
                  reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S,
                  reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
                  presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
-                 max_replay_per_subscribe: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
+                 max_replay_per_subscribe: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
+                 subscription: Optional[str] = None) -> None:
         import_redis()
+        parsed = parse_broker_url(url, subscription)
+        self.subscription = parsed.subscription
         if not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
         if not publish_dedup_s >= history_ttl_s > 0:
@@ -173,10 +181,12 @@ class RedisBroker:
         self._counters = counters
         self._space = ChannelSpace(prefix, self.server_id, history_size, history_ttl_s,
                                    publish_dedup_s, channel_ttl_s, publish_ids_per_publisher,
-                                   publish_ids_max, max_replay_per_subscribe)
+                                   publish_ids_max, max_replay_per_subscribe,
+                                   sharded=parsed.subscription == SHARDED)
         user_channel = redis_presence.user_channel(prefix)
+        patterns = () if self._space.sharded else (self._space.msg_prefix + b"*",)
         self._link = RedisLink(
-            url, _Hooks(self), patterns=(self._space.msg_prefix + b"*",), channels=(user_channel,),
+            parsed.url, _Hooks(self), patterns=patterns, channels=(user_channel,),
             scripts=(PUBLISH_SCRIPT, SYNC_SCRIPT), connect_timeout_s=connect_timeout_s,
             command_timeout_s=command_timeout_s, link_check_s=link_check_s,
             link_timeout_s=link_timeout_s, reconnect_base_s=reconnect_base_s,
@@ -313,7 +323,11 @@ class RedisBroker:
                 "broker_up": not self._link.down, "broker_links": self.links,
                 "broker_outages": self.outages,
                 "broker_unavailable_publishes": self.unavailable_publishes,
-                "broker_notices": self.notices, "broker_caught_up": self.caught_up}
+                "broker_notices": self.notices, "broker_caught_up": self.caught_up,
+                "broker_subscription": self.subscription,
+                "broker_listening": self._link.listening_to(),
+                "broker_shard_subscribes": self._link.shard_subscribes,
+                "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved}
 
     # -- users on other servers ---------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:

@@ -12,6 +12,7 @@ channel is caught up from its stream, or its subscribers are told it is lost
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Dict, Hashable, List, Optional, Tuple
 
@@ -117,6 +118,9 @@ class RedisChannels(MemberIndex, LiveFeed):
         self.dispatch: Optional[Dispatch] = None
         self.notices = 0  # recovered:false notices sent to local subscribers
         self.caught_up = 0  # messages delivered from a stream after a gap or an outage
+        self._shard_names: Dict[bytes, str] = {}  # shard channel listened to -> channel
+        self.heard = 0  # channel messages read from Redis for a channel served here
+        self.unserved = 0  # ... for a channel nobody here subscribes to (dropped)
 
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,
@@ -166,6 +170,8 @@ class RedisChannels(MemberIndex, LiveFeed):
         assert events is not None  # subscribes run on the link's thread: the broker started
         for _ in range(MAX_SUBSCRIBE_TRIES):
             ch = self._chan(name)
+            if self._space.sharded:
+                self._listen(name)  # confirmed before the stream is read: no window
             if not ch.synced:
                 self._resync(ch)
             read = self._read_for(ch, since, limit)
@@ -254,6 +260,24 @@ class RedisChannels(MemberIndex, LiveFeed):
             if not ch.subs:
                 ch.dead = True
                 del self._chans[name]
+                if self._space.sharded:
+                    self._link.submit(functools.partial(self._unlisten, name))
+
+    def _listen(self, name: str) -> None:
+        """Listen to the shard channel of ``name`` (I/O thread; once)."""
+        shard = self._space.shard_channel(name)
+        if shard not in self._shard_names:
+            self._shard_names[shard] = name
+            self._link.listen(shard)
+
+    def _unlisten(self, name: str) -> None:
+        """Stop listening to ``name`` unless a subscriber came back (I/O thread)."""
+        with self._lock:
+            if name in self._chans:
+                return
+        shard = self._space.shard_channel(name)
+        if self._shard_names.pop(shard, None) is not None:
+            self._link.unlisten(shard)
 
     _leave = _drop
 

@@ -29,6 +29,9 @@ class LiveFeed:
     _counters: Counters
     _lock: threading.Lock
     _chans: Dict[str, Chan]
+    _shard_names: Dict[bytes, str]
+    heard: int
+    unserved: int
     events: Optional[BrokerEvents]
     notices: int
     caught_up: int
@@ -40,11 +43,16 @@ class LiveFeed:
             self._on_message(channel, data)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
-        name = channel[len(self._space.msg_prefix):].decode("utf-8", "replace")
+        if self._space.sharded:
+            name: Optional[str] = self._shard_names.get(channel)
+        else:
+            name = channel[len(self._space.msg_prefix):].decode("utf-8", "replace")
         with self._lock:
-            ch = self._chans.get(name)
+            ch = self._chans.get(name) if name is not None else None
         if ch is None:
+            self.unserved += 1  # a message of a channel nobody here subscribes to
             return
+        self.heard += 1
         offset_b, epoch_b, exclude_b, traced_b, head = data.split(b" ", 4)
         offset, epoch, exclude = int(offset_b), epoch_b.decode(), exclude_b.decode()
         traceparent = None if traced_b == b"-" else traced_b.decode()

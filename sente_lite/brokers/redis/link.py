@@ -19,6 +19,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from ...wire import protocol as p
 from ...errors import BrokerUnavailable
+from .shards import Listening
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -35,6 +36,7 @@ DEFAULT_RECONNECT_MAX_S = 2.0
 MAX_PUBLISH_BATCH = 256
 #: Live messages read from the subscription and handed to the network thread in one go, at most.
 MAX_DISPATCH_BATCH = 512
+_CONFIRMATIONS = ("subscribe", "psubscribe", "ssubscribe")
 #: Seconds the link thread blocks reading the subscription before it checks its clock.
 _LISTEN_TICK_S = 0.1
 
@@ -78,7 +80,7 @@ class LinkHooks:
         """The link just went down."""
 
     def on_messages(self, batch: List[Tuple[bytes, bytes]]) -> None:
-        """(channel, data) of messages read on the pattern subscription, in order."""
+        """(pubsub channel, data) of channel messages read on the subscription, in order."""
 
     def on_user_message(self, data: bytes) -> None:
         """A message read on the user channel."""
@@ -90,10 +92,11 @@ class LinkHooks:
         """Redis refused a command of a queued op (not a link failure): that op is dropped."""
 
 
-class RedisLink:
+class RedisLink(Listening):
     """The commands connection, the subscription, their threads and up/down state.
 
-    ``patterns`` and ``channels`` (bytes) are what the link thread subscribes to;
+    ``patterns`` and ``channels`` (bytes) are what the link thread subscribes to (and the
+    shard channels of :meth:`listen`);
     ``scripts`` are Lua scripts it loads on every (re)link (:meth:`sha`, :meth:`evalsha`).
     """
 
@@ -114,6 +117,8 @@ class RedisLink:
         self.reconnect_base_s = reconnect_base_s
         self.reconnect_max_s = reconnect_max_s
         self.refresh_every_s = refresh_every_s
+        self.command_timeout_s = command_timeout_s
+        self._init_listening()
         self._hooks = hooks
         self._patterns = patterns
         self._channels = channels
@@ -292,18 +297,15 @@ class RedisLink:
         redis = self.redis_mod
         while not self._stop.is_set():
             client = redis.Redis.from_url(self.url, **self._listen_options)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = client.pubsub()
             try:
-                for pattern in self._patterns:
-                    pubsub.psubscribe(pattern)
-                for channel in self._channels:
-                    pubsub.subscribe(channel)
-                self.submit(self._relink)
+                self._subscribe_all(pubsub)  # _relink queued once Redis confirmed them all
                 attempt = 0
                 self._listen(pubsub)
             except (redis.RedisError, OSError) as exc:
                 self.lost(exc)
             finally:
+                self._forget_pubsub()
                 try:
                     pubsub.close()
                     client.close()
@@ -329,12 +331,14 @@ class RedisLink:
             while msg is not None:  # every message already read, handed over in one go
                 last_heard = time.monotonic()
                 kind = msg["type"]
-                if kind == "pmessage":
+                if kind == "smessage" or kind == "pmessage":
                     batch.append((msg["channel"], msg["data"]))
                     if len(batch) >= MAX_DISPATCH_BATCH:
                         break
                 elif kind == "message":
                     hooks.on_user_message(msg["data"])
+                elif kind in _CONFIRMATIONS:
+                    self._confirmed(msg["channel"])
                 msg = get(timeout=0)
             if batch:
                 hooks.on_messages(batch)

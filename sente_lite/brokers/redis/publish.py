@@ -30,7 +30,8 @@ log = logging.getLogger("sente_lite.redis")
 #       5 the list of every id
 # ARGV: 1 message text up to the offset, 2 epoch if a new one is needed, 3 history size,
 #       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none),
-#       8 history ms, 9 ids per publisher, 10 ids in all, 11 traceparent ("-": none)
+#       8 history ms, 9 ids per publisher, 10 ids in all, 11 PUBLISH or SPUBLISH (ARGV 6 is
+#       then the channel's shard channel), 12 traceparent ("-": none)
 # Returns {duplicate, offset, epoch, servers reached, ids evicted}. Every command that can
 # fail on a key of the wrong type runs before the first write that publishes (a failed
 # publish changed nothing but, at most, a new epoch). The stream entry and the pubsub
@@ -55,7 +56,7 @@ local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0') + 1
 if ARGV[3] ~= '0' then
   local t = redis.call('TIME')
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], offset .. '-0', 'h', ARGV[1], 'x', ARGV[7],
-             'p', ARGV[11], 't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
+             'p', ARGV[12], 't', t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000)))
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 redis.call('HSET', KEYS[1], 'offset', offset)
@@ -76,8 +77,8 @@ if KEYS[3] ~= '' then
     end
   end
 end
-local n = redis.call('PUBLISH', ARGV[6],
-                     offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[11] .. ' ' .. ARGV[1])
+local n = redis.call(ARGV[11], ARGV[6],
+                     offset .. ' ' .. epoch .. ' ' .. ARGV[7] .. ' ' .. ARGV[12] .. ' ' .. ARGV[1])
 return {0, offset, epoch, n, evicted}
 """
 
@@ -235,19 +236,20 @@ def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: by
     """The ``EVALSHA`` arguments of :data:`PUBLISH_SCRIPT` (``sha``) publishing the message
     whose text up to its offset is ``head`` on channel ``name`` in ``space``; ``epoch``
     names the channel's epoch should the publish start one (default: a new one of ``space``).
-    The layout (``EVALSHA sha 5``, keys 1-5, then ARGV 1-10) is what the script reads."""
+    The layout (``EVALSHA sha 5``, keys 1-5, then ARGV 1-12) is what the script reads."""
     if publish_id is None:
         ids: Tuple[str, ...] = ("", "", "")
     else:
         ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
                space.all_ids_key())
     size, ttl_s = space.history_of(name)
+    verb, delivery = space.delivery(name)
     return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
             space.new_epoch() if epoch is None else epoch, str(size),
             str(int(space.publish_dedup_s * 1000)),
-            str(int(space.channel_ttl_s * 1000)), space.msg_channel(name), exclude or "-",
+            str(int(space.channel_ttl_s * 1000)), delivery, exclude or "-",
             str(int(ttl_s * 1000)), str(space.publish_ids_per_publisher),
-            str(space.publish_ids_max), traceparent or "-")
+            str(space.publish_ids_max), verb, traceparent or "-")
 
 
 def published_of(name: str, result: List[Any]) -> Published:

@@ -65,6 +65,12 @@ def digest(*parts: str) -> str:
     return h.hexdigest()[:32]
 
 
+def hash_tag(name: str) -> str:
+    """``{<digest of the channel>}``: the Redis Cluster hash tag every key and the shard
+    channel of channel ``name`` carry, so they share one slot (one node runs its scripts)."""
+    return "{" + digest(name) + "}"
+
+
 def command_refused(counters: Counters, name: str, what: str,
                     exc: BaseException) -> BrokerCommandError:
     """Count and log a command Redis refused (not a lost link) on channel ``name``;
@@ -91,7 +97,8 @@ class ChannelSpace:
                  publish_dedup_s: float, channel_ttl_s: float,
                  publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
                  publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
-                 max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE) -> None:
+                 max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, *,
+                 sharded: bool = True) -> None:
         validate_id_bounds(publish_ids_per_publisher, publish_ids_max)
         if isinstance(max_replay, bool) or not isinstance(max_replay, int) or max_replay < 0:
             raise ValueError(f"max_replay_per_subscribe must be an int >= 0, got {max_replay!r}")
@@ -105,6 +112,9 @@ class ChannelSpace:
         self.publish_ids_per_publisher = publish_ids_per_publisher
         self.publish_ids_max = publish_ids_max
         self.msg_prefix = f"{prefix}:msg:".encode()
+        #: True: messages go to each channel's shard channel (SPUBLISH; servers SSUBSCRIBE
+        #: the channels they serve); False: to ``<prefix>:msg:<C>`` (PUBLISH; PSUBSCRIBE).
+        self.sharded = sharded
         self._epoch_seq = itertools.count(1)
         #: channel name -> (history size, ttl) of a channel whose own bounds are smaller
         #: (a namespace's), or None for ``history_size``/``history_ttl_s``
@@ -118,7 +128,11 @@ class ChannelSpace:
         return min(found[0], self.history_size), min(float(found[1]), self.history_ttl_s)
 
     def _chan(self, name: str) -> str:
-        return f"{self.prefix}:ch:{{{digest(name)}}}"
+        return f"{self.prefix}:ch:{hash_tag(name)}"
+
+    def key_root(self, name: str) -> str:
+        """``<prefix>:ch:{<H>}``: what every key of channel ``name`` starts with (one slot)."""
+        return self._chan(name)
 
     def meta_key(self, name: str) -> str:
         return self._chan(name) + ":meta"
@@ -142,6 +156,18 @@ class ChannelSpace:
 
     def msg_channel(self, name: str) -> bytes:
         return self.msg_prefix + name.encode("utf-8")
+
+    def shard_channel(self, name: str) -> bytes:
+        """``<prefix>:ch:{<H>}:sm``: the shard channel of ``name`` (its keys' slot)."""
+        return (self._chan(name) + ":sm").encode()
+
+    def delivery(self, name: str) -> Tuple[str, bytes]:
+        """(command, pubsub channel) carrying every message of ``name`` to the servers:
+        the one delivery path of a channel (``SPUBLISH`` on its shard channel, or
+        ``PUBLISH`` on ``<prefix>:msg:<C>`` with ``sharded=False``)."""
+        if self.sharded:
+            return "SPUBLISH", self.shard_channel(name)
+        return "PUBLISH", self.msg_channel(name)
 
     def new_epoch(self) -> str:
         return f"{self.server_id}.{next(self._epoch_seq)}"

@@ -1,0 +1,104 @@
+"""Which pubsub channels the link of a :class:`~sente_lite.brokers.redis.broker.RedisBroker`
+listens to, and when Redis confirmed them (:class:`Listening`, a part of
+:class:`~sente_lite.brokers.redis.link.RedisLink`).
+
+With sharded subscription a server listens only to the channels it serves: the first
+local subscriber of a channel makes the I/O thread ``SSUBSCRIBE`` its shard channel and
+wait for Redis's confirmation (read by the link thread) *before* the channel's stream is
+read, so every message published after that read arrives live: no message is neither in
+the replay nor delivered. After a reconnect every subscription is made again and
+confirmed before the channels are caught up from their streams.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Optional, Tuple
+
+
+class Listening:
+    """The subscriptions of a link: fixed patterns and channels, and shard channels
+    added and removed while it runs (:meth:`listen`, :meth:`unlisten`)."""
+
+    _patterns: Tuple[bytes, ...]
+    _channels: Tuple[bytes, ...]
+    command_timeout_s: float
+    redis_mod: Any
+    submit: Callable[[Any], None]
+    _relink: Callable[[], None]
+
+    def _init_listening(self) -> None:
+        self._shards: Dict[bytes, None] = {}  # shard channels wanted, in order
+        self._pubsub: Optional[Any] = None  # the link thread's, once subscribed
+        self._sub_lock = threading.Lock()
+        self._confirm: Dict[bytes, threading.Event] = {}
+        self._awaiting = 0  # confirmations due before the link counts as back
+        #: ``SSUBSCRIBE`` / ``SUNSUBSCRIBE`` sent (for stats and tests)
+        self.shard_subscribes = 0
+        self.shard_unsubscribes = 0
+
+    def listening_to(self) -> int:
+        """How many shard channels the link listens to now."""
+        return len(self._shards)
+
+    def listen(self, shard: bytes) -> None:
+        """``SSUBSCRIBE`` ``shard`` and wait until Redis confirmed it (I/O thread). Raises
+        a Redis ``ConnectionError`` when it is not confirmed in ``command_timeout_s``."""
+        with self._sub_lock:
+            if shard in self._shards:
+                return
+            self._shards[shard] = None
+            pubsub = self._pubsub
+            if pubsub is None:  # the link thread subscribes to it when the link is back
+                raise self.redis_mod.exceptions.ConnectionError("no subscription yet")
+            confirmed = self._confirm[shard] = threading.Event()
+            self.shard_subscribes += 1
+            pubsub.ssubscribe(shard)
+        if not confirmed.wait(self.command_timeout_s):
+            raise self.redis_mod.exceptions.TimeoutError(
+                f"SSUBSCRIBE not confirmed in {self.command_timeout_s}s")
+
+    def unlisten(self, shard: bytes) -> None:
+        """``SUNSUBSCRIBE`` ``shard`` (I/O thread; not waited for)."""
+        with self._sub_lock:
+            if self._shards.pop(shard, 0) is not None:
+                return
+            self._confirm.pop(shard, None)
+            pubsub = self._pubsub
+            if pubsub is not None:
+                self.shard_unsubscribes += 1
+                pubsub.sunsubscribe(shard)
+
+    def _subscribe_all(self, pubsub: Any) -> None:
+        """Make every subscription on a new ``pubsub`` (link thread); the link counts as
+        back (``_relink`` queued) once Redis confirmed them all (:meth:`_confirmed`)."""
+        with self._sub_lock:
+            self._pubsub = None
+            self._awaiting = len(self._patterns) + len(self._channels) + len(self._shards)
+            if self._patterns:
+                pubsub.psubscribe(*self._patterns)
+            if self._channels:
+                pubsub.subscribe(*self._channels)
+            if self._shards:
+                pubsub.ssubscribe(*self._shards)
+            self._pubsub = pubsub
+            if not self._awaiting:
+                self.submit(self._relink)
+
+    def _forget_pubsub(self) -> None:
+        with self._sub_lock:
+            self._pubsub = None
+
+    def _confirmed(self, channel: bytes) -> None:
+        """Redis confirmed a subscription (link thread)."""
+        with self._sub_lock:
+            event = self._confirm.pop(channel, None)
+            if self._awaiting:
+                self._awaiting -= 1
+                if not self._awaiting:
+                    self.submit(self._relink)
+        if event is not None:
+            event.set()
+
+
+__all__ = ["Listening"]
