@@ -48,7 +48,16 @@ class Counter(str, enum.Enum):
                        "chsk/refresh frames whose token passed: the connection's deadline moved.")
     TOKEN_EXPIRED_CLOSES = ("token_expired_closes", TRAFFIC,
                             "Connections closed (4002): their token expired without a refresh.")
+    HISTORY_READS = ("history_reads", TRAFFIC, "sente-lite/history pages answered.")
+    SERVER_SUBSCRIBES = ("server_subscribes", TRAFFIC,
+                         "Subscriptions the server made itself (srv.subscribe, at connect).")
     # limits
+    HISTORY_PAGES_CAPPED = ("history_pages_capped", LIMIT,
+                            "History reads whose limit was lowered to MAX_HISTORY_PAGE.")
+    HISTORY_READS_REFUSED = ("history_reads_refused", LIMIT,
+                             "History reads refused over MAX_HISTORY_READS_PER_CONN in flight.")
+    CONNECT_CHANNELS_REFUSED = ("connect_channels_refused", LIMIT,
+                                "Channels given at connect beyond MAX_CONNECT_CHANNELS, not subscribed.")
     RATE_LIMITED = ("rate_limited", LIMIT, "Frames refused over rate_limit.")
     RATE_LIMIT_CLOSES = ("rate_limit_closes", LIMIT, "Connections closed (1008) for their rate.")
     SUBSCRIPTION_LIMIT = ("subscription_limit", LIMIT, "Subscribes over max_subscriptions_per_conn.")

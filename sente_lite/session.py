@@ -108,6 +108,22 @@ class RefreshRequest(NamedTuple):
     traceparent = None
 
 
+class HistoryRequest(NamedTuple):
+    """A ``sente-lite/history`` read (feature ``history-api``): at most ``limit`` (None:
+    the server's page) of ``channel_id``'s kept messages after ``since``, oldest first
+    (``reverse``: newest first), from ``page`` (a previous answer's ``next``) on."""
+
+    channel_id: str
+    limit: Optional[int]
+    since: Optional[Since]
+    reverse: bool
+    page: Optional[Since]
+    cb_id: Optional[str]
+    kind = _CHANNEL
+    event = p.EV_HISTORY
+    traceparent = None
+
+
 class ReplyArrived(NamedTuple):
     """The answer to one of our requests: ``error`` set for a ``chsk/error``."""
 
@@ -302,7 +318,7 @@ class ServerRules:
     rate_burst: Optional[int] = None
     max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED
     features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID, p.FEATURE_BATCH,
-                                 p.FEATURE_BYTES)
+                                 p.FEATURE_BYTES, p.FEATURE_HISTORY_API, p.FEATURE_SERVER_SUBS)
 
 
 #: Most frames one ``chsk/batch`` may hold (more is a bad-frame).
@@ -712,6 +728,29 @@ class ServerSession(_ServerAnswers, _TokenRules):
         return None
 
 
+def _history(session: ServerSession, data: Any, cb_id: Optional[str]) -> Received:
+    """``["sente-lite/history", {channel-id, limit?, since?, reverse?, page?}, cb-id]``."""
+    channel = session._channel(data, cb_id, p.EV_HISTORY)
+    if isinstance(channel, Received):
+        return channel
+    if cb_id is None:
+        return session._bad_frame(f"{p.EV_HISTORY} is a request (it needs a cb-id)", None)
+    limit, reverse = data.get(p.K_LIMIT), data.get(p.K_REVERSE, False)
+    if limit is not None and (type(limit) is not int or limit < 1):
+        return session._bad_frame(f"{p.K_LIMIT} must be an integer >= 1", cb_id)
+    if not isinstance(reverse, bool):
+        return session._bad_frame(f"{p.K_REVERSE} must be true or false", cb_id)
+    marks = []
+    for key in (p.K_SINCE, p.K_PAGE):
+        raw = data.get(key)
+        mark = None if raw is None else parse_since(raw)
+        if raw is not None and mark is None:
+            return session._bad_frame(f"{key} must be {{\"offset\": integer >= 0, "
+                                      f"\"epoch\": string}}", cb_id)
+        marks.append(mark)
+    return Received([HistoryRequest(channel, limit, marks[0], reverse, marks[1], cb_id)], [])
+
+
 _PONG = _frame(p.encode(p.EV_PONG))
 _SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Received]] = {
     p.EV_PING: ServerSession._ping,
@@ -722,7 +761,9 @@ _SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Receiv
     p.EV_UNSUBSCRIBE: ServerSession._unsubscribe,
     p.EV_PUBLISH: ServerSession._publish,
     p.EV_REFRESH: ServerSession._refresh,
+    p.EV_HISTORY: _history,
 }
+
 
 
 def parse_since(raw: Any) -> Optional[Since]:
@@ -735,6 +776,28 @@ def parse_since(raw: Any) -> Optional[Since]:
     if type(offset) is not int or offset < 0 or not isinstance(epoch, str) or not epoch:
         return None
     return Since(offset, epoch)
+
+
+def history_data(channel_id: str, limit: Optional[int], since: Any, reverse: bool,
+                 page: Any) -> Dict[str, Any]:
+    """The data of a client's ``sente-lite/history`` request; ValueError naming what to fix."""
+    problem = p.channel_id_problem(channel_id)
+    if problem:
+        raise ValueError(problem)
+    data: Dict[str, Any] = {p.K_CHANNEL: channel_id}
+    if limit is not None:
+        if type(limit) is not int or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
+        data[p.K_LIMIT] = limit
+    if reverse:
+        data[p.K_REVERSE] = True
+    for key, raw in ((p.K_SINCE, since), (p.K_PAGE, page)):
+        if raw is not None:
+            mark = parse_since(raw)
+            if mark is None:
+                raise ValueError(f"{key} must be {{'offset': int >= 0, 'epoch': str}}, got {raw!r}")
+            data[key] = {p.K_OFFSET: mark.offset, p.K_EPOCH: mark.epoch}
+    return data
 
 
 # -- client side -------------------------------------------------------------------
@@ -1339,8 +1402,8 @@ class ClientSession(_ChannelRules):
 
 
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
-           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "ReplyArrived", "CloseConnection", "Received",
+           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "HistoryRequest", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
-           "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "error_frame",
+           "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "history_data", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
            "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers", "with_traceparent"]

@@ -198,6 +198,8 @@ class App(CallsMixin):
         self._lanes = Lanes(self._dispatcher, self._async_handlers, self._executor,
                             self._latency, self.settings.max_message_bytes)
         self._upgrades = Upgrades(self, self._lanes)
+        executor = self._executor  # a history read on Redis waits on it: not on the event loop
+        self._dispatcher.history_reads.offload = lambda conn, task: executor.submit(task)
         # replays (and deliveries from other nodes) run on the event loop
         await self._call(self.channels.start, self._hub, loop.call_soon_threadsafe)
         self._started_at = time.monotonic()

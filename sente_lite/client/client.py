@@ -35,6 +35,7 @@ from . import channels as client_channels
 from .channels import ChannelHandler, ChannelsMixin, InboundMixin, RecoveryHandler, _Sub
 from .send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented here)
 from .io import Connector, Roles, backoff_delay, settle
+from .history import HistoryMixin
 from .refresh import RefreshMixin
 from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (documented here)
                        ClientSettings, Token)
@@ -66,7 +67,7 @@ EventHandler = Callable[[Any], Any]
 
 
 
-class Client(ChannelsMixin, InboundMixin, SendingMixin, RefreshMixin):
+class Client(ChannelsMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the

@@ -31,6 +31,7 @@ from ..wire import tracing
 from ..wire.channels import Published, RecoveryResult
 from ..wire.packers import Packer
 from .gate import ChannelGate
+from .history_api import HistoryReads
 from .hub import Hub
 from .jwt_tokens import JWT, Grant
 from .refresh import Refresher, close_expired
@@ -67,6 +68,8 @@ class ServerDispatcher:
         self.app_code_from = (p.FrameKind.CHANNEL if gate.runs_app_code
                               else p.FrameKind.APP)
         self._next_ping = 0.0
+        #: ``sente-lite/history`` reads (a face sets its ``offload`` for brokers on Redis)
+        self.history_reads = HistoryReads(hub.broker, gate, self.counters)
         # One bound method per event type a server session gives, built once.
         self._actions: Dict[type, Action] = {
             ss.AppEvent: self._app_event,
@@ -76,6 +79,7 @@ class ServerDispatcher:
             ss.UnsubscribeRequest: self._unsubscribe,
             ss.CloseConnection: self._close,
             ss.RefreshRequest: Refresher(tokens, self.counters),
+            ss.HistoryRequest: self.history_reads,
         }
 
     # -- connections -------------------------------------------------------------------

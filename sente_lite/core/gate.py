@@ -89,7 +89,8 @@ class ChannelGate:
     def _policy(self, conn: Any, action: str, channel_id: str,
                 namespace: Namespace) -> Optional[Tuple[str, str]]:
         """The namespace's ``subscribe``/``publish`` policy: None allows."""
-        policy = namespace.subscribe if action == "subscribe" else namespace.publish
+        # reading history ("history") follows the subscribe rule
+        policy = namespace.publish if action == "publish" else namespace.subscribe
         if policy == "anyone":
             return None
         if policy == "authenticated" and getattr(conn, "authenticated", False):

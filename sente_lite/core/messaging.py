@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Mapping, Optional
 
+from . import history_api as hist
 from .hub import Hub
 from .security import report
 from ..counters import Counter, Counters
@@ -117,33 +118,23 @@ class MessagingMixin:
             conn.close(code, reason)
         return len(conns)
 
-    def history(self, channel_id: str, limit: int = 100,
-                since: Optional[Mapping[str, Any]] = None, reverse: bool = False) -> Dict[str, Any]:
-        """The messages of ``channel_id``'s history, oldest first (``reverse``: newest
-        first), at most ``limit``; with ``since`` (``{"offset", "epoch"}``) only those
-        after it, and ``recovered``: False when history no longer reaches back to it.
-        Returns ``{"channel", "offset", "epoch", "publications": [{offset, epoch, data,
-        from}]}`` (``offset``/``epoch`` of the newest held; 0 and None when empty)."""
+    def history(self, channel_id: str, limit: int = hist.MAX_HISTORY_PAGE,
+                since: Optional[Mapping[str, Any]] = None, reverse: bool = False,
+                page: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """One page of ``channel_id``'s history, oldest first (``reverse``: newest first),
+        at most ``limit`` (and ``MAX_HISTORY_PAGE``); with ``since`` (``{"offset",
+        "epoch"}``) only those after it, and ``recovered``: False when history no longer
+        reaches back to it. Returns ``{"channel", "offset", "epoch", "publications":
+        [{offset, epoch, data, from}], "next"}`` (``offset``/``epoch`` of the newest held;
+        ``next``: pass it as ``page`` for the next page, None on the last)."""
         problem = p.channel_id_problem(channel_id, self.max_channel_id_chars)
         if problem:
             raise ValueError(problem)
-        after = None if since is None else Since(int(since["offset"]), since.get("epoch"))
-        page = self.channels.history(channel_id, after, limit, reverse)
-        out: Dict[str, Any] = {"channel": channel_id, "offset": page.offset, "epoch": page.epoch}
-        if page.recovery is not None:
-            out["recovered"] = page.recovery.recovered
-        out["publications"] = [_publication(offset, text) for offset, text in page.publications]
-        return out
-
-
-def _publication(offset: int, text: bytes) -> Dict[str, Any]:
-    """One history entry (a channel message's text) as a dict."""
-    body = p.loads(text.decode("utf-8"))[1]
-    out = {"offset": offset, "epoch": body.get(p.K_EPOCH), "data": body.get(p.K_DATA),
-           "from": body.get(p.K_FROM)}
-    if "traceparent" in body:
-        out["traceparent"] = body["traceparent"]
-    return out
+        marks = [None if raw is None else Since(int(raw["offset"]), raw.get("epoch"))
+                 for raw in (since, page)]
+        size = hist.page_size(max(1, limit), hist.MAX_HISTORY_PAGE, self.counters)
+        got, nxt = hist.read_page(self.channels, channel_id, size, marks[0], reverse, marks[1])
+        return hist.answer(channel_id, got, nxt, hist.publication, "channel")
 
 
 __all__ = ["MessagingMixin", "check_event_id"]

@@ -437,6 +437,8 @@ class Server(InspectionMixin, MessagingMixin):
             self._hub, self._rules, self._handlers,
             settings.channel_gate(self.channels, self.counters),
             self._spans, settings.jwt)
+        # a history read on Redis waits on it: on the connection's lane, not the network thread
+        self._dispatcher.history_reads.offload = lambda conn, task: self._pool.submit(conn.lane, task)
         self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)
         self._api = ApiFront(self)

@@ -45,6 +45,12 @@ EV_CHANNEL_MSG = "sente-lite/channel-msg"
 EV_BATCH = "chsk/batch"
 #: A client presents a fresh connection token over the open socket (feature ``refresh``).
 EV_REFRESH = "chsk/refresh"
+#: A client reads a page of a channel's history (feature ``history-api``).
+EV_HISTORY = "sente-lite/history"
+#: The server subscribed this connection to a channel / took that subscription back
+#: (feature ``server-subs``).
+EV_SERVER_SUB = "sente-lite/server-sub"
+EV_SERVER_UNSUB = "sente-lite/server-unsub"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -125,6 +131,15 @@ FEATURE_NAMESPACES = "namespaces"
 #: The server checks JWT connection tokens, closes a connection whose token expired (4002)
 #: and reads ``chsk/refresh`` frames (docs/protocol.md section 12).
 FEATURE_REFRESH = "refresh"
+#: The server answers ``sente-lite/history`` requests: paged reads of a channel's history.
+FEATURE_HISTORY_API = "history-api"
+#: The server may subscribe a connection itself (``sente-lite/server-sub``/``server-unsub``).
+FEATURE_SERVER_SUBS = "server-subs"
+K_LIMIT = "limit"
+K_REVERSE = "reverse"
+K_PAGE = "page"
+K_NEXT = "next"
+K_PUBLICATIONS = "publications"
 #: Longest connection token read, at the upgrade or in a ``chsk/refresh`` (section 12).
 MAX_TOKEN_CHARS = 8192
 #: Longest publish id (PROTOCOL 9).

@@ -375,3 +375,28 @@ def test_every_broker_and_the_hub_have_the_declared_calls() -> None:
     from sente_lite.brokers.redis.presence import RedisPresence
     for name, params in methods_of(PresenceBroker).items():
         assert list(inspect.signature(getattr(RedisPresence, name)).parameters) == params, name
+
+
+def test_history_reads_page_by_page_both_ways(make: Make) -> None:
+    """``core.history_api.read_page`` over every broker: pages of ``limit``, each naming where
+    the next starts, forwards and backwards, after ``since``; the last page says None."""
+    from sente_lite.core.history_api import read_page
+
+    (broker, _), = make()
+    epoch = [publish(broker, "pg", i) for i in range(7)][0].epoch
+
+    def walk(reverse: bool, since: Optional[Since] = None) -> List[List[int]]:
+        pages, at = [], None
+        while True:
+            got, at = read_page(broker, "pg", 3, since, reverse, at)
+            pages.append([o for o, _ in got.publications])
+            if at is None:
+                return pages
+            assert at.epoch == epoch
+
+    assert walk(False) == [[1, 2, 3], [4, 5, 6], [7]]
+    assert walk(True) == [[7, 6, 5], [4, 3, 2], [1]]
+    assert walk(False, Since(2, epoch)) == [[3, 4, 5], [6, 7]]
+    assert walk(True, Since(2, epoch)) == [[7, 6, 5], [4, 3]]
+    got, at = read_page(broker, "pg", 3, None, False, Since(3, "another"))
+    assert got.publications == [] and at is None

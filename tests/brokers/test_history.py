@@ -20,7 +20,8 @@ def test_handshake_announces_the_features(make_face: Callable[..., Face],
                                           make_client: Callable[..., Client]) -> None:
     c = make_client(make_face().url)
     assert c.wait_connected(5)
-    assert c.handshake is not None and c.handshake["features"] == ["history", "publish-id", "batch", "bytes"]
+    assert c.handshake is not None and c.handshake["features"] == ["history", "publish-id", "batch", "bytes",
+                                                                "history-api", "server-subs"]
 
 
 def test_a_stored_position_resumes_exactly_after_it(make_face: Callable[..., Face],

@@ -490,7 +490,7 @@ def test_websocket_console_refuses_anyone_not_in_console_users(make_server, in_t
 
 def test_the_handshake_names_the_console_only_when_the_websocket_serves_it(make_server, make_client,
                                                                            in_tmp):
-    plain = ["history", "publish-id", "batch", "bytes"]
+    plain = ["history", "publish-id", "batch", "bytes", "history-api", "server-subs"]
     for console, features in ((None, plain), (Console(port_file=None), plain),
                               (Console(console_users=["alice"], websocket=False, port_file=None), plain),
                               (Console(console_users=["alice"], tcp=False), plain + ["console"])):

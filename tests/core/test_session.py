@@ -28,7 +28,8 @@ def test_handshake_connects_and_announces_features() -> None:
     assert pair.client.status == ss.CONNECTED
     hs = pair.client.handshake_info
     assert hs is not None and hs.uid == "u1" and hs.first is True
-    assert hs.info["features"] == ["history", "publish-id", "batch", "bytes"]
+    assert hs.info["features"] == ["history", "publish-id", "batch", "bytes", "history-api",
+                                   "server-subs"]
     assert pair.client.heartbeat_s == pytest.approx(1.234)
 
 

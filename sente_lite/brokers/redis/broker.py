@@ -289,21 +289,45 @@ class RedisBroker:
     def history(self, channel: str, since: Optional[Since] = None, limit: Optional[int] = None,
                 reverse: bool = False) -> HistoryPage:
         """The stream of ``channel`` (messages younger than ``history_ttl_s``), read in one
-        transaction with its epoch and offset; see :meth:`Broker.history`."""
+        transaction with its epoch and offset; see :meth:`Broker.history`. With a
+        ``limit``, only that range is read (``XRANGE``/``XREVRANGE`` with ``COUNT``) while
+        the stream's oldest entry is not expired; else the whole stream."""
         space = self._space
+        log_key = space.log_key(channel)
         pipe = self._link.redis.pipeline(transaction=True)
         pipe.hmget(space.meta_key(channel), "epoch", "offset")
-        pipe.xrange(space.log_key(channel))
         pipe.time()
-        (epoch_b, top_b), rows, (secs, micros) = pipe.execute()
+        ranged = limit is not None
+        if ranged:
+            low = b"-" if since is None else f"{since.offset + 1}-0".encode()
+            pipe.xrange(log_key, count=1)
+            if reverse:
+                pipe.xrevrange(log_key, b"+", low, count=limit)
+            else:
+                pipe.xrange(log_key, low, b"+", count=limit)
+        else:
+            pipe.xrange(log_key)
+        answers = pipe.execute()
+        (epoch_b, top_b), (secs, micros) = answers[0], answers[1]
         if epoch_b is None:
             return history_page(None, [], since, limit, reverse)
-        epoch = epoch_b.decode()
+        epoch, top = epoch_b.decode(), int(top_b or 0)
         size, ttl_s = space.history_of(channel)
         oldest = secs * 1000 + micros // 1000 - int(ttl_s * 1000)
-        entries = [e for e in (entry_of(i, f) for i, f in rows) if e.ms >= oldest][-size:] if size else []
-        kept = Kept(epoch, int(top_b or 0), entries[0].offset if entries else None,
-                    bool(size), space.max_replay)
+        if ranged:
+            head = [entry_of(i, f) for i, f in answers[2]]
+            if head and head[0].ms < oldest:  # expired entries lead: read it all
+                full = self.history(channel, since, None, reverse)
+                return full._replace(publications=full.publications[:limit])
+            rows = answers[3][::-1] if reverse else answers[3]
+            low_kept = max(head[0].offset if head else top + 1, top - size + 1)
+            entries = [e for e in (entry_of(i, f) for i, f in rows) if e.offset >= low_kept] if size else []
+            first: Optional[int] = low_kept if head and size and low_kept <= top else None
+        else:
+            entries = [e for e in (entry_of(i, f) for i, f in answers[2])
+                       if e.ms >= oldest][-size:] if size else []
+            first = entries[0].offset if entries else None
+        kept = Kept(epoch, top, first, bool(size), space.max_replay)
         return history_page(kept, [(e.offset, message_text(e.head, e.offset, epoch))
                                    for e in entries], since, limit, reverse)
 
