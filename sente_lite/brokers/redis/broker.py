@@ -351,7 +351,8 @@ class RedisBroker:
                 "broker_subscription": self.subscription,
                 "broker_listening": self._link.listening_to(),
                 "broker_shard_subscribes": self._link.shard_subscribes,
-                "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved}
+                "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved,
+                "broker_inbound_bytes": self._channels.inbound_bytes}
 
     # -- users on other servers ---------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:

@@ -121,6 +121,7 @@ class RedisChannels(MemberIndex, LiveFeed):
         self._shard_names: Dict[bytes, str] = {}  # shard channel listened to -> channel
         self.heard = 0  # channel messages read from Redis for a channel served here
         self.unserved = 0  # ... for a channel nobody here subscribes to (dropped)
+        self.inbound_bytes = 0  # pubsub channel name and payload bytes of those messages
 
     # -- subscribe -------------------------------------------------------------------
     def subscribe(self, member: Hashable, name: str, announce: Optional[Announce] = None,

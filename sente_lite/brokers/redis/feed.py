@@ -32,6 +32,7 @@ class LiveFeed:
     _shard_names: Dict[bytes, str]
     heard: int
     unserved: int
+    inbound_bytes: int
     events: Optional[BrokerEvents]
     notices: int
     caught_up: int
@@ -43,6 +44,7 @@ class LiveFeed:
             self._on_message(channel, data)
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
+        self.inbound_bytes += len(channel) + len(data)
         if self._space.sharded:
             name: Optional[str] = self._shard_names.get(channel)
         else:
