@@ -98,6 +98,17 @@ class PublishRequest(NamedTuple):
     event = p.EV_PUBLISH
 
 
+class PresenceRequest(NamedTuple):
+    """A ``sente-lite/presence`` (``stats``: ``sente-lite/presence-stats``) request."""
+
+    channel_id: str
+    stats: bool
+    cb_id: str
+    kind = _CHANNEL
+    event = p.EV_PRESENCE
+    traceparent = None
+
+
 class RefreshRequest(NamedTuple):
     """A ``chsk/refresh``: the client presents a fresh connection token (a reply is due)."""
 
@@ -682,6 +693,21 @@ class ServerSession(_ServerAnswers, _TokenRules):
                                         data.get(p.K_EXCLUDE_SENDER) is True, cb_id,
                                         tracing.of(data))], [])
 
+    def _presence(self, data: Any, cb_id: Optional[str], event: str = p.EV_PRESENCE) -> Received:
+        if p.FEATURE_PRESENCE not in self.rules.features:
+            self.counters.add(Counter.UNKNOWN_EVENTS)
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event {event} "
+                                             "(no feature presence)", cb_id, event, self.packer)])
+        channel = self._channel(data, cb_id, event)
+        if isinstance(channel, Received):
+            return channel
+        if cb_id is None:
+            return self._bad_frame(f"{event} is a request (it needs a cb-id)", None)
+        return Received([PresenceRequest(channel, event == p.EV_PRESENCE_STATS, cb_id)], [])
+
+    def _presence_stats(self, data: Any, cb_id: Optional[str]) -> Received:
+        return self._presence(data, cb_id, p.EV_PRESENCE_STATS)
+
     # -- our requests to the peer ------------------------------------------------------
     def request(self, event: str, data: Any, waiter: Waiter, now: float,
                 timeout: float) -> Tuple[str, bytes]:
@@ -762,6 +788,8 @@ _SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Receiv
     p.EV_PUBLISH: ServerSession._publish,
     p.EV_REFRESH: ServerSession._refresh,
     p.EV_HISTORY: _history,
+    p.EV_PRESENCE: ServerSession._presence,
+    p.EV_PRESENCE_STATS: ServerSession._presence_stats,
 }
 
 
@@ -960,6 +988,23 @@ class PublishAnswered(NamedTuple):
     error: Optional[RemoteError]
 
 
+class PresenceChange(NamedTuple):
+    """A member joined (``joined``) or left a subscribed channel (``sente-lite/join`` /
+    ``sente-lite/leave``); ``member``: ``{client-id, uid, conn-id, info}``."""
+
+    channel_id: str
+    joined: bool
+    member: Dict[str, Any]
+
+
+def presence_body(channel_id: str) -> Dict[str, Any]:
+    """The data of a client's presence request for ``channel_id`` (ValueError when invalid)."""
+    problem = p.channel_id_problem(channel_id)
+    if problem:
+        raise ValueError(problem)
+    return {p.K_CHANNEL: channel_id}
+
+
 class EventRequest(NamedTuple):
     """An application event from the server (``cb_id``: the server waits for a reply)."""
 
@@ -1069,6 +1114,27 @@ class _ChannelRules:
             self._count("recovery_failures")
             sub.epoch, sub.last_offset = epoch, top
         return Received([Subscribed(channel_id, data, None, recovery)], [])
+
+    def _notice(self, event: str, data: Any) -> Received:
+        """A frame the server sends about a held channel: ``subscribed``, join or leave."""
+        if event == p.EV_SUBSCRIBED:
+            return self._subscribed_notice(data)
+        return self._presence_change(event, data)
+
+    def _presence_change(self, event: str, data: Any) -> Received:
+        """A ``sente-lite/join`` / ``sente-lite/leave``: its data must be {channel-id: str,
+        member: {conn-id: str, ...}}; dropped (counted) for a channel not held."""
+        channel_id = data.get(p.K_CHANNEL) if isinstance(data, dict) else None
+        member = data.get(p.K_MEMBER) if isinstance(data, dict) else None
+        if not isinstance(channel_id, str) or not isinstance(member, dict) or not isinstance(
+                member.get(p.K_CONN_ID), str):
+            self._count("bad_frames_from_server")
+            log.warning("malformed %s: %s", event, safe(repr(data)))
+            return _NOTHING
+        if channel_id not in self._subs:
+            self._count("unsubscribed_channel_msgs")
+            return _NOTHING
+        return Received([PresenceChange(channel_id, event == p.EV_JOIN, member)], [])
 
     def _channel_msg(self, data: Any) -> Received:
         """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
@@ -1296,8 +1362,8 @@ class ClientSession(_ChannelRules):
             if cb_id is not None:  # a request: exactly one reply, with its cb-id
                 return Received([], [self.packer.encode(p.EV_REPLY, None, cb_id)])
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
-        if event == p.EV_SUBSCRIBED:
-            return self._subscribed_notice(data)
+        if event == p.EV_SUBSCRIBED or event == p.EV_JOIN or event == p.EV_LEAVE:
+            return self._notice(event, data)
         if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:
             return _NOTHING
         if event in (p.EV_REPLY, p.EV_ERROR):
@@ -1403,6 +1469,7 @@ class ClientSession(_ChannelRules):
 
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
            "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "HistoryRequest", "ReplyArrived", "CloseConnection", "Received",
+           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "PresenceRequest", "PresenceChange", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "history_data", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",

@@ -35,6 +35,8 @@ DEFAULT_SUBSCRIPTION_QUEUE = 10_000
 @dataclass
 class _Sub:
     handlers: List[ChannelHandler] = field(default_factory=list)
+    on_join: List[Callable[[Any], Any]] = field(default_factory=list)
+    on_leave: List[Callable[[Any], Any]] = field(default_factory=list)
     queues: List["asyncio.Queue[ChannelMessage]"] = field(default_factory=list)
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     reply: Optional[dict] = None
@@ -73,14 +75,23 @@ class ChannelsMixin:
 
     async def subscribe(self, channel_id: str, handler: Optional[ChannelHandler] = None,
                         timeout: Optional[float] = ss.DEFAULT_HEARTBEAT_S, *,
-                        since: Union[Since, Dict[str, Any], None] = None) -> Optional[dict]:
+                        since: Union[Since, Dict[str, Any], None] = None,
+                        on_join: Optional[Callable[[ss.PresenceChange], Any]] = None,
+                        on_leave: Optional[Callable[[ss.PresenceChange], Any]] = None,
+                        ) -> Optional[dict]:
         """Subscribe to ``channel_id`` (kept across reconnects until :meth:`unsubscribe`);
         ``handler(msg)`` (plain or ``async``) runs for each message. With a ``timeout``
         await the server's answer and return it (``channel-id``, ``offset``, ``epoch``,
-        ``recovered`` when ``since`` was sent); None returns at once."""
+        ``recovered`` when ``since`` was sent); None returns at once. ``on_join(change)`` /
+        ``on_leave(change)`` (plain or ``async``) run, in order with its messages, when a
+        member joins or leaves (the namespace has ``join_leave``)."""
         sub = await self._hold(channel_id, _start(since))
         if handler is not None:
             sub.handlers.append(handler)
+        if on_join is not None:
+            sub.on_join.append(on_join)
+        if on_leave is not None:
+            sub.on_leave.append(on_leave)
         return await self._answer(channel_id, sub, timeout)
 
     async def subscription(self, channel_id: str, *, since: Union[Since, Dict[str, Any], None] = None,
@@ -227,6 +238,12 @@ class ChannelsMixin:
                 queue.put_nowait(msg)
             except asyncio.QueueFull:
                 self._counts["subscription_overflows"] += 1
+
+    def _on_presence_change(self, ev: ss.PresenceChange) -> None:
+        sub = self._subs.get(ev.channel_id)
+        moved = None if sub is None else sub.on_join if ev.joined else sub.on_leave
+        if moved:
+            self._tasks.put_nowait(("channel", moved, ev))
 
     def _on_subscribed(self, ev: ss.Subscribed) -> None:
         sub = self._subs.get(ev.channel_id)

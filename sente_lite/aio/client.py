@@ -29,6 +29,7 @@ from .channels import ChannelHandler, ChannelsMixin, RecoveryHandler, _Sub
 from ..wire.token_expiry import RefreshSchedule
 from .io import IoMixin
 from .history import HistoryMixin
+from .presence import PresenceMixin
 from .refresh import RefreshMixin
 
 log = logging.getLogger("sente_lite.client")
@@ -37,7 +38,7 @@ Token = Union[str, Callable[[], Optional[str]], None]
 EventHandler = Callable[[Any], Any]
 
 
-class AsyncClient(ChannelsMixin, RefreshMixin, IoMixin, HistoryMixin):
+class AsyncClient(ChannelsMixin, PresenceMixin, RefreshMixin, IoMixin, HistoryMixin):
     """An asyncio sente_lite client: ``async with AsyncClient(url) as c:``.
 
     Keywords as :class:`sente_lite.Client` takes them where they apply: ``client_id``,

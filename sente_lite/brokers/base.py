@@ -175,6 +175,30 @@ class Broker(Protocol):
         first (``reverse``: newest first), at most ``limit``."""
         ...
 
+    # -- channel presence (namespaces with presence / join_leave) ------------------------
+    def presence_add(self, channel: str, member: Dict[str, Any]) -> bool:
+        """Record ``member`` (``{client-id, uid, conn-id, info}``) as present in ``channel``
+        for every node; True when its conn-id was not there yet."""
+        ...
+
+    def presence_remove(self, channel: str, conn_id: str) -> bool:
+        """Forget connection ``conn_id`` in ``channel``; True when it was there."""
+        ...
+
+    def presence_of(self, channel: str) -> List[Dict[str, Any]]:
+        """The members of ``channel`` on every node."""
+        ...
+
+    def presence_stats(self, channel: str) -> Dict[str, int]:
+        """``{"members": N, "users": M}`` of ``channel`` on every node."""
+        ...
+
+    def publish_event(self, channel: str, text: bytes) -> None:
+        """Hand the event frame ``text`` (a join or leave) to every subscriber of ``channel``
+        on every node, through the path its messages take (so in order with them);
+        never waits."""
+        ...
+
     # -- users on other nodes ------------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:
         """Send an event frame to the connections of ``uid`` on every other node."""

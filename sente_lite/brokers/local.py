@@ -37,6 +37,7 @@ from ..counters import Counter, Counters
 from ..wire.channels import (Built, HistoryPage, Published, RecoveryResult, Since,  # noqa: F401
                              message_text)
 from .base import Announce, BrokerEvents, Dispatch, Done, HistoryLimits, PresenceBroker
+from .presence_table import PresenceTable, TablePresence
 from .history import (DEFAULT_HISTORY_MAX_BYTES_PER_CHANNEL, DEFAULT_HISTORY_MAX_BYTES_TOTAL,
                       DEFAULT_HISTORY_SIZE, DEFAULT_HISTORY_TTL_S, DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
                       DEFAULT_PUBLISH_DEDUP_S, History, _Channel)
@@ -59,7 +60,7 @@ class _Publish:
     """One publish waiting for (or run by) the thread holding its channel's lock."""
 
     __slots__ = ("make_frame", "deliver", "exclude", "done", "result", "finished", "publish_id",
-                 "publisher")
+                 "publisher", "event")
 
     def __init__(self, make_frame: Callable[[int, str], Any], deliver: Callable[[Hashable, Any], bool],
                  exclude: Optional[Hashable], done: Optional[Callable[[Any], None]],
@@ -72,6 +73,7 @@ class _Publish:
         self.done = done
         self.result: Any = None  # a Published, or the exception that ended this publish
         self.finished: Optional[threading.Event] = None  # set for a waiting publisher
+        self.event = False  # an event frame (join/leave): no offset, no history
 
 
 
@@ -201,8 +203,10 @@ class FlatCombining:
         wait: bool = True,
         publish_id: Optional[str] = None,
         publisher: Optional[str] = None,
+        event: bool = False,
     ) -> Optional[Published]:
-        """Publish one message on ``name``.
+        """Publish one message on ``name`` (``event``: an event frame, a join or leave,
+        handed to every subscriber in order with the messages, taking no offset).
 
         ``make_frame(offset, epoch)`` is called once; its result goes to
         ``deliver(member, frame)`` for every subscriber except ``exclude``, in
@@ -219,6 +223,7 @@ class FlatCombining:
         delivered again: the result is the first one's, with ``duplicate=True``.
         """
         entry = _Publish(make_frame, deliver, exclude, done, publish_id, publisher)
+        entry.event = event
         with self._lock:
             ch = self._get_or_create(name)
             if name in self._idle:
@@ -272,6 +277,12 @@ class FlatCombining:
 
     def _run_one(self, ch: _Channel, entry: _Publish) -> None:
         try:
+            if entry.event:
+                frame = entry.make_frame(0, ch.epoch)
+                for member in ch.subscribers:
+                    entry.deliver(member, frame)
+                self._finish(ch, entry)
+                return
             history = self.history
             publish_id = entry.publish_id
             if publish_id is not None:
@@ -525,7 +536,7 @@ class ChannelRegistry(MemberIndex, ReplayPager, FlatCombining):
                 "max_replay_per_subscribe": self.history.max_replay}
 
 
-class LocalBroker:
+class LocalBroker(TablePresence):
     """The :class:`~sente_lite.brokers.base.Broker` of one process (the server's default):
     its channels live in a :class:`ChannelRegistry` (``registry``; keyword arguments are
     its settings); every user is on this node, so routing to other nodes does nothing
@@ -538,6 +549,7 @@ class LocalBroker:
                  **settings: Any) -> None:
         self.registry = ChannelRegistry(epoch_prefix, max_idle_channels, **settings)
         self._events: Optional[BrokerEvents] = None
+        self.presence_table = PresenceTable()
 
     @classmethod
     def over(cls, registry: ChannelRegistry) -> "LocalBroker":
@@ -545,6 +557,7 @@ class LocalBroker:
         broker = cls.__new__(cls)
         broker.registry = registry
         broker._events = None
+        broker.presence_table = PresenceTable()
         return broker
 
     # -- lifecycle -------------------------------------------------------------------
@@ -602,6 +615,16 @@ class LocalBroker:
 
     def unsubscribe(self, member: Hashable, channel: str) -> bool:
         return self.registry.unsubscribe(member, channel)
+
+    def publish_event(self, channel: str, text: bytes) -> None:
+        """See :meth:`~sente_lite.brokers.base.Broker.publish_event`: through the channel's
+        publish queue, so in order with its messages."""
+        if not self.registry.subscriber_count(channel):
+            return
+        events = self._started()
+        built = events.build(text, None)
+        self.registry.publish(channel, lambda offset, epoch: built, events.deliver,
+                              wait=False, event=True)
 
     def remove_member(self, member: Hashable) -> List[str]:
         return self.registry.remove_member(member)

@@ -16,6 +16,7 @@ from typing import Any, Callable, Deque, Dict, Hashable, List, Optional, Tuple
 from ..counters import Counter, Counters
 from ..wire.channels import HistoryPage, Published, RecoveryResult, Since, message_text
 from .base import Announce, BrokerEvents, Dispatch, Done, HistoryLimits
+from .presence_table import PresenceTable, TablePresence
 from .recovery import Kept, count_recovery, decide, history_page, replay_limit
 
 
@@ -51,6 +52,8 @@ class MemoryLog:
         self._seq = itertools.count(1)
         #: a channel's own (history size, ttl) when smaller (:meth:`MemoryBroker.limit_history`)
         self.limits: Optional[HistoryLimits] = None
+        #: channel presence of every node
+        self.presence_table = PresenceTable()
 
     def node(self, node_id: Optional[str] = None, counters: Optional[Counters] = None) -> Any:
         """A :class:`MemoryBroker` for one more server on this log."""
@@ -97,7 +100,7 @@ class MemoryLog:
             return [n.node_id for n in self.started]
 
 
-class MemoryBroker:
+class MemoryBroker(TablePresence):
     """One node's :class:`~sente_lite.brokers.base.Broker` on a :class:`MemoryLog` (its
     ``presence`` too). ``counters`` gets its deliveries, duplicates and recoveries."""
 
@@ -108,6 +111,7 @@ class MemoryBroker:
         self.counters = counters if counters is not None else Counters()
         self.events: Optional[BrokerEvents] = None
         self.presence = log
+        self.presence_table = log.presence_table
         self._held: Dict[Hashable, Dict[str, None]] = {}  # member -> its channels (under log.lock)
 
     def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
@@ -169,6 +173,17 @@ class MemoryBroker:
             if done is not None:
                 done(result)  # in channel order, as every broker answers
         return result
+
+    def publish_event(self, channel: str, text: bytes) -> None:
+        """See :meth:`~sente_lite.brokers.base.Broker.publish_event`: under the log's lock,
+        as messages are, to every node's subscribers."""
+        with self.log.lock:
+            ch = self.log.channels.get(channel)
+            for node, members in (ch.members.items() if ch is not None else ()):
+                if node.events is not None and members:
+                    built = node.events.build(text, None)
+                    for m in list(members):
+                        node.events.deliver(m, built)
 
     def _hand(self, members: Dict[Hashable, None], text: bytes, traceparent: Optional[str],
               exclude: Optional[Hashable], counted: bool) -> int:

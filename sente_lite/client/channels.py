@@ -38,6 +38,8 @@ OUTBOX_POLL_S = 0.1
 @dataclass
 class _Sub:
     handlers: List[ChannelHandler] = field(default_factory=list)
+    on_join: List[Callable[[Any], Any]] = field(default_factory=list)
+    on_leave: List[Callable[[Any], Any]] = field(default_factory=list)
     acked: threading.Event = field(default_factory=threading.Event)
     reply: Optional[dict] = None
     error: Optional[BaseException] = None
@@ -56,7 +58,9 @@ class ChannelsMixin:
 
     def subscribe(self, channel_id: str, handler: Optional[ChannelHandler] = None,
                   timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S, *,
-                  since: Union[Since, Dict[str, Any], None] = None) -> Optional[dict]:
+                  since: Union[Since, Dict[str, Any], None] = None,
+                  on_join: Optional[Callable[[ss.PresenceChange], Any]] = None,
+                  on_leave: Optional[Callable[[ss.PresenceChange], Any]] = None) -> Optional[dict]:
         """Subscribe to ``channel_id``; kept across reconnects until unsubscribe.
 
         ``handler(msg: ChannelMessage)`` runs for each delivery. With a ``timeout``
@@ -64,7 +68,9 @@ class ChannelsMixin:
         ``offset``, ``epoch``, and ``recovered`` when ``since`` was sent); with None
         it returns at once. ``since`` (``{"offset": N, "epoch": E}``, e.g. a stored
         :meth:`position`) asks the server to replay every message after it first;
-        the answer goes to :meth:`on_recovery` handlers too.
+        the answer goes to :meth:`on_recovery` handlers too. ``on_join(change)`` /
+        ``on_leave(change)`` run, in order with its messages, when a member joins or
+        leaves the channel (its namespace has ``join_leave``; :class:`~sente_lite.session.PresenceChange`).
         """
         problem = p.channel_id_problem(channel_id)
         if problem:
@@ -82,6 +88,10 @@ class ChannelsMixin:
                 self._session.add_subscription(channel_id, start)
             if handler is not None:
                 sub.handlers.append(handler)
+            if on_join is not None:
+                sub.on_join.append(on_join)
+            if on_leave is not None:
+                sub.on_leave.append(on_leave)
             if new and self._status == CONNECTED:
                 self._send_subscribe(channel_id, sub)
         if timeout is None:
@@ -244,6 +254,11 @@ class InboundMixin:
                     sub = self._subs.get(ev.channel_id)
                     if sub is not None and sub.handlers:
                         tasks.append(("channel", sub.handlers, ev))
+                elif kind is ss.PresenceChange:
+                    sub = self._subs.get(ev.channel_id)
+                    moved = None if sub is None else sub.on_join if ev.joined else sub.on_leave
+                    if moved:
+                        tasks.append(("channel", moved, ev))
                 elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
                     ss.resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
                              ev.error)

@@ -37,6 +37,7 @@ from .send import MAX_SEND_BATCH_FRAMES, SendingMixin  # noqa: F401 (documented 
 from .io import Connector, Roles, backoff_delay, settle
 from .history import HistoryMixin
 from .refresh import RefreshMixin
+from .presence import PresenceMixin
 from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (documented here)
                        ClientSettings, Token)
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
@@ -67,7 +68,7 @@ EventHandler = Callable[[Any], Any]
 
 
 
-class Client(ChannelsMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin):
+class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the

@@ -34,6 +34,7 @@ from .gate import ChannelGate
 from .history_api import HistoryReads
 from .hub import Hub
 from .jwt_tokens import JWT, Grant
+from .presence import ChannelPresence
 from .refresh import Refresher, close_expired
 from .ports import ConnectionPort, Handler
 from .security import report
@@ -70,6 +71,8 @@ class ServerDispatcher:
         self._next_ping = 0.0
         #: ``sente-lite/history`` reads (a face sets its ``offload`` for brokers on Redis)
         self.history_reads = HistoryReads(hub.broker, gate, self.counters)
+        #: Presence and join/leave of the namespaces that have them (the hub tells it moves).
+        self.presence = ChannelPresence(hub, gate.namespaces)
         # One bound method per event type a server session gives, built once.
         self._actions: Dict[type, Action] = {
             ss.AppEvent: self._app_event,
@@ -80,6 +83,7 @@ class ServerDispatcher:
             ss.CloseConnection: self._close,
             ss.RefreshRequest: Refresher(tokens, self.counters),
             ss.HistoryRequest: self.history_reads,
+            ss.PresenceRequest: self.presence.act,
         }
 
     # -- connections -------------------------------------------------------------------
@@ -241,7 +245,7 @@ class ServerDispatcher:
         return True
 
     def _unsubscribe(self, conn: ConnectionPort, ev: ss.UnsubscribeRequest) -> None:
-        self.hub.broker.unsubscribe(conn.conn_id, ev.channel_id)
+        self.hub.unsubscribe(conn, ev.channel_id)
         conn.send_frame(conn.session.unsubscribed(ev.channel_id, ev.cb_id))
 
     def _subscribe(self, conn: ConnectionPort, ev: ss.SubscribeRequest) -> None:

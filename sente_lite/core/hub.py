@@ -33,6 +33,14 @@ Deliver = Callable[[Hashable, Any], bool]
 CloseUser = Callable[[str, int, str], int]
 
 
+class ChannelMoves(Protocol):
+    """What the hub tells when a connection joins or leaves channels."""
+
+    def joined(self, conn: Any, channel: str) -> None: ...
+
+    def left(self, conn: Any, channels: List[str]) -> None: ...
+
+
 class Member(Protocol):
     """What the hub needs of a connection."""
 
@@ -73,6 +81,9 @@ class Hub:
         #: Users across nodes, when the broker has other nodes.
         self.presence_broker: Optional[PresenceBroker] = broker.presence
         self._close_user = close_user
+        #: Told when a connection joins or leaves a channel (presence, join/leave); the
+        #: dispatcher sets it (:class:`~sente_lite.core.presence.ChannelPresence`).
+        self.channel_presence: Optional[ChannelMoves] = None
 
     # -- registry ---------------------------------------------------------------------
     def first_visit(self, client_id: str) -> bool:
@@ -110,7 +121,9 @@ class Hub:
                 ids.discard(conn.conn_id)
                 if not ids:
                     del self._by_uid[conn.uid]
-        self.broker.remove_member(conn.conn_id)
+        left = self.broker.remove_member(conn.conn_id)
+        if left and self.channel_presence is not None:
+            self.channel_presence.left(conn, left)
         if self.presence_broker is not None:
             self.presence_broker.users_changed()
 
@@ -213,8 +226,35 @@ class Hub:
 
     def subscribe(self, conn: Member, channel: str, announce: Announce,
                   since: Optional[Since], replay_budget: Optional[int] = None) -> None:
-        """Subscribe ``conn``; a replay for ``since`` is at most ``replay_budget`` messages."""
-        self.broker.subscribe(conn.conn_id, channel, announce, since, replay_budget)
+        """Subscribe ``conn``; a replay for ``since`` is at most ``replay_budget`` messages.
+        Once it is answered, the channel's presence learns that ``conn`` joined."""
+        moves = self.channel_presence
+        if moves is None:
+            self.broker.subscribe(conn.conn_id, channel, announce, since, replay_budget)
+            return
+        state = {"answered": False, "returned": False}
+
+        def answered(offset: int, epoch: str, recovery: Any) -> None:
+            announce(offset, epoch, recovery)
+            if not state["answered"]:
+                state["answered"] = True
+                if state["returned"]:  # answered later, on the broker's thread
+                    moves.joined(conn, channel)
+
+        refuse = getattr(announce, "refuse", None)
+        if refuse is not None:
+            answered.refuse = refuse  # type: ignore[attr-defined]
+        self.broker.subscribe(conn.conn_id, channel, answered, since, replay_budget)
+        state["returned"] = True
+        if state["answered"]:  # answered under the broker's locks: join now they are let go
+            moves.joined(conn, channel)
+
+    def unsubscribe(self, conn: Member, channel: str) -> bool:
+        """Remove ``conn`` from ``channel`` (its presence learns it left); True when it was in."""
+        was = self.broker.unsubscribe(conn.conn_id, channel)
+        if was and self.channel_presence is not None:
+            self.channel_presence.left(conn, [channel])
+        return was
 
     def _send(self, conns: List[Any], event: str, data: Any, json_payload: bytes) -> int:
         """Send ``event`` to ``conns``, encoded once per packer in use (``json_payload``:

@@ -38,6 +38,9 @@ class Namespace:
     subscribes and publishes instead of the server's ``authorize`` hook (after the policies).
     ``history_size`` (0: none) and ``history_ttl_s``: each channel's history, at most the
     server's ``history_size``/``history_ttl_s`` (None: the server's).
+    ``presence``: the server keeps who is subscribed to each channel (clients may ask,
+    ``c.presence(ch)``); ``join_leave``: each channel's subscribers are told who joins
+    and leaves it (``sente-lite/join`` / ``sente-lite/leave``).
     """
 
     subscribe: str = "anyone"
@@ -45,8 +48,14 @@ class Namespace:
     authorize: Optional[Authorize] = None
     history_size: Optional[int] = None
     history_ttl_s: Optional[float] = None
+    presence: bool = False
+    join_leave: bool = False
 
     def __post_init__(self) -> None:
+        for flag in ("presence", "join_leave"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"Namespace {flag} must be True or False, "
+                                f"got {getattr(self, flag)!r}")
         if self.subscribe not in SUBSCRIBE_POLICIES:
             raise ValueError(f"Namespace subscribe must be one of {', '.join(SUBSCRIBE_POLICIES)}; "
                              f"got {self.subscribe!r}")
@@ -120,6 +129,11 @@ class Namespaces:
             return None
         return (sys.maxsize if ns.history_size is None else ns.history_size,
                 math.inf if ns.history_ttl_s is None else float(ns.history_ttl_s))
+
+    @property
+    def has_presence(self) -> bool:
+        """Some namespace has ``presence`` or ``join_leave``."""
+        return any(ns.presence or ns.join_leave for ns in self.by_name.values())
 
     def get(self, channel_id: str) -> Optional[Namespace]:
         """The namespace of ``channel_id``, or None when the server does not serve it."""

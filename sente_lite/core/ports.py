@@ -27,6 +27,7 @@ class ConnectionPort(Protocol):
     """
 
     conn_id: str
+    client_id: str
     uid: Optional[str]
     remote_address: str
     session: ServerSession

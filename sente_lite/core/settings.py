@@ -336,7 +336,7 @@ class ServerSettings:
             max_channel_id_chars=self.max_channel_id_chars, rate_limit=self.rate_limit,
             rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited,
             features=ServerRules.features + features
-            + ((p.FEATURE_NAMESPACES,) if self.namespaces is not None else ())
+            + ((p.FEATURE_NAMESPACES, p.FEATURE_PRESENCE) if self.namespaces is not None else ())
             + ((p.FEATURE_REFRESH,) if self.jwt is not None else ()))
 
     def channel_gate(self, broker: Broker, counters: Any) -> ChannelGate:

@@ -63,6 +63,7 @@ from ..core.jwt_tokens import JWT
 from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
 from ..core.messaging import MessagingMixin, check_event_id
+from ..core.presence import PresenceCalls
 from ..core.settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
                        DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
                        DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BAD_FRAMES_IN_ROW,
@@ -342,7 +343,7 @@ class Connection:
         resolve(waiter, result, error)
 
 
-class Server(InspectionMixin, MessagingMixin):
+class Server(InspectionMixin, MessagingMixin, PresenceCalls):
     """A sente_lite server. Use as ``with Server(...) as srv:`` or call start()/stop().
 
     Every keyword is a setting, checked at construction and kept in ``srv.settings``

@@ -51,6 +51,13 @@ EV_HISTORY = "sente-lite/history"
 #: (feature ``server-subs``).
 EV_SERVER_SUB = "sente-lite/server-sub"
 EV_SERVER_UNSUB = "sente-lite/server-unsub"
+#: Presence of a channel (feature ``presence``): a request, answered ``{members: [...]}``.
+EV_PRESENCE = "sente-lite/presence"
+#: Presence counts of a channel: a request, answered ``{members: N, users: M}``.
+EV_PRESENCE_STATS = "sente-lite/presence-stats"
+#: A connection joined / left a channel whose namespace has ``join_leave`` (to its subscribers).
+EV_JOIN = "sente-lite/join"
+EV_LEAVE = "sente-lite/leave"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -110,6 +117,14 @@ K_TOKEN = "token"
 #: The handshake's info: when the connection's token expires (seconds since the epoch).
 K_TOKEN_EXP = "token-exp"
 K_EXP = "exp"
+#: Presence (feature ``presence``): a member is {client-id, uid, conn-id, info}.
+K_MEMBERS = "members"
+K_MEMBER = "member"
+K_USERS = "users"
+K_CLIENT_ID = "client-id"
+K_UID = "uid"
+K_CONN_ID = "conn-id"
+K_INFO = "info"
 
 #: What this implementation adds to version 1 (the handshake's ``features``).
 FEATURE_HISTORY = "history"
@@ -140,6 +155,9 @@ K_REVERSE = "reverse"
 K_PAGE = "page"
 K_NEXT = "next"
 K_PUBLICATIONS = "publications"
+#: The server answers ``sente-lite/presence`` and ``sente-lite/presence-stats`` requests and
+#: sends ``sente-lite/join`` / ``sente-lite/leave`` events, per namespace (section 15).
+FEATURE_PRESENCE = "presence"
 #: Longest connection token read, at the upgrade or in a ``chsk/refresh`` (section 12).
 MAX_TOKEN_CHARS = 8192
 #: Longest publish id (PROTOCOL 9).

@@ -400,3 +400,37 @@ def test_history_reads_page_by_page_both_ways(make: Make) -> None:
     assert walk(True, Since(2, epoch)) == [[7, 6, 5], [4, 3]]
     got, at = read_page(broker, "pg", 3, None, False, Since(3, "another"))
     assert got.publications == [] and at is None
+# -- channel presence and join/leave events ------------------------------------------------
+def member(conn_id: str, uid: str = "u") -> Dict[str, Any]:
+    return {"client-id": "c-" + conn_id, "uid": uid, "conn-id": conn_id, "info": None}
+
+
+def test_presence_members_are_shared_by_every_node(make: Make, kind: str) -> None:
+    nodes = make(2 if kind in ROUTING else 1)
+    a, b = nodes[0][0], nodes[-1][0]
+    assert a.presence_add("room", member("m1", "alice")) is True
+    assert a.presence_add("room", member("m1", "alice")) is False  # once per connection
+    assert b.presence_add("room", member("m2", "bob")) is True
+    b.presence_add("room", member("m3", "alice"))
+    assert sorted(m["conn-id"] for m in a.presence_of("room")) == ["m1", "m2", "m3"]
+    assert b.presence_stats("room") == {"members": 3, "users": 2}
+    assert a.presence_remove("room", "m1") is True and a.presence_remove("room", "m1") is False
+    assert [m["conn-id"] for m in b.presence_of("room") if m["uid"] == "alice"] == ["m3"]
+    assert a.presence_of("elsewhere") == [] and a.presence_stats("elsewhere") == {"members": 0,
+                                                                                  "users": 0}
+
+
+def test_events_reach_every_nodes_subscribers_in_order_with_messages(make: Make, kind: str) -> None:
+    nodes = make(2 if kind in ROUTING else 1)
+    (a, node_a), (b, node_b) = nodes[0], nodes[-1]
+    subscribe(a, "m", "c")
+    if b is not a:
+        subscribe(b, "far", "c")
+    publish(a, "c", 1)
+    a.publish_event("c", json.dumps(["sente-lite/join", {"channel-id": "c", "n": 1}]).encode())
+    publish(a, "c", 2)
+    far = "far" if b is not a else "m"
+    for node, who in ((node_a, "m"), (node_b, far)):
+        wait_until(lambda: len(node.got.get(who, [])) == 3, what="two messages and the event")
+        assert [m.get("offset", m.get("n")) for m in node.got[who]] == [1, 1, 2]
+        assert "offset" not in node.got[who][1]

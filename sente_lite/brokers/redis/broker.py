@@ -42,6 +42,7 @@ from .link import (DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT
 from ..publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
+from .channel_presence import SCRIPTS as CHANNEL_PRESENCE_SCRIPTS, RedisChannelPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
 from .url import SHARDED, parse_broker_url
 
@@ -86,6 +87,7 @@ class _Hooks(LinkHooks):
 
     def relinked(self) -> None:
         self._broker._presence.refresh()
+        self._broker._channel_presence.refresh()
 
     def link_down(self) -> None:
         self._broker._channels.link_down()
@@ -103,6 +105,7 @@ class _Hooks(LinkHooks):
 
     def refresh_due(self) -> None:
         self._broker._presence.users_changed()
+        self._broker._link.submit(self._broker._channel_presence.refresh)
 
     def command_failed(self, exc: BaseException) -> None:
         self._broker._counters.add(Counter.BROKER_COMMAND_ERRORS)
@@ -187,7 +190,8 @@ class RedisBroker:
         patterns = () if self._space.sharded else (self._space.msg_prefix + b"*",)
         self._link = RedisLink(
             parsed.url, _Hooks(self), patterns=patterns, channels=(user_channel,),
-            scripts=(PUBLISH_SCRIPT, SYNC_SCRIPT), connect_timeout_s=connect_timeout_s,
+            scripts=(PUBLISH_SCRIPT, SYNC_SCRIPT) + CHANNEL_PRESENCE_SCRIPTS,
+            connect_timeout_s=connect_timeout_s,
             command_timeout_s=command_timeout_s, link_check_s=link_check_s,
             link_timeout_s=link_timeout_s, reconnect_base_s=reconnect_base_s,
             reconnect_max_s=reconnect_max_s, refresh_every_s=presence_ttl_s / 3)
@@ -197,6 +201,7 @@ class RedisBroker:
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
         self.presence = self._presence
+        self._channel_presence = RedisChannelPresence(self._space, self._link, presence_ttl_s)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
@@ -353,6 +358,26 @@ class RedisBroker:
                 "broker_shard_subscribes": self._link.shard_subscribes,
                 "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved,
                 "broker_inbound_bytes": self._channels.inbound_bytes}
+
+    # -- channel presence (Redis keys <chan>:pz / <chan>:ph, expiring in presence_ttl_s) --
+    def presence_add(self, channel: str, member: Dict[str, Any]) -> bool:
+        """Record ``member`` of this server in ``channel`` (waits on Redis); True when new."""
+        return self._channel_presence.add(channel, member)
+
+    def presence_remove(self, channel: str, conn_id: str) -> bool:
+        return self._channel_presence.remove(channel, conn_id)
+
+    def presence_of(self, channel: str) -> List[Dict[str, Any]]:
+        """The members of ``channel`` on every server (a SIGKILLed server's expire within
+        ``presence_ttl_s``)."""
+        return self._channel_presence.members(channel)
+
+    def presence_stats(self, channel: str) -> Dict[str, int]:
+        return self._channel_presence.stats(channel)
+
+    def publish_event(self, channel: str, text: bytes) -> None:
+        """A join/leave, by the channel's pubsub channel (in order with its messages)."""
+        self._channel_presence.publish_event(channel, text)
 
     # -- users on other servers ---------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:

@@ -13,6 +13,7 @@ from ...counters import Counter, Counters
 from ...wire.channels import message_text
 from ..base import BrokerEvents
 from ..recovery import REASON_EPOCH_CHANGED, REASON_HISTORY_EXPIRED
+from .channel_presence import EVENT_MARK
 from .link import RedisLink
 from .space import MAX_PENDING_PER_CHANNEL, Chan, ChannelSpace, command_refused, read_stream
 
@@ -55,6 +56,9 @@ class LiveFeed:
             self.unserved += 1  # a message of a channel nobody here subscribes to
             return
         self.heard += 1
+        if data.startswith(EVENT_MARK):  # a join/leave: to every subscriber, in order
+            self._deliver_event(ch, data[len(EVENT_MARK):])
+            return
         offset_b, epoch_b, exclude_b, traced_b, head = data.split(b" ", 4)
         offset, epoch, exclude = int(offset_b), epoch_b.decode(), exclude_b.decode()
         traceparent = None if traced_b == b"-" else traced_b.decode()
@@ -73,6 +77,15 @@ class LiveFeed:
                 ch.pending[offset] = (epoch, exclude, traceparent, head)
             if ch.synced and not self._link.down:
                 self._queue_resync(ch)  # a gap, or a new epoch: catch up from the stream
+
+    def _deliver_event(self, ch: Chan, text: bytes) -> None:
+        events = self.events
+        with ch.lock:
+            if ch.dead or events is None or not ch.subs:
+                return
+            built = events.build(text, None)
+            for member, deliver in ch.subs.items():
+                deliver(member, built)
 
     def _deliver_locked(self, ch: Chan, head: bytes, exclude: str,
                         traceparent: Optional[str]) -> None:

@@ -140,6 +140,10 @@ class ChannelSpace:
     def log_key(self, name: str) -> str:
         return self._chan(name) + ":log"
 
+    def presence_key(self, name: str, part: str) -> str:
+        """A key of ``name``'s channel presence (``part``: ``pz`` the expiries, ``ph`` the members)."""
+        return f"{self._chan(name)}:{part}"
+
     def id_key(self, name: str, publish_id: str, publisher: Optional[str] = None) -> str:
         """The key remembering ``publish_id`` of ``publisher`` (None: the server) on ``name``."""
         who = "s" if publisher is None else "u" + publisher
