@@ -185,7 +185,8 @@ class RedisBroker:
         self._space = ChannelSpace(prefix, self.server_id, history_size, history_ttl_s,
                                    publish_dedup_s, channel_ttl_s, publish_ids_per_publisher,
                                    publish_ids_max, max_replay_per_subscribe,
-                                   sharded=parsed.subscription == SHARDED)
+                                   sharded=parsed.subscription == SHARDED,
+                                   cluster=parsed.nodes is not None)
         user_channel = redis_presence.user_channel(prefix)
         patterns = () if self._space.sharded else (self._space.msg_prefix + b"*",)
         self._link = RedisLink(
@@ -194,7 +195,8 @@ class RedisBroker:
             connect_timeout_s=connect_timeout_s,
             command_timeout_s=command_timeout_s, link_check_s=link_check_s,
             link_timeout_s=link_timeout_s, reconnect_base_s=reconnect_base_s,
-            reconnect_max_s=reconnect_max_s, refresh_every_s=presence_ttl_s / 3)
+            reconnect_max_s=reconnect_max_s, refresh_every_s=presence_ttl_s / 3,
+            nodes=parsed.nodes)
         self._channels = RedisChannels(self._space, self._link, counters)
         self._publisher = RedisPublisher(self._space, self._link, counters,
                                          self._channels.members_here)
@@ -299,9 +301,13 @@ class RedisBroker:
         the stream's oldest entry is not expired; else the whole stream."""
         space = self._space
         log_key = space.log_key(channel)
-        pipe = self._link.redis.pipeline(transaction=True)
+        # one transaction; in a cluster, TIME has no slot: read in order instead
+        pipe = self._link.redis.pipeline(transaction=self._link.nodes is None)
         pipe.hmget(space.meta_key(channel), "epoch", "offset")
-        pipe.time()
+        if self._link.nodes is None:
+            pipe.time()
+        else:  # TIME of the channel's node
+            pipe.execute_command("EVAL", "return redis.call('TIME')", 1, space.meta_key(channel))
         ranged = limit is not None
         if ranged:
             low = b"-" if since is None else f"{since.offset + 1}-0".encode()
@@ -313,7 +319,7 @@ class RedisBroker:
         else:
             pipe.xrange(log_key)
         answers = pipe.execute()
-        (epoch_b, top_b), (secs, micros) = answers[0], answers[1]
+        (epoch_b, top_b), (secs, micros) = answers[0], map(int, answers[1])
         if epoch_b is None:
             return history_page(None, [], since, limit, reverse)
         epoch, top = epoch_b.decode(), int(top_b or 0)

@@ -37,6 +37,7 @@ MAX_PUBLISH_BATCH = 256
 #: Live messages read from the subscription and handed to the network thread in one go, at most.
 MAX_DISPATCH_BATCH = 512
 _CONFIRMATIONS = ("subscribe", "psubscribe", "ssubscribe")
+_USER_KINDS = ("smessage", "message")
 #: Seconds the link thread blocks reading the subscription before it checks its clock.
 _LISTEN_TICK_S = 0.1
 
@@ -108,7 +109,8 @@ class RedisLink(Listening):
                  link_timeout_s: float = DEFAULT_LINK_TIMEOUT_S,
                  reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S,
                  reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
-                 refresh_every_s: float = 1.0) -> None:
+                 refresh_every_s: float = 1.0,
+                 nodes: Optional[List[Tuple[str, int]]] = None) -> None:
         redis = import_redis()
         self.redis_mod = redis
         self.url = url
@@ -118,6 +120,7 @@ class RedisLink(Listening):
         self.reconnect_max_s = reconnect_max_s
         self.refresh_every_s = refresh_every_s
         self.command_timeout_s = command_timeout_s
+        self.nodes = nodes  # a Redis Cluster's start-up nodes; None: one Redis
         self._init_listening()
         self._hooks = hooks
         self._patterns = patterns
@@ -130,7 +133,8 @@ class RedisLink(Listening):
         # outcome-unknown, never sent twice behind the caller's back.
         options = dict(socket_connect_timeout=connect_timeout_s, socket_timeout=command_timeout_s,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
-        self.redis = redis.Redis.from_url(url, **options)
+        self._options = options
+        self.redis = self._client(options)
         self._listen_options = dict(options, socket_timeout=None)
         self._ops: Deque[Any] = collections.deque()
         self._ops_cond = threading.Condition()
@@ -265,7 +269,7 @@ class RedisLink(Listening):
 
     def _relink(self) -> None:
         """The subscription is back: catch every channel up, then accept publishes again."""
-        self.redis.connection_pool.disconnect()  # connections from before the outage are dead
+        self._renew_commands_client()  # connections from before the outage are dead
         self.load_scripts()
         caught_up = self._hooks.catch_up()
         was_down_s = time.monotonic() - self.down_since
@@ -296,9 +300,10 @@ class RedisLink(Listening):
         attempt = 0
         redis = self.redis_mod
         while not self._stop.is_set():
-            client = redis.Redis.from_url(self.url, **self._listen_options)
-            pubsub = client.pubsub()
+            client = pubsub = None
             try:
+                client = self._client(self._listen_options)  # a cluster: reads its nodes
+                pubsub = client.pubsub()
                 self._subscribe_all(pubsub)  # _relink queued once Redis confirmed them all
                 attempt = 0
                 self._listen(pubsub)
@@ -324,14 +329,16 @@ class RedisLink(Listening):
         last_heard = now
         next_ping = now + self.link_check_s
         next_refresh = now
-        get = pubsub.get_message
+        get = pubsub.get_sharded_message if self.nodes else pubsub.get_message
         while not self._stop.is_set():
             msg = get(timeout=_LISTEN_TICK_S)
             batch: List[Tuple[bytes, bytes]] = []
             while msg is not None:  # every message already read, handed over in one go
                 last_heard = time.monotonic()
                 kind = msg["type"]
-                if kind == "smessage" or kind == "pmessage":
+                if kind in _USER_KINDS and msg["channel"] in self._channels:
+                    hooks.on_user_message(msg["data"])  # sharded in a cluster
+                elif kind == "smessage" or kind == "pmessage":
                     batch.append((msg["channel"], msg["data"]))
                     if len(batch) >= MAX_DISPATCH_BATCH:
                         break
@@ -343,7 +350,9 @@ class RedisLink(Listening):
             if batch:
                 hooks.on_messages(batch)
             now = time.monotonic()
-            if now >= next_ping:
+            if self.nodes:  # redis-py's cluster pubsub watches its nodes itself
+                last_heard = now
+            elif now >= next_ping:
                 pubsub.ping()
                 next_ping = now + self.link_check_s
             if self._lost_gen != gen:

@@ -78,7 +78,7 @@ class RedisPresence:
         link = self._link
         if link.down:
             raise BrokerUnavailable(f"the broker (Redis) is unreachable: {link.down_reason}")
-        link.submit(lambda: link.redis.publish(self._user_channel, data))
+        link.submit(lambda: link.publish_user(self._user_channel, data))
 
     def on_user_message(self, data: bytes) -> None:
         """A user message read from the subscription (link thread)."""
@@ -119,7 +119,7 @@ class RedisPresence:
             return
         counts = events.user_counts()
         key = self._presence_key(self.server_id)
-        pipe = link.redis.pipeline(transaction=True)
+        pipe = link.redis.pipeline(transaction=link.nodes is None)  # a cluster: other slots
         pipe.delete(key)
         if counts:
             pipe.hset(key, mapping=counts)

@@ -26,8 +26,9 @@ from .link import BatchedOp, RedisLink, as_text
 
 log = logging.getLogger("sente_lite.redis")
 
-# KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" for none), 4 the publisher's id list,
-#       5 the list of every id
+# KEYS: 1 meta hash, 2 stream, 3 publish-id key ("" or absent for none), 4 the publisher's
+#       id list, 5 the list of every id (in a cluster: all in the channel's slot, and only
+#       keys 1-2 for a publish without an id)
 # ARGV: 1 message text up to the offset, 2 epoch if a new one is needed, 3 history size,
 #       4 publish-id ms, 5 channel ms, 6 pubsub channel, 7 excluded conn-id ("-": none),
 #       8 history ms, 9 ids per publisher, 10 ids in all, 11 PUBLISH or SPUBLISH (ARGV 6 is
@@ -37,9 +38,10 @@ log = logging.getLogger("sente_lite.redis")
 # publish changed nothing but, at most, a new epoch). The stream entry and the pubsub
 # message carry the text up to the offset ('h'); readers finish it with offset and epoch.
 PUBLISH_SCRIPT = """
+local idk = KEYS[3] or ''
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if epoch and KEYS[3] ~= '' then
-  local first = redis.call('GET', KEYS[3])
+if epoch and idk ~= '' then
+  local first = redis.call('GET', idk)
   if first then
     local sep = string.find(first, ' ', 1, true)
     if sep and string.sub(first, 1, sep - 1) == epoch then
@@ -62,16 +64,16 @@ end
 redis.call('HSET', KEYS[1], 'offset', offset)
 redis.call('PEXPIRE', KEYS[1], ARGV[5])
 local evicted = 0
-if KEYS[3] ~= '' then
-  redis.call('SET', KEYS[3], epoch .. ' ' .. offset, 'PX', ARGV[4])
+if idk ~= '' then
+  redis.call('SET', idk, epoch .. ' ' .. offset, 'PX', ARGV[4])
   for i, most in ipairs({ARGV[9], ARGV[10]}) do
     local list = KEYS[3 + i]
-    local n = redis.pcall('RPUSH', list, KEYS[3])
+    local n = redis.pcall('RPUSH', list, idk)
     if type(n) == 'number' then
       redis.call('PEXPIRE', list, ARGV[4])
       while n > tonumber(most) do
         local old = redis.call('LPOP', list)
-        if old ~= KEYS[3] then evicted = evicted + redis.call('DEL', old) end
+        if old ~= idk then evicted = evicted + redis.call('DEL', old) end
         n = n - 1
       end
     end
@@ -238,13 +240,13 @@ def publish_command(space: ChannelSpace, sha: Optional[str], name: str, head: by
     names the channel's epoch should the publish start one (default: a new one of ``space``).
     The layout (``EVALSHA sha 5``, keys 1-5, then ARGV 1-12) is what the script reads."""
     if publish_id is None:
-        ids: Tuple[str, ...] = ("", "", "")
+        ids: Tuple[str, ...] = () if space.cluster else ("", "", "")
     else:
-        ids = (space.id_key(name, publish_id, publisher), space.publisher_ids_key(publisher),
-               space.all_ids_key())
+        ids = (space.id_key(name, publish_id, publisher),
+               space.publisher_ids_key(publisher, name), space.all_ids_key(name))
     size, ttl_s = space.history_of(name)
     verb, delivery = space.delivery(name)
-    return ("EVALSHA", sha, 5, space.meta_key(name), space.log_key(name), *ids, head,
+    return ("EVALSHA", sha, 2 + len(ids), space.meta_key(name), space.log_key(name), *ids, head,
             space.new_epoch() if epoch is None else epoch, str(size),
             str(int(space.publish_dedup_s * 1000)),
             str(int(space.channel_ttl_s * 1000)), delivery, exclude or "-",

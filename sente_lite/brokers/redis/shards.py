@@ -13,7 +13,7 @@ confirmed before the channels are caught up from their streams.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 
 class Listening:
@@ -26,6 +26,33 @@ class Listening:
     redis_mod: Any
     submit: Callable[[Any], None]
     _relink: Callable[[], None]
+    nodes: Optional[List[Tuple[str, int]]]
+    url: str
+    redis: Any
+    _options: Dict[str, Any]
+
+    def _client(self, options: Dict[str, Any]) -> Any:
+        """A redis-py client of the URL (``redis.cluster.RedisCluster`` of ``nodes``)."""
+        if self.nodes is None:
+            return self.redis_mod.Redis.from_url(self.url, **options)
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], **options)
+
+    def _renew_commands_client(self) -> None:
+        """Drop the connections from before an outage (a cluster: its slot map too)."""
+        if self.nodes is None:
+            self.redis.connection_pool.disconnect()
+            return
+        old, self.redis = self.redis, self._client(self._options)
+        try:
+            old.close()
+        except Exception:
+            pass
+
+    def publish_user(self, channel: bytes, data: bytes) -> None:
+        """Publish on the user channel (``SPUBLISH`` in a cluster: one slot's node)."""
+        self.redis.execute_command("SPUBLISH" if self.nodes else "PUBLISH", channel, data)
 
     def _init_listening(self) -> None:
         self._shards: Dict[bytes, None] = {}  # shard channels wanted, in order
@@ -77,7 +104,9 @@ class Listening:
             self._awaiting = len(self._patterns) + len(self._channels) + len(self._shards)
             if self._patterns:
                 pubsub.psubscribe(*self._patterns)
-            if self._channels:
+            if self._channels and self.nodes:
+                pubsub.ssubscribe(*self._channels)  # PUBLISH would reach every node
+            elif self._channels:
                 pubsub.subscribe(*self._channels)
             if self._shards:
                 pubsub.ssubscribe(*self._shards)

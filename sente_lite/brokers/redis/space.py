@@ -98,7 +98,7 @@ class ChannelSpace:
                  publish_ids_per_publisher: int = DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
                  publish_ids_max: int = DEFAULT_PUBLISH_IDS_MAX,
                  max_replay: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE, *,
-                 sharded: bool = True) -> None:
+                 sharded: bool = True, cluster: bool = False) -> None:
         validate_id_bounds(publish_ids_per_publisher, publish_ids_max)
         if isinstance(max_replay, bool) or not isinstance(max_replay, int) or max_replay < 0:
             raise ValueError(f"max_replay_per_subscribe must be an int >= 0, got {max_replay!r}")
@@ -115,6 +115,8 @@ class ChannelSpace:
         #: True: messages go to each channel's shard channel (SPUBLISH; servers SSUBSCRIBE
         #: the channels they serve); False: to ``<prefix>:msg:<C>`` (PUBLISH; PSUBSCRIBE).
         self.sharded = sharded
+        #: True (Redis Cluster): the publish-id lists are kept per channel, in its slot
+        self.cluster = cluster
         self._epoch_seq = itertools.count(1)
         #: channel name -> (history size, ttl) of a channel whose own bounds are smaller
         #: (a namespace's), or None for ``history_size``/``history_ttl_s``
@@ -149,13 +151,19 @@ class ChannelSpace:
         who = "s" if publisher is None else "u" + publisher
         return f"{self._chan(name)}:id:{digest(name, who, publish_id)}"
 
-    def publisher_ids_key(self, publisher: Optional[str]) -> str:
-        """The list of the id keys ``publisher`` made, oldest first (its bound)."""
+    def publisher_ids_key(self, publisher: Optional[str], name: str = "") -> str:
+        """The list of the id keys ``publisher`` made, oldest first (its bound); in a
+        cluster, on channel ``name`` (in its slot)."""
         who = "s" if publisher is None else "u" + publisher
+        if self.cluster:
+            return f"{self._chan(name)}:ids:{digest(who)}"
         return f"{self.prefix}:ids:{digest(who)}"
 
-    def all_ids_key(self) -> str:
-        """The list of every id key, oldest first (the total bound)."""
+    def all_ids_key(self, name: str = "") -> str:
+        """The list of every id key, oldest first (the total bound); in a cluster, of
+        channel ``name`` (in its slot)."""
+        if self.cluster:
+            return f"{self._chan(name)}:ids"
         return f"{self.prefix}:ids"
 
     def msg_channel(self, name: str) -> bytes:
