@@ -59,6 +59,22 @@ export interface ClientOptions {
   persistKey?: string;
 }
 
+/** One connection subscribed to a channel with presence (protocol section 15). */
+export interface PresenceMember {
+  clientId: string | null;
+  uid: string | null;
+  connId: string;
+  /** The info claim of the connection's JWT token, else null. */
+  info: unknown;
+}
+
+/** A member joined or left a subscribed channel (sente-lite/join, sente-lite/leave). */
+export interface PresenceChange {
+  channelId: string;
+  joined: boolean;
+  member: PresenceMember;
+}
+
 /** A channel position: pass it to subscribe() as since to resume after it. */
 export interface Position {
   offset: number;
@@ -178,7 +194,14 @@ export class Client {
   request<R = unknown>(eventId: string, data?: unknown, options?: { timeoutMs?: number }): Promise<R>;
 
   subscribe<T = unknown>(channelId: string, fn?: (msg: ChannelMessage<T>) => void,
-                         options?: { timeoutMs?: number; since?: Position | null }): Promise<Subscribed>;
+                         options?: { timeoutMs?: number; since?: Position | null;
+                                     onJoin?: (change: PresenceChange) => void;
+                                     onLeave?: (change: PresenceChange) => void }): Promise<Subscribed>;
+  /** Members of channelId on every server (feature "presence"; the client must hold the
+   *  channel and its namespace have presence, else RemoteError "forbidden"). */
+  presence(channelId: string, options?: { timeoutMs?: number }): Promise<PresenceMember[]>;
+  /** Member and distinct-user counts of channelId; as presence(). */
+  presenceStats(channelId: string, options?: { timeoutMs?: number }): Promise<{ members: number; users: number }>;
   /** Position of the last message seen on channelId, or null before any. */
   position(channelId: string): Position | null;
   unsubscribe(channelId: string, options?: { timeoutMs?: number }): Promise<void>;

@@ -37,6 +37,11 @@ var SenteLite = (function () {
   var EV_PUBLISH = "sente-lite/publish";
   var EV_CHANNEL_MSG = "sente-lite/channel-msg";
   var EV_BATCH = "chsk/batch";
+  // Presence and join/leave (feature "presence", protocol section 15).
+  var EV_PRESENCE = "sente-lite/presence";
+  var EV_PRESENCE_STATS = "sente-lite/presence-stats";
+  var EV_JOIN = "sente-lite/join";
+  var EV_LEAVE = "sente-lite/leave";
   /** A fresh connection token over the open socket (feature "refresh", protocol section 12). */
   var EV_REFRESH = "chsk/refresh";
   var FEATURE_REFRESH = "refresh";
@@ -131,6 +136,27 @@ var SenteLite = (function () {
       throw new TypeError("invalid event-id " + JSON.stringify(eventId) +
                           ": need \"namespace/name\" of [A-Za-z0-9_.-], 1-64 chars each");
     }
+  }
+
+  /** A presence member in this client's names. */
+  function memberOf(m) {
+    return { clientId: m["client-id"] === undefined ? null : m["client-id"],
+             uid: m.uid === undefined ? null : m.uid, connId: m["conn-id"],
+             info: m.info === undefined ? null : m.info };
+  }
+
+  function checkMoveHandlers(opts) {
+    ["onJoin", "onLeave"].forEach(function (k) {
+      if (opts && opts[k] !== undefined && opts[k] !== null && typeof opts[k] !== "function") {
+        throw new TypeError(k + " must be a function");
+      }
+    });
+  }
+
+  function addMoveHandlers(sub, opts) {
+    if (!sub.onJoin) { sub.onJoin = []; sub.onLeave = []; }
+    if (opts && opts.onJoin) { sub.onJoin.push(opts.onJoin); }
+    if (opts && opts.onLeave) { sub.onLeave.push(opts.onLeave); }
   }
 
   function checkChannelId(channelId) {
@@ -1018,12 +1044,15 @@ var SenteLite = (function () {
    * opts.since ({offset, epoch}, e.g. a stored position()) asks the server to replay every
    * message after it first; with persistPositions the stored position of channelId is used
    * when no since is given. The answer to a subscribe with since goes to onRecovery too.
+   * opts.onJoin / opts.onLeave: fn({channelId, member: {clientId, uid, connId, info}}) when a
+   * member joins or leaves the channel (its namespace has join_leave), in order with its messages.
    */
   Client.prototype.subscribe = function (channelId, fn, opts) {
     var since = opts && opts.since !== undefined && opts.since !== null ? opts.since : null;
     try {
       checkChannelId(channelId);
       if (fn !== undefined && fn !== null && typeof fn !== "function") { throw new TypeError("handler must be a function"); }
+      checkMoveHandlers(opts);
       if (since !== null && !isPosition(since)) {
         throw new TypeError("since must be {offset: integer >= 0, epoch: non-empty string}, not " + JSON.stringify(since));
       }
@@ -1040,6 +1069,7 @@ var SenteLite = (function () {
       this._subs.set(channelId, sub);
     }
     if (fn) { sub.handlers.push(fn); }
+    addMoveHandlers(sub, opts);
     var ms = opts && opts.timeoutMs !== undefined ? opts.timeoutMs : this.options.requestTimeoutMs;
     var promise = new Promise(function (resolve, reject) {
       if (sub.answer && !sub.inFlight) { resolve(sub.answer); return; }
@@ -1759,6 +1789,7 @@ var SenteLite = (function () {
                     this._binary ? mpEncode([EV_PONG]) : JSON.stringify([EV_PONG]), null);
         return;
       case EV_SUBSCRIBED: this._onSubscribedNotice(data); return;
+      case EV_JOIN: case EV_LEAVE: this._onPresenceChange(eventId === EV_JOIN, data); return;
       case EV_PONG: case EV_UNSUBSCRIBED: return;
       case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
     }
@@ -1868,6 +1899,47 @@ var SenteLite = (function () {
         this._error("channel handler for " + JSON.stringify(channelId) + " threw", e);
       }
     }
+  };
+
+  /** A sente-lite/join or sente-lite/leave of a held channel: its onJoin/onLeave handlers. */
+  Client.prototype._onPresenceChange = function (joined, data) {
+    var member = data && typeof data === "object" ? data.member : null;
+    if (!member || typeof member !== "object" || typeof data["channel-id"] !== "string" ||
+        typeof member["conn-id"] !== "string") {
+      this._stats.badFramesFromServer++;
+      this._warn("malformed " + (joined ? EV_JOIN : EV_LEAVE) + ":", JSON.stringify(data));
+      return;
+    }
+    var channelId = data["channel-id"];
+    var sub = this._subs.get(channelId);
+    if (!sub) { this._stats.unsubscribedChannelMsgs++; return; }
+    var change = { channelId: channelId, joined: joined, member: memberOf(member) };
+    var handlers = ((joined ? sub.onJoin : sub.onLeave) || []).slice();
+    for (var i = 0; i < handlers.length; i++) {
+      try {
+        handlers[i](change);
+      } catch (e) {
+        this._stats.handlerErrors++;
+        this._error((joined ? "onJoin" : "onLeave") + " handler for " + JSON.stringify(channelId) + " threw", e);
+      }
+    }
+  };
+
+  /**
+   * Members of channelId on every server: [{clientId, uid, connId, info}] (feature "presence";
+   * the client must hold the channel and its namespace have presence, else RemoteError forbidden).
+   */
+  Client.prototype.presence = function (channelId, opts) {
+    try { checkChannelId(channelId); } catch (e) { return Promise.reject(e); }
+    return this._request(EV_PRESENCE, { "channel-id": channelId }, opts && opts.timeoutMs).then(function (reply) {
+      return (reply && Array.isArray(reply.members) ? reply.members : []).map(memberOf);
+    });
+  };
+
+  /** {members, users} of channelId (users: distinct uids); as presence(). */
+  Client.prototype.presenceStats = function (channelId, opts) {
+    try { checkChannelId(channelId); } catch (e) { return Promise.reject(e); }
+    return this._request(EV_PRESENCE_STATS, { "channel-id": channelId }, opts && opts.timeoutMs);
   };
 
   /**

@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--token")
     ap.add_argument("--jwt-key")
     ap.add_argument("--max-queued-bytes", type=int, default=None)
+    ap.add_argument("--presence", action="store_true",
+                    help="namespaces room (presence, join_leave) and open (neither)")
     ap.add_argument("--no-msgpack", action="store_true",
                     help="act as a server without the msgpack package")
     args = ap.parse_args()
@@ -47,6 +49,8 @@ def main() -> int:
                               else {"max_queued_bytes_per_conn": args.max_queued_bytes})
     if args.jwt_key:
         queued["jwt"] = JWT(key=args.jwt_key)
+    if args.presence:
+        queued["namespaces"] = {"room": {"presence": True, "join_leave": True}, "open": {}}
 
     def make(port: int) -> Server:
         auth = None
