@@ -18,6 +18,7 @@ Commands (see :meth:`sente_lite.testing.Run.server_command`):
 * ``send-to-user`` ``{uid, event, data}``: :meth:`Server.send_to_user` (value: how many
   connections here took it). ``presence`` ``{uid}``: :meth:`Server.presence` and
   :meth:`Server.user_count`. ``health``: what ``GET /health`` answers (status, body).
+  ``presence-of`` ``{channel}``: :meth:`Server.presence_of` (the channel's members).
 * ``stop``: stop the server; the process's result value is the final stats.
 """
 
@@ -97,6 +98,7 @@ COMMANDS: Dict[str, Callable[[Server, Dict[str, Any]], Any]] = {
     "presence": lambda srv, data: {"presence": srv.presence(data["uid"]),
                                    "users": srv.user_count()},
     "health": _health,
+    "presence-of": lambda srv, data: srv.presence_of(data["channel"]),
 }
 
 
