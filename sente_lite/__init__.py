@@ -16,6 +16,7 @@ from .console import Console
 from .core.namespaces import Namespace
 from .server.server import Connection, Server
 from .core.jwt_tokens import JWT
+from .core.connect_channels import Authenticated
 from .api.publisher import ApiCallError, Publisher
 from .asgi import App
 from .aio import AsyncClient
@@ -23,7 +24,7 @@ from .aio import AsyncClient
 from .version import __version__
 
 __all__ = [
-    "Server", "Connection", "JWT", "Client", "App", "AsyncClient", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
+    "Authenticated", "Server", "Connection", "JWT", "Client", "App", "AsyncClient", "Publisher", "ApiCallError", "ChannelMessage", "Published", "Recovery", "Since",
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",

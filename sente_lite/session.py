@@ -1005,6 +1005,17 @@ def presence_body(channel_id: str) -> Dict[str, Any]:
     return {p.K_CHANNEL: channel_id}
 
 
+class ServerChannel(NamedTuple):
+    """The server subscribed this client to ``channel_id`` (``subscribed``), or took that
+    subscription back (feature ``server-subs``); ``offset``/``epoch``: where its live
+    messages start (None when taken back)."""
+
+    channel_id: str
+    subscribed: bool
+    offset: Optional[int]
+    epoch: Optional[str]
+
+
 class EventRequest(NamedTuple):
     """An application event from the server (``cb_id``: the server waits for a reply)."""
 
@@ -1018,6 +1029,8 @@ class _ClientSub:
     epoch: Optional[str] = None
     last_offset: int = 0
     since: Optional[Since] = None  # given by the application for the first subscribe
+    server: bool = False  # the server subscribed this client to it (feature server-subs)
+    awaiting: bool = False  # a subscribe with since is not answered yet
 
 
 @dataclass
@@ -1044,6 +1057,9 @@ def _kept_for_resend(unacked: Optional[_Unacked], error: RemoteError, now: float
     return True
 
 
+#: What the server says of a held channel by itself: subscribed, join/leave, server-sub/unsub.
+_CHANNEL_NOTICES = frozenset({p.EV_SUBSCRIBED, p.EV_JOIN, p.EV_LEAVE, p.EV_SERVER_SUB,
+                              p.EV_SERVER_UNSUB})
 _SUBSCRIBE_KIND = "subscribe"
 _PUBLISH_KIND = "publish"
 
@@ -1074,6 +1090,10 @@ class _ChannelRules:
     def subscriptions(self) -> List[str]:
         return sorted(self._subs)
 
+    def server_subscriptions(self) -> List[str]:
+        """The channels the server subscribed this client to (feature ``server-subs``)."""
+        return sorted(ch for ch, sub in self._subs.items() if sub.server)
+
     def position(self, channel_id: str) -> Optional[Since]:
         """The last offset and epoch seen on ``channel_id`` (store it to resume later)."""
         sub = self._subs.get(channel_id)
@@ -1092,7 +1112,29 @@ class _ChannelRules:
         cb_id, frame = self._requests.add_encoded(waiter, p.EV_SUBSCRIBE, body, now + timeout,
                                                   packer=self.packer)
         self._kinds[cb_id] = (_SUBSCRIBE_KIND, (channel_id, since))
+        sub.awaiting = since is not None
         return cb_id, frame
+
+    def _server_channel(self, data: Any, subscribed: bool) -> Received:
+        """``sente-lite/server-sub`` / ``server-unsub``: the server subscribed this client
+        to a channel (held from then on like its own, re-subscribed with ``since`` after a
+        reconnect), or took it back."""
+        channel_id = data.get(p.K_CHANNEL) if isinstance(data, dict) else None
+        if not isinstance(channel_id, str):
+            self._count("bad_frames_from_server")
+            return _NOTHING
+        if not subscribed:
+            self._subs.pop(channel_id, None)
+            return Received([ServerChannel(channel_id, False, None, None)], [])
+        top, epoch = _offset_of(data.get(p.K_OFFSET)), data.get(p.K_EPOCH)
+        sub = self._subs.get(channel_id)
+        if sub is None:  # new: live messages follow top (a held one keeps its position)
+            sub = self._subs[channel_id] = _ClientSub()
+            if top is not None and isinstance(epoch, str):
+                sub.epoch, sub.last_offset = epoch, top
+        sub.server = True
+        return Received([ServerChannel(channel_id, True, top, epoch if isinstance(epoch, str)
+                                       else None)], [])
 
     def _subscribed_notice(self, data: Any) -> Received:
         """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
@@ -1119,6 +1161,8 @@ class _ChannelRules:
         """A frame the server sends about a held channel: ``subscribed``, join or leave."""
         if event == p.EV_SUBSCRIBED:
             return self._subscribed_notice(data)
+        if event == p.EV_SERVER_SUB or event == p.EV_SERVER_UNSUB:
+            return self._server_channel(data, event == p.EV_SERVER_SUB)
         return self._presence_change(event, data)
 
     def _presence_change(self, event: str, data: Any) -> Received:
@@ -1151,6 +1195,10 @@ class _ChannelRules:
         sub = self._subs.get(msg.channel_id)
         if sub is None:
             self._count("unsubscribed_channel_msgs")
+            return _NOTHING
+        if sub.awaiting and sub.server:
+            # the server held it for us at connect and replays from our since once it
+            # answers: taking these now would skip the replay's older messages
             return _NOTHING
         if sub.epoch == msg.epoch:
             if msg.offset <= sub.last_offset:
@@ -1362,7 +1410,7 @@ class ClientSession(_ChannelRules):
             if cb_id is not None:  # a request: exactly one reply, with its cb-id
                 return Received([], [self.packer.encode(p.EV_REPLY, None, cb_id)])
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
-        if event == p.EV_SUBSCRIBED or event == p.EV_JOIN or event == p.EV_LEAVE:
+        if event in _CHANNEL_NOTICES:
             return self._notice(event, data)
         if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:
             return _NOTHING
@@ -1460,17 +1508,58 @@ class ClientSession(_ChannelRules):
                 # a fresh start (no since, or nothing recovered): live messages follow TOP
                 sub.epoch = epoch if isinstance(epoch, str) else None
                 sub.last_offset = top
-            sub.since = None
+            sub.since, sub.awaiting = None, False
         elif error is not None and sub is not None:
             self._subs.pop(channel_id, None)
         return Received([Subscribed(channel_id, data, error, recovery),
                          ReplyArrived(waiter, data, error)], [])
 
 
+class ServerChannelsMixin:
+    """The part of :class:`sente_lite.Client` and :class:`sente_lite.aio.AsyncClient` for the
+    channels the server subscribes them to (feature ``server-subs``): ``on_server_channel``,
+    ``server_subscriptions``, and what the reader does with a :class:`ServerChannel`."""
+
+    _subs: Dict[str, object]
+    _session: "ClientSession"
+
+    @property
+    def _server_handlers(self) -> List[Callable[[ChannelMessage], Any]]:
+        return self.__dict__.setdefault("_on_server_channel", [])  # type: ignore[no-any-return]
+
+    def on_server_channel(self, fn: Callable[[ChannelMessage], Any]) -> Callable[[ChannelMessage], Any]:
+        """Call ``fn(msg)`` for each message of every channel the server subscribes this
+        client to (``srv.subscribe``, or at connect), where channel handlers run; handlers
+        given to ``subscribe`` for such a channel run too."""
+        self._server_handlers.append(fn)
+        for channel_id in self.server_subscriptions():
+            handlers = self._subs[channel_id].handlers  # type: ignore[attr-defined]
+            if fn not in handlers:
+                handlers.append(fn)
+        return fn
+
+    def server_subscriptions(self) -> List[str]:
+        """The channels the server subscribed this client to (among :meth:`subscriptions`;
+        renewed with ``since`` after a reconnect like the client's own)."""
+        return self._session.server_subscriptions()
+
+    def _server_channel(self, ev: ServerChannel, make_sub: Callable[[], object]) -> None:
+        """The server subscribed this client to a channel, or took it back (reader side)."""
+        if not ev.subscribed:
+            self._subs.pop(ev.channel_id, None)
+            return
+        if ev.channel_id not in self._subs:
+            sub = make_sub()
+            sub.handlers.extend(self._server_handlers)  # type: ignore[attr-defined]
+            sub.acked.set()  # type: ignore[attr-defined]  # a later subscribe() has its answer
+            self._subs[ev.channel_id] = sub
+
+
 __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "SubscribeRequest",
-           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "HistoryRequest", "ReplyArrived", "CloseConnection", "Received",
-           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "PresenceRequest", "PresenceChange", "ReplyArrived", "CloseConnection", "Received",
-           "Handshake", "ChannelMessage", "Recovery", "Subscribed", "EventRequest", "TRANSITIONS",
+           "UnsubscribeRequest", "PublishRequest", "RefreshRequest", "HistoryRequest", "PresenceRequest",
+           "PresenceChange", "ReplyArrived", "CloseConnection", "Received",
+           "Handshake", "ChannelMessage", "Recovery", "Subscribed", "ServerChannel", "ServerChannelsMixin",
+           "EventRequest", "TRANSITIONS",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "history_data", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
            "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers", "with_traceparent"]

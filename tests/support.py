@@ -226,6 +226,7 @@ class ThreadedFace:
         self.publish, self.send_to_user, self.broadcast = srv.publish, srv.send_to_user, srv.broadcast
         self.request, self.disconnect_user = srv.request, srv.disconnect_user
         self.csrf_token = srv.csrf_token
+        self.subscribe, self.unsubscribe = srv.subscribe, srv.unsubscribe
 
     @staticmethod
     def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
@@ -269,6 +270,12 @@ class AsgiFace:
 
     def disconnect_user(self, uid: str, code: int = 1000, reason: str = "") -> int:
         return self._wait(self.server.disconnect_user(uid, code, reason))  # type: ignore[no-any-return]
+
+    def subscribe(self, target: str, channel_id: str) -> int:
+        return self._wait(self.server.subscribe(target, channel_id))  # type: ignore[no-any-return]
+
+    def unsubscribe(self, target: str, channel_id: str) -> int:
+        return self._wait(self.server.unsubscribe(target, channel_id))  # type: ignore[no-any-return]
 
     def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         return self._wait(self.server.request(conn_id, event, data, timeout), timeout + WAIT_S)

@@ -224,6 +224,8 @@ class ChannelsMixin:
         return cb_id
 
     # -- what the reader hands over ------------------------------------------------------------
+    _new_sub = staticmethod(lambda: _Sub())
+
     def _publish_answered(self) -> None:
         self._outbox_room.set()
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple, 
 from .. import limits as lim
 from .. import session as ss
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
-from ..session import CLOSED, CONNECTED, ChannelMessage, ClientSession, Recovery
+from ..session import CLOSED, CONNECTED, ChannelMessage, ClientSession, Recovery, ServerChannelsMixin
 from ..wire import packers
 from ..wire import protocol as p
 from .channels import ChannelHandler, ChannelsMixin, RecoveryHandler, _Sub
@@ -38,7 +38,8 @@ Token = Union[str, Callable[[], Optional[str]], None]
 EventHandler = Callable[[Any], Any]
 
 
-class AsyncClient(ChannelsMixin, PresenceMixin, RefreshMixin, IoMixin, HistoryMixin):
+class AsyncClient(ChannelsMixin, PresenceMixin, RefreshMixin, IoMixin, HistoryMixin,
+                  ServerChannelsMixin):
     """An asyncio sente_lite client: ``async with AsyncClient(url) as c:``.
 
     Keywords as :class:`sente_lite.Client` takes them where they apply: ``client_id``,

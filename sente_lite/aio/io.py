@@ -199,6 +199,8 @@ class IoMixin:
                 self._on_presence_change(ev)
             elif kind is ss.Subscribed:
                 self._on_subscribed(ev)
+            elif kind is ss.ServerChannel:
+                self._server_channel(ev, self._new_sub)
             elif kind is ss.Handshake:
                 handshake = True
                 self._on_handshake(ev)

@@ -213,12 +213,20 @@ def _history(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     reverse = params.get("reverse", False)
     if not isinstance(reverse, bool):
         raise ApiError("bad-request", "reverse must be true or false")
-    since = params.get("since")
-    if since is not None and (not isinstance(since, dict) or isinstance(since.get("offset"), bool)
-                              or not isinstance(since.get("offset"), int)
-                              or since["offset"] < 0 or not isinstance(since.get("epoch"), str)):
-        raise ApiError("bad-request", 'since must be {"offset": integer >= 0, "epoch": string}')
-    return server.history(channel, limit=limit, since=since, reverse=reverse)
+    marks = [params.get(key) for key in ("since", "page")]
+    for key, mark in zip(("since", "page"), marks):
+        if mark is not None and (not isinstance(mark, dict) or isinstance(mark.get("offset"), bool)
+                                 or not isinstance(mark.get("offset"), int)
+                                 or mark["offset"] < 0 or not isinstance(mark.get("epoch"), str)):
+            raise ApiError("bad-request", key + ' must be {"offset": integer >= 0, "epoch": string}')
+    return server.history(channel, limit=limit, since=marks[0], reverse=reverse, page=marks[1])
+
+
+def _server_sub(server: ServerFace, params: Dict[str, Any], publisher: str, on: bool) -> Any:
+    channel, target = _channel(server, params), _str(params, "target")
+    if on:
+        return {"subscribed": server.subscribe(target, channel)}  # type: ignore[arg-type]
+    return {"unsubscribed": server.unsubscribe(target, channel)}  # type: ignore[arg-type]
 
 
 def _channels(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
@@ -259,6 +267,8 @@ def _batch(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
 METHODS: Dict[str, Callable[[ServerFace, Dict[str, Any], str], Any]] = {
     "publish": _publish, "broadcast": _broadcast, "send_to_user": _send_to_user,
     "disconnect_user": _disconnect_user, "presence": _presence, "history": _history,
+    "subscribe": lambda s, params, pub: _server_sub(s, params, pub, True),
+    "unsubscribe": lambda s, params, pub: _server_sub(s, params, pub, False),
     "channels": _channels, "info": _info, "batch": _batch,
 }
 

@@ -44,6 +44,7 @@ class CallsMixin:
     counters: Counters
     _hub: Hub
     _face: Face
+    _dispatcher: Any
     _gate: Gate
     _latency: LatencyHistogram
     _started_at: float
@@ -79,9 +80,17 @@ class CallsMixin:
 
     async def history(self, channel_id: str, limit: int = 100,
                       since: Optional[Mapping[str, Any]] = None,
-                      reverse: bool = False) -> Dict[str, Any]:
-        """A channel's kept messages, as ``Server.history`` gives them."""
-        return await self._call(self._face.history, channel_id, limit, since, reverse)
+                      reverse: bool = False, page: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+        """A page of a channel's kept messages, as ``Server.history`` gives it."""
+        return await self._call(self._face.history, channel_id, limit, since, reverse, page)
+
+    async def subscribe(self, target: str, channel_id: str) -> int:
+        """Subscribe connection (or user) ``target`` to ``channel_id``, as ``Server.subscribe``."""
+        return await self._call(self._dispatcher.server_subs.subscribe, target, channel_id)
+
+    async def unsubscribe(self, target: str, channel_id: str) -> int:
+        """Take back what :meth:`subscribe` gave, as ``Server.unsubscribe``."""
+        return await self._call(self._dispatcher.server_subs.unsubscribe, target, channel_id)
 
     def send(self, conn_id: str, event: str, data: Any = None) -> bool:
         """Queue an event to one connection (never blocks). False when it is gone."""

@@ -268,6 +268,8 @@ class InboundMixin:
                     tasks.append(("event", ev.event, ev.data, ev.cb_id))
                 elif kind is ss.Subscribed:
                     self._on_subscribed(ev, tasks)
+                elif kind is ss.ServerChannel:
+                    self._server_channel(ev, _Sub)
                 elif kind is ss.Handshake:
                     handshake = True
                     self._on_handshake(ev)

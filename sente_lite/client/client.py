@@ -42,7 +42,7 @@ from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (doc
                        ClientSettings, Token)
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
 from ..session import (CLOSED, CONNECTED, CONNECTING, RECONNECTING, ChannelMessage, ClientSession,
-                       Recovery)
+                       Recovery, ServerChannelsMixin)
 
 log = logging.getLogger("sente_lite.client")
 
@@ -68,7 +68,8 @@ EventHandler = Callable[[Any], Any]
 
 
 
-class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin):
+class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin,
+             ServerChannelsMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the

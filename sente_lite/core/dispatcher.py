@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import session as ss
 from ..counters import Counter
@@ -32,6 +32,7 @@ from ..wire.channels import Published, RecoveryResult
 from ..wire.packers import Packer
 from .gate import ChannelGate
 from .history_api import HistoryReads
+from .server_subs import ServerSubs
 from .hub import Hub
 from .jwt_tokens import JWT, Grant
 from .presence import ChannelPresence
@@ -73,6 +74,8 @@ class ServerDispatcher:
         self.history_reads = HistoryReads(hub.broker, gate, self.counters)
         #: Presence and join/leave of the namespaces that have them (the hub tells it moves).
         self.presence = ChannelPresence(hub, gate.namespaces)
+        #: channels the server subscribes connections to (feature ``server-subs``)
+        self.server_subs = ServerSubs(hub, self.counters, rules.max_channel_id_chars)
         # One bound method per event type a server session gives, built once.
         self._actions: Dict[type, Action] = {
             ss.AppEvent: self._app_event,
@@ -92,21 +95,24 @@ class ServerDispatcher:
         return ss.ServerSession(conn_id, self.rules, now, self.counters, packer)
 
     def open(self, conn: ConnectionPort, csrf_token: Optional[str], info: Dict[str, Any],
-             first: bool, grant: Optional[Grant] = None) -> None:
+             first: bool, grant: Optional[Grant] = None, channels: Sequence[str] = ()) -> None:
         """Register ``conn`` with the hub, then greet it (registered first: a client
         that holds its handshake is known). ``grant``: its token's, whose ``exp`` bounds
-        it (the handshake tells it as ``token-exp``)."""
+        it (the handshake tells it as ``token-exp``). ``channels``: given at connect, the
+        server subscribes it to them (and to its user's) after the handshake."""
         if grant is not None:
             session = conn.session
             session.grant(session.last_seen + grant.deadline_in_s, grant.exp, grant.info)
             info = dict(info, **{p.K_TOKEN_EXP: grant.exp})
         self.hub.add(conn)
         conn.send_frame(conn.session.handshake(conn.uid, csrf_token, info, first))
+        self.server_subs.opened(conn, channels)
 
     def closed(self, conn: ConnectionPort) -> None:
         """``conn`` ended: forget it and its subscriptions; the server's requests to
         it fail with :class:`~sente_lite.errors.Disconnected`."""
         self.hub.remove(conn)
+        self.server_subs.closed(conn)
         for waiter, exc in conn.session.fail_requests():
             conn.settle(waiter, None, exc)
 
@@ -249,7 +255,9 @@ class ServerDispatcher:
         conn.send_frame(conn.session.unsubscribed(ev.channel_id, ev.cb_id))
 
     def _subscribe(self, conn: ConnectionPort, ev: ss.SubscribeRequest) -> None:
-        if self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id):
+        # a channel the server holds for it is the client's from now on (the server chose it)
+        if (not self.server_subs.take_over(conn, ev.channel_id)
+                and self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id)):
             return
         session = conn.session
         answered: List[bool] = []

@@ -30,6 +30,7 @@ from ..wire import packers
 from ..wire import protocol as p
 from . import security, static
 from .hub import Hub
+from .connect_channels import Authenticated
 from .jwt_tokens import Grant
 from .metrics import MetricsExporter
 from .security import Gate, GateLink as Link
@@ -84,6 +85,8 @@ class Identity:
     grant: Optional[Grant] = None
     #: the server's ``authenticate`` hook (or a JWT) named ``uid`` (else it is the client-id)
     authenticated: bool = False
+    #: channels the server subscribes it to as it opens (``Authenticated``, a JWT's claim)
+    channels: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -116,11 +119,15 @@ class HttpFront:
             srv = self.server
             uid = srv._identify(link, request, screened.client_id)
             grant = uid if isinstance(uid, Grant) else None
+            channels = grant.channels if grant is not None else ()
+            if isinstance(uid, Authenticated):
+                uid, channels = uid.uid, uid.channels
             decision = uid if isinstance(uid, Response) else Admit(Identity(
                 screened.client_id, grant.uid if grant is not None else uid, link.remote,
                 srv._gate.csrf_token_for(screened.client_id), screened.packer, screened.batch,
                 screened.bytes, grant,
-                authenticated=grant is not None or srv._gate.authenticate is not None))
+                authenticated=grant is not None or srv._gate.authenticate is not None,
+                channels=channels))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
             decision = _probe_answer(link, decision, self.server._gate)  # never upgrades

@@ -63,6 +63,8 @@ class Grant:
     exp: float
     info: Optional[Dict[str, Any]]
     deadline_in_s: float
+    #: its ``channels`` claim: the server subscribes the connection to them (``server-subs``)
+    channels: Tuple[str, ...] = ()
 
 
 def _pyjwt() -> Any:
@@ -230,7 +232,10 @@ class JWT:
                 raise TokenRejected("claim info must be an object")
             if len(json.dumps(info, separators=(",", ":")).encode("utf-8")) > MAX_INFO_BYTES:
                 raise TokenRejected(f"claim info over {MAX_INFO_BYTES} bytes")
-        return Grant(sub, exp, info, exp + self.leeway - now)
+        channels = claims.get("channels", [])
+        if not (isinstance(channels, list) and all(isinstance(ch, str) for ch in channels)):
+            raise TokenRejected("claim channels must be a list of strings")
+        return Grant(sub, exp, info, exp + self.leeway - now, tuple(channels))
 
 
 def mint(sub: str, ttl_s: float, key: KeyLike, algorithm: str = "HS256", *,

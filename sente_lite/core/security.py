@@ -64,6 +64,7 @@ from .. import limits as lim
 from ..wire import tracing
 from ..wire.origins import normalize_origins, origin_problem, split_host
 from ..logsafe import safe
+from .connect_channels import Authenticated, connect_channels
 from .jwt_tokens import JWT, Grant, TokenRejected
 
 log = logging.getLogger("sente_lite.core.security")
@@ -529,7 +530,7 @@ class Gate:
         return self.authenticate is not None or self.jwt is not None
 
     def identify(self, link: GateLink, request: Request,
-                 client_id: str) -> Union[str, Grant, Response]:
+                 client_id: str) -> Union[str, Authenticated, Grant, Response]:
         """The uid of this upgrade (the client-id without an authenticate hook), its
         token's :class:`Grant` with ``jwt``, or a refusal."""
         if self.jwt is not None:
@@ -543,16 +544,19 @@ class Gate:
             log.exception("authenticate hook raised for %s", view.remote_address)
             return self.refuse(link, 500, R_AUTH_ERROR,
                                f"authentication failed on the server ({type(exc).__name__})", client_id)
+        channels: Optional[Tuple[str, ...]] = ()
+        if isinstance(uid, tuple) and len(uid) == 2:  # Authenticated(uid, channels)
+            uid, channels = uid[0], connect_channels(uid[1])
         if uid is None:
             return self.refuse(link, 401, R_UNAUTHENTICATED,
                                "no valid credential: send ?token= or Authorization: Bearer",
                                client_id, headers=[("WWW-Authenticate", 'Bearer realm="sente-lite"')])
-        if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS:
-            log.error("authenticate hook returned %r: it must return a str of 1-%d chars or None",
-                      uid, MAX_UID_CHARS)
+        if not isinstance(uid, str) or not uid or len(uid) > MAX_UID_CHARS or channels is None:
+            log.error("authenticate hook returned %r: it must return a str of 1-%d chars, "
+                      "Authenticated(uid, [channel, ...]) or None", uid, MAX_UID_CHARS)
             return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
                                "(authenticate returned an invalid uid)", client_id)
-        return uid
+        return Authenticated(uid, channels) if channels else uid
 
     def _check_jwt(self, link: GateLink, view: HandshakeRequest) -> Union[Grant, Response]:
         """The grant of the upgrade's token, or 401 with the short reason (never the token)."""

@@ -64,6 +64,7 @@ from ..core.security import Authenticate, Authorize, report
 from .ports import ConnectHook, DisconnectHook, Handler
 from ..core.messaging import MessagingMixin, check_event_id
 from ..core.presence import PresenceCalls
+from ..core.server_subs import ServerSubsCalls
 from ..core.settings import (MAX_WRITE_DELAY_MS,  # noqa: F401 (public, as before)
                        DEFAULT_ACCEPT_BACKLOG, DEFAULT_CLOSE_TIMEOUT_S, DEFAULT_HANDSHAKE_TIMEOUT_S,
                        DEFAULT_HEARTBEAT_MS, DEFAULT_MAX_BAD_FRAMES_IN_ROW,
@@ -343,7 +344,7 @@ class Connection:
         resolve(waiter, result, error)
 
 
-class Server(InspectionMixin, MessagingMixin, PresenceCalls):
+class Server(InspectionMixin, MessagingMixin, PresenceCalls, ServerSubsCalls):
     """A sente_lite server. Use as ``with Server(...) as srv:`` or call start()/stop().
 
     Every keyword is a setting, checked at construction and kept in ``srv.settings``
