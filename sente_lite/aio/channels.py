@@ -224,8 +224,6 @@ class ChannelsMixin:
         return cb_id
 
     # -- what the reader hands over ------------------------------------------------------------
-    _new_sub = staticmethod(lambda: _Sub())
-
     def _publish_answered(self) -> None:
         self._outbox_room.set()
 
@@ -247,7 +245,10 @@ class ChannelsMixin:
         if moved:
             self._tasks.put_nowait(("channel", moved, ev))
 
-    def _on_subscribed(self, ev: ss.Subscribed) -> None:
+    def _on_subscribed(self, ev: Union[ss.Subscribed, ss.ServerChannel]) -> None:
+        if type(ev) is ss.ServerChannel:  # the server subscribed this client (server-subs)
+            self._server_channel(ev, _Sub)  # type: ignore[attr-defined]
+            return
         sub = self._subs.get(ev.channel_id)
         if sub is None:
             return

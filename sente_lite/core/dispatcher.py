@@ -70,12 +70,11 @@ class ServerDispatcher:
         self.app_code_from = (p.FrameKind.CHANNEL if gate.runs_app_code
                               else p.FrameKind.APP)
         self._next_ping = 0.0
-        #: ``sente-lite/history`` reads (a face sets its ``offload`` for brokers on Redis)
+        # history reads (a face sets their ``offload`` for Redis), server-side subscriptions,
+        # presence and join/leave of the namespaces that have them (the hub tells it moves)
         self.history_reads = HistoryReads(hub.broker, gate, self.counters)
-        #: Presence and join/leave of the namespaces that have them (the hub tells it moves).
-        self.presence = ChannelPresence(hub, gate.namespaces)
-        #: channels the server subscribes connections to (feature ``server-subs``)
         self.server_subs = ServerSubs(hub, self.counters, rules.max_channel_id_chars)
+        self.presence = ChannelPresence(hub, gate.namespaces)
         # One bound method per event type a server session gives, built once.
         self._actions: Dict[type, Action] = {
             ss.AppEvent: self._app_event,
@@ -98,8 +97,7 @@ class ServerDispatcher:
              first: bool, grant: Optional[Grant] = None, channels: Sequence[str] = ()) -> None:
         """Register ``conn`` with the hub, then greet it (registered first: a client
         that holds its handshake is known). ``grant``: its token's, whose ``exp`` bounds
-        it (the handshake tells it as ``token-exp``). ``channels``: given at connect, the
-        server subscribes it to them (and to its user's) after the handshake."""
+        it (the handshake tells it as ``token-exp``). ``channels``: given at connect."""
         if grant is not None:
             session = conn.session
             session.grant(session.last_seen + grant.deadline_in_s, grant.exp, grant.info)
