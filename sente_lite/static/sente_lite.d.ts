@@ -111,6 +111,28 @@ export interface Subscribed {
   reason?: "epoch-changed" | "history-expired" | "history-off";
 }
 
+/** One message of a history page (protocol section 13). */
+export interface HistoryPublication<T = unknown> {
+  offset: number;
+  epoch: string;
+  data: T;
+  from: string | null;
+  traceparent?: string;
+}
+
+/** A page of a channel's history (feature "history-api", protocol section 13). */
+export interface HistoryPage<T = unknown> {
+  "channel-id": string;
+  /** The channel's newest kept message (0 and null when none). */
+  offset: number;
+  epoch: string | null;
+  /** Only with since: false when history no longer reaches back to it. */
+  recovered?: boolean;
+  publications: HistoryPublication<T>[];
+  /** Pass as `page` for the next page; null on the last. */
+  next: Position | null;
+}
+
 export interface Published {
   channelId: string;
   offset: number;
@@ -206,6 +228,15 @@ export class Client {
   position(channelId: string): Position | null;
   unsubscribe(channelId: string, options?: { timeoutMs?: number }): Promise<void>;
   subscriptions(): string[];
+  /** The channels the server subscribed this client to (feature "server-subs"), among subscriptions(). */
+  serverSubscriptions(): string[];
+  /** fn(msg) for each message of every channel the server subscribes this client to. Returns fn. */
+  onServerChannel<T = unknown>(fn: (msg: ChannelMessage<T>) => void): (msg: ChannelMessage<T>) => void;
+  /** One page of channelId's history (feature "history-api"): at most `limit` after `since`,
+   *  oldest first (`reverse`: newest first), from `page` (a previous page's `next`). */
+  history<T = unknown>(channelId: string, options?: { limit?: number; since?: Position | null;
+                                                      reverse?: boolean; page?: Position | null;
+                                                      timeoutMs?: number }): Promise<HistoryPage<T>>;
   publish(channelId: string, data: unknown,
           options: { ack: true; excludeSender?: boolean; timeoutMs?: number; blockMs?: number }): Promise<Published>;
   publish(channelId: string, data?: unknown,

@@ -42,6 +42,10 @@ var SenteLite = (function () {
   var EV_PRESENCE_STATS = "sente-lite/presence-stats";
   var EV_JOIN = "sente-lite/join";
   var EV_LEAVE = "sente-lite/leave";
+  // History reads (feature "history-api") and server-side subscriptions (feature "server-subs").
+  var EV_HISTORY = "sente-lite/history";
+  var EV_SERVER_SUB = "sente-lite/server-sub";
+  var EV_SERVER_UNSUB = "sente-lite/server-unsub";
   /** A fresh connection token over the open socket (feature "refresh", protocol section 12). */
   var EV_REFRESH = "chsk/refresh";
   var FEATURE_REFRESH = "refresh";
@@ -827,6 +831,7 @@ var SenteLite = (function () {
     this._onPageHide = null;
     this._handlers = Object.create(null);
     this._subs = new Map();
+    this._serverHandlers = [];     // onServerChannel: messages of channels the server gave
     this._pending = new Map();
     this._queue = [];
     this._cbSeq = 0;
@@ -1113,6 +1118,7 @@ var SenteLite = (function () {
       body.since = since;
     }
     sub.inFlight = true;
+    sub.awaiting = since !== null;  // a server-given channel takes no message before the answer
     var sent;
     try {
       sent = this._request(EV_SUBSCRIBE, body, this.options.requestTimeoutMs, function (reply, err) {
@@ -1134,6 +1140,7 @@ var SenteLite = (function () {
   /** The answer to a subscribe, handled before the next frame (so before the channel's next message). */
   Client.prototype._onSubscribeAnswer = function (channelId, sub, since, reply, err) {
     sub.inFlight = false;
+    sub.awaiting = false;
     if (err) {
       this._subs.delete(channelId);
       this._forgetPosition(channelId);
@@ -1186,6 +1193,77 @@ var SenteLite = (function () {
   /** The channels this client holds (re-subscribed after every reconnect). */
   Client.prototype.subscriptions = function () {
     return Array.from(this._subs.keys()).sort();
+  };
+
+  /** The channels the server subscribed this client to (feature "server-subs"), among subscriptions(). */
+  Client.prototype.serverSubscriptions = function () {
+    var out = [];
+    this._subs.forEach(function (sub, channelId) { if (sub.server) { out.push(channelId); } });
+    return out.sort();
+  };
+
+  /**
+   * fn(msg) for each message of every channel the server subscribes this client to
+   * (srv.subscribe, or at connect; protocol section 14); handlers given to subscribe() for
+   * such a channel run too. Returns fn.
+   */
+  Client.prototype.onServerChannel = function (fn) {
+    if (typeof fn !== "function") { throw new TypeError("onServerChannel takes a function"); }
+    this._serverHandlers.push(fn);
+    this._subs.forEach(function (sub) { if (sub.server && sub.handlers.indexOf(fn) < 0) { sub.handlers.push(fn); } });
+    return fn;
+  };
+
+  /** A sente-lite/server-sub or server-unsub: the server subscribed this client to a channel, or took it back. */
+  Client.prototype._onServerChannel = function (subscribed, data) {
+    var channelId = data && typeof data === "object" ? data["channel-id"] : null;
+    if (typeof channelId !== "string") {
+      this._stats.badFramesFromServer++;
+      this._warn("malformed " + (subscribed ? EV_SERVER_SUB : EV_SERVER_UNSUB) + ":", JSON.stringify(data));
+      return;
+    }
+    var sub = this._subs.get(channelId);
+    if (!subscribed) {
+      if (sub) { this._subs.delete(channelId); this._forgetPosition(channelId); }
+      return;
+    }
+    if (!sub) {  // new: live messages follow its offset (a held one keeps its position)
+      var known = Number.isInteger(data.offset) && typeof data.epoch === "string";
+      sub = { handlers: this._serverHandlers.slice(), epoch: known ? data.epoch : null,
+              lastOffset: known ? data.offset : 0, waiters: [], inFlight: false,
+              answer: { channelId: channelId, offset: known ? data.offset : 0, epoch: known ? data.epoch : null } };
+      this._subs.set(channelId, sub);
+      this._positionChanged(channelId, sub);
+    }
+    sub.server = true;
+  };
+
+  /**
+   * One page of channelId's history (feature "history-api", protocol section 13):
+   * opts {limit, since, reverse, page, timeoutMs}. Resolves {"channel-id", offset, epoch,
+   * publications: [{offset, epoch, data, from}], next, recovered?}; pass next as page for
+   * the following page (null: the last).
+   */
+  Client.prototype.history = function (channelId, opts) {
+    opts = opts || {};
+    var body = { "channel-id": channelId };
+    try {
+      checkChannelId(channelId);
+      if (opts.limit !== undefined && opts.limit !== null) {
+        if (!Number.isInteger(opts.limit) || opts.limit < 1) { throw new TypeError("limit must be an integer >= 1"); }
+        body.limit = opts.limit;
+      }
+      if (opts.reverse) { body.reverse = true; }
+      ["since", "page"].forEach(function (key) {
+        var mark = opts[key];
+        if (mark === undefined || mark === null) { return; }
+        if (!isPosition(mark)) { throw new TypeError(key + " must be {offset: integer >= 0, epoch: non-empty string}"); }
+        body[key] = { offset: mark.offset, epoch: mark.epoch };
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this._request(EV_HISTORY, body, opts.timeoutMs);
   };
 
   // -- persisted positions (option persistPositions) ---------------------------------------------
@@ -1790,6 +1868,7 @@ var SenteLite = (function () {
         return;
       case EV_SUBSCRIBED: this._onSubscribedNotice(data); return;
       case EV_JOIN: case EV_LEAVE: this._onPresenceChange(eventId === EV_JOIN, data); return;
+      case EV_SERVER_SUB: case EV_SERVER_UNSUB: this._onServerChannel(eventId === EV_SERVER_SUB, data); return;
       case EV_PONG: case EV_UNSUBSCRIBED: return;
       case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
     }
@@ -1880,6 +1959,7 @@ var SenteLite = (function () {
     var channelId = data["channel-id"];
     var sub = this._subs.get(channelId);
     if (!sub) { this._stats.unsubscribedChannelMsgs++; return; }
+    if (sub.awaiting && sub.server) { return; }  // the replay after the answer carries it (section 14)
     if (sub.epoch === data.epoch) {
       if (data.offset <= sub.lastOffset) { this._stats.duplicatesDropped++; return; }
       if (data.offset > sub.lastOffset + 1) { this._stats.channelGaps += data.offset - sub.lastOffset - 1; }

@@ -164,6 +164,10 @@ class Driver:
             if s.add_subscription(step["channel"], since):
                 self.write_request(s.subscribe_frame(step["channel"], _Waiter(step["id"], "subscribe"),
                                               self.now, 5.0))
+        elif what == "history":
+            body = ss.history_data(step["channel"], step.get("limit"), step.get("since"),
+                                   bool(step.get("reverse")), step.get("page"))
+            self.write_request(s.request(p.EV_HISTORY, body, _Waiter(step["id"], "history"), self.now, 5.0))
         elif what == "unsubscribe":
             s.drop_subscription(step["channel"])
             self.write_request(s.request(p.EV_UNSUBSCRIBE, {p.K_CHANNEL: step["channel"]},
@@ -262,7 +266,8 @@ class Driver:
         return {"status": s.status, "uid": hs and hs.uid, "csrf_token": hs and hs.csrf_token,
                 "first": hs and hs.first, "conn_id": info.get("conn-id"),
                 "server_id": info.get("server-id"), "features": info.get(p.K_FEATURES),
-                "heartbeat_ms": round(s.heartbeat_s * 1000), "subscriptions": s.subscriptions()}
+                "heartbeat_ms": round(s.heartbeat_s * 1000), "subscriptions": s.subscriptions(),
+                "server_subscriptions": s.server_subscriptions()}
 
     def counter(self, name: str) -> int:
         return self.session.counts.get(COUNTERS[name], 0)

@@ -7,6 +7,7 @@ Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per comm
 ``{"op": "py-subscribe", "channel"}`` (a Python client, JSON packer, subscribes; one per
 helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
 ``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
+``{"op": "server-subscribe" | "server-unsubscribe", "target", "channel"}`` (``srv.subscribe``),
 ``{"op": "stop"}``. Commands and answers are JSON lines in which bytes are in the tagged
 form ``{"$bytes": base64}`` (docs/protocol.md section 10): read as bytes, written from bytes.
 ``py-subscribe`` takes ``"packer"`` (its first call makes the Python client). The
@@ -115,6 +116,9 @@ def main() -> int:
                                                            timeout=5.0)})
                 except SenteLiteError as exc:
                     say({"ok": False, "code": getattr(exc, "code", type(exc).__name__)})
+            elif op in ("server-subscribe", "server-unsubscribe") and srv is not None:
+                call = srv.subscribe if op == "server-subscribe" else srv.unsubscribe
+                say({"ok": True, "count": call(cmd["target"], cmd["channel"])})
             elif op == "py-subscribe" and srv is not None:
                 if py is None:
                     py = Client(srv.url, packer=cmd.get("packer", packers.JSON))

@@ -155,6 +155,8 @@ class Driver {
       backoffBaseMs: 0, backoffMaxMs: 0, fetch: () => Promise.reject(new Error("no network here")),
     });
     this.client.onStatus((status) => this.record({ type: "status", status }));
+    this.client.onServerChannel((m) => this.record({ type: "channel-msg", channel: m.channelId, data: m.data,
+                                                     from: m.from, offset: m.offset, epoch: m.epoch }));
     this.client.onRecovery((a) => {
       if (a.recovered === undefined) { return; }
       const out = { type: "recovery", channel: a.channelId, recovered: a.recovered, offset: a.offset, epoch: a.epoch };
@@ -223,6 +225,10 @@ class Driver {
                     "since" in step ? { since: step.since } : undefined)
           .then(...this.answer(step.id, "subscribe"));
         break;
+      case "history":
+        c.history(step.channel, { limit: step.limit, since: step.since, reverse: step.reverse, page: step.page })
+          .then(...this.answer(step.id, "plain"));
+        break;
       case "unsubscribe": c.unsubscribe(step.channel).then(...this.answer(step.id, "unsubscribe")); break;
       case "publish":
         if (step.ack) {
@@ -245,7 +251,8 @@ class Driver {
     const c = this.client, info = c.handshake || {};
     return { status: c.status, uid: c.uid, csrf_token: c.csrfToken, first: c.first, conn_id: c.connId,
              server_id: c.serverId, features: info.features === undefined ? null : info.features,
-             heartbeat_ms: c._heartbeatMs, subscriptions: c.subscriptions() };
+             heartbeat_ms: c._heartbeatMs, subscriptions: c.subscriptions(),
+             server_subscriptions: c.serverSubscriptions() };
   }
 
   counter(name) { return this.client.stats()[COUNTERS[name]]; }
