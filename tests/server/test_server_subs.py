@@ -5,6 +5,7 @@ recovery with ``since`` of a server-given channel after a reconnect; both Python
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, List
 
 import pytest
@@ -123,3 +124,21 @@ def test_async_client_gets_server_channels(make_face: FaceMaker) -> None:
         return got
 
     assert asyncio.run(main()) == ["x"]
+
+
+def test_a_tokens_channels_claim_subscribes_at_connect(make_server: Callable[..., Server],
+                                                       make_client: Callable[..., Client]) -> None:
+    jwt = pytest.importorskip("jwt", reason="PyJWT (the [jwt] extra) is not installed")
+    from sente_lite import JWT
+
+    key = "server-subs-secret-" + "0" * 16
+    now = int(time.time())
+    token = jwt.encode({"sub": "ann", "iat": now, "exp": now + 60, "channels": ["a", "b"]}, key,
+                       algorithm="HS256")
+    srv = make_server(jwt=JWT(key=key))
+    c = make_client(srv.url, token=token)
+    wait_until(lambda: c.server_subscriptions() == ["a", "b"], what="the token's channels")
+    bad = jwt.encode({"sub": "ann", "iat": now, "exp": now + 60, "channels": "a"}, key,
+                     algorithm="HS256")
+    refused = make_client(srv.url, token=bad, connect=False, auto_reconnect=False)
+    assert refused.wait_status("closed", 5) and refused.conn_id is None
