@@ -193,6 +193,10 @@ class Broker(Protocol):
         """``{"members": N, "users": M}`` of ``channel`` on every node."""
         ...
 
+    def presence_json(self, channel: str) -> bytes:
+        """:meth:`presence_of` as a JSON array (the reply to a client is made by joining)."""
+        ...
+
     def publish_event(self, channel: str, text: bytes) -> None:
         """Hand the event frame ``text`` (a join or leave) to every subscriber of ``channel``
         on every node, through the path its messages take (so in order with them);

@@ -24,6 +24,7 @@ from .. import session as ss
 from ..counters import Counter
 from ..errors import BrokerCommandError, BrokerUnavailable
 from ..wire import protocol as p
+from ..wire.packers import JSON_PACKER
 from ..brokers.base import Broker
 from .hub import Hub
 from .namespaces import Namespace, Namespaces, namespace_of
@@ -119,11 +120,16 @@ class ChannelPresence:
             conn.send_frame(session.error(refusal[0], refusal[1], ev.cb_id, event))
             return
         try:
-            result = self.answer(ev.channel_id, ev.stats)
+            if not ev.stats and session.packer is JSON_PACKER:  # the members' texts, joined
+                frame = (b'["' + p.EV_REPLY.encode() + b'",{"' + p.K_MEMBERS.encode() + b'":'
+                         + self.broker.presence_json(ev.channel_id) + b"},"
+                         + p.dumps(ev.cb_id).encode("utf-8") + b"]")
+            else:
+                frame = session.reply(event, ev.cb_id, self.answer(ev.channel_id, ev.stats))
         except _BROKER_DOWN as exc:
             conn.send_frame(session.error(exc.code, str(exc), ev.cb_id, event))
             return
-        conn.send_frame(session.reply(event, ev.cb_id, result))
+        conn.send_frame(frame)
 
     def answer(self, channel: str, stats: bool) -> Dict[str, Any]:
         """The reply to a presence request: ``{members: [...]}``, or with ``stats``

@@ -381,6 +381,9 @@ class RedisBroker:
     def presence_stats(self, channel: str) -> Dict[str, int]:
         return self._channel_presence.stats(channel)
 
+    def presence_json(self, channel: str) -> bytes:
+        return self._channel_presence.members_json(channel)
+
     def publish_event(self, channel: str, text: bytes) -> None:
         """A join/leave, by the channel's pubsub channel (in order with its messages)."""
         self._channel_presence.publish_event(channel, text)

@@ -120,6 +120,10 @@ class RedisChannelPresence:
         """The live members of ``channel`` on every server."""
         return [json.loads(as_text(raw)) for raw in self._run(PRESENCE_READ_SCRIPT, channel)]
 
+    def members_json(self, channel: str) -> bytes:
+        """The live members of ``channel`` as a JSON array (their texts joined)."""
+        return b"[" + b",".join(self._run(PRESENCE_READ_SCRIPT, channel)) + b"]"
+
     def stats(self, channel: str) -> Dict[str, int]:
         members = self.members(channel)
         return {"members": len(members), "users": len({m.get("uid") for m in members})}
