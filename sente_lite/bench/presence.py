@@ -153,9 +153,11 @@ def load_run(presence: bool, clients: int, rate: int, seconds: float,
                 conns[k % clients].subscribe(f"room:c{k}", timeout=None)
             for c, rec in zip(conns, receivers):
                 c.subscribe(LOAD, rec, timeout=WAIT_S)
-            deadline = time.monotonic() + WAIT_S
-            while srv.channels.subscriber_count(f"room:c{channels - 1}") < 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            for i, c in enumerate(conns):  # every subscribe answered, its join read: then load
+                last = max(k for k in range(i, channels, clients)) if i < channels else None
+                if last is not None:
+                    c.subscribe(f"room:c{last}", timeout=WAIT_S)
+                c.request("chsk/ws-ping", timeout=WAIT_S)
             publishers = [threading.Thread(target=_publish, args=(c, i, rate, per_client))
                           for i, c in enumerate(conns)]
             for t in publishers:
