@@ -29,7 +29,7 @@ DEFS: Dict[str, Any] = DATA["defs"]
 COUNTERS: Dict[str, str] = {name: names["python"] for name, names in DATA["counters"].items()}
 #: Event types whose order relative to each other is checked (the application's stream);
 #: answers to calls ("reply", "error") are checked in order among themselves.
-DELIVERIES = ("status", "event", "channel-msg", "recovery")
+DELIVERIES = ("status", "event", "channel-msg", "recovery", "presence")
 ANY_TYPES = {"string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,),
              "array": (list,), "object": (dict,)}
 TEMPLATE = re.compile(r"\{\{([A-Za-z0-9_-]+)\}\}")
@@ -207,6 +207,9 @@ class Driver:
         elif kind is ss.ChannelMessage:
             self.events.append({"type": "channel-msg", "channel": ev.channel_id, "data": ev.data,
                                 "from": ev.from_uid, "offset": ev.offset, "epoch": ev.epoch})
+        elif kind is ss.PresenceChange:
+            self.events.append({"type": "presence", "channel": ev.channel_id, "joined": ev.joined,
+                                "conn": ev.member[p.K_CONN_ID]})
         elif kind is ss.Subscribed and ev.recovery is not None:
             r = ev.recovery
             out = {"type": "recovery", "channel": r.channel_id, "recovered": r.recovered,

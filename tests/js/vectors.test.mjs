@@ -10,7 +10,7 @@ import { SenteLite, repoRoot } from "./helpers.mjs";
 
 const DATA = JSON.parse(readFileSync(join(repoRoot, "tests", "data", "protocol_vectors.json"), "utf8"));
 const COUNTERS = Object.fromEntries(Object.entries(DATA.counters).map(([k, v]) => [k, v.js]));
-const DELIVERIES = ["status", "event", "channel-msg", "recovery"];
+const DELIVERIES = ["status", "event", "channel-msg", "recovery", "presence"];
 /** Longest wait for the client to open its next socket (it reconnects after a 0 ms backoff). */
 const SOCKET_WAIT_MS = 5000;
 const { encode: mpEncode, decode: mpDecode } = SenteLite.msgpack;
@@ -219,12 +219,15 @@ class Driver {
         break;
       case "send": c.send(step.event, binify(step.data)); break;
       case "request": c.request(step.event, binify(step.data)).then(...this.answer(step.id, "plain")); break;
-      case "subscribe":
+      case "subscribe": {
+        const presence = (ch) => this.record({ type: "presence", channel: ch.channelId, joined: ch.joined,
+                                                conn: ch.member.connId });
         c.subscribe(step.channel, (m) => this.record({ type: "channel-msg", channel: m.channelId, data: m.data,
                                                        from: m.from, offset: m.offset, epoch: m.epoch }),
-                    "since" in step ? { since: step.since } : undefined)
+                    { ...("since" in step ? { since: step.since } : {}), onJoin: presence, onLeave: presence })
           .then(...this.answer(step.id, "subscribe"));
         break;
+      }
       case "history":
         c.history(step.channel, { limit: step.limit, since: step.since, reverse: step.reverse, page: step.page })
           .then(...this.answer(step.id, "plain"));
