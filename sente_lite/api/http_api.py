@@ -207,6 +207,16 @@ def _presence(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any
     return {"user": uid, "connections": server.presence(uid)}  # type: ignore[arg-type]
 
 
+def _channel_presence(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
+    channel = _channel(server, params)
+    stats = params.get("stats", False)
+    if not isinstance(stats, bool):
+        raise ApiError("bad-request", "stats must be true or false")
+    if stats:
+        return {"channel": channel, **server.presence_stats(channel)}
+    return {"channel": channel, "members": server.presence_of(channel)}
+
+
 def _history(server: ServerFace, params: Dict[str, Any], publisher: str) -> Any:
     channel = _channel(server, params)
     limit = _int(params, "limit", 100, 0, 10_000)
@@ -269,6 +279,7 @@ METHODS: Dict[str, Callable[[ServerFace, Dict[str, Any], str], Any]] = {
     "disconnect_user": _disconnect_user, "presence": _presence, "history": _history,
     "subscribe": lambda s, params, pub: _server_sub(s, params, pub, True),
     "unsubscribe": lambda s, params, pub: _server_sub(s, params, pub, False),
+    "channel_presence": _channel_presence,
     "channels": _channels, "info": _info, "batch": _batch,
 }
 

@@ -490,3 +490,21 @@ def test_the_host_check_holds_on_every_keep_alive_request(srv: Server, hosts: Li
         answers = raw(srv, b"".join(first) + bad, answers=len(first) + 1)
         assert [a.status for a in answers] == [200] * len(first) + [
             403 if hosts and hosts[0] == "evil.example" else 400]
+
+
+def test_channel_presence(make_server, make_client) -> None:
+    from sente_lite import Namespace
+
+    srv = make_server(api_keys=[KEY], authenticate=lambda req: req.query.get("u"),
+                      namespaces={"room": Namespace(presence=True), "open": Namespace()})
+    c = make_client(srv.url + "?u=alice", client_id="c-alice")
+    c.subscribe("room:1")
+    status, body = call(srv, "channel_presence", {"channel": "room:1"})
+    assert status == 200 and body["result"]["channel"] == "room:1"
+    assert [(m["client-id"], m["uid"], m["conn-id"]) for m in body["result"]["members"]] == [
+        ("c-alice", "alice", c.conn_id)]
+    assert call(srv, "channel_presence", {"channel": "room:1", "stats": True}) == (
+        200, {"result": {"channel": "room:1", "members": 1, "users": 1}})
+    assert call(srv, "channel_presence", {"channel": "open:1"})[1]["result"]["members"] == []
+    assert call(srv, "channel_presence", {"channel": "room:1", "stats": 1})[0] == 400
+    assert call(srv, "channel_presence", {})[0] == 400
