@@ -111,7 +111,7 @@ class ServerSubs:
         """Unsubscribe ``conn`` from ``channel_id`` and tell it (``server-unsub``)."""
         with self._lock:
             self._held.get(conn.conn_id, set()).discard(channel_id)
-        if not self.hub.broker.unsubscribe(conn.conn_id, channel_id):
+        if not self.hub.unsubscribe(conn, channel_id):  # the hub: its presence learns the leave
             return False
         conn.send_frame(conn.session.packer.encode(p.EV_SERVER_UNSUB, {p.K_CHANNEL: channel_id}))
         return True

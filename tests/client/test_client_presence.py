@@ -74,3 +74,22 @@ def test_async_client_presence_and_join_leave(make_face: FaceMaker) -> None:
                 await b.presence("room:x")
 
     run(main())
+
+
+def test_server_side_subscriptions_join_and_leave(make_server: Callable[..., Server],
+                                                  make_client: Callable[..., Client]) -> None:
+    """srv.subscribe / srv.unsubscribe move a connection in and out like its own subscribe:
+    the channel's subscribers see the join and the leave, presence lists it meanwhile."""
+    srv = make_server(namespaces=SPACES)
+    watcher = make_client(srv.url, client_id="w")
+    moves: List[Any] = []
+    watcher.subscribe("room:s", on_join=lambda ch: moves.append(("join", ch.member["client-id"])),
+                      on_leave=lambda ch: moves.append(("leave", ch.member["client-id"])))
+    moved = make_client(srv.url, client_id="m")
+    assert srv.subscribe(moved.conn_id, "room:s") == 1
+    wait_until(lambda: ("join", "m") in moves, what="the server-side join")
+    assert sorted(m["client-id"] for m in srv.presence_of("room:s")) == ["m", "w"]
+    assert srv.unsubscribe(moved.conn_id, "room:s") == 1
+    wait_until(lambda: ("leave", "m") in moves, what="the server-side leave")
+    assert moves == [("join", "w"), ("join", "m"), ("leave", "m")]
+    assert [m["client-id"] for m in srv.presence_of("room:s")] == ["w"]
