@@ -37,6 +37,10 @@ DEFAULT_MAX_OUTSTANDING_REQUESTS = 100
 RATE_PATIENCE_WINDOW_S = 10.0
 #: Upgrades waiting for the ``authenticate`` hook (queued or running); one more is refused 503.
 DEFAULT_MAX_PENDING_AUTH = 64
+#: Most messages one history page holds (``max_history_page``; the history API).
+DEFAULT_MAX_HISTORY_PAGE = 100
+#: Most history reads of one connection in flight (``max_history_reads_per_conn``).
+DEFAULT_MAX_HISTORY_READS_PER_CONN = 4
 #: Frames one fragmented message may arrive in; one more closes the connection with 1008.
 DEFAULT_MAX_FRAGMENTS = 1024
 #: Frames of one connection received and not yet handled (waiting for its handler lane);
@@ -224,6 +228,8 @@ _BIG = 1_000_000_000
 #: What every numeric :class:`~sente_lite.Server` keyword may be (checked by the
 #: constructor, and by ``sente-lite serve`` for its flags and ``SENTE_LITE_*`` variables).
 SERVER_BOUNDS: Dict[str, Bound] = {
+    "max_history_page": Bound(1, 100_000, integer=True),
+    "max_history_reads_per_conn": Bound(1, 10_000, integer=True),
     "port": Bound(0, 65535, integer=True),
     "heartbeat_ms": Bound(0, _DAY_MS, above=True),
     "heartbeat_timeout_ms": Bound(0, 3 * _DAY_MS, above=True, none_ok=True),

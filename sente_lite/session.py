@@ -328,6 +328,8 @@ class ServerRules:
     rate_limit: Optional[float] = lim.DEFAULT_RATE_LIMIT
     rate_burst: Optional[int] = None
     max_rate_limited: int = lim.DEFAULT_MAX_RATE_LIMITED
+    max_history_page: int = lim.DEFAULT_MAX_HISTORY_PAGE
+    max_history_reads_per_conn: int = lim.DEFAULT_MAX_HISTORY_READS_PER_CONN
     features: Tuple[str, ...] = (p.FEATURE_HISTORY, p.FEATURE_PUBLISH_ID, p.FEATURE_BATCH,
                                  p.FEATURE_BYTES, p.FEATURE_HISTORY_API, p.FEATURE_SERVER_SUBS)
 

@@ -104,6 +104,7 @@ class App(CallsMixin):
                         _identity_frame, self._spans, close_user=self._close_user_here)
         Face.__init__(self._face, self._hub, self.channels, self.counters,
                       settings.max_channel_id_chars)
+        self._face.max_history_page = settings.max_history_page
         self._rules = settings.session_rules()
         self._handlers: Dict[str, Callable[..., Any]] = {}
         self._async_handlers: Set[Callable[..., Any]] = set()

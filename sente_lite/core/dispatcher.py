@@ -72,7 +72,7 @@ class ServerDispatcher:
         self._next_ping = 0.0
         # history reads (a face sets their ``offload`` for Redis), server-side subscriptions,
         # presence and join/leave of the namespaces that have them (the hub tells it moves)
-        self.history_reads = HistoryReads(hub.broker, gate, self.counters)
+        self.history_reads = HistoryReads(hub.broker, gate, self.counters, rules)
         self.server_subs = ServerSubs(hub, self.counters, rules.max_channel_id_chars)
         self.presence = ChannelPresence(hub, gate.namespaces)
         # One bound method per event type a server session gives, built once.

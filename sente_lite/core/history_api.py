@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from .. import session as ss
 from ..brokers.base import Broker
 from ..counters import Counter, Counters
+from ..limits import DEFAULT_MAX_HISTORY_PAGE, DEFAULT_MAX_HISTORY_READS_PER_CONN
 from ..errors import BrokerCommandError, BrokerUnavailable
 from ..wire import protocol as p
 from ..brokers.recovery import REASON_EPOCH_CHANGED
@@ -33,12 +34,14 @@ from .ports import ConnectionPort
 
 log = logging.getLogger("sente_lite.server")
 
-#: Most messages one history page holds (``limit`` above it is lowered to it, counted as
-#: ``history_pages_capped``; the answer's ``next`` says where the rest starts).
-MAX_HISTORY_PAGE = 100
-#: Most ``sente-lite/history`` reads of one connection in flight at once; one more is
-#: refused ``limit-exceeded`` (counted as ``history_reads_refused``).
-MAX_HISTORY_READS_PER_CONN = 4
+#: Default of the ``max_history_page`` setting: most messages one history page holds
+#: (``limit`` above it is lowered to it, counted as ``history_pages_capped``; the answer's
+#: ``next`` says where the rest starts).
+MAX_HISTORY_PAGE = DEFAULT_MAX_HISTORY_PAGE
+#: Default of the ``max_history_reads_per_conn`` setting: most ``sente-lite/history`` reads
+#: of one connection in flight at once; one more is refused ``limit-exceeded`` (counted as
+#: ``history_reads_refused``).
+MAX_HISTORY_READS_PER_CONN = DEFAULT_MAX_HISTORY_READS_PER_CONN
 
 #: Runs a task off the calling thread (the face's choice: a worker, an executor).
 Offload = Callable[[ConnectionPort, Callable[[], None]], None]
@@ -123,12 +126,14 @@ class HistoryReads:
     """The dispatcher's action for :class:`~sente_lite.session.HistoryRequest` (see the
     module)."""
 
-    def __init__(self, broker: Broker, gate: ChannelGate, counters: Counters) -> None:
+    def __init__(self, broker: Broker, gate: ChannelGate, counters: Counters,
+                 rules: Optional[ss.ServerRules] = None) -> None:
         self.broker = broker
         self.gate = gate
         self.counters = counters
-        self.max_page = MAX_HISTORY_PAGE
-        self.max_reads = MAX_HISTORY_READS_PER_CONN
+        self.max_page = rules.max_history_page if rules is not None else MAX_HISTORY_PAGE
+        self.max_reads = (rules.max_history_reads_per_conn if rules is not None
+                          else MAX_HISTORY_READS_PER_CONN)
         #: how a face runs a read that waits on another process (None: on the caller)
         self.offload: Optional[Offload] = None
         self._lock = threading.Lock()
@@ -148,11 +153,11 @@ class HistoryReads:
                 self._reading[conn.conn_id] = held + 1
         if refused:
             self.counters.add(Counter.HISTORY_READS_REFUSED)
-            log.info("history read refused (conn %s): %d in flight (MAX_HISTORY_READS_PER_CONN=%d)",
+            log.info("history read refused (conn %s): %d in flight (max_history_reads_per_conn=%d)",
                      conn.conn_id, held, self.max_reads)
             conn.send_frame(conn.session.error(
                 p.ERR_LIMIT_EXCEEDED, f"{held} history reads in flight "
-                f"(MAX_HISTORY_READS_PER_CONN={self.max_reads})", ev.cb_id, p.EV_HISTORY))
+                f"(max_history_reads_per_conn={self.max_reads})", ev.cb_id, p.EV_HISTORY))
             return
         if self.offload is not None and self.broker.waits_on_io:
             self.offload(conn, lambda: self._read(conn, ev))

@@ -33,6 +33,7 @@ class MessagingMixin:
     _hub: Hub
     counters: Counters
     max_channel_id_chars: int
+    max_history_page: int = hist.MAX_HISTORY_PAGE
 
     def send(self, conn_id: str, event: str, data: Any = None) -> bool:
         """Queue an event to one connection. False when it is unknown or closing."""
@@ -122,7 +123,7 @@ class MessagingMixin:
                 since: Optional[Mapping[str, Any]] = None, reverse: bool = False,
                 page: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """One page of ``channel_id``'s history, oldest first (``reverse``: newest first),
-        at most ``limit`` (and ``MAX_HISTORY_PAGE``); with ``since`` (``{"offset",
+        at most ``limit`` (and the ``max_history_page`` setting); with ``since`` (``{"offset",
         "epoch"}``) only those after it, and ``recovered``: False when history no longer
         reaches back to it. Returns ``{"channel", "offset", "epoch", "publications":
         [{offset, epoch, data, from}], "next"}`` (``offset``/``epoch`` of the newest held;
@@ -132,7 +133,7 @@ class MessagingMixin:
             raise ValueError(problem)
         marks = [None if raw is None else Since(int(raw["offset"]), raw.get("epoch"))
                  for raw in (since, page)]
-        size = hist.page_size(max(1, limit), hist.MAX_HISTORY_PAGE, self.counters)
+        size = hist.page_size(max(1, limit), self.max_history_page, self.counters)
         got, nxt = hist.read_page(self.channels, channel_id, size, marks[0], reverse, marks[1])
         return hist.answer(channel_id, got, nxt, hist.publication, "channel")
 

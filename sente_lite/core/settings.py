@@ -55,7 +55,7 @@ SERVER_ATTRIBUTES = (
     "max_subscriptions_per_conn", "rate_limit", "rate_burst", "max_rate_limited",
     "max_outstanding_requests", "expose_metrics", "demo", "max_pending_auth", "compression",
     "compression_min_bytes", "api_keys", "api_max_body_bytes", "api_rate_limit",
-    "write_delay_ms")
+    "write_delay_ms", "max_history_page")
 
 
 #: The default of every setting, as :class:`~sente_lite.Server` takes them: a face that takes
@@ -122,6 +122,8 @@ DEFAULTS: Dict[str, Any] = {
     "api_insecure_ok": False,
     "api_max_body_bytes": lim.DEFAULT_API_MAX_BODY_BYTES,
     "api_rate_limit": lim.DEFAULT_API_RATE_LIMIT,
+    "max_history_page": lim.DEFAULT_MAX_HISTORY_PAGE,
+    "max_history_reads_per_conn": lim.DEFAULT_MAX_HISTORY_READS_PER_CONN,
 }
 
 
@@ -262,6 +264,8 @@ class ServerSettings:
     api_insecure_ok: bool
     api_max_body_bytes: int
     api_rate_limit: Optional[float]
+    max_history_page: int
+    max_history_reads_per_conn: int
 
     @classmethod
     def from_keywords(cls, keywords: Mapping[str, Any]) -> "ServerSettings":
@@ -335,6 +339,8 @@ class ServerSettings:
             max_outstanding_requests=self.max_outstanding_requests,
             max_channel_id_chars=self.max_channel_id_chars, rate_limit=self.rate_limit,
             rate_burst=self.rate_burst, max_rate_limited=self.max_rate_limited,
+            max_history_page=self.max_history_page,
+            max_history_reads_per_conn=self.max_history_reads_per_conn,
             features=ServerRules.features + features
             + ((p.FEATURE_NAMESPACES, p.FEATURE_PRESENCE) if self.namespaces is not None else ())
             + ((p.FEATURE_REFRESH,) if self.jwt is not None else ()))

@@ -410,6 +410,8 @@ class Server(InspectionMixin, MessagingMixin, PresenceCalls, ServerSubsCalls):
         api_keys: Optional[Sequence[str]] = None, api_insecure_ok: bool = False,
         api_max_body_bytes: int = lim.DEFAULT_API_MAX_BODY_BYTES,
         api_rate_limit: Optional[float] = lim.DEFAULT_API_RATE_LIMIT, console: Any = None,
+        max_history_page: int = lim.DEFAULT_MAX_HISTORY_PAGE,
+        max_history_reads_per_conn: int = lim.DEFAULT_MAX_HISTORY_READS_PER_CONN,
     ) -> None:
         settings = self.settings = ServerSettings.from_keywords(locals())
         # each setting is also an attribute (srv.heartbeat_ms): the server's parts read them there

@@ -45,6 +45,13 @@ def test_client_pages_through_history_both_ways(make_face: FaceMaker,
 
 def test_a_page_is_bounded_and_the_bound_is_counted(make_server: Callable[..., Server],
                                                     make_client: Callable[..., Client]) -> None:
+    small = make_server(max_history_page=3)
+    for i in range(5):
+        small.publish("s", i)
+    assert [x["offset"] for x in make_client(small.url).history("s", 10)["publications"]] == [1, 2, 3]
+    assert [x["offset"] for x in small.history("s", 10)["publications"]] == [1, 2, 3]
+    with pytest.raises(ValueError, match="max_history_page"):
+        make_server(max_history_page=0)
     srv = make_server(history_size=500)
     for i in range(history_api.MAX_HISTORY_PAGE + 5):
         srv.publish("big", i)
@@ -73,14 +80,13 @@ def test_the_namespaces_subscribe_rule_applies_to_history(
 
 def test_reads_in_flight_are_bounded_per_connection(make_server: Callable[..., Server],
                                                     make_client: Callable[..., Client]) -> None:
-    srv = make_server()
-    reads = srv._dispatcher.history_reads
-    reads.max_reads = 0  # every read is over the bound
+    srv = make_server(max_history_reads_per_conn=1)
+    srv._dispatcher.history_reads.max_reads = 0  # every read is over the bound (1 is the least)
     c = make_client(srv.url)
     with pytest.raises(RemoteError) as refused:
         c.history("h")
     assert refused.value.code == p.ERR_LIMIT_EXCEEDED
-    assert "MAX_HISTORY_READS_PER_CONN" in str(refused.value)
+    assert "max_history_reads_per_conn" in str(refused.value)
     assert srv.stats()["history_reads_refused"] == 1
 
 
