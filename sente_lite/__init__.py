@@ -17,6 +17,7 @@ from .core.namespaces import Namespace
 from .server.server import Connection, Server
 from .core.jwt_tokens import JWT
 from .core.connect_channels import Authenticated
+from .core.sub_tokens import TOKEN_REQUIRED
 from .api.publisher import ApiCallError, Publisher
 from .asgi import App
 from .aio import AsyncClient
@@ -28,6 +29,6 @@ __all__ = [
     "SenteLiteError", "FrameError", "EncodeError", "RemoteError", "RequestTimeout",
     "Disconnected", "SendQueueFull", "ClientClosed", "ConnectRefused", "DiscoveryTimeout",
     "LimitExceeded", "MessageTooLarge", "BrokerUnavailable", "PublishOutcomeUnknown", "BrokerCommandError",
-    "Console", "Namespace",
+    "Console", "Namespace", "TOKEN_REQUIRED",
     "__version__",
 ]

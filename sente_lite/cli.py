@@ -340,7 +340,8 @@ def jwt_from_settings(values: Mapping[str, Any]) -> Optional[JWT]:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    """Print a signed JWT connection token (for tests and operators)."""
+    """Print a signed JWT connection token, or with ``--channel`` a subscription token
+    (for tests and operators)."""
     key_text = args.key or os.environ.get(ENV_PREFIX + "JWT_KEY", "").split(",")[0].strip()
     if args.key_file:
         with open(args.key_file, "rb") as f:
@@ -362,7 +363,7 @@ def cmd_token(args: argparse.Namespace) -> int:
             print("error: --info must be a JSON object", file=sys.stderr)
             return 2
     print(mint(args.sub, args.ttl, key, args.alg, audience=args.aud, issuer=args.iss, info=info,
-               kid=args.kid), flush=True)
+               kid=args.kid, channel=args.channel), flush=True)
     return 0
 
 
@@ -381,6 +382,8 @@ def _add_token_command(sub: Any) -> None:
     t.add_argument("--iss", help="the iss claim")
     t.add_argument("--kid", help="the key id in the header (to pick a key of a JWKS)")
     t.add_argument("--info", help="the info claim, a JSON object (kept on the connection)")
+    t.add_argument("--channel", help="mint a subscription token for this channel-id (claim "
+                   "channel) instead of a connection token")
     t.set_defaults(func=cmd_token)
 
 

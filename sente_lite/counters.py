@@ -51,6 +51,12 @@ class Counter(str, enum.Enum):
     HISTORY_READS = ("history_reads", TRAFFIC, "sente-lite/history pages answered.")
     SERVER_SUBSCRIBES = ("server_subscribes", TRAFFIC,
                          "Subscriptions the server made itself (srv.subscribe, at connect).")
+    SUB_TOKEN_REFRESHES = ("sub_token_refreshes", TRAFFIC,
+                           "sente-lite/sub-refresh frames whose token passed: that channel's "
+                           "deadline moved.")
+    SUB_TOKEN_EXPIRED = ("sub_token_expired", TRAFFIC,
+                         "Subscriptions ended (sente-lite/unsubscribed, token-expired): their "
+                         "subscription token expired without a refresh.")
     # limits
     HISTORY_PAGES_CAPPED = ("history_pages_capped", LIMIT,
                             "History reads whose limit was lowered to MAX_HISTORY_PAGE.")
@@ -104,6 +110,10 @@ class Counter(str, enum.Enum):
     ERRORS_FROM_CLIENTS = ("errors_from_clients", ERROR, "chsk/error frames to no outstanding request.")
     TOKEN_REFRESH_REFUSED = ("token_refresh_refused", ERROR,
                              "chsk/refresh frames refused: invalid-token, or forbidden (another sub).")
+    SUB_TOKEN_REFUSED = ("sub_token_refused", ERROR,
+                         "Subscribes and sub-refreshes refused for their subscription token: "
+                         "missing or invalid (invalid-token), another sub or channel (forbidden), "
+                         "a channel not subscribed (not-subscribed).")
     INTERNAL_ERRORS = ("internal_errors", ERROR, "Bugs caught while handling one frame.")
     BROKER_COMMAND_ERRORS = ("broker_command_errors", ERROR,
                              "Redis commands refused (WRONGTYPE, OOM, script error): that "

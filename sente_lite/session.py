@@ -72,6 +72,7 @@ class SubscribeRequest(NamedTuple):
     channel_id: str
     since: Optional[Since]
     cb_id: Optional[str]
+    token: Optional[str] = None  # a subscription token (feature sub-token)
     kind = _CHANNEL
     event = p.EV_SUBSCRIBE
     traceparent = None
@@ -132,6 +133,17 @@ class HistoryRequest(NamedTuple):
     cb_id: Optional[str]
     kind = _CHANNEL
     event = p.EV_HISTORY
+    traceparent = None
+
+
+class SubRefreshRequest(NamedTuple):
+    """A ``sente-lite/sub-refresh``: a fresh subscription token for one channel (a reply is due)."""
+
+    channel_id: str
+    token: str
+    cb_id: str
+    kind = _CHANNEL
+    event = p.EV_SUB_REFRESH
     traceparent = None
 
 
@@ -341,6 +353,12 @@ MAX_BATCH_FRAMES = 1000
 MIN_REFRESH_INTERVAL_S = 0.5
 #: Longest token a ``chsk/refresh`` may carry (a longer one is a bad-frame).
 MAX_REFRESH_TOKEN_CHARS = p.MAX_TOKEN_CHARS
+#: Least time between two ``sente-lite/sub-refresh`` of one channel of one connection that
+#: are checked: one sooner is answered ``rate-limited`` unchecked.
+MIN_SUB_REFRESH_INTERVAL_S = 0.5
+#: Channels whose last sub-refresh time a connection remembers (older ones are forgotten
+#: beyond this: they were over MIN_SUB_REFRESH_INTERVAL_S ago).
+MAX_SUB_REFRESH_TIMES = 1024
 
 HEARTBEAT_PING = "ping"
 HEARTBEAT_TIMEOUT = "timeout"
@@ -420,6 +438,16 @@ class _TokenRules:
     _last_refresh: float
     _bad_frame: Callable[[str, Optional[str]], "Received"]
 
+    def _init_token(self) -> None:
+        #: when this connection's token expires (its ``exp`` + leeway, on the clock of
+        #: ``now``); None: no token bounds it
+        self.token_deadline: Optional[float] = None
+        #: the ``info`` claim of its last token
+        self.token_info: Optional[Dict[str, Any]] = None
+        #: its last token's ``exp`` (seconds since the epoch)
+        self.token_exp: Optional[float] = None
+        self._last_refresh = float("-inf")
+
     def _refresh(self, data: Any, cb_id: Optional[str]) -> Received:
         """``["chsk/refresh", {"token": T}, cb-id]``: only on a server with feature
         ``refresh``; at most one checked per ``MIN_REFRESH_INTERVAL_S``."""
@@ -456,7 +484,56 @@ class _TokenRules:
         return True
 
 
-class ServerSession(_ServerAnswers, _TokenRules):
+class _SubTokenRules:
+    """A server connection's subscription tokens (feature ``sub-token``): the deadline of
+    each channel subscribed with one, and ``sente-lite/sub-refresh`` (checking the token
+    is the dispatcher's: :mod:`sente_lite.core.sub_tokens`)."""
+
+    rules: ServerRules
+    counters: Counters
+    packer: Packer
+    last_seen: float
+    _channel: Callable[..., Any]
+    _bad_frame: Callable[[str, Optional[str]], "Received"]
+
+    def _init_sub_tokens(self) -> None:
+        #: channel-id -> when its subscription token expires (``exp`` + leeway, on the
+        #: clock of ``now``), for each channel subscribed with one
+        self.sub_deadlines: Dict[str, float] = {}
+        self._sub_refreshed: Dict[str, float] = {}
+
+    def _sub_refresh(self, data: Any, cb_id: Optional[str]) -> Received:
+        """``["sente-lite/sub-refresh", {"channel-id": C, "token": T}, cb-id]``: only with
+        feature ``sub-token``; one per channel checked per ``MIN_SUB_REFRESH_INTERVAL_S``."""
+        if p.FEATURE_SUB_TOKEN not in self.rules.features:
+            self.counters.add(Counter.UNKNOWN_EVENTS)
+            return Received([], [error_frame(p.ERR_UNKNOWN_EVENT, f"unknown reserved event "
+                                             f"{p.EV_SUB_REFRESH} (no feature sub-token)", cb_id,
+                                             p.EV_SUB_REFRESH, self.packer)])
+        channel = self._channel(data, cb_id, p.EV_SUB_REFRESH)
+        if isinstance(channel, Received):
+            return channel
+        token = data.get(p.K_TOKEN)
+        if cb_id is None or not isinstance(token, str) or not (
+                0 < len(token) <= MAX_REFRESH_TOKEN_CHARS):
+            return self._bad_frame(f"{p.EV_SUB_REFRESH} is a request whose data is "
+                                   f"{{\"channel-id\": C, \"token\": string of "
+                                   f"1-{MAX_REFRESH_TOKEN_CHARS} characters}}", cb_id)
+        now, times = self.last_seen, self._sub_refreshed
+        if now - times.get(channel, float("-inf")) < MIN_SUB_REFRESH_INTERVAL_S:
+            self.counters.add(Counter.RATE_LIMITED)
+            return Received([], [error_frame(
+                p.ERR_RATE_LIMITED, f"one {p.EV_SUB_REFRESH} per channel per "
+                f"{MIN_SUB_REFRESH_INTERVAL_S:g}s (MIN_SUB_REFRESH_INTERVAL_S)", cb_id,
+                p.EV_SUB_REFRESH, self.packer)])
+        if len(times) >= MAX_SUB_REFRESH_TIMES:
+            self._sub_refreshed = times = {c: t for c, t in times.items()
+                                           if now - t < MIN_SUB_REFRESH_INTERVAL_S}
+        times[channel] = now
+        return Received([SubRefreshRequest(channel, token, cb_id)], [])
+
+
+class ServerSession(_ServerAnswers, _TokenRules, _SubTokenRules):
     """The protocol state of one server-side connection."""
 
     def __init__(self, conn_id: str, rules: ServerRules, now: float,
@@ -470,14 +547,8 @@ class ServerSession(_ServerAnswers, _TokenRules):
         self.closing = False
         self._requests = _Requests("s")
         self._time = now
-        #: when this connection's token expires (its ``exp`` + leeway, on the clock of
-        #: ``now``); None: no token bounds it
-        self.token_deadline: Optional[float] = None
-        #: the ``info`` claim of its last token
-        self.token_info: Optional[Dict[str, Any]] = None
-        #: its last token's ``exp`` (seconds since the epoch)
-        self.token_exp: Optional[float] = None
-        self._last_refresh = float("-inf")
+        self._init_token()
+        self._init_sub_tokens()
         self._rate: Optional[lim.RateGuard] = None
         if rules.rate_limit is not None:
             self._rate = lim.RateGuard(rules.rate_limit, rules.rate_burst, rules.max_rate_limited,
@@ -670,7 +741,12 @@ class ServerSession(_ServerAnswers, _TokenRules):
             if since is None:
                 return self._bad_frame(f"{p.K_SINCE} must be {{\"offset\": integer >= 0, "
                                        f"\"epoch\": string}}", cb_id)
-        return Received([SubscribeRequest(channel, since, cb_id)], [])
+        token = data.get(p.K_TOKEN)
+        if token is not None and not (isinstance(token, str)
+                                      and 0 < len(token) <= MAX_REFRESH_TOKEN_CHARS):
+            return self._bad_frame(f"{p.K_TOKEN} must be a string of 1-{MAX_REFRESH_TOKEN_CHARS} "
+                                   "characters", cb_id)
+        return Received([SubscribeRequest(channel, since, cb_id, token)], [])
 
     def _unsubscribe(self, data: Any, cb_id: Optional[str]) -> Received:
         channel = self._channel(data, cb_id, p.EV_UNSUBSCRIBE)
@@ -792,6 +868,7 @@ _SERVER_BUILTINS: Dict[str, Callable[[ServerSession, Any, Optional[str]], Receiv
     p.EV_HISTORY: _history,
     p.EV_PRESENCE: ServerSession._presence,
     p.EV_PRESENCE_STATS: ServerSession._presence_stats,
+    p.EV_SUB_REFRESH: ServerSession._sub_refresh,
 }
 
 
@@ -942,6 +1019,14 @@ class Handshake(NamedTuple):
     csrf_token: Optional[str]
     info: Dict[str, Any]
     first: Optional[bool]
+
+
+class Unsubscribed(NamedTuple):
+    """The server ended a held subscription by itself (``sente-lite/unsubscribed`` with a
+    ``reason``, e.g. ``token-expired``); it is no longer held."""
+
+    channel_id: str
+    reason: str
 
 
 class ChannelMessage(NamedTuple):
@@ -1104,10 +1189,13 @@ class _ChannelRules:
         return Since(sub.last_offset, sub.epoch)
 
     def subscribe_frame(self, channel_id: str, waiter: Waiter, now: float,
-                        timeout: float) -> Tuple[str, bytes]:
-        """The subscribe for ``channel_id`` with ``since`` when a position is known."""
+                        timeout: float, token: Optional[str] = None) -> Tuple[str, bytes]:
+        """The subscribe for ``channel_id`` with ``since`` when a position is known (and
+        ``token``, a subscription token, when given)."""
         sub = self._subs[channel_id]
         body: Dict[str, Any] = {p.K_CHANNEL: channel_id}
+        if token is not None:
+            body[p.K_TOKEN] = token
         since = Since(sub.last_offset, sub.epoch) if sub.epoch is not None else sub.since
         if since is not None:
             body[p.K_SINCE] = {p.K_OFFSET: since.offset, p.K_EPOCH: since.epoch}
@@ -1137,6 +1225,16 @@ class _ChannelRules:
         sub.server = True
         return Received([ServerChannel(channel_id, True, top, epoch if isinstance(epoch, str)
                                        else None)], [])
+
+    def _unsubscribed_notice(self, data: Any) -> Received:
+        """A ``sente-lite/unsubscribed`` the server sent by itself with a ``reason``: the
+        subscription is dropped (not renewed at the next handshake)."""
+        channel_id = data.get(p.K_CHANNEL) if isinstance(data, dict) else None
+        reason = data.get(p.K_REASON) if isinstance(data, dict) else None
+        if not isinstance(channel_id, str) or not isinstance(reason, str) or not (
+                self.drop_subscription(channel_id)):
+            return _NOTHING
+        return Received([Unsubscribed(channel_id, reason)], [])
 
     def _subscribed_notice(self, data: Any) -> Received:
         """A ``sente-lite/subscribed`` the server sent by itself with ``recovered``: its
@@ -1414,8 +1512,8 @@ class ClientSession(_ChannelRules):
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
         if event in _CHANNEL_NOTICES:
             return self._notice(event, data)
-        if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:
-            return _NOTHING
+        if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:  # a notice may end a subscription
+            return _NOTHING if event == p.EV_PONG else self._unsubscribed_notice(data)
         if event in (p.EV_REPLY, p.EV_ERROR):
             return self._answer(event, data, cb_id)
         if event == p.EV_HANDSHAKE:
@@ -1562,6 +1660,7 @@ __all__ = ["ServerSession", "ServerRules", "ClientSession", "AppEvent", "Subscri
            "PresenceChange", "ReplyArrived", "CloseConnection", "Received",
            "Handshake", "ChannelMessage", "Recovery", "Subscribed", "ServerChannel", "ServerChannelsMixin",
            "EventRequest", "TRANSITIONS",
+           "SubRefreshRequest", "Unsubscribed",
            "CONNECTING", "CONNECTED", "RECONNECTING", "CLOSED", "parse_since", "history_data", "error_frame",
            "HEARTBEAT_TIMEOUT", "HEARTBEAT_PING", "reply_frame", "check_frame_size",
            "message_limit", "backoff_delay", "upgrade_url", "upgrade_headers", "with_traceparent"]

@@ -22,6 +22,7 @@ from ..wire.channels import Since
 from ..errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
 from ..logsafe import safe
 from ..session import CONNECTED, ChannelMessage, Recovery
+from ..wire.sub_token_plan import RefusedHandler, TokenSource, check_source
 
 
 log = logging.getLogger("sente_lite.client")
@@ -60,7 +61,9 @@ class ChannelsMixin:
                   timeout: Optional[float] = DEFAULT_REQUEST_TIMEOUT_S, *,
                   since: Union[Since, Dict[str, Any], None] = None,
                   on_join: Optional[Callable[[ss.PresenceChange], Any]] = None,
-                  on_leave: Optional[Callable[[ss.PresenceChange], Any]] = None) -> Optional[dict]:
+                  on_leave: Optional[Callable[[ss.PresenceChange], Any]] = None,
+                  token: Optional[TokenSource] = None,
+                  on_token_refused: Optional[RefusedHandler] = None) -> Optional[dict]:
         """Subscribe to ``channel_id``; kept across reconnects until unsubscribe.
 
         ``handler(msg: ChannelMessage)`` runs for each delivery. With a ``timeout``
@@ -71,6 +74,9 @@ class ChannelsMixin:
         the answer goes to :meth:`on_recovery` handlers too. ``on_join(change)`` /
         ``on_leave(change)`` run, in order with its messages, when a member joins or
         leaves the channel (its namespace has ``join_leave``; :class:`~sente_lite.session.PresenceChange`).
+        ``token``: the channel's subscription token (a str, or a callable giving a fresh
+        one at each subscribe and ahead of its expiry); ``on_token_refused(channel_id,
+        error)``: see :mod:`sente_lite.client.sub_tokens`.
         """
         problem = p.channel_id_problem(channel_id)
         if problem:
@@ -80,7 +86,11 @@ class ChannelsMixin:
             start = ss.parse_since(since)
             if start is None:
                 raise ValueError(f"since must be {{'offset': int >= 0, 'epoch': str}}, got {since!r}")
+        if token is not None:
+            check_source(token)
         with self._send_lock:
+            if token is not None:
+                self._sub_plans.add(channel_id, token, on_token_refused)
             sub = self._subs.get(channel_id)
             new = sub is None
             if sub is None:
@@ -109,7 +119,8 @@ class ChannelsMixin:
         sub.acked.clear()
         sub.error = None
         cb_id, frame = self._session.subscribe_frame(channel_id, None, time.monotonic(),
-                                                     self.request_timeout)
+                                                     self.request_timeout,
+                                                     self._sub_token(channel_id))
         self._send_frame(frame, cb_id)
 
     def position(self, channel_id: str) -> Optional[Dict[str, Any]]:
@@ -124,6 +135,7 @@ class ChannelsMixin:
         with self._send_lock:
             sub = self._subs.pop(channel_id, None)
             self._session.drop_subscription(channel_id)
+            self._sub_plans.drop(channel_id)
             if sub is None or self._status != CONNECTED:
                 return
             cb_id, fut = self._start_request(p.EV_UNSUBSCRIBE, {p.K_CHANNEL: channel_id})
@@ -226,6 +238,7 @@ class ChannelsMixin:
             sub.error = ev.error
             if self._subs.get(ev.channel_id) is sub:
                 del self._subs[ev.channel_id]
+            self._sub_token_refused(ev.channel_id, ev.error)
             log.warning("subscribe to %s refused: %s", safe(repr(ev.channel_id)), safe(ev.error))
         else:
             sub.reply = ev.reply
@@ -270,6 +283,8 @@ class InboundMixin:
                     self._on_subscribed(ev, tasks)
                 elif kind is ss.ServerChannel:
                     self._server_channel(ev, _Sub)
+                elif kind is ss.Unsubscribed:
+                    self._sub_expired(ev.channel_id)
                 elif kind is ss.Handshake:
                     handshake = True
                     self._on_handshake(ev)

@@ -38,6 +38,7 @@ from .io import Connector, Roles, backoff_delay, settle
 from .history import HistoryMixin
 from .refresh import RefreshMixin
 from .presence import PresenceMixin
+from .sub_tokens import SubTokensMixin
 from .settings import (MAX_READ_COALESCE_MS, MAX_SEND_BUF_MS,  # noqa: F401 (documented here)
                        ClientSettings, Token)
 from ..errors import ClientClosed, ConnectRefused, RequestTimeout
@@ -69,7 +70,7 @@ EventHandler = Callable[[Any], Any]
 
 
 class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMixin, HistoryMixin,
-             ServerChannelsMixin):
+             ServerChannelsMixin, SubTokensMixin):
     """A sente_lite client. Use as ``with Client(url) as c:`` or call start()/close().
 
     ``client_id`` is kept across reconnects (a UUID4 when not given). ``origin``: the
@@ -141,7 +142,7 @@ class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMi
         self._csrf_source = csrf_token if callable(csrf_token) else None
         self.refusal: Optional[ConnectRefused] = None
         self._init_refresh()
-
+        self._init_sub_tokens()
         # Every protocol rule (status, requests, subscriptions and their offsets,
         # the publish outbox) is in the session; the rest of this class moves bytes
         # and runs handlers. The session is used under ``_send_lock``.

@@ -67,6 +67,7 @@ class ClientPort(Protocol):
     def _flush_if_due(self) -> None: ...
     def _connect_token(self) -> Optional[str]: ...
     def _refresh_if_due(self, connected: bool) -> None: ...
+    def _sub_refresh_if_due(self, connected: bool) -> None: ...
 
 log = logging.getLogger("sente_lite.client")
 
@@ -436,6 +437,7 @@ class Roles:
                 c._session.last_recv = now
         settle(late)
         c._refresh_if_due(c._status == CONNECTED)
+        c._sub_refresh_if_due(c._status == CONNECTED)
         if ws is not None:
             c._counts["dead_server_detections"] += 1
             log.warning("server silent for %.1fs: dropping the connection", silent)

@@ -37,6 +37,7 @@ from .hub import Hub
 from .jwt_tokens import JWT, Grant
 from .presence import ChannelPresence
 from .refresh import Refresher, close_expired
+from .sub_tokens import ChannelChecks, SubTokens
 from .ports import ConnectionPort, Handler
 from .security import report
 
@@ -50,7 +51,7 @@ _NOTHING = ss.Received([], [])
 Action = Callable[[ConnectionPort, Any], None]
 
 
-class ServerDispatcher:
+class ServerDispatcher(ChannelChecks):
     """Acts on what the sessions of one server's connections receive (see the module)."""
 
     def __init__(self, hub: Hub, rules: ss.ServerRules, handlers: Mapping[str, Handler],
@@ -87,6 +88,8 @@ class ServerDispatcher:
             ss.HistoryRequest: self.history_reads,
             ss.PresenceRequest: self.presence.act,
         }
+        self.sub_tokens = SubTokens(tokens, self.counters, hub.unsubscribe)
+        self._actions[ss.SubRefreshRequest] = self.sub_tokens.refresh
 
     # -- connections -------------------------------------------------------------------
     def new_session(self, conn_id: str, now: float, packer: Packer) -> ss.ServerSession:
@@ -239,23 +242,10 @@ class ServerDispatcher:
                remote=conn.remote_address, code=ev.code, message=ev.message)
         conn.close(ev.code, ev.reason)  # what was queued before it goes first
 
-    def _refused(self, conn: ConnectionPort, action: str, channel_id: str,
-                 event: str, cb_id: Optional[str]) -> bool:
-        """Apply the channel policy; a refusal is answered here. True when refused."""
-        refusal = self.gate.check(conn, action, channel_id)
-        if refusal is None:
-            return False
-        conn.send_frame(conn.session.error(refusal[0], refusal[1], cb_id, event))
-        return True
-
-    def _unsubscribe(self, conn: ConnectionPort, ev: ss.UnsubscribeRequest) -> None:
-        self.hub.unsubscribe(conn, ev.channel_id)
-        conn.send_frame(conn.session.unsubscribed(ev.channel_id, ev.cb_id))
-
     def _subscribe(self, conn: ConnectionPort, ev: ss.SubscribeRequest) -> None:
         # a channel the server holds for it is the client's from now on (the server chose it)
         if (not self.server_subs.take_over(conn, ev.channel_id)
-                and self._refused(conn, "subscribe", ev.channel_id, p.EV_SUBSCRIBE, ev.cb_id)):
+                and self._refused(conn, "subscribe", ev.channel_id, ev.event, ev.cb_id, ev.token)):
             return
         session = conn.session
         answered: List[bool] = []
@@ -321,8 +311,8 @@ class ServerDispatcher:
     def tick(self, now: float, stalled_s: float = 0.0) -> None:
         """The heartbeat, every so often: ping every connection each ``heartbeat_ms``,
         close those silent past ``heartbeat_timeout_ms`` with 4000 and those whose token
-        expired (``exp`` + leeway, no valid refresh) with 4002, fail the server's
-        requests past their deadline, and let the broker expire idle channels.
+        expired (``exp`` + leeway, no valid refresh) with 4002 (channels whose token did:
+        unsubscribed), fail requests past their deadline, let the broker expire idle channels.
         ``stalled_s``: a stretch in which the caller itself could not read (held
         against no peer: their frames may be waiting unread)."""
         send_pings = now >= self._next_ping
@@ -347,6 +337,7 @@ class ServerDispatcher:
                 close_expired(conn, self.hub.broker)
             elif send_pings:
                 conn.ping()
+            self.sub_tokens.sweep(conn, now)
         for conn, waiter, exc in late:
             conn.settle(waiter, None, exc)
         self.hub.broker.sweep_idle()

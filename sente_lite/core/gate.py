@@ -10,6 +10,7 @@ from ..wire import protocol as p
 from .hub import Broker
 from .namespaces import Namespace, Namespaces, namespace_of
 from .security import Authorize, report
+from .sub_tokens import NEEDS_TOKEN, TOKEN_REQUIRED
 
 # Refusals are logged where operators already look for the server's refusals.
 log = logging.getLogger("sente_lite.server")
@@ -41,7 +42,9 @@ class ChannelGate:
 
         The namespace (``unknown-namespace``), ``max_subscriptions_per_conn``
         (``limit-exceeded``), the namespace's policy, then the ``authorize`` hook
-        (``forbidden``; a hook that raises forbids).
+        (``forbidden``; a hook that raises forbids). :data:`~sente_lite.core.sub_tokens.NEEDS_TOKEN`
+        when the channel needs a subscription token (``subscribe_token``, or the hook
+        answered ``TOKEN_REQUIRED``): the dispatcher checks it.
         """
         namespace: Optional[Namespace] = None
         if self.namespaces is not None:
@@ -53,6 +56,8 @@ class ChannelGate:
             if refusal is not None:
                 return refusal
         authorize = self.authorize
+        # reading history follows the subscribe rule, token included
+        needs = action != "publish" and namespace is not None and namespace.subscribe_token
         if namespace is not None:
             refusal = self._policy(conn, action, channel_id, namespace)
             if refusal is not None:
@@ -60,20 +65,35 @@ class ChannelGate:
             if namespace.authorize is not None:
                 authorize = namespace.authorize
         if authorize is None:
-            return None
+            return self._token(conn, action, channel_id) if needs else None
         try:
-            allowed = bool(authorize(conn, action, channel_id))
+            decision = authorize(conn, action, channel_id)
+            if decision is TOKEN_REQUIRED:
+                return self._token(conn, action, channel_id)
+            allowed = bool(decision)
         except Exception:
             self.counters.add(Counter.HOOK_ERRORS)
             log.exception("authorize hook raised for %s %r (conn %s): forbidden",
                           action, channel_id, conn.conn_id)
             allowed = False
         if allowed:
-            return None
+            return self._token(conn, action, channel_id) if needs else None
         self.counters.add(Counter.FORBIDDEN)
         report(log, f"refused-{action}", "forbidden", conn_id=conn.conn_id, uid=conn.uid,
                remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
         return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} not allowed"
+
+    def _token(self, conn: Any, action: str, channel_id: str) -> Optional[Tuple[str, str]]:
+        """A channel that needs a subscription token: a subscribe's is the dispatcher's to
+        check (:data:`NEEDS_TOKEN`); anything else passes while ``conn`` holds a live one."""
+        if action == "subscribe":
+            return NEEDS_TOKEN
+        if channel_id in conn.session.sub_deadlines:
+            return None
+        self.counters.add(Counter.FORBIDDEN)
+        report(log, f"refused-{action}", "no-sub-token", conn_id=conn.conn_id, uid=conn.uid,
+               remote=conn.remote_address, channel_id=channel_id, level=logging.INFO)
+        return p.ERR_FORBIDDEN, f"{action} to {channel_id!r} needs a subscription with a token"
 
     def _unknown_namespace(self, conn: Any, action: str, channel_id: str) -> Tuple[str, str]:
         assert self.namespaces is not None

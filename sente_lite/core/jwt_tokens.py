@@ -65,6 +65,8 @@ class Grant:
     deadline_in_s: float
     #: its ``channels`` claim: the server subscribes the connection to them (``server-subs``)
     channels: Tuple[str, ...] = ()
+    #: a subscription token's ``channel`` claim (None: a connection token)
+    channel: Optional[str] = None
 
 
 def _pyjwt() -> Any:
@@ -172,10 +174,12 @@ class JWT:
         return out
 
     # -- checking --------------------------------------------------------------------
-    def check(self, token: Optional[str], now: Optional[float] = None) -> Grant:
+    def check(self, token: Optional[str], now: Optional[float] = None, *,
+              channel_token: bool = False) -> Grant:
         """The :class:`Grant` of ``token``; :class:`TokenRejected` with a short reason when
         it does not pass. ``now``: the wall clock (``time.time()``) the grant's deadline is
-        counted from."""
+        counted from. ``channel_token``: a subscription token is wanted (claim ``channel``
+        required); else a connection token (a ``channel`` claim refuses it)."""
         jwt = self._jwt
         if not token:
             raise TokenRejected("no token")
@@ -190,7 +194,12 @@ class JWT:
             raise TokenRejected("algorithm not allowed")
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         claims = self._decode(token, alg, self._candidates(kid))
-        return self._grant(claims, time.time() if now is None else now)
+        grant = self._grant(claims, time.time() if now is None else now)
+        if channel_token and grant.channel is None:
+            raise TokenRejected("missing claim channel: not a subscription token")
+        if not channel_token and grant.channel is not None:
+            raise TokenRejected("a subscription token (claim channel) is not a connection token")
+        return grant
 
     def _decode(self, token: str, alg: str, keys: List[KeyLike]) -> Dict[str, Any]:
         """The claims of ``token`` under the first of ``keys`` whose signature matches."""
@@ -223,6 +232,9 @@ class JWT:
 
     def _grant(self, claims: Dict[str, Any], now: float) -> Grant:
         sub, exp, info = claims.get("sub"), claims.get("exp"), claims.get("info")
+        channel = claims.get("channel")
+        if channel is not None and (not isinstance(channel, str) or not channel):
+            raise TokenRejected("claim channel must be a non-empty string")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_CHARS:
             raise TokenRejected(f"claim sub must be a string of 1-{MAX_SUB_CHARS} characters")
         if not isinstance(exp, (int, float)) or isinstance(exp, bool):
@@ -235,15 +247,17 @@ class JWT:
         channels = claims.get("channels", [])
         if not (isinstance(channels, list) and all(isinstance(ch, str) for ch in channels)):
             raise TokenRejected("claim channels must be a list of strings")
-        return Grant(sub, exp, info, exp + self.leeway - now, tuple(channels))
+        return Grant(sub, exp, info, exp + self.leeway - now, tuple(channels),
+                     channel)
 
 
 def mint(sub: str, ttl_s: float, key: KeyLike, algorithm: str = "HS256", *,
          audience: Optional[str] = None, issuer: Optional[str] = None,
          info: Optional[Dict[str, Any]] = None, now: Optional[float] = None,
-         kid: Optional[str] = None) -> str:
+         kid: Optional[str] = None, channel: Optional[str] = None) -> str:
     """A signed token for ``sub`` valid ``ttl_s`` seconds (``iat``, ``exp``; ``aud``,
-    ``iss``, ``info`` when given): for tests and ``sente-lite token``, never ``none``."""
+    ``iss``, ``info`` when given; ``channel``: a subscription token for that channel):
+    for tests and ``sente-lite token``, never ``none``."""
     jwt = _pyjwt()
     if algorithm.lower() == "none":
         raise ValueError("the 'none' algorithm is never used: tokens must be signed")
@@ -256,6 +270,8 @@ def mint(sub: str, ttl_s: float, key: KeyLike, algorithm: str = "HS256", *,
         claims["iss"] = issuer
     if info is not None:
         claims["info"] = info
+    if channel is not None:
+        claims["channel"] = channel
     headers = {"kid": kid} if kid is not None else None
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 

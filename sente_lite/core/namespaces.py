@@ -41,6 +41,8 @@ class Namespace:
     ``presence``: the server keeps who is subscribed to each channel (clients may ask,
     ``c.presence(ch)``); ``join_leave``: each channel's subscribers are told who joins
     and leaves it (``sente-lite/join`` / ``sente-lite/leave``).
+    ``subscribe_token``: a subscribe needs a subscription token for its channel (a JWT
+    with ``sub``, ``channel``, ``exp``: docs/security.md); the server needs ``jwt``.
     """
 
     subscribe: str = "anyone"
@@ -50,9 +52,10 @@ class Namespace:
     history_ttl_s: Optional[float] = None
     presence: bool = False
     join_leave: bool = False
+    subscribe_token: bool = False
 
     def __post_init__(self) -> None:
-        for flag in ("presence", "join_leave"):
+        for flag in ("presence", "join_leave", "subscribe_token"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"Namespace {flag} must be True or False, "
                                 f"got {getattr(self, flag)!r}")
@@ -115,6 +118,11 @@ class Namespaces:
             if ns.history_ttl_s is not None and ns.history_ttl_s > history_ttl_s:
                 raise ValueError(f"namespace {name!r}: history_ttl_s {ns.history_ttl_s} exceeds the "
                                  f"server's history_ttl_s {history_ttl_s} (raise that, or lower this)")
+
+    @property
+    def need_tokens(self) -> bool:
+        """Some namespace needs subscription tokens (``subscribe_token``)."""
+        return any(ns.subscribe_token for ns in self.by_name.values())
 
     @property
     def own_history(self) -> bool:

@@ -283,6 +283,9 @@ class ServerSettings:
             values["namespaces"] = make_namespaces(values["namespaces"])
         if values["namespaces"] is not None:
             values["namespaces"].check_history(values["history_size"], values["history_ttl_s"])
+            if values["namespaces"].need_tokens and values["jwt"] is None:
+                raise ValueError("a namespace with subscribe_token=True needs the server's jwt "
+                                 "(the key subscription tokens are checked with)")
         if values["jwt"] is not None:
             if not isinstance(values["jwt"], JWT):
                 raise TypeError("jwt must be a sente_lite.JWT(key=..., algorithms=[...]) or None")
@@ -343,7 +346,7 @@ class ServerSettings:
             max_history_reads_per_conn=self.max_history_reads_per_conn,
             features=ServerRules.features + features
             + ((p.FEATURE_NAMESPACES, p.FEATURE_PRESENCE) if self.namespaces is not None else ())
-            + ((p.FEATURE_REFRESH,) if self.jwt is not None else ()))
+            + ((p.FEATURE_REFRESH, p.FEATURE_SUB_TOKEN) if self.jwt is not None else ()))
 
     def channel_gate(self, broker: Broker, counters: Any) -> ChannelGate:
         """The channel policy of these settings over ``broker``."""

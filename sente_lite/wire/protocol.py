@@ -58,6 +58,8 @@ EV_PRESENCE_STATS = "sente-lite/presence-stats"
 #: A connection joined / left a channel whose namespace has ``join_leave`` (to its subscribers).
 EV_JOIN = "sente-lite/join"
 EV_LEAVE = "sente-lite/leave"
+#: A client presents a fresh subscription token for one channel (feature ``sub-token``).
+EV_SUB_REFRESH = "sente-lite/sub-refresh"
 
 # Error codes (section 4).
 ERR_BAD_FRAME = "bad-frame"
@@ -80,6 +82,8 @@ ERR_OUTCOME_UNKNOWN = "outcome-unknown"
 ERR_BROKER_ERROR = "broker-error"
 #: A ``chsk/refresh`` whose token does not pass (expired, bad signature, ...).
 ERR_INVALID_TOKEN = "invalid-token"
+#: A ``sente-lite/sub-refresh`` for a channel the connection is not subscribed to.
+ERR_NOT_SUBSCRIBED = "not-subscribed"
 ERR_TIMEOUT = "timeout"
 ERR_DISCONNECTED = "disconnected"
 
@@ -158,6 +162,12 @@ K_PUBLICATIONS = "publications"
 #: The server answers ``sente-lite/presence`` and ``sente-lite/presence-stats`` requests and
 #: sends ``sente-lite/join`` / ``sente-lite/leave`` events, per namespace (section 15).
 FEATURE_PRESENCE = "presence"
+#: A channel may require a subscription token (JWT with ``channel``) in the subscribe,
+#: refreshed with ``sente-lite/sub-refresh``; one that expires ends that subscription
+#: with ``sente-lite/unsubscribed`` and ``reason: "token-expired"`` (section 16).
+FEATURE_SUB_TOKEN = "sub-token"
+#: The ``reason`` of a ``sente-lite/unsubscribed`` notice for an expired subscription token.
+REASON_TOKEN_EXPIRED = "token-expired"
 #: Longest connection token read, at the upgrade or in a ``chsk/refresh`` (section 12).
 MAX_TOKEN_CHARS = 8192
 #: Longest publish id (PROTOCOL 9).
