@@ -15,7 +15,9 @@
    message), while ``--channels`` other channels (10,000) each have one subscriber, with
    presence and join/leave on; the same run again with a namespace that has neither,
    side by side. Loss (every message at every client, exactly once) and the p99 of
-   publish-to-receive latency; the ratio presence / without.
+   publish-to-receive latency; the ratio presence / without. Each run is ABBA (without,
+   with, with, without): on this machine the second of two back-to-back runs is the slower,
+   whichever it is.
 
 Every figure is the median over ``--runs`` runs. The machine is shared and noisy (two cores,
 several other processes): read ratios measured in the same run, not absolute numbers.
@@ -24,6 +26,7 @@ several other processes): read ratios measured in the same run, not absolute num
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import threading
 import time
@@ -220,8 +223,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{redis_bytes_per_member(redis_srv.url):.0f} bytes")
     if args.load:
         rows: Dict[bool, List[Dict[str, float]]] = {True: [], False: []}
-        for _ in range(args.runs):  # alternated, side by side
-            for on in (False, True):
+        for _ in range(args.runs):  # side by side, ABBA: the second of two runs is the slower
+            for on in (False, True, True, False):
+                gc.collect()
                 rows[on].append(load_run(on, args.clients, args.rate, args.seconds, args.channels))
         for on in (False, True):
             r = rows[on]
