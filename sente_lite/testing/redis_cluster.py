@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 from ..brokers.redis.local_cluster import (CLUSTER_NODE_TIMEOUT_MS, CLUSTER_READY_TIMEOUT_S,
                                            MISSING_CLI, LocalCluster, redis_cli_path)
 from ..brokers.redis.local_server import MISSING, redis_server_path
+from ..brokers.redis.url import cluster_client_problem
 
 
 def missing() -> Optional[str]:
@@ -25,7 +26,7 @@ def missing() -> Optional[str]:
         return MISSING
     if redis_cli_path() is None:
         return MISSING_CLI
-    return None
+    return cluster_client_problem()
 
 
 def require_redis_cluster() -> None:

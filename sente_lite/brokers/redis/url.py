@@ -4,6 +4,7 @@ channels (:func:`parse_broker_url`)."""
 
 from __future__ import annotations
 
+import re
 from typing import List, NamedTuple, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -16,6 +17,24 @@ PATTERN = "pattern"
 SUBSCRIPTIONS = (SHARDED, PATTERN)
 #: The scheme of a Redis Cluster: ``redis+cluster://host:port,host:port,...``.
 CLUSTER_SCHEME = "redis+cluster"
+#: The oldest redis-py whose cluster client serves a Redis Cluster here (the lowest CI tests):
+#: redis-py 5.0's sharded pub/sub on a cluster fails ("dictionary changed size during
+#: iteration", SSUBSCRIBE unconfirmed) when a channel is subscribed while the link listens.
+MIN_CLUSTER_REDIS_PY = (8, 2)
+
+
+def cluster_client_problem() -> Optional[str]:
+    """Why this interpreter's redis-py cannot serve ``redis+cluster://`` (None: it can)."""
+    try:
+        import redis
+    except ImportError:
+        return "redis+cluster:// needs redis-py: pip install 'sente-lite[redis]'"
+    found = tuple(int(n) for n in re.findall(r"\d+", getattr(redis, "__version__", "0"))[:2])
+    if found < MIN_CLUSTER_REDIS_PY:
+        want = ".".join(map(str, MIN_CLUSTER_REDIS_PY))
+        return (f"redis+cluster:// needs redis-py >= {want} (found {redis.__version__}): "
+                f"pip install -U 'redis>={want}'")
+    return None
 
 
 class BrokerUrl(NamedTuple):
@@ -31,7 +50,8 @@ class BrokerUrl(NamedTuple):
 def parse_broker_url(url: str, subscription: Optional[str] = None) -> BrokerUrl:
     """Parse ``redis://host:port/db[?subscription=pattern]`` or
     ``redis+cluster://h1:p1,h2:p2[?subscription=...]``. ``subscription`` (when not None)
-    wins over the URL's. Raises ValueError naming what is wrong."""
+    wins over the URL's. Raises ValueError naming what is wrong, RuntimeError when the
+    installed redis-py cannot serve a cluster (:data:`MIN_CLUSTER_REDIS_PY`)."""
     if not isinstance(url, str):
         raise ValueError(f"the broker URL must be a str, got {type(url).__name__}")
     parts = urlsplit(url)
@@ -45,6 +65,9 @@ def parse_broker_url(url: str, subscription: Optional[str] = None) -> BrokerUrl:
     if parts.scheme == CLUSTER_SCHEME:
         if chosen != SHARDED:
             raise ValueError("a Redis Cluster needs subscription=sharded (the default)")
+        problem = cluster_client_problem()
+        if problem is not None:
+            raise RuntimeError(problem)
         nodes = []
         for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, sep, port = hostport.rpartition(":")
@@ -59,4 +82,4 @@ def parse_broker_url(url: str, subscription: Optional[str] = None) -> BrokerUrl:
 
 
 __all__ = ["BrokerUrl", "parse_broker_url", "SHARDED", "PATTERN", "SUBSCRIPTIONS",
-           "CLUSTER_SCHEME"]
+           "CLUSTER_SCHEME", "MIN_CLUSTER_REDIS_PY", "cluster_client_problem"]
