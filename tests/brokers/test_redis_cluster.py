@@ -77,8 +77,9 @@ def test_channels_spread_over_every_master_and_keep_one_slot(
 def test_an_old_redis_py_is_refused_for_a_cluster_naming_the_version(monkeypatch) -> None:
     """redis-py below MIN_CLUSTER_REDIS_PY fails on a cluster's sharded pub/sub: the URL is
     refused at once, naming the version to install, rather than a link that never confirms."""
+    from sente_lite.brokers.redis.broker import RedisBroker
     from sente_lite.brokers.redis.url import MIN_CLUSTER_REDIS_PY, parse_broker_url
     monkeypatch.setattr(redis, "__version__", "5.0.0")
     with pytest.raises(RuntimeError, match=r"redis-py >= %d\.%d \(found 5\.0\.0\)" % MIN_CLUSTER_REDIS_PY):
-        parse_broker_url("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
-    assert parse_broker_url("redis://127.0.0.1:6379").nodes is None  # a single Redis is unaffected
+        RedisBroker("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
+    assert parse_broker_url("redis+cluster://a:1,b:2").nodes == [("a", 1), ("b", 2)]  # parsing is unaffected

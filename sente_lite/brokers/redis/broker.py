@@ -44,7 +44,7 @@ from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .channel_presence import SCRIPTS as CHANNEL_PRESENCE_SCRIPTS, RedisChannelPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
-from .url import SHARDED, parse_broker_url
+from .url import SHARDED, cluster_client_problem, parse_broker_url
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -171,6 +171,8 @@ class RedisBroker:
                  subscription: Optional[str] = None) -> None:
         import_redis()
         parsed = parse_broker_url(url, subscription)
+        if parsed.nodes is not None and cluster_client_problem() is not None:
+            raise RuntimeError(cluster_client_problem())
         self.subscription = parsed.subscription
         if not isinstance(history_size, int) or history_size < 0:
             raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")

@@ -50,8 +50,7 @@ class BrokerUrl(NamedTuple):
 def parse_broker_url(url: str, subscription: Optional[str] = None) -> BrokerUrl:
     """Parse ``redis://host:port/db[?subscription=pattern]`` or
     ``redis+cluster://h1:p1,h2:p2[?subscription=...]``. ``subscription`` (when not None)
-    wins over the URL's. Raises ValueError naming what is wrong, RuntimeError when the
-    installed redis-py cannot serve a cluster (:data:`MIN_CLUSTER_REDIS_PY`)."""
+    wins over the URL's. Raises ValueError naming what is wrong."""
     if not isinstance(url, str):
         raise ValueError(f"the broker URL must be a str, got {type(url).__name__}")
     parts = urlsplit(url)
@@ -65,9 +64,6 @@ def parse_broker_url(url: str, subscription: Optional[str] = None) -> BrokerUrl:
     if parts.scheme == CLUSTER_SCHEME:
         if chosen != SHARDED:
             raise ValueError("a Redis Cluster needs subscription=sharded (the default)")
-        problem = cluster_client_problem()
-        if problem is not None:
-            raise RuntimeError(problem)
         nodes = []
         for hostport in parts.netloc.rsplit("@", 1)[-1].split(","):
             host, sep, port = hostport.rpartition(":")
