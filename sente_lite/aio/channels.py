@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, List, Optional, Union
 
 from .. import session as ss
 from ..errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
@@ -22,6 +22,7 @@ from ..session import CONNECTED, ChannelMessage, Recovery
 from ..wire import protocol as p
 from ..wire import tracing
 from ..wire.channels import Since
+from ..wire.sub_token_plan import RefusedHandler, SubTokenPlans, TokenSource, check_source
 
 log = logging.getLogger("sente_lite.client")
 
@@ -65,6 +66,11 @@ class ChannelsMixin:
     _tasks: "asyncio.Queue[Optional[tuple]]"
     _outbox_room: asyncio.Event
     _closing: bool
+    # subscription tokens (sub_tokens.py; a later base of AsyncClient, so not stubs here)
+    _sub_plans: SubTokenPlans
+    _sub_token: Callable[[str], Awaitable[Optional[str]]]
+    _sub_token_refused: Callable[[str, BaseException], None]
+    _sub_expired: Callable[[str, str], None]
 
     def on_recovery(self, fn: RecoveryHandler) -> RecoveryHandler:
         """Call ``fn(recovery)`` (plain or ``async``) for the server's answer to every
@@ -78,13 +84,21 @@ class ChannelsMixin:
                         since: Union[Since, Dict[str, Any], None] = None,
                         on_join: Optional[Callable[[ss.PresenceChange], Any]] = None,
                         on_leave: Optional[Callable[[ss.PresenceChange], Any]] = None,
-                        ) -> Optional[dict]:
+                        token: Optional[TokenSource] = None,
+                        on_token_refused: Optional[RefusedHandler] = None) -> Optional[dict]:
         """Subscribe to ``channel_id`` (kept across reconnects until :meth:`unsubscribe`);
         ``handler(msg)`` (plain or ``async``) runs for each message. With a ``timeout``
         await the server's answer and return it (``channel-id``, ``offset``, ``epoch``,
         ``recovered`` when ``since`` was sent); None returns at once. ``on_join(change)`` /
         ``on_leave(change)`` (plain or ``async``) run, in order with its messages, when a
-        member joins or leaves (the namespace has ``join_leave``)."""
+        member joins or leaves (the namespace has ``join_leave``). ``token``: the channel's
+        subscription token (a str, or a callable, plain or ``async``, giving a fresh one at
+        each subscribe and ahead of its expiry); ``on_token_refused(channel_id, error)``:
+        see :mod:`sente_lite.aio.sub_tokens`."""
+        if token is not None:
+            check_source(token)
+            if p.channel_id_problem(channel_id) is None:
+                self._sub_plans.add(channel_id, token, on_token_refused)
         sub = await self._hold(channel_id, _start(since))
         if handler is not None:
             sub.handlers.append(handler)
@@ -144,7 +158,8 @@ class ChannelsMixin:
         sub.acked.clear()
         sub.error = None
         cb_id, frame = self._session.subscribe_frame(channel_id, None, time.monotonic(),
-                                                     self.request_timeout)
+                                                     self.request_timeout,
+                                                     await self._sub_token(channel_id))
         await self._write(frame, cb_id)  # type: ignore[attr-defined]
 
     def position(self, channel_id: str) -> Optional[Dict[str, Any]]:
@@ -157,6 +172,7 @@ class ChannelsMixin:
         """Stop receiving ``channel_id``; with a ``timeout``, await the server's answer."""
         sub = self._subs.pop(channel_id, None)
         self._session.drop_subscription(channel_id)
+        self._sub_plans.drop(channel_id)
         if sub is None or self._session.status != CONNECTED:
             return
         try:
@@ -245,7 +261,10 @@ class ChannelsMixin:
         if moved:
             self._tasks.put_nowait(("channel", moved, ev))
 
-    def _on_subscribed(self, ev: Union[ss.Subscribed, ss.ServerChannel]) -> None:
+    def _on_subscribed(self, ev: Union[ss.Subscribed, ss.ServerChannel, ss.Unsubscribed]) -> None:
+        if type(ev) is ss.Unsubscribed:  # the server ended it (a subscription token's expiry)
+            self._sub_expired(ev.channel_id, ev.reason)
+            return
         if type(ev) is ss.ServerChannel:  # the server subscribed this client (server-subs)
             self._server_channel(ev, _Sub)  # type: ignore[attr-defined]
             return
@@ -256,6 +275,7 @@ class ChannelsMixin:
             sub.error = ev.error
             if self._subs.get(ev.channel_id) is sub:
                 del self._subs[ev.channel_id]
+            self._sub_token_refused(ev.channel_id, ev.error)
             log.warning("subscribe to %s refused: %s", safe(repr(ev.channel_id)), safe(ev.error))
         else:
             sub.reply = ev.reply

@@ -31,6 +31,7 @@ from .io import IoMixin
 from .history import HistoryMixin
 from .presence import PresenceMixin
 from .refresh import RefreshMixin
+from .sub_tokens import SubTokensMixin
 
 log = logging.getLogger("sente_lite.client")
 
@@ -39,7 +40,7 @@ EventHandler = Callable[[Any], Any]
 
 
 class AsyncClient(ChannelsMixin, PresenceMixin, RefreshMixin, IoMixin, HistoryMixin,
-                  ServerChannelsMixin):
+                  ServerChannelsMixin, SubTokensMixin):
     """An asyncio sente_lite client: ``async with AsyncClient(url) as c:``.
 
     Keywords as :class:`sente_lite.Client` takes them where they apply: ``client_id``,
@@ -91,6 +92,7 @@ class AsyncClient(ChannelsMixin, PresenceMixin, RefreshMixin, IoMixin, HistoryMi
         self._ws: Any = None
         self._closing = False
         self._counts: Dict[str, int] = collections.defaultdict(int)
+        self._init_sub_tokens()  # subscribe(token=): sub_tokens.py
         self._queued: Deque[Tuple[bytes, Optional[str]]] = collections.deque()
         self._handlers: Dict[str, List[EventHandler]] = {}
         self._subs: Dict[str, _Sub] = {}

@@ -197,7 +197,7 @@ class IoMixin:
                 self._tasks.put_nowait(("event", ev.event, ev.data, ev.cb_id))
             elif kind is ss.PresenceChange:
                 self._on_presence_change(ev)
-            elif kind is ss.Subscribed or kind is ss.ServerChannel:
+            elif kind is ss.Subscribed or kind is ss.ServerChannel or kind is ss.Unsubscribed:
                 self._on_subscribed(ev)
             elif kind is ss.Handshake:
                 handshake = True

@@ -25,6 +25,20 @@ from ..wire.token_expiry import (REFRESH_TIMEOUT_S, RefreshSchedule, TokenSource
 log = logging.getLogger("sente_lite.client")
 
 
+async def token_of(source: Any) -> Optional[str]:
+    """The token of ``source`` now: a string (or None) as given, a callable's (plain or
+    ``async``) answer; :class:`TokenSourceRefused` when the callable raises or gives none."""
+    if not callable(source):
+        return source
+    try:
+        value = source()
+        if inspect.isawaitable(value):
+            value = await value
+    except Exception as exc:
+        raise TokenSourceRefused(f"the token source raised {type(exc).__name__}") from None
+    return checked_token(value)
+
+
 class RefreshMixin:
     """Token evaluation and refresh for an :class:`~sente_lite.aio.AsyncClient`."""
 
@@ -36,23 +50,17 @@ class RefreshMixin:
     _closing: bool
 
     _send_frame: Callable[[bytes, Optional[str]], Awaitable[None]]
+    _sub_refresh_if_due: Callable[[], Awaitable[None]]  # subscription tokens (sub_tokens.py)
 
     async def _token_now(self) -> Optional[str]:
-        """The token now: a string as given, a callable's (plain or ``async``) answer;
-        :class:`TokenSourceRefused` when the callable raises or gives none."""
-        if not callable(self.token):
-            return self.token
-        try:
-            value = self.token()
-            if inspect.isawaitable(value):
-                value = await value
-        except Exception as exc:
-            raise TokenSourceRefused(f"the token source raised {type(exc).__name__}") from None
-        return checked_token(value)
+        """The connection token now (:func:`token_of` its source)."""
+        return await token_of(self.token)
 
     async def _refresh_if_due(self, ws: ClientConnection) -> None:
         """Send ``chsk/refresh`` with a fresh token when one is due (feature ``refresh``);
-        its answer is taken by :meth:`_refreshed`. A refusing token source stops the client."""
+        its answer is taken by :meth:`_refreshed`. A refusing token source stops the client.
+        First the subscription tokens' refreshes that are due (feature ``sub-token``)."""
+        await self._sub_refresh_if_due()
         if not self._refresh.due(time.time()):
             return
         self._refresh.sent()
@@ -91,4 +99,4 @@ class RefreshMixin:
                         or (type(exc).__name__ if exc is not None else "no later exp"))
 
 
-__all__ = ["RefreshMixin"]
+__all__ = ["RefreshMixin", "token_of"]

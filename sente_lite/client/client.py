@@ -142,7 +142,6 @@ class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMi
         self._csrf_source = csrf_token if callable(csrf_token) else None
         self.refusal: Optional[ConnectRefused] = None
         self._init_refresh()
-        self._init_sub_tokens()
         # Every protocol rule (status, requests, subscriptions and their offsets,
         # the publish outbox) is in the session; the rest of this class moves bytes
         # and runs handlers. The session is used under ``_send_lock``.
@@ -164,6 +163,7 @@ class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMi
         self._ws: Optional[websocket.WebSocket] = None
         self._stop = threading.Event()
         self._counts: Dict[str, int] = collections.defaultdict(int)
+        self._init_sub_tokens()
         # Connecting and reading (the connector), and which of the two threads reads
         # and which runs handlers (the roles): client_io.py.
         self._connector = Connector(self)

@@ -7,7 +7,8 @@ over the open socket ahead of its ``exp`` (:mod:`sente_lite.wire.sub_token_plan`
 ``on_token_refused(channel_id, error)`` runs on the client's I/O thread, outside its
 locks, when the server refuses the token (the subscribe's or a refresh's), the source
 refuses to give one, or the server ends the subscription at its expiry (``error.code``
-``token-expired``); in each case but a failed refresh the channel is no longer held.
+``token-expired``); in each case but a refresh the server refused the channel is
+no longer held (a source that refuses at a refresh ends it with an unsubscribe).
 """
 
 from __future__ import annotations
@@ -15,19 +16,14 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
-from ..errors import RemoteError
 from ..wire import protocol as p
-from ..wire.sub_token_plan import RefusedHandler, SubTokenPlans
+from ..wire.sub_token_plan import FINAL_REFUSALS, SubTokenPlans
 from ..wire.token_expiry import REFRESH_TIMEOUT_S, TokenSourceRefused
 from .refresh import token_from
 
 log = logging.getLogger("sente_lite.client")
-
-#: A refresh answered with one of these is not tried again (the server will end the
-#: subscription at its token's expiry).
-FINAL_REFUSALS = (p.ERR_FORBIDDEN, p.ERR_NOT_SUBSCRIBED)
 
 
 class SubTokensMixin:
@@ -39,10 +35,10 @@ class SubTokensMixin:
     _start_request: Callable[..., tuple]
     _subs: Dict[str, Any]
 
+    unsubscribe: Callable[..., None]
+
     def _init_sub_tokens(self) -> None:
-        self._sub_plans = SubTokenPlans()
-        # (handler, channel-id, error) waiting to run on the next tick, outside the locks
-        self._sub_refusals: List[Tuple[RefusedHandler, str, BaseException]] = []
+        self._sub_plans = SubTokenPlans(self._counts)
 
     def _sub_token(self, channel_id: str) -> Optional[str]:
         """The token for a subscribe of ``channel_id`` now, or None (none is used, or its
@@ -63,37 +59,30 @@ class SubTokensMixin:
     def _sub_token_refused(self, channel_id: str, error: BaseException) -> None:
         """The channel's token was refused for good: drop it; its handler runs on the next
         tick. Caller holds ``_send_lock``."""
-        entry = self._sub_plans.drop(channel_id)
-        if entry is None:
-            return
-        self._counts["sub_token_refused"] += 1
-        log.warning("subscription token for a channel refused: %s",
-                    error.code if isinstance(error, RemoteError) else type(error).__name__)
-        if entry.on_refused is not None:
-            self._sub_refusals.append((entry.on_refused, channel_id, error))
+        self._sub_plans.refused(channel_id, error)
 
-    def _sub_expired(self, channel_id: str) -> None:
-        """The server ended ``channel_id`` at its token's expiry. Caller holds ``_send_lock``."""
+    def _sub_expired(self, channel_id: str, reason: str = p.REASON_TOKEN_EXPIRED) -> None:
+        """The server ended ``channel_id`` (at its token's expiry). Caller holds ``_send_lock``."""
         self._subs.pop(channel_id, None)
-        self._counts["sub_token_expired"] += 1
-        self._sub_token_refused(channel_id, RemoteError(
-            p.REASON_TOKEN_EXPIRED, "the subscription token expired without a refresh"))
+        self._sub_plans.ended(channel_id, reason)
 
     def _sub_refresh_if_due(self, connected: bool) -> None:
         """Send the sub-refreshes that are due, then run waiting refusal handlers (the
-        client's tick; token sources run here)."""
+        client's tick; token sources run here). A source that refuses ends the channel."""
         with self._send_lock:
             due = self._sub_plans.due(time.time()) if connected else []
-            refusals, self._sub_refusals = self._sub_refusals, []
         for channel_id, entry in due:
             try:
                 token = token_from(entry.source)
             except TokenSourceRefused as exc:
                 with self._send_lock:
                     self._sub_token_refused(channel_id, exc)
+                self.unsubscribe(channel_id, timeout=None)
                 continue
             assert token is not None
             self._send_sub_refresh(channel_id, token)
+        with self._send_lock:
+            refusals = self._sub_plans.take_refusals()
         for handler, channel_id, error in refusals:
             try:
                 handler(channel_id, error)
@@ -114,21 +103,9 @@ class SubTokensMixin:
     def _sub_refreshed(self, fut: "concurrent.futures.Future[Any]", channel_id: str,
                        token: str) -> None:
         exc = fut.exception()
-        result = fut.result() if exc is None else None
-        exp = result.get(p.K_EXP) if isinstance(result, dict) else None
-        final = isinstance(exc, RemoteError) and exc.code in FINAL_REFUSALS
         with self._send_lock:
-            moved = self._sub_plans.answered(channel_id, token, exp, time.time(), not final)
-            if moved:
-                self._counts["sub_token_refreshes"] += 1
-                return
-            self._counts["sub_token_refresh_failures"] += 1
-            if isinstance(exc, RemoteError) and exc.code in (FINAL_REFUSALS + (p.ERR_INVALID_TOKEN,)):
-                entry = self._sub_plans.by_channel.get(channel_id)
-                if entry is not None and entry.on_refused is not None:
-                    self._sub_refusals.append((entry.on_refused, channel_id, exc))
-        log.warning("subscription token refresh failed: %s", exc.code if isinstance(
-            exc, RemoteError) else type(exc).__name__ if exc is not None else "no later exp")
+            self._sub_plans.refresh_settled(channel_id, token, fut.result() if exc is None
+                                            else None, exc, time.time())
 
 
 __all__ = ["SubTokensMixin", "FINAL_REFUSALS"]

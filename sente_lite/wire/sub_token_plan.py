@@ -8,13 +8,21 @@ ahead of the token's ``exp``, on the schedule of connection tokens
 (:class:`~sente_lite.wire.token_expiry.RefreshSchedule`). A fixed string is sent as is
 and never refreshed. Each subscribe (the first, and each after a reconnect) asks a
 callable for a fresh token.
+
+What is decided here is shared by the threaded and the asyncio clients
+(:mod:`sente_lite.client.sub_tokens`, :mod:`sente_lite.aio.sub_tokens`): which answers end
+the refreshes, which tell the application, and the counters; the clients only move frames
+and run the handlers :meth:`SubTokenPlans.take_refusals` gives, outside their locks.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Collection, Dict, List, Optional, Tuple, Union
 
+from ..errors import RemoteError
 from . import protocol as p
 from .token_expiry import RefreshSchedule
 
@@ -23,7 +31,17 @@ TokenSource = Union[str, Callable[[], Optional[str]]]
 #: ``on_token_refused(channel_id, error)``: the server refused the channel's token (its
 #: ``RemoteError``), the source refused to give one, or the subscription ended at its
 #: expiry (code ``token-expired``).
-RefusedHandler = Callable[[str, BaseException], None]
+RefusedHandler = Callable[[str, BaseException], Any]
+#: One call of an ``on_token_refused`` handler, waiting to run: (handler, channel-id, error).
+RefusedCall = Tuple[RefusedHandler, str, BaseException]
+
+#: A refresh answered with one of these is not tried again (the server will end the
+#: subscription at its token's expiry).
+FINAL_REFUSALS = (p.ERR_FORBIDDEN, p.ERR_NOT_SUBSCRIBED)
+#: A refresh answered with one of these tells ``on_token_refused``.
+TOLD_REFUSALS = FINAL_REFUSALS + (p.ERR_INVALID_TOKEN,)
+
+log = logging.getLogger("sente_lite.client")
 
 
 @dataclass
@@ -45,8 +63,12 @@ def check_source(token: Any) -> None:
 class SubTokenPlans:
     """The subscription tokens of one client, by channel (the caller holds its lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, counts: Optional[Dict[str, int]] = None) -> None:
         self.by_channel: Dict[str, SubToken] = {}
+        #: the client's counters (``sub_token_refused``, ``sub_token_expired``,
+        #: ``sub_token_refreshes``, ``sub_token_refresh_failures``)
+        self.counts: Dict[str, int] = collections.defaultdict(int) if counts is None else counts
+        self._waiting: List[RefusedCall] = []
 
     def add(self, channel_id: str, source: TokenSource,
             on_refused: Optional[RefusedHandler] = None) -> None:
@@ -87,5 +109,51 @@ class SubTokenPlans:
         for entry in self.by_channel.values():
             entry.schedule.stop()
 
+    def refused(self, channel_id: str, error: BaseException) -> None:
+        """The channel's token was refused for good (by the server, or by its source):
+        forget it, and tell its handler (:meth:`take_refusals`)."""
+        entry = self.drop(channel_id)
+        if entry is None:
+            return
+        self.counts["sub_token_refused"] += 1
+        log.warning("subscription token for a channel refused: %s",
+                    error.code if isinstance(error, RemoteError) else type(error).__name__)
+        if entry.on_refused is not None:
+            self._waiting.append((entry.on_refused, channel_id, error))
 
-__all__ = ["SubTokenPlans", "SubToken", "TokenSource", "RefusedHandler", "check_source"]
+    def ended(self, channel_id: str, reason: str) -> None:
+        """The server ended ``channel_id`` by itself (``sente-lite/unsubscribed`` with
+        ``reason``, ``token-expired``): its handler is told with that code."""
+        if reason == p.REASON_TOKEN_EXPIRED:
+            self.counts["sub_token_expired"] += 1
+        self.refused(channel_id, RemoteError(
+            reason, "the subscription token expired without a refresh"
+            if reason == p.REASON_TOKEN_EXPIRED else f"the server ended the subscription ({reason})"))
+
+    def refresh_settled(self, channel_id: str, token: str, result: Any,
+                        error: Optional[BaseException], now: float) -> bool:
+        """The sub-refresh of ``channel_id`` with ``token`` ended with ``result`` (its
+        reply) or ``error``. True when it moved the expiry on; a refusal of
+        :data:`TOLD_REFUSALS` tells the handler, one of :data:`FINAL_REFUSALS` is not tried again."""
+        exp = result.get(p.K_EXP) if isinstance(result, dict) else None
+        code = error.code if isinstance(error, RemoteError) else None
+        if self.answered(channel_id, token, exp, now, code not in FINAL_REFUSALS):
+            self.counts["sub_token_refreshes"] += 1
+            return True
+        self.counts["sub_token_refresh_failures"] += 1
+        entry = self.by_channel.get(channel_id)
+        if code in TOLD_REFUSALS and entry is not None and entry.on_refused is not None:
+            assert error is not None
+            self._waiting.append((entry.on_refused, channel_id, error))
+        log.warning("subscription token refresh failed: %s", code or (
+            type(error).__name__ if error is not None else "no later exp"))
+        return False
+
+    def take_refusals(self) -> List[RefusedCall]:
+        """The handler calls waiting to run (each once), oldest first."""
+        waiting, self._waiting = self._waiting, []
+        return waiting
+
+
+__all__ = ["SubTokenPlans", "SubToken", "TokenSource", "RefusedHandler", "RefusedCall",
+           "check_source", "FINAL_REFUSALS", "TOLD_REFUSALS"]
