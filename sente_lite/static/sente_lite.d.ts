@@ -9,6 +9,12 @@ export type Packer = "json" | "msgpack";
  *  `token` on a server with feature "refresh", before the token expires). A token function that
  *  throws, rejects or gives no token stops the client (refusal with code "token-refused"). */
 export type TokenSource = string | null | (() => string | null | Promise<string | null>);
+/** A channel's subscription token (protocol section 16): a string, or a function asked at each
+ *  subscribe and ahead of the token's exp (one that throws, rejects or gives none: "token-refused"). */
+export type SubTokenSource = string | (() => string | null | Promise<string | null>);
+/** Told when the server refuses the channel's token (its RemoteError code), the source gives none
+ *  ("token-refused"; the channel is unsubscribed) or the subscription ended at expiry ("token-expired"). */
+export type TokenRefusedHandler = (channelId: string, error: SenteLiteError) => void | Promise<void>;
 
 export interface ClientOptions {
   /** Stable id of this client across its reconnects (default: a random UUID). */
@@ -153,6 +159,8 @@ export interface Stats {
   publishesOutcomeUnknown: number; unackedPublishOverflows: number; recoveryFailures: number;
   /** chsk/refresh answered with a later exp / failed (protocol section 12). */
   tokenRefreshes: number; tokenRefreshFailures: number;
+  /** sente-lite/sub-refresh answered with a later exp / failed; subscription tokens refused; subscriptions ended at expiry. */
+  subTokenRefreshes: number; subTokenRefreshFailures: number; subTokenRefused: number; subTokenExpired: number;
   status: Status; pendingSends: number; outstandingRequests: number; unackedPublishes: number;
   subscriptions: number;
 }
@@ -218,7 +226,9 @@ export class Client {
   subscribe<T = unknown>(channelId: string, fn?: (msg: ChannelMessage<T>) => void,
                          options?: { timeoutMs?: number; since?: Position | null;
                                      onJoin?: (change: PresenceChange) => void;
-                                     onLeave?: (change: PresenceChange) => void }): Promise<Subscribed>;
+                                     onLeave?: (change: PresenceChange) => void;
+                                     token?: SubTokenSource | null;
+                                     onTokenRefused?: TokenRefusedHandler | null }): Promise<Subscribed>;
   /** Members of channelId on every server (feature "presence"; the client must hold the
    *  channel and its namespace have presence, else RemoteError "forbidden"). */
   presence(channelId: string, options?: { timeoutMs?: number }): Promise<PresenceMember[]>;

@@ -49,6 +49,12 @@ var SenteLite = (function () {
   /** A fresh connection token over the open socket (feature "refresh", protocol section 12). */
   var EV_REFRESH = "chsk/refresh";
   var FEATURE_REFRESH = "refresh";
+  /** A fresh subscription token for one channel (feature "sub-token", protocol section 16). */
+  var EV_SUB_REFRESH = "sente-lite/sub-refresh";
+  var FEATURE_SUB_TOKEN = "sub-token";
+  /** A sub-refresh answered with one of these is not tried again; these and invalid-token tell onTokenRefused. */
+  var SUB_FINAL_REFUSALS = ["forbidden", "not-subscribed"];
+  var SUB_TOLD_REFUSALS = SUB_FINAL_REFUSALS.concat(["invalid-token"]);
   /** The subprotocol offered with "bearer.<token>" to carry a token outside the URL. */
   var SUBPROTOCOL = "sente-lite";
   /** Characters a subprotocol name may hold (RFC 6455: an HTTP token); a JWT is made of them. */
@@ -155,6 +161,16 @@ var SenteLite = (function () {
         throw new TypeError(k + " must be a function");
       }
     });
+  }
+
+  function checkSubToken(opts) {
+    var token = opts ? opts.token : undefined;
+    if (token !== undefined && token !== null && typeof token !== "function" && !(typeof token === "string" && token)) {
+      throw new TypeError("token must be a subscription token (a non-empty string) or a function returning one");
+    }
+    if (opts && opts.onTokenRefused !== undefined && opts.onTokenRefused !== null && typeof opts.onTokenRefused !== "function") {
+      throw new TypeError("onTokenRefused must be a function");
+    }
   }
 
   function addMoveHandlers(sub, opts) {
@@ -852,7 +868,8 @@ var SenteLite = (function () {
       strayReplies: 0, deadServerDetections: 0, pendingOverflows: 0, batchesIn: 0,
       publishAcks: 0, duplicatePublishAcks: 0, publishErrors: 0, publishesResent: 0,
       publishesOutcomeUnknown: 0, unackedPublishOverflows: 0, recoveryFailures: 0,
-      tokenRefreshes: 0, tokenRefreshFailures: 0
+      tokenRefreshes: 0, tokenRefreshFailures: 0,
+      subTokenRefreshes: 0, subTokenRefreshFailures: 0, subTokenRefused: 0, subTokenExpired: 0
     };
     this._watchPageHide();
     this._connect();
@@ -1051,6 +1068,9 @@ var SenteLite = (function () {
    * when no since is given. The answer to a subscribe with since goes to onRecovery too.
    * opts.onJoin / opts.onLeave: fn({channelId, member: {clientId, uid, connId, info}}) when a
    * member joins or leaves the channel (its namespace has join_leave), in order with its messages.
+   * opts.token: the channel's subscription token (protocol section 16), a string or a function
+   * (a Promise may resolve to it) asked at each subscribe and ahead of the token's exp;
+   * opts.onTokenRefused(channelId, err): see "subscription tokens" below.
    */
   Client.prototype.subscribe = function (channelId, fn, opts) {
     var since = opts && opts.since !== undefined && opts.since !== null ? opts.since : null;
@@ -1058,6 +1078,7 @@ var SenteLite = (function () {
       checkChannelId(channelId);
       if (fn !== undefined && fn !== null && typeof fn !== "function") { throw new TypeError("handler must be a function"); }
       checkMoveHandlers(opts);
+      checkSubToken(opts);
       if (since !== null && !isPosition(since)) {
         throw new TypeError("since must be {offset: integer >= 0, epoch: non-empty string}, not " + JSON.stringify(since));
       }
@@ -1075,6 +1096,10 @@ var SenteLite = (function () {
     }
     if (fn) { sub.handlers.push(fn); }
     addMoveHandlers(sub, opts);
+    if (opts && opts.token !== undefined && opts.token !== null) {
+      sub.token = opts.token;
+      sub.onTokenRefused = opts.onTokenRefused || null;
+    }
     var ms = opts && opts.timeoutMs !== undefined ? opts.timeoutMs : this.options.requestTimeoutMs;
     var promise = new Promise(function (resolve, reject) {
       if (sub.answer && !sub.inFlight) { resolve(sub.answer); return; }
@@ -1108,10 +1133,13 @@ var SenteLite = (function () {
     });
   };
 
-  /** Send the subscribe of channelId, with since when a position is known (protocol section 9). */
-  Client.prototype._sendSubscribe = function (channelId, sub) {
+  /** Send the subscribe of channelId, with since when a position is known (protocol section 9),
+   *  and its subscription token (got first when none is given). */
+  Client.prototype._sendSubscribe = function (channelId, sub, token) {
+    if (sub.token && token === undefined) { this._subscribeWithToken(channelId, sub); return; }
     var self = this;
     var body = { "channel-id": channelId };
+    if (token !== undefined) { body.token = token; }
     var since = null;
     if (this._features.indexOf("history") >= 0 && sub.epoch !== null) {
       since = { offset: sub.lastOffset, epoch: sub.epoch };
@@ -1144,6 +1172,7 @@ var SenteLite = (function () {
     if (err) {
       this._subs.delete(channelId);
       this._forgetPosition(channelId);
+      this._subTokenRefused(channelId, sub, err);
       this._warn("subscribe to " + JSON.stringify(channelId) + " refused:", err.message);
       this._settleSub(sub, err, null);
       return;
@@ -1163,6 +1192,7 @@ var SenteLite = (function () {
       this._positionChanged(channelId, sub);
     }
     sub.answer = answer;
+    this._planSubRefresh(channelId, sub);
     if (since !== null && answer.recovered !== undefined) { this._recovered(answer, since); }
     this._settleSub(sub, null, answer);
   };
@@ -1185,6 +1215,7 @@ var SenteLite = (function () {
     if (!sub) { return Promise.resolve(); }
     this._subs.delete(channelId);
     this._forgetPosition(channelId);
+    this._stopSubRefresh(sub);
     this._settleSub(sub, new SenteLiteError("unsubscribed from " + JSON.stringify(channelId), "unsubscribed"), null);
     if (this.status !== CONNECTED) { return Promise.resolve(); }
     return this._request(EV_UNSUBSCRIBE, { "channel-id": channelId }, opts && opts.timeoutMs).then(function () {});
@@ -1480,7 +1511,7 @@ var SenteLite = (function () {
     }
     this._failPending(err, false);
     var self = this;
-    this._subs.forEach(function (sub) { self._settleSub(sub, err, null); });
+    this._subs.forEach(function (sub) { self._stopSubRefresh(sub); self._settleSub(sub, err, null); });
     this._failOutbox(err);
     this._persist();
     if (this._onPageHide && typeof removeEventListener === "function") { removeEventListener("pagehide", this._onPageHide); }
@@ -1536,8 +1567,12 @@ var SenteLite = (function () {
   /** The token now: a string as given, or a function's answer (a Promise may resolve to it).
    *  A function that throws, rejects or gives no token rejects with code "token-refused". */
   Client.prototype._tokenNow = function () {
-    if (typeof this._token !== "function") { return Promise.resolve(this._token); }
-    var source = this._token;
+    return tokenOf(this._token);
+  };
+
+  /** The token of `source` now (see _tokenNow). */
+  function tokenOf(source) {
+    if (typeof source !== "function") { return Promise.resolve(source); }
     return new Promise(function (resolve) { resolve(source()); }).then(function (t) {
       if (typeof t !== "string" || !t) { throw tokenRefused("the token source gave no token"); }
       return t;
@@ -1545,7 +1580,7 @@ var SenteLite = (function () {
       if (err && err.code === "token-refused") { throw err; }
       throw tokenRefused("the token source failed: " + (err && err.message ? err.message : String(err)));
     });
-  };
+  }
 
   function tokenRefused(message) {
     var err = new ConnectRefused(message);
@@ -1629,7 +1664,7 @@ var SenteLite = (function () {
     this._stopLiveness();
     this._stopRefresh();
     var self = this;
-    this._subs.forEach(function (sub) { sub.inFlight = false; });
+    this._subs.forEach(function (sub) { sub.inFlight = false; self._stopSubRefresh(sub); });
     this._failPending(new Disconnected("connection lost with the request outstanding"), true);
     if (!state.handshake) { this._stats.connectFailures++; }
     if (code === CLOSE_POLICY) {
@@ -1725,11 +1760,16 @@ var SenteLite = (function () {
     this._scheduleRefresh(ws, exp, isNumber(claims.iat) ? claims.iat * 1000 : this._tokenAt);
   };
 
-  Client.prototype._scheduleRefresh = function (ws, exp, issuedMs) {
+  /** How long from now to refresh a token expiring at `exp` (seconds) got at `issuedMs`. */
+  function refreshDelayMs(exp, issuedMs) {
     var life = Math.max(0, exp * 1000 - issuedMs);
     var dueMs = exp * 1000 - Math.min(REFRESH_MAX_AHEAD_MS, life * REFRESH_AHEAD_FRACTION);
+    return Math.max(0, dueMs - Date.now());
+  }
+
+  Client.prototype._scheduleRefresh = function (ws, exp, issuedMs) {
     this._refreshExp = exp;
-    this._armRefresh(ws, Math.max(0, dueMs - Date.now()));
+    this._armRefresh(ws, refreshDelayMs(exp, issuedMs));
   };
 
   Client.prototype._armRefresh = function (ws, delayMs) {
@@ -1775,6 +1815,132 @@ var SenteLite = (function () {
     this.refusal = err;
     this._warn(err.message);
     this._finish(err);
+  };
+
+  // -- subscription tokens (protocol section 16) ---------------------------------------------------
+  // subscribe(ch, fn, {token, onTokenRefused}): each subscribe of ch (the first, and each after a
+  // reconnect) carries a token from its source (a function is asked again each time); a function's
+  // token is refreshed over the open socket with sente-lite/sub-refresh on the schedule of the
+  // connection token's. onTokenRefused(channelId, err) runs when the server refuses the token (the
+  // subscribe's, or a refresh's invalid-token, forbidden or not-subscribed), the source gives none
+  // (code "token-refused"; the channel is then unsubscribed), or the server ended the subscription
+  // at the token's expiry (code "token-expired"); in each case but a refused refresh the channel
+  // is no longer held.
+
+  /** Get the token of sub, then send its subscribe on the same socket. */
+  Client.prototype._subscribeWithToken = function (channelId, sub) {
+    var self = this, ws = this._ws;
+    sub.inFlight = true;
+    tokenOf(sub.token).then(function (token) {
+      if (self._closed || self._subs.get(channelId) !== sub || self._ws !== ws) { return; }  // the next handshake sends it
+      sub.tokenUsed = token;
+      sub.tokenAt = Date.now();
+      self._sendSubscribe(channelId, sub, token);
+    }, function (err) {
+      if (self._closed || self._subs.get(channelId) !== sub) { return; }
+      sub.inFlight = false;
+      self._subs.delete(channelId);
+      self._forgetPosition(channelId);
+      self._subTokenRefused(channelId, sub, err);
+      self._settleSub(sub, err, null);
+    });
+  };
+
+  /** After a subscribe answered: a refresh timer for a function's token on a server with "sub-token". */
+  Client.prototype._planSubRefresh = function (channelId, sub) {
+    this._stopSubRefresh(sub);
+    sub.tokenExp = null;
+    if (typeof sub.token !== "function" || this._features.indexOf(FEATURE_SUB_TOKEN) < 0) { return; }
+    var claims = jwtClaims(sub.tokenUsed) || {};
+    if (!isNumber(claims.exp)) { return; }
+    this._scheduleSubRefresh(channelId, sub, claims.exp, isNumber(claims.iat) ? claims.iat * 1000 : sub.tokenAt);
+  };
+
+  Client.prototype._scheduleSubRefresh = function (channelId, sub, exp, issuedMs) {
+    sub.tokenExp = exp;
+    this._armSubRefresh(channelId, sub, refreshDelayMs(exp, issuedMs));
+  };
+
+  Client.prototype._armSubRefresh = function (channelId, sub, delayMs) {
+    var self = this, ws = this._ws;
+    this._stopSubRefresh(sub);
+    sub.tokenTimer = setTimeout(function () { sub.tokenTimer = null; self._subRefresh(channelId, sub, ws); }, delayMs);
+    if (typeof sub.tokenTimer.unref === "function") { sub.tokenTimer.unref(); }
+  };
+
+  Client.prototype._stopSubRefresh = function (sub) {
+    if (sub.tokenTimer) { clearTimeout(sub.tokenTimer); sub.tokenTimer = null; }
+  };
+
+  /** Get a fresh token for channelId and send sente-lite/sub-refresh on `ws` (one round trip). */
+  Client.prototype._subRefresh = function (channelId, sub, ws) {
+    var self = this;
+    function current() { return !self._closed && self._ws === ws && self._subs.get(channelId) === sub; }
+    if (!current()) { return; }
+    tokenOf(sub.token).then(function (token) {
+      if (!current()) { return null; }
+      return self._request(EV_SUB_REFRESH, { "channel-id": channelId, token: token }, REFRESH_TIMEOUT_MS).then(function (reply) {
+        var exp = reply && isNumber(reply.exp) ? reply.exp : null;
+        if (exp === null || (sub.tokenExp !== null && exp <= sub.tokenExp)) {
+          throw new SenteLiteError("the sub-refresh gave no later exp");
+        }
+        self._stats.subTokenRefreshes++;
+        var claims = jwtClaims(token) || {};
+        if (current()) { self._scheduleSubRefresh(channelId, sub, exp, isNumber(claims.iat) ? claims.iat * 1000 : Date.now()); }
+      });
+    }).catch(function (err) {
+      if (self._closed || self._subs.get(channelId) !== sub) { return; }
+      var code = err && err.code;
+      if (code === "token-refused") {
+        self._subTokenRefused(channelId, sub, err);
+        self.unsubscribe(channelId).catch(function () {});
+        return;
+      }
+      self._stats.subTokenRefreshFailures++;
+      self._warn("subscription token refresh failed:", code || (err && err.message));
+      if (SUB_TOLD_REFUSALS.indexOf(code) >= 0) { self._tellTokenRefused(channelId, sub, err); }
+      var retry = SUB_FINAL_REFUSALS.indexOf(code) < 0 && sub.tokenExp !== null &&
+        Date.now() + REFRESH_RETRY_MS < sub.tokenExp * 1000;
+      if (retry && self._ws === ws) { self._armSubRefresh(channelId, sub, REFRESH_RETRY_MS); }
+    });
+  };
+
+  /** sub's token was refused for good: forget its source, tell its handler. */
+  Client.prototype._subTokenRefused = function (channelId, sub, err) {
+    this._stopSubRefresh(sub);
+    if (!sub.token) { return; }
+    sub.token = null;
+    this._stats.subTokenRefused++;
+    this._warn("subscription token for a channel refused:", err && err.code);
+    this._tellTokenRefused(channelId, sub, err);
+  };
+
+  Client.prototype._tellTokenRefused = function (channelId, sub, err) {
+    var fn = sub.onTokenRefused, self = this;
+    if (typeof fn !== "function") { return; }
+    try {
+      var value = fn(channelId, err);
+      if (value && typeof value.then === "function") {
+        value.then(null, function (e) { self._stats.handlerErrors++; self._error("onTokenRefused rejected", e); });
+      }
+    } catch (e) {
+      this._stats.handlerErrors++;
+      this._error("onTokenRefused threw", e);
+    }
+  };
+
+  /** sente-lite/unsubscribed with a reason: the server ended a held subscription (token-expired). */
+  Client.prototype._onUnsubscribedNotice = function (data) {
+    var channelId = data && data["channel-id"], reason = data && data.reason;
+    var sub = typeof channelId === "string" && typeof reason === "string" ? this._subs.get(channelId) : undefined;
+    if (!sub) { return; }
+    this._subs.delete(channelId);
+    this._forgetPosition(channelId);
+    if (reason === "token-expired") { this._stats.subTokenExpired++; }
+    var err = new RemoteError(reason === "token-expired" ? "the subscription token expired without a refresh"
+                              : "the server ended the subscription (" + reason + ")", reason);
+    this._subTokenRefused(channelId, sub, err);
+    this._settleSub(sub, err, null);
   };
 
   // -- liveness ----------------------------------------------------------------------------------
@@ -1869,7 +2035,8 @@ var SenteLite = (function () {
       case EV_SUBSCRIBED: this._onSubscribedNotice(data); return;
       case EV_JOIN: case EV_LEAVE: this._onPresenceChange(eventId === EV_JOIN, data); return;
       case EV_SERVER_SUB: case EV_SERVER_UNSUB: this._onServerChannel(eventId === EV_SERVER_SUB, data); return;
-      case EV_PONG: case EV_UNSUBSCRIBED: return;
+      case EV_PONG: return;
+      case EV_UNSUBSCRIBED: this._onUnsubscribedNotice(data); return;
       case EV_REPLY: case EV_ERROR: this._onReply(eventId, data, cbId); return;
     }
     if (isReserved(eventId)) {

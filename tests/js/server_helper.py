@@ -8,12 +8,14 @@ Prints ``{"url": ..., "port": ...}`` once serving, then one JSON answer per comm
 helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
 ``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
 ``{"op": "server-subscribe" | "server-unsubscribe", "target", "channel"}`` (``srv.subscribe``),
+``{"op": "disconnect-user", "uid"}`` (closes its connections), ``{"op": "stats"}`` (``srv.stats()``),
 ``{"op": "stop"}``. Commands and answers are JSON lines in which bytes are in the tagged
 form ``{"$bytes": base64}`` (docs/protocol.md section 10): read as bytes, written from bytes.
 ``py-subscribe`` takes ``"packer"`` (its first call makes the Python client). The
 ``test/types`` handler answers the Python type names of its data's leaves. Options: ``--heartbeat-ms``, ``--csrf``, ``--token`` (the only
 credential accepted), ``--max-queued-bytes`` (per connection),
-``--no-msgpack``, ``--jwt-key`` (JWT connection tokens, HS256, signed with this key).
+``--no-msgpack``, ``--jwt-key`` (JWT connection tokens, HS256, signed with this key),
+``--sub-token`` (namespace ``room`` needs subscription tokens; with ``--jwt-key``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Optional
 
-from sente_lite import JWT, Client, Server
+from sente_lite import JWT, Client, Namespace, Server
 from sente_lite.wire import packers
 from sente_lite.wire import protocol as p
 from sente_lite.errors import SenteLiteError
@@ -38,6 +40,8 @@ def main() -> int:
     ap.add_argument("--max-queued-bytes", type=int, default=None)
     ap.add_argument("--presence", action="store_true",
                     help="namespaces room (presence, join_leave) and open (neither)")
+    ap.add_argument("--sub-token", action="store_true",
+                    help="namespace room needs subscription tokens (needs --jwt-key)")
     ap.add_argument("--no-msgpack", action="store_true",
                     help="act as a server without the msgpack package")
     args = ap.parse_args()
@@ -52,6 +56,8 @@ def main() -> int:
         queued["jwt"] = JWT(key=args.jwt_key)
     if args.presence:
         queued["namespaces"] = {"room": {"presence": True, "join_leave": True}, "open": {}}
+    if args.sub_token:
+        queued["namespaces"] = {"room": Namespace(subscribe_token=True), "": {}}
 
     def make(port: int) -> Server:
         auth = None
@@ -119,6 +125,10 @@ def main() -> int:
             elif op in ("server-subscribe", "server-unsubscribe") and srv is not None:
                 call = srv.subscribe if op == "server-subscribe" else srv.unsubscribe
                 say({"ok": True, "count": call(cmd["target"], cmd["channel"])})
+            elif op == "disconnect-user" and srv is not None:
+                say({"ok": True, "count": srv.disconnect_user(cmd["uid"])})
+            elif op == "stats" and srv is not None:
+                say({"ok": True, "stats": srv.stats()})
             elif op == "py-subscribe" and srv is not None:
                 if py is None:
                     py = Client(srv.url, packer=cmd.get("packer", packers.JSON))
