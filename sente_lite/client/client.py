@@ -167,7 +167,7 @@ class Client(ChannelsMixin, PresenceMixin, InboundMixin, SendingMixin, RefreshMi
         # Connecting and reading (the connector), and which of the two threads reads
         # and which runs handlers (the roles): client_io.py.
         self._connector = Connector(self)
-        self._roles = Roles(self, self._connector.connections())
+        self._roles = Roles(self, self._connector.connections(), self._connector.read_now)
         self._threads = tuple(threading.Thread(target=self._roles.serve, name=f"sente-lite-client-{i}",
                                                daemon=True) for i in (1, 2))
         #: a remote console (:class:`sente_lite.Console`) to serve once started: ``self.console``

@@ -98,6 +98,12 @@ class Connector:
         # of the connection being read (one at a time)
         self._close_code: Optional[int] = None  # the code of the server's close frame
         self._handshaken = False  # a handshake came on it
+        self._read_now = threading.Event()  # set: skip the next coalescing wait
+
+    def read_now(self) -> None:
+        """A caller blocks on a reply: do not hold the next read for ``read_coalesce_ms``
+        (coalescing batches a stream of messages; a request's round trip pays no wait)."""
+        self._read_now.set()
 
     def _connect_url(self) -> str:
         """The URL of one upgrade (:func:`sente_lite.session.upgrade_url`): the client-id and
@@ -195,10 +201,11 @@ class Connector:
         next_read = 0.0
         try:
             while self._close_code is None:
-                if coalesce:
+                if coalesce and not reader.mid_message:  # a cut message's rest: read it now
                     wait = next_read - time.monotonic()
                     if wait > 0:  # the last read was less than read_coalesce_ms ago
-                        time.sleep(wait)
+                        self._read_now.wait(wait)  # ended early by a caller awaiting a reply
+                self._read_now.clear()
                 messages = reader.read()  # every whole message of one recv(), in order
                 now = time.monotonic()
                 next_read = now + coalesce
@@ -278,8 +285,10 @@ class Roles:
     """Who of the client's two threads reads and who runs handlers (see
     :mod:`sente_lite.client`). Handler tasks come in one list per socket read."""
 
-    def __init__(self, client: ClientPort, connection: Generator[List[tuple], None, None]) -> None:
+    def __init__(self, client: ClientPort, connection: Generator[List[tuple], None, None],
+                 read_now: Callable[[], None] = lambda: None) -> None:
         self._c = client
+        self._read_now = read_now  # ends the reader's coalescing wait
         # Under ``_roles``: ``_reading`` while a thread advances ``_connection`` (the
         # reading role's generator); ``_running_since`` while one runs handlers, which
         # take their tasks from ``_tasks`` in order.
@@ -413,7 +422,9 @@ class Roles:
 
     def hand_off_reading(self) -> None:
         """Called before blocking on the reader (a reply, a subscribe answer): when
-        the caller is a handler, wake the other thread to read meanwhile."""
+        the caller is a handler, wake the other thread to read meanwhile. Either way the
+        next read is not held back to coalesce."""
+        self._read_now()
         if self._runner == threading.get_ident():
             with self._roles:
                 self._handoff = True

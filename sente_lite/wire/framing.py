@@ -212,6 +212,12 @@ class FrameParser:
         self._buf = data[pos:] if pos < end else b""
         return out
 
+    @property
+    def mid_message(self) -> bool:
+        """Part of a message has come and the rest not yet (a frame cut by the read,
+        or a fragmented message's first fragments)."""
+        return bool(self._buf or self._need or self._frag is not None)
+
     def _other_frame(self, op: int, fin: int, payload: bytes, out: List[Message]) -> None:
         """A frame that is not a whole data message: a fragment, a control frame, or a
         protocol error (raised). What it completes goes to ``out``."""

@@ -203,3 +203,26 @@ def test_a_busy_connection_checks_liveness_at_most_every_liveness_every_s(
 def test_read_coalesce_ms_is_validated(bad: Any) -> None:
     with pytest.raises(ValueError, match="read_coalesce_ms"):
         Client("ws://127.0.0.1:9/chsk", start=False, read_coalesce_ms=bad)
+
+
+def test_a_request_round_trip_pays_no_coalescing_wait(make_server: Callable[..., Server],
+                                                      make_client: Callable[..., Client]) -> None:
+    """Coalescing holds reads back to batch a stream; a caller blocked on a reply ends the
+    wait, and the rest of a reply cut across reads is read at once. With the largest
+    read_coalesce_ms (50 ms) 20 requests in a row, and one reply of 1 MB (many reads),
+    would take over a second if each read waited."""
+    srv = make_server(max_message_bytes=4 << 20)
+    srv.on("app/echo", lambda conn, data: data)
+    srv.on("app/big", lambda conn, data: "x" * 1_000_000)
+    c = make_client(srv.url, read_coalesce_ms=50)
+    c.request("app/echo", 0, timeout=WAIT_S)
+    started = time.monotonic()
+    for i in range(20):
+        assert c.request("app/echo", i, timeout=WAIT_S) == i
+    small = time.monotonic() - started
+    started = time.monotonic()
+    assert len(c.request("app/big", timeout=WAIT_S)) == 1_000_000
+    big = time.monotonic() - started
+    assert c.stats()["reads"] > 20  # the reply came in many reads
+    assert small < 0.5, f"20 requests took {small:.3f}s: reads waited to coalesce"
+    assert big < 0.5, f"a 1 MB reply took {big:.3f}s: its reads waited to coalesce"
