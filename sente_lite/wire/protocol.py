@@ -265,6 +265,8 @@ def _finite_float(text: str) -> float:
 #: ``bytes.translate``: "[" and "{" -> +1, "]" and "}" -> -1 (as signed bytes), the rest deleted.
 _DEPTH_STEP = bytes(1 if b in (0x5B, 0x7B) else 0xFF if b in (0x5D, 0x7D) else 0 for b in range(256))
 _NOT_BRACKET = bytes(b for b in range(256) if b not in (0x5B, 0x5D, 0x7B, 0x7D))
+#: Every byte but brackets and the double quote (deleted to see where strings are).
+_NOT_MARK = bytes(b for b in range(256) if b not in (0x22, 0x5B, 0x5D, 0x7B, 0x7D))
 
 
 def json_depth(text: Union[str, bytes, bytearray]) -> int:
@@ -277,17 +279,28 @@ def json_depth(text: Union[str, bytes, bytearray]) -> int:
     and then ``\\"`` leaves only the quotes that open and close strings; splitting on
     them, every other piece is outside any string.
     """
-    if isinstance(text, str):
-        if "\\" in text:
-            text = text.replace("\\\\", "").replace('\\"', "")
-        outside = "".join(text.split('"')[::2]).encode("utf-8", "surrogatepass")
-    else:
-        data = bytes(text)
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
+    outside = _brackets_outside_strings(data)
+    if outside is None:
         if b"\\" in data:
             data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
         outside = b"".join(data.split(b'"')[::2])
     steps = array("b", outside.translate(_DEPTH_STEP, _NOT_BRACKET))
     return max(accumulate(steps), default=0)
+
+
+def _brackets_outside_strings(data: bytes) -> Optional[bytes]:
+    """The brackets of JSON ``data`` when no string holds one (the usual frame), in
+    one C pass; None when that is not certain (a backslash, or a bracket between
+    quotes). Without backslashes every quote opens or closes a string, so when the
+    quotes and brackets alone read ``""`` pair after pair, each string holds none."""
+    if b"\\" in data:
+        return None
+    marks = data.translate(None, _NOT_MARK)
+    quotes = marks.count(b'"')
+    if marks.count(b'""') * 2 != quotes:
+        return None
+    return marks.replace(b'"', b"") if quotes else marks
 
 
 def depth_problem(text: Union[str, bytes, bytearray], limit: int = MAX_JSON_DEPTH) -> Optional[str]:
@@ -566,8 +579,9 @@ def _fast_parse(text: Any) -> Any:
     if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
         # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
         shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
-        if _DIGIT_RUN in shape or shape.count(b"[") > MAX_JSON_DEPTH:
-            return _NOT_PARSED
+        if _DIGIT_RUN in shape or (shape.count(b"[") > MAX_JSON_DEPTH
+                                   and depth_problem(text) is not None):
+            return _NOT_PARSED  # _parse words the error
     elif isinstance(text, str):  # non-ASCII text: \d also matches other scripts' digits
         if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
             return _NOT_PARSED

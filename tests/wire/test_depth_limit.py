@@ -14,6 +14,8 @@ import threading
 from typing import Any, List
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sente_lite import Client, EncodeError
 from sente_lite.wire import protocol as p
@@ -167,3 +169,38 @@ def test_the_client_refuses_over_deep_frames_from_a_server(make_face, make_clien
     srv.send(conn["conn-id"], "app/deep", nested(LIMIT - 1))
     wait_until(lambda: got, what="the client read the frame at the limit")
     assert got == [nested(LIMIT - 1)]
+
+
+def _value_depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_value_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_value_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+_TEXT = st.text(alphabet=st.sampled_from('ab"\\[]{}é \n'), max_size=8)
+_JSON = st.recursive(st.none() | st.integers() | _TEXT,
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(_TEXT, inner, max_size=4), max_leaves=40)
+
+
+@given(_JSON, st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_depth_matches_the_parsed_values_whatever_the_strings_hold(value: Any, ascii_only: bool) -> None:
+    """Brackets, quotes and backslashes inside strings never count, on the fast measure
+    (no string holds a bracket) and on the slow one alike."""
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert p.json_depth(text) == _value_depth(value)
+    assert p.json_depth(text.encode("utf-8")) == _value_depth(value)
+
+
+def test_a_wide_shallow_frame_is_accepted_and_read_as_the_stdlib_reads_it():
+    """Many brackets (a presence reply of 1,000 members) but little depth: accepted, equal."""
+    members = [{"client-id": f"c{i}", "uid": f"u{i}", "info": {"tags": [i, [i]]}} for i in range(1000)]
+    text = frame_text("chsk/reply", {"members": members}, "c1")
+    assert p.json_depth(text) == 7
+    assert p.decode(text.encode("utf-8")).data == {"members": members}
+    deep_in_wide = frame_text("app/x", [nested(LIMIT - 1)] + members)
+    with pytest.raises(p.FrameError, match="MAX_JSON_DEPTH"):
+        p.decode(deep_in_wide.encode("utf-8"))
