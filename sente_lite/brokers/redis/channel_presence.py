@@ -21,7 +21,7 @@ import threading
 from typing import Any, Dict, List
 
 from ...errors import BrokerUnavailable
-from .link import RedisLink, as_text
+from .link import RedisLink
 from .space import ChannelSpace
 
 log = logging.getLogger("sente_lite.redis")
@@ -50,14 +50,15 @@ redis.call('PEXPIRE', KEYS[2], ttl)
 return new
 """
 
-# KEYS: 1 the ZSET, 2 the HASH. Drops the expired, returns the live members' JSON.
+# KEYS: 1 the ZSET, 2 the HASH. Drops the expired; returns the live members' JSON texts
+# joined by commas (one bulk reply: a client parses one string, not one per member).
 PRESENCE_READ_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 for _, id in ipairs(expired) do redis.call('HDEL', KEYS[2], id) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('HVALS', KEYS[2])
+return table.concat(redis.call('HVALS', KEYS[2]), ',')
 """
 
 # KEYS: 1 the ZSET, 2 the HASH; ARGV: 1 conn-id. Returns 1 when it was there (live).
@@ -118,11 +119,11 @@ class RedisChannelPresence:
 
     def members(self, channel: str) -> List[Dict[str, Any]]:
         """The live members of ``channel`` on every server."""
-        return [json.loads(as_text(raw)) for raw in self._run(PRESENCE_READ_SCRIPT, channel)]
+        return json.loads(self.members_json(channel))
 
     def members_json(self, channel: str) -> bytes:
         """The live members of ``channel`` as a JSON array (their texts joined)."""
-        return b"[" + b",".join(self._run(PRESENCE_READ_SCRIPT, channel)) + b"]"
+        return b"[" + self._run(PRESENCE_READ_SCRIPT, channel) + b"]"  # joined by the script
 
     def stats(self, channel: str) -> Dict[str, int]:
         members = self.members(channel)
