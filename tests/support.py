@@ -227,6 +227,7 @@ class ThreadedFace:
         self.request, self.disconnect_user = srv.request, srv.disconnect_user
         self.csrf_token = srv.csrf_token
         self.subscribe, self.unsubscribe = srv.subscribe, srv.unsubscribe
+        self.presence_of, self.presence_stats = srv.presence_of, srv.presence_stats
 
     @staticmethod
     def ask(conn: Any, event: str, data: Any = None, timeout: float = WAIT_S) -> Any:
@@ -276,6 +277,12 @@ class AsgiFace:
 
     def unsubscribe(self, target: str, channel_id: str) -> int:
         return self._wait(self.server.unsubscribe(target, channel_id))  # type: ignore[no-any-return]
+
+    def presence_of(self, channel_id: str) -> Any:
+        return self._wait(self.server.presence_of(channel_id))
+
+    def presence_stats(self, channel_id: str) -> Any:
+        return self._wait(self.server.presence_stats(channel_id))
 
     def request(self, conn_id: str, event: str, data: Any = None, timeout: float = 5.0) -> Any:
         return self._wait(self.server.request(conn_id, event, data, timeout), timeout + WAIT_S)

@@ -14,6 +14,7 @@ from ..brokers.base import Broker
 from ..core.hub import Hub
 from ..core.messaging import MessagingMixin
 from ..core.metrics import LatencyHistogram
+from ..core.presence import Member, PresenceCalls
 from ..core.security import Gate
 from ..counters import Counters
 from ..errors import Disconnected
@@ -25,7 +26,7 @@ from ..wire.channels import Published
 CONN_TOTALS = ("frames_in", "frames_out", "bytes_in", "bytes_out")
 
 
-class Face(MessagingMixin):
+class Face(MessagingMixin, PresenceCalls):
     """The shared, blocking calls over one App's hub (``srv.publish`` and the like)."""
 
     def __init__(self, hub: Hub, channels: Broker, counters: Counters,
@@ -83,6 +84,14 @@ class CallsMixin:
                       reverse: bool = False, page: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
         """A page of a channel's kept messages, as ``Server.history`` gives it."""
         return await self._call(self._face.history, channel_id, limit, since, reverse, page)
+
+    async def presence_of(self, channel_id: str) -> List[Member]:
+        """The members of ``channel_id`` on every server, as ``Server.presence_of`` gives them."""
+        return await self._call(self._face.presence_of, channel_id)  # type: ignore[no-any-return]
+
+    async def presence_stats(self, channel_id: str) -> Dict[str, int]:
+        """``{"members": N, "users": M}`` of ``channel_id``, as ``Server.presence_stats``."""
+        return await self._call(self._face.presence_stats, channel_id)  # type: ignore[no-any-return]
 
     async def subscribe(self, target: str, channel_id: str) -> int:
         """Subscribe connection (or user) ``target`` to ``channel_id``, as ``Server.subscribe``."""

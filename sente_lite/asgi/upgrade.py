@@ -164,7 +164,7 @@ class Upgrades:
         writer = loop.create_task(self._write(conn, send))
         reader = loop.create_task(self.lanes.read(conn, lane, receive))
         conn.tasks = [reader, writer]
-        app._dispatcher.open(conn, ident.csrf_token, info, first, ident.grant, ident.channels)
+        app._dispatcher.open(conn, ident.csrf_token, info, first, ident.grant, ident.channels, ident.info)
         lane.task = loop.create_task(self._lane(conn, lane))
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid),
                   conn.remote_address, first)

@@ -97,10 +97,14 @@ class ServerDispatcher(ChannelChecks):
         return ss.ServerSession(conn_id, self.rules, now, self.counters, packer)
 
     def open(self, conn: ConnectionPort, csrf_token: Optional[str], info: Dict[str, Any],
-             first: bool, grant: Optional[Grant] = None, channels: Sequence[str] = ()) -> None:
+             first: bool, grant: Optional[Grant] = None, channels: Sequence[str] = (),
+             conn_info: Optional[Dict[str, Any]] = None) -> None:
         """Register ``conn`` with the hub, then greet it (registered first: a client
         that holds its handshake is known). ``grant``: its token's, whose ``exp`` bounds
-        it (the handshake tells it as ``token-exp``). ``channels``: given at connect."""
+        it (the handshake tells it as ``token-exp``). ``channels``: given at connect;
+        ``conn_info``: the ``authenticate`` hook's ``Authenticated.info``."""
+        if conn_info is not None:
+            conn.session.token_info = conn_info
         if grant is not None:
             session = conn.session
             session.grant(session.last_seen + grant.deadline_in_s, grant.exp, grant.info)

@@ -19,7 +19,7 @@ import http
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.datastructures import Headers
@@ -87,6 +87,8 @@ class Identity:
     authenticated: bool = False
     #: channels the server subscribes it to as it opens (``Authenticated``, a JWT's claim)
     channels: Tuple[str, ...] = ()
+    #: ``Authenticated.info`` from the ``authenticate`` hook (a JWT's is in ``grant``)
+    info: Optional[Dict[str, Any]] = None
 
 
 @dataclass
@@ -120,14 +122,15 @@ class HttpFront:
             uid = srv._identify(link, request, screened.client_id)
             grant = uid if isinstance(uid, Grant) else None
             channels = grant.channels if grant is not None else ()
+            info = None
             if isinstance(uid, Authenticated):
-                uid, channels = uid.uid, uid.channels
+                uid, channels, info = uid.uid, uid.channels, uid.info
             decision = uid if isinstance(uid, Response) else Admit(Identity(
                 screened.client_id, grant.uid if grant is not None else uid, link.remote,
                 srv._gate.csrf_token_for(screened.client_id), screened.packer, screened.batch,
                 screened.bytes, grant,
                 authenticated=grant is not None or srv._gate.authenticate is not None,
-                channels=channels))
+                channels=channels, info=info))
         method = getattr(request, "method", "GET")  # websockets < 15 parses GET only
         if _is_probe(request, self.server.path) or (method == "HEAD" and isinstance(decision, Admit)):
             decision = _probe_answer(link, decision, self.server._gate)  # never upgrades

@@ -163,4 +163,4 @@ class PresenceCalls:
         return dict(self.channels.presence_stats(channel_id))
 
 
-__all__ = ["ChannelPresence", "PresenceCalls", "member_of", "change_text"]
+__all__ = ["ChannelPresence", "PresenceCalls", "Member", "member_of", "change_text"]

@@ -64,7 +64,7 @@ from .. import limits as lim
 from ..wire import tracing
 from ..wire.origins import normalize_origins, origin_problem, split_host
 from ..logsafe import safe
-from .connect_channels import Authenticated, connect_channels
+from .connect_channels import Authenticated, connect_channels, info_problem
 from .jwt_tokens import JWT, Grant, TokenRejected
 
 log = logging.getLogger("sente_lite.core.security")
@@ -545,7 +545,15 @@ class Gate:
             return self.refuse(link, 500, R_AUTH_ERROR,
                                f"authentication failed on the server ({type(exc).__name__})", client_id)
         channels: Optional[Tuple[str, ...]] = ()
-        if isinstance(uid, tuple) and len(uid) == 2:  # Authenticated(uid, channels)
+        info: Optional[Dict[str, Any]] = None
+        if isinstance(uid, Authenticated):
+            uid, channels, info = uid.uid, connect_channels(uid.channels), uid.info
+            problem = info_problem(info)
+            if problem is not None:
+                log.error("authenticate hook returned an Authenticated whose %s", problem)
+                return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
+                                   "(authenticate returned an invalid info)", client_id)
+        elif isinstance(uid, tuple) and len(uid) == 2:  # (uid, channels)
             uid, channels = uid[0], connect_channels(uid[1])
         if uid is None:
             return self.refuse(link, 401, R_UNAUTHENTICATED,
@@ -556,7 +564,7 @@ class Gate:
                       "Authenticated(uid, [channel, ...]) or None", uid, MAX_UID_CHARS)
             return self.refuse(link, 500, R_AUTH_ERROR, "authentication failed on the server "
                                "(authenticate returned an invalid uid)", client_id)
-        return Authenticated(uid, channels) if channels else uid
+        return Authenticated(uid, channels, info) if channels or info is not None else uid
 
     def _check_jwt(self, link: GateLink, view: HandshakeRequest) -> Union[Grant, Response]:
         """The grant of the upgrade's token, or 401 with the short reason (never the token)."""

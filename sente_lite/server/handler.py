@@ -106,7 +106,7 @@ class ServerCore:
             info[p.K_BATCH] = True
         if ident.bytes:
             info[p.K_BYTES] = True
-        self.dispatcher.open(conn, ident.csrf_token, info, first, ident.grant, ident.channels)
+        self.dispatcher.open(conn, ident.csrf_token, info, first, ident.grant, ident.channels, ident.info)
         log.debug("open %s uid=%s remote=%s first=%s", conn_id, safe(conn.uid), conn.remote_address,
                   first)
         for hook in srv._on_connect:

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
-from sente_lite import ConnectRefused, RemoteError, Server
+from sente_lite import Authenticated, ConnectRefused, Namespace, RemoteError, Server
 from sente_lite.core.security import (CsrfTokens, HandshakeRequest, bearer_token,
                                       fetch_csrf_token, origin_problem, normalize_origins)
 from sente_lite.testing.abuse import RawPeer, http_get
@@ -88,6 +88,29 @@ def test_authenticate_hook_errors_are_500_and_counted(make_face, caplog):
     srv2 = make_face(authenticate=lambda req: 42)  # not a str: a bug in the hook
     assert upgrade_status(srv2) == 500
     assert refused(srv2, "auth-error") == 1
+
+
+def test_authenticate_info_is_the_connections_presence_info(make_face, make_client):
+    info = {"name": "Alice", "seat": 12}
+    srv = make_face(authenticate=lambda req: Authenticated("alice", ("room:lobby",), info),
+                    namespaces={"room": Namespace(presence=True)})
+    c = make_client(srv.url)
+    c.subscribe("room:1", timeout=WAIT_S)
+    [member] = c.presence("room:1")
+    assert member["uid"] == "alice" and member["info"] == info
+    wait_until(lambda: "room:lobby" in c.server_subscriptions(), what="the channel given at connect")
+    assert [m["info"] for m in srv.presence_of("room:1")] == [info]
+    assert srv.presence_stats("room:1") == {"members": 1, "users": 1}
+
+
+@pytest.mark.parametrize("bad", [["a", "list"], {"big": "x" * 5000}, {"nan": float("nan")},
+                                 {"obj": object()}], ids=["list", "too-big", "nan", "not-json"])
+def test_an_invalid_authenticate_info_is_500_naming_it(make_face, caplog, bad: Any):
+    srv = make_face(authenticate=lambda req: Authenticated("alice", (), bad))
+    with caplog.at_level(logging.ERROR, logger="sente_lite.core.security"):
+        assert upgrade_status(srv) == 500
+    assert refused(srv, "auth-error") == 1
+    assert any("info" in r.getMessage() for r in caplog.records)
 
 
 def test_token_callable_is_evaluated_at_every_reconnect_across_a_restart(make_server, make_client):
