@@ -143,6 +143,12 @@ SERVE_SETTINGS = (
     Setting("--max-replay-per-subscribe", "int", DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
             "messages one subscribe with since may replay (recovered: false, replay-limit "
             "beyond)", "max_replay_per_subscribe"),
+    Setting("--max-history-page", "int", lim.DEFAULT_MAX_HISTORY_PAGE, "messages one history "
+            "page holds (a larger limit is capped and counted: history_pages_capped)",
+            "max_history_page"),
+    Setting("--max-history-reads-per-conn", "int", lim.DEFAULT_MAX_HISTORY_READS_PER_CONN,
+            "history reads of one connection in flight (limit-exceeded beyond)",
+            "max_history_reads_per_conn"),
     Setting("--log-level", "str", "WARNING", "log level: " + ", ".join(LOG_LEVELS)),
     Setting("--publish-ids-per-publisher", "int", DEFAULT_PUBLISH_IDS_PER_PUBLISHER,
             "publish ids remembered per publisher for deduplication; its oldest are forgotten "

@@ -93,6 +93,19 @@ def test_wire_and_history_settings_reach_the_server() -> None:
         cli.server_from_settings(settings(["--compression", "gzip"]))
 
 
+def test_history_api_bounds_reach_the_server_from_flags_environment_and_a_config_file(tmp_path: Path) -> None:
+    srv = cli.server_from_settings(settings(
+        ["--max-history-page", "7"], {"SENTE_LITE_MAX_HISTORY_READS_PER_CONN": "2"}))
+    assert (srv.settings.max_history_page, srv.settings.max_history_reads_per_conn) == (7, 2)
+    path = tmp_path / "serve.toml"
+    path.write_text("max_history_page = 9\nmax_history_reads_per_conn = 3\n")
+    srv = cli.server_from_settings(settings(["--config", str(path)]))
+    assert (srv.settings.max_history_page, srv.settings.max_history_reads_per_conn) == (9, 3)
+    for flag in ("--max-history-page", "--max-history-reads-per-conn"):
+        with pytest.raises(ValueError, match=flag.lstrip("-")):
+            cli.server_from_settings(settings([flag, "0"]))
+
+
 def test_publish_id_bounds_reach_the_server() -> None:
     srv = cli.server_from_settings(settings(
         ["--publish-ids-per-publisher", "7"], {"SENTE_LITE_PUBLISH_IDS_MAX": "70"}))
