@@ -441,8 +441,11 @@ class Server(InspectionMixin, MessagingMixin, PresenceCalls, ServerSubsCalls):
             self._hub, self._rules, self._handlers,
             settings.channel_gate(self.channels, self.counters),
             self._spans, settings.jwt)
-        # a history read on Redis waits on it: on the connection's lane, not the network thread
-        self._dispatcher.history_reads.offload = lambda conn, task: self._pool.submit(conn.lane, task)
+        # a history read on Redis waits on it: on a worker, on a lane of its own (the
+        # connection's next frames do not wait behind it; its reply carries its cb-id, and
+        # max_history_reads_per_conn bounds how many one connection runs at once)
+        self._dispatcher.history_reads.offload = (
+            lambda conn, task: self._pool.submit(Lane(f"{conn.conn_id}-history"), task))
         self._core = ServerCore(self, self._dispatcher)
         self._front = HttpFront(self)
         self._api = ApiFront(self)

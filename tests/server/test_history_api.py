@@ -3,6 +3,8 @@ paged, on both faces; the namespace's subscribe rule; the page bound; Redis."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Callable, List
 
 import pytest
@@ -10,7 +12,7 @@ import pytest
 from sente_lite import Client, Namespace, RemoteError, Server
 from sente_lite.core import history_api
 from sente_lite.wire import protocol as p
-from support import FaceMaker, wait_until
+from support import WAIT_S, FaceMaker, wait_until
 
 
 
@@ -103,6 +105,43 @@ def test_history_on_redis_pages_off_the_network_thread(redis_srv: Any,
     assert offsets(c.history("r", 2, page=first["next"])) == [3, 4]
     assert offsets(c.history("r", 2, reverse=True)) == [5, 4]
     assert srv.stats()["history_reads"] == 3
+
+
+def test_a_history_read_waiting_on_redis_holds_up_no_connection(redis_srv: Any,
+                                                                 make_server: Callable[..., Server],
+                                                                 make_client: Callable[..., Client]) -> None:
+    """Redis stopped (SIGSTOP) while a history read waits on it: the reading connection's
+    next request and another connection's are answered meanwhile (the read runs on a
+    worker, not on the network thread nor the connection's lane)."""
+    srv = make_server(broker=redis_srv.url)
+    wait_until(lambda: srv.channels.healthy, what="the link up")
+    srv.publish("r", 1)
+    reader, other = make_client(srv.url), make_client(srv.url)
+    reads = srv._dispatcher.history_reads
+    outcome: List[Any] = []
+
+    def read() -> None:
+        try:
+            outcome.append(reader.history("r", 2, timeout=WAIT_S))
+        except RemoteError as exc:
+            outcome.append(exc.code)
+
+    redis_srv.pause()
+    thread = threading.Thread(target=read, name="history-reader")
+    try:
+        thread.start()
+        wait_until(lambda: reads._reading, what="the read waiting on Redis")
+        for c in (other, reader):
+            started = time.monotonic()
+            c.request("chsk/ws-ping", timeout=WAIT_S)
+            took = time.monotonic() - started
+            assert reads._reading, "the read ended before the check: Redis answered while stopped?"
+            assert took < 1.0, f"a ping waited {took:.2f}s behind a history read"
+    finally:
+        redis_srv.resume()
+        thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert outcome and (outcome[0] in (p.ERR_UNAVAILABLE,) or offsets(outcome[0]) == [1]), outcome
 
 
 def test_async_client_reads_history(make_face: FaceMaker) -> None:
