@@ -44,6 +44,8 @@ from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .channel_presence import SCRIPTS as CHANNEL_PRESENCE_SCRIPTS, RedisChannelPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
+from .failover import (DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicatedPublishes,
+                       check_replica_ack_timeout)
 from .url import SHARDED, cluster_client_problem, parse_broker_url
 
 log = logging.getLogger("sente_lite.redis")
@@ -112,6 +114,21 @@ class _Hooks(LinkHooks):
         log.error("a Redis command failed (the link stays up): %s", exc)
 
 
+def _replicated(publisher: RedisPublisher, space: ChannelSpace, link: RedisLink,
+                counters: Counters, timeout_ms: int) -> ReplicatedPublishes:
+    """The cluster publishes of ``publisher`` (see :mod:`.failover`), installed in it."""
+    replicated = ReplicatedPublishes(
+        link, counters, timeout_ms, publisher._command, lambda e: space.meta_key(e.channel),
+        publisher.answer, publisher.finish, publisher.unavailable)
+    publisher.replicated = replicated.run
+    return replicated
+
+
+def _replication_stats(replicated: Optional[ReplicatedPublishes]) -> Dict[str, int]:
+    return {"broker_unreplicated_publishes": replicated.unreplicated if replicated else 0,
+            "broker_publishes_without_replica": replicated.without_replica if replicated else 0}
+
+
 class RedisBroker:
     """A :class:`~sente_lite.brokers.base.Broker` whose channels live in Redis (see the module).
 
@@ -123,7 +140,9 @@ class RedisBroker:
     ``publish_dedup_s``. Every other limit is a ``DEFAULT_*`` of this module.
     ``subscription``: ``"sharded"`` (each server ``SSUBSCRIBE``s the channels it serves;
     Redis >= 7) or ``"pattern"`` (each hears every channel); None: the URL's
-    ``?subscription=``, else sharded.
+    ``?subscription=``, else sharded. ``replica_ack_timeout_ms`` (a Redis Cluster only): a
+    publish is acknowledged once a replica holds it (``WAIT 1 <ms>``), else answered
+    ``outcome-unknown`` (:mod:`~sente_lite.brokers.redis.failover`); 0: no wait.
 
     Its parts: :class:`~sente_lite.brokers.redis.link.RedisLink` (the two threads, up/down),
     :class:`~sente_lite.brokers.redis.publish.RedisPublisher` (publishes),
@@ -168,8 +187,10 @@ class RedisBroker:
                  reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
                  presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
                  max_replay_per_subscribe: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
-                 subscription: Optional[str] = None) -> None:
+                 subscription: Optional[str] = None,
+                 replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS) -> None:
         import_redis()
+        check_replica_ack_timeout(replica_ack_timeout_ms)
         parsed = parse_broker_url(url, subscription)
         if parsed.nodes is not None and cluster_client_problem() is not None:
             raise RuntimeError(cluster_client_problem())
@@ -202,6 +223,10 @@ class RedisBroker:
         self._channels = RedisChannels(self._space, self._link, counters)
         self._publisher = RedisPublisher(self._space, self._link, counters,
                                          self._channels.members_here)
+        self._replicated: Optional[ReplicatedPublishes] = None
+        if parsed.nodes is not None:  # a cluster: acknowledged once a replica holds it
+            self._replicated = _replicated(self._publisher, self._space, self._link, counters,
+                                           replica_ack_timeout_ms)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
         self.presence = self._presence
@@ -365,7 +390,8 @@ class RedisBroker:
                 "broker_listening": self._link.listening_to(),
                 "broker_shard_subscribes": self._link.shard_subscribes,
                 "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved,
-                "broker_inbound_bytes": self._channels.inbound_bytes}
+                "broker_inbound_bytes": self._channels.inbound_bytes,
+                **_replication_stats(self._replicated)}
 
     # -- channel presence (Redis keys <chan>:pz / <chan>:ph, expiring in presence_ttl_s) --
     def presence_add(self, channel: str, member: Dict[str, Any]) -> bool:

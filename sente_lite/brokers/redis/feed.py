@@ -143,8 +143,10 @@ class LiveFeed:
                 return
             if ch.epoch is None:
                 ch.epoch, ch.last = epoch, top
-            elif epoch != ch.epoch or (first <= top and (not entries or entries[0][0] != first)):
-                # Redis lost the channel (new epoch), or its stream no longer reaches back
+            elif (epoch != ch.epoch or top < ch.last
+                  or (first <= top and (not entries or entries[0][0] != first))):
+                # Redis lost the channel (new epoch), or its stream no longer reaches back,
+                # or a failover lost messages handed out here (top below them: rolled back)
                 reason = REASON_EPOCH_CHANGED if epoch != ch.epoch else REASON_HISTORY_EXPIRED
                 start = entries[0][0] - 1 if entries else top
                 log.warning("channel %r: %s after %s:%d; %d subscriber(s) told (recovered: false)",

@@ -19,6 +19,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from ...wire import protocol as p
 from ...errors import BrokerUnavailable
+from .failover import ClusterWatch, cluster_errors
 from .shards import Listening
 
 log = logging.getLogger("sente_lite.redis")
@@ -121,6 +122,7 @@ class RedisLink(Listening):
         self.refresh_every_s = refresh_every_s
         self.command_timeout_s = command_timeout_s
         self.nodes = nodes  # a Redis Cluster's start-up nodes; None: one Redis
+        self._errors = (redis.RedisError, OSError) + cluster_errors(redis)
         self._init_listening()
         self._hooks = hooks
         self._patterns = patterns
@@ -134,6 +136,8 @@ class RedisLink(Listening):
         options = dict(socket_connect_timeout=connect_timeout_s, socket_timeout=command_timeout_s,
                        retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._options = options
+        #: while down, which masters of the cluster do not answer (``/health``)
+        self.watch = ClusterWatch(redis, nodes, options) if nodes else None
         self.redis = self._client(options)
         self._listen_options = dict(options, socket_timeout=None)
         self._ops: Deque[Any] = collections.deque()
@@ -182,6 +186,8 @@ class RedisLink(Listening):
         if self.down:
             out["broker-down-s"] = round(time.monotonic() - self.down_since, 3)
             out["broker-error"] = self.down_reason
+            if self.watch is not None:
+                out.update(self.watch.health())
         return out
 
     # -- scripts ---------------------------------------------------------------------
@@ -209,7 +215,8 @@ class RedisLink(Listening):
         # READONLY / MASTERDOWN: this Redis is (now) a replica, or lost its primary: reconnect
         replica = tuple(getattr(errors, name) for name in ("ReadOnlyError", "MasterDownError")
                         if hasattr(errors, name))
-        return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError) + replica)
+        return isinstance(exc, (errors.ConnectionError, errors.TimeoutError, OSError) + replica
+                          + cluster_errors(self.redis_mod))
 
     # -- the broker thread -----------------------------------------------------------
     def submit(self, op: Any) -> None:
@@ -250,7 +257,7 @@ class RedisLink(Listening):
             return
         try:
             op()
-        except self.redis_mod.RedisError as exc:
+        except self._errors as exc:
             if not self.is_link_error(exc):
                 self._hooks.command_failed(exc)  # that op fails alone; the link stays up
                 return
@@ -275,6 +282,8 @@ class RedisLink(Listening):
         was_down_s = time.monotonic() - self.down_since
         self.down = False
         self.links += 1
+        if self.watch is not None:
+            self.watch.clear()
         log.info("Redis link up (%s) after %.2fs; %d channel(s) caught up", self.url, was_down_s,
                  caught_up)
         deferred, self._deferred = self._deferred, []
@@ -307,8 +316,10 @@ class RedisLink(Listening):
                 self._subscribe_all(pubsub)  # _relink queued once Redis confirmed them all
                 attempt = 0
                 self._listen(pubsub)
-            except (redis.RedisError, OSError) as exc:
+            except self._errors as exc:
                 self.lost(exc)
+                if self.watch is not None and not self._stop.is_set():
+                    self.watch.probe()  # which masters do not answer, for /health
             finally:
                 self._forget_pubsub()
                 try:

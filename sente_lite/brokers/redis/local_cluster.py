@@ -17,7 +17,7 @@ import shutil
 import socket
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Set
 
 from .local_server import REDIS_START_TIMEOUT_S, RedisServer, free_port
 
@@ -58,16 +58,29 @@ def _command(port: int, *args: str, timeout: float = 1.0) -> str:
         return ""
 
 
+def _port_not_in(taken: Set[int]) -> int:
+    """A free port not in ``taken`` (added to it): the OS may offer a port twice while the
+    nodes given it have not started yet."""
+    while True:
+        port = free_port()
+        if port not in taken:
+            taken.add(port)
+            return port
+
+
 class _Node(RedisServer):
-    def __init__(self) -> None:
-        super().__init__(free_port())
-        self.bus_port = free_port()  # the cluster bus (not port + 10000: it may be taken)
+    def __init__(self, taken: Set[int]) -> None:
+        super().__init__(_port_not_in(taken))
+        self.bus_port = _port_not_in(taken)  # the cluster bus (not port + 10000: it may be taken)
 
     def command(self) -> List[str]:
         return super().command() + ["--cluster-enabled", "yes", "--cluster-config-file",
                                     "nodes.conf", "--cluster-node-timeout",
                                     str(CLUSTER_NODE_TIMEOUT_MS),
-                                    "--cluster-port", str(self.bus_port)]
+                                    "--cluster-port", str(self.bus_port),
+                                    # a replica syncs at once (not after the default 5 s wait
+                                    # for more replicas), so it can take over from the start
+                                    "--repl-diskless-sync-delay", "0"]
 
 
 class LocalCluster:
@@ -77,7 +90,8 @@ class LocalCluster:
         self.cli = redis_cli_path()
         if self.cli is None:
             raise FileNotFoundError(MISSING_CLI)
-        self.nodes = [_Node() for _ in range(masters * (1 + replicas))]
+        taken: Set[int] = set()
+        self.nodes = [_Node(taken) for _ in range(masters * (1 + replicas))]
         self.replicas = replicas
 
     @property
@@ -103,19 +117,26 @@ class LocalCluster:
         return self
 
     def wait_ok(self, timeout: float = CLUSTER_READY_TIMEOUT_S) -> None:
-        """Wait until every running node reports ``cluster_state:ok`` and every slot is
-        served by a live master (RuntimeError after ``timeout``)."""
+        """Wait until every running node reports ``cluster_state:ok``, every slot is
+        served by a live master and every live replica is in sync with its master
+        (RuntimeError after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
             alive = [n for n in self.nodes if n.pid is not None]
             masters = self.masters()
             if masters and all("cluster_state:ok" in _command(n.port, "CLUSTER", "INFO")
                                for n in alive) and all(self._port_alive(p)
-                                                       for p in masters.values()):
+                                                       for p in masters.values()) and all(
+                    self._synced(n.port) for n in alive if n.port not in masters.values()):
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster did not reach cluster_state:ok in {timeout}s")
             time.sleep(0.05)  # polling a readiness condition, with its deadline above
+
+    @staticmethod
+    def _synced(port: int) -> bool:
+        """True when the replica on ``port`` is in sync with its master (it can take over)."""
+        return "master_link_status:up" in _command(port, "INFO", "replication")
 
     def _port_alive(self, port: int) -> bool:
         return any(n.port == port and n.pid is not None for n in self.nodes)
@@ -149,6 +170,27 @@ class LocalCluster:
             if int(low) <= slot <= int(high or low):
                 return port
         raise RuntimeError(f"no master serves slot {slot}")
+
+    def replica_of(self, port: int) -> int:
+        """The port of a live replica of the master on ``port``."""
+        for node in self.nodes:
+            if node.pid is None:
+                continue
+            lines = [line.split() for line in
+                     _command(node.port, "CLUSTER", "NODES").splitlines()]
+            ids = {int(f[1].split("@")[0].rsplit(":", 1)[1]): f[0] for f in lines if len(f) > 3}
+            for f in lines:
+                if len(f) > 3 and "slave" in f[2] and "fail" not in f[2] and f[3] == ids.get(port):
+                    return int(f[1].split("@")[0].rsplit(":", 1)[1])
+            break
+        raise RuntimeError(f"no live replica of the master on port {port}")
+
+    def node(self, port: int) -> RedisServer:
+        """The node on ``port`` (``pause()``/``resume()`` it: SIGSTOP/SIGCONT)."""
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise KeyError(f"no node of this cluster on port {port}")
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port`` (its replica is promoted after the node timeout)."""

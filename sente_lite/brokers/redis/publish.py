@@ -121,6 +121,9 @@ class RedisPublisher:
         #: ``members_here(channel, exclude)``: this server's subscribers the message goes to.
         self._members_here = members_here
         self.unavailable_publishes = 0
+        #: Runs a batch on a Redis Cluster (``failover.ReplicatedPublishes.run``: one pipeline
+        #: per master, ended by WAIT); returns the entries to run again. None: one pipeline.
+        self.replicated: Optional[Callable[[List[_Pub]], List[_Pub]]] = None
 
     def publish(self, name: str, head: str, exclude: Optional[str],
                 done: Optional[Callable[[Any], None]], wait: bool = True,
@@ -140,6 +143,10 @@ class RedisPublisher:
         if isinstance(entry.result, BaseException):
             raise entry.result
         return entry.result
+
+    def unavailable(self) -> BrokerUnavailable:
+        """The answer to a publish that was never run (counted)."""
+        return self._unavailable()
 
     def _unavailable(self) -> BrokerUnavailable:
         self.unavailable_publishes += 1
@@ -178,6 +185,21 @@ class RedisPublisher:
             for entry in batch:
                 self.finish(entry, self._unavailable())  # never sent
             return
+        retry = self._run_pipeline(batch) if self.replicated is None else self.replicated(batch)
+        if retry:
+            try:
+                link.load_scripts()
+            except link.redis_mod.RedisError as exc:
+                if link.is_link_error(exc):
+                    link.lost(exc)
+                for entry in retry:
+                    self.finish(entry, self._unavailable())  # the script never ran
+                return
+            self.run_publishes(retry)
+
+    def _run_pipeline(self, batch: List[_Pub]) -> List[_Pub]:
+        """Run ``batch`` in one pipeline; answer each. Returns those to run again."""
+        link = self._link
         pipe = link.redis.pipeline(transaction=False)
         for e in batch:
             pipe.execute_command(*self._command(e))
@@ -193,29 +215,25 @@ class RedisPublisher:
                 log.error("publish pipeline failed: %s", exc)
             for entry in batch:
                 self.finish(entry, self._unknown(exc))
-            return
+            return []
         retry: List[_Pub] = []
         for entry, result in zip(batch, results):
-            if isinstance(result, redis.exceptions.NoScriptError):
-                retry.append(entry)  # Redis restarted: the script never ran
-            elif isinstance(result, Exception) and link.is_link_error(result):
-                link.lost(result)  # READONLY: a replica refused it before any write
-                self.finish(entry, self._unavailable())
-            elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
-                self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
-                                                   result))
-            else:
-                self.finish(entry, self._published(entry, result))
-        if retry:
-            try:
-                link.load_scripts()
-            except redis.RedisError as exc:
-                if link.is_link_error(exc):
-                    link.lost(exc)
-                for entry in retry:
-                    self.finish(entry, self._unavailable())  # the script never ran
-                return
-            self.run_publishes(retry)
+            self.answer(entry, result, retry)
+        return retry
+
+    def answer(self, entry: _Pub, result: Any, retry: List[_Pub]) -> None:
+        """Answer ``entry`` with what its script returned (or put it in ``retry``)."""
+        link = self._link
+        if isinstance(result, link.redis_mod.exceptions.NoScriptError):
+            retry.append(entry)  # Redis restarted: the script never ran
+        elif isinstance(result, Exception) and link.is_link_error(result):
+            link.lost(result)  # READONLY, MOVED, CLUSTERDOWN: refused before any write
+            self.finish(entry, self._unavailable())
+        elif isinstance(result, Exception):  # Redis refused it (e.g. WRONGTYPE): not made
+            self.finish(entry, command_refused(self._counters, entry.channel, "publish on",
+                                               result))
+        else:
+            self.finish(entry, self._published(entry, result))
 
     def _published(self, entry: _Pub, result: List[Any]) -> Published:
         """The answer to ``entry``: ``delivered`` is this server's subscribers the message

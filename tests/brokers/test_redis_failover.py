@@ -1,0 +1,146 @@
+"""A Redis Cluster master that fails while clients publish (its own local cluster: these
+tests change it): a publish is acknowledged only once a replica holds it (``WAIT``), a
+master SIGKILLed mid-run loses no acknowledged publish, publishes meanwhile are refused,
+``/health`` names the unreachable master, and delivery resumes on its promoted replica."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import pytest
+
+from sente_lite import Client, RemoteError, Server
+from sente_lite.errors import PublishOutcomeUnknown, RequestTimeout
+from sente_lite.testing.redis_cluster import LocalCluster, require_redis_cluster
+from support import WAIT_S, wait_until
+from test_redis_broker import Recorder, health
+
+redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
+
+CHANNELS = [f"f{i}" for i in range(6)]
+#: acks wanted before the kill, and on the killed master's channel after it
+ACKS_BEFORE, ACKS_AFTER = 30, 20
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[LocalCluster]:
+    require_redis_cluster()
+    with LocalCluster() as local:
+        yield local
+
+
+def test_replica_ack_timeout_ms_is_checked() -> None:
+    from sente_lite.brokers.redis.broker import RedisBroker
+    for bad in (-1, 1.5, "100", True):
+        with pytest.raises(ValueError, match="replica_ack_timeout_ms must be an int >= 0"):
+            RedisBroker("redis+cluster://127.0.0.1:7000", replica_ack_timeout_ms=bad)
+
+
+def test_a_publish_no_replica_acknowledged_is_answered_outcome_unknown(
+        redis_cluster: LocalCluster, make_server: Callable[..., Server]) -> None:
+    from sente_lite.brokers.redis.broker import RedisBroker
+    srv = make_server(broker=RedisBroker(redis_cluster.url, replica_ack_timeout_ms=100))
+    wait_until(lambda: srv.channels.healthy, what="link up")
+    assert srv.publish("w", {"i": 1}).offset == 1  # a replica holds it: acknowledged
+    master = redis_cluster.master_of(srv.channels._space.meta_key("w").encode())
+    replica = redis_cluster.node(redis_cluster.replica_of(master))
+    replica.pause()  # SIGSTOP: it receives the write but acknowledges nothing
+    try:
+        with pytest.raises(PublishOutcomeUnknown, match="no replica acknowledged it in 100 ms"):
+            srv.publish("w", {"i": 2})
+    finally:
+        replica.resume()
+    stats = srv.stats()
+    assert stats["broker_unreplicated_publishes"] == 1
+    assert stats["broker_up"]  # a slow replica is no lost link
+    wait_until(lambda: _publishes(srv, "w"), what="a replica acknowledges again")
+
+
+def _publishes(srv: Server, channel: str) -> bool:
+    try:
+        srv.publish(channel, {"again": True})
+        return True
+    except PublishOutcomeUnknown:
+        return False
+
+
+class _Publishing:
+    """One client publishing on every channel in turn, with acks, until stopped; and
+    ``/health`` of its server sampled meanwhile."""
+
+    def __init__(self, client: Client, srv: Server) -> None:
+        self.client, self.srv = client, srv
+        self.acked: Dict[Tuple[str, int], int] = {}  # (channel, n) -> offset
+        self.refused: List[str] = []  # codes of publishes not acknowledged
+        self.healths: List[Tuple[int, Dict[str, Any]]] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._publish), threading.Thread(target=self._watch)]
+
+    def _publish(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            channel = CHANNELS[n % len(CHANNELS)]
+            try:
+                answer = self.client.publish(channel, {"n": n}, ack=True, timeout=2.0)
+            except (RemoteError, RequestTimeout) as exc:
+                with self.lock:
+                    self.refused.append(getattr(exc, "code", "timeout"))
+                continue
+            with self.lock:
+                self.acked[(channel, n)] = answer["offset"]
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.05):  # sampling a state, not synchronizing on it
+            self.healths.append(health(self.srv))
+
+    def count(self, channel: str) -> int:
+        with self.lock:
+            return sum(1 for ch, _ in self.acked if ch == channel)
+
+    def __enter__(self) -> "_Publishing":
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(WAIT_S)
+
+
+def test_a_master_sigkilled_during_publishes_loses_no_acknowledged_publish(
+        redis_cluster: LocalCluster, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a = make_server(broker=redis_cluster.url)
+    b = make_server(broker=redis_cluster.url)
+    wait_until(lambda: a.channels.healthy and b.channels.healthy, what="both links up")
+    recs = {name: Recorder() for name in CHANNELS}
+    subscriber = make_client(b.url)
+    for name in CHANNELS:
+        subscriber.subscribe(name, recs[name])
+    wait_until(lambda: b.stats()["broker_listening"] == len(CHANNELS), what="b listens")
+    victim_channel = CHANNELS[0]
+    victim = redis_cluster.master_of(a.channels._space.meta_key(victim_channel).encode())
+    with _Publishing(make_client(a.url, client_id="pub"), a) as run:
+        wait_until(lambda: len(run.acked) >= ACKS_BEFORE, what="publishes acknowledged")
+        before = run.count(victim_channel)
+        redis_cluster.kill(victim)  # SIGKILL: its replica is promoted after the node timeout
+        wait_until(lambda: run.count(victim_channel) >= before + ACKS_AFTER, timeout=WAIT_S,
+                   what="publishes on the killed master's slots acknowledged again")
+    assert run.refused, "no publish was refused during the failover"
+    down = [h for status, h in run.healths if status == 503]
+    assert down and all(h["broker-status"] == "down" for h in down)
+    assert any(f"127.0.0.1:{victim}" in h.get("broker-unreachable-masters", ()) for h in down)
+    assert health(a)[0] == 200 and a.stats()["broker_outages"] >= 1
+    # 0 acknowledged-then-lost: every acknowledged publish is in the history, at its
+    # offset, and was delivered to the subscriber on the other server
+    for name in CHANNELS:
+        kept = {m["offset"]: m["data"] for m in a.history(name)["publications"]}
+        mine = {n: offset for (ch, n), offset in run.acked.items() if ch == name}
+        assert {n: kept.get(offset) for n, offset in mine.items()} == {
+            n: {"n": n} for n in mine}, f"acknowledged publishes of {name} lost"
+        wait_until(lambda r=recs[name], mine=mine: {d["n"] for _, _, d in r.msgs} >= set(mine),
+                   what=f"every acknowledged publish of {name} delivered on b")
