@@ -72,10 +72,16 @@ class RefreshMixin:
             ws.transport.abort()
             return
         assert token is not None
+        await self._token_request(p.EV_REFRESH, {p.K_TOKEN: token},
+                                  lambda f: self._refreshed(f, token))
+
+    async def _token_request(self, event: str, data: Any,
+                             done: Callable[["asyncio.Future[Any]"], None]) -> None:
+        """Send the request ``event`` (answered within ``REFRESH_TIMEOUT_S``); ``done(fut)``
+        gets its outcome (a send that fails is a failure; the tick is not held up)."""
         fut: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
-        cb_id, frame = self._session.request(p.EV_REFRESH, {p.K_TOKEN: token}, fut,
-                                             time.monotonic(), REFRESH_TIMEOUT_S)
-        fut.add_done_callback(lambda f: self._refreshed(f, token))
+        cb_id, frame = self._session.request(event, data, fut, time.monotonic(), REFRESH_TIMEOUT_S)
+        fut.add_done_callback(done)
         try:
             await self._send_frame(frame, cb_id)
         except Exception as exc:  # closed, queue full: answered as a failure

@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional
 from .. import session as ss
 from ..wire import protocol as p
 from ..wire.sub_token_plan import RefusedCall, SubTokenPlans
-from ..wire.token_expiry import REFRESH_TIMEOUT_S, TokenSourceRefused
+from ..wire.token_expiry import TokenSourceRefused
 from .refresh import token_of
 
 log = logging.getLogger("sente_lite.client")
@@ -39,6 +39,7 @@ class SubTokensMixin:
     _closing: bool
     _tasks: "asyncio.Queue[Optional[tuple]]"
     _send_frame: Callable[[bytes, Optional[str]], Awaitable[None]]
+    _token_request: Callable[[str, Any, Callable[["asyncio.Future[Any]"], None]], Awaitable[None]]
 
     def _init_sub_tokens(self) -> None:
         self._sub_plans = SubTokenPlans(self._counts)
@@ -46,17 +47,15 @@ class SubTokensMixin:
     async def _sub_token(self, channel_id: str) -> Optional[str]:
         """The token for a subscribe of ``channel_id`` now, or None (none is used, or its
         source refused: then the channel's token is dropped and the server refuses it)."""
-        entry = self._sub_plans.by_channel.get(channel_id)
-        if entry is None:
+        source = self._sub_plans.source(channel_id)
+        if source is None:
             return None
         try:
-            token = await token_of(entry.source)
+            got: Any = await token_of(source)
         except TokenSourceRefused as exc:
-            self._sub_token_refused(channel_id, exc)
-            return None
-        assert token is not None
-        features = (self.handshake or {}).get(p.K_FEATURES) or ()
-        self._sub_plans.sent(channel_id, token, features, time.time())
+            got = exc
+        token = self._sub_plans.issued(channel_id, got, self.handshake, time.time())
+        self._hand_sub_refusals()
         return token
 
     def _sub_token_refused(self, channel_id: str, error: BaseException) -> None:
@@ -101,16 +100,8 @@ class SubTokensMixin:
             log.info("unsubscribe not sent: %s", type(exc).__name__)
 
     async def _send_sub_refresh(self, channel_id: str, token: str) -> None:
-        fut: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
-        cb_id, frame = self._session.request(p.EV_SUB_REFRESH, {
-            p.K_CHANNEL: channel_id, p.K_TOKEN: token}, fut, time.monotonic(), REFRESH_TIMEOUT_S)
-        fut.add_done_callback(lambda f: self._sub_refreshed(f, channel_id, token))
-        try:
-            await self._send_frame(frame, cb_id)
-        except Exception as exc:  # closed, queue full: answered as a failure
-            self._session.forget(cb_id)
-            if not fut.done():
-                fut.set_exception(exc)
+        await self._token_request(p.EV_SUB_REFRESH, {p.K_CHANNEL: channel_id, p.K_TOKEN: token},
+                                  lambda f: self._sub_refreshed(f, channel_id, token))
 
     def _sub_refreshed(self, fut: "asyncio.Future[Any]", channel_id: str, token: str) -> None:
         if self._closing or fut.cancelled():

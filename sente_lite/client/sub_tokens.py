@@ -43,18 +43,14 @@ class SubTokensMixin:
     def _sub_token(self, channel_id: str) -> Optional[str]:
         """The token for a subscribe of ``channel_id`` now, or None (none is used, or its
         source refused: then the channel is dropped). Caller holds ``_send_lock``."""
-        entry = self._sub_plans.by_channel.get(channel_id)
-        if entry is None:
+        source = self._sub_plans.source(channel_id)
+        if source is None:
             return None
         try:
-            token = token_from(entry.source)
+            got: Any = token_from(source)
         except TokenSourceRefused as exc:
-            self._sub_token_refused(channel_id, exc)
-            return None
-        assert token is not None
-        features = (self.handshake or {}).get(p.K_FEATURES) or ()
-        self._sub_plans.sent(channel_id, token, features, time.time())
-        return token
+            got = exc
+        return self._sub_plans.issued(channel_id, got, self.handshake, time.time())
 
     def _sub_token_refused(self, channel_id: str, error: BaseException) -> None:
         """The channel's token was refused for good: drop it; its handler runs on the next

@@ -76,6 +76,23 @@ class SubTokenPlans:
         check_source(source)
         self.by_channel[channel_id] = SubToken(source, on_refused)
 
+    def source(self, channel_id: str) -> Optional[TokenSource]:
+        """The token source of ``channel_id``, or None when it is subscribed without one."""
+        entry = self.by_channel.get(channel_id)
+        return None if entry is None else entry.source
+
+    def issued(self, channel_id: str, got: Union[str, BaseException],
+               handshake: Optional[Dict[str, Any]], now: float) -> Optional[str]:
+        """The token a subscribe of ``channel_id`` carries: ``got``, what its source gave
+        now, its refresh planned (feature ``sub-token`` in the ``handshake``); None when
+        the source refused (``got`` is its error: :meth:`refused`)."""
+        if isinstance(got, BaseException):
+            self.refused(channel_id, got)
+            return None
+        features = (handshake or {}).get(p.K_FEATURES) or ()
+        self.sent(channel_id, got, features, now)
+        return got
+
     def drop(self, channel_id: str) -> Optional[SubToken]:
         """Forget ``channel_id`` (unsubscribed, refused or expired); its entry if it had one."""
         return self.by_channel.pop(channel_id, None)

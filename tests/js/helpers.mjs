@@ -1,6 +1,7 @@
 // Helpers of the Node tests: a real sente_lite server in a Python child process
 // (server_helper.py), driven by JSON lines, and waits with deadlines.
 import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -59,6 +60,14 @@ export function waitFor(cond, what, ms = WAIT_MS) {
     };
     tick();
   });
+}
+
+/** An HS256 JWT of `claims` (plus iat, and exp `ttl` seconds on) signed with `key`, as an issuer would. */
+export function signJwt(claims, ttl, key) {
+  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const iat = Math.floor(Date.now() / 1000);
+  const head = b64({ alg: "HS256", typ: "JWT" }) + "." + b64({ ...claims, iat, exp: iat + ttl });
+  return head + "." + createHmac("sha256", key).update(head).digest("base64url");
 }
 
 /** A client on `url` with the `ws` WebSocket and quick reconnects, unless overridden. */

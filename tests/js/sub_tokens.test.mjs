@@ -4,8 +4,7 @@
 // notice ends that channel only, and a reconnect resubscribes with a fresh token.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
-import { startServer, client, waitFor, WAIT_MS } from "./helpers.mjs";
+import { startServer, client, signJwt, waitFor, WAIT_MS } from "./helpers.mjs";
 
 const KEY = "node-sub-token-secret-of-32-bytes-or-more";
 /** Subscription tokens live this long in the refresh tests: three refreshes fit in ~5 s. */
@@ -15,12 +14,7 @@ const clients = [];
 function make(options) { const c = client(srv.url, options); clients.push(c); return c; }
 
 /** An HS256 JWT for `sub` living `ttl` seconds (with `channel`: a subscription token for it). */
-function mint(sub, ttl, channel = undefined) {
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const iat = Math.floor(Date.now() / 1000);
-  const head = b64({ alg: "HS256", typ: "JWT" }) + "." + b64({ sub, iat, exp: iat + ttl, channel });
-  return head + "." + createHmac("sha256", KEY).update(head).digest("base64url");
-}
+function mint(sub, ttl, channel = undefined) { return signJwt({ sub, channel }, ttl, KEY); }
 
 async function connected(uid) {
   const c = make({ token: mint(uid, 60) });

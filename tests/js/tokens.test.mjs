@@ -3,8 +3,7 @@
 // reconnect with a fresh token, and a refusing token source stops the client for good.
 import { test, after, before } from "node:test";
 import assert from "node:assert/strict";
-import { createHmac } from "node:crypto";
-import { startServer, client, waitFor, WAIT_MS } from "./helpers.mjs";
+import { startServer, client, signJwt, waitFor, WAIT_MS } from "./helpers.mjs";
 
 const KEY = "node-jwt-secret-of-32-bytes-or-more";
 /** Tokens live this long: a refresh comes about 0.75 s before exp. */
@@ -14,12 +13,7 @@ const clients = [];
 function make(options) { const c = client(srv.url, options); clients.push(c); return c; }
 
 /** An HS256 JWT for `sub` living `ttl` seconds, signed with `key` (node:crypto, as a server's issuer would). */
-function mint(sub, ttl, key = KEY) {
-  const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const iat = Math.floor(Date.now() / 1000);
-  const head = b64({ alg: "HS256", typ: "JWT" }) + "." + b64({ sub, iat, exp: iat + ttl });
-  return head + "." + createHmac("sha256", key).update(head).digest("base64url");
-}
+function mint(sub, ttl, key = KEY) { return signJwt({ sub }, ttl, key); }
 
 before(async () => { srv = await startServer(["--jwt-key", KEY, "--heartbeat-ms", "1000"]); });
 after(async () => { clients.forEach((c) => c.close()); await srv.stop(); });
