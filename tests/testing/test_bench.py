@@ -119,6 +119,17 @@ def test_jwt_bench_streams_across_refreshes_and_times_them(capsys: pytest.Captur
     assert "refresh round trip, idle server: p50" in out and "targets: met" in out
 
 
+def test_jwt_bench_sub_refresh_streams_across_channel_token_refreshes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("jwt", reason="the [jwt] extra (PyJWT) is not installed")
+    from sente_lite.bench import jwt as jwt_bench
+    assert jwt_bench.main(["--sub-refresh", "--messages", "2000", "--rate", "1000", "--ttl", "2",
+                           "--samples", "10", "--runs", "1", "--min-refreshes", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "sub-refresh p50" in out and "sub-refresh p99 / refresh p99 (idle)" in out and "sub-refresh p50 / refresh p50" in out, out
+    assert "lost 0, duplicates 0, reconnects 0, expired 0" in out and "targets: met" in out
+
+
 @pytest.mark.parametrize("driver", ["raw", "asyncio"])  # socket.io: engine.io raw, python-socketio
 def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path, driver: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
