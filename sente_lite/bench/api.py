@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from .. import discovery
 from ..api.publisher import Publisher
+from .token_rtt import stop_server as _stop
 
 KEY = "bench-key-" + "0" * 16
 
@@ -41,15 +42,6 @@ def _serve(port_file: str, broker: Optional[str] = None) -> subprocess.Popen:
     if broker:
         args += ["--broker", broker]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class RawClient:

@@ -25,14 +25,13 @@ import json
 import os
 import statistics
 import tempfile
-import threading
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from .. import discovery
-from ..client.client import ChannelMessage, Client
+from ..client.client import Client
 from ..core.jwt_tokens import mint
 from ..wire import protocol as p
-from .token_rtt import KEY, Sampler, paced, percentiles, serve, stop_server
+from .token_rtt import KEY, Offsets, Sampler, paced, percentiles, serve, stop_server
 
 #: Refreshes each client must make during the stream for the run to count (``--min-refreshes``).
 MIN_REFRESHES = 3
@@ -42,13 +41,7 @@ CHANNEL = "bench.jwt"
 def _stream(url: str, messages: int, rate: float, ttl: float, sampler: Sampler,
             samples: int) -> Dict[str, Any]:
     """One stream of ``messages`` across refreshes, with round trips sampled meanwhile."""
-    got: List[int] = []
-    done = threading.Event()
-
-    def on_msg(msg: ChannelMessage) -> None:
-        got.append(msg.offset)
-        if len(got) >= messages:
-            done.set()
+    on_msg = Offsets(messages)
 
     def source(sub: str) -> Any:
         return lambda: mint(sub, ttl, KEY)
@@ -62,17 +55,13 @@ def _stream(url: str, messages: int, rate: float, ttl: float, sampler: Sampler,
         ids = (sub_client.conn_id, pub_client.conn_id)
         base = sub_client.subscribe(CHANNEL, on_msg)["offset"]
         refreshes_before = [c.stats().get("token_refreshes", 0) for c in (sub_client, pub_client)]
-        finished, elapsed, under_load = paced(pub_client, CHANNEL, messages, rate, done,
+        finished, elapsed, under_load = paced(pub_client, CHANNEL, messages, rate, on_msg.done,
                                               lambda stop: sampler.sample(samples, stop))
         refreshes = [c.stats().get("token_refreshes", 0) - b
                      for c, b in zip((sub_client, pub_client), refreshes_before)]
-        offsets = got[:]
-        expected = list(range(base + 1, base + messages + 1))
-        lost = len(set(expected) - set(offsets))
         stats = [c.stats() for c in (sub_client, pub_client)]
         return {
-            "finished": finished, "seconds": round(elapsed, 2), "lost": lost,
-            "duplicates": len(offsets) - len(set(offsets)), "in_order": offsets == sorted(offsets),
+            "finished": finished, "seconds": round(elapsed, 2), **on_msg.tally(base),
             "reconnects": sum(s.get("reconnect_attempts", 0) for s in stats),
             "closes_4002": sum(s.get(f"closed_by_server_{p.CLOSE_TOKEN_EXPIRED}", 0) for s in stats),
             "same_conn": (sub_client.conn_id, pub_client.conn_id) == ids,

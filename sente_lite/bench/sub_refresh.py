@@ -30,10 +30,10 @@ import threading
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import discovery
-from ..client.client import ChannelMessage, Client
+from ..client.client import Client
 from ..core.jwt_tokens import mint
 from ..wire import protocol as p
-from .token_rtt import KEY, Sampler, paced, percentiles, serve, stop_server
+from .token_rtt import KEY, Offsets, Sampler, paced, percentiles, serve, stop_server
 
 #: The namespace whose channels need subscription tokens.
 NAMESPACE = "room"
@@ -77,14 +77,7 @@ class SubSampler(Sampler):
 def _stream(url: str, messages: int, rate: float, ttl: float, sampler: SubSampler,
             samples: int) -> Dict[str, Any]:
     """One stream of ``messages`` on a token channel across its sub-refreshes."""
-    got: List[int] = []
-    done = threading.Event()
-
-    def on_msg(msg: ChannelMessage) -> None:
-        got.append(msg.offset)
-        if len(got) >= messages:
-            done.set()
-
+    on_msg = Offsets(messages)
     sub_client = Client(url, token=mint("bench-sub", 3600, KEY))
     pub_client = Client(url, token=mint("bench-pub", 3600, KEY))
     try:
@@ -97,14 +90,11 @@ def _stream(url: str, messages: int, rate: float, ttl: float, sampler: SubSample
         base = reply["offset"] if reply else 0
         before = sub_client.stats().get("sub_token_refreshes", 0)
         finished, elapsed, under_load = paced(
-            pub_client, CHANNEL, messages, rate, done,
+            pub_client, CHANNEL, messages, rate, on_msg.done,
             lambda stop: sampler.sample_kind("sub-refresh", samples, stop))
-        offsets = got[:]
         stats = [c.stats() for c in (sub_client, pub_client)]
         return {
-            "finished": finished, "seconds": round(elapsed, 2),
-            "lost": len(set(range(base + 1, base + messages + 1)) - set(offsets)),
-            "duplicates": len(offsets) - len(set(offsets)), "in_order": offsets == sorted(offsets),
+            "finished": finished, "seconds": round(elapsed, 2), **on_msg.tally(base),
             "reconnects": sum(s.get("reconnect_attempts", 0) for s in stats),
             "same_conn": (sub_client.conn_id, pub_client.conn_id) == ids,
             "refreshes": stats[0].get("sub_token_refreshes", 0) - before,

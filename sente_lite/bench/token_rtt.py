@@ -11,11 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import websocket  # websocket-client
 
-from ..client.client import Client
+from ..client.client import ChannelMessage, Client
 from ..core.jwt_tokens import mint
 from ..session import MIN_REFRESH_INTERVAL_S, MIN_SUB_REFRESH_INTERVAL_S
 from ..wire import protocol as p
@@ -110,6 +110,28 @@ def percentiles(ms: List[float]) -> Dict[str, float]:
             "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)}
 
 
+class Offsets:
+    """A subscriber's channel handler for a stream: the offsets it got; ``done`` once
+    ``expected`` messages came."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.got: List[int] = []
+        self.done = threading.Event()
+
+    def __call__(self, msg: ChannelMessage) -> None:
+        self.got.append(msg.offset)
+        if len(self.got) >= self.expected:
+            self.done.set()
+
+    def tally(self, base: int) -> Dict[str, Any]:
+        """``lost`` (of the offsets after ``base``), ``duplicates``, ``in_order``."""
+        offsets = self.got[:]
+        return {"lost": len(set(range(base + 1, base + self.expected + 1)) - set(offsets)),
+                "duplicates": len(offsets) - len(set(offsets)),
+                "in_order": offsets == sorted(offsets)}
+
+
 def paced(pub_client: Client, channel: str, messages: int, rate: float, done: threading.Event,
           sample: Callable[[threading.Event], List[float]]) -> Tuple[bool, float, List[float]]:
     """Publish ``messages`` on ``channel`` at ``rate`` per second while ``sample(stop)``
@@ -133,4 +155,5 @@ def paced(pub_client: Client, channel: str, messages: int, rate: float, done: th
         sampling.join(30)
 
 
-__all__ = ["KEY", "Sampler", "serve", "stop_server", "percentiles", "paced", "SAMPLER_CONNECTIONS"]
+__all__ = ["KEY", "Sampler", "serve", "stop_server", "percentiles", "paced", "Offsets",
+           "SAMPLER_CONNECTIONS"]

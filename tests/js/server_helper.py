@@ -9,6 +9,7 @@ helper), ``{"op": "py-publish", "channel", "data"}`` (it publishes, with ack),
 ``{"op": "py-got"}`` (what it received: ``[{"data", "from", "offset"}]``),
 ``{"op": "server-subscribe" | "server-unsubscribe", "target", "channel"}`` (``srv.subscribe``),
 ``{"op": "disconnect-user", "uid"}`` (closes its connections), ``{"op": "stats"}`` (``srv.stats()``),
+``{"op": "subscribers", "channel"}`` (its subscriber count here),
 ``{"op": "stop"}``. Commands and answers are JSON lines in which bytes are in the tagged
 form ``{"$bytes": base64}`` (docs/protocol.md section 10): read as bytes, written from bytes.
 ``py-subscribe`` takes ``"packer"`` (its first call makes the Python client). The
@@ -129,6 +130,8 @@ def main() -> int:
                 say({"ok": True, "count": srv.disconnect_user(cmd["uid"])})
             elif op == "stats" and srv is not None:
                 say({"ok": True, "stats": srv.stats()})
+            elif op == "subscribers" and srv is not None:
+                say({"ok": True, "count": srv.channels.subscriber_count(cmd["channel"])})
             elif op == "py-subscribe" and srv is not None:
                 if py is None:
                     py = Client(srv.url, packer=cmd.get("packer", packers.JSON))

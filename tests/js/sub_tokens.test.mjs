@@ -104,3 +104,23 @@ test("a reconnect resubscribes with a fresh token from the function", async () =
   assert.deepEqual(c.subscriptions(), ["room:r"]);
   assert.equal(c.stats().subTokenRefused, 0);
 });
+
+test("a function that gives no token at a refresh ends the channel with an unsubscribe", async () => {
+  const c = await connected("fay");
+  const expiredBefore = (await srv.cmd({ op: "stats" })).stats.sub_token_expired;
+  let calls = 0;
+  const refused = [];
+  await c.subscribe("room:f", null, { token: () => (++calls === 1 ? mint("fay", SHORT_TTL_S, "room:f") : null),
+    onTokenRefused: (ch, err) => refused.push([ch, err.code]) });
+  await waitFor(() => refused.length, "the refusal told");
+  assert.deepEqual(refused, [["room:f", "token-refused"]]);
+  assert.deepEqual(c.subscriptions(), []);
+  assert.equal(calls, 2);
+  const deadline = Date.now() + WAIT_MS;
+  while ((await srv.cmd({ op: "subscribers", channel: "room:f" })).count !== 0) {  // the server's unsubscribe
+    assert.ok(Date.now() < deadline, "the channel is still subscribed on the server");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const { stats } = await srv.cmd({ op: "stats" });
+  assert.equal(stats.sub_token_expired, expiredBefore);  // ended by the unsubscribe, not at expiry
+});

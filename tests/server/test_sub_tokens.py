@@ -203,6 +203,24 @@ def test_client_gets_a_fresh_token_on_resubscribe_after_reconnect(make_server, m
     wait_until(lambda: (srv.publish("room:1", "x"), got)[1], what="delivery after resubscribe")
 
 
+def test_client_source_refusing_at_a_refresh_unsubscribes(make_server, make_client) -> None:
+    srv = sub_server(make_server)
+    calls: List[int] = []
+
+    def source() -> Any:
+        calls.append(1)
+        return mint("alice", SHORT_TTL_S, KEY, channel="room:1") if len(calls) == 1 else None
+
+    c = make_client(srv.url, token=mint("alice", 60, KEY))
+    refused: List[Any] = []
+    c.subscribe("room:1", token=source, on_token_refused=lambda ch, err: refused.append((ch, err)))
+    wait_until(lambda: refused, what="the source's refusal told")
+    assert refused[0][0] == "room:1" and "gave no token" in str(refused[0][1])
+    assert c.subscriptions() == [] and len(calls) == 2
+    wait_until(lambda: srv.channels.subscriber_count("room:1") == 0, what="the server's unsubscribe")
+    assert srv.stats()["sub_token_expired"] == 0 and c.connected
+
+
 def test_client_refused_token_calls_the_handler(make_server, make_client) -> None:
     srv = sub_server(make_server)
     c = make_client(srv.url, token=mint("alice", 60, KEY))
