@@ -34,6 +34,7 @@ import statistics
 import threading
 import time
 import tracemalloc
+import uuid
 from typing import Any, Dict, List, Optional
 
 from ..brokers.presence_table import PresenceTable
@@ -59,16 +60,16 @@ def pct(values: List[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def serve_members(broker: Optional[str], members: int, urls: Any, stop: Any) -> None:
+def serve_members(broker: Optional[str], channel: str, members: int, urls: Any, stop: Any) -> None:
     """A server process (as deployed: not sharing the client's interpreter lock) whose
-    channel ``BIG`` has ``members`` - 1 members; puts its URL on ``urls``, serves until
+    ``channel`` has ``members`` - 1 members; puts its URL on ``urls``, serves until
     ``stop`` is set."""
     spaces = {"room": Namespace(presence=True)}
     kwargs: Dict[str, Any] = {"broker": broker} if broker else {}
     with Server("127.0.0.1", 0, namespaces=spaces, **kwargs) as srv:
         _linked(srv)
         for i in range(members - 1):
-            srv.channels.presence_add(BIG, member(i))
+            srv.channels.presence_add(channel, member(i))
         urls.put(srv.url)
         stop.wait(WAIT_S * 10)
 
@@ -78,18 +79,19 @@ def ask_presence(broker: Optional[str], members: int, asks: int) -> Dict[str, fl
     server in a process of its own."""
     ctx = multiprocessing.get_context("spawn")
     urls, stop = ctx.Queue(), ctx.Event()
-    proc = ctx.Process(target=serve_members, args=(broker, members, urls, stop), daemon=True)
+    big = f"{BIG}-{uuid.uuid4().hex[:8]}"  # a run's own (a stopped server's members linger in Redis)
+    proc = ctx.Process(target=serve_members, args=(broker, big, members, urls, stop), daemon=True)
     proc.start()
     try:
         url = urls.get(timeout=WAIT_S)
         with Client(url) as c:
             c.wait_connected(WAIT_S)
-            c.subscribe(BIG, timeout=WAIT_S)
-            assert len(c.presence(BIG)) == members, "every member listed"
+            c.subscribe(big, timeout=WAIT_S)
+            assert len(c.presence(big)) == members, "every member listed"
             times, pings = [], []
             for _ in range(asks):  # alternated with the baseline: a request answered at once
                 t0 = time.perf_counter()
-                c.presence(BIG)
+                c.presence(big)
                 t1 = time.perf_counter()
                 c.request("chsk/ws-ping")
                 times.append((t1 - t0) * 1000)
