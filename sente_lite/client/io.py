@@ -82,6 +82,10 @@ _IDLE_TICK_S = 0.1
 #: reading 2,000 messages a second). Half the idle tick, so every quiet tick checks.
 LIVENESS_EVERY_S = _IDLE_TICK_S / 2
 _READ, _RUN = "read", "run"
+#: A frame at least this big cut by a read has its rest read at once, without the
+#: ``read_coalesce_ms`` wait (which batches a stream of small frames: one of those cut
+#: at the end of a read waits with the next ones, as coalescing means).
+COALESCE_BYPASS_BYTES = 16 * 1024
 
 
 def _FrameReader(sock: socket.socket) -> SocketFrameReader:
@@ -201,7 +205,8 @@ class Connector:
         next_read = 0.0
         try:
             while self._close_code is None:
-                if coalesce and not reader.mid_message:  # a cut message's rest: read it now
+                # the rest of a big frame cut by the last read: read it now, not after a wait
+                if coalesce and reader.cut_frame_bytes < COALESCE_BYPASS_BYTES:
                     wait = next_read - time.monotonic()
                     if wait > 0:  # the last read was less than read_coalesce_ms ago
                         self._read_now.wait(wait)  # ended early by a caller awaiting a reply

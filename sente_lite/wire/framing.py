@@ -213,10 +213,20 @@ class FrameParser:
         return out
 
     @property
-    def mid_message(self) -> bool:
-        """Part of a message has come and the rest not yet (a frame cut by the read,
-        or a fragmented message's first fragments)."""
-        return bool(self._buf or self._need or self._frag is not None)
+    def cut_frame_bytes(self) -> int:
+        """The size a frame cut by the last bytes fed announces (its head and payload),
+        0 when none is cut or its head is not complete yet."""
+        if self._need:
+            return self._need
+        buf = self._buf
+        if len(buf) < 2:
+            return 0
+        n = buf[1] & 0x7F
+        if n == 126:
+            return 4 + int.from_bytes(buf[2:4], "big") if len(buf) >= 4 else 0
+        if n == 127:
+            return 10 + int.from_bytes(buf[2:10], "big") if len(buf) >= 10 else 0
+        return 2 + n
 
     def _other_frame(self, op: int, fin: int, payload: bytes, out: List[Message]) -> None:
         """A frame that is not a whole data message: a fragment, a control frame, or a

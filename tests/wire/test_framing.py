@@ -381,3 +381,17 @@ def test_socket_reader_raises_the_given_exceptions() -> None:
                                        websocket.WebSocketProtocolException,
                                        websocket.WebSocketConnectionClosedException)
             assert read_until_error(reader)[1] is websocket.WebSocketProtocolException
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536, 300_000])
+def test_cut_frame_bytes_is_the_size_the_cut_frames_head_announces(size: int) -> None:
+    frame = encode_frame(b"x" * size)
+    for cut in (1, 2, 3, 5, 9, 11, len(frame) - 1):
+        if not 0 < cut < len(frame):
+            continue
+        parser = FrameParser()
+        assert parser.feed(frame[:cut]) == []
+        head = 2 if size < 126 else 4 if size < 65_536 else 10
+        assert parser.cut_frame_bytes == (len(frame) if cut >= head else 0), cut
+        assert parser.feed(frame[cut:]) == [(OP_TEXT, b"x" * size)]
+        assert parser.cut_frame_bytes == 0
