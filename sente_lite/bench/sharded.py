@@ -10,6 +10,11 @@ the messages of the channels it serves, for ``subscription=sharded`` (each serve
 channel), medians over ``--runs`` runs, alternated. Every client checks that it got every
 message of its channels (0 loss). The machine is shared and noisy: compare the two
 designs within one run, not figures across machines.
+
+``--cluster``: latency across 2 servers on a local Redis Cluster instead, publishers on
+one and subscribers on the other, side by side with one redis-server
+(:mod:`sente_lite.bench.cluster_p99`; ``--publishers``, ``--subscribers``, ``--rate``,
+``--seconds``, ``--driver``, ``--conns-per-proc``).
 """
 
 from __future__ import annotations
@@ -96,7 +101,21 @@ def main(argv: Any = None) -> None:
     ap.add_argument("--channels", type=int, default=100)
     ap.add_argument("--per-channel", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--cluster", action="store_true",
+                    help="p99 across 2 servers on a local Redis Cluster beside one redis-server")
+    ap.add_argument("--publishers", type=int, default=20, help="--cluster: publishing connections")
+    ap.add_argument("--subscribers", type=int, default=20, help="--cluster: subscribing connections")
+    ap.add_argument("--rate", type=float, default=100.0, help="--cluster: msg/s per publisher")
+    ap.add_argument("--seconds", type=float, default=5.0, help="--cluster: publishing time")
+    ap.add_argument("--driver", choices=("client", "asyncio", "raw"), default="raw",
+                    help="--cluster: the load generator's client (see bench.fanout)")
+    ap.add_argument("--conns-per-proc", type=int, default=10,
+                    help="--cluster: connections per load process")
     args = ap.parse_args(argv)
+    if args.cluster:
+        from . import cluster_p99
+        cluster_p99.main(args)
+        return
     figures: Dict[str, List[List[Dict[str, float]]]] = {"sharded": [], "pattern": []}
     with RedisServer() as redis_srv:
         for _ in range(args.runs):
