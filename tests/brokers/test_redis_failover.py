@@ -188,3 +188,28 @@ def _published(srv: Server, channel: str, data: Any) -> int:
         return srv.publish(channel, data).offset
     except Exception:  # the link may still be down: refused, try again
         return 0
+
+
+def test_a_cluster_subscription_waits_on_every_node_at_once() -> None:
+    """redis-py polls a cluster's nodes in turn, each for a share of the timeout; the link
+    waits on every node's socket at once, so a message on any node ends the wait."""
+    import socket
+    import time
+    from types import SimpleNamespace
+
+    from sente_lite.brokers.redis.shards import wait_readable
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        pubsub = SimpleNamespace(node_pubsub_mapping={
+            f"n{i}": SimpleNamespace(connection=SimpleNamespace(_sock=a))
+            for i, (a, _) in enumerate(pairs)})
+        pairs[2][1].send(b"x")  # the last node has a message
+        started = time.monotonic()
+        assert wait_readable(pubsub, 5.0) is True
+        assert time.monotonic() - started < 1.0
+        pubsub.node_pubsub_mapping["n3"] = SimpleNamespace(connection=None)
+        assert wait_readable(pubsub, 5.0) is False  # not connected yet: redis-py's own wait
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()

@@ -20,7 +20,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 from ...wire import protocol as p
 from ...errors import BrokerUnavailable
 from .failover import ClusterWatch, cluster_errors
-from .shards import Listening
+from .shards import Listening, wait_readable
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -342,7 +342,10 @@ class RedisLink(Listening):
         next_refresh = now
         get = pubsub.get_sharded_message if self.nodes else pubsub.get_message
         while not self._stop.is_set():
-            msg = get(timeout=_LISTEN_TICK_S)
+            if self.nodes and wait_readable(pubsub, _LISTEN_TICK_S):
+                msg = get(timeout=0)  # every node's socket waited on at once
+            else:
+                msg = get(timeout=_LISTEN_TICK_S)
             batch: List[Tuple[bytes, bytes]] = []
             while msg is not None:  # every message already read, handed over in one go
                 last_heard = time.monotonic()

@@ -12,6 +12,7 @@ confirmed before the channels are caught up from their streams.
 
 from __future__ import annotations
 
+import select
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -130,4 +131,25 @@ class Listening:
             event.set()
 
 
-__all__ = ["Listening"]
+def wait_readable(pubsub: Any, timeout: float) -> bool:
+    """Wait until a node connection of a cluster ``pubsub`` has bytes to read, or
+    ``timeout`` seconds. redis-py's ``get_sharded_message(timeout=)`` polls its nodes in
+    turn, each for a share of ``timeout``, so a message on one node waits out the others'
+    shares (tens of ms); this waits on every socket at once. False (nothing waited) when a
+    connection's socket is not reachable: then poll with redis-py's timeout."""
+    socks = []
+    for node_pubsub in list(getattr(pubsub, "node_pubsub_mapping", {}).values()):
+        sock = getattr(getattr(node_pubsub, "connection", None), "_sock", None)
+        if sock is None:
+            return False
+        socks.append(sock)
+    if not socks:
+        return False
+    try:
+        select.select(socks, [], [], timeout)
+    except (OSError, ValueError):  # a socket closed meanwhile: the read reports it
+        pass
+    return True
+
+
+__all__ = ["Listening", "wait_readable"]
