@@ -34,6 +34,9 @@ log = logging.getLogger("sente_lite.redis")
 DEFAULT_REPLICA_ACK_TIMEOUT_MS = 500
 #: Masters named in ``/health`` at most while the link is down.
 MAX_UNREACHABLE_REPORTED = 16
+#: Nodes asked for the cluster's layout after a failed reconnect, at most (each within the
+#: link's timeouts): the probe delays the next reconnect by that much at worst.
+MAX_NODES_ASKED = 3
 
 
 def cluster_errors(redis_mod: Any) -> Tuple[type, ...]:
@@ -180,10 +183,11 @@ class ClusterWatch:
         return out
 
     def probe(self) -> None:
-        """Ask a node that answers for the cluster's state and slot map, then ping every
-        master (each within the link's timeouts, not retried). Link thread, while the link is down."""
+        """Ask a node that answers (of the first ``MAX_NODES_ASKED`` known) for the cluster's
+        state and slot map, then ping every master (each within the link's timeouts, not
+        retried). Link thread, while the link is down."""
         layout: Optional[Tuple[str, Any]] = None
-        for address in list(self._known):
+        for address in list(self._known)[:MAX_NODES_ASKED]:
             layout = self._ask(address)
             if layout is not None:
                 break
@@ -243,4 +247,4 @@ def _text(value: Any) -> str:
 
 
 __all__ = ["ReplicatedPublishes", "ClusterWatch", "cluster_errors", "check_replica_ack_timeout",
-           "DEFAULT_REPLICA_ACK_TIMEOUT_MS", "MAX_UNREACHABLE_REPORTED"]
+           "DEFAULT_REPLICA_ACK_TIMEOUT_MS", "MAX_UNREACHABLE_REPORTED", "MAX_NODES_ASKED"]
