@@ -23,16 +23,15 @@ import sys
 
 import _repo  # noqa: F401  (the repository's sente_lite/ first: test_scripts/_repo.py)
 
-import threading
 import time
 from typing import Any, Dict, List, Set, Tuple
 
 from sente_lite.brokers.redis.space import hash_tag
 from sente_lite.discovery import wait_for
-from sente_lite.errors import RemoteError, RequestTimeout
 from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, FIG_RECOVERY_S,
                                 ProcessContext, ProcessResult, Report, Run, latencies_ms,
-                                latency_summary, run_scenario, stamp)
+                                latency_summary, run_scenario)
+from sente_lite.testing.publishing import PublishLoop
 from sente_lite.testing.redis_cluster import LocalCluster, with_redis_cluster
 
 CLIENTS = 4
@@ -60,55 +59,9 @@ def client(ctx: ProcessContext, url: str) -> Dict[str, Any]:
             offset=r.offset, epoch=r.epoch, since=r.since))
         ctx.subscribe(c, CHANNEL)
         ctx.mark("ready")
-        stop = threading.Event()
-        acked: List[Dict[str, Any]] = []
-        refused: List[Dict[str, Any]] = []
-        unanswered: List[int] = []
-        lock = threading.Lock()
-
-        def publisher() -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                try:
-                    reply = c.publish(CHANNEL, stamp(by=ctx.name, n=n), ack=True,
-                                      timeout=PUBLISH_TIMEOUT_S) or {}
-                except RemoteError as exc:
-                    with lock:
-                        refused.append({"n": n, "code": exc.code})
-                        count = len(refused)
-                    ctx.mark("refused", count=count, code=exc.code)
-                except RequestTimeout:
-                    unanswered.append(n)
-                else:
-                    with lock:
-                        acked.append({"n": n, "offset": reply["offset"], "t_ns": time.monotonic_ns()})
-                        count = len(acked)
-                    ctx.mark("acked", count=count)
-                stop.wait(PUBLISH_INTERVAL_S)
-
-        thread = threading.Thread(target=publisher, name="publisher", daemon=True)
-
-        def halt(data: Dict[str, Any]) -> Dict[str, Any]:
-            stop.set()
-            thread.join(PUBLISH_TIMEOUT_S + 1)
-            ctx.wait_until(lambda: c.stats()["unacked_publishes"] == 0 or None,
-                           "the outbox to empty (outcome-unknown publishes resent)", OUTBOX_DRAIN_S)
-            with lock:
-                return {"acked": len(acked), "refused": len(refused)}
-
-        def await_fences(data: Dict[str, Any]) -> int:
-            want = set(data["names"])
-            return ctx.wait_until(
-                lambda: len(want & {d.data.get("fence") for d in ctx.history.messages(CHANNEL)})
-                == len(want) or None, f"fences of {sorted(want)}")
-
-        ctx.serve_commands({"start": lambda data: thread.start(), "stop": halt,
-                            "fence": lambda data: c.publish(CHANNEL, {"fence": ctx.name}, ack=True),
-                            "await-fences": await_fences})
-        with lock:
-            return {"acked": acked, "refused": refused, "unanswered": unanswered,
-                    "stats": c.stats()}
+        loop = PublishLoop(ctx, c, CHANNEL, PUBLISH_INTERVAL_S, PUBLISH_TIMEOUT_S)
+        ctx.serve_commands(loop.commands(OUTBOX_DRAIN_S))
+        return dict(loop.results(), stats=c.stats())
 
 
 def story(run: Run, report: Report) -> None:
