@@ -265,8 +265,16 @@ def _finite_float(text: str) -> float:
 #: ``bytes.translate``: "[" and "{" -> +1, "]" and "}" -> -1 (as signed bytes), the rest deleted.
 _DEPTH_STEP = bytes(1 if b in (0x5B, 0x7B) else 0xFF if b in (0x5D, 0x7D) else 0 for b in range(256))
 _NOT_BRACKET = bytes(b for b in range(256) if b not in (0x5B, 0x5D, 0x7B, 0x7D))
-#: Every byte but brackets and the double quote (deleted to see where strings are).
-_NOT_MARK = bytes(b for b in range(256) if b not in (0x22, 0x5B, 0x5D, 0x7B, 0x7D))
+#: ``bytes.translate`` table: ASCII digit -> "0", "[" and "{" -> "[", "]" and "}" -> "]",
+#: the double quote and the backslash kept, anything else -> " ". One C pass over a frame
+#: then answers the fast parser's questions (19 digits in a row, more brackets than
+#: MAX_JSON_DEPTH; a ``\d{19}`` regex search alone costs about 5 us on a 200-byte frame)
+#: and leaves, without its spaces and digits, what the depth of the frame depends on.
+_SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B)
+                     else 0x5D if b in (0x5D, 0x7D) else b if b in (0x22, 0x5C) else 0x20
+                     for b in range(256))
+#: ``bytes.translate`` table of the depth: "[" -> +1, "]" -> -1 (as a signed byte).
+_SHAPE_STEP = bytes(1 if b == 0x5B else 0xFF if b == 0x5D else 0 for b in range(256))
 
 
 def json_depth(text: Union[str, bytes, bytearray]) -> int:
@@ -280,27 +288,31 @@ def json_depth(text: Union[str, bytes, bytearray]) -> int:
     them, every other piece is outside any string.
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else bytes(text)
-    outside = _brackets_outside_strings(data)
-    if outside is None:
-        if b"\\" in data:
-            data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
-        outside = b"".join(data.split(b'"')[::2])
+    depth = _shape_depth(data.translate(_SHAPE_TABLE))
+    if depth is not None:
+        return depth
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(data.split(b'"')[::2])
     steps = array("b", outside.translate(_DEPTH_STEP, _NOT_BRACKET))
     return max(accumulate(steps), default=0)
 
 
-def _brackets_outside_strings(data: bytes) -> Optional[bytes]:
-    """The brackets of JSON ``data`` when no string holds one (the usual frame), in
-    one C pass; None when that is not certain (a backslash, or a bracket between
-    quotes). Without backslashes every quote opens or closes a string, so when the
-    quotes and brackets alone read ``""`` pair after pair, each string holds none."""
-    if b"\\" in data:
+def _shape_depth(shape: bytes) -> Optional[int]:
+    """The depth of the JSON whose :data:`_SHAPE_TABLE` translation is ``shape`` when no
+    string holds a bracket (the usual frame), in C-speed passes; None when that is not
+    certain (a backslash, or a bracket between quotes). Without backslashes every quote
+    opens or closes a string, so when the quotes and brackets alone read ``""`` pair
+    after pair, each string holds none."""
+    marks = shape.translate(None, b" 0")
+    if b"\\" in marks:
         return None
-    marks = data.translate(None, _NOT_MARK)
     quotes = marks.count(b'"')
-    if marks.count(b'""') * 2 != quotes:
-        return None
-    return marks.replace(b'"', b"") if quotes else marks
+    if quotes:
+        if marks.count(b'""') * 2 != quotes:
+            return None
+        marks = marks.translate(None, b'"')
+    return max(accumulate(array("b", marks.translate(_SHAPE_STEP))), default=0)
 
 
 def depth_problem(text: Union[str, bytes, bytearray], limit: int = MAX_JSON_DEPTH) -> Optional[str]:
@@ -563,14 +575,6 @@ except ImportError:  # pragma: no cover - depends on the [fast] extra
 
 _NOT_PARSED = object()
 _LONG_NUMBER_STR = re.compile(r"\d{19}")
-#: ``bytes.translate`` table: ASCII digit -> "0", "[" and "{" -> "[", anything else -> " ".
-#: One C pass over the frame then answers both questions (19 digits in a row, more
-#: brackets than MAX_JSON_DEPTH) exactly as the regex and the counts do, at a fraction of
-#: the regex's cost (a ``\d{19}`` search costs about 5 us on a 200-byte frame). A frame
-#: with more brackets than the limit goes to :func:`_parse`, which measures its depth
-#: before parsing: orjson only ever sees frames far below its own limit (1024).
-_SHAPE_TABLE = bytes(0x30 if 0x30 <= b <= 0x39 else 0x5B if b in (0x5B, 0x7B) else 0x20
-                     for b in range(256))
 _DIGIT_RUN = b"0" * 19
 
 
@@ -579,9 +583,12 @@ def _fast_parse(text: Any) -> Any:
     if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
         # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
         shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
-        if _DIGIT_RUN in shape or (shape.count(b"[") > MAX_JSON_DEPTH
-                                   and depth_problem(text) is not None):
-            return _NOT_PARSED  # _parse words the error
+        if _DIGIT_RUN in shape:
+            return _NOT_PARSED
+        if shape.count(b"[") > MAX_JSON_DEPTH:  # only then can it nest too deep
+            depth = _shape_depth(shape)
+            if depth is None or depth > MAX_JSON_DEPTH:
+                return _NOT_PARSED  # _parse measures it the slow way and words the error
     elif isinstance(text, str):  # non-ASCII text: \d also matches other scripts' digits
         if _LONG_NUMBER_STR.search(text) or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
             return _NOT_PARSED
