@@ -140,7 +140,7 @@ def redis_bytes_per_member(url: str, n: int = 1000) -> float:
         for i in range(n):
             srv.channels.presence_add("room:mem", member(i))
         r = redis.Redis.from_url(url)
-        keys = [k for k in r.scan_iter(match="*:p[zh]")]
+        keys = srv.channels._channel_presence._keys("room:mem")  # this channel's two keys only
         total = sum(int(r.memory_usage(k) or 0) for k in keys)
     return total / n
 
