@@ -12,7 +12,8 @@
    at once): the round trip a presence request cannot beat.
 2. **Memory per member**: the in-process table (``tracemalloc`` over 10,000 members,
    ``info`` null) and Redis (``MEMORY USAGE`` of the channel's two keys / members).
-3. **``--load``**: scenario 5's shape in one process: ``--clients`` clients each publishing
+3. **``--load``**: scenario 5's shape, the server in its own process and the clients in
+   ``--procs`` others (4): ``--clients`` clients each publishing
    ``--rate`` msg/s for ``--seconds`` on one shared channel (every client receives every
    message), while ``--channels`` other channels (10,000) each have one subscriber, with
    presence and join/leave on; the same run again with a namespace that has neither,
@@ -167,45 +168,87 @@ class Receiver:
                 self.done.set()
 
 
-def load_run(presence: bool, clients: int, rate: int, seconds: float,
-             channels: int) -> Dict[str, float]:
-    """One load run: loss and p99 latency (ms) on the load channel."""
+def serve_load(presence: bool, channels: int, urls: Any, stop: Any) -> None:
+    """The load's server process: namespace ``room`` with (or without) presence and
+    join/leave; puts its URL on ``urls``, serves until ``stop`` is set."""
     spaces = {"room": Namespace(presence=presence, join_leave=presence)}
-    per_client = int(rate * seconds)
     with Server("127.0.0.1", 0, namespaces=spaces, max_subscriptions_per_conn=channels + 10) as srv:
-        conns = [Client(srv.url, client_id=f"load-{i}") for i in range(clients)]
-        receivers = [Receiver(clients * per_client) for _ in conns]
-        try:
-            for c in conns:
-                c.wait_connected(WAIT_S)
-            for k in range(channels):  # the other channels: one subscriber each
-                conns[k % clients].subscribe(f"room:c{k}", timeout=None)
-            for c, rec in zip(conns, receivers):
-                c.subscribe(LOAD, rec, timeout=WAIT_S)
-            for i, c in enumerate(conns):  # every subscribe answered, its join read: then load
-                last = max(k for k in range(i, channels, clients)) if i < channels else None
-                if last is not None:
-                    c.subscribe(f"room:c{last}", timeout=WAIT_S)
-                c.request("chsk/ws-ping", timeout=WAIT_S)
-            publishers = [threading.Thread(target=_publish, args=(c, i, rate, per_client))
-                          for i, c in enumerate(conns)]
-            for t in publishers:
-                t.start()
-            for t in publishers:
-                t.join()
-            for rec in receivers:
-                rec.done.wait(WAIT_S)
-        finally:
-            for c in conns:
-                c.close()
-    lost = sum(rec.expected - len(rec.seen) for rec in receivers)
-    dup = sum(n - 1 for rec in receivers for n in rec.seen.values())
-    lat = [x for rec in receivers for x in rec.latencies]
-    return {"lost": lost, "duplicates": dup, "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99)}
+        urls.put(srv.url)
+        stop.wait(WAIT_S * 20)
 
 
-def _publish(c: Client, by: int, rate: int, count: int) -> None:
-    t0 = time.monotonic()
+def load_clients(url: str, ids: List[int], clients: int, rate: int, seconds: float,
+                 channels: int, ready: Any, go: Any, out: Any) -> None:
+    """A process of the load's clients ``ids`` (of ``clients``): each subscribes to its
+    share of the ``channels`` other channels and to the load channel, says so on
+    ``ready``, publishes on ``go``, then puts what its clients received on ``out``."""
+    per_client = int(rate * seconds)
+    conns = [Client(url, client_id=f"load-{i}") for i in ids]
+    receivers = [Receiver(clients * per_client) for _ in conns]
+    try:
+        for c in conns:
+            c.wait_connected(WAIT_S)
+        for i, c, rec in zip(ids, conns, receivers):
+            mine = range(i, channels, clients)  # the other channels: one subscriber each
+            for k in mine:
+                c.subscribe(f"room:c{k}", timeout=None)
+            c.subscribe(LOAD, rec, timeout=WAIT_S)
+            if len(mine):  # answered after every subscribe sent before it
+                c.subscribe(f"room:c{mine[-1]}", timeout=WAIT_S)
+            c.request("chsk/ws-ping", timeout=WAIT_S)
+        ready.put(len(conns))
+        go.wait(WAIT_S * 4)
+        publishers = [threading.Thread(target=_publish, args=(c, i, rate, per_client, clients))
+                      for i, c in zip(ids, conns)]
+        for t in publishers:
+            t.start()
+        for t in publishers:
+            t.join()
+        for rec in receivers:
+            rec.done.wait(WAIT_S)
+    finally:
+        for c in conns:
+            c.close()
+    out.put({"lost": sum(rec.expected - len(rec.seen) for rec in receivers),
+             "duplicates": sum(n - 1 for rec in receivers for n in rec.seen.values()),
+             "latencies": [x for rec in receivers for x in rec.latencies]})
+
+
+def load_run(presence: bool, clients: int, rate: int, seconds: float,
+             channels: int, procs: int) -> Dict[str, float]:
+    """One load run, as scenario 5 runs it (the server in its own process, the clients in
+    ``procs`` others): loss and p99 latency (ms) on the load channel."""
+    ctx = multiprocessing.get_context("spawn")
+    urls, stop, ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue(), ctx.Event(), ctx.Queue()
+    server = ctx.Process(target=serve_load, args=(presence, channels, urls, stop), daemon=True)
+    server.start()
+    workers: List[Any] = []
+    try:
+        url = urls.get(timeout=WAIT_S)
+        groups = [ids for ids in (list(range(p, clients, procs)) for p in range(procs)) if ids]
+        workers = [ctx.Process(target=load_clients, daemon=True, args=(
+            url, ids, clients, rate, seconds, channels, ready, go, out)) for ids in groups]
+        for w in workers:
+            w.start()
+        for _ in workers:
+            ready.get(timeout=WAIT_S * 4)
+        go.set()
+        results = [out.get(timeout=seconds + WAIT_S * 4) for _ in workers]
+    finally:
+        for proc in workers + [server]:
+            stop.set()
+            proc.join(WAIT_S)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(WAIT_S)
+    lat = [x for r in results for x in r["latencies"]]
+    return {"lost": sum(r["lost"] for r in results),
+            "duplicates": sum(r["duplicates"] for r in results),
+            "p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99)}
+
+
+def _publish(c: Client, by: int, rate: int, count: int, clients: int) -> None:
+    t0 = time.monotonic() + by / (rate * clients)  # spread over the interval, as scenario 5
     for n in range(count):
         due = t0 + n / rate
         wait = due - time.monotonic()
@@ -228,6 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rate", type=int, default=100, help="messages per second per client")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--procs", type=int, default=4, help="processes the load's clients run in")
     args = ap.parse_args(argv)
     print(f"presence bench: {args.runs} runs, medians; a shared, noisy 2-core machine")
     local = [ask_presence(None, args.members, args.asks) for _ in range(args.runs)]
@@ -252,7 +296,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for _ in range(args.runs):  # side by side, ABBA: the second of two runs is the slower
             for on in (False, True, True, False):
                 gc.collect()
-                rows[on].append(load_run(on, args.clients, args.rate, args.seconds, args.channels))
+                rows[on].append(load_run(on, args.clients, args.rate, args.seconds, args.channels,
+                                         args.procs))
         for on in (False, True):
             r = rows[on]
             print(f"load {'with' if on else 'without'} presence+join/leave on {args.channels} channels, "
