@@ -91,11 +91,11 @@ def test_msgpack_client_talks_to_json_clients_through_one_server(
     for got in (got_mp, got_json):
         msgs = got.wait_count(3)
         assert [(m.offset, m.data["from"]) for m in msgs] == [(1, "mp"), (2, "json"), (3, "server")]
-    assert srv.send_to_user(mp_client.uid, "app/note", {"x": 1}) == 1  # type: ignore[arg-type]
     notes = Recorder()
-    mp_client.on("app/note", notes)
+    mp_client.on("app/note", notes)  # before either is sent: both are recorded, in order
+    assert srv.send_to_user(mp_client.uid, "app/note", {"x": 1}) == 1  # type: ignore[arg-type]
     srv.broadcast("app/note", {"x": 2})
-    assert notes.wait_count(1)[-1] == {"x": 2}
+    assert notes.wait_count(2) == [{"x": 1}, {"x": 2}]
 
 
 def test_one_encode_per_publish_per_packer(make_face: Callable[..., Face],
