@@ -1145,8 +1145,8 @@ def _kept_for_resend(unacked: Optional[_Unacked], error: RemoteError, now: float
 
 
 #: What the server says of a held channel by itself: subscribed, join/leave, server-sub/unsub.
-_CHANNEL_NOTICES = frozenset({p.EV_SUBSCRIBED, p.EV_JOIN, p.EV_LEAVE, p.EV_SERVER_SUB,
-                              p.EV_SERVER_UNSUB})
+_CHANNEL_NOTICES = frozenset({p.EV_SUBSCRIBED, p.EV_UNSUBSCRIBED, p.EV_JOIN, p.EV_LEAVE,
+                              p.EV_SERVER_SUB, p.EV_SERVER_UNSUB})
 _SUBSCRIBE_KIND = "subscribe"
 _PUBLISH_KIND = "publish"
 
@@ -1258,9 +1258,12 @@ class _ChannelRules:
         return Received([Subscribed(channel_id, data, None, recovery)], [])
 
     def _notice(self, event: str, data: Any) -> Received:
-        """A frame the server sends about a held channel: ``subscribed``, join or leave."""
+        """A frame the server sends about a held channel: ``subscribed``, ``unsubscribed``
+        (sent by the server itself, it ends the subscription), server-sub/-unsub, join or leave."""
         if event == p.EV_SUBSCRIBED:
             return self._subscribed_notice(data)
+        if event == p.EV_UNSUBSCRIBED:
+            return self._unsubscribed_notice(data)
         if event == p.EV_SERVER_SUB or event == p.EV_SERVER_UNSUB:
             return self._server_channel(data, event == p.EV_SERVER_SUB)
         return self._presence_change(event, data)
@@ -1512,8 +1515,8 @@ class ClientSession(_ChannelRules):
             return Received([], [_PONG if self.packer is JSON_PACKER else self.packer.encode(p.EV_PONG)])
         if event in _CHANNEL_NOTICES:
             return self._notice(event, data)
-        if event == p.EV_PONG or event == p.EV_UNSUBSCRIBED:  # a notice may end a subscription
-            return _NOTHING if event == p.EV_PONG else self._unsubscribed_notice(data)
+        if event == p.EV_PONG:
+            return _NOTHING
         if event in (p.EV_REPLY, p.EV_ERROR):
             return self._answer(event, data, cb_id)
         if event == p.EV_HANDSHAKE:

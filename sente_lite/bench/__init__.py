@@ -1,2 +1,3 @@
 """Benchmarks (not imported by the library; ``sente-lite bench`` loads ``fanout``):
-``fanout`` and its ``baseline`` server, ``framing``, ``browser``, ``socketio``, ``api``."""
+``fanout`` and its ``baseline`` server, ``framing``, ``browser``, ``socketio``, ``api``, ...;
+``figures`` holds what they share."""

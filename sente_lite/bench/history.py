@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..client.client import Client
 from ..server.server import Server
+from .figures import pct
 from ..wire.channels import Since
 
 CHANNEL = "bench.history"
@@ -37,8 +38,7 @@ PAGE = 100
 
 
 def _pct(samples: List[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+    return pct(samples, q) * 1000.0
 
 
 def _timed(n: int, call: Callable[[int], Any]) -> List[float]:

@@ -43,6 +43,7 @@ from ..brokers.redis.local_server import RedisServer, redis_server_path
 from ..client.client import Client
 from ..core.namespaces import Namespace
 from ..server.server import Server
+from .figures import pct
 
 BIG = "room:big"
 LOAD = "room:load"
@@ -54,11 +55,6 @@ def member(i: int) -> Dict[str, Any]:
     """A member as the hub records one (no JWT: ``info`` null)."""
     return {"client-id": f"client-{i:06d}", "uid": f"user-{i:06d}",
             "conn-id": f"0123456789abcdef-{i}", "info": None}
-
-
-def pct(values: List[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def serve_members(broker: Optional[str], channel: str, members: int, urls: Any, stop: Any) -> None:

@@ -19,6 +19,7 @@ from ..client.client import ChannelMessage, Client
 from ..core.jwt_tokens import mint
 from ..session import MIN_REFRESH_INTERVAL_S, MIN_SUB_REFRESH_INTERVAL_S
 from ..wire import protocol as p
+from .figures import pct
 
 KEY = "bench-jwt-secret-" + "0" * 16
 #: Connections the round-trip sampler takes turns on (more than one refresh per
@@ -105,9 +106,7 @@ class Sampler:
 
 
 def percentiles(ms: List[float]) -> Dict[str, float]:
-    ordered = sorted(ms)
-    return {"p50": round(ordered[len(ordered) // 2], 3),
-            "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3)}
+    return {"p50": round(pct(ms, 0.5), 3), "p99": round(pct(ms, 0.99), 3)}
 
 
 class Offsets:

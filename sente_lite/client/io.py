@@ -291,7 +291,7 @@ class Roles:
     :mod:`sente_lite.client`). Handler tasks come in one list per socket read."""
 
     def __init__(self, client: ClientPort, connection: Generator[List[tuple], None, None],
-                 read_now: Callable[[], None] = lambda: None) -> None:
+                 read_now: Callable[[], None]) -> None:
         self._c = client
         self._read_now = read_now  # ends the reader's coalescing wait
         # Under ``_roles``: ``_reading`` while a thread advances ``_connection`` (the
