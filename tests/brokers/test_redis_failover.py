@@ -6,6 +6,7 @@ master SIGKILLed mid-run loses no acknowledged publish, publishes meanwhile are 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import pytest
@@ -55,6 +56,54 @@ def test_a_publish_no_replica_acknowledged_is_answered_outcome_unknown(
     assert stats["broker_unreplicated_publishes"] == 1
     assert stats["broker_up"]  # a slow replica is no lost link
     wait_until(lambda: _publishes(srv, "w"), what="a replica acknowledges again")
+
+
+def test_a_slow_replica_delays_acknowledgements_never_later_deliveries(
+        redis_cluster: LocalCluster, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    """The replica of a channel's master stopped (SIGSTOP): each publish still reaches the
+    subscriber on the other server at once, one after the other, while every publisher's
+    acknowledgement waits for a replica and is then answered outcome-unknown. (A WAIT
+    sent behind the scripts on the publishing thread held every later publish back.)"""
+    from sente_lite.brokers.redis.broker import RedisBroker
+    timeout_ms = 1500
+    a = make_server(broker=RedisBroker(redis_cluster.url, replica_ack_timeout_ms=timeout_ms))
+    b = make_server(broker=redis_cluster.url)
+    wait_until(lambda: a.channels.healthy and b.channels.healthy, what="both links up")
+    rec = Recorder()
+    make_client(b.url).subscribe("slow", rec)
+    assert a.publish("slow", 0).offset == 1  # a replica holds it: acknowledged
+    wait_until(lambda: rec.offsets() == [1], what="the first publish delivered on b")
+    master = redis_cluster.master_of(a.channels._space.meta_key("slow").encode())
+    replica = redis_cluster.node(redis_cluster.replica_of(master))
+    answers: Dict[int, Any] = {}
+    threads = [threading.Thread(target=_answer_to, args=(answers, a, "slow", n))
+               for n in (1, 2, 3)]
+    replica.pause()  # it receives the writes but acknowledges none
+    try:
+        started = time.monotonic()
+        for n, thread in enumerate(threads, start=2):
+            thread.start()  # each publish only once the one before was delivered
+            wait_until(lambda n=n: rec.offsets()[-1:] == [n], timeout=timeout_ms / 1000,
+                       what=f"publish {n} delivered on b")
+        delivered_s = time.monotonic() - started
+        assert not answers, "a publish was acknowledged before a replica held it"
+        for thread in threads:
+            thread.join(WAIT_S)
+    finally:
+        replica.resume()
+    assert delivered_s < timeout_ms / 1000 / 3, f"deliveries waited for the replica ({delivered_s:.3f} s)"
+    assert all(isinstance(answers[n], PublishOutcomeUnknown) for n in (1, 2, 3)), answers
+    assert a.stats()["broker_unreplicated_publishes"] == 3
+    assert rec.offsets() == [1, 2, 3, 4]
+    wait_until(lambda: _publishes(a, "slow"), what="a replica acknowledges again")
+
+
+def _answer_to(answers: Dict[int, Any], srv: Server, channel: str, n: int) -> None:
+    try:
+        answers[n] = srv.publish(channel, {"n": n})
+    except Exception as exc:  # the answer under test
+        answers[n] = exc
 
 
 def _publishes(srv: Server, channel: str) -> bool:

@@ -126,7 +126,8 @@ def _replicated(publisher: RedisPublisher, space: ChannelSpace, link: RedisLink,
 
 def _replication_stats(replicated: Optional[ReplicatedPublishes]) -> Dict[str, int]:
     return {"broker_unreplicated_publishes": replicated.unreplicated if replicated else 0,
-            "broker_publishes_without_replica": replicated.without_replica if replicated else 0}
+            "broker_publishes_without_replica": replicated.without_replica if replicated else 0,
+            "broker_publish_lane_waits": replicated.lane_waits if replicated else 0}
 
 
 class RedisBroker:
@@ -223,10 +224,9 @@ class RedisBroker:
         self._channels = RedisChannels(self._space, self._link, counters)
         self._publisher = RedisPublisher(self._space, self._link, counters,
                                          self._channels.members_here)
-        self._replicated: Optional[ReplicatedPublishes] = None
-        if parsed.nodes is not None:  # a cluster: acknowledged once a replica holds it
-            self._replicated = _replicated(self._publisher, self._space, self._link, counters,
-                                           replica_ack_timeout_ms)
+        # a cluster: a publish is acknowledged once a replica holds it
+        self._replicated = None if parsed.nodes is None else _replicated(
+            self._publisher, self._space, self._link, counters, replica_ack_timeout_ms)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
                                        presence_ttl_s)
         self.presence = self._presence
@@ -247,6 +247,8 @@ class RedisBroker:
             return
         if not self._link.down:
             self._presence.remove()
+        if self._replicated is not None:  # its ack threads first: the I/O thread may wait on them
+            self._replicated.close(timeout)
         self._link.stop(timeout)
 
     @property

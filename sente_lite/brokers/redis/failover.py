@@ -1,10 +1,12 @@
 """A :class:`~sente_lite.brokers.redis.broker.RedisBroker` on a Redis Cluster whose master
 fails: publishes a replica holds before they are acknowledged, and what ``/health`` says.
 
-* :class:`ReplicatedPublishes` runs a batch of publishes as one pipeline per master, ended
-  by ``WAIT 1 <replica_ack_timeout_ms>``: a publish is acknowledged only once a replica has
-  it, so a master SIGKILLed and replaced by its replica loses no acknowledged publish. When
-  no replica acknowledged in time the publishes of that pipeline are answered
+* :class:`ReplicatedPublishes` runs a batch of publishes as one pipeline per master, on a
+  connection of the master's own (:mod:`.acks`), then, on the master's ack thread while the
+  next batches run, ``WAIT 1 <replica_ack_timeout_ms>`` on that connection: a publish is
+  delivered at once but acknowledged only once a replica has it, so a master SIGKILLed and
+  replaced by its replica loses no acknowledged publish. When
+  no replica acknowledged in time the publishes of that batch are answered
   ``outcome-unknown`` (they ran on the master, which may still lose them), counted as
   ``broker_unreplicated_publishes``. A master with no replica at all (its replica was just
   promoted, or it never had one) acknowledges without waiting until one is back (counted
@@ -21,10 +23,12 @@ fails: publishes a replica holds before they are acknowledged, and what ``/healt
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ...counters import Counter, Counters
-from ...errors import PublishOutcomeUnknown
+from ...errors import BrokerUnavailable, PublishOutcomeUnknown
+from .acks import MasterAcks, Waiting
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -56,7 +60,8 @@ def check_replica_ack_timeout(ms: int) -> int:
 
 
 class ReplicatedPublishes:
-    """Publishes of a batch on a cluster, one pipeline per master ended by ``WAIT``.
+    """Publishes of a batch on a cluster, one pipeline per master, acknowledged once a
+    replica holds them (``WAIT``, on the master's ack thread: :mod:`.acks`).
 
     ``command(entry)`` is an entry's ``EVALSHA`` arguments, ``key(entry)`` the key that
     names its slot, ``answer(entry, result, retry)`` answers one script result (or puts
@@ -73,15 +78,33 @@ class ReplicatedPublishes:
         self.timeout_ms = check_replica_ack_timeout(timeout_ms)
         self._command, self._key, self._answer = command, key, answer
         self._finish, self._unavailable = finish, unavailable
+        self._lock = threading.Lock()  # the counts, _alone and _masters (ack threads, I/O)
         #: publishes answered outcome-unknown because no replica acknowledged them in time
         self.unreplicated = 0
         #: publishes acknowledged by a master that had no replica connected (none to wait for)
         self.without_replica = 0
         self._alone: Dict[str, None] = {}  # masters with no replica: no WAIT until one is back
+        self._masters: Dict[str, MasterAcks] = {}
+        self._closed = False
+
+    @property
+    def lane_waits(self) -> int:
+        """Batches that waited for a lane: every lane of their master waited for a replica."""
+        with self._lock:
+            return sum(acks.waits for acks in self._masters.values())
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every ack thread (the batches they hold are answered ``outcome-unknown``
+        without waiting) and close the lanes; publishes after this are refused."""
+        with self._lock:
+            self._closed = True
+            masters = list(self._masters.values())
+        for acks in masters:
+            acks.close(timeout)
 
     def run(self, batch: List[Any]) -> List[Any]:
-        """Run ``batch`` (in order per master) and answer each; returns those to run again
-        once the scripts are loaded (Redis had lost them)."""
+        """Run ``batch`` (in order per master) and answer each (once a replica holds it);
+        returns those to run again once the scripts are loaded (Redis had lost them)."""
         redis = self._link.redis
         groups: Dict[str, Tuple[Any, List[Any]]] = {}
         retry: List[Any] = []
@@ -94,54 +117,138 @@ class ReplicatedPublishes:
                 continue
             groups.setdefault(node.name, (node, []))[1].append(entry)
         for node, entries in groups.values():
-            self._run_node(node, entries, retry)
+            if self.timeout_ms:
+                self._run_node(node, entries, retry)
+            else:
+                self._run_unreplicated(node, entries, retry)
         return retry
 
-    def _run_node(self, node: Any, entries: List[Any], retry: List[Any]) -> None:
-        link = self._link
-        redis = link.redis_mod
+    def _run_unreplicated(self, node: Any, entries: List[Any], retry: List[Any]) -> None:
+        """``replica_ack_timeout_ms`` 0: answered once the master ran them."""
         pipe = node.redis_connection.pipeline(transaction=False)
         for entry in entries:
             pipe.execute_command(*self._command(entry))
-        alone = node.name in self._alone
-        if alone:  # nothing to wait for: ask whether a replica came back
-            pipe.execute_command("INFO", "replication")
-        elif self.timeout_ms:
-            pipe.execute_command("WAIT", 1, self.timeout_ms)
         try:
             results = pipe.execute(raise_on_error=False)
-        except (redis.RedisError, OSError) as exc:
-            # sent, or partly: the master may have run them (see RedisPublisher)
-            link.lost(exc) if link.is_link_error(exc) else log.error("publish failed: %s", exc)
-            for entry in entries:
-                self._finish(entry, self.unknown(exc, "the link to it failed"))
+        except (self._link.redis_mod.RedisError, OSError) as exc:
+            self._failed([(entry, None) for entry in entries], exc)
             return
-        acked = results.pop() if self.timeout_ms or alone else 1
-        if isinstance(acked, Exception) and link.is_link_error(acked):
-            link.lost(acked)
-        if alone:
-            if _replicas(acked):
-                del self._alone[node.name]
-                log.warning("Redis master %s has a replica again: publishes wait for it",
-                            node.name)
-            self.without_replica += sum(not isinstance(r, Exception) for r in results)
-            acked = 1
-        elif acked == 0 and self._has_no_replica(node):
-            self._alone[node.name] = None
-            log.warning("Redis master %s has no replica: its publishes are acknowledged "
-                        "without one (a second failure loses them) until one is back", node.name)
         for entry, result in zip(entries, results):
-            if isinstance(result, Exception) or (isinstance(acked, int) and acked >= 1):
+            self._answer(entry, result, retry)
+
+    def _run_node(self, node: Any, entries: List[Any], retry: List[Any]) -> None:
+        """Run ``entries`` on a lane of ``node``; hand those that ran to its ack thread."""
+        acks = self._acks_of(node)
+        lane = acks.take() if acks is not None else None
+        if lane is None:  # the broker stops: never sent
+            for entry in entries:
+                self._finish(entry, BrokerUnavailable("server stopping"))
+            return
+        pipe = lane.pipeline(transaction=False)
+        for entry in entries:
+            pipe.execute_command(*self._command(entry))
+        pipe.execute_command("CLIENT", "ID")  # the WAIT must go on this very connection
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except (self._link.redis_mod.RedisError, OSError) as exc:
+            acks.drop(lane)
+            self._failed([(entry, None) for entry in entries], exc)
+            return
+        client_id = results.pop()
+        ran: List[Tuple[Any, Any]] = []
+        for entry, result in zip(entries, results):
+            if isinstance(result, Exception):  # not run: answered now, no replica to wait for
                 self._answer(entry, result, retry)
             else:
-                self.unreplicated += 1
+                ran.append((entry, result))
+        waiting = Waiting(lane, client_id, ran)
+        if not ran:
+            acks.give_back(lane)
+        elif not acks.wait_for_replica(waiting):  # the broker stops meanwhile
+            self._settle(acks, waiting, True)
+
+    def _acks_of(self, node: Any) -> Optional[MasterAcks]:
+        """The lanes and ack thread of master ``node`` (made on first use; None once closed)."""
+        with self._lock:
+            if self._closed:
+                return None
+            acks = self._masters.get(node.name)
+            if acks is None:
+                host, port = node.host, node.port
+                # a WAIT may take its whole timeout on top of the answer's usual time
+                timeout_s = self._link.command_timeout_s + self.timeout_ms / 1000
+                acks = self._masters[node.name] = MasterAcks(
+                    node.name, lambda: self._link.node_client(
+                        host, port, max_connections=1, socket_timeout=timeout_s),
+                    self._settle)
+            return acks
+
+    def _settle(self, acks: MasterAcks, waiting: Waiting, stopping: bool) -> None:
+        """Answer a batch that ran on ``acks``' master once a replica holds it (ack thread)."""
+        if stopping:
+            acks.give_back(waiting.lane)
+            for entry, _ in waiting.ran:
+                self._finish(entry, self.unknown(None, "the server stopped before a replica "
+                                                       "acknowledged it"))
+            return
+        try:
+            acked = self._replica_ack(acks.name, waiting)
+        except (self._link.redis_mod.RedisError, OSError) as exc:
+            acks.drop(waiting.lane)
+            self._failed(waiting.ran, exc)
+            return
+        acks.give_back(waiting.lane)
+        if isinstance(acked, Exception) and self._link.is_link_error(acked):
+            self._link.lost(acked)
+        for entry, result in waiting.ran:
+            if isinstance(acked, int) and acked >= 1:
+                self._answer(entry, result, [])  # ran: never a script to load again
+            else:
+                with self._lock:
+                    self.unreplicated += 1
                 self._finish(entry, self.unknown(acked, f"no replica acknowledged it in "
                                                         f"{self.timeout_ms} ms"))
 
-    def _has_no_replica(self, node: Any) -> bool:
-        """True when the master ``node`` says it has no replica connected."""
+    def _replica_ack(self, name: str, waiting: Waiting) -> Any:
+        """How many replicas hold the batch (``WAIT 1 <ms>`` on its lane); 1 for a master
+        with no replica (counted), an exception when Redis refused or the lane was renewed."""
+        lane = waiting.lane
+        with self._lock:
+            alone = name in self._alone
+        if alone:  # nothing to wait for: ask whether a replica came back
+            if _replicas(lane.execute_command("INFO", "replication")):
+                with self._lock:
+                    self._alone.pop(name, None)
+                log.warning("Redis master %s has a replica again: publishes wait for it", name)
+            with self._lock:
+                self.without_replica += len(waiting.ran)
+            return 1
+        pipe = lane.pipeline(transaction=False)
+        pipe.execute_command("CLIENT", "ID")
+        pipe.execute_command("WAIT", 1, self.timeout_ms)
+        client_id, acked = pipe.execute(raise_on_error=False)
+        if client_id != waiting.client_id:  # reconnected: this WAIT counts none of them
+            return self._link.redis_mod.exceptions.ConnectionError(
+                "the connection that ran them was renewed before WAIT")
+        if acked == 0 and self._has_no_replica(lane):
+            with self._lock:
+                self._alone[name] = None
+            log.warning("Redis master %s has no replica: its publishes are acknowledged "
+                        "without one (a second failure loses them) until one is back", name)
+        return acked
+
+    def _failed(self, ran: List[Tuple[Any, Any]], exc: BaseException) -> None:
+        """The link to a master failed with these publishes sent (or partly): the master
+        may have run them (see RedisPublisher)."""
+        link = self._link
+        link.lost(exc) if link.is_link_error(exc) else log.error("publish failed: %s", exc)
+        for entry, _ in ran:
+            self._finish(entry, self.unknown(exc, "the link to it failed"))
+
+    def _has_no_replica(self, lane: Any) -> bool:
+        """True when the master of ``lane`` says it has no replica connected."""
         try:
-            return _replicas(node.redis_connection.execute_command("INFO", "replication")) == 0
+            return _replicas(lane.execute_command("INFO", "replication")) == 0
         except (self._link.redis_mod.RedisError, OSError):
             return False
 

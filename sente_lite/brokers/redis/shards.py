@@ -40,6 +40,11 @@ class Listening:
 
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in self.nodes], **options)
 
+    def node_client(self, host: str, port: int, **options: Any) -> Any:
+        """A ``redis.Redis`` of one node (a cluster's master) with the link's timeouts and
+        no retries, ``options`` overriding them (e.g. ``max_connections=1``)."""
+        return self.redis_mod.Redis(host=host, port=port, **dict(self._options, **options))
+
     def _renew_commands_client(self) -> None:
         """Drop the connections from before an outage (a cluster: its slot map too)."""
         if self.nodes is None:
