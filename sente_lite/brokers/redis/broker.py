@@ -44,6 +44,7 @@ from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
 from .channel_presence import SCRIPTS as CHANNEL_PRESENCE_SCRIPTS, RedisChannelPresence
 from .publish import PUBLISH_SCRIPT, RedisPublisher
+from .acks import REPLICA_ACK_LANES
 from .failover import (DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicatedPublishes,
                        check_replica_ack_timeout)
 from .url import SHARDED, cluster_client_problem, parse_broker_url
@@ -436,4 +437,4 @@ __all__ = ["RedisBroker", "PUBLISH_SCRIPT", "SYNC_SCRIPT", "DEFAULT_PREFIX",
            "DEFAULT_CHANNEL_TTL_S", "DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_COMMAND_TIMEOUT_S",
            "DEFAULT_LINK_CHECK_S", "DEFAULT_LINK_TIMEOUT_S", "DEFAULT_RECONNECT_BASE_S",
            "DEFAULT_RECONNECT_MAX_S", "DEFAULT_PRESENCE_TTL_S", "MAX_PUBLISH_BATCH", "MAX_DISPATCH_BATCH",
-           "MAX_PENDING_PER_CHANNEL", "MAX_SUBSCRIBE_TRIES"]
+           "MAX_PENDING_PER_CHANNEL", "MAX_SUBSCRIBE_TRIES", "REPLICA_ACK_LANES"]
