@@ -609,6 +609,12 @@ def decode(text: Union[str, bytes, bytearray, memoryview], tags: bool = True) ->
     request's reply. Nesting deeper than :data:`MAX_JSON_DEPTH` is refused before
     any parsing, on either path.
     """
+    return frame_of(decode_value(text, tags))
+
+
+def decode_value(text: Union[str, bytes, bytearray, memoryview], tags: bool = True) -> Any:
+    """The JSON value of one frame, as :func:`decode` reads it (tagged forms as bytes with
+    ``tags``), before its shape is checked; :class:`FrameError` as :func:`decode`."""
     value = _fast_parse(text) if _orjson is not None else _NOT_PARSED
     if value is _NOT_PARSED:
         value = _parse(text)
@@ -619,7 +625,7 @@ def decode(text: Union[str, bytes, bytearray, memoryview], tags: bool = True) ->
             cb_id = (value[2] if type(value) is list and len(value) == 3
                      and is_valid_cb_id(value[2]) else None)
             raise FrameError(f"frame holds malformed bytes: {exc}", cb_id) from None
-    return frame_of(value)
+    return value
 
 
 def frame_of(value: Any) -> Frame:
