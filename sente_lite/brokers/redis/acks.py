@@ -8,7 +8,8 @@ lane (``WAIT`` counts the writes of the connection it is sent on) and only then 
 the batch's publishers, in the order the batches ran. While a batch waits for its replica
 the next one runs on another lane; with every lane of a master waiting
 (:data:`REPLICA_ACK_LANES`), the next batch for that master waits for one (counted as
-``broker_publish_lane_waits``). So a slow replica delays its master's acknowledgements,
+``broker_publish_lane_waits``): a master's ack queue holds at most that many batches, each
+with its lane. So a slow replica delays its master's acknowledgements,
 never the delivery of later publishes, and no publish is acknowledged before a replica
 holds it.
 

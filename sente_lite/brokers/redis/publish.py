@@ -122,7 +122,8 @@ class RedisPublisher:
         self._members_here = members_here
         self.unavailable_publishes = 0
         #: Runs a batch on a Redis Cluster (``failover.ReplicatedPublishes.run``: one pipeline
-        #: per master, ended by WAIT); returns the entries to run again. None: one pipeline.
+        #: per master, answered once a replica holds it); returns the entries to run again.
+        #: None: one pipeline.
         self.replicated: Optional[Callable[[List[_Pub]], List[_Pub]]] = None
 
     def publish(self, name: str, head: str, exclude: Optional[str],
