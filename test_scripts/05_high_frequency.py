@@ -13,7 +13,9 @@ each delivery once. Measured: publish-to-receive latency p50/p99/max over all
 deliveries, delivery throughput, server RSS growth over the workload, its steady
 growth per 1,000 messages and that of the server's bounded stores (sampled during the
 workload; the runner's memory criterion judges the first net of the second) and peak
-RSS of server and clients. Latency has no pass/fail bound here; loss,
+RSS of server and clients; what bounds the latency: the machine's CPU busy share and
+CPU pressure (the share of time some task waited for a CPU) while the clients publish,
+and the server's share of one CPU. Latency has no pass/fail bound here; loss,
 duplication and order must be perfect.
 """
 
@@ -31,6 +33,7 @@ from sente_lite.testing import (FIG_CLIENTS, FIG_MESSAGES, FIG_P99_MS, HarnessTi
                                 latency_summary, order_problem, proc_memory_kb,
                                 rss_growth_per_1000, run_scenario, stamp)
 from sente_lite.brokers.local import DEFAULT_HISTORY_SIZE
+from sente_lite.testing.checks import cpu_load, cpu_reading, proc_cpu_s
 from sente_lite.testing.criteria import FIG_BOUNDED_GROWTH, FIG_RSS_GROWTH
 
 CLIENTS = 20
@@ -64,6 +67,7 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
         interval_ns = 1_000_000_000 // RATE_PER_CLIENT
         start_ns = go["start_ns"] + interval_ns * go["index"] // CLIENTS
         behind_max_ns = 0
+        cpu_start = None
         for seq in range(RATE_PER_CLIENT * DURATION_S):
             due = start_ns + seq * interval_ns
             now = time.monotonic_ns()
@@ -71,8 +75,11 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
                 time.sleep((due - now) / 1e9)
             else:
                 behind_max_ns = max(behind_max_ns, now - due)
+            if cpu_start is None:
+                cpu_start = cpu_reading()  # the machine's CPU from the first publish on
             c.publish(CHANNEL, stamp(by=ctx.name, seq=seq))
         published_s = (time.monotonic_ns() - start_ns) / 1e9
+        load = cpu_load(cpu_start, cpu_reading())
         ctx.mark("published")
         # count() of every channel (this client has one) only counts: per-channel
         # counting would build all 20,000 deliveries at once while the last are in flight
@@ -81,7 +88,7 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
         ctx.mark("received")
         ctx.wait_command("finish")
         return {"uid": c.uid, "published_s": published_s, "behind_max_ms": behind_max_ns / 1e6,
-                "stats": c.stats()}
+                "stats": c.stats(), "index": go["index"], "cpu_load": load}
 
 
 def story(run: Run, report: Report) -> None:
@@ -97,7 +104,10 @@ def story(run: Run, report: Report) -> None:
     start_ns = time.monotonic_ns() + int(START_DELAY_S * 1e9)
     for i, h in enumerate(clients):
         run.command(h, "publish", start_ns=start_ns, index=i)
+    server_cpu_before = proc_cpu_s(server.pid)
     samples = sample_rss(run, server, clients, "published")
+    server_cpu = proc_cpu_s(server.pid)
+    publish_s = (time.monotonic_ns() - start_ns) / 1e9
     report.step(f"{MESSAGES} messages published")
     samples += sample_rss(run, server, clients, "received")
     mem_after = proc_memory_kb(server.pid)
@@ -107,6 +117,13 @@ def story(run: Run, report: Report) -> None:
     server_result = run.stop_server(server)
 
     check(report, results, server_result, mem_before, mem_after, start_ns)
+    # what bounds latency here: the machine's CPU during the publishing (one client's view)
+    first = next(r.value for r in results.values() if r.value.get("index") == 0)
+    for key, value in first["cpu_load"].items():
+        report.figure(key, value)
+    if server_cpu is not None and server_cpu_before is not None and publish_s > 0:
+        report.figure("server_cpu_pct_during_load",
+                      round(100 * (server_cpu - server_cpu_before) / publish_s, 1))
     report.figure(FIG_RSS_GROWTH, rss_growth_per_1000([(m, kb) for m, kb, _ in samples],
                                                       RSS_WARMUP_MESSAGES))
     report.figure(FIG_BOUNDED_GROWTH, rss_growth_per_1000([(m, b) for m, _, b in samples],

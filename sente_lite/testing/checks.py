@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import resource
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .child import Delivery
+
+#: Figure: share (%) of all CPUs' time busy during a scenario's load (:func:`cpu_load`).
+FIG_MACHINE_BUSY = "machine_cpu_busy_pct"
+#: Figure: share (%) of a scenario's load during which some runnable task waited for a
+#: CPU (Linux PSI, ``/proc/pressure/cpu`` "some"): how much scheduling held work back.
+FIG_CPU_PRESSURE = "cpu_pressure_pct"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -116,6 +124,61 @@ def rss_growth_per_1000(samples: Sequence[Tuple[int, int]],
     return round(slope * 1000, 1)
 
 
+class CpuReading(NamedTuple):
+    """The whole machine's CPU counters at one moment (Linux ``/proc``), for
+    :func:`cpu_load`: busy and total clock ticks of every CPU (``/proc/stat``), the
+    microseconds some task waited for a CPU (``/proc/pressure/cpu``, None without PSI),
+    and ``time.monotonic()``."""
+
+    busy_ticks: int
+    total_ticks: int
+    pressure_us: Optional[int]
+    at: float
+
+
+def cpu_reading() -> Optional[CpuReading]:
+    """The machine's CPU counters now; None when ``/proc/stat`` cannot be read."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = sum(ticks[3:5])  # idle and iowait
+    pressure: Optional[int] = None
+    try:
+        with open("/proc/pressure/cpu", encoding="ascii") as f:
+            pressure = int(f.readline().rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return CpuReading(sum(ticks) - idle, sum(ticks), pressure, time.monotonic())
+
+
+def cpu_load(before: Optional[CpuReading], after: Optional[CpuReading]) -> Dict[str, float]:
+    """Between two readings: ``machine_cpu_busy_pct`` (share of all CPUs' time busy) and
+    ``cpu_pressure_pct`` (share of the time at least one runnable task waited for a CPU:
+    scheduling delay, as PSI measures it). Empty where the readings cannot tell."""
+    out: Dict[str, float] = {}
+    if before is None or after is None or after.total_ticks <= before.total_ticks:
+        return out
+    out[FIG_MACHINE_BUSY] = round(100 * (after.busy_ticks - before.busy_ticks)
+                                  / (after.total_ticks - before.total_ticks), 1)
+    wall_us = (after.at - before.at) * 1e6
+    if before.pressure_us is not None and after.pressure_us is not None and wall_us > 0:
+        out[FIG_CPU_PRESSURE] = round(min(100.0, 100 * (after.pressure_us - before.pressure_us)
+                                          / wall_us), 1)
+    return out
+
+
+def proc_cpu_s(pid: int) -> Optional[float]:
+    """CPU seconds (user + system) ``pid`` used so far; None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def self_peak_rss_kb() -> int:
     """Peak RSS of the calling process in KiB (``getrusage``; Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
@@ -137,4 +200,6 @@ def covered_by_notice(notices: Sequence[Dict[str, Any]], epoch: str, offset: int
 
 __all__ = ["percentile", "latencies_ms", "latency_summary", "duplicates", "order_problem",
            "missing_offsets", "channels_seen", "proc_memory_kb", "self_peak_rss_kb",
-           "rss_growth_per_1000", "covered_by_notice"]
+           "rss_growth_per_1000", "covered_by_notice", "CpuReading", "cpu_reading", "cpu_load",
+           "FIG_MACHINE_BUSY", "FIG_CPU_PRESSURE",
+           "proc_cpu_s"]

@@ -11,9 +11,11 @@ show it either way, e.g. fewer than :data:`CONSISTENT_RUNS` runs).
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Mapping, Sequence
 
+from .checks import FIG_CPU_PRESSURE, FIG_MACHINE_BUSY
 from .scenario import FIG_P99_MS, current_name
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "NOT MEASURED"
@@ -150,6 +152,18 @@ def latency_allowance(runs: int) -> int:
     return n - math.ceil(LATENCY_RUNS_SHARE * n - 1e-9)
 
 
+def _load_note(runs: Sequence[Mapping[str, Any]]) -> str:
+    """What the runs say of the machine's CPU during their load (medians), or ""."""
+    said = []
+    for fig, words in ((FIG_MACHINE_BUSY, "CPU {:.0f}% busy"),
+                       (FIG_CPU_PRESSURE, "some task waiting for a CPU {:.0f}% of the time")):
+        values = [v for r in runs for v in [(r.get("figures") or {}).get(fig)]
+                  if isinstance(v, (int, float))]
+        if values:
+            said.append(words.format(statistics.median(values)))
+    return f" (during the load, median: {', '.join(said)})" if said else ""
+
+
 def latency(runs: Sequence[Mapping[str, Any]]) -> Criterion:
     """p99 under the bound in :data:`LATENCY_RUNS_SHARE` of runs, per steady-load scenario."""
     name = f"performance acceptable (p99 < {LATENCY_P99_MAX_MS:g} ms)"
@@ -162,7 +176,7 @@ def latency(runs: Sequence[Mapping[str, Any]]) -> Criterion:
             continue
         under = sum(v < LATENCY_P99_MAX_MS for v in p99)
         parts.append(f"{scenario} p99 {', '.join(f'{v:.3g}' for v in p99)} ms: "
-                     f"{under} of {len(p99)} runs under")
+                     f"{under} of {len(p99)} runs under{_load_note(steady)}")
         over = len(p99) - under
         verdicts.append(FAIL if over > latency_allowance(len(p99)) else
                         NOT_MEASURED if len(p99) < CONSISTENT_RUNS else PASS)
