@@ -37,6 +37,7 @@ from ..discovery import wait_for
 from . import (ProcessContext, ProcessResult, Run, latencies_ms, latency_summary,
               order_problem, percentile, stamp)
 from .common import SERVER_STARTUP_TIMEOUT_S
+from .checks import cpu_load, cpu_reading
 from ..console.client import ConsoleClient, ConsoleError, TcpTransport, WsClientTransport, status_of
 from ..console import Console
 
@@ -207,19 +208,22 @@ def operator(ctx: ProcessContext, console_port_file: str, load: Load) -> Dict[st
         if pause > 0:
             time.sleep(pause)
         started_ns = time.monotonic_ns()
+        cpu_start = cpu_reading()
         # the evals stop early on a machine too loaded for them all to fit before the busy
         # loops, which must run while the load does (after them the server catches up on
         # what they held back: evals then would time that, not the console)
         until = (go["evals_until_ns"] - time.monotonic_ns()) / 1e9 + time.monotonic()
         tcp_ms, ws_ms = time_evals([tcp, ws], STATS_CODE, load.evals, load.every_s, until)
         evaluated_ns = time.monotonic_ns()
+        load_seen = cpu_load(cpu_start, cpu_reading())  # the machine's CPU while evaluating
         interrupt_ms = time_interrupts(tcp, load.interrupts, load.busy_s)
         ended_ns = time.monotonic_ns()
         last = tcp.eval(STATS_CODE, timeout=ANSWER_TIMEOUT_S)
         ctx.mark("measured")
         return {"tcp_ms": tcp_ms, "ws_ms": ws_ms, "interrupt_ms": interrupt_ms,
                 "started_ns": started_ns, "evaluated_ns": evaluated_ns, "ended_ns": ended_ns,
-                "publishes_seen": int(next(a["value"] for a in last if "value" in a))}
+                "publishes_seen": int(next(a["value"] for a in last if "value" in a)),
+                "cpu_load": load_seen}
     finally:
         for t in reversed(transports):
             t.close()
@@ -294,7 +298,8 @@ def load_problems(measured: Measured) -> Dict[str, str]:
 
 def figures(measured: Measured) -> Dict[str, Any]:
     """The run's figures: eval round trips (ms) over each transport, interrupt latency (ms),
-    the load's publish-to-receive latency."""
+    the machine's CPU busy share and CPU pressure while evaluating
+    (:func:`~sente_lite.testing.checks.cpu_load`), the load's publish-to-receive latency."""
     op = measured.operator.value if measured.operator is not None else {}
     out: Dict[str, Any] = {}
     for key, name in (("tcp_ms", "eval_tcp"), ("ws_ms", "eval_ws")):
@@ -308,6 +313,7 @@ def figures(measured: Measured) -> Dict[str, Any]:
     if stops:
         out["interrupt_median_ms"] = round(statistics.median(stops), 3)
         out["interrupt_max_ms"] = round(max(stops), 3)
+    out.update(op.get("cpu_load") or {})  # what bounds them: the machine's CPU meanwhile
     if measured.clients:
         lat = latency_summary(latencies_ms(d for r in measured.clients.values() for d in r.deliveries))
         out["load_p50_ms"], out["load_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
