@@ -15,8 +15,8 @@ growth per 1,000 messages and that of the server's bounded stores (sampled durin
 workload; the runner's memory criterion judges the first net of the second) and peak
 RSS of server and clients; what bounds the latency: the machine's CPU busy share and
 CPU pressure (the share of time some task waited for a CPU) while the clients publish,
-and the server's share of one CPU. Latency has no pass/fail bound here; loss,
-duplication and order must be perfect.
+and the server's and the clients' (all together) share of one CPU. Latency has no
+pass/fail bound here; loss, duplication and order must be perfect.
 """
 
 from __future__ import annotations
@@ -77,9 +77,12 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
                 behind_max_ns = max(behind_max_ns, now - due)
             if cpu_start is None:
                 cpu_start = cpu_reading()  # the machine's CPU from the first publish on
+                own_cpu_start, own_wall_start = time.process_time(), time.monotonic()
             c.publish(CHANNEL, stamp(by=ctx.name, seq=seq))
         published_s = (time.monotonic_ns() - start_ns) / 1e9
         load = cpu_load(cpu_start, cpu_reading())
+        own_cpu_pct = 100 * (time.process_time() - own_cpu_start) / max(
+            time.monotonic() - own_wall_start, 1e-9)
         ctx.mark("published")
         # count() of every channel (this client has one) only counts: per-channel
         # counting would build all 20,000 deliveries at once while the last are in flight
@@ -88,7 +91,8 @@ def client(ctx: ProcessContext) -> Dict[str, Any]:
         ctx.mark("received")
         ctx.wait_command("finish")
         return {"uid": c.uid, "published_s": published_s, "behind_max_ms": behind_max_ns / 1e6,
-                "stats": c.stats(), "index": go["index"], "cpu_load": load}
+                "stats": c.stats(), "index": go["index"], "cpu_load": load,
+                "cpu_pct": own_cpu_pct}
 
 
 def story(run: Run, report: Report) -> None:
@@ -124,6 +128,8 @@ def story(run: Run, report: Report) -> None:
     if server_cpu is not None and server_cpu_before is not None and publish_s > 0:
         report.figure("server_cpu_pct_during_load",
                       round(100 * (server_cpu - server_cpu_before) / publish_s, 1))
+    report.figure("clients_cpu_pct_during_load",  # all of them, in % of one CPU
+                  round(sum(r.value["cpu_pct"] for r in results.values()), 1))
     report.figure(FIG_RSS_GROWTH, rss_growth_per_1000([(m, kb) for m, kb, _ in samples],
                                                       RSS_WARMUP_MESSAGES))
     report.figure(FIG_BOUNDED_GROWTH, rss_growth_per_1000([(m, b) for m, _, b in samples],
