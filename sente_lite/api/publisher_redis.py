@@ -35,6 +35,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence
 from ..brokers.redis.channels import ChannelSpace
 from ..brokers.redis.link import as_text, import_redis
 from ..brokers.redis.presence import user_message
+from ..brokers.redis.users import user_shard
 from ..brokers.redis.publish import PUBLISH_SCRIPT, publish_command, published_of
 from ..errors import (BrokerCommandError, BrokerUnavailable, ClientClosed, PublishOutcomeUnknown,
                       SendQueueFull)
@@ -330,13 +331,18 @@ class RedisSender(_ScriptRunner):
         self._answer(done)
 
     def send_to_user(self, body: dict) -> None:
+        """Send a user message (``uid`` in ``body``: to that user's shard channel with
+        sharded subscription; else, and a broadcast, to the user channel)."""
         message = user_message(body, self._server_id)
+        command, channel = "PUBLISH", self._user_channel
+        uid = body.get("uid")
+        if uid is not None and self._space.sharded:
+            command, channel = "SPUBLISH", user_shard(self._space.prefix, uid)
         self.flush()  # after the publishes queued before it
         with self._io:
             self._ensure_connected()
             try:
-                self._conn.send_command("PUBLISH", self._user_channel, message,
-                                        check_health=False)
+                self._conn.send_command(command, channel, message, check_health=False)
                 self._conn.read_response()
             except self._errors.ResponseError as exc:
                 raise self._refused(exc, "send on the user channel") from exc

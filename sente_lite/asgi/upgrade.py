@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional, Protocol
 
 from websockets.http11 import Response
 
+from ..core.routing import route_of, routed_now
 from ..core.front import Admit, HttpFront, Identity, Screened
 from ..core.security import Gate, select_subprotocol
 from ..core.dispatcher import ServerDispatcher
@@ -93,6 +94,7 @@ class Upgrades:
         link = ScopeLink(scope)
         try:
             decision = await self._decide(link, scope)
+            await self._routed(decision)
             if isinstance(decision, Admit):
                 decision = self.app._gate.take_slot(link, decision.identity.client_id) or decision
         except Exception as exc:
@@ -110,6 +112,18 @@ class Upgrades:
             self.app._gate.release_slot(link)
             raise
         await self._serve(link, decision.identity, receive, send)
+
+    async def _routed(self, decision: Any) -> None:
+        """Until the broker routes the admitted user's messages here (at most
+        ``handshake_timeout``; :mod:`~sente_lite.core.routing`)."""
+        loop = asyncio.get_running_loop()
+        routed: "asyncio.Future[None]" = loop.create_future()
+
+        def later() -> None:
+            loop.call_soon_threadsafe(lambda: routed.done() or routed.set_result(None))
+
+        if not routed_now(route_of(self.app._hub.broker), decision, later):
+            await asyncio.wait({routed}, timeout=self.app.handshake_timeout)
 
     async def _decide(self, link: ScopeLink, scope: Scope) -> Any:
         """The front's verdict: a Response, or :class:`Admit`; ``authenticate`` runs on a

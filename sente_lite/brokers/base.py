@@ -81,6 +81,11 @@ class PresenceBroker(Protocol):
         """Live connections of ``uid`` on every node."""
         ...
 
+    def route_user(self, uid: str, ready: Callable[[], None]) -> bool:
+        """Have this node hear what other nodes send to ``uid`` (its upgrade waits for it).
+        True: it does, go on; False: ``ready()`` runs once it does (from another thread)."""
+        ...
+
     def user_count(self) -> int:
         """Distinct users connected to any node."""
         ...

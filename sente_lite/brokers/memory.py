@@ -89,6 +89,10 @@ class MemoryLog:
     def users_changed(self) -> None:
         """Nothing to publish: every node's users are read when asked."""
 
+    def route_user(self, uid: str, ready: Callable[[], None]) -> bool:
+        """Every node hears every user at once."""
+        return True
+
     def presence(self, uid: str) -> int:
         return sum(events.user_counts().get(uid, 0) for events in self.events())
 

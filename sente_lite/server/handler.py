@@ -20,6 +20,7 @@ from ..wire import protocol as p
 from ..counters import Counter
 from ..core.dispatcher import ServerDispatcher
 from ..core.front import Identity, Screened
+from ..core.routing import route_of, routed_now
 from .lanes import Lanes
 from ..logsafe import safe
 from .netloop import DEFER, Link
@@ -40,6 +41,7 @@ class ServerCore:
         self.counters = server.counters
         self.dispatcher = dispatcher
         self.lanes = Lanes(dispatcher, server._pool, server._latency)
+        self._route = route_of(dispatcher.hub.broker)
 
     # -- upgrades ----------------------------------------------------------------------
     def on_request(self, link: Link, request: Request) -> Any:
@@ -50,7 +52,8 @@ class ServerCore:
         front = srv._front
         screened = front.screen(link, request)
         if not isinstance(screened, Screened) or not srv._gate.checks_credentials:
-            return front.identify(link, request, screened)
+            decision = front.identify(link, request, screened)
+            return decision if self._routed(link, decision) else DEFER
         refusal = srv._gate.begin_auth(link, screened.client_id)
         if refusal is not None:
             return front.identify(link, request, refusal)
@@ -75,7 +78,15 @@ class ServerCore:
             decision = loop._internal_error(link, exc)
         finally:
             srv._gate.end_auth()
-        loop.decide(link, decision)
+        if self._routed(link, decision):
+            loop.decide(link, decision)
+
+    def _routed(self, link: Link, decision: Any) -> bool:
+        """True: answer ``decision`` now; False: it is answered once the broker routes its
+        user's messages here (:mod:`~sente_lite.core.routing`)."""
+        loop = self.server._loop
+        assert loop is not None
+        return routed_now(self._route, decision, lambda: loop.decide(link, decision))
 
     def on_admit(self, link: Link, ident: Identity) -> Optional[Response]:
         """The upgrade is about to be answered 101 (network thread): take its

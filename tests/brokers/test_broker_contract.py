@@ -19,7 +19,7 @@ from sente_lite.brokers.base import Broker
 from sente_lite.brokers.local import LocalBroker
 from sente_lite.brokers.memory import MemoryLog
 from sente_lite.wire.channels import Built, RecoveryResult, Since, message_head
-from support import wait_until
+from support import WAIT_S, wait_until
 
 KINDS = ["local", "memory", "redis"]
 ROUTING = ["memory", "redis"]
@@ -296,10 +296,21 @@ def test_nodes_share_one_offset_order(make: Make, kind: str) -> None:
     assert b.history("c").offset == 3
 
 
+def _route(broker: Any, uid: str) -> None:
+    """Have ``broker``'s node hear ``uid``'s messages, as a server does before it answers
+    that user's upgrade."""
+    routed = threading.Event()
+    if not broker.presence.route_user(uid, routed.set):
+        assert routed.wait(WAIT_S), f"{uid} routed"
+
+
 def test_users_are_routed_to_the_other_nodes(make: Make, kind: str) -> None:
     if kind not in ROUTING:
         pytest.skip("one node only")
     (a, node_a), (b, node_b) = make(2)
+    node_b.users = {"ann": 1, "bob": 1}  # a broker may route a user's messages only where it is
+    for uid in node_b.users:
+        _route(b, uid)
     a.to_user("ann", b'["app/x",1]')
     a.broadcast(b'["app/y",2]')
     a.disconnect_user("bob", 4000, "bye")

@@ -6,13 +6,13 @@ a channel in one slot, channels spread over every master."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 
 from sente_lite import Client, Server
 from sente_lite.testing.redis_cluster import LocalCluster, require_redis_cluster
-from support import wait_until
+from support import WAIT_S, wait_until
 from test_redis_broker import (Recorder,  # noqa: F401 (collected here, on the cluster)
                                test_delivered_counts_the_publishing_servers_own_subscribers,
                                test_exclude_sender_holds_across_servers,
@@ -83,3 +83,23 @@ def test_an_old_redis_py_is_refused_for_a_cluster_naming_the_version(monkeypatch
     with pytest.raises(RuntimeError, match=r"redis-py >= %d\.%d \(found 5\.0\.0\)" % MIN_CLUSTER_REDIS_PY):
         RedisBroker("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
     assert parse_broker_url("redis+cluster://a:1,b:2").nodes == [("a", 1), ("b", 2)]  # parsing is unaffected
+
+
+def test_a_users_messages_reach_only_its_server_right_after_the_handshake(
+        cluster: Tuple[Server, Server], make_client: Callable[..., Client]) -> None:
+    """A user's shard channel lives on its slot's master: the server holding the user
+    listens to it before the upgrade is answered; the other hears nothing of it."""
+    a, b = cluster
+    for i in range(10):
+        got: List[int] = []
+        c = make_client(b.url, connect=False, client_id=f"u{i}")
+        c.on("app/now", got.append)
+        assert c.wait_connected(WAIT_S)
+        a.send_to_user(f"u{i}", "app/now", i)
+        wait_until(lambda: got == [i], what=f"u{i} got its message")
+    closed: List[int] = []
+    b.on_disconnect(lambda conn, code, reason: closed.append(code))
+    a.disconnect_user("u0", 4001, "bye")
+    wait_until(lambda: closed == [4001], what="u0 closed on b")
+    assert b.stats()["broker_user_heard"] == 11
+    assert a.stats()["broker_user_heard"] == 0 and a.stats()["broker_users_listening"] == 0

@@ -48,6 +48,7 @@ from .acks import REPLICA_ACK_LANES
 from .failover import (DEFAULT_REPLICA_ACK_TIMEOUT_MS, ReplicatedPublishes,
                        check_replica_ack_timeout)
 from .url import SHARDED, cluster_client_problem, parse_broker_url
+from .users import user_shard_prefix
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -103,8 +104,8 @@ class _Hooks(LinkHooks):
         else:
             channels.on_messages(batch)
 
-    def on_user_message(self, data: bytes) -> None:
-        self._broker._presence.on_user_message(data)
+    def on_user_message(self, channel: bytes, data: bytes) -> None:
+        self._broker._presence.on_user_message(channel, data)
 
     def refresh_due(self) -> None:
         self._broker._presence.users_changed()
@@ -123,6 +124,15 @@ def _replicated(publisher: RedisPublisher, space: ChannelSpace, link: RedisLink,
         publisher.answer, publisher.finish, publisher.unavailable)
     publisher.replicated = replicated.run
     return replicated
+
+
+def _user_stats(presence: RedisPresence) -> Dict[str, int]:
+    routes = presence.routes
+    return {"broker_user_heard": presence.user_heard,
+            "broker_user_unserved": presence.user_unserved,
+            "broker_user_inbound_bytes": presence.user_inbound_bytes,
+            "broker_users_listening": routes.listened() if routes else 0,
+            "broker_user_routes_waited": routes.routed_later if routes else 0}
 
 
 def _replication_stats(replicated: Optional[ReplicatedPublishes]) -> Dict[str, int]:
@@ -221,7 +231,7 @@ class RedisBroker:
             command_timeout_s=command_timeout_s, link_check_s=link_check_s,
             link_timeout_s=link_timeout_s, reconnect_base_s=reconnect_base_s,
             reconnect_max_s=reconnect_max_s, refresh_every_s=presence_ttl_s / 3,
-            nodes=parsed.nodes)
+            nodes=parsed.nodes, user_prefix=user_shard_prefix(prefix) if self._space.sharded else None)
         self._channels = RedisChannels(self._space, self._link, counters)
         self._publisher = RedisPublisher(self._space, self._link, counters,
                                          self._channels.members_here)
@@ -229,7 +239,7 @@ class RedisBroker:
         self._replicated = None if parsed.nodes is None else _replicated(
             self._publisher, self._space, self._link, counters, replica_ack_timeout_ms)
         self._presence = RedisPresence(prefix, self.server_id, self._link, user_channel,
-                                       presence_ttl_s)
+                                       presence_ttl_s, sharded=self._space.sharded)
         self.presence = self._presence
         self._channel_presence = RedisChannelPresence(self._space, self._link, presence_ttl_s)
 
@@ -390,10 +400,10 @@ class RedisBroker:
                 "broker_unavailable_publishes": self.unavailable_publishes,
                 "broker_notices": self.notices, "broker_caught_up": self.caught_up,
                 "broker_subscription": self.subscription,
-                "broker_listening": self._link.listening_to(),
+                "broker_listening": self._channels.listening(),
                 "broker_shard_subscribes": self._link.shard_subscribes,
                 "broker_heard": self._channels.heard, "broker_unserved": self._channels.unserved,
-                "broker_inbound_bytes": self._channels.inbound_bytes,
+                "broker_inbound_bytes": self._channels.inbound_bytes, **_user_stats(self._presence),
                 **_replication_stats(self._replicated)}
 
     # -- channel presence (Redis keys <chan>:pz / <chan>:ph, expiring in presence_ttl_s) --

@@ -271,6 +271,10 @@ class RedisChannels(MemberIndex, LiveFeed):
             self._shard_names[shard] = name
             self._link.listen(shard)
 
+    def listening(self) -> int:
+        """How many channels' shard channels this server listens to."""
+        return len(self._shard_names)
+
     def _unlisten(self, name: str) -> None:
         """Stop listening to ``name`` unless a subscriber came back (I/O thread)."""
         with self._lock:

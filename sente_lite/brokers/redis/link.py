@@ -84,8 +84,8 @@ class LinkHooks:
     def on_messages(self, batch: List[Tuple[bytes, bytes]]) -> None:
         """(pubsub channel, data) of channel messages read on the subscription, in order."""
 
-    def on_user_message(self, data: bytes) -> None:
-        """A message read on the user channel."""
+    def on_user_message(self, channel: bytes, data: bytes) -> None:
+        """A message read on the user channel or on a user's shard channel."""
 
     def refresh_due(self) -> None:
         """Called every ``refresh_every_s`` while the link is up (and once it is read again)."""
@@ -111,7 +111,8 @@ class RedisLink(Listening):
                  reconnect_base_s: float = DEFAULT_RECONNECT_BASE_S,
                  reconnect_max_s: float = DEFAULT_RECONNECT_MAX_S,
                  refresh_every_s: float = 1.0,
-                 nodes: Optional[List[Tuple[str, int]]] = None) -> None:
+                 nodes: Optional[List[Tuple[str, int]]] = None,
+                 user_prefix: Optional[bytes] = None) -> None:
         redis = import_redis()
         self.redis_mod = redis
         self.url = url
@@ -127,6 +128,8 @@ class RedisLink(Listening):
         self._hooks = hooks
         self._patterns = patterns
         self._channels = channels
+        #: what the shard channels of users start with (their messages are user messages)
+        self._user_prefix = user_prefix
         self._shas: Dict[str, Optional[str]] = {script: None for script in scripts}
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -332,6 +335,10 @@ class RedisLink(Listening):
             attempt += 1
             self._stop.wait(delay)
 
+    def _is_user(self, channel: bytes) -> bool:
+        prefix = self._user_prefix
+        return channel in self._channels or (prefix is not None and channel.startswith(prefix))
+
     def _listen(self, pubsub: Any) -> None:
         """Read messages until the link fails (raises) or the broker stops."""
         gen = self._lost_gen
@@ -350,14 +357,14 @@ class RedisLink(Listening):
             while msg is not None:  # every message already read, handed over in one go
                 last_heard = time.monotonic()
                 kind = msg["type"]
-                if kind in _USER_KINDS and msg["channel"] in self._channels:
-                    hooks.on_user_message(msg["data"])  # sharded in a cluster
+                if kind in _USER_KINDS and self._is_user(msg["channel"]):
+                    hooks.on_user_message(msg["channel"], msg["data"])  # sharded in a cluster
                 elif kind == "smessage" or kind == "pmessage":
                     batch.append((msg["channel"], msg["data"]))
                     if len(batch) >= MAX_DISPATCH_BATCH:
                         break
                 elif kind == "message":
-                    hooks.on_user_message(msg["data"])
+                    hooks.on_user_message(msg["channel"], msg["data"])
                 elif kind in _CONFIRMATIONS:
                     self._confirmed(msg["channel"])
                 msg = get(timeout=0)
@@ -369,6 +376,9 @@ class RedisLink(Listening):
             elif now >= next_ping:
                 pubsub.ping()
                 next_ping = now + self.link_check_s
+            if self._then and (self.overdue() or 0.0) > self.command_timeout_s:
+                raise self.redis_mod.exceptions.TimeoutError(
+                    f"SSUBSCRIBE not confirmed in {self.command_timeout_s}s")
             if self._lost_gen != gen:
                 raise self.redis_mod.exceptions.ConnectionError("a command failed: reconnecting")
             if now - last_heard > self.link_timeout_s:

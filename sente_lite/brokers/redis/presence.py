@@ -1,9 +1,13 @@
 """Users across the servers of a :class:`~sente_lite.brokers.redis.broker.RedisBroker`.
 
 Each server keeps a presence entry in Redis (a hash uid -> its connections
-there, expiring unless refreshed) and is listed in a set of servers; sends and
-closes aimed at a user's connections on other servers go through one pubsub
-channel, which every server's link thread reads (:class:`RedisPresence`).
+there, expiring unless refreshed; it counts ``user_count``), writes its connections
+into each of its users' own presence hash (:func:`~sente_lite.brokers.redis.users.user_key`:
+``presence(uid)`` reads that one key) and is listed in a set of servers. Sends and
+closes aimed at a user's connections on other servers go to the user's shard channel,
+which only the servers holding that user listen to
+(:class:`~sente_lite.brokers.redis.users.UserRoutes`; with ``subscription=pattern``: the
+one user channel every server reads, as broadcasts always do) (:class:`RedisPresence`).
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ...errors import BrokerUnavailable
 from ..base import BrokerEvents
 from .link import RedisLink, as_text
+from .users import UserRoutes, user_key, user_shard
 
 log = logging.getLogger("sente_lite.redis")
 
@@ -40,7 +45,7 @@ class RedisPresence:
     :class:`~sente_lite.brokers.base.PresenceBroker` of a RedisBroker."""
 
     def __init__(self, prefix: str, server_id: str, link: RedisLink, user_channel: bytes,
-                 presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S) -> None:
+                 presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S, sharded: bool = True) -> None:
         self.prefix = prefix
         self.server_id = server_id
         self.presence_ttl_s = presence_ttl_s
@@ -49,6 +54,12 @@ class RedisPresence:
         self.events: Optional[BrokerEvents] = None
         self._queued_lock = threading.Lock()
         self._queued = False  # a refresh waits on the link's I/O thread
+        #: the users whose shard channels this server listens to (None: the user channel)
+        self.routes: Optional[UserRoutes] = UserRoutes(prefix, link) if sharded else None
+        self._written: Dict[str, None] = {}  # users whose presence hash names this server
+        self.user_heard = 0  # user messages read from Redis (sends, closes, broadcasts)
+        self.user_unserved = 0  # ... a send or close that reached no connection here
+        self.user_inbound_bytes = 0  # their pubsub channel names and payloads
 
     def _presence_key(self, server_id: str) -> str:
         return f"{self.prefix}:presence:{server_id}"
@@ -63,25 +74,39 @@ class RedisPresence:
     # -- users on other servers ------------------------------------------------------
     def to_user(self, uid: str, json_payload: bytes) -> None:
         """Send one event frame to the connections of ``uid`` on every other server."""
-        self._user_message({"k": "send", "uid": uid, "frame": json_payload.decode("utf-8")})
+        self._user_message({"k": "send", "uid": uid, "frame": json_payload.decode("utf-8")}, uid)
 
     def disconnect_user(self, uid: str, code: int, reason: str) -> None:
         """Close the connections of ``uid`` on every other server."""
-        self._user_message({"k": "disconnect", "uid": uid, "code": code, "reason": reason})
+        self._user_message({"k": "disconnect", "uid": uid, "code": code, "reason": reason}, uid)
 
     def broadcast(self, json_payload: bytes) -> None:
         """Send one event frame to every connection of every other server."""
-        self._user_message({"k": "broadcast", "frame": json_payload.decode("utf-8")})
+        self._user_message({"k": "broadcast", "frame": json_payload.decode("utf-8")}, None)
 
-    def _user_message(self, body: Dict[str, Any]) -> None:
+    def route_user(self, uid: str, ready: Callable[[], None]) -> bool:
+        """Have this server hear the messages sent to ``uid`` (its shard channel; a new
+        connection's upgrade waits for it). True: it does already (or cannot until the
+        link is back), go on; False: ``ready()`` runs once Redis confirmed it (on the
+        link's thread). Always True with ``subscription=pattern`` (one user channel)."""
+        routes = self.routes
+        return True if routes is None else routes.route(uid, ready)
+
+    def _user_message(self, body: Dict[str, Any], uid: Optional[str]) -> None:
         data = user_message(body, self.server_id)
         link = self._link
         if link.down:
             raise BrokerUnavailable(f"the broker (Redis) is unreachable: {link.down_reason}")
-        link.submit(lambda: link.publish_user(self._user_channel, data))
+        if uid is not None and self.routes is not None:
+            shard = user_shard(self.prefix, uid)
+            link.submit(lambda: link.publish_user(shard, data, True))
+        else:
+            link.submit(lambda: link.publish_user(self._user_channel, data))
 
-    def on_user_message(self, data: bytes) -> None:
+    def on_user_message(self, channel: bytes, data: bytes) -> None:
         """A user message read from the subscription (link thread)."""
+        self.user_heard += 1
+        self.user_inbound_bytes += len(channel) + len(data)
         try:
             body = json.loads(data)
         except ValueError:
@@ -92,13 +117,19 @@ class RedisPresence:
         events = self.events
         if events is None:
             return
-        if body.get("k") == "send":
-            events.to_user_here(body["uid"], body["frame"].encode("utf-8"))
-        elif body.get("k") == "broadcast":
+        kind = body.get("k")
+        if kind == "broadcast":
             events.to_all_here(body["frame"].encode("utf-8"))
-        elif body.get("k") == "disconnect":
-            events.disconnect_user_here(body["uid"], int(body["code"]),
-                                        str(body.get("reason", "")))
+            return
+        if kind == "send":
+            reached = events.to_user_here(body["uid"], body["frame"].encode("utf-8"))
+        elif kind == "disconnect":
+            reached = events.disconnect_user_here(body["uid"], int(body["code"]),
+                                                  str(body.get("reason", "")))
+        else:
+            return
+        if not reached:
+            self.user_unserved += 1
 
     # -- this server's entry ---------------------------------------------------------
     def users_changed(self) -> None:
@@ -127,6 +158,27 @@ class RedisPresence:
         pipe.set(self._alive_key(self.server_id), "1", px=int(self.presence_ttl_s * 1000))
         pipe.sadd(self._servers_key(), self.server_id)
         pipe.execute()
+        self._write_users(counts)
+        if self.routes is not None:
+            self.routes.sync(counts)
+
+    def _write_users(self, counts: Dict[str, int]) -> None:
+        """This server's connections in each of its users' presence hash (expiring in
+        ``presence_ttl_s`` unless rewritten); its field dropped from those it left."""
+        link = self._link
+        ttl_ms = int(self.presence_ttl_s * 1000)
+        gone = [uid for uid in self._written if uid not in counts]
+        if not counts and not gone:
+            return
+        pipe = link.redis.pipeline(transaction=False)  # a cluster: one slot per user
+        for uid, n in counts.items():
+            key = user_key(self.prefix, uid)
+            pipe.hset(key, self.server_id, n)
+            pipe.pexpire(key, ttl_ms)
+        for uid in gone:
+            pipe.hdel(user_key(self.prefix, uid), self.server_id)
+        pipe.execute()
+        self._written = dict.fromkeys(counts)
 
     def remove(self) -> None:
         """Delete this server's presence entry now (the server stops); Redis errors are ignored."""
@@ -134,6 +186,7 @@ class RedisPresence:
         try:
             redis.delete(self._presence_key(self.server_id), self._alive_key(self.server_id))
             redis.srem(self._servers_key(), self.server_id)
+            self._write_users({})
         except self._link.redis_mod.RedisError:
             pass
 
@@ -161,13 +214,23 @@ class RedisPresence:
         return [s for s, u, r in zip(servers, users, running) if (r if alive else u)]
 
     def presence(self, uid: str) -> int:
-        """Live connections of ``uid`` on every server (raises BrokerUnavailable while down)."""
+        """Live connections of ``uid`` on every server, from the user's presence hash
+        (a server whose alive key expired counts none: its field is dropped); raises
+        BrokerUnavailable while down."""
         try:
-            servers = self._servers()
-            pipe = self._link.redis.pipeline(transaction=False)
-            for s in servers:
-                pipe.hget(self._presence_key(s), uid)
-            return sum(int(v) for v in pipe.execute() if v is not None)
+            redis = self._link.redis
+            key = user_key(self.prefix, uid)
+            fields = {as_text(s): int(n) for s, n in redis.hgetall(key).items()}
+            if not fields:
+                return 0
+            pipe = redis.pipeline(transaction=False)
+            for s in fields:
+                pipe.exists(self._alive_key(s))
+            alive = dict(zip(fields, pipe.execute()))
+            dead = [s for s, up in alive.items() if not up]
+            if dead:
+                redis.hdel(key, *dead)
+            return sum(n for s, n in fields.items() if alive[s])
         except self._link.redis_mod.RedisError as exc:
             raise BrokerUnavailable(f"presence needs Redis: {exc}") from None
 

@@ -12,9 +12,13 @@ confirmed before the channels are caught up from their streams.
 
 from __future__ import annotations
 
+import logging
 import select
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
+
+log = logging.getLogger("sente_lite.redis")
 
 
 class Listening:
@@ -56,15 +60,18 @@ class Listening:
         except Exception:
             pass
 
-    def publish_user(self, channel: bytes, data: bytes) -> None:
-        """Publish on the user channel (``SPUBLISH`` in a cluster: one slot's node)."""
-        self.redis.execute_command("SPUBLISH" if self.nodes else "PUBLISH", channel, data)
+    def publish_user(self, channel: bytes, data: bytes, shard: bool = False) -> None:
+        """Publish on the user channel (``SPUBLISH`` in a cluster: one slot's node), or
+        on a user's shard channel (``shard``)."""
+        self.redis.execute_command("SPUBLISH" if self.nodes or shard else "PUBLISH", channel, data)
 
     def _init_listening(self) -> None:
         self._shards: Dict[bytes, None] = {}  # shard channels wanted, in order
         self._pubsub: Optional[Any] = None  # the link thread's, once subscribed
         self._sub_lock = threading.Lock()
         self._confirm: Dict[bytes, threading.Event] = {}
+        #: shard channel -> (when sent, callbacks) of :meth:`listen_then` awaiting Redis
+        self._then: Dict[bytes, Tuple[float, List[Callable[[], None]]]] = {}
         self._awaiting = 0  # confirmations due before the link counts as back
         #: ``SSUBSCRIBE`` / ``SUNSUBSCRIBE`` sent (for stats and tests)
         self.shard_subscribes = 0
@@ -90,6 +97,49 @@ class Listening:
         if not confirmed.wait(self.command_timeout_s):
             raise self.redis_mod.exceptions.TimeoutError(
                 f"SSUBSCRIBE not confirmed in {self.command_timeout_s}s")
+
+    def listen_then(self, shard: bytes, confirmed: Callable[[], None]) -> None:
+        """``SSUBSCRIBE`` ``shard`` without waiting (I/O thread): ``confirmed()`` runs once
+        Redis confirmed it (on the link thread), or at once when it already is, or when the
+        link is down or lost meanwhile (it is subscribed again with the others when the
+        link is back)."""
+        with self._sub_lock:
+            waiting = self._then.get(shard)
+            if waiting is not None:
+                waiting[1].append(confirmed)
+                return
+            known = shard in self._shards
+            self._shards[shard] = None
+            pubsub = self._pubsub
+            if not known and pubsub is not None:
+                self._then[shard] = (time.monotonic(), [confirmed])
+                self.shard_subscribes += 1
+                pubsub.ssubscribe(shard)
+                return
+        confirmed()
+
+    def overdue(self) -> Optional[float]:
+        """Seconds the oldest :meth:`listen_then` has waited for Redis (None: none waits)."""
+        with self._sub_lock:
+            if not self._then:
+                return None
+            return time.monotonic() - min(sent for sent, _ in self._then.values())
+
+    def _release_then(self, shard: Optional[bytes] = None) -> None:
+        """Run the callbacks waiting for ``shard`` (None: every one: the link is lost)."""
+        with self._sub_lock:
+            if shard is None:
+                waiting = [cbs for _, cbs in self._then.values()]
+                self._then.clear()
+            else:
+                found = self._then.pop(shard, None)
+                waiting = [] if found is None else [found[1]]
+        for callbacks in waiting:
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a shard subscription callback failed")
 
     def unlisten(self, shard: bytes) -> None:
         """``SUNSUBSCRIBE`` ``shard`` (I/O thread; not waited for)."""
@@ -123,6 +173,7 @@ class Listening:
     def _forget_pubsub(self) -> None:
         with self._sub_lock:
             self._pubsub = None
+        self._release_then()  # nobody waits on a lost link
 
     def _confirmed(self, channel: bytes) -> None:
         """Redis confirmed a subscription (link thread)."""
@@ -134,6 +185,8 @@ class Listening:
                     self.submit(self._relink)
         if event is not None:
             event.set()
+        if self._then:
+            self._release_then(channel)
 
 
 def wait_readable(pubsub: Any, timeout: float) -> bool:

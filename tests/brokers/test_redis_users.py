@@ -1,0 +1,211 @@
+"""User routing on one Redis with sharded subscription: a ``send_to_user`` or
+``disconnect_user`` reaches only the servers holding a connection of that user (its shard
+channel), from a server or a ``Publisher``, with no window after the handshake; a user's
+presence is one key, and a SIGKILLed server's connections vanish from it within
+``presence_ttl_s``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, Callable, List, Tuple
+
+import pytest
+
+from sente_lite import Client, Publisher, Server
+from sente_lite.brokers.redis.broker import RedisBroker
+from sente_lite.brokers.redis.users import user_key, user_shard
+from sente_lite.testing.redis_server import RedisServer
+from support import REPO, WAIT_S, wait_until
+
+redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
+
+#: Short, so the SIGKILL test is quick; the default is 6 s.
+TTL_S = 1.5
+
+
+class Got:
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.items: List[Any] = []
+
+    def __call__(self, data: Any) -> None:
+        with self.cond:
+            self.items.append(data)
+            self.cond.notify_all()
+
+    def wait(self, n: int) -> List[Any]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.items) >= n, WAIT_S), self.items
+            return list(self.items)
+
+
+def _subscribers(redis_srv: RedisServer, uid: str) -> int:
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        return int(client.execute_command("PUBSUB", "SHARDNUMSUB", user_shard("sente-lite", uid))[1])
+    finally:
+        client.close()
+
+
+def _three(redis_srv: RedisServer, make_server: Callable[..., Server],
+           url: str = "") -> Tuple[Server, Server, Server]:
+    servers = tuple(make_server(broker=url or redis_srv.url) for _ in range(3))
+    wait_until(lambda: all(s.channels.healthy for s in servers), what="three links up")
+    return servers  # type: ignore[return-value]
+
+
+def test_a_users_messages_reach_only_the_servers_holding_it(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a, b, c = _three(redis_srv, make_server)
+    got = Got()
+    ann = make_client(b.url, connect=False, client_id="ann")
+    ann.on("app/hi", got)
+    assert ann.wait_connected(WAIT_S)
+    assert _subscribers(redis_srv, "ann") == 1  # b alone listens to ann
+    assert a.send_to_user("ann", "app/hi", 1) == 0  # none on a: all through Redis
+    with Publisher(redis_srv.url) as pub:
+        pub.send_to_user("ann", "app/hi", 2)
+    assert sorted(got.wait(2)) == [1, 2]
+    wait_until(lambda: b.stats()["broker_user_heard"] == 2, what="b read both")
+    for idle in (a, c):  # neither holds ann: nothing for ann came from Redis
+        stats = idle.stats()
+        assert stats["broker_user_heard"] == 0 and stats["broker_user_inbound_bytes"] == 0
+        assert stats["broker_users_listening"] == 0
+    assert b.stats()["broker_users_listening"] == 1
+    ann.close()
+    wait_until(lambda: _subscribers(redis_srv, "ann") == 0, what="b stopped listening to ann")
+    wait_until(lambda: b.stats()["broker_users_listening"] == 0, what="no user listened to")
+
+
+def test_broadcast_still_reaches_every_server(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a, b, c = _three(redis_srv, make_server)
+    got_b, got_c = Got(), Got()
+    for srv, got in ((b, got_b), (c, got_c)):
+        cl = make_client(srv.url, connect=False)
+        cl.on("app/all", got)
+        assert cl.wait_connected(WAIT_S)
+    a.broadcast("app/all", 7)
+    assert got_b.wait(1) == [7] and got_c.wait(1) == [7]
+
+
+def test_disconnect_user_closes_it_on_another_server(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a, b, c = _three(redis_srv, make_server)
+    closed: List[int] = []
+    b.on_disconnect(lambda conn, code, reason: closed.append(code))
+    make_client(b.url, client_id="bob")
+    assert a.disconnect_user("bob", 4001, "bye") == 0
+    wait_until(lambda: closed == [4001], what="bob closed on b")
+    assert c.stats()["broker_user_heard"] == 0
+
+
+@pytest.mark.parametrize("face", ["threaded", "asgi"])
+def test_a_send_right_after_the_handshake_arrives(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client], face: str) -> None:
+    """Each new user's upgrade is answered once its shard channel is subscribed: a send
+    from another server made as soon as the client is connected is never lost."""
+    a = make_server(broker=redis_srv.url)
+    if face == "threaded":
+        b_url, b_stats = _threaded(make_server, redis_srv)
+    else:
+        b_url, b_stats, stop = _asgi(redis_srv)
+    try:
+        wait_until(lambda: a.channels.healthy and b_stats()["broker_up"], what="links up")
+        rounds = 25
+        for i in range(rounds):
+            got = Got()
+            cl = make_client(b_url, connect=False, client_id=f"nw-{i}")
+            cl.on("app/now", got)
+            assert cl.wait_connected(WAIT_S)
+            a.send_to_user(f"nw-{i}", "app/now", i)
+            assert got.wait(1) == [i]
+            cl.close()
+        assert b_stats()["broker_user_routes_waited"] >= rounds
+    finally:
+        if face == "asgi":
+            stop()
+
+
+def _threaded(make_server: Callable[..., Server], redis_srv: RedisServer) -> Tuple[str, Any]:
+    b = make_server(broker=redis_srv.url)
+    return b.url, b.stats
+
+
+def _asgi(redis_srv: RedisServer) -> Tuple[str, Any, Any]:
+    pytest.importorskip("uvicorn", reason="the ASGI face runs under uvicorn")
+    import contextlib
+
+    from sente_lite import App
+    from support import serving
+
+    app = App(broker=redis_srv.url)
+    stack = contextlib.ExitStack()
+    base = stack.enter_context(serving(app))
+    return base.replace("http://", "ws://", 1) + "/chsk", app.stats, stack.close
+
+
+CHILD = textwrap.dedent("""
+    import sys, time
+    from sente_lite import Client, Server
+    from sente_lite.brokers.redis.broker import RedisBroker
+    srv = Server("127.0.0.1", 0, broker=RedisBroker(sys.argv[1], presence_ttl_s=float(sys.argv[2]))).start()
+    while srv.channels.health()["broker-status"] != "up":
+        time.sleep(0.01)
+    c = Client(srv.url, client_id="gone")
+    assert c.wait_connected(10)
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_sigkilled_servers_users_vanish_from_presence_within_the_ttl(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    srv = make_server(broker=RedisBroker(redis_srv.url, presence_ttl_s=TTL_S))
+    wait_until(lambda: srv.channels.healthy, what="the link up")
+    make_client(srv.url, client_id="gone")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-c", CHILD, redis_srv.url, str(TTL_S)], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        wait_until(lambda: srv.presence("gone") == 2, what="both servers' connections")
+        fields = redis.Redis.from_url(redis_srv.url).hgetall(user_key("sente-lite", "gone"))
+        assert len(fields) == 2  # one key per user: a field per server holding it
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT_S)
+        killed = time.monotonic()
+        wait_until(lambda: srv.presence("gone") == 1, timeout=TTL_S + 2, what="the dead server's gone")
+        assert time.monotonic() - killed <= TTL_S + 0.5
+        time.sleep(TTL_S)  # longer than the ttl: the live server's field is rewritten, not expired
+        assert srv.presence("gone") == 1
+    finally:
+        child.kill()
+        child.wait(WAIT_S)
+        if child.stdout is not None:
+            child.stdout.close()
+
+
+def test_pattern_subscription_keeps_the_one_user_channel(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a, b, c = _three(redis_srv, make_server, f"{redis_srv.url}?subscription=pattern")
+    got = Got()
+    ann = make_client(b.url, connect=False, client_id="ann")
+    ann.on("app/hi", got)
+    assert ann.wait_connected(WAIT_S)
+    a.send_to_user("ann", "app/hi", 1)
+    assert got.wait(1) == [1]
+    wait_until(lambda: c.stats()["broker_user_heard"] == 1, what="every server reads it")
+    assert c.stats()["broker_user_unserved"] == 1 and _subscribers(redis_srv, "ann") == 0
