@@ -11,6 +11,14 @@ channel), medians over ``--runs`` runs, alternated. Every client checks that it 
 message of its channels (0 loss). The machine is shared and noisy: compare the two
 designs within one run, not figures across machines.
 
+Users, on the same servers: ``--users`` (10) users connected to each server (one
+connection each, a uid of its own); the ``Publisher`` sends ``--per-user`` (10)
+``send_to_user`` to every user of every server. Per server it prints the user messages it
+read from Redis against those for its own users (sharded: each user's shard channel, heard
+by its server only; pattern: the one user channel every server reads), and the median time
+from opening a user's connection to its handshake (sharded: the upgrade waits for the
+user's ``SSUBSCRIBE``), each checked for 0 loss.
+
 ``--cluster``: latency across 2 servers on a local Redis Cluster instead, publishers on
 one and subscribers on the other, side by side with one redis-server
 (:mod:`sente_lite.bench.cluster_p99`; ``--publishers``, ``--subscribers``, ``--rate``,
@@ -40,9 +48,10 @@ def _wait(cond: Any, what: str) -> None:
         time.sleep(0.01)
 
 
-def one_run(url: str, subscription: str, servers: int, channels: int,
-            per_channel: int) -> List[Dict[str, float]]:
-    """Per server: messages and bytes received from Redis, and messages it serves."""
+def one_run(url: str, subscription: str, servers: int, channels: int, per_channel: int,
+            users: int = 0, per_user: int = 0) -> List[Dict[str, float]]:
+    """Per server: messages and bytes received from Redis, and messages it serves; with
+    ``users``, the same for user messages (:func:`user_run`)."""
     broker = f"{url}?subscription={subscription}"
     srvs = [Server(port=0, broker=broker) for _ in range(servers)]
     clients: List[Client] = []
@@ -87,6 +96,10 @@ def one_run(url: str, subscription: str, servers: int, channels: int,
                     - b["broker_heard"] - b["broker_unserved"])
             out.append({"served": served, "inbound": msgs,
                         "bytes": st["broker_inbound_bytes"] - b["broker_inbound_bytes"]})
+        if users:
+            for row, user_row in zip(out, user_run(broker, subscription, srvs, clients, users,
+                                                   per_user)):
+                row.update(user_row)
         return out
     finally:
         for client in clients:
@@ -95,12 +108,72 @@ def one_run(url: str, subscription: str, servers: int, channels: int,
             srv.stop()
 
 
+def user_run(broker: str, subscription: str, srvs: List[Server], clients: List[Client],
+             users: int, per_user: int) -> List[Dict[str, float]]:
+    """``users`` users on each server (their clients added to ``clients``), ``per_user``
+    sends to each from a Publisher: per server the user messages read from Redis, those
+    for its users, their bytes, and the median ms from a connection's start to its
+    handshake."""
+    got = [0] * len(srvs)
+    lock = threading.Lock()
+    connect_ms: List[List[float]] = [[] for _ in srvs]
+    uids = [[f"s{i}-u{j}" for j in range(users)] for i in range(len(srvs))]
+    for i, srv in enumerate(srvs):
+        for uid in uids[i]:
+            start = time.perf_counter()
+            client = Client(srv.url, client_id=uid)
+            clients.append(client)
+
+            def on_msg(data: Any, i: int = i) -> None:
+                with lock:
+                    got[i] += 1
+            client.on("bench/u", on_msg)
+            if not client.wait_connected(WAIT_S):
+                raise RuntimeError(f"{uid} did not connect")
+            connect_ms[i].append((time.perf_counter() - start) * 1000)
+    before = [s.stats() for s in srvs]
+    with Publisher(broker) as pub:
+        for _ in range(per_user):
+            for row in uids:
+                for uid in row:
+                    pub.send_to_user(uid, "bench/u", 1)
+    served = users * per_user
+    _wait(lambda: all(g == served for g in got), "every user message at its user")
+
+    def heard(srv: Server, was: Dict[str, Any]) -> int:
+        return int(srv.stats()["broker_user_heard"] - was["broker_user_heard"])
+    expected = served * (len(srvs) if subscription == "pattern" else 1)
+    _wait(lambda: all(heard(s, b) >= expected for s, b in zip(srvs, before)), "every read")
+    return [{"user_served": served, "user_inbound": heard(s, b),
+             "user_bytes": s.stats()["broker_user_inbound_bytes"] - b["broker_user_inbound_bytes"],
+             "connect_ms": statistics.median(ms)}
+            for s, b, ms in zip(srvs, before, connect_ms)]
+
+
+def _print_users(figures: Dict[str, List[List[Dict[str, float]]]], servers: int) -> None:
+    print("user messages (send_to_user from a Publisher) and connect time (open to handshake)")
+    print(f"{'server':>6} {'served':>7} | {'sharded msgs':>12} {'ratio':>6} {'bytes':>9} "
+          f"{'conn ms':>7} | {'pattern msgs':>12} {'ratio':>6} {'bytes':>9} {'conn ms':>7}")
+    for i in range(servers):
+        cells = []
+        for design in ("sharded", "pattern"):
+            msgs = statistics.median(run[i]["user_inbound"] for run in figures[design])
+            size = statistics.median(run[i]["user_bytes"] for run in figures[design])
+            conn = statistics.median(run[i]["connect_ms"] for run in figures[design])
+            served = figures[design][0][i]["user_served"]
+            cells.append(f"{msgs:>12.0f} {msgs / served:>6.2f} {size:>9.0f} {conn:>7.2f}")
+        print(f"{i:>6} {figures['sharded'][0][i]['user_served']:>7.0f} | "
+              f"{cells[0]} | {cells[1]}")
+
+
 def main(argv: Any = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--servers", type=int, default=4)
     ap.add_argument("--channels", type=int, default=100)
     ap.add_argument("--per-channel", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--users", type=int, default=10, help="users connected to each server (0: none)")
+    ap.add_argument("--per-user", type=int, default=10, help="send_to_user to each user")
     ap.add_argument("--cluster", action="store_true",
                     help="p99 across 2 servers on a local Redis Cluster beside one redis-server")
     ap.add_argument("--publishers", type=int, default=20, help="--cluster: publishing connections")
@@ -121,7 +194,8 @@ def main(argv: Any = None) -> None:
         for _ in range(args.runs):
             for design in ("sharded", "pattern"):
                 figures[design].append(one_run(redis_srv.url, design, args.servers,
-                                               args.channels, args.per_channel))
+                                               args.channels, args.per_channel,
+                                               args.users, args.per_user))
     print(f"{args.servers} servers, {args.channels} channels each, {args.per_channel} messages "
           f"per channel, median of {args.runs} runs (shared, noisy machine; 0 loss checked)")
     print(f"{'server':>6} {'served':>7} | {'sharded msgs':>12} {'ratio':>6} {'bytes':>9} | "
@@ -136,6 +210,8 @@ def main(argv: Any = None) -> None:
         print(f"{i:>6} {figures['sharded'][0][i]['served']:>7} | "
               f"{row[0][0]:>12.0f} {row[0][1]:>6.2f} {row[0][2]:>9.0f} | "
               f"{row[1][0]:>12.0f} {row[1][1]:>6.2f} {row[1][2]:>9.0f}")
+    if args.users:
+        _print_users(figures, args.servers)
 
 
 if __name__ == "__main__":

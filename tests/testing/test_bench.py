@@ -150,3 +150,19 @@ def test_tiny_run_of_both_faces_beside_socketio_asgi(tmp_path: Path, driver: str
     printed = capsys.readouterr().out
     assert "asgi / threaded: p50 x" in printed and "asgi / socketio_asgi: p50 x" in printed
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("subscription, ratio", [("sharded", 1), ("pattern", 3)])
+def test_the_sharded_bench_counts_each_servers_user_messages(subscription: str, ratio: int) -> None:
+    """A tiny run of bench.sharded's user part: sharded, each server reads only its own
+    users' messages; pattern, every server reads every one."""
+    pytest.importorskip("redis", reason="redis-py is not installed")
+    from sente_lite.bench import sharded
+    from sente_lite.testing.redis_server import RedisServer, require_redis_server
+
+    require_redis_server()
+    with RedisServer() as redis_srv:
+        rows = sharded.one_run(redis_srv.url, subscription, 3, 1, 1, users=2, per_user=2)
+    assert [r["user_served"] for r in rows] == [4, 4, 4]
+    assert [r["user_inbound"] for r in rows] == [4 * ratio] * 3
+    assert all(r["connect_ms"] > 0 and r["user_bytes"] > 0 for r in rows)
