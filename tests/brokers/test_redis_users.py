@@ -209,3 +209,63 @@ def test_pattern_subscription_keeps_the_one_user_channel(
     assert got.wait(1) == [1]
     wait_until(lambda: c.stats()["broker_user_heard"] == 1, what="every server reads it")
     assert c.stats()["broker_user_unserved"] == 1 and _subscribers(redis_srv, "ann") == 0
+
+
+def test_an_upgrade_is_not_held_while_redis_is_down_and_its_user_is_routed_once_back(
+        redis_srv: RedisServer, make_server: Callable[..., Server],
+        make_client: Callable[..., Client]) -> None:
+    a = make_server(broker=redis_srv.url)
+    b = make_server(broker=redis_srv.url)
+    wait_until(lambda: a.channels.healthy and b.channels.healthy, what="both links up")
+    redis_srv.kill()
+    wait_until(lambda: not a.channels.healthy and not b.channels.healthy, what="links down")
+    got = Got()
+    started = time.monotonic()
+    cl = make_client(b.url, connect=False, client_id="early")
+    cl.on("app/hi", got)
+    assert cl.wait_connected(WAIT_S)
+    assert time.monotonic() - started < 2.0  # answered at once, not after handshake_timeout
+    redis_srv.start()
+    wait_until(lambda: a.channels.healthy and b.channels.healthy, what="links back")
+    wait_until(lambda: _subscribers(redis_srv, "early") == 1, what="its shard channel, once back")
+    a.send_to_user("early", "app/hi", 1)
+    assert got.wait(1) == [1]
+
+
+class FakeLink:
+    """What UserRoutes uses of a RedisLink: ops run at once, subscriptions confirmed at once."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.listened: List[bytes] = []
+        self.unlistened: List[bytes] = []
+
+    def submit(self, op: Callable[[], None]) -> None:
+        op()
+
+    def listen_then(self, shard: bytes, confirmed: Callable[[], None]) -> None:
+        self.listened.append(shard)
+        confirmed()
+
+    def unlisten(self, shard: bytes) -> None:
+        self.unlistened.append(shard)
+
+
+def test_a_routed_upgrade_that_never_opens_is_forgotten_after_the_hold(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sente_lite.brokers.redis import users
+
+    link = FakeLink()
+    routes = users.UserRoutes("p", link)  # type: ignore[arg-type]
+    answered: List[str] = []
+    assert routes.route("ann", lambda: answered.append("ann")) is False  # answered once confirmed
+    assert answered == ["ann"] and link.listened == [users.user_shard("p", "ann")]
+    assert routes.route("ann", lambda: answered.append("again")) is True  # routed already
+    routes.sync({})  # not connected yet, but held by its upgrade
+    assert link.unlistened == [] and routes.listened() == 1
+    now = time.monotonic()
+    monkeypatch.setattr(users.time, "monotonic", lambda: now + users.ROUTE_HOLD_S + 1)
+    routes.sync({})
+    assert link.unlistened == [users.user_shard("p", "ann")] and routes.listened() == 0
+    routes.sync({"bob": 1})  # a connection that was not routed (no upgrade) is listened to
+    assert link.listened[-1] == users.user_shard("p", "bob") and routes.listened() == 1
