@@ -269,3 +269,48 @@ def test_a_routed_upgrade_that_never_opens_is_forgotten_after_the_hold(
     assert link.unlistened == [users.user_shard("p", "ann")] and routes.listened() == 0
     routes.sync({"bob": 1})  # a connection that was not routed (no upgrade) is listened to
     assert link.listened[-1] == users.user_shard("p", "bob") and routes.listened() == 1
+
+
+class Recording:
+    """A redis-py client and pipeline that record the commands they are given."""
+
+    def __init__(self) -> None:
+        self.calls: List[Tuple[str, str]] = []
+
+    def pipeline(self, transaction: bool = True) -> "Recording":
+        return self
+
+    def hset(self, key: str, field: str, value: int) -> None:
+        self.calls.append(("hset", key))
+
+    def pexpire(self, key: str, ms: int) -> None:
+        self.calls.append(("pexpire", key))
+
+    def hdel(self, key: str, *fields: str) -> None:
+        self.calls.append(("hdel", key))
+
+    def execute(self) -> List[Any]:
+        return []
+
+    def take(self, command: str) -> List[str]:
+        found = sorted(k for c, k in self.calls if c == command)
+        self.calls = []
+        return found
+
+
+def test_a_change_rewrites_only_that_users_field_and_every_one_when_due() -> None:
+    from sente_lite.brokers.redis.presence import RedisPresence
+
+    link = FakeLink()
+    link.redis = Recording()  # type: ignore[attr-defined]
+    presence = RedisPresence("p", "s1", link, b"p:user", TTL_S)  # type: ignore[arg-type]
+    key = lambda uid: user_key("p", uid)  # noqa: E731
+    presence._write_users({"a": 1, "b": 1})
+    assert link.redis.take("hset") == [key("a"), key("b")]  # type: ignore[attr-defined]
+    presence._write_users({"a": 1, "b": 2, "c": 1})
+    assert link.redis.take("hset") == [key("b"), key("c")]  # type: ignore[attr-defined]
+    presence._write_users({"a": 1})
+    assert link.redis.take("hdel") == [key("b"), key("c")]  # type: ignore[attr-defined]
+    presence._rewrite_all = True  # what expiry_due sets, every third of presence_ttl_s
+    presence._write_users({"a": 1})
+    assert link.redis.take("pexpire") == [key("a")]  # type: ignore[attr-defined]

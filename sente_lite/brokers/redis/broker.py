@@ -90,7 +90,7 @@ class _Hooks(LinkHooks):
         return self._broker._channels.catch_up()
 
     def relinked(self) -> None:
-        self._broker._presence.refresh()
+        self._broker._presence.expiry_due()
         self._broker._channel_presence.refresh()
 
     def link_down(self) -> None:
@@ -108,7 +108,7 @@ class _Hooks(LinkHooks):
         self._broker._presence.on_user_message(channel, data)
 
     def refresh_due(self) -> None:
-        self._broker._presence.users_changed()
+        self._broker._presence.expiry_due()
         self._broker._link.submit(self._broker._channel_presence.refresh)
 
     def command_failed(self, exc: BaseException) -> None:

@@ -56,7 +56,8 @@ class RedisPresence:
         self._queued = False  # a refresh waits on the link's I/O thread
         #: the users whose shard channels this server listens to (None: the user channel)
         self.routes: Optional[UserRoutes] = UserRoutes(prefix, link) if sharded else None
-        self._written: Dict[str, None] = {}  # users whose presence hash names this server
+        self._written: Dict[str, int] = {}  # user -> connections its presence hash has for us
+        self._rewrite_all = True  # the next refresh rewrites every user's field (expiry)
         self.user_heard = 0  # user messages read from Redis (sends, closes, broadcasts)
         self.user_unserved = 0  # ... a send or close that reached no connection here
         self.user_inbound_bytes = 0  # their pubsub channel names and payloads
@@ -132,6 +133,12 @@ class RedisPresence:
             self.user_unserved += 1
 
     # -- this server's entry ---------------------------------------------------------
+    def expiry_due(self) -> None:
+        """Every third of ``presence_ttl_s``, and after a reconnect: rewrite this server's
+        field in every user's presence hash (they expire), not only the changed ones."""
+        self._rewrite_all = True
+        self.users_changed()
+
     def users_changed(self) -> None:
         """The local users changed: refresh this server's presence entry soon."""
         with self._queued_lock:
@@ -164,21 +171,26 @@ class RedisPresence:
 
     def _write_users(self, counts: Dict[str, int]) -> None:
         """This server's connections in each of its users' presence hash (expiring in
-        ``presence_ttl_s`` unless rewritten); its field dropped from those it left."""
+        ``presence_ttl_s`` unless rewritten): the changed ones, or every one when due; its
+        field dropped from those it left."""
         link = self._link
         ttl_ms = int(self.presence_ttl_s * 1000)
-        gone = [uid for uid in self._written if uid not in counts]
-        if not counts and not gone:
+        written = self._written
+        full, self._rewrite_all = self._rewrite_all, False
+        changed = (list(counts.items()) if full else
+                   [(uid, n) for uid, n in counts.items() if written.get(uid) != n])
+        gone = [uid for uid in written if uid not in counts]
+        if not changed and not gone:
             return
         pipe = link.redis.pipeline(transaction=False)  # a cluster: one slot per user
-        for uid, n in counts.items():
+        for uid, n in changed:
             key = user_key(self.prefix, uid)
             pipe.hset(key, self.server_id, n)
             pipe.pexpire(key, ttl_ms)
         for uid in gone:
             pipe.hdel(user_key(self.prefix, uid), self.server_id)
         pipe.execute()
-        self._written = dict.fromkeys(counts)
+        self._written = dict(counts)
 
     def remove(self) -> None:
         """Delete this server's presence entry now (the server stops); Redis errors are ignored."""
