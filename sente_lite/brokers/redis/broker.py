@@ -38,7 +38,7 @@ from .channels import (DEFAULT_CHANNEL_TTL_S, MAX_PENDING_PER_CHANNEL, MAX_SUBSC
 from .space import entry_of
 from .link import (DEFAULT_COMMAND_TIMEOUT_S, DEFAULT_CONNECT_TIMEOUT_S, DEFAULT_LINK_CHECK_S,
                    DEFAULT_LINK_TIMEOUT_S, DEFAULT_RECONNECT_BASE_S, DEFAULT_RECONNECT_MAX_S,
-                   MAX_DISPATCH_BATCH, MAX_PUBLISH_BATCH, LinkHooks, RedisLink, import_redis)
+                   DEFAULT_START_WAIT_S, MAX_DISPATCH_BATCH, MAX_PUBLISH_BATCH, LinkHooks, RedisLink, import_redis)
 from ..publish_ids import DEFAULT_PUBLISH_IDS_MAX, DEFAULT_PUBLISH_IDS_PER_PUBLISHER
 from . import presence as redis_presence
 from .presence import DEFAULT_PRESENCE_TTL_S, RedisPresence
@@ -200,8 +200,12 @@ class RedisBroker:
                  presence_ttl_s: float = DEFAULT_PRESENCE_TTL_S,
                  max_replay_per_subscribe: int = DEFAULT_MAX_REPLAY_PER_SUBSCRIBE,
                  subscription: Optional[str] = None,
-                 replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS) -> None:
+                 replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
+                 start_wait_s: float = DEFAULT_START_WAIT_S) -> None:
         import_redis()
+        if not start_wait_s >= 0:
+            raise ValueError(f"start_wait_s must be >= 0 (0: no wait), got {start_wait_s!r}")
+        self._start_wait_s = start_wait_s
         check_replica_ack_timeout(replica_ack_timeout_ms)
         parsed = parse_broker_url(url, subscription)
         if parsed.nodes is not None and cluster_client_problem() is not None:
@@ -245,12 +249,18 @@ class RedisBroker:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
-        """Serve the node behind ``events``; start the two threads (the link comes up in
-        the background: ``healthy``)."""
+        """Serve the node behind ``events``; start the two threads and wait up to
+        ``start_wait_s`` for the link to come up (``healthy``), so the server's first
+        clients' publishes are not refused only because it just started. Past that wait
+        it goes on, logged: the link keeps trying in the background."""
         self._channels.events = events
         self._presence.events = events
         self._channels.dispatch = dispatch
         self._link.start()
+        if self._start_wait_s and not self._link.wait_first_up(self._start_wait_s):
+            log.warning("Redis link not up %.1fs after start (start_wait_s; %s): serving "
+                        "anyway, publishes are answered 'unavailable' until it is",
+                        self._start_wait_s, self._link.down_reason)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Remove this server's presence, stop both threads, close the connections."""
@@ -446,5 +456,5 @@ class RedisBroker:
 __all__ = ["RedisBroker", "PUBLISH_SCRIPT", "SYNC_SCRIPT", "DEFAULT_PREFIX",
            "DEFAULT_CHANNEL_TTL_S", "DEFAULT_CONNECT_TIMEOUT_S", "DEFAULT_COMMAND_TIMEOUT_S",
            "DEFAULT_LINK_CHECK_S", "DEFAULT_LINK_TIMEOUT_S", "DEFAULT_RECONNECT_BASE_S",
-           "DEFAULT_RECONNECT_MAX_S", "DEFAULT_PRESENCE_TTL_S", "MAX_PUBLISH_BATCH", "MAX_DISPATCH_BATCH",
+           "DEFAULT_RECONNECT_MAX_S", "DEFAULT_START_WAIT_S", "DEFAULT_PRESENCE_TTL_S", "MAX_PUBLISH_BATCH", "MAX_DISPATCH_BATCH",
            "MAX_PENDING_PER_CHANNEL", "MAX_SUBSCRIBE_TRIES", "REPLICA_ACK_LANES"]

@@ -33,6 +33,10 @@ DEFAULT_LINK_TIMEOUT_S = 2.0
 #: Reconnect delay: random(0, min(max, base * 2**attempt)) seconds.
 DEFAULT_RECONNECT_BASE_S = 0.1
 DEFAULT_RECONNECT_MAX_S = 2.0
+#: Seconds a broker's ``start`` waits for its first link to Redis (0: not at all), so a
+#: server starting to listen can take publishes at once; past it, the server serves
+#: degraded (publishes answered ``unavailable``) until the link is up, and says so.
+DEFAULT_START_WAIT_S = 2.0
 #: Publishes sent to Redis in one pipeline at most.
 MAX_PUBLISH_BATCH = 256
 #: Live messages read from the subscription and handed to the network thread in one go, at most.
@@ -149,6 +153,7 @@ class RedisLink(Listening):
         self.down = True
         self.down_since = time.monotonic()
         self.down_reason = "not connected yet"
+        self._first_up = threading.Event()  # set once the link first came up
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._lost_gen = 0  # bumped by every failure: the link thread then reconnects
@@ -165,6 +170,10 @@ class RedisLink(Listening):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
+
+    def wait_first_up(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the link's first coming up; True once it did."""
+        return self._first_up.wait(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -284,6 +293,7 @@ class RedisLink(Listening):
         caught_up = self._hooks.catch_up()
         was_down_s = time.monotonic() - self.down_since
         self.down = False
+        self._first_up.set()
         self.links += 1
         if self.watch is not None:
             self.watch.clear()
