@@ -141,6 +141,29 @@ def _replication_stats(replicated: Optional[ReplicatedPublishes]) -> Dict[str, i
             "broker_publish_lane_waits": replicated.lane_waits if replicated else 0}
 
 
+def _check_settings(history_size: Any, history_ttl_s: float, publish_dedup_s: float,
+                    prefix: str, start_wait_s: float) -> None:
+    """ValueError naming the first of these :class:`RedisBroker` settings that is wrong."""
+    if not isinstance(history_size, int) or history_size < 0:
+        raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
+    if not publish_dedup_s >= history_ttl_s > 0:
+        raise ValueError("need publish_dedup_s >= history_ttl_s > 0")
+    if not prefix or any(not (c.isalnum() or c in "_.-:") for c in prefix):
+        raise ValueError(f"prefix must be letters, digits and _.-: only, got {prefix!r}")
+    if not start_wait_s >= 0:
+        raise ValueError(f"start_wait_s must be >= 0 (0: no wait), got {start_wait_s!r}")
+
+
+def _wait_first_up(link: RedisLink, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds (``start_wait_s``) for the link's first coming up;
+    True once it did. Logs a WARNING when it did not."""
+    if not timeout or link.first_up.wait(timeout):
+        return link.first_up.is_set()
+    log.warning("Redis link not up %.1fs after start (start_wait_s; %s): serving anyway, "
+                "publishes are answered 'unavailable' until it is", timeout, link.down_reason)
+    return False
+
+
 class RedisBroker:
     """A :class:`~sente_lite.brokers.base.Broker` whose channels live in Redis (see the module).
 
@@ -203,20 +226,13 @@ class RedisBroker:
                  replica_ack_timeout_ms: int = DEFAULT_REPLICA_ACK_TIMEOUT_MS,
                  start_wait_s: float = DEFAULT_START_WAIT_S) -> None:
         import_redis()
-        if not start_wait_s >= 0:
-            raise ValueError(f"start_wait_s must be >= 0 (0: no wait), got {start_wait_s!r}")
+        _check_settings(history_size, history_ttl_s, publish_dedup_s, prefix, start_wait_s)
         self._start_wait_s = start_wait_s
         check_replica_ack_timeout(replica_ack_timeout_ms)
         parsed = parse_broker_url(url, subscription)
         if parsed.nodes is not None and cluster_client_problem() is not None:
             raise RuntimeError(cluster_client_problem())
         self.subscription = parsed.subscription
-        if not isinstance(history_size, int) or history_size < 0:
-            raise ValueError(f"history_size must be an int >= 0 (0: off), got {history_size!r}")
-        if not publish_dedup_s >= history_ttl_s > 0:
-            raise ValueError("need publish_dedup_s >= history_ttl_s > 0")
-        if not prefix or any(not (c.isalnum() or c in "_.-:") for c in prefix):
-            raise ValueError(f"prefix must be letters, digits and _.-: only, got {prefix!r}")
         self.server_id = server_id or uuid.uuid4().hex[:16]  # names its epochs and its presence
         self.prefix = prefix
         counters = counters if counters is not None else Counters()
@@ -249,18 +265,14 @@ class RedisBroker:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, events: BrokerEvents, dispatch: Optional[Dispatch] = None) -> None:
-        """Serve the node behind ``events``; start the two threads and wait up to
-        ``start_wait_s`` for the link to come up (``healthy``), so the server's first
-        clients' publishes are not refused only because it just started. Past that wait
-        it goes on, logged: the link keeps trying in the background."""
+        """Serve the node behind ``events``; start the two threads, then wait up to
+        ``start_wait_s`` for the link (``healthy``): the first clients' publishes are not
+        refused only because the server just started."""
         self._channels.events = events
         self._presence.events = events
         self._channels.dispatch = dispatch
         self._link.start()
-        if self._start_wait_s and not self._link.wait_first_up(self._start_wait_s):
-            log.warning("Redis link not up %.1fs after start (start_wait_s; %s): serving "
-                        "anyway, publishes are answered 'unavailable' until it is",
-                        self._start_wait_s, self._link.down_reason)
+        _wait_first_up(self._link, self._start_wait_s)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Remove this server's presence, stop both threads, close the connections."""

@@ -153,7 +153,7 @@ class RedisLink(Listening):
         self.down = True
         self.down_since = time.monotonic()
         self.down_reason = "not connected yet"
-        self._first_up = threading.Event()  # set once the link first came up
+        self.first_up = threading.Event()  # set once the link first came up
         self._stop = threading.Event()
         self._threads: List[threading.Thread] = []
         self._lost_gen = 0  # bumped by every failure: the link thread then reconnects
@@ -170,10 +170,6 @@ class RedisLink(Listening):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-
-    def wait_first_up(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for the link's first coming up; True once it did."""
-        return self._first_up.wait(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -293,7 +289,7 @@ class RedisLink(Listening):
         caught_up = self._hooks.catch_up()
         was_down_s = time.monotonic() - self.down_since
         self.down = False
-        self._first_up.set()
+        self.first_up.set()
         self.links += 1
         if self.watch is not None:
             self.watch.clear()
