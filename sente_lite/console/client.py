@@ -74,7 +74,10 @@ class WsClientTransport:
 
     def __init__(self, url: str, token: Optional[str] = None, timeout: float = 5.0) -> None:
         self.messages: "queue.Queue[Dict[str, Any]]" = queue.Queue()
-        self.client = Client(url, token=token, auto_reconnect=False, start=False)
+        # an operator's answers come as events, a few per request: read each at once (read
+        # coalescing batches a stream's reads, and would hold every answer after the first)
+        self.client = Client(url, token=token, auto_reconnect=False, start=False,
+                             read_coalesce_ms=0)
         self.client.on(WS_EVENT, lambda data: self.messages.put(data) if isinstance(data, dict) else None)
         self.client.start()
         if not self.client.wait_connected(timeout):
