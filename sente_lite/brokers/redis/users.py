@@ -84,11 +84,11 @@ class UserRoutes:
                 return True
             self._state[uid] = [ready]
             self.routed_later += 1
-        self._link.submit(lambda: self._listen(uid))
+        self._listen(uid)  # here: one thread hop less before the upgrade is answered
         return False
 
     def _listen(self, uid: str) -> None:
-        """``SSUBSCRIBE`` the shard channel of ``uid`` (I/O thread)."""
+        """``SSUBSCRIBE`` the shard channel of ``uid`` (any thread; never under the lock)."""
         with self._lock:
             if uid not in self._state:
                 return  # left before its turn
@@ -119,12 +119,11 @@ class UserRoutes:
                 self._state[uid] = []
             gone = [u for u, s in self._state.items()
                     if s is None and u not in counts and u not in holds]
-            for uid in gone:
+            for uid in gone:  # under the lock: a route() of that uid subscribes after it
                 del self._state[uid]
+                self._link.unlisten(user_shard(self._prefix, uid))
         for uid in new:
             self._listen(uid)
-        for uid in gone:
-            self._link.unlisten(user_shard(self._prefix, uid))
 
     def listened(self) -> int:
         """How many users' shard channels this server listens to (or waits for)."""
