@@ -14,6 +14,7 @@ import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 from .child import Delivery
+from .evidence import proc_stat_fields
 
 #: Figure: share (%) of all CPUs' time busy during a scenario's load (:func:`cpu_load`).
 FIG_MACHINE_BUSY = "machine_cpu_busy_pct"
@@ -171,11 +172,10 @@ def cpu_load(before: Optional[CpuReading], after: Optional[CpuReading]) -> Dict[
 
 def proc_cpu_s(pid: int) -> Optional[float]:
     """CPU seconds (user + system) ``pid`` used so far; None when it cannot be read."""
+    fields = proc_stat_fields(pid)
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else None
+    except (ValueError, IndexError):
         return None
 
 

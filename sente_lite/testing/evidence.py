@@ -122,7 +122,7 @@ def injected_faults(events: Iterable[Dict[str, Any]]) -> int:
 
 # -- what run_all_tests.py measures after each scenario ------------------------------------
 
-def _stat(pid: int) -> Optional[List[str]]:
+def proc_stat_fields(pid: int) -> Optional[List[str]]:
     """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -140,7 +140,7 @@ def left_processes(parent: int, session: int) -> List[Dict[str, Any]]:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) == parent:
             continue
-        fields = _stat(int(name))
+        fields = proc_stat_fields(int(name))
         if fields is None or len(fields) < 4:
             continue
         if int(fields[1]) == parent or int(fields[3]) == session:

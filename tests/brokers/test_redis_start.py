@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from typing import Callable
 
@@ -14,6 +13,7 @@ import pytest
 
 from sente_lite import Client, Server
 from sente_lite.testing.redis_server import RedisServer
+from support import free_port
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
 
@@ -38,12 +38,6 @@ def test_the_asgi_face_starts_once_its_link_is_up(redis_srv: RedisServer) -> Non
             assert app.channels.healthy, "App.start returned before the link to Redis was up"
 
     asyncio.run(main())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_without_redis_start_waits_start_wait_s_then_serves_degraded_and_says_so(
