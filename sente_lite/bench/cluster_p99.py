@@ -118,6 +118,11 @@ def report(wl: fanout.Workload, figures: Dict[str, List[Dict[str, float]]]) -> L
            for name, rows in figures.items()}
     for key in FIGURES:
         lines.append(f"{key:>13} | {med['cluster'][key]:>10.2f} | {med['one redis'][key]:>10.2f}")
+    for name, rows in figures.items():
+        within = sum(r["p99_ms"] <= P99_TARGET_MS for r in rows)
+        lines.append(f"{name} p99 per run (ms): "
+                     + ", ".join(f"{r['p99_ms']:.2f}" for r in rows)
+                     + f" ({within} of {len(rows)} within {P99_TARGET_MS:g} ms)")
     p99 = med["cluster"]["p99_ms"]
     lost = max(r["lost"] for rows in figures.values() for r in rows)
     lines.append(f"cluster p99 {p99:.2f} ms: target <= {P99_TARGET_MS:g} ms "

@@ -166,3 +166,22 @@ def test_the_sharded_bench_counts_each_servers_user_messages(subscription: str, 
     assert [r["user_served"] for r in rows] == [4, 4, 4]
     assert [r["user_inbound"] for r in rows] == [4 * ratio] * 3
     assert all(r["connect_ms"] > 0 and r["user_bytes"] > 0 for r in rows)
+
+
+def test_the_cluster_bench_reports_each_runs_p99_and_how_many_are_within_the_target() -> None:
+    """bench.cluster_p99's table: medians, every run's p99 per broker with the count within
+    the target, and the verdict on the cluster's median."""
+    from sente_lite.bench import cluster_p99
+
+    def run(p99: float, lost: float = 0.0) -> dict:
+        return {"p50_ms": 1.0, "p99_ms": p99, "max_ms": p99 + 1, "lost": lost,
+                "duplicates": 0.0, "out_of_order": 0.0, "delivered": 10.0}
+
+    figures = {"cluster": [run(4.5), run(6.25), run(4.0)], "one redis": [run(3.0), run(2.0), run(7.0, 2)]}
+    lines = cluster_p99.report(bench.Workload(), figures)
+    assert "cluster p99 per run (ms): 4.50, 6.25, 4.00 (2 of 3 within 5 ms)" in lines
+    assert "one redis p99 per run (ms): 3.00, 2.00, 7.00 (2 of 3 within 5 ms)" in lines
+    assert lines[-1] == "cluster p99 4.50 ms: target <= 5 ms met; loss in any run: 2"
+    lines = cluster_p99.report(bench.Workload(), {"cluster": [run(5.5)], "one redis": [run(1.0)]})
+    assert "cluster p99 per run (ms): 5.50 (0 of 1 within 5 ms)" in lines
+    assert lines[-1].startswith("cluster p99 5.50 ms: target <= 5 ms NOT met")
