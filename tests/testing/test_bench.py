@@ -185,3 +185,24 @@ def test_the_cluster_bench_reports_each_runs_p99_and_how_many_are_within_the_tar
     lines = cluster_p99.report(bench.Workload(), {"cluster": [run(5.5)], "one redis": [run(1.0)]})
     assert "cluster p99 per run (ms): 5.50 (0 of 1 within 5 ms)" in lines
     assert lines[-1].startswith("cluster p99 5.50 ms: target <= 5 ms NOT met")
+
+
+def test_the_client_cpu_bench_measures_a_real_subscriber_per_coalescing_value() -> None:
+    """A tiny run of bench.client_cpu: every message arrives in order for each value, the
+    coalescing one reads several messages per socket read where 0 reads about one, and the
+    table has a row per value with its CPU ratio against the first."""
+    from sente_lite.bench import client_cpu
+
+    rows = client_cpu.compare([0.0, 5.0], rate=2000.0, seconds=0.5, runs=1)
+    assert set(rows) == {0.0, 5.0}
+    for runs_of in rows.values():
+        (run,) = runs_of
+        assert run["in_order"]
+        assert run["cpu_us_per_msg"] > 0
+        assert run["cpu_us_per_msg"] == pytest.approx(run["user_us_per_msg"] + run["sys_us_per_msg"])
+    assert rows[5.0][0]["msgs_per_read"] > rows[0.0][0]["msgs_per_read"]
+    lines = client_cpu.report(rows, 2000.0, 0.5, 12.5)
+    assert lines[2].split("|")[0].strip() == "0" and lines[2].split("|")[-2].strip() == "1.00"
+    assert lines[3].split("|")[0].strip() == "5" and lines[3].split("|")[-1].strip() == "yes"
+    assert lines[-1].startswith("one bare wake-up") and "12.5 us" in lines[-1]
+    assert not multiprocessing.active_children()
