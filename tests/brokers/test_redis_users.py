@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from typing import Any, Callable, List, Tuple
 
@@ -21,28 +20,12 @@ from sente_lite import Client, Publisher, Server
 from sente_lite.brokers.redis.broker import RedisBroker
 from sente_lite.brokers.redis.users import user_key, user_shard
 from sente_lite.testing.redis_server import RedisServer
-from support import REPO, WAIT_S, wait_until
+from support import REPO, WAIT_S, Recorder, wait_until
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'sente-lite[redis]')")
 
 #: Short, so the SIGKILL test is quick; the default is 6 s.
 TTL_S = 1.5
-
-
-class Got:
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.items: List[Any] = []
-
-    def __call__(self, data: Any) -> None:
-        with self.cond:
-            self.items.append(data)
-            self.cond.notify_all()
-
-    def wait(self, n: int) -> List[Any]:
-        with self.cond:
-            assert self.cond.wait_for(lambda: len(self.items) >= n, WAIT_S), self.items
-            return list(self.items)
 
 
 def _subscribers(redis_srv: RedisServer, uid: str) -> int:
@@ -64,7 +47,7 @@ def test_a_users_messages_reach_only_the_servers_holding_it(
         redis_srv: RedisServer, make_server: Callable[..., Server],
         make_client: Callable[..., Client]) -> None:
     a, b, c = _three(redis_srv, make_server)
-    got = Got()
+    got = Recorder()
     ann = make_client(b.url, connect=False, client_id="ann")
     ann.on("app/hi", got)
     assert ann.wait_connected(WAIT_S)
@@ -72,7 +55,7 @@ def test_a_users_messages_reach_only_the_servers_holding_it(
     assert a.send_to_user("ann", "app/hi", 1) == 0  # none on a: all through Redis
     with Publisher(redis_srv.url) as pub:
         pub.send_to_user("ann", "app/hi", 2)
-    assert sorted(got.wait(2)) == [1, 2]
+    assert sorted(got.wait_count(2)) == [1, 2]
     wait_until(lambda: b.stats()["broker_user_heard"] == 2, what="b read both")
     for idle in (a, c):  # neither holds ann: nothing for ann came from Redis
         stats = idle.stats()
@@ -88,13 +71,13 @@ def test_broadcast_still_reaches_every_server(
         redis_srv: RedisServer, make_server: Callable[..., Server],
         make_client: Callable[..., Client]) -> None:
     a, b, c = _three(redis_srv, make_server)
-    got_b, got_c = Got(), Got()
+    got_b, got_c = Recorder(), Recorder()
     for srv, got in ((b, got_b), (c, got_c)):
         cl = make_client(srv.url, connect=False)
         cl.on("app/all", got)
         assert cl.wait_connected(WAIT_S)
     a.broadcast("app/all", 7)
-    assert got_b.wait(1) == [7] and got_c.wait(1) == [7]
+    assert got_b.wait_count(1) == [7] and got_c.wait_count(1) == [7]
 
 
 def test_disconnect_user_closes_it_on_another_server(
@@ -124,12 +107,12 @@ def test_a_send_right_after_the_handshake_arrives(
         wait_until(lambda: a.channels.healthy and b_stats()["broker_up"], what="links up")
         rounds = 25
         for i in range(rounds):
-            got = Got()
+            got = Recorder()
             cl = make_client(b_url, connect=False, client_id=f"nw-{i}")
             cl.on("app/now", got)
             assert cl.wait_connected(WAIT_S)
             a.send_to_user(f"nw-{i}", "app/now", i)
-            assert got.wait(1) == [i]
+            assert got.wait_count(1) == [i]
             cl.close()
         assert b_stats()["broker_user_routes_waited"] >= rounds
     finally:
@@ -201,12 +184,12 @@ def test_pattern_subscription_keeps_the_one_user_channel(
         redis_srv: RedisServer, make_server: Callable[..., Server],
         make_client: Callable[..., Client]) -> None:
     a, b, c = _three(redis_srv, make_server, f"{redis_srv.url}?subscription=pattern")
-    got = Got()
+    got = Recorder()
     ann = make_client(b.url, connect=False, client_id="ann")
     ann.on("app/hi", got)
     assert ann.wait_connected(WAIT_S)
     a.send_to_user("ann", "app/hi", 1)
-    assert got.wait(1) == [1]
+    assert got.wait_count(1) == [1]
     wait_until(lambda: c.stats()["broker_user_heard"] == 1, what="every server reads it")
     assert c.stats()["broker_user_unserved"] == 1 and _subscribers(redis_srv, "ann") == 0
 
@@ -219,7 +202,7 @@ def test_an_upgrade_is_not_held_while_redis_is_down_and_its_user_is_routed_once_
     wait_until(lambda: a.channels.healthy and b.channels.healthy, what="both links up")
     redis_srv.kill()
     wait_until(lambda: not a.channels.healthy and not b.channels.healthy, what="links down")
-    got = Got()
+    got = Recorder()
     started = time.monotonic()
     cl = make_client(b.url, connect=False, client_id="early")
     cl.on("app/hi", got)
@@ -229,7 +212,7 @@ def test_an_upgrade_is_not_held_while_redis_is_down_and_its_user_is_routed_once_
     wait_until(lambda: a.channels.healthy and b.channels.healthy, what="links back")
     wait_until(lambda: _subscribers(redis_srv, "early") == 1, what="its shard channel, once back")
     a.send_to_user("early", "app/hi", 1)
-    assert got.wait(1) == [1]
+    assert got.wait_count(1) == [1]
 
 
 class FakeLink:
