@@ -59,9 +59,10 @@ def server_main(pipe: Any) -> None:
             pipe.send("done")
 
 
-def subscriber_main(url: str, coalesce_ms: float, count: int, pipe: Any) -> None:
+def subscriber_main(url: str, coalesce_ms: float, count: int, wait_s: float, pipe: Any) -> None:
     """One subscriber: ``("ready", None)`` once subscribed; on ``"go"`` measures until
-    ``count`` messages came, then sends ``("done", figures)`` (or ``("error", why)``)."""
+    ``count`` messages came (within ``wait_s``), then sends ``("done", figures)`` (or
+    ``("error", why)``)."""
     got: List[Any] = []
     last = threading.Event()
 
@@ -79,7 +80,7 @@ def subscriber_main(url: str, coalesce_ms: float, count: int, pipe: Any) -> None
         pipe.send(("ready", None))
         pipe.recv()  # "go": the server publishes from now on
         t0 = resource.getrusage(resource.RUSAGE_SELF)
-        if not last.wait(count / 100 + DRAIN_S):
+        if not last.wait(wait_s):
             pipe.send(("error", f"received {len(got)} of {count} messages"))
             return
         t1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -109,7 +110,7 @@ def one_run(ctx: Any, spipe: Any, url: str, coalesce_ms: float, rate: float,
     """One subscriber with ``coalesce_ms`` in its own process, through one publishing."""
     rpipe, child_end = ctx.Pipe()
     proc = ctx.Process(target=subscriber_main, daemon=True,
-                       args=(url, coalesce_ms, int(rate * seconds), child_end))
+                       args=(url, coalesce_ms, int(rate * seconds), seconds + DRAIN_S, child_end))
     proc.start()
     try:
         if not rpipe.poll(SETUP_S):
