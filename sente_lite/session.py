@@ -191,6 +191,10 @@ class Received(NamedTuple):
 
 
 _NOTHING = Received([], [])
+_new_tuple = tuple.__new__
+#: What :meth:`ClientSession.channel_message` returns for a frame that is not a JSON
+#: channel message (to be given to :meth:`ClientSession.receive`).
+NOT_CHANNEL_MSG: Any = object()
 #: How every JSON channel message a server writes begins (:meth:`ClientSession.receive`).
 _CHANNEL_MSG_TEXT = f'["{p.EV_CHANNEL_MSG}",'
 _CHANNEL_MSG_HEAD = _CHANNEL_MSG_TEXT.encode("ascii")
@@ -1177,6 +1181,8 @@ class _ChannelRules:
     _requests: _Requests
     _kinds: Dict[str, Tuple[str, Any]]
     packer: Packer
+    bytes_on: bool
+    last_recv: float
 
     def _count(self, key: str, n: int = 1) -> None:
         raise NotImplementedError
@@ -1300,8 +1306,32 @@ class _ChannelRules:
             return _NOTHING
         return Received([PresenceChange(channel_id, event == p.EV_JOIN, member)], [])
 
+    def channel_message(self, text: Union[str, bytes], now: float, binary: bool) -> Any:
+        """:meth:`receive` of the frame most of what a client reads is, the short way: for
+        a JSON channel message its :class:`ChannelMessage` when taken, None when dropped
+        (counted as :meth:`receive` counts it); :data:`NOT_CHANNEL_MSG` for any other
+        frame, which then goes to :meth:`receive`."""
+        if (binary or type(text) is not bytes or self.packer is not JSON_PACKER
+                or not text.startswith(_CHANNEL_MSG_HEAD)):
+            return NOT_CHANNEL_MSG
+        try:
+            value = p.decode_value(text, self.bytes_on)
+        except p.FrameError:
+            return NOT_CHANNEL_MSG  # receive() counts and logs it
+        if type(value) is not list or len(value) != 2:
+            return NOT_CHANNEL_MSG
+        self.last_recv = now
+        return self._channel_event(value[1])
+
     def _channel_msg(self, data: Any) -> Received:
         """A delivery: its data must be {channel-id: str, offset: int, epoch: str, ...}."""
+        msg = self._channel_event(data)
+        return _NOTHING if msg is None else Received([msg], [])
+
+    def _channel_event(self, data: Any) -> Optional[ChannelMessage]:
+        """The :class:`ChannelMessage` a delivery's ``data`` stands for when this client
+        takes it, else None (malformed, unsubscribed, held for a replay or a duplicate:
+        counted)."""
         # the most frequent frame of all: each field read once, the common case first
         offset = channel = epoch = None
         if isinstance(data, dict):
@@ -1309,33 +1339,33 @@ class _ChannelRules:
             if type(offset) is not int:
                 offset = _offset_of(offset)
             channel, epoch = data.get(p.K_CHANNEL), data.get(p.K_EPOCH)
-        if offset is not None and isinstance(channel, str) and isinstance(epoch, str):
-            trace = data.get(tracing.TRACEPARENT)
-            msg = ChannelMessage(channel, data.get(p.K_DATA), data.get(p.K_FROM), offset, epoch,
-                                 None if trace is None else tracing.valid(trace))
-        else:
+        if offset is None or not isinstance(channel, str) or not isinstance(epoch, str):
             self._count("bad_frames_from_server")
             log.warning("malformed channel message: %s", safe(repr(data)))
-            return _NOTHING
-        sub = self._subs.get(msg.channel_id)
+            return None
+        sub = self._subs.get(channel)
         if sub is None:
             self._count("unsubscribed_channel_msgs")
-            return _NOTHING
+            return None
         if sub.awaiting and sub.server:
             # the server held it for us at connect and replays from our since once it
             # answers: taking these now would skip the replay's older messages
-            return _NOTHING
-        if sub.epoch == msg.epoch:
-            if msg.offset <= sub.last_offset:
+            return None
+        if sub.epoch == epoch:
+            if offset <= sub.last_offset:
                 self._count("duplicate_channel_msgs")
-                return _NOTHING
-            if msg.offset > sub.last_offset + 1:
-                self._count("channel_gaps", msg.offset - sub.last_offset - 1)
-        sub.epoch = msg.epoch
-        sub.last_offset = msg.offset
+                return None
+            if offset > sub.last_offset + 1:
+                self._count("channel_gaps", offset - sub.last_offset - 1)
+        sub.epoch = epoch
+        sub.last_offset = offset
         counts = self.counts
         counts["channel_msgs"] = counts.get("channel_msgs", 0) + 1
-        return Received([msg], [])
+        trace = data.get(tracing.TRACEPARENT)
+        # tuple.__new__ directly: a NamedTuple's own __new__ is one more Python call
+        return _new_tuple(ChannelMessage, (channel, data.get(p.K_DATA), data.get(p.K_FROM),
+                                           offset, epoch,
+                                           None if trace is None else tracing.valid(trace)))
 
 
 @dataclass

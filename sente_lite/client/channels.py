@@ -13,15 +13,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..wire import protocol as p
 from .. import session as ss
 from ..wire import tracing
+from ..wire.framing import OP_BINARY
 from ..wire.channels import Since
 from ..errors import ClientClosed, LimitExceeded, RequestTimeout, SendQueueFull
 from ..logsafe import safe
-from ..session import CONNECTED, ChannelMessage, Recovery
+from ..session import CONNECTED, NOT_CHANNEL_MSG, ChannelMessage, Recovery
 from ..wire.sub_token_plan import RefusedHandler, TokenSource, check_source
 
 
@@ -250,51 +251,67 @@ class ChannelsMixin:
 class InboundMixin:
     """What a :class:`~sente_lite.Client` does with each frame it reads."""
 
-    def _on_frame(self, raw: bytes, tasks: List[tuple], now: float,
-                  binary: bool = False) -> bool:
-        """Handle one frame as it is read; handler work goes to ``tasks``.
-
-        True when it was a handshake."""
+    def _on_frames(self, messages: Sequence[Tuple[int, bytes]], tasks: List[tuple],
+                   now: float) -> bool:
+        """Handle the data frames of one read, ``(opcode, payload)`` each, in order, as
+        they are read; handler work goes to ``tasks``. True when one was a handshake."""
+        handshake = False
+        session = self._session
+        subs = self._subs
         with self._send_lock:
-            received = self._session.receive(raw, now, binary)
-            for frame in received.frames:  # pongs: at once
-                if self._ws is not None:
-                    self._write(frame, None, now=True)
-            handshake = False
-            for ev in received.events:
-                kind = type(ev)
-                if kind is ChannelMessage:
-                    sub = self._subs.get(ev.channel_id)
+            for opcode, raw in messages:
+                binary = opcode == OP_BINARY
+                msg = session.channel_message(raw, now, binary)
+                if msg is NOT_CHANNEL_MSG:
+                    if self._on_received(session.receive(raw, now, binary), tasks):
+                        handshake = True
+                elif msg is not None:
+                    sub = subs.get(msg.channel_id)
                     if sub is not None and sub.handlers:
-                        tasks.append(("channel", sub.handlers, ev))
-                elif kind is ss.PresenceChange:
-                    sub = self._subs.get(ev.channel_id)
-                    moved = None if sub is None else sub.on_join if ev.joined else sub.on_leave
-                    if moved:
-                        tasks.append(("channel", moved, ev))
-                elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
-                    ss.resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
-                             ev.error)
-                    if kind is ss.PublishAnswered:
-                        self._outbox_room.notify_all()
-                elif kind is ss.EventRequest:
-                    tasks.append(("event", ev.event, ev.data, ev.cb_id))
-                elif kind is ss.Subscribed:
-                    self._on_subscribed(ev, tasks)
-                elif kind is ss.ServerChannel:
-                    self._server_channel(ev, _Sub)
-                elif kind is ss.Unsubscribed:
-                    self._sub_expired(ev.channel_id)
-                elif kind is ss.Handshake:
-                    handshake = True
-                    self._on_handshake(ev)
-                elif isinstance(ev, str):  # a status change
-                    with self._status_cond:
-                        self._status_cond.notify_all()
-                    self._status_changed(ev)
-            if handshake:
-                self._after_handshake()
-            return handshake
+                        tasks.append(("channel", sub.handlers, msg))
+        return handshake
+
+    def _on_received(self, received: ss.Received, tasks: List[tuple]) -> bool:
+        """Act on what one frame produced (caller holds ``_send_lock``). True when it
+        was a handshake."""
+        for frame in received.frames:  # pongs: at once
+            if self._ws is not None:
+                self._write(frame, None, now=True)
+        handshake = False
+        for ev in received.events:
+            kind = type(ev)
+            if kind is ChannelMessage:
+                sub = self._subs.get(ev.channel_id)
+                if sub is not None and sub.handlers:
+                    tasks.append(("channel", sub.handlers, ev))
+            elif kind is ss.PresenceChange:
+                sub = self._subs.get(ev.channel_id)
+                moved = None if sub is None else sub.on_join if ev.joined else sub.on_leave
+                if moved:
+                    tasks.append(("channel", moved, ev))
+            elif kind is ss.ReplyArrived or kind is ss.PublishAnswered:
+                ss.resolve(ev.waiter, ev.reply if kind is ss.PublishAnswered else ev.result,
+                         ev.error)
+                if kind is ss.PublishAnswered:
+                    self._outbox_room.notify_all()
+            elif kind is ss.EventRequest:
+                tasks.append(("event", ev.event, ev.data, ev.cb_id))
+            elif kind is ss.Subscribed:
+                self._on_subscribed(ev, tasks)
+            elif kind is ss.ServerChannel:
+                self._server_channel(ev, _Sub)
+            elif kind is ss.Unsubscribed:
+                self._sub_expired(ev.channel_id)
+            elif kind is ss.Handshake:
+                handshake = True
+                self._on_handshake(ev)
+            elif isinstance(ev, str):  # a status change
+                with self._status_cond:
+                    self._status_cond.notify_all()
+                self._status_changed(ev)
+        if handshake:
+            self._after_handshake()
+        return handshake
 
     def _on_handshake(self, hs: ss.Handshake) -> None:
         self.uid, self.csrf_token, self.handshake, self.first = (

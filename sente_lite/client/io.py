@@ -61,7 +61,7 @@ class ClientPort(Protocol):
     def _status(self) -> str: ...
     def _apply(self, on: str) -> None: ...
     def _fail_requests(self, exc: BaseException) -> None: ...
-    def _on_frame(self, raw: bytes, tasks: List[tuple], now: float, binary: bool = False) -> bool: ...
+    def _on_frames(self, messages: List[Tuple[int, bytes]], tasks: List[tuple], now: float) -> bool: ...
     def _send_frame(self, frame: bytes, cb_id: Optional[str]) -> None: ...
     def _write(self, frame: bytes, cb_id: Optional[str], now: bool = False) -> bool: ...
     def _flush_if_due(self) -> None: ...
@@ -88,6 +88,31 @@ _READ, _RUN = "read", "run"
 COALESCE_BYPASS_BYTES = 16 * 1024
 
 
+class _Latch:
+    """A flag one thread waits on with a timeout and another sets: what
+    ``threading.Event`` does, at one lock acquire per wait (``Event.wait`` runs a
+    condition's Python code, and the reader waits once per read)."""
+
+    __slots__ = ("_unset",)
+
+    def __init__(self) -> None:
+        self._unset = threading.Lock()  # held while the flag is not set
+        self._unset.acquire()
+
+    def set(self) -> None:
+        try:
+            self._unset.release()
+        except RuntimeError:  # already set
+            pass
+
+    def wait_and_clear(self, timeout: float) -> None:
+        """Return when set, or after ``timeout`` seconds; the flag is clear after."""
+        self._unset.acquire(True, timeout)
+
+    def clear(self) -> None:
+        self._unset.acquire(False)
+
+
 def _FrameReader(sock: socket.socket) -> SocketFrameReader:
     """A reader of the server's frames that raises websocket-client's exceptions."""
     return SocketFrameReader(sock, websocket.WebSocketProtocolException,
@@ -102,7 +127,7 @@ class Connector:
         # of the connection being read (one at a time)
         self._close_code: Optional[int] = None  # the code of the server's close frame
         self._handshaken = False  # a handshake came on it
-        self._read_now = threading.Event()  # set: skip the next coalescing wait
+        self._read_now = _Latch()  # set: skip the next coalescing wait
 
     def read_now(self) -> None:
         """A caller blocks on a reply: do not hold the next read for ``read_coalesce_ms``
@@ -202,6 +227,7 @@ class Connector:
         reader = _FrameReader(ws.sock)
         counts = c._counts
         coalesce = c.read_coalesce_ms / 1000.0
+        read_now = self._read_now
         next_read = 0.0
         try:
             while self._close_code is None:
@@ -209,8 +235,11 @@ class Connector:
                 if coalesce and reader.cut_frame_bytes < COALESCE_BYPASS_BYTES:
                     wait = next_read - time.monotonic()
                     if wait > 0:  # the last read was less than read_coalesce_ms ago
-                        self._read_now.wait(wait)  # ended early by a caller awaiting a reply
-                self._read_now.clear()
+                        read_now.wait_and_clear(wait)  # ended early by a caller awaiting a reply
+                    else:
+                        read_now.clear()
+                else:
+                    read_now.clear()
                 messages = reader.read()  # every whole message of one recv(), in order
                 now = time.monotonic()
                 next_read = now + coalesce
@@ -241,23 +270,36 @@ class Connector:
         handler work to ``tasks``), pings answered, a close answered and kept in
         ``_close_code`` (then the rest is not read)."""
         c = self._c
-        counts = c._counts
-        for opcode, payload in messages:
+        first = 0  # messages[first:i] are data frames not handled yet
+        for i, (opcode, payload) in enumerate(messages):
             if opcode == _OP_TEXT or opcode == _OP_BINARY:
-                counts["frames_in"] += 1
-                if c._on_frame(payload, tasks, now, opcode == _OP_BINARY):
-                    self._handshaken = True
-            elif opcode == _OP_PING:
+                continue
+            if i > first:  # the data frames before a control frame are handled before it
+                self._data(messages[first:i], tasks, now)
+            first = i + 1
+            if opcode == _OP_PING:
                 ws.pong(payload)
             elif opcode == _OP_CLOSE:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 self._close_code = code
-                counts[f"closed_by_server_{code}"] += 1
+                c._counts[f"closed_by_server_{code}"] += 1
                 try:
                     ws.send_close()  # answer the closing handshake, as websocket-client does
                 except (OSError, websocket.WebSocketException):
                     pass
                 return
+        if first == 0:
+            self._data(messages, tasks, now)
+        elif first < len(messages):
+            self._data(messages[first:], tasks, now)
+
+    def _data(self, data: List[Tuple[int, bytes]], tasks: List[tuple], now: float) -> None:
+        """Data frames, ``(opcode, payload)``, to the client in one go (one lock)."""
+        if data:
+            c = self._c
+            c._counts["frames_in"] += len(data)
+            if c._on_frames(data, tasks, now):
+                self._handshaken = True
 
     def _opened(self, ws: websocket.WebSocket) -> None:
         """``ws`` is the client's socket now (aborted at once when the client is closing)."""
@@ -297,7 +339,8 @@ class Roles:
         # Under ``_roles``: ``_reading`` while a thread advances ``_connection`` (the
         # reading role's generator); ``_running_since`` while one runs handlers, which
         # take their tasks from ``_tasks`` in order.
-        self._roles = threading.Condition(threading.Lock())
+        self._roles_lock = threading.Lock()  # held for the state; _roles to wait on it
+        self._roles = threading.Condition(self._roles_lock)
         self._tasks: Deque[List[tuple]] = collections.deque()
         self._tasks_in = 0
         self._tasks_out = 0
@@ -315,7 +358,7 @@ class Roles:
         return self._tasks_in - self._tasks_out
 
     def wake_all(self) -> None:
-        with self._roles:
+        with self._roles_lock:
             self._roles.notify_all()
 
     def serve(self) -> None:
@@ -327,7 +370,7 @@ class Roles:
         while True:
             batch: Optional[List[tuple]] = None
             role = ""
-            with roles:
+            with self._roles_lock:  # roles.wait() below needs it held
                 while True:
                     now = time.monotonic()
                     stopping = stop.is_set()
@@ -376,7 +419,7 @@ class Roles:
             log.exception("client reading failed")
             done = True
             c._stop.set()
-        with self._roles:
+        with self._roles_lock:
             self._reading = False
             if done:
                 self._connection_done = True
@@ -399,7 +442,7 @@ class Roles:
                     break
                 self._tasks_out += 1
                 self._run_task(task)
-            with self._roles:
+            with self._roles_lock:
                 if self._tasks and not stop.is_set():
                     batch = self._tasks.popleft()
                     continue
@@ -431,7 +474,7 @@ class Roles:
         next read is not held back to coalesce."""
         self._read_now()
         if self._runner == threading.get_ident():
-            with self._roles:
+            with self._roles_lock:
                 self._handoff = True
                 self._roles.notify()
 

@@ -583,7 +583,7 @@ def _fast_parse(text: Any) -> Any:
     if isinstance(text, bytes) or (isinstance(text, str) and text.isascii()):
         # On bytes and on ASCII text, \d is exactly [0-9]: the shape test is the regex's.
         shape = (text if isinstance(text, bytes) else text.encode("ascii")).translate(_SHAPE_TABLE)
-        if _DIGIT_RUN in shape:
+        if shape.find(_DIGIT_RUN) >= 0:  # not ``in``: it first tries the needle as an int
             return _NOT_PARSED
         if shape.count(b"[") > MAX_JSON_DEPTH:  # only then can it nest too deep
             depth = _shape_depth(shape)

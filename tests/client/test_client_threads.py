@@ -4,6 +4,7 @@ together than ``read_coalesce_ms`` are merged."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any, Callable, List
@@ -12,6 +13,7 @@ import pytest
 
 import sente_lite.client.io as client_mod
 from sente_lite import Client, Server
+from sente_lite.wire.framing import OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT
 from support import WAIT_S, Recorder, wait_until
 
 
@@ -226,3 +228,66 @@ def test_a_request_round_trip_pays_no_coalescing_wait(make_server: Callable[...,
     assert c.stats()["reads"] > 20  # the reply came in many reads
     assert small < 0.5, f"20 requests took {small:.3f}s: reads waited to coalesce"
     assert big < 0.5, f"a 1 MB reply took {big:.3f}s: its reads waited to coalesce"
+
+
+def test_the_coalescing_latch_waits_until_set_and_is_clear_after() -> None:
+    latch = client_mod._Latch()
+    t0 = time.monotonic()
+    latch.wait_and_clear(0.05)  # not set: the whole timeout
+    assert time.monotonic() - t0 >= 0.045
+    latch.set()
+    latch.set()  # twice is once
+    t0 = time.monotonic()
+    latch.wait_and_clear(WAIT_S)  # set: at once, and clear after
+    assert time.monotonic() - t0 < WAIT_S / 2
+    t0 = time.monotonic()
+    latch.wait_and_clear(0.05)
+    assert time.monotonic() - t0 >= 0.045
+    latch.set()
+    latch.clear()
+    t0 = time.monotonic()
+    latch.wait_and_clear(0.05)  # cleared: waits again
+    assert time.monotonic() - t0 >= 0.045
+    woken = threading.Event()
+
+    def waiter() -> None:
+        latch.wait_and_clear(WAIT_S)
+        woken.set()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    latch.set()  # from another thread: ends the wait
+    assert woken.wait(WAIT_S)
+    t.join(WAIT_S)
+
+
+def test_one_read_is_acted_on_in_order_data_frames_together() -> None:
+    """Data frames of one read go to the client in runs (one lock each); a ping between
+    them is answered after the frames before it and before those after; a close ends
+    the read (what follows it is not handled)."""
+    calls: List[Any] = []
+
+    class Port:
+        _counts: Any = collections.Counter()
+
+        def _on_frames(self, frames: Any, tasks: List[tuple], now: float) -> bool:
+            calls.append(("frames", [payload for _, payload in frames]))
+            return False
+
+    class Ws:
+        def pong(self, payload: bytes) -> None:
+            calls.append(("pong", payload))
+
+        def send_close(self) -> None:
+            calls.append(("close",))
+
+    conn = client_mod.Connector(Port())  # type: ignore[arg-type]
+    conn._take(Ws(), [(OP_TEXT, b"a"), (OP_BINARY, b"b"), (OP_PING, b"p"), (OP_TEXT, b"c")],
+               [], 0.0)
+    assert calls == [("frames", [b"a", b"b"]), ("pong", b"p"), ("frames", [b"c"])]
+    calls.clear()
+    conn._take(Ws(), [(OP_PING, b"p"), (OP_TEXT, b"a"), (OP_CLOSE, b"\x03\xe8"), (OP_TEXT, b"z")],
+               [], 0.0)
+    assert calls == [("pong", b"p"), ("frames", [b"a"]), ("close",)]
+    assert conn._close_code == 1000
+    assert Port._counts["frames_in"] == 4

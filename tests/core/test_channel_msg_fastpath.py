@@ -12,7 +12,7 @@ from typing import Any, List, Tuple
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sente_lite.session import ClientSession, _ClientSub
+from sente_lite.session import NOT_CHANNEL_MSG, ClientSession, Received, _ClientSub
 from sente_lite.wire import protocol as p
 
 HEAD = f'["{p.EV_CHANNEL_MSG}",'
@@ -34,15 +34,30 @@ def session(bytes_on: bool) -> ClientSession:
     return s
 
 
+def outcome(s: ClientSession, got: Any) -> Tuple[Any, ...]:
+    subs = {k: (v.epoch, v.last_offset) for k, v in s._subs.items()}
+    return got, dict(s.counts), subs, s.last_recv
+
+
+def by_channel_message(raw: bytes, bytes_on: bool) -> Tuple[Any, ...]:
+    """What a client that reads sockets does: :meth:`ClientSession.channel_message` first,
+    :meth:`ClientSession.receive` for the frames it leaves."""
+    s = session(bytes_on)
+    msg = s.channel_message(raw, 1.0, False)
+    got = s.receive(raw, 1.0, False) if msg is NOT_CHANNEL_MSG else Received(
+        [] if msg is None else [msg], [])
+    return outcome(s, got)
+
+
 def both(text: str, bytes_on: bool) -> Tuple[Any, Any]:
     """(fast path, general path) outcome of one frame on fresh sessions: the general
-    path is taken by the same JSON with a leading space, which does not match the head."""
+    path is taken by the same JSON with a leading space, which does not match the head.
+    The shortest path (channel_message, then receive) must match the fast one."""
     out = []
     for raw in (text.encode(), (" " + text).encode()):
         s = session(bytes_on)
-        got = s.receive(raw, 1.0, False)
-        subs = {k: (v.epoch, v.last_offset) for k, v in s._subs.items()}
-        out.append((got, dict(s.counts), subs))
+        out.append(outcome(s, s.receive(raw, 1.0, False)))
+    assert by_channel_message(text.encode(), bytes_on) == out[0], text
     return out[0], out[1]
 
 
@@ -102,3 +117,34 @@ def test_a_channel_message_is_delivered_and_counted() -> None:
     assert s.counts == {"channel_msgs": 1, "duplicate_channel_msgs": 1}
     assert s.receive(good.decode(), 1.0, None).events == []  # text frames take it too
     assert s.counts["duplicate_channel_msgs"] == 2
+
+
+def test_channel_message_leaves_every_other_frame_to_receive() -> None:
+    """Binary frames, text (str) frames, other events and batches are not taken, and
+    leave the session untouched (receive() then reads them, once)."""
+    good = json.dumps([p.EV_CHANNEL_MSG, {"channel-id": "events", "data": 1, "from": "u2",
+                                          "offset": 6, "epoch": "e1"}])
+    others = [(good.encode(), True), (good, False),
+              (json.dumps([p.EV_PING]).encode(), False),
+              (json.dumps([p.EV_BATCH, [json.loads(good)]]).encode(), False)]
+    for raw, binary in others:
+        s = session(False)
+        assert s.channel_message(raw, 2.0, binary) is NOT_CHANNEL_MSG, raw
+        assert s.counts == {} and s.last_recv == 0.0
+        assert s._subs["events"].last_offset == 5
+
+
+def test_channel_message_takes_a_message_once_and_counts_the_rest() -> None:
+    s = session(False)
+    raw = json.dumps([p.EV_CHANNEL_MSG, {"channel-id": "events", "data": [1], "from": "u2",
+                                         "offset": 6, "epoch": "e1"}]).encode()
+    msg = s.channel_message(raw, 3.0, False)
+    assert (msg.channel_id, msg.data, msg.from_uid, msg.offset, msg.epoch,
+            msg.traceparent) == ("events", [1], "u2", 6, "e1", None)
+    assert type(msg).__name__ == "ChannelMessage" and msg._asdict()["offset"] == 6
+    assert s.last_recv == 3.0
+    assert s.channel_message(raw, 4.0, False) is None  # a duplicate: dropped, counted
+    assert s.counts == {"channel_msgs": 1, "duplicate_channel_msgs": 1}
+    stray = raw.replace(b'"events"', b'"nope"')
+    assert s.channel_message(stray, 5.0, False) is None
+    assert s.counts["unsubscribed_channel_msgs"] == 1
