@@ -8,7 +8,9 @@ subscriber measures its own CPU (user and system, ``getrusage``) from the first 
 the last delivery, its socket reads, and publish-to-receive latency. The table shows
 medians, and each row's CPU per message as a ratio of the first row's (same machine, same
 minutes). Beside it: what one bare wake-up costs this machine (a thread sleeping 2 ms in a
-loop), since a reader that wakes more often pays that many times more.
+loop), since a reader that wakes more often pays that many times more; and what the
+client's receive path alone costs per message (:func:`receive_path_us`: frames to handler
+in a loop, no socket), so that the rest of a subscriber's cost shows as what it is.
 
 This is the load of one scenario-5 client (20 x 100 msg/s = 2,000 deliveries/s) without
 the other 20 processes, so what it prints is the client's own cost, not the machine's
@@ -18,6 +20,7 @@ contention.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import resource
 import statistics
@@ -27,6 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..client.client import DEFAULT_READ_COALESCE_MS, ChannelMessage, Client
 from ..server.server import Server
+from ..wire import protocol as p
+from ..wire.framing import FrameParser
 
 CHANNEL = "bench/cpu"
 #: Seconds a subscriber waits for the last message after the last publish.
@@ -105,6 +110,41 @@ def wake_cost_us(interval_s: float = 0.002, loops: int = 500) -> float:
     return 1e6 * ((t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)) / loops
 
 
+def receive_path_us(messages: int = 40_000, per_read: int = 4) -> float:
+    """CPU (microseconds) per message of the client's receive path alone: ``messages``
+    channel messages, ``per_read`` to a socket read, parsed from their WebSocket frames
+    to the channel handler in this process, with no socket, no wait and no other thread.
+    What a subscriber costs beyond it is waking up, the kernel's part of each read and
+    caches gone cold in between."""
+    client = Client("ws://127.0.0.1:9/", start=False)
+    got: List[ChannelMessage] = []
+    client.subscribe(CHANNEL, got.append, timeout=None)
+    reads: List[bytes] = []
+    frames: List[bytes] = []
+    for i in range(1, messages + 1):
+        body = json.dumps([p.EV_CHANNEL_MSG, {
+            p.K_CHANNEL: CHANNEL, p.K_OFFSET: i, p.K_EPOCH: "e-bench", p.K_FROM: "u-bench",
+            p.K_DATA: {"i": i, "t": time.monotonic_ns()}}], separators=(",", ":")).encode()
+        frames.append(bytes([0x81, len(body)]) + body if len(body) < 126
+                      else bytes([0x81, 126]) + len(body).to_bytes(2, "big") + body)
+        if len(frames) == per_read or i == messages:
+            reads.append(b"".join(frames))
+            frames = []
+    parser = FrameParser()
+    connector, roles = client._connector, client._roles
+    t0 = resource.getrusage(resource.RUSAGE_SELF)
+    for data in reads:
+        tasks: List[tuple] = []
+        connector._take(None, parser.feed(data), tasks, time.monotonic())  # type: ignore[arg-type]
+        for task in tasks:
+            roles._run_task(task)
+    t1 = resource.getrusage(resource.RUSAGE_SELF)
+    client.close()
+    if len(got) != messages or got[-1].offset != messages:
+        raise RuntimeError(f"the receive path delivered {len(got)} of {messages} messages")
+    return 1e6 * ((t1.ru_utime - t0.ru_utime) + (t1.ru_stime - t0.ru_stime)) / messages
+
+
 def one_run(ctx: Any, spipe: Any, url: str, coalesce_ms: float, rate: float,
             seconds: float) -> Dict[str, Any]:
     """One subscriber with ``coalesce_ms`` in its own process, through one publishing."""
@@ -161,7 +201,7 @@ def compare(coalesce: Sequence[float], rate: float, seconds: float,
 
 
 def report(rows: Dict[float, List[Dict[str, Any]]], rate: float, seconds: float,
-           wake_us: Optional[float]) -> List[str]:
+           wake_us: Optional[float], path_us: Optional[float] = None) -> List[str]:
     """The table: medians per value, CPU per message against the first value's."""
     runs = len(next(iter(rows.values())))
     lines = [f"one subscriber, {rate:g} msg/s for {seconds:g} s; median of {runs} run(s), "
@@ -179,6 +219,9 @@ def report(rows: Dict[float, List[Dict[str, Any]]], rate: float, seconds: float,
     if wake_us is not None:
         lines.append(f"one bare wake-up (time.sleep(0.002) in a loop) costs {wake_us:.1f} us of "
                      "CPU on this machine")
+    if path_us is not None:
+        lines.append(f"the receive path alone (frames to handler in one process, no socket, "
+                     f"4 messages a read) costs {path_us:.1f} us per message")
     return lines
 
 
@@ -199,7 +242,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not coalesce or args.rate <= 0 or args.seconds <= 0 or args.runs < 1:
         ap.error("need at least one --coalesce value, --rate > 0, --seconds > 0, --runs >= 1")
     rows = compare(coalesce, args.rate, args.seconds, args.runs)
-    for line in report(rows, args.rate, args.seconds, wake_cost_us()):
+    for line in report(rows, args.rate, args.seconds, wake_cost_us(),
+                       statistics.median(receive_path_us() for _ in range(3))):
         print(line)
     return 0 if all(r["in_order"] for runs_of in rows.values() for r in runs_of) else 1
 
@@ -208,5 +252,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["server_main", "subscriber_main", "wake_cost_us", "one_run", "compare", "report",
+__all__ = ["server_main", "subscriber_main", "wake_cost_us", "receive_path_us", "one_run", "compare", "report",
            "main", "FIGURES"]

@@ -201,8 +201,17 @@ def test_the_client_cpu_bench_measures_a_real_subscriber_per_coalescing_value() 
         assert run["cpu_us_per_msg"] > 0
         assert run["cpu_us_per_msg"] == pytest.approx(run["user_us_per_msg"] + run["sys_us_per_msg"])
     assert rows[5.0][0]["msgs_per_read"] > rows[0.0][0]["msgs_per_read"]
-    lines = client_cpu.report(rows, 2000.0, 0.5, 12.5)
+    lines = client_cpu.report(rows, 2000.0, 0.5, 12.5, 3.25)
     assert lines[2].split("|")[0].strip() == "0" and lines[2].split("|")[-2].strip() == "1.00"
     assert lines[3].split("|")[0].strip() == "5" and lines[3].split("|")[-1].strip() == "yes"
-    assert lines[-1].startswith("one bare wake-up") and "12.5 us" in lines[-1]
+    assert lines[-2].startswith("one bare wake-up") and "12.5 us" in lines[-2]
+    assert lines[-1].startswith("the receive path alone") and "3.2 us per message" in lines[-1]
     assert not multiprocessing.active_children()
+
+
+def test_the_receive_path_figure_runs_every_message_to_its_handler() -> None:
+    """bench.client_cpu's in-process figure: it raises unless every message reached the
+    handler, so a positive figure means the whole path ran."""
+    from sente_lite.bench import client_cpu
+
+    assert client_cpu.receive_path_us(messages=1001, per_read=4) > 0
