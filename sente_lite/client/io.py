@@ -106,11 +106,9 @@ class _Latch:
             pass
 
     def wait_and_clear(self, timeout: float) -> None:
-        """Return when set, or after ``timeout`` seconds; the flag is clear after."""
-        self._unset.acquire(True, timeout)
-
-    def clear(self) -> None:
-        self._unset.acquire(False)
+        """Return when set, or after ``timeout`` seconds (at once when it is not positive);
+        the flag is clear after."""
+        self._unset.acquire(True, timeout if timeout > 0 else 0)
 
 
 def _FrameReader(sock: socket.socket) -> SocketFrameReader:
@@ -232,14 +230,10 @@ class Connector:
         try:
             while self._close_code is None:
                 # the rest of a big frame cut by the last read: read it now, not after a wait
+                wait = 0.0
                 if coalesce and reader.cut_frame_bytes < COALESCE_BYPASS_BYTES:
-                    wait = next_read - time.monotonic()
-                    if wait > 0:  # the last read was less than read_coalesce_ms ago
-                        read_now.wait_and_clear(wait)  # ended early by a caller awaiting a reply
-                    else:
-                        read_now.clear()
-                else:
-                    read_now.clear()
+                    wait = next_read - time.monotonic()  # > 0: the last read was closer
+                read_now.wait_and_clear(wait)  # ended early by a caller awaiting a reply
                 messages = reader.read()  # every whole message of one recv(), in order
                 now = time.monotonic()
                 next_read = now + coalesce

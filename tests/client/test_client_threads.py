@@ -244,10 +244,13 @@ def test_the_coalescing_latch_waits_until_set_and_is_clear_after() -> None:
     latch.wait_and_clear(0.05)
     assert time.monotonic() - t0 >= 0.045
     latch.set()
-    latch.clear()
+    latch.wait_and_clear(-1.0)  # no time left: clears at once
     t0 = time.monotonic()
     latch.wait_and_clear(0.05)  # cleared: waits again
     assert time.monotonic() - t0 >= 0.045
+    t0 = time.monotonic()
+    latch.wait_and_clear(0.0)  # not set, no time: returns at once
+    assert time.monotonic() - t0 < WAIT_S / 2
     woken = threading.Event()
 
     def waiter() -> None:
