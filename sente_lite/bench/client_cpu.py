@@ -20,7 +20,6 @@ contention.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import resource
 import statistics
@@ -31,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..client.client import DEFAULT_READ_COALESCE_MS, ChannelMessage, Client
 from ..server.server import Server
 from ..wire import protocol as p
-from ..wire.framing import FrameParser
+from ..wire.channels import message_head, message_text
+from ..wire.framing import FrameParser, text_frame
 
 CHANNEL = "bench/cpu"
 #: Seconds a subscriber waits for the last message after the last publish.
@@ -121,12 +121,10 @@ def receive_path_us(messages: int = 40_000, per_read: int = 4) -> float:
     client.subscribe(CHANNEL, got.append, timeout=None)
     reads: List[bytes] = []
     frames: List[bytes] = []
-    for i in range(1, messages + 1):
-        body = json.dumps([p.EV_CHANNEL_MSG, {
-            p.K_CHANNEL: CHANNEL, p.K_OFFSET: i, p.K_EPOCH: "e-bench", p.K_FROM: "u-bench",
-            p.K_DATA: {"i": i, "t": time.monotonic_ns()}}], separators=(",", ":")).encode()
-        frames.append(bytes([0x81, len(body)]) + body if len(body) < 126
-                      else bytes([0x81, 126]) + len(body).to_bytes(2, "big") + body)
+    for i in range(1, messages + 1):  # each frame as a server writes it
+        head = message_head(p.dumps(CHANNEL), p.dumps({"i": i, "t": time.monotonic_ns()}),
+                            p.dumps("u-bench"), None).encode()
+        frames.append(text_frame(message_text(head, i, "e-bench")))
         if len(frames) == per_read or i == messages:
             reads.append(b"".join(frames))
             frames = []
